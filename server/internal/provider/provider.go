@@ -1,0 +1,305 @@
+// Package provider fetches access tokens from the providers an account can
+// be linked to: JumpCloud service accounts and generic OAuth 2.0
+// client-credentials endpoints, both through x/oauth2's clientcredentials.
+//
+// Failures come back as *RejectedError (the provider refused the
+// credentials) or *UnavailableError (anything else upstream). Neither keeps
+// a response body: only the OAuth2 `error` and `error_description`.
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/credbroker/credbroker/server/internal/secret"
+)
+
+// Kinds of account, as stored.
+const (
+	KindJumpCloudServiceAccount = "jumpcloud_service_account"
+	KindOAuth2ClientCredentials = "oauth2_client_credentials"
+)
+
+// JumpCloud regions, as stored.
+const (
+	RegionUS = "us"
+	RegionEU = "eu"
+)
+
+// Auth styles for OAuth2 accounts, as stored.
+const (
+	AuthStyleHeader = "header"
+	AuthStyleBody   = "body"
+)
+
+// Expiry margins: a token is handed out only until this long before the
+// provider says it expires. JumpCloud's own tooling uses 30 s; the generic
+// margin is x/oauth2's own default.
+const (
+	jumpCloudExpiryMargin = 30 * time.Second
+	oauth2ExpiryMargin    = 10 * time.Second
+)
+
+// Endpoints are the JumpCloud URLs the broker talks to. They are server
+// configuration so tests and private deployments can point elsewhere.
+type Endpoints struct {
+	JumpCloudTokenURLUS string
+	JumpCloudTokenURLEU string
+	JumpCloudAPIURLUS   string
+	JumpCloudAPIURLEU   string
+}
+
+// DefaultEndpoints are JumpCloud's documented US and EU endpoints. The India
+// region's token endpoint is unverified, so it is not offered.
+func DefaultEndpoints() Endpoints {
+	return Endpoints{
+		JumpCloudTokenURLUS: "https://admin-oauth.id.jumpcloud.com/oauth2/token",
+		JumpCloudTokenURLEU: "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token",
+		JumpCloudAPIURLUS:   "https://console.jumpcloud.com/api",
+		JumpCloudAPIURLEU:   "https://console.eu.jumpcloud.com/api",
+	}
+}
+
+// Credentials are everything a token request needs.
+type Credentials struct {
+	Kind         string
+	ClientID     string
+	ClientSecret secret.String
+	// JumpCloud.
+	Region string
+	OrgID  string
+	// OAuth2 client credentials.
+	TokenURL       string
+	Scopes         []string
+	AuthStyle      string
+	EndpointParams map[string]string
+	APIBaseURL     string
+}
+
+// Token is an access token as the broker hands it out.
+type Token struct {
+	AccessToken secret.String
+	// TokenType is normalized ("Bearer" for bearer tokens).
+	TokenType string
+	// Expiry is the provider's expiry less the kind's safety margin.
+	Expiry time.Time
+	// Obtained is when the token endpoint answered.
+	Obtained time.Time
+}
+
+// Client fetches tokens. It is safe for concurrent use.
+type Client struct {
+	endpoints Endpoints
+	http      *http.Client
+	timeout   time.Duration
+	now       func() time.Time
+}
+
+// New returns a Client that gives each token request at most timeout,
+// whatever the caller's own deadline. A zero timeout means 10 s.
+func New(endpoints Endpoints, timeout time.Duration) *Client {
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.ResponseHeaderTimeout = timeout
+	return &Client{
+		endpoints: endpoints,
+		http:      &http.Client{Timeout: timeout, Transport: transport},
+		timeout:   timeout,
+		now:       time.Now,
+	}
+}
+
+// TokenURL is the token endpoint the account uses.
+func (c *Client) TokenURL(cr Credentials) string {
+	if cr.Kind != KindJumpCloudServiceAccount {
+		return cr.TokenURL
+	}
+	if cr.Region == RegionEU {
+		return c.endpoints.JumpCloudTokenURLEU
+	}
+	return c.endpoints.JumpCloudTokenURLUS
+}
+
+// APIBaseURL is the API that the account's tokens are for.
+func (c *Client) APIBaseURL(cr Credentials) string {
+	if cr.Kind != KindJumpCloudServiceAccount {
+		return cr.APIBaseURL
+	}
+	if cr.Region == RegionEU {
+		return c.endpoints.JumpCloudAPIURLEU
+	}
+	return c.endpoints.JumpCloudAPIURLUS
+}
+
+// Headers are the extra headers every API request with the account's token
+// must carry: x-org-id for JumpCloud multi-tenant admins.
+func Headers(cr Credentials) map[string]string {
+	if cr.Kind == KindJumpCloudServiceAccount && cr.OrgID != "" {
+		return map[string]string{"x-org-id": cr.OrgID}
+	}
+	return nil
+}
+
+// Fetch requests a new token. The request is bounded by the client's own
+// timeout; ctx may end it sooner.
+func (c *Client) Fetch(ctx context.Context, cr Credentials) (Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
+
+	cfg, margin := c.config(cr)
+	tok, err := cfg.Token(ctx)
+	if err != nil {
+		return Token{}, classify(err, cr.ClientSecret)
+	}
+	now := c.now()
+	if tok.Expiry.IsZero() {
+		return Token{}, &UnavailableError{Message: "the token endpoint's answer has no expires_in"}
+	}
+	if tok.Expiry.Sub(now) <= margin {
+		return Token{}, &UnavailableError{Message: fmt.Sprintf("the token endpoint issued a token that expires within the %s safety margin", margin)}
+	}
+	return Token{
+		AccessToken: secret.New(tok.AccessToken),
+		TokenType:   tok.Type(),
+		Expiry:      tok.Expiry.Add(-margin),
+		Obtained:    now,
+	}, nil
+}
+
+func (c *Client) config(cr Credentials) (*clientcredentials.Config, time.Duration) {
+	if cr.Kind == KindJumpCloudServiceAccount {
+		// client_secret_basic with grant_type=client_credentials&scope=api.
+		return &clientcredentials.Config{
+			ClientID:     cr.ClientID,
+			ClientSecret: cr.ClientSecret.Reveal(),
+			TokenURL:     c.TokenURL(cr),
+			Scopes:       []string{"api"},
+			AuthStyle:    oauth2.AuthStyleInHeader,
+		}, jumpCloudExpiryMargin
+	}
+	style := oauth2.AuthStyleInHeader
+	if cr.AuthStyle == AuthStyleBody {
+		style = oauth2.AuthStyleInParams
+	}
+	params := url.Values{}
+	for k, v := range cr.EndpointParams {
+		params.Set(k, v)
+	}
+	return &clientcredentials.Config{
+		ClientID:       cr.ClientID,
+		ClientSecret:   cr.ClientSecret.Reveal(),
+		TokenURL:       cr.TokenURL,
+		Scopes:         cr.Scopes,
+		AuthStyle:      style,
+		EndpointParams: params,
+	}, oauth2ExpiryMargin
+}
+
+// RejectedError means the token endpoint refused the credentials (HTTP 400
+// or 401). Code and Description are the provider's OAuth2 `error` and
+// `error_description`, sanitized.
+type RejectedError struct {
+	StatusCode  int
+	Code        string
+	Description string
+}
+
+func (e *RejectedError) Error() string {
+	msg := fmt.Sprintf("the provider rejected the credentials (HTTP %d)", e.StatusCode)
+	if e.Code != "" {
+		msg += ": " + e.Code
+	}
+	if e.Description != "" {
+		msg += ": " + e.Description
+	}
+	return msg
+}
+
+// UnavailableError means the token endpoint could not be used right now:
+// unreachable, timed out, 429, 5xx, or an unusable answer.
+type UnavailableError struct {
+	// Message is the broker's own summary; it never quotes a response body.
+	Message string
+	// RetryAfter is the provider's Retry-After, if it sent one.
+	RetryAfter time.Duration
+}
+
+func (e *UnavailableError) Error() string { return "token endpoint unavailable: " + e.Message }
+
+// maxRetryAfter bounds how long a Retry-After can silence an account.
+const maxRetryAfter = time.Hour
+
+func classify(err error, clientSecret secret.String) error {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) && re.Response != nil {
+		code := re.Response.StatusCode
+		switch {
+		case code == http.StatusBadRequest || code == http.StatusUnauthorized:
+			return &RejectedError{
+				StatusCode:  code,
+				Code:        sanitize(re.ErrorCode, clientSecret),
+				Description: sanitize(re.ErrorDescription, clientSecret),
+			}
+		case code == http.StatusTooManyRequests:
+			return &UnavailableError{Message: "HTTP 429 rate limited", RetryAfter: retryAfter(re.Response.Header.Get("Retry-After"))}
+		default:
+			return &UnavailableError{Message: fmt.Sprintf("HTTP %d", code), RetryAfter: retryAfter(re.Response.Header.Get("Retry-After"))}
+		}
+	}
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
+		return &UnavailableError{Message: "timed out"}
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.As(err, &netErr):
+		return &UnavailableError{Message: "could not connect"}
+	}
+	// x/oauth2 reports unparsable JSON and a missing access_token as plain errors.
+	return &UnavailableError{Message: "malformed answer"}
+}
+
+// retryAfter parses a Retry-After header: seconds, or an HTTP date.
+func retryAfter(h string) time.Duration {
+	if h == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.Atoi(strings.TrimSpace(h)); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(h); err == nil {
+		d = time.Until(t)
+	}
+	return max(0, min(d, maxRetryAfter))
+}
+
+// sanitize keeps a provider-supplied string fit to show: the characters RFC
+// 6749 allows in error fields, at most 200 of them, and never the secret.
+func sanitize(s string, clientSecret secret.String) string {
+	if cs := clientSecret.Reveal(); cs != "" {
+		s = strings.ReplaceAll(s, cs, "[REDACTED]")
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}

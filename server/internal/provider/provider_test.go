@@ -1,0 +1,186 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+const canarySecret = "canary-client-secret-91b2"
+
+func TestDefaultEndpointsAreJumpCloudsDocumentedOnes(t *testing.T) {
+	want := Endpoints{
+		JumpCloudTokenURLUS: "https://admin-oauth.id.jumpcloud.com/oauth2/token",
+		JumpCloudTokenURLEU: "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token",
+		JumpCloudAPIURLUS:   "https://console.jumpcloud.com/api",
+		JumpCloudAPIURLEU:   "https://console.eu.jumpcloud.com/api",
+	}
+	if got := DefaultEndpoints(); got != want {
+		t.Fatalf("DefaultEndpoints() = %+v, want %+v", got, want)
+	}
+}
+
+func jumpCloudClient(t *testing.T, timeout time.Duration) (*Client, *jumpcloudfake.Fake, Credentials) {
+	t.Helper()
+	fake := jumpcloudfake.New("sa-client", canarySecret)
+	us := httptest.NewServer(fake)
+	t.Cleanup(us.Close)
+	eu := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(eu.Close)
+	c := New(Endpoints{
+		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
+		JumpCloudTokenURLEU: eu.URL + jumpcloudfake.TokenPath,
+		JumpCloudAPIURLUS:   "https://us.example/api",
+		JumpCloudAPIURLEU:   "https://eu.example/api",
+	}, timeout)
+	return c, fake, Credentials{Kind: KindJumpCloudServiceAccount, ClientID: "sa-client", ClientSecret: secret.New(canarySecret), Region: RegionUS}
+}
+
+func TestJumpCloudFetch(t *testing.T) {
+	c, fake, cr := jumpCloudClient(t, 5*time.Second)
+	before := time.Now()
+	tok, err := c.Fetch(context.Background(), cr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.AccessToken.Reveal() != fake.LastToken() || tok.TokenType != "Bearer" {
+		t.Fatalf("token = %q %q, want %q Bearer", tok.AccessToken.Reveal(), tok.TokenType, fake.LastToken())
+	}
+	// expires_in 3600, less JumpCloud's 30 s.
+	if lo, hi := before.Add(time.Hour-30*time.Second), time.Now().Add(time.Hour-30*time.Second); tok.Expiry.Before(lo) || tok.Expiry.After(hi) {
+		t.Fatalf("expiry %v not within [%v, %v]", tok.Expiry, lo, hi)
+	}
+	if got := c.APIBaseURL(cr); got != "https://us.example/api" {
+		t.Errorf("APIBaseURL = %q", got)
+	}
+	cr.Region = RegionEU
+	if got := c.APIBaseURL(cr); got != "https://eu.example/api" {
+		t.Errorf("EU APIBaseURL = %q", got)
+	}
+	// The EU endpoint is a different server: the request must go there.
+	if _, err := c.Fetch(context.Background(), cr); err == nil {
+		t.Error("EU fetch reached the US fake")
+	}
+	if h := Headers(Credentials{Kind: KindJumpCloudServiceAccount, OrgID: "5a1234567890abcdef123456"}); h["x-org-id"] != "5a1234567890abcdef123456" {
+		t.Errorf("Headers = %v", h)
+	}
+}
+
+func TestJumpCloudFailures(t *testing.T) {
+	cases := []struct {
+		name       string
+		setup      func(*jumpcloudfake.Fake)
+		secret     string
+		rejected   bool
+		retryAfter time.Duration
+	}{
+		{name: "wrong secret", secret: "wrong-" + canarySecret, rejected: true},
+		{name: "revoked", setup: func(f *jumpcloudfake.Fake) { f.SetBehaviour(jumpcloudfake.RejectAll) }, rejected: true},
+		{name: "server error", setup: func(f *jumpcloudfake.Fake) { f.SetBehaviour(jumpcloudfake.ServerError) }},
+		{name: "rate limited", setup: func(f *jumpcloudfake.Fake) {
+			f.SetBehaviour(jumpcloudfake.RateLimited)
+			f.SetRetryAfter("120")
+		}, retryAfter: 2 * time.Minute},
+		{name: "slow", setup: func(f *jumpcloudfake.Fake) {
+			f.SetBehaviour(jumpcloudfake.Slow)
+			f.SetDelay(time.Minute)
+		}},
+		{name: "malformed", setup: func(f *jumpcloudfake.Fake) { f.SetBehaviour(jumpcloudfake.Malformed) }},
+		{name: "lifetime shorter than the margin", setup: func(f *jumpcloudfake.Fake) { f.SetTokenTTL(20 * time.Second) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, fake, cr := jumpCloudClient(t, 200*time.Millisecond)
+			if tc.setup != nil {
+				tc.setup(fake)
+			}
+			if tc.secret != "" {
+				cr.ClientSecret = secret.New(tc.secret)
+			}
+			_, err := c.Fetch(context.Background(), cr)
+			var rej *RejectedError
+			var unav *UnavailableError
+			switch {
+			case tc.rejected:
+				if !errors.As(err, &rej) || rej.Code != "invalid_client" {
+					t.Fatalf("err = %v, want RejectedError invalid_client", err)
+				}
+			case !errors.As(err, &unav):
+				t.Fatalf("err = %v, want UnavailableError", err)
+			case unav.RetryAfter != tc.retryAfter:
+				t.Fatalf("RetryAfter = %v, want %v", unav.RetryAfter, tc.retryAfter)
+			}
+			if msg := err.Error(); msg == "" || strings.Contains(msg, canarySecret) || strings.Contains(msg, "{") {
+				t.Fatalf("error %q is empty, leaks the secret or quotes a body", msg)
+			}
+			if fake.Requests() != 1 {
+				t.Fatalf("fake saw %d requests, want 1", fake.Requests())
+			}
+		})
+	}
+}
+
+// A provider that echoes the secret in its error description must not get it into our errors.
+func TestRejectedDescriptionIsSanitized(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":"invalid_client","error_description":"secret ` + canarySecret + ` is wrong\u0007"}`))
+	}))
+	defer srv.Close()
+	c := New(Endpoints{}, time.Second)
+	_, err := c.Fetch(context.Background(), Credentials{Kind: KindOAuth2ClientCredentials, TokenURL: srv.URL, ClientID: "id", ClientSecret: secret.New(canarySecret)})
+	var rej *RejectedError
+	if !errors.As(err, &rej) {
+		t.Fatalf("err = %v", err)
+	}
+	if rej.Description != "secret [REDACTED] is wrong" {
+		t.Fatalf("Description = %q", rej.Description)
+	}
+}
+
+func TestOAuth2ClientCredentials(t *testing.T) {
+	for _, style := range []string{AuthStyleHeader, AuthStyleBody} {
+		t.Run(style, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_ = r.ParseForm()
+				id, sec, basic := r.BasicAuth()
+				if style == AuthStyleBody {
+					id, sec = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+				}
+				if basic != (style == AuthStyleHeader) || id != "gen" || sec != canarySecret ||
+					r.PostForm.Get("grant_type") != "client_credentials" || r.PostForm.Get("scope") != "read write" || r.PostForm.Get("audience") != "api://x" {
+					w.WriteHeader(http.StatusUnauthorized)
+					_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = w.Write([]byte(`{"access_token":"gen-token","token_type":"bearer","expires_in":600}`))
+			}))
+			defer srv.Close()
+			c := New(Endpoints{}, time.Second)
+			tok, err := c.Fetch(context.Background(), Credentials{
+				Kind: KindOAuth2ClientCredentials, TokenURL: srv.URL, ClientID: "gen", ClientSecret: secret.New(canarySecret),
+				Scopes: []string{"read", "write"}, AuthStyle: style, EndpointParams: map[string]string{"audience": "api://x"},
+			})
+			if err != nil || tok.AccessToken.Reveal() != "gen-token" {
+				t.Fatalf("Fetch = %q, %v", tok.AccessToken.Reveal(), err)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": 0, "7": 7 * time.Second, "junk": 0, "-3": 0, "999999": time.Hour} {
+		if got := retryAfter(in); got != want {
+			t.Errorf("retryAfter(%q) = %v, want %v", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,173 @@
+// Package seal is the broker's envelope encryption. Each account has its own
+// AES-256-GCM data key; data keys are stored only wrapped by the master key.
+// Every ciphertext is bound (as AES-GCM additional data) to the account and
+// the field it belongs to, so a ciphertext moved to another record or field
+// fails to decrypt instead of revealing another account's secret.
+package seal
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// KeySize is the size of master and data keys: AES-256.
+const KeySize = 32
+
+// format is the first byte of every sealed value, so that the layout can
+// change later without guessing.
+const format byte = 1
+
+// ErrDecrypt means a ciphertext did not authenticate: a wrong key, or data
+// that was altered or moved to another account or field.
+var ErrDecrypt = errors.New("seal: ciphertext does not authenticate")
+
+// ErrWrongMasterKey means the master key is not the one the store was created with.
+var ErrWrongMasterKey = errors.New("the master key does not match the one this data directory was created with")
+
+// MasterKey wraps and unwraps data keys. It never leaves memory.
+type MasterKey struct{ aead cipher.AEAD }
+
+// DataKey seals and opens one account's fields.
+type DataKey struct {
+	aead      cipher.AEAD
+	accountID string
+}
+
+// ParseMasterKey reads a 32-byte key written as base64 (standard or URL
+// alphabet, padded or not) or hex. Surrounding white space is ignored.
+func ParseMasterKey(text string) (*MasterKey, error) {
+	text = strings.TrimSpace(text)
+	raw, err := decodeKey(text)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := newAEAD(raw)
+	if err != nil {
+		return nil, err
+	}
+	return &MasterKey{aead: aead}, nil
+}
+
+func decodeKey(text string) ([]byte, error) {
+	if len(text) == 2*KeySize {
+		if raw, err := hex.DecodeString(text); err == nil {
+			return raw, nil
+		}
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if raw, err := enc.DecodeString(text); err == nil && len(raw) == KeySize {
+			return raw, nil
+		}
+	}
+	// Say nothing about the text itself: it may be a real key with a typo.
+	return nil, fmt.Errorf("master key must be %d random bytes encoded as base64 or hex", KeySize)
+}
+
+// GenerateMasterKey returns a new random master key in the text form that
+// ParseMasterKey reads.
+func GenerateMasterKey() (string, error) {
+	raw := make([]byte, KeySize)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(raw), nil
+}
+
+// NewDataKey makes a fresh data key for an account and returns it with its
+// wrapped form, which is what gets stored.
+func (m *MasterKey) NewDataKey(accountID string) (*DataKey, []byte, error) {
+	raw := make([]byte, KeySize)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, nil, err
+	}
+	aead, err := newAEAD(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	wrapped, err := sealWith(m.aead, raw, additionalData("data-key", accountID, ""))
+	if err != nil {
+		return nil, nil, err
+	}
+	return &DataKey{aead: aead, accountID: accountID}, wrapped, nil
+}
+
+// UnwrapDataKey opens an account's wrapped data key.
+func (m *MasterKey) UnwrapDataKey(accountID string, wrapped []byte) (*DataKey, error) {
+	raw, err := openWith(m.aead, wrapped, additionalData("data-key", accountID, ""))
+	if err != nil {
+		return nil, err
+	}
+	aead, err := newAEAD(raw)
+	if err != nil {
+		return nil, err
+	}
+	return &DataKey{aead: aead, accountID: accountID}, nil
+}
+
+// KeyCheck returns a value, stored beside the data, by which VerifyKeyCheck
+// later tells whether a master key is the one the store was created with.
+// It reveals nothing about the key.
+func (m *MasterKey) KeyCheck() ([]byte, error) {
+	return sealWith(m.aead, []byte("credbroker master key check"), additionalData("key-check", "", ""))
+}
+
+// VerifyKeyCheck returns ErrWrongMasterKey unless check was made by KeyCheck
+// under this same master key.
+func (m *MasterKey) VerifyKeyCheck(check []byte) error {
+	if _, err := openWith(m.aead, check, additionalData("key-check", "", "")); err != nil {
+		return ErrWrongMasterKey
+	}
+	return nil
+}
+
+// Seal encrypts one field of the key's account.
+func (k *DataKey) Seal(field string, plaintext []byte) ([]byte, error) {
+	return sealWith(k.aead, plaintext, additionalData("field", k.accountID, field))
+}
+
+// Open decrypts one field of the key's account.
+func (k *DataKey) Open(field string, sealed []byte) ([]byte, error) {
+	return openWith(k.aead, sealed, additionalData("field", k.accountID, field))
+}
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// additionalData binds a ciphertext to what it is. NUL separators keep
+// ("a", "b-c") and ("a-b", "c") apart; account ids cannot contain NUL.
+func additionalData(purpose, accountID, field string) []byte {
+	return []byte("credbroker/v1\x00" + purpose + "\x00" + accountID + "\x00" + field)
+}
+
+// sealWith lays out format byte || nonce || ciphertext+tag.
+func sealWith(aead cipher.AEAD, plaintext, ad []byte) ([]byte, error) {
+	out := make([]byte, 1+aead.NonceSize(), 1+aead.NonceSize()+len(plaintext)+aead.Overhead())
+	out[0] = format
+	if _, err := rand.Read(out[1:]); err != nil {
+		return nil, err
+	}
+	return aead.Seal(out, out[1:], plaintext, ad), nil
+}
+
+func openWith(aead cipher.AEAD, sealed, ad []byte) ([]byte, error) {
+	n := aead.NonceSize()
+	if len(sealed) < 1+n+aead.Overhead() || sealed[0] != format {
+		return nil, ErrDecrypt
+	}
+	plaintext, err := aead.Open(nil, sealed[1:1+n], sealed[1+n:], ad)
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return plaintext, nil
+}

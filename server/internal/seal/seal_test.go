@@ -1,0 +1,112 @@
+package seal
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func mustMaster(t *testing.T) *MasterKey {
+	t.Helper()
+	text, err := GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ParseMasterKey(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestRoundTrip(t *testing.T) {
+	m := mustMaster(t)
+	k, wrapped, err := m.NewDataKey("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := k.Seal("client_secret", []byte("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(sealed, []byte("s3cret")) {
+		t.Fatal("sealed value contains the plaintext")
+	}
+	k2, err := m.UnwrapDataKey("acme", wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := k2.Open("client_secret", sealed)
+	if err != nil || string(got) != "s3cret" {
+		t.Fatalf("Open = %q, %v", got, err)
+	}
+}
+
+// Ciphertexts are bound to account and field: moving one anywhere else must fail.
+func TestMovedCiphertextFails(t *testing.T) {
+	m := mustMaster(t)
+	acme, acmeWrapped, _ := m.NewDataKey("acme")
+	_, otherWrapped, _ := m.NewDataKey("other")
+	sealed, _ := acme.Seal("client_secret", []byte("s3cret"))
+
+	if _, err := acme.Open("access_token", sealed); !errors.Is(err, ErrDecrypt) {
+		t.Errorf("open under another field: err = %v, want ErrDecrypt", err)
+	}
+	// Both the wrapped key and the secret copied into another account's record.
+	if _, err := m.UnwrapDataKey("other", acmeWrapped); !errors.Is(err, ErrDecrypt) {
+		t.Errorf("unwrap acme's key as other: err = %v, want ErrDecrypt", err)
+	}
+	other, err := m.UnwrapDataKey("other", otherWrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Open("client_secret", sealed); !errors.Is(err, ErrDecrypt) {
+		t.Errorf("open acme's secret with other's key: err = %v, want ErrDecrypt", err)
+	}
+	tampered := bytes.Clone(sealed)
+	tampered[len(tampered)-1] ^= 1
+	if _, err := acme.Open("client_secret", tampered); !errors.Is(err, ErrDecrypt) {
+		t.Errorf("tampered: err = %v, want ErrDecrypt", err)
+	}
+}
+
+func TestKeyCheck(t *testing.T) {
+	m, other := mustMaster(t), mustMaster(t)
+	check, err := m.KeyCheck()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.VerifyKeyCheck(check); err != nil {
+		t.Errorf("same key: %v", err)
+	}
+	if err := other.VerifyKeyCheck(check); !errors.Is(err, ErrWrongMasterKey) {
+		t.Errorf("other key: err = %v, want ErrWrongMasterKey", err)
+	}
+	if _, err := other.UnwrapDataKey("acme", check); err == nil {
+		t.Error("a key check must not unwrap as a data key")
+	}
+}
+
+func TestParseMasterKey(t *testing.T) {
+	raw := bytes.Repeat([]byte{0xab}, KeySize)
+	for _, text := range []string{
+		base64.StdEncoding.EncodeToString(raw),
+		base64.RawURLEncoding.EncodeToString(raw) + "\n",
+		hex.EncodeToString(raw),
+	} {
+		if _, err := ParseMasterKey(text); err != nil {
+			t.Errorf("ParseMasterKey(%q): %v", text, err)
+		}
+	}
+	for _, text := range []string{"", "short", base64.StdEncoding.EncodeToString(raw[:16]), strings.Repeat("z", 64)} {
+		_, err := ParseMasterKey(text)
+		if err == nil {
+			t.Errorf("ParseMasterKey(%q) succeeded", text)
+		} else if text != "" && strings.Contains(err.Error(), text) {
+			t.Errorf("error repeats the key text: %v", err)
+		}
+	}
+}

@@ -1,0 +1,237 @@
+// Package store keeps the broker's state in one bbolt file. It is the only
+// package that imports bbolt. Every write is committed with fsync before
+// the method returns, and bbolt's copy-on-write pages leave a consistent,
+// openable file after a crash at any point.
+//
+// Records are this package's own versioned JSON, not API messages, so the
+// API can change without a data migration. Secrets reach this package only
+// sealed (see package seal).
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	// ErrNotFound means no account has the given id.
+	ErrNotFound = errors.New("account not found")
+	// ErrExists means an account with the given id already exists.
+	ErrExists = errors.New("account already exists")
+	// ErrLocked means another process holds the database file.
+	ErrLocked = errors.New("database is locked by another process")
+)
+
+// Store is the broker's database.
+type Store struct{ db *bolt.DB }
+
+// Open opens (or creates, mode 0600) the database file at path. If another
+// process holds the file, it gives up after lockTimeout with ErrLocked.
+// Opening an existing file does not write to it.
+func Open(path string, lockTimeout time.Duration) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: could not lock %s within %s; is another credbroker using this data directory?", ErrLocked, path, lockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &Store{db: db}
+	if err := s.createBuckets(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// createBuckets writes only when a bucket is missing, so opening an existing
+// database (for example with the wrong master key) leaves the file as it was.
+func (s *Store) createBuckets() error {
+	missing := false
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				missing = true
+			}
+		}
+		return nil
+	})
+	if !missing {
+		return nil
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// KeyCheck returns the stored master-key check value, or nil in a new store.
+func (s *Store) KeyCheck() ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		out = copyBytes(tx.Bucket(metaBucket).Get(keyCheckKey))
+		return nil
+	})
+	return out, err
+}
+
+// SetKeyCheck stores the master-key check value.
+func (s *Store) SetKeyCheck(check []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(metaBucket).Put(keyCheckKey, check)
+	})
+}
+
+// CreateAccount stores a new account together with its first token state,
+// or returns ErrExists.
+func (s *Store) CreateAccount(a Account, t TokenState) error {
+	a.Version, t.Version = recordVersion, recordVersion
+	return s.db.Update(func(tx *bolt.Tx) error {
+		accounts := tx.Bucket(accountsBucket)
+		if accounts.Get([]byte(a.ID)) != nil {
+			return ErrExists
+		}
+		if err := put(accounts, a.ID, a); err != nil {
+			return err
+		}
+		return put(tx.Bucket(tokensBucket), a.ID, t)
+	})
+}
+
+// Account returns one account or ErrNotFound.
+func (s *Store) Account(id string) (Account, error) {
+	var a Account
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return get(tx.Bucket(accountsBucket), id, &a)
+	})
+	return a, err
+}
+
+// Accounts returns up to limit accounts whose id sorts after the given one,
+// in id order; limit <= 0 means all.
+func (s *Store) Accounts(after string, limit int) ([]Account, error) {
+	var out []Account
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(accountsBucket).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
+			var a Account
+			if err := decode(v, &a); err != nil {
+				return fmt.Errorf("account %q: %w", k, err)
+			}
+			out = append(out, a)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// UpdateAccount applies change to a stored account and saves the result.
+// If change returns an error nothing is written.
+func (s *Store) UpdateAccount(id string, change func(*Account) error) (Account, error) {
+	var a Account
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(accountsBucket)
+		if err := get(b, id, &a); err != nil {
+			return err
+		}
+		if err := change(&a); err != nil {
+			return err
+		}
+		a.Version = recordVersion
+		return put(b, id, a)
+	})
+	return a, err
+}
+
+// DeleteAccount removes an account, its wrapped data key and its token state.
+func (s *Store) DeleteAccount(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		accounts := tx.Bucket(accountsBucket)
+		if accounts.Get([]byte(id)) == nil {
+			return ErrNotFound
+		}
+		if err := accounts.Delete([]byte(id)); err != nil {
+			return err
+		}
+		return tx.Bucket(tokensBucket).Delete([]byte(id))
+	})
+}
+
+// TokenState returns an account's token state; the zero TokenState if none is stored.
+func (s *Store) TokenState(id string) (TokenState, error) {
+	var t TokenState
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := get(tx.Bucket(tokensBucket), id, &t)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	return t, err
+}
+
+// PutTokenState saves an account's token state, or returns ErrNotFound if the
+// account has been deleted meanwhile (so a late refresh cannot resurrect it).
+func (s *Store) PutTokenState(id string, t TokenState) error {
+	t.Version = recordVersion
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(accountsBucket).Get([]byte(id)) == nil {
+			return ErrNotFound
+		}
+		return put(tx.Bucket(tokensBucket), id, t)
+	})
+}
+
+func put(b *bolt.Bucket, id string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(id), data)
+}
+
+func get(b *bolt.Bucket, id string, v any) error {
+	data := b.Get([]byte(id))
+	if data == nil {
+		return ErrNotFound
+	}
+	return decode(data, v)
+}
+
+func decode(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("corrupt record: %w", err)
+	}
+	if ver := v.(versioned).version(); ver != recordVersion {
+		return fmt.Errorf("record version %d is not supported by this build (want %d)", ver, recordVersion)
+	}
+	return nil
+}
+
+// copyBytes copies a value out of bbolt's mmap, which is only valid inside the transaction.
+func copyBytes(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"errors"
+	bolt "go.etcd.io/bbolt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func openTemp(t *testing.T) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "credbroker.db")
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func TestAccountLifecycle(t *testing.T) {
+	s, path := openTemp(t)
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("db file mode = %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	for _, id := range []string{"b", "a", "c"} {
+		if err := s.CreateAccount(Account{ID: id, ClientID: "cid-" + id}, TokenState{State: "active"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateAccount(Account{ID: "a"}, TokenState{}); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate create: err = %v, want ErrExists", err)
+	}
+	page, err := s.Accounts("", 2)
+	if err != nil || len(page) != 2 || page[0].ID != "a" || page[1].ID != "b" {
+		t.Fatalf("first page = %+v, %v", page, err)
+	}
+	page, err = s.Accounts("b", 2)
+	if err != nil || len(page) != 1 || page[0].ID != "c" {
+		t.Fatalf("second page = %+v, %v", page, err)
+	}
+
+	a, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "Acme"; return nil })
+	if err != nil || a.DisplayName != "Acme" || a.Version != recordVersion {
+		t.Fatalf("update = %+v, %v", a, err)
+	}
+	boom := errors.New("boom")
+	if _, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "lost"; return boom }); !errors.Is(err, boom) {
+		t.Fatalf("failed update: err = %v", err)
+	}
+	if a, _ := s.Account("a"); a.DisplayName != "Acme" {
+		t.Fatalf("a failed update was written: %+v", a)
+	}
+
+	if err := s.DeleteAccount("a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Account("a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: err = %v, want ErrNotFound", err)
+	}
+	if err := s.PutTokenState("a", TokenState{State: "active"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("token state for a deleted account: err = %v, want ErrNotFound", err)
+	}
+	if ts, err := s.TokenState("a"); err != nil || ts.State != "" {
+		t.Fatalf("deleted account's token state = %+v, %v", ts, err)
+	}
+	if err := s.DeleteAccount("a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestSecondOpenFailsFast(t *testing.T) {
+	_, path := openTemp(t)
+	_, err := Open(path, 100*time.Millisecond)
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: err = %v, want ErrLocked", err)
+	}
+}
+
+func TestUnknownRecordVersionIsRefused(t *testing.T) {
+	s, _ := openTemp(t)
+	if err := s.CreateAccount(Account{ID: "a"}, TokenState{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateAccount("a", func(a *Account) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	// Write a record from a "future" build directly.
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(accountsBucket).Put([]byte("a"), []byte(`{"v":99,"id":"a"}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Account("a"); err == nil {
+		t.Fatal("a record of an unknown version was accepted")
+	}
+}

@@ -1,0 +1,211 @@
+// Package jumpcloudfake is a stand-in for JumpCloud's OAuth 2.0 token
+// endpoint, for tests and for trying the broker without a JumpCloud account.
+// It checks each request the way JumpCloud does (POST, client_secret_basic,
+// grant_type=client_credentials&scope=api), counts requests, and can be
+// told to fail in the ways the real endpoint can.
+package jumpcloudfake
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"mime"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// TokenPath is where the fake serves tokens, as JumpCloud does.
+const TokenPath = "/oauth2/token"
+
+// Behaviour is how the fake answers well-formed token requests.
+type Behaviour int
+
+const (
+	// Normal issues tokens to known clients and rejects unknown ones.
+	Normal Behaviour = iota
+	// RejectAll answers 401 invalid_client, as for a deleted secret.
+	RejectAll
+	// ServerError answers 500.
+	ServerError
+	// RateLimited answers 429 with the configured Retry-After.
+	RateLimited
+	// Slow waits for the configured delay (or until the client gives up)
+	// before answering normally.
+	Slow
+	// Malformed answers 200 with a body that is not a token.
+	Malformed
+)
+
+// Fake is an http.Handler; serve it with httptest.NewServer or http.Server.
+type Fake struct {
+	requests atomic.Int64
+
+	mu         sync.Mutex
+	clients    map[string]string // client id -> secret
+	behaviour  Behaviour
+	retryAfter string
+	delay      time.Duration
+	tokenTTL   time.Duration
+	last       string
+}
+
+// New returns a fake that knows one client and issues tokens that live an hour.
+func New(clientID, clientSecret string) *Fake {
+	return &Fake{clients: map[string]string{clientID: clientSecret}, tokenTTL: time.Hour}
+}
+
+// SetBehaviour changes how the fake answers from the next request on.
+func (f *Fake) SetBehaviour(b Behaviour) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.behaviour = b
+}
+
+// SetRetryAfter sets the Retry-After header sent with RateLimited answers.
+func (f *Fake) SetRetryAfter(v string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.retryAfter = v
+}
+
+// SetDelay sets how long Slow answers take.
+func (f *Fake) SetDelay(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.delay = d
+}
+
+// SetTokenTTL sets the expires_in of issued tokens.
+func (f *Fake) SetTokenTTL(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokenTTL = d
+}
+
+// SetClient adds a client or changes its secret.
+func (f *Fake) SetClient(clientID, clientSecret string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clients[clientID] = clientSecret
+}
+
+// Requests is the number of requests received so far, good or bad.
+func (f *Fake) Requests() int { return int(f.requests.Load()) }
+
+// LastToken is the last access token issued.
+func (f *Fake) LastToken() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.requests.Add(1)
+	if r.URL.Path != TokenPath {
+		http.NotFound(w, r)
+		return
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		oauthError(w, http.StatusMethodNotAllowed, "invalid_request", "token requests must be POST")
+		return
+	}
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/x-www-form-urlencoded" {
+		oauthError(w, http.StatusBadRequest, "invalid_request", "body must be application/x-www-form-urlencoded")
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		oauthError(w, http.StatusBadRequest, "invalid_request", "unreadable form")
+		return
+	}
+	if r.PostForm.Get("grant_type") != "client_credentials" {
+		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "grant_type must be client_credentials")
+		return
+	}
+	if r.PostForm.Get("scope") != "api" {
+		oauthError(w, http.StatusBadRequest, "invalid_scope", "scope must be api")
+		return
+	}
+	if r.PostForm.Has("client_secret") {
+		oauthError(w, http.StatusBadRequest, "invalid_request", "service accounts authenticate with client_secret_basic")
+		return
+	}
+
+	f.mu.Lock()
+	behaviour, retryAfter, delay, ttl := f.behaviour, f.retryAfter, f.delay, f.tokenTTL
+	f.mu.Unlock()
+	switch behaviour {
+	case RejectAll:
+		oauthError(w, http.StatusUnauthorized, "invalid_client", "Client authentication failed.")
+		return
+	case ServerError:
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	case RateLimited:
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		http.Error(w, `{"message":"Too Many Requests"}`, http.StatusTooManyRequests)
+		return
+	case Slow:
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+	case Malformed:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token": `))
+		return
+	}
+
+	if !f.authenticate(r) {
+		oauthError(w, http.StatusUnauthorized, "invalid_client", "Client authentication failed.")
+		return
+	}
+	token := "jc-fake-" + randomHex(16)
+	f.mu.Lock()
+	f.last = token
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"access_token": token,
+		"token_type":   "bearer",
+		"expires_in":   int(ttl / time.Second),
+		"scope":        "api",
+	})
+}
+
+// authenticate checks client_secret_basic. Following RFC 6749 §2.3.1 the id
+// and secret are form-encoded before Basic encoding, so decode them first.
+func (f *Fake) authenticate(r *http.Request) bool {
+	rawID, rawSecret, ok := r.BasicAuth()
+	if !ok {
+		return false
+	}
+	id, err1 := url.QueryUnescape(rawID)
+	sec, err2 := url.QueryUnescape(rawSecret)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	want, known := f.clients[id]
+	return known && want == sec
+}
+
+func oauthError(w http.ResponseWriter, code int, errCode, desc string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": errCode, "error_description": desc})
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
