@@ -97,6 +97,16 @@ type Token struct {
 	Obtained time.Time
 }
 
+// Config configures a Client.
+type Config struct {
+	Endpoints Endpoints
+	// Timeout bounds each token request, whatever the caller's own
+	// deadline. Default 10s.
+	Timeout time.Duration
+	// Now is the clock that token expiry is computed on. Default time.Now.
+	Now func() time.Time
+}
+
 // Client fetches tokens. It is safe for concurrent use.
 type Client struct {
 	endpoints Endpoints
@@ -105,19 +115,21 @@ type Client struct {
 	now       func() time.Time
 }
 
-// New returns a Client that gives each token request at most timeout,
-// whatever the caller's own deadline. A zero timeout means 10 s.
-func New(endpoints Endpoints, timeout time.Duration) *Client {
-	if timeout <= 0 {
-		timeout = 10 * time.Second
+// New returns a Client.
+func New(cfg Config) *Client {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.ResponseHeaderTimeout = timeout
+	transport.ResponseHeaderTimeout = cfg.Timeout
 	return &Client{
-		endpoints: endpoints,
-		http:      &http.Client{Timeout: timeout, Transport: transport},
-		timeout:   timeout,
-		now:       time.Now,
+		endpoints: cfg.Endpoints,
+		http:      &http.Client{Timeout: cfg.Timeout, Transport: transport},
+		timeout:   cfg.Timeout,
+		now:       cfg.Now,
 	}
 }
 
@@ -164,17 +176,20 @@ func (c *Client) Fetch(ctx context.Context, cr Credentials) (Token, error) {
 	if err != nil {
 		return Token{}, classify(err, cr.ClientSecret)
 	}
-	now := c.now()
 	if tok.Expiry.IsZero() {
 		return Token{}, &UnavailableError{Message: "the token endpoint's answer has no expires_in"}
 	}
-	if tok.Expiry.Sub(now) <= margin {
+	// x/oauth2 turned expires_in into an Expiry on the wall clock; take the
+	// lifetime back out so that expiry follows this client's clock.
+	lifetime := time.Until(tok.Expiry).Round(time.Second)
+	now := c.now()
+	if lifetime <= margin {
 		return Token{}, &UnavailableError{Message: fmt.Sprintf("the token endpoint issued a token that expires within the %s safety margin", margin)}
 	}
 	return Token{
 		AccessToken: secret.New(tok.AccessToken),
 		TokenType:   tok.Type(),
-		Expiry:      tok.Expiry.Add(-margin),
+		Expiry:      now.Add(lifetime - margin),
 		Obtained:    now,
 	}, nil
 }

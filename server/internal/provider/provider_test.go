@@ -34,12 +34,12 @@ func jumpCloudClient(t *testing.T, timeout time.Duration) (*Client, *jumpcloudfa
 	t.Cleanup(us.Close)
 	eu := httptest.NewServer(http.NotFoundHandler())
 	t.Cleanup(eu.Close)
-	c := New(Endpoints{
+	c := New(Config{Endpoints: Endpoints{
 		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
 		JumpCloudTokenURLEU: eu.URL + jumpcloudfake.TokenPath,
 		JumpCloudAPIURLUS:   "https://us.example/api",
 		JumpCloudAPIURLEU:   "https://eu.example/api",
-	}, timeout)
+	}, Timeout: timeout})
 	return c, fake, Credentials{Kind: KindJumpCloudServiceAccount, ClientID: "sa-client", ClientSecret: secret.New(canarySecret), Region: RegionUS}
 }
 
@@ -135,7 +135,7 @@ func TestRejectedDescriptionIsSanitized(t *testing.T) {
 		_, _ = w.Write([]byte(`{"error":"invalid_client","error_description":"secret ` + canarySecret + ` is wrong\u0007"}`))
 	}))
 	defer srv.Close()
-	c := New(Endpoints{}, time.Second)
+	c := New(Config{Timeout: time.Second})
 	_, err := c.Fetch(context.Background(), Credentials{Kind: KindOAuth2ClientCredentials, TokenURL: srv.URL, ClientID: "id", ClientSecret: secret.New(canarySecret)})
 	var rej *RejectedError
 	if !errors.As(err, &rej) {
@@ -165,7 +165,7 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 				_, _ = w.Write([]byte(`{"access_token":"gen-token","token_type":"bearer","expires_in":600}`))
 			}))
 			defer srv.Close()
-			c := New(Endpoints{}, time.Second)
+			c := New(Config{Timeout: time.Second})
 			tok, err := c.Fetch(context.Background(), Credentials{
 				Kind: KindOAuth2ClientCredentials, TokenURL: srv.URL, ClientID: "gen", ClientSecret: secret.New(canarySecret),
 				Scopes: []string{"read", "write"}, AuthStyle: style, EndpointParams: map[string]string{"audience": "api://x"},

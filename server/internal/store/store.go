@@ -190,15 +190,23 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 	return t, err
 }
 
-// PutTokenState saves an account's token state, or returns ErrNotFound if the
-// account has been deleted meanwhile (so a late refresh cannot resurrect it).
-func (s *Store) PutTokenState(id string, t TokenState) error {
-	t.Version = recordVersion
+// UpdateTokenState applies change to an account's token state (the zero
+// TokenState if none is stored) and saves it, or returns ErrNotFound if the
+// account has been deleted meanwhile, so that a late refresh cannot bring a
+// deleted account's token back.
+func (s *Store) UpdateTokenState(id string, change func(*TokenState)) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(accountsBucket).Get([]byte(id)) == nil {
 			return ErrNotFound
 		}
-		return put(tx.Bucket(tokensBucket), id, t)
+		b := tx.Bucket(tokensBucket)
+		var t TokenState
+		if err := get(b, id, &t); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		change(&t)
+		t.Version = recordVersion
+		return put(b, id, t)
 	})
 }
 

@@ -42,6 +42,13 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatalf("second page = %+v, %v", page, err)
 	}
 
+	if err := s.UpdateTokenState("b", func(ts *TokenState) { ts.TokenType = "Bearer" }); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := s.TokenState("b"); err != nil || ts.State != "active" || ts.TokenType != "Bearer" {
+		t.Fatalf("token state after update = %+v, %v", ts, err)
+	}
+
 	a, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "Acme"; return nil })
 	if err != nil || a.DisplayName != "Acme" || a.Version != recordVersion {
 		t.Fatalf("update = %+v, %v", a, err)
@@ -60,7 +67,7 @@ func TestAccountLifecycle(t *testing.T) {
 	if _, err := s.Account("a"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after delete: err = %v, want ErrNotFound", err)
 	}
-	if err := s.PutTokenState("a", TokenState{State: "active"}); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateTokenState("a", func(ts *TokenState) { ts.State = "active" }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("token state for a deleted account: err = %v, want ErrNotFound", err)
 	}
 	if ts, err := s.TokenState("a"); err != nil || ts.State != "" {

@@ -1,0 +1,493 @@
+// Package tokens caches each account's access token, fetches a new one when
+// needed (concurrent callers share one upstream request), renews tokens in
+// the background before they expire, and tracks each account's health.
+//
+// GetToken's hot path is a map lookup and an atomic load: no locks held
+// across I/O, no store access. Every upstream request, whether a caller or
+// the refresher wants it, passes one gate per account (nextAttempt), so a
+// failing provider sees backoff, not a retry storm.
+package tokens
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// Account states, as stored and shown.
+const (
+	StateActive         = "active"
+	StateDegraded       = "degraded"
+	StateNeedsAttention = "needs_attention"
+)
+
+// Failure reasons, as stored and shown.
+const (
+	ReasonCredentialsRejected = "credentials_rejected"
+	ReasonProviderUnavailable = "provider_unavailable"
+	ReasonInternal            = "internal"
+)
+
+// ErrNotFound means the manager knows no such account.
+var ErrNotFound = errors.New("account not found")
+
+// MinTTLTooLongError means the caller asked for a token that outlives
+// anything the provider issues.
+type MinTTLTooLongError struct{ Max time.Duration }
+
+func (e *MinTTLTooLongError) Error() string {
+	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
+}
+
+// FetchError is a failed token request together with the time before which
+// the broker will not ask the provider again. Err is a
+// *provider.RejectedError, a *provider.UnavailableError, or a broker fault.
+type FetchError struct {
+	Err     error
+	RetryAt time.Time
+}
+
+func (e *FetchError) Error() string { return e.Err.Error() }
+func (e *FetchError) Unwrap() error { return e.Err }
+
+// Config tunes the manager. Zero values take the documented defaults.
+type Config struct {
+	// RefreshMargin: the refresher renews a token this long before it
+	// expires (at most half its lifetime), less up to a quarter of it at
+	// random so that accounts linked together do not refresh together.
+	// Default 5m.
+	RefreshMargin time.Duration
+	// RefreshConcurrency bounds the refresher's simultaneous upstream
+	// requests. Default 4.
+	RefreshConcurrency int
+	// ScanInterval is how often the refresher looks for due work. Default 1s.
+	ScanInterval time.Duration
+	// BackoffMin and BackoffMax bound the exponential backoff after a
+	// provider failure without Retry-After. Defaults 1s and 5m.
+	BackoffMin, BackoffMax time.Duration
+	// RejectedRecheck is how long to wait before asking again after the
+	// provider rejected the credentials. Default 10m.
+	RejectedRecheck time.Duration
+	// Now is the clock; default time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.RefreshMargin, 5*time.Minute)
+	def(&c.ScanInterval, time.Second)
+	def(&c.BackoffMin, time.Second)
+	def(&c.BackoffMax, 5*time.Minute)
+	def(&c.RejectedRecheck, 10*time.Minute)
+	if c.RefreshConcurrency <= 0 {
+		c.RefreshConcurrency = 4
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Issued is a token ready to hand out. It is immutable and shared.
+type Issued struct {
+	provider.Token
+	APIBaseURL string
+	// Headers must not be modified.
+	Headers map[string]string
+}
+
+// Status is an account's token health.
+type Status struct {
+	State         string
+	LastTokenTime time.Time
+	// LastError is set while the account is not active.
+	LastError *store.Failure
+}
+
+// Manager is the token cache. Create it with New, fill it with Load, and
+// run the refresher with Run.
+type Manager struct {
+	cfg      Config
+	store    *store.Store
+	master   *seal.MasterKey
+	provider *provider.Client
+
+	mu      sync.RWMutex
+	entries map[string]*entry
+
+	runs sync.WaitGroup // every upstream request in flight
+}
+
+type entry struct {
+	id         string
+	apiBaseURL string
+	headers    map[string]string
+
+	current atomic.Pointer[Issued]
+
+	mu          sync.Mutex
+	status      Status
+	inflight    *call
+	failures    int       // consecutive failed requests
+	nextAttempt time.Time // no upstream request before this
+	lastErr     *FetchError
+	refreshAt   time.Time
+	maxTTL      time.Duration // lifetime of the last token issued
+	removed     bool
+}
+
+// call is one upstream request that any number of callers wait for.
+type call struct {
+	done   chan struct{}
+	issued *Issued
+	err    error
+}
+
+// New returns an empty manager.
+func New(cfg Config, st *store.Store, master *seal.MasterKey, prov *provider.Client) *Manager {
+	cfg.setDefaults()
+	return &Manager{cfg: cfg, store: st, master: master, provider: prov, entries: map[string]*entry{}}
+}
+
+// Load adds every stored account, with its stored token and health.
+func (m *Manager) Load() error {
+	accounts, err := m.store.Accounts("", 0)
+	if err != nil {
+		return err
+	}
+	for _, a := range accounts {
+		ts, err := m.store.TokenState(a.ID)
+		if err != nil {
+			return fmt.Errorf("account %s: %w", a.ID, err)
+		}
+		m.Add(a, ts)
+	}
+	return nil
+}
+
+// Add starts tracking an account; ts is its stored token state.
+func (m *Manager) Add(a store.Account, ts store.TokenState) {
+	desc := Describe(a)
+	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc)}
+	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError}
+	if len(ts.SealedToken) > 0 {
+		if tok, err := m.openToken(a, ts); err != nil {
+			// A token that cannot be opened is only a cache miss.
+			m.cfg.Logger.Warn("stored token unreadable; a new one will be fetched", "account", a.ID, "error", err)
+		} else {
+			e.publish(&Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers}, m.cfg)
+		}
+	}
+	m.mu.Lock()
+	m.entries[a.ID] = e
+	m.mu.Unlock()
+}
+
+// Remove stops tracking an account; callers waiting on it get their answer,
+// later callers get ErrNotFound.
+func (m *Manager) Remove(id string) {
+	m.mu.Lock()
+	e := m.entries[id]
+	delete(m.entries, id)
+	m.mu.Unlock()
+	if e != nil {
+		e.mu.Lock()
+		e.removed = true
+		e.current.Store(nil)
+		e.mu.Unlock()
+	}
+}
+
+// Status returns an account's health.
+func (m *Manager) Status(id string) (Status, bool) {
+	e := m.lookup(id)
+	if e == nil {
+		return Status{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.status, true
+}
+
+func (m *Manager) lookup(id string) *entry {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.entries[id]
+}
+
+// Get returns a token for the account that stays valid for more than minTTL,
+// fetching one if the cached token would not.
+func (m *Manager) Get(ctx context.Context, id string, minTTL time.Duration) (*Issued, error) {
+	e := m.lookup(id)
+	if e == nil {
+		return nil, ErrNotFound
+	}
+	if is := e.current.Load(); is != nil && is.Expiry.Sub(m.cfg.Now()) > minTTL {
+		return is, nil
+	}
+	return m.getSlow(ctx, e, minTTL)
+}
+
+func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
+	e.mu.Lock()
+	now := m.cfg.Now()
+	if is := e.current.Load(); is != nil && is.Expiry.Sub(now) > minTTL {
+		e.mu.Unlock()
+		return is, nil
+	}
+	if e.removed {
+		e.mu.Unlock()
+		return nil, ErrNotFound
+	}
+	if e.maxTTL > 0 && minTTL >= e.maxTTL {
+		e.mu.Unlock()
+		return nil, &MinTTLTooLongError{Max: e.maxTTL}
+	}
+	c := e.inflight
+	if c == nil {
+		if now.Before(e.nextAttempt) {
+			err := e.lastErr
+			e.mu.Unlock()
+			return nil, err
+		}
+		c = m.startLocked(e)
+	}
+	e.mu.Unlock()
+
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if c.err != nil {
+		return nil, c.err
+	}
+	if ttl := c.issued.Expiry.Sub(m.cfg.Now()); ttl <= minTTL {
+		return nil, &MinTTLTooLongError{Max: ttl}
+	}
+	return c.issued, nil
+}
+
+// startLocked starts an upstream request for e; e.mu must be held.
+func (m *Manager) startLocked(e *entry) *call {
+	c := &call{done: make(chan struct{})}
+	e.inflight = c
+	m.runs.Add(1)
+	go m.run(e, c)
+	return c
+}
+
+// run makes one upstream request and publishes its outcome. The request is
+// not tied to any caller: one caller giving up must not fail the others.
+func (m *Manager) run(e *entry, c *call) {
+	defer m.runs.Done()
+	tok, key, err := m.fetch(e.id)
+
+	e.mu.Lock()
+	if err == nil {
+		c.issued = &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers}
+		if !e.removed {
+			e.publish(c.issued, m.cfg)
+		}
+		e.status = Status{State: StateActive, LastTokenTime: tok.Obtained}
+		e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
+	} else {
+		c.err = m.recordFailure(e, err)
+	}
+	status := e.status
+	e.mu.Unlock()
+
+	// Persist while still marked in flight, so runs for one account never
+	// overlap. Callers already see the new token through e.current.
+	if perr := m.persist(e.id, status, tok, key, err == nil); perr != nil && !errors.Is(perr, store.ErrNotFound) {
+		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
+	}
+
+	e.mu.Lock()
+	e.inflight = nil
+	close(c.done)
+	e.mu.Unlock()
+}
+
+// publish makes is the token callers get and schedules its renewal; e.mu
+// must be held (or e not yet shared).
+func (e *entry) publish(is *Issued, cfg Config) {
+	lifetime := is.Expiry.Sub(is.Obtained)
+	margin := min(cfg.RefreshMargin, lifetime/2)
+	e.refreshAt = is.Expiry.Add(-margin - rand.N(margin/4+1))
+	e.maxTTL = lifetime
+	e.current.Store(is)
+}
+
+// recordFailure updates e after a failed request and returns the error
+// callers get; e.mu must be held.
+func (m *Manager) recordFailure(e *entry, err error) *FetchError {
+	now := m.cfg.Now()
+	e.failures++
+	f := &store.Failure{Time: now}
+	var delay time.Duration
+	var rejected *provider.RejectedError
+	var unavailable *provider.UnavailableError
+	switch {
+	case errors.As(err, &rejected):
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonCredentialsRejected, rejected.Error()
+		f.ProviderError, f.ProviderErrorDescription = rejected.Code, rejected.Description
+		delay = m.cfg.RejectedRecheck
+	case errors.As(err, &unavailable):
+		e.status.State = StateDegraded
+		f.Reason, f.Message = ReasonProviderUnavailable, unavailable.Error()
+		delay = max(unavailable.RetryAfter, backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
+	default:
+		e.status.State = StateDegraded
+		f.Reason, f.Message = ReasonInternal, "broker fault; see the server log"
+		delay = backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
+		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
+	}
+	if e.status.LastError == nil || e.status.LastError.Message != f.Message {
+		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", delay.Round(time.Millisecond))
+	}
+	e.status.LastError = f
+	e.nextAttempt = now.Add(delay)
+	e.lastErr = &FetchError{Err: err, RetryAt: e.nextAttempt}
+	return e.lastErr
+}
+
+// backoff is exponential from lo, capped at hi, with the upper half jittered.
+func backoff(failures int, lo, hi time.Duration) time.Duration {
+	d := hi
+	if shift := failures - 1; shift < 30 && lo<<shift < hi {
+		d = lo << shift
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// fetch loads and decrypts the account's credentials and asks the provider.
+func (m *Manager) fetch(id string) (provider.Token, *seal.DataKey, error) {
+	a, err := m.store.Account(id)
+	if err != nil {
+		return provider.Token{}, nil, err
+	}
+	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
+	if err != nil {
+		return provider.Token{}, nil, fmt.Errorf("unwrap data key: %w", err)
+	}
+	clientSecret, err := key.Open(store.FieldClientSecret, a.SealedSecret)
+	if err != nil {
+		return provider.Token{}, nil, fmt.Errorf("open client secret: %w", err)
+	}
+	cr := Describe(a)
+	cr.ClientSecret = secret.New(string(clientSecret))
+	tok, err := m.provider.Fetch(context.Background(), cr)
+	return tok, key, err
+}
+
+func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool) error {
+	var sealed []byte
+	if newToken {
+		var err error
+		if sealed, err = SealToken(key, tok); err != nil {
+			return err
+		}
+	}
+	return m.store.UpdateTokenState(id, func(ts *store.TokenState) {
+		ts.State, ts.LastError = status.State, status.LastError
+		if newToken {
+			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
+		}
+	})
+}
+
+func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Token, error) {
+	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
+	if err != nil {
+		return provider.Token{}, err
+	}
+	raw, err := key.Open(store.FieldAccessToken, ts.SealedToken)
+	if err != nil {
+		return provider.Token{}, err
+	}
+	return provider.Token{AccessToken: secret.New(string(raw)), TokenType: ts.TokenType, Expiry: ts.Expiry, Obtained: ts.Obtained}, nil
+}
+
+// SealToken encrypts an access token for storage under the account's data key.
+func SealToken(key *seal.DataKey, tok provider.Token) ([]byte, error) {
+	return key.Seal(store.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+}
+
+// Describe is the account's provider configuration, without its secret.
+func Describe(a store.Account) provider.Credentials {
+	return provider.Credentials{
+		Kind: a.Provider, ClientID: a.ClientID, Region: a.Region, OrgID: a.OrgID,
+		TokenURL: a.TokenURL, Scopes: a.Scopes, AuthStyle: a.AuthStyle,
+		EndpointParams: a.EndpointParams, APIBaseURL: a.APIBaseURL,
+	}
+}
+
+// Run renews tokens in the background until ctx ends, then waits for every
+// upstream request in flight, so the store can be closed after it returns.
+func (m *Manager) Run(ctx context.Context) {
+	defer m.runs.Wait()
+	tick := time.NewTicker(m.cfg.ScanInterval)
+	defer tick.Stop()
+	slots := make(chan struct{}, m.cfg.RefreshConcurrency)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		m.refreshDue(slots)
+	}
+}
+
+// refreshDue starts requests for accounts whose token is missing or due for
+// renewal and whose gate is open, while refresher slots are free.
+func (m *Manager) refreshDue(slots chan struct{}) {
+	m.mu.RLock()
+	due := make([]*entry, 0, len(m.entries))
+	for _, e := range m.entries {
+		due = append(due, e)
+	}
+	m.mu.RUnlock()
+
+	for _, e := range due {
+		e.mu.Lock()
+		now := m.cfg.Now()
+		start := !e.removed && e.inflight == nil && !now.Before(e.nextAttempt) &&
+			(e.current.Load() == nil || !now.Before(e.refreshAt))
+		if !start {
+			e.mu.Unlock()
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			e.mu.Unlock()
+			return // all slots busy; the next scan carries on
+		}
+		c := m.startLocked(e)
+		e.mu.Unlock()
+		go func() {
+			<-c.done
+			<-slots
+		}()
+	}
+}

@@ -1,0 +1,364 @@
+package tokens
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+const clientSecret = "tokens-test-secret"
+
+// clock is a settable clock for the manager's decisions.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+type harness struct {
+	fake   *jumpcloudfake.Fake
+	store  *store.Store
+	master *seal.MasterKey
+	prov   *provider.Client
+	clock  *clock
+	cfg    Config
+	path   string
+}
+
+func newHarness(t *testing.T, handler func(http.Handler) http.Handler) *harness {
+	t.Helper()
+	h := &harness{fake: jumpcloudfake.New("sa", clientSecret), clock: &clock{t: time.Now()}}
+	var srvHandler http.Handler = h.fake
+	if handler != nil {
+		srvHandler = handler(h.fake)
+	}
+	srv := httptest.NewServer(srvHandler)
+	t.Cleanup(srv.Close)
+	h.prov = provider.New(provider.Config{
+		Endpoints: provider.Endpoints{JumpCloudTokenURLUS: srv.URL + jumpcloudfake.TokenPath, JumpCloudAPIURLUS: "https://api.test/api"},
+		Timeout:   2 * time.Second,
+		Now:       h.clock.Now,
+	})
+	keyText, _ := seal.GenerateMasterKey()
+	h.master, _ = seal.ParseMasterKey(keyText)
+	h.path = filepath.Join(t.TempDir(), "db")
+	var err error
+	if h.store, err = store.Open(h.path, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.store.Close() })
+	h.cfg = Config{Now: h.clock.Now, BackoffMin: time.Second, BackoffMax: time.Minute, RejectedRecheck: 10 * time.Minute, ScanInterval: 5 * time.Millisecond}
+	return h
+}
+
+// addAccount stores an account with no token, as if its token had been lost.
+func (h *harness) addAccount(t *testing.T, id string) {
+	t.Helper()
+	key, wrapped, err := h.master.NewDataKey(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, _ := key.Seal(store.FieldClientSecret, []byte(clientSecret))
+	a := store.Account{ID: id, Provider: provider.KindJumpCloudServiceAccount, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped, SealedSecret: sealed}
+	if err := h.store.CreateAccount(a, store.TokenState{State: StateActive}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (h *harness) manager(t *testing.T) *Manager {
+	t.Helper()
+	m := New(h.cfg, h.store, h.master, h.prov)
+	if err := m.Load(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestConcurrentColdCallsShareOneRequest(t *testing.T) {
+	h := newHarness(t, nil)
+	h.fake.SetBehaviour(jumpcloudfake.Slow) // keep the request open while callers pile up
+	h.fake.SetDelay(200 * time.Millisecond)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+
+	var wg sync.WaitGroup
+	tokens := make([]string, 200)
+	errs := make([]error, 200)
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			is, err := m.Get(context.Background(), "acme", 0)
+			errs[i] = err
+			if err == nil {
+				tokens[i] = is.AccessToken.Reveal()
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range 200 {
+		if errs[i] != nil || tokens[i] == "" || tokens[i] != tokens[0] {
+			t.Fatalf("call %d: token %q, err %v; want the shared token %q", i, tokens[i], errs[i], tokens[0])
+		}
+	}
+	if n := h.fake.Requests(); n != 1 {
+		t.Fatalf("fake saw %d requests, want 1", n)
+	}
+	// Hot path: no more requests, and the account's API base and org header come along.
+	is, err := m.Get(context.Background(), "acme", time.Minute)
+	if err != nil || h.fake.Requests() != 1 || is.APIBaseURL != "https://api.test/api" || is.Headers["x-org-id"] != "5a1234567890abcdef123456" {
+		t.Fatalf("cached Get = %+v, %v after %d requests", is, err, h.fake.Requests())
+	}
+	if st, _ := m.Status("acme"); st.State != StateActive || st.LastTokenTime.IsZero() {
+		t.Fatalf("status = %+v", st)
+	}
+}
+
+func TestMinTTL(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+	first, err := m.Get(context.Background(), "acme", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 10 minutes later the token has ~50 minutes left: asking for 55 refreshes it.
+	h.clock.Advance(10 * time.Minute)
+	second, err := m.Get(context.Background(), "acme", 55*time.Minute)
+	if err != nil || second.AccessToken.Reveal() == first.AccessToken.Reveal() || h.fake.Requests() != 2 {
+		t.Fatalf("Get(min_ttl 55m) = %v, %v after %d requests; want a new token", second, err, h.fake.Requests())
+	}
+	// Longer than any token lives: refused without asking the provider.
+	var tooLong *MinTTLTooLongError
+	if _, err := m.Get(context.Background(), "acme", 2*time.Hour); !errors.As(err, &tooLong) || tooLong.Max != time.Hour-30*time.Second {
+		t.Fatalf("Get(min_ttl 2h) err = %v, want MinTTLTooLongError{59m30s}", err)
+	}
+	if h.fake.Requests() != 2 {
+		t.Fatalf("min_ttl too long reached the provider")
+	}
+}
+
+func TestUnavailableServesCachedTokenThenBacksOff(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+	good, err := m.Get(context.Background(), "acme", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.fake.SetBehaviour(jumpcloudfake.ServerError)
+
+	// A caller wanting more than what is left forces a refresh, which fails...
+	h.clock.Advance(50 * time.Minute)
+	var fe *FetchError
+	var unav *provider.UnavailableError
+	if _, err := m.Get(context.Background(), "acme", 30*time.Minute); !errors.As(err, &fe) || !errors.As(err, &unav) {
+		t.Fatalf("err = %v, want FetchError wrapping UnavailableError", err)
+	}
+	if st, _ := m.Status("acme"); st.State != StateDegraded || st.LastError == nil || st.LastError.Reason != ReasonProviderUnavailable {
+		t.Fatalf("status = %+v, want degraded", st)
+	}
+	// ...but the cached token is still served while valid.
+	if is, err := m.Get(context.Background(), "acme", 0); err != nil || is.AccessToken.Reveal() != good.AccessToken.Reveal() {
+		t.Fatalf("degraded Get = %v, %v; want the cached token", is, err)
+	}
+	// Once it has expired: UNAVAILABLE, and within the backoff window the
+	// provider is not asked again.
+	h.clock.Advance(10 * time.Minute)
+	requests := h.fake.Requests()
+	if _, err := m.Get(context.Background(), "acme", 0); !errors.As(err, &unav) {
+		t.Fatalf("expired Get err = %v, want UnavailableError", err)
+	}
+	if _, err := m.Get(context.Background(), "acme", 0); !errors.As(err, &unav) {
+		t.Fatalf("expired Get err = %v, want UnavailableError", err)
+	}
+	if h.fake.Requests() > requests+1 {
+		t.Fatalf("backoff ignored: %d requests for two calls", h.fake.Requests()-requests)
+	}
+	// Recovery: after the backoff, the next call fetches and the account is active again.
+	h.fake.SetBehaviour(jumpcloudfake.Normal)
+	h.clock.Advance(2 * time.Minute)
+	if _, err := m.Get(context.Background(), "acme", 0); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	if st, _ := m.Status("acme"); st.State != StateActive || st.LastError != nil {
+		t.Fatalf("status after recovery = %+v", st)
+	}
+}
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+	h.fake.SetBehaviour(jumpcloudfake.RateLimited)
+	h.fake.SetRetryAfter("1800")
+
+	var fe *FetchError
+	if _, err := m.Get(context.Background(), "acme", 0); !errors.As(err, &fe) {
+		t.Fatalf("err = %v, want FetchError", err)
+	}
+	if wait := fe.RetryAt.Sub(h.clock.Now()); wait < 30*time.Minute {
+		t.Fatalf("retry in %v, want at least the 30m Retry-After", wait)
+	}
+	h.fake.SetBehaviour(jumpcloudfake.Normal)
+	h.clock.Advance(29 * time.Minute)
+	if _, err := m.Get(context.Background(), "acme", 0); err == nil || h.fake.Requests() != 1 {
+		t.Fatalf("asked again inside Retry-After: err %v, %d requests", err, h.fake.Requests())
+	}
+	h.clock.Advance(2 * time.Minute)
+	if _, err := m.Get(context.Background(), "acme", 0); err != nil || h.fake.Requests() != 2 {
+		t.Fatalf("after Retry-After: err %v, %d requests", err, h.fake.Requests())
+	}
+}
+
+func TestRejectedNeedsAttentionUntilProviderAcceptsAgain(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+	h.fake.SetBehaviour(jumpcloudfake.RejectAll)
+
+	var rej *provider.RejectedError
+	for range 5 {
+		if _, err := m.Get(context.Background(), "acme", 0); !errors.As(err, &rej) {
+			t.Fatalf("err = %v, want RejectedError", err)
+		}
+	}
+	if n := h.fake.Requests(); n != 1 {
+		t.Fatalf("%d requests for 5 calls with rejected credentials, want 1", n)
+	}
+	st, _ := m.Status("acme")
+	if st.State != StateNeedsAttention || st.LastError == nil || st.LastError.ProviderError != "invalid_client" {
+		t.Fatalf("status = %+v", st)
+	}
+	// It survives a restart.
+	if st2, _ := h.manager(t).Status("acme"); st2.State != StateNeedsAttention {
+		t.Fatalf("status after reload = %+v", st2)
+	}
+
+	// The admin fixes it at the provider; the background refresher notices.
+	h.fake.SetBehaviour(jumpcloudfake.Normal)
+	h.clock.Advance(11 * time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	waitFor(t, func() bool { s, _ := m.Status("acme"); return s.State == StateActive })
+	cancel()
+	<-done
+	if _, err := m.Get(context.Background(), "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefresherRenewsBeforeExpiryWithBoundedConcurrency(t *testing.T) {
+	var inflight, peak atomic.Int32
+	h := newHarness(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n := inflight.Add(1)
+			defer inflight.Add(-1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			time.Sleep(20 * time.Millisecond)
+			next.ServeHTTP(w, r)
+		})
+	})
+	h.cfg.RefreshConcurrency = 2
+	ids := []string{"a", "b", "c", "d", "e", "f"}
+	for _, id := range ids {
+		h.addAccount(t, id)
+	}
+	m := h.manager(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+
+	// Cold accounts are filled without any caller asking.
+	waitFor(t, func() bool { return h.fake.Requests() == len(ids) })
+	before := map[string]string{}
+	for _, id := range ids {
+		is, err := m.Get(context.Background(), id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[id] = is.AccessToken.Reveal()
+	}
+	// 56 minutes on, every token is inside the 5-minute margin (with jitter) and is renewed.
+	h.clock.Advance(56 * time.Minute)
+	waitFor(t, func() bool {
+		for _, id := range ids {
+			if is, err := m.Get(context.Background(), id, 0); err != nil || is.AccessToken.Reveal() == before[id] {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	<-done
+	if n := h.fake.Requests(); n != 2*len(ids) {
+		t.Fatalf("%d requests, want one fill and one renewal per account (%d)", n, 2*len(ids))
+	}
+	if p := peak.Load(); p > 2 || p < 1 {
+		t.Fatalf("peak concurrent refreshes = %d, want 1..2", p)
+	}
+}
+
+func TestRestartReusesStoredToken(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	first, err := h.manager(t).Get(context.Background(), "acme", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := h.manager(t).Get(context.Background(), "acme", 0)
+	if err != nil || again.AccessToken.Reveal() != first.AccessToken.Reveal() || h.fake.Requests() != 1 {
+		t.Fatalf("after reload: %v, %v, %d requests; want the stored token and no request", again, err, h.fake.Requests())
+	}
+}
+
+func TestRemove(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+	if _, err := m.Get(context.Background(), "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	m.Remove("acme")
+	if _, err := m.Get(context.Background(), "acme", 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after Remove: err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 4: 8 * time.Second, 10: time.Minute, 100: time.Minute} {
+		for range 20 {
+			if got := backoff(n, time.Second, time.Minute); got < want/2 || got > want {
+				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", n, got, want/2, want)
+			}
+		}
+	}
+}
+
+// waitFor polls cond; the test's own timeout bounds it.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
