@@ -97,11 +97,14 @@ type Token struct {
 	Obtained time.Time
 }
 
+// DefaultTimeout bounds a token request when Config.Timeout is zero.
+const DefaultTimeout = 10 * time.Second
+
 // Config configures a Client.
 type Config struct {
 	Endpoints Endpoints
 	// Timeout bounds each token request, whatever the caller's own
-	// deadline. Default 10s.
+	// deadline. Default DefaultTimeout.
 	Timeout time.Duration
 	// Now is the clock that token expiry is computed on. Default time.Now.
 	Now func() time.Time
@@ -118,7 +121,7 @@ type Client struct {
 // New returns a Client.
 func New(cfg Config) *Client {
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
+		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

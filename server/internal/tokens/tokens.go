@@ -83,25 +83,41 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
+// DefaultConfig is the configuration New uses for zero fields.
+func DefaultConfig() Config {
+	return Config{
+		RefreshMargin:      5 * time.Minute,
+		RefreshConcurrency: 4,
+		ScanInterval:       time.Second,
+		BackoffMin:         time.Second,
+		BackoffMax:         5 * time.Minute,
+		RejectedRecheck:    10 * time.Minute,
+		Now:                time.Now,
+		Logger:             slog.Default(),
 	}
-	def(&c.RefreshMargin, 5*time.Minute)
-	def(&c.ScanInterval, time.Second)
-	def(&c.BackoffMin, time.Second)
-	def(&c.BackoffMax, 5*time.Minute)
-	def(&c.RejectedRecheck, 10*time.Minute)
+}
+
+func (c *Config) setDefaults() {
+	d := DefaultConfig()
+	fillDuration(&c.RefreshMargin, d.RefreshMargin)
+	fillDuration(&c.ScanInterval, d.ScanInterval)
+	fillDuration(&c.BackoffMin, d.BackoffMin)
+	fillDuration(&c.BackoffMax, d.BackoffMax)
+	fillDuration(&c.RejectedRecheck, d.RejectedRecheck)
 	if c.RefreshConcurrency <= 0 {
-		c.RefreshConcurrency = 4
+		c.RefreshConcurrency = d.RefreshConcurrency
 	}
 	if c.Now == nil {
-		c.Now = time.Now
+		c.Now = d.Now
 	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = d.Logger
+	}
+}
+
+func fillDuration(p *time.Duration, v time.Duration) {
+	if *p <= 0 {
+		*p = v
 	}
 }
 

@@ -1,0 +1,196 @@
+// Command credbroker runs the credential broker (serve) and a local
+// stand-in for JumpCloud's token endpoint (fake-jumpcloud) for trying it out.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+const envPrefix = "CREDBROKER_"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stderr)
+	case "fake-jumpcloud":
+		err = fakeJumpCloud(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "credbroker: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "credbroker:", err)
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `credbroker keeps third-party API credentials and hands out short-lived tokens.
+
+Usage:
+  credbroker serve [flags]            run the broker (credbroker serve --help)
+  credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
+`)
+}
+
+func serve(args []string, stderr io.Writer) error {
+	var (
+		cfg       server.Config
+		d         = server.DefaultConfig()
+		logFormat string
+		logLevel  slog.Level
+	)
+	fs := newFlagSet("serve", stderr, `Runs the broker. Every flag can also be set by the environment variable shown
+beside it; a flag on the command line wins. The master key can also be given
+as CREDBROKER_MASTER_KEY (never as a flag, which other users could see in ps).
+With no master key configured, one is generated into the data directory for
+local use only.`)
+	fs.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address; must be loopback until caller authentication exists")
+	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory for the database (created with mode 0700)")
+	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key, base64 or hex")
+	fs.StringVar(&cfg.JumpCloudTokenURLUS, "jumpcloud-token-url-us", d.JumpCloudTokenURLUS, "JumpCloud US token endpoint")
+	fs.StringVar(&cfg.JumpCloudTokenURLEU, "jumpcloud-token-url-eu", d.JumpCloudTokenURLEU, "JumpCloud EU token endpoint")
+	fs.StringVar(&cfg.JumpCloudAPIURLUS, "jumpcloud-api-url-us", d.JumpCloudAPIURLUS, "JumpCloud US API base URL, returned with tokens")
+	fs.StringVar(&cfg.JumpCloudAPIURLEU, "jumpcloud-api-url-eu", d.JumpCloudAPIURLEU, "JumpCloud EU API base URL, returned with tokens")
+	fs.DurationVar(&cfg.UpstreamTimeout, "upstream-timeout", d.UpstreamTimeout, "time limit of each request to a provider, whatever the caller's deadline")
+	fs.DurationVar(&cfg.RefreshMargin, "refresh-margin", d.RefreshMargin, "renew tokens this long before they expire (at most half their lifetime; jittered)")
+	fs.IntVar(&cfg.RefreshConcurrency, "refresh-concurrency", d.RefreshConcurrency, "most background token requests at once")
+	fs.DurationVar(&cfg.RetryBackoffMin, "retry-backoff-min", d.RetryBackoffMin, "first retry delay after a provider failure")
+	fs.DurationVar(&cfg.RetryBackoffMax, "retry-backoff-max", d.RetryBackoffMax, "longest retry delay after provider failures")
+	fs.DurationVar(&cfg.RejectedRecheck, "rejected-recheck", d.RejectedRecheck, "how long to wait before asking again after the provider rejected credentials")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "how long in-flight calls may take to finish on SIGINT/SIGTERM")
+	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+
+	var handler slog.Handler
+	switch logFormat {
+	case "text":
+		handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel})
+	case "json":
+		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel})
+	default:
+		return fmt.Errorf("--log-format must be text or json, not %q", logFormat)
+	}
+	cfg.Logger = slog.New(handler)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
+}
+
+func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {
+	var (
+		listen, clientID, clientSecret string
+		ttl                            time.Duration
+	)
+	fs := newFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token, for
+trying the broker without a JumpCloud account. It accepts one client and
+checks requests as JumpCloud does. Never use it for anything real.`)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8085", "listen address")
+	fs.StringVar(&clientID, "client-id", "demo-client", "the client id it accepts")
+	fs.StringVar(&clientSecret, "client-secret", "demo-secret", "the client secret it accepts")
+	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the tokens it issues")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	fake := jumpcloudfake.New(clientID, clientSecret)
+	fake.SetTokenTTL(ttl)
+	srv := &http.Server{Addr: listen, Handler: fake, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "fake JumpCloud token endpoint: http://%s%s (client id %q)\n", listen, jumpcloudfake.TokenPath, clientID)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// newFlagSet makes a flag set whose help lists each flag's environment variable.
+func newFlagSet(name string, out io.Writer, about string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: credbroker %s [flags]\n\n%s\n\nFlags:\n", name, about)
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(out, "  --%s (env %s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
+			if f.DefValue != "" {
+				fmt.Fprintf(out, " (default %s)", f.DefValue)
+			}
+			fmt.Fprintln(out)
+		})
+	}
+	return fs
+}
+
+// parse sets each flag from its environment variable, then from args, so a
+// flag given on the command line wins.
+func parse(fs *flag.FlagSet, args []string) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v, ok := os.LookupEnv(envName(f.Name)); ok && err == nil {
+			if serr := f.Value.Set(v); serr != nil {
+				err = fmt.Errorf("%s: %w", envName(f.Name), serr)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return nil
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}

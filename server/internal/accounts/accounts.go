@@ -1,0 +1,192 @@
+// Package accounts links accounts and manages them: it proves credentials
+// with the provider before anything is stored, seals the secret under a new
+// per-account data key, and keeps the token manager in step with the store.
+package accounts
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/internal/tokens"
+)
+
+// Errors, besides those of the provider (*provider.RejectedError,
+// *provider.UnavailableError).
+var (
+	ErrNotFound      = store.ErrNotFound
+	ErrAlreadyExists = store.ErrExists
+)
+
+// Service manages accounts.
+type Service struct {
+	store    *store.Store
+	master   *seal.MasterKey
+	provider *provider.Client
+	tokens   *tokens.Manager
+	now      func() time.Time
+}
+
+// New returns a Service.
+func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager) *Service {
+	return &Service{store: st, master: master, provider: prov, tokens: tm, now: time.Now}
+}
+
+// NewAccount is a validated request to link an account.
+type NewAccount struct {
+	// ID is generated when empty.
+	ID          string
+	DisplayName string
+	Labels      map[string]string
+	Credentials provider.Credentials
+}
+
+// View is an account as shown: its record (whose sealed fields must not be
+// shown), its effective endpoints and its token health.
+type View struct {
+	store.Account
+	TokenURL   string
+	APIBaseURL string
+	Status     tokens.Status
+}
+
+// Create is the "Connect" step: it fetches a token with the credentials and
+// only then stores the account (unless validateOnly). On any error nothing
+// is stored.
+func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool) (View, error) {
+	if in.ID == "" {
+		in.ID = newID()
+	}
+	if _, err := s.store.Account(in.ID); err == nil {
+		return View{}, ErrAlreadyExists
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return View{}, err
+	}
+	cr := in.Credentials
+	tok, err := s.provider.Fetch(ctx, cr)
+	if err != nil {
+		return View{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return View{}, err // the caller gave up: do not store behind its back
+	}
+
+	now := s.now()
+	a := store.Account{
+		ID: in.ID, DisplayName: in.DisplayName, Labels: in.Labels,
+		Provider: cr.Kind, ClientID: cr.ClientID, Region: cr.Region, OrgID: cr.OrgID,
+		TokenURL: cr.TokenURL, Scopes: cr.Scopes, AuthStyle: cr.AuthStyle,
+		EndpointParams: cr.EndpointParams, APIBaseURL: cr.APIBaseURL,
+		CreateTime: now, UpdateTime: now,
+	}
+	status := tokens.Status{State: tokens.StateActive, LastTokenTime: tok.Obtained}
+	if validateOnly {
+		a.CreateTime, a.UpdateTime = time.Time{}, time.Time{}
+		return s.view(a, status), nil
+	}
+
+	key, wrapped, err := s.master.NewDataKey(a.ID)
+	if err != nil {
+		return View{}, err
+	}
+	a.WrappedKey = wrapped
+	if a.SealedSecret, err = key.Seal(store.FieldClientSecret, []byte(cr.ClientSecret.Reveal())); err != nil {
+		return View{}, err
+	}
+	sealedToken, err := tokens.SealToken(key, tok)
+	if err != nil {
+		return View{}, err
+	}
+	ts := store.TokenState{
+		SealedToken: sealedToken, TokenType: tok.TokenType, Expiry: tok.Expiry, Obtained: tok.Obtained,
+		State: tokens.StateActive,
+	}
+	if err := s.store.CreateAccount(a, ts); err != nil {
+		return View{}, err
+	}
+	s.tokens.Add(a, ts)
+	return s.view(a, status), nil
+}
+
+// Get returns one account.
+func (s *Service) Get(id string) (View, error) {
+	a, err := s.store.Account(id)
+	if err != nil {
+		return View{}, err
+	}
+	return s.currentView(a), nil
+}
+
+// List returns up to limit accounts after the given id, in id order, and
+// whether more follow.
+func (s *Service) List(after string, limit int) ([]View, bool, error) {
+	list, err := s.store.Accounts(after, limit+1)
+	if err != nil {
+		return nil, false, err
+	}
+	more := len(list) > limit
+	if more {
+		list = list[:limit]
+	}
+	views := make([]View, len(list))
+	for i, a := range list {
+		views[i] = s.currentView(a)
+	}
+	return views, more, nil
+}
+
+// Changes are the mutable fields an update sets; nil means unchanged.
+type Changes struct {
+	DisplayName *string
+	Labels      *map[string]string
+}
+
+// Update applies changes to an account.
+func (s *Service) Update(id string, c Changes) (View, error) {
+	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
+		if c.DisplayName != nil {
+			a.DisplayName = *c.DisplayName
+		}
+		if c.Labels != nil {
+			a.Labels = *c.Labels
+		}
+		a.UpdateTime = s.now()
+		return nil
+	})
+	if err != nil {
+		return View{}, err
+	}
+	return s.currentView(a), nil
+}
+
+// Delete removes an account with its data key, so its sealed secret and
+// tokens can no longer be decrypted, and stops serving its tokens.
+func (s *Service) Delete(id string) error {
+	if err := s.store.DeleteAccount(id); err != nil {
+		return err
+	}
+	s.tokens.Remove(id)
+	return nil
+}
+
+func (s *Service) currentView(a store.Account) View {
+	status, _ := s.tokens.Status(a.ID)
+	return s.view(a, status)
+}
+
+func (s *Service) view(a store.Account, status tokens.Status) View {
+	desc := tokens.Describe(a)
+	return View{Account: a, TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc), Status: status}
+}
+
+// newID makes an account id for callers that do not choose one.
+func newID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "acct-" + hex.EncodeToString(b)
+}

@@ -1,0 +1,43 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/tokens"
+)
+
+type tokenService struct {
+	credbrokerv1.UnimplementedTokenServiceServer
+	tokens *tokens.Manager
+	errs   errorMapper
+}
+
+// GetToken is the hot path: no store access, no lock held across I/O.
+func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenRequest) (*credbrokerv1.GetTokenResponse, error) {
+	id, err := parseName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	var minTTL time.Duration
+	if d := req.GetMinTtl(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return nil, invalidArgument("min_ttl", "must be a non-negative duration")
+		}
+		minTTL = d.AsDuration()
+	}
+	is, err := s.tokens.Get(ctx, id, minTTL)
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	return &credbrokerv1.GetTokenResponse{
+		AccessToken: is.AccessToken.Reveal(),
+		TokenType:   is.TokenType,
+		ExpireTime:  timestamppb.New(is.Expiry),
+		ApiBaseUrl:  is.APIBaseURL,
+		Headers:     is.Headers,
+	}, nil
+}

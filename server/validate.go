@@ -1,0 +1,235 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/secret"
+)
+
+// Request validation. Every failure is INVALID_ARGUMENT naming the field.
+
+const accountPrefix = "accounts/"
+
+var (
+	accountIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	orgIDPattern     = regexp.MustCompile(`^[0-9a-f]{24}$`)
+	labelKeyPattern  = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
+)
+
+const (
+	maxDisplayName = 200
+	maxLabels      = 64
+	maxLabelValue  = 63
+	maxClientID    = 256
+	maxSecret      = 4096
+	maxURL         = 2048
+	maxScopes      = 50
+	maxParams      = 20
+)
+
+func checkAccountID(field, id string) error {
+	if !accountIDPattern.MatchString(id) {
+		return invalidArgument(field, "must be 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit")
+	}
+	return nil
+}
+
+// parseName turns "accounts/{account_id}" into the id.
+func parseName(field, name string) (string, error) {
+	id, ok := strings.CutPrefix(name, accountPrefix)
+	if !ok {
+		return "", invalidArgument(field, `must be "accounts/{account_id}"`)
+	}
+	return id, checkAccountID(field, id)
+}
+
+func checkDisplayName(field, s string) error {
+	if !utf8.ValidString(s) || utf8.RuneCountInString(s) > maxDisplayName {
+		return invalidArgument(field, fmt.Sprintf("must be valid UTF-8 of at most %d characters", maxDisplayName))
+	}
+	return nil
+}
+
+func checkLabels(field string, labels map[string]string) error {
+	if len(labels) > maxLabels {
+		return invalidArgument(field, fmt.Sprintf("at most %d labels", maxLabels))
+	}
+	for k, v := range labels {
+		if !labelKeyPattern.MatchString(k) {
+			return invalidArgument(field, fmt.Sprintf("key %q must be 1-63 lowercase letters, digits, '_' and '-', starting with a letter", k))
+		}
+		if !utf8.ValidString(v) || len(v) > maxLabelValue {
+			return invalidArgument(field, fmt.Sprintf("value of %q must be valid UTF-8 of at most %d bytes", k, maxLabelValue))
+		}
+	}
+	return nil
+}
+
+// checkText accepts a required (or optional) short printable value.
+func checkText(field, v string, required bool, maxLen int) error {
+	if v == "" {
+		if required {
+			return invalidArgument(field, "is required")
+		}
+		return nil
+	}
+	if len(v) > maxLen {
+		return invalidArgument(field, fmt.Sprintf("at most %d bytes", maxLen))
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f {
+			return invalidArgument(field, "must not contain control characters")
+		}
+	}
+	return nil
+}
+
+// checkSecret never repeats the value in its message.
+func checkSecret(field, v string) error {
+	switch {
+	case v == "":
+		return invalidArgument(field, "is required")
+	case len(v) > maxSecret:
+		return invalidArgument(field, fmt.Sprintf("at most %d bytes", maxSecret))
+	case strings.ContainsAny(v, "\r\n\x00"):
+		return invalidArgument(field, "must not contain line breaks or NUL")
+	}
+	return nil
+}
+
+// checkEndpointURL accepts https URLs, and http only on loopback hosts (for
+// local stand-ins): a token request must never cross a network in clear.
+func checkEndpointURL(field, raw string, required bool) error {
+	if raw == "" {
+		if required {
+			return invalidArgument(field, "is required")
+		}
+		return nil
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || len(raw) > maxURL || u.Host == "" || u.Opaque != "":
+		return invalidArgument(field, "must be an absolute http(s) URL")
+	case u.User != nil:
+		return invalidArgument(field, "must not contain credentials")
+	case u.Fragment != "":
+		return invalidArgument(field, "must not contain a fragment")
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && isLoopbackHost(u.Hostname()):
+		return nil
+	}
+	return invalidArgument(field, "must use https (http is allowed only for loopback hosts)")
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// newAccount validates a CreateAccountRequest.
+func newAccount(req *credbrokerv1.CreateAccountRequest) (accounts.NewAccount, error) {
+	out := accounts.NewAccount{ID: req.GetAccountId()}
+	if out.ID != "" {
+		if err := checkAccountID("account_id", out.ID); err != nil {
+			return out, err
+		}
+	}
+	out.DisplayName, out.Labels = req.GetAccount().GetDisplayName(), req.GetAccount().GetLabels()
+	if err := checkDisplayName("account.display_name", out.DisplayName); err != nil {
+		return out, err
+	}
+	if err := checkLabels("account.labels", out.Labels); err != nil {
+		return out, err
+	}
+
+	switch c := req.GetCredentials().(type) {
+	case *credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount:
+		cr, err := jumpCloudCredentials(c.JumpcloudServiceAccount)
+		out.Credentials = cr
+		return out, err
+	case *credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials:
+		cr, err := oauth2Credentials(c.Oauth2ClientCredentials)
+		out.Credentials = cr
+		return out, err
+	}
+	return out, invalidArgument("credentials", "set jumpcloud_service_account or oauth2_client_credentials")
+}
+
+func jumpCloudCredentials(in *credbrokerv1.JumpCloudServiceAccountCredentials) (provider.Credentials, error) {
+	const f = "jumpcloud_service_account."
+	cr := provider.Credentials{Kind: provider.KindJumpCloudServiceAccount, ClientID: in.GetClientId(), OrgID: in.GetOrgId()}
+	if err := checkText(f+"client_id", cr.ClientID, true, maxClientID); err != nil {
+		return cr, err
+	}
+	if err := checkSecret(f+"client_secret", in.GetClientSecret()); err != nil {
+		return cr, err
+	}
+	cr.ClientSecret = secret.New(in.GetClientSecret())
+	switch in.GetRegion() {
+	case credbrokerv1.Region_REGION_US:
+		cr.Region = provider.RegionUS
+	case credbrokerv1.Region_REGION_EU:
+		cr.Region = provider.RegionEU
+	default:
+		return cr, invalidArgument(f+"region", "must be REGION_US or REGION_EU (the console host you sign in to: console.jumpcloud.com is US, console.eu.jumpcloud.com is EU)")
+	}
+	if cr.OrgID != "" && !orgIDPattern.MatchString(cr.OrgID) {
+		return cr, invalidArgument(f+"org_id", "must be 24 lowercase hexadecimal characters, as shown in the JumpCloud console")
+	}
+	return cr, nil
+}
+
+func oauth2Credentials(in *credbrokerv1.OAuth2ClientCredentials) (provider.Credentials, error) {
+	const f = "oauth2_client_credentials."
+	cr := provider.Credentials{
+		Kind: provider.KindOAuth2ClientCredentials, TokenURL: in.GetTokenUrl(), ClientID: in.GetClientId(),
+		Scopes: in.GetScopes(), EndpointParams: in.GetEndpointParams(), APIBaseURL: in.GetApiBaseUrl(),
+		AuthStyle: provider.AuthStyleHeader,
+	}
+	if in.GetAuthStyle() == credbrokerv1.AuthStyle_AUTH_STYLE_BODY {
+		cr.AuthStyle = provider.AuthStyleBody
+	}
+	if err := checkEndpointURL(f+"token_url", cr.TokenURL, true); err != nil {
+		return cr, err
+	}
+	if err := checkText(f+"client_id", cr.ClientID, true, maxClientID); err != nil {
+		return cr, err
+	}
+	if err := checkSecret(f+"client_secret", in.GetClientSecret()); err != nil {
+		return cr, err
+	}
+	cr.ClientSecret = secret.New(in.GetClientSecret())
+	if len(cr.Scopes) > maxScopes {
+		return cr, invalidArgument(f+"scopes", fmt.Sprintf("at most %d scopes", maxScopes))
+	}
+	for _, s := range cr.Scopes {
+		if s == "" || strings.ContainsAny(s, " \"\\") || checkText(f+"scopes", s, true, 256) != nil {
+			return cr, invalidArgument(f+"scopes", "each scope must be non-empty printable text without spaces, quotes or backslashes")
+		}
+	}
+	if len(cr.EndpointParams) > maxParams {
+		return cr, invalidArgument(f+"endpoint_params", fmt.Sprintf("at most %d parameters", maxParams))
+	}
+	for k, v := range cr.EndpointParams {
+		switch k {
+		case "grant_type", "scope", "client_id", "client_secret":
+			return cr, invalidArgument(f+"endpoint_params", fmt.Sprintf("%q is set by the broker", k))
+		}
+		if checkText(f+"endpoint_params", k, true, 256) != nil || checkText(f+"endpoint_params", v, false, 1024) != nil {
+			return cr, invalidArgument(f+"endpoint_params", fmt.Sprintf("parameter %q must be short printable text", k))
+		}
+	}
+	return cr, checkEndpointURL(f+"api_base_url", cr.APIBaseURL, false)
+}
