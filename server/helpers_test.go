@@ -1,0 +1,181 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+const (
+	clientID     = "sa-client"
+	clientSecret = "canary-CLIENT-SECRET-5f1e9a"
+	orgID        = "5a1234567890abcdef123456"
+)
+
+// syncBuffer collects log output from concurrent goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// broker is a real server on loopback with a JumpCloud fake behind it.
+type broker struct {
+	fake     *jumpcloudfake.Fake
+	cfg      server.Config
+	logs     *syncBuffer
+	accounts credbrokerv1.AccountServiceClient
+	tokens   credbrokerv1.TokenServiceClient
+	health   healthpb.HealthClient
+	conn     *grpc.ClientConn
+	stop     func()
+}
+
+// newConfig points a server at a new fake and a new data directory.
+func newConfig(t *testing.T) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
+	t.Helper()
+	fake := jumpcloudfake.New(clientID, clientSecret)
+	us := httptest.NewServer(fake)
+	t.Cleanup(us.Close)
+	eu := httptest.NewServer(fake)
+	t.Cleanup(eu.Close)
+	logs := &syncBuffer{}
+	return server.Config{
+		ListenAddr:          "127.0.0.1:0",
+		DataDir:             t.TempDir(),
+		MasterKey:           "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
+		JumpCloudTokenURLEU: eu.URL + jumpcloudfake.TokenPath,
+		JumpCloudAPIURLUS:   "https://us.api.test/api",
+		JumpCloudAPIURLEU:   "https://eu.api.test/api",
+		UpstreamTimeout:     2 * time.Second,
+		Logger:              slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}, fake, logs
+}
+
+func startBroker(t *testing.T) *broker {
+	t.Helper()
+	cfg, fake, logs := newConfig(t)
+	return startWith(t, cfg, fake, logs)
+}
+
+func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *syncBuffer) *broker {
+	t.Helper()
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &broker{
+		fake: fake, cfg: cfg, logs: logs, conn: conn,
+		accounts: credbrokerv1.NewAccountServiceClient(conn),
+		tokens:   credbrokerv1.NewTokenServiceClient(conn),
+		health:   healthpb.NewHealthClient(conn),
+	}
+	var once sync.Once
+	b.stop = func() {
+		once.Do(func() {
+			conn.Close()
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(b.stop)
+	return b
+}
+
+// restart stops the broker and starts a new one on the same data and fake.
+func (b *broker) restart(t *testing.T) *broker {
+	t.Helper()
+	b.stop()
+	return startWith(t, b.cfg, b.fake, b.logs)
+}
+
+func jumpCloudRequest(id string) *credbrokerv1.CreateAccountRequest {
+	return &credbrokerv1.CreateAccountRequest{
+		AccountId: id,
+		Account:   &credbrokerv1.Account{DisplayName: "Acme " + id},
+		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+			ClientId: clientID, ClientSecret: clientSecret, Region: credbrokerv1.Region_REGION_US, OrgId: orgID,
+		}},
+	}
+}
+
+func (b *broker) link(t *testing.T, id string) *credbrokerv1.Account {
+	t.Helper()
+	resp, err := b.accounts.CreateAccount(context.Background(), jumpCloudRequest(id))
+	if err != nil {
+		t.Fatalf("CreateAccount(%s): %v", id, err)
+	}
+	return resp.GetAccount()
+}
+
+func (b *broker) token(t *testing.T, id string) *credbrokerv1.GetTokenResponse {
+	t.Helper()
+	resp, err := b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id})
+	if err != nil {
+		t.Fatalf("GetToken(%s): %v", id, err)
+	}
+	return resp
+}
+
+// wantCode checks an error's code and, if given, its ErrorInfo reason or the
+// field its BadRequest names.
+func wantCode(t *testing.T, err error, code codes.Code, reasonOrField string) *status.Status {
+	t.Helper()
+	st := status.Convert(err)
+	if st.Code() != code {
+		t.Fatalf("code = %v (%q), want %v", st.Code(), st.Message(), code)
+	}
+	if reasonOrField == "" {
+		return st
+	}
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetReason() == reasonOrField && d.GetDomain() == "credbroker" {
+				return st
+			}
+		case *errdetails.BadRequest:
+			if v := d.GetFieldViolations(); len(v) == 1 && v[0].GetField() == reasonOrField {
+				return st
+			}
+		}
+	}
+	t.Fatalf("%v %q: no ErrorInfo reason or BadRequest field %q in %v", st.Code(), st.Message(), reasonOrField, st.Details())
+	return nil
+}

@@ -1,0 +1,184 @@
+package server_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+func TestGetToken(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	tok := b.token(t, "acme")
+	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetTokenType() != "Bearer" || tok.GetApiBaseUrl() != "https://us.api.test/api" ||
+		tok.GetHeaders()["x-org-id"] != orgID || len(tok.GetHeaders()) != 1 {
+		t.Fatalf("GetToken = %v", tok)
+	}
+	if ttl := time.Until(tok.GetExpireTime().AsTime()); ttl > time.Hour-30*time.Second || ttl < 50*time.Minute {
+		t.Fatalf("expires in %v, want just under 59m30s", ttl)
+	}
+	// Linking fetched the token: getting it costs no request.
+	if b.fake.Requests() != 1 {
+		t.Fatalf("%d upstream requests, want 1", b.fake.Requests())
+	}
+	// Without org id: no headers.
+	req := jumpCloudRequest("plain")
+	req.GetJumpcloudServiceAccount().OrgId = ""
+	if _, err := b.accounts.CreateAccount(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if h := b.token(t, "plain").GetHeaders(); len(h) != 0 {
+		t.Fatalf("headers without org id = %v", h)
+	}
+
+	ctx := context.Background()
+	for _, tc := range []struct {
+		req   *credbrokerv1.GetTokenRequest
+		code  codes.Code
+		field string
+	}{
+		{&credbrokerv1.GetTokenRequest{Name: "accounts/nope"}, codes.NotFound, ""},
+		{&credbrokerv1.GetTokenRequest{Name: "acme"}, codes.InvalidArgument, "name"},
+		{&credbrokerv1.GetTokenRequest{Name: "accounts/ACME"}, codes.InvalidArgument, "name"},
+		{&credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(-time.Second)}, codes.InvalidArgument, "min_ttl"},
+		{&credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(2 * time.Hour)}, codes.FailedPrecondition, "MIN_TTL_TOO_LONG"},
+	} {
+		_, err := b.tokens.GetToken(ctx, tc.req)
+		wantCode(t, err, tc.code, tc.field)
+	}
+}
+
+// Callers that all need a fresh token share one upstream request.
+func TestConcurrentGetTokenCoalesces(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	first := b.token(t, "acme").GetAccessToken()
+	// The next token lives longer and takes a while, so all callers pile up on it.
+	b.fake.SetTokenTTL(2 * time.Hour)
+	b.fake.SetBehaviour(jumpcloudfake.Slow)
+	b.fake.SetDelay(300 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond) // the linked token now has less than 59m29s left
+	before := b.fake.Requests()
+
+	const callers = 200
+	var wg sync.WaitGroup
+	got := make([]string, callers)
+	errs := make([]error, callers)
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(59*time.Minute + 29*time.Second)})
+			got[i], errs[i] = resp.GetAccessToken(), err
+		}()
+	}
+	wg.Wait()
+	for i := range callers {
+		if errs[i] != nil || got[i] == first || got[i] != got[0] {
+			t.Fatalf("caller %d: %v; want the one new token", i, errs[i])
+		}
+	}
+	if n := b.fake.Requests() - before; n != 1 {
+		t.Fatalf("%d upstream requests for %d callers, want 1", n, callers)
+	}
+}
+
+func TestAccountHealthStates(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	ctx := context.Background()
+	forceRefresh := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(59*time.Minute + 29*time.Second)}
+	state := func() *credbrokerv1.Account {
+		resp, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/acme"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetAccount()
+	}
+	time.Sleep(1100 * time.Millisecond)
+
+	b.fake.SetBehaviour(jumpcloudfake.ServerError)
+	_, err := b.tokens.GetToken(ctx, forceRefresh)
+	wantCode(t, err, codes.Unavailable, "PROVIDER_UNAVAILABLE")
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED || a.GetLastError().GetReason() != credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE {
+		t.Fatalf("after 500: %v", a)
+	}
+	// Degraded still serves the cached token.
+	b.token(t, "acme")
+
+	b = b.restart(t) // clears the retry gate; the state itself is kept
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED {
+		t.Fatalf("after restart: %v", a)
+	}
+	b.fake.SetBehaviour(jumpcloudfake.RejectAll)
+	_, err = b.tokens.GetToken(ctx, forceRefresh)
+	st := wantCode(t, err, codes.FailedPrecondition, "CREDENTIALS_REJECTED")
+	a := state()
+	if a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION || a.GetLastError().GetProviderError() != "invalid_client" ||
+		a.GetLastError().GetProviderErrorDescription() != "Client authentication failed." {
+		t.Fatalf("after 401: %v", a)
+	}
+	// No retry storm: asking again answers from the recorded failure.
+	requests := b.fake.Requests()
+	for range 10 {
+		_, err = b.tokens.GetToken(ctx, forceRefresh)
+		wantCode(t, err, codes.FailedPrecondition, "CREDENTIALS_REJECTED")
+	}
+	if b.fake.Requests() != requests {
+		t.Fatalf("%d more upstream requests after rejection, want 0", b.fake.Requests()-requests)
+	}
+	if st.Message() == "" {
+		t.Fatal("empty message")
+	}
+
+	// The admin fixes it; after a restart (which opens the gate) the account is active again.
+	b.fake.SetBehaviour(jumpcloudfake.Normal)
+	b = b.restart(t)
+	if _, err := b.tokens.GetToken(ctx, forceRefresh); err != nil {
+		t.Fatal(err)
+	}
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || a.GetLastError() != nil {
+		t.Fatalf("after recovery: %v", a)
+	}
+}
+
+func TestHealthAndReflection(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	resp, err := b.health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v", resp, err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(b.conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	services := map[string]bool{}
+	for _, s := range list.GetListServicesResponse().GetService() {
+		services[s.GetName()] = true
+	}
+	for _, want := range []string{"credbroker.v1.AccountService", "credbroker.v1.TokenService", "grpc.health.v1.Health"} {
+		if !services[want] {
+			t.Errorf("reflection does not list %s: %v", want, services)
+		}
+	}
+}
