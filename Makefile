@@ -23,5 +23,11 @@ check-generated: generate
 		echo "generated code is out of date: run 'make generate' and commit the result" >&2; exit 1; \
 	fi
 
+# Go benchmarks (client TokenSource and the broker's cache hit), then GetToken
+# against the health check on one server with ghz (bench/ghz.sh).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./client/ ./server/internal/tokens/
+	bash bench/ghz.sh
+
 build:
 	$(GO) build -o bin/credbroker ./cmd/credbroker

@@ -42,7 +42,7 @@ type harness struct {
 	path   string
 }
 
-func newHarness(t *testing.T, handler func(http.Handler) http.Handler) *harness {
+func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness {
 	t.Helper()
 	h := &harness{fake: jumpcloudfake.New("sa", clientSecret), clock: &clock{t: time.Now()}}
 	var srvHandler http.Handler = h.fake
@@ -69,7 +69,7 @@ func newHarness(t *testing.T, handler func(http.Handler) http.Handler) *harness 
 }
 
 // addAccount stores an account with no token, as if its token had been lost.
-func (h *harness) addAccount(t *testing.T, id string) {
+func (h *harness) addAccount(t testing.TB, id string) {
 	t.Helper()
 	key, wrapped, err := h.master.NewDataKey(id)
 	if err != nil {
@@ -82,7 +82,7 @@ func (h *harness) addAccount(t *testing.T, id string) {
 	}
 }
 
-func (h *harness) manager(t *testing.T) *Manager {
+func (h *harness) manager(t testing.TB) *Manager {
 	t.Helper()
 	m := New(h.cfg, h.store, h.master, h.prov)
 	if err := m.Load(); err != nil {
@@ -361,4 +361,24 @@ func waitFor(t *testing.T, cond func() bool) {
 	for !cond() {
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// BenchmarkGetCacheHit is GetToken's hot path inside the broker, without gRPC.
+func BenchmarkGetCacheHit(b *testing.B) {
+	h := newHarness(b, nil)
+	h.cfg.Now = time.Now // the test clock's mutex is not what production runs
+	h.addAccount(b, "acme")
+	m := h.manager(b)
+	ctx := context.Background()
+	if _, err := m.Get(ctx, "acme", 0); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := m.Get(ctx, "acme", time.Minute); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
