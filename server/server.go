@@ -306,11 +306,21 @@ func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
 		f.Close()
 		return nil, err
 	}
-	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+	if err := errors.Join(f.Sync(), f.Close(), syncDir(cfg.DataDir)); err != nil {
 		return nil, err
 	}
 	cfg.Logger.Warn("GENERATED A LOCAL MASTER KEY beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
 	return seal.ParseMasterKey(text)
+}
+
+// syncDir makes a new file's directory entry durable, so that a crash
+// cannot leave a database whose generated key file is gone.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
 }
 
 func readMasterKeyFile(path string, log *slog.Logger) (*seal.MasterKey, error) {
