@@ -141,10 +141,8 @@ func (c *Client) TokenURL(cr Credentials) string {
 	if cr.Kind != KindJumpCloudServiceAccount {
 		return cr.TokenURL
 	}
-	if cr.Region == RegionEU {
-		return c.endpoints.JumpCloudTokenURLEU
-	}
-	return c.endpoints.JumpCloudTokenURLUS
+	tokenURL, _ := c.jumpCloudURLs(cr.Region)
+	return tokenURL
 }
 
 // APIBaseURL is the API that the account's tokens are for.
@@ -152,10 +150,15 @@ func (c *Client) APIBaseURL(cr Credentials) string {
 	if cr.Kind != KindJumpCloudServiceAccount {
 		return cr.APIBaseURL
 	}
-	if cr.Region == RegionEU {
-		return c.endpoints.JumpCloudAPIURLEU
+	_, apiURL := c.jumpCloudURLs(cr.Region)
+	return apiURL
+}
+
+func (c *Client) jumpCloudURLs(region string) (tokenURL, apiURL string) {
+	if region == RegionEU {
+		return c.endpoints.JumpCloudTokenURLEU, c.endpoints.JumpCloudAPIURLEU
 	}
-	return c.endpoints.JumpCloudAPIURLUS
+	return c.endpoints.JumpCloudTokenURLUS, c.endpoints.JumpCloudAPIURLUS
 }
 
 // Headers are the extra headers every API request with the account's token
