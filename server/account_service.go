@@ -114,11 +114,15 @@ func (s *accountService) UpdateAccount(ctx context.Context, req *credbrokerv1.Up
 			return nil, invalidArgument("update_mask", `unknown or immutable path "`+p+`": only "display_name" and "labels" can be updated`)
 		}
 	}
-	if err := checkDisplayName("account.display_name", in.GetDisplayName()); err != nil {
-		return nil, err
+	if c.DisplayName != nil {
+		if err := checkDisplayName("account.display_name", *c.DisplayName); err != nil {
+			return nil, err
+		}
 	}
-	if err := checkLabels("account.labels", in.GetLabels()); err != nil {
-		return nil, err
+	if c.Labels != nil {
+		if err := checkLabels("account.labels", *c.Labels); err != nil {
+			return nil, err
+		}
 	}
 	v, err := s.accounts.Update(id, c)
 	if err != nil {

@@ -19,9 +19,8 @@ import (
 const accountPrefix = "accounts/"
 
 var (
-	accountIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	orgIDPattern     = regexp.MustCompile(`^[0-9a-f]{24}$`)
-	labelKeyPattern  = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
+	orgIDPattern    = regexp.MustCompile(`^[0-9a-f]{24}$`)
+	labelKeyPattern = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
 )
 
 const (
@@ -35,8 +34,23 @@ const (
 	maxParams      = 20
 )
 
+// validAccountID: 1-63 lowercase letters, digits and hyphens, starting and
+// ending with a letter or digit. Hand-written because GetToken runs it on
+// every call.
+func validAccountID(id string) bool {
+	if len(id) == 0 || len(id) > 63 || id[0] == '-' || id[len(id)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
 func checkAccountID(field, id string) error {
-	if !accountIDPattern.MatchString(id) {
+	if !validAccountID(id) {
 		return invalidArgument(field, "must be 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit")
 	}
 	return nil

@@ -191,8 +191,11 @@ const (
 	// The provider is unreachable or failing; a cached token is served while
 	// it is valid and the broker retries with backoff.
 	AccountState_ACCOUNT_STATE_DEGRADED AccountState = 2
-	// The provider rejected the credentials; an admin must fix them. The
-	// broker retries rarely and returns to ACTIVE once the provider accepts.
+	// The provider rejected the credentials; an admin must fix them. A token
+	// issued before is still served until it expires (the provider keeps
+	// honouring it); after that GetToken fails with FAILED_PRECONDITION. The
+	// broker rechecks rarely and returns to ACTIVE once the provider accepts.
+	// To stop serving an account at once, delete it.
 	AccountState_ACCOUNT_STATE_NEEDS_ATTENTION AccountState = 3
 )
 

@@ -39,7 +39,8 @@ type TokenServiceClient interface {
 	//	INVALID_ARGUMENT: malformed name, or negative min_ttl.
 	//	NOT_FOUND: no such account.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
-	//	  the account's credentials (account state NEEDS_ATTENTION); or reason
+	//	  the account's credentials and no earlier token is still valid
+	//	  (account state NEEDS_ATTENTION); or reason
 	//	  MIN_TTL_TOO_LONG, min_ttl exceeds the provider's token lifetime.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
 	//	  the provider cannot be reached; RetryInfo says when to try again.
@@ -83,7 +84,8 @@ type TokenServiceServer interface {
 	//	INVALID_ARGUMENT: malformed name, or negative min_ttl.
 	//	NOT_FOUND: no such account.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
-	//	  the account's credentials (account state NEEDS_ATTENTION); or reason
+	//	  the account's credentials and no earlier token is still valid
+	//	  (account state NEEDS_ATTENTION); or reason
 	//	  MIN_TTL_TOO_LONG, min_ttl exceeds the provider's token lifetime.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
 	//	  the provider cannot be reached; RetryInfo says when to try again.

@@ -129,6 +129,10 @@ type Issued struct {
 	Headers map[string]string
 }
 
+// lifetime is how long the provider's tokens are good for (less the margin):
+// the longest min_ttl a fresh token can meet.
+func (is *Issued) lifetime() time.Duration { return is.Expiry.Sub(is.Obtained) }
+
 // Status is an account's token health.
 type Status struct {
 	State         string
@@ -165,7 +169,6 @@ type entry struct {
 	nextAttempt time.Time // no upstream request before this
 	lastErr     *FetchError
 	refreshAt   time.Time
-	maxTTL      time.Duration // lifetime of the last token issued
 	removed     bool
 }
 
@@ -272,9 +275,9 @@ func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (
 		e.mu.Unlock()
 		return nil, ErrNotFound
 	}
-	if e.maxTTL > 0 && minTTL >= e.maxTTL {
+	if is := e.current.Load(); is != nil && minTTL >= is.lifetime() {
 		e.mu.Unlock()
-		return nil, &MinTTLTooLongError{Max: e.maxTTL}
+		return nil, &MinTTLTooLongError{Max: is.lifetime()}
 	}
 	c := e.inflight
 	if c == nil {
@@ -345,10 +348,8 @@ func (m *Manager) run(e *entry, c *call) {
 // publish makes is the token callers get and schedules its renewal; e.mu
 // must be held (or e not yet shared).
 func (e *entry) publish(is *Issued, cfg Config) {
-	lifetime := is.Expiry.Sub(is.Obtained)
-	margin := min(cfg.RefreshMargin, lifetime/2)
+	margin := min(cfg.RefreshMargin, is.lifetime()/2)
 	e.refreshAt = is.Expiry.Add(-margin - rand.N(margin/4+1))
-	e.maxTTL = lifetime
 	e.current.Store(is)
 }
 
