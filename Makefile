@@ -16,11 +16,14 @@ lint:
 generate:
 	$(GO) tool buf generate
 
-# Regenerates the code and fails if that changed anything.
-check-generated: generate
-	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
-		git status --porcelain -- proto; git diff --stat -- proto; \
-		echo "generated code is out of date: run 'make generate' and commit the result" >&2; exit 1; \
+# Regenerates the code and fails if that changed any generated file, so the
+# committed code always matches the protos (with a dirty tree too).
+GENERATED = find proto -name '*.pb.go' | sort | xargs cat | sha256sum
+check-generated:
+	@before=$$($(GENERATED)); $(GO) tool buf generate; after=$$($(GENERATED)); \
+	if [ "$$before" != "$$after" ]; then \
+		git status --short -- proto; \
+		echo "generated code was out of date: 'make generate' has now rewritten it; review and commit it" >&2; exit 1; \
 	fi
 
 # Go benchmarks (client TokenSource and the broker's cache hit), then GetToken
