@@ -54,7 +54,9 @@ type broker struct {
 	tokens   credbrokerv1.TokenServiceClient
 	health   healthpb.HealthClient
 	conn     *grpc.ClientConn
-	stop     func()
+	// serveCancel asks the server to shut down; stop also waits for it and closes the client.
+	serveCancel func()
+	stop        func()
 }
 
 // newConfig points a server at a new fake and a new data directory.
@@ -100,9 +102,10 @@ func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	}
 	b := &broker{
 		fake: fake, cfg: cfg, logs: logs, conn: conn,
-		accounts: credbrokerv1.NewAccountServiceClient(conn),
-		tokens:   credbrokerv1.NewTokenServiceClient(conn),
-		health:   healthpb.NewHealthClient(conn),
+		accounts:    credbrokerv1.NewAccountServiceClient(conn),
+		tokens:      credbrokerv1.NewTokenServiceClient(conn),
+		health:      healthpb.NewHealthClient(conn),
+		serveCancel: cancel,
 	}
 	var once sync.Once
 	b.stop = func() {

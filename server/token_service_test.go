@@ -182,3 +182,68 @@ func TestHealthAndReflection(t *testing.T) {
 		}
 	}
 }
+
+// One caller's deadline must not cancel the upstream request others share.
+func TestCallerDeadlineDoesNotCancelSharedFetch(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	b.fake.SetTokenTTL(2 * time.Hour)
+	b.fake.SetBehaviour(jumpcloudfake.Slow)
+	b.fake.SetDelay(500 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
+	before := b.fake.Requests()
+	forceRefresh := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(59*time.Minute + 29*time.Second)}
+
+	patient := make(chan error, 1)
+	go func() {
+		_, err := b.tokens.GetToken(context.Background(), forceRefresh)
+		patient <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := b.tokens.GetToken(ctx, forceRefresh)
+	wantCode(t, err, codes.DeadlineExceeded, "")
+	if err := <-patient; err != nil {
+		t.Fatalf("the patient caller failed with the impatient one: %v", err)
+	}
+	if n := b.fake.Requests() - before; n != 1 {
+		t.Fatalf("%d upstream requests, want 1", n)
+	}
+}
+
+// On shutdown, calls in flight finish before the store closes.
+func TestGracefulShutdownFinishesInFlightCalls(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.fake.SetBehaviour(jumpcloudfake.Slow)
+	b.fake.SetDelay(500 * time.Millisecond)
+	result := make(chan error, 1)
+	go func() {
+		_, err := b.accounts.CreateAccount(context.Background(), jumpCloudRequest("acme"))
+		result <- err
+	}()
+	waitUntil(t, func() bool { return b.fake.Requests() == 1 }) // the call is in flight
+	stopped := make(chan struct{})
+	go func() {
+		b.serveCancel()
+		close(stopped)
+	}()
+	if err := <-result; err != nil {
+		t.Fatalf("in-flight CreateAccount failed during shutdown: %v", err)
+	}
+	<-stopped
+	b.stop()
+	// The account it stored survived the shutdown.
+	b = startWith(t, b.cfg, b.fake, b.logs)
+	b.fake.SetBehaviour(jumpcloudfake.Normal)
+	b.token(t, "acme")
+}
+
+// waitUntil polls cond; the test's own timeout bounds it.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
