@@ -253,6 +253,6 @@ func TestOAuth2ClientCredentialsAccount(t *testing.T) {
 	}
 	tok := b.token(t, "generic")
 	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetApiBaseUrl() != "https://api.example/v1" || len(tok.GetHeaders()) != 0 {
-		t.Fatalf("token = %v", tok)
+		t.Fatalf("token for the generic account: matches fake %v, api_base_url %q, headers %v", tok.GetAccessToken() == b.fake.LastToken(), tok.GetApiBaseUrl(), tok.GetHeaders())
 	}
 }

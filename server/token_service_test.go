@@ -22,7 +22,7 @@ func TestGetToken(t *testing.T) {
 	tok := b.token(t, "acme")
 	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetTokenType() != "Bearer" || tok.GetApiBaseUrl() != "https://us.api.test/api" ||
 		tok.GetHeaders()["x-org-id"] != orgID || len(tok.GetHeaders()) != 1 {
-		t.Fatalf("GetToken = %v", tok)
+		t.Fatalf("GetToken: matches fake %v, type %q, api_base_url %q, headers %v", tok.GetAccessToken() == b.fake.LastToken(), tok.GetTokenType(), tok.GetApiBaseUrl(), tok.GetHeaders())
 	}
 	if ttl := time.Until(tok.GetExpireTime().AsTime()); ttl > time.Hour-30*time.Second || ttl < 50*time.Minute {
 		t.Fatalf("expires in %v, want just under 59m30s", ttl)

@@ -57,14 +57,14 @@ func TestEndToEnd(t *testing.T) {
 	}
 	tok, err := first.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
 	if err != nil || tok.GetAccessToken() != fake.LastToken() || tok.GetApiBaseUrl() != "https://console.jumpcloud.com/api" {
-		t.Fatalf("GetToken = %v, %v", tok, err)
+		t.Fatalf("GetToken: err %v, matches the fake's token %v, api_base_url %q", err, tok.GetAccessToken() == fake.LastToken(), tok.GetApiBaseUrl())
 	}
 	first.stop(t)
 
 	second := startBinary(t, bin, &logs, "--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath)
 	again, err := second.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
 	if err != nil || again.GetAccessToken() != tok.GetAccessToken() {
-		t.Fatalf("after restart: %v, %v; want the same token", again, err)
+		t.Fatalf("after restart: err %v; want the same token as before the restart", err)
 	}
 	if n := fake.Requests(); n != 1 {
 		t.Fatalf("fake saw %d requests, want 1 (the restart must reuse the stored token)", n)

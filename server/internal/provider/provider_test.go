@@ -51,7 +51,7 @@ func TestJumpCloudFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	if tok.AccessToken.Reveal() != fake.LastToken() || tok.TokenType != "Bearer" {
-		t.Fatalf("token = %q %q, want %q Bearer", tok.AccessToken.Reveal(), tok.TokenType, fake.LastToken())
+		t.Fatalf("token matches the fake's: %v, type %q; want true, Bearer", tok.AccessToken.Reveal() == fake.LastToken(), tok.TokenType)
 	}
 	// expires_in 3600, less JumpCloud's 30 s.
 	if lo, hi := before.Add(time.Hour-30*time.Second), time.Now().Add(time.Hour-30*time.Second); tok.Expiry.Before(lo) || tok.Expiry.After(hi) {
@@ -171,7 +171,7 @@ func TestOAuth2ClientCredentials(t *testing.T) {
 				Scopes: []string{"read", "write"}, AuthStyle: style, EndpointParams: map[string]string{"audience": "api://x"},
 			})
 			if err != nil || tok.AccessToken.Reveal() != "gen-token" {
-				t.Fatalf("Fetch = %q, %v", tok.AccessToken.Reveal(), err)
+				t.Fatalf("Fetch: got the expected token %v, err %v", tok.AccessToken.Reveal() == "gen-token", err)
 			}
 		})
 	}
