@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -34,10 +35,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "credbroker")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
 	jc := httptest.NewServer(fake)
 	defer jc.Close()
@@ -80,6 +78,111 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("logs contain a secret")
 		}
 	}
+}
+
+var build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// buildBinary builds credbroker once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	build.once.Do(func() {
+		dir, err := os.MkdirTemp("", "credbroker-e2e")
+		if err != nil {
+			build.err = err
+			return
+		}
+		build.path = filepath.Join(dir, "credbroker")
+		if out, err := exec.Command("go", "build", "-o", build.path, ".").CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
+	}
+	return build.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if build.path != "" {
+		os.RemoveAll(filepath.Dir(build.path))
+	}
+	os.Exit(code)
+}
+
+// TestKillLosesNothingAcknowledged kills the broker with SIGKILL while
+// accounts are being linked: every account whose CreateAccount returned OK
+// is there after a restart, with its token, and the store opens cleanly.
+func TestKillLosesNothingAcknowledged(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
+	jc := httptest.NewServer(fake)
+	defer jc.Close()
+	dataDir := filepath.Join(t.TempDir(), "data")
+	var logs bytes.Buffer
+	args := []string{"--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath}
+	first := startBinary(t, bin, &logs, args...)
+
+	var (
+		mu    sync.Mutex
+		acked []string
+		wg    sync.WaitGroup
+	)
+	killed := make(chan struct{})
+	var killOnce sync.Once
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				id := fmt.Sprintf("acct-%d-%d", w, i)
+				_, err := first.accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
+					AccountId: id,
+					Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+						ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
+					}},
+				})
+				if err != nil {
+					return // the broker is gone
+				}
+				mu.Lock()
+				acked = append(acked, id)
+				n := len(acked)
+				mu.Unlock()
+				if n == 40 {
+					killOnce.Do(func() {
+						_ = first.cmd.Process.Kill()
+						close(killed)
+					})
+				}
+			}
+		}()
+	}
+	<-killed
+	wg.Wait()
+	<-first.done
+	_ = first.cmd.Wait()
+	first.conn.Close()
+
+	second := startBinary(t, bin, &logs, args...)
+	requests := fake.Requests()
+	for _, id := range acked {
+		if _, err := second.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id}); err != nil {
+			t.Fatalf("acknowledged account %s after SIGKILL: %v", id, err)
+		}
+	}
+	if fake.Requests() != requests {
+		t.Fatalf("tokens of acknowledged accounts were lost: %d new upstream requests", fake.Requests()-requests)
+	}
+	t.Logf("%d accounts acknowledged before SIGKILL, all present after restart", len(acked))
+	second.stop(t)
 }
 
 type runningBinary struct {
