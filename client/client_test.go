@@ -31,19 +31,24 @@ func newDemo(t testing.TB) *demo {
 	return d
 }
 
-// countingClient counts the GetToken calls the client makes.
-func countingClient(t testing.TB, target string, calls *atomic.Int32) *client.Client {
+func newClient(t testing.TB, target string, opts ...client.Option) *client.Client {
 	t.Helper()
-	c, err := client.New(target, client.WithDialOptions(grpc.WithUnaryInterceptor(
-		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			calls.Add(1)
-			return invoker(ctx, method, req, reply, cc, opts...)
-		})))
+	c, err := client.New(target, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// countingClient counts the GetToken calls the client makes.
+func countingClient(t testing.TB, target string, calls *atomic.Int32) *client.Client {
+	t.Helper()
+	return newClient(t, target, client.WithDialOptions(grpc.WithUnaryInterceptor(
+		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			calls.Add(1)
+			return invoker(ctx, method, req, reply, cc, opts...)
+		})))
 }
 
 func TestTokenSourceCachesLocally(t *testing.T) {
@@ -72,16 +77,12 @@ func TestTokenSourceCachesLocally(t *testing.T) {
 
 func TestTokenSourceReturnsBrokerErrors(t *testing.T) {
 	d := newDemo(t)
-	c, err := client.New(d.target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newClient(t, d.target)
 	if _, err := c.TokenSource("accounts/nope").Token(); status.Code(err) != codes.NotFound {
 		t.Fatalf("err = %v, want NotFound", err)
 	}
 	// Through oauth2.NewClient the status is still reachable.
-	_, err = oauth2.NewClient(context.Background(), c.TokenSource("accounts/nope")).Get(d.apiURL + "/v2/x")
+	_, err := oauth2.NewClient(context.Background(), c.TokenSource("accounts/nope")).Get(d.apiURL + "/v2/x")
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("oauth2 client err = %v", err)
 	}
@@ -89,11 +90,7 @@ func TestTokenSourceReturnsBrokerErrors(t *testing.T) {
 
 func TestRoundTripper(t *testing.T) {
 	d := newDemo(t)
-	c, err := client.New(d.target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newClient(t, d.target)
 	hc := &http.Client{Transport: c.RoundTripper("accounts/acme", nil)}
 
 	resp, err := hc.Get("/v2/systemgroups?limit=10")
@@ -116,11 +113,7 @@ func TestRoundTripper(t *testing.T) {
 // BenchmarkTokenSourceCacheHit is the client's hot path.
 func BenchmarkTokenSourceCacheHit(b *testing.B) {
 	d := newDemo(b)
-	c, err := client.New(d.target)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := newClient(b, d.target)
 	ts := c.TokenSource("accounts/acme")
 	if _, err := ts.Token(); err != nil {
 		b.Fatal(err)
