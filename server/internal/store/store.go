@@ -124,7 +124,7 @@ func (s *Store) Account(id string) (Account, error) {
 }
 
 // Accounts returns up to limit accounts whose id sorts after the given one,
-// in id order; limit <= 0 means all.
+// in id order.
 func (s *Store) Accounts(after string, limit int) ([]Account, error) {
 	var out []Account
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -133,7 +133,7 @@ func (s *Store) Accounts(after string, limit int) ([]Account, error) {
 		if k != nil && string(k) == after {
 			k, v = c.Next()
 		}
-		for ; k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
+		for ; k != nil && len(out) < limit; k, v = c.Next() {
 			var a Account
 			if err := decode(v, &a); err != nil {
 				return fmt.Errorf("account %q: %w", k, err)
@@ -141,6 +141,33 @@ func (s *Store) Accounts(after string, limit int) ([]Account, error) {
 			out = append(out, a)
 		}
 		return nil
+	})
+	return out, err
+}
+
+// Stored is an account together with its token state.
+type Stored struct {
+	Account    Account
+	TokenState TokenState
+}
+
+// All returns every account with its token state, read in one transaction,
+// for loading the broker at start-up.
+func (s *Store) All() ([]Stored, error) {
+	var out []Stored
+	err := s.db.View(func(tx *bolt.Tx) error {
+		tokens := tx.Bucket(tokensBucket)
+		return tx.Bucket(accountsBucket).ForEach(func(k, v []byte) error {
+			var st Stored
+			if err := decode(v, &st.Account); err != nil {
+				return fmt.Errorf("account %q: %w", k, err)
+			}
+			if err := get(tokens, string(k), &st.TokenState); err != nil && !errors.Is(err, ErrNotFound) {
+				return fmt.Errorf("token state of %q: %w", k, err)
+			}
+			out = append(out, st)
+			return nil
+		})
 	})
 	return out, err
 }

@@ -41,6 +41,10 @@ func TestAccountLifecycle(t *testing.T) {
 	if err != nil || len(page) != 1 || page[0].ID != "c" {
 		t.Fatalf("second page = %+v, %v", page, err)
 	}
+	all, err := s.All()
+	if err != nil || len(all) != 3 || all[0].Account.ID != "a" || all[0].TokenState.State != "active" || all[2].Account.ClientID != "cid-c" {
+		t.Fatalf("All() = %+v, %v", all, err)
+	}
 
 	if err := s.UpdateTokenState("b", func(ts *TokenState) { ts.TokenType = "Bearer" }); err != nil {
 		t.Fatal(err)

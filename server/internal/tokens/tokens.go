@@ -187,16 +187,12 @@ func New(cfg Config, st *store.Store, master *seal.MasterKey, prov *provider.Cli
 
 // Load adds every stored account, with its stored token and health.
 func (m *Manager) Load() error {
-	accounts, err := m.store.Accounts("", 0)
+	all, err := m.store.All()
 	if err != nil {
 		return err
 	}
-	for _, a := range accounts {
-		ts, err := m.store.TokenState(a.ID)
-		if err != nil {
-			return fmt.Errorf("account %s: %w", a.ID, err)
-		}
-		m.Add(a, ts)
+	for _, st := range all {
+		m.Add(st.Account, st.TokenState)
 	}
 	return nil
 }
