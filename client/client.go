@@ -10,8 +10,10 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -21,6 +23,7 @@ import (
 
 	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -38,6 +41,8 @@ type options struct {
 	dialOptions []grpc.DialOption
 	earlyExpiry time.Duration
 	callTimeout time.Duration
+	tls         *tls.Config
+	callerKey   string
 }
 
 // Option configures a Client.
@@ -49,6 +54,36 @@ type Option func(*options)
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
 }
+
+// WithTLS connects over TLS: cfg.RootCAs verifies the broker, and
+// cfg.Certificates (or GetClientCertificate) proves the caller's principal
+// with a client certificate (mTLS).
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) { o.tls = cfg }
+}
+
+// WithCallerKey proves the caller's identity with a caller key ("cbk_...")
+// on every call. Without WithTLS, New refuses a target that is not a
+// loopback address, so the key never crosses a network in the clear.
+func WithCallerKey(key string) Option {
+	return func(o *options) { o.callerKey = key }
+}
+
+// CallerKey is gRPC per-call credentials that send a caller key, for
+// connections made without this package:
+//
+//	grpc.NewClient(target, creds, grpc.WithPerRPCCredentials(client.CallerKey(key)))
+func CallerKey(key string) credentials.PerRPCCredentials { return callerKey{"Bearer " + key} }
+
+type callerKey struct{ header string }
+
+func (k callerKey) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": k.header}, nil
+}
+
+// RequireTransportSecurity is false so that plaintext works on loopback;
+// New checks the target instead.
+func (callerKey) RequireTransportSecurity() bool { return false }
 
 // WithEarlyExpiry sets how long before a token's expire_time the client
 // stops using its cached copy and asks the broker again. Default 30s.
@@ -73,11 +108,29 @@ func New(target string, opts ...Option) (*Client, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.tls != nil {
+		o.dialOptions = append(o.dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(o.tls)))
+	}
+	if o.callerKey != "" {
+		if o.tls == nil && !isLoopback(target) {
+			return nil, fmt.Errorf("credbroker client: refusing to send a caller key in plaintext to %q; use WithTLS", target)
+		}
+		o.dialOptions = append(o.dialOptions, grpc.WithPerRPCCredentials(CallerKey(o.callerKey)))
+	}
 	conn, err := grpc.NewClient(target, o.dialOptions...)
 	if err != nil {
 		return nil, err
 	}
 	return &Client{conn: conn, tokens: credbrokerv1.NewTokenServiceClient(conn), opts: o}, nil
+}
+
+func isLoopback(target string) bool {
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 // Close closes the connection.

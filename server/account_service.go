@@ -2,25 +2,22 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/tokens"
-)
-
-const (
-	defaultPageSize = 50
-	maxPageSize     = 1000
 )
 
 type accountService struct {
 	credbrokerv1.UnimplementedAccountServiceServer
 	accounts *accounts.Service
+	callers  *callers.Service
 	errs     errorMapper
 }
 
@@ -29,10 +26,15 @@ func (s *accountService) CreateAccount(ctx context.Context, req *credbrokerv1.Cr
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.accounts.Create(ctx, in, req.GetValidateOnly())
+	if in.ID == "" {
+		in.ID = accounts.NewID()
+	}
+	c := callFrom(ctx)
+	v, err := s.accounts.Create(ctx, in, req.GetValidateOnly(), c.changeEvent(accountPrefix+in.ID, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
+	c.written = !req.GetValidateOnly()
 	return &credbrokerv1.CreateAccountResponse{Account: accountProto(v)}, nil
 }
 
@@ -49,22 +51,9 @@ func (s *accountService) GetAccount(ctx context.Context, req *credbrokerv1.GetAc
 }
 
 func (s *accountService) ListAccounts(ctx context.Context, req *credbrokerv1.ListAccountsRequest) (*credbrokerv1.ListAccountsResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalidArgument("page_size", "must not be negative")
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
-	after := ""
-	if tok := req.GetPageToken(); tok != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(tok)
-		if err != nil || checkAccountID("page_token", string(raw)) != nil {
-			return nil, invalidArgument("page_token", "is not a token this server issued")
-		}
-		after = string(raw)
+	size, after, err := idPage(req)
+	if err != nil {
+		return nil, err
 	}
 	views, more, err := s.accounts.List(after, size)
 	if err != nil {
@@ -75,7 +64,7 @@ func (s *accountService) ListAccounts(ctx context.Context, req *credbrokerv1.Lis
 		resp.Accounts[i] = accountProto(v)
 	}
 	if more {
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(views[len(views)-1].ID))
+		resp.NextPageToken = idPageToken(views[len(views)-1].ID)
 	}
 	return resp, nil
 }
@@ -124,10 +113,12 @@ func (s *accountService) UpdateAccount(ctx context.Context, req *credbrokerv1.Up
 			return nil, err
 		}
 	}
-	v, err := s.accounts.Update(id, c)
+	call := callFrom(ctx)
+	v, err := s.accounts.Update(id, c, call.changeEvent(accountPrefix+id, "update_mask "+strings.Join(paths, ",")))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
+	call.written = true
 	return &credbrokerv1.UpdateAccountResponse{Account: accountProto(v)}, nil
 }
 
@@ -136,10 +127,55 @@ func (s *accountService) DeleteAccount(ctx context.Context, req *credbrokerv1.De
 	if err != nil {
 		return nil, err
 	}
-	if err := s.accounts.Delete(id); err != nil {
+	c := callFrom(ctx)
+	if err := s.accounts.Delete(id, c.changeEvent(accountPrefix+id, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
+	c.written = true
 	return &credbrokerv1.DeleteAccountResponse{}, nil
+}
+
+func (s *accountService) AddAccountGrant(ctx context.Context, req *credbrokerv1.AddAccountGrantRequest) (*credbrokerv1.AddAccountGrantResponse, error) {
+	id, principal, err := s.grantRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	if keyID, ok := strings.CutPrefix(principal, callers.KeyPrincipalPrefix); ok && !s.callers.Exists(keyID) {
+		return nil, s.errs.toStatus(ctx, callers.ErrNotFound)
+	}
+	c := callFrom(ctx)
+	v, changed, err := s.accounts.AddGrant(id, principal, c.principal, c.changeEvent(accountPrefix+id, "grant "+principal))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = changed
+	return &credbrokerv1.AddAccountGrantResponse{Account: accountProto(v)}, nil
+}
+
+func (s *accountService) RemoveAccountGrant(ctx context.Context, req *credbrokerv1.RemoveAccountGrantRequest) (*credbrokerv1.RemoveAccountGrantResponse, error) {
+	id, principal, err := s.grantRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	c := callFrom(ctx)
+	v, err := s.accounts.RemoveGrant(id, principal, c.changeEvent(accountPrefix+id, "remove grant "+principal))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = true
+	return &credbrokerv1.RemoveAccountGrantResponse{Account: accountProto(v)}, nil
+}
+
+// grantRequest checks the account name and principal of a grant change.
+func (s *accountService) grantRequest(req interface {
+	GetName() string
+	GetPrincipal() string
+}) (string, string, error) {
+	id, err := parseName("name", req.GetName())
+	if err != nil {
+		return "", "", err
+	}
+	return id, req.GetPrincipal(), checkPrincipal("principal", req.GetPrincipal())
 }
 
 // accountProto shows an account. It reads no sealed field.
@@ -156,6 +192,9 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 		UpdateTime:    timestamp(v.UpdateTime),
 		LastTokenTime: timestamp(v.Status.LastTokenTime),
 		State:         stateProto[v.Status.State],
+	}
+	for _, g := range v.Grants {
+		a.Grants = append(a.Grants, &credbrokerv1.Grant{Principal: g.Principal, CreateTime: timestamp(g.CreateTime), Creator: g.Creator})
 	}
 	switch v.Provider {
 	case provider.KindJumpCloudServiceAccount:

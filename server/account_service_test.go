@@ -216,7 +216,7 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
-	wantCode(t, err, codes.NotFound, "")
+	wantCode(t, err, codes.PermissionDenied, "") // its grants went with it
 	_, err = b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/acme"})
 	wantCode(t, err, codes.NotFound, "")
 	_, err = b.accounts.DeleteAccount(ctx, &credbrokerv1.DeleteAccountRequest{Name: "accounts/acme"})
@@ -247,6 +247,7 @@ func TestOAuth2ClientCredentialsAccount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.grant(t, "generic", svcPrincipal)
 	a := resp.GetAccount()
 	if a.GetProvider() != credbrokerv1.Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS || a.GetAuthStyle() != credbrokerv1.AuthStyle_AUTH_STYLE_HEADER || a.GetApiBaseUrl() != "https://api.example/v1" {
 		t.Fatalf("account = %v", a)

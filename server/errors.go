@@ -14,6 +14,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
@@ -45,6 +46,12 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.NotFound, "account not found")
 	case errors.Is(err, accounts.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, "an account with this account_id already exists")
+	case errors.Is(err, accounts.ErrNoSuchGrant), errors.Is(err, callers.ErrNotFound), errors.Is(err, callers.ErrNotAdmin):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, callers.ErrExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, callers.ErrLastAdmin):
+		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_LAST_ADMIN, nil))
 	case errors.As(err, &rejected):
 		meta := map[string]string{}
 		if rejected.Code != "" {

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
@@ -46,11 +47,16 @@ func (b *syncBuffer) String() string {
 }
 
 // broker is a real server on loopback with a JumpCloud fake behind it.
+// Admin calls use the bootstrap admin key; token calls use the caller key
+// "svc", which link grants access.
 type broker struct {
 	fake     *jumpcloudfake.Fake
 	cfg      server.Config
 	logs     *syncBuffer
+	keys     brokerKeys
 	accounts credbrokerv1.AccountServiceClient
+	callers  credbrokerv1.CallerServiceClient
+	audit    credbrokerv1.AuditServiceClient
 	tokens   credbrokerv1.TokenServiceClient
 	health   healthpb.HealthClient
 	conn     *grpc.ClientConn
@@ -87,6 +93,15 @@ func startBroker(t *testing.T) *broker {
 	return startWith(t, cfg, fake, logs)
 }
 
+// brokerKeys are the caller keys of a data directory's test broker.
+type brokerKeys struct{ admin, svc string }
+
+// keysByDataDir remembers each data directory's keys across restarts: the
+// bootstrap admin key is shown only on the first start.
+var keysByDataDir sync.Map
+
+const svcPrincipal = "callerKeys/svc"
+
 func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *syncBuffer) *broker {
 	t.Helper()
 	srv, err := server.New(cfg)
@@ -96,21 +111,14 @@ func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &broker{
-		fake: fake, cfg: cfg, logs: logs, conn: conn,
-		accounts:    credbrokerv1.NewAccountServiceClient(conn),
-		tokens:      credbrokerv1.NewTokenServiceClient(conn),
-		health:      healthpb.NewHealthClient(conn),
-		serveCancel: cancel,
-	}
+	b := &broker{fake: fake, cfg: cfg, logs: logs, serveCancel: cancel}
 	var once sync.Once
+	var conns []*grpc.ClientConn
 	b.stop = func() {
 		once.Do(func() {
-			conn.Close()
+			for _, c := range conns {
+				c.Close()
+			}
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("Serve: %v", err)
@@ -118,7 +126,53 @@ func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 		})
 	}
 	t.Cleanup(b.stop)
+	dial := func(key string) *grpc.ClientConn {
+		c := dialKey(t, srv.Addr().String(), key)
+		conns = append(conns, c)
+		return c
+	}
+
+	if k, ok := keysByDataDir.Load(cfg.DataDir); ok {
+		b.keys = k.(brokerKeys)
+	} else if b.keys.admin = srv.BootstrapAdminKey(); b.keys.admin != "" {
+		resp, err := credbrokerv1.NewCallerServiceClient(dial(b.keys.admin)).CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{
+			KeyId: "svc", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER, Description: "test service"},
+		})
+		if err != nil {
+			t.Fatalf("CreateCallerKey: %v", err)
+		}
+		b.keys.svc = resp.GetKey()
+		keysByDataDir.Store(cfg.DataDir, b.keys)
+	}
+	b.conn = dial(b.keys.admin)
+	b.accounts = credbrokerv1.NewAccountServiceClient(b.conn)
+	b.callers = credbrokerv1.NewCallerServiceClient(b.conn)
+	b.audit = credbrokerv1.NewAuditServiceClient(b.conn)
+	b.health = healthpb.NewHealthClient(b.conn)
+	b.tokens = credbrokerv1.NewTokenServiceClient(dial(b.keys.svc))
 	return b
+}
+
+// dialKey connects over loopback plaintext, sending key (if any) on every call.
+func dialKey(t *testing.T, addr, key string) *grpc.ClientConn {
+	t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if key != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(client.CallerKey(key)))
+	}
+	c, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// grant lets principal get the account's tokens.
+func (b *broker) grant(t *testing.T, id, principal string) {
+	t.Helper()
+	if _, err := b.accounts.AddAccountGrant(context.Background(), &credbrokerv1.AddAccountGrantRequest{Name: "accounts/" + id, Principal: principal}); err != nil {
+		t.Fatalf("AddAccountGrant(%s, %s): %v", id, principal, err)
+	}
 }
 
 // restart stops the broker and starts a new one on the same data and fake.
@@ -138,12 +192,14 @@ func jumpCloudRequest(id string) *credbrokerv1.CreateAccountRequest {
 	}
 }
 
+// link links a JumpCloud account and grants the "svc" caller key access.
 func (b *broker) link(t *testing.T, id string) *credbrokerv1.Account {
 	t.Helper()
 	resp, err := b.accounts.CreateAccount(context.Background(), jumpCloudRequest(id))
 	if err != nil {
 		t.Fatalf("CreateAccount(%s): %v", id, err)
 	}
+	b.grant(t, id, svcPrincipal)
 	return resp.GetAccount()
 }
 

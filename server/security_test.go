@@ -115,6 +115,7 @@ func TestSwappedCiphertextsFail(t *testing.T) {
 	if _, err := b.accounts.CreateAccount(context.Background(), beta); err != nil {
 		t.Fatal(err)
 	}
+	b.grant(t, "beta", svcPrincipal)
 	betaToken := b.token(t, "beta").GetAccessToken()
 	b.stop()
 
@@ -128,7 +129,7 @@ func TestSwappedCiphertextsFail(t *testing.T) {
 	if _, err := st.UpdateAccount("alpha", func(a *store.Account) error {
 		a.WrappedKey, a.SealedSecret = betaRec.WrappedKey, betaRec.SealedSecret
 		return nil
-	}); err != nil {
+	}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.UpdateTokenState("alpha", func(ts *store.TokenState) { *ts = betaTokens }); err != nil {

@@ -6,6 +6,8 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -19,6 +21,8 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -26,8 +30,14 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/ratelimit"
 	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
@@ -41,9 +51,28 @@ const (
 // Config is the server's configuration. Zero fields take the values of
 // DefaultConfig; cmd/credbroker documents the matching flags.
 type Config struct {
-	// ListenAddr must be a loopback address until caller authentication
-	// exists. Port 0 picks a free port.
+	// ListenAddr is the gRPC address. Without TLS it must be a loopback
+	// address. Port 0 picks a free port.
 	ListenAddr string
+	// TLSCertFile and TLSKeyFile (PEM) make the server speak TLS; required
+	// unless ListenAddr is loopback.
+	TLSCertFile, TLSKeyFile string
+	// ClientCAFile is a PEM bundle of the CAs whose client certificates
+	// prove a caller's principal (mTLS). It needs TLS. Without it, callers
+	// prove themselves with caller keys only.
+	ClientCAFile string
+	// BootstrapAdminPrincipal: on the first start of a new database, make
+	// this client-certificate principal the admin, instead of creating an
+	// admin caller key (see Server.BootstrapAdminKey).
+	BootstrapAdminPrincipal string
+	// RateLimit is each caller's sustained calls per second and RateBurst
+	// the calls it may make at once; a negative RateLimit turns limiting off.
+	RateLimit float64
+	RateBurst int
+	// AuditMaxAge and AuditMaxEvents bound the audit trail: older events,
+	// and the oldest beyond the count, are deleted.
+	AuditMaxAge    time.Duration
+	AuditMaxEvents int
 	// DataDir holds the database; it is created (or restricted) to mode 0700.
 	DataDir string
 	// MasterKeyFile and MasterKey (the key's text itself) are the two ways
@@ -70,6 +99,9 @@ type Config struct {
 	LockTimeout time.Duration
 
 	Logger *slog.Logger
+
+	// wrapAuditSink lets tests make audit writes fail.
+	wrapAuditSink func(audit.Sink) audit.Sink
 }
 
 // DefaultConfig is what the broker runs with when nothing is configured:
@@ -77,8 +109,13 @@ type Config struct {
 func DefaultConfig() Config {
 	ep := provider.DefaultEndpoints()
 	tc := tokens.DefaultConfig()
+	ac := audit.DefaultConfig()
 	return Config{
 		ListenAddr:          "127.0.0.1:50051",
+		RateLimit:           100,
+		RateBurst:           200,
+		AuditMaxAge:         ac.MaxAge,
+		AuditMaxEvents:      ac.MaxEvents,
 		DataDir:             "./credbroker-data",
 		JumpCloudTokenURLUS: ep.JumpCloudTokenURLUS,
 		JumpCloudTokenURLEU: ep.JumpCloudTokenURLEU,
@@ -111,14 +148,21 @@ func (c *Config) setDefaults() {
 		{&c.UpstreamTimeout, &d.UpstreamTimeout}, {&c.RefreshMargin, &d.RefreshMargin},
 		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.ShutdownTimeout, &d.ShutdownTimeout},
-		{&c.LockTimeout, &d.LockTimeout},
+		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge},
 	} {
 		if *f.p <= 0 {
 			*f.p = *f.v
 		}
 	}
-	if c.RefreshConcurrency <= 0 {
-		c.RefreshConcurrency = d.RefreshConcurrency
+	for _, f := range []struct{ p, v *int }{
+		{&c.RefreshConcurrency, &d.RefreshConcurrency}, {&c.RateBurst, &d.RateBurst}, {&c.AuditMaxEvents, &d.AuditMaxEvents},
+	} {
+		if *f.p <= 0 {
+			*f.p = *f.v
+		}
+	}
+	if c.RateLimit == 0 {
+		c.RateLimit = d.RateLimit
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -127,13 +171,15 @@ func (c *Config) setDefaults() {
 
 // Server is a running credbroker. Create it with New and run it with Serve.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	store    *store.Store
-	tokens   *tokens.Manager
-	grpc     *grpc.Server
-	health   *health.Server
-	listener net.Listener
+	cfg          Config
+	log          *slog.Logger
+	store        *store.Store
+	tokens       *tokens.Manager
+	audit        *audit.Log
+	grpc         *grpc.Server
+	health       *health.Server
+	listener     net.Listener
+	bootstrapKey secret.String
 }
 
 // New checks the configuration, opens the data directory and the listener,
@@ -141,7 +187,8 @@ type Server struct {
 // not the one the data directory was created with.
 func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	if err := checkLoopback(cfg.ListenAddr); err != nil {
+	creds, err := transportCredentials(cfg)
+	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -158,7 +205,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := build(cfg, st, master)
+	s, err := build(cfg, st, master, creds)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -166,7 +213,11 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func build(cfg Config, st *store.Store, master *seal.MasterKey) (*Server, error) {
+func build(cfg Config, st *store.Store, master *seal.MasterKey, creds credentials.TransportCredentials) (*Server, error) {
+	mac, err := loadMACKey(st, master)
+	if err != nil {
+		return nil, err
+	}
 	prov := provider.New(provider.Config{
 		Endpoints: provider.Endpoints{
 			JumpCloudTokenURLUS: cfg.JumpCloudTokenURLUS, JumpCloudTokenURLEU: cfg.JumpCloudTokenURLEU,
@@ -180,30 +231,110 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey) (*Server, error)
 		BackoffMin:         cfg.RetryBackoffMin,
 		BackoffMax:         cfg.RetryBackoffMax,
 		RejectedRecheck:    cfg.RejectedRecheck,
+		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
 		Logger:             cfg.Logger,
 	}, st, master, prov)
 	if err := tm.Load(); err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
+	gi := grants.NewIndex()
+	acc := accounts.New(st, master, prov, tm, gi)
+	if err := acc.LoadGrants(); err != nil {
+		return nil, fmt.Errorf("load grants: %w", err)
+	}
+	cs := callers.New(st, mac, time.Now)
+	if err := cs.Load(); err != nil {
+		return nil, fmt.Errorf("load callers: %w", err)
+	}
+	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "bootstrap", Code: codeName(codes.OK)})
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap the first admin: %w", err)
+	}
+	var sink audit.Sink = st
+	if cfg.wrapAuditSink != nil {
+		sink = cfg.wrapAuditSink(sink)
+	}
+	al := audit.New(audit.Config{MaxAge: cfg.AuditMaxAge, MaxEvents: cfg.AuditMaxEvents, Logger: cfg.Logger}, sink, st)
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, err
 	}
 
 	errs := errorMapper{log: cfg.Logger}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(
-		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
-			cfg.Logger.Error("panic in handler", "method", methodName(ctx))
-			return status.Error(codes.Internal, "internal error")
-		})),
-	))
-	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: accounts.New(st, master, prov, tm), errs: errs})
-	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, errs: errs})
+	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, now: time.Now}
+	// Panics are recovered inside the gate, so that their calls are
+	// audited, and outside it, so that the gate itself cannot crash a call.
+	recoverPanics := recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		cfg.Logger.Error("panic in handler", "method", methodName(ctx))
+		return status.Error(codes.Internal, "internal error")
+	}))
+	g := grpc.NewServer(
+		grpc.Creds(creds),
+		grpc.ChainUnaryInterceptor(recoverPanics, gate.unary, recoverPanics),
+		grpc.ChainStreamInterceptor(gate.stream),
+	)
+	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: acc, callers: cs, errs: errs})
+	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs})
+	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: cs, errs: errs})
+	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: al, errs: errs})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 
-	return &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, grpc: g, health: hs, listener: lis}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey}, nil
+}
+
+// brokerPrincipal is the principal of the broker's own actions in the audit trail.
+const brokerPrincipal = "credbroker"
+
+// BootstrapAdminKey is the admin caller key created on the first start of a
+// new database, or empty. It is not logged: show it to the operator once.
+func (s *Server) BootstrapAdminKey() string { return s.bootstrapKey.Reveal() }
+
+// transportCredentials is TLS (with client-certificate principals when a
+// client CA is configured), or plaintext on a loopback address only.
+func transportCredentials(cfg Config) (credentials.TransportCredentials, error) {
+	if cfg.TLSCertFile == "" && cfg.TLSKeyFile == "" {
+		if cfg.ClientCAFile != "" {
+			return nil, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
+		}
+		if err := checkLoopback(cfg.ListenAddr); err != nil {
+			return nil, err
+		}
+		return insecure.NewCredentials(), nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate and key: %w", err)
+	}
+	if cfg.ClientCAFile == "" {
+		return mtls.ServerCredentials(cert, nil), nil
+	}
+	pem, err := os.ReadFile(cfg.ClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("client CA %s holds no PEM certificate", cfg.ClientCAFile)
+	}
+	return mtls.ServerCredentials(cert, pool), nil
+}
+
+// loadMACKey opens the stored MAC key, making one if the store has none.
+func loadMACKey(st *store.Store, master *seal.MasterKey) (*seal.MACKey, error) {
+	wrapped, err := st.WrappedMACKey()
+	if err != nil {
+		return nil, err
+	}
+	if wrapped != nil {
+		return master.UnwrapMACKey(wrapped)
+	}
+	mac, wrapped, err := master.NewMACKey()
+	if err != nil {
+		return nil, err
+	}
+	return mac, st.SetWrappedMACKey(wrapped)
 }
 
 func methodName(ctx context.Context) string {
@@ -221,10 +352,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	refreshCtx, stopRefresh := context.WithCancel(context.Background())
 	refreshDone := make(chan struct{})
 	go func() { s.tokens.Run(refreshCtx); close(refreshDone) }()
+	auditCtx, stopAudit := context.WithCancel(context.Background())
+	auditDone := make(chan struct{})
+	go func() { s.audit.Run(auditCtx); close(auditDone) }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
-	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir)
+	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", s.authSummary())
+	if s.cfg.TLSCertFile == "" {
+		s.log.Warn("serving PLAINTEXT on a loopback address: caller keys cross the connection unencrypted. Anything beyond one host needs --tls-cert and --tls-key")
+	}
 
 	var err error
 	select {
@@ -241,6 +378,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.log.Warn("in-flight calls did not finish in time; closing them", "timeout", s.cfg.ShutdownTimeout)
 		s.grpc.Stop()
 	}
+	// Calls have finished, so no one waits for the audit writer any more.
+	stopAudit()
+	<-auditDone
 	stopRefresh()
 	<-refreshDone
 	if cerr := s.store.Close(); cerr != nil && err == nil {
@@ -250,8 +390,19 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
-// checkLoopback refuses any listen address that is not loopback: without
-// caller authentication, anyone who can connect can read every token.
+// authSummary says at start-up how callers prove who they are.
+func (s *Server) authSummary() string {
+	switch {
+	case s.cfg.ClientCAFile != "":
+		return "TLS; client certificates signed by " + s.cfg.ClientCAFile + ", or caller keys"
+	case s.cfg.TLSCertFile != "":
+		return "TLS; caller keys"
+	}
+	return "plaintext on loopback; caller keys"
+}
+
+// checkLoopback refuses plaintext on any address that is not loopback:
+// caller keys and tokens would cross the network readable by anyone on the path.
 func checkLoopback(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -263,7 +414,7 @@ func checkLoopback(addr string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("listen address %q is not a loopback address: until caller authentication is configured, credbroker only listens on 127.0.0.1, ::1 or localhost", addr)
+	return fmt.Errorf("listen address %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", addr)
 }
 
 // loadMasterKey reads the configured master key or, with none configured,

@@ -4,23 +4,33 @@ import (
 	"context"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 type tokenService struct {
 	credbrokerv1.UnimplementedTokenServiceServer
 	tokens *tokens.Manager
+	grants *grants.Index
 	errs   errorMapper
 }
 
-// GetToken is the hot path: no store access, no lock held across I/O.
+// GetToken is the hot path: no store access, no lock held across I/O. The
+// gate writes its audit event (group commit) after it returns.
 func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenRequest) (*credbrokerv1.GetTokenResponse, error) {
 	id, err := parseName("name", req.GetName())
 	if err != nil {
 		return nil, err
+	}
+	c := callFrom(ctx)
+	if !s.grants.Allowed(id, c.principal) {
+		// The same answer whether or not the account exists.
+		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, req.GetName())
 	}
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {
@@ -33,6 +43,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
+	c.fingerprint = is.Fingerprint
 	return &credbrokerv1.GetTokenResponse{
 		AccessToken: is.AccessToken.Reveal(),
 		TokenType:   is.TokenType,

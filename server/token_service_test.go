@@ -37,6 +37,7 @@ func TestGetToken(t *testing.T) {
 	if _, err := b.accounts.CreateAccount(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
+	b.grant(t, "plain", svcPrincipal)
 	if h := b.token(t, "plain").GetHeaders(); len(h) != 0 {
 		t.Fatalf("headers without org id = %v", h)
 	}
@@ -47,7 +48,7 @@ func TestGetToken(t *testing.T) {
 		code  codes.Code
 		field string
 	}{
-		{&credbrokerv1.GetTokenRequest{Name: "accounts/nope"}, codes.NotFound, ""},
+		{&credbrokerv1.GetTokenRequest{Name: "accounts/nope"}, codes.PermissionDenied, ""}, // no grant: existence is not revealed
 		{&credbrokerv1.GetTokenRequest{Name: "acme"}, codes.InvalidArgument, "name"},
 		{&credbrokerv1.GetTokenRequest{Name: "accounts/ACME"}, codes.InvalidArgument, "name"},
 		{&credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(-time.Second)}, codes.InvalidArgument, "min_ttl"},
@@ -237,6 +238,7 @@ func TestGracefulShutdownFinishesInFlightCalls(t *testing.T) {
 	// The account it stored survived the shutdown.
 	b = startWith(t, b.cfg, b.fake, b.logs)
 	b.fake.SetBehaviour(jumpcloudfake.Normal)
+	b.grant(t, "acme", svcPrincipal)
 	b.token(t, "acme")
 }
 

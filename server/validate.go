@@ -6,10 +6,13 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
+	"unicode"
 	"unicode/utf8"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 )
@@ -58,11 +61,35 @@ func checkAccountID(field, id string) error {
 
 // parseName turns "accounts/{account_id}" into the id.
 func parseName(field, name string) (string, error) {
-	id, ok := strings.CutPrefix(name, accountPrefix)
+	return idFromName(field, name, accountPrefix, "{account_id}")
+}
+
+// parseKeyName turns "callerKeys/{key_id}" into the id.
+func parseKeyName(field, name string) (string, error) {
+	return idFromName(field, name, callers.KeyPrincipalPrefix, "{key_id}")
+}
+
+// idFromName checks a resource name; account and key ids share one syntax.
+func idFromName(field, name, prefix, placeholder string) (string, error) {
+	id, ok := strings.CutPrefix(name, prefix)
 	if !ok {
-		return "", invalidArgument(field, `must be "accounts/{account_id}"`)
+		return "", invalidArgument(field, `must be "`+prefix+placeholder+`"`)
 	}
 	return id, checkAccountID(field, id)
+}
+
+const maxPrincipal = 512
+
+// checkPrincipal accepts what certificates and caller keys produce: at most
+// 512 characters of valid UTF-8 without spaces or control characters.
+func checkPrincipal(field, p string) error {
+	if p == "" || len(p) > maxPrincipal || !utf8.ValidString(p) || strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return invalidArgument(field, fmt.Sprintf("must be 1-%d characters without spaces, e.g. spiffe://example.org/billing or callerKeys/billing", maxPrincipal))
+	}
+	if rest, ok := strings.CutPrefix(p, callers.KeyPrincipalPrefix); ok && !validAccountID(rest) {
+		return invalidArgument(field, `a caller key's principal is "callerKeys/{key_id}" with a valid key id`)
+	}
+	return nil
 }
 
 func checkDisplayName(field, s string) error {
@@ -246,4 +273,44 @@ func oauth2Credentials(in *credbrokerv1.OAuth2ClientCredentials) (provider.Crede
 		}
 	}
 	return cr, checkEndpointURL(f+"api_base_url", cr.APIBaseURL, false)
+}
+
+// newCallerKey checks a CreateCallerKeyRequest.
+func newCallerKey(req *credbrokerv1.CreateCallerKeyRequest, now time.Time) (callers.NewKey, error) {
+	in := callers.NewKey{ID: req.GetKeyId(), Description: req.GetCallerKey().GetDescription()}
+	if in.ID == "" {
+		in.ID = callers.NewID()
+	} else if err := checkAccountID("key_id", in.ID); err != nil {
+		return in, err
+	}
+	if err := checkDisplayName("caller_key.description", in.Description); err != nil {
+		return in, err
+	}
+	switch req.GetCallerKey().GetRole() {
+	case credbrokerv1.Role_ROLE_ADMIN:
+		in.Role = callers.RoleAdmin
+	case credbrokerv1.Role_ROLE_CALLER:
+		in.Role = callers.RoleCaller
+	default:
+		return in, invalidArgument("caller_key.role", "must be ROLE_ADMIN or ROLE_CALLER")
+	}
+	if exp := req.GetCallerKey().GetExpireTime(); exp != nil {
+		if exp.CheckValid() != nil || !exp.AsTime().After(now) {
+			return in, invalidArgument("caller_key.expire_time", "must be a valid time in the future")
+		}
+		in.ExpireTime = exp.AsTime()
+	}
+	return in, nil
+}
+
+// checkAdminPrincipal accepts certificate principals only: a caller key's
+// role is fixed when it is created.
+func checkAdminPrincipal(p string) (string, error) {
+	if err := checkPrincipal("principal", p); err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(p, callers.KeyPrincipalPrefix) {
+		return "", invalidArgument("principal", "must be a client-certificate principal: a caller key's role is set when it is created")
+	}
+	return p, nil
 }

@@ -279,7 +279,10 @@ type Account struct {
 	// When the broker last obtained a token for this account. Output only.
 	LastTokenTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=last_token_time,json=lastTokenTime,proto3" json:"last_token_time,omitempty"`
 	// Why the account is not ACTIVE; unset when it is. Output only.
-	LastError     *AccountError `protobuf:"bytes,17,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastError *AccountError `protobuf:"bytes,17,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// The principals that may get this account's tokens, sorted. Output only:
+	// change them with AddAccountGrant and RemoveAccountGrant.
+	Grants        []*Grant `protobuf:"bytes,18,rep,name=grants,proto3" json:"grants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -433,6 +436,76 @@ func (x *Account) GetLastError() *AccountError {
 	return nil
 }
 
+func (x *Account) GetGrants() []*Grant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+// Grant lets one principal get an account's tokens.
+type Grant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A client-certificate principal or "callerKeys/{key_id}".
+	Principal  string                 `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The admin who added the grant.
+	Creator       string `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Grant) Reset() {
+	*x = Grant{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Grant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Grant) ProtoMessage() {}
+
+func (x *Grant) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Grant.ProtoReflect.Descriptor instead.
+func (*Grant) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Grant) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *Grant) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Grant) GetCreator() string {
+	if x != nil {
+		return x.Creator
+	}
+	return ""
+}
+
 // AccountError describes the last failed token request. It holds only the
 // broker's own summary and the provider's OAuth2 `error` and
 // `error_description`, never a raw response body.
@@ -449,7 +522,7 @@ type AccountError struct {
 
 func (x *AccountError) Reset() {
 	*x = AccountError{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	mi := &file_credbroker_v1_account_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +534,7 @@ func (x *AccountError) String() string {
 func (*AccountError) ProtoMessage() {}
 
 func (x *AccountError) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	mi := &file_credbroker_v1_account_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +547,7 @@ func (x *AccountError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountError.ProtoReflect.Descriptor instead.
 func (*AccountError) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AccountError) GetReason() ErrorReason {
@@ -530,7 +603,7 @@ type JumpCloudServiceAccountCredentials struct {
 
 func (x *JumpCloudServiceAccountCredentials) Reset() {
 	*x = JumpCloudServiceAccountCredentials{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[2]
+	mi := &file_credbroker_v1_account_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +615,7 @@ func (x *JumpCloudServiceAccountCredentials) String() string {
 func (*JumpCloudServiceAccountCredentials) ProtoMessage() {}
 
 func (x *JumpCloudServiceAccountCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[2]
+	mi := &file_credbroker_v1_account_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +628,7 @@ func (x *JumpCloudServiceAccountCredentials) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use JumpCloudServiceAccountCredentials.ProtoReflect.Descriptor instead.
 func (*JumpCloudServiceAccountCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *JumpCloudServiceAccountCredentials) GetClientId() string {
@@ -609,7 +682,7 @@ type OAuth2ClientCredentials struct {
 
 func (x *OAuth2ClientCredentials) Reset() {
 	*x = OAuth2ClientCredentials{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[3]
+	mi := &file_credbroker_v1_account_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +694,7 @@ func (x *OAuth2ClientCredentials) String() string {
 func (*OAuth2ClientCredentials) ProtoMessage() {}
 
 func (x *OAuth2ClientCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[3]
+	mi := &file_credbroker_v1_account_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +707,7 @@ func (x *OAuth2ClientCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuth2ClientCredentials.ProtoReflect.Descriptor instead.
 func (*OAuth2ClientCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{3}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OAuth2ClientCredentials) GetTokenUrl() string {
@@ -708,7 +781,7 @@ type CreateAccountRequest struct {
 
 func (x *CreateAccountRequest) Reset() {
 	*x = CreateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	mi := &file_credbroker_v1_account_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +793,7 @@ func (x *CreateAccountRequest) String() string {
 func (*CreateAccountRequest) ProtoMessage() {}
 
 func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	mi := &file_credbroker_v1_account_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +806,7 @@ func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountRequest.ProtoReflect.Descriptor instead.
 func (*CreateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateAccountRequest) GetAccountId() string {
@@ -807,7 +880,7 @@ type CreateAccountResponse struct {
 
 func (x *CreateAccountResponse) Reset() {
 	*x = CreateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[5]
+	mi := &file_credbroker_v1_account_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +892,7 @@ func (x *CreateAccountResponse) String() string {
 func (*CreateAccountResponse) ProtoMessage() {}
 
 func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[5]
+	mi := &file_credbroker_v1_account_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +905,7 @@ func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountResponse.ProtoReflect.Descriptor instead.
 func (*CreateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateAccountResponse) GetAccount() *Account {
@@ -852,7 +925,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[6]
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +937,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[6]
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +950,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{6}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetAccountRequest) GetName() string {
@@ -896,7 +969,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +981,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +994,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetAccountResponse) GetAccount() *Account {
@@ -943,7 +1016,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1028,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1041,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListAccountsRequest) GetPageSize() int32 {
@@ -996,7 +1069,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1081,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1094,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -1051,7 +1124,7 @@ type UpdateAccountRequest struct {
 
 func (x *UpdateAccountRequest) Reset() {
 	*x = UpdateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1136,7 @@ func (x *UpdateAccountRequest) String() string {
 func (*UpdateAccountRequest) ProtoMessage() {}
 
 func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1149,7 @@ func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateAccountRequest) GetAccount() *Account {
@@ -1102,7 +1175,7 @@ type UpdateAccountResponse struct {
 
 func (x *UpdateAccountResponse) Reset() {
 	*x = UpdateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1187,7 @@ func (x *UpdateAccountResponse) String() string {
 func (*UpdateAccountResponse) ProtoMessage() {}
 
 func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1200,7 @@ func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateAccountResponse) GetAccount() *Account {
@@ -1147,7 +1220,7 @@ type DeleteAccountRequest struct {
 
 func (x *DeleteAccountRequest) Reset() {
 	*x = DeleteAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1232,7 @@ func (x *DeleteAccountRequest) String() string {
 func (*DeleteAccountRequest) ProtoMessage() {}
 
 func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1245,7 @@ func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteAccountRequest) GetName() string {
@@ -1190,7 +1263,7 @@ type DeleteAccountResponse struct {
 
 func (x *DeleteAccountResponse) Reset() {
 	*x = DeleteAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1275,7 @@ func (x *DeleteAccountResponse) String() string {
 func (*DeleteAccountResponse) ProtoMessage() {}
 
 func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,14 +1288,209 @@ func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
+}
+
+type AddAccountGrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "accounts/{account_id}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 512 printable characters, no spaces.
+	Principal     string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAccountGrantRequest) Reset() {
+	*x = AddAccountGrantRequest{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAccountGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAccountGrantRequest) ProtoMessage() {}
+
+func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAccountGrantRequest.ProtoReflect.Descriptor instead.
+func (*AddAccountGrantRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AddAccountGrantRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddAccountGrantRequest) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+type AddAccountGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAccountGrantResponse) Reset() {
+	*x = AddAccountGrantResponse{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAccountGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAccountGrantResponse) ProtoMessage() {}
+
+func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAccountGrantResponse.ProtoReflect.Descriptor instead.
+func (*AddAccountGrantResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AddAccountGrantResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+type RemoveAccountGrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "accounts/{account_id}".
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Principal     string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAccountGrantRequest) Reset() {
+	*x = RemoveAccountGrantRequest{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAccountGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAccountGrantRequest) ProtoMessage() {}
+
+func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAccountGrantRequest.ProtoReflect.Descriptor instead.
+func (*RemoveAccountGrantRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RemoveAccountGrantRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RemoveAccountGrantRequest) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+type RemoveAccountGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAccountGrantResponse) Reset() {
+	*x = RemoveAccountGrantResponse{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAccountGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAccountGrantResponse) ProtoMessage() {}
+
+func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAccountGrantResponse.ProtoReflect.Descriptor instead.
+func (*RemoveAccountGrantResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RemoveAccountGrantResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
 }
 
 var File_credbroker_v1_account_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xa4\a\n" +
+	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xd2\a\n" +
 	"\aAccount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12:\n" +
@@ -1246,13 +1514,19 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"updateTime\x12B\n" +
 	"\x0flast_token_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\rlastTokenTime\x12:\n" +
 	"\n" +
-	"last_error\x18\x11 \x01(\v2\x1b.credbroker.v1.AccountErrorR\tlastError\x1a9\n" +
+	"last_error\x18\x11 \x01(\v2\x1b.credbroker.v1.AccountErrorR\tlastError\x12,\n" +
+	"\x06grants\x18\x12 \x03(\v2\x14.credbroker.v1.GrantR\x06grants\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
 	"\x13EndpointParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"|\n" +
+	"\x05Grant\x12\x1c\n" +
+	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12;\n" +
+	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x18\n" +
+	"\acreator\x18\x03 \x01(\tR\acreator\"\xf1\x01\n" +
 	"\fAccountError\x122\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.credbroker.v1.ErrorReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12%\n" +
@@ -1306,7 +1580,17 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"*\n" +
 	"\x14DeleteAccountRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15DeleteAccountResponse*t\n" +
+	"\x15DeleteAccountResponse\"J\n" +
+	"\x16AddAccountGrantRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"K\n" +
+	"\x17AddAccountGrantResponse\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"M\n" +
+	"\x19RemoveAccountGrantRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"N\n" +
+	"\x1aRemoveAccountGrantResponse\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount*t\n" +
 	"\bProvider\x12\x18\n" +
 	"\x14PROVIDER_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT\x10\x01\x12&\n" +
@@ -1323,14 +1607,16 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCOUNT_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DEGRADED\x10\x02\x12!\n" +
-	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x032\xd0\x03\n" +
+	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x032\x9d\x05\n" +
 	"\x0eAccountService\x12Z\n" +
 	"\rCreateAccount\x12#.credbroker.v1.CreateAccountRequest\x1a$.credbroker.v1.CreateAccountResponse\x12Q\n" +
 	"\n" +
 	"GetAccount\x12 .credbroker.v1.GetAccountRequest\x1a!.credbroker.v1.GetAccountResponse\x12W\n" +
 	"\fListAccounts\x12\".credbroker.v1.ListAccountsRequest\x1a#.credbroker.v1.ListAccountsResponse\x12Z\n" +
 	"\rUpdateAccount\x12#.credbroker.v1.UpdateAccountRequest\x1a$.credbroker.v1.UpdateAccountResponse\x12Z\n" +
-	"\rDeleteAccount\x12#.credbroker.v1.DeleteAccountRequest\x1a$.credbroker.v1.DeleteAccountResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\rDeleteAccount\x12#.credbroker.v1.DeleteAccountRequest\x1a$.credbroker.v1.DeleteAccountResponse\x12`\n" +
+	"\x0fAddAccountGrant\x12%.credbroker.v1.AddAccountGrantRequest\x1a&.credbroker.v1.AddAccountGrantResponse\x12i\n" +
+	"\x12RemoveAccountGrant\x12(.credbroker.v1.RemoveAccountGrantRequest\x1a).credbroker.v1.RemoveAccountGrantResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_account_proto_rawDescOnce sync.Once
@@ -1345,73 +1631,86 @@ func file_credbroker_v1_account_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_credbroker_v1_account_proto_goTypes = []any{
 	(Provider)(0),        // 0: credbroker.v1.Provider
 	(Region)(0),          // 1: credbroker.v1.Region
 	(AuthStyle)(0),       // 2: credbroker.v1.AuthStyle
 	(AccountState)(0),    // 3: credbroker.v1.AccountState
 	(*Account)(nil),      // 4: credbroker.v1.Account
-	(*AccountError)(nil), // 5: credbroker.v1.AccountError
-	(*JumpCloudServiceAccountCredentials)(nil), // 6: credbroker.v1.JumpCloudServiceAccountCredentials
-	(*OAuth2ClientCredentials)(nil),            // 7: credbroker.v1.OAuth2ClientCredentials
-	(*CreateAccountRequest)(nil),               // 8: credbroker.v1.CreateAccountRequest
-	(*CreateAccountResponse)(nil),              // 9: credbroker.v1.CreateAccountResponse
-	(*GetAccountRequest)(nil),                  // 10: credbroker.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),                 // 11: credbroker.v1.GetAccountResponse
-	(*ListAccountsRequest)(nil),                // 12: credbroker.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),               // 13: credbroker.v1.ListAccountsResponse
-	(*UpdateAccountRequest)(nil),               // 14: credbroker.v1.UpdateAccountRequest
-	(*UpdateAccountResponse)(nil),              // 15: credbroker.v1.UpdateAccountResponse
-	(*DeleteAccountRequest)(nil),               // 16: credbroker.v1.DeleteAccountRequest
-	(*DeleteAccountResponse)(nil),              // 17: credbroker.v1.DeleteAccountResponse
-	nil,                                        // 18: credbroker.v1.Account.LabelsEntry
-	nil,                                        // 19: credbroker.v1.Account.EndpointParamsEntry
-	nil,                                        // 20: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	(*timestamppb.Timestamp)(nil),              // 21: google.protobuf.Timestamp
-	(ErrorReason)(0),                           // 22: credbroker.v1.ErrorReason
-	(*fieldmaskpb.FieldMask)(nil),              // 23: google.protobuf.FieldMask
+	(*Grant)(nil),        // 5: credbroker.v1.Grant
+	(*AccountError)(nil), // 6: credbroker.v1.AccountError
+	(*JumpCloudServiceAccountCredentials)(nil), // 7: credbroker.v1.JumpCloudServiceAccountCredentials
+	(*OAuth2ClientCredentials)(nil),            // 8: credbroker.v1.OAuth2ClientCredentials
+	(*CreateAccountRequest)(nil),               // 9: credbroker.v1.CreateAccountRequest
+	(*CreateAccountResponse)(nil),              // 10: credbroker.v1.CreateAccountResponse
+	(*GetAccountRequest)(nil),                  // 11: credbroker.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),                 // 12: credbroker.v1.GetAccountResponse
+	(*ListAccountsRequest)(nil),                // 13: credbroker.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),               // 14: credbroker.v1.ListAccountsResponse
+	(*UpdateAccountRequest)(nil),               // 15: credbroker.v1.UpdateAccountRequest
+	(*UpdateAccountResponse)(nil),              // 16: credbroker.v1.UpdateAccountResponse
+	(*DeleteAccountRequest)(nil),               // 17: credbroker.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),              // 18: credbroker.v1.DeleteAccountResponse
+	(*AddAccountGrantRequest)(nil),             // 19: credbroker.v1.AddAccountGrantRequest
+	(*AddAccountGrantResponse)(nil),            // 20: credbroker.v1.AddAccountGrantResponse
+	(*RemoveAccountGrantRequest)(nil),          // 21: credbroker.v1.RemoveAccountGrantRequest
+	(*RemoveAccountGrantResponse)(nil),         // 22: credbroker.v1.RemoveAccountGrantResponse
+	nil,                                        // 23: credbroker.v1.Account.LabelsEntry
+	nil,                                        // 24: credbroker.v1.Account.EndpointParamsEntry
+	nil,                                        // 25: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	(*timestamppb.Timestamp)(nil),              // 26: google.protobuf.Timestamp
+	(ErrorReason)(0),                           // 27: credbroker.v1.ErrorReason
+	(*fieldmaskpb.FieldMask)(nil),              // 28: google.protobuf.FieldMask
 }
 var file_credbroker_v1_account_proto_depIdxs = []int32{
-	18, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
+	23, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
 	0,  // 1: credbroker.v1.Account.provider:type_name -> credbroker.v1.Provider
 	1,  // 2: credbroker.v1.Account.region:type_name -> credbroker.v1.Region
 	2,  // 3: credbroker.v1.Account.auth_style:type_name -> credbroker.v1.AuthStyle
-	19, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
+	24, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
 	3,  // 5: credbroker.v1.Account.state:type_name -> credbroker.v1.AccountState
-	21, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	21, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
-	21, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
-	5,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
-	22, // 10: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
-	21, // 11: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
-	1,  // 12: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
-	2,  // 13: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
-	20, // 14: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	4,  // 15: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
-	6,  // 16: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
-	7,  // 17: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
-	4,  // 18: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 19: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 20: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
-	4,  // 21: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
-	23, // 22: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 23: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
-	8,  // 24: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
-	10, // 25: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
-	12, // 26: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
-	14, // 27: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
-	16, // 28: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
-	9,  // 29: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
-	11, // 30: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
-	13, // 31: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
-	15, // 32: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
-	17, // 33: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
-	29, // [29:34] is the sub-list for method output_type
-	24, // [24:29] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	26, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	26, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
+	26, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
+	6,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
+	5,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
+	26, // 11: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	27, // 12: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
+	26, // 13: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
+	1,  // 14: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
+	2,  // 15: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
+	25, // 16: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	4,  // 17: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
+	7,  // 18: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
+	8,  // 19: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
+	4,  // 20: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
+	4,  // 21: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
+	4,  // 22: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
+	4,  // 23: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
+	28, // 24: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 25: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
+	4,  // 26: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	4,  // 27: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	9,  // 28: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
+	11, // 29: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
+	13, // 30: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
+	15, // 31: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
+	17, // 32: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
+	19, // 33: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
+	21, // 34: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
+	10, // 35: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
+	12, // 36: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
+	14, // 37: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
+	16, // 38: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
+	18, // 39: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
+	20, // 40: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
+	22, // 41: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
+	35, // [35:42] is the sub-list for method output_type
+	28, // [28:35] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_account_proto_init() }
@@ -1420,7 +1719,7 @@ func file_credbroker_v1_account_proto_init() {
 		return
 	}
 	file_credbroker_v1_error_reason_proto_init()
-	file_credbroker_v1_account_proto_msgTypes[4].OneofWrappers = []any{
+	file_credbroker_v1_account_proto_msgTypes[5].OneofWrappers = []any{
 		(*CreateAccountRequest_JumpcloudServiceAccount)(nil),
 		(*CreateAccountRequest_Oauth2ClientCredentials)(nil),
 	}
@@ -1430,7 +1729,7 @@ func file_credbroker_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_account_proto_rawDesc), len(file_credbroker_v1_account_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

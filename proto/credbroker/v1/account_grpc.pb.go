@@ -19,24 +19,30 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AccountService_CreateAccount_FullMethodName = "/credbroker.v1.AccountService/CreateAccount"
-	AccountService_GetAccount_FullMethodName    = "/credbroker.v1.AccountService/GetAccount"
-	AccountService_ListAccounts_FullMethodName  = "/credbroker.v1.AccountService/ListAccounts"
-	AccountService_UpdateAccount_FullMethodName = "/credbroker.v1.AccountService/UpdateAccount"
-	AccountService_DeleteAccount_FullMethodName = "/credbroker.v1.AccountService/DeleteAccount"
+	AccountService_CreateAccount_FullMethodName      = "/credbroker.v1.AccountService/CreateAccount"
+	AccountService_GetAccount_FullMethodName         = "/credbroker.v1.AccountService/GetAccount"
+	AccountService_ListAccounts_FullMethodName       = "/credbroker.v1.AccountService/ListAccounts"
+	AccountService_UpdateAccount_FullMethodName      = "/credbroker.v1.AccountService/UpdateAccount"
+	AccountService_DeleteAccount_FullMethodName      = "/credbroker.v1.AccountService/DeleteAccount"
+	AccountService_AddAccountGrant_FullMethodName    = "/credbroker.v1.AccountService/AddAccountGrant"
+	AccountService_RemoveAccountGrant_FullMethodName = "/credbroker.v1.AccountService/RemoveAccountGrant"
 )
 
 // AccountServiceClient is the client API for AccountService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AccountService links third-party accounts to the broker and manages them.
-// It is the admin API: until caller authentication exists the broker only
-// listens on loopback addresses.
+// AccountService links third-party accounts to the broker, manages them and
+// says which callers may get their tokens. Only admins may call it (see
+// CallerService). Every change is written to the audit trail in the same
+// transaction as the change itself.
 //
-// Every method may also return CANCELED or DEADLINE_EXCEEDED when the call's
-// context ends, and INTERNAL (with a generic message; details are in the
-// server log) on a broker fault.
+// Every method may also return UNAUTHENTICATED (no or invalid credentials),
+// PERMISSION_DENIED (not an admin), RESOURCE_EXHAUSTED (reason RATE_LIMITED,
+// with RetryInfo), CANCELED or DEADLINE_EXCEEDED when the call's context
+// ends, UNAVAILABLE (reason AUDIT_UNAVAILABLE: the audit trail could not be
+// written, so nothing was changed) and INTERNAL (with a generic message;
+// details are in the server log) on a broker fault.
 type AccountServiceClient interface {
 	// CreateAccount is the "Connect" step of linking an account: it fetches a
 	// token from the provider with the given credentials and, only if that
@@ -77,6 +83,18 @@ type AccountServiceClient interface {
 	//
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
 	DeleteAccount(ctx context.Context, in *DeleteAccountRequest, opts ...grpc.CallOption) (*DeleteAccountResponse, error)
+	// AddAccountGrant lets a principal (a client-certificate principal or
+	// "callerKeys/{key_id}") get the account's tokens, from its next call on.
+	// Granting a principal that already has a grant changes nothing.
+	//
+	// Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
+	// such account, or no such caller key).
+	AddAccountGrant(ctx context.Context, in *AddAccountGrantRequest, opts ...grpc.CallOption) (*AddAccountGrantResponse, error)
+	// RemoveAccountGrant withdraws a principal's grant; its next GetToken for
+	// the account gets PERMISSION_DENIED.
+	//
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such account, or no such grant).
+	RemoveAccountGrant(ctx context.Context, in *RemoveAccountGrantRequest, opts ...grpc.CallOption) (*RemoveAccountGrantResponse, error)
 }
 
 type accountServiceClient struct {
@@ -137,17 +155,41 @@ func (c *accountServiceClient) DeleteAccount(ctx context.Context, in *DeleteAcco
 	return out, nil
 }
 
+func (c *accountServiceClient) AddAccountGrant(ctx context.Context, in *AddAccountGrantRequest, opts ...grpc.CallOption) (*AddAccountGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddAccountGrantResponse)
+	err := c.cc.Invoke(ctx, AccountService_AddAccountGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) RemoveAccountGrant(ctx context.Context, in *RemoveAccountGrantRequest, opts ...grpc.CallOption) (*RemoveAccountGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveAccountGrantResponse)
+	err := c.cc.Invoke(ctx, AccountService_RemoveAccountGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AccountServiceServer is the server API for AccountService service.
 // All implementations must embed UnimplementedAccountServiceServer
 // for forward compatibility.
 //
-// AccountService links third-party accounts to the broker and manages them.
-// It is the admin API: until caller authentication exists the broker only
-// listens on loopback addresses.
+// AccountService links third-party accounts to the broker, manages them and
+// says which callers may get their tokens. Only admins may call it (see
+// CallerService). Every change is written to the audit trail in the same
+// transaction as the change itself.
 //
-// Every method may also return CANCELED or DEADLINE_EXCEEDED when the call's
-// context ends, and INTERNAL (with a generic message; details are in the
-// server log) on a broker fault.
+// Every method may also return UNAUTHENTICATED (no or invalid credentials),
+// PERMISSION_DENIED (not an admin), RESOURCE_EXHAUSTED (reason RATE_LIMITED,
+// with RetryInfo), CANCELED or DEADLINE_EXCEEDED when the call's context
+// ends, UNAVAILABLE (reason AUDIT_UNAVAILABLE: the audit trail could not be
+// written, so nothing was changed) and INTERNAL (with a generic message;
+// details are in the server log) on a broker fault.
 type AccountServiceServer interface {
 	// CreateAccount is the "Connect" step of linking an account: it fetches a
 	// token from the provider with the given credentials and, only if that
@@ -188,6 +230,18 @@ type AccountServiceServer interface {
 	//
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
 	DeleteAccount(context.Context, *DeleteAccountRequest) (*DeleteAccountResponse, error)
+	// AddAccountGrant lets a principal (a client-certificate principal or
+	// "callerKeys/{key_id}") get the account's tokens, from its next call on.
+	// Granting a principal that already has a grant changes nothing.
+	//
+	// Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
+	// such account, or no such caller key).
+	AddAccountGrant(context.Context, *AddAccountGrantRequest) (*AddAccountGrantResponse, error)
+	// RemoveAccountGrant withdraws a principal's grant; its next GetToken for
+	// the account gets PERMISSION_DENIED.
+	//
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such account, or no such grant).
+	RemoveAccountGrant(context.Context, *RemoveAccountGrantRequest) (*RemoveAccountGrantResponse, error)
 	mustEmbedUnimplementedAccountServiceServer()
 }
 
@@ -212,6 +266,12 @@ func (UnimplementedAccountServiceServer) UpdateAccount(context.Context, *UpdateA
 }
 func (UnimplementedAccountServiceServer) DeleteAccount(context.Context, *DeleteAccountRequest) (*DeleteAccountResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteAccount not implemented")
+}
+func (UnimplementedAccountServiceServer) AddAccountGrant(context.Context, *AddAccountGrantRequest) (*AddAccountGrantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddAccountGrant not implemented")
+}
+func (UnimplementedAccountServiceServer) RemoveAccountGrant(context.Context, *RemoveAccountGrantRequest) (*RemoveAccountGrantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveAccountGrant not implemented")
 }
 func (UnimplementedAccountServiceServer) mustEmbedUnimplementedAccountServiceServer() {}
 func (UnimplementedAccountServiceServer) testEmbeddedByValue()                        {}
@@ -324,6 +384,42 @@ func _AccountService_DeleteAccount_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccountService_AddAccountGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddAccountGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).AddAccountGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_AddAccountGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).AddAccountGrant(ctx, req.(*AddAccountGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_RemoveAccountGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveAccountGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).RemoveAccountGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_RemoveAccountGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).RemoveAccountGrant(ctx, req.(*RemoveAccountGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AccountService_ServiceDesc is the grpc.ServiceDesc for AccountService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -350,6 +446,14 @@ var AccountService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteAccount",
 			Handler:    _AccountService_DeleteAccount_Handler,
+		},
+		{
+			MethodName: "AddAccountGrant",
+			Handler:    _AccountService_AddAccountGrant_Handler,
+		},
+		{
+			MethodName: "RemoveAccountGrant",
+			Handler:    _AccountService_RemoveAccountGrant_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

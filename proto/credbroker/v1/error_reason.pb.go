@@ -22,7 +22,7 @@ const (
 )
 
 // ErrorReason is the `reason` of the google.rpc.ErrorInfo attached to
-// FAILED_PRECONDITION and UNAVAILABLE errors (domain "credbroker"), so that
+// FAILED_PRECONDITION, UNAVAILABLE and RESOURCE_EXHAUSTED errors (domain "credbroker"), so that
 // callers can branch on it without parsing messages.
 //
 // The values carry no enum prefix on purpose: ErrorInfo reasons are plain
@@ -44,6 +44,16 @@ const (
 	// provider issues, so no refresh could satisfy it. Status FAILED_PRECONDITION;
 	// metadata "max_ttl" gives the longest min_ttl that can be met.
 	ErrorReason_MIN_TTL_TOO_LONG ErrorReason = 3
+	// The audit event of the call could not be written to disk, so the call
+	// was refused: no token was handed out and nothing was changed. Status
+	// UNAVAILABLE; the server log says why.
+	ErrorReason_AUDIT_UNAVAILABLE ErrorReason = 4
+	// The caller sent more calls than its rate limit allows. Status
+	// RESOURCE_EXHAUSTED; a RetryInfo detail says when to try again.
+	ErrorReason_RATE_LIMITED ErrorReason = 5
+	// The change would leave no admin identity (no active admin caller key and
+	// no admin principal), locking every admin out. Status FAILED_PRECONDITION.
+	ErrorReason_LAST_ADMIN ErrorReason = 6
 )
 
 // Enum value maps for ErrorReason.
@@ -53,12 +63,18 @@ var (
 		1: "CREDENTIALS_REJECTED",
 		2: "PROVIDER_UNAVAILABLE",
 		3: "MIN_TTL_TOO_LONG",
+		4: "AUDIT_UNAVAILABLE",
+		5: "RATE_LIMITED",
+		6: "LAST_ADMIN",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
 		"CREDENTIALS_REJECTED":     1,
 		"PROVIDER_UNAVAILABLE":     2,
 		"MIN_TTL_TOO_LONG":         3,
+		"AUDIT_UNAVAILABLE":        4,
+		"RATE_LIMITED":             5,
+		"LAST_ADMIN":               6,
 	}
 )
 
@@ -93,12 +109,16 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*u\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xae\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
 	"\x14PROVIDER_UNAVAILABLE\x10\x02\x12\x14\n" +
-	"\x10MIN_TTL_TOO_LONG\x10\x03BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x10MIN_TTL_TOO_LONG\x10\x03\x12\x15\n" +
+	"\x11AUDIT_UNAVAILABLE\x10\x04\x12\x10\n" +
+	"\fRATE_LIMITED\x10\x05\x12\x0e\n" +
+	"\n" +
+	"LAST_ADMIN\x10\x06BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -27,7 +27,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // TokenService hands short-lived access tokens to internal services, so the
-// client secret never leaves the broker.
+// client secret never leaves the broker. Any proven caller may call it (see
+// CallerService), and gets tokens only for accounts that grant its principal
+// access. Every call, allowed or denied, is written to the audit trail
+// before it is answered.
 type TokenServiceClient interface {
 	// GetToken returns a cached access token for the account, fetching a new
 	// one first if the cached token would expire within min_ttl. Concurrent
@@ -36,14 +39,21 @@ type TokenServiceClient interface {
 	//
 	// Errors:
 	//
+	//	UNAUTHENTICATED: no credentials, or a caller key that is unknown,
+	//	  revoked or expired, or a client certificate that is not valid.
+	//	PERMISSION_DENIED: the account does not grant the caller's principal
+	//	  access. The answer is the same whether or not the account exists.
+	//	RESOURCE_EXHAUSTED: reason RATE_LIMITED, the caller sent more calls
+	//	  than its rate limit allows; RetryInfo says when to try again.
 	//	INVALID_ARGUMENT: malformed name, or negative min_ttl.
-	//	NOT_FOUND: no such account.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
 	//	  the account's credentials and no earlier token is still valid
 	//	  (account state NEEDS_ATTENTION); or reason
 	//	  MIN_TTL_TOO_LONG, min_ttl exceeds the provider's token lifetime.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
 	//	  the provider cannot be reached; RetryInfo says when to try again.
+	//	UNAVAILABLE: reason AUDIT_UNAVAILABLE, the audit event could not be
+	//	  written, so no token was handed out.
 	//	CANCELED, DEADLINE_EXCEEDED: the call ended first.
 	//	INTERNAL: a broker fault (details only in the server log).
 	GetToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (*GetTokenResponse, error)
@@ -72,7 +82,10 @@ func (c *tokenServiceClient) GetToken(ctx context.Context, in *GetTokenRequest, 
 // for forward compatibility.
 //
 // TokenService hands short-lived access tokens to internal services, so the
-// client secret never leaves the broker.
+// client secret never leaves the broker. Any proven caller may call it (see
+// CallerService), and gets tokens only for accounts that grant its principal
+// access. Every call, allowed or denied, is written to the audit trail
+// before it is answered.
 type TokenServiceServer interface {
 	// GetToken returns a cached access token for the account, fetching a new
 	// one first if the cached token would expire within min_ttl. Concurrent
@@ -81,14 +94,21 @@ type TokenServiceServer interface {
 	//
 	// Errors:
 	//
+	//	UNAUTHENTICATED: no credentials, or a caller key that is unknown,
+	//	  revoked or expired, or a client certificate that is not valid.
+	//	PERMISSION_DENIED: the account does not grant the caller's principal
+	//	  access. The answer is the same whether or not the account exists.
+	//	RESOURCE_EXHAUSTED: reason RATE_LIMITED, the caller sent more calls
+	//	  than its rate limit allows; RetryInfo says when to try again.
 	//	INVALID_ARGUMENT: malformed name, or negative min_ttl.
-	//	NOT_FOUND: no such account.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
 	//	  the account's credentials and no earlier token is still valid
 	//	  (account state NEEDS_ATTENTION); or reason
 	//	  MIN_TTL_TOO_LONG, min_ttl exceeds the provider's token lifetime.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
 	//	  the provider cannot be reached; RetryInfo says when to try again.
+	//	UNAVAILABLE: reason AUDIT_UNAVAILABLE, the audit event could not be
+	//	  written, so no token was handed out.
 	//	CANCELED, DEADLINE_EXCEEDED: the call ended first.
 	//	INTERNAL: a broker fault (details only in the server log).
 	GetToken(context.Context, *GetTokenRequest) (*GetTokenResponse, error)

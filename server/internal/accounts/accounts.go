@@ -4,12 +4,16 @@
 package accounts
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"slices"
+	"sync"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -21,20 +25,49 @@ import (
 var (
 	ErrNotFound      = store.ErrNotFound
 	ErrAlreadyExists = store.ErrExists
+	ErrNoSuchGrant   = errors.New("the account has no grant for this principal")
 )
 
-// Service manages accounts.
+// Service manages accounts, keeping the token manager and the grants index
+// in step with the store.
 type Service struct {
 	store    *store.Store
 	master   *seal.MasterKey
 	provider *provider.Client
 	tokens   *tokens.Manager
+	grants   *grants.Index
 	now      func() time.Time
+
+	// grantsMu makes each store write that changes grants, and the index
+	// update after it, one step, so the index never goes back in time.
+	grantsMu sync.Mutex
 }
 
 // New returns a Service.
-func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager) *Service {
-	return &Service{store: st, master: master, provider: prov, tokens: tm, now: time.Now}
+func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, gi *grants.Index) *Service {
+	return &Service{store: st, master: master, provider: prov, tokens: tm, grants: gi, now: time.Now}
+}
+
+// LoadGrants fills the grants index from the store, at start-up.
+func (s *Service) LoadGrants() error {
+	for after := ""; ; {
+		list, err := s.store.Accounts(after, 1000)
+		if err != nil || len(list) == 0 {
+			return err
+		}
+		for _, a := range list {
+			s.grants.Set(a.ID, principals(a.Grants))
+		}
+		after = list[len(list)-1].ID
+	}
+}
+
+func principals(gs []store.Grant) []string {
+	out := make([]string, len(gs))
+	for i, g := range gs {
+		out[i] = g.Principal
+	}
+	return out
 }
 
 // NewAccount is a validated request to link an account.
@@ -56,12 +89,9 @@ type View struct {
 }
 
 // Create is the "Connect" step: it fetches a token with the credentials and
-// only then stores the account (unless validateOnly). On any error nothing
-// is stored.
-func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool) (View, error) {
-	if in.ID == "" {
-		in.ID = newID()
-	}
+// only then stores the account (unless validateOnly), with ev, its audit
+// event. On any error nothing is stored.
+func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, ev store.AuditEvent) (View, error) {
 	if _, err := s.store.Account(in.ID); err == nil {
 		return View{}, ErrAlreadyExists
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -106,7 +136,7 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool) 
 		SealedToken: sealedToken, TokenType: tok.TokenType, Expiry: tok.Expiry, Obtained: tok.Obtained,
 		State: tokens.StateActive,
 	}
-	if err := s.store.CreateAccount(a, ts); err != nil {
+	if err := s.store.CreateAccount(a, ts, ev); err != nil {
 		return View{}, err
 	}
 	s.tokens.Add(a, ts)
@@ -146,8 +176,8 @@ type Changes struct {
 	Labels      *map[string]string
 }
 
-// Update applies changes to an account.
-func (s *Service) Update(id string, c Changes) (View, error) {
+// Update applies changes to an account, recording ev with them.
+func (s *Service) Update(id string, c Changes, ev store.AuditEvent) (View, error) {
 	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
 		if c.DisplayName != nil {
 			a.DisplayName = *c.DisplayName
@@ -157,7 +187,7 @@ func (s *Service) Update(id string, c Changes) (View, error) {
 		}
 		a.UpdateTime = s.now()
 		return nil
-	})
+	}, ev)
 	if err != nil {
 		return View{}, err
 	}
@@ -165,14 +195,70 @@ func (s *Service) Update(id string, c Changes) (View, error) {
 }
 
 // Delete removes an account with its data key, so its sealed secret and
-// tokens can no longer be decrypted, and stops serving its tokens.
-func (s *Service) Delete(id string) error {
-	if err := s.store.DeleteAccount(id); err != nil {
+// tokens can no longer be decrypted, stops serving its tokens and drops its
+// grants, recording ev with the change.
+func (s *Service) Delete(id string, ev store.AuditEvent) error {
+	s.grantsMu.Lock()
+	defer s.grantsMu.Unlock()
+	if err := s.store.DeleteAccount(id, ev); err != nil {
 		return err
 	}
+	s.grants.Remove(id)
 	s.tokens.Remove(id)
 	return nil
 }
+
+// AddGrant lets principal get the account's tokens, recording ev with the
+// change. It reports false, recording nothing, if the grant exists already.
+func (s *Service) AddGrant(id, principal, creator string, ev store.AuditEvent) (View, bool, error) {
+	return s.changeGrants(id, ev, func(gs []store.Grant) ([]store.Grant, error) {
+		if slices.ContainsFunc(gs, func(g store.Grant) bool { return g.Principal == principal }) {
+			return nil, errUnchanged
+		}
+		gs = append(gs, store.Grant{Principal: principal, CreateTime: s.now(), Creator: creator})
+		slices.SortFunc(gs, func(a, b store.Grant) int { return cmp.Compare(a.Principal, b.Principal) })
+		return gs, nil
+	})
+}
+
+// RemoveGrant withdraws principal's grant, recording ev with the change.
+func (s *Service) RemoveGrant(id, principal string, ev store.AuditEvent) (View, error) {
+	v, _, err := s.changeGrants(id, ev, func(gs []store.Grant) ([]store.Grant, error) {
+		i := slices.IndexFunc(gs, func(g store.Grant) bool { return g.Principal == principal })
+		if i < 0 {
+			return nil, ErrNoSuchGrant
+		}
+		return slices.Delete(gs, i, i+1), nil
+	})
+	return v, err
+}
+
+// errUnchanged stops a grant change that would change nothing.
+var errUnchanged = errors.New("unchanged")
+
+func (s *Service) changeGrants(id string, ev store.AuditEvent, change func([]store.Grant) ([]store.Grant, error)) (View, bool, error) {
+	s.grantsMu.Lock()
+	defer s.grantsMu.Unlock()
+	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
+		gs, err := change(slices.Clone(a.Grants))
+		if err != nil {
+			return err
+		}
+		a.Grants, a.UpdateTime = gs, s.now()
+		return nil
+	}, ev)
+	if errors.Is(err, errUnchanged) {
+		got, err := s.Get(id)
+		return got, false, err
+	}
+	if err != nil {
+		return View{}, false, err
+	}
+	s.grants.Set(a.ID, principals(a.Grants))
+	return s.currentView(a), true, nil
+}
+
+
 
 func (s *Service) currentView(a store.Account) View {
 	status, _ := s.tokens.Status(a.ID)
@@ -184,8 +270,8 @@ func (s *Service) view(a store.Account, status tokens.Status) View {
 	return View{Account: a, TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc), Status: status}
 }
 
-// newID makes an account id for callers that do not choose one.
-func newID() string {
+// NewID makes an account id for callers that do not choose one.
+func NewID() string {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	return "acct-" + hex.EncodeToString(b)

@@ -110,3 +110,27 @@ func TestParseMasterKey(t *testing.T) {
 		}
 	}
 }
+
+func TestMACKeySurvivesWrappingAndSeparatesPurposes(t *testing.T) {
+	m := mustMaster(t)
+	k, wrapped, err := m.NewMACKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := m.UnwrapMACKey(wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(k.Sum("caller-key", "cbk_x"), k2.Sum("caller-key", "cbk_x")) {
+		t.Fatal("unwrapped MAC key computes different hashes")
+	}
+	if bytes.Equal(k.Sum("caller-key", "x"), k.Sum("token", "x")) {
+		t.Fatal("hashes for different purposes are equal")
+	}
+	if _, err := mustMaster(t).UnwrapMACKey(wrapped); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("another master key unwrapped the MAC key: %v", err)
+	}
+	if _, err := m.UnwrapDataKey("", wrapped); !errors.Is(err, ErrDecrypt) {
+		t.Fatal("a wrapped MAC key opened as a data key")
+	}
+}

@@ -11,10 +11,19 @@ var (
 	// tokensBucket maps account id to TokenState. It is separate from
 	// accounts so that token refreshes never rewrite account records.
 	tokensBucket = []byte("tokens")
+	// callerKeysBucket maps key id to CallerKey.
+	callerKeysBucket = []byte("caller_keys")
+	// adminsBucket maps a client-certificate principal to AdminPrincipal.
+	adminsBucket = []byte("admin_principals")
+	// auditBucket maps an AuditPos (16 bytes: big-endian UnixNano time, then
+	// sequence number) to AuditEvent, so keys sort by time.
+	auditBucket = []byte("audit")
 
-	allBuckets = [][]byte{metaBucket, accountsBucket, tokensBucket}
+	allBuckets = [][]byte{metaBucket, accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, auditBucket}
 
-	keyCheckKey = []byte("master-key-check")
+	keyCheckKey     = []byte("master-key-check")
+	macKeyKey       = []byte("mac-key")
+	bootstrappedKey = []byte("bootstrapped")
 )
 
 // recordVersion is the version of the record layouts below. A build refuses
@@ -53,6 +62,15 @@ type Account struct {
 	SealedSecret []byte    `json:"sealed_secret"`
 	CreateTime   time.Time `json:"create_time"`
 	UpdateTime   time.Time `json:"update_time"`
+	// Grants are the principals that may get the account's tokens, sorted.
+	Grants []Grant `json:"grants,omitempty"`
+}
+
+// Grant lets one principal get an account's tokens.
+type Grant struct {
+	Principal  string    `json:"principal"`
+	CreateTime time.Time `json:"create_time"`
+	Creator    string    `json:"creator"`
 }
 
 func (a *Account) version() int { return a.Version }
@@ -84,3 +102,46 @@ type Failure struct {
 	ProviderErrorDescription string    `json:"provider_error_description,omitempty"`
 	Time                     time.Time `json:"time"`
 }
+
+// CallerKey is a caller key as stored: only its keyed hash, never the key.
+type CallerKey struct {
+	Version     int    `json:"v"`
+	ID          string `json:"id"`
+	Description string `json:"description,omitempty"`
+	// Role is "admin" or "caller".
+	Role string `json:"role"`
+	// Hash is the MAC key's hash of the key (see seal.MACKey).
+	Hash       []byte    `json:"hash"`
+	CreateTime time.Time `json:"create_time"`
+	ExpireTime time.Time `json:"expire_time,omitzero"`
+	RevokeTime time.Time `json:"revoke_time,omitzero"`
+	Creator    string    `json:"creator"`
+}
+
+func (k *CallerKey) version() int { return k.Version }
+
+// AdminPrincipal is a client-certificate principal with the admin role.
+type AdminPrincipal struct {
+	Version    int       `json:"v"`
+	Principal  string    `json:"principal"`
+	CreateTime time.Time `json:"create_time"`
+	Creator    string    `json:"creator"`
+}
+
+func (a *AdminPrincipal) version() int { return a.Version }
+
+// AuditEvent is one entry of the audit trail. It never holds a token, key
+// or secret: TokenFingerprint is a keyed hash.
+type AuditEvent struct {
+	Version          int       `json:"v"`
+	Time             time.Time `json:"time"`
+	Principal        string    `json:"principal,omitempty"`
+	Method           string    `json:"method"`
+	Resource         string    `json:"resource,omitempty"`
+	Code             string    `json:"code"`
+	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
+	Detail           string    `json:"detail,omitempty"`
+	PeerAddress      string    `json:"peer_address,omitempty"`
+}
+
+func (e *AuditEvent) version() int { return e.Version }

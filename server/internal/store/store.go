@@ -19,10 +19,10 @@ import (
 )
 
 var (
-	// ErrNotFound means no account has the given id.
-	ErrNotFound = errors.New("account not found")
-	// ErrExists means an account with the given id already exists.
-	ErrExists = errors.New("account already exists")
+	// ErrNotFound means no record has the given id.
+	ErrNotFound = errors.New("not found")
+	// ErrExists means a record with the given id already exists.
+	ErrExists = errors.New("already exists")
 	// ErrLocked means another process holds the database file.
 	ErrLocked = errors.New("database is locked by another process")
 )
@@ -82,25 +82,36 @@ func (s *Store) createBuckets() error {
 }
 
 // KeyCheck returns the stored master-key check value, or nil in a new store.
-func (s *Store) KeyCheck() ([]byte, error) {
+func (s *Store) KeyCheck() ([]byte, error) { return s.meta(keyCheckKey) }
+
+// SetKeyCheck stores the master-key check value.
+func (s *Store) SetKeyCheck(check []byte) error { return s.setMeta(keyCheckKey, check) }
+
+// WrappedMACKey returns the wrapped MAC key (see seal.MACKey), or nil if
+// none is stored yet.
+func (s *Store) WrappedMACKey() ([]byte, error) { return s.meta(macKeyKey) }
+
+// SetWrappedMACKey stores the wrapped MAC key.
+func (s *Store) SetWrappedMACKey(wrapped []byte) error { return s.setMeta(macKeyKey, wrapped) }
+
+func (s *Store) meta(key []byte) ([]byte, error) {
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
-		out = copyBytes(tx.Bucket(metaBucket).Get(keyCheckKey))
+		out = copyBytes(tx.Bucket(metaBucket).Get(key))
 		return nil
 	})
 	return out, err
 }
 
-// SetKeyCheck stores the master-key check value.
-func (s *Store) SetKeyCheck(check []byte) error {
+func (s *Store) setMeta(key, value []byte) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(metaBucket).Put(keyCheckKey, check)
+		return tx.Bucket(metaBucket).Put(key, value)
 	})
 }
 
-// CreateAccount stores a new account together with its first token state,
-// or returns ErrExists.
-func (s *Store) CreateAccount(a Account, t TokenState) error {
+// CreateAccount stores a new account together with its first token state
+// and the audit event of the change, or returns ErrExists.
+func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 	a.Version, t.Version = recordVersion, recordVersion
 	return s.db.Update(func(tx *bolt.Tx) error {
 		accounts := tx.Bucket(accountsBucket)
@@ -110,7 +121,10 @@ func (s *Store) CreateAccount(a Account, t TokenState) error {
 		if err := put(accounts, a.ID, a); err != nil {
 			return err
 		}
-		return put(tx.Bucket(tokensBucket), a.ID, t)
+		if err := put(tx.Bucket(tokensBucket), a.ID, t); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
 	})
 }
 
@@ -126,19 +140,31 @@ func (s *Store) Account(id string) (Account, error) {
 // Accounts returns up to limit accounts whose id sorts after the given one,
 // in id order.
 func (s *Store) Accounts(after string, limit int) ([]Account, error) {
-	var out []Account
+	return page[Account](s, accountsBucket, after, limit)
+}
+
+// record is a pointer to a stored record type.
+type record[T any] interface {
+	*T
+	versioned
+}
+
+// page returns up to limit records of a bucket whose key sorts after the
+// given one, in key order.
+func page[T any, P record[T]](s *Store, bucket []byte, after string, limit int) ([]T, error) {
+	var out []T
 	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(accountsBucket).Cursor()
+		c := tx.Bucket(bucket).Cursor()
 		k, v := c.Seek([]byte(after))
 		if k != nil && string(k) == after {
 			k, v = c.Next()
 		}
 		for ; k != nil && len(out) < limit; k, v = c.Next() {
-			var a Account
-			if err := decode(v, &a); err != nil {
-				return fmt.Errorf("account %q: %w", k, err)
+			var r T
+			if err := decode(v, P(&r)); err != nil {
+				return fmt.Errorf("%s %q: %w", bucket, k, err)
 			}
-			out = append(out, a)
+			out = append(out, r)
 		}
 		return nil
 	})
@@ -172,9 +198,10 @@ func (s *Store) All() ([]Stored, error) {
 	return out, err
 }
 
-// UpdateAccount applies change to a stored account and saves the result.
-// If change returns an error nothing is written.
-func (s *Store) UpdateAccount(id string, change func(*Account) error) (Account, error) {
+// UpdateAccount applies change to a stored account and saves the result
+// with the audit event of the change. If change returns an error nothing is
+// written.
+func (s *Store) UpdateAccount(id string, change func(*Account) error, ev AuditEvent) (Account, error) {
 	var a Account
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(accountsBucket)
@@ -185,13 +212,17 @@ func (s *Store) UpdateAccount(id string, change func(*Account) error) (Account, 
 			return err
 		}
 		a.Version = recordVersion
-		return put(b, id, a)
+		if err := put(b, id, a); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
 	})
 	return a, err
 }
 
-// DeleteAccount removes an account, its wrapped data key and its token state.
-func (s *Store) DeleteAccount(id string) error {
+// DeleteAccount removes an account, its wrapped data key and its token
+// state, and records the audit event of the change.
+func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		accounts := tx.Bucket(accountsBucket)
 		if accounts.Get([]byte(id)) == nil {
@@ -200,7 +231,10 @@ func (s *Store) DeleteAccount(id string) error {
 		if err := accounts.Delete([]byte(id)); err != nil {
 			return err
 		}
-		return tx.Bucket(tokensBucket).Delete([]byte(id))
+		if err := tx.Bucket(tokensBucket).Delete([]byte(id)); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
 	})
 }
 

@@ -26,11 +26,11 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatalf("db file mode = %v, %v; want 0600", fi.Mode().Perm(), err)
 	}
 	for _, id := range []string{"b", "a", "c"} {
-		if err := s.CreateAccount(Account{ID: id, ClientID: "cid-" + id}, TokenState{State: "active"}); err != nil {
+		if err := s.CreateAccount(Account{ID: id, ClientID: "cid-" + id}, TokenState{State: "active"}, AuditEvent{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.CreateAccount(Account{ID: "a"}, TokenState{}); !errors.Is(err, ErrExists) {
+	if err := s.CreateAccount(Account{ID: "a"}, TokenState{}, AuditEvent{}); !errors.Is(err, ErrExists) {
 		t.Fatalf("duplicate create: err = %v, want ErrExists", err)
 	}
 	page, err := s.Accounts("", 2)
@@ -53,19 +53,19 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatalf("token state after update = %+v, %v", ts, err)
 	}
 
-	a, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "Acme"; return nil })
+	a, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "Acme"; return nil }, AuditEvent{})
 	if err != nil || a.DisplayName != "Acme" || a.Version != recordVersion {
 		t.Fatalf("update = %+v, %v", a, err)
 	}
 	boom := errors.New("boom")
-	if _, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "lost"; return boom }); !errors.Is(err, boom) {
+	if _, err := s.UpdateAccount("a", func(a *Account) error { a.DisplayName = "lost"; return boom }, AuditEvent{}); !errors.Is(err, boom) {
 		t.Fatalf("failed update: err = %v", err)
 	}
 	if a, _ := s.Account("a"); a.DisplayName != "Acme" {
 		t.Fatalf("a failed update was written: %+v", a)
 	}
 
-	if err := s.DeleteAccount("a"); err != nil {
+	if err := s.DeleteAccount("a", AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Account("a"); !errors.Is(err, ErrNotFound) {
@@ -77,7 +77,7 @@ func TestAccountLifecycle(t *testing.T) {
 	if ts, err := s.TokenState("a"); err != nil || ts.State != "" {
 		t.Fatalf("deleted account's token state = %+v, %v", ts, err)
 	}
-	if err := s.DeleteAccount("a"); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteAccount("a", AuditEvent{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: err = %v, want ErrNotFound", err)
 	}
 }
@@ -92,10 +92,10 @@ func TestSecondOpenFailsFast(t *testing.T) {
 
 func TestUnknownRecordVersionIsRefused(t *testing.T) {
 	s, _ := openTemp(t)
-	if err := s.CreateAccount(Account{ID: "a"}, TokenState{}); err != nil {
+	if err := s.CreateAccount(Account{ID: "a"}, TokenState{}, AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.UpdateAccount("a", func(a *Account) error { return nil }); err != nil {
+	if _, err := s.UpdateAccount("a", func(a *Account) error { return nil }, AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	// Write a record from a "future" build directly.

@@ -78,6 +78,9 @@ type Config struct {
 	// RejectedRecheck is how long to wait before asking again after the
 	// provider rejected the credentials. Default 10m.
 	RejectedRecheck time.Duration
+	// Fingerprint names a token in the audit trail without revealing it;
+	// it is computed once per token. Default: no fingerprint.
+	Fingerprint func(token string) string
 	// Now is the clock; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -92,6 +95,7 @@ func DefaultConfig() Config {
 		BackoffMin:         time.Second,
 		BackoffMax:         5 * time.Minute,
 		RejectedRecheck:    10 * time.Minute,
+		Fingerprint:        func(string) string { return "" },
 		Now:                time.Now,
 		Logger:             slog.Default(),
 	}
@@ -110,6 +114,9 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = d.Now
 	}
+	if c.Fingerprint == nil {
+		c.Fingerprint = d.Fingerprint
+	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
@@ -127,6 +134,8 @@ type Issued struct {
 	APIBaseURL string
 	// Headers must not be modified.
 	Headers map[string]string
+	// Fingerprint names the token in the audit trail (Config.Fingerprint).
+	Fingerprint string
 }
 
 // lifetime is how long the provider's tokens are good for (less the margin):
@@ -207,7 +216,7 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 			// A token that cannot be opened is only a cache miss.
 			m.cfg.Logger.Warn("stored token unreadable; a new one will be fetched", "account", a.ID, "error", err)
 		} else {
-			e.publish(&Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers}, m.cfg)
+			e.publish(m.issue(e, tok), m.cfg)
 		}
 	}
 	m.mu.Lock()
@@ -317,7 +326,7 @@ func (m *Manager) run(e *entry, c *call) {
 
 	e.mu.Lock()
 	if err == nil {
-		c.issued = &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers}
+		c.issued = m.issue(e, tok)
 		if !e.removed {
 			e.publish(c.issued, m.cfg)
 		}
@@ -339,6 +348,10 @@ func (m *Manager) run(e *entry, c *call) {
 	e.inflight = nil
 	close(c.done)
 	e.mu.Unlock()
+}
+
+func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
+	return &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())}
 }
 
 // publish makes is the token callers get and schedules its renewal; e.mu

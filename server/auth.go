@@ -1,0 +1,239 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/mtls"
+	"github.com/credbroker/credbroker/server/internal/ratelimit"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// adminPrincipalPrefix names admin principals in audit events.
+const adminPrincipalPrefix = "adminPrincipals/"
+
+// access is who may call a method.
+type access int
+
+const (
+	// denied: any method not listed below (default deny).
+	denied access = iota
+	// open: no identity needed (health checks for load balancers).
+	open
+	// proven: any proven identity; not audited (server reflection).
+	proven
+	// caller: any proven identity, audited; TokenService checks the
+	// account's grants itself.
+	caller
+	// admin: the admin role, audited.
+	admin
+)
+
+// methodAccess lists every method the server serves and who may call it.
+var methodAccess = func() map[string]access {
+	m := map[string]access{}
+	add := func(sd grpc.ServiceDesc, a access) {
+		for _, md := range sd.Methods {
+			m["/"+sd.ServiceName+"/"+md.MethodName] = a
+		}
+		for _, sd2 := range sd.Streams {
+			m["/"+sd.ServiceName+"/"+sd2.StreamName] = a
+		}
+	}
+	add(credbrokerv1.TokenService_ServiceDesc, caller)
+	add(credbrokerv1.AccountService_ServiceDesc, admin)
+	add(credbrokerv1.CallerService_ServiceDesc, admin)
+	add(credbrokerv1.AuditService_ServiceDesc, admin)
+	add(healthpb.Health_ServiceDesc, open)
+	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = proven
+	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = proven
+	return m
+}()
+
+// gate authenticates, rate-limits and authorizes every call, and writes
+// the audit event of every audited call before its answer leaves.
+type gate struct {
+	callers *callers.Service
+	limiter *ratelimit.Limiter
+	audit   *audit.Log
+	now     func() time.Time
+}
+
+// call is what the gate learned about a call; handlers add the resource
+// and, for issued tokens, the fingerprint.
+type call struct {
+	method, principal, peer string
+	time                    time.Time
+	resource, fingerprint   string
+	detail                  string
+	// written: the handler's change was stored together with its audit
+	// event, so the gate only logs it.
+	written bool
+}
+
+type callKey struct{}
+
+// callFrom returns the call the gate admitted; handlers always have one.
+func callFrom(ctx context.Context) *call {
+	c, _ := ctx.Value(callKey{}).(*call)
+	if c == nil {
+		return &call{}
+	}
+	return c
+}
+
+// event is the call's audit event with the given outcome.
+func (c *call) event(code codes.Code) store.AuditEvent {
+	return store.AuditEvent{
+		Time: c.time, Principal: c.principal, Method: c.method, Resource: c.resource,
+		Code: codeName(code), TokenFingerprint: c.fingerprint, Detail: c.detail, PeerAddress: c.peer,
+	}
+}
+
+// changeEvent is the audit event of a change about to be stored.
+func (c *call) changeEvent(resource, detail string) store.AuditEvent {
+	c.resource, c.detail = resource, detail
+	return c.event(codes.OK)
+}
+
+func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	a := methodAccess[info.FullMethod]
+	if a == open {
+		return handler(ctx, req)
+	}
+	c := &call{method: info.FullMethod, time: g.now(), resource: requestResource(req)}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		c.peer = p.Addr.String()
+	}
+	resp, err := g.admit(ctx, c, a)
+	if err == nil {
+		resp, err = handler(context.WithValue(ctx, callKey{}, c), req)
+	}
+	if a == proven {
+		return resp, err
+	}
+	ev := c.event(status.Code(err))
+	if c.written {
+		g.audit.Written(ev)
+		return resp, err
+	}
+	if aerr := g.audit.Record(ev); aerr != nil {
+		return nil, withDetails(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
+			errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+	}
+	return resp, err
+}
+
+// stream admits streaming calls (server reflection, health watches); none
+// of them is audited.
+func (g *gate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	a := methodAccess[info.FullMethod]
+	if a == open {
+		return handler(srv, ss)
+	}
+	if a != proven {
+		return status.Error(codes.PermissionDenied, "this method is not open to callers")
+	}
+	if _, err := g.admit(ss.Context(), &call{method: info.FullMethod, time: g.now()}, a); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+// admit proves the caller's identity and checks its rate limit and role.
+func (g *gate) admit(ctx context.Context, c *call, a access) (any, error) {
+	id, err := g.authenticate(ctx, c.time)
+	if err != nil {
+		return nil, err
+	}
+	c.principal = id.Principal
+	if ok, wait := g.limiter.Allow(id.Principal, c.time); !ok {
+		return nil, withDetails(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
+			errorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+	}
+	switch {
+	case a == denied:
+		return nil, status.Error(codes.PermissionDenied, "this method is not open to callers")
+	case a == admin && !id.Admin:
+		return nil, status.Errorf(codes.PermissionDenied, "%s needs the admin role, which %s does not have", c.method, id.Principal)
+	}
+	return nil, nil
+}
+
+// authenticate returns the caller's identity: its caller key if it sends
+// one, else its client certificate.
+func (g *gate) authenticate(ctx context.Context, now time.Time) (callers.Identity, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("authorization"); len(v) > 0 {
+		scheme, key, ok := strings.Cut(v[0], " ")
+		if !ok || !strings.EqualFold(scheme, "bearer") {
+			return callers.Identity{}, status.Error(codes.Unauthenticated, `the authorization header must be "Bearer <caller key>"`)
+		}
+		id, err := g.callers.AuthenticateKey(strings.TrimSpace(key))
+		if err != nil {
+			return callers.Identity{}, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return id, nil
+	}
+	principal, err := mtls.Principal(ctx, now)
+	switch {
+	case errors.Is(err, mtls.ErrNoCertificate):
+		return callers.Identity{}, status.Error(codes.Unauthenticated, `no credentials: send "authorization: Bearer <caller key>" or a client certificate signed by the broker's client CA`)
+	case err != nil:
+		return callers.Identity{}, status.Error(codes.Unauthenticated, err.Error())
+	case strings.HasPrefix(principal, callers.KeyPrincipalPrefix):
+		return callers.Identity{}, status.Errorf(codes.Unauthenticated, "a certificate principal may not start with %q, which names caller keys", callers.KeyPrincipalPrefix)
+	}
+	return g.callers.CertificateIdentity(principal), nil
+}
+
+// requestResource is what a request is about, for the audit events of
+// calls refused before their handler ran.
+func requestResource(req any) string {
+	switch r := req.(type) {
+	case interface{ GetName() string }:
+		return r.GetName()
+	case *credbrokerv1.UpdateAccountRequest:
+		return r.GetAccount().GetName()
+	case *credbrokerv1.CreateAccountRequest:
+		if r.GetAccountId() != "" {
+			return accountPrefix + r.GetAccountId()
+		}
+	case *credbrokerv1.CreateCallerKeyRequest:
+		if r.GetKeyId() != "" {
+			return callers.KeyPrincipalPrefix + r.GetKeyId()
+		}
+	case interface{ GetPrincipal() string }: // AddAdminPrincipal, RemoveAdminPrincipal
+		return adminPrincipalPrefix + r.GetPrincipal()
+	}
+	return ""
+}
+
+// codeNames are the canonical names of status codes, as in google.rpc.Code.
+var codeNames = [...]string{
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+	"PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+	"UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+}
+
+func codeName(c codes.Code) string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return c.String()
+}

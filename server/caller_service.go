@@ -1,0 +1,125 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+type callerService struct {
+	credbrokerv1.UnimplementedCallerServiceServer
+	callers *callers.Service
+	errs    errorMapper
+}
+
+func (s *callerService) CreateCallerKey(ctx context.Context, req *credbrokerv1.CreateCallerKeyRequest) (*credbrokerv1.CreateCallerKeyResponse, error) {
+	c := callFrom(ctx)
+	in, err := newCallerKey(req, c.time)
+	if err != nil {
+		return nil, err
+	}
+	in.Creator = c.principal
+	k, key, err := s.callers.Create(in, c.changeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+in.Role))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = true
+	return &credbrokerv1.CreateCallerKeyResponse{CallerKey: callerKeyProto(k, c.time), Key: key.Reveal()}, nil
+}
+
+func (s *callerService) ListCallerKeys(ctx context.Context, req *credbrokerv1.ListCallerKeysRequest) (*credbrokerv1.ListCallerKeysResponse, error) {
+	size, after, err := idPage(req)
+	if err != nil {
+		return nil, err
+	}
+	keys, more, err := s.callers.List(after, size)
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	resp := &credbrokerv1.ListCallerKeysResponse{CallerKeys: make([]*credbrokerv1.CallerKey, len(keys))}
+	now := callFrom(ctx).time
+	for i, k := range keys {
+		resp.CallerKeys[i] = callerKeyProto(k, now)
+	}
+	if more {
+		resp.NextPageToken = idPageToken(keys[len(keys)-1].ID)
+	}
+	return resp, nil
+}
+
+func (s *callerService) RevokeCallerKey(ctx context.Context, req *credbrokerv1.RevokeCallerKeyRequest) (*credbrokerv1.RevokeCallerKeyResponse, error) {
+	id, err := parseKeyName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	c := callFrom(ctx)
+	k, changed, err := s.callers.Revoke(id, c.changeEvent(req.GetName(), ""))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = changed
+	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.time)}, nil
+}
+
+func (s *callerService) ListAdminPrincipals(ctx context.Context, _ *credbrokerv1.ListAdminPrincipalsRequest) (*credbrokerv1.ListAdminPrincipalsResponse, error) {
+	list, err := s.callers.Admins()
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	return &credbrokerv1.ListAdminPrincipalsResponse{Principals: list}, nil
+}
+
+func (s *callerService) AddAdminPrincipal(ctx context.Context, req *credbrokerv1.AddAdminPrincipalRequest) (*credbrokerv1.AddAdminPrincipalResponse, error) {
+	p, err := checkAdminPrincipal(req.GetPrincipal())
+	if err != nil {
+		return nil, err
+	}
+	c := callFrom(ctx)
+	changed, err := s.callers.AddAdmin(p, c.principal, c.changeEvent(adminPrincipalPrefix+p, ""))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = changed
+	return &credbrokerv1.AddAdminPrincipalResponse{}, nil
+}
+
+func (s *callerService) RemoveAdminPrincipal(ctx context.Context, req *credbrokerv1.RemoveAdminPrincipalRequest) (*credbrokerv1.RemoveAdminPrincipalResponse, error) {
+	p, err := checkAdminPrincipal(req.GetPrincipal())
+	if err != nil {
+		return nil, err
+	}
+	c := callFrom(ctx)
+	if err := s.callers.RemoveAdmin(p, c.changeEvent(adminPrincipalPrefix+p, "")); err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = true
+	return &credbrokerv1.RemoveAdminPrincipalResponse{}, nil
+}
+
+var roleProto = map[string]credbrokerv1.Role{
+	callers.RoleAdmin:  credbrokerv1.Role_ROLE_ADMIN,
+	callers.RoleCaller: credbrokerv1.Role_ROLE_CALLER,
+}
+
+func callerKeyProto(k store.CallerKey, now time.Time) *credbrokerv1.CallerKey {
+	out := &credbrokerv1.CallerKey{
+		Name:        callers.KeyPrincipalPrefix + k.ID,
+		Description: k.Description,
+		Role:        roleProto[k.Role],
+		ExpireTime:  timestamp(k.ExpireTime),
+		CreateTime:  timestamp(k.CreateTime),
+		RevokeTime:  timestamp(k.RevokeTime),
+		Creator:     k.Creator,
+		State:       credbrokerv1.CallerKeyState_CALLER_KEY_STATE_ACTIVE,
+	}
+	switch {
+	case !k.RevokeTime.IsZero():
+		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_REVOKED
+	case !k.ExpireTime.IsZero() && !now.Before(k.ExpireTime):
+		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_EXPIRED
+	}
+	return out
+}

@@ -1,0 +1,27 @@
+package server
+
+import (
+	"sync/atomic"
+
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// FailAuditWrites makes every group-committed audit write fail with err
+// while fail is set, as a full or broken disk would.
+func FailAuditWrites(cfg *Config, fail *atomic.Bool, err error) {
+	cfg.wrapAuditSink = func(s audit.Sink) audit.Sink { return failingSink{s, fail, err} }
+}
+
+type failingSink struct {
+	audit.Sink
+	fail *atomic.Bool
+	err  error
+}
+
+func (f failingSink) AppendAudit(evs []store.AuditEvent) error {
+	if f.fail.Load() {
+		return f.err
+	}
+	return f.Sink.AppendAudit(evs)
+}

@@ -1,0 +1,234 @@
+// Package audit keeps the audit trail. Record makes an event durable before
+// it returns; concurrent calls share one fsync (group commit), so waiting
+// for the disk costs each caller one commit, not a queue of them. Events of
+// admin changes are written by the store in the same transaction as the
+// change (Written only logs them). Old events are pruned by age and count.
+package audit
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// ErrClosed means the trail has stopped: the event was not written.
+var ErrClosed = errors.New("audit trail is closed")
+
+// Sink is where events go: the store, or a stand-in in tests.
+type Sink interface {
+	AppendAudit([]store.AuditEvent) error
+}
+
+// Config tunes the trail. Zero values take the defaults of DefaultConfig.
+type Config struct {
+	// MaxAge: older events are deleted. Default 365 days.
+	MaxAge time.Duration
+	// MaxEvents: the oldest events beyond this many are deleted. Default 1,000,000.
+	MaxEvents int
+	// PruneInterval is how often old events are deleted. Default 1m.
+	PruneInterval time.Duration
+	// MaxBatch bounds the events committed in one transaction. Default 1024.
+	MaxBatch int
+	Now      func() time.Time
+	Logger   *slog.Logger
+}
+
+// DefaultConfig is the configuration New uses for zero fields.
+func DefaultConfig() Config {
+	return Config{
+		MaxAge:        365 * 24 * time.Hour,
+		MaxEvents:     1_000_000,
+		PruneInterval: time.Minute,
+		MaxBatch:      1024,
+		Now:           time.Now,
+		Logger:        slog.Default(),
+	}
+}
+
+// Log is the audit trail. Create it with New and run its writer with Run.
+type Log struct {
+	cfg   Config
+	sink  Sink
+	store *store.Store
+	queue chan *pending
+	done  chan struct{} // closed when Run has returned
+}
+
+type pending struct {
+	ev   store.AuditEvent
+	done chan error
+}
+
+// New returns a trail that appends to sink and reads and prunes st.
+func New(cfg Config, sink Sink, st *store.Store) *Log {
+	d := DefaultConfig()
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = d.MaxAge
+	}
+	if cfg.MaxEvents <= 0 {
+		cfg.MaxEvents = d.MaxEvents
+	}
+	if cfg.PruneInterval <= 0 {
+		cfg.PruneInterval = d.PruneInterval
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = d.MaxBatch
+	}
+	if cfg.Now == nil {
+		cfg.Now = d.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = d.Logger
+	}
+	return &Log{cfg: cfg, sink: sink, store: st, queue: make(chan *pending, cfg.MaxBatch), done: make(chan struct{})}
+}
+
+// Record appends ev and returns once it is on disk, or with the error that
+// kept it off. The caller must not answer its own caller before then.
+func (l *Log) Record(ev store.AuditEvent) error {
+	p := &pending{ev: ev, done: make(chan error, 1)}
+	select {
+	case l.queue <- p:
+	case <-l.done:
+		return ErrClosed
+	}
+	var err error
+	select {
+	case err = <-p.done:
+	case <-l.done:
+		select { // the writer may have committed p just before stopping
+		case err = <-p.done:
+		default:
+			err = ErrClosed
+		}
+	}
+	if err == nil {
+		l.Written(ev)
+	}
+	return err
+}
+
+// Written logs an event that the store committed together with a change.
+func (l *Log) Written(ev store.AuditEvent) {
+	l.cfg.Logger.Info("audit", "principal", ev.Principal, "method", ev.Method, "resource", ev.Resource,
+		"code", ev.Code, "token_fingerprint", ev.TokenFingerprint, "detail", ev.Detail, "peer", ev.PeerAddress)
+}
+
+// Run writes queued events in batches, one transaction each, and prunes
+// old events, until ctx ends. Events queued by then are still written.
+func (l *Log) Run(ctx context.Context) {
+	defer close(l.done)
+	l.prune()
+	tick := time.NewTicker(l.cfg.PruneInterval)
+	defer tick.Stop()
+	batch := make([]*pending, 0, l.cfg.MaxBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			l.commit(l.drain(batch[:0]))
+			return
+		case <-tick.C:
+			l.prune()
+		case p := <-l.queue:
+			l.commit(l.drain(append(batch[:0], p)))
+		}
+	}
+}
+
+// drain adds whatever else is queued, up to MaxBatch: the calls that
+// arrived while the previous batch was being committed.
+func (l *Log) drain(batch []*pending) []*pending {
+	for len(batch) < l.cfg.MaxBatch {
+		select {
+		case p := <-l.queue:
+			batch = append(batch, p)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func (l *Log) commit(batch []*pending) {
+	if len(batch) == 0 {
+		return
+	}
+	events := make([]store.AuditEvent, len(batch))
+	for i, p := range batch {
+		events[i] = p.ev
+	}
+	err := l.sink.AppendAudit(events)
+	if err != nil {
+		l.cfg.Logger.Error("could not write audit events; their calls fail", "events", len(batch), "error", err)
+	}
+	for _, p := range batch {
+		p.done <- err
+	}
+}
+
+// pruneStep bounds one pruning transaction.
+const pruneStep = 10_000
+
+func (l *Log) prune() {
+	cutoff := l.cfg.Now().Add(-l.cfg.MaxAge)
+	for {
+		n, err := l.store.PruneAudit(cutoff, l.cfg.MaxEvents, pruneStep)
+		if err != nil {
+			l.cfg.Logger.Error("could not prune the audit trail", "error", err)
+			return
+		}
+		if n < pruneStep {
+			return
+		}
+	}
+}
+
+// Query selects events. Zero fields match everything.
+type Query struct {
+	Resource  string
+	Principal string
+	// Start (inclusive) and End (exclusive) bound the event time.
+	Start, End time.Time
+	// Before continues a listing: only events stored before this position.
+	Before store.AuditPos
+	Limit  int
+}
+
+// List returns up to q.Limit matching events, newest first, and the
+// position to continue from if more may follow (zero otherwise).
+func (l *Log) List(q Query) ([]store.AuditEvent, store.AuditPos, error) {
+	from := q.Before
+	if !q.End.IsZero() && (from.Time.IsZero() || q.End.Before(from.Time)) {
+		from = store.AuditPos{Time: q.End}
+	}
+	var (
+		out        []store.AuditEvent
+		last, next store.AuditPos
+	)
+	err := l.store.ScanAudit(from, func(pos store.AuditPos, ev store.AuditEvent) bool {
+		if !q.Start.IsZero() && pos.Time.Before(q.Start) {
+			return false
+		}
+		if (q.Resource != "" && ev.Resource != q.Resource) || (q.Principal != "" && ev.Principal != q.Principal) {
+			return true
+		}
+		if len(out) == q.Limit {
+			next = last // a further match exists: continue after the last one shown
+			return false
+		}
+		out = append(out, ev)
+		last = pos
+		return true
+	})
+	return out, next, err
+}
+
+// Fingerprint names a token in the audit trail without revealing it.
+func Fingerprint(mac *seal.MACKey, token string) string {
+	return "hmac-sha256:" + hex.EncodeToString(mac.Sum("token-fingerprint", token))
+}

@@ -1,0 +1,335 @@
+// Package callers keeps who may call the broker: caller keys, of which only
+// a keyed hash is stored, and the client-certificate principals that hold
+// the admin role. It answers "whose key is this?" from memory, so a
+// revocation takes effect on the very next call.
+package callers
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// Roles of caller keys, as stored.
+const (
+	RoleAdmin  = "admin"
+	RoleCaller = "caller"
+)
+
+const (
+	// KeyPrincipalPrefix starts the principal of every caller key,
+	// "callerKeys/{key_id}". No certificate principal may start with it.
+	KeyPrincipalPrefix = "callerKeys/"
+	// keyPrefix starts every key, so that leaked keys are easy to find by
+	// secret scanners.
+	keyPrefix = "cbk_"
+	// keyBytes of randomness: 256 bits.
+	keyBytes = 32
+	// hashPurpose binds the keyed hashes of caller keys to this use.
+	hashPurpose = "caller-key"
+)
+
+var (
+	ErrNotFound     = errors.New("caller key not found")
+	ErrExists       = errors.New("a caller key with this key_id exists or existed")
+	ErrNotAdmin     = errors.New("not an admin principal")
+	ErrLastAdmin    = errors.New("this is the last admin identity: create another admin caller key or add an admin principal first")
+	ErrUnknownKey   = errors.New("unknown caller key")
+	ErrKeyRevoked   = errors.New("caller key revoked")
+	ErrKeyExpired   = errors.New("caller key expired")
+	ErrKeyMalformed = errors.New(`malformed caller key: send "authorization: Bearer cbk_..."`)
+)
+
+// Identity is a proven caller.
+type Identity struct {
+	Principal string
+	Admin     bool
+}
+
+// Service manages callers.
+type Service struct {
+	store *store.Store
+	mac   *seal.MACKey
+	now   func() time.Time
+
+	// change serializes changes, so that the last-admin check and the
+	// write that depends on it happen as one step.
+	change sync.Mutex
+
+	mu     sync.RWMutex
+	byHash map[string]store.CallerKey // keyed hash (as a string) -> key record
+	byID   map[string]store.CallerKey
+	admins map[string]bool
+}
+
+// New returns a Service; fill it with Load.
+func New(st *store.Store, mac *seal.MACKey, now func() time.Time) *Service {
+	return &Service{store: st, mac: mac, now: now, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
+}
+
+// Load reads every caller key and admin principal.
+func (s *Service) Load() error {
+	keys, err := s.store.CallerKeys("", int(^uint(0)>>1))
+	if err != nil {
+		return err
+	}
+	admins, err := s.store.Admins("", int(^uint(0)>>1))
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		s.putLocked(k)
+	}
+	for _, a := range admins {
+		s.admins[a.Principal] = true
+	}
+	return nil
+}
+
+func (s *Service) putLocked(k store.CallerKey) {
+	s.byHash[string(k.Hash)] = k
+	s.byID[k.ID] = k
+}
+
+// AuthenticateKey returns the identity of a caller key.
+func (s *Service) AuthenticateKey(key string) (Identity, error) {
+	if !strings.HasPrefix(key, keyPrefix) {
+		return Identity{}, ErrKeyMalformed
+	}
+	hash := s.mac.Sum(hashPurpose, key)
+	s.mu.RLock()
+	k, ok := s.byHash[string(hash)]
+	s.mu.RUnlock()
+	switch {
+	case !ok:
+		return Identity{}, ErrUnknownKey
+	case !k.RevokeTime.IsZero():
+		return Identity{}, ErrKeyRevoked
+	case expired(k, s.now()):
+		return Identity{}, ErrKeyExpired
+	}
+	return Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: k.Role == RoleAdmin}, nil
+}
+
+// CertificateIdentity returns the identity of a client-certificate principal.
+func (s *Service) CertificateIdentity(principal string) Identity {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return Identity{Principal: principal, Admin: s.admins[principal]}
+}
+
+func expired(k store.CallerKey, now time.Time) bool {
+	return !k.ExpireTime.IsZero() && !now.Before(k.ExpireTime)
+}
+
+// NewKey is a validated request for a caller key.
+type NewKey struct {
+	ID          string
+	Description string
+	Role        string
+	ExpireTime  time.Time
+	Creator     string
+}
+
+// Create makes and stores a caller key, recording ev with it, and returns
+// the record and the key, which is never seen again.
+func (s *Service) Create(in NewKey, ev store.AuditEvent) (store.CallerKey, secret.String, error) {
+	key, err := newKey()
+	if err != nil {
+		return store.CallerKey{}, secret.String{}, err
+	}
+	k := store.CallerKey{
+		ID: in.ID, Description: in.Description, Role: in.Role, Hash: s.mac.Sum(hashPurpose, key),
+		CreateTime: s.now(), ExpireTime: in.ExpireTime, Creator: in.Creator,
+	}
+	s.change.Lock()
+	defer s.change.Unlock()
+	if err := s.store.CreateCallerKey(k, ev); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return store.CallerKey{}, secret.String{}, ErrExists
+		}
+		return store.CallerKey{}, secret.String{}, err
+	}
+	s.mu.Lock()
+	s.putLocked(k)
+	s.mu.Unlock()
+	return k, secret.New(key), nil
+}
+
+// Revoke revokes a caller key, recording ev with it. Revoking a revoked key
+// returns it unchanged and records nothing.
+func (s *Service) Revoke(id string, ev store.AuditEvent) (store.CallerKey, bool, error) {
+	s.change.Lock()
+	defer s.change.Unlock()
+	s.mu.RLock()
+	k, ok := s.byID[id]
+	s.mu.RUnlock()
+	if !ok {
+		return store.CallerKey{}, false, ErrNotFound
+	}
+	if !k.RevokeTime.IsZero() {
+		return k, false, nil
+	}
+	if k.Role == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
+		return store.CallerKey{}, false, ErrLastAdmin
+	}
+	now := s.now()
+	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) { k.RevokeTime = now }, ev)
+	if err != nil {
+		return store.CallerKey{}, false, err
+	}
+	s.mu.Lock()
+	s.putLocked(k)
+	s.mu.Unlock()
+	return k, true, nil
+}
+
+// adminIdentities counts the usable admin keys and admin principals.
+func (s *Service) adminIdentities() int {
+	now := s.now()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := len(s.admins)
+	for _, k := range s.byID {
+		if k.Role == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// Exists says whether a caller key with this id was ever created.
+func (s *Service) Exists(id string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.byID[id]
+	return ok
+}
+
+// List returns up to limit caller keys after the given id, in id order, and
+// whether more follow.
+func (s *Service) List(after string, limit int) ([]store.CallerKey, bool, error) {
+	keys, err := s.store.CallerKeys(after, limit+1)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(keys) > limit {
+		return keys[:limit], true, nil
+	}
+	return keys, false, nil
+}
+
+// AddAdmin gives a certificate principal the admin role, recording ev with
+// it. It reports false, recording nothing, if the principal is an admin already.
+func (s *Service) AddAdmin(principal, creator string, ev store.AuditEvent) (bool, error) {
+	s.change.Lock()
+	defer s.change.Unlock()
+	if s.CertificateIdentity(principal).Admin {
+		return false, nil
+	}
+	if err := s.store.PutAdmin(store.AdminPrincipal{Principal: principal, CreateTime: s.now(), Creator: creator}, ev); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	s.admins[principal] = true
+	s.mu.Unlock()
+	return true, nil
+}
+
+// RemoveAdmin takes the admin role from a certificate principal, recording
+// ev with the change.
+func (s *Service) RemoveAdmin(principal string, ev store.AuditEvent) error {
+	s.change.Lock()
+	defer s.change.Unlock()
+	if !s.CertificateIdentity(principal).Admin {
+		return ErrNotAdmin
+	}
+	if s.adminIdentities() == 1 {
+		return ErrLastAdmin
+	}
+	if err := s.store.DeleteAdmin(principal, ev); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.admins, principal)
+	s.mu.Unlock()
+	return nil
+}
+
+// Admins returns the admin principals, sorted.
+func (s *Service) Admins() ([]string, error) {
+	list, err := s.store.Admins("", int(^uint(0)>>1))
+	out := make([]string, len(list))
+	for i, a := range list {
+		out[i] = a.Principal
+	}
+	return out, err
+}
+
+// BootstrapKeyID is the id of the admin key made on first start.
+const BootstrapKeyID = "bootstrap-admin"
+
+// Bootstrap creates the first admin on a store's first start: the
+// principal adminPrincipal if given, else an admin caller key, which it
+// returns. On any later start it does nothing and returns no key.
+func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.String, error) {
+	s.change.Lock()
+	defer s.change.Unlock()
+	done, err := s.store.Bootstrapped()
+	if err != nil || done {
+		return secret.String{}, err
+	}
+	now := s.now()
+	if adminPrincipal != "" {
+		a := store.AdminPrincipal{Principal: adminPrincipal, CreateTime: now, Creator: ev.Principal}
+		ev.Resource, ev.Detail = "", "admin principal "+adminPrincipal
+		if err := s.store.Bootstrap(nil, &a, ev); err != nil {
+			return secret.String{}, err
+		}
+		s.mu.Lock()
+		s.admins[adminPrincipal] = true
+		s.mu.Unlock()
+		return secret.String{}, nil
+	}
+	key, err := newKey()
+	if err != nil {
+		return secret.String{}, err
+	}
+	k := store.CallerKey{
+		ID: BootstrapKeyID, Description: "created at first start; revoke it once you have made your own admin key",
+		Role: RoleAdmin, Hash: s.mac.Sum(hashPurpose, key), CreateTime: now, Creator: ev.Principal,
+	}
+	ev.Resource, ev.Detail = KeyPrincipalPrefix+k.ID, "admin caller key"
+	if err := s.store.Bootstrap(&k, nil, ev); err != nil {
+		return secret.String{}, err
+	}
+	s.mu.Lock()
+	s.putLocked(k)
+	s.mu.Unlock()
+	return secret.New(key), nil
+}
+
+func newKey() (string, error) {
+	b := make([]byte, keyBytes)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return keyPrefix + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// NewID makes a key id for callers that do not choose one.
+func NewID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "ck-" + hex.EncodeToString(b)
+}

@@ -1,0 +1,119 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// AuditPos is an audit event's place in the trail: events sort by time,
+// then by the order they were stored in.
+type AuditPos struct {
+	Time time.Time
+	Seq  uint64
+}
+
+// Bytes encodes the position as 16 bytes that sort like positions do:
+// big-endian UnixNano time, then big-endian sequence number.
+func (p AuditPos) Bytes() []byte {
+	k := make([]byte, 16)
+	binary.BigEndian.PutUint64(k, uint64(p.Time.UnixNano()))
+	binary.BigEndian.PutUint64(k[8:], p.Seq)
+	return k
+}
+
+// ParseAuditPos reads what Bytes wrote.
+func ParseAuditPos(b []byte) (AuditPos, bool) {
+	if len(b) != 16 {
+		return AuditPos{}, false
+	}
+	return auditPos(b), true
+}
+
+func auditPos(k []byte) AuditPos {
+	return AuditPos{Time: time.Unix(0, int64(binary.BigEndian.Uint64(k))).UTC(), Seq: binary.BigEndian.Uint64(k[8:])}
+}
+
+// AppendAudit stores events in one transaction: one fsync for the batch.
+func (s *Store) AppendAudit(events []AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, ev := range events {
+			if err := appendAudit(tx, ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// appendAudit stores one event in tx, so that a change and its audit event
+// are committed together or not at all.
+func appendAudit(tx *bolt.Tx, ev AuditEvent) error {
+	b := tx.Bucket(auditBucket)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	ev.Version = recordVersion
+	return put(b, string(AuditPos{Time: ev.Time, Seq: seq}.Bytes()), ev)
+}
+
+// ScanAudit calls fn for stored events from the newest down, starting
+// before the given position (a zero Time starts at the newest event),
+// until fn returns false.
+func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(auditBucket).Cursor()
+		var k, v []byte
+		if before.Time.IsZero() {
+			k, v = c.Last()
+		} else {
+			// Seek finds the first key at or after before; step back from it.
+			if k, _ = c.Seek(before.Bytes()); k == nil {
+				k, v = c.Last()
+			} else {
+				k, v = c.Prev()
+			}
+		}
+		for ; k != nil; k, v = c.Prev() {
+			var ev AuditEvent
+			if err := decode(v, &ev); err != nil {
+				return fmt.Errorf("audit event %x: %w", k, err)
+			}
+			if !fn(auditPos(k), ev) {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// PruneAudit deletes events older than cutoff, and then the oldest events
+// beyond the newest keep, and returns how many it deleted. It deletes at
+// most limit events per call, so one transaction never grows large.
+func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
+	deleted := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(auditBucket)
+		excess := b.Stats().KeyN - keep
+		// Collect first: deleting under a cursor can make it skip keys.
+		var doomed [][]byte
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil && len(doomed) < limit; k, _ = c.Next() {
+			if len(doomed) >= excess && !auditPos(k).Time.Before(cutoff) {
+				break
+			}
+			doomed = append(doomed, copyBytes(k))
+		}
+		for _, k := range doomed {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		deleted = len(doomed)
+		return nil
+	})
+	return deleted, err
+}

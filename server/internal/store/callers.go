@@ -1,0 +1,117 @@
+package store
+
+import (
+	"errors"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrBootstrapped means the store already received its first admin.
+var ErrBootstrapped = errors.New("the store was bootstrapped before")
+
+// Bootstrap stores the first admin identity (a caller key, an admin
+// principal, or both) with its audit event, once in the store's life.
+// Later calls return ErrBootstrapped and write nothing.
+func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(metaBucket)
+		if meta.Get(bootstrappedKey) != nil {
+			return ErrBootstrapped
+		}
+		if k != nil {
+			k.Version = recordVersion
+			if err := put(tx.Bucket(callerKeysBucket), k.ID, k); err != nil {
+				return err
+			}
+		}
+		if admin != nil {
+			admin.Version = recordVersion
+			if err := put(tx.Bucket(adminsBucket), admin.Principal, admin); err != nil {
+				return err
+			}
+		}
+		if err := meta.Put(bootstrappedKey, []byte("1")); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+}
+
+// Bootstrapped says whether Bootstrap has run on this store.
+func (s *Store) Bootstrapped() (bool, error) {
+	v, err := s.meta(bootstrappedKey)
+	return v != nil, err
+}
+
+// CreateCallerKey stores a new caller key with its audit event, or returns
+// ErrExists (revoked keys stay stored, so an id is never reused).
+func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
+	k.Version = recordVersion
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(callerKeysBucket)
+		if b.Get([]byte(k.ID)) != nil {
+			return ErrExists
+		}
+		if err := put(b, k.ID, k); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+}
+
+// UpdateCallerKey applies change to a stored caller key and saves it with
+// its audit event, or returns ErrNotFound.
+func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEvent) (CallerKey, error) {
+	var k CallerKey
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(callerKeysBucket)
+		if err := get(b, id, &k); err != nil {
+			return err
+		}
+		change(&k)
+		k.Version = recordVersion
+		if err := put(b, id, k); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+	return k, err
+}
+
+// CallerKeys returns up to limit caller keys whose id sorts after the given
+// one, in id order.
+func (s *Store) CallerKeys(after string, limit int) ([]CallerKey, error) {
+	return page[CallerKey](s, callerKeysBucket, after, limit)
+}
+
+// PutAdmin stores an admin principal with its audit event, replacing any
+// stored record of the same principal.
+func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
+	a.Version = recordVersion
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := put(tx.Bucket(adminsBucket), a.Principal, a); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+}
+
+// DeleteAdmin removes an admin principal and records its audit event, or
+// returns ErrNotFound.
+func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(adminsBucket)
+		if b.Get([]byte(principal)) == nil {
+			return ErrNotFound
+		}
+		if err := b.Delete([]byte(principal)); err != nil {
+			return err
+		}
+		return appendAudit(tx, ev)
+	})
+}
+
+// Admins returns up to limit admin principals after the given one, in order.
+func (s *Store) Admins(after string, limit int) ([]AdminPrincipal, error) {
+	return page[AdminPrincipal](s, adminsBucket, after, limit)
+}
