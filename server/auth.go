@@ -218,7 +218,9 @@ func requestResource(req any) string {
 		if r.GetKeyId() != "" {
 			return callers.KeyPrincipalPrefix + r.GetKeyId()
 		}
-	case interface{ GetPrincipal() string }: // AddAdminPrincipal, RemoveAdminPrincipal
+	case *credbrokerv1.AddAdminPrincipalRequest:
+		return adminPrincipalPrefix + r.GetPrincipal()
+	case *credbrokerv1.RemoveAdminPrincipalRequest:
 		return adminPrincipalPrefix + r.GetPrincipal()
 	}
 	return ""

@@ -3,8 +3,13 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
+	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +17,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -19,6 +25,7 @@ import (
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
@@ -60,6 +67,8 @@ type broker struct {
 	tokens   credbrokerv1.TokenServiceClient
 	health   healthpb.HealthClient
 	conn     *grpc.ClientConn
+	addr     string
+	roots    *x509.CertPool // of the broker's TLS certificate; nil for plaintext
 	// serveCancel asks the server to shut down; stop also waits for it and closes the client.
 	serveCancel func()
 	stop        func()
@@ -126,8 +135,17 @@ func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 		})
 	}
 	t.Cleanup(b.stop)
+	b.addr = srv.Addr().String()
+	if cfg.TLSCertFile != "" { // the tests' dev CA signs the server's certificate too
+		pem, err := os.ReadFile(cfg.ClientCAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.roots = x509.NewCertPool()
+		b.roots.AppendCertsFromPEM(pem)
+	}
 	dial := func(key string) *grpc.ClientConn {
-		c := dialKey(t, srv.Addr().String(), key)
+		c := b.dial(t, key, nil)
 		conns = append(conns, c)
 		return c
 	}
@@ -153,18 +171,62 @@ func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	return b
 }
 
-// dialKey connects over loopback plaintext, sending key (if any) on every call.
-func dialKey(t *testing.T, addr, key string) *grpc.ClientConn {
+// dial connects to the broker (over TLS if it serves TLS), sending key on
+// every call and presenting cert, if given. The test closes the connection.
+func (b *broker) dial(t *testing.T, key string, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	creds := insecure.NewCredentials()
+	if b.roots != nil {
+		cfg := &tls.Config{RootCAs: b.roots}
+		if cert != nil {
+			cfg.Certificates = []tls.Certificate{*cert}
+		}
+		creds = credentials.NewTLS(cfg)
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	if key != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(client.CallerKey(key)))
 	}
-	c, err := grpc.NewClient(addr, opts...)
+	c, err := grpc.NewClient(b.addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// withTLS makes cfg serve TLS with a certificate of a new dev CA, which
+// also signs the client certificates the broker accepts.
+func withTLS(t *testing.T, cfg *server.Config) *devpki.CA {
+	t.Helper()
+	ca, err := devpki.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Server(devpki.Identity{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := leaf.WriteFiles(dir, "server"); err != nil {
+		t.Fatal(err)
+	}
+	cfg.TLSCertFile, cfg.TLSKeyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	cfg.ClientCAFile = filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(cfg.ClientCAFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// clientCert issues a client certificate or fails the test.
+func clientCert(t *testing.T, ca *devpki.CA, id devpki.Identity) *tls.Certificate {
+	t.Helper()
+	leaf, err := ca.Client(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &leaf.TLS
 }
 
 // grant lets principal get the account's tokens.

@@ -90,14 +90,32 @@ func TestSecretsNeverLeave(t *testing.T) {
 		record(b.accounts.CreateAccount(ctx, jumpCloudRequest("other")))
 	}
 
+	// Caller keys: listing, revoking, and calls with bad, revoked and unknown keys.
+	worker := b.createKey(t, "worker", credbrokerv1.Role_ROLE_CALLER, time.Time{})
+	record(b.callers.ListCallerKeys(ctx, &credbrokerv1.ListCallerKeysRequest{}))
+	record(b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/worker"}))
+	for _, key := range []string{worker, worker + "x", strings.TrimPrefix(worker, "cbk_")} {
+		record(credbrokerv1.NewTokenServiceClient(b.dial(t, key, nil)).GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"}))
+	}
+	record(b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/other"}))
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events.GetEvents()) < 15 {
+		t.Fatalf("only %d audit events", len(events.GetEvents()))
+	}
+
 	b.stop()
 	db, err := os.ReadFile(filepath.Join(b.cfg.DataDir, "credbroker.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertAbsent(t, "API responses and errors", seen.Bytes(), clientSecret, accessToken)
-	assertAbsent(t, "server logs", []byte(b.logs.String()), clientSecret, accessToken)
-	assertAbsent(t, "database file", db, clientSecret, accessToken)
+	canaries := []string{clientSecret, accessToken, b.keys.admin, b.keys.svc, worker}
+	assertAbsent(t, "API responses and errors", seen.Bytes(), canaries...)
+	assertAbsent(t, "audit events", []byte(protojson.Format(events)), canaries...)
+	assertAbsent(t, "server logs", []byte(b.logs.String()), canaries...)
+	assertAbsent(t, "database file", db, canaries...)
 	if !strings.Contains(seen.String(), "[REDACTED]") {
 		t.Error("the echoing provider's error_description does not show [REDACTED]")
 	}

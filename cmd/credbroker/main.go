@@ -9,14 +9,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
@@ -34,9 +37,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "serve":
-		err = serve(args[1:], stderr)
+		err = serve(args[1:], stdout, stderr)
 	case "fake-jumpcloud":
 		err = fakeJumpCloud(args[1:], stdout, stderr)
+	case "dev-certs":
+		err = devCerts(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -61,10 +66,11 @@ func usage(w io.Writer) {
 Usage:
   credbroker serve [flags]            run the broker (credbroker serve --help)
   credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
+  credbroker dev-certs [flags]        write a throwaway CA and certificates for trying mTLS locally
 `)
 }
 
-func serve(args []string, stderr io.Writer) error {
+func serve(args []string, stdout, stderr io.Writer) error {
 	var (
 		cfg       server.Config
 		d         = server.DefaultConfig()
@@ -75,8 +81,20 @@ func serve(args []string, stderr io.Writer) error {
 beside it; a flag on the command line wins. The master key can also be given
 as CREDBROKER_MASTER_KEY (never as a flag, which other users could see in ps).
 With no master key configured, one is generated into the data directory for
-local use only.`)
-	fs.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address; must be loopback until caller authentication exists")
+local use only.
+
+On the first start of a new database the broker creates an admin caller key
+and prints it once on standard output, unless --bootstrap-admin-principal
+names a client-certificate principal to be the first admin instead.`)
+	fs.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address; without TLS it must be a loopback address")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate (chain) of the broker; with --tls-key enables TLS, required off loopback")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&cfg.ClientCAFile, "client-ca", "", "PEM bundle of CAs whose client certificates prove callers' principals (mTLS); needs --tls-cert")
+	fs.StringVar(&cfg.BootstrapAdminPrincipal, "bootstrap-admin-principal", "", "on first start, make this client-certificate principal (e.g. spiffe://example.org/ops) the admin instead of creating an admin caller key")
+	fs.Float64Var(&cfg.RateLimit, "rate-limit", d.RateLimit, "calls per second each caller may make on average; negative turns limiting off")
+	fs.IntVar(&cfg.RateBurst, "rate-burst", d.RateBurst, "calls each caller may make at once above --rate-limit")
+	fs.DurationVar(&cfg.AuditMaxAge, "audit-max-age", d.AuditMaxAge, "delete audit events older than this")
+	fs.IntVar(&cfg.AuditMaxEvents, "audit-max-events", d.AuditMaxEvents, "keep at most this many audit events, deleting the oldest")
 	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory for the database (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key, base64 or hex")
 	fs.StringVar(&cfg.JumpCloudTokenURLUS, "jumpcloud-token-url-us", d.JumpCloudTokenURLUS, "JumpCloud US token endpoint")
@@ -114,7 +132,78 @@ local use only.`)
 	if err != nil {
 		return err
 	}
+	if key := srv.BootstrapAdminKey(); key != "" {
+		fmt.Fprintf(stdout, `
+credbroker created the first admin caller key, callerKeys/bootstrap-admin.
+It is shown only now and never logged; keep it like a root password:
+
+    %s
+
+Send it as "authorization: Bearer <key>". Create your own admin key with it,
+then revoke callerKeys/bootstrap-admin.
+
+`, key)
+	}
 	return srv.Serve(ctx)
+}
+
+func devCerts(args []string, stdout, stderr io.Writer) error {
+	var dir, hosts, clients string
+	fs := newFlagSet("dev-certs", stderr, `Writes a throwaway CA (ca.pem), a server certificate (server.pem,
+server-key.pem) and client certificates (NAME.pem, NAME-key.pem) into a
+directory, for trying mTLS on one machine. Keys are unencrypted: never use
+them for anything real.`)
+	fs.StringVar(&dir, "dir", "./credbroker-certs", "directory to write into (created with mode 0700)")
+	fs.StringVar(&hosts, "hosts", "127.0.0.1,localhost", "comma-separated IP addresses and DNS names of the server certificate")
+	fs.StringVar(&clients, "clients", "admin=spiffe://credbroker.test/admin,billing=spiffe://credbroker.test/billing", "comma-separated NAME=PRINCIPAL client certificates; a PRINCIPAL with :// becomes a URI SAN, otherwise the subject CN")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	ca, err := devpki.NewCA("credbroker dev CA")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertPEM, 0o644); err != nil {
+		return err
+	}
+	var sid devpki.Identity
+	for _, h := range strings.Split(hosts, ",") {
+		if ip := net.ParseIP(strings.TrimSpace(h)); ip != nil {
+			sid.IPAddresses = append(sid.IPAddresses, ip)
+		} else if h = strings.TrimSpace(h); h != "" {
+			sid.DNSNames = append(sid.DNSNames, h)
+		}
+	}
+	leaf, err := ca.Server(sid)
+	if err == nil {
+		err = leaf.WriteFiles(dir, "server")
+	}
+	if err != nil {
+		return err
+	}
+	for _, c := range strings.Split(clients, ",") {
+		name, principal, ok := strings.Cut(strings.TrimSpace(c), "=")
+		if !ok || name == "" || principal == "" || strings.ContainsAny(name, "/\\") {
+			return fmt.Errorf("--clients: %q is not NAME=PRINCIPAL", c)
+		}
+		id := devpki.Identity{CommonName: principal}
+		if strings.Contains(principal, "://") {
+			id = devpki.Identity{URIs: []string{principal}}
+		}
+		leaf, err := ca.Client(id)
+		if err == nil {
+			err = leaf.WriteFiles(dir, name)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s/%s.pem: client certificate for %s\n", dir, name, principal)
+	}
+	fmt.Fprintf(stdout, "%s/ca.pem: CA; %s/server.pem: server certificate for %s\n", dir, dir, hosts)
+	return nil
 }
 
 func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {

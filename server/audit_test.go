@@ -1,0 +1,228 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
+)
+
+// listAll pages through the audit trail with small pages.
+func (b *broker) listAll(t *testing.T, req *credbrokerv1.ListAuditEventsRequest) []*credbrokerv1.AuditEvent {
+	t.Helper()
+	req.PageSize = 2
+	var out []*credbrokerv1.AuditEvent
+	for {
+		resp, err := b.audit.ListAuditEvents(context.Background(), req)
+		if err != nil {
+			t.Fatalf("ListAuditEvents: %v", err)
+		}
+		out = append(out, resp.GetEvents()...)
+		if resp.GetNextPageToken() == "" {
+			return out
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
+// Every GetToken and every admin call leaves an event, durable across a
+// restart, with the principal, method, resource, outcome and, for issued
+// tokens, a fingerprint; filters and pages work.
+func TestAuditTrail(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	ctx := context.Background()
+	start := time.Now()
+	b.link(t, "acme")
+	first := b.token(t, "acme")
+	b.token(t, "acme")
+	_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/ghost"})
+	wantCode(t, err, codes.PermissionDenied, "")
+	time.Sleep(1100 * time.Millisecond) // the linked token now has less than 59m29s left
+	_, err = b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(59*time.Minute + 29*time.Second)})
+	if err != nil {
+		t.Fatal(err) // forces a new token
+	}
+	b.createKey(t, "k1", credbrokerv1.Role_ROLE_CALLER, time.Time{})
+	if _, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/k1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.accounts.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: "accounts/acme", Principal: svcPrincipal}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+	wantCode(t, err, codes.PermissionDenied, "")
+	b = b.restart(t)
+
+	all := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{StartTime: timestamppb.New(start)})
+	type row struct{ principal, method, resource, code string }
+	var got []row
+	for i := len(all) - 1; i >= 0; i-- { // oldest first
+		e := all[i]
+		got = append(got, row{e.GetPrincipal(), strings.TrimPrefix(e.GetMethod(), "/credbroker.v1."), e.GetResource(), e.GetCode()})
+		if i > 0 && all[i-1].GetTime().AsTime().Before(e.GetTime().AsTime()) {
+			t.Fatal("events are not newest first")
+		}
+		if !strings.HasPrefix(e.GetPeerAddress(), "127.0.0.1:") || e.GetTime() == nil {
+			t.Errorf("event lacks peer or time: %v", e)
+		}
+	}
+	want := []row{
+		{"callerKeys/bootstrap-admin", "AccountService/CreateAccount", "accounts/acme", "OK"},
+		{"callerKeys/bootstrap-admin", "AccountService/AddAccountGrant", "accounts/acme", "OK"},
+		{svcPrincipal, "TokenService/GetToken", "accounts/acme", "OK"},
+		{svcPrincipal, "TokenService/GetToken", "accounts/acme", "OK"},
+		{svcPrincipal, "TokenService/GetToken", "accounts/ghost", "PERMISSION_DENIED"},
+		{svcPrincipal, "TokenService/GetToken", "accounts/acme", "OK"},
+		{"callerKeys/bootstrap-admin", "CallerService/CreateCallerKey", "callerKeys/k1", "OK"},
+		{"callerKeys/bootstrap-admin", "CallerService/RevokeCallerKey", "callerKeys/k1", "OK"},
+		{"callerKeys/bootstrap-admin", "AccountService/RemoveAccountGrant", "accounts/acme", "OK"},
+		{svcPrincipal, "TokenService/GetToken", "accounts/acme", "PERMISSION_DENIED"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("events since start:\n%v\nwant\n%v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("event %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	// Fingerprints: the same token, the same fingerprint; a new token, a new one; none for denials.
+	fp := func(i int) string { return all[len(all)-1-i].GetTokenFingerprint() }
+	if !strings.HasPrefix(fp(2), "hmac-sha256:") || len(fp(2)) != len("hmac-sha256:")+64 || fp(2) != fp(3) || fp(5) == fp(2) || fp(4) != "" || fp(0) != "" {
+		t.Errorf("fingerprints: %q %q %q %q", fp(2), fp(3), fp(4), fp(5))
+	}
+	if strings.Contains(fp(2), first.GetAccessToken()) {
+		t.Fatal("the fingerprint contains the token")
+	}
+	if d := all[len(all)-1-1].GetDetail(); d != "grant "+svcPrincipal {
+		t.Errorf("grant event detail = %q", d)
+	}
+
+	// Filters.
+	if n := len(b.listAll(t, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/ghost"})); n != 1 {
+		t.Errorf("events about accounts/ghost: %d, want 1", n)
+	}
+	if n := len(b.listAll(t, &credbrokerv1.ListAuditEventsRequest{Principal: svcPrincipal, Account: "accounts/acme"})); n != 4 {
+		t.Errorf("events of svc about acme: %d, want 4", n)
+	}
+	mid := all[len(all)-1-5].GetTime() // the third GetToken OK
+	if n := len(b.listAll(t, &credbrokerv1.ListAuditEventsRequest{StartTime: timestamppb.New(start), EndTime: mid})); n != 5 {
+		t.Errorf("events before the sixth: %d, want 5", n)
+	}
+	_, err = b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "acme"})
+	wantCode(t, err, codes.InvalidArgument, "account")
+	_, err = b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{PageToken: "nope"})
+	wantCode(t, err, codes.InvalidArgument, "page_token")
+	_, err = b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{StartTime: mid, EndTime: timestamppb.New(start)})
+	wantCode(t, err, codes.InvalidArgument, "end_time")
+
+	// Events also go to the structured log.
+	if !strings.Contains(b.logs.String(), `"msg":"audit","principal":"callerKeys/svc","method":"/credbroker.v1.TokenService/GetToken","resource":"accounts/ghost","code":"PERMISSION_DENIED"`) {
+		t.Error("the denied GetToken is not in the log")
+	}
+}
+
+// Retention deletes the oldest events beyond the configured count.
+func TestAuditRetention(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	b := startWith(t, cfg, fake, logs)
+	b.link(t, "acme")
+	for range 10 {
+		b.token(t, "acme")
+	}
+	b.stop()
+	cfg.AuditMaxEvents = 4
+	b = startWith(t, cfg, fake, logs) // pruning runs at start
+	all := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{})
+	// The four kept, plus this listing's own pages (each is audited).
+	if len(all) < 4 || len(all) > 6 {
+		t.Fatalf("%d events after pruning to 4", len(all))
+	}
+	for _, e := range all {
+		if e.GetMethod() == "/credbroker.v1.AccountService/CreateAccount" {
+			t.Fatal("the oldest event survived pruning")
+		}
+	}
+}
+
+// The first start creates one admin key; later starts do not. Removing the
+// last admin identity is refused.
+func TestBootstrapAndLastAdmin(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	if !strings.HasPrefix(b.keys.admin, "cbk_") {
+		t.Fatal("no bootstrap admin key")
+	}
+	ctx := context.Background()
+	_, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/bootstrap-admin"})
+	wantCode(t, err, codes.FailedPrecondition, "LAST_ADMIN")
+	_, err = b.callers.AddAdminPrincipal(ctx, &credbrokerv1.AddAdminPrincipalRequest{Principal: "callerKeys/svc"})
+	wantCode(t, err, codes.InvalidArgument, "principal")
+	if _, err := b.callers.AddAdminPrincipal(ctx, &credbrokerv1.AddAdminPrincipalRequest{Principal: "spiffe://test/ops"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/bootstrap-admin"}); err != nil {
+		t.Fatalf("revoke with another admin present: %v", err)
+	}
+	_, err = b.callers.ListCallerKeys(ctx, &credbrokerv1.ListCallerKeysRequest{})
+	wantCode(t, err, codes.Unauthenticated, "")
+
+	b.stop()
+	again, err := server.New(b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.BootstrapAdminKey() != "" {
+		t.Fatal("a second start made another admin key")
+	}
+	ctx2, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := again.Serve(ctx2); err != nil {
+		t.Fatal(err)
+	}
+
+	// --bootstrap-admin-principal: no key; the principal is the admin.
+	cfg, _, _ := newConfig(t)
+	cfg.BootstrapAdminPrincipal = "spiffe://test/root"
+	srv2, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv2.BootstrapAdminKey() != "" {
+		t.Fatal("an admin key was made although a bootstrap principal was given")
+	}
+	ctx3, cancel3 := context.WithCancel(ctx)
+	cancel3()
+	_ = srv2.Serve(ctx3)
+}
+
+// Plaintext is served on loopback only; TLS may listen anywhere.
+func TestPlaintextOnlyOnLoopback(t *testing.T) {
+	t.Parallel()
+	cfg, _, _ := newConfig(t)
+	cfg.ListenAddr = "0.0.0.0:0"
+	if _, err := server.New(cfg); err == nil || !strings.Contains(err.Error(), "requires TLS") {
+		t.Fatalf("plaintext on 0.0.0.0: %v", err)
+	}
+	withTLS(t, &cfg)
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("TLS on 0.0.0.0: %v", err)
+	}
+	if ip := srv.Addr().(*net.TCPAddr).IP; !ip.IsUnspecified() {
+		t.Fatalf("listening on %v", ip)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = srv.Serve(ctx)
+}

@@ -1,0 +1,139 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// countingSink counts commits and, while slow, holds each one long enough
+// for concurrent callers to pile up behind it.
+type countingSink struct {
+	st      *store.Store
+	commits atomic.Int64
+	fail    atomic.Bool
+}
+
+func (c *countingSink) AppendAudit(evs []store.AuditEvent) error {
+	c.commits.Add(1)
+	if c.fail.Load() {
+		return errors.New("disk full")
+	}
+	time.Sleep(2 * time.Millisecond)
+	return c.st.AppendAudit(evs)
+}
+
+func newLog(t *testing.T) (*Log, *countingSink, *store.Store, context.CancelFunc) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	sink := &countingSink{st: st}
+	l := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, sink, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return l, sink, st, cancel
+}
+
+func stored(t *testing.T, st *store.Store) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	if err := st.ScanAudit(store.AuditPos{}, func(_ store.AuditPos, ev store.AuditEvent) bool {
+		seen[ev.Resource] = true
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return seen
+}
+
+// Concurrent Record calls share commits, and each returns only once its
+// own event is in the store.
+func TestRecordGroupCommits(t *testing.T) {
+	l, sink, st, _ := newLog(t)
+	const calls = 200
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev := store.AuditEvent{Time: time.Now(), Resource: fmt.Sprintf("r%d", i), Code: "OK"}
+			if err := l.Record(ev); err != nil {
+				t.Error(err)
+				return
+			}
+			if !stored(t, st)[ev.Resource] {
+				t.Errorf("Record returned before %s was stored", ev.Resource)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(stored(t, st)); n != calls {
+		t.Fatalf("%d events stored, want %d", n, calls)
+	}
+	if c := sink.commits.Load(); c >= calls/2 {
+		t.Fatalf("%d commits for %d concurrent events: no group commit", c, calls)
+	}
+	t.Logf("%d events in %d commits", calls, sink.commits.Load())
+}
+
+func TestRecordReportsWriteFailure(t *testing.T) {
+	l, sink, st, _ := newLog(t)
+	sink.fail.Store(true)
+	if err := l.Record(store.AuditEvent{Time: time.Now(), Resource: "lost"}); err == nil {
+		t.Fatal("Record succeeded although the write failed")
+	}
+	if stored(t, st)["lost"] {
+		t.Fatal("the failed event was stored")
+	}
+}
+
+func TestRecordAfterStopFails(t *testing.T) {
+	l, _, _, cancel := newLog(t)
+	cancel()
+	<-l.done
+	if err := l.Record(store.AuditEvent{Time: time.Now()}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Record after stop = %v, want ErrClosed", err)
+	}
+}
+
+// Pruning deletes by age and by count, oldest first.
+func TestPrune(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	var evs []store.AuditEvent
+	for i := range 10 {
+		evs = append(evs, store.AuditEvent{Time: now.Add(time.Duration(i-10) * time.Hour), Resource: fmt.Sprintf("r%d", i)})
+	}
+	if err := st.AppendAudit(evs); err != nil {
+		t.Fatal(err)
+	}
+	l := New(Config{MaxAge: 5*time.Hour + time.Minute, MaxEvents: 3, Now: func() time.Time { return now }}, st, st)
+	l.prune()
+	got := stored(t, st)
+	if len(got) != 3 || !got["r9"] || !got["r8"] || !got["r7"] {
+		t.Fatalf("after pruning to 3: %v", got)
+	}
+	l = New(Config{MaxAge: 2*time.Hour + time.Minute, MaxEvents: 100, Now: func() time.Time { return now }}, st, st)
+	l.prune()
+	if got := stored(t, st); len(got) != 2 || got["r7"] {
+		t.Fatalf("after pruning by age: %v", got)
+	}
+}
