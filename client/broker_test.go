@@ -20,6 +20,7 @@ import (
 // acme's current token and org id.
 type demo struct {
 	target   string
+	key      string // the service's caller key, granted acme
 	fake     *jumpcloudfake.Fake
 	apiURL   string
 	apiCalls int
@@ -59,6 +60,7 @@ func startDemo() (*demo, error) {
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ctx); close(done) }()
 	d.target = srv.Addr().String()
+	admin := srv.BootstrapAdminKey()
 	d.stop = func() {
 		cancel()
 		<-done
@@ -66,26 +68,38 @@ func startDemo() (*demo, error) {
 		api.Close()
 		os.RemoveAll(dataDir)
 	}
-	if err := d.link("acme"); err != nil {
+	if err := d.setUp(admin, "acme"); err != nil {
 		d.stop()
 		return nil, err
 	}
 	return d, nil
 }
 
-// link uses the generated AccountService client, as an admin tool would.
-func (d *demo) link(id string) error {
-	conn, err := grpcConn(d.target)
+// setUp links an account and makes a caller key for the service that may
+// use it, with the generated admin clients, as an admin tool would.
+func (d *demo) setUp(adminKey, id string) error {
+	conn, err := grpcConn(d.target, adminKey)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	_, err = credbrokerv1.NewAccountServiceClient(conn).CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
+	ctx := context.Background()
+	if _, err = credbrokerv1.NewAccountServiceClient(conn).CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
 		AccountId: id,
 		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
 			ClientId: "demo-client", ClientSecret: "demo-secret", Region: credbrokerv1.Region_REGION_US, OrgId: demoOrgID,
 		}},
+	}); err != nil {
+		return err
+	}
+	key, err := credbrokerv1.NewCallerServiceClient(conn).CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{
+		KeyId: "demo-service", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER},
 	})
+	if err != nil {
+		return err
+	}
+	d.key = key.GetKey()
+	_, err = credbrokerv1.NewAccountServiceClient(conn).AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: "accounts/" + id, Principal: "callerKeys/demo-service"})
 	return err
 }
 

@@ -2,9 +2,11 @@ package client_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -17,8 +19,9 @@ import (
 	"github.com/credbroker/credbroker/client"
 )
 
-func grpcConn(target string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// grpcConn connects to the broker with a caller key, as any gRPC client can.
+func grpcConn(target, key string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(client.CallerKey(key)))
 }
 
 func newDemo(t testing.TB) *demo {
@@ -31,9 +34,10 @@ func newDemo(t testing.TB) *demo {
 	return d
 }
 
-func newClient(t testing.TB, target string, opts ...client.Option) *client.Client {
+// newClient connects to the demo broker as its service.
+func newClient(t testing.TB, d *demo, opts ...client.Option) *client.Client {
 	t.Helper()
-	c, err := client.New(target, opts...)
+	c, err := client.New(d.target, append([]client.Option{client.WithCallerKey(d.key)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,9 +46,9 @@ func newClient(t testing.TB, target string, opts ...client.Option) *client.Clien
 }
 
 // countingClient counts the GetToken calls the client makes.
-func countingClient(t testing.TB, target string, calls *atomic.Int32) *client.Client {
+func countingClient(t testing.TB, d *demo, calls *atomic.Int32) *client.Client {
 	t.Helper()
-	return newClient(t, target, client.WithDialOptions(grpc.WithUnaryInterceptor(
+	return newClient(t, d, client.WithDialOptions(grpc.WithUnaryInterceptor(
 		func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			calls.Add(1)
 			return invoker(ctx, method, req, reply, cc, opts...)
@@ -54,7 +58,7 @@ func countingClient(t testing.TB, target string, calls *atomic.Int32) *client.Cl
 func TestTokenSourceCachesLocally(t *testing.T) {
 	d := newDemo(t)
 	var calls atomic.Int32
-	c := countingClient(t, d.target, &calls)
+	c := countingClient(t, d, &calls)
 	ts := c.TokenSource("accounts/acme")
 	first, err := ts.Token()
 	if err != nil || first.AccessToken != d.fake.LastToken() || first.Type() != "Bearer" || !first.Valid() {
@@ -77,20 +81,20 @@ func TestTokenSourceCachesLocally(t *testing.T) {
 
 func TestTokenSourceReturnsBrokerErrors(t *testing.T) {
 	d := newDemo(t)
-	c := newClient(t, d.target)
-	if _, err := c.TokenSource("accounts/nope").Token(); status.Code(err) != codes.NotFound {
-		t.Fatalf("err = %v, want NotFound", err)
+	c := newClient(t, d)
+	if _, err := c.TokenSource("accounts/nope").Token(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("err = %v, want PermissionDenied", err)
 	}
 	// Through oauth2.NewClient the status is still reachable.
 	_, err := oauth2.NewClient(context.Background(), c.TokenSource("accounts/nope")).Get(d.apiURL + "/v2/x")
-	if status.Code(err) != codes.NotFound {
+	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("oauth2 client err = %v", err)
 	}
 }
 
 func TestRoundTripper(t *testing.T) {
 	d := newDemo(t)
-	c := newClient(t, d.target)
+	c := newClient(t, d)
 	hc := &http.Client{Transport: c.RoundTripper("accounts/acme", nil)}
 
 	resp, err := hc.Get("/v2/systemgroups?limit=10")
@@ -113,7 +117,7 @@ func TestRoundTripper(t *testing.T) {
 // BenchmarkTokenSourceCacheHit is the client's hot path.
 func BenchmarkTokenSourceCacheHit(b *testing.B) {
 	d := newDemo(b)
-	c := newClient(b, d.target)
+	c := newClient(b, d)
 	ts := c.TokenSource("accounts/acme")
 	if _, err := ts.Token(); err != nil {
 		b.Fatal(err)
@@ -124,4 +128,15 @@ func BenchmarkTokenSourceCacheHit(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestCallerKeyIsNotSentInPlaintextOffLoopback(t *testing.T) {
+	if _, err := client.New("broker.example:443", client.WithCallerKey("cbk_x")); err == nil || !strings.Contains(err.Error(), "WithTLS") {
+		t.Fatalf("New with a key, no TLS and a remote target: %v", err)
+	}
+	c, err := client.New("broker.example:443", client.WithCallerKey("cbk_x"), client.WithTLS(&tls.Config{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }

@@ -16,7 +16,8 @@ func ExampleClient_TokenSource() {
 	d := must(startDemo())
 	defer d.stop()
 
-	c := must(client.New(d.target)) // e.g. "127.0.0.1:50051"
+	// A caller key an admin made for this service, granted accounts/acme.
+	c := must(client.New(d.target, client.WithCallerKey(d.key))) // e.g. "127.0.0.1:50051"
 	defer c.Close()
 	httpClient := oauth2.NewClient(context.Background(), c.TokenSource("accounts/acme"))
 
@@ -33,7 +34,7 @@ func ExampleClient_RoundTripper() {
 	d := must(startDemo())
 	defer d.stop()
 
-	c := must(client.New(d.target))
+	c := must(client.New(d.target, client.WithCallerKey(d.key)))
 	defer c.Close()
 	jumpcloud := &http.Client{Transport: c.RoundTripper("accounts/acme", nil)}
 

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,8 +19,12 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -28,55 +34,149 @@ const (
 	e2eMasterKey    = "3q2+796tvu/erb7v3q2+796tvu/erb7v3q2+796tvu8="
 )
 
-// TestEndToEnd drives the real binary: link an account against the fake,
-// get a token, restart, and get the same token without asking upstream.
+// e2eAuth is one way of proving identities to the real binary: the flags
+// it is started with, and how the admin and the service connect.
+type e2eAuth struct {
+	name       string
+	serverArgs func(dir string) []string
+	// setUp returns how the admin and the service connect, and the
+	// service's principal.
+	setUp func(t *testing.T, r *runningBinary, dir string) (admin, service []grpc.DialOption, principal string)
+}
+
+var e2eAuths = []e2eAuth{
+	{
+		name:       "caller keys",
+		serverArgs: func(string) []string { return nil },
+		setUp: func(t *testing.T, r *runningBinary, _ string) ([]grpc.DialOption, []grpc.DialOption, string) {
+			if !strings.HasPrefix(r.bootstrapKey, "cbk_") {
+				t.Fatalf("no bootstrap admin key on standard output")
+			}
+			admin := keyCreds(r.bootstrapKey)
+			resp, err := credbrokerv1.NewCallerServiceClient(r.connect(t, admin...)).CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{
+				KeyId: "billing", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return admin, keyCreds(resp.GetKey()), "callerKeys/billing"
+		},
+	},
+	{
+		name: "mTLS",
+		serverArgs: func(dir string) []string {
+			return []string{"--tls-cert", dir + "/server.pem", "--tls-key", dir + "/server-key.pem", "--client-ca", dir + "/ca.pem",
+				"--bootstrap-admin-principal", "spiffe://credbroker.test/admin"}
+		},
+		setUp: func(t *testing.T, r *runningBinary, dir string) ([]grpc.DialOption, []grpc.DialOption, string) {
+			if r.bootstrapKey != "" {
+				t.Fatal("a bootstrap key was made although a bootstrap principal was given")
+			}
+			return certCreds(t, dir, "admin"), certCreds(t, dir, "billing"), "spiffe://credbroker.test/billing"
+		},
+	},
+}
+
+// keyCreds send a caller key over loopback plaintext.
+func keyCreds(key string) []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(client.CallerKey(key))}
+}
+
+// certCreds are TLS credentials that trust the dev CA in dir and present
+// the client certificate name.pem.
+func certCreds(t *testing.T, dir, name string) []grpc.DialOption {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}))}
+}
+
+// TestEndToEnd drives the real binary, once with caller keys and once with
+// mTLS: link an account, grant the service, get a token, restart, and get
+// the same token without asking upstream; the audit trail has it all.
 func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	dir := t.TempDir()
 	bin := buildBinary(t)
-	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
-	jc := httptest.NewServer(fake)
-	defer jc.Close()
-	dataDir := filepath.Join(dir, "data")
-	var logs bytes.Buffer
+	for _, auth := range e2eAuths {
+		t.Run(auth.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if out, err := exec.Command(bin, "dev-certs", "--dir", dir).CombinedOutput(); err != nil {
+				t.Fatalf("dev-certs: %v\n%s", err, out)
+			}
+			fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
+			jc := httptest.NewServer(fake)
+			defer jc.Close()
+			dataDir := filepath.Join(dir, "data")
+			var logs bytes.Buffer
+			args := append([]string{"--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath}, auth.serverArgs(dir)...)
 
-	first := startBinary(t, bin, &logs, "--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath)
-	ctx := context.Background()
-	_, err := first.accounts.CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
-		AccountId: "acme",
-		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
-			ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := first.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
-	if err != nil || tok.GetAccessToken() != fake.LastToken() || tok.GetApiBaseUrl() != "https://console.jumpcloud.com/api" {
-		t.Fatalf("GetToken: err %v, matches the fake's token %v, api_base_url %q", err, tok.GetAccessToken() == fake.LastToken(), tok.GetApiBaseUrl())
-	}
-	first.stop(t)
+			first := startBinary(t, bin, &logs, args...)
+			adminCreds, serviceCreds, principal := auth.setUp(t, first, dir)
+			ctx := context.Background()
+			accounts := credbrokerv1.NewAccountServiceClient(first.connect(t, adminCreds...))
+			_, err := accounts.CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
+				AccountId: "acme",
+				Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+					ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
+				}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tokens := credbrokerv1.NewTokenServiceClient(first.connect(t, serviceCreds...))
+			if _, err := tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"}); status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("GetToken before the grant: %v", err)
+			}
+			if _, err := accounts.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: "accounts/acme", Principal: principal}); err != nil {
+				t.Fatal(err)
+			}
+			tok, err := tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+			if err != nil || tok.GetAccessToken() != fake.LastToken() || tok.GetApiBaseUrl() != "https://console.jumpcloud.com/api" {
+				t.Fatalf("GetToken: err %v, matches the fake's token %v, api_base_url %q", err, tok.GetAccessToken() == fake.LastToken(), tok.GetApiBaseUrl())
+			}
+			first.stop(t)
 
-	second := startBinary(t, bin, &logs, "--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath)
-	again, err := second.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
-	if err != nil || again.GetAccessToken() != tok.GetAccessToken() {
-		t.Fatalf("after restart: err %v; want the same token as before the restart", err)
-	}
-	if n := fake.Requests(); n != 1 {
-		t.Fatalf("fake saw %d requests, want 1 (the restart must reuse the stored token)", n)
-	}
-	second.stop(t)
+			second := startBinary(t, bin, &logs, args...)
+			again, err := credbrokerv1.NewTokenServiceClient(second.connect(t, serviceCreds...)).GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+			if err != nil || again.GetAccessToken() != tok.GetAccessToken() {
+				t.Fatalf("after restart: err %v; want the same token as before the restart", err)
+			}
+			if n := fake.Requests(); n != 1 {
+				t.Fatalf("fake saw %d requests, want 1 (the restart must reuse the stored token)", n)
+			}
+			events, err := credbrokerv1.NewAuditServiceClient(second.connect(t, adminCreds...)).ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Principal: principal})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var codes []string
+			for _, e := range events.GetEvents() {
+				codes = append(codes, e.GetCode())
+			}
+			if strings.Join(codes, ",") != "OK,OK,PERMISSION_DENIED" {
+				t.Fatalf("audit events of %s, newest first: %v", principal, codes)
+			}
+			second.stop(t)
 
-	out := logs.String()
-	if !strings.Contains(out, "credbroker listening") || !strings.Contains(out, `"msg":"stopped"`) {
-		t.Fatalf("logs lack start or clean stop:\n%s", out)
-	}
-	for _, canary := range []string{e2eClientSecret, tok.GetAccessToken(), e2eMasterKey} {
-		if strings.Contains(out, canary) {
-			t.Fatalf("logs contain a secret")
-		}
+			out := logs.String()
+			if !strings.Contains(out, "credbroker listening") || !strings.Contains(out, `"msg":"stopped"`) {
+				t.Fatalf("logs lack start or clean stop:\n%s", out)
+			}
+			for _, canary := range []string{e2eClientSecret, tok.GetAccessToken(), e2eMasterKey, first.bootstrapKey} {
+				if canary != "" && strings.Contains(out, canary) {
+					t.Fatalf("logs contain a secret")
+				}
+			}
+		})
 	}
 }
 
@@ -129,6 +229,8 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 	var logs bytes.Buffer
 	args := []string{"--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath}
 	first := startBinary(t, bin, &logs, args...)
+	admin := keyCreds(first.bootstrapKey)
+	firstAccounts := credbrokerv1.NewAccountServiceClient(first.connect(t, admin...))
 
 	var (
 		mu    sync.Mutex
@@ -143,7 +245,7 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				id := fmt.Sprintf("acct-%d-%d", w, i)
-				_, err := first.accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
+				_, err := firstAccounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
 					AccountId: id,
 					Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
 						ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
@@ -169,13 +271,38 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 	wg.Wait()
 	<-first.done
 	_ = first.cmd.Wait()
-	first.conn.Close()
 
 	second := startBinary(t, bin, &logs, args...)
+	adminConn := second.connect(t, admin...)
+	accounts := credbrokerv1.NewAccountServiceClient(adminConn)
+	key, err := credbrokerv1.NewCallerServiceClient(adminConn).CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{
+		KeyId: "checker", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := credbrokerv1.NewTokenServiceClient(second.connect(t, keyCreds(key.GetKey())...))
+	// Each acknowledged account had its audit event on disk before the answer.
+	events, err := credbrokerv1.NewAuditServiceClient(adminConn).ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	audited := map[string]bool{}
+	for _, e := range events.GetEvents() {
+		if e.GetMethod() == "/credbroker.v1.AccountService/CreateAccount" && e.GetCode() == "OK" {
+			audited[e.GetResource()] = true
+		}
+	}
 	requests := fake.Requests()
 	for _, id := range acked {
-		if _, err := second.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id}); err != nil {
+		if !audited["accounts/"+id] {
+			t.Errorf("acknowledged account %s has no audit event after SIGKILL", id)
+		}
+		if _, err := accounts.AddAccountGrant(context.Background(), &credbrokerv1.AddAccountGrantRequest{Name: "accounts/" + id, Principal: "callerKeys/checker"}); err != nil {
 			t.Fatalf("acknowledged account %s after SIGKILL: %v", id, err)
+		}
+		if _, err := tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id}); err != nil {
+			t.Fatalf("token of acknowledged account %s after SIGKILL: %v", id, err)
 		}
 	}
 	if fake.Requests() != requests {
@@ -186,11 +313,11 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 }
 
 type runningBinary struct {
-	cmd      *exec.Cmd
-	conn     *grpc.ClientConn
-	accounts credbrokerv1.AccountServiceClient
-	tokens   credbrokerv1.TokenServiceClient
-	done     chan struct{}
+	cmd  *exec.Cmd
+	addr string
+	// bootstrapKey is the admin key printed on the first start, if any.
+	bootstrapKey string
+	done         chan struct{}
 }
 
 // startBinary runs `credbroker serve` on a free loopback port and waits
@@ -199,6 +326,14 @@ func startBinary(t *testing.T, bin string, logs io.Writer, args ...string) *runn
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
+	// A file, not a pipe: the child writes the bootstrap key into it before
+	// it logs that it listens, so the key is there once that line is read.
+	stdout, err := os.Create(filepath.Join(t.TempDir(), "stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdout.Close()
+	cmd.Stdout = stdout
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -231,20 +366,33 @@ func startBinary(t *testing.T, bin string, logs io.Writer, args ...string) *runn
 	if !ok {
 		t.Fatalf("credbroker exited before listening: %v", cmd.Wait())
 	}
-	conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	r.addr = a
+	printed, err := os.ReadFile(stdout.Name())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.conn = conn
-	r.accounts = credbrokerv1.NewAccountServiceClient(conn)
-	r.tokens = credbrokerv1.NewTokenServiceClient(conn)
+	for _, line := range strings.Split(string(printed), "\n") {
+		if k := strings.TrimSpace(line); strings.HasPrefix(k, "cbk_") {
+			r.bootstrapKey = k
+		}
+	}
 	return r
+}
+
+// connect dials the broker; the test closes the connection.
+func (r *runningBinary) connect(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(r.addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // stop sends SIGTERM and expects a clean exit.
 func (r *runningBinary) stop(t *testing.T) {
 	t.Helper()
-	r.conn.Close()
 	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +409,9 @@ func TestServeHelpDocumentsEveryFlagsEnvironmentVariable(t *testing.T) {
 	}
 	for _, want := range []string{"CREDBROKER_LISTEN", "CREDBROKER_DATA_DIR", "CREDBROKER_MASTER_KEY_FILE", "CREDBROKER_MASTER_KEY",
 		"CREDBROKER_JUMPCLOUD_TOKEN_URL_US", "CREDBROKER_JUMPCLOUD_TOKEN_URL_EU", "CREDBROKER_JUMPCLOUD_API_URL_US", "CREDBROKER_JUMPCLOUD_API_URL_EU",
-		"CREDBROKER_UPSTREAM_TIMEOUT", "CREDBROKER_REFRESH_MARGIN", "default 127.0.0.1:50051"} {
+		"CREDBROKER_UPSTREAM_TIMEOUT", "CREDBROKER_REFRESH_MARGIN", "default 127.0.0.1:50051",
+		"CREDBROKER_TLS_CERT", "CREDBROKER_TLS_KEY", "CREDBROKER_CLIENT_CA", "CREDBROKER_BOOTSTRAP_ADMIN_PRINCIPAL",
+		"CREDBROKER_RATE_LIMIT", "CREDBROKER_RATE_BURST", "CREDBROKER_AUDIT_MAX_AGE", "CREDBROKER_AUDIT_MAX_EVENTS"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("serve --help does not mention %s", want)
 		}

@@ -258,8 +258,6 @@ func (s *Service) changeGrants(id string, ev store.AuditEvent, change func([]sto
 	return s.currentView(a), true, nil
 }
 
-
-
 func (s *Service) currentView(a store.Account) View {
 	status, _ := s.tokens.Status(a.ID)
 	return s.view(a, status)
