@@ -26,10 +26,12 @@ check-generated:
 		echo "generated code was out of date: 'make generate' has now rewritten it; review and commit it" >&2; exit 1; \
 	fi
 
-# Go benchmarks (client TokenSource and the broker's cache hit), then GetToken
-# against the health check on one server with ghz (bench/ghz.sh).
+# Go benchmarks (client TokenSource, the broker's cache hit, one durable
+# audit commit, GetToken against the health check over mTLS in-process),
+# then GetToken against the health check from another process with ghz,
+# over mTLS and with a caller key (bench/ghz.sh).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./client/ ./server/internal/tokens/
+	$(GO) test -run '^$$' -bench . -benchmem ./client/ ./server/internal/tokens/ ./server/internal/store/ ./server/
 	bash bench/ghz.sh
 
 build:

@@ -75,7 +75,7 @@ type broker struct {
 }
 
 // newConfig points a server at a new fake and a new data directory.
-func newConfig(t *testing.T) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
+func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 	t.Helper()
 	fake := jumpcloudfake.New(clientID, clientSecret)
 	us := httptest.NewServer(fake)
@@ -96,7 +96,7 @@ func newConfig(t *testing.T) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 	}, fake, logs
 }
 
-func startBroker(t *testing.T) *broker {
+func startBroker(t testing.TB) *broker {
 	t.Helper()
 	cfg, fake, logs := newConfig(t)
 	return startWith(t, cfg, fake, logs)
@@ -111,7 +111,7 @@ var keysByDataDir sync.Map
 
 const svcPrincipal = "callerKeys/svc"
 
-func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *syncBuffer) *broker {
+func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *syncBuffer) *broker {
 	t.Helper()
 	srv, err := server.New(cfg)
 	if err != nil {
@@ -173,7 +173,7 @@ func startWith(t *testing.T, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 
 // dial connects to the broker (over TLS if it serves TLS), sending key on
 // every call and presenting cert, if given. The test closes the connection.
-func (b *broker) dial(t *testing.T, key string, cert *tls.Certificate) *grpc.ClientConn {
+func (b *broker) dial(t testing.TB, key string, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
 	creds := insecure.NewCredentials()
 	if b.roots != nil {
@@ -197,7 +197,7 @@ func (b *broker) dial(t *testing.T, key string, cert *tls.Certificate) *grpc.Cli
 
 // withTLS makes cfg serve TLS with a certificate of a new dev CA, which
 // also signs the client certificates the broker accepts.
-func withTLS(t *testing.T, cfg *server.Config) *devpki.CA {
+func withTLS(t testing.TB, cfg *server.Config) *devpki.CA {
 	t.Helper()
 	ca, err := devpki.NewCA("test CA")
 	if err != nil {
@@ -220,7 +220,7 @@ func withTLS(t *testing.T, cfg *server.Config) *devpki.CA {
 }
 
 // clientCert issues a client certificate or fails the test.
-func clientCert(t *testing.T, ca *devpki.CA, id devpki.Identity) *tls.Certificate {
+func clientCert(t testing.TB, ca *devpki.CA, id devpki.Identity) *tls.Certificate {
 	t.Helper()
 	leaf, err := ca.Client(id)
 	if err != nil {
@@ -230,7 +230,7 @@ func clientCert(t *testing.T, ca *devpki.CA, id devpki.Identity) *tls.Certificat
 }
 
 // grant lets principal get the account's tokens.
-func (b *broker) grant(t *testing.T, id, principal string) {
+func (b *broker) grant(t testing.TB, id, principal string) {
 	t.Helper()
 	if _, err := b.accounts.AddAccountGrant(context.Background(), &credbrokerv1.AddAccountGrantRequest{Name: "accounts/" + id, Principal: principal}); err != nil {
 		t.Fatalf("AddAccountGrant(%s, %s): %v", id, principal, err)
@@ -238,7 +238,7 @@ func (b *broker) grant(t *testing.T, id, principal string) {
 }
 
 // restart stops the broker and starts a new one on the same data and fake.
-func (b *broker) restart(t *testing.T) *broker {
+func (b *broker) restart(t testing.TB) *broker {
 	t.Helper()
 	b.stop()
 	return startWith(t, b.cfg, b.fake, b.logs)
@@ -255,7 +255,7 @@ func jumpCloudRequest(id string) *credbrokerv1.CreateAccountRequest {
 }
 
 // link links a JumpCloud account and grants the "svc" caller key access.
-func (b *broker) link(t *testing.T, id string) *credbrokerv1.Account {
+func (b *broker) link(t testing.TB, id string) *credbrokerv1.Account {
 	t.Helper()
 	resp, err := b.accounts.CreateAccount(context.Background(), jumpCloudRequest(id))
 	if err != nil {
@@ -265,7 +265,7 @@ func (b *broker) link(t *testing.T, id string) *credbrokerv1.Account {
 	return resp.GetAccount()
 }
 
-func (b *broker) token(t *testing.T, id string) *credbrokerv1.GetTokenResponse {
+func (b *broker) token(t testing.TB, id string) *credbrokerv1.GetTokenResponse {
 	t.Helper()
 	resp, err := b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id})
 	if err != nil {

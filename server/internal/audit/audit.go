@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/seal"
@@ -32,8 +33,6 @@ type Config struct {
 	MaxEvents int
 	// PruneInterval is how often old events are deleted. Default 1m.
 	PruneInterval time.Duration
-	// MaxBatch bounds the events committed in one transaction. Default 1024.
-	MaxBatch int
 	Now      func() time.Time
 	Logger   *slog.Logger
 }
@@ -44,7 +43,6 @@ func DefaultConfig() Config {
 		MaxAge:        365 * 24 * time.Hour,
 		MaxEvents:     1_000_000,
 		PruneInterval: time.Minute,
-		MaxBatch:      1024,
 		Now:           time.Now,
 		Logger:        slog.Default(),
 	}
@@ -55,13 +53,20 @@ type Log struct {
 	cfg   Config
 	sink  Sink
 	store *store.Store
-	queue chan *pending
-	done  chan struct{} // closed when Run has returned
+
+	mu     sync.Mutex
+	open   *batch // collecting events while the writer commits the one before
+	closed bool
+	wake   chan struct{} // tells the writer a batch is waiting
+	done   chan struct{} // closed when Run has returned
 }
 
-type pending struct {
-	ev   store.AuditEvent
-	done chan error
+// batch is the events of one commit. Its callers wait on done, closed once
+// for all of them.
+type batch struct {
+	events []store.AuditEvent
+	done   chan struct{}
+	err    error
 }
 
 // New returns a trail that appends to sink and reads and prunes st.
@@ -76,41 +81,39 @@ func New(cfg Config, sink Sink, st *store.Store) *Log {
 	if cfg.PruneInterval <= 0 {
 		cfg.PruneInterval = d.PruneInterval
 	}
-	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = d.MaxBatch
-	}
 	if cfg.Now == nil {
 		cfg.Now = d.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = d.Logger
 	}
-	return &Log{cfg: cfg, sink: sink, store: st, queue: make(chan *pending, cfg.MaxBatch), done: make(chan struct{})}
+	return &Log{cfg: cfg, sink: sink, store: st, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // Record appends ev and returns once it is on disk, or with the error that
 // kept it off. The caller must not answer its own caller before then.
 func (l *Log) Record(ev store.AuditEvent) error {
-	p := &pending{ev: ev, done: make(chan error, 1)}
-	select {
-	case l.queue <- p:
-	case <-l.done:
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
 		return ErrClosed
 	}
-	var err error
-	select {
-	case err = <-p.done:
-	case <-l.done:
-		select { // the writer may have committed p just before stopping
-		case err = <-p.done:
-		default:
-			err = ErrClosed
+	b := l.open
+	if b == nil {
+		b = &batch{done: make(chan struct{})}
+		l.open = b
+		select {
+		case l.wake <- struct{}{}:
+		default: // the writer has been told already
 		}
 	}
-	if err == nil {
+	b.events = append(b.events, ev)
+	l.mu.Unlock()
+	<-b.done
+	if b.err == nil {
 		l.Written(ev)
 	}
-	return err
+	return b.err
 }
 
 // Written logs an event that the store committed together with a change.
@@ -119,56 +122,47 @@ func (l *Log) Written(ev store.AuditEvent) {
 		"code", ev.Code, "token_fingerprint", ev.TokenFingerprint, "detail", ev.Detail, "peer", ev.PeerAddress)
 }
 
-// Run writes queued events in batches, one transaction each, and prunes
-// old events, until ctx ends. Events queued by then are still written.
+// Run commits batches, one transaction each, and prunes old events, until
+// ctx ends. Events recorded by then are still written; later ones fail.
 func (l *Log) Run(ctx context.Context) {
 	defer close(l.done)
 	l.prune()
 	tick := time.NewTicker(l.cfg.PruneInterval)
 	defer tick.Stop()
-	batch := make([]*pending, 0, l.cfg.MaxBatch)
 	for {
 		select {
 		case <-ctx.Done():
-			l.commit(l.drain(batch[:0]))
+			l.mu.Lock()
+			l.closed = true
+			l.mu.Unlock()
+			l.commit(l.take())
 			return
 		case <-tick.C:
 			l.prune()
-		case p := <-l.queue:
-			l.commit(l.drain(append(batch[:0], p)))
+		case <-l.wake:
+			l.commit(l.take())
 		}
 	}
 }
 
-// drain adds whatever else is queued, up to MaxBatch: the calls that
-// arrived while the previous batch was being committed.
-func (l *Log) drain(batch []*pending) []*pending {
-	for len(batch) < l.cfg.MaxBatch {
-		select {
-		case p := <-l.queue:
-			batch = append(batch, p)
-		default:
-			return batch
-		}
-	}
-	return batch
+// take hands the writer the batch collected so far; new events start the next.
+func (l *Log) take() *batch {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.open
+	l.open = nil
+	return b
 }
 
-func (l *Log) commit(batch []*pending) {
-	if len(batch) == 0 {
+func (l *Log) commit(b *batch) {
+	if b == nil {
 		return
 	}
-	events := make([]store.AuditEvent, len(batch))
-	for i, p := range batch {
-		events[i] = p.ev
+	b.err = l.sink.AppendAudit(b.events)
+	if b.err != nil {
+		l.cfg.Logger.Error("could not write audit events; their calls fail", "events", len(b.events), "error", b.err)
 	}
-	err := l.sink.AppendAudit(events)
-	if err != nil {
-		l.cfg.Logger.Error("could not write audit events; their calls fail", "events", len(batch), "error", err)
-	}
-	for _, p := range batch {
-		p.done <- err
-	}
+	close(b.done)
 }
 
 // pruneStep bounds one pruning transaction.
