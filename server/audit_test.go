@@ -185,11 +185,7 @@ func TestBootstrapAndLastAdmin(t *testing.T) {
 	if again.BootstrapAdminKey() != "" {
 		t.Fatal("a second start made another admin key")
 	}
-	ctx2, cancel := context.WithCancel(ctx)
-	cancel()
-	if err := again.Serve(ctx2); err != nil {
-		t.Fatal(err)
-	}
+	closeUnserved(t, again)
 
 	// --bootstrap-admin-principal: no key; the principal is the admin.
 	cfg, _, _ := newConfig(t)
@@ -201,9 +197,7 @@ func TestBootstrapAndLastAdmin(t *testing.T) {
 	if srv2.BootstrapAdminKey() != "" {
 		t.Fatal("an admin key was made although a bootstrap principal was given")
 	}
-	ctx3, cancel3 := context.WithCancel(ctx)
-	cancel3()
-	_ = srv2.Serve(ctx3)
+	closeUnserved(t, srv2)
 }
 
 // Plaintext is served on loopback only; TLS may listen anywhere.
@@ -222,7 +216,15 @@ func TestPlaintextOnlyOnLoopback(t *testing.T) {
 	if ip := srv.Addr().(*net.TCPAddr).IP; !ip.IsUnspecified() {
 		t.Fatalf("listening on %v", ip)
 	}
+	closeUnserved(t, srv)
+}
+
+// closeUnserved shuts down a server that New made but nobody served.
+func closeUnserved(t *testing.T, srv *server.Server) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_ = srv.Serve(ctx)
+	if err := srv.Serve(ctx); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -119,7 +119,8 @@ func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		c.peer = p.Addr.String()
 	}
-	resp, err := g.admit(ctx, c, a)
+	var resp any
+	err := g.admit(ctx, c, a)
 	if err == nil {
 		resp, err = handler(context.WithValue(ctx, callKey{}, c), req)
 	}
@@ -148,31 +149,31 @@ func (g *gate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 	if a != proven {
 		return status.Error(codes.PermissionDenied, "this method is not open to callers")
 	}
-	if _, err := g.admit(ss.Context(), &call{method: info.FullMethod, time: g.now()}, a); err != nil {
+	if err := g.admit(ss.Context(), &call{method: info.FullMethod, time: g.now()}, a); err != nil {
 		return err
 	}
 	return handler(srv, ss)
 }
 
 // admit proves the caller's identity and checks its rate limit and role.
-func (g *gate) admit(ctx context.Context, c *call, a access) (any, error) {
+func (g *gate) admit(ctx context.Context, c *call, a access) error {
 	id, err := g.authenticate(ctx, c.time)
+	c.principal = id.Principal // a revoked or expired key is still named
 	if err != nil {
-		return nil, err
+		return err
 	}
-	c.principal = id.Principal
 	if ok, wait := g.limiter.Allow(id.Principal, c.time); !ok {
-		return nil, withDetails(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
+		return withDetails(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
 			errorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
 	}
 	switch {
 	case a == denied:
-		return nil, status.Error(codes.PermissionDenied, "this method is not open to callers")
+		return status.Error(codes.PermissionDenied, "this method is not open to callers")
 	case a == admin && !id.Admin:
-		return nil, status.Errorf(codes.PermissionDenied, "%s needs the admin role, which %s does not have", c.method, id.Principal)
+		return status.Errorf(codes.PermissionDenied, "%s needs the admin role, which %s does not have", c.method, id.Principal)
 	}
-	return nil, nil
+	return nil
 }
 
 // authenticate returns the caller's identity: its caller key if it sends
@@ -186,7 +187,7 @@ func (g *gate) authenticate(ctx context.Context, now time.Time) (callers.Identit
 		}
 		id, err := g.callers.AuthenticateKey(strings.TrimSpace(key))
 		if err != nil {
-			return callers.Identity{}, status.Error(codes.Unauthenticated, err.Error())
+			return id, status.Error(codes.Unauthenticated, err.Error())
 		}
 		return id, nil
 	}

@@ -231,10 +231,15 @@ func TestCallerKeyRevokedWhileInUse(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "revoked") {
-		t.Fatalf("first call after revocation: %v", err)
+		t.Fatalf("first call after revocation: %v", st.Message())
 	}
 	if okAfter.Load() != 0 {
 		t.Fatalf("%d calls that started after the revocation succeeded", okAfter.Load())
+	}
+	// The audit trail names the revoked key that was refused.
+	refused, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: "callerKeys/worker", PageSize: 1})
+	if err != nil || len(refused.GetEvents()) != 1 || refused.GetEvents()[0].GetCode() != "UNAUTHENTICATED" {
+		t.Fatalf("newest audit event of the revoked key: %v, %v", refused, err)
 	}
 
 	// An expiring key works until its expire_time, then is refused.

@@ -101,7 +101,9 @@ func (s *Service) putLocked(k store.CallerKey) {
 	s.byID[k.ID] = k
 }
 
-// AuthenticateKey returns the identity of a caller key.
+// AuthenticateKey returns the identity of a caller key. For a revoked or
+// expired key it returns the key's identity too, with the error, so that
+// the audit trail names the key that was refused.
 func (s *Service) AuthenticateKey(key string) (Identity, error) {
 	if !strings.HasPrefix(key, keyPrefix) {
 		return Identity{}, ErrKeyMalformed
@@ -110,15 +112,17 @@ func (s *Service) AuthenticateKey(key string) (Identity, error) {
 	s.mu.RLock()
 	k, ok := s.byHash[string(hash)]
 	s.mu.RUnlock()
-	switch {
-	case !ok:
+	if !ok {
 		return Identity{}, ErrUnknownKey
-	case !k.RevokeTime.IsZero():
-		return Identity{}, ErrKeyRevoked
-	case expired(k, s.now()):
-		return Identity{}, ErrKeyExpired
 	}
-	return Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: k.Role == RoleAdmin}, nil
+	id := Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: k.Role == RoleAdmin}
+	switch {
+	case !k.RevokeTime.IsZero():
+		return Identity{Principal: id.Principal}, ErrKeyRevoked
+	case expired(k, s.now()):
+		return Identity{Principal: id.Principal}, ErrKeyExpired
+	}
+	return id, nil
 }
 
 // CertificateIdentity returns the identity of a client-certificate principal.
