@@ -33,8 +33,8 @@ type Config struct {
 	MaxEvents int
 	// PruneInterval is how often old events are deleted. Default 1m.
 	PruneInterval time.Duration
-	Now      func() time.Time
-	Logger   *slog.Logger
+	Now           func() time.Time
+	Logger        *slog.Logger
 }
 
 // DefaultConfig is the configuration New uses for zero fields.
