@@ -8,6 +8,7 @@ test: vet lint check-generated
 	$(GO) test -race -count=1 ./...
 
 vet:
+	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "not gofmt-ed: $$unformatted" >&2; exit 1; fi
 	$(GO) vet ./...
 
 lint:
