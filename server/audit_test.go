@@ -228,3 +228,16 @@ func closeUnserved(t *testing.T, srv *server.Server) {
 		t.Fatal(err)
 	}
 }
+
+// A refused call cannot make the broker store an arbitrarily long name.
+func TestAuditBoundsRefusedNames(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	long := "accounts/" + strings.Repeat("a", 100_000)
+	_, err := b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: long})
+	wantCode(t, err, codes.InvalidArgument, "name")
+	events := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{Principal: svcPrincipal})
+	if len(events) != 1 || len(events[0].GetResource()) > 300 || events[0].GetCode() != "INVALID_ARGUMENT" {
+		t.Fatalf("audit event of a call with a 100 kB name: %d events, resource of %d bytes", len(events), len(events[0].GetResource()))
+	}
+}

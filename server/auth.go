@@ -203,9 +203,21 @@ func (g *gate) authenticate(ctx context.Context, now time.Time) (callers.Identit
 	return g.callers.CertificateIdentity(principal), nil
 }
 
+// maxAuditResource bounds what a request can make the broker store: names
+// from refused calls are unvalidated input.
+const maxAuditResource = 256
+
 // requestResource is what a request is about, for the audit events of
 // calls refused before their handler ran.
 func requestResource(req any) string {
+	r := requestName(req)
+	if len(r) > maxAuditResource {
+		r = strings.ToValidUTF8(r[:maxAuditResource], "") + "..."
+	}
+	return r
+}
+
+func requestName(req any) string {
 	switch r := req.(type) {
 	case interface{ GetName() string }:
 		return r.GetName()
