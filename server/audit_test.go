@@ -237,7 +237,10 @@ func TestAuditBoundsRefusedNames(t *testing.T) {
 	_, err := b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: long})
 	wantCode(t, err, codes.InvalidArgument, "name")
 	events := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{Principal: svcPrincipal})
-	if len(events) != 1 || len(events[0].GetResource()) > 300 || events[0].GetCode() != "INVALID_ARGUMENT" {
-		t.Fatalf("audit event of a call with a 100 kB name: %d events, resource of %d bytes", len(events), len(events[0].GetResource()))
+	if len(events) != 1 {
+		t.Fatalf("%d audit events for one refused call", len(events))
+	}
+	if len(events[0].GetResource()) > 300 || events[0].GetCode() != "INVALID_ARGUMENT" {
+		t.Fatalf("audit event of a call with a 100 kB name: resource of %d bytes, code %s", len(events[0].GetResource()), events[0].GetCode())
 	}
 }

@@ -234,14 +234,14 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, creds credential
 		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
 		Logger:             cfg.Logger,
 	}, st, master, prov)
-	if err := tm.Load(); err != nil {
+	all, err := st.All() // every account, read once for the token cache and the grants
+	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
+	tm.Load(all)
 	gi := grants.NewIndex()
 	acc := accounts.New(st, master, prov, tm, gi)
-	if err := acc.LoadGrants(); err != nil {
-		return nil, fmt.Errorf("load grants: %w", err)
-	}
+	acc.LoadGrants(all)
 	cs := callers.New(st, mac, time.Now)
 	if err := cs.Load(); err != nil {
 		return nil, fmt.Errorf("load callers: %w", err)

@@ -48,17 +48,10 @@ func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tok
 	return &Service{store: st, master: master, provider: prov, tokens: tm, grants: gi, now: time.Now}
 }
 
-// LoadGrants fills the grants index from the store, at start-up.
-func (s *Service) LoadGrants() error {
-	for after := ""; ; {
-		list, err := s.store.Accounts(after, 1000)
-		if err != nil || len(list) == 0 {
-			return err
-		}
-		for _, a := range list {
-			s.grants.Set(a.ID, principals(a.Grants))
-		}
-		after = list[len(list)-1].ID
+// LoadGrants fills the grants index from the stored accounts (store.All).
+func (s *Service) LoadGrants(all []store.Stored) {
+	for _, st := range all {
+		s.grants.Set(st.Account.ID, principals(st.Account.Grants))
 	}
 }
 

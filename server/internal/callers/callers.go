@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -77,11 +78,11 @@ func New(st *store.Store, mac *seal.MACKey, now func() time.Time) *Service {
 
 // Load reads every caller key and admin principal.
 func (s *Service) Load() error {
-	keys, err := s.store.CallerKeys("", int(^uint(0)>>1))
+	keys, err := s.store.CallerKeys("", math.MaxInt)
 	if err != nil {
 		return err
 	}
-	admins, err := s.store.Admins("", int(^uint(0)>>1))
+	admins, err := s.store.Admins("", math.MaxInt)
 	if err != nil {
 		return err
 	}
@@ -272,7 +273,7 @@ func (s *Service) RemoveAdmin(principal string, ev store.AuditEvent) error {
 
 // Admins returns the admin principals, sorted.
 func (s *Service) Admins() ([]string, error) {
-	list, err := s.store.Admins("", int(^uint(0)>>1))
+	list, err := s.store.Admins("", math.MaxInt)
 	out := make([]string, len(list))
 	for i, a := range list {
 		out[i] = a.Principal

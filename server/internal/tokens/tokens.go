@@ -194,16 +194,11 @@ func New(cfg Config, st *store.Store, master *seal.MasterKey, prov *provider.Cli
 	return &Manager{cfg: cfg, store: st, master: master, provider: prov, entries: map[string]*entry{}}
 }
 
-// Load adds every stored account, with its stored token and health.
-func (m *Manager) Load() error {
-	all, err := m.store.All()
-	if err != nil {
-		return err
-	}
+// Load adds the stored accounts (store.All), with their tokens and health.
+func (m *Manager) Load(all []store.Stored) {
 	for _, st := range all {
 		m.Add(st.Account, st.TokenState)
 	}
-	return nil
 }
 
 // Add starts tracking an account; ts is its stored token state.

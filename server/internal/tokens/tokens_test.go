@@ -85,9 +85,11 @@ func (h *harness) addAccount(t testing.TB, id string) {
 func (h *harness) manager(t testing.TB) *Manager {
 	t.Helper()
 	m := New(h.cfg, h.store, h.master, h.prov)
-	if err := m.Load(); err != nil {
+	all, err := h.store.All()
+	if err != nil {
 		t.Fatal(err)
 	}
+	m.Load(all)
 	return m
 }
 
