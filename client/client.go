@@ -4,7 +4,11 @@
 // JumpCloud multi-tenant admins) and resolves paths against the account's
 // API base URL, so that no service ever holds a client secret.
 //
-//	c, err := client.New("127.0.0.1:50051")
+// The service proves who it is with a caller key (WithCallerKey) or a
+// client certificate (WithTLS), and gets tokens only for accounts that grant
+// it access.
+//
+//	c, err := client.New("broker.internal:50051", client.WithTLS(tlsConfig), client.WithCallerKey(key))
 //	httpClient := oauth2.NewClient(ctx, c.TokenSource("accounts/acme"))
 package client
 
