@@ -40,7 +40,7 @@ func auditPos(k []byte) AuditPos {
 func (s *Store) AppendAudit(events []AuditEvent) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, ev := range events {
-			if err := appendAudit(tx, ev); err != nil {
+			if err := s.appendAudit(tx, ev); err != nil {
 				return err
 			}
 		}
@@ -50,14 +50,29 @@ func (s *Store) AppendAudit(events []AuditEvent) error {
 
 // appendAudit stores one event in tx, so that a change and its audit event
 // are committed together or not at all.
-func appendAudit(tx *bolt.Tx, ev AuditEvent) error {
+func (s *Store) appendAudit(tx *bolt.Tx, ev AuditEvent) error {
 	b := tx.Bucket(auditBucket)
+	// Events are appended in key order (time first), so full pages are
+	// never written to again: filling them halves the file.
+	b.FillPercent = 1
 	seq, err := b.NextSequence()
 	if err != nil {
 		return err
 	}
 	ev.Version = recordVersion
-	return put(b, string(AuditPos{Time: ev.Time, Seq: seq}.Bytes()), ev)
+	if err := put(b, string(AuditPos{Time: ev.Time, Seq: seq}.Bytes()), ev); err != nil {
+		return err
+	}
+	tx.OnCommit(func() { s.auditEvents.Add(1) })
+	return nil
+}
+
+// countAudit counts the stored events once, when the store opens.
+func (s *Store) countAudit() {
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		s.auditEvents.Store(int64(tx.Bucket(auditBucket).Stats().KeyN))
+		return nil
+	})
 }
 
 // ScanAudit calls fn for stored events from the newest down, starting
@@ -97,7 +112,7 @@ func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
 	deleted := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(auditBucket)
-		excess := b.Stats().KeyN - keep
+		excess := int(s.auditEvents.Load()) - keep
 		// Collect first: deleting under a cursor can make it skip keys.
 		var doomed [][]byte
 		c := b.Cursor()
@@ -113,6 +128,7 @@ func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
 			}
 		}
 		deleted = len(doomed)
+		tx.OnCommit(func() { s.auditEvents.Add(int64(-deleted)) })
 		return nil
 	})
 	return deleted, err

@@ -33,7 +33,7 @@ func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) er
 		if err := meta.Put(bootstrappedKey, []byte("1")); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 }
 
@@ -55,7 +55,7 @@ func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 		if err := put(b, k.ID, k); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 }
 
@@ -73,7 +73,7 @@ func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEven
 		if err := put(b, id, k); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 	return k, err
 }
@@ -92,7 +92,7 @@ func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 		if err := put(tx.Bucket(adminsBucket), a.Principal, a); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 }
 
@@ -107,7 +107,7 @@ func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
 		if err := b.Delete([]byte(principal)); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -28,7 +29,13 @@ var (
 )
 
 // Store is the broker's database.
-type Store struct{ db *bolt.DB }
+type Store struct {
+	db *bolt.DB
+	// auditEvents counts the stored audit events, so that pruning by
+	// count does not walk the whole trail under the write lock. It changes
+	// only when a transaction commits.
+	auditEvents atomic.Int64
+}
 
 // Open opens (or creates, mode 0600) the database file at path. If another
 // process holds the file, it gives up after lockTimeout with ErrLocked.
@@ -50,6 +57,7 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	s.countAudit()
 	return s, nil
 }
 
@@ -124,7 +132,7 @@ func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 		if err := put(tx.Bucket(tokensBucket), a.ID, t); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 }
 
@@ -215,7 +223,7 @@ func (s *Store) UpdateAccount(id string, change func(*Account) error, ev AuditEv
 		if err := put(b, id, a); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 	return a, err
 }
@@ -234,7 +242,7 @@ func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
 		if err := tx.Bucket(tokensBucket).Delete([]byte(id)); err != nil {
 			return err
 		}
-		return appendAudit(tx, ev)
+		return s.appendAudit(tx, ev)
 	})
 }
 

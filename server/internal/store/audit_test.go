@@ -1,0 +1,43 @@
+package store
+
+import (
+	"testing"
+	"time"
+)
+
+// Pruning by count counts every stored event, including those written with
+// a change, and the count is right again after the store is reopened.
+func TestPruneAuditKeepsCount(t *testing.T) {
+	s, path := openTemp(t)
+	now := time.Now()
+	var evs []AuditEvent
+	for i := range 5 {
+		evs = append(evs, AuditEvent{Time: now.Add(time.Duration(i) * time.Second), Method: "get"})
+	}
+	if err := s.AppendAudit(evs); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateCallerKey(CallerKey{ID: "k", Role: "caller"}, AuditEvent{Time: now.Add(time.Minute), Method: "create"}); err != nil {
+		t.Fatal(err)
+	}
+	longAgo := now.Add(-time.Hour)
+	if n, err := s.PruneAudit(longAgo, 4, 100); err != nil || n != 2 {
+		t.Fatalf("pruning 6 events to 4 deleted %d (%v), want 2", n, err)
+	}
+	s.Close()
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n, err := s.PruneAudit(longAgo, 3, 100); err != nil || n != 1 {
+		t.Fatalf("after reopening, pruning 4 events to 3 deleted %d (%v), want 1", n, err)
+	}
+	var left []string
+	if err := s.ScanAudit(AuditPos{}, func(_ AuditPos, ev AuditEvent) bool { left = append(left, ev.Method); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 3 || left[0] != "create" {
+		t.Fatalf("left %v, want the newest 3 with the change's event first", left)
+	}
+}
