@@ -112,6 +112,26 @@ func (m *MasterKey) UnwrapDataKey(accountID string, wrapped []byte) (*DataKey, e
 	return &DataKey{aead: aead, accountID: accountID}, nil
 }
 
+// RewrapDataKey re-wraps an account's data key, wrapped by m, under to. The
+// data key itself, and so everything sealed with it, stays the same.
+func (m *MasterKey) RewrapDataKey(to *MasterKey, accountID string, wrapped []byte) ([]byte, error) {
+	return m.rewrap(to, wrapped, additionalData("data-key", accountID, ""))
+}
+
+// RewrapMACKey re-wraps the MAC key, wrapped by m, under to; its hashes
+// stay valid.
+func (m *MasterKey) RewrapMACKey(to *MasterKey, wrapped []byte) ([]byte, error) {
+	return m.rewrap(to, wrapped, additionalData("mac-key", "", ""))
+}
+
+func (m *MasterKey) rewrap(to *MasterKey, wrapped, ad []byte) ([]byte, error) {
+	raw, err := openWith(m.aead, wrapped, ad)
+	if err != nil {
+		return nil, err
+	}
+	return sealWith(to.aead, raw, ad)
+}
+
 // MACKey computes keyed hashes: of caller keys, so that the store never
 // holds a key, and of issued tokens, so that the audit trail can name a
 // token without revealing it. It is random, stored wrapped by the master

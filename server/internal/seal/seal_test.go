@@ -134,3 +134,53 @@ func TestMACKeySurvivesWrappingAndSeparatesPurposes(t *testing.T) {
 		t.Fatal("a wrapped MAC key opened as a data key")
 	}
 }
+
+// Re-wrapped keys open only under the new master key, and open to the same
+// keys: fields sealed before and MAC sums made before stay valid.
+func TestRewrap(t *testing.T) {
+	old, next := mustMaster(t), mustMaster(t)
+	dk, wrapped, err := old.NewDataKey("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := dk.Seal("client_secret", []byte("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewrapped, err := old.RewrapDataKey(next, "acme", wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.UnwrapDataKey("acme", rewrapped); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("old master key opened the re-wrapped data key: %v", err)
+	}
+	if _, err := old.RewrapDataKey(next, "other", wrapped); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("re-wrapping under another account's name: %v", err)
+	}
+	dk2, err := next.UnwrapDataKey("acme", rewrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := dk2.Open("client_secret", sealed); err != nil || string(got) != "s3cret" {
+		t.Fatalf("field sealed before the rewrap: %q, %v", got, err)
+	}
+
+	mac, wrappedMAC, err := old.NewMACKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewrappedMAC, err := old.RewrapMACKey(next, wrappedMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac2, err := next.UnwrapMACKey(rewrappedMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mac.Sum("p", "x"), mac2.Sum("p", "x")) {
+		t.Fatal("the re-wrapped MAC key makes other sums")
+	}
+	if _, err := next.RewrapMACKey(old, wrappedMAC); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("re-wrapping with the wrong master key: %v", err)
+	}
+}
