@@ -218,17 +218,9 @@ func TestMain(m *testing.M) {
 // accounts are being linked: every account whose CreateAccount returned OK
 // is there after a restart, with its token, and the store opens cleanly.
 func TestKillLosesNothingAcknowledged(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin := buildBinary(t)
-	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
-	jc := httptest.NewServer(fake)
-	defer jc.Close()
-	dataDir := filepath.Join(t.TempDir(), "data")
-	var logs bytes.Buffer
-	args := []string{"--data-dir", dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath}
-	first := startBinary(t, bin, &logs, args...)
+	e := newE2ESetup(t)
+	bin, fake, args, logs := e.bin, e.fake, e.args, &e.logs
+	first := startBinary(t, bin, logs, args...)
 	admin := keyCreds(first.bootstrapKey)
 	firstAccounts := credbrokerv1.NewAccountServiceClient(first.connect(t, admin...))
 
@@ -272,16 +264,10 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 	<-first.done
 	_ = first.cmd.Wait()
 
-	second := startBinary(t, bin, &logs, args...)
+	second := startBinary(t, bin, logs, args...)
 	adminConn := second.connect(t, admin...)
 	accounts := credbrokerv1.NewAccountServiceClient(adminConn)
-	key, err := credbrokerv1.NewCallerServiceClient(adminConn).CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{
-		KeyId: "checker", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens := credbrokerv1.NewTokenServiceClient(second.connect(t, keyCreds(key.GetKey())...))
+	tokens := credbrokerv1.NewTokenServiceClient(second.connect(t, keyCreds(createCheckerKey(t, adminConn))...))
 	// Each acknowledged account had its audit event on disk before the answer.
 	events, err := credbrokerv1.NewAuditServiceClient(adminConn).ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{PageSize: 1000})
 	if err != nil {
@@ -312,6 +298,40 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 	second.stop(t)
 }
 
+// e2eSetup is the built binary, a JumpCloud fake and an empty data directory.
+type e2eSetup struct {
+	bin     string
+	fake    *jumpcloudfake.Fake
+	dataDir string
+	// args point serve at the data directory and the fake, with extra args.
+	args []string
+	logs bytes.Buffer
+}
+
+func newE2ESetup(t *testing.T, extraArgs ...string) *e2eSetup {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	e := &e2eSetup{bin: buildBinary(t), fake: jumpcloudfake.New("e2e-client", e2eClientSecret), dataDir: filepath.Join(t.TempDir(), "data")}
+	jc := httptest.NewServer(e.fake)
+	t.Cleanup(jc.Close)
+	e.args = append([]string{"--data-dir", e.dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath}, extraArgs...)
+	return e
+}
+
+// createCheckerKey creates the caller key callerKeys/checker and returns it.
+func createCheckerKey(t *testing.T, adminConn *grpc.ClientConn) string {
+	t.Helper()
+	key, err := credbrokerv1.NewCallerServiceClient(adminConn).CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{
+		KeyId: "checker", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key.GetKey()
+}
+
 type runningBinary struct {
 	cmd  *exec.Cmd
 	addr string
@@ -324,8 +344,13 @@ type runningBinary struct {
 // until it says where it listens.
 func startBinary(t *testing.T, bin string, logs io.Writer, args ...string) *runningBinary {
 	t.Helper()
+	return startBinaryWithKey(t, bin, e2eMasterKey, logs, args...)
+}
+
+func startBinaryWithKey(t *testing.T, bin, masterKey string, logs io.Writer, args ...string) *runningBinary {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
-	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
+	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+masterKey)
 	// A file, not a pipe: the child writes the bootstrap key into it before
 	// it logs that it listens, so the key is there once that line is read.
 	stdout, err := os.Create(filepath.Join(t.TempDir(), "stdout"))

@@ -42,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = fakeJumpCloud(args[1:], stdout, stderr)
 	case "dev-certs":
 		err = devCerts(args[1:], stdout, stderr)
+	case "rekey":
+		err = rekey(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -67,6 +69,7 @@ Usage:
   credbroker serve [flags]            run the broker (credbroker serve --help)
   credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
   credbroker dev-certs [flags]        write a throwaway CA and certificates for trying mTLS locally
+  credbroker rekey [flags]            move the database to a new master key (broker stopped)
 `)
 }
 
@@ -145,6 +148,56 @@ then revoke callerKeys/bootstrap-admin.
 `, key)
 	}
 	return srv.Serve(ctx)
+}
+
+func rekey(args []string, stdout, stderr io.Writer) error {
+	var (
+		cfg         server.Config
+		newKeyFile  string
+		lockTimeout time.Duration
+	)
+	fs := newFlagSet("rekey", stderr, `Moves the database in --data-dir from its current master key to a new one.
+Every account's data key and the broker's MAC key are re-wrapped; the
+secrets and tokens they seal are not touched. It runs in one transaction:
+interrupted at any point, the database opens with the old key or the new
+one, and running rekey again finishes the job. Stop the broker first.
+
+The current key is given as for serve (--master-key-file or
+CREDBROKER_MASTER_KEY); the new one with --new-master-key-file or
+CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
+	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultConfig().DataDir, "directory holding the database")
+	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the current 32-byte master key, base64 or hex")
+	fs.StringVar(&newKeyFile, "new-master-key-file", "", "file holding the new master key")
+	fs.DurationVar(&lockTimeout, "lock-timeout", time.Second, "how long to wait for the database if another process holds it")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+	cfg.LockTimeout = lockTimeout
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	newKey := os.Getenv(envPrefix + "NEW_MASTER_KEY")
+	switch {
+	case newKeyFile != "" && newKey != "":
+		return errors.New("set either --new-master-key-file or CREDBROKER_NEW_MASTER_KEY, not both")
+	case newKeyFile != "":
+		data, err := os.ReadFile(newKeyFile)
+		if err != nil {
+			return fmt.Errorf("read new master key: %w", err)
+		}
+		newKey = string(data)
+	case newKey == "":
+		return errors.New("no new master key: set --new-master-key-file or CREDBROKER_NEW_MASTER_KEY (make one with: head -c 32 /dev/urandom | base64)")
+	}
+	res, err := server.Rekey(cfg, newKey)
+	if err != nil {
+		return err
+	}
+	if res.AlreadyDone {
+		fmt.Fprintf(stdout, "the database in %s is already under the new master key; nothing to do\n", cfg.DataDir)
+		return nil
+	}
+	fmt.Fprintf(stdout, "re-wrapped the keys of %d accounts under the new master key; start the broker with the new key now\n", res.Accounts)
+	return nil
 }
 
 func devCerts(args []string, stdout, stderr io.Writer) error {
