@@ -55,12 +55,13 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	if err != nil {
 		return RekeyResult{}, err
 	}
+	underCurrent, underNext := current.VerifyKeyCheck(check) == nil, next.VerifyKeyCheck(check) == nil
 	switch {
-	case current.VerifyKeyCheck(check) == nil && next.VerifyKeyCheck(check) == nil:
+	case underCurrent && underNext:
 		return RekeyResult{}, errors.New("the new master key is the current one")
-	case current.VerifyKeyCheck(check) != nil && next.VerifyKeyCheck(check) == nil:
+	case underNext:
 		return RekeyResult{AlreadyDone: true}, nil
-	case current.VerifyKeyCheck(check) != nil:
+	case !underCurrent:
 		return RekeyResult{}, fmt.Errorf("%w (data directory %s); nothing was changed", seal.ErrWrongMasterKey, cfg.DataDir)
 	}
 	newCheck, err := next.KeyCheck()

@@ -81,8 +81,11 @@ func TestRekeyKilledMidway(t *testing.T) {
 
 	// The last copy: the old key is refused, the new key serves every
 	// account's token from the cache it had (its data key opens).
-	args := append(slices.Clone(e.args), "--data-dir", dir) // the last --data-dir wins
-	old := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	// The last --data-dir wins. Were serve to start, it would not exit: bound it.
+	args := append(slices.Clone(e.args), "--data-dir", dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	old := exec.CommandContext(ctx, bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
 	old.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
 	if out, err := old.CombinedOutput(); err == nil || !strings.Contains(string(out), "master key") {
 		t.Fatalf("serve with the old key after rekey: %v\n%s", err, out)
