@@ -200,6 +200,9 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 	case provider.KindJumpCloudServiceAccount:
 		a.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT
 		a.Region = regionProto[v.Region]
+	case provider.KindJumpCloudAPIKey:
+		a.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
+		a.Region = regionProto[v.Region]
 	case provider.KindOAuth2ClientCredentials:
 		a.Provider = credbrokerv1.Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS
 		a.Scopes, a.EndpointParams = v.Scopes, v.EndpointParams

@@ -134,7 +134,7 @@ func TestAccountLifecycle(t *testing.T) {
 	created := b.link(t, "acme")
 	want := &credbrokerv1.Account{
 		Name: "accounts/acme", DisplayName: "Acme acme", Provider: credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT,
-		ClientId: clientID, Region: credbrokerv1.Region_REGION_US, OrgId: orgID, ApiBaseUrl: "https://us.api.test/api",
+		ClientId: clientID, Region: credbrokerv1.Region_REGION_US, OrgId: orgID, ApiBaseUrl: b.cfg.JumpCloudAPIURLUS,
 		TokenUrl: b.cfg.JumpCloudTokenURLUS, State: credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE,
 	}
 	got := proto.Clone(created).(*credbrokerv1.Account)
@@ -150,7 +150,7 @@ func TestAccountLifecycle(t *testing.T) {
 	eu := jumpCloudRequest("acme-eu")
 	eu.GetJumpcloudServiceAccount().Region = credbrokerv1.Region_REGION_EU
 	euResp, err := b.accounts.CreateAccount(ctx, eu)
-	if err != nil || euResp.GetAccount().GetApiBaseUrl() != "https://eu.api.test/api" || euResp.GetAccount().GetTokenUrl() != b.cfg.JumpCloudTokenURLEU {
+	if err != nil || euResp.GetAccount().GetApiBaseUrl() != b.cfg.JumpCloudAPIURLEU || euResp.GetAccount().GetTokenUrl() != b.cfg.JumpCloudTokenURLEU {
 		t.Fatalf("EU account: %v, %v", euResp, err)
 	}
 

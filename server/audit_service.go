@@ -54,6 +54,11 @@ func (s *auditService) ListAuditEvents(ctx context.Context, req *credbrokerv1.Li
 			Time: timestamppb.New(ev.Time), Principal: ev.Principal, Method: ev.Method, Resource: ev.Resource,
 			Code: ev.Code, TokenFingerprint: ev.TokenFingerprint, Detail: ev.Detail, PeerAddress: ev.PeerAddress,
 		}
+		if p := ev.Proxy; p != nil {
+			resp.Events[i].ProxyCall = &credbrokerv1.ProxyCall{
+				HttpMethod: p.HTTPMethod, Path: p.Path, Status: int32(p.Status), RequestBytes: p.RequestBytes, ResponseBytes: p.ResponseBytes,
+			}
+		}
 	}
 	if !next.Time.IsZero() {
 		resp.NextPageToken = auditPageToken(next)

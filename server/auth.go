@@ -83,6 +83,8 @@ type call struct {
 	// written: the handler's change was stored together with its audit
 	// event, so the gate only logs it.
 	written bool
+	// proxy describes an egress-proxy call.
+	proxy *store.ProxyCall
 }
 
 type callKey struct{}
@@ -101,6 +103,7 @@ func (c *call) event(code codes.Code) store.AuditEvent {
 	return store.AuditEvent{
 		Time: c.time, Principal: c.principal, Method: c.method, Resource: c.resource,
 		Code: codeName(code), TokenFingerprint: c.fingerprint, Detail: c.detail, PeerAddress: c.peer,
+		Proxy: c.proxy,
 	}
 }
 
@@ -120,7 +123,7 @@ func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 		c.peer = p.Addr.String()
 	}
 	var resp any
-	err := g.admit(ctx, c, a)
+	err := g.admit(c, a, authorizationHeader(ctx), grpcCertificate(ctx))
 	if err == nil {
 		resp, err = handler(context.WithValue(ctx, callKey{}, c), req)
 	}
@@ -149,15 +152,18 @@ func (g *gate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 	if a != proven {
 		return status.Error(codes.PermissionDenied, "this method is not open to callers")
 	}
-	if err := g.admit(ss.Context(), &call{method: info.FullMethod, time: g.now()}, a); err != nil {
+	ctx := ss.Context()
+	if err := g.admit(&call{method: info.FullMethod, time: g.now()}, a, authorizationHeader(ctx), grpcCertificate(ctx)); err != nil {
 		return err
 	}
 	return handler(srv, ss)
 }
 
-// admit proves the caller's identity and checks its rate limit and role.
-func (g *gate) admit(ctx context.Context, c *call, a access) error {
-	id, err := g.authenticate(ctx, c.time)
+// admit proves the caller's identity (its caller key, sent as "Bearer
+// <key>" in keyHeader, else its client certificate) and checks its rate
+// limit and role.
+func (g *gate) admit(c *call, a access, keyHeader string, cert certificatePrincipal) error {
+	id, err := g.authenticate(keyHeader, cert, c.time)
 	c.principal = id.Principal // a revoked or expired key is still named
 	if err != nil {
 		return err
@@ -176,14 +182,31 @@ func (g *gate) admit(ctx context.Context, c *call, a access) error {
 	return nil
 }
 
-// authenticate returns the caller's identity: its caller key if it sends
-// one, else its client certificate.
-func (g *gate) authenticate(ctx context.Context, now time.Time) (callers.Identity, error) {
+// certificatePrincipal returns the principal of the caller's client
+// certificate at a time, or mtls.ErrNoCertificate.
+type certificatePrincipal func(now time.Time) (string, error)
+
+// authorizationHeader is a gRPC call's "authorization" metadata, or "".
+func authorizationHeader(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if v := md.Get("authorization"); len(v) > 0 {
-		scheme, key, ok := strings.Cut(v[0], " ")
+		return v[0]
+	}
+	return ""
+}
+
+// grpcCertificate is the client certificate of a gRPC call's connection.
+func grpcCertificate(ctx context.Context) certificatePrincipal {
+	return func(now time.Time) (string, error) { return mtls.Principal(ctx, now) }
+}
+
+// authenticate returns the caller's identity: its caller key if it sends
+// one, else its client certificate.
+func (g *gate) authenticate(keyHeader string, cert certificatePrincipal, now time.Time) (callers.Identity, error) {
+	if keyHeader != "" {
+		scheme, key, ok := strings.Cut(keyHeader, " ")
 		if !ok || !strings.EqualFold(scheme, "bearer") {
-			return callers.Identity{}, status.Error(codes.Unauthenticated, `the authorization header must be "Bearer <caller key>"`)
+			return callers.Identity{}, status.Error(codes.Unauthenticated, `the caller key must be sent as "Bearer <caller key>"`)
 		}
 		id, err := g.callers.AuthenticateKey(strings.TrimSpace(key))
 		if err != nil {
@@ -191,10 +214,10 @@ func (g *gate) authenticate(ctx context.Context, now time.Time) (callers.Identit
 		}
 		return id, nil
 	}
-	principal, err := mtls.Principal(ctx, now)
+	principal, err := cert(now)
 	switch {
 	case errors.Is(err, mtls.ErrNoCertificate):
-		return callers.Identity{}, status.Error(codes.Unauthenticated, `no credentials: send "authorization: Bearer <caller key>" or a client certificate signed by the broker's client CA`)
+		return callers.Identity{}, status.Error(codes.Unauthenticated, `no credentials: send "authorization: Bearer <caller key>" (on the egress proxy, "Proxy-Authorization: Bearer <caller key>") or a client certificate signed by the broker's client CA`)
 	case err != nil:
 		return callers.Identity{}, status.Error(codes.Unauthenticated, err.Error())
 	case strings.HasPrefix(principal, callers.KeyPrincipalPrefix):

@@ -16,6 +16,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -36,6 +37,8 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		unavailable *provider.UnavailableError
 		tooLong     *tokens.MinTTLTooLongError
 		fetch       *tokens.FetchError
+		tooLarge    *proxy.TooLargeError
+		upstream    *proxy.UpstreamError
 	)
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -50,6 +53,18 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, callers.ErrExists):
 		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, tokens.ErrProxyOnly):
+		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_PROXY_ONLY, nil))
+	case errors.Is(err, proxy.ErrBadPath):
+		return invalidArgument("path", err.Error())
+	case errors.Is(err, proxy.ErrMethod):
+		return invalidArgument("method", err.Error())
+	case errors.Is(err, proxy.ErrNoAPIBase):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.As(err, &tooLarge):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.As(err, &upstream):
+		return withDetails(codes.Unavailable, upstream.Error(), errorInfo(credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, nil))
 	case errors.Is(err, callers.ErrLastAdmin):
 		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_LAST_ADMIN, nil))
 	case errors.As(err, &rejected):

@@ -68,6 +68,8 @@ type broker struct {
 	health   healthpb.HealthClient
 	conn     *grpc.ClientConn
 	addr     string
+	// proxyURL is the egress proxy's base URL.
+	proxyURL string
 	roots    *x509.CertPool // of the broker's TLS certificate; nil for plaintext
 	// serveCancel asks the server to shut down; stop also waits for it and closes the client.
 	serveCancel func()
@@ -85,12 +87,13 @@ func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 	logs := &syncBuffer{}
 	return server.Config{
 		ListenAddr:          "127.0.0.1:0",
+		ProxyListenAddr:     "127.0.0.1:0",
 		DataDir:             t.TempDir(),
 		MasterKey:           "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
 		JumpCloudTokenURLEU: eu.URL + jumpcloudfake.TokenPath,
-		JumpCloudAPIURLUS:   "https://us.api.test/api",
-		JumpCloudAPIURLEU:   "https://eu.api.test/api",
+		JumpCloudAPIURLUS:   us.URL + jumpcloudfake.APIPath,
+		JumpCloudAPIURLEU:   eu.URL + jumpcloudfake.APIPath,
 		UpstreamTimeout:     2 * time.Second,
 		Logger:              slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}, fake, logs
@@ -136,7 +139,9 @@ func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	}
 	t.Cleanup(b.stop)
 	b.addr = srv.Addr().String()
+	b.proxyURL = "http://" + srv.ProxyAddr().String()
 	if cfg.TLSCertFile != "" { // the tests' dev CA signs the server's certificate too
+		b.proxyURL = "https://" + srv.ProxyAddr().String()
 		pem, err := os.ReadFile(cfg.ClientCAFile)
 		if err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +37,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/ratelimit"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
@@ -61,6 +64,14 @@ type Config struct {
 	// prove a caller's principal (mTLS). It needs TLS. Without it, callers
 	// prove themselves with caller keys only.
 	ClientCAFile string
+	// ProxyListenAddr is the egress proxy's HTTP address; it serves TLS
+	// when the gRPC server does, with the same certificate and client CA,
+	// and otherwise must be a loopback address. "off" disables the proxy.
+	ProxyListenAddr string
+	// ProxyMaxRequestBytes and ProxyMaxResponseBytes bound proxied bodies;
+	// ProxyTimeout bounds the wait for an API's response headers.
+	ProxyMaxRequestBytes, ProxyMaxResponseBytes int64
+	ProxyTimeout                                time.Duration
 	// BootstrapAdminPrincipal: on the first start of a new database, make
 	// this client-certificate principal the admin, instead of creating an
 	// admin caller key (see Server.BootstrapAdminKey).
@@ -111,61 +122,67 @@ func DefaultConfig() Config {
 	tc := tokens.DefaultConfig()
 	ac := audit.DefaultConfig()
 	return Config{
-		ListenAddr:          "127.0.0.1:50051",
-		RateLimit:           100,
-		RateBurst:           200,
-		AuditMaxAge:         ac.MaxAge,
-		AuditMaxEvents:      ac.MaxEvents,
-		DataDir:             "./credbroker-data",
-		JumpCloudTokenURLUS: ep.JumpCloudTokenURLUS,
-		JumpCloudTokenURLEU: ep.JumpCloudTokenURLEU,
-		JumpCloudAPIURLUS:   ep.JumpCloudAPIURLUS,
-		JumpCloudAPIURLEU:   ep.JumpCloudAPIURLEU,
-		UpstreamTimeout:     provider.DefaultTimeout,
-		RefreshMargin:       tc.RefreshMargin,
-		RefreshConcurrency:  tc.RefreshConcurrency,
-		RetryBackoffMin:     tc.BackoffMin,
-		RetryBackoffMax:     tc.BackoffMax,
-		RejectedRecheck:     tc.RejectedRecheck,
-		ShutdownTimeout:     10 * time.Second,
-		LockTimeout:         time.Second,
-		Logger:              slog.Default(),
+		ListenAddr:            "127.0.0.1:50051",
+		ProxyListenAddr:       "127.0.0.1:50052",
+		ProxyMaxRequestBytes:  proxy.DefaultMaxRequestBytes,
+		ProxyMaxResponseBytes: proxy.DefaultMaxResponseBytes,
+		ProxyTimeout:          proxy.DefaultTimeout,
+		RateLimit:             100,
+		RateBurst:             200,
+		AuditMaxAge:           ac.MaxAge,
+		AuditMaxEvents:        ac.MaxEvents,
+		DataDir:               "./credbroker-data",
+		JumpCloudTokenURLUS:   ep.JumpCloudTokenURLUS,
+		JumpCloudTokenURLEU:   ep.JumpCloudTokenURLEU,
+		JumpCloudAPIURLUS:     ep.JumpCloudAPIURLUS,
+		JumpCloudAPIURLEU:     ep.JumpCloudAPIURLEU,
+		UpstreamTimeout:       provider.DefaultTimeout,
+		RefreshMargin:         tc.RefreshMargin,
+		RefreshConcurrency:    tc.RefreshConcurrency,
+		RetryBackoffMin:       tc.BackoffMin,
+		RetryBackoffMax:       tc.BackoffMax,
+		RejectedRecheck:       tc.RejectedRecheck,
+		ShutdownTimeout:       10 * time.Second,
+		LockTimeout:           time.Second,
+		Logger:                slog.Default(),
 	}
 }
 
 func (c *Config) setDefaults() {
 	d := DefaultConfig()
-	for _, f := range []struct{ p, v *string }{
-		{&c.ListenAddr, &d.ListenAddr}, {&c.DataDir, &d.DataDir},
+	fillUnset([][2]*string{
+		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.DataDir, &d.DataDir},
 		{&c.JumpCloudTokenURLUS, &d.JumpCloudTokenURLUS}, {&c.JumpCloudTokenURLEU, &d.JumpCloudTokenURLEU},
 		{&c.JumpCloudAPIURLUS, &d.JumpCloudAPIURLUS}, {&c.JumpCloudAPIURLEU, &d.JumpCloudAPIURLEU},
-	} {
-		if *f.p == "" {
-			*f.p = *f.v
-		}
-	}
-	for _, f := range []struct{ p, v *time.Duration }{
+	})
+	fillUnset([][2]*time.Duration{
 		{&c.UpstreamTimeout, &d.UpstreamTimeout}, {&c.RefreshMargin, &d.RefreshMargin},
 		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.ShutdownTimeout, &d.ShutdownTimeout},
-		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge},
-	} {
-		if *f.p <= 0 {
-			*f.p = *f.v
-		}
-	}
-	for _, f := range []struct{ p, v *int }{
+		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
+	})
+	fillUnset([][2]*int{
 		{&c.RefreshConcurrency, &d.RefreshConcurrency}, {&c.RateBurst, &d.RateBurst}, {&c.AuditMaxEvents, &d.AuditMaxEvents},
-	} {
-		if *f.p <= 0 {
-			*f.p = *f.v
-		}
-	}
+	})
+	fillUnset([][2]*int64{
+		{&c.ProxyMaxRequestBytes, &d.ProxyMaxRequestBytes}, {&c.ProxyMaxResponseBytes, &d.ProxyMaxResponseBytes},
+	})
 	if c.RateLimit == 0 {
 		c.RateLimit = d.RateLimit
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
+	}
+}
+
+// fillUnset sets each field (the first pointer) that is unset (empty, zero
+// or negative) to its default (the second).
+func fillUnset[T cmp.Ordered](fields [][2]*T) {
+	var zero T
+	for _, f := range fields {
+		if *f[0] <= zero {
+			*f[0] = *f[1]
+		}
 	}
 }
 
@@ -180,6 +197,9 @@ type Server struct {
 	health       *health.Server
 	listener     net.Listener
 	bootstrapKey secret.String
+	// proxy is the egress proxy's HTTP server; nil when it is off.
+	proxy         *http.Server
+	proxyListener net.Listener
 }
 
 // New checks the configuration, opens the data directory and the listener,
@@ -187,7 +207,7 @@ type Server struct {
 // not the one the data directory was created with.
 func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	creds, err := transportCredentials(cfg)
+	tlsm, err := loadTLS(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +225,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := build(cfg, st, master, creds)
+	s, err := build(cfg, st, master, tlsm)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -213,7 +233,7 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func build(cfg Config, st *store.Store, master *seal.MasterKey, creds credentials.TransportCredentials) (*Server, error) {
+func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial) (*Server, error) {
 	mac, err := loadMACKey(st, master)
 	if err != nil {
 		return nil, err
@@ -269,7 +289,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, creds credential
 		return status.Error(codes.Internal, "internal error")
 	}))
 	g := grpc.NewServer(
-		grpc.Creds(creds),
+		grpc.Creds(tlsm.grpcCredentials()),
 		grpc.ChainUnaryInterceptor(recoverPanics, gate.unary, recoverPanics),
 		grpc.ChainStreamInterceptor(gate.stream),
 	)
@@ -281,7 +301,43 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, creds credential
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 
-	return &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey}
+	if cfg.ProxyListenAddr != proxyOff {
+		fwd := proxy.New(proxy.Config{
+			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
+			Timeout: cfg.ProxyTimeout, Logger: cfg.Logger,
+		}, tm)
+		if s.proxy, s.proxyListener, err = newProxyServer(cfg, tlsm, &proxyHandler{
+			gate: gate, certs: mtls.NewHTTPVerifier(tlsm.clientCAs), grants: gi, fwd: fwd, errs: errs,
+		}); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// proxyOff as the proxy's listen address disables the egress proxy.
+const proxyOff = "off"
+
+// newProxyServer listens for the egress proxy.
+func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*http.Server, net.Listener, error) {
+	lis, err := net.Listen("tcp", cfg.ProxyListenAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("egress proxy: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ConnContext:       h.certs.ConnContext,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	if tlsm.cert != nil {
+		srv.TLSConfig = mtls.ServerTLSConfig(*tlsm.cert, tlsm.clientCAs != nil)
+	}
+	return srv, lis, nil
 }
 
 // brokerPrincipal is the principal of the broker's own actions in the audit trail.
@@ -291,34 +347,53 @@ const brokerPrincipal = "credbroker"
 // new database, or empty. It is not logged: show it to the operator once.
 func (s *Server) BootstrapAdminKey() string { return s.bootstrapKey.Reveal() }
 
-// transportCredentials is TLS (with client-certificate principals when a
-// client CA is configured), or plaintext on a loopback address only.
-func transportCredentials(cfg Config) (credentials.TransportCredentials, error) {
+// tlsMaterial is what the server's listeners serve: a certificate (nil for
+// plaintext) and the CAs of accepted client certificates (nil for none).
+type tlsMaterial struct {
+	cert      *tls.Certificate
+	clientCAs *x509.CertPool
+}
+
+// loadTLS reads the TLS files, or checks that plaintext is served on
+// loopback addresses only.
+func loadTLS(cfg Config) (tlsMaterial, error) {
 	if cfg.TLSCertFile == "" && cfg.TLSKeyFile == "" {
 		if cfg.ClientCAFile != "" {
-			return nil, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
+			return tlsMaterial{}, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
 		}
 		if err := checkLoopback(cfg.ListenAddr); err != nil {
-			return nil, err
+			return tlsMaterial{}, err
 		}
-		return insecure.NewCredentials(), nil
+		if cfg.ProxyListenAddr != proxyOff {
+			return tlsMaterial{}, checkLoopback(cfg.ProxyListenAddr)
+		}
+		return tlsMaterial{}, nil
 	}
 	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("TLS certificate and key: %w", err)
+		return tlsMaterial{}, fmt.Errorf("TLS certificate and key: %w", err)
 	}
 	if cfg.ClientCAFile == "" {
-		return mtls.ServerCredentials(cert, nil), nil
+		return tlsMaterial{cert: &cert}, nil
 	}
 	pem, err := os.ReadFile(cfg.ClientCAFile)
 	if err != nil {
-		return nil, fmt.Errorf("client CA: %w", err)
+		return tlsMaterial{}, fmt.Errorf("client CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("client CA %s holds no PEM certificate", cfg.ClientCAFile)
+		return tlsMaterial{}, fmt.Errorf("client CA %s holds no PEM certificate", cfg.ClientCAFile)
 	}
-	return mtls.ServerCredentials(cert, pool), nil
+	return tlsMaterial{cert: &cert, clientCAs: pool}, nil
+}
+
+// grpcCredentials is TLS (with client-certificate principals when a client
+// CA is configured), or plaintext.
+func (t tlsMaterial) grpcCredentials() credentials.TransportCredentials {
+	if t.cert == nil {
+		return insecure.NewCredentials()
+	}
+	return mtls.ServerCredentials(*t.cert, t.clientCAs)
 }
 
 // loadMACKey opens the stored MAC key, making one if the store has none.
@@ -345,6 +420,14 @@ func methodName(ctx context.Context) string {
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.listener.Addr() }
 
+// ProxyAddr is the egress proxy's address; nil when the proxy is off.
+func (s *Server) ProxyAddr() net.Addr {
+	if s.proxyListener == nil {
+		return nil
+	}
+	return s.proxyListener.Addr()
+}
+
 // Serve answers calls and refreshes tokens until ctx ends, then shuts down
 // gracefully: in-flight calls get ShutdownTimeout to finish, the refresher
 // stops, and the database is closed.
@@ -356,8 +439,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	auditDone := make(chan struct{})
 	go func() { s.audit.Run(auditCtx); close(auditDone) }()
 
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
+	if s.proxy != nil {
+		go func() {
+			var err error
+			if s.proxy.TLSConfig != nil {
+				err = s.proxy.ServeTLS(s.proxyListener, "", "")
+			} else {
+				err = s.proxy.Serve(s.proxyListener)
+			}
+			if !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("egress proxy: %w", err)
+			}
+		}()
+		s.log.Info("egress proxy listening", "addr", s.ProxyAddr().String())
+	}
 	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", s.authSummary())
 	if s.cfg.TLSCertFile == "" {
 		s.log.Warn("serving PLAINTEXT on a loopback address: caller keys cross the connection unencrypted. Anything beyond one host needs --tls-cert and --tls-key")
@@ -372,12 +469,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	proxyStopped := s.stopProxy()
 	select {
 	case <-stopped:
 	case <-time.After(s.cfg.ShutdownTimeout):
 		s.log.Warn("in-flight calls did not finish in time; closing them", "timeout", s.cfg.ShutdownTimeout)
 		s.grpc.Stop()
 	}
+	<-proxyStopped
 	// Calls have finished, so no one waits for the audit writer any more.
 	stopAudit()
 	<-auditDone
@@ -388,6 +487,25 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.log.Info("stopped")
 	return err
+}
+
+// stopProxy shuts the egress proxy down, giving calls in flight
+// ShutdownTimeout; the channel is closed once it has stopped.
+func (s *Server) stopProxy() <-chan struct{} {
+	done := make(chan struct{})
+	if s.proxy == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+		defer cancel()
+		if err := s.proxy.Shutdown(ctx); err != nil {
+			s.proxy.Close()
+		}
+	}()
+	return done
 }
 
 // authSummary says at start-up how callers prove who they are.

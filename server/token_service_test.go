@@ -20,7 +20,7 @@ func TestGetToken(t *testing.T) {
 	b := startBroker(t)
 	b.link(t, "acme")
 	tok := b.token(t, "acme")
-	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetTokenType() != "Bearer" || tok.GetApiBaseUrl() != "https://us.api.test/api" ||
+	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetTokenType() != "Bearer" || tok.GetApiBaseUrl() != b.cfg.JumpCloudAPIURLUS ||
 		tok.GetHeaders()["x-org-id"] != orgID || len(tok.GetHeaders()) != 1 {
 		t.Fatalf("GetToken: matches fake %v, type %q, api_base_url %q, headers %v", tok.GetAccessToken() == b.fake.LastToken(), tok.GetTokenType(), tok.GetApiBaseUrl(), tok.GetHeaders())
 	}

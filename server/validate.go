@@ -204,8 +204,12 @@ func newAccount(req *credbrokerv1.CreateAccountRequest) (accounts.NewAccount, er
 		cr, err := oauth2Credentials(c.Oauth2ClientCredentials)
 		out.Credentials = cr
 		return out, err
+	case *credbrokerv1.CreateAccountRequest_JumpcloudApiKey:
+		cr, err := jumpCloudAPIKey(c.JumpcloudApiKey)
+		out.Credentials = cr
+		return out, err
 	}
-	return out, invalidArgument("credentials", "set jumpcloud_service_account or oauth2_client_credentials")
+	return out, invalidArgument("credentials", "set jumpcloud_service_account, jumpcloud_api_key or oauth2_client_credentials")
 }
 
 func jumpCloudCredentials(in *credbrokerv1.JumpCloudServiceAccountCredentials) (provider.Credentials, error) {
@@ -218,18 +222,34 @@ func jumpCloudCredentials(in *credbrokerv1.JumpCloudServiceAccountCredentials) (
 		return cr, err
 	}
 	cr.ClientSecret = secret.New(in.GetClientSecret())
-	switch in.GetRegion() {
+	return cr, checkJumpCloudPlace(f, in.GetRegion(), &cr)
+}
+
+func jumpCloudAPIKey(in *credbrokerv1.JumpCloudAPIKeyCredentials) (provider.Credentials, error) {
+	const f = "jumpcloud_api_key."
+	cr := provider.Credentials{Kind: provider.KindJumpCloudAPIKey, OrgID: in.GetOrgId()}
+	if err := checkSecret(f+"api_key", in.GetApiKey()); err != nil {
+		return cr, err
+	}
+	cr.ClientSecret = secret.New(in.GetApiKey())
+	return cr, checkJumpCloudPlace(f, in.GetRegion(), &cr)
+}
+
+// checkJumpCloudPlace sets the region of a JumpCloud account and checks its
+// organization ID, rejecting a malformed one before anything calls out.
+func checkJumpCloudPlace(f string, region credbrokerv1.Region, cr *provider.Credentials) error {
+	switch region {
 	case credbrokerv1.Region_REGION_US:
 		cr.Region = provider.RegionUS
 	case credbrokerv1.Region_REGION_EU:
 		cr.Region = provider.RegionEU
 	default:
-		return cr, invalidArgument(f+"region", "must be REGION_US or REGION_EU (the console host you sign in to: console.jumpcloud.com is US, console.eu.jumpcloud.com is EU)")
+		return invalidArgument(f+"region", "must be REGION_US or REGION_EU (the console host you sign in to: console.jumpcloud.com is US, console.eu.jumpcloud.com is EU)")
 	}
 	if cr.OrgID != "" && !orgIDPattern.MatchString(cr.OrgID) {
-		return cr, invalidArgument(f+"org_id", "must be 24 lowercase hexadecimal characters, as shown in the JumpCloud console")
+		return invalidArgument(f+"org_id", "must be 24 lowercase hexadecimal characters, as shown in the JumpCloud console")
 	}
-	return cr, nil
+	return nil
 }
 
 func oauth2Credentials(in *credbrokerv1.OAuth2ClientCredentials) (provider.Credentials, error) {

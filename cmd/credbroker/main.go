@@ -90,6 +90,10 @@ On the first start of a new database the broker creates an admin caller key
 and prints it once on standard output, unless --bootstrap-admin-principal
 names a client-certificate principal to be the first admin instead.`)
 	fs.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address; without TLS it must be a loopback address")
+	fs.StringVar(&cfg.ProxyListenAddr, "proxy-listen", d.ProxyListenAddr, `egress proxy (HTTP) listen address; it serves TLS and client certificates like --listen, and without TLS it must be a loopback address. "off" disables it`)
+	fs.Int64Var(&cfg.ProxyMaxRequestBytes, "proxy-max-request-bytes", d.ProxyMaxRequestBytes, "largest request body the egress proxy forwards")
+	fs.Int64Var(&cfg.ProxyMaxResponseBytes, "proxy-max-response-bytes", d.ProxyMaxResponseBytes, "largest response body the egress proxy passes back; a longer one is cut off and the connection aborted")
+	fs.DurationVar(&cfg.ProxyTimeout, "proxy-timeout", d.ProxyTimeout, "how long the egress proxy waits for an API's response headers")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate (chain) of the broker; with --tls-key enables TLS, required off loopback")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.ClientCAFile, "client-ca", "", "PEM bundle of CAs whose client certificates prove callers' principals (mTLS); needs --tls-cert")
@@ -102,8 +106,8 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key, base64 or hex")
 	fs.StringVar(&cfg.JumpCloudTokenURLUS, "jumpcloud-token-url-us", d.JumpCloudTokenURLUS, "JumpCloud US token endpoint")
 	fs.StringVar(&cfg.JumpCloudTokenURLEU, "jumpcloud-token-url-eu", d.JumpCloudTokenURLEU, "JumpCloud EU token endpoint")
-	fs.StringVar(&cfg.JumpCloudAPIURLUS, "jumpcloud-api-url-us", d.JumpCloudAPIURLUS, "JumpCloud US API base URL, returned with tokens")
-	fs.StringVar(&cfg.JumpCloudAPIURLEU, "jumpcloud-api-url-eu", d.JumpCloudAPIURLEU, "JumpCloud EU API base URL, returned with tokens")
+	fs.StringVar(&cfg.JumpCloudAPIURLUS, "jumpcloud-api-url-us", d.JumpCloudAPIURLUS, "JumpCloud US API base URL, returned with tokens and the egress proxy's target")
+	fs.StringVar(&cfg.JumpCloudAPIURLEU, "jumpcloud-api-url-eu", d.JumpCloudAPIURLEU, "JumpCloud EU API base URL, returned with tokens and the egress proxy's target")
 	fs.DurationVar(&cfg.UpstreamTimeout, "upstream-timeout", d.UpstreamTimeout, "time limit of each request to a provider, whatever the caller's deadline")
 	fs.DurationVar(&cfg.RefreshMargin, "refresh-margin", d.RefreshMargin, "renew tokens this long before they expire (at most half their lifetime; jittered)")
 	fs.IntVar(&cfg.RefreshConcurrency, "refresh-concurrency", d.RefreshConcurrency, "most background token requests at once")
@@ -261,23 +265,27 @@ them for anything real.`)
 
 func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {
 	var (
-		listen, clientID, clientSecret string
-		ttl                            time.Duration
+		listen, clientID, clientSecret, apiKey, orgID string
+		ttl                                           time.Duration
 	)
-	fs := newFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token, for
-trying the broker without a JumpCloud account. It accepts one client and
-checks requests as JumpCloud does. Never use it for anything real.`)
+	fs := newFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token and
+its API at /api, for trying the broker without a JumpCloud account. It
+accepts one client and one API key and checks requests as JumpCloud does.
+Never use it for anything real.`)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8085", "listen address")
 	fs.StringVar(&clientID, "client-id", "demo-client", "the client id it accepts")
 	fs.StringVar(&clientSecret, "client-secret", "demo-secret", "the client secret it accepts")
+	fs.StringVar(&apiKey, "api-key", "demo-api-key", "the API key its API accepts")
+	fs.StringVar(&orgID, "org-id", "", "the organization ID the API key belongs to; calls with the key must send it as x-org-id")
 	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the tokens it issues")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	fake := jumpcloudfake.New(clientID, clientSecret)
 	fake.SetTokenTTL(ttl)
+	fake.SetAPIKey(apiKey, orgID)
 	srv := &http.Server{Addr: listen, Handler: fake, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(stdout, "fake JumpCloud token endpoint: http://%s%s (client id %q)\n", listen, jumpcloudfake.TokenPath, clientID)
+	fmt.Fprintf(stdout, "fake JumpCloud token endpoint: http://%s%s (client id %q)\nfake JumpCloud API: http://%s%s\n", listen, jumpcloudfake.TokenPath, clientID, listen, jumpcloudfake.APIPath)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -1,8 +1,9 @@
 // Package jumpcloudfake is a stand-in for JumpCloud's OAuth 2.0 token
-// endpoint, for tests and for trying the broker without a JumpCloud account.
-// It checks each request the way JumpCloud does (POST, client_secret_basic,
-// grant_type=client_credentials&scope=api), counts requests, and can be
-// told to fail in the ways the real endpoint can.
+// endpoint and API, for tests and for trying the broker without a JumpCloud
+// account. It checks each token request the way JumpCloud does (POST,
+// client_secret_basic, grant_type=client_credentials&scope=api) and each
+// API call's credentials (a token it issued, or an API key with x-org-id),
+// counts requests, and can be told to fail in the ways the real one can.
 package jumpcloudfake
 
 import (
@@ -12,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,10 @@ import (
 
 // TokenPath is where the fake serves tokens, as JumpCloud does.
 const TokenPath = "/oauth2/token"
+
+// APIPath is where the fake serves its API: an account's API base URL is
+// the fake's URL followed by APIPath, as JumpCloud's is .../api.
+const APIPath = "/api"
 
 // Behaviour is how the fake answers well-formed token requests.
 type Behaviour int
@@ -41,10 +47,15 @@ const (
 
 // Fake is an http.Handler; serve it with httptest.NewServer or http.Server.
 type Fake struct {
-	requests atomic.Int64
+	requests    atomic.Int64
+	apiRequests atomic.Int64
 
 	mu         sync.Mutex
 	clients    map[string]string // client id -> secret
+	apiKeys    map[string]string // API key -> its organization ID ("" for a single-tenant admin)
+	issued     map[string]bool   // tokens the API accepts
+	apiHandler http.Handler
+	lastAPI    APIRequest
 	behaviour  Behaviour
 	retryAfter string
 	delay      time.Duration
@@ -54,7 +65,7 @@ type Fake struct {
 
 // New returns a fake that knows one client and issues tokens that live an hour.
 func New(clientID, clientSecret string) *Fake {
-	return &Fake{clients: map[string]string{clientID: clientSecret}, tokenTTL: time.Hour}
+	return &Fake{clients: map[string]string{clientID: clientSecret}, apiKeys: map[string]string{}, issued: map[string]bool{}, tokenTTL: time.Hour}
 }
 
 // SetBehaviour changes how the fake answers from the next request on.
@@ -92,7 +103,7 @@ func (f *Fake) SetClient(clientID, clientSecret string) {
 	f.clients[clientID] = clientSecret
 }
 
-// Requests is the number of requests received so far, good or bad.
+// Requests is the number of token requests received so far, good or bad.
 func (f *Fake) Requests() int { return int(f.requests.Load()) }
 
 // LastToken is the last access token issued.
@@ -103,6 +114,10 @@ func (f *Fake) LastToken() string {
 }
 
 func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, APIPath+"/") {
+		f.serveAPI(w, r)
+		return
+	}
 	f.requests.Add(1)
 	if r.URL.Path != TokenPath {
 		http.NotFound(w, r)
@@ -169,6 +184,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token := "jc-fake-" + randomHex(16)
 	f.mu.Lock()
 	f.last = token
+	f.issued[token] = true
 	f.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -199,9 +215,7 @@ func (f *Fake) authenticate(r *http.Request) bool {
 }
 
 func oauthError(w http.ResponseWriter, code int, errCode, desc string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": errCode, "error_description": desc})
+	writeJSON(w, code, map[string]string{"error": errCode, "error_description": desc})
 }
 
 func randomHex(n int) string {

@@ -33,6 +33,10 @@ const (
 	Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT Provider = 1
 	// Any OAuth 2.0 token endpoint that supports the client-credentials grant.
 	Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS Provider = 2
+	// A legacy JumpCloud admin API key, sent as `x-api-key`. It is long-lived,
+	// so the broker never hands it out: callers reach the API through the
+	// egress proxy, and GetToken fails with reason PROXY_ONLY.
+	Provider_PROVIDER_JUMPCLOUD_API_KEY Provider = 3
 )
 
 // Enum value maps for Provider.
@@ -41,11 +45,13 @@ var (
 		0: "PROVIDER_UNSPECIFIED",
 		1: "PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT",
 		2: "PROVIDER_OAUTH2_CLIENT_CREDENTIALS",
+		3: "PROVIDER_JUMPCLOUD_API_KEY",
 	}
 	Provider_value = map[string]int32{
 		"PROVIDER_UNSPECIFIED":               0,
 		"PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT": 1,
 		"PROVIDER_OAUTH2_CLIENT_CREDENTIALS": 2,
+		"PROVIDER_JUMPCLOUD_API_KEY":         3,
 	}
 )
 
@@ -254,15 +260,17 @@ type Account struct {
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Output only.
 	Provider Provider `protobuf:"varint,4,opt,name=provider,proto3,enum=credbroker.v1.Provider" json:"provider,omitempty"`
-	// Output only.
+	// The client id; empty for API-key accounts. Output only.
 	ClientId string `protobuf:"bytes,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// JumpCloud only. Output only.
 	Region Region `protobuf:"varint,6,opt,name=region,proto3,enum=credbroker.v1.Region" json:"region,omitempty"`
 	// JumpCloud only: the organization ID sent as x-org-id. Output only.
 	OrgId string `protobuf:"bytes,7,opt,name=org_id,json=orgId,proto3" json:"org_id,omitempty"`
-	// Base URL of the provider's API that tokens are for. Output only.
+	// Base URL of the provider's API that tokens are for, and the only place
+	// the egress proxy forwards this account's calls to. Output only.
 	ApiBaseUrl string `protobuf:"bytes,8,opt,name=api_base_url,json=apiBaseUrl,proto3" json:"api_base_url,omitempty"`
-	// The token endpoint the broker uses for this account. Output only.
+	// The token endpoint the broker uses for this account; empty for API-key
+	// accounts. Output only.
 	TokenUrl string `protobuf:"bytes,9,opt,name=token_url,json=tokenUrl,proto3" json:"token_url,omitempty"`
 	// OAuth2 only. Output only.
 	Scopes []string `protobuf:"bytes,10,rep,name=scopes,proto3" json:"scopes,omitempty"`
@@ -659,6 +667,72 @@ func (x *JumpCloudServiceAccountCredentials) GetOrgId() string {
 	return ""
 }
 
+// JumpCloudAPIKeyCredentials are a legacy JumpCloud admin API key, as shown
+// in the console under "API Settings".
+type JumpCloudAPIKeyCredentials struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required. Input only: never returned, logged or stored unencrypted.
+	ApiKey string `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
+	// Required.
+	Region Region `protobuf:"varint,2,opt,name=region,proto3,enum=credbroker.v1.Region" json:"region,omitempty"`
+	// Optional, for multi-tenant admins: 24 lowercase hexadecimal characters,
+	// sent as x-org-id.
+	OrgId         string `protobuf:"bytes,3,opt,name=org_id,json=orgId,proto3" json:"org_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JumpCloudAPIKeyCredentials) Reset() {
+	*x = JumpCloudAPIKeyCredentials{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JumpCloudAPIKeyCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JumpCloudAPIKeyCredentials) ProtoMessage() {}
+
+func (x *JumpCloudAPIKeyCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JumpCloudAPIKeyCredentials.ProtoReflect.Descriptor instead.
+func (*JumpCloudAPIKeyCredentials) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *JumpCloudAPIKeyCredentials) GetApiKey() string {
+	if x != nil {
+		return x.ApiKey
+	}
+	return ""
+}
+
+func (x *JumpCloudAPIKeyCredentials) GetRegion() Region {
+	if x != nil {
+		return x.Region
+	}
+	return Region_REGION_UNSPECIFIED
+}
+
+func (x *JumpCloudAPIKeyCredentials) GetOrgId() string {
+	if x != nil {
+		return x.OrgId
+	}
+	return ""
+}
+
 // OAuth2ClientCredentials link any OAuth 2.0 client-credentials provider.
 type OAuth2ClientCredentials struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -682,7 +756,7 @@ type OAuth2ClientCredentials struct {
 
 func (x *OAuth2ClientCredentials) Reset() {
 	*x = OAuth2ClientCredentials{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	mi := &file_credbroker_v1_account_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +768,7 @@ func (x *OAuth2ClientCredentials) String() string {
 func (*OAuth2ClientCredentials) ProtoMessage() {}
 
 func (x *OAuth2ClientCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	mi := &file_credbroker_v1_account_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +781,7 @@ func (x *OAuth2ClientCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuth2ClientCredentials.ProtoReflect.Descriptor instead.
 func (*OAuth2ClientCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OAuth2ClientCredentials) GetTokenUrl() string {
@@ -772,6 +846,7 @@ type CreateAccountRequest struct {
 	//
 	//	*CreateAccountRequest_JumpcloudServiceAccount
 	//	*CreateAccountRequest_Oauth2ClientCredentials
+	//	*CreateAccountRequest_JumpcloudApiKey
 	Credentials isCreateAccountRequest_Credentials `protobuf_oneof:"credentials"`
 	// Check the request and the credentials, but store nothing.
 	ValidateOnly  bool `protobuf:"varint,5,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
@@ -781,7 +856,7 @@ type CreateAccountRequest struct {
 
 func (x *CreateAccountRequest) Reset() {
 	*x = CreateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[5]
+	mi := &file_credbroker_v1_account_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +868,7 @@ func (x *CreateAccountRequest) String() string {
 func (*CreateAccountRequest) ProtoMessage() {}
 
 func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[5]
+	mi := &file_credbroker_v1_account_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +881,7 @@ func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountRequest.ProtoReflect.Descriptor instead.
 func (*CreateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateAccountRequest) GetAccountId() string {
@@ -848,6 +923,15 @@ func (x *CreateAccountRequest) GetOauth2ClientCredentials() *OAuth2ClientCredent
 	return nil
 }
 
+func (x *CreateAccountRequest) GetJumpcloudApiKey() *JumpCloudAPIKeyCredentials {
+	if x != nil {
+		if x, ok := x.Credentials.(*CreateAccountRequest_JumpcloudApiKey); ok {
+			return x.JumpcloudApiKey
+		}
+	}
+	return nil
+}
+
 func (x *CreateAccountRequest) GetValidateOnly() bool {
 	if x != nil {
 		return x.ValidateOnly
@@ -867,9 +951,15 @@ type CreateAccountRequest_Oauth2ClientCredentials struct {
 	Oauth2ClientCredentials *OAuth2ClientCredentials `protobuf:"bytes,4,opt,name=oauth2_client_credentials,json=oauth2ClientCredentials,proto3,oneof"`
 }
 
+type CreateAccountRequest_JumpcloudApiKey struct {
+	JumpcloudApiKey *JumpCloudAPIKeyCredentials `protobuf:"bytes,6,opt,name=jumpcloud_api_key,json=jumpcloudApiKey,proto3,oneof"`
+}
+
 func (*CreateAccountRequest_JumpcloudServiceAccount) isCreateAccountRequest_Credentials() {}
 
 func (*CreateAccountRequest_Oauth2ClientCredentials) isCreateAccountRequest_Credentials() {}
+
+func (*CreateAccountRequest_JumpcloudApiKey) isCreateAccountRequest_Credentials() {}
 
 type CreateAccountResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -880,7 +970,7 @@ type CreateAccountResponse struct {
 
 func (x *CreateAccountResponse) Reset() {
 	*x = CreateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[6]
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +982,7 @@ func (x *CreateAccountResponse) String() string {
 func (*CreateAccountResponse) ProtoMessage() {}
 
 func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[6]
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +995,7 @@ func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountResponse.ProtoReflect.Descriptor instead.
 func (*CreateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{6}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateAccountResponse) GetAccount() *Account {
@@ -925,7 +1015,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1027,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1040,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetAccountRequest) GetName() string {
@@ -969,7 +1059,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1071,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1084,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetAccountResponse) GetAccount() *Account {
@@ -1016,7 +1106,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1118,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1131,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAccountsRequest) GetPageSize() int32 {
@@ -1069,7 +1159,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1171,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1184,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -1124,7 +1214,7 @@ type UpdateAccountRequest struct {
 
 func (x *UpdateAccountRequest) Reset() {
 	*x = UpdateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1226,7 @@ func (x *UpdateAccountRequest) String() string {
 func (*UpdateAccountRequest) ProtoMessage() {}
 
 func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1239,7 @@ func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateAccountRequest) GetAccount() *Account {
@@ -1175,7 +1265,7 @@ type UpdateAccountResponse struct {
 
 func (x *UpdateAccountResponse) Reset() {
 	*x = UpdateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1277,7 @@ func (x *UpdateAccountResponse) String() string {
 func (*UpdateAccountResponse) ProtoMessage() {}
 
 func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1290,7 @@ func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateAccountResponse) GetAccount() *Account {
@@ -1220,7 +1310,7 @@ type DeleteAccountRequest struct {
 
 func (x *DeleteAccountRequest) Reset() {
 	*x = DeleteAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1322,7 @@ func (x *DeleteAccountRequest) String() string {
 func (*DeleteAccountRequest) ProtoMessage() {}
 
 func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1335,7 @@ func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteAccountRequest) GetName() string {
@@ -1263,7 +1353,7 @@ type DeleteAccountResponse struct {
 
 func (x *DeleteAccountResponse) Reset() {
 	*x = DeleteAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[14]
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1365,7 @@ func (x *DeleteAccountResponse) String() string {
 func (*DeleteAccountResponse) ProtoMessage() {}
 
 func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[14]
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1378,7 @@ func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
 }
 
 type AddAccountGrantRequest struct {
@@ -1303,7 +1393,7 @@ type AddAccountGrantRequest struct {
 
 func (x *AddAccountGrantRequest) Reset() {
 	*x = AddAccountGrantRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1405,7 @@ func (x *AddAccountGrantRequest) String() string {
 func (*AddAccountGrantRequest) ProtoMessage() {}
 
 func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1418,7 @@ func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountGrantRequest.ProtoReflect.Descriptor instead.
 func (*AddAccountGrantRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AddAccountGrantRequest) GetName() string {
@@ -1354,7 +1444,7 @@ type AddAccountGrantResponse struct {
 
 func (x *AddAccountGrantResponse) Reset() {
 	*x = AddAccountGrantResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1456,7 @@ func (x *AddAccountGrantResponse) String() string {
 func (*AddAccountGrantResponse) ProtoMessage() {}
 
 func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1469,7 @@ func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountGrantResponse.ProtoReflect.Descriptor instead.
 func (*AddAccountGrantResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AddAccountGrantResponse) GetAccount() *Account {
@@ -1400,7 +1490,7 @@ type RemoveAccountGrantRequest struct {
 
 func (x *RemoveAccountGrantRequest) Reset() {
 	*x = RemoveAccountGrantRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1502,7 @@ func (x *RemoveAccountGrantRequest) String() string {
 func (*RemoveAccountGrantRequest) ProtoMessage() {}
 
 func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1515,7 @@ func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountGrantRequest.ProtoReflect.Descriptor instead.
 func (*RemoveAccountGrantRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveAccountGrantRequest) GetName() string {
@@ -1451,7 +1541,7 @@ type RemoveAccountGrantResponse struct {
 
 func (x *RemoveAccountGrantResponse) Reset() {
 	*x = RemoveAccountGrantResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	mi := &file_credbroker_v1_account_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1553,7 @@ func (x *RemoveAccountGrantResponse) String() string {
 func (*RemoveAccountGrantResponse) ProtoMessage() {}
 
 func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	mi := &file_credbroker_v1_account_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1566,7 @@ func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountGrantResponse.ProtoReflect.Descriptor instead.
 func (*RemoveAccountGrantResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveAccountGrantResponse) GetAccount() *Account {
@@ -1537,7 +1627,11 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x02 \x01(\tB\x03\x80\x01\x01R\fclientSecret\x12-\n" +
 	"\x06region\x18\x03 \x01(\x0e2\x15.credbroker.v1.RegionR\x06region\x12\x15\n" +
-	"\x06org_id\x18\x04 \x01(\tR\x05orgId\"\x98\x03\n" +
+	"\x06org_id\x18\x04 \x01(\tR\x05orgId\"\x80\x01\n" +
+	"\x1aJumpCloudAPIKeyCredentials\x12\x1c\n" +
+	"\aapi_key\x18\x01 \x01(\tB\x03\x80\x01\x01R\x06apiKey\x12-\n" +
+	"\x06region\x18\x02 \x01(\x0e2\x15.credbroker.v1.RegionR\x06region\x12\x15\n" +
+	"\x06org_id\x18\x03 \x01(\tR\x05orgId\"\x98\x03\n" +
 	"\x17OAuth2ClientCredentials\x12\x1b\n" +
 	"\ttoken_url\x18\x01 \x01(\tR\btokenUrl\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12(\n" +
@@ -1550,13 +1644,14 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"apiBaseUrl\x1aA\n" +
 	"\x13EndpointParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
 	"\x14CreateAccountRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x120\n" +
 	"\aaccount\x18\x02 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\x12o\n" +
 	"\x19jumpcloud_service_account\x18\x03 \x01(\v21.credbroker.v1.JumpCloudServiceAccountCredentialsH\x00R\x17jumpcloudServiceAccount\x12d\n" +
-	"\x19oauth2_client_credentials\x18\x04 \x01(\v2&.credbroker.v1.OAuth2ClientCredentialsH\x00R\x17oauth2ClientCredentials\x12#\n" +
+	"\x19oauth2_client_credentials\x18\x04 \x01(\v2&.credbroker.v1.OAuth2ClientCredentialsH\x00R\x17oauth2ClientCredentials\x12W\n" +
+	"\x11jumpcloud_api_key\x18\x06 \x01(\v2).credbroker.v1.JumpCloudAPIKeyCredentialsH\x00R\x0fjumpcloudApiKey\x12#\n" +
 	"\rvalidate_only\x18\x05 \x01(\bR\fvalidateOnlyB\r\n" +
 	"\vcredentials\"I\n" +
 	"\x15CreateAccountResponse\x120\n" +
@@ -1590,11 +1685,12 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"N\n" +
 	"\x1aRemoveAccountGrantResponse\x120\n" +
-	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount*t\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount*\x94\x01\n" +
 	"\bProvider\x12\x18\n" +
 	"\x14PROVIDER_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT\x10\x01\x12&\n" +
-	"\"PROVIDER_OAUTH2_CLIENT_CREDENTIALS\x10\x02*>\n" +
+	"\"PROVIDER_OAUTH2_CLIENT_CREDENTIALS\x10\x02\x12\x1e\n" +
+	"\x1aPROVIDER_JUMPCLOUD_API_KEY\x10\x03*>\n" +
 	"\x06Region\x12\x16\n" +
 	"\x12REGION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tREGION_US\x10\x01\x12\r\n" +
@@ -1631,7 +1727,7 @@ func file_credbroker_v1_account_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_credbroker_v1_account_proto_goTypes = []any{
 	(Provider)(0),        // 0: credbroker.v1.Provider
 	(Region)(0),          // 1: credbroker.v1.Region
@@ -1641,76 +1737,79 @@ var file_credbroker_v1_account_proto_goTypes = []any{
 	(*Grant)(nil),        // 5: credbroker.v1.Grant
 	(*AccountError)(nil), // 6: credbroker.v1.AccountError
 	(*JumpCloudServiceAccountCredentials)(nil), // 7: credbroker.v1.JumpCloudServiceAccountCredentials
-	(*OAuth2ClientCredentials)(nil),            // 8: credbroker.v1.OAuth2ClientCredentials
-	(*CreateAccountRequest)(nil),               // 9: credbroker.v1.CreateAccountRequest
-	(*CreateAccountResponse)(nil),              // 10: credbroker.v1.CreateAccountResponse
-	(*GetAccountRequest)(nil),                  // 11: credbroker.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),                 // 12: credbroker.v1.GetAccountResponse
-	(*ListAccountsRequest)(nil),                // 13: credbroker.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),               // 14: credbroker.v1.ListAccountsResponse
-	(*UpdateAccountRequest)(nil),               // 15: credbroker.v1.UpdateAccountRequest
-	(*UpdateAccountResponse)(nil),              // 16: credbroker.v1.UpdateAccountResponse
-	(*DeleteAccountRequest)(nil),               // 17: credbroker.v1.DeleteAccountRequest
-	(*DeleteAccountResponse)(nil),              // 18: credbroker.v1.DeleteAccountResponse
-	(*AddAccountGrantRequest)(nil),             // 19: credbroker.v1.AddAccountGrantRequest
-	(*AddAccountGrantResponse)(nil),            // 20: credbroker.v1.AddAccountGrantResponse
-	(*RemoveAccountGrantRequest)(nil),          // 21: credbroker.v1.RemoveAccountGrantRequest
-	(*RemoveAccountGrantResponse)(nil),         // 22: credbroker.v1.RemoveAccountGrantResponse
-	nil,                                        // 23: credbroker.v1.Account.LabelsEntry
-	nil,                                        // 24: credbroker.v1.Account.EndpointParamsEntry
-	nil,                                        // 25: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	(*timestamppb.Timestamp)(nil),              // 26: google.protobuf.Timestamp
-	(ErrorReason)(0),                           // 27: credbroker.v1.ErrorReason
-	(*fieldmaskpb.FieldMask)(nil),              // 28: google.protobuf.FieldMask
+	(*JumpCloudAPIKeyCredentials)(nil),         // 8: credbroker.v1.JumpCloudAPIKeyCredentials
+	(*OAuth2ClientCredentials)(nil),            // 9: credbroker.v1.OAuth2ClientCredentials
+	(*CreateAccountRequest)(nil),               // 10: credbroker.v1.CreateAccountRequest
+	(*CreateAccountResponse)(nil),              // 11: credbroker.v1.CreateAccountResponse
+	(*GetAccountRequest)(nil),                  // 12: credbroker.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),                 // 13: credbroker.v1.GetAccountResponse
+	(*ListAccountsRequest)(nil),                // 14: credbroker.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),               // 15: credbroker.v1.ListAccountsResponse
+	(*UpdateAccountRequest)(nil),               // 16: credbroker.v1.UpdateAccountRequest
+	(*UpdateAccountResponse)(nil),              // 17: credbroker.v1.UpdateAccountResponse
+	(*DeleteAccountRequest)(nil),               // 18: credbroker.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),              // 19: credbroker.v1.DeleteAccountResponse
+	(*AddAccountGrantRequest)(nil),             // 20: credbroker.v1.AddAccountGrantRequest
+	(*AddAccountGrantResponse)(nil),            // 21: credbroker.v1.AddAccountGrantResponse
+	(*RemoveAccountGrantRequest)(nil),          // 22: credbroker.v1.RemoveAccountGrantRequest
+	(*RemoveAccountGrantResponse)(nil),         // 23: credbroker.v1.RemoveAccountGrantResponse
+	nil,                                        // 24: credbroker.v1.Account.LabelsEntry
+	nil,                                        // 25: credbroker.v1.Account.EndpointParamsEntry
+	nil,                                        // 26: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	(*timestamppb.Timestamp)(nil),              // 27: google.protobuf.Timestamp
+	(ErrorReason)(0),                           // 28: credbroker.v1.ErrorReason
+	(*fieldmaskpb.FieldMask)(nil),              // 29: google.protobuf.FieldMask
 }
 var file_credbroker_v1_account_proto_depIdxs = []int32{
-	23, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
+	24, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
 	0,  // 1: credbroker.v1.Account.provider:type_name -> credbroker.v1.Provider
 	1,  // 2: credbroker.v1.Account.region:type_name -> credbroker.v1.Region
 	2,  // 3: credbroker.v1.Account.auth_style:type_name -> credbroker.v1.AuthStyle
-	24, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
+	25, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
 	3,  // 5: credbroker.v1.Account.state:type_name -> credbroker.v1.AccountState
-	26, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	26, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
-	26, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
+	27, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	27, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
+	27, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
 	6,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
 	5,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
-	26, // 11: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	27, // 12: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
-	26, // 13: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
+	27, // 11: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	28, // 12: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
+	27, // 13: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
 	1,  // 14: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
-	2,  // 15: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
-	25, // 16: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	4,  // 17: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
-	7,  // 18: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
-	8,  // 19: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
-	4,  // 20: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 21: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 22: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
-	4,  // 23: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
-	28, // 24: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 25: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 26: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	4,  // 27: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	9,  // 28: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
-	11, // 29: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
-	13, // 30: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
-	15, // 31: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
-	17, // 32: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
-	19, // 33: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
-	21, // 34: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
-	10, // 35: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
-	12, // 36: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
-	14, // 37: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
-	16, // 38: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
-	18, // 39: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
-	20, // 40: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
-	22, // 41: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
-	35, // [35:42] is the sub-list for method output_type
-	28, // [28:35] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	1,  // 15: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
+	2,  // 16: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
+	26, // 17: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	4,  // 18: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
+	7,  // 19: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
+	9,  // 20: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
+	8,  // 21: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
+	4,  // 22: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
+	4,  // 23: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
+	4,  // 24: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
+	4,  // 25: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
+	29, // 26: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 27: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
+	4,  // 28: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	4,  // 29: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	10, // 30: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
+	12, // 31: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
+	14, // 32: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
+	16, // 33: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
+	18, // 34: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
+	20, // 35: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
+	22, // 36: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
+	11, // 37: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
+	13, // 38: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
+	15, // 39: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
+	17, // 40: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
+	19, // 41: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
+	21, // 42: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
+	23, // 43: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
+	37, // [37:44] is the sub-list for method output_type
+	30, // [30:37] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_account_proto_init() }
@@ -1719,9 +1818,10 @@ func file_credbroker_v1_account_proto_init() {
 		return
 	}
 	file_credbroker_v1_error_reason_proto_init()
-	file_credbroker_v1_account_proto_msgTypes[5].OneofWrappers = []any{
+	file_credbroker_v1_account_proto_msgTypes[6].OneofWrappers = []any{
 		(*CreateAccountRequest_JumpcloudServiceAccount)(nil),
 		(*CreateAccountRequest_Oauth2ClientCredentials)(nil),
+		(*CreateAccountRequest_JumpcloudApiKey)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1729,7 +1829,7 @@ func file_credbroker_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_account_proto_rawDesc), len(file_credbroker_v1_account_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,17 +44,20 @@ const (
 // written, so nothing was changed) and INTERNAL (with a generic message;
 // details are in the server log) on a broker fault.
 type AccountServiceClient interface {
-	// CreateAccount is the "Connect" step of linking an account: it fetches a
-	// token from the provider with the given credentials and, only if that
-	// works, stores the account with its secret encrypted. With validate_only
-	// it performs the same checks and stores nothing.
+	// CreateAccount is the "Connect" step of linking an account: it proves the
+	// credentials with the provider (a token request, or for a JumpCloud API
+	// key `GET {API base}/organizations`) and, only if that works, stores the
+	// account with its secret encrypted. With validate_only it performs the
+	// same checks and stores nothing.
 	//
 	// Errors:
 	//
 	//	INVALID_ARGUMENT: a malformed field; a google.rpc.BadRequest detail names it.
 	//	ALREADY_EXISTS: an account with this account_id exists.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider refused
-	//	  the credentials; metadata carries its `error`/`error_description`.
+	//	  the credentials (or, for an API key, the organization ID); metadata
+	//	  carries its `error`/`error_description` (for JumpCloud's API, its
+	//	  error `message`), nothing else.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, the provider could not be
 	//	  reached or answered with a server error.
 	//
@@ -191,17 +194,20 @@ func (c *accountServiceClient) RemoveAccountGrant(ctx context.Context, in *Remov
 // written, so nothing was changed) and INTERNAL (with a generic message;
 // details are in the server log) on a broker fault.
 type AccountServiceServer interface {
-	// CreateAccount is the "Connect" step of linking an account: it fetches a
-	// token from the provider with the given credentials and, only if that
-	// works, stores the account with its secret encrypted. With validate_only
-	// it performs the same checks and stores nothing.
+	// CreateAccount is the "Connect" step of linking an account: it proves the
+	// credentials with the provider (a token request, or for a JumpCloud API
+	// key `GET {API base}/organizations`) and, only if that works, stores the
+	// account with its secret encrypted. With validate_only it performs the
+	// same checks and stores nothing.
 	//
 	// Errors:
 	//
 	//	INVALID_ARGUMENT: a malformed field; a google.rpc.BadRequest detail names it.
 	//	ALREADY_EXISTS: an account with this account_id exists.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider refused
-	//	  the credentials; metadata carries its `error`/`error_description`.
+	//	  the credentials (or, for an API key, the organization ID); metadata
+	//	  carries its `error`/`error_description` (for JumpCloud's API, its
+	//	  error `message`), nothing else.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, the provider could not be
 	//	  reached or answered with a server error.
 	//

@@ -31,11 +31,14 @@ type AuditEvent struct {
 	// the caller proved no identity. "credbroker" for the broker's own
 	// start-up actions (the bootstrap admin).
 	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
-	// The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken".
+	// The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken";
+	// "proxy" for a call to the egress proxy (see proxy_call).
 	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
 	// What the call was about, e.g. "accounts/acme" or "callerKeys/ops".
 	Resource string `protobuf:"bytes,4,opt,name=resource,proto3" json:"resource,omitempty"`
-	// The gRPC status code of the answer, e.g. "OK", "PERMISSION_DENIED".
+	// The gRPC status code of the answer, e.g. "OK", "PERMISSION_DENIED". For
+	// a proxied call, OK means the broker forwarded it, whatever the upstream
+	// answered (see proxy_call.status).
 	Code string `protobuf:"bytes,5,opt,name=code,proto3" json:"code,omitempty"`
 	// For an issued token: "hmac-sha256:" and the hex HMAC-SHA256 of the
 	// token under a key only the broker holds. It identifies the token
@@ -44,7 +47,9 @@ type AuditEvent struct {
 	// A short non-secret note, e.g. the principal a grant names.
 	Detail string `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
 	// The caller's network address.
-	PeerAddress   string `protobuf:"bytes,8,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	PeerAddress string `protobuf:"bytes,8,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	// Set for calls to the egress proxy.
+	ProxyCall     *ProxyCall `protobuf:"bytes,9,opt,name=proxy_call,json=proxyCall,proto3" json:"proxy_call,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -135,6 +140,98 @@ func (x *AuditEvent) GetPeerAddress() string {
 	return ""
 }
 
+func (x *AuditEvent) GetProxyCall() *ProxyCall {
+	if x != nil {
+		return x.ProxyCall
+	}
+	return nil
+}
+
+// ProxyCall describes a call to the egress proxy. It never holds a body, a
+// query string or a header value.
+type ProxyCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The HTTP method, e.g. "GET".
+	HttpMethod string `protobuf:"bytes,1,opt,name=http_method,json=httpMethod,proto3" json:"http_method,omitempty"`
+	// The upstream path below the account's API base URL, e.g. "/v2/systems";
+	// for a call refused before its path was accepted, the request's path.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// The upstream's HTTP status; 0 if the call was not forwarded or no
+	// answer came.
+	Status int32 `protobuf:"varint,3,opt,name=status,proto3" json:"status,omitempty"`
+	// Request body bytes sent upstream.
+	RequestBytes int64 `protobuf:"varint,4,opt,name=request_bytes,json=requestBytes,proto3" json:"request_bytes,omitempty"`
+	// Response body bytes returned to the caller.
+	ResponseBytes int64 `protobuf:"varint,5,opt,name=response_bytes,json=responseBytes,proto3" json:"response_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyCall) Reset() {
+	*x = ProxyCall{}
+	mi := &file_credbroker_v1_audit_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyCall) ProtoMessage() {}
+
+func (x *ProxyCall) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_audit_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyCall.ProtoReflect.Descriptor instead.
+func (*ProxyCall) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_audit_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ProxyCall) GetHttpMethod() string {
+	if x != nil {
+		return x.HttpMethod
+	}
+	return ""
+}
+
+func (x *ProxyCall) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ProxyCall) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *ProxyCall) GetRequestBytes() int64 {
+	if x != nil {
+		return x.RequestBytes
+	}
+	return 0
+}
+
+func (x *ProxyCall) GetResponseBytes() int64 {
+	if x != nil {
+		return x.ResponseBytes
+	}
+	return 0
+}
+
 type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only events about this account, "accounts/{account_id}".
@@ -155,7 +252,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_credbroker_v1_audit_proto_msgTypes[1]
+	mi := &file_credbroker_v1_audit_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +264,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_audit_proto_msgTypes[1]
+	mi := &file_credbroker_v1_audit_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +277,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_audit_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_audit_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ListAuditEventsRequest) GetAccount() string {
@@ -236,7 +333,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_credbroker_v1_audit_proto_msgTypes[2]
+	mi := &file_credbroker_v1_audit_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +345,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_audit_proto_msgTypes[2]
+	mi := &file_credbroker_v1_audit_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +358,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_audit_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_audit_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -282,7 +379,7 @@ var File_credbroker_v1_audit_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/audit.proto\x12\rcredbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x02\n" +
+	"\x19credbroker/v1/audit.proto\x12\rcredbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n" +
 	"\n" +
 	"AuditEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
@@ -292,7 +389,16 @@ const file_credbroker_v1_audit_proto_rawDesc = "" +
 	"\x04code\x18\x05 \x01(\tR\x04code\x12+\n" +
 	"\x11token_fingerprint\x18\x06 \x01(\tR\x10tokenFingerprint\x12\x16\n" +
 	"\x06detail\x18\a \x01(\tR\x06detail\x12!\n" +
-	"\fpeer_address\x18\b \x01(\tR\vpeerAddress\"\xfe\x01\n" +
+	"\fpeer_address\x18\b \x01(\tR\vpeerAddress\x127\n" +
+	"\n" +
+	"proxy_call\x18\t \x01(\v2\x18.credbroker.v1.ProxyCallR\tproxyCall\"\xa4\x01\n" +
+	"\tProxyCall\x12\x1f\n" +
+	"\vhttp_method\x18\x01 \x01(\tR\n" +
+	"httpMethod\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x16\n" +
+	"\x06status\x18\x03 \x01(\x05R\x06status\x12#\n" +
+	"\rrequest_bytes\x18\x04 \x01(\x03R\frequestBytes\x12%\n" +
+	"\x0eresponse_bytes\x18\x05 \x01(\x03R\rresponseBytes\"\xfe\x01\n" +
 	"\x16ListAuditEventsRequest\x12\x18\n" +
 	"\aaccount\x18\x01 \x01(\tR\aaccount\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x129\n" +
@@ -320,25 +426,27 @@ func file_credbroker_v1_audit_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_audit_proto_rawDescData
 }
 
-var file_credbroker_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_credbroker_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_credbroker_v1_audit_proto_goTypes = []any{
 	(*AuditEvent)(nil),              // 0: credbroker.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),  // 1: credbroker.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil), // 2: credbroker.v1.ListAuditEventsResponse
-	(*timestamppb.Timestamp)(nil),   // 3: google.protobuf.Timestamp
+	(*ProxyCall)(nil),               // 1: credbroker.v1.ProxyCall
+	(*ListAuditEventsRequest)(nil),  // 2: credbroker.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil), // 3: credbroker.v1.ListAuditEventsResponse
+	(*timestamppb.Timestamp)(nil),   // 4: google.protobuf.Timestamp
 }
 var file_credbroker_v1_audit_proto_depIdxs = []int32{
-	3, // 0: credbroker.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	3, // 1: credbroker.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	3, // 2: credbroker.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
-	0, // 3: credbroker.v1.ListAuditEventsResponse.events:type_name -> credbroker.v1.AuditEvent
-	1, // 4: credbroker.v1.AuditService.ListAuditEvents:input_type -> credbroker.v1.ListAuditEventsRequest
-	2, // 5: credbroker.v1.AuditService.ListAuditEvents:output_type -> credbroker.v1.ListAuditEventsResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 0: credbroker.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	1, // 1: credbroker.v1.AuditEvent.proxy_call:type_name -> credbroker.v1.ProxyCall
+	4, // 2: credbroker.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	4, // 3: credbroker.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	0, // 4: credbroker.v1.ListAuditEventsResponse.events:type_name -> credbroker.v1.AuditEvent
+	2, // 5: credbroker.v1.AuditService.ListAuditEvents:input_type -> credbroker.v1.ListAuditEventsRequest
+	3, // 6: credbroker.v1.AuditService.ListAuditEvents:output_type -> credbroker.v1.ListAuditEventsResponse
+	6, // [6:7] is the sub-list for method output_type
+	5, // [5:6] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_audit_proto_init() }
@@ -352,7 +460,7 @@ func file_credbroker_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_audit_proto_rawDesc), len(file_credbroker_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -54,6 +54,10 @@ const (
 	// The change would leave no admin identity (no active admin caller key and
 	// no admin principal), locking every admin out. Status FAILED_PRECONDITION.
 	ErrorReason_LAST_ADMIN ErrorReason = 6
+	// The account holds a long-lived API key, which the broker never hands
+	// out: call its API through the egress proxy
+	// (`/v1/accounts/{account_id}/proxy/...`) instead. Status FAILED_PRECONDITION.
+	ErrorReason_PROXY_ONLY ErrorReason = 7
 )
 
 // Enum value maps for ErrorReason.
@@ -66,6 +70,7 @@ var (
 		4: "AUDIT_UNAVAILABLE",
 		5: "RATE_LIMITED",
 		6: "LAST_ADMIN",
+		7: "PROXY_ONLY",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -75,6 +80,7 @@ var (
 		"AUDIT_UNAVAILABLE":        4,
 		"RATE_LIMITED":             5,
 		"LAST_ADMIN":               6,
+		"PROXY_ONLY":               7,
 	}
 )
 
@@ -109,7 +115,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xae\x01\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xbe\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -118,7 +124,9 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x11AUDIT_UNAVAILABLE\x10\x04\x12\x10\n" +
 	"\fRATE_LIMITED\x10\x05\x12\x0e\n" +
 	"\n" +
-	"LAST_ADMIN\x10\x06BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"LAST_ADMIN\x10\x06\x12\x0e\n" +
+	"\n" +
+	"PROXY_ONLY\x10\aBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -48,8 +48,9 @@ type TokenServiceClient interface {
 	//	INVALID_ARGUMENT: malformed name, or negative min_ttl.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
 	//	  the account's credentials and no earlier token is still valid
-	//	  (account state NEEDS_ATTENTION); or reason
-	//	  MIN_TTL_TOO_LONG, min_ttl exceeds the provider's token lifetime.
+	//	  (account state NEEDS_ATTENTION); reason MIN_TTL_TOO_LONG, min_ttl
+	//	  exceeds the provider's token lifetime; or reason PROXY_ONLY, the
+	//	  account holds an API key, which is only usable through the egress proxy.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
 	//	  the provider cannot be reached; RetryInfo says when to try again.
 	//	UNAVAILABLE: reason AUDIT_UNAVAILABLE, the audit event could not be
@@ -103,8 +104,9 @@ type TokenServiceServer interface {
 	//	INVALID_ARGUMENT: malformed name, or negative min_ttl.
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
 	//	  the account's credentials and no earlier token is still valid
-	//	  (account state NEEDS_ATTENTION); or reason
-	//	  MIN_TTL_TOO_LONG, min_ttl exceeds the provider's token lifetime.
+	//	  (account state NEEDS_ATTENTION); reason MIN_TTL_TOO_LONG, min_ttl
+	//	  exceeds the provider's token lifetime; or reason PROXY_ONLY, the
+	//	  account holds an API key, which is only usable through the egress proxy.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
 	//	  the provider cannot be reached; RetryInfo says when to try again.
 	//	UNAVAILABLE: reason AUDIT_UNAVAILABLE, the audit event could not be

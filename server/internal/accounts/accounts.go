@@ -91,7 +91,13 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 		return View{}, err
 	}
 	cr := in.Credentials
-	tok, err := s.provider.Fetch(ctx, cr)
+	var tok provider.Token
+	var err error
+	if cr.Kind == provider.KindJumpCloudAPIKey {
+		err = s.provider.CheckAPIKey(ctx, cr)
+	} else {
+		tok, err = s.provider.Fetch(ctx, cr)
+	}
 	if err != nil {
 		return View{}, err
 	}
@@ -121,13 +127,13 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 	if a.SealedSecret, err = key.Seal(store.FieldClientSecret, []byte(cr.ClientSecret.Reveal())); err != nil {
 		return View{}, err
 	}
-	sealedToken, err := tokens.SealToken(key, tok)
-	if err != nil {
-		return View{}, err
-	}
-	ts := store.TokenState{
-		SealedToken: sealedToken, TokenType: tok.TokenType, Expiry: tok.Expiry, Obtained: tok.Obtained,
-		State: tokens.StateActive,
+	ts := store.TokenState{State: tokens.StateActive}
+	if !tok.AccessToken.IsZero() {
+		sealedToken, err := tokens.SealToken(key, tok)
+		if err != nil {
+			return View{}, err
+		}
+		ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealedToken, tok.TokenType, tok.Expiry, tok.Obtained
 	}
 	if err := s.store.CreateAccount(a, ts, ev); err != nil {
 		return View{}, err

@@ -118,8 +118,13 @@ func (l *Log) Record(ev store.AuditEvent) error {
 
 // Written logs an event that the store committed together with a change.
 func (l *Log) Written(ev store.AuditEvent) {
-	l.cfg.Logger.Info("audit", "principal", ev.Principal, "method", ev.Method, "resource", ev.Resource,
-		"code", ev.Code, "token_fingerprint", ev.TokenFingerprint, "detail", ev.Detail, "peer", ev.PeerAddress)
+	attrs := []any{"principal", ev.Principal, "method", ev.Method, "resource", ev.Resource,
+		"code", ev.Code, "token_fingerprint", ev.TokenFingerprint, "detail", ev.Detail, "peer", ev.PeerAddress}
+	if p := ev.Proxy; p != nil {
+		attrs = append(attrs, slog.Group("proxy", "http_method", p.HTTPMethod, "path", p.Path, "status", p.Status,
+			"request_bytes", p.RequestBytes, "response_bytes", p.ResponseBytes))
+	}
+	l.cfg.Logger.Info("audit", attrs...)
 }
 
 // Run commits batches, one transaction each, and prunes old events, until

@@ -1,4 +1,5 @@
-// Package mtls proves callers' identities from client certificates. The
+// Package mtls proves callers' identities from client certificates, for
+// the gRPC server and for the egress proxy's HTTP server. The
 // TLS handshake asks for a certificate but does not refuse a connection
 // without a valid one: the certificate is verified here, once per
 // connection, and a call on a connection whose certificate failed gets a
@@ -13,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -25,12 +28,21 @@ var ErrNoCertificate = errors.New("no client certificate")
 // ServerCredentials serves TLS with cert. With clientCAs, client
 // certificates signed by them prove the caller's principal (see Principal).
 func ServerCredentials(cert tls.Certificate, clientCAs *x509.CertPool) credentials.TransportCredentials {
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg := ServerTLSConfig(cert, clientCAs != nil)
 	if clientCAs == nil {
 		return credentials.NewTLS(cfg)
 	}
-	cfg.ClientAuth = tls.RequestClientCert
 	return &verifying{TransportCredentials: credentials.NewTLS(cfg), roots: clientCAs}
+}
+
+// ServerTLSConfig serves cert and, with requestCert, asks for (but does not
+// require or verify) a client certificate.
+func ServerTLSConfig(cert tls.Certificate, requestCert bool) *tls.Config {
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if requestCert {
+		cfg.ClientAuth = tls.RequestClientCert
+	}
+	return cfg
 }
 
 // verifying checks each connection's client certificate after the handshake.
@@ -43,9 +55,25 @@ type verifying struct {
 // client certificate.
 type authInfo struct {
 	credentials.TLSInfo
+	verified
+}
+
+// verified is the outcome of verifying a connection's client certificate.
+type verified struct {
 	principal string
 	notAfter  time.Time
 	err       error
+}
+
+// at is the principal the certificate proves at time now.
+func (v *verified) at(now time.Time) (string, error) {
+	if v.err != nil {
+		return "", v.err
+	}
+	if now.After(v.notAfter) { // the connection outlived its certificate
+		return "", errors.New("client certificate expired during the connection; reconnect with a current one")
+	}
+	return v.principal, nil
 }
 
 func (v *verifying) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -119,11 +147,40 @@ func Principal(ctx context.Context, now time.Time) (string, error) {
 	if !ok {
 		return "", ErrNoCertificate
 	}
-	if ai.err != nil {
-		return "", ai.err
+	return ai.at(now)
+}
+
+// HTTPVerifier proves principals from the client certificates of an
+// http.Server's connections, verifying each connection's certificate once.
+// Install its ConnContext in the server.
+type HTTPVerifier struct{ roots *x509.CertPool }
+
+// NewHTTPVerifier accepts client certificates signed by clientCAs; with
+// nil, none.
+func NewHTTPVerifier(clientCAs *x509.CertPool) *HTTPVerifier { return &HTTPVerifier{roots: clientCAs} }
+
+type connKey struct{}
+
+// connVerification is one connection's verification, done on its first request.
+type connVerification struct {
+	once sync.Once
+	verified
+}
+
+// ConnContext gives each connection a place for its verification.
+func (v *HTTPVerifier) ConnContext(ctx context.Context, _ net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, &connVerification{})
+}
+
+// Principal returns the principal proven by the request's client
+// certificate, ErrNoCertificate if there is none, or why it is not accepted.
+func (v *HTTPVerifier) Principal(r *http.Request, now time.Time) (string, error) {
+	cv, ok := r.Context().Value(connKey{}).(*connVerification)
+	if v.roots == nil || r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || !ok {
+		return "", ErrNoCertificate
 	}
-	if now.After(ai.notAfter) { // the connection outlived its certificate
-		return "", errors.New("client certificate expired during the connection; reconnect with a current one")
-	}
-	return ai.principal, nil
+	cv.once.Do(func() {
+		cv.principal, cv.notAfter, cv.err = verify(r.TLS.PeerCertificates, v.roots, time.Now())
+	})
+	return cv.at(now)
 }

@@ -1,6 +1,7 @@
 // Package provider fetches access tokens from the providers an account can
 // be linked to: JumpCloud service accounts and generic OAuth 2.0
 // client-credentials endpoints, both through x/oauth2's clientcredentials.
+// It also proves JumpCloud API keys, which need no token.
 //
 // Failures come back as *RejectedError (the provider refused the
 // credentials) or *UnavailableError (anything else upstream). Neither keeps
@@ -28,7 +29,13 @@ import (
 const (
 	KindJumpCloudServiceAccount = "jumpcloud_service_account"
 	KindOAuth2ClientCredentials = "oauth2_client_credentials"
+	KindJumpCloudAPIKey         = "jumpcloud_api_key"
 )
+
+// IsJumpCloud reports whether the kind is one of JumpCloud's.
+func IsJumpCloud(kind string) bool {
+	return kind == KindJumpCloudServiceAccount || kind == KindJumpCloudAPIKey
+}
 
 // JumpCloud regions, as stored.
 const (
@@ -70,10 +77,11 @@ func DefaultEndpoints() Endpoints {
 	}
 }
 
-// Credentials are everything a token request needs.
+// Credentials are everything a token request (or an API-key check) needs.
 type Credentials struct {
-	Kind         string
-	ClientID     string
+	Kind     string
+	ClientID string
+	// ClientSecret is the client secret, or the API key of an API-key account.
 	ClientSecret secret.String
 	// JumpCloud.
 	Region string
@@ -136,18 +144,21 @@ func New(cfg Config) *Client {
 	}
 }
 
-// TokenURL is the token endpoint the account uses.
+// TokenURL is the token endpoint the account uses; empty for API keys.
 func (c *Client) TokenURL(cr Credentials) string {
-	if cr.Kind != KindJumpCloudServiceAccount {
-		return cr.TokenURL
+	switch cr.Kind {
+	case KindJumpCloudServiceAccount:
+		tokenURL, _ := c.jumpCloudURLs(cr.Region)
+		return tokenURL
+	case KindJumpCloudAPIKey:
+		return ""
 	}
-	tokenURL, _ := c.jumpCloudURLs(cr.Region)
-	return tokenURL
+	return cr.TokenURL
 }
 
-// APIBaseURL is the API that the account's tokens are for.
+// APIBaseURL is the API that the account's credentials are for.
 func (c *Client) APIBaseURL(cr Credentials) string {
-	if cr.Kind != KindJumpCloudServiceAccount {
+	if !IsJumpCloud(cr.Kind) {
 		return cr.APIBaseURL
 	}
 	_, apiURL := c.jumpCloudURLs(cr.Region)
@@ -164,7 +175,7 @@ func (c *Client) jumpCloudURLs(region string) (tokenURL, apiURL string) {
 // Headers are the extra headers every API request with the account's token
 // must carry: x-org-id for JumpCloud multi-tenant admins.
 func Headers(cr Credentials) map[string]string {
-	if cr.Kind == KindJumpCloudServiceAccount && cr.OrgID != "" {
+	if IsJumpCloud(cr.Kind) && cr.OrgID != "" {
 		return map[string]string{"x-org-id": cr.OrgID}
 	}
 	return nil

@@ -184,3 +184,50 @@ func TestRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckAPIKey(t *testing.T) {
+	const key = "canary-api-key-33f0"
+	var answer func(w http.ResponseWriter)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/organizations" || r.Header.Get("x-api-key") != key || r.Header.Get("x-org-id") != "5a1234567890abcdef123456" {
+			t.Errorf("check sent %s with x-org-id %q (key sent: %v)", r.URL.Path, r.Header.Get("x-org-id"), r.Header.Get("x-api-key") == key)
+		}
+		answer(w)
+	}))
+	t.Cleanup(api.Close)
+	c := New(Config{Endpoints: Endpoints{JumpCloudAPIURLUS: api.URL + "/api"}, Timeout: time.Second})
+	cr := Credentials{Kind: KindJumpCloudAPIKey, ClientSecret: secret.New(key), Region: RegionUS, OrgID: "5a1234567890abcdef123456"}
+
+	answer = func(w http.ResponseWriter) { _, _ = w.Write([]byte(`{"results":[]}`)) }
+	if err := c.CheckAPIKey(context.Background(), cr); err != nil {
+		t.Fatalf("accepted key: %v", err)
+	}
+	for _, tc := range []struct {
+		status   int
+		body     string
+		rejected bool
+	}{
+		{http.StatusUnauthorized, `{"code":401,"message":"bad key ` + key + `","status":"Unauthorized"}`, true},
+		{http.StatusNotFound, `{"message":"organization not found"}`, true},
+		{http.StatusBadRequest, `not json`, true},
+		{http.StatusTooManyRequests, `{}`, false},
+		{http.StatusBadGateway, `<html>` + key + `</html>`, false},
+	} {
+		answer = func(w http.ResponseWriter) {
+			w.WriteHeader(tc.status)
+			_, _ = w.Write([]byte(tc.body))
+		}
+		err := c.CheckAPIKey(context.Background(), cr)
+		var rejected *RejectedError
+		var unavailable *UnavailableError
+		if tc.rejected && !errors.As(err, &rejected) || !tc.rejected && !errors.As(err, &unavailable) {
+			t.Fatalf("HTTP %d: %T %v", tc.status, err, err)
+		}
+		if strings.Contains(err.Error(), key) || strings.Contains(err.Error(), "html") {
+			t.Fatalf("HTTP %d: the error quotes the key or the body: %v", tc.status, err)
+		}
+	}
+	if err := c.CheckAPIKey(context.Background(), cr); !strings.Contains(err.Error(), "HTTP 502") {
+		t.Fatalf("unavailable error: %v", err)
+	}
+}

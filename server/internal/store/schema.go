@@ -44,7 +44,8 @@ type Account struct {
 	ID          string            `json:"id"`
 	DisplayName string            `json:"display_name,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
-	// Provider is "jumpcloud_service_account" or "oauth2_client_credentials".
+	// Provider is "jumpcloud_service_account", "jumpcloud_api_key" or
+	// "oauth2_client_credentials".
 	Provider string `json:"provider"`
 	ClientID string `json:"client_id"`
 	// JumpCloud: "us" or "eu", and an optional organization id.
@@ -58,7 +59,8 @@ type Account struct {
 	APIBaseURL     string            `json:"api_base_url,omitempty"`
 	// WrappedKey is the account's data key, wrapped by the master key.
 	WrappedKey []byte `json:"wrapped_key"`
-	// SealedSecret is the client secret sealed under the data key (FieldClientSecret).
+	// SealedSecret is the client secret, or the API key of an API-key
+	// account, sealed under the data key (FieldClientSecret).
 	SealedSecret []byte    `json:"sealed_secret"`
 	CreateTime   time.Time `json:"create_time"`
 	UpdateTime   time.Time `json:"update_time"`
@@ -142,6 +144,18 @@ type AuditEvent struct {
 	TokenFingerprint string    `json:"token_fingerprint,omitempty"`
 	Detail           string    `json:"detail,omitempty"`
 	PeerAddress      string    `json:"peer_address,omitempty"`
+	// Proxy is set for calls to the egress proxy.
+	Proxy *ProxyCall `json:"proxy,omitempty"`
+}
+
+// ProxyCall is what the audit trail keeps of an egress-proxy call: never a
+// body, a query string or a header value.
+type ProxyCall struct {
+	HTTPMethod    string `json:"http_method"`
+	Path          string `json:"path"`
+	Status        int    `json:"status,omitempty"`
+	RequestBytes  int64  `json:"request_bytes,omitempty"`
+	ResponseBytes int64  `json:"response_bytes,omitempty"`
 }
 
 func (e *AuditEvent) version() int { return e.Version }

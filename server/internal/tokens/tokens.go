@@ -3,7 +3,9 @@
 // the background before they expire, and tracks each account's health.
 //
 // GetToken's hot path is a map lookup and an atomic load: no locks held
-// across I/O, no store access. Every upstream request, whether a caller or
+// across I/O, no store access. API-key accounts have no token: their key is
+// opened once, when the account is loaded, and only the egress proxy gets
+// it (Credential). Every upstream request, whether a caller or
 // the refresher wants it, passes one gate per account (nextAttempt), so a
 // failing provider sees backoff, not a retry storm.
 package tokens
@@ -14,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +43,15 @@ const (
 
 // ErrNotFound means the manager knows no such account.
 var ErrNotFound = errors.New("account not found")
+
+// ErrProxyOnly means the account holds an API key, which is never handed
+// out: only the egress proxy uses it.
+var ErrProxyOnly = errors.New("this account holds a long-lived API key, which the broker never hands out: call its API through the egress proxy (/v1/accounts/{account_id}/proxy/...) instead")
+
+// invalidateInterval: an account's token is dropped because an API rejected
+// it (see Invalidate) at most once per interval, so that an API answering
+// 401 for other reasons cannot make the broker hammer the token endpoint.
+const invalidateInterval = 10 * time.Second
 
 // MinTTLTooLongError means the caller asked for a token that outlives
 // anything the provider issues.
@@ -128,14 +140,30 @@ func fillDuration(p *time.Duration, v time.Duration) {
 	}
 }
 
-// Issued is a token ready to hand out. It is immutable and shared.
+// Issued is a token ready to hand out, or an API-key account's key. It is
+// immutable and shared.
 type Issued struct {
 	provider.Token
+	// APIKey: AccessToken is the account's API key, sent as x-api-key.
+	APIKey     bool
 	APIBaseURL string
 	// Headers must not be modified.
 	Headers map[string]string
 	// Fingerprint names the token in the audit trail (Config.Fingerprint).
 	Fingerprint string
+}
+
+// Authorize sets the headers that make an API request use the credential:
+// Authorization (or x-api-key) and the account's extra headers.
+func (is *Issued) Authorize(h http.Header) {
+	if is.APIKey {
+		h.Set("x-api-key", is.AccessToken.Reveal())
+	} else {
+		h.Set("Authorization", is.TokenType+" "+is.AccessToken.Reveal())
+	}
+	for k, v := range is.Headers {
+		h.Set(k, v)
+	}
 }
 
 // lifetime is how long the provider's tokens are good for (less the margin):
@@ -168,6 +196,10 @@ type entry struct {
 	id         string
 	apiBaseURL string
 	headers    map[string]string
+	// apiKey: the entry holds an API key (in current) and never fetches;
+	// keyErr is why the key could not be opened, if it could not.
+	apiKey bool
+	keyErr error
 
 	current atomic.Pointer[Issued]
 
@@ -178,6 +210,7 @@ type entry struct {
 	nextAttempt time.Time // no upstream request before this
 	lastErr     *FetchError
 	refreshAt   time.Time
+	invalidated time.Time // when Invalidate last dropped a token
 	removed     bool
 }
 
@@ -206,7 +239,15 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc)}
 	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError}
-	if len(ts.SealedToken) > 0 {
+	if a.Provider == provider.KindJumpCloudAPIKey {
+		e.apiKey = true
+		if _, key, err := m.openSecret(a); err != nil {
+			e.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
+			m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
+		} else {
+			e.current.Store(&Issued{Token: provider.Token{AccessToken: key, Obtained: a.CreateTime, Expiry: neverExpires}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers})
+		}
+	} else if len(ts.SealedToken) > 0 {
 		if tok, err := m.openToken(a, ts); err != nil {
 			// A token that cannot be opened is only a cache miss.
 			m.cfg.Logger.Warn("stored token unreadable; a new one will be fetched", "account", a.ID, "error", err)
@@ -251,13 +292,68 @@ func (m *Manager) lookup(id string) *entry {
 	return m.entries[id]
 }
 
+// neverExpires is the expiry of an API key.
+var neverExpires = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // Get returns a token for the account that stays valid for more than minTTL,
-// fetching one if the cached token would not.
+// fetching one if the cached token would not. For an API-key account it
+// returns ErrProxyOnly.
 func (m *Manager) Get(ctx context.Context, id string, minTTL time.Duration) (*Issued, error) {
 	e := m.lookup(id)
 	if e == nil {
 		return nil, ErrNotFound
 	}
+	if e.apiKey {
+		return nil, ErrProxyOnly
+	}
+	return m.get(ctx, e, minTTL)
+}
+
+// Credential returns what the egress proxy authenticates the account's API
+// calls with: its API key, or a token as Get(ctx, id, 0) returns it.
+func (m *Manager) Credential(ctx context.Context, id string) (*Issued, error) {
+	e := m.lookup(id)
+	if e == nil {
+		return nil, ErrNotFound
+	}
+	if !e.apiKey {
+		return m.get(ctx, e, 0)
+	}
+	if is := e.current.Load(); is != nil {
+		return is, nil
+	}
+	if e.keyErr != nil {
+		return nil, e.keyErr
+	}
+	return nil, ErrNotFound // removed meanwhile
+}
+
+// Invalidate is for an upstream API that rejected token is (HTTP 401): if
+// is is still the account's token, and no token of the account was dropped
+// in the last invalidateInterval, it is dropped so that the next call
+// fetches a new one. Invalidate reports whether a retry may get a
+// different token.
+func (m *Manager) Invalidate(id string, is *Issued) bool {
+	e := m.lookup(id)
+	if e == nil || e.apiKey {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.current.Load() != is {
+		return true // replaced already
+	}
+	now := m.cfg.Now()
+	if now.Sub(e.invalidated) < invalidateInterval {
+		return false
+	}
+	e.invalidated = now
+	e.current.Store(nil)
+	m.cfg.Logger.Info("an upstream API rejected the account's token; fetching a new one", "account", id)
+	return true
+}
+
+func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
 	if is := e.current.Load(); is != nil && is.Expiry.Sub(m.cfg.Now()) > minTTL {
 		return is, nil
 	}
@@ -406,18 +502,27 @@ func (m *Manager) fetch(id string) (provider.Token, *seal.DataKey, error) {
 	if err != nil {
 		return provider.Token{}, nil, err
 	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
+	key, clientSecret, err := m.openSecret(a)
 	if err != nil {
-		return provider.Token{}, nil, fmt.Errorf("unwrap data key: %w", err)
-	}
-	clientSecret, err := key.Open(store.FieldClientSecret, a.SealedSecret)
-	if err != nil {
-		return provider.Token{}, nil, fmt.Errorf("open client secret: %w", err)
+		return provider.Token{}, nil, err
 	}
 	cr := Describe(a)
-	cr.ClientSecret = secret.New(string(clientSecret))
+	cr.ClientSecret = clientSecret
 	tok, err := m.provider.Fetch(context.Background(), cr)
 	return tok, key, err
+}
+
+// openSecret returns the account's data key and its decrypted secret.
+func (m *Manager) openSecret(a store.Account) (*seal.DataKey, secret.String, error) {
+	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
+	if err != nil {
+		return nil, secret.String{}, fmt.Errorf("unwrap data key: %w", err)
+	}
+	raw, err := key.Open(store.FieldClientSecret, a.SealedSecret)
+	if err != nil {
+		return nil, secret.String{}, fmt.Errorf("open secret: %w", err)
+	}
+	return key, secret.New(string(raw)), nil
 }
 
 func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool) error {
@@ -492,7 +597,7 @@ func (m *Manager) refreshDue(slots chan struct{}) {
 	for _, e := range due {
 		e.mu.Lock()
 		now := m.cfg.Now()
-		start := !e.removed && e.inflight == nil && !now.Before(e.nextAttempt) &&
+		start := !e.removed && !e.apiKey && e.inflight == nil && !now.Before(e.nextAttempt) &&
 			(e.current.Load() == nil || !now.Before(e.refreshAt))
 		if !start {
 			e.mu.Unlock()

@@ -1,0 +1,348 @@
+// Package proxy forwards callers' HTTP requests to an account's API with
+// the account's credentials injected, so that the credentials themselves
+// never leave the broker. It is not an open proxy: a request can only reach
+// the account's own API base URL, redirects are passed back rather than
+// followed, the caller's own credentials and hop-by-hop headers are
+// stripped, and bodies are bounded both ways.
+//
+// Authentication, grants and the audit trail are the caller's (package
+// server) business; this package only parses the path and forwards.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/tokens"
+)
+
+// Errors a Forward can end with before anything was written.
+var (
+	// ErrBadPath: the path is not /v1/accounts/{account_id}/proxy/{path}, or
+	// {path} has a dot segment, an empty segment or an encoded slash.
+	ErrBadPath = errors.New(`the path must be /v1/accounts/{account_id}/proxy/{path}, where {path} has no "." or ".." segments, no empty segments and no encoded "/" or "\"`)
+	// ErrMethod: the proxy forwards the methods of a REST API only.
+	ErrMethod = errors.New("the egress proxy forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only")
+	// ErrNoAPIBase: the account has no API base URL to forward to.
+	ErrNoAPIBase = errors.New("the account has no api_base_url, so the egress proxy has nowhere to forward its calls")
+)
+
+// TooLargeError means a body exceeded its bound.
+type TooLargeError struct {
+	What  string // "request" or "response"
+	Limit int64
+}
+
+func (e *TooLargeError) Error() string {
+	return fmt.Sprintf("the %s body is larger than the egress proxy's limit of %d bytes", e.What, e.Limit)
+}
+
+// UpstreamError means the API could not be reached or failed to answer.
+type UpstreamError struct{ Err error }
+
+func (e *UpstreamError) Error() string {
+	if e.Timeout() {
+		return "the account's API did not answer in time"
+	}
+	return "the account's API could not be reached"
+}
+
+// Timeout reports whether the API was too slow rather than unreachable.
+func (e *UpstreamError) Timeout() bool {
+	var netErr net.Error
+	return errors.Is(e.Err, context.DeadlineExceeded) || (errors.As(e.Err, &netErr) && netErr.Timeout())
+}
+func (e *UpstreamError) Unwrap() error { return e.Err }
+
+// pathPrefix starts every proxy path.
+const pathPrefix = "/v1/accounts/"
+
+// ParsePath splits an escaped request path into the account id and the
+// escaped upstream path below the account's API base URL (starting with
+// "/"). It refuses anything that could climb out of that base: "." and ".."
+// segments (also percent-encoded), empty segments, and encoded "/" or "\".
+// The account id is not validated here.
+func ParsePath(escaped string) (accountID, upstreamPath string, err error) {
+	rest, ok := strings.CutPrefix(escaped, pathPrefix)
+	if !ok {
+		return "", "", ErrBadPath
+	}
+	accountID, rest, ok = strings.Cut(rest, "/proxy/")
+	if !ok || accountID == "" || strings.Contains(accountID, "/") || rest == "" {
+		return "", "", ErrBadPath
+	}
+	for _, seg := range strings.Split(rest, "/") {
+		dec, err := url.PathUnescape(seg)
+		if err != nil || dec == "" || dec == "." || dec == ".." || strings.ContainsAny(dec, `/\`) {
+			return "", "", ErrBadPath
+		}
+	}
+	return accountID, "/" + rest, nil
+}
+
+// Config bounds the proxy. Zero values take the defaults.
+type Config struct {
+	// MaxRequestBytes bounds a request body. Default 10 MiB.
+	MaxRequestBytes int64
+	// MaxResponseBytes bounds a response body; a longer one is cut off and
+	// the caller's connection aborted, so it cannot mistake it for whole.
+	// Default 64 MiB.
+	MaxResponseBytes int64
+	// Timeout bounds the wait for the API's response headers. Default 60s.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// Defaults for Config.
+const (
+	DefaultMaxRequestBytes  = 10 << 20
+	DefaultMaxResponseBytes = 64 << 20
+	DefaultTimeout          = time.Minute
+)
+
+// replayLimit: request bodies up to this size are held in memory, so that
+// a call whose token is rejected can be sent again with a new one.
+const replayLimit = 1 << 20
+
+// Credentials are the accounts' credentials (a *tokens.Manager).
+type Credentials interface {
+	Credential(ctx context.Context, accountID string) (*tokens.Issued, error)
+	Invalidate(accountID string, is *tokens.Issued) bool
+}
+
+// Forwarder forwards calls. It is safe for concurrent use.
+type Forwarder struct {
+	cfg   Config
+	creds Credentials
+	rp    *httputil.ReverseProxy
+}
+
+// New returns a Forwarder that sends calls over its own HTTP transport.
+func New(cfg Config, creds Credentials) *Forwarder {
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	base.Proxy = nil // the broker talks to the API itself, not via the environment's proxy
+	base.ResponseHeaderTimeout = cfg.Timeout
+	base.MaxIdleConnsPerHost = 256
+	f := &Forwarder{cfg: cfg, creds: creds}
+	f.rp = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      &credentialTransport{base: base, creds: creds},
+		ModifyResponse: f.checkResponse,
+		ErrorHandler:   func(_ http.ResponseWriter, r *http.Request, err error) { callOf(r.Context()).Err = err },
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return f
+}
+
+// Call is one proxied call: what to forward, and what happened.
+type Call struct {
+	AccountID string
+	// Path is the escaped upstream path below the API base URL.
+	Path string
+
+	// Status is the API's HTTP status; 0 if none came.
+	Status        int
+	RequestBytes  int64
+	ResponseBytes int64
+	// Err is set when the call failed before the API's answer was passed
+	// on; nothing has been written to the caller then.
+	Err error
+	// Aborted: the answer was cut off mid-way (too large, or the API's
+	// connection broke); the caller's connection must be aborted.
+	Aborted bool
+
+	target *url.URL
+	issued *tokens.Issued
+}
+
+type callKey struct{}
+
+func callOf(ctx context.Context) *Call { return ctx.Value(callKey{}).(*Call) }
+
+// Forward sends r to c's account API and streams the answer to w. On
+// return, c says what happened; if c.Err is set, nothing has been written
+// and the caller answers with an error itself.
+func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, c *Call) {
+	if c.Err = f.prepare(w, r, c); c.Err != nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler { //nolint:errorlint // ReverseProxy panics with this exact value
+				panic(p)
+			}
+			c.Aborted = true
+		}
+	}()
+	f.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
+}
+
+// prepare checks the method and body size, gets the account's credential
+// and target URL, and makes small bodies replayable.
+func (f *Forwarder) prepare(w http.ResponseWriter, r *http.Request, c *Call) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+	default:
+		return ErrMethod
+	}
+	if r.ContentLength > f.cfg.MaxRequestBytes {
+		return &TooLargeError{What: "request", Limit: f.cfg.MaxRequestBytes}
+	}
+	is, err := f.creds.Credential(r.Context(), c.AccountID)
+	if err != nil {
+		return err
+	}
+	if is.APIBaseURL == "" {
+		return ErrNoAPIBase
+	}
+	base, err := url.Parse(is.APIBaseURL)
+	if err != nil {
+		return fmt.Errorf("account %s: api base url: %w", c.AccountID, err)
+	}
+	c.issued, c.target = is, joinPath(base, c.Path)
+
+	switch {
+	case r.ContentLength == 0:
+		return nil // ReverseProxy sends no body
+	case r.ContentLength > 0 && r.ContentLength <= replayLimit:
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return &UpstreamError{Err: fmt.Errorf("reading the request body: %w", err)}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(buf))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+	default:
+		r.Body = http.MaxBytesReader(w, r.Body, f.cfg.MaxRequestBytes)
+	}
+	r.Body = &countingBody{ReadCloser: r.Body, n: &c.RequestBytes}
+	return nil
+}
+
+// joinPath puts an escaped path below base's path; the host is base's.
+func joinPath(base *url.URL, escaped string) *url.URL {
+	u := *base
+	u.RawQuery, u.Fragment = "", ""
+	u.RawPath = strings.TrimSuffix(base.EscapedPath(), "/") + escaped
+	u.Path, _ = url.PathUnescape(u.RawPath) // ParsePath checked the escapes
+	return &u
+}
+
+// strippedHeaders are request headers that must not reach the API: the
+// caller's own credentials (the broker sets the account's) and forwarding
+// details. ReverseProxy strips hop-by-hop headers, Proxy-Authorization
+// among them, itself.
+var strippedHeaders = []string{"Authorization", "X-Api-Key", "X-Org-Id", "Cookie", "Forwarded", "Via"}
+
+func rewrite(pr *httputil.ProxyRequest) {
+	c := callOf(pr.In.Context())
+	pr.Out.URL = c.target
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	pr.Out.Host = ""
+	for _, h := range strippedHeaders {
+		pr.Out.Header.Del(h)
+	}
+}
+
+// checkResponse refuses an answer whose declared size is over the bound
+// and counts (and bounds) the bytes of the rest.
+func (f *Forwarder) checkResponse(resp *http.Response) error {
+	c := callOf(resp.Request.Context())
+	c.Status = resp.StatusCode
+	if resp.ContentLength > f.cfg.MaxResponseBytes {
+		return &TooLargeError{What: "response", Limit: f.cfg.MaxResponseBytes}
+	}
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.ResponseBytes, limit: f.cfg.MaxResponseBytes}
+	return nil
+}
+
+// credentialTransport authenticates each request with the account's
+// credential and, when the API rejects a token with 401, gets a new token
+// and sends the request once more if its body can be sent again.
+type credentialTransport struct {
+	base  http.RoundTripper
+	creds Credentials
+}
+
+func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	c := callOf(req.Context())
+	resp, err := t.send(req, c.issued, req.Body)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || c.issued.APIKey ||
+		(req.Body != nil && req.Body != http.NoBody && req.GetBody == nil) ||
+		!t.creds.Invalidate(c.AccountID, c.issued) {
+		return resp, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	is, err := t.creds.Credential(req.Context(), c.AccountID)
+	if err != nil {
+		return nil, err
+	}
+	body := req.Body
+	if req.GetBody != nil {
+		if body, err = req.GetBody(); err != nil {
+			return nil, err
+		}
+		c.RequestBytes = 0
+		body = &countingBody{ReadCloser: body, n: &c.RequestBytes}
+	}
+	c.issued = is
+	return t.send(req, is, body)
+}
+
+func (t *credentialTransport) send(req *http.Request, is *tokens.Issued, body io.ReadCloser) (*http.Response, error) {
+	out := req.Clone(req.Context())
+	out.Body = body
+	is.Authorize(out.Header)
+	resp, err := t.base.RoundTrip(out)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, &TooLargeError{What: "request", Limit: tooLarge.Limit}
+		}
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, &UpstreamError{Err: err}
+	}
+	return resp, nil
+}
+
+// countingBody counts the bytes read through it and, with a limit, fails
+// once more than limit have been read.
+type countingBody struct {
+	io.ReadCloser
+	n     *int64
+	limit int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	*b.n += int64(n)
+	if over := *b.n - b.limit; b.limit > 0 && over > 0 {
+		*b.n = b.limit
+		return n - int(over), &TooLargeError{What: "response", Limit: b.limit}
+	}
+	return n, err
+}

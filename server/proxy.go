@@ -1,0 +1,161 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/mtls"
+	"github.com/credbroker/credbroker/server/internal/proxy"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// proxyMethod is the audit trail's method for egress-proxy calls.
+const proxyMethod = "proxy"
+
+// proxyKeyHeader carries a caller key on the egress proxy. The caller's
+// Authorization header is the API's business, and is stripped.
+const proxyKeyHeader = "Proxy-Authorization"
+
+// proxyHandler is the egress proxy: the gRPC API's authentication, rate
+// limits, grants and audit trail, then package proxy forwards the call.
+type proxyHandler struct {
+	gate   *gate
+	certs  *mtls.HTTPVerifier
+	grants *grants.Index
+	fwd    *proxy.Forwarder
+	errs   errorMapper
+}
+
+func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := &call{method: proxyMethod, time: h.gate.now(), peer: r.RemoteAddr}
+	pc := &proxy.Call{}
+	id, path, perr := proxy.ParsePath(r.URL.EscapedPath())
+	if perr == nil && validAccountID(id) {
+		c.resource = accountPrefix + id // named in the audit event of a refused call too
+	}
+	err := h.gate.admit(c, caller, r.Header.Get(proxyKeyHeader), func(now time.Time) (string, error) { return h.certs.Principal(r, now) })
+	if err == nil {
+		err = h.route(c, pc, id, path, perr)
+	}
+	if err == nil {
+		h.fwd.Forward(w, r, pc)
+		if pc.Err != nil {
+			err = h.errs.toStatus(r.Context(), pc.Err)
+		}
+	}
+	if pc.Path == "" {
+		pc.Path = r.URL.EscapedPath()
+	}
+	c.proxy = &store.ProxyCall{
+		HTTPMethod: truncate(r.Method, 16), Path: truncate(pc.Path, maxAuditResource),
+		Status: pc.Status, RequestBytes: pc.RequestBytes, ResponseBytes: pc.ResponseBytes,
+	}
+	if err != nil {
+		writeProxyError(w, proxyHTTPStatus(pc.Err, status.Code(err)), status.Convert(err))
+	}
+	if aerr := h.gate.audit.Record(c.event(status.Code(err))); aerr != nil {
+		// The answer has gone already; the failure is in the server log.
+		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.principal, "resource", c.resource)
+	}
+	if pc.Aborted {
+		panic(http.ErrAbortHandler) // the caller must not take a cut-off answer for a whole one
+	}
+}
+
+// route checks the parsed path and the caller's grant for its account.
+func (h *proxyHandler) route(c *call, pc *proxy.Call, id, path string, parseErr error) error {
+	if parseErr != nil {
+		return invalidArgument("path", parseErr.Error())
+	}
+	if c.resource == "" {
+		return invalidArgument("path", "the account id must be 1-63 lowercase letters, digits and hyphens")
+	}
+	pc.AccountID, pc.Path = id, path
+	if !h.grants.Allowed(id, c.principal) {
+		// The same answer whether or not the account exists.
+		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return strings.ToValidUTF8(s[:n], "") + "..."
+	}
+	return s
+}
+
+// proxyHTTPStatus is the HTTP status of the proxy's own error answers: the
+// usual mapping of gRPC codes, except where HTTP has a closer word.
+func proxyHTTPStatus(err error, code codes.Code) int {
+	var tooLarge *proxy.TooLargeError
+	var upstream *proxy.UpstreamError
+	switch {
+	case errors.Is(err, proxy.ErrMethod):
+		return http.StatusMethodNotAllowed
+	case errors.As(err, &tooLarge) && tooLarge.What == "request":
+		return http.StatusRequestEntityTooLarge
+	case errors.As(err, &tooLarge):
+		return http.StatusBadGateway
+	case errors.As(err, &upstream) && upstream.Timeout():
+		return http.StatusGatewayTimeout
+	case errors.As(err, &upstream):
+		return http.StatusBadGateway
+	}
+	return httpStatusOf[code]
+}
+
+// httpStatusOf maps gRPC codes to HTTP as google.rpc.Code documents.
+var httpStatusOf = map[codes.Code]int{
+	codes.OK: http.StatusOK, codes.Canceled: 499, codes.Unknown: http.StatusInternalServerError,
+	codes.InvalidArgument: http.StatusBadRequest, codes.DeadlineExceeded: http.StatusGatewayTimeout,
+	codes.NotFound: http.StatusNotFound, codes.AlreadyExists: http.StatusConflict,
+	codes.PermissionDenied: http.StatusForbidden, codes.Unauthenticated: http.StatusUnauthorized,
+	codes.ResourceExhausted: http.StatusTooManyRequests, codes.FailedPrecondition: http.StatusBadRequest,
+	codes.Aborted: http.StatusConflict, codes.OutOfRange: http.StatusBadRequest,
+	codes.Unimplemented: http.StatusNotImplemented, codes.Internal: http.StatusInternalServerError,
+	codes.Unavailable: http.StatusServiceUnavailable, codes.DataLoss: http.StatusInternalServerError,
+}
+
+// proxyErrorHeader marks the proxy's own error answers, so that callers can
+// tell them from the API's; its value is the gRPC code name.
+const proxyErrorHeader = "Credbroker-Error"
+
+// writeProxyError answers with the JSON error format of Google's HTTP APIs:
+// {"error": {"code": 403, "status": "PERMISSION_DENIED", "message": ..., "details": [...]}}.
+func writeProxyError(w http.ResponseWriter, httpStatus int, st *status.Status) {
+	details := []json.RawMessage{}
+	for _, d := range st.Proto().GetDetails() {
+		if raw, err := protojson.Marshal(d); err == nil {
+			details = append(details, raw)
+		}
+		if retry := retryDelay(d); retry > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(retry.Round(time.Second)/time.Second)))
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(proxyErrorHeader, codeName(st.Code()))
+	w.WriteHeader(httpStatus)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"code": httpStatus, "status": codeName(st.Code()), "message": st.Message(), "details": details,
+	}})
+}
+
+func retryDelay(d *anypb.Any) time.Duration {
+	var ri errdetails.RetryInfo
+	if d.UnmarshalTo(&ri) != nil {
+		return 0
+	}
+	return max(time.Second, ri.GetRetryDelay().AsDuration())
+}
