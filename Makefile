@@ -28,12 +28,15 @@ check-generated:
 	fi
 
 # Go benchmarks (client TokenSource, the broker's cache hit, one durable
-# audit commit, GetToken against the health check over mTLS in-process),
-# then GetToken against the health check from another process with ghz,
-# over mTLS and with a caller key (bench/ghz.sh).
+# audit commit, GetToken against the health check over mTLS in-process,
+# proxied GETs against direct ones in-process), then GetToken against the
+# health check from another process with ghz, over mTLS and with a caller
+# key (bench/ghz.sh), and proxied GETs against direct ones with hey
+# (bench/proxy.sh).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./client/ ./server/internal/tokens/ ./server/internal/store/ ./server/
 	bash bench/ghz.sh
+	bash bench/proxy.sh
 
 build:
 	$(GO) build -o bin/credbroker ./cmd/credbroker

@@ -266,7 +266,7 @@ them for anything real.`)
 func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {
 	var (
 		listen, clientID, clientSecret, apiKey, orgID string
-		ttl                                           time.Duration
+		ttl, apiDelay                                 time.Duration
 	)
 	fs := newFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token and
 its API at /api, for trying the broker without a JumpCloud account. It
@@ -278,11 +278,13 @@ Never use it for anything real.`)
 	fs.StringVar(&apiKey, "api-key", "demo-api-key", "the API key its API accepts")
 	fs.StringVar(&orgID, "org-id", "", "the organization ID the API key belongs to; calls with the key must send it as x-org-id")
 	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the tokens it issues")
+	fs.DurationVar(&apiDelay, "api-delay", 0, "how long each API answer takes, like a real API's latency")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	fake := jumpcloudfake.New(clientID, clientSecret)
 	fake.SetTokenTTL(ttl)
+	fake.SetAPIDelay(apiDelay)
 	fake.SetAPIKey(apiKey, orgID)
 	srv := &http.Server{Addr: listen, Handler: fake, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(stdout, "fake JumpCloud token endpoint: http://%s%s (client id %q)\nfake JumpCloud API: http://%s%s\n", listen, jumpcloudfake.TokenPath, clientID, listen, jumpcloudfake.APIPath)

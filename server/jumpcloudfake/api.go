@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // APIRequest is what the fake's API last received, for tests to inspect.
@@ -49,6 +50,13 @@ func (f *Fake) SetAPIHandler(h http.Handler) {
 	f.apiHandler = h
 }
 
+// SetAPIDelay makes every API answer take d, as a real API's would.
+func (f *Fake) SetAPIDelay(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.apiDelay = d
+}
+
 // APIRequests is the number of API calls received so far, good or bad.
 func (f *Fake) APIRequests() int { return int(f.apiRequests.Load()) }
 
@@ -76,8 +84,15 @@ func (f *Fake) serveAPI(w http.ResponseWriter, r *http.Request) {
 	orgID, knownKey := f.apiKeys[r.Header.Get("x-api-key")]
 	bearer, hasBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	knownToken := hasBearer && f.issued[bearer]
-	handler := f.apiHandler
+	handler, delay := f.apiHandler, f.apiDelay
 	f.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
 
 	gotOrg := r.Header.Get("x-org-id")
 	switch {

@@ -55,6 +55,7 @@ type Fake struct {
 	apiKeys    map[string]string // API key -> its organization ID ("" for a single-tenant admin)
 	issued     map[string]bool   // tokens the API accepts
 	apiHandler http.Handler
+	apiDelay   time.Duration
 	lastAPI    APIRequest
 	behaviour  Behaviour
 	retryAfter string
