@@ -55,7 +55,11 @@ func (s *accountService) ListAccounts(ctx context.Context, req *credbrokerv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	views, more, err := s.accounts.List(after, size)
+	keep, err := accountFilter(req)
+	if err != nil {
+		return nil, err
+	}
+	views, more, err := s.accounts.List(after, size, keep)
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -166,6 +170,32 @@ func (s *accountService) RemoveAccountGrant(ctx context.Context, req *credbroker
 	return &credbrokerv1.RemoveAccountGrantResponse{Account: accountProto(v)}, nil
 }
 
+// accountFilter is ListAccounts' state and state_reason filter; nil for none.
+func accountFilter(req *credbrokerv1.ListAccountsRequest) (func(accounts.View) bool, error) {
+	state, reason := req.GetState(), req.GetStateReason()
+	if _, ok := credbrokerv1.AccountState_name[int32(state)]; !ok {
+		return nil, invalidArgument("state", "is not a known AccountState")
+	}
+	if _, ok := credbrokerv1.AccountStateReason_name[int32(reason)]; !ok {
+		return nil, invalidArgument("state_reason", "is not a known AccountStateReason")
+	}
+	if state == credbrokerv1.AccountState_ACCOUNT_STATE_UNSPECIFIED && reason == credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED {
+		return nil, nil
+	}
+	return func(v accounts.View) bool {
+		return (state == credbrokerv1.AccountState_ACCOUNT_STATE_UNSPECIFIED || stateProto[v.Status.State] == state) &&
+			(reason == credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED || stateReason(v.Status) == reason)
+	}, nil
+}
+
+// stateReason is why an account is in its state.
+func stateReason(st tokens.Status) credbrokerv1.AccountStateReason {
+	if st.State == tokens.StateActive || st.LastError == nil {
+		return credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED
+	}
+	return stateReasonProto[st.LastError.Reason]
+}
+
 // grantRequest checks the account name and principal of a grant change.
 func (s *accountService) grantRequest(req interface {
 	GetName() string
@@ -192,6 +222,7 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 		UpdateTime:    timestamp(v.UpdateTime),
 		LastTokenTime: timestamp(v.Status.LastTokenTime),
 		State:         stateProto[v.Status.State],
+		StateReason:   stateReason(v.Status),
 	}
 	for _, g := range v.Grants {
 		a.Grants = append(a.Grants, &credbrokerv1.Grant{Principal: g.Principal, CreateTime: timestamp(g.CreateTime), Creator: g.Creator})
@@ -232,6 +263,11 @@ var (
 	regionProto = map[string]credbrokerv1.Region{
 		provider.RegionUS: credbrokerv1.Region_REGION_US,
 		provider.RegionEU: credbrokerv1.Region_REGION_EU,
+	}
+	stateReasonProto = map[string]credbrokerv1.AccountStateReason{
+		tokens.ReasonCredentialsRejected: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED,
+		tokens.ReasonProviderUnavailable: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE,
+		tokens.ReasonInternal:            credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT,
 	}
 	reasonProto = map[string]credbrokerv1.ErrorReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.ErrorReason_CREDENTIALS_REJECTED,

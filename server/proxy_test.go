@@ -449,3 +449,40 @@ func TestProxyCallsAreAuditedWithoutSecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestRejectedAPIKeyNeedsAttention(t *testing.T) {
+	b := startBroker(t)
+	b.linkAPIKey(t, "keyed")
+	ctx := context.Background()
+	state := func() *credbrokerv1.Account {
+		resp, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/keyed"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetAccount()
+	}
+
+	// The admin generates a new key in JumpCloud: the old one fails at once.
+	b.fake.RevokeAPIKey(apiKey)
+	resp, _ := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil)
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("Credbroker-Error") != "" {
+		t.Fatalf("HTTP %d (Credbroker-Error %q), want the API's 401", resp.StatusCode, resp.Header.Get("Credbroker-Error"))
+	}
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION ||
+		a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED || a.GetLastError().GetMessage() == "" {
+		t.Fatalf("after the API rejected the key: %v", a)
+	}
+	// The key works again (here: restored at the fake): the account recovers.
+	b.fake.SetAPIKey(apiKey, orgID)
+	if resp, body := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("HTTP %d %s", resp.StatusCode, body)
+	}
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || a.GetLastError() != nil {
+		t.Fatalf("after the key worked again: %v", a)
+	}
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/keyed", Principal: "credbroker"})
+	if err != nil || len(events.GetEvents()) != 2 || !strings.HasPrefix(events.GetEvents()[1].GetDetail(), "active -> needs_attention: credentials_rejected") ||
+		events.GetEvents()[0].GetDetail() != "needs_attention -> active" {
+		t.Fatalf("state changes in the audit trail: %v, %v", events, err)
+	}
+}

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,6 +101,7 @@ func TestAccountHealthStates(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t)
 	b.link(t, "acme")
+	b.link(t, "healthy")
 	ctx := context.Background()
 	forceRefresh := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(59*time.Minute + 29*time.Second)}
 	state := func() *credbrokerv1.Account {
@@ -113,7 +116,8 @@ func TestAccountHealthStates(t *testing.T) {
 	b.fake.SetBehaviour(jumpcloudfake.ServerError)
 	_, err := b.tokens.GetToken(ctx, forceRefresh)
 	wantCode(t, err, codes.Unavailable, "PROVIDER_UNAVAILABLE")
-	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED || a.GetLastError().GetReason() != credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE {
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED || a.GetLastError().GetReason() != credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE ||
+		a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE {
 		t.Fatalf("after 500: %v", a)
 	}
 	// Degraded still serves the cached token.
@@ -128,9 +132,26 @@ func TestAccountHealthStates(t *testing.T) {
 	st := wantCode(t, err, codes.FailedPrecondition, "CREDENTIALS_REJECTED")
 	a := state()
 	if a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION || a.GetLastError().GetProviderError() != "invalid_client" ||
-		a.GetLastError().GetProviderErrorDescription() != "Client authentication failed." {
+		a.GetLastError().GetProviderErrorDescription() != "Client authentication failed." ||
+		a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED {
 		t.Fatalf("after 401: %v", a)
 	}
+	// Admins find such accounts by state or reason.
+	for _, req := range []*credbrokerv1.ListAccountsRequest{
+		{State: credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION},
+		{StateReason: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED},
+		{State: credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION, PageSize: 1},
+	} {
+		resp, err := b.accounts.ListAccounts(ctx, req)
+		if err != nil || len(resp.GetAccounts()) != 1 || resp.GetAccounts()[0].GetName() != "accounts/acme" || resp.GetNextPageToken() != "" {
+			t.Fatalf("ListAccounts(%v) = %v, %v; want acme alone", req, resp, err)
+		}
+	}
+	if resp, err := b.accounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{State: credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE}); err != nil || len(resp.GetAccounts()) != 1 {
+		t.Fatalf("active accounts: %v, %v; want healthy alone", resp, err)
+	}
+	_, err = b.accounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{StateReason: 99})
+	wantCode(t, err, codes.InvalidArgument, "state_reason")
 	// No retry storm: asking again answers from the recorded failure.
 	requests := b.fake.Requests()
 	for range 10 {
@@ -150,8 +171,26 @@ func TestAccountHealthStates(t *testing.T) {
 	if _, err := b.tokens.GetToken(ctx, forceRefresh); err != nil {
 		t.Fatal(err)
 	}
-	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || a.GetLastError() != nil {
+	if a := state(); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || a.GetLastError() != nil ||
+		a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED {
 		t.Fatalf("after recovery: %v", a)
+	}
+
+	// Every change of state is in the audit trail, oldest last.
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/acme", Principal: "credbroker"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range events.GetEvents() {
+		if ev.GetMethod() == "account_state" {
+			from, _, _ := strings.Cut(ev.GetDetail(), ":")
+			got = append(got, from)
+		}
+	}
+	want := []string{"needs_attention -> active", "degraded -> needs_attention", "active -> degraded"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("state changes in the audit trail: %q, want %q", got, want)
 	}
 }
 

@@ -248,6 +248,65 @@ func (AccountState) EnumDescriptor() ([]byte, []int) {
 	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{3}
 }
 
+// AccountStateReason says why an account is in its state.
+type AccountStateReason int32
+
+const (
+	// The account is ACTIVE and nothing needs an admin.
+	AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED AccountStateReason = 0
+	// NEEDS_ATTENTION: the provider rejected the credentials (HTTP 400/401
+	// from the token endpoint, or for an API key from the API).
+	AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED AccountStateReason = 1
+	// DEGRADED: the provider could not be reached, timed out, or answered
+	// 5xx, 429 or something unusable.
+	AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE AccountStateReason = 2
+	// DEGRADED: a fault inside the broker (details only in the server log).
+	AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT AccountStateReason = 3
+)
+
+// Enum value maps for AccountStateReason.
+var (
+	AccountStateReason_name = map[int32]string{
+		0: "ACCOUNT_STATE_REASON_UNSPECIFIED",
+		1: "ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED",
+		2: "ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE",
+		3: "ACCOUNT_STATE_REASON_BROKER_FAULT",
+	}
+	AccountStateReason_value = map[string]int32{
+		"ACCOUNT_STATE_REASON_UNSPECIFIED":          0,
+		"ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED": 1,
+		"ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE": 2,
+		"ACCOUNT_STATE_REASON_BROKER_FAULT":         3,
+	}
+)
+
+func (x AccountStateReason) Enum() *AccountStateReason {
+	p := new(AccountStateReason)
+	*p = x
+	return p
+}
+
+func (x AccountStateReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AccountStateReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_credbroker_v1_account_proto_enumTypes[4].Descriptor()
+}
+
+func (AccountStateReason) Type() protoreflect.EnumType {
+	return &file_credbroker_v1_account_proto_enumTypes[4]
+}
+
+func (x AccountStateReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AccountStateReason.Descriptor instead.
+func (AccountStateReason) EnumDescriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
+}
+
 // Account is a linked third-party account. It never contains a secret.
 type Account struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -278,7 +337,8 @@ type Account struct {
 	AuthStyle AuthStyle `protobuf:"varint,11,opt,name=auth_style,json=authStyle,proto3,enum=credbroker.v1.AuthStyle" json:"auth_style,omitempty"`
 	// OAuth2 only: extra form fields sent to the token endpoint. Output only.
 	EndpointParams map[string]string `protobuf:"bytes,12,rep,name=endpoint_params,json=endpointParams,proto3" json:"endpoint_params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Output only.
+	// Output only. Every change of state is written to the audit trail
+	// (method "account_state", principal "credbroker").
 	State AccountState `protobuf:"varint,13,opt,name=state,proto3,enum=credbroker.v1.AccountState" json:"state,omitempty"`
 	// Output only.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
@@ -290,7 +350,10 @@ type Account struct {
 	LastError *AccountError `protobuf:"bytes,17,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	// The principals that may get this account's tokens, sorted. Output only:
 	// change them with AddAccountGrant and RemoveAccountGrant.
-	Grants        []*Grant `protobuf:"bytes,18,rep,name=grants,proto3" json:"grants,omitempty"`
+	Grants []*Grant `protobuf:"bytes,18,rep,name=grants,proto3" json:"grants,omitempty"`
+	// Why the account is in its state; unspecified when it is ACTIVE and
+	// nothing needs an admin. Output only.
+	StateReason   AccountStateReason `protobuf:"varint,19,opt,name=state_reason,json=stateReason,proto3,enum=credbroker.v1.AccountStateReason" json:"state_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -449,6 +512,13 @@ func (x *Account) GetGrants() []*Grant {
 		return x.Grants
 	}
 	return nil
+}
+
+func (x *Account) GetStateReason() AccountStateReason {
+	if x != nil {
+		return x.StateReason
+	}
+	return AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED
 }
 
 // Grant lets one principal get an account's tokens.
@@ -1098,8 +1168,13 @@ type ListAccountsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many accounts; 0 means 50, values above 1000 are treated as 1000.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// next_page_token from a previous call, or empty for the first page.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// next_page_token from a previous call with the same filters, or empty
+	// for the first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only accounts in this state; unspecified means any.
+	State AccountState `protobuf:"varint,3,opt,name=state,proto3,enum=credbroker.v1.AccountState" json:"state,omitempty"`
+	// Only accounts with this state reason; unspecified means any.
+	StateReason   AccountStateReason `protobuf:"varint,4,opt,name=state_reason,json=stateReason,proto3,enum=credbroker.v1.AccountStateReason" json:"state_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1146,6 +1221,20 @@ func (x *ListAccountsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListAccountsRequest) GetState() AccountState {
+	if x != nil {
+		return x.State
+	}
+	return AccountState_ACCOUNT_STATE_UNSPECIFIED
+}
+
+func (x *ListAccountsRequest) GetStateReason() AccountStateReason {
+	if x != nil {
+		return x.StateReason
+	}
+	return AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED
 }
 
 type ListAccountsResponse struct {
@@ -1580,7 +1669,7 @@ var File_credbroker_v1_account_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xd2\a\n" +
+	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\x98\b\n" +
 	"\aAccount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12:\n" +
@@ -1605,7 +1694,8 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x0flast_token_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\rlastTokenTime\x12:\n" +
 	"\n" +
 	"last_error\x18\x11 \x01(\v2\x1b.credbroker.v1.AccountErrorR\tlastError\x12,\n" +
-	"\x06grants\x18\x12 \x03(\v2\x14.credbroker.v1.GrantR\x06grants\x1a9\n" +
+	"\x06grants\x18\x12 \x03(\v2\x14.credbroker.v1.GrantR\x06grants\x12D\n" +
+	"\fstate_reason\x18\x13 \x01(\x0e2!.credbroker.v1.AccountStateReasonR\vstateReason\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
@@ -1659,11 +1749,13 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x11GetAccountRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
 	"\x12GetAccountResponse\x120\n" +
-	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"Q\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"\xca\x01\n" +
 	"\x13ListAccountsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"r\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x121\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1b.credbroker.v1.AccountStateR\x05state\x12D\n" +
+	"\fstate_reason\x18\x04 \x01(\x0e2!.credbroker.v1.AccountStateReasonR\vstateReason\"r\n" +
 	"\x14ListAccountsResponse\x122\n" +
 	"\baccounts\x18\x01 \x03(\v2\x16.credbroker.v1.AccountR\baccounts\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x85\x01\n" +
@@ -1703,7 +1795,12 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCOUNT_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DEGRADED\x10\x02\x12!\n" +
-	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x032\x9d\x05\n" +
+	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xbf\x01\n" +
+	"\x12AccountStateReason\x12$\n" +
+	" ACCOUNT_STATE_REASON_UNSPECIFIED\x10\x00\x12-\n" +
+	")ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED\x10\x01\x12-\n" +
+	")ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE\x10\x02\x12%\n" +
+	"!ACCOUNT_STATE_REASON_BROKER_FAULT\x10\x032\x9d\x05\n" +
 	"\x0eAccountService\x12Z\n" +
 	"\rCreateAccount\x12#.credbroker.v1.CreateAccountRequest\x1a$.credbroker.v1.CreateAccountResponse\x12Q\n" +
 	"\n" +
@@ -1726,90 +1823,94 @@ func file_credbroker_v1_account_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_account_proto_rawDescData
 }
 
-var file_credbroker_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_credbroker_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_credbroker_v1_account_proto_goTypes = []any{
-	(Provider)(0),        // 0: credbroker.v1.Provider
-	(Region)(0),          // 1: credbroker.v1.Region
-	(AuthStyle)(0),       // 2: credbroker.v1.AuthStyle
-	(AccountState)(0),    // 3: credbroker.v1.AccountState
-	(*Account)(nil),      // 4: credbroker.v1.Account
-	(*Grant)(nil),        // 5: credbroker.v1.Grant
-	(*AccountError)(nil), // 6: credbroker.v1.AccountError
-	(*JumpCloudServiceAccountCredentials)(nil), // 7: credbroker.v1.JumpCloudServiceAccountCredentials
-	(*JumpCloudAPIKeyCredentials)(nil),         // 8: credbroker.v1.JumpCloudAPIKeyCredentials
-	(*OAuth2ClientCredentials)(nil),            // 9: credbroker.v1.OAuth2ClientCredentials
-	(*CreateAccountRequest)(nil),               // 10: credbroker.v1.CreateAccountRequest
-	(*CreateAccountResponse)(nil),              // 11: credbroker.v1.CreateAccountResponse
-	(*GetAccountRequest)(nil),                  // 12: credbroker.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),                 // 13: credbroker.v1.GetAccountResponse
-	(*ListAccountsRequest)(nil),                // 14: credbroker.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),               // 15: credbroker.v1.ListAccountsResponse
-	(*UpdateAccountRequest)(nil),               // 16: credbroker.v1.UpdateAccountRequest
-	(*UpdateAccountResponse)(nil),              // 17: credbroker.v1.UpdateAccountResponse
-	(*DeleteAccountRequest)(nil),               // 18: credbroker.v1.DeleteAccountRequest
-	(*DeleteAccountResponse)(nil),              // 19: credbroker.v1.DeleteAccountResponse
-	(*AddAccountGrantRequest)(nil),             // 20: credbroker.v1.AddAccountGrantRequest
-	(*AddAccountGrantResponse)(nil),            // 21: credbroker.v1.AddAccountGrantResponse
-	(*RemoveAccountGrantRequest)(nil),          // 22: credbroker.v1.RemoveAccountGrantRequest
-	(*RemoveAccountGrantResponse)(nil),         // 23: credbroker.v1.RemoveAccountGrantResponse
-	nil,                                        // 24: credbroker.v1.Account.LabelsEntry
-	nil,                                        // 25: credbroker.v1.Account.EndpointParamsEntry
-	nil,                                        // 26: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	(*timestamppb.Timestamp)(nil),              // 27: google.protobuf.Timestamp
-	(ErrorReason)(0),                           // 28: credbroker.v1.ErrorReason
-	(*fieldmaskpb.FieldMask)(nil),              // 29: google.protobuf.FieldMask
+	(Provider)(0),           // 0: credbroker.v1.Provider
+	(Region)(0),             // 1: credbroker.v1.Region
+	(AuthStyle)(0),          // 2: credbroker.v1.AuthStyle
+	(AccountState)(0),       // 3: credbroker.v1.AccountState
+	(AccountStateReason)(0), // 4: credbroker.v1.AccountStateReason
+	(*Account)(nil),         // 5: credbroker.v1.Account
+	(*Grant)(nil),           // 6: credbroker.v1.Grant
+	(*AccountError)(nil),    // 7: credbroker.v1.AccountError
+	(*JumpCloudServiceAccountCredentials)(nil), // 8: credbroker.v1.JumpCloudServiceAccountCredentials
+	(*JumpCloudAPIKeyCredentials)(nil),         // 9: credbroker.v1.JumpCloudAPIKeyCredentials
+	(*OAuth2ClientCredentials)(nil),            // 10: credbroker.v1.OAuth2ClientCredentials
+	(*CreateAccountRequest)(nil),               // 11: credbroker.v1.CreateAccountRequest
+	(*CreateAccountResponse)(nil),              // 12: credbroker.v1.CreateAccountResponse
+	(*GetAccountRequest)(nil),                  // 13: credbroker.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),                 // 14: credbroker.v1.GetAccountResponse
+	(*ListAccountsRequest)(nil),                // 15: credbroker.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),               // 16: credbroker.v1.ListAccountsResponse
+	(*UpdateAccountRequest)(nil),               // 17: credbroker.v1.UpdateAccountRequest
+	(*UpdateAccountResponse)(nil),              // 18: credbroker.v1.UpdateAccountResponse
+	(*DeleteAccountRequest)(nil),               // 19: credbroker.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),              // 20: credbroker.v1.DeleteAccountResponse
+	(*AddAccountGrantRequest)(nil),             // 21: credbroker.v1.AddAccountGrantRequest
+	(*AddAccountGrantResponse)(nil),            // 22: credbroker.v1.AddAccountGrantResponse
+	(*RemoveAccountGrantRequest)(nil),          // 23: credbroker.v1.RemoveAccountGrantRequest
+	(*RemoveAccountGrantResponse)(nil),         // 24: credbroker.v1.RemoveAccountGrantResponse
+	nil,                                        // 25: credbroker.v1.Account.LabelsEntry
+	nil,                                        // 26: credbroker.v1.Account.EndpointParamsEntry
+	nil,                                        // 27: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	(*timestamppb.Timestamp)(nil),              // 28: google.protobuf.Timestamp
+	(ErrorReason)(0),                           // 29: credbroker.v1.ErrorReason
+	(*fieldmaskpb.FieldMask)(nil),              // 30: google.protobuf.FieldMask
 }
 var file_credbroker_v1_account_proto_depIdxs = []int32{
-	24, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
+	25, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
 	0,  // 1: credbroker.v1.Account.provider:type_name -> credbroker.v1.Provider
 	1,  // 2: credbroker.v1.Account.region:type_name -> credbroker.v1.Region
 	2,  // 3: credbroker.v1.Account.auth_style:type_name -> credbroker.v1.AuthStyle
-	25, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
+	26, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
 	3,  // 5: credbroker.v1.Account.state:type_name -> credbroker.v1.AccountState
-	27, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	27, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
-	27, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
-	6,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
-	5,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
-	27, // 11: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	28, // 12: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
-	27, // 13: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
-	1,  // 14: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
-	1,  // 15: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
-	2,  // 16: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
-	26, // 17: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	4,  // 18: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
-	7,  // 19: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
-	9,  // 20: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
-	8,  // 21: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
-	4,  // 22: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 23: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 24: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
-	4,  // 25: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
-	29, // 26: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 27: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
-	4,  // 28: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	4,  // 29: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	10, // 30: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
-	12, // 31: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
-	14, // 32: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
-	16, // 33: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
-	18, // 34: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
-	20, // 35: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
-	22, // 36: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
-	11, // 37: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
-	13, // 38: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
-	15, // 39: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
-	17, // 40: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
-	19, // 41: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
-	21, // 42: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
-	23, // 43: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
-	37, // [37:44] is the sub-list for method output_type
-	30, // [30:37] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	28, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	28, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
+	28, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
+	7,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
+	6,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
+	4,  // 11: credbroker.v1.Account.state_reason:type_name -> credbroker.v1.AccountStateReason
+	28, // 12: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	29, // 13: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
+	28, // 14: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
+	1,  // 15: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
+	1,  // 16: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
+	2,  // 17: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
+	27, // 18: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	5,  // 19: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
+	8,  // 20: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
+	10, // 21: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
+	9,  // 22: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
+	5,  // 23: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 24: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
+	3,  // 25: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
+	4,  // 26: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
+	5,  // 27: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
+	5,  // 28: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
+	30, // 29: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 30: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 31: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	5,  // 32: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	11, // 33: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
+	13, // 34: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
+	15, // 35: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
+	17, // 36: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
+	19, // 37: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
+	21, // 38: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
+	23, // 39: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
+	12, // 40: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
+	14, // 41: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
+	16, // 42: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
+	18, // 43: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
+	20, // 44: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
+	22, // 45: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
+	24, // 46: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
+	40, // [40:47] is the sub-list for method output_type
+	33, // [33:40] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_account_proto_init() }
@@ -1828,7 +1929,7 @@ func file_credbroker_v1_account_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_account_proto_rawDesc), len(file_credbroker_v1_account_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,

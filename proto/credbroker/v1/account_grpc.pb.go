@@ -67,10 +67,11 @@ type AccountServiceClient interface {
 	//
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
 	GetAccount(ctx context.Context, in *GetAccountRequest, opts ...grpc.CallOption) (*GetAccountResponse, error)
-	// ListAccounts returns accounts ordered by account_id, one page at a time.
+	// ListAccounts returns accounts ordered by account_id, one page at a
+	// time, optionally only those in a given state or with a given reason.
 	//
-	// Errors: INVALID_ARGUMENT (negative page_size, or a page_token that this
-	// server did not issue).
+	// Errors: INVALID_ARGUMENT (negative page_size, an unknown state or
+	// state_reason, or a page_token that this server did not issue).
 	ListAccounts(ctx context.Context, in *ListAccountsRequest, opts ...grpc.CallOption) (*ListAccountsResponse, error)
 	// UpdateAccount changes an account's display_name and/or labels, the
 	// fields named in update_mask. An empty update_mask updates the fields
@@ -217,10 +218,11 @@ type AccountServiceServer interface {
 	//
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
 	GetAccount(context.Context, *GetAccountRequest) (*GetAccountResponse, error)
-	// ListAccounts returns accounts ordered by account_id, one page at a time.
+	// ListAccounts returns accounts ordered by account_id, one page at a
+	// time, optionally only those in a given state or with a given reason.
 	//
-	// Errors: INVALID_ARGUMENT (negative page_size, or a page_token that this
-	// server did not issue).
+	// Errors: INVALID_ARGUMENT (negative page_size, an unknown state or
+	// state_reason, or a page_token that this server did not issue).
 	ListAccounts(context.Context, *ListAccountsRequest) (*ListAccountsResponse, error)
 	// UpdateAccount changes an account's display_name and/or labels, the
 	// fields named in update_mask. An empty update_mask updates the fields

@@ -151,22 +151,31 @@ func (s *Service) Get(id string) (View, error) {
 	return s.currentView(a), nil
 }
 
-// List returns up to limit accounts after the given id, in id order, and
-// whether more follow.
-func (s *Service) List(after string, limit int) ([]View, bool, error) {
-	list, err := s.store.Accounts(after, limit+1)
-	if err != nil {
-		return nil, false, err
+// List returns up to limit accounts after the given id that keep accepts
+// (all if keep is nil), in id order, and whether more follow.
+func (s *Service) List(after string, limit int, keep func(View) bool) ([]View, bool, error) {
+	chunk := max(limit+1, 100)
+	var views []View
+	for {
+		list, err := s.store.Accounts(after, chunk)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, a := range list {
+			v := s.currentView(a)
+			if keep != nil && !keep(v) {
+				continue
+			}
+			if len(views) == limit {
+				return views, true, nil
+			}
+			views = append(views, v)
+		}
+		if len(list) < chunk {
+			return views, false, nil
+		}
+		after = list[len(list)-1].ID
 	}
-	more := len(list) > limit
-	if more {
-		list = list[:limit]
-	}
-	views := make([]View, len(list))
-	for i, a := range list {
-		views[i] = s.currentView(a)
-	}
-	return views, more, nil
 }
 
 // Changes are the mutable fields an update sets; nil means unchanged.

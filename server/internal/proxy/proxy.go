@@ -118,6 +118,7 @@ const replayLimit = 1 << 20
 type Credentials interface {
 	Credential(ctx context.Context, accountID string) (*tokens.Issued, error)
 	Invalidate(accountID string, is *tokens.Issued) bool
+	APIKeyAnswered(accountID string, httpStatus int)
 }
 
 // Forwarder forwards calls. It is safe for concurrent use.
@@ -288,6 +289,9 @@ type credentialTransport struct {
 func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := callOf(req.Context())
 	resp, err := t.send(req, c.issued, req.Body)
+	if err == nil && c.issued.APIKey {
+		t.creds.APIKeyAnswered(c.AccountID, resp.StatusCode)
+	}
 	if err != nil || resp.StatusCode != http.StatusUnauthorized || c.issued.APIKey ||
 		(req.Body != nil && req.Body != http.NoBody && req.GetBody == nil) ||
 		!t.creds.Invalidate(c.AccountID, c.issued) {

@@ -260,10 +260,11 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 }
 
 // UpdateTokenState applies change to an account's token state (the zero
-// TokenState if none is stored) and saves it, or returns ErrNotFound if the
-// account has been deleted meanwhile, so that a late refresh cannot bring a
-// deleted account's token back.
-func (s *Store) UpdateTokenState(id string, change func(*TokenState)) error {
+// TokenState if none is stored) and saves it, with ev (if not nil) in the
+// audit trail, or returns ErrNotFound if the account has been deleted
+// meanwhile, so that a late refresh cannot bring a deleted account's token
+// back.
+func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditEvent) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(accountsBucket).Get([]byte(id)) == nil {
 			return ErrNotFound
@@ -275,7 +276,10 @@ func (s *Store) UpdateTokenState(id string, change func(*TokenState)) error {
 		}
 		change(&t)
 		t.Version = recordVersion
-		return put(b, id, t)
+		if err := put(b, id, t); err != nil || ev == nil {
+			return err
+		}
+		return s.appendAudit(tx, *ev)
 	})
 }
 

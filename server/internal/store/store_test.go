@@ -46,7 +46,7 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatalf("All() = %+v, %v", all, err)
 	}
 
-	if err := s.UpdateTokenState("b", func(ts *TokenState) { ts.TokenType = "Bearer" }); err != nil {
+	if err := s.UpdateTokenState("b", func(ts *TokenState) { ts.TokenType = "Bearer" }, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ts, err := s.TokenState("b"); err != nil || ts.State != "active" || ts.TokenType != "Bearer" {
@@ -71,7 +71,7 @@ func TestAccountLifecycle(t *testing.T) {
 	if _, err := s.Account("a"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after delete: err = %v, want ErrNotFound", err)
 	}
-	if err := s.UpdateTokenState("a", func(ts *TokenState) { ts.State = "active" }); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateTokenState("a", func(ts *TokenState) { ts.State = "active" }, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("token state for a deleted account: err = %v, want ErrNotFound", err)
 	}
 	if ts, err := s.TokenState("a"); err != nil || ts.State != "" {

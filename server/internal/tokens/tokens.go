@@ -353,6 +353,35 @@ func (m *Manager) Invalidate(id string, is *Issued) bool {
 	return true
 }
 
+// APIKeyAnswered records how an API answered a call made with an API-key
+// account's key: 401 means the key was rejected (it was regenerated or
+// revoked) and makes the account NEEDS_ATTENTION; a success makes it ACTIVE
+// again. Other answers say nothing about the key.
+func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
+	accepted := httpStatus >= 200 && httpStatus < 300
+	e := m.lookup(id)
+	if e == nil || !e.apiKey || (!accepted && httpStatus != http.StatusUnauthorized) {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock() // held while persisting, so that changes are stored in order
+	before := e.status
+	if accepted == (before.State == StateActive) {
+		return
+	}
+	if accepted {
+		e.status = Status{State: StateActive}
+	} else {
+		e.status = Status{State: StateNeedsAttention, LastError: &store.Failure{
+			Reason: ReasonCredentialsRejected, Message: "the API rejected the API key (HTTP 401); link the account's new key", Time: m.cfg.Now(),
+		}}
+		m.cfg.Logger.Warn("the API rejected an account's API key", "account", id)
+	}
+	if err := m.persist(id, e.status, provider.Token{}, nil, false, m.transition(id, before, e.status)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Logger.Error("could not save account state", "account", id, "error", err)
+	}
+}
+
 func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
 	if is := e.current.Load(); is != nil && is.Expiry.Sub(m.cfg.Now()) > minTTL {
 		return is, nil
@@ -416,6 +445,7 @@ func (m *Manager) run(e *entry, c *call) {
 	tok, key, err := m.fetch(e.id)
 
 	e.mu.Lock()
+	before := e.status
 	if err == nil {
 		c.issued = m.issue(e, tok)
 		if !e.removed {
@@ -431,7 +461,7 @@ func (m *Manager) run(e *entry, c *call) {
 
 	// Persist while still marked in flight, so runs for one account never
 	// overlap. Callers already see the new token through e.current.
-	if perr := m.persist(e.id, status, tok, key, err == nil); perr != nil && !errors.Is(perr, store.ErrNotFound) {
+	if perr := m.persist(e.id, status, tok, key, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
 	}
 
@@ -525,7 +555,22 @@ func (m *Manager) openSecret(a store.Account) (*seal.DataKey, secret.String, err
 	return key, secret.New(string(raw)), nil
 }
 
-func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool) error {
+// transition is the audit event of an account's change of state, or nil if
+// the state did not change.
+func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
+	if from.State == to.State {
+		return nil
+	}
+	detail := from.State + " -> " + to.State
+	if f := to.LastError; f != nil {
+		detail += ": " + f.Reason + ": " + f.Message
+	}
+	m.cfg.Logger.Info("account state changed", "account", id, "from", from.State, "to", to.State)
+	// The broker's own action, named as package server names accounts and itself.
+	return &store.AuditEvent{Time: m.cfg.Now(), Principal: "credbroker", Method: "account_state", Resource: "accounts/" + id, Code: "OK", Detail: detail}
+}
+
+func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool, ev *store.AuditEvent) error {
 	var sealed []byte
 	if newToken {
 		var err error
@@ -538,7 +583,7 @@ func (m *Manager) persist(id string, status Status, tok provider.Token, key *sea
 		if newToken {
 			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
 		}
-	})
+	}, ev)
 }
 
 func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Token, error) {
