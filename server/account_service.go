@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -196,6 +199,44 @@ func stateReason(st tokens.Status) credbrokerv1.AccountStateReason {
 	return stateReasonProto[st.LastError.Reason]
 }
 
+func (s *accountService) AddAccountSecret(ctx context.Context, req *credbrokerv1.AddAccountSecretRequest) (*credbrokerv1.AddAccountSecretResponse, error) {
+	id, err := parseName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSecret("secret", req.GetSecret()); err != nil {
+		return nil, err
+	}
+	expire, err := futureTime("expire_time", req.GetExpireTime(), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	c := callFrom(ctx)
+	v, secretID, err := s.accounts.AddSecret(ctx, id, secret.New(req.GetSecret()), expire, c.changeEvent(accountPrefix+id, ""))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = true
+	return &credbrokerv1.AddAccountSecretResponse{Account: accountProto(v), SecretId: secretID}, nil
+}
+
+func (s *accountService) RemoveAccountSecret(ctx context.Context, req *credbrokerv1.RemoveAccountSecretRequest) (*credbrokerv1.RemoveAccountSecretResponse, error) {
+	id, err := parseName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkText("secret_id", req.GetSecretId(), true, 64); err != nil {
+		return nil, err
+	}
+	c := callFrom(ctx)
+	v, err := s.accounts.RemoveSecret(id, req.GetSecretId(), c.changeEvent(accountPrefix+id, ""))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	c.written = true
+	return &credbrokerv1.RemoveAccountSecretResponse{Account: accountProto(v)}, nil
+}
+
 // grantRequest checks the account name and principal of a grant change.
 func (s *accountService) grantRequest(req interface {
 	GetName() string
@@ -242,16 +283,28 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 			a.AuthStyle = credbrokerv1.AuthStyle_AUTH_STYLE_BODY
 		}
 	}
-	if f := v.Status.LastError; f != nil {
-		a.LastError = &credbrokerv1.AccountError{
-			Reason:                   reasonProto[f.Reason],
-			Message:                  f.Message,
-			ProviderError:            f.ProviderError,
-			ProviderErrorDescription: f.ProviderErrorDescription,
-			Time:                     timestamp(f.Time),
-		}
+	a.LastError = accountError(v.Status.LastError)
+	for _, sec := range slices.Backward(v.Secrets) { // stored oldest first
+		use := v.Status.SecretUse[sec.ID]
+		a.Secrets = append(a.Secrets, &credbrokerv1.AccountSecret{
+			SecretId: sec.ID, CreateTime: timestamp(sec.CreateTime), ExpireTime: timestamp(sec.ExpireTime),
+			LastUseTime: timestamp(use.LastUsed), Rejected: accountError(use.Rejected),
+		})
 	}
 	return a
+}
+
+func accountError(f *store.Failure) *credbrokerv1.AccountError {
+	if f == nil {
+		return nil
+	}
+	return &credbrokerv1.AccountError{
+		Reason:                   reasonProto[f.Reason],
+		Message:                  f.Message,
+		ProviderError:            f.ProviderError,
+		ProviderErrorDescription: f.ProviderErrorDescription,
+		Time:                     timestamp(f.Time),
+	}
 }
 
 var (
@@ -268,10 +321,12 @@ var (
 		tokens.ReasonCredentialsRejected: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED,
 		tokens.ReasonProviderUnavailable: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE,
 		tokens.ReasonInternal:            credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT,
+		tokens.ReasonSecretExpired:       credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRED,
 	}
 	reasonProto = map[string]credbrokerv1.ErrorReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.ErrorReason_CREDENTIALS_REJECTED,
 		tokens.ReasonProviderUnavailable: credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE,
+		tokens.ReasonSecretExpired:       credbrokerv1.ErrorReason_SECRET_EXPIRED,
 	}
 )
 

@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"testing"
 	"time"
@@ -127,6 +129,13 @@ func TestValidateOnlyAndAlreadyExists(t *testing.T) {
 	}
 }
 
+// secretID is how the API names a secret, as an admin computes it:
+// printf %s "$SECRET" | sha256sum | cut -c1-12.
+func secretID(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return "sha256:" + hex.EncodeToString(sum[:])[:12]
+}
+
 func TestAccountLifecycle(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t)
@@ -136,12 +145,15 @@ func TestAccountLifecycle(t *testing.T) {
 		Name: "accounts/acme", DisplayName: "Acme acme", Provider: credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT,
 		ClientId: clientID, Region: credbrokerv1.Region_REGION_US, OrgId: orgID, ApiBaseUrl: b.cfg.JumpCloudAPIURLUS,
 		TokenUrl: b.cfg.JumpCloudTokenURLUS, State: credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE,
+		Secrets: []*credbrokerv1.AccountSecret{{SecretId: secretID(clientSecret)}},
 	}
 	got := proto.Clone(created).(*credbrokerv1.Account)
-	if got.CreateTime == nil || got.UpdateTime == nil || got.LastTokenTime == nil {
+	if got.CreateTime == nil || got.UpdateTime == nil || got.LastTokenTime == nil || len(got.Secrets) != 1 ||
+		!got.Secrets[0].GetCreateTime().AsTime().Equal(got.CreateTime.AsTime()) || !got.Secrets[0].GetLastUseTime().AsTime().Equal(got.LastTokenTime.AsTime()) {
 		t.Fatalf("times missing: %v", got)
 	}
 	got.CreateTime, got.UpdateTime, got.LastTokenTime = nil, nil, nil
+	got.Secrets[0].CreateTime, got.Secrets[0].LastUseTime = nil, nil
 	if !proto.Equal(got, want) {
 		t.Fatalf("created\n got %v\nwant %v", got, want)
 	}

@@ -53,6 +53,16 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, callers.ErrExists):
 		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, accounts.ErrSecretExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, accounts.ErrNoSuchSecret):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, accounts.ErrSecretLimit):
+		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_SECRET_LIMIT, nil))
+	case errors.Is(err, accounts.ErrLastSecret):
+		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_LAST_SECRET, nil))
+	case errors.Is(err, tokens.ErrSecretsExpired):
+		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_SECRET_EXPIRED, nil))
 	case errors.Is(err, tokens.ErrProxyOnly):
 		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_PROXY_ONLY, nil))
 	case errors.Is(err, proxy.ErrBadPath):

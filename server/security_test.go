@@ -145,7 +145,7 @@ func TestSwappedCiphertextsFail(t *testing.T) {
 	betaRec, _ := st.Account("beta")
 	betaTokens, _ := st.TokenState("beta")
 	if _, err := st.UpdateAccount("alpha", func(a *store.Account) error {
-		a.WrappedKey, a.SealedSecret = betaRec.WrappedKey, betaRec.SealedSecret
+		a.WrappedKey, a.Secrets = betaRec.WrappedKey, betaRec.Secrets
 		return nil
 	}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)

@@ -258,9 +258,12 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
-	tm.Load(all)
 	gi := grants.NewIndex()
 	acc := accounts.New(st, master, prov, tm, gi)
+	if all, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: codeName(codes.OK)}); err != nil {
+		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
+	}
+	tm.Load(all)
 	acc.LoadGrants(all)
 	cs := callers.New(st, mac, time.Now)
 	if err := cs.Load(); err != nil {

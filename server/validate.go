@@ -10,6 +10,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/callers"
@@ -195,6 +197,10 @@ func newAccount(req *credbrokerv1.CreateAccountRequest) (accounts.NewAccount, er
 		return out, err
 	}
 
+	var err error
+	if out.SecretExpireTime, err = futureTime("secret_expire_time", req.GetSecretExpireTime(), time.Now()); err != nil {
+		return out, err
+	}
 	switch c := req.GetCredentials().(type) {
 	case *credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount:
 		cr, err := jumpCloudCredentials(c.JumpcloudServiceAccount)
@@ -314,13 +320,21 @@ func newCallerKey(req *credbrokerv1.CreateCallerKeyRequest, now time.Time) (call
 	default:
 		return in, invalidArgument("caller_key.role", "must be ROLE_ADMIN or ROLE_CALLER")
 	}
-	if exp := req.GetCallerKey().GetExpireTime(); exp != nil {
-		if exp.CheckValid() != nil || !exp.AsTime().After(now) {
-			return in, invalidArgument("caller_key.expire_time", "must be a valid time in the future")
-		}
-		in.ExpireTime = exp.AsTime()
+	var err error
+	in.ExpireTime, err = futureTime("caller_key.expire_time", req.GetCallerKey().GetExpireTime(), now)
+	return in, err
+}
+
+// futureTime checks an optional timestamp that must lie after now; unset
+// is the zero time.
+func futureTime(field string, ts *timestamppb.Timestamp, now time.Time) (time.Time, error) {
+	if ts == nil {
+		return time.Time{}, nil
 	}
-	return in, nil
+	if ts.CheckValid() != nil || !ts.AsTime().After(now) {
+		return time.Time{}, invalidArgument(field, "must be a valid time in the future")
+	}
+	return ts.AsTime(), nil
 }
 
 // checkAdminPrincipal accepts certificate principals only: a caller key's

@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,9 +52,9 @@ type Fake struct {
 	apiRequests atomic.Int64
 
 	mu         sync.Mutex
-	clients    map[string]string // client id -> secret
-	apiKeys    map[string]string // API key -> its organization ID ("" for a single-tenant admin)
-	issued     map[string]bool   // tokens the API accepts
+	clients    map[string][]string // client id -> its secrets (a service account holds up to two)
+	apiKeys    map[string]string   // API key -> its organization ID ("" for a single-tenant admin)
+	issued     map[string]bool     // tokens the API accepts
 	apiHandler http.Handler
 	apiDelay   time.Duration
 	lastAPI    APIRequest
@@ -66,7 +67,7 @@ type Fake struct {
 
 // New returns a fake that knows one client and issues tokens that live an hour.
 func New(clientID, clientSecret string) *Fake {
-	return &Fake{clients: map[string]string{clientID: clientSecret}, apiKeys: map[string]string{}, issued: map[string]bool{}, tokenTTL: time.Hour}
+	return &Fake{clients: map[string][]string{clientID: {clientSecret}}, apiKeys: map[string]string{}, issued: map[string]bool{}, tokenTTL: time.Hour}
 }
 
 // SetBehaviour changes how the fake answers from the next request on.
@@ -97,11 +98,26 @@ func (f *Fake) SetTokenTTL(d time.Duration) {
 	f.tokenTTL = d
 }
 
-// SetClient adds a client or changes its secret.
+// SetClient adds a client or replaces its secrets with one.
 func (f *Fake) SetClient(clientID, clientSecret string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.clients[clientID] = clientSecret
+	f.clients[clientID] = []string{clientSecret}
+}
+
+// AddClientSecret gives a client another secret, as JumpCloud's "add
+// secret" does for rotation.
+func (f *Fake) AddClientSecret(clientID, clientSecret string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clients[clientID] = append(f.clients[clientID], clientSecret)
+}
+
+// RevokeClientSecret deletes one of a client's secrets; the others keep working.
+func (f *Fake) RevokeClientSecret(clientID, clientSecret string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clients[clientID] = slices.DeleteFunc(f.clients[clientID], func(s string) bool { return s == clientSecret })
 }
 
 // Requests is the number of token requests received so far, good or bad.
@@ -211,8 +227,7 @@ func (f *Fake) authenticate(r *http.Request) bool {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	want, known := f.clients[id]
-	return known && want == sec
+	return slices.Contains(f.clients[id], sec)
 }
 
 func oauthError(w http.ResponseWriter, code int, errCode, desc string) {

@@ -262,6 +262,8 @@ const (
 	AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE AccountStateReason = 2
 	// DEGRADED: a fault inside the broker (details only in the server log).
 	AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT AccountStateReason = 3
+	// NEEDS_ATTENTION: every secret of the account has expired.
+	AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRED AccountStateReason = 4
 )
 
 // Enum value maps for AccountStateReason.
@@ -271,12 +273,14 @@ var (
 		1: "ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED",
 		2: "ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE",
 		3: "ACCOUNT_STATE_REASON_BROKER_FAULT",
+		4: "ACCOUNT_STATE_REASON_SECRET_EXPIRED",
 	}
 	AccountStateReason_value = map[string]int32{
 		"ACCOUNT_STATE_REASON_UNSPECIFIED":          0,
 		"ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED": 1,
 		"ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE": 2,
 		"ACCOUNT_STATE_REASON_BROKER_FAULT":         3,
+		"ACCOUNT_STATE_REASON_SECRET_EXPIRED":       4,
 	}
 )
 
@@ -353,7 +357,11 @@ type Account struct {
 	Grants []*Grant `protobuf:"bytes,18,rep,name=grants,proto3" json:"grants,omitempty"`
 	// Why the account is in its state; unspecified when it is ACTIVE and
 	// nothing needs an admin. Output only.
-	StateReason   AccountStateReason `protobuf:"varint,19,opt,name=state_reason,json=stateReason,proto3,enum=credbroker.v1.AccountStateReason" json:"state_reason,omitempty"`
+	StateReason AccountStateReason `protobuf:"varint,19,opt,name=state_reason,json=stateReason,proto3,enum=credbroker.v1.AccountStateReason" json:"state_reason,omitempty"`
+	// The account's secrets (client secrets, or API keys), newest first; at
+	// most two. Output only: change them with AddAccountSecret and
+	// RemoveAccountSecret.
+	Secrets       []*AccountSecret `protobuf:"bytes,20,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -521,6 +529,96 @@ func (x *Account) GetStateReason() AccountStateReason {
 	return AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED
 }
 
+func (x *Account) GetSecrets() []*AccountSecret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+// AccountSecret describes one of an account's secrets, never the secret itself.
+type AccountSecret struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "sha256:" and the first 12 hex digits of the secret's SHA-256, so that
+	// an admin holding a secret can tell which one this is
+	// (printf %s "$SECRET" | sha256sum).
+	SecretId   string                 `protobuf:"bytes,1,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When the provider stops accepting it; unset if never (or unknown).
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// When it last got a token. Unset for API keys, which need no token.
+	LastUseTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_use_time,json=lastUseTime,proto3" json:"last_use_time,omitempty"`
+	// Set if the provider rejected it since it last worked.
+	Rejected      *AccountError `protobuf:"bytes,5,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountSecret) Reset() {
+	*x = AccountSecret{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountSecret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountSecret) ProtoMessage() {}
+
+func (x *AccountSecret) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountSecret.ProtoReflect.Descriptor instead.
+func (*AccountSecret) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AccountSecret) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
+func (x *AccountSecret) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *AccountSecret) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *AccountSecret) GetLastUseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUseTime
+	}
+	return nil
+}
+
+func (x *AccountSecret) GetRejected() *AccountError {
+	if x != nil {
+		return x.Rejected
+	}
+	return nil
+}
+
 // Grant lets one principal get an account's tokens.
 type Grant struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -535,7 +633,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	mi := &file_credbroker_v1_account_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +645,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[1]
+	mi := &file_credbroker_v1_account_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +658,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Grant) GetPrincipal() string {
@@ -600,7 +698,7 @@ type AccountError struct {
 
 func (x *AccountError) Reset() {
 	*x = AccountError{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[2]
+	mi := &file_credbroker_v1_account_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +710,7 @@ func (x *AccountError) String() string {
 func (*AccountError) ProtoMessage() {}
 
 func (x *AccountError) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[2]
+	mi := &file_credbroker_v1_account_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +723,7 @@ func (x *AccountError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountError.ProtoReflect.Descriptor instead.
 func (*AccountError) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AccountError) GetReason() ErrorReason {
@@ -681,7 +779,7 @@ type JumpCloudServiceAccountCredentials struct {
 
 func (x *JumpCloudServiceAccountCredentials) Reset() {
 	*x = JumpCloudServiceAccountCredentials{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[3]
+	mi := &file_credbroker_v1_account_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +791,7 @@ func (x *JumpCloudServiceAccountCredentials) String() string {
 func (*JumpCloudServiceAccountCredentials) ProtoMessage() {}
 
 func (x *JumpCloudServiceAccountCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[3]
+	mi := &file_credbroker_v1_account_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +804,7 @@ func (x *JumpCloudServiceAccountCredentials) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use JumpCloudServiceAccountCredentials.ProtoReflect.Descriptor instead.
 func (*JumpCloudServiceAccountCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{3}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JumpCloudServiceAccountCredentials) GetClientId() string {
@@ -754,7 +852,7 @@ type JumpCloudAPIKeyCredentials struct {
 
 func (x *JumpCloudAPIKeyCredentials) Reset() {
 	*x = JumpCloudAPIKeyCredentials{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	mi := &file_credbroker_v1_account_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +864,7 @@ func (x *JumpCloudAPIKeyCredentials) String() string {
 func (*JumpCloudAPIKeyCredentials) ProtoMessage() {}
 
 func (x *JumpCloudAPIKeyCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[4]
+	mi := &file_credbroker_v1_account_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +877,7 @@ func (x *JumpCloudAPIKeyCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JumpCloudAPIKeyCredentials.ProtoReflect.Descriptor instead.
 func (*JumpCloudAPIKeyCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JumpCloudAPIKeyCredentials) GetApiKey() string {
@@ -826,7 +924,7 @@ type OAuth2ClientCredentials struct {
 
 func (x *OAuth2ClientCredentials) Reset() {
 	*x = OAuth2ClientCredentials{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[5]
+	mi := &file_credbroker_v1_account_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +936,7 @@ func (x *OAuth2ClientCredentials) String() string {
 func (*OAuth2ClientCredentials) ProtoMessage() {}
 
 func (x *OAuth2ClientCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[5]
+	mi := &file_credbroker_v1_account_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +949,7 @@ func (x *OAuth2ClientCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuth2ClientCredentials.ProtoReflect.Descriptor instead.
 func (*OAuth2ClientCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OAuth2ClientCredentials) GetTokenUrl() string {
@@ -919,14 +1017,17 @@ type CreateAccountRequest struct {
 	//	*CreateAccountRequest_JumpcloudApiKey
 	Credentials isCreateAccountRequest_Credentials `protobuf_oneof:"credentials"`
 	// Check the request and the credentials, but store nothing.
-	ValidateOnly  bool `protobuf:"varint,5,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ValidateOnly bool `protobuf:"varint,5,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
+	// Optional: when the provider stops accepting the secret. JumpCloud
+	// service-account secrets live 30, 60, 90 or 365 days.
+	SecretExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=secret_expire_time,json=secretExpireTime,proto3" json:"secret_expire_time,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateAccountRequest) Reset() {
 	*x = CreateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[6]
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1039,7 @@ func (x *CreateAccountRequest) String() string {
 func (*CreateAccountRequest) ProtoMessage() {}
 
 func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[6]
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1052,7 @@ func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountRequest.ProtoReflect.Descriptor instead.
 func (*CreateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{6}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateAccountRequest) GetAccountId() string {
@@ -1009,6 +1110,13 @@ func (x *CreateAccountRequest) GetValidateOnly() bool {
 	return false
 }
 
+func (x *CreateAccountRequest) GetSecretExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SecretExpireTime
+	}
+	return nil
+}
+
 type isCreateAccountRequest_Credentials interface {
 	isCreateAccountRequest_Credentials()
 }
@@ -1040,7 +1148,7 @@ type CreateAccountResponse struct {
 
 func (x *CreateAccountResponse) Reset() {
 	*x = CreateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1160,7 @@ func (x *CreateAccountResponse) String() string {
 func (*CreateAccountResponse) ProtoMessage() {}
 
 func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1173,7 @@ func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountResponse.ProtoReflect.Descriptor instead.
 func (*CreateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateAccountResponse) GetAccount() *Account {
@@ -1085,7 +1193,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1205,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1218,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetAccountRequest) GetName() string {
@@ -1129,7 +1237,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1249,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1262,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetAccountResponse) GetAccount() *Account {
@@ -1181,7 +1289,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1301,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1314,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAccountsRequest) GetPageSize() int32 {
@@ -1248,7 +1356,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1368,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1381,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -1303,7 +1411,7 @@ type UpdateAccountRequest struct {
 
 func (x *UpdateAccountRequest) Reset() {
 	*x = UpdateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1423,7 @@ func (x *UpdateAccountRequest) String() string {
 func (*UpdateAccountRequest) ProtoMessage() {}
 
 func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1436,7 @@ func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateAccountRequest) GetAccount() *Account {
@@ -1354,7 +1462,7 @@ type UpdateAccountResponse struct {
 
 func (x *UpdateAccountResponse) Reset() {
 	*x = UpdateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1474,7 @@ func (x *UpdateAccountResponse) String() string {
 func (*UpdateAccountResponse) ProtoMessage() {}
 
 func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1487,7 @@ func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateAccountResponse) GetAccount() *Account {
@@ -1399,7 +1507,7 @@ type DeleteAccountRequest struct {
 
 func (x *DeleteAccountRequest) Reset() {
 	*x = DeleteAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[14]
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1519,7 @@ func (x *DeleteAccountRequest) String() string {
 func (*DeleteAccountRequest) ProtoMessage() {}
 
 func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[14]
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1532,7 @@ func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteAccountRequest) GetName() string {
@@ -1442,7 +1550,7 @@ type DeleteAccountResponse struct {
 
 func (x *DeleteAccountResponse) Reset() {
 	*x = DeleteAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1562,7 @@ func (x *DeleteAccountResponse) String() string {
 func (*DeleteAccountResponse) ProtoMessage() {}
 
 func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1575,7 @@ func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
 }
 
 type AddAccountGrantRequest struct {
@@ -1482,7 +1590,7 @@ type AddAccountGrantRequest struct {
 
 func (x *AddAccountGrantRequest) Reset() {
 	*x = AddAccountGrantRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1602,7 @@ func (x *AddAccountGrantRequest) String() string {
 func (*AddAccountGrantRequest) ProtoMessage() {}
 
 func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1615,7 @@ func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountGrantRequest.ProtoReflect.Descriptor instead.
 func (*AddAccountGrantRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AddAccountGrantRequest) GetName() string {
@@ -1533,7 +1641,7 @@ type AddAccountGrantResponse struct {
 
 func (x *AddAccountGrantResponse) Reset() {
 	*x = AddAccountGrantResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1653,7 @@ func (x *AddAccountGrantResponse) String() string {
 func (*AddAccountGrantResponse) ProtoMessage() {}
 
 func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,10 +1666,225 @@ func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountGrantResponse.ProtoReflect.Descriptor instead.
 func (*AddAccountGrantResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddAccountGrantResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+type AddAccountSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "accounts/{account_id}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Required: the new client secret, or for an API-key account the new API
+	// key. Input only: never returned, logged or stored unencrypted.
+	Secret string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// Optional: when the provider stops accepting it.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAccountSecretRequest) Reset() {
+	*x = AddAccountSecretRequest{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAccountSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAccountSecretRequest) ProtoMessage() {}
+
+func (x *AddAccountSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAccountSecretRequest.ProtoReflect.Descriptor instead.
+func (*AddAccountSecretRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AddAccountSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddAccountSecretRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *AddAccountSecretRequest) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+type AddAccountSecretResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Account *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	// The new secret's secret_id.
+	SecretId      string `protobuf:"bytes,2,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAccountSecretResponse) Reset() {
+	*x = AddAccountSecretResponse{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAccountSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAccountSecretResponse) ProtoMessage() {}
+
+func (x *AddAccountSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAccountSecretResponse.ProtoReflect.Descriptor instead.
+func (*AddAccountSecretResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AddAccountSecretResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+func (x *AddAccountSecretResponse) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
+type RemoveAccountSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "accounts/{account_id}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The secret_id of the secret to remove.
+	SecretId      string `protobuf:"bytes,2,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAccountSecretRequest) Reset() {
+	*x = RemoveAccountSecretRequest{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAccountSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAccountSecretRequest) ProtoMessage() {}
+
+func (x *RemoveAccountSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAccountSecretRequest.ProtoReflect.Descriptor instead.
+func (*RemoveAccountSecretRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RemoveAccountSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RemoveAccountSecretRequest) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
+type RemoveAccountSecretResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveAccountSecretResponse) Reset() {
+	*x = RemoveAccountSecretResponse{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveAccountSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveAccountSecretResponse) ProtoMessage() {}
+
+func (x *RemoveAccountSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveAccountSecretResponse.ProtoReflect.Descriptor instead.
+func (*RemoveAccountSecretResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveAccountSecretResponse) GetAccount() *Account {
 	if x != nil {
 		return x.Account
 	}
@@ -1579,7 +1902,7 @@ type RemoveAccountGrantRequest struct {
 
 func (x *RemoveAccountGrantRequest) Reset() {
 	*x = RemoveAccountGrantRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	mi := &file_credbroker_v1_account_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1914,7 @@ func (x *RemoveAccountGrantRequest) String() string {
 func (*RemoveAccountGrantRequest) ProtoMessage() {}
 
 func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	mi := &file_credbroker_v1_account_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1927,7 @@ func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountGrantRequest.ProtoReflect.Descriptor instead.
 func (*RemoveAccountGrantRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveAccountGrantRequest) GetName() string {
@@ -1630,7 +1953,7 @@ type RemoveAccountGrantResponse struct {
 
 func (x *RemoveAccountGrantResponse) Reset() {
 	*x = RemoveAccountGrantResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[19]
+	mi := &file_credbroker_v1_account_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1965,7 @@ func (x *RemoveAccountGrantResponse) String() string {
 func (*RemoveAccountGrantResponse) ProtoMessage() {}
 
 func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[19]
+	mi := &file_credbroker_v1_account_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1978,7 @@ func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountGrantResponse.ProtoReflect.Descriptor instead.
 func (*RemoveAccountGrantResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{19}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveAccountGrantResponse) GetAccount() *Account {
@@ -1669,7 +1992,7 @@ var File_credbroker_v1_account_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\x98\b\n" +
+	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xd0\b\n" +
 	"\aAccount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12:\n" +
@@ -1695,13 +2018,22 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x11 \x01(\v2\x1b.credbroker.v1.AccountErrorR\tlastError\x12,\n" +
 	"\x06grants\x18\x12 \x03(\v2\x14.credbroker.v1.GrantR\x06grants\x12D\n" +
-	"\fstate_reason\x18\x13 \x01(\x0e2!.credbroker.v1.AccountStateReasonR\vstateReason\x1a9\n" +
+	"\fstate_reason\x18\x13 \x01(\x0e2!.credbroker.v1.AccountStateReasonR\vstateReason\x126\n" +
+	"\asecrets\x18\x14 \x03(\v2\x1c.credbroker.v1.AccountSecretR\asecrets\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
 	"\x13EndpointParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"|\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x02\n" +
+	"\rAccountSecret\x12\x1b\n" +
+	"\tsecret_id\x18\x01 \x01(\tR\bsecretId\x12;\n" +
+	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12>\n" +
+	"\rlast_use_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vlastUseTime\x127\n" +
+	"\brejected\x18\x05 \x01(\v2\x1b.credbroker.v1.AccountErrorR\brejected\"|\n" +
 	"\x05Grant\x12\x1c\n" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12;\n" +
 	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -1734,7 +2066,7 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"apiBaseUrl\x1aA\n" +
 	"\x13EndpointParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x04\n" +
 	"\x14CreateAccountRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x120\n" +
@@ -1742,7 +2074,8 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19jumpcloud_service_account\x18\x03 \x01(\v21.credbroker.v1.JumpCloudServiceAccountCredentialsH\x00R\x17jumpcloudServiceAccount\x12d\n" +
 	"\x19oauth2_client_credentials\x18\x04 \x01(\v2&.credbroker.v1.OAuth2ClientCredentialsH\x00R\x17oauth2ClientCredentials\x12W\n" +
 	"\x11jumpcloud_api_key\x18\x06 \x01(\v2).credbroker.v1.JumpCloudAPIKeyCredentialsH\x00R\x0fjumpcloudApiKey\x12#\n" +
-	"\rvalidate_only\x18\x05 \x01(\bR\fvalidateOnlyB\r\n" +
+	"\rvalidate_only\x18\x05 \x01(\bR\fvalidateOnly\x12H\n" +
+	"\x12secret_expire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10secretExpireTimeB\r\n" +
 	"\vcredentials\"I\n" +
 	"\x15CreateAccountResponse\x120\n" +
 	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"'\n" +
@@ -1772,6 +2105,19 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"K\n" +
 	"\x17AddAccountGrantResponse\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"\x87\x01\n" +
+	"\x17AddAccountSecretRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\x06secret\x18\x02 \x01(\tB\x03\x80\x01\x01R\x06secret\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"i\n" +
+	"\x18AddAccountSecretResponse\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\x12\x1b\n" +
+	"\tsecret_id\x18\x02 \x01(\tR\bsecretId\"M\n" +
+	"\x1aRemoveAccountSecretRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tsecret_id\x18\x02 \x01(\tR\bsecretId\"O\n" +
+	"\x1bRemoveAccountSecretResponse\x120\n" +
 	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"M\n" +
 	"\x19RemoveAccountGrantRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -1795,12 +2141,13 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCOUNT_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DEGRADED\x10\x02\x12!\n" +
-	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xbf\x01\n" +
+	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xe8\x01\n" +
 	"\x12AccountStateReason\x12$\n" +
 	" ACCOUNT_STATE_REASON_UNSPECIFIED\x10\x00\x12-\n" +
 	")ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED\x10\x01\x12-\n" +
 	")ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE\x10\x02\x12%\n" +
-	"!ACCOUNT_STATE_REASON_BROKER_FAULT\x10\x032\x9d\x05\n" +
+	"!ACCOUNT_STATE_REASON_BROKER_FAULT\x10\x03\x12'\n" +
+	"#ACCOUNT_STATE_REASON_SECRET_EXPIRED\x10\x042\xf0\x06\n" +
 	"\x0eAccountService\x12Z\n" +
 	"\rCreateAccount\x12#.credbroker.v1.CreateAccountRequest\x1a$.credbroker.v1.CreateAccountResponse\x12Q\n" +
 	"\n" +
@@ -1808,7 +2155,9 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\fListAccounts\x12\".credbroker.v1.ListAccountsRequest\x1a#.credbroker.v1.ListAccountsResponse\x12Z\n" +
 	"\rUpdateAccount\x12#.credbroker.v1.UpdateAccountRequest\x1a$.credbroker.v1.UpdateAccountResponse\x12Z\n" +
 	"\rDeleteAccount\x12#.credbroker.v1.DeleteAccountRequest\x1a$.credbroker.v1.DeleteAccountResponse\x12`\n" +
-	"\x0fAddAccountGrant\x12%.credbroker.v1.AddAccountGrantRequest\x1a&.credbroker.v1.AddAccountGrantResponse\x12i\n" +
+	"\x0fAddAccountGrant\x12%.credbroker.v1.AddAccountGrantRequest\x1a&.credbroker.v1.AddAccountGrantResponse\x12c\n" +
+	"\x10AddAccountSecret\x12&.credbroker.v1.AddAccountSecretRequest\x1a'.credbroker.v1.AddAccountSecretResponse\x12l\n" +
+	"\x13RemoveAccountSecret\x12).credbroker.v1.RemoveAccountSecretRequest\x1a*.credbroker.v1.RemoveAccountSecretResponse\x12i\n" +
 	"\x12RemoveAccountGrant\x12(.credbroker.v1.RemoveAccountGrantRequest\x1a).credbroker.v1.RemoveAccountGrantResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
@@ -1824,7 +2173,7 @@ func file_credbroker_v1_account_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_credbroker_v1_account_proto_goTypes = []any{
 	(Provider)(0),           // 0: credbroker.v1.Provider
 	(Region)(0),             // 1: credbroker.v1.Region
@@ -1832,85 +2181,103 @@ var file_credbroker_v1_account_proto_goTypes = []any{
 	(AccountState)(0),       // 3: credbroker.v1.AccountState
 	(AccountStateReason)(0), // 4: credbroker.v1.AccountStateReason
 	(*Account)(nil),         // 5: credbroker.v1.Account
-	(*Grant)(nil),           // 6: credbroker.v1.Grant
-	(*AccountError)(nil),    // 7: credbroker.v1.AccountError
-	(*JumpCloudServiceAccountCredentials)(nil), // 8: credbroker.v1.JumpCloudServiceAccountCredentials
-	(*JumpCloudAPIKeyCredentials)(nil),         // 9: credbroker.v1.JumpCloudAPIKeyCredentials
-	(*OAuth2ClientCredentials)(nil),            // 10: credbroker.v1.OAuth2ClientCredentials
-	(*CreateAccountRequest)(nil),               // 11: credbroker.v1.CreateAccountRequest
-	(*CreateAccountResponse)(nil),              // 12: credbroker.v1.CreateAccountResponse
-	(*GetAccountRequest)(nil),                  // 13: credbroker.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),                 // 14: credbroker.v1.GetAccountResponse
-	(*ListAccountsRequest)(nil),                // 15: credbroker.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),               // 16: credbroker.v1.ListAccountsResponse
-	(*UpdateAccountRequest)(nil),               // 17: credbroker.v1.UpdateAccountRequest
-	(*UpdateAccountResponse)(nil),              // 18: credbroker.v1.UpdateAccountResponse
-	(*DeleteAccountRequest)(nil),               // 19: credbroker.v1.DeleteAccountRequest
-	(*DeleteAccountResponse)(nil),              // 20: credbroker.v1.DeleteAccountResponse
-	(*AddAccountGrantRequest)(nil),             // 21: credbroker.v1.AddAccountGrantRequest
-	(*AddAccountGrantResponse)(nil),            // 22: credbroker.v1.AddAccountGrantResponse
-	(*RemoveAccountGrantRequest)(nil),          // 23: credbroker.v1.RemoveAccountGrantRequest
-	(*RemoveAccountGrantResponse)(nil),         // 24: credbroker.v1.RemoveAccountGrantResponse
-	nil,                                        // 25: credbroker.v1.Account.LabelsEntry
-	nil,                                        // 26: credbroker.v1.Account.EndpointParamsEntry
-	nil,                                        // 27: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	(*timestamppb.Timestamp)(nil),              // 28: google.protobuf.Timestamp
-	(ErrorReason)(0),                           // 29: credbroker.v1.ErrorReason
-	(*fieldmaskpb.FieldMask)(nil),              // 30: google.protobuf.FieldMask
+	(*AccountSecret)(nil),   // 6: credbroker.v1.AccountSecret
+	(*Grant)(nil),           // 7: credbroker.v1.Grant
+	(*AccountError)(nil),    // 8: credbroker.v1.AccountError
+	(*JumpCloudServiceAccountCredentials)(nil), // 9: credbroker.v1.JumpCloudServiceAccountCredentials
+	(*JumpCloudAPIKeyCredentials)(nil),         // 10: credbroker.v1.JumpCloudAPIKeyCredentials
+	(*OAuth2ClientCredentials)(nil),            // 11: credbroker.v1.OAuth2ClientCredentials
+	(*CreateAccountRequest)(nil),               // 12: credbroker.v1.CreateAccountRequest
+	(*CreateAccountResponse)(nil),              // 13: credbroker.v1.CreateAccountResponse
+	(*GetAccountRequest)(nil),                  // 14: credbroker.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),                 // 15: credbroker.v1.GetAccountResponse
+	(*ListAccountsRequest)(nil),                // 16: credbroker.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),               // 17: credbroker.v1.ListAccountsResponse
+	(*UpdateAccountRequest)(nil),               // 18: credbroker.v1.UpdateAccountRequest
+	(*UpdateAccountResponse)(nil),              // 19: credbroker.v1.UpdateAccountResponse
+	(*DeleteAccountRequest)(nil),               // 20: credbroker.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),              // 21: credbroker.v1.DeleteAccountResponse
+	(*AddAccountGrantRequest)(nil),             // 22: credbroker.v1.AddAccountGrantRequest
+	(*AddAccountGrantResponse)(nil),            // 23: credbroker.v1.AddAccountGrantResponse
+	(*AddAccountSecretRequest)(nil),            // 24: credbroker.v1.AddAccountSecretRequest
+	(*AddAccountSecretResponse)(nil),           // 25: credbroker.v1.AddAccountSecretResponse
+	(*RemoveAccountSecretRequest)(nil),         // 26: credbroker.v1.RemoveAccountSecretRequest
+	(*RemoveAccountSecretResponse)(nil),        // 27: credbroker.v1.RemoveAccountSecretResponse
+	(*RemoveAccountGrantRequest)(nil),          // 28: credbroker.v1.RemoveAccountGrantRequest
+	(*RemoveAccountGrantResponse)(nil),         // 29: credbroker.v1.RemoveAccountGrantResponse
+	nil,                                        // 30: credbroker.v1.Account.LabelsEntry
+	nil,                                        // 31: credbroker.v1.Account.EndpointParamsEntry
+	nil,                                        // 32: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	(*timestamppb.Timestamp)(nil),              // 33: google.protobuf.Timestamp
+	(ErrorReason)(0),                           // 34: credbroker.v1.ErrorReason
+	(*fieldmaskpb.FieldMask)(nil),              // 35: google.protobuf.FieldMask
 }
 var file_credbroker_v1_account_proto_depIdxs = []int32{
-	25, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
+	30, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
 	0,  // 1: credbroker.v1.Account.provider:type_name -> credbroker.v1.Provider
 	1,  // 2: credbroker.v1.Account.region:type_name -> credbroker.v1.Region
 	2,  // 3: credbroker.v1.Account.auth_style:type_name -> credbroker.v1.AuthStyle
-	26, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
+	31, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
 	3,  // 5: credbroker.v1.Account.state:type_name -> credbroker.v1.AccountState
-	28, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	28, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
-	28, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
-	7,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
-	6,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
+	33, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	33, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
+	33, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
+	8,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
+	7,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
 	4,  // 11: credbroker.v1.Account.state_reason:type_name -> credbroker.v1.AccountStateReason
-	28, // 12: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	29, // 13: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
-	28, // 14: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
-	1,  // 15: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
-	1,  // 16: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
-	2,  // 17: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
-	27, // 18: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	5,  // 19: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
-	8,  // 20: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
-	10, // 21: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
-	9,  // 22: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
-	5,  // 23: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
-	5,  // 24: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
-	3,  // 25: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
-	4,  // 26: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
-	5,  // 27: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
-	5,  // 28: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
-	30, // 29: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 30: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
-	5,  // 31: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	5,  // 32: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	11, // 33: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
-	13, // 34: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
-	15, // 35: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
-	17, // 36: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
-	19, // 37: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
-	21, // 38: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
-	23, // 39: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
-	12, // 40: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
-	14, // 41: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
-	16, // 42: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
-	18, // 43: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
-	20, // 44: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
-	22, // 45: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
-	24, // 46: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
-	40, // [40:47] is the sub-list for method output_type
-	33, // [33:40] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	6,  // 12: credbroker.v1.Account.secrets:type_name -> credbroker.v1.AccountSecret
+	33, // 13: credbroker.v1.AccountSecret.create_time:type_name -> google.protobuf.Timestamp
+	33, // 14: credbroker.v1.AccountSecret.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 15: credbroker.v1.AccountSecret.last_use_time:type_name -> google.protobuf.Timestamp
+	8,  // 16: credbroker.v1.AccountSecret.rejected:type_name -> credbroker.v1.AccountError
+	33, // 17: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	34, // 18: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
+	33, // 19: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
+	1,  // 20: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
+	1,  // 21: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
+	2,  // 22: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
+	32, // 23: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	5,  // 24: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
+	9,  // 25: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
+	11, // 26: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
+	10, // 27: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
+	33, // 28: credbroker.v1.CreateAccountRequest.secret_expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 29: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 30: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
+	3,  // 31: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
+	4,  // 32: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
+	5,  // 33: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
+	5,  // 34: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
+	35, // 35: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 36: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 37: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	33, // 38: credbroker.v1.AddAccountSecretRequest.expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 39: credbroker.v1.AddAccountSecretResponse.account:type_name -> credbroker.v1.Account
+	5,  // 40: credbroker.v1.RemoveAccountSecretResponse.account:type_name -> credbroker.v1.Account
+	5,  // 41: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	12, // 42: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
+	14, // 43: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
+	16, // 44: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
+	18, // 45: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
+	20, // 46: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
+	22, // 47: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
+	24, // 48: credbroker.v1.AccountService.AddAccountSecret:input_type -> credbroker.v1.AddAccountSecretRequest
+	26, // 49: credbroker.v1.AccountService.RemoveAccountSecret:input_type -> credbroker.v1.RemoveAccountSecretRequest
+	28, // 50: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
+	13, // 51: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
+	15, // 52: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
+	17, // 53: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
+	19, // 54: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
+	21, // 55: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
+	23, // 56: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
+	25, // 57: credbroker.v1.AccountService.AddAccountSecret:output_type -> credbroker.v1.AddAccountSecretResponse
+	27, // 58: credbroker.v1.AccountService.RemoveAccountSecret:output_type -> credbroker.v1.RemoveAccountSecretResponse
+	29, // 59: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
+	51, // [51:60] is the sub-list for method output_type
+	42, // [42:51] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_account_proto_init() }
@@ -1919,7 +2286,7 @@ func file_credbroker_v1_account_proto_init() {
 		return
 	}
 	file_credbroker_v1_error_reason_proto_init()
-	file_credbroker_v1_account_proto_msgTypes[6].OneofWrappers = []any{
+	file_credbroker_v1_account_proto_msgTypes[7].OneofWrappers = []any{
 		(*CreateAccountRequest_JumpcloudServiceAccount)(nil),
 		(*CreateAccountRequest_Oauth2ClientCredentials)(nil),
 		(*CreateAccountRequest_JumpcloudApiKey)(nil),
@@ -1930,7 +2297,7 @@ func file_credbroker_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_account_proto_rawDesc), len(file_credbroker_v1_account_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   23,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AccountService_CreateAccount_FullMethodName      = "/credbroker.v1.AccountService/CreateAccount"
-	AccountService_GetAccount_FullMethodName         = "/credbroker.v1.AccountService/GetAccount"
-	AccountService_ListAccounts_FullMethodName       = "/credbroker.v1.AccountService/ListAccounts"
-	AccountService_UpdateAccount_FullMethodName      = "/credbroker.v1.AccountService/UpdateAccount"
-	AccountService_DeleteAccount_FullMethodName      = "/credbroker.v1.AccountService/DeleteAccount"
-	AccountService_AddAccountGrant_FullMethodName    = "/credbroker.v1.AccountService/AddAccountGrant"
-	AccountService_RemoveAccountGrant_FullMethodName = "/credbroker.v1.AccountService/RemoveAccountGrant"
+	AccountService_CreateAccount_FullMethodName       = "/credbroker.v1.AccountService/CreateAccount"
+	AccountService_GetAccount_FullMethodName          = "/credbroker.v1.AccountService/GetAccount"
+	AccountService_ListAccounts_FullMethodName        = "/credbroker.v1.AccountService/ListAccounts"
+	AccountService_UpdateAccount_FullMethodName       = "/credbroker.v1.AccountService/UpdateAccount"
+	AccountService_DeleteAccount_FullMethodName       = "/credbroker.v1.AccountService/DeleteAccount"
+	AccountService_AddAccountGrant_FullMethodName     = "/credbroker.v1.AccountService/AddAccountGrant"
+	AccountService_AddAccountSecret_FullMethodName    = "/credbroker.v1.AccountService/AddAccountSecret"
+	AccountService_RemoveAccountSecret_FullMethodName = "/credbroker.v1.AccountService/RemoveAccountSecret"
+	AccountService_RemoveAccountGrant_FullMethodName  = "/credbroker.v1.AccountService/RemoveAccountGrant"
 )
 
 // AccountServiceClient is the client API for AccountService service.
@@ -94,6 +96,30 @@ type AccountServiceClient interface {
 	// Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
 	// such account, or no such caller key).
 	AddAccountGrant(ctx context.Context, in *AddAccountGrantRequest, opts ...grpc.CallOption) (*AddAccountGrantResponse, error)
+	// AddAccountSecret adds a second secret (client secret, or API key) to
+	// an account, for rotation: the broker first proves it with the provider
+	// (a token request, or `GET /organizations` for an API key) and keeps it
+	// only if that works. From then on the newest unexpired secret is used,
+	// and the other is the fallback if the provider rejects it.
+	//
+	// Errors:
+	//
+	//	INVALID_ARGUMENT: malformed name, secret or expire_time.
+	//	NOT_FOUND: no such account.
+	//	ALREADY_EXISTS: the account holds this secret already.
+	//	FAILED_PRECONDITION: reason SECRET_LIMIT, the account holds two
+	//	  secrets already (remove one first); or reason CREDENTIALS_REJECTED,
+	//	  the provider refused the new secret, which is not kept.
+	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE; nothing is kept.
+	AddAccountSecret(ctx context.Context, in *AddAccountSecretRequest, opts ...grpc.CallOption) (*AddAccountSecretResponse, error)
+	// RemoveAccountSecret removes one of an account's secrets, for example
+	// the old one after a rotation. Tokens it obtained stay valid until they
+	// expire.
+	//
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such account or secret),
+	// FAILED_PRECONDITION (reason LAST_SECRET: it is the account's only
+	// secret; delete the account instead).
+	RemoveAccountSecret(ctx context.Context, in *RemoveAccountSecretRequest, opts ...grpc.CallOption) (*RemoveAccountSecretResponse, error)
 	// RemoveAccountGrant withdraws a principal's grant; its next GetToken for
 	// the account gets PERMISSION_DENIED.
 	//
@@ -163,6 +189,26 @@ func (c *accountServiceClient) AddAccountGrant(ctx context.Context, in *AddAccou
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AddAccountGrantResponse)
 	err := c.cc.Invoke(ctx, AccountService_AddAccountGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) AddAccountSecret(ctx context.Context, in *AddAccountSecretRequest, opts ...grpc.CallOption) (*AddAccountSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddAccountSecretResponse)
+	err := c.cc.Invoke(ctx, AccountService_AddAccountSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *accountServiceClient) RemoveAccountSecret(ctx context.Context, in *RemoveAccountSecretRequest, opts ...grpc.CallOption) (*RemoveAccountSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveAccountSecretResponse)
+	err := c.cc.Invoke(ctx, AccountService_RemoveAccountSecret_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -245,6 +291,30 @@ type AccountServiceServer interface {
 	// Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
 	// such account, or no such caller key).
 	AddAccountGrant(context.Context, *AddAccountGrantRequest) (*AddAccountGrantResponse, error)
+	// AddAccountSecret adds a second secret (client secret, or API key) to
+	// an account, for rotation: the broker first proves it with the provider
+	// (a token request, or `GET /organizations` for an API key) and keeps it
+	// only if that works. From then on the newest unexpired secret is used,
+	// and the other is the fallback if the provider rejects it.
+	//
+	// Errors:
+	//
+	//	INVALID_ARGUMENT: malformed name, secret or expire_time.
+	//	NOT_FOUND: no such account.
+	//	ALREADY_EXISTS: the account holds this secret already.
+	//	FAILED_PRECONDITION: reason SECRET_LIMIT, the account holds two
+	//	  secrets already (remove one first); or reason CREDENTIALS_REJECTED,
+	//	  the provider refused the new secret, which is not kept.
+	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE; nothing is kept.
+	AddAccountSecret(context.Context, *AddAccountSecretRequest) (*AddAccountSecretResponse, error)
+	// RemoveAccountSecret removes one of an account's secrets, for example
+	// the old one after a rotation. Tokens it obtained stay valid until they
+	// expire.
+	//
+	// Errors: INVALID_ARGUMENT, NOT_FOUND (no such account or secret),
+	// FAILED_PRECONDITION (reason LAST_SECRET: it is the account's only
+	// secret; delete the account instead).
+	RemoveAccountSecret(context.Context, *RemoveAccountSecretRequest) (*RemoveAccountSecretResponse, error)
 	// RemoveAccountGrant withdraws a principal's grant; its next GetToken for
 	// the account gets PERMISSION_DENIED.
 	//
@@ -277,6 +347,12 @@ func (UnimplementedAccountServiceServer) DeleteAccount(context.Context, *DeleteA
 }
 func (UnimplementedAccountServiceServer) AddAccountGrant(context.Context, *AddAccountGrantRequest) (*AddAccountGrantResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddAccountGrant not implemented")
+}
+func (UnimplementedAccountServiceServer) AddAccountSecret(context.Context, *AddAccountSecretRequest) (*AddAccountSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddAccountSecret not implemented")
+}
+func (UnimplementedAccountServiceServer) RemoveAccountSecret(context.Context, *RemoveAccountSecretRequest) (*RemoveAccountSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveAccountSecret not implemented")
 }
 func (UnimplementedAccountServiceServer) RemoveAccountGrant(context.Context, *RemoveAccountGrantRequest) (*RemoveAccountGrantResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveAccountGrant not implemented")
@@ -410,6 +486,42 @@ func _AccountService_AddAccountGrant_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AccountService_AddAccountSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddAccountSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).AddAccountSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_AddAccountSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).AddAccountSecret(ctx, req.(*AddAccountSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AccountService_RemoveAccountSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveAccountSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AccountServiceServer).RemoveAccountSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AccountService_RemoveAccountSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AccountServiceServer).RemoveAccountSecret(ctx, req.(*RemoveAccountSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AccountService_RemoveAccountGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RemoveAccountGrantRequest)
 	if err := dec(in); err != nil {
@@ -458,6 +570,14 @@ var AccountService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AddAccountGrant",
 			Handler:    _AccountService_AddAccountGrant_Handler,
+		},
+		{
+			MethodName: "AddAccountSecret",
+			Handler:    _AccountService_AddAccountSecret_Handler,
+		},
+		{
+			MethodName: "RemoveAccountSecret",
+			Handler:    _AccountService_RemoveAccountSecret_Handler,
 		},
 		{
 			MethodName: "RemoveAccountGrant",

@@ -58,19 +58,31 @@ const (
 	// out: call its API through the egress proxy
 	// (`/v1/accounts/{account_id}/proxy/...`) instead. Status FAILED_PRECONDITION.
 	ErrorReason_PROXY_ONLY ErrorReason = 7
+	// The account holds two secrets, the most it can: remove one first.
+	// Status FAILED_PRECONDITION.
+	ErrorReason_SECRET_LIMIT ErrorReason = 8
+	// The secret is the account's only one, so it cannot be removed.
+	// Status FAILED_PRECONDITION.
+	ErrorReason_LAST_SECRET ErrorReason = 9
+	// Every secret of the account has expired, so no token can be fetched
+	// (account state NEEDS_ATTENTION): add a new secret. Status FAILED_PRECONDITION.
+	ErrorReason_SECRET_EXPIRED ErrorReason = 10
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0: "ERROR_REASON_UNSPECIFIED",
-		1: "CREDENTIALS_REJECTED",
-		2: "PROVIDER_UNAVAILABLE",
-		3: "MIN_TTL_TOO_LONG",
-		4: "AUDIT_UNAVAILABLE",
-		5: "RATE_LIMITED",
-		6: "LAST_ADMIN",
-		7: "PROXY_ONLY",
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "CREDENTIALS_REJECTED",
+		2:  "PROVIDER_UNAVAILABLE",
+		3:  "MIN_TTL_TOO_LONG",
+		4:  "AUDIT_UNAVAILABLE",
+		5:  "RATE_LIMITED",
+		6:  "LAST_ADMIN",
+		7:  "PROXY_ONLY",
+		8:  "SECRET_LIMIT",
+		9:  "LAST_SECRET",
+		10: "SECRET_EXPIRED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -81,6 +93,9 @@ var (
 		"RATE_LIMITED":             5,
 		"LAST_ADMIN":               6,
 		"PROXY_ONLY":               7,
+		"SECRET_LIMIT":             8,
+		"LAST_SECRET":              9,
+		"SECRET_EXPIRED":           10,
 	}
 )
 
@@ -115,7 +130,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xbe\x01\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xf5\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -126,7 +141,11 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"LAST_ADMIN\x10\x06\x12\x0e\n" +
 	"\n" +
-	"PROXY_ONLY\x10\aBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"PROXY_ONLY\x10\a\x12\x10\n" +
+	"\fSECRET_LIMIT\x10\b\x12\x0f\n" +
+	"\vLAST_SECRET\x10\t\x12\x12\n" +
+	"\x0eSECRET_EXPIRED\x10\n" +
+	"BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

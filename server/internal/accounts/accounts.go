@@ -7,8 +7,10 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
@@ -26,7 +29,15 @@ var (
 	ErrNotFound      = store.ErrNotFound
 	ErrAlreadyExists = store.ErrExists
 	ErrNoSuchGrant   = errors.New("the account has no grant for this principal")
+	ErrSecretExists  = errors.New("the account holds this secret already")
+	ErrNoSuchSecret  = errors.New("the account has no secret with this secret_id")
+	ErrSecretLimit   = fmt.Errorf("the account holds %d secrets, the most it can: remove one first", MaxSecrets)
+	ErrLastSecret    = errors.New("this is the account's only secret, so it cannot be removed: add its successor first, or delete the account")
 )
+
+// MaxSecrets is how many secrets an account can hold, as a JumpCloud
+// service account can: the current one and its successor.
+const MaxSecrets = 2
 
 // Service manages accounts, keeping the token manager and the grants index
 // in step with the store.
@@ -70,6 +81,8 @@ type NewAccount struct {
 	DisplayName string
 	Labels      map[string]string
 	Credentials provider.Credentials
+	// SecretExpireTime is when the provider stops accepting the secret; zero if never.
+	SecretExpireTime time.Time
 }
 
 // View is an account as shown: its record (whose sealed fields must not be
@@ -124,11 +137,15 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 		return View{}, err
 	}
 	a.WrappedKey = wrapped
-	if a.SealedSecret, err = key.Seal(store.FieldClientSecret, []byte(cr.ClientSecret.Reveal())); err != nil {
+	sealed, err := key.Seal(store.FieldClientSecret, []byte(cr.ClientSecret.Reveal()))
+	if err != nil {
 		return View{}, err
 	}
+	a.Secrets = []store.Secret{{ID: SecretID(cr.ClientSecret), Sealed: sealed, CreateTime: now, ExpireTime: in.SecretExpireTime}}
 	ts := store.TokenState{State: tokens.StateActive}
 	if !tok.AccessToken.IsZero() {
+		ts.SecretUse = map[string]store.SecretUse{a.Secrets[0].ID: {LastUsed: tok.Obtained}}
+		status.SecretUse = ts.SecretUse
 		sealedToken, err := tokens.SealToken(key, tok)
 		if err != nil {
 			return View{}, err
@@ -140,6 +157,88 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 	}
 	s.tokens.Add(a, ts)
 	return s.view(a, status), nil
+}
+
+// AddSecret proves a new secret with the provider and, only if that works,
+// adds it to the account, recording ev with the change. It returns the
+// account and the new secret's ID.
+func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, expire time.Time, ev store.AuditEvent) (View, string, error) {
+	a, err := s.store.Account(id)
+	if err != nil {
+		return View{}, "", err
+	}
+	secretID := SecretID(sec)
+	if err := canAddSecret(a, secretID); err != nil {
+		return View{}, "", err
+	}
+	cr := tokens.Describe(a)
+	cr.ClientSecret = sec
+	if cr.Kind == provider.KindJumpCloudAPIKey {
+		err = s.provider.CheckAPIKey(ctx, cr)
+	} else {
+		_, err = s.provider.Fetch(ctx, cr)
+	}
+	if err != nil {
+		return View{}, "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return View{}, "", err
+	}
+	key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)
+	if err != nil {
+		return View{}, "", err
+	}
+	sealed, err := key.Seal(store.FieldClientSecret, []byte(sec.Reveal()))
+	if err != nil {
+		return View{}, "", err
+	}
+	ev.Detail = "add secret " + secretID
+	a, err = s.store.UpdateAccount(id, func(a *store.Account) error {
+		if err := canAddSecret(*a, secretID); err != nil { // another admin was quicker
+			return err
+		}
+		now := s.now()
+		a.Secrets = append(a.Secrets, store.Secret{ID: secretID, Sealed: sealed, CreateTime: now, ExpireTime: expire})
+		a.UpdateTime = now
+		return nil
+	}, ev)
+	if err != nil {
+		return View{}, "", err
+	}
+	s.tokens.SecretsChanged(a)
+	return s.currentView(a), secretID, nil
+}
+
+func canAddSecret(a store.Account, secretID string) error {
+	switch {
+	case slices.ContainsFunc(a.Secrets, func(s store.Secret) bool { return s.ID == secretID }):
+		return ErrSecretExists
+	case len(a.Secrets) >= MaxSecrets:
+		return ErrSecretLimit
+	}
+	return nil
+}
+
+// RemoveSecret removes one of the account's secrets, recording ev with the change.
+func (s *Service) RemoveSecret(id, secretID string, ev store.AuditEvent) (View, error) {
+	ev.Detail = "remove secret " + secretID
+	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
+		i := slices.IndexFunc(a.Secrets, func(s store.Secret) bool { return s.ID == secretID })
+		switch {
+		case i < 0:
+			return ErrNoSuchSecret
+		case len(a.Secrets) == 1:
+			return ErrLastSecret
+		}
+		a.Secrets = slices.Delete(a.Secrets, i, i+1)
+		a.UpdateTime = s.now()
+		return nil
+	}, ev)
+	if err != nil {
+		return View{}, err
+	}
+	s.tokens.SecretsChanged(a)
+	return s.currentView(a), nil
 }
 
 // Get returns one account.
@@ -274,6 +373,44 @@ func (s *Service) currentView(a store.Account) View {
 func (s *Service) view(a store.Account, status tokens.Status) View {
 	desc := tokens.Describe(a)
 	return View{Account: a, TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc), Status: status}
+}
+
+// SecretID names a secret without revealing it: "sha256:" and the first 12
+// hex digits of its SHA-256, which an admin holding the secret can compute
+// (printf %s "$SECRET" | sha256sum) to tell two secrets apart.
+func SecretID(s secret.String) string {
+	sum := sha256.Sum256([]byte(s.Reveal()))
+	return "sha256:" + hex.EncodeToString(sum[:6])
+}
+
+// MigrateSecrets moves the one secret of accounts stored before accounts
+// could hold two into the list of secrets, recording ev (with the account
+// as its resource) for each, and returns the accounts as they now are.
+func (s *Service) MigrateSecrets(all []store.Stored, ev store.AuditEvent) ([]store.Stored, error) {
+	for i, st := range all {
+		a := st.Account
+		if len(a.SealedSecret) == 0 {
+			continue
+		}
+		key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)
+		if err != nil {
+			return nil, fmt.Errorf("account %s: unwrap data key: %w", a.ID, err)
+		}
+		raw, err := key.Open(store.FieldClientSecret, a.SealedSecret)
+		if err != nil {
+			return nil, fmt.Errorf("account %s: open secret: %w", a.ID, err)
+		}
+		ev.Resource, ev.Detail = "accounts/"+a.ID, "secret kept as "+SecretID(secret.New(string(raw)))
+		all[i].Account, err = s.store.UpdateAccount(a.ID, func(a *store.Account) error {
+			a.Secrets = append(a.Secrets, store.Secret{ID: SecretID(secret.New(string(raw))), Sealed: a.SealedSecret, CreateTime: a.CreateTime})
+			a.SealedSecret = nil
+			return nil
+		}, ev)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return all, nil
 }
 
 // NewID makes an account id for callers that do not choose one.

@@ -59,13 +59,27 @@ type Account struct {
 	APIBaseURL     string            `json:"api_base_url,omitempty"`
 	// WrappedKey is the account's data key, wrapped by the master key.
 	WrappedKey []byte `json:"wrapped_key"`
-	// SealedSecret is the client secret, or the API key of an API-key
-	// account, sealed under the data key (FieldClientSecret).
-	SealedSecret []byte    `json:"sealed_secret"`
+	// Secrets are the client secrets, or the API keys of an API-key
+	// account: at most two, so that they can be rotated.
+	Secrets []Secret `json:"secrets,omitempty"`
+	// SealedSecret is the one secret of records written before Secrets;
+	// the broker moves it into Secrets when it starts.
+	SealedSecret []byte    `json:"sealed_secret,omitempty"`
 	CreateTime   time.Time `json:"create_time"`
 	UpdateTime   time.Time `json:"update_time"`
 	// Grants are the principals that may get the account's tokens, sorted.
 	Grants []Grant `json:"grants,omitempty"`
+}
+
+// Secret is one of an account's secrets.
+type Secret struct {
+	// ID is the secret's fingerprint: not secret, shown to admins.
+	ID string `json:"id"`
+	// Sealed is the secret sealed under the account's data key (FieldClientSecret).
+	Sealed     []byte    `json:"sealed"`
+	CreateTime time.Time `json:"create_time"`
+	// ExpireTime is when the provider stops accepting it; zero if never.
+	ExpireTime time.Time `json:"expire_time,omitzero"`
 }
 
 // Grant lets one principal get an account's tokens.
@@ -91,9 +105,19 @@ type TokenState struct {
 	State string `json:"state"`
 	// LastError is set while the account is not active.
 	LastError *Failure `json:"last_error,omitempty"`
+	// SecretUse is, per secret ID, when it last got a token and whether the
+	// provider rejected it since.
+	SecretUse map[string]SecretUse `json:"secret_use,omitempty"`
 }
 
 func (t *TokenState) version() int { return t.Version }
+
+// SecretUse is what the broker saw of one secret.
+type SecretUse struct {
+	LastUsed time.Time `json:"last_used,omitzero"`
+	// Rejected is set if the provider rejected the secret after LastUsed.
+	Rejected *Failure `json:"rejected,omitempty"`
+}
 
 // Failure is a sanitized token-request failure: never a response body.
 type Failure struct {

@@ -15,8 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +41,7 @@ const (
 	ReasonCredentialsRejected = "credentials_rejected"
 	ReasonProviderUnavailable = "provider_unavailable"
 	ReasonInternal            = "internal"
+	ReasonSecretExpired       = "secret_expired"
 )
 
 // ErrNotFound means the manager knows no such account.
@@ -176,6 +179,9 @@ type Status struct {
 	LastTokenTime time.Time
 	// LastError is set while the account is not active.
 	LastError *store.Failure
+	// SecretUse is what the broker saw of each secret, by secret ID. It is
+	// replaced, never modified.
+	SecretUse map[string]store.SecretUse
 }
 
 // Manager is the token cache. Create it with New, fill it with Load, and
@@ -238,14 +244,14 @@ func (m *Manager) Load(all []store.Stored) {
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc)}
-	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError}
+	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
 	if a.Provider == provider.KindJumpCloudAPIKey {
 		e.apiKey = true
-		if _, key, err := m.openSecret(a); err != nil {
+		if key, err := m.openAPIKey(a); err != nil {
 			e.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
 			m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
 		} else {
-			e.current.Store(&Issued{Token: provider.Token{AccessToken: key, Obtained: a.CreateTime, Expiry: neverExpires}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers})
+			e.current.Store(e.apiKeyIssued(key, a.CreateTime))
 		}
 	} else if len(ts.SealedToken) > 0 {
 		if tok, err := m.openToken(a, ts); err != nil {
@@ -258,6 +264,26 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	m.mu.Lock()
 	m.entries[a.ID] = e
 	m.mu.Unlock()
+}
+
+// SecretsChanged takes note of an account's new list of secrets: an
+// API-key account switches to its newest key. Service accounts read their
+// secrets on each token request anyway.
+func (m *Manager) SecretsChanged(a store.Account) {
+	e := m.lookup(a.ID)
+	if e == nil || !e.apiKey {
+		return
+	}
+	key, err := m.openAPIKey(a)
+	if err != nil {
+		m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
+		return
+	}
+	e.current.Store(e.apiKeyIssued(key, m.cfg.Now()))
+}
+
+func (e *entry) apiKeyIssued(key secret.String, obtained time.Time) *Issued {
+	return &Issued{Token: provider.Token{AccessToken: key, Obtained: obtained, Expiry: neverExpires}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers}
 }
 
 // Remove stops tracking an account; callers waiting on it get their answer,
@@ -442,7 +468,10 @@ func (m *Manager) startLocked(e *entry) *call {
 // not tied to any caller: one caller giving up must not fail the others.
 func (m *Manager) run(e *entry, c *call) {
 	defer m.runs.Done()
-	tok, key, err := m.fetch(e.id)
+	e.mu.Lock()
+	use := e.status.SecretUse
+	e.mu.Unlock()
+	tok, key, use, err := m.fetch(e.id, use)
 
 	e.mu.Lock()
 	before := e.status
@@ -456,6 +485,7 @@ func (m *Manager) run(e *entry, c *call) {
 	} else {
 		c.err = m.recordFailure(e, err)
 	}
+	e.status.SecretUse = use
 	status := e.status
 	e.mu.Unlock()
 
@@ -493,6 +523,10 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	var rejected *provider.RejectedError
 	var unavailable *provider.UnavailableError
 	switch {
+	case errors.Is(err, ErrSecretsExpired):
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonSecretExpired, err.Error()
+		delay = m.cfg.RejectedRecheck
 	case errors.As(err, &rejected):
 		e.status.State = StateNeedsAttention
 		f.Reason, f.Message = ReasonCredentialsRejected, rejected.Error()
@@ -526,33 +560,91 @@ func backoff(failures int, lo, hi time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// fetch loads and decrypts the account's credentials and asks the provider.
-func (m *Manager) fetch(id string) (provider.Token, *seal.DataKey, error) {
+// ErrSecretsExpired means every secret of the account has expired.
+var ErrSecretsExpired = errors.New("every secret of the account has expired; add a new one (AddAccountSecret)")
+
+// fetch asks the provider for a token with the account's unexpired secrets,
+// newest first except that those rejected last time go last: a rejection
+// moves on to the next secret, any other failure ends the attempt. It
+// returns the secrets' new use records with the outcome.
+func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Token, *seal.DataKey, map[string]store.SecretUse, error) {
 	a, err := m.store.Account(id)
 	if err != nil {
-		return provider.Token{}, nil, err
+		return provider.Token{}, nil, use, err
 	}
-	key, clientSecret, err := m.openSecret(a)
-	if err != nil {
-		return provider.Token{}, nil, err
-	}
-	cr := Describe(a)
-	cr.ClientSecret = clientSecret
-	tok, err := m.provider.Fetch(context.Background(), cr)
-	return tok, key, err
-}
-
-// openSecret returns the account's data key and its decrypted secret.
-func (m *Manager) openSecret(a store.Account) (*seal.DataKey, secret.String, error) {
 	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
 	if err != nil {
-		return nil, secret.String{}, fmt.Errorf("unwrap data key: %w", err)
+		return provider.Token{}, nil, use, fmt.Errorf("unwrap data key: %w", err)
 	}
-	raw, err := key.Open(store.FieldClientSecret, a.SealedSecret)
+	now := m.cfg.Now()
+	use = maps.Clone(use)
+	if use == nil {
+		use = map[string]store.SecretUse{}
+	}
+	err = ErrSecretsExpired
+	for _, sec := range UsableSecrets(a, use, now) {
+		raw, oerr := key.Open(store.FieldClientSecret, sec.Sealed)
+		if oerr != nil {
+			return provider.Token{}, nil, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
+		}
+		cr := Describe(a)
+		cr.ClientSecret = secret.New(string(raw))
+		var tok provider.Token
+		tok, err = m.provider.Fetch(context.Background(), cr)
+		var rejected *provider.RejectedError
+		switch {
+		case err == nil:
+			use[sec.ID] = store.SecretUse{LastUsed: tok.Obtained}
+			return tok, key, use, nil
+		case errors.As(err, &rejected):
+			u := use[sec.ID]
+			u.Rejected = &store.Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
+			use[sec.ID] = u
+			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
+		default:
+			return provider.Token{}, key, use, err
+		}
+	}
+	return provider.Token{}, key, use, err
+}
+
+// UsableSecrets are the account's unexpired secrets in the order they are
+// tried: newest first, except that those the provider rejected last go last.
+func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Time) []store.Secret {
+	var out []store.Secret
+	for _, s := range a.Secrets {
+		if s.ExpireTime.IsZero() || now.Before(s.ExpireTime) {
+			out = append(out, s)
+		}
+	}
+	slices.SortStableFunc(out, func(x, y store.Secret) int {
+		if rx, ry := use[x.ID].Rejected != nil, use[y.ID].Rejected != nil; rx != ry {
+			if rx {
+				return 1
+			}
+			return -1
+		}
+		return y.CreateTime.Compare(x.CreateTime)
+	})
+	return out
+}
+
+// openAPIKey returns the API key an API-key account uses: its newest
+// unexpired one.
+func (m *Manager) openAPIKey(a store.Account) (secret.String, error) {
+	usable := UsableSecrets(a, nil, m.cfg.Now())
+	if len(usable) == 0 {
+		return secret.String{}, ErrSecretsExpired
+	}
+	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
 	if err != nil {
-		return nil, secret.String{}, fmt.Errorf("open secret: %w", err)
+		return secret.String{}, fmt.Errorf("unwrap data key: %w", err)
 	}
-	return key, secret.New(string(raw)), nil
+	raw, err := key.Open(store.FieldClientSecret, usable[0].Sealed)
+	if err != nil {
+		return secret.String{}, fmt.Errorf("open API key: %w", err)
+	}
+	return secret.New(string(raw)), nil
 }
 
 // transition is the audit event of an account's change of state, or nil if
@@ -579,7 +671,7 @@ func (m *Manager) persist(id string, status Status, tok provider.Token, key *sea
 		}
 	}
 	return m.store.UpdateTokenState(id, func(ts *store.TokenState) {
-		ts.State, ts.LastError = status.State, status.LastError
+		ts.State, ts.LastError, ts.SecretUse = status.State, status.LastError, status.SecretUse
 		if newToken {
 			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
 		}

@@ -76,7 +76,7 @@ func (h *harness) addAccount(t testing.TB, id string) {
 		t.Fatal(err)
 	}
 	sealed, _ := key.Seal(store.FieldClientSecret, []byte(clientSecret))
-	a := store.Account{ID: id, Provider: provider.KindJumpCloudServiceAccount, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped, SealedSecret: sealed}
+	a := store.Account{ID: id, Provider: provider.KindJumpCloudServiceAccount, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped, Secrets: []store.Secret{{ID: "sha256:000000000000", Sealed: sealed}}}
 	if err := h.store.CreateAccount(a, store.TokenState{State: StateActive}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
