@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/proxy"
@@ -47,6 +48,13 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	err := h.gate.admit(c, caller, r.Header.Get(proxyKeyHeader), func(now time.Time) (string, error) { return h.certs.Principal(r, now) })
 	if err == nil {
 		err = h.route(c, pc, id, path, perr)
+	}
+	if err == nil && h.gate.audit.Failing() {
+		// A proxied call is audited when it ends; if that cannot be
+		// written, it must not be forwarded at all. Its own refusal is
+		// recorded below, and a success lets the next call through.
+		err = withDetails(codes.Unavailable, "the audit trail cannot be written, so the call was not forwarded; see the server log",
+			errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
 	}
 	if err == nil {
 		h.fwd.Forward(w, r, pc)

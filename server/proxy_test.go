@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/devpki"
 )
 
@@ -484,5 +486,30 @@ func TestRejectedAPIKeyNeedsAttention(t *testing.T) {
 	if err != nil || len(events.GetEvents()) != 2 || !strings.HasPrefix(events.GetEvents()[1].GetDetail(), "active -> needs_attention: credentials_rejected") ||
 		events.GetEvents()[0].GetDetail() != "needs_attention -> active" {
 		t.Fatalf("state changes in the audit trail: %v, %v", events, err)
+	}
+}
+
+// A proxied call is audited when it ends, so while the audit trail cannot
+// be written the proxy forwards nothing.
+func TestProxyRefusesWhileTheAuditTrailFails(t *testing.T) {
+	cfg, fake, logs := newConfig(t)
+	var fail atomic.Bool
+	server.FailAuditWrites(&cfg, &fail, errors.New("disk full"))
+	b := startWith(t, cfg, fake, logs)
+	b.linkAPIKey(t, "keyed")
+
+	fail.Store(true)
+	b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil) // its event fails
+	before := b.fake.APIRequests()
+	resp, body := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil)
+	wantProxyError(t, resp, body, http.StatusServiceUnavailable, "UNAVAILABLE")
+	if b.fake.APIRequests() != before || !strings.Contains(body, "AUDIT_UNAVAILABLE") {
+		t.Fatalf("forwarded while the audit trail fails: %s", body)
+	}
+
+	fail.Store(false)
+	b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil) // refused, but its event is written
+	if resp, body := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("after the audit trail recovered: HTTP %d %s", resp.StatusCode, body)
 	}
 }

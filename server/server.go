@@ -332,6 +332,7 @@ func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*http.Server
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       5 * time.Minute, // a whole request, body included: no slow-drip uploads
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ConnContext:       h.certs.ConnContext,

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/seal"
@@ -59,7 +60,14 @@ type Log struct {
 	closed bool
 	wake   chan struct{} // tells the writer a batch is waiting
 	done   chan struct{} // closed when Run has returned
+
+	failing atomic.Bool // the last commit failed
 }
+
+// Failing reports whether the last commit failed, for callers that can only
+// record their event after acting (the egress proxy) and so must check
+// before they act.
+func (l *Log) Failing() bool { return l.failing.Load() }
 
 // batch is the events of one commit. Its callers wait on done, closed once
 // for all of them.
@@ -164,6 +172,7 @@ func (l *Log) commit(b *batch) {
 		return
 	}
 	b.err = l.sink.AppendAudit(b.events)
+	l.failing.Store(b.err != nil)
 	if b.err != nil {
 		l.cfg.Logger.Error("could not write audit events; their calls fail", "events", len(b.events), "error", b.err)
 	}
