@@ -70,7 +70,7 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	case errors.Is(err, proxy.ErrMethod):
 		return invalidArgument("method", err.Error())
 	case errors.Is(err, proxy.ErrNoAPIBase):
-		return status.Error(codes.FailedPrecondition, err.Error())
+		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_NO_API_BASE_URL, nil))
 	case errors.As(err, &tooLarge):
 		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.As(err, &upstream):

@@ -331,6 +331,21 @@ func TestProxyIsNotAnOpenProxy(t *testing.T) {
 			t.Fatalf("streamed oversized response: %d bytes, error %v; want it cut off at 4096 with an error", len(data), err)
 		}
 	})
+	t.Run("an account without an API base URL", func(t *testing.T) {
+		if _, err := b.accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
+			AccountId: "nobase", Credentials: &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
+				TokenUrl: b.cfg.JumpCloudTokenURLUS, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},
+			}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		b.grant(t, "nobase", svcPrincipal)
+		resp, body := b.proxyCall(t, http.MethodGet, "/v1/accounts/nobase/proxy/v2/x", b.keys.svc, nil, nil)
+		wantProxyError(t, resp, body, http.StatusBadRequest, "FAILED_PRECONDITION")
+		if !strings.Contains(body, "NO_API_BASE_URL") {
+			t.Fatalf("no ErrorInfo reason: %s", body)
+		}
+	})
 	t.Run("the proxy's own methods only", func(t *testing.T) {
 		resp, body := b.proxyCall(t, "TRACE", "/v1/accounts/keyed/proxy/v2/x", b.keys.svc, nil, nil)
 		wantProxyError(t, resp, body, http.StatusMethodNotAllowed, "INVALID_ARGUMENT")

@@ -67,6 +67,10 @@ const (
 	// Every secret of the account has expired, so no token can be fetched
 	// (account state NEEDS_ATTENTION): add a new secret. Status FAILED_PRECONDITION.
 	ErrorReason_SECRET_EXPIRED ErrorReason = 10
+	// The account has no API base URL (an OAuth2 account linked without
+	// api_base_url), so the egress proxy has nowhere to forward its calls.
+	// Status FAILED_PRECONDITION.
+	ErrorReason_NO_API_BASE_URL ErrorReason = 11
 )
 
 // Enum value maps for ErrorReason.
@@ -83,6 +87,7 @@ var (
 		8:  "SECRET_LIMIT",
 		9:  "LAST_SECRET",
 		10: "SECRET_EXPIRED",
+		11: "NO_API_BASE_URL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -96,6 +101,7 @@ var (
 		"SECRET_LIMIT":             8,
 		"LAST_SECRET":              9,
 		"SECRET_EXPIRED":           10,
+		"NO_API_BASE_URL":          11,
 	}
 )
 
@@ -130,7 +136,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xf5\x01\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\x8a\x02\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -145,7 +151,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\fSECRET_LIMIT\x10\b\x12\x0f\n" +
 	"\vLAST_SECRET\x10\t\x12\x12\n" +
 	"\x0eSECRET_EXPIRED\x10\n" +
-	"BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x12\x13\n" +
+	"\x0fNO_API_BASE_URL\x10\vBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -104,13 +104,7 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 		return View{}, err
 	}
 	cr := in.Credentials
-	var tok provider.Token
-	var err error
-	if cr.Kind == provider.KindJumpCloudAPIKey {
-		err = s.provider.CheckAPIKey(ctx, cr)
-	} else {
-		tok, err = s.provider.Fetch(ctx, cr)
-	}
+	tok, err := s.prove(ctx, cr)
 	if err != nil {
 		return View{}, err
 	}
@@ -173,12 +167,7 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 	}
 	cr := tokens.Describe(a)
 	cr.ClientSecret = sec
-	if cr.Kind == provider.KindJumpCloudAPIKey {
-		err = s.provider.CheckAPIKey(ctx, cr)
-	} else {
-		_, err = s.provider.Fetch(ctx, cr)
-	}
-	if err != nil {
+	if _, err := s.prove(ctx, cr); err != nil {
 		return View{}, "", err
 	}
 	if err := ctx.Err(); err != nil {
@@ -239,6 +228,15 @@ func (s *Service) RemoveSecret(id, secretID string, ev store.AuditEvent) (View, 
 	}
 	s.tokens.SecretsChanged(a)
 	return s.currentView(a), nil
+}
+
+// prove checks credentials with the provider: it fetches a token, or for an
+// API key (which has none; the zero Token) calls the API.
+func (s *Service) prove(ctx context.Context, cr provider.Credentials) (provider.Token, error) {
+	if cr.Kind == provider.KindJumpCloudAPIKey {
+		return provider.Token{}, s.provider.CheckAPIKey(ctx, cr)
+	}
+	return s.provider.Fetch(ctx, cr)
 }
 
 // Get returns one account.

@@ -191,7 +191,7 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, c *Call) {
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			if p != http.ErrAbortHandler { //nolint:errorlint // ReverseProxy panics with this exact value
+			if p != http.ErrAbortHandler { // ReverseProxy panics with this exact value
 				panic(p)
 			}
 			c.Aborted = true
