@@ -17,26 +17,14 @@ rounds=${BENCH_ROUNDS:-3}
 broker=127.0.0.1:${BENCH_BROKER_PORT:-15051}
 fake=127.0.0.1:${BENCH_FAKE_PORT:-18085}
 
-# The data directory is on disk, not tmpfs, so audit fsyncs cost what they
-# cost in production.
-work=$(mktemp -d "${BENCH_DIR:-$PWD}/.bench-XXXXXX")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-go build -o "$work/credbroker" ./cmd/credbroker
+source bench/lib.sh
 go build -o "$work/ghz" github.com/bojand/ghz/cmd/ghz
-go build -o "$work/grpcurl" github.com/fullstorydev/grpcurl/cmd/grpcurl
 certs="$work/certs"
 "$work/credbroker" dev-certs --dir "$certs" >/dev/null
 
 "$work/credbroker" fake-jumpcloud --listen "$fake" >"$work/fake.log" 2>&1 &
 pids+=($!)
-"$work/credbroker" serve --listen "$broker" --data-dir "$work/data" \
+"$work/credbroker" serve --listen "$broker" --proxy-listen off --data-dir "$work/data" \
 	--tls-cert "$certs/server.pem" --tls-key "$certs/server-key.pem" --client-ca "$certs/ca.pem" \
 	--bootstrap-admin-principal spiffe://credbroker.test/admin \
 	--rate-limit 1000000 --rate-burst 1000000 \

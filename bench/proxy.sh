@@ -25,18 +25,8 @@ fake=127.0.0.1:${BENCH_FAKE_PORT:-18095}
 slow=127.0.0.1:${BENCH_SLOW_FAKE_PORT:-18096}
 delay=${BENCH_API_DELAY:-20ms}
 
-work=$(mktemp -d "${BENCH_DIR:-$PWD}/.bench-XXXXXX")
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-go build -o "$work/credbroker" ./cmd/credbroker
+source bench/lib.sh
 go build -o "$work/hey" github.com/rakyll/hey
-go build -o "$work/grpcurl" github.com/fullstorydev/grpcurl/cmd/grpcurl
 
 "$work/credbroker" fake-jumpcloud --listen "$fake" --api-key bench-api-key >"$work/fake.log" 2>&1 &
 pids+=($!)

@@ -233,11 +233,15 @@ const maxAuditResource = 256
 // requestResource is what a request is about, for the audit events of
 // calls refused before their handler ran.
 func requestResource(req any) string {
-	r := requestName(req)
-	if len(r) > maxAuditResource {
-		r = strings.ToValidUTF8(r[:maxAuditResource], "") + "..."
+	return truncate(requestName(req), maxAuditResource)
+}
+
+// truncate bounds a string from a caller before the broker stores it.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return strings.ToValidUTF8(s[:n], "") + "..."
 	}
-	return r
+	return s
 }
 
 func requestName(req any) string {

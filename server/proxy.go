@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -95,13 +94,6 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, id, path string, parseErr 
 		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return strings.ToValidUTF8(s[:n], "") + "..."
-	}
-	return s
 }
 
 // proxyHTTPStatus is the HTTP status of the proxy's own error answers: the

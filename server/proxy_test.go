@@ -456,14 +456,7 @@ func TestProxyCallsAreAuditedWithoutSecrets(t *testing.T) {
 
 	token := b.fake.LastToken()
 	for name, out := range map[string]string{"answers": answers.String(), "audit trail": trail.String(), "logs": b.logs.String()} {
-		if out == "" {
-			t.Fatalf("%s: nothing to scan", name)
-		}
-		for _, canary := range []string{apiKey, clientSecret, token, "secret-query"} {
-			if strings.Contains(out, canary) {
-				t.Fatalf("%s contain %q", name, canary)
-			}
-		}
+		assertAbsent(t, name, []byte(out), apiKey, clientSecret, token, "secret-query")
 	}
 }
 

@@ -398,9 +398,10 @@ func (s *Service) MigrateSecrets(all []store.Stored, ev store.AuditEvent) ([]sto
 		if err != nil {
 			return nil, fmt.Errorf("account %s: open secret: %w", a.ID, err)
 		}
-		ev.Resource, ev.Detail = "accounts/"+a.ID, "secret kept as "+SecretID(secret.New(string(raw)))
+		secretID := SecretID(secret.New(string(raw)))
+		ev.Resource, ev.Detail = "accounts/"+a.ID, "secret kept as "+secretID
 		all[i].Account, err = s.store.UpdateAccount(a.ID, func(a *store.Account) error {
-			a.Secrets = append(a.Secrets, store.Secret{ID: SecretID(secret.New(string(raw))), Sealed: a.SealedSecret, CreateTime: a.CreateTime})
+			a.Secrets = append(a.Secrets, store.Secret{ID: secretID, Sealed: a.SealedSecret, CreateTime: a.CreateTime})
 			a.SealedSecret = nil
 			return nil
 		}, ev)
