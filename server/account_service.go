@@ -187,16 +187,20 @@ func accountFilter(req *credbrokerv1.ListAccountsRequest) (func(accounts.View) b
 	}
 	return func(v accounts.View) bool {
 		return (state == credbrokerv1.AccountState_ACCOUNT_STATE_UNSPECIFIED || stateProto[v.Status.State] == state) &&
-			(reason == credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED || stateReason(v.Status) == reason)
+			(reason == credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED || stateReason(v) == reason)
 	}, nil
 }
 
 // stateReason is why an account is in its state.
-func stateReason(st tokens.Status) credbrokerv1.AccountStateReason {
-	if st.State == tokens.StateActive || st.LastError == nil {
+func stateReason(v accounts.View) credbrokerv1.AccountStateReason {
+	switch st := v.Status; {
+	case st.State == tokens.StateActive && v.Expiry.Soon:
+		return credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING
+	case st.State == tokens.StateActive || st.LastError == nil:
 		return credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED
+	default:
+		return stateReasonProto[st.LastError.Reason]
 	}
-	return stateReasonProto[st.LastError.Reason]
 }
 
 func (s *accountService) AddAccountSecret(ctx context.Context, req *credbrokerv1.AddAccountSecretRequest) (*credbrokerv1.AddAccountSecretResponse, error) {
@@ -252,18 +256,19 @@ func (s *accountService) grantRequest(req interface {
 // accountProto shows an account. It reads no sealed field.
 func accountProto(v accounts.View) *credbrokerv1.Account {
 	a := &credbrokerv1.Account{
-		Name:          accountPrefix + v.ID,
-		DisplayName:   v.DisplayName,
-		Labels:        v.Labels,
-		ClientId:      v.ClientID,
-		OrgId:         v.OrgID,
-		ApiBaseUrl:    v.APIBaseURL,
-		TokenUrl:      v.TokenURL,
-		CreateTime:    timestamp(v.CreateTime),
-		UpdateTime:    timestamp(v.UpdateTime),
-		LastTokenTime: timestamp(v.Status.LastTokenTime),
-		State:         stateProto[v.Status.State],
-		StateReason:   stateReason(v.Status),
+		Name:                  accountPrefix + v.ID,
+		DisplayName:           v.DisplayName,
+		Labels:                v.Labels,
+		ClientId:              v.ClientID,
+		OrgId:                 v.OrgID,
+		ApiBaseUrl:            v.APIBaseURL,
+		TokenUrl:              v.TokenURL,
+		CreateTime:            timestamp(v.CreateTime),
+		UpdateTime:            timestamp(v.UpdateTime),
+		LastTokenTime:         timestamp(v.Status.LastTokenTime),
+		State:                 stateProto[v.Status.State],
+		StateReason:           stateReason(v),
+		CredentialsExpireTime: timestamp(v.Expiry.Time),
 	}
 	for _, g := range v.Grants {
 		a.Grants = append(a.Grants, &credbrokerv1.Grant{Principal: g.Principal, CreateTime: timestamp(g.CreateTime), Creator: g.Creator})

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -268,5 +269,77 @@ func TestSecretsOfOldRecordsAreMigrated(t *testing.T) {
 	b = b.restart(t) // nothing left to migrate
 	if got := secretIDs(b.account(t, "acme")); len(got) != 1 {
 		t.Fatalf("after a second start: %v", got)
+	}
+}
+
+// An account whose only secret expires in three days shows
+// SECRET_EXPIRING with the date, can be listed by it, and is warned about in
+// the log and the audit trail; adding a secret that lasts ends it.
+func TestSecretExpiryWarning(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	expire := time.Now().Add(3 * 24 * time.Hour).Truncate(time.Second)
+	req := jumpCloudRequest("soon")
+	req.SecretExpireTime = timestamppb.New(expire)
+	if _, err := b.accounts.CreateAccount(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	b.link(t, "fine")
+
+	a := b.account(t, "soon")
+	if a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING ||
+		!a.GetCredentialsExpireTime().AsTime().Equal(expire) || !a.GetSecrets()[0].GetExpireTime().AsTime().Equal(expire) {
+		t.Fatalf("account whose secret expires in 3 days: %v", a)
+	}
+	if a := b.account(t, "fine"); a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED || a.GetCredentialsExpireTime() != nil {
+		t.Fatalf("account whose secret never expires: %v", a)
+	}
+	expiring := func() []string {
+		t.Helper()
+		resp, err := b.accounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{StateReason: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, a := range resp.GetAccounts() {
+			names = append(names, a.GetName())
+		}
+		return names
+	}
+	if got := expiring(); len(got) != 1 || got[0] != "accounts/soon" {
+		t.Fatalf("ListAccounts(SECRET_EXPIRING) = %v", got)
+	}
+
+	// The background check warns within a scan (about a second).
+	date := expire.UTC().Format(time.RFC3339)
+	var warning *credbrokerv1.AuditEvent
+	for warning == nil {
+		events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/soon"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range events.GetEvents() {
+			if ev.GetMethod() == "secret_expiring" {
+				warning = ev
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(warning.GetDetail(), date) || warning.GetPrincipal() != "credbroker" {
+		t.Fatalf("warning event: %v", warning)
+	}
+	if logs := b.logs.String(); !strings.Contains(logs, `"account":"soon","expire_time":"`+date+`","days_left":3`) || strings.Contains(logs, `"account":"fine","expire_time"`) {
+		t.Fatalf("no warning for exactly the expiring account in the log:\n%s", logs)
+	}
+
+	b.fake.AddClientSecret(clientID, newSecret)
+	if _, err := b.accounts.AddAccountSecret(ctx, &credbrokerv1.AddAccountSecretRequest{Name: "accounts/soon", Secret: newSecret}); err != nil {
+		t.Fatal(err)
+	}
+	if a := b.account(t, "soon"); a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_UNSPECIFIED || a.GetCredentialsExpireTime() != nil {
+		t.Fatalf("after adding a secret that never expires: %v", a)
+	}
+	if got := expiring(); len(got) != 0 {
+		t.Fatalf("ListAccounts(SECRET_EXPIRING) after the rotation = %v", got)
 	}
 }

@@ -104,6 +104,9 @@ type Config struct {
 	RefreshConcurrency               int
 	RetryBackoffMin, RetryBackoffMax time.Duration
 	RejectedRecheck                  time.Duration
+	// SecretExpiryWarning: accounts whose credentials expire within this
+	// window show SECRET_EXPIRING and are warned about once a day.
+	SecretExpiryWarning time.Duration
 	// ShutdownTimeout is how long in-flight calls get to finish on shutdown.
 	ShutdownTimeout time.Duration
 	// LockTimeout is how long to wait for the database lock before giving up.
@@ -142,6 +145,7 @@ func DefaultConfig() Config {
 		RetryBackoffMin:       tc.BackoffMin,
 		RetryBackoffMax:       tc.BackoffMax,
 		RejectedRecheck:       tc.RejectedRecheck,
+		SecretExpiryWarning:   tc.ExpiryWarning,
 		ShutdownTimeout:       10 * time.Second,
 		LockTimeout:           time.Second,
 		Logger:                slog.Default(),
@@ -158,7 +162,8 @@ func (c *Config) setDefaults() {
 	fillUnset([][2]*time.Duration{
 		{&c.UpstreamTimeout, &d.UpstreamTimeout}, {&c.RefreshMargin, &d.RefreshMargin},
 		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
-		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.ShutdownTimeout, &d.ShutdownTimeout},
+		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
+		{&c.ShutdownTimeout, &d.ShutdownTimeout},
 		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
 	})
 	fillUnset([][2]*int{
@@ -251,6 +256,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		BackoffMin:         cfg.RetryBackoffMin,
 		BackoffMax:         cfg.RetryBackoffMax,
 		RejectedRecheck:    cfg.RejectedRecheck,
+		ExpiryWarning:      cfg.SecretExpiryWarning,
 		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
 		Logger:             cfg.Logger,
 	}, st, master, prov)

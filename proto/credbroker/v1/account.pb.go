@@ -264,6 +264,13 @@ const (
 	AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT AccountStateReason = 3
 	// NEEDS_ATTENTION: every secret of the account has expired.
 	AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRED AccountStateReason = 4
+	// ACTIVE, but the account's credentials expire within the broker's
+	// warning window (--secret-expiry-warning, default 7 days):
+	// credentials_expire_time says when. Add a new secret
+	// (AddAccountSecret) before then. While this lasts, the broker writes a
+	// warning to its log and an audit event (method "secret_expiring") once
+	// a day.
+	AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING AccountStateReason = 5
 )
 
 // Enum value maps for AccountStateReason.
@@ -274,6 +281,7 @@ var (
 		2: "ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE",
 		3: "ACCOUNT_STATE_REASON_BROKER_FAULT",
 		4: "ACCOUNT_STATE_REASON_SECRET_EXPIRED",
+		5: "ACCOUNT_STATE_REASON_SECRET_EXPIRING",
 	}
 	AccountStateReason_value = map[string]int32{
 		"ACCOUNT_STATE_REASON_UNSPECIFIED":          0,
@@ -281,6 +289,7 @@ var (
 		"ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE": 2,
 		"ACCOUNT_STATE_REASON_BROKER_FAULT":         3,
 		"ACCOUNT_STATE_REASON_SECRET_EXPIRED":       4,
+		"ACCOUNT_STATE_REASON_SECRET_EXPIRING":      5,
 	}
 )
 
@@ -361,9 +370,13 @@ type Account struct {
 	// The account's secrets (client secrets, or API keys), newest first; at
 	// most two. Output only: change them with AddAccountSecret and
 	// RemoveAccountSecret.
-	Secrets       []*AccountSecret `protobuf:"bytes,20,rep,name=secrets,proto3" json:"secrets,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Secrets []*AccountSecret `protobuf:"bytes,20,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// When the account runs out of credentials unless a secret is added: the
+	// latest expire_time of its secrets that the provider has not rejected.
+	// Unset if one of them never expires. Output only.
+	CredentialsExpireTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=credentials_expire_time,json=credentialsExpireTime,proto3" json:"credentials_expire_time,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Account) Reset() {
@@ -532,6 +545,13 @@ func (x *Account) GetStateReason() AccountStateReason {
 func (x *Account) GetSecrets() []*AccountSecret {
 	if x != nil {
 		return x.Secrets
+	}
+	return nil
+}
+
+func (x *Account) GetCredentialsExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CredentialsExpireTime
 	}
 	return nil
 }
@@ -1992,7 +2012,7 @@ var File_credbroker_v1_account_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xd0\b\n" +
+	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xa4\t\n" +
 	"\aAccount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12:\n" +
@@ -2019,7 +2039,8 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"last_error\x18\x11 \x01(\v2\x1b.credbroker.v1.AccountErrorR\tlastError\x12,\n" +
 	"\x06grants\x18\x12 \x03(\v2\x14.credbroker.v1.GrantR\x06grants\x12D\n" +
 	"\fstate_reason\x18\x13 \x01(\x0e2!.credbroker.v1.AccountStateReasonR\vstateReason\x126\n" +
-	"\asecrets\x18\x14 \x03(\v2\x1c.credbroker.v1.AccountSecretR\asecrets\x1a9\n" +
+	"\asecrets\x18\x14 \x03(\v2\x1c.credbroker.v1.AccountSecretR\asecrets\x12R\n" +
+	"\x17credentials_expire_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x15credentialsExpireTime\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
@@ -2141,13 +2162,14 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCOUNT_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DEGRADED\x10\x02\x12!\n" +
-	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xe8\x01\n" +
+	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\x92\x02\n" +
 	"\x12AccountStateReason\x12$\n" +
 	" ACCOUNT_STATE_REASON_UNSPECIFIED\x10\x00\x12-\n" +
 	")ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED\x10\x01\x12-\n" +
 	")ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE\x10\x02\x12%\n" +
 	"!ACCOUNT_STATE_REASON_BROKER_FAULT\x10\x03\x12'\n" +
-	"#ACCOUNT_STATE_REASON_SECRET_EXPIRED\x10\x042\xf0\x06\n" +
+	"#ACCOUNT_STATE_REASON_SECRET_EXPIRED\x10\x04\x12(\n" +
+	"$ACCOUNT_STATE_REASON_SECRET_EXPIRING\x10\x052\xf0\x06\n" +
 	"\x0eAccountService\x12Z\n" +
 	"\rCreateAccount\x12#.credbroker.v1.CreateAccountRequest\x1a$.credbroker.v1.CreateAccountResponse\x12Q\n" +
 	"\n" +
@@ -2226,58 +2248,59 @@ var file_credbroker_v1_account_proto_depIdxs = []int32{
 	7,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
 	4,  // 11: credbroker.v1.Account.state_reason:type_name -> credbroker.v1.AccountStateReason
 	6,  // 12: credbroker.v1.Account.secrets:type_name -> credbroker.v1.AccountSecret
-	33, // 13: credbroker.v1.AccountSecret.create_time:type_name -> google.protobuf.Timestamp
-	33, // 14: credbroker.v1.AccountSecret.expire_time:type_name -> google.protobuf.Timestamp
-	33, // 15: credbroker.v1.AccountSecret.last_use_time:type_name -> google.protobuf.Timestamp
-	8,  // 16: credbroker.v1.AccountSecret.rejected:type_name -> credbroker.v1.AccountError
-	33, // 17: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	34, // 18: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
-	33, // 19: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
-	1,  // 20: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
-	1,  // 21: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
-	2,  // 22: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
-	32, // 23: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	5,  // 24: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
-	9,  // 25: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
-	11, // 26: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
-	10, // 27: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
-	33, // 28: credbroker.v1.CreateAccountRequest.secret_expire_time:type_name -> google.protobuf.Timestamp
-	5,  // 29: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
-	5,  // 30: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
-	3,  // 31: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
-	4,  // 32: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
-	5,  // 33: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
-	5,  // 34: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
-	35, // 35: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 36: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
-	5,  // 37: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	33, // 38: credbroker.v1.AddAccountSecretRequest.expire_time:type_name -> google.protobuf.Timestamp
-	5,  // 39: credbroker.v1.AddAccountSecretResponse.account:type_name -> credbroker.v1.Account
-	5,  // 40: credbroker.v1.RemoveAccountSecretResponse.account:type_name -> credbroker.v1.Account
-	5,  // 41: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	12, // 42: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
-	14, // 43: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
-	16, // 44: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
-	18, // 45: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
-	20, // 46: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
-	22, // 47: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
-	24, // 48: credbroker.v1.AccountService.AddAccountSecret:input_type -> credbroker.v1.AddAccountSecretRequest
-	26, // 49: credbroker.v1.AccountService.RemoveAccountSecret:input_type -> credbroker.v1.RemoveAccountSecretRequest
-	28, // 50: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
-	13, // 51: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
-	15, // 52: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
-	17, // 53: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
-	19, // 54: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
-	21, // 55: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
-	23, // 56: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
-	25, // 57: credbroker.v1.AccountService.AddAccountSecret:output_type -> credbroker.v1.AddAccountSecretResponse
-	27, // 58: credbroker.v1.AccountService.RemoveAccountSecret:output_type -> credbroker.v1.RemoveAccountSecretResponse
-	29, // 59: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
-	51, // [51:60] is the sub-list for method output_type
-	42, // [42:51] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	33, // 13: credbroker.v1.Account.credentials_expire_time:type_name -> google.protobuf.Timestamp
+	33, // 14: credbroker.v1.AccountSecret.create_time:type_name -> google.protobuf.Timestamp
+	33, // 15: credbroker.v1.AccountSecret.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 16: credbroker.v1.AccountSecret.last_use_time:type_name -> google.protobuf.Timestamp
+	8,  // 17: credbroker.v1.AccountSecret.rejected:type_name -> credbroker.v1.AccountError
+	33, // 18: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	34, // 19: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
+	33, // 20: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
+	1,  // 21: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
+	1,  // 22: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
+	2,  // 23: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
+	32, // 24: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	5,  // 25: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
+	9,  // 26: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
+	11, // 27: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
+	10, // 28: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
+	33, // 29: credbroker.v1.CreateAccountRequest.secret_expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 30: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 31: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
+	3,  // 32: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
+	4,  // 33: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
+	5,  // 34: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
+	5,  // 35: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
+	35, // 36: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 37: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 38: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	33, // 39: credbroker.v1.AddAccountSecretRequest.expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 40: credbroker.v1.AddAccountSecretResponse.account:type_name -> credbroker.v1.Account
+	5,  // 41: credbroker.v1.RemoveAccountSecretResponse.account:type_name -> credbroker.v1.Account
+	5,  // 42: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	12, // 43: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
+	14, // 44: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
+	16, // 45: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
+	18, // 46: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
+	20, // 47: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
+	22, // 48: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
+	24, // 49: credbroker.v1.AccountService.AddAccountSecret:input_type -> credbroker.v1.AddAccountSecretRequest
+	26, // 50: credbroker.v1.AccountService.RemoveAccountSecret:input_type -> credbroker.v1.RemoveAccountSecretRequest
+	28, // 51: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
+	13, // 52: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
+	15, // 53: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
+	17, // 54: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
+	19, // 55: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
+	21, // 56: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
+	23, // 57: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
+	25, // 58: credbroker.v1.AccountService.AddAccountSecret:output_type -> credbroker.v1.AddAccountSecretResponse
+	27, // 59: credbroker.v1.AccountService.RemoveAccountSecret:output_type -> credbroker.v1.RemoveAccountSecretResponse
+	29, // 60: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
+	52, // [52:61] is the sub-list for method output_type
+	43, // [43:52] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_account_proto_init() }

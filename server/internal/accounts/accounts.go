@@ -92,6 +92,7 @@ type View struct {
 	TokenURL   string
 	APIBaseURL string
 	Status     tokens.Status
+	Expiry     tokens.Expiry
 }
 
 // Create is the "Connect" step: it fetches a token with the credentials and
@@ -370,7 +371,10 @@ func (s *Service) currentView(a store.Account) View {
 
 func (s *Service) view(a store.Account, status tokens.Status) View {
 	desc := tokens.Describe(a)
-	return View{Account: a, TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc), Status: status}
+	return View{
+		Account: a, TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc),
+		Status: status, Expiry: s.tokens.Expiry(a.Secrets, status.SecretUse),
+	}
 }
 
 // SecretID names a secret without revealing it: "sha256:" and the first 12

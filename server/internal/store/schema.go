@@ -108,6 +108,9 @@ type TokenState struct {
 	// SecretUse is, per secret ID, when it last got a token and whether the
 	// provider rejected it since.
 	SecretUse map[string]SecretUse `json:"secret_use,omitempty"`
+	// ExpiryWarned is when the broker last warned that the account's
+	// secrets expire soon.
+	ExpiryWarned time.Time `json:"expiry_warned,omitzero"`
 }
 
 func (t *TokenState) version() int { return t.Version }

@@ -93,6 +93,10 @@ type Config struct {
 	// RejectedRecheck is how long to wait before asking again after the
 	// provider rejected the credentials. Default 10m.
 	RejectedRecheck time.Duration
+	// ExpiryWarning: once an account's credentials expire within this
+	// window, it shows SECRET_EXPIRING and is warned about once a day
+	// (see checkExpiry). Default 7 days, JumpCloud's own notice.
+	ExpiryWarning time.Duration
 	// Fingerprint names a token in the audit trail without revealing it;
 	// it is computed once per token. Default: no fingerprint.
 	Fingerprint func(token string) string
@@ -110,6 +114,7 @@ func DefaultConfig() Config {
 		BackoffMin:         time.Second,
 		BackoffMax:         5 * time.Minute,
 		RejectedRecheck:    10 * time.Minute,
+		ExpiryWarning:      7 * 24 * time.Hour,
 		Fingerprint:        func(string) string { return "" },
 		Now:                time.Now,
 		Logger:             slog.Default(),
@@ -123,6 +128,7 @@ func (c *Config) setDefaults() {
 	fillDuration(&c.BackoffMin, d.BackoffMin)
 	fillDuration(&c.BackoffMax, d.BackoffMax)
 	fillDuration(&c.RejectedRecheck, d.RejectedRecheck)
+	fillDuration(&c.ExpiryWarning, d.ExpiryWarning)
 	if c.RefreshConcurrency <= 0 {
 		c.RefreshConcurrency = d.RefreshConcurrency
 	}
@@ -147,7 +153,8 @@ func fillDuration(p *time.Duration, v time.Duration) {
 // immutable and shared.
 type Issued struct {
 	provider.Token
-	// APIKey: AccessToken is the account's API key, sent as x-api-key.
+	// APIKey: AccessToken is the account's API key, sent as x-api-key, and
+	// Expiry the key's expire time (far ahead if it has none).
 	APIKey     bool
 	APIBaseURL string
 	// Headers must not be modified.
@@ -202,22 +209,27 @@ type entry struct {
 	id         string
 	apiBaseURL string
 	headers    map[string]string
-	// apiKey: the entry holds an API key (in current) and never fetches;
-	// keyErr is why the key could not be opened, if it could not.
+	// apiKey: the entry holds an API key (in current) and never fetches.
 	apiKey bool
-	keyErr error
 
 	current atomic.Pointer[Issued]
 
-	mu          sync.Mutex
-	status      Status
-	inflight    *call
-	failures    int       // consecutive failed requests
-	nextAttempt time.Time // no upstream request before this
-	lastErr     *FetchError
-	refreshAt   time.Time
-	invalidated time.Time // when Invalidate last dropped a token
-	removed     bool
+	mu sync.Mutex
+	// keyErr is why an API-key account has no usable key, if it has none.
+	keyErr error
+	// secrets are the account's secrets without their sealed values: what
+	// checkExpiry needs.
+	secrets []store.Secret
+	// expiryWarned is when checkExpiry last warned that the secrets expire.
+	expiryWarned time.Time
+	status       Status
+	inflight     *call
+	failures     int       // consecutive failed requests
+	nextAttempt  time.Time // no upstream request before this
+	lastErr      *FetchError
+	refreshAt    time.Time
+	invalidated  time.Time // when Invalidate last dropped a token
+	removed      bool
 }
 
 // call is one upstream request that any number of callers wait for.
@@ -243,16 +255,12 @@ func (m *Manager) Load(all []store.Stored) {
 // Add starts tracking an account; ts is its stored token state.
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
-	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc)}
+	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
 	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
+	e.secrets = secretsMeta(a)
 	if a.Provider == provider.KindJumpCloudAPIKey {
 		e.apiKey = true
-		if key, err := m.openAPIKey(a); err != nil {
-			e.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
-			m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
-		} else {
-			e.current.Store(e.apiKeyIssued(key, a.CreateTime))
-		}
+		m.useAPIKey(e, a)
 	} else if len(ts.SealedToken) > 0 {
 		if tok, err := m.openToken(a, ts); err != nil {
 			// A token that cannot be opened is only a cache miss.
@@ -267,23 +275,53 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 }
 
 // SecretsChanged takes note of an account's new list of secrets: an
-// API-key account switches to its newest key. Service accounts read their
-// secrets on each token request anyway.
+// API-key account switches to its newest key; a service account, which
+// reads its secrets on each token request, may ask the provider again at
+// once, so that a secret added to fix a rejected or expired one is used
+// without waiting out the backoff.
 func (m *Manager) SecretsChanged(a store.Account) {
 	e := m.lookup(a.ID)
-	if e == nil || !e.apiKey {
+	if e == nil {
 		return
 	}
-	key, err := m.openAPIKey(a)
-	if err != nil {
-		m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
-		return
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.secrets = secretsMeta(a)
+	if e.apiKey {
+		m.useAPIKey(e, a)
+	} else {
+		e.failures, e.nextAttempt = 0, time.Time{}
 	}
-	e.current.Store(e.apiKeyIssued(key, m.cfg.Now()))
 }
 
-func (e *entry) apiKeyIssued(key secret.String, obtained time.Time) *Issued {
-	return &Issued{Token: provider.Token{AccessToken: key, Obtained: obtained, Expiry: neverExpires}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers}
+// secretsMeta is a's secrets without their sealed values.
+func secretsMeta(a store.Account) []store.Secret {
+	out := slices.Clone(a.Secrets)
+	for i := range out {
+		out[i].Sealed = nil
+	}
+	return out
+}
+
+// useAPIKey makes the newest unexpired key of API-key account a the one
+// the proxy sends, or records why there is none; e.mu must be held (or e
+// not yet shared).
+func (m *Manager) useAPIKey(e *entry, a store.Account) {
+	key, expire, err := m.openAPIKey(a)
+	if err != nil {
+		e.current.Store(nil)
+		e.keyErr = err
+		if !errors.Is(err, ErrSecretsExpired) {
+			e.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
+			m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
+		}
+		return
+	}
+	if expire.IsZero() {
+		expire = neverExpires
+	}
+	e.keyErr = nil
+	e.current.Store(&Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers})
 }
 
 // Remove stops tracking an account; callers waiting on it get their answer,
@@ -310,6 +348,13 @@ func (m *Manager) Status(id string) (Status, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.status, true
+}
+
+// all is every tracked account, for the background scans.
+func (m *Manager) all() []*entry {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return slices.Collect(maps.Values(m.entries))
 }
 
 func (m *Manager) lookup(id string) *entry {
@@ -345,13 +390,45 @@ func (m *Manager) Credential(ctx context.Context, id string) (*Issued, error) {
 	if !e.apiKey {
 		return m.get(ctx, e, 0)
 	}
-	if is := e.current.Load(); is != nil {
+	if is := e.current.Load(); is != nil && m.cfg.Now().Before(is.Expiry) {
 		return is, nil
 	}
-	if e.keyErr != nil {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m.replaceExpiredKey(e)
+	switch is := e.current.Load(); {
+	case e.removed:
+		return nil, ErrNotFound
+	case is != nil:
+		return is, nil
+	default:
 		return nil, e.keyErr
 	}
-	return nil, ErrNotFound // removed meanwhile
+}
+
+// replaceExpiredKey moves an API-key account whose key has expired on to
+// its next unexpired key, or to NEEDS_ATTENTION (SECRET_EXPIRED) when none
+// is left; e.mu must be held.
+func (m *Manager) replaceExpiredKey(e *entry) {
+	if e.removed {
+		return
+	}
+	if is := e.current.Load(); is != nil {
+		if m.cfg.Now().Before(is.Expiry) {
+			return
+		}
+		a, err := m.store.Account(e.id)
+		if err != nil {
+			m.cfg.Logger.Error("could not read an account whose API key expired", "account", e.id, "error", err)
+			return
+		}
+		m.useAPIKey(e, a)
+	}
+	if errors.Is(e.keyErr, ErrSecretsExpired) && e.status.State != StateNeedsAttention {
+		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+			Reason: ReasonSecretExpired, Message: ErrSecretsExpired.Error(), Time: m.cfg.Now(),
+		}})
+	}
 }
 
 // Invalidate is for an upstream API that rejected token is (HTTP 401): if
@@ -390,21 +467,27 @@ func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
 		return
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock() // held while persisting, so that changes are stored in order
-	before := e.status
-	if accepted == (before.State == StateActive) {
+	defer e.mu.Unlock()
+	if accepted == (e.status.State == StateActive) {
 		return
 	}
 	if accepted {
-		e.status = Status{State: StateActive}
-	} else {
-		e.status = Status{State: StateNeedsAttention, LastError: &store.Failure{
-			Reason: ReasonCredentialsRejected, Message: "the API rejected the API key (HTTP 401); link the account's new key", Time: m.cfg.Now(),
-		}}
-		m.cfg.Logger.Warn("the API rejected an account's API key", "account", id)
+		m.changeStatus(e, Status{State: StateActive})
+		return
 	}
-	if err := m.persist(id, e.status, provider.Token{}, nil, false, m.transition(id, before, e.status)); err != nil && !errors.Is(err, store.ErrNotFound) {
-		m.cfg.Logger.Error("could not save account state", "account", id, "error", err)
+	m.cfg.Logger.Warn("the API rejected an account's API key", "account", id)
+	m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+		Reason: ReasonCredentialsRejected, Message: "the API rejected the API key (HTTP 401); link the account's new key", Time: m.cfg.Now(),
+	}})
+}
+
+// changeStatus sets and stores an API-key account's health; e.mu must be
+// held, and stays held while storing so that changes are stored in order.
+func (m *Manager) changeStatus(e *entry, to Status) {
+	before := e.status
+	e.status = to
+	if err := m.persist(e.id, to, provider.Token{}, nil, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Logger.Error("could not save account state", "account", e.id, "error", err)
 	}
 }
 
@@ -629,22 +712,22 @@ func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Tim
 	return out
 }
 
-// openAPIKey returns the API key an API-key account uses: its newest
-// unexpired one.
-func (m *Manager) openAPIKey(a store.Account) (secret.String, error) {
+// openAPIKey returns the API key an API-key account uses, its newest
+// unexpired one, with the key's expire time (zero if none).
+func (m *Manager) openAPIKey(a store.Account) (secret.String, time.Time, error) {
 	usable := UsableSecrets(a, nil, m.cfg.Now())
 	if len(usable) == 0 {
-		return secret.String{}, ErrSecretsExpired
+		return secret.String{}, time.Time{}, ErrSecretsExpired
 	}
 	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
 	if err != nil {
-		return secret.String{}, fmt.Errorf("unwrap data key: %w", err)
+		return secret.String{}, time.Time{}, fmt.Errorf("unwrap data key: %w", err)
 	}
 	raw, err := key.Open(store.FieldClientSecret, usable[0].Sealed)
 	if err != nil {
-		return secret.String{}, fmt.Errorf("open API key: %w", err)
+		return secret.String{}, time.Time{}, fmt.Errorf("open API key: %w", err)
 	}
-	return secret.New(string(raw)), nil
+	return secret.New(string(raw)), usable[0].ExpireTime, nil
 }
 
 // transition is the audit event of an account's change of state, or nil if
@@ -718,20 +801,14 @@ func (m *Manager) Run(ctx context.Context) {
 		case <-tick.C:
 		}
 		m.refreshDue(slots)
+		m.checkExpiry()
 	}
 }
 
 // refreshDue starts requests for accounts whose token is missing or due for
 // renewal and whose gate is open, while refresher slots are free.
 func (m *Manager) refreshDue(slots chan struct{}) {
-	m.mu.RLock()
-	due := make([]*entry, 0, len(m.entries))
-	for _, e := range m.entries {
-		due = append(due, e)
-	}
-	m.mu.RUnlock()
-
-	for _, e := range due {
+	for _, e := range m.all() {
 		e.mu.Lock()
 		now := m.cfg.Now()
 		start := !e.removed && !e.apiKey && e.inflight == nil && !now.Before(e.nextAttempt) &&

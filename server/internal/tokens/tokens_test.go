@@ -71,12 +71,28 @@ func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness 
 // addAccount stores an account with no token, as if its token had been lost.
 func (h *harness) addAccount(t testing.TB, id string) {
 	t.Helper()
+	h.addAccountWith(t, id, provider.KindJumpCloudServiceAccount, testSecret{value: clientSecret})
+}
+
+// testSecret is a secret for addAccountWith; its ID is its value.
+type testSecret struct {
+	value              string
+	create, expireTime time.Time
+}
+
+// addAccountWith stores an account of the given kind with these secrets
+// and no token.
+func (h *harness) addAccountWith(t testing.TB, id, kind string, secrets ...testSecret) {
+	t.Helper()
 	key, wrapped, err := h.master.NewDataKey(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sealed, _ := key.Seal(store.FieldClientSecret, []byte(clientSecret))
-	a := store.Account{ID: id, Provider: provider.KindJumpCloudServiceAccount, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped, Secrets: []store.Secret{{ID: "sha256:000000000000", Sealed: sealed}}}
+	a := store.Account{ID: id, Provider: kind, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped}
+	for _, s := range secrets {
+		sealed, _ := key.Seal(store.FieldClientSecret, []byte(s.value))
+		a.Secrets = append(a.Secrets, store.Secret{ID: s.value, Sealed: sealed, CreateTime: s.create, ExpireTime: s.expireTime})
+	}
 	if err := h.store.CreateAccount(a, store.TokenState{State: StateActive}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}

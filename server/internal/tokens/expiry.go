@@ -1,0 +1,83 @@
+package tokens
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// warnEvery is how often checkExpiry warns about one account.
+const warnEvery = 24 * time.Hour
+
+// Expiry is when an account's credentials stop working unless an admin
+// adds a secret.
+type Expiry struct {
+	// Time is the latest expire time among the secrets the provider has
+	// not rejected; zero if one of them never expires (or none is left).
+	Time time.Time
+	// Soon: Time is within the warning window (Config.ExpiryWarning), or
+	// already past.
+	Soon bool
+}
+
+// Expiry is when the account with these secrets, and the use the broker
+// made of them (Status.SecretUse), runs out of credentials.
+func (m *Manager) Expiry(secrets []store.Secret, use map[string]store.SecretUse) Expiry {
+	var last time.Time
+	for _, s := range secrets {
+		if use[s.ID].Rejected != nil {
+			continue
+		}
+		if s.ExpireTime.IsZero() {
+			return Expiry{}
+		}
+		if s.ExpireTime.After(last) {
+			last = s.ExpireTime
+		}
+	}
+	return Expiry{Time: last, Soon: !last.IsZero() && last.Sub(m.cfg.Now()) <= m.cfg.ExpiryWarning}
+}
+
+// checkExpiry warns, at most once a day per account, about every account
+// whose credentials expire within the warning window, with a log line and
+// an audit event; and it moves API-key accounts off keys that have expired.
+func (m *Manager) checkExpiry() {
+	for _, e := range m.all() {
+		e.mu.Lock()
+		if e.apiKey {
+			m.replaceExpiredKey(e)
+		}
+		now := m.cfg.Now()
+		exp := m.Expiry(e.secrets, e.status.SecretUse)
+		warn := !e.removed && exp.Soon && exp.Time.After(now) && now.Sub(e.expiryWarned) >= warnEvery
+		if warn {
+			e.expiryWarned = now
+		}
+		e.mu.Unlock()
+		if warn {
+			m.warnExpiry(e.id, exp.Time, now)
+		}
+	}
+}
+
+// warnExpiry logs and audits that an account's credentials expire at
+// expire, and stores when it did so that a restart does not warn again
+// within the day.
+func (m *Manager) warnExpiry(id string, expire, now time.Time) {
+	left := expire.Sub(now)
+	hours := int(left.Hours())
+	at := expire.UTC().Format(time.RFC3339)
+	m.cfg.Logger.Warn("the account's secrets expire soon: add a new secret (AddAccountSecret)",
+		"account", id, "expire_time", at, "days_left", int(math.Ceil(left.Hours()/24)))
+	ev := &store.AuditEvent{
+		Time: now, Principal: "credbroker", Method: "secret_expiring", Resource: "accounts/" + id, Code: "OK",
+		Detail: fmt.Sprintf("secrets expire %s (in %dd %dh): add a new secret", at, hours/24, hours%24),
+	}
+	err := m.store.UpdateTokenState(id, func(ts *store.TokenState) { ts.ExpiryWarned = now }, ev)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Logger.Error("could not record the expiry warning", "account", id, "error", err)
+	}
+}
