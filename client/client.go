@@ -137,6 +137,12 @@ func isLoopback(target string) bool {
 	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
+// Conn is the client's connection, for calling the broker's other
+// services with the same identity:
+//
+//	accounts := credbrokerv1.NewAccountServiceClient(c.Conn())
+func (c *Client) Conn() grpc.ClientConnInterface { return c.conn }
+
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 

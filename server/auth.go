@@ -58,6 +58,7 @@ var methodAccess = func() map[string]access {
 	add(credbrokerv1.AccountService_ServiceDesc, admin)
 	add(credbrokerv1.CallerService_ServiceDesc, admin)
 	add(credbrokerv1.AuditService_ServiceDesc, admin)
+	add(credbrokerv1.BackupService_ServiceDesc, admin)
 	add(healthpb.Health_ServiceDesc, open)
 	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = proven
 	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = proven
@@ -130,34 +131,63 @@ func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 	if a == proven {
 		return resp, err
 	}
-	ev := c.event(status.Code(err))
-	if c.written {
-		g.audit.Written(ev)
-		return resp, err
-	}
-	if aerr := g.audit.Record(ev); aerr != nil {
-		return nil, withDetails(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
-			errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+	if aerr := g.record(c, err); aerr != nil {
+		return nil, aerr
 	}
 	return resp, err
 }
 
-// stream admits streaming calls (server reflection, health watches); none
-// of them is audited.
+// stream admits streaming calls: server reflection and health watches,
+// which are not audited, and Backup, which is audited like a unary call.
 func (g *gate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	a := methodAccess[info.FullMethod]
 	if a == open {
 		return handler(srv, ss)
 	}
-	if a != proven {
-		return status.Error(codes.PermissionDenied, "this method is not open to callers")
-	}
 	ctx := ss.Context()
-	if err := g.admit(&call{method: info.FullMethod, time: g.now()}, a, authorizationHeader(ctx), grpcCertificate(ctx)); err != nil {
+	c := &call{method: info.FullMethod, time: g.now()}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		c.peer = p.Addr.String()
+	}
+	err := g.admit(c, a, authorizationHeader(ctx), grpcCertificate(ctx))
+	if err == nil {
+		err = handler(srv, &callStream{ServerStream: ss, ctx: context.WithValue(ctx, callKey{}, c)})
+	}
+	if a == proven {
 		return err
 	}
-	return handler(srv, ss)
+	if aerr := g.record(c, err); aerr != nil {
+		return aerr
+	}
+	return err
 }
+
+// callStream is a stream whose context carries the gate's call.
+type callStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *callStream) Context() context.Context { return s.ctx }
+
+// record writes the audit event of call c, which ended with err, unless
+// the handler wrote it already and succeeded. It returns the status the
+// call must end with if the event could not be written.
+func (g *gate) record(c *call, err error) error {
+	ev := c.event(status.Code(err))
+	if c.written && err == nil {
+		g.audit.Written(ev)
+		return nil
+	}
+	if g.audit.Record(ev) != nil {
+		return errAuditUnavailable
+	}
+	return nil
+}
+
+// errAuditUnavailable refuses a call whose audit event could not be written.
+var errAuditUnavailable = withDetails(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
+	errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
 
 // admit proves the caller's identity (its caller key, sent as "Bearer
 // <key>" in keyHeader, else its client certificate) and checks its rate

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +17,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/devpki"
 )
 
@@ -270,10 +268,7 @@ func TestCallerKeyRevokedWhileInUse(t *testing.T) {
 // If the audit event cannot be written, the call fails and hands nothing out.
 func TestAuditWriteFailureFailsTheCall(t *testing.T) {
 	t.Parallel()
-	cfg, fake, logs := newConfig(t)
-	var fail atomic.Bool
-	server.FailAuditWrites(&cfg, &fail, errors.New("disk full"))
-	b := startWith(t, cfg, fake, logs)
+	b, fail := startFailingAudit(t)
 	b.link(t, "acme")
 	b.token(t, "acme")
 

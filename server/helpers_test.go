@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -304,4 +306,14 @@ func wantCode(t *testing.T, err error, code codes.Code, reasonOrField string) *s
 	}
 	t.Fatalf("%v %q: no ErrorInfo reason or BadRequest field %q in %v", st.Code(), st.Message(), reasonOrField, st.Details())
 	return nil
+}
+
+// startFailingAudit starts a broker whose audit writes fail with "disk
+// full" while the returned flag is set.
+func startFailingAudit(t testing.TB) (*broker, *atomic.Bool) {
+	t.Helper()
+	cfg, fake, logs := newConfig(t)
+	fail := &atomic.Bool{}
+	server.FailAuditWrites(&cfg, fail, errors.New("disk full"))
+	return startWith(t, cfg, fake, logs), fail
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,7 +18,6 @@ import (
 	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/devpki"
 )
 
@@ -500,10 +498,7 @@ func TestRejectedAPIKeyNeedsAttention(t *testing.T) {
 // A proxied call is audited when it ends, so while the audit trail cannot
 // be written the proxy forwards nothing.
 func TestProxyRefusesWhileTheAuditTrailFails(t *testing.T) {
-	cfg, fake, logs := newConfig(t)
-	var fail atomic.Bool
-	server.FailAuditWrites(&cfg, &fail, errors.New("disk full"))
-	b := startWith(t, cfg, fake, logs)
+	b, fail := startFailingAudit(t)
 	b.linkAPIKey(t, "keyed")
 
 	fail.Store(true)

@@ -42,10 +42,7 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	if err != nil {
 		return RekeyResult{}, err
 	}
-	st, err := store.Open(path, cfg.LockTimeout)
-	if errors.Is(err, store.ErrLocked) {
-		return RekeyResult{}, fmt.Errorf("%w (stop the broker before rekeying)", err)
-	}
+	st, err := openStopped(cfg, "rekeying")
 	if err != nil {
 		return RekeyResult{}, err
 	}
@@ -83,4 +80,14 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 		return RekeyResult{}, fmt.Errorf("rekey (nothing was changed): %w", err)
 	}
 	return RekeyResult{Accounts: n}, nil
+}
+
+// openStopped opens the database for an offline job (rekeying, restoring),
+// which the broker must not be running during.
+func openStopped(cfg Config, job string) (*store.Store, error) {
+	st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
+	if errors.Is(err, store.ErrLocked) {
+		return nil, fmt.Errorf("%w (stop the broker before %s)", err, job)
+	}
+	return st, err
 }

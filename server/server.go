@@ -230,6 +230,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	removeStagedBackups(cfg)
 	s, err := build(cfg, st, master, tlsm)
 	if err != nil {
 		st.Close()
@@ -293,19 +294,21 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, now: time.Now}
 	// Panics are recovered inside the gate, so that their calls are
 	// audited, and outside it, so that the gate itself cannot crash a call.
-	recoverPanics := recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		cfg.Logger.Error("panic in handler", "method", methodName(ctx))
 		return status.Error(codes.Internal, "internal error")
-	}))
+	})
+	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
 	g := grpc.NewServer(
 		grpc.Creds(tlsm.grpcCredentials()),
 		grpc.ChainUnaryInterceptor(recoverPanics, gate.unary, recoverPanics),
-		grpc.ChainStreamInterceptor(gate.stream),
+		grpc.ChainStreamInterceptor(recoverStreamPanics, gate.stream, recoverStreamPanics),
 	)
 	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: acc, callers: cs, errs: errs})
 	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs})
 	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: cs, errs: errs})
 	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: al, errs: errs})
+	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: st, dir: cfg.DataDir, audit: al, errs: errs})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)

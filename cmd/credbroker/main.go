@@ -44,6 +44,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = devCerts(args[1:], stdout, stderr)
 	case "rekey":
 		err = rekey(args[1:], stdout, stderr)
+	case "backup":
+		err = backup(args[1:], stdout, stderr)
+	case "restore":
+		err = restore(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -70,6 +74,8 @@ Usage:
   credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
   credbroker dev-certs [flags]        write a throwaway CA and certificates for trying mTLS locally
   credbroker rekey [flags]            move the database to a new master key (broker stopped)
+  credbroker backup --out FILE        snapshot a running broker's database
+  credbroker restore --in FILE        put a backup in place (broker stopped)
 `)
 }
 

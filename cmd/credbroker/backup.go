@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/status"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
+)
+
+func backup(args []string, stdout, stderr io.Writer) error {
+	var (
+		r   remote
+		out string
+	)
+	fs := newFlagSet("backup", stderr, `Takes a consistent snapshot of a running broker's database over its admin API
+(BackupService/Backup) and writes it to --out, which must not exist yet. The
+broker goes on serving meanwhile. The file is checked (its SHA-256 against
+the broker's, and every database page) before it gets its name; its SHA-256
+goes beside it into --out.sha256 (sha256sum -c reads it), which restore
+checks.
+
+The backup holds secrets sealed under the master key, which it does not
+contain: keep the master key safe separately, or the backup cannot be
+restored. Needs an admin identity.`)
+	r.register(fs)
+	fs.StringVar(&out, "out", "", "file to write the backup to (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if out == "" {
+		return errors.New("--out is required")
+	}
+	for _, p := range []string{out, out + server.ChecksumSuffix} {
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("%s exists already; choose a new name", p)
+		}
+	}
+	c, err := r.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".credbroker-backup-*") // mode 0600
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	size, digest, err := receiveBackup(ctx, credbrokerv1.NewBackupServiceClient(c.Conn()), tmp)
+	if err = errors.Join(err, tmp.Sync(), tmp.Close()); err != nil {
+		return err
+	}
+	if err := server.CheckBackup(tmp.Name()); err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), out); err != nil { // fails rather than replace a file made meanwhile
+		return err
+	}
+	if err := writeNewFile(out+server.ChecksumSuffix, digest+"  "+filepath.Base(out)+"\n"); err != nil {
+		return err
+	}
+	if err := syncDirOf(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (%d bytes) and its SHA-256 in %s%s\nIt is useless without the broker's master key, which it does not contain.\n",
+		out, size, out, server.ChecksumSuffix)
+	return nil
+}
+
+// writeNewFile writes text to a file that must not exist yet, and fsyncs it.
+func writeNewFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	return errors.Join(err, f.Sync(), f.Close())
+}
+
+// receiveBackup writes the streamed snapshot to w and checks its size and
+// SHA-256 against the broker's.
+func receiveBackup(ctx context.Context, bs credbrokerv1.BackupServiceClient, w io.Writer) (int64, string, error) {
+	stream, err := bs.Backup(ctx, &credbrokerv1.BackupRequest{})
+	if err != nil {
+		return 0, "", rpcError(err)
+	}
+	sum := sha256.New()
+	var size int64
+	for {
+		resp, err := stream.Recv()
+		if err == io.EOF {
+			return 0, "", errors.New("the broker ended the backup before its last piece; nothing was written")
+		}
+		if err != nil {
+			return 0, "", rpcError(err)
+		}
+		n, err := w.Write(resp.GetData())
+		if err != nil {
+			return 0, "", err
+		}
+		sum.Write(resp.GetData())
+		size += int64(n)
+		if resp.GetSha256() == "" {
+			continue
+		}
+		digest := hex.EncodeToString(sum.Sum(nil))
+		if digest != resp.GetSha256() || size != resp.GetSizeBytes() {
+			return 0, "", fmt.Errorf("the backup arrived damaged (%d bytes, sha256 %s; the broker sent %d bytes, sha256 %s); nothing was written",
+				size, digest, resp.GetSizeBytes(), resp.GetSha256())
+		}
+		return size, digest, nil
+	}
+}
+
+func restore(args []string, stdout, stderr io.Writer) error {
+	var (
+		cfg         server.Config
+		in          string
+		lockTimeout time.Duration
+	)
+	fs := newFlagSet("restore", stderr, `Puts a backup made by "credbroker backup" in place as the database of
+--data-dir. It checks every page of the backup and that the master key
+(--master-key-file or CREDBROKER_MASTER_KEY, as for serve) opens it first.
+A database already in --data-dir is kept beside it, renamed
+credbroker.db.before-restore-<time>. Stop the broker first; start it again
+afterwards with the same master key.`)
+	fs.StringVar(&in, "in", "", "the backup file (required)")
+	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultConfig().DataDir, "directory to restore the database into (created with mode 0700)")
+	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key the backup was made under")
+	fs.DurationVar(&lockTimeout, "lock-timeout", time.Second, "how long to wait for the database if another process holds it")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if in == "" {
+		return errors.New("--in is required")
+	}
+	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+	cfg.LockTimeout = lockTimeout
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	res, err := server.Restore(cfg, in)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "restored %s into %s\n", in, cfg.DataDir)
+	if !res.Checksummed {
+		fmt.Fprintf(stdout, "%s%s was missing, so only the database's structure was checked\n", in, server.ChecksumSuffix)
+	}
+	if res.Previous != "" {
+		fmt.Fprintf(stdout, "the database that was there is kept as %s\n", res.Previous)
+	}
+	return nil
+}
+
+// rpcError is a broker's error as a person reads it.
+func rpcError(err error) error {
+	st := status.Convert(err)
+	return fmt.Errorf("the broker answered %s: %s", st.Code(), st.Message())
+}
+
+// syncDirOf makes a new file's directory entry durable.
+func syncDirOf(path string) error {
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}

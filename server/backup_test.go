@@ -1,0 +1,126 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
+)
+
+// backupOf streams a backup with the given caller key; it returns the
+// bytes and the last message.
+func backupOf(t *testing.T, b *broker, key string) ([]byte, *credbrokerv1.BackupResponse, error) {
+	t.Helper()
+	stream, err := credbrokerv1.NewBackupServiceClient(b.dial(t, key, nil)).Backup(context.Background(), &credbrokerv1.BackupRequest{})
+	if err != nil {
+		return nil, nil, err
+	}
+	var data []byte
+	for {
+		resp, err := stream.Recv()
+		if err == io.EOF {
+			t.Fatal("the stream ended without a last message")
+		}
+		if err != nil {
+			return data, nil, err
+		}
+		data = append(data, resp.GetData()...)
+		if resp.GetSha256() != "" {
+			if _, err := stream.Recv(); err != io.EOF {
+				t.Fatalf("a message after the last one: %v", err)
+			}
+			return data, resp, nil
+		}
+	}
+}
+
+// A backup of a running broker is a whole, checkable database in which no
+// secret or token appears in the clear, and it is audited.
+func TestBackup(t *testing.T) {
+	b := startBroker(t)
+	b.link(t, "acme")
+	b.linkAPIKey(t, "keyed")
+	token := b.token(t, "acme").GetAccessToken()
+
+	data, last, err := backupOf(t, b, b.keys.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	if hex.EncodeToString(sum[:]) != last.GetSha256() || int64(len(data)) != last.GetSizeBytes() {
+		t.Fatalf("got %d bytes, sha256 %x; the broker says %d bytes, sha256 %s", len(data), sum, last.GetSizeBytes(), last.GetSha256())
+	}
+	path := filepath.Join(t.TempDir(), "backup.db")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := server.CheckBackup(path); err != nil {
+		t.Fatalf("the backup does not check out: %v", err)
+	}
+	assertAbsent(t, "backup", data, clientSecret, apiKey, token, b.keys.admin, b.keys.svc)
+	if staged, _ := filepath.Glob(filepath.Join(b.cfg.DataDir, "backup-*")); len(staged) != 0 {
+		t.Fatalf("staged snapshots left behind: %v", staged)
+	}
+
+	// Damage to its structure is found: a cut-off copy, and one whose two
+	// meta pages are overwritten. (Damage inside a value is for the
+	// backup's SHA-256 to find.)
+	metaless := bytes.Clone(data)
+	for _, page := range []int{0, 1} {
+		copy(metaless[page*os.Getpagesize()+16:], make([]byte, 64))
+	}
+	for name, damaged := range map[string][]byte{"truncated": data[:len(data)/2], "metaless": metaless} {
+		p := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(p, damaged, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := server.CheckBackup(p); err == nil {
+			t.Errorf("a %s backup passed the check", name)
+		}
+	}
+
+	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var audited *credbrokerv1.AuditEvent
+	for _, ev := range events.GetEvents() {
+		if ev.GetMethod() == "/credbroker.v1.BackupService/Backup" {
+			audited = ev
+		}
+	}
+	if audited == nil || audited.GetCode() != "OK" || !strings.Contains(audited.GetDetail(), last.GetSha256()) || audited.GetPrincipal() != "callerKeys/bootstrap-admin" {
+		t.Fatalf("audit event of the backup: %v", audited)
+	}
+}
+
+func TestBackupRefusals(t *testing.T) {
+	b, fail := startFailingAudit(t)
+	b.link(t, "acme")
+
+	_, _, err := backupOf(t, b, b.keys.svc)
+	wantCode(t, err, codes.PermissionDenied, "")
+	_, _, err = backupOf(t, b, "")
+	wantCode(t, err, codes.Unauthenticated, "")
+	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: "callerKeys/svc"})
+	if err != nil || len(events.GetEvents()) == 0 || events.GetEvents()[0].GetCode() != "PERMISSION_DENIED" {
+		t.Fatalf("the refused backup was not audited: %v %v", events, err)
+	}
+
+	fail.Store(true)
+	data, _, err := backupOf(t, b, b.keys.admin)
+	wantCode(t, err, codes.Unavailable, "AUDIT_UNAVAILABLE")
+	if len(data) != 0 {
+		t.Fatalf("%d bytes of backup left without an audit event", len(data))
+	}
+}
