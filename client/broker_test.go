@@ -48,6 +48,7 @@ func startDemo() (*demo, error) {
 	srv, err := server.New(server.Config{
 		ListenAddr:          "127.0.0.1:0",
 		ProxyListenAddr:     "127.0.0.1:0",
+		OpsListenAddr:       "127.0.0.1:0",
 		DataDir:             dataDir,
 		MasterKey:           "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 		JumpCloudTokenURLUS: tokenSrv.URL + jumpcloudfake.TokenPath,

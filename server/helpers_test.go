@@ -72,7 +72,9 @@ type broker struct {
 	addr     string
 	// proxyURL is the egress proxy's base URL.
 	proxyURL string
-	roots    *x509.CertPool // of the broker's TLS certificate; nil for plaintext
+	// opsURL is the ops listener's base URL.
+	opsURL string
+	roots  *x509.CertPool // of the broker's TLS certificate; nil for plaintext
 	// serveCancel asks the server to shut down; stop also waits for it and closes the client.
 	serveCancel func()
 	stop        func()
@@ -90,6 +92,7 @@ func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 	return server.Config{
 		ListenAddr:          "127.0.0.1:0",
 		ProxyListenAddr:     "127.0.0.1:0",
+		OpsListenAddr:       "127.0.0.1:0",
 		DataDir:             t.TempDir(),
 		MasterKey:           "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
@@ -142,6 +145,7 @@ func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	t.Cleanup(b.stop)
 	b.addr = srv.Addr().String()
 	b.proxyURL = "http://" + srv.ProxyAddr().String()
+	b.opsURL = "http://" + srv.OpsAddr().String()
 	if cfg.TLSCertFile != "" { // the tests' dev CA signs the server's certificate too
 		b.proxyURL = "https://" + srv.ProxyAddr().String()
 		pem, err := os.ReadFile(cfg.ClientCAFile)

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -35,6 +36,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
@@ -72,6 +74,9 @@ type Config struct {
 	// ProxyTimeout bounds the wait for an API's response headers.
 	ProxyMaxRequestBytes, ProxyMaxResponseBytes int64
 	ProxyTimeout                                time.Duration
+	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz over
+	// plain HTTP; they hold no secret. "off" disables it.
+	OpsListenAddr string
 	// BootstrapAdminPrincipal: on the first start of a new database, make
 	// this client-certificate principal the admin, instead of creating an
 	// admin caller key (see Server.BootstrapAdminKey).
@@ -127,6 +132,7 @@ func DefaultConfig() Config {
 	return Config{
 		ListenAddr:            "127.0.0.1:50051",
 		ProxyListenAddr:       "127.0.0.1:50052",
+		OpsListenAddr:         "127.0.0.1:50053",
 		ProxyMaxRequestBytes:  proxy.DefaultMaxRequestBytes,
 		ProxyMaxResponseBytes: proxy.DefaultMaxResponseBytes,
 		ProxyTimeout:          proxy.DefaultTimeout,
@@ -156,6 +162,7 @@ func (c *Config) setDefaults() {
 	d := DefaultConfig()
 	fillUnset([][2]*string{
 		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.DataDir, &d.DataDir},
+		{&c.OpsListenAddr, &d.OpsListenAddr},
 		{&c.JumpCloudTokenURLUS, &d.JumpCloudTokenURLUS}, {&c.JumpCloudTokenURLEU, &d.JumpCloudTokenURLEU},
 		{&c.JumpCloudAPIURLUS, &d.JumpCloudAPIURLUS}, {&c.JumpCloudAPIURLEU, &d.JumpCloudAPIURLEU},
 	})
@@ -202,9 +209,11 @@ type Server struct {
 	health       *health.Server
 	listener     net.Listener
 	bootstrapKey secret.String
-	// proxy is the egress proxy's HTTP server; nil when it is off.
-	proxy         *http.Server
-	proxyListener net.Listener
+	// proxy is the egress proxy and ops the metrics and health
+	// endpoints; each is nil when it is off.
+	proxy, ops *httpEndpoint
+	// draining: shutdown has begun, so /readyz says not ready.
+	draining atomic.Bool
 }
 
 // New checks the configuration, opens the data directory and the listener,
@@ -244,14 +253,17 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	if err != nil {
 		return nil, err
 	}
+	var tm *tokens.Manager
+	met := metrics.New(func() []metrics.Account { return accountMetrics(tm) })
 	prov := provider.New(provider.Config{
 		Endpoints: provider.Endpoints{
 			JumpCloudTokenURLUS: cfg.JumpCloudTokenURLUS, JumpCloudTokenURLEU: cfg.JumpCloudTokenURLEU,
 			JumpCloudAPIURLUS: cfg.JumpCloudAPIURLUS, JumpCloudAPIURLEU: cfg.JumpCloudAPIURLEU,
 		},
-		Timeout: cfg.UpstreamTimeout,
+		Timeout:   cfg.UpstreamTimeout,
+		OnRequest: met.UpstreamRequest,
 	})
-	tm := tokens.New(tokens.Config{
+	tm = tokens.New(tokens.Config{
 		RefreshMargin:      cfg.RefreshMargin,
 		RefreshConcurrency: cfg.RefreshConcurrency,
 		BackoffMin:         cfg.RetryBackoffMin,
@@ -259,6 +271,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		RejectedRecheck:    cfg.RejectedRecheck,
 		ExpiryWarning:      cfg.SecretExpiryWarning,
 		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
+		OnCacheLookup:      met.CacheLookup,
 		Logger:             cfg.Logger,
 	}, st, master, prov)
 	all, err := st.All() // every account, read once for the token cache and the grants
@@ -301,43 +314,49 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
 	g := grpc.NewServer(
 		grpc.Creds(tlsm.grpcCredentials()),
-		grpc.ChainUnaryInterceptor(recoverPanics, gate.unary, recoverPanics),
-		grpc.ChainStreamInterceptor(recoverStreamPanics, gate.stream, recoverStreamPanics),
+		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gate.unary, recoverPanics),
+		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gate.stream, recoverStreamPanics),
 	)
 	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: acc, callers: cs, errs: errs})
-	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs})
+	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs, metrics: met})
 	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: cs, errs: errs})
 	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: al, errs: errs})
 	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: st, dir: cfg.DataDir, audit: al, errs: errs})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
+	met.GRPC.InitializeMetrics(g)
 
 	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey}
-	if cfg.ProxyListenAddr != proxyOff {
+	if cfg.ProxyListenAddr != listenerOff {
 		fwd := proxy.New(proxy.Config{
 			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
 			Timeout: cfg.ProxyTimeout, Logger: cfg.Logger,
 		}, tm)
-		if s.proxy, s.proxyListener, err = newProxyServer(cfg, tlsm, &proxyHandler{
+		if s.proxy, err = newProxyServer(cfg, tlsm, &proxyHandler{
 			gate: gate, certs: mtls.NewHTTPVerifier(tlsm.clientCAs), grants: gi, fwd: fwd, errs: errs,
 		}); err != nil {
 			lis.Close()
 			return nil, err
 		}
 	}
+	if cfg.OpsListenAddr != listenerOff {
+		if s.ops, err = listenHTTP("ops listener", cfg.OpsListenAddr, newOpsServer(cfg, met, al, &s.draining)); err != nil {
+			lis.Close()
+			if s.proxy != nil {
+				s.proxy.lis.Close()
+			}
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
-// proxyOff as the proxy's listen address disables the egress proxy.
-const proxyOff = "off"
+// listenerOff as a listen address disables the egress proxy or the ops listener.
+const listenerOff = "off"
 
 // newProxyServer listens for the egress proxy.
-func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*http.Server, net.Listener, error) {
-	lis, err := net.Listen("tcp", cfg.ProxyListenAddr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("egress proxy: %w", err)
-	}
+func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*httpEndpoint, error) {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -350,7 +369,7 @@ func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*http.Server
 	if tlsm.cert != nil {
 		srv.TLSConfig = mtls.ServerTLSConfig(*tlsm.cert, tlsm.clientCAs != nil)
 	}
-	return srv, lis, nil
+	return listenHTTP("egress proxy", cfg.ProxyListenAddr, srv)
 }
 
 // brokerPrincipal is the principal of the broker's own actions in the audit trail.
@@ -377,7 +396,7 @@ func loadTLS(cfg Config) (tlsMaterial, error) {
 		if err := checkLoopback(cfg.ListenAddr); err != nil {
 			return tlsMaterial{}, err
 		}
-		if cfg.ProxyListenAddr != proxyOff {
+		if cfg.ProxyListenAddr != listenerOff {
 			return tlsMaterial{}, checkLoopback(cfg.ProxyListenAddr)
 		}
 		return tlsMaterial{}, nil
@@ -434,12 +453,10 @@ func methodName(ctx context.Context) string {
 func (s *Server) Addr() net.Addr { return s.listener.Addr() }
 
 // ProxyAddr is the egress proxy's address; nil when the proxy is off.
-func (s *Server) ProxyAddr() net.Addr {
-	if s.proxyListener == nil {
-		return nil
-	}
-	return s.proxyListener.Addr()
-}
+func (s *Server) ProxyAddr() net.Addr { return s.proxy.addr() }
+
+// OpsAddr is the ops listener's address; nil when it is off.
+func (s *Server) OpsAddr() net.Addr { return s.ops.addr() }
 
 // Serve answers calls and refreshes tokens until ctx ends, then shuts down
 // gracefully: in-flight calls get ShutdownTimeout to finish, the refresher
@@ -452,21 +469,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	auditDone := make(chan struct{})
 	go func() { s.audit.Run(auditCtx); close(auditDone) }()
 
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
-	if s.proxy != nil {
-		go func() {
-			var err error
-			if s.proxy.TLSConfig != nil {
-				err = s.proxy.ServeTLS(s.proxyListener, "", "")
-			} else {
-				err = s.proxy.Serve(s.proxyListener)
-			}
-			if !errors.Is(err, http.ErrServerClosed) {
-				serveErr <- fmt.Errorf("egress proxy: %w", err)
-			}
-		}()
-		s.log.Info("egress proxy listening", "addr", s.ProxyAddr().String())
+	for _, h := range []*httpEndpoint{s.proxy, s.ops} {
+		if h != nil {
+			go func() { serveErr <- h.serve() }()
+			s.log.Info(h.name+" listening", "addr", h.addr().String())
+		}
 	}
 	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", s.authSummary())
 	if s.cfg.TLSCertFile == "" {
@@ -479,10 +488,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	case err = <-serveErr:
 	}
 	s.log.Info("shutting down")
+	s.draining.Store(true)
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
-	proxyStopped := s.stopProxy()
+	proxyStopped := s.proxy.shutdown(s.cfg.ShutdownTimeout)
 	select {
 	case <-stopped:
 	case <-time.After(s.cfg.ShutdownTimeout):
@@ -490,6 +500,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.grpc.Stop()
 	}
 	<-proxyStopped
+	<-s.ops.shutdown(s.cfg.ShutdownTimeout) // answering "not ready" until the end
 	// Calls have finished, so no one waits for the audit writer any more.
 	stopAudit()
 	<-auditDone
@@ -500,25 +511,6 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.log.Info("stopped")
 	return err
-}
-
-// stopProxy shuts the egress proxy down, giving calls in flight
-// ShutdownTimeout; the channel is closed once it has stopped.
-func (s *Server) stopProxy() <-chan struct{} {
-	done := make(chan struct{})
-	if s.proxy == nil {
-		close(done)
-		return done
-	}
-	go func() {
-		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-		defer cancel()
-		if err := s.proxy.Shutdown(ctx); err != nil {
-			s.proxy.Close()
-		}
-	}()
-	return done
 }
 
 // authSummary says at start-up how callers prove who they are.

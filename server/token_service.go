@@ -10,19 +10,25 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 type tokenService struct {
 	credbrokerv1.UnimplementedTokenServiceServer
-	tokens *tokens.Manager
-	grants *grants.Index
-	errs   errorMapper
+	tokens  *tokens.Manager
+	grants  *grants.Index
+	errs    errorMapper
+	metrics *metrics.Metrics
 }
 
 // GetToken is the hot path: no store access, no lock held across I/O. The
 // gate writes its audit event (group commit) after it returns.
-func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenRequest) (*credbrokerv1.GetTokenResponse, error) {
+func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenRequest) (_ *credbrokerv1.GetTokenResponse, err error) {
+	// Counted by account only once the caller may know the account exists,
+	// so that names sent by callers cannot grow the metric.
+	account := ""
+	defer func() { s.metrics.TokenRequest(account, codeName(status.Code(err))) }()
 	id, err := parseName("name", req.GetName())
 	if err != nil {
 		return nil, err
@@ -32,6 +38,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 		// The same answer whether or not the account exists.
 		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, req.GetName())
 	}
+	account = id
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {

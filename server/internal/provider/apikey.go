@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // maxErrorBody bounds how much of an API error answer is read to find its
@@ -18,6 +19,13 @@ const maxErrorBody = 64 << 10
 // JumpCloud answers 401 for a bad key, 400 for a malformed organization ID
 // and 404 for an unknown one: all of them are a *RejectedError.
 func (c *Client) CheckAPIKey(ctx context.Context, cr Credentials) error {
+	start := time.Now()
+	err := c.checkAPIKey(ctx, cr)
+	c.observe(cr.Kind, start, err)
+	return err
+}
+
+func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.APIBaseURL(cr)+"/organizations", nil)

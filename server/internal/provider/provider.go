@@ -116,6 +116,9 @@ type Config struct {
 	Timeout time.Duration
 	// Now is the clock that token expiry is computed on. Default time.Now.
 	Now func() time.Time
+	// OnRequest is told of every request to a provider: its kind, its
+	// Result and how long it took. Default: nothing.
+	OnRequest func(kind, result string, took time.Duration)
 }
 
 // Client fetches tokens. It is safe for concurrent use.
@@ -124,6 +127,7 @@ type Client struct {
 	http      *http.Client
 	timeout   time.Duration
 	now       func() time.Time
+	onRequest func(kind, result string, took time.Duration)
 }
 
 // New returns a Client.
@@ -134,6 +138,9 @@ func New(cfg Config) *Client {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.OnRequest == nil {
+		cfg.OnRequest = func(string, string, time.Duration) {}
+	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = cfg.Timeout
 	return &Client{
@@ -141,7 +148,29 @@ func New(cfg Config) *Client {
 		http:      &http.Client{Timeout: cfg.Timeout, Transport: transport},
 		timeout:   cfg.Timeout,
 		now:       cfg.Now,
+		onRequest: cfg.OnRequest,
 	}
+}
+
+// observe tells OnRequest of a request of kind begun at start that ended with err.
+func (c *Client) observe(kind string, start time.Time, err error) {
+	c.onRequest(kind, Result(err), time.Since(start))
+}
+
+// Result names a request's outcome for metrics: "ok", "rejected" (the
+// provider refused the credentials), "unavailable" or "error".
+func Result(err error) string {
+	var rejected *RejectedError
+	var unavailable *UnavailableError
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &rejected):
+		return "rejected"
+	case errors.As(err, &unavailable):
+		return "unavailable"
+	}
+	return "error"
 }
 
 // TokenURL is the token endpoint the account uses; empty for API keys.
@@ -184,6 +213,13 @@ func Headers(cr Credentials) map[string]string {
 // Fetch requests a new token. The request is bounded by the client's own
 // timeout; ctx may end it sooner.
 func (c *Client) Fetch(ctx context.Context, cr Credentials) (Token, error) {
+	start := time.Now()
+	tok, err := c.fetch(ctx, cr)
+	c.observe(cr.Kind, start, err)
+	return tok, err
+}
+
+func (c *Client) fetch(ctx context.Context, cr Credentials) (Token, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)

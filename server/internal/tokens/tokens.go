@@ -100,6 +100,9 @@ type Config struct {
 	// Fingerprint names a token in the audit trail without revealing it;
 	// it is computed once per token. Default: no fingerprint.
 	Fingerprint func(token string) string
+	// OnCacheLookup is told whether each lookup found a cached token that
+	// would do (for metrics). Default: nothing.
+	OnCacheLookup func(hit bool)
 	// Now is the clock; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -116,6 +119,7 @@ func DefaultConfig() Config {
 		RejectedRecheck:    10 * time.Minute,
 		ExpiryWarning:      7 * 24 * time.Hour,
 		Fingerprint:        func(string) string { return "" },
+		OnCacheLookup:      func(bool) {},
 		Now:                time.Now,
 		Logger:             slog.Default(),
 	}
@@ -137,6 +141,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Fingerprint == nil {
 		c.Fingerprint = d.Fingerprint
+	}
+	if c.OnCacheLookup == nil {
+		c.OnCacheLookup = d.OnCacheLookup
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -493,8 +500,10 @@ func (m *Manager) changeStatus(e *entry, to Status) {
 
 func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
 	if is := e.current.Load(); is != nil && is.Expiry.Sub(m.cfg.Now()) > minTTL {
+		m.cfg.OnCacheLookup(true)
 		return is, nil
 	}
+	m.cfg.OnCacheLookup(false)
 	return m.getSlow(ctx, e, minTTL)
 }
 
@@ -830,4 +839,23 @@ func (m *Manager) refreshDue(slots chan struct{}) {
 			<-slots
 		}()
 	}
+}
+
+// Health is what metrics show of an account: its state and its secrets'
+// expire times.
+type Health struct {
+	ID, State string
+	Secrets   []store.Secret // without their sealed values
+}
+
+// Health is every tracked account's health.
+func (m *Manager) Health() []Health {
+	all := m.all()
+	out := make([]Health, 0, len(all))
+	for _, e := range all {
+		e.mu.Lock()
+		out = append(out, Health{ID: e.id, State: e.status.State, Secrets: e.secrets})
+		e.mu.Unlock()
+	}
+	return out
 }

@@ -1,0 +1,108 @@
+// Package metrics holds the broker's Prometheus metrics. Labels name only
+// what an admin created (account IDs, secret IDs) or a fixed set of values,
+// never a secret and never caller input, so their number stays bounded.
+package metrics
+
+import (
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics is the broker's registry and the metrics it updates as it works.
+type Metrics struct {
+	Registry *prometheus.Registry
+	// GRPC measures every gRPC call (its interceptors go on the server).
+	GRPC *grpcprom.ServerMetrics
+
+	tokensIssued     *prometheus.CounterVec
+	cacheHit         prometheus.Counter
+	cacheMiss        prometheus.Counter
+	upstreamDuration *prometheus.HistogramVec
+}
+
+// New registers the broker's metrics, and the Go runtime's and the
+// process's, in a new registry. accounts is read at each scrape.
+func New(accounts func() []Account) *Metrics {
+	cache := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_token_cache_lookups_total",
+		Help: "GetToken and proxy lookups of an account's cached token, by whether a cached token would do (hit) or one had to be fetched (miss).",
+	}, []string{"result"})
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		GRPC:     grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()),
+		tokensIssued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_token_requests_total",
+			Help: "GetToken calls by account and outcome (the gRPC code); account is empty for calls refused before the account was known to exist and be granted.",
+		}, []string{"account", "outcome"}),
+		cacheHit:  cache.WithLabelValues("hit"),
+		cacheMiss: cache.WithLabelValues("miss"),
+		upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "credbroker_upstream_request_duration_seconds",
+			Help:    "Requests to providers (token requests, API-key checks) by provider and result: ok, rejected, unavailable or error.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 12), // 10 ms to 20 s
+		}, []string{"provider", "result"}),
+	}
+	m.Registry.MustRegister(m.GRPC, m.tokensIssued, cache, m.upstreamDuration, accountsCollector(accounts),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// TokenRequest counts a GetToken call; account is "" if the caller was not
+// shown that the account exists.
+func (m *Metrics) TokenRequest(account, outcome string) {
+	m.tokensIssued.WithLabelValues(account, outcome).Inc()
+}
+
+// CacheLookup counts a lookup of a cached token.
+func (m *Metrics) CacheLookup(hit bool) {
+	if hit {
+		m.cacheHit.Inc()
+	} else {
+		m.cacheMiss.Inc()
+	}
+}
+
+// UpstreamRequest records a request to a provider.
+func (m *Metrics) UpstreamRequest(provider, result string, took time.Duration) {
+	m.upstreamDuration.WithLabelValues(provider, result).Observe(took.Seconds())
+}
+
+// Account is what a scrape shows of one account.
+type Account struct {
+	ID, State string
+	// SecretExpiry: each secret's expire time by secret ID, for the
+	// secrets that have one.
+	SecretExpiry map[string]time.Time
+}
+
+var (
+	accountsDesc = prometheus.NewDesc("credbroker_accounts",
+		"Linked accounts by state: active, degraded or needs_attention.", []string{"state"}, nil)
+	secretExpiryDesc = prometheus.NewDesc("credbroker_secret_expires_in_seconds",
+		"Seconds until each secret with an expire time expires (negative once it has).", []string{"account", "secret_id"}, nil)
+)
+
+// accountsCollector reads the accounts' states and secrets at each scrape.
+type accountsCollector func() []Account
+
+func (c accountsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- accountsDesc
+	ch <- secretExpiryDesc
+}
+
+func (c accountsCollector) Collect(ch chan<- prometheus.Metric) {
+	byState := map[string]int{"active": 0, "degraded": 0, "needs_attention": 0}
+	now := time.Now()
+	for _, a := range c() {
+		byState[a.State]++
+		for id, t := range a.SecretExpiry {
+			ch <- prometheus.MustNewConstMetric(secretExpiryDesc, prometheus.GaugeValue, t.Sub(now).Seconds(), a.ID, id)
+		}
+	}
+	for state, n := range byState {
+		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, float64(n), state)
+	}
+}

@@ -1,0 +1,120 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// opsGet fetches a path of the ops listener.
+func (b *broker) opsGet(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(b.opsURL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// metricValue is the value of the sample named exactly series (name and
+// labels as Prometheus prints them), or -1 if there is none.
+func metricValue(t *testing.T, scrape, series string) float64 {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(scrape)
+	if m == nil {
+		return -1
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestMetrics(t *testing.T) {
+	b := startBroker(t)
+	ctx := context.Background()
+	req := jumpCloudRequest("acme")
+	req.SecretExpireTime = timestamppb.New(time.Now().Add(10 * 24 * time.Hour))
+	if _, err := b.accounts.CreateAccount(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	b.grant(t, "acme", svcPrincipal)
+	token := b.token(t, "acme").GetAccessToken() // cached when linked: a hit
+	// The API stops taking that token: the proxy drops it and fetches
+	// another (a miss, and a request upstream).
+	b.fake.RevokeTokens()
+	if resp, body := b.proxyCall(t, http.MethodGet, "/v1/accounts/acme/proxy/v2/systems", b.keys.svc, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("proxied call: HTTP %d %s", resp.StatusCode, body)
+	}
+	_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/caller-chosen-name"})
+	wantCode(t, err, codes.PermissionDenied, "")
+
+	code, scrape := b.opsGet(t, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: HTTP %d", code)
+	}
+	secretSeries := `credbroker_secret_expires_in_seconds{account="acme",secret_id="` + secretID(clientSecret) + `"}`
+	for series, want := range map[string]func(float64) bool{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="GetToken",grpc_service="credbroker.v1.TokenService",grpc_type="unary"}`:               func(v float64) bool { return v == 1 },
+		`grpc_server_handled_total{grpc_code="PermissionDenied",grpc_method="GetToken",grpc_service="credbroker.v1.TokenService",grpc_type="unary"}`: func(v float64) bool { return v == 1 },
+		`credbroker_token_requests_total{account="acme",outcome="OK"}`:                                                                               func(v float64) bool { return v == 1 },
+		`credbroker_token_requests_total{account="",outcome="PERMISSION_DENIED"}`:                                                                    func(v float64) bool { return v == 1 },
+		`credbroker_token_cache_lookups_total{result="hit"}`:                                                                                         func(v float64) bool { return v >= 1 },
+		`credbroker_token_cache_lookups_total{result="miss"}`:                                                                                        func(v float64) bool { return v >= 1 },
+		`credbroker_upstream_request_duration_seconds_count{provider="jumpcloud_service_account",result="ok"}`:                                       func(v float64) bool { return v == 2 },
+		`credbroker_accounts{state="active"}`:                                                                                                        func(v float64) bool { return v == 1 },
+		`credbroker_accounts{state="needs_attention"}`:                                                                                               func(v float64) bool { return v == 0 },
+		secretSeries: func(v float64) bool { return v > 9*24*3600 && v <= 10*24*3600 },
+	} {
+		if v := metricValue(t, scrape, series); !want(v) {
+			t.Errorf("%s = %v", series, v)
+		}
+	}
+	if strings.Contains(scrape, "caller-chosen-name") {
+		t.Error("a name sent by a caller became a label")
+	}
+	assertAbsent(t, "metrics", []byte(scrape), clientSecret, token, b.keys.admin, b.keys.svc)
+
+	// A rejected secret is counted as such.
+	bad := jumpCloudRequest("bad")
+	bad.GetJumpcloudServiceAccount().ClientSecret = "wrong"
+	_, err = b.accounts.CreateAccount(ctx, bad)
+	wantCode(t, err, codes.FailedPrecondition, "CREDENTIALS_REJECTED")
+	_, scrape = b.opsGet(t, "/metrics")
+	if v := metricValue(t, scrape, `credbroker_upstream_request_duration_seconds_count{provider="jumpcloud_service_account",result="rejected"}`); v != 1 {
+		t.Errorf("rejected token requests = %v", v)
+	}
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	b, fail := startFailingAudit(t)
+	if code, body := b.opsGet(t, "/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Fatalf("/healthz: %d %q", code, body)
+	}
+	if code, body := b.opsGet(t, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz: %d %q", code, body)
+	}
+	fail.Store(true)
+	_, err := b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+	wantCode(t, err, codes.Unavailable, "AUDIT_UNAVAILABLE")
+	code, body := b.opsGet(t, "/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "audit trail") {
+		t.Fatalf("/readyz with the audit trail failing: %d %q", code, body)
+	}
+}
