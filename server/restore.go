@@ -29,8 +29,9 @@ type RestoreResult struct {
 const ChecksumSuffix = ".sha256"
 
 // Restore puts the backup at backupPath in place as the database of
-// cfg.DataDir. It first checks every page of the backup and that the
-// configured master key opens it. The database already there, if any, is
+// cfg.DataDir. It first checks the backup against its checksum file, if
+// there is one, every page of it, and that the configured master key
+// opens it. The database already there, if any, is
 // kept beside it under a new name. At every moment the data directory holds
 // either the old database or the backup, whole. The broker must be stopped.
 func Restore(cfg Config, backupPath string) (RestoreResult, error) {
@@ -119,6 +120,33 @@ func copyFileSynced(src, dst string) error {
 func CheckBackup(path string) error {
 	_, err := store.CheckBackup(path)
 	return err
+}
+
+// SaveBackup gives a received snapshot, the file at tmpPath whose SHA-256
+// is digest, the name out once it checks out, and writes the checksum file
+// that Restore reads beside it. It never replaces an existing file.
+func SaveBackup(tmpPath, out, digest string) error {
+	if err := CheckBackup(tmpPath); err != nil {
+		return err
+	}
+	if err := os.Link(tmpPath, out); err != nil {
+		return err
+	}
+	if err := writeNewFile(out+ChecksumSuffix, digest+"  "+filepath.Base(out)+"\n"); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(out))
+}
+
+// writeNewFile writes text to a new file (mode 0600) and fsyncs it; it
+// fails if the file exists.
+func writeNewFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	return errors.Join(err, f.Sync(), f.Close())
 }
 
 // matchesChecksumFile reports whether the backup has a checksum file

@@ -572,15 +572,10 @@ func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := writeNewFile(path, text+"\n"); err != nil {
 		return nil, fmt.Errorf("write generated master key: %w", err)
 	}
-	if _, err := f.WriteString(text + "\n"); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := errors.Join(f.Sync(), f.Close(), syncDir(cfg.DataDir)); err != nil {
+	if err := syncDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
 	cfg.Logger.Warn("GENERATED A LOCAL MASTER KEY beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)

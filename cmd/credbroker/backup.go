@@ -65,31 +65,12 @@ restored. Needs an admin identity.`)
 	if err = errors.Join(err, tmp.Sync(), tmp.Close()); err != nil {
 		return err
 	}
-	if err := server.CheckBackup(tmp.Name()); err != nil {
-		return err
-	}
-	if err := os.Link(tmp.Name(), out); err != nil { // fails rather than replace a file made meanwhile
-		return err
-	}
-	if err := writeNewFile(out+server.ChecksumSuffix, digest+"  "+filepath.Base(out)+"\n"); err != nil {
-		return err
-	}
-	if err := syncDirOf(out); err != nil {
+	if err := server.SaveBackup(tmp.Name(), out, digest); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s (%d bytes) and its SHA-256 in %s%s\nIt is useless without the broker's master key, which it does not contain.\n",
 		out, size, out, server.ChecksumSuffix)
 	return nil
-}
-
-// writeNewFile writes text to a file that must not exist yet, and fsyncs it.
-func writeNewFile(path, text string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(text)
-	return errors.Join(err, f.Sync(), f.Close())
 }
 
 // receiveBackup writes the streamed snapshot to w and checks its size and
@@ -109,11 +90,10 @@ func receiveBackup(ctx context.Context, bs credbrokerv1.BackupServiceClient, w i
 		if err != nil {
 			return 0, "", rpcError(err)
 		}
-		n, err := w.Write(resp.GetData())
+		n, err := io.MultiWriter(w, sum).Write(resp.GetData())
 		if err != nil {
 			return 0, "", err
 		}
-		sum.Write(resp.GetData())
 		size += int64(n)
 		if resp.GetSha256() == "" {
 			continue
@@ -170,13 +150,4 @@ afterwards with the same master key.`)
 func rpcError(err error) error {
 	st := status.Convert(err)
 	return fmt.Errorf("the broker answered %s: %s", st.Code(), st.Message())
-}
-
-// syncDirOf makes a new file's directory entry durable.
-func syncDirOf(path string) error {
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }

@@ -9,6 +9,8 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 // Metrics is the broker's registry and the metrics it updates as it works.
@@ -94,7 +96,7 @@ func (c accountsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c accountsCollector) Collect(ch chan<- prometheus.Metric) {
-	byState := map[string]int{"active": 0, "degraded": 0, "needs_attention": 0}
+	byState := map[string]int{tokens.StateActive: 0, tokens.StateDegraded: 0, tokens.StateNeedsAttention: 0}
 	now := time.Now()
 	for _, a := range c() {
 		byState[a.State]++
