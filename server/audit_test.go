@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"net"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -125,9 +126,12 @@ func TestAuditTrail(t *testing.T) {
 	_, err = b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{StartTime: mid, EndTime: timestamppb.New(start)})
 	wantCode(t, err, codes.InvalidArgument, "end_time")
 
-	// Events also go to the structured log.
-	if !strings.Contains(b.logs.String(), `"msg":"audit","principal":"callerKeys/svc","method":"/credbroker.v1.TokenService/GetToken","resource":"accounts/ghost","code":"PERMISSION_DENIED"`) {
-		t.Error("the denied GetToken is not in the log")
+	// Each call has one line in the structured log, with its latency.
+	if !regexp.MustCompile(`"msg":"request","principal":"callerKeys/svc","method":"/credbroker.v1.TokenService/GetToken","account":"accounts/ghost","code":"PERMISSION_DENIED","latency_ms":[0-9.]+,`).MatchString(b.logs.String()) {
+		t.Errorf("the denied GetToken is not in the log:\n%s", b.logs.String())
+	}
+	if n := strings.Count(b.logs.String(), `"msg":"request","principal":"callerKeys/svc","method":"/credbroker.v1.TokenService/GetToken"`); n != 5 {
+		t.Errorf("%d request lines of svc's GetToken calls, want 5", n)
 	}
 }
 

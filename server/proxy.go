@@ -38,7 +38,7 @@ type proxyHandler struct {
 }
 
 func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c := &call{method: proxyMethod, time: h.gate.now(), peer: r.RemoteAddr}
+	c := &call{method: proxyMethod, time: h.gate.now(), started: time.Now(), peer: r.RemoteAddr}
 	pc := &proxy.Call{}
 	id, path, perr := proxy.ParsePath(r.URL.EscapedPath())
 	if perr == nil && validAccountID(id) {
@@ -75,6 +75,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The answer has gone already; the failure is in the server log.
 		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.principal, "resource", c.resource)
 	}
+	h.gate.logRequest(c, status.Code(err))
 	if pc.Aborted {
 		panic(http.ErrAbortHandler) // the caller must not take a cut-off answer for a whole one
 	}

@@ -304,7 +304,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	}
 
 	errs := errorMapper{log: cfg.Logger}
-	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, now: time.Now}
+	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: time.Now}
 	// Panics are recovered inside the gate, so that their calls are
 	// audited, and outside it, so that the gate itself cannot crash a call.
 	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {

@@ -2,7 +2,7 @@
 // it returns; concurrent calls share one fsync (group commit), so waiting
 // for the disk costs each caller one commit, not a queue of them. Events of
 // admin changes are written by the store in the same transaction as the
-// change (Written only logs them). Old events are pruned by age and count.
+// change. Old events are pruned by age and count.
 package audit
 
 import (
@@ -118,24 +118,7 @@ func (l *Log) Record(ev store.AuditEvent) error {
 	b.events = append(b.events, ev)
 	l.mu.Unlock()
 	<-b.done
-	if b.err == nil {
-		l.Written(ev)
-	}
 	return b.err
-}
-
-// Written logs an event that the store committed together with a change.
-func (l *Log) Written(ev store.AuditEvent) {
-	if !l.cfg.Logger.Enabled(context.Background(), slog.LevelInfo) {
-		return // spare the busiest paths building a line nobody reads
-	}
-	attrs := []any{"principal", ev.Principal, "method", ev.Method, "resource", ev.Resource,
-		"code", ev.Code, "token_fingerprint", ev.TokenFingerprint, "detail", ev.Detail, "peer", ev.PeerAddress}
-	if p := ev.Proxy; p != nil {
-		attrs = append(attrs, slog.Group("proxy", "http_method", p.HTTPMethod, "path", p.Path, "status", p.Status,
-			"request_bytes", p.RequestBytes, "response_bytes", p.ResponseBytes))
-	}
-	l.cfg.Logger.Info("audit", attrs...)
 }
 
 // Run commits batches, one transaction each, and prunes old events, until
