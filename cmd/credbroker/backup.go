@@ -14,15 +14,13 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/status"
-
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
 )
 
 func backup(args []string, stdout, stderr io.Writer) error {
 	var (
-		r   remote
+		s   = &session{name: "backup", stdout: stdout, stderr: stderr}
 		out string
 	)
 	fs := newFlagSet("backup", stderr, `Takes a consistent snapshot of a running broker's database over its admin API
@@ -35,7 +33,7 @@ checks.
 The backup holds secrets sealed under the master key, which it does not
 contain: keep the master key safe separately, or the backup cannot be
 restored. Needs an admin identity.`)
-	r.register(fs)
+	s.remote.register(fs)
 	fs.StringVar(&out, "out", "", "file to write the backup to (required)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -48,7 +46,7 @@ restored. Needs an admin identity.`)
 			return fmt.Errorf("%s exists already; choose a new name", p)
 		}
 	}
-	c, err := r.dial()
+	c, err := s.remote.dial()
 	if err != nil {
 		return err
 	}
@@ -62,6 +60,7 @@ restored. Needs an admin identity.`)
 	}
 	defer os.Remove(tmp.Name())
 	size, digest, err := receiveBackup(ctx, credbrokerv1.NewBackupServiceClient(c.Conn()), tmp)
+	err = s.explain(err)
 	if err = errors.Join(err, tmp.Sync(), tmp.Close()); err != nil {
 		return err
 	}
@@ -78,7 +77,7 @@ restored. Needs an admin identity.`)
 func receiveBackup(ctx context.Context, bs credbrokerv1.BackupServiceClient, w io.Writer) (int64, string, error) {
 	stream, err := bs.Backup(ctx, &credbrokerv1.BackupRequest{})
 	if err != nil {
-		return 0, "", rpcError(err)
+		return 0, "", err
 	}
 	sum := sha256.New()
 	var size int64
@@ -88,7 +87,7 @@ func receiveBackup(ctx context.Context, bs credbrokerv1.BackupServiceClient, w i
 			return 0, "", errors.New("the broker ended the backup before its last piece; nothing was written")
 		}
 		if err != nil {
-			return 0, "", rpcError(err)
+			return 0, "", err
 		}
 		n, err := io.MultiWriter(w, sum).Write(resp.GetData())
 		if err != nil {
@@ -144,10 +143,4 @@ afterwards with the same master key.`)
 		fmt.Fprintf(stdout, "the database that was there is kept as %s\n", res.Previous)
 	}
 	return nil
-}
-
-// rpcError is a broker's error as a person reads it.
-func rpcError(err error) error {
-	st := status.Convert(err)
-	return fmt.Errorf("the broker answered %s: %s", st.Code(), st.Message())
 }

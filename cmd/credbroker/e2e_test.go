@@ -316,7 +316,8 @@ func newE2ESetup(t *testing.T, extraArgs ...string) *e2eSetup {
 	e := &e2eSetup{bin: buildBinary(t), fake: jumpcloudfake.New("e2e-client", e2eClientSecret), dataDir: filepath.Join(t.TempDir(), "data")}
 	jc := httptest.NewServer(e.fake)
 	t.Cleanup(jc.Close)
-	e.args = append([]string{"--data-dir", e.dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath}, extraArgs...)
+	e.args = append([]string{"--data-dir", e.dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath,
+		"--jumpcloud-api-url-us", jc.URL + jumpcloudfake.APIPath}, extraArgs...)
 	return e
 }
 

@@ -48,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = backup(args[1:], stdout, stderr)
 	case "restore":
 		err = restore(args[1:], stdout, stderr)
+	case "accounts", "callers", "token", "audit":
+		err = runAdmin(args[0], args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -76,6 +78,12 @@ Usage:
   credbroker rekey [flags]            move the database to a new master key (broker stopped)
   credbroker backup --out FILE        snapshot a running broker's database
   credbroker restore --in FILE        put a backup in place (broker stopped)
+
+Administration of a running broker (each with --help):
+  credbroker accounts link|list|get|update|delete|grant|ungrant|add-secret|remove-secret
+  credbroker callers create|list|revoke
+  credbroker token get ACCOUNT
+  credbroker audit list
 `)
 }
 
@@ -317,20 +325,25 @@ func newFlagSet(name string, out io.Writer, about string) *flag.FlagSet {
 	fs.SetOutput(out)
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: credbroker %s [flags]\n\n%s\n\nFlags:\n", name, about)
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(out, "  --%s (env %s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
-			if f.DefValue != "" {
-				fmt.Fprintf(out, " (default %s)", f.DefValue)
-			}
-			fmt.Fprintln(out)
-		})
+		printFlags(out, fs)
 	}
 	return fs
 }
 
+func printFlags(out io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		fmt.Fprintf(out, "  --%s (env %s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
+		if f.DefValue != "" {
+			fmt.Fprintf(out, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(out)
+	})
+}
+
 // parse sets each flag from its environment variable, then from args, so a
-// flag given on the command line wins.
-func parse(fs *flag.FlagSet, args []string) error {
+// flag given on the command line wins. Arguments left after the flags fill
+// positional in order.
+func parse(fs *flag.FlagSet, args []string, positional ...*string) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if v, ok := os.LookupEnv(envName(f.Name)); ok && err == nil {
@@ -345,8 +358,14 @@ func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	rest := fs.Args()
+	for _, p := range positional {
+		if len(rest) > 0 {
+			*p, rest = rest[0], rest[1:]
+		}
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 	}
 	return nil
 }

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/term"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/credbroker/credbroker/client"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// adminCommands are the commands for people that talk to a running broker:
+// command, then subcommand, then its handler.
+var adminCommands = map[string]map[string]func(*session, []string) error{
+	"accounts": {"link": accountsLink, "list": accountsList, "get": accountsGet, "update": accountsUpdate, "delete": accountsDelete,
+		"grant": accountsGrant, "ungrant": accountsUngrant, "add-secret": accountsAddSecret, "remove-secret": accountsRemoveSecret},
+	"callers": {"create": callersCreate, "list": callersList, "revoke": callersRevoke},
+	"token":   {"get": tokenGet},
+	"audit":   {"list": auditList},
+}
+
+// runAdmin runs "credbroker COMMAND SUBCOMMAND [ARGS] [flags]".
+func runAdmin(command string, args []string, stdout, stderr io.Writer) error {
+	subs := adminCommands[command]
+	if len(args) == 0 || subs[args[0]] == nil {
+		names := make([]string, 0, len(subs))
+		for name := range subs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		if len(args) > 0 && args[0] != "help" && args[0] != "--help" && args[0] != "-h" {
+			return fmt.Errorf("%s: unknown subcommand %q; choose one of: %s", command, args[0], strings.Join(names, ", "))
+		}
+		fmt.Fprintf(stderr, "Usage: credbroker %s {%s} --help\n", command, strings.Join(names, "|"))
+		return flag.ErrHelp
+	}
+	return subs[args[0]](&session{name: command + " " + args[0], stdout: stdout, stderr: stderr}, args[1:])
+}
+
+// session is one run of an admin command: its flags, its connection to the
+// broker and how it prints.
+type session struct {
+	name           string
+	stdout, stderr io.Writer
+	remote         remote
+	client         *client.Client // set by parse
+	usage, output  string
+	// rejected names what to check when the provider rejects credentials.
+	rejected string
+}
+
+// flags is the command's flag set with the options every admin command has.
+func (s *session) flags(usage, about string) *flag.FlagSet {
+	s.usage = "credbroker " + s.name + " " + usage
+	fs := newFlagSet(s.name, s.stderr, about)
+	fs.Usage = func() {
+		fmt.Fprintf(s.stderr, "Usage: %s\n\n%s\n\nFlags:\n", s.usage, about)
+		printFlags(s.stderr, fs)
+	}
+	s.remote.register(fs)
+	fs.StringVar(&s.output, "output", "table", "table (for people) or json (for scripts)")
+	return fs
+}
+
+// parse parses flags and the positional arguments, which may come before
+// or after the flags; every positional argument is required. It also checks
+// the identity options, before the command asks for any secret.
+func (s *session) parse(fs *flag.FlagSet, args []string, positional ...*string) error {
+	var missing []*string
+	for _, p := range positional {
+		if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			*p, args = args[0], args[1:]
+		} else {
+			missing = append(missing, p)
+		}
+	}
+	if err := parse(fs, args, missing...); err != nil {
+		return err
+	}
+	if s.output != "table" && s.output != "json" {
+		return fmt.Errorf("--output must be table or json, not %q", s.output)
+	}
+	for _, p := range positional {
+		if *p == "" {
+			return fmt.Errorf("missing arguments; usage: %s", s.usage)
+		}
+	}
+	var err error
+	s.client, err = s.remote.dial()
+	return err
+}
+
+// call runs fn on the broker, with a time limit.
+func (s *session) call(fn func(ctx context.Context, conn grpc.ClientConnInterface) error) error {
+	defer s.client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return s.explain(fn(ctx, s.client.Conn()))
+}
+
+// print writes msg as JSON, or as the table the command draws.
+func (s *session) print(msg proto.Message, table func(w io.Writer)) error {
+	if s.output == "json" {
+		out, err := protojson.Marshal(msg)
+		var indented bytes.Buffer
+		if err == nil {
+			// protojson varies its spacing on purpose; json.Indent makes it stable.
+			err = json.Indent(&indented, out, "", "  ")
+		}
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(s.stdout, indented.String())
+		return err
+	}
+	tw := tabwriter.NewWriter(s.stdout, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+// explain turns a broker's error into one that says what to do about it.
+func (s *session) explain(err error) error {
+	st, ok := status.FromError(err)
+	if err == nil || !ok {
+		return err
+	}
+	var info *errdetails.ErrorInfo
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			info = i
+		}
+	}
+	msg := st.Message()
+	switch {
+	case info != nil && info.GetReason() == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String():
+		what := strings.TrimSpace(info.GetMetadata()["provider_error"] + ": " + info.GetMetadata()["provider_error_description"])
+		what = strings.Trim(what, ": ")
+		if what == "" {
+			what = msg
+		}
+		check := s.rejected
+		if check == "" {
+			check = "the account's credentials; an admin can add a new secret with: credbroker accounts add-secret"
+		}
+		return fmt.Errorf("credentials rejected by the provider (%s): check %s", what, check)
+	case info != nil && info.GetReason() == credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE.String():
+		return fmt.Errorf("the provider is unavailable: %s; the broker retries with backoff, try again shortly", msg)
+	case info != nil && info.GetReason() == credbrokerv1.ErrorReason_RATE_LIMITED.String():
+		return fmt.Errorf("%s: wait a moment and try again", msg)
+	case info != nil:
+		return fmt.Errorf("%s (%s)", msg, info.GetReason())
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return fmt.Errorf("cannot reach the broker at %s (%s): is it running, and are --broker and the TLS options right?", s.remote.addr, msg)
+	case codes.Unauthenticated:
+		return fmt.Errorf("the broker did not accept your identity (%s): set CREDBROKER_CALLER_KEY or --caller-key-file to a valid caller key, or use --tls-ca, --tls-cert and --tls-key", msg)
+	case codes.PermissionDenied:
+		if s.name == "token get" {
+			return fmt.Errorf("%s: an admin can grant it with: credbroker accounts grant ACCOUNT PRINCIPAL", msg)
+		}
+		return fmt.Errorf("%s: this command needs an admin caller key or admin principal", msg)
+	case codes.InvalidArgument:
+		return fmt.Errorf("invalid %s", msg)
+	case codes.AlreadyExists:
+		return fmt.Errorf("%s: choose another name, or delete the existing one first", msg)
+	case codes.NotFound:
+		return fmt.Errorf("%s (the list commands show what there is)", msg)
+	}
+	return fmt.Errorf("%s (%s)", msg, st.Code())
+}
+
+// readSecret reads a secret from the terminal without echo or, when input
+// is not a terminal, from standard input; never from the command line,
+// where ps and shell history would keep it.
+func readSecret(stderr io.Writer, what string) (string, error) {
+	fd := int(os.Stdin.Fd())
+	var data []byte
+	var err error
+	if term.IsTerminal(fd) {
+		fmt.Fprintf(stderr, "%s (not shown): ", what)
+		data, err = term.ReadPassword(fd)
+		fmt.Fprintln(stderr)
+	} else {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the %s: %w", what, err)
+	}
+	secret := strings.TrimRight(string(data), "\r\n")
+	if secret == "" {
+		return "", fmt.Errorf("no %s given: type it at the prompt, or pipe it on standard input", what)
+	}
+	return secret, nil
+}
+
+// resourceName accepts "acme" or "accounts/acme".
+func resourceName(collection, id string) string {
+	if strings.HasPrefix(id, collection+"/") {
+		return id
+	}
+	return collection + "/" + id
+}
+
+// enumValue reads a flag value such as "needs-attention" as the enum value
+// prefix+"NEEDS_ATTENTION".
+func enumValue(flagName, prefix, value string, values map[string]int32) (int32, error) {
+	if value == "" {
+		return 0, nil
+	}
+	if v, ok := values[prefix+strings.ToUpper(strings.ReplaceAll(value, "-", "_"))]; ok && v != 0 {
+		return v, nil
+	}
+	var names []string
+	for name, v := range values {
+		if v != 0 {
+			names = append(names, strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, prefix), "_", "-")))
+		}
+	}
+	sort.Strings(names)
+	return 0, fmt.Errorf("--%s must be one of %s, not %q", flagName, strings.Join(names, ", "), value)
+}
+
+// enumText is an enum value as a person reads it: "needs-attention".
+func enumText(prefix string, v fmt.Stringer) string {
+	s := strings.TrimPrefix(v.String(), prefix)
+	if s == "UNSPECIFIED" {
+		return "-"
+	}
+	return strings.ToLower(strings.ReplaceAll(s, "_", "-"))
+}
+
+// when is a time for a table: UTC to the minute, and how far off it is.
+func when(t interface{ AsTime() time.Time }, now time.Time) string {
+	if t == nil || t.AsTime().IsZero() || t.AsTime().Unix() == 0 {
+		return "-"
+	}
+	at := t.AsTime()
+	d := at.Sub(now).Round(time.Minute)
+	rel := "in " + shortDuration(d)
+	switch {
+	case d == 0:
+		rel = "now"
+	case d < 0:
+		rel = shortDuration(-d) + " ago"
+	}
+	return at.UTC().Format("2006-01-02 15:04 UTC") + " (" + rel + ")"
+}
+
+func shortDuration(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh%02dm", d/time.Hour, d%time.Hour/time.Minute)
+	default:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+}
+
+// labelsFlag collects repeated --label key=value flags.
+type labelsFlag map[string]string
+
+func (l labelsFlag) String() string { return "" }
+
+func (l labelsFlag) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not key=value", v)
+	}
+	l[k] = val
+	return nil
+}
+
+// sortedPairs is a map as "k=v, ..." in key order.
+func sortedPairs(m map[string]string, sep string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(k + sep + m[k])
+	}
+	if b.Len() == 0 {
+		return "-"
+	}
+	return b.String()
+}
+
+// dash shows an empty field in a table.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+func callersCreate(s *session, args []string) error {
+	var id, role, description, expires string
+	fs := s.flags("ID [flags]", `Creates a caller key callerKeys/ID for a service (role caller: it gets the
+tokens of accounts it is granted) or a person (role admin). The key is
+printed once; the broker keeps only a keyed hash of it.`)
+	fs.StringVar(&role, "role", "caller", "caller or admin")
+	fs.StringVar(&description, "description", "", "what the key is for")
+	fs.StringVar(&expires, "expires", "", "when the key stops working (2027-03-01 or RFC 3339); never if unset")
+	if err := s.parse(fs, args, &id); err != nil {
+		return err
+	}
+	r, err := enumValue("role", "ROLE_", role, credbrokerv1.Role_value)
+	if err != nil {
+		return err
+	}
+	expire, err := parseTime("expires", expires)
+	if err != nil {
+		return err
+	}
+	req := &credbrokerv1.CreateCallerKeyRequest{KeyId: id, CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role(r), Description: description, ExpireTime: expire}}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewCallerServiceClient(conn).CreateCallerKey(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(s.stderr, "The key is shown only now: hand it to its owner (as CREDBROKER_CALLER_KEY or a 0600 file) and do not keep a copy.")
+		return s.print(resp, func(w io.Writer) {
+			fmt.Fprintf(w, "NAME\t%s\nROLE\t%s\nEXPIRES\t%s\nKEY\t%s\n", resp.GetCallerKey().GetName(), enumText("ROLE_", resp.GetCallerKey().GetRole()),
+				when(resp.GetCallerKey().GetExpireTime(), time.Now()), resp.GetKey())
+		})
+	})
+}
+
+func callersList(s *session, args []string) error {
+	fs := s.flags("[flags]", "Lists the caller keys (never the keys themselves), revoked and expired ones included.")
+	if err := s.parse(fs, args); err != nil {
+		return err
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		all := &credbrokerv1.ListCallerKeysResponse{}
+		req := &credbrokerv1.ListCallerKeysRequest{PageSize: 100}
+		for {
+			resp, err := credbrokerv1.NewCallerServiceClient(conn).ListCallerKeys(ctx, req)
+			if err != nil {
+				return err
+			}
+			all.CallerKeys = append(all.CallerKeys, resp.GetCallerKeys()...)
+			if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		now := time.Now()
+		return s.print(all, func(w io.Writer) {
+			fmt.Fprintln(w, "NAME\tROLE\tSTATE\tEXPIRES\tCREATED\tDESCRIPTION")
+			for _, k := range all.GetCallerKeys() {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), enumText("ROLE_", k.GetRole()), enumText("CALLER_KEY_STATE_", k.GetState()),
+					when(k.GetExpireTime(), now), when(k.GetCreateTime(), now), dash(k.GetDescription()))
+			}
+		})
+	})
+}
+
+func callersRevoke(s *session, args []string) error {
+	var id string
+	fs := s.flags("ID [flags]", "Revokes a caller key: its very next call is refused.")
+	if err := s.parse(fs, args, &id); err != nil {
+		return err
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewCallerServiceClient(conn).RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: resourceName("callerKeys", id)})
+		if err != nil {
+			return err
+		}
+		return s.print(resp, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", resp.GetCallerKey().GetName()) })
+	})
+}
