@@ -1,11 +1,25 @@
-# The test command is `make test`; it needs only Go, git and a C compiler
-# (for -race): every other tool is pinned in go.mod and run with `go tool`.
+# The test command is `make test`. Go, git and a C compiler (for -race) must
+# be there; every Go tool is pinned in go.mod and run with `go tool`, and
+# `make deps` installs what the Python and TypeScript clients need.
 GO ?= go
 
-.PHONY: test vet lint generate check-generated bench build
+.PHONY: test deps vet lint generate check-generated bench build
 
-test: vet lint check-generated
-	$(GO) test -race -count=1 ./...
+test: deps vet lint check-generated
+	CREDBROKER_REQUIRE_CLIENTS=1 $(GO) test -race -count=1 ./...
+
+# The Python client needs Debian's protoc, grpc_python_plugin (to generate
+# it) and python3-grpcio/python3-protobuf (to run it); the TypeScript one,
+# Node.js and the npm packages locked in client/typescript/package-lock.json.
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES = protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
+deps:
+	@if ! command -v protoc >/dev/null || ! command -v grpc_python_plugin >/dev/null || \
+		! /usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null; then \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@command -v npm >/dev/null || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
+	cd client/typescript && npm ci --no-audit --no-fund --loglevel=error
 
 vet:
 	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "not gofmt-ed: $$unformatted" >&2; exit 1; fi
@@ -16,14 +30,16 @@ lint:
 
 generate:
 	$(GO) tool buf generate
+	$(GO) tool buf generate --template client/python/buf.gen.yaml
+	$(GO) tool buf generate --template client/typescript/buf.gen.yaml
 
 # Regenerates the code and fails if that changed any generated file, so the
 # committed code always matches the protos (with a dirty tree too).
-GENERATED = find proto -name '*.pb.go' | sort | xargs cat | sha256sum
+GENERATED = find proto client/python/credbroker client/typescript/src/gen -type f | sort | xargs cat | sha256sum
 check-generated:
-	@before=$$($(GENERATED)); $(GO) tool buf generate; after=$$($(GENERATED)); \
+	@before=$$($(GENERATED)); $(MAKE) -s generate; after=$$($(GENERATED)); \
 	if [ "$$before" != "$$after" ]; then \
-		git status --short -- proto; \
+		git status --short -- proto client; \
 		echo "generated code was out of date: 'make generate' has now rewritten it; review and commit it" >&2; exit 1; \
 	fi
 

@@ -1,0 +1,20 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+AUDIT_UNAVAILABLE: ErrorReason
+CREDENTIALS_REJECTED: ErrorReason
+DESCRIPTOR: _descriptor.FileDescriptor
+ERROR_REASON_UNSPECIFIED: ErrorReason
+LAST_ADMIN: ErrorReason
+LAST_SECRET: ErrorReason
+MIN_TTL_TOO_LONG: ErrorReason
+NO_API_BASE_URL: ErrorReason
+PROVIDER_UNAVAILABLE: ErrorReason
+PROXY_ONLY: ErrorReason
+RATE_LIMITED: ErrorReason
+SECRET_EXPIRED: ErrorReason
+SECRET_LIMIT: ErrorReason
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = []

@@ -1,0 +1,48 @@
+"""Gets an account's access token from credbroker and prints when it expires.
+
+    CREDBROKER_CALLER_KEY=cbk_... PYTHONPATH=client/python \
+        python3 client/python/examples/get_token.py accounts/acme
+
+It needs client/python on PYTHONPATH (the generated code). It connects
+to CREDBROKER_ADDR (default 127.0.0.1:50051) in plaintext, which the broker
+allows on loopback only; set CREDBROKER_TLS_CA to a CA bundle for TLS.
+"""
+
+import os
+import sys
+from datetime import datetime, timezone
+
+import grpc
+
+from credbroker.v1 import token_pb2, token_pb2_grpc
+
+
+def channel() -> grpc.Channel:
+    target = os.environ.get("CREDBROKER_ADDR", "127.0.0.1:50051")
+    ca = os.environ.get("CREDBROKER_TLS_CA")
+    if ca:
+        with open(ca, "rb") as f:
+            return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    return grpc.insecure_channel(target)
+
+
+def main() -> int:
+    account = sys.argv[1] if len(sys.argv) > 1 else "accounts/acme"
+    # The caller key goes in the authorization header of every call.
+    auth = [("authorization", "Bearer " + os.environ["CREDBROKER_CALLER_KEY"])]
+    with channel() as ch:
+        tokens = token_pb2_grpc.TokenServiceStub(ch)
+        try:
+            resp = tokens.GetToken(token_pb2.GetTokenRequest(name=account), metadata=auth, timeout=10)
+        except grpc.RpcError as err:
+            print(f"credbroker refused: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    expires = resp.expire_time.ToDatetime(tzinfo=timezone.utc)
+    left = int((expires - datetime.now(timezone.utc)).total_seconds())
+    # Use resp.access_token (with resp.headers) in API calls; never print or log it.
+    print(f"{account}: {resp.token_type} token for {resp.api_base_url} expires {expires.isoformat()} (in {left} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+// Links a JumpCloud service account, as an admin, and prints its state.
+//
+//   printf %s "$CLIENT_SECRET" | CREDBROKER_CALLER_KEY=cbk_...admin... \
+//     node dist/examples/link-account.js acme CLIENT_ID
+//
+// The client secret is read from standard input, never from the command
+// line. The broker proves the credentials with JumpCloud before it stores them.
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { AccountService, AccountState, Region } from "../gen/credbroker/v1/account_pb.js";
+import { transport } from "./connect.js";
+
+const [accountId, clientId] = process.argv.slice(2);
+let secret = "";
+for await (const chunk of process.stdin) {
+  secret += chunk;
+}
+const accounts = createClient(AccountService, transport());
+try {
+  const resp = await accounts.createAccount(
+    {
+      accountId,
+      credentials: {
+        case: "jumpcloudServiceAccount",
+        value: { clientId, clientSecret: secret.replace(/\r?\n$/, ""), region: Region.US },
+      },
+    },
+    { timeoutMs: 30_000 },
+  );
+  console.log(`linked ${resp.account?.name} (client ${resp.account?.clientId}): ${AccountState[resp.account?.state ?? 0]}`);
+} catch (err) {
+  const e = ConnectError.from(err);
+  console.error(`credbroker refused: ${Code[e.code]}: ${e.rawMessage}`);
+  process.exitCode = 1;
+}

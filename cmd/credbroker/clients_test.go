@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// clientExample is one language's examples in client/: how to build them
+// and the commands that link an account and get its token.
+type clientExample struct {
+	lang  string
+	dir   string   // under client/, where the commands run
+	needs []string // files that `make deps` installs
+	build []string // command run once before the examples, if any
+	link  []string // ... ACCOUNT_ID CLIENT_ID, the secret on stdin
+	get   []string // ... ACCOUNT
+	// state is how the example prints an active account's state.
+	state string
+}
+
+var clientExamples = []clientExample{
+	{
+		lang: "python", dir: "python",
+		needs: []string{"/usr/bin/python3", "/usr/lib/python3/dist-packages/grpc/__init__.py", "/usr/lib/python3/dist-packages/google/protobuf/__init__.py"},
+		link:  []string{"/usr/bin/python3", "examples/link_account.py"},
+		get:   []string{"/usr/bin/python3", "examples/get_token.py"},
+		state: "ACCOUNT_STATE_ACTIVE",
+	},
+	{
+		lang: "typescript", dir: "typescript",
+		needs: []string{"node_modules/.bin/tsc", "node_modules/@connectrpc/connect-node/package.json"},
+		build: []string{"node_modules/.bin/tsc"},
+		link:  []string{"node", "dist/examples/link-account.js"},
+		get:   []string{"node", "dist/examples/get-token.js"},
+		state: "ACTIVE",
+	},
+}
+
+// TestClientExamples runs the Python and TypeScript examples against the
+// real broker and the JumpCloud fake: an admin links an account (and is
+// refused with a wrong secret), a service gets its token and the example
+// prints the token's expiry, which must be the broker's.
+func TestClientExamples(t *testing.T) {
+	e := newE2ESetup(t)
+	r := startBinary(t, e.bin, &e.logs, e.args...)
+	adminConn := r.connect(t, keyCreds(r.bootstrapKey)...)
+	serviceKey := createCheckerKey(t, adminConn)
+	accounts := credbrokerv1.NewAccountServiceClient(adminConn)
+	for _, ex := range clientExamples {
+		t.Run(ex.lang, func(t *testing.T) {
+			dir := filepath.Join("..", "..", "client", ex.dir)
+			for _, f := range ex.needs {
+				if !filepath.IsAbs(f) {
+					f = filepath.Join(dir, f)
+				}
+				if _, err := os.Stat(f); err != nil {
+					if os.Getenv("CREDBROKER_REQUIRE_CLIENTS") != "" {
+						t.Fatalf("%s is missing: run make deps", f)
+					}
+					t.Skipf("%s is missing (make deps installs it)", f)
+				}
+			}
+			run := func(key, stdin string, args ...string) (string, error) {
+				cmd := exec.Command(args[0], args[1:]...)
+				cmd.Dir = dir
+				cmd.Env = append(os.Environ(), "CREDBROKER_ADDR="+r.addr, "CREDBROKER_CALLER_KEY="+key, "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
+				cmd.Stdin = strings.NewReader(stdin)
+				out, err := cmd.CombinedOutput()
+				if strings.Contains(string(out), e2eClientSecret) {
+					t.Errorf("%s printed the client secret", strings.Join(args, " "))
+				}
+				return strings.TrimSpace(string(out)), err
+			}
+			if ex.build != nil {
+				if out, err := run("", "", ex.build...); err != nil {
+					t.Fatalf("%s: %v\n%s", strings.Join(ex.build, " "), err, out)
+				}
+			}
+			id := "acme-" + ex.lang
+			out, err := run(r.bootstrapKey, "wrong-secret\n", append(ex.link, id, "e2e-client")...)
+			if err == nil || !strings.Contains(out, "credbroker refused: FAILED_PRECONDITION") && !strings.Contains(out, "credbroker refused: FailedPrecondition") {
+				t.Errorf("linking with a wrong secret: %v\n%s", err, out)
+			}
+			out, err = run(r.bootstrapKey, e2eClientSecret+"\n", append(ex.link, id, "e2e-client")...)
+			if want := "linked accounts/" + id + " (client e2e-client): " + ex.state; err != nil || out != want {
+				t.Fatalf("link example: %v\n%s\nwant %s", err, out, want)
+			}
+			if _, err := accounts.AddAccountGrant(context.Background(), &credbrokerv1.AddAccountGrantRequest{Name: "accounts/" + id, Principal: "callerKeys/checker"}); err != nil {
+				t.Fatal(err)
+			}
+			out, err = run(serviceKey, "", append(ex.get, "accounts/"+id)...)
+			m := regexp.MustCompile(`^accounts/` + id + `: Bearer token for http://127\.0\.0\.1:\d+/api expires (\S+) \(in (\d+) s\)$`).FindStringSubmatch(out)
+			if err != nil || m == nil {
+				t.Fatalf("token example: %v\n%s", err, out)
+			}
+			tok, err := credbrokerv1.NewTokenServiceClient(r.connect(t, keyCreds(serviceKey)...)).GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			printed, err := time.Parse(time.RFC3339, m[1])
+			left, _ := strconv.Atoi(m[2])
+			if want := tok.GetExpireTime().AsTime(); err != nil || printed.Sub(want).Abs() > time.Millisecond || (time.Until(want)-time.Duration(left)*time.Second).Abs() > time.Minute {
+				t.Errorf("the example printed expiry %s (in %s s); the broker's token expires %s", m[1], m[2], want)
+			}
+			out, err = run(serviceKey, "", append(ex.get, "accounts/ghost")...)
+			if err == nil || !strings.Contains(strings.ToUpper(out), "PERMISSION") {
+				t.Errorf("a token of an account without a grant: %v\n%s", err, out)
+			}
+		})
+	}
+}
