@@ -303,6 +303,7 @@ type e2eSetup struct {
 	bin     string
 	fake    *jumpcloudfake.Fake
 	dataDir string
+	fakeURL string
 	// args point serve at the data directory and the fake, with extra args.
 	args []string
 	logs bytes.Buffer
@@ -316,6 +317,7 @@ func newE2ESetup(t *testing.T, extraArgs ...string) *e2eSetup {
 	e := &e2eSetup{bin: buildBinary(t), fake: jumpcloudfake.New("e2e-client", e2eClientSecret), dataDir: filepath.Join(t.TempDir(), "data")}
 	jc := httptest.NewServer(e.fake)
 	t.Cleanup(jc.Close)
+	e.fakeURL = jc.URL
 	e.args = append([]string{"--data-dir", e.dataDir, "--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath,
 		"--jumpcloud-api-url-us", jc.URL + jumpcloudfake.APIPath}, extraArgs...)
 	return e
@@ -334,8 +336,8 @@ func createCheckerKey(t *testing.T, adminConn *grpc.ClientConn) string {
 }
 
 type runningBinary struct {
-	cmd  *exec.Cmd
-	addr string
+	cmd             *exec.Cmd
+	addr, proxyAddr string
 	// bootstrapKey is the admin key printed on the first start, if any.
 	bootstrapKey string
 	done         chan struct{}
@@ -382,6 +384,9 @@ func startBinaryWithKey(t *testing.T, bin, masterKey string, logs io.Writer, arg
 			line := sc.Bytes()
 			_, _ = logs.Write(append(line, '\n'))
 			var entry struct{ Msg, Addr string }
+			if json.Unmarshal(line, &entry) == nil && entry.Msg == "egress proxy listening" {
+				r.proxyAddr = entry.Addr // logged before the line below
+			}
 			if json.Unmarshal(line, &entry) == nil && entry.Msg == "credbroker listening" {
 				once.Do(func() { addr <- entry.Addr })
 			}

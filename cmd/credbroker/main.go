@@ -281,16 +281,18 @@ them for anything real.`)
 
 func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {
 	var (
-		listen, clientID, clientSecret, apiKey, orgID string
-		ttl, apiDelay                                 time.Duration
+		listen, clientID, clientSecret, nextSecret, apiKey, orgID string
+		ttl, apiDelay                                             time.Duration
 	)
 	fs := newFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token and
 its API at /api, for trying the broker without a JumpCloud account. It
-accepts one client and one API key and checks requests as JumpCloud does.
+accepts one client (with two secrets) and one API key, and checks requests
+as JumpCloud does.
 Never use it for anything real.`)
 	fs.StringVar(&listen, "listen", "127.0.0.1:8085", "listen address")
 	fs.StringVar(&clientID, "client-id", "demo-client", "the client id it accepts")
 	fs.StringVar(&clientSecret, "client-secret", "demo-secret", "the client secret it accepts")
+	fs.StringVar(&nextSecret, "next-client-secret", "demo-secret-2", "a second client secret it accepts, for trying rotation; empty for none")
 	fs.StringVar(&apiKey, "api-key", "demo-api-key", "the API key its API accepts")
 	fs.StringVar(&orgID, "org-id", "", "the organization ID the API key belongs to; calls with the key must send it as x-org-id")
 	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the tokens it issues")
@@ -299,6 +301,9 @@ Never use it for anything real.`)
 		return err
 	}
 	fake := jumpcloudfake.New(clientID, clientSecret)
+	if nextSecret != "" {
+		fake.AddClientSecret(clientID, nextSecret)
+	}
 	fake.SetTokenTTL(ttl)
 	fake.SetAPIDelay(apiDelay)
 	fake.SetAPIKey(apiKey, orgID)
