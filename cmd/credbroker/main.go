@@ -91,11 +91,15 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	var (
 		cfg       server.Config
 		d         = server.DefaultConfig()
-		logFormat string
-		logLevel  slog.Level
+		logFormat   string
+		logLevel    slog.Level
+		printConfig bool
 	)
 	fs := newFlagSet("serve", stderr, `Runs the broker. Every flag can also be set by the environment variable shown
-beside it; a flag on the command line wins. The master key can also be given
+beside it, or in a config file (--config): a YAML map of flag names to values,
+like "listen: 0.0.0.0:50051". The command line wins over the environment,
+which wins over the config file. --print-config shows the result and where
+each value came from, in the config file's format. The master key can also be given
 as CREDBROKER_MASTER_KEY (never as a flag, which other users could see in ps).
 With no master key configured, one is generated into the data directory for
 local use only.
@@ -133,10 +137,23 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "how long in-flight calls may take to finish on SIGINT/SIGTERM")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
-	if err := parse(fs, args); err != nil {
+	fs.String(configFlag, "", "YAML config file of flag names and values; the environment and the command line override it")
+	fs.BoolVar(&printConfig, "print-config", false, "print the effective configuration (secrets redacted) and exit")
+	sources, err := parseWithSources(fs, args)
+	if err != nil {
 		return err
 	}
 	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+	if printConfig {
+		keySource := "generated into the data directory (local use only)"
+		switch {
+		case cfg.MasterKey != "":
+			keySource = "from CREDBROKER_MASTER_KEY (redacted)"
+		case cfg.MasterKeyFile != "":
+			keySource = "from --master-key-file"
+		}
+		return printConfigTo(stdout, fs, sources, keySource)
+	}
 
 	var handler slog.Handler
 	switch logFormat {
@@ -345,24 +362,38 @@ func printFlags(out io.Writer, fs *flag.FlagSet) {
 	})
 }
 
-// parse sets each flag from its environment variable, then from args, so a
-// flag given on the command line wins. Arguments left after the flags fill
-// positional in order.
+// parse sets each flag from the config file (if fs has --config), then from
+// its environment variable, then from args, so a flag given on the command
+// line wins. Arguments left after the flags fill positional in order.
 func parse(fs *flag.FlagSet, args []string, positional ...*string) error {
+	_, err := parseWithSources(fs, args, positional...)
+	return err
+}
+
+// parseWithSources is parse, also saying where each set flag's value came from.
+func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (configSources, error) {
+	sources := configSources{}
+	if path := configPath(args); fs.Lookup(configFlag) != nil && path != "" {
+		if err := applyConfigFile(fs, path, sources); err != nil {
+			return nil, err
+		}
+	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if v, ok := os.LookupEnv(envName(f.Name)); ok && err == nil {
 			if serr := f.Value.Set(v); serr != nil {
 				err = fmt.Errorf("%s: %w", envName(f.Name), serr)
 			}
+			sources[f.Name] = "environment " + envName(f.Name)
 		}
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { sources[f.Name] = "command line" })
 	rest := fs.Args()
 	for _, p := range positional {
 		if len(rest) > 0 {
@@ -370,9 +401,9 @@ func parse(fs *flag.FlagSet, args []string, positional ...*string) error {
 		}
 	}
 	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 	}
-	return nil
+	return sources, nil
 }
 
 func envName(flagName string) string {
