@@ -83,8 +83,8 @@ type call struct {
 	time                    time.Time
 	// started times the call for the request log (time may be a test's clock).
 	started               time.Time
-	resource, fingerprint   string
-	detail                  string
+	resource, fingerprint string
+	detail                string
 	// written: the handler's change was stored together with its audit
 	// event, so the gate only logs it.
 	written bool

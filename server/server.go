@@ -77,6 +77,10 @@ type Config struct {
 	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz over
 	// plain HTTP; they hold no secret. "off" disables it.
 	OpsListenAddr string
+	// Tracing is TracingOff (the default) or TracingOTLP: OpenTelemetry
+	// spans of gRPC calls and provider requests, sent with the OTLP
+	// exporter configured by the standard OTEL_EXPORTER_OTLP_* variables.
+	Tracing string
 	// BootstrapAdminPrincipal: on the first start of a new database, make
 	// this client-certificate principal the admin, instead of creating an
 	// admin caller key (see Server.BootstrapAdminKey).
@@ -154,6 +158,7 @@ func DefaultConfig() Config {
 		SecretExpiryWarning:   tc.ExpiryWarning,
 		ShutdownTimeout:       10 * time.Second,
 		LockTimeout:           time.Second,
+		Tracing:               TracingOff,
 		Logger:                slog.Default(),
 	}
 }
@@ -212,6 +217,7 @@ type Server struct {
 	// proxy is the egress proxy and ops the metrics and health
 	// endpoints; each is nil when it is off.
 	proxy, ops *httpEndpoint
+	tracing    *tracing // nil when off
 	// draining: shutdown has begun, so /readyz says not ready.
 	draining atomic.Bool
 }
@@ -253,9 +259,14 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	if err != nil {
 		return nil, err
 	}
+	tr, err := newTracing(cfg.Tracing)
+	if err != nil {
+		return nil, err
+	}
 	var tm *tokens.Manager
 	met := metrics.New(func() []metrics.Account { return accountMetrics(tm) })
 	prov := provider.New(provider.Config{
+		WrapTransport: tr.wrapTransport,
 		Endpoints: provider.Endpoints{
 			JumpCloudTokenURLUS: cfg.JumpCloudTokenURLUS, JumpCloudTokenURLEU: cfg.JumpCloudTokenURLEU,
 			JumpCloudAPIURLUS: cfg.JumpCloudAPIURLUS, JumpCloudAPIURLEU: cfg.JumpCloudAPIURLEU,
@@ -312,11 +323,11 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		return status.Error(codes.Internal, "internal error")
 	})
 	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(tr.serverOptions(),
 		grpc.Creds(tlsm.grpcCredentials()),
 		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gate.unary, recoverPanics),
 		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gate.stream, recoverStreamPanics),
-	)
+	)...)
 	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: acc, callers: cs, errs: errs})
 	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs, metrics: met})
 	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: cs, errs: errs})
@@ -327,7 +338,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr}
 	if cfg.ProxyListenAddr != listenerOff {
 		fwd := proxy.New(proxy.Config{
 			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
@@ -506,6 +517,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	<-auditDone
 	stopRefresh()
 	<-refreshDone
+	s.tracing.shutdown(s.cfg.ShutdownTimeout)
 	if cerr := s.store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}

@@ -89,8 +89,8 @@ Administration of a running broker (each with --help):
 
 func serve(args []string, stdout, stderr io.Writer) error {
 	var (
-		cfg       server.Config
-		d         = server.DefaultConfig()
+		cfg         server.Config
+		d           = server.DefaultConfig()
 		logFormat   string
 		logLevel    slog.Level
 		printConfig bool
@@ -135,6 +135,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.DurationVar(&cfg.RejectedRecheck, "rejected-recheck", d.RejectedRecheck, "how long to wait before asking again after the provider rejected credentials")
 	fs.DurationVar(&cfg.SecretExpiryWarning, "secret-expiry-warning", d.SecretExpiryWarning, "accounts whose secrets expire within this window show SECRET_EXPIRING and are warned about daily")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "how long in-flight calls may take to finish on SIGINT/SIGTERM")
+	fs.StringVar(&cfg.Tracing, "tracing", d.Tracing, `"otlp" sends OpenTelemetry spans of gRPC calls and provider requests with the OTLP/gRPC exporter, configured by the standard OTEL_EXPORTER_OTLP_* and OTEL_SERVICE_NAME variables; "off" sends none`)
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.String(configFlag, "", "YAML config file of flag names and values; the environment and the command line override it")

@@ -119,6 +119,8 @@ type Config struct {
 	// OnRequest is told of every request to a provider: its kind, its
 	// Result and how long it took. Default: nothing.
 	OnRequest func(kind, result string, took time.Duration)
+	// WrapTransport, if set, wraps the HTTP transport (for tracing).
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // Client fetches tokens. It is safe for concurrent use.
@@ -143,9 +145,13 @@ func New(cfg Config) *Client {
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = cfg.Timeout
+	var rt http.RoundTripper = transport
+	if cfg.WrapTransport != nil {
+		rt = cfg.WrapTransport(rt)
+	}
 	return &Client{
 		endpoints: cfg.Endpoints,
-		http:      &http.Client{Timeout: cfg.Timeout, Transport: transport},
+		http:      &http.Client{Timeout: cfg.Timeout, Transport: rt},
 		timeout:   cfg.Timeout,
 		now:       cfg.Now,
 		onRequest: cfg.OnRequest,
