@@ -80,7 +80,7 @@ func TestBackupAndRestore(t *testing.T) {
 	}{
 		"existing file": {admin, []string{"--out", backupFile}, "exists already"},
 		"no identity":   {nil, []string{"--out", filepath.Join(dir, "x")}, "no identity"},
-		"not an admin":  {[]string{"CREDBROKER_CALLER_KEY=" + checkerKey}, []string{"--out", filepath.Join(dir, "y")}, "PermissionDenied"},
+		"not an admin":  {[]string{"CREDBROKER_CALLER_KEY=" + checkerKey}, []string{"--out", filepath.Join(dir, "y")}, "needs an admin caller key or admin principal"},
 	} {
 		out, err := run(c.env, append([]string{"backup", "--broker", first.addr}, c.args...)...)
 		if err == nil || !strings.Contains(out, c.want) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -125,7 +126,8 @@ func TestREADMEGrpcurlCommands(t *testing.T) {
 	if out, err := exec.Command(e.bin, "dev-certs", "--dir", certs).CombinedOutput(); err != nil {
 		t.Fatalf("dev-certs: %v\n%s", err, out)
 	}
-	tlsBroker := startBinary(t, e.bin, &e.logs, "--data-dir", filepath.Join(t.TempDir(), "data"),
+	var tlsLogs bytes.Buffer // the first broker still writes into e.logs
+	tlsBroker := startBinary(t, e.bin, &tlsLogs, "--data-dir", filepath.Join(t.TempDir(), "data"),
 		"--jumpcloud-token-url-us", e.fakeURL+jumpcloudfake.TokenPath, "--tls-cert", certs+"/server.pem", "--tls-key", certs+"/server-key.pem",
 		"--client-ca", certs+"/ca.pem", "--bootstrap-admin-principal", "spiffe://credbroker.test/admin")
 	tlsCmds := readmeCommands(t, "### The same with mutual TLS", "go tool grpcurl", "export ")
