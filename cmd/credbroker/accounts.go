@@ -131,18 +131,16 @@ func accountsList(s *session, args []string) error {
 		return err
 	}
 	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
-		all := &credbrokerv1.ListAccountsResponse{}
-		req := &credbrokerv1.ListAccountsRequest{PageSize: 100, State: credbrokerv1.AccountState(st), StateReason: credbrokerv1.AccountStateReason(why)}
-		for {
-			resp, err := credbrokerv1.NewAccountServiceClient(conn).ListAccounts(ctx, req)
-			if err != nil {
-				return err
-			}
-			all.Accounts = append(all.Accounts, resp.GetAccounts()...)
-			if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
-				break
-			}
+		accounts, err := allPages(0, func(token string) ([]*credbrokerv1.Account, string, error) {
+			resp, err := credbrokerv1.NewAccountServiceClient(conn).ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{
+				PageSize: 100, PageToken: token, State: credbrokerv1.AccountState(st), StateReason: credbrokerv1.AccountStateReason(why),
+			})
+			return resp.GetAccounts(), resp.GetNextPageToken(), err
+		})
+		if err != nil {
+			return err
 		}
+		all := &credbrokerv1.ListAccountsResponse{Accounts: accounts}
 		now := time.Now()
 		return s.print(all, func(w io.Writer) {
 			fmt.Fprintln(w, "NAME\tPROVIDER\tSTATE\tREASON\tCREDENTIALS EXPIRE\tGRANTS")

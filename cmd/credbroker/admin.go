@@ -134,6 +134,25 @@ func (s *session) print(msg proto.Message, table func(w io.Writer)) error {
 	return tw.Flush()
 }
 
+// allPages calls list with each page token in turn, from the first page
+// to the last, or until it has limit items (0: no limit).
+func allPages[T any](limit int, list func(pageToken string) ([]T, string, error)) ([]T, error) {
+	var all []T
+	for token := ""; ; {
+		items, next, err := list(token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if limit > 0 && len(all) >= limit {
+			return all[:limit], nil
+		}
+		if token = next; token == "" {
+			return all, nil
+		}
+	}
+}
+
 // explain turns a broker's error into one that says what to do about it.
 func (s *session) explain(err error) error {
 	st, ok := status.FromError(err)

@@ -36,18 +36,15 @@ proxied call and every admin change. Tokens appear only as fingerprints.`)
 		req.StartTime = timestamppb.New(time.Now().Add(-since))
 	}
 	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
-		all := &credbrokerv1.ListAuditEventsResponse{}
-		for len(all.Events) < limit {
+		events, err := allPages(max(limit, 1), func(token string) ([]*credbrokerv1.AuditEvent, string, error) {
+			req.PageToken = token
 			resp, err := credbrokerv1.NewAuditServiceClient(conn).ListAuditEvents(ctx, req)
-			if err != nil {
-				return err
-			}
-			all.Events = append(all.Events, resp.GetEvents()...)
-			if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
-				break
-			}
+			return resp.GetEvents(), resp.GetNextPageToken(), err
+		})
+		if err != nil {
+			return err
 		}
-		all.Events = all.Events[:min(len(all.Events), limit)]
+		all := &credbrokerv1.ListAuditEventsResponse{Events: events}
 		return s.print(all, func(w io.Writer) {
 			fmt.Fprintln(w, "TIME\tPRINCIPAL\tMETHOD\tRESOURCE\tCODE\tDETAIL")
 			for _, e := range all.GetEvents() {

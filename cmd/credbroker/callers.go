@@ -50,18 +50,14 @@ func callersList(s *session, args []string) error {
 		return err
 	}
 	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
-		all := &credbrokerv1.ListCallerKeysResponse{}
-		req := &credbrokerv1.ListCallerKeysRequest{PageSize: 100}
-		for {
-			resp, err := credbrokerv1.NewCallerServiceClient(conn).ListCallerKeys(ctx, req)
-			if err != nil {
-				return err
-			}
-			all.CallerKeys = append(all.CallerKeys, resp.GetCallerKeys()...)
-			if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
-				break
-			}
+		keys, err := allPages(0, func(token string) ([]*credbrokerv1.CallerKey, string, error) {
+			resp, err := credbrokerv1.NewCallerServiceClient(conn).ListCallerKeys(ctx, &credbrokerv1.ListCallerKeysRequest{PageSize: 100, PageToken: token})
+			return resp.GetCallerKeys(), resp.GetNextPageToken(), err
+		})
+		if err != nil {
+			return err
 		}
+		all := &credbrokerv1.ListCallerKeysResponse{CallerKeys: keys}
 		now := time.Now()
 		return s.print(all, func(w io.Writer) {
 			fmt.Fprintln(w, "NAME\tROLE\tSTATE\tEXPIRES\tCREATED\tDESCRIPTION")
