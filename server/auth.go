@@ -86,7 +86,7 @@ type call struct {
 	resource, fingerprint string
 	detail                string
 	// written: the handler's change was stored together with its audit
-	// event, so the gate only logs it.
+	// event, so the gate does not record it again.
 	written bool
 	// proxy describes an egress-proxy call.
 	proxy *store.ProxyCall

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -61,8 +62,9 @@ type session struct {
 	remote         remote
 	client         *client.Client // set by parse
 	usage, output  string
-	// rejected names what to check when the provider rejects credentials.
-	rejected string
+	// rejected names what to check when the provider rejects credentials;
+	// denied, what to do when the caller lacks the right.
+	rejected, denied string
 }
 
 // flags is the command's flag set with the options every admin command has.
@@ -191,10 +193,10 @@ func (s *session) explain(err error) error {
 	case codes.Unauthenticated:
 		return fmt.Errorf("the broker did not accept your identity (%s): set CREDBROKER_CALLER_KEY or --caller-key-file to a valid caller key, or use --tls-ca, --tls-cert and --tls-key", msg)
 	case codes.PermissionDenied:
-		if s.name == "token get" {
-			return fmt.Errorf("%s: an admin can grant it with: credbroker accounts grant ACCOUNT PRINCIPAL", msg)
+		if s.denied == "" {
+			return fmt.Errorf("%s: this command needs an admin caller key or admin principal", msg)
 		}
-		return fmt.Errorf("%s: this command needs an admin caller key or admin principal", msg)
+		return fmt.Errorf("%s: %s", msg, s.denied)
 	case codes.InvalidArgument:
 		return fmt.Errorf("invalid %s", msg)
 	case codes.AlreadyExists:
@@ -266,8 +268,8 @@ func enumText(prefix string, v fmt.Stringer) string {
 }
 
 // when is a time for a table: UTC to the minute, and how far off it is.
-func when(t interface{ AsTime() time.Time }, now time.Time) string {
-	if t == nil || t.AsTime().IsZero() || t.AsTime().Unix() == 0 {
+func when(t *timestamppb.Timestamp, now time.Time) string {
+	if t == nil {
 		return "-"
 	}
 	at := t.AsTime()

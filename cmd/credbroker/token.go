@@ -24,6 +24,7 @@ identity the account grants. For scripts:
 	if err := s.parse(fs, args, &id); err != nil {
 		return err
 	}
+	s.denied = "an admin can grant it with: credbroker accounts grant ACCOUNT PRINCIPAL"
 	req := &credbrokerv1.GetTokenRequest{Name: resourceName("accounts", id)}
 	if minTTL > 0 {
 		req.MinTtl = durationpb.New(minTTL)
