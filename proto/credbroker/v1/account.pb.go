@@ -271,6 +271,13 @@ const (
 	// warning to its log and an audit event (method "secret_expiring") once
 	// a day.
 	AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING AccountStateReason = 5
+	// NEEDS_ATTENTION: a stored record of the account failed its integrity
+	// check (it was changed outside the broker), so the broker does not use
+	// it. Delete and re-link the account, or restore a backup.
+	AccountStateReason_ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED AccountStateReason = 6
+	// NEEDS_ATTENTION: the provider answered with a redirect, which the
+	// broker never follows: check the token URL or the broker's endpoints.
+	AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED AccountStateReason = 7
 )
 
 // Enum value maps for AccountStateReason.
@@ -282,14 +289,18 @@ var (
 		3: "ACCOUNT_STATE_REASON_BROKER_FAULT",
 		4: "ACCOUNT_STATE_REASON_SECRET_EXPIRED",
 		5: "ACCOUNT_STATE_REASON_SECRET_EXPIRING",
+		6: "ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED",
+		7: "ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED",
 	}
 	AccountStateReason_value = map[string]int32{
-		"ACCOUNT_STATE_REASON_UNSPECIFIED":          0,
-		"ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED": 1,
-		"ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE": 2,
-		"ACCOUNT_STATE_REASON_BROKER_FAULT":         3,
-		"ACCOUNT_STATE_REASON_SECRET_EXPIRED":       4,
-		"ACCOUNT_STATE_REASON_SECRET_EXPIRING":      5,
+		"ACCOUNT_STATE_REASON_UNSPECIFIED":            0,
+		"ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED":   1,
+		"ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE":   2,
+		"ACCOUNT_STATE_REASON_BROKER_FAULT":           3,
+		"ACCOUNT_STATE_REASON_SECRET_EXPIRED":         4,
+		"ACCOUNT_STATE_REASON_SECRET_EXPIRING":        5,
+		"ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED": 6,
+		"ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED":    7,
 	}
 )
 
@@ -639,14 +650,24 @@ func (x *AccountSecret) GetRejected() *AccountError {
 	return nil
 }
 
-// Grant lets one principal get an account's tokens.
+// Grant lets one principal get an account's tokens, or with limits only
+// make some calls through the egress proxy.
 type Grant struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A client-certificate principal or "callerKeys/{key_id}".
+	// A client-certificate principal ("spiffe://...", "dns:...", "cn:...")
+	// or "callerKeys/{key_id}".
 	Principal  string                 `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// The admin who added the grant.
-	Creator       string `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
+	Creator string `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
+	// When set, the egress proxy forwards only these HTTP methods for the
+	// principal (e.g. "GET").
+	HttpMethods []string `protobuf:"bytes,4,rep,name=http_methods,json=httpMethods,proto3" json:"http_methods,omitempty"`
+	// When set, the egress proxy forwards only paths below the account's API
+	// base URL that start with one of these, segment by segment (e.g.
+	// "/v2/systemgroups" allows "/v2/systemgroups" and "/v2/systemgroups/x",
+	// not "/v2/systemgroupsx").
+	PathPrefixes  []string `protobuf:"bytes,5,rep,name=path_prefixes,json=pathPrefixes,proto3" json:"path_prefixes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -700,6 +721,20 @@ func (x *Grant) GetCreator() string {
 		return x.Creator
 	}
 	return ""
+}
+
+func (x *Grant) GetHttpMethods() []string {
+	if x != nil {
+		return x.HttpMethods
+	}
+	return nil
+}
+
+func (x *Grant) GetPathPrefixes() []string {
+	if x != nil {
+		return x.PathPrefixes
+	}
+	return nil
 }
 
 // AccountError describes the last failed token request. It holds only the
@@ -1602,8 +1637,16 @@ type AddAccountGrantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "accounts/{account_id}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// At most 512 printable characters, no spaces.
-	Principal     string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	// "callerKeys/{key_id}", or a client-certificate principal: a URI SAN as
+	// it is ("spiffe://example.org/billing"), "dns:" and a DNS SAN, or "cn:"
+	// and a subject common name. At most 512 printable characters, no spaces.
+	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	// Optional: limit the grant to these HTTP methods on the egress proxy
+	// (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS).
+	HttpMethods []string `protobuf:"bytes,3,rep,name=http_methods,json=httpMethods,proto3" json:"http_methods,omitempty"`
+	// Optional: limit the grant to these path prefixes on the egress proxy,
+	// each starting with "/" (see Grant.path_prefixes).
+	PathPrefixes  []string `protobuf:"bytes,4,rep,name=path_prefixes,json=pathPrefixes,proto3" json:"path_prefixes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1650,6 +1693,20 @@ func (x *AddAccountGrantRequest) GetPrincipal() string {
 		return x.Principal
 	}
 	return ""
+}
+
+func (x *AddAccountGrantRequest) GetHttpMethods() []string {
+	if x != nil {
+		return x.HttpMethods
+	}
+	return nil
+}
+
+func (x *AddAccountGrantRequest) GetPathPrefixes() []string {
+	if x != nil {
+		return x.PathPrefixes
+	}
+	return nil
 }
 
 type AddAccountGrantResponse struct {
@@ -2054,12 +2111,14 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12>\n" +
 	"\rlast_use_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vlastUseTime\x127\n" +
-	"\brejected\x18\x05 \x01(\v2\x1b.credbroker.v1.AccountErrorR\brejected\"|\n" +
+	"\brejected\x18\x05 \x01(\v2\x1b.credbroker.v1.AccountErrorR\brejected\"\xc4\x01\n" +
 	"\x05Grant\x12\x1c\n" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12;\n" +
 	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x18\n" +
-	"\acreator\x18\x03 \x01(\tR\acreator\"\xf1\x01\n" +
+	"\acreator\x18\x03 \x01(\tR\acreator\x12!\n" +
+	"\fhttp_methods\x18\x04 \x03(\tR\vhttpMethods\x12#\n" +
+	"\rpath_prefixes\x18\x05 \x03(\tR\fpathPrefixes\"\xf1\x01\n" +
 	"\fAccountError\x122\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.credbroker.v1.ErrorReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12%\n" +
@@ -2121,10 +2180,12 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"*\n" +
 	"\x14DeleteAccountRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15DeleteAccountResponse\"J\n" +
+	"\x15DeleteAccountResponse\"\x92\x01\n" +
 	"\x16AddAccountGrantRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
-	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"K\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12!\n" +
+	"\fhttp_methods\x18\x03 \x03(\tR\vhttpMethods\x12#\n" +
+	"\rpath_prefixes\x18\x04 \x03(\tR\fpathPrefixes\"K\n" +
 	"\x17AddAccountGrantResponse\x120\n" +
 	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount\"\x87\x01\n" +
 	"\x17AddAccountSecretRequest\x12\x12\n" +
@@ -2162,14 +2223,16 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCOUNT_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DEGRADED\x10\x02\x12!\n" +
-	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\x92\x02\n" +
+	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xf1\x02\n" +
 	"\x12AccountStateReason\x12$\n" +
 	" ACCOUNT_STATE_REASON_UNSPECIFIED\x10\x00\x12-\n" +
 	")ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED\x10\x01\x12-\n" +
 	")ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE\x10\x02\x12%\n" +
 	"!ACCOUNT_STATE_REASON_BROKER_FAULT\x10\x03\x12'\n" +
 	"#ACCOUNT_STATE_REASON_SECRET_EXPIRED\x10\x04\x12(\n" +
-	"$ACCOUNT_STATE_REASON_SECRET_EXPIRING\x10\x052\xf0\x06\n" +
+	"$ACCOUNT_STATE_REASON_SECRET_EXPIRING\x10\x05\x12/\n" +
+	"+ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED\x10\x06\x12,\n" +
+	"(ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED\x10\a2\xf0\x06\n" +
 	"\x0eAccountService\x12Z\n" +
 	"\rCreateAccount\x12#.credbroker.v1.CreateAccountRequest\x1a$.credbroker.v1.CreateAccountResponse\x12Q\n" +
 	"\n" +

@@ -90,11 +90,13 @@ type AccountServiceClient interface {
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
 	DeleteAccount(ctx context.Context, in *DeleteAccountRequest, opts ...grpc.CallOption) (*DeleteAccountResponse, error)
 	// AddAccountGrant lets a principal (a client-certificate principal or
-	// "callerKeys/{key_id}") get the account's tokens, from its next call on.
-	// Granting a principal that already has a grant changes nothing.
+	// "callerKeys/{key_id}") get the account's tokens, from its next call on;
+	// with http_methods or path_prefixes, only make those calls through the
+	// egress proxy. Granting a principal that already has the same grant
+	// changes nothing; with other limits, the grant's limits are replaced.
 	//
-	// Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
-	// such account, or no such caller key).
+	// Errors: INVALID_ARGUMENT (malformed name, principal, method or path
+	// prefix), NOT_FOUND (no such account, or no such caller key).
 	AddAccountGrant(ctx context.Context, in *AddAccountGrantRequest, opts ...grpc.CallOption) (*AddAccountGrantResponse, error)
 	// AddAccountSecret adds a second secret (client secret, or API key) to
 	// an account, for rotation: the broker first proves it with the provider
@@ -285,11 +287,13 @@ type AccountServiceServer interface {
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
 	DeleteAccount(context.Context, *DeleteAccountRequest) (*DeleteAccountResponse, error)
 	// AddAccountGrant lets a principal (a client-certificate principal or
-	// "callerKeys/{key_id}") get the account's tokens, from its next call on.
-	// Granting a principal that already has a grant changes nothing.
+	// "callerKeys/{key_id}") get the account's tokens, from its next call on;
+	// with http_methods or path_prefixes, only make those calls through the
+	// egress proxy. Granting a principal that already has the same grant
+	// changes nothing; with other limits, the grant's limits are replaced.
 	//
-	// Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
-	// such account, or no such caller key).
+	// Errors: INVALID_ARGUMENT (malformed name, principal, method or path
+	// prefix), NOT_FOUND (no such account, or no such caller key).
 	AddAccountGrant(context.Context, *AddAccountGrantRequest) (*AddAccountGrantResponse, error)
 	// AddAccountSecret adds a second secret (client secret, or API key) to
 	// an account, for rotation: the broker first proves it with the provider

@@ -22,7 +22,8 @@ const (
 )
 
 // ErrorReason is the `reason` of the google.rpc.ErrorInfo attached to
-// FAILED_PRECONDITION, UNAVAILABLE and RESOURCE_EXHAUSTED errors (domain "credbroker"), so that
+// FAILED_PRECONDITION, OUT_OF_RANGE, PERMISSION_DENIED, UNAVAILABLE and
+// RESOURCE_EXHAUSTED errors (domain "credbroker"), so that
 // callers can branch on it without parsing messages.
 //
 // The values carry no enum prefix on purpose: ErrorInfo reasons are plain
@@ -40,9 +41,10 @@ const (
 	// sent an unusable answer. Status UNAVAILABLE; a RetryInfo detail says
 	// when the broker will try again.
 	ErrorReason_PROVIDER_UNAVAILABLE ErrorReason = 2
-	// GetToken asked for a min_ttl longer than the lifetime of the tokens the
-	// provider issues, so no refresh could satisfy it. Status FAILED_PRECONDITION;
-	// metadata "max_ttl" gives the longest min_ttl that can be met.
+	// GetToken asked for a min_ttl at least as long as the lifetime of the
+	// tokens the provider issues, so no refresh could satisfy it; the broker
+	// answers without asking the provider. Status OUT_OF_RANGE; metadata
+	// "max_ttl" gives the lifetime, which min_ttl must stay below.
 	ErrorReason_MIN_TTL_TOO_LONG ErrorReason = 3
 	// The audit event of the call could not be written to disk, so the call
 	// was refused: no token was handed out and nothing was changed. Status
@@ -71,6 +73,22 @@ const (
 	// api_base_url), so the egress proxy has nowhere to forward its calls.
 	// Status FAILED_PRECONDITION.
 	ErrorReason_NO_API_BASE_URL ErrorReason = 11
+	// A stored record (an account, its cached token, a caller key, an admin
+	// principal) failed its integrity check: it was changed outside the
+	// broker, or copied from another database. The broker never uses it:
+	// nothing is sent to the provider, the account shows NEEDS_ATTENTION.
+	// Delete and re-link the account, or restore a backup. Status
+	// FAILED_PRECONDITION.
+	ErrorReason_INTEGRITY_CHECK_FAILED ErrorReason = 12
+	// The provider answered a token request (or an API-key check) with a
+	// redirect. The broker never follows one, since the request carries the
+	// credentials: check the account's token URL, or the broker's JumpCloud
+	// endpoints. Status FAILED_PRECONDITION; the account shows NEEDS_ATTENTION.
+	ErrorReason_PROVIDER_REDIRECTED ErrorReason = 13
+	// The caller's grant for this account limits it to some egress-proxy
+	// calls (HTTP methods and path prefixes): this call is outside them, or
+	// it is GetToken, whose token would not be limited. Status PERMISSION_DENIED.
+	ErrorReason_GRANT_LIMITED ErrorReason = 14
 )
 
 // Enum value maps for ErrorReason.
@@ -88,6 +106,9 @@ var (
 		9:  "LAST_SECRET",
 		10: "SECRET_EXPIRED",
 		11: "NO_API_BASE_URL",
+		12: "INTEGRITY_CHECK_FAILED",
+		13: "PROVIDER_REDIRECTED",
+		14: "GRANT_LIMITED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -102,6 +123,9 @@ var (
 		"LAST_SECRET":              9,
 		"SECRET_EXPIRED":           10,
 		"NO_API_BASE_URL":          11,
+		"INTEGRITY_CHECK_FAILED":   12,
+		"PROVIDER_REDIRECTED":      13,
+		"GRANT_LIMITED":            14,
 	}
 )
 
@@ -136,7 +160,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\x8a\x02\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xd2\x02\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -152,7 +176,10 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\vLAST_SECRET\x10\t\x12\x12\n" +
 	"\x0eSECRET_EXPIRED\x10\n" +
 	"\x12\x13\n" +
-	"\x0fNO_API_BASE_URL\x10\vBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x0fNO_API_BASE_URL\x10\v\x12\x1a\n" +
+	"\x16INTEGRITY_CHECK_FAILED\x10\f\x12\x17\n" +
+	"\x13PROVIDER_REDIRECTED\x10\r\x12\x11\n" +
+	"\rGRANT_LIMITED\x10\x0eBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -12,6 +12,8 @@ ACCOUNT_STATE_DEGRADED: AccountState
 ACCOUNT_STATE_NEEDS_ATTENTION: AccountState
 ACCOUNT_STATE_REASON_BROKER_FAULT: AccountStateReason
 ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED: AccountStateReason
+ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED: AccountStateReason
+ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED: AccountStateReason
 ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE: AccountStateReason
 ACCOUNT_STATE_REASON_SECRET_EXPIRED: AccountStateReason
 ACCOUNT_STATE_REASON_SECRET_EXPIRING: AccountStateReason
@@ -118,12 +120,16 @@ class AccountSecret(_message.Message):
     def __init__(self, secret_id: _Optional[str] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_use_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., rejected: _Optional[_Union[AccountError, _Mapping]] = ...) -> None: ...
 
 class AddAccountGrantRequest(_message.Message):
-    __slots__ = ["name", "principal"]
+    __slots__ = ["http_methods", "name", "path_prefixes", "principal"]
+    HTTP_METHODS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    http_methods: _containers.RepeatedScalarFieldContainer[str]
     name: str
+    path_prefixes: _containers.RepeatedScalarFieldContainer[str]
     principal: str
-    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., principal: _Optional[str] = ..., http_methods: _Optional[_Iterable[str]] = ..., path_prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddAccountGrantResponse(_message.Message):
     __slots__ = ["account"]
@@ -196,14 +202,18 @@ class GetAccountResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
 
 class Grant(_message.Message):
-    __slots__ = ["create_time", "creator", "principal"]
+    __slots__ = ["create_time", "creator", "http_methods", "path_prefixes", "principal"]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
+    HTTP_METHODS_FIELD_NUMBER: _ClassVar[int]
+    PATH_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     create_time: _timestamp_pb2.Timestamp
     creator: str
+    http_methods: _containers.RepeatedScalarFieldContainer[str]
+    path_prefixes: _containers.RepeatedScalarFieldContainer[str]
     principal: str
-    def __init__(self, principal: _Optional[str] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., creator: _Optional[str] = ...) -> None: ...
+    def __init__(self, principal: _Optional[str] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., creator: _Optional[str] = ..., http_methods: _Optional[_Iterable[str]] = ..., path_prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JumpCloudAPIKeyCredentials(_message.Message):
     __slots__ = ["api_key", "org_id", "region"]

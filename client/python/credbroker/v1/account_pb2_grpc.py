@@ -154,11 +154,13 @@ class AccountServiceServicer(object):
 
     def AddAccountGrant(self, request, context):
         """AddAccountGrant lets a principal (a client-certificate principal or
-        "callerKeys/{key_id}") get the account's tokens, from its next call on.
-        Granting a principal that already has a grant changes nothing.
+        "callerKeys/{key_id}") get the account's tokens, from its next call on;
+        with http_methods or path_prefixes, only make those calls through the
+        egress proxy. Granting a principal that already has the same grant
+        changes nothing; with other limits, the grant's limits are replaced.
 
-        Errors: INVALID_ARGUMENT (malformed name or principal), NOT_FOUND (no
-        such account, or no such caller key).
+        Errors: INVALID_ARGUMENT (malformed name, principal, method or path
+        prefix), NOT_FOUND (no such account, or no such caller key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,14 +45,25 @@ class TokenServiceServicer(object):
         revoked or expired, or a client certificate that is not valid.
         PERMISSION_DENIED: the account does not grant the caller's principal
         access. The answer is the same whether or not the account exists.
+        With reason GRANT_LIMITED: the grant limits the caller to some
+        egress-proxy calls, and a token would not be limited.
         RESOURCE_EXHAUSTED: reason RATE_LIMITED, the caller sent more calls
-        than its rate limit allows; RetryInfo says when to try again.
+        than its rate limit allows, or min_ttl asked for a new token less
+        than the broker's min_ttl refresh interval (--min-ttl-refresh-interval,
+        default 10 s) after the last one it forced; RetryInfo says when to
+        try again.
         INVALID_ARGUMENT: malformed name, or negative min_ttl.
+        OUT_OF_RANGE: reason MIN_TTL_TOO_LONG, min_ttl is not shorter than the
+        lifetime of the provider's tokens (metadata "max_ttl"); the provider
+        is not asked.
         FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider rejects
         the account's credentials and no earlier token is still valid
-        (account state NEEDS_ATTENTION); reason MIN_TTL_TOO_LONG, min_ttl
-        exceeds the provider's token lifetime; or reason PROXY_ONLY, the
-        account holds an API key, which is only usable through the egress proxy.
+        (account state NEEDS_ATTENTION; the message carries only the
+        provider's OAuth2 `error` code, admins see its description in
+        GetAccount); reason PROXY_ONLY, the account holds an API key, which
+        is only usable through the egress proxy; reason INTEGRITY_CHECK_FAILED,
+        a stored record of the account was changed outside the broker;
+        reason PROVIDER_REDIRECTED, the provider answered with a redirect.
         UNAVAILABLE: reason PROVIDER_UNAVAILABLE, no valid token is cached and
         the provider cannot be reached; RetryInfo says when to try again.
         UNAVAILABLE: reason AUDIT_UNAVAILABLE, the audit event could not be

@@ -9,11 +9,12 @@ import { enumDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
  * Describes the file credbroker/v1/error_reason.proto.
  */
 export const file_credbroker_v1_error_reason: GenFile = /*@__PURE__*/
-  fileDesc("CiBjcmVkYnJva2VyL3YxL2Vycm9yX3JlYXNvbi5wcm90bxINY3JlZGJyb2tlci52MSqKAgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoUQ1JFREVOVElBTFNfUkVKRUNURUQQARIYChRQUk9WSURFUl9VTkFWQUlMQUJMRRACEhQKEE1JTl9UVExfVE9PX0xPTkcQAxIVChFBVURJVF9VTkFWQUlMQUJMRRAEEhAKDFJBVEVfTElNSVRFRBAFEg4KCkxBU1RfQURNSU4QBhIOCgpQUk9YWV9PTkxZEAcSEAoMU0VDUkVUX0xJTUlUEAgSDwoLTEFTVF9TRUNSRVQQCRISCg5TRUNSRVRfRVhQSVJFRBAKEhMKD05PX0FQSV9CQVNFX1VSTBALQkNaQWdpdGh1Yi5jb20vY3JlZGJyb2tlci9jcmVkYnJva2VyL3Byb3RvL2NyZWRicm9rZXIvdjE7Y3JlZGJyb2tlcnYxYgZwcm90bzM");
+  fileDesc("CiBjcmVkYnJva2VyL3YxL2Vycm9yX3JlYXNvbi5wcm90bxINY3JlZGJyb2tlci52MSrSAgoLRXJyb3JSZWFzb24SHAoYRVJST1JfUkVBU09OX1VOU1BFQ0lGSUVEEAASGAoUQ1JFREVOVElBTFNfUkVKRUNURUQQARIYChRQUk9WSURFUl9VTkFWQUlMQUJMRRACEhQKEE1JTl9UVExfVE9PX0xPTkcQAxIVChFBVURJVF9VTkFWQUlMQUJMRRAEEhAKDFJBVEVfTElNSVRFRBAFEg4KCkxBU1RfQURNSU4QBhIOCgpQUk9YWV9PTkxZEAcSEAoMU0VDUkVUX0xJTUlUEAgSDwoLTEFTVF9TRUNSRVQQCRISCg5TRUNSRVRfRVhQSVJFRBAKEhMKD05PX0FQSV9CQVNFX1VSTBALEhoKFklOVEVHUklUWV9DSEVDS19GQUlMRUQQDBIXChNQUk9WSURFUl9SRURJUkVDVEVEEA0SEQoNR1JBTlRfTElNSVRFRBAOQkNaQWdpdGh1Yi5jb20vY3JlZGJyb2tlci9jcmVkYnJva2VyL3Byb3RvL2NyZWRicm9rZXIvdjE7Y3JlZGJyb2tlcnYxYgZwcm90bzM");
 
 /**
  * ErrorReason is the `reason` of the google.rpc.ErrorInfo attached to
- * FAILED_PRECONDITION, UNAVAILABLE and RESOURCE_EXHAUSTED errors (domain "credbroker"), so that
+ * FAILED_PRECONDITION, OUT_OF_RANGE, PERMISSION_DENIED, UNAVAILABLE and
+ * RESOURCE_EXHAUSTED errors (domain "credbroker"), so that
  * callers can branch on it without parsing messages.
  *
  * The values carry no enum prefix on purpose: ErrorInfo reasons are plain
@@ -47,9 +48,10 @@ export enum ErrorReason {
   PROVIDER_UNAVAILABLE = 2,
 
   /**
-   * GetToken asked for a min_ttl longer than the lifetime of the tokens the
-   * provider issues, so no refresh could satisfy it. Status FAILED_PRECONDITION;
-   * metadata "max_ttl" gives the longest min_ttl that can be met.
+   * GetToken asked for a min_ttl at least as long as the lifetime of the
+   * tokens the provider issues, so no refresh could satisfy it; the broker
+   * answers without asking the provider. Status OUT_OF_RANGE; metadata
+   * "max_ttl" gives the lifetime, which min_ttl must stay below.
    *
    * @generated from enum value: MIN_TTL_TOO_LONG = 3;
    */
@@ -121,6 +123,37 @@ export enum ErrorReason {
    * @generated from enum value: NO_API_BASE_URL = 11;
    */
   NO_API_BASE_URL = 11,
+
+  /**
+   * A stored record (an account, its cached token, a caller key, an admin
+   * principal) failed its integrity check: it was changed outside the
+   * broker, or copied from another database. The broker never uses it:
+   * nothing is sent to the provider, the account shows NEEDS_ATTENTION.
+   * Delete and re-link the account, or restore a backup. Status
+   * FAILED_PRECONDITION.
+   *
+   * @generated from enum value: INTEGRITY_CHECK_FAILED = 12;
+   */
+  INTEGRITY_CHECK_FAILED = 12,
+
+  /**
+   * The provider answered a token request (or an API-key check) with a
+   * redirect. The broker never follows one, since the request carries the
+   * credentials: check the account's token URL, or the broker's JumpCloud
+   * endpoints. Status FAILED_PRECONDITION; the account shows NEEDS_ATTENTION.
+   *
+   * @generated from enum value: PROVIDER_REDIRECTED = 13;
+   */
+  PROVIDER_REDIRECTED = 13,
+
+  /**
+   * The caller's grant for this account limits it to some egress-proxy
+   * calls (HTTP methods and path prefixes): this call is outside them, or
+   * it is GetToken, whose token would not be limited. Status PERMISSION_DENIED.
+   *
+   * @generated from enum value: GRANT_LIMITED = 14;
+   */
+  GRANT_LIMITED = 14,
 }
 
 /**
