@@ -39,8 +39,13 @@ func (s *backupService) Backup(_ *credbrokerv1.BackupRequest, stream grpc.Server
 		f.Close()
 		os.Remove(f.Name())
 	}()
+	// A compacted copy: live records only, never the freed pages of the
+	// database file, which may hold deleted secrets.
+	size, err := s.store.CompactTo(f.Name())
 	sum := sha256.New()
-	size, err := s.store.Snapshot(io.MultiWriter(f, sum))
+	if err == nil {
+		_, err = io.Copy(sum, f)
+	}
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
+	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -45,6 +46,9 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.Canceled, "the call was canceled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "the call's deadline passed")
+	case errors.Is(err, store.ErrIntegrity):
+		return withDetails(codes.FailedPrecondition, "a stored record of this resource failed its integrity check (it was changed outside the broker), so the broker does not use it: delete and re-create it, or restore a backup",
+			errorInfo(credbrokerv1.ErrorReason_INTEGRITY_CHECK_FAILED, nil))
 	case errors.Is(err, accounts.ErrNotFound), errors.Is(err, tokens.ErrNotFound):
 		return status.Error(codes.NotFound, "account not found")
 	case errors.Is(err, accounts.ErrAlreadyExists):

@@ -25,3 +25,15 @@ func (f failingSink) AppendAudit(evs []store.AuditEvent) error {
 	}
 	return f.Sink.AppendAudit(evs)
 }
+
+// OpenStore opens a stopped broker's database with its master key, as the
+// broker does, for tests that change records the way an admin holding the
+// key could.
+func OpenStore(cfg Config) (*store.Store, error) {
+	cfg.setDefaults()
+	master, err := loadMasterKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return openStore(cfg, master)
+}

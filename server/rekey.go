@@ -15,19 +15,23 @@ import (
 
 // RekeyResult says what Rekey did.
 type RekeyResult struct {
-	// Accounts is how many accounts' data keys were re-wrapped.
+	// Accounts is how many accounts were moved to fresh data keys.
 	Accounts int
 	// AlreadyDone: the database was already under the new key (a re-run
-	// after a rekey that completed), so nothing was written.
+	// after a rekey that completed), so only a pending compaction ran.
 	AlreadyDone bool
 }
 
 // Rekey moves the database in cfg.DataDir from the master key cfg
-// configures to newKey (in the text form of a master key file). It
-// re-wraps the MAC key and every account's data key, leaving the data they
-// seal as it is, in one transaction: interrupted at any point, the
-// database opens with one of the two keys, and running Rekey again
-// completes it. The broker must be stopped: it holds the database.
+// configures to newKey (in the text form of a master key file). In one
+// transaction it gives every account a fresh data key wrapped by the new
+// master key, re-seals its secrets and cached token with it, re-wraps the
+// MAC key (so caller keys keep working) and tags every record under the
+// new record key; then it compacts the file, so that nothing the old
+// master key opens (or the old data keys open) is left in it. Interrupted
+// at any point, the database opens with one of the two keys, and running
+// Rekey again completes it. The broker must be stopped: it holds the
+// database.
 func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	cfg.setDefaults()
 	next, err := seal.ParseMasterKey(newKey)
@@ -57,29 +61,66 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	case underCurrent && underNext:
 		return RekeyResult{}, errors.New("the new master key is the current one")
 	case underNext:
-		return RekeyResult{AlreadyDone: true}, nil
+		return RekeyResult{AlreadyDone: true}, compactIfPending(st)
 	case !underCurrent:
 		return RekeyResult{}, fmt.Errorf("%w (data directory %s); nothing was changed", seal.ErrWrongMasterKey, cfg.DataDir)
+	}
+	if _, err := st.Authenticate(recordKeys(current), upgradeEvent()); err != nil {
+		return RekeyResult{}, err
 	}
 	newCheck, err := next.KeyCheck()
 	if err != nil {
 		return RekeyResult{}, err
 	}
-	rewrap := func(accountID string, wrapped []byte) ([]byte, error) {
-		if accountID == "" {
-			return current.RewrapMACKey(next, wrapped)
-		}
-		return current.RewrapDataKey(next, accountID, wrapped)
-	}
 	ev := store.AuditEvent{
 		Time: time.Now(), Principal: fmt.Sprintf("unix-uid:%d", os.Getuid()), Method: "rekey",
-		Code: codeName(codes.OK), Detail: "re-wrapped the MAC key and every account's data key under a new master key",
+		Code: codeName(codes.OK), Detail: "moved every account to a fresh data key and re-wrapped the MAC key under a new master key",
 	}
-	n, err := st.Rekey(newCheck, rewrap, ev)
+	n, err := st.Rekey(store.Rekeying{
+		Check:     newCheck,
+		KeyFor:    recordKeys(next),
+		RewrapMAC: func(wrapped []byte) ([]byte, error) { return current.RewrapMACKey(next, wrapped) },
+		Reseal: func(a *store.Account, t *store.TokenState) error {
+			var values []seal.Sealed
+			for i := range a.Secrets {
+				values = append(values, seal.Sealed{Field: store.FieldClientSecret, Value: &a.Secrets[i].Sealed})
+			}
+			if len(a.SealedSecret) > 0 {
+				values = append(values, seal.Sealed{Field: store.FieldClientSecret, Value: &a.SealedSecret})
+			}
+			if len(t.SealedToken) > 0 {
+				values = append(values, seal.Sealed{Field: store.FieldAccessToken, Value: &t.SealedToken})
+			}
+			wrapped, err := current.Reseal(next, a.ID, a.WrappedKey, values)
+			a.WrappedKey = wrapped
+			return err
+		},
+	}, ev)
 	if err != nil {
 		return RekeyResult{}, fmt.Errorf("rekey (nothing was changed): %w", err)
 	}
-	return RekeyResult{Accounts: n}, nil
+	return RekeyResult{Accounts: n}, compactIfPending(st)
+}
+
+// compactIfPending compacts the store if a deletion (or a rekey) left
+// freed pages with sealed material in its file.
+func compactIfPending(st *store.Store) error {
+	pending, err := st.CompactPending()
+	if err != nil || !pending {
+		return err
+	}
+	return st.Compact()
+}
+
+// recordKeys derives a database's record key from master (see seal.RecordKey).
+func recordKeys(master *seal.MasterKey) func(databaseID []byte) (store.Authenticator, error) {
+	return func(id []byte) (store.Authenticator, error) { return master.RecordKey(id) }
+}
+
+// upgradeEvent is the audit event of tagging a database written by an
+// earlier version (see store.Authenticate).
+func upgradeEvent() store.AuditEvent {
+	return store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "tag_records", Code: codeName(codes.OK)}
 }
 
 // openStopped opens the database for an offline job (rekeying, restoring),

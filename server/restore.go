@@ -22,6 +22,9 @@ type RestoreResult struct {
 	Previous string
 	// Checksummed: the backup matched the SHA-256 in its .sha256 file.
 	Checksummed bool
+	// Untagged: the backup was made by a version that did not tag records,
+	// so they could not be checked; the broker tags them on its next start.
+	Untagged bool
 }
 
 // ChecksumSuffix names the file beside a backup that holds its SHA-256, in
@@ -30,8 +33,8 @@ const ChecksumSuffix = ".sha256"
 
 // Restore puts the backup at backupPath in place as the database of
 // cfg.DataDir. It first checks the backup against its checksum file, if
-// there is one, every page of it, and that the configured master key
-// opens it. The database already there, if any, is
+// there is one, every page of it, that the configured master key opens
+// it, and every record's integrity tag. The database already there, if any, is
 // kept beside it under a new name. At every moment the data directory holds
 // either the old database or the backup, whole. The broker must be stopped.
 func Restore(cfg Config, backupPath string) (RestoreResult, error) {
@@ -56,6 +59,9 @@ func Restore(cfg Config, backupPath string) (RestoreResult, error) {
 	}
 	if master.VerifyKeyCheck(check) != nil {
 		return RestoreResult{}, errors.New("the master key given does not open this backup, which was made under another one; nothing was changed")
+	}
+	if res.Untagged, err = store.CheckRecords(backupPath, recordKeys(master)); err != nil {
+		return RestoreResult{}, fmt.Errorf("refusing to restore %s (nothing was changed): %w", backupPath, err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return RestoreResult{}, err

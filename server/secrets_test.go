@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -245,7 +245,7 @@ func TestSecretsOfOldRecordsAreMigrated(t *testing.T) {
 	b := startBroker(t)
 	b.link(t, "acme")
 	b.stop()
-	st, err := store.Open(filepath.Join(b.cfg.DataDir, "credbroker.db"), time.Second)
+	st, err := server.OpenStore(b.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -138,7 +138,7 @@ func TestSwappedCiphertextsFail(t *testing.T) {
 	b.stop()
 
 	// Give alpha beta's sealed secret, wrapped key and token, as an attacker with the file could.
-	st, err := store.Open(filepath.Join(b.cfg.DataDir, "credbroker.db"), time.Second)
+	st, err := server.OpenStore(b.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -297,8 +297,17 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	tm.Load(all)
 	acc.LoadGrants(all)
 	cs := callers.New(st, mac, time.Now)
-	if err := cs.Load(); err != nil {
+	tampered, err := cs.Load()
+	if err != nil {
 		return nil, fmt.Errorf("load callers: %w", err)
+	}
+	for _, a := range all {
+		if a.Account.Tampered {
+			tampered = append(tampered, accountPrefix+a.Account.ID)
+		}
+	}
+	if err := reportTampered(cfg.Logger, st, tampered); err != nil {
+		return nil, err
 	}
 	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "bootstrap", Code: codeName(codes.OK)})
 	if err != nil {
@@ -361,6 +370,23 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		}
 	}
 	return s, nil
+}
+
+// reportTampered logs and audits, at each start, every stored record that
+// failed its integrity check and so is not used.
+func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
+	var events []store.AuditEvent
+	for _, name := range names {
+		log.Error("a stored record failed its integrity check (it was changed outside the broker, or copied from another database); it is not used", "resource", name)
+		events = append(events, store.AuditEvent{
+			Time: time.Now(), Principal: brokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: codeName(codes.DataLoss),
+			Detail: "the stored record failed its integrity check, so it is not used",
+		})
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	return st.AppendAudit(events)
 }
 
 // listenerOff as a listen address disables the egress proxy or the ops listener.
@@ -619,8 +645,10 @@ func readMasterKeyFile(path string, log *slog.Logger) (*seal.MasterKey, error) {
 	return k, nil
 }
 
-// openStore opens the database and checks the master key against it. A new
-// database records a check value for the key; an existing one is only read.
+// openStore opens the database, checks the master key against it, and
+// gives the store its record key. A new database records a check value for
+// the key; an existing one is only read, unless it was written before
+// records were tagged, when its records are tagged in one transaction.
 func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
 	st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
 	if err != nil {
@@ -634,6 +662,12 @@ func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
 			}
 		} else if master.VerifyKeyCheck(check) != nil {
 			err = fmt.Errorf("%w (data directory %s); refusing to start and leaving the database untouched", seal.ErrWrongMasterKey, cfg.DataDir)
+		}
+	}
+	if err == nil {
+		var tagged int
+		if tagged, err = st.Authenticate(recordKeys(master), upgradeEvent()); tagged > 0 {
+			cfg.Logger.Info("upgraded a database written by an earlier version: its records are now tagged for integrity checks", "records", tagged)
 		}
 	}
 	if err != nil {

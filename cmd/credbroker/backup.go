@@ -139,6 +139,9 @@ afterwards with the same master key.`)
 	if !res.Checksummed {
 		fmt.Fprintf(stdout, "%s%s was missing, so only the database's structure was checked\n", in, server.ChecksumSuffix)
 	}
+	if res.Untagged {
+		fmt.Fprintf(stdout, "%s was made by an earlier version whose records carry no integrity tags, so they could not be checked; the broker tags them when it starts\n", in)
+	}
 	if res.Previous != "" {
 		fmt.Fprintf(stdout, "the database that was there is kept as %s\n", res.Previous)
 	}

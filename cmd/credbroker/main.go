@@ -195,10 +195,14 @@ func rekey(args []string, stdout, stderr io.Writer) error {
 		lockTimeout time.Duration
 	)
 	fs := newFlagSet("rekey", stderr, `Moves the database in --data-dir from its current master key to a new one.
-Every account's data key and the broker's MAC key are re-wrapped; the
-secrets and tokens they seal are not touched. It runs in one transaction:
-interrupted at any point, the database opens with the old key or the new
-one, and running rekey again finishes the job. Stop the broker first.
+Every account gets a fresh data key, wrapped by the new master key, and its
+secrets and cached token are sealed again with it; the broker's MAC key is
+re-wrapped (caller keys keep working) and every record is tagged under the
+new key. It runs in one transaction: interrupted at any point, the database
+opens with the old key or the new one, and running rekey again finishes the
+job. Then the file is compacted, so that it holds nothing the old master key
+opens. Backups taken before still open with the old key only. Stop the
+broker first.
 
 The current key is given as for serve (--master-key-file or
 CREDBROKER_MASTER_KEY); the new one with --new-master-key-file or
@@ -231,10 +235,10 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 		return err
 	}
 	if res.AlreadyDone {
-		fmt.Fprintf(stdout, "the database in %s is already under the new master key; nothing to do\n", cfg.DataDir)
+		fmt.Fprintf(stdout, "the database in %s is already under the new master key; nothing more to do\n", cfg.DataDir)
 		return nil
 	}
-	fmt.Fprintf(stdout, "re-wrapped the keys of %d accounts under the new master key; start the broker with the new key now\n", res.Accounts)
+	fmt.Fprintf(stdout, "moved %d accounts to fresh data keys under the new master key; start the broker with the new key now\n", res.Accounts)
 	return nil
 }
 

@@ -66,7 +66,7 @@ func TestRekeyKilledMidway(t *testing.T) {
 		if err != nil {
 			t.Fatalf("re-run after a kill at %v: %v\n%s", at, err, out)
 		}
-		done := fmt.Sprintf("re-wrapped the keys of %d accounts", accounts)
+		done := fmt.Sprintf("moved %d accounts to fresh data keys", accounts)
 		if !strings.Contains(string(out), done) && !strings.Contains(string(out), "already under the new master key") {
 			t.Fatalf("re-run after a kill at %v said: %s", at, out)
 		}

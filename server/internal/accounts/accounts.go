@@ -240,9 +240,13 @@ func (s *Service) prove(ctx context.Context, cr provider.Credentials) (provider.
 	return s.provider.Fetch(ctx, cr)
 }
 
-// Get returns one account.
+// Get returns one account. An account whose stored records fail their
+// integrity check is shown with only its ID and its state.
 func (s *Service) Get(id string) (View, error) {
 	a, err := s.store.Account(id)
+	if errors.Is(err, store.ErrIntegrity) {
+		a, err = store.Account{ID: id, Tampered: true}, nil
+	}
 	if err != nil {
 		return View{}, err
 	}
@@ -391,7 +395,7 @@ func SecretID(s secret.String) string {
 func (s *Service) MigrateSecrets(all []store.Stored, ev store.AuditEvent) ([]store.Stored, error) {
 	for i, st := range all {
 		a := st.Account
-		if len(a.SealedSecret) == 0 {
+		if len(a.SealedSecret) == 0 || a.Tampered {
 			continue
 		}
 		key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -34,10 +35,7 @@ func (c *countingSink) AppendAudit(evs []store.AuditEvent) error {
 
 func newLog(t *testing.T) (*Log, *countingSink, *store.Store, context.CancelFunc) {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openStore(t)
 	t.Cleanup(func() { st.Close() })
 	sink := &countingSink{st: st}
 	l := New(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, sink, st)
@@ -112,10 +110,7 @@ func TestRecordAfterStopFails(t *testing.T) {
 
 // Pruning deletes by age and by count, oldest first.
 func TestPrune(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "db"), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openStore(t)
 	defer st.Close()
 	now := time.Now()
 	var evs []store.AuditEvent
@@ -136,4 +131,19 @@ func TestPrune(t *testing.T) {
 	if got := stored(t, st); len(got) != 2 || got["r7"] {
 		t.Fatalf("after pruning by age: %v", got)
 	}
+}
+
+// openStore opens a new store with a random master key's record key.
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := seal.GenerateMasterKey()
+	master, _ := seal.ParseMasterKey(text)
+	if _, err := st.Authenticate(func(id []byte) (store.Authenticator, error) { return master.RecordKey(id) }, store.AuditEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

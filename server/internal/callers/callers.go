@@ -68,6 +68,8 @@ type Service struct {
 	mu     sync.RWMutex
 	byHash map[string]store.CallerKey // keyed hash (as a string) -> key record
 	byID   map[string]store.CallerKey
+	// admins maps each stored admin principal to whether it holds the
+	// role: false if its record failed its integrity check.
 	admins map[string]bool
 }
 
@@ -76,29 +78,39 @@ func New(st *store.Store, mac *seal.MACKey, now func() time.Time) *Service {
 	return &Service{store: st, mac: mac, now: now, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
 }
 
-// Load reads every caller key and admin principal.
-func (s *Service) Load() error {
+// Load reads every caller key and admin principal. It returns the names of
+// those whose stored records failed their integrity check: such a key
+// authenticates no one, and such a principal is no admin.
+func (s *Service) Load() (tampered []string, err error) {
 	keys, err := s.store.CallerKeys("", math.MaxInt)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	admins, err := s.store.Admins("", math.MaxInt)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, k := range keys {
 		s.putLocked(k)
+		if k.Tampered {
+			tampered = append(tampered, KeyPrincipalPrefix+k.ID)
+		}
 	}
 	for _, a := range admins {
-		s.admins[a.Principal] = true
+		s.admins[a.Principal] = !a.Tampered
+		if a.Tampered {
+			tampered = append(tampered, "adminPrincipals/"+a.Principal)
+		}
 	}
-	return nil
+	return tampered, nil
 }
 
 func (s *Service) putLocked(k store.CallerKey) {
-	s.byHash[string(k.Hash)] = k
+	if !k.Tampered { // its stored hash cannot be trusted
+		s.byHash[string(k.Hash)] = k
+	}
 	s.byID[k.ID] = k
 }
 
@@ -189,7 +201,13 @@ func (s *Service) Revoke(id string, ev store.AuditEvent) (store.CallerKey, bool,
 		return store.CallerKey{}, false, ErrLastAdmin
 	}
 	now := s.now()
-	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) { k.RevokeTime = now }, ev)
+	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
+		if k.Tampered { // replaced by a clean record that authenticates no one
+			*k = store.CallerKey{ID: id, Role: RoleCaller, CreateTime: now, Creator: ev.Principal,
+				Description: "revoked after its stored record failed its integrity check"}
+		}
+		k.RevokeTime = now
+	}, ev)
 	if err != nil {
 		return store.CallerKey{}, false, err
 	}
@@ -204,7 +222,12 @@ func (s *Service) adminIdentities() int {
 	now := s.now()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	n := len(s.admins)
+	n := 0
+	for _, admin := range s.admins {
+		if admin {
+			n++
+		}
+	}
 	for _, k := range s.byID {
 		if k.Role == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
 			n++
@@ -256,10 +279,13 @@ func (s *Service) AddAdmin(principal, creator string, ev store.AuditEvent) (bool
 func (s *Service) RemoveAdmin(principal string, ev store.AuditEvent) error {
 	s.change.Lock()
 	defer s.change.Unlock()
-	if !s.CertificateIdentity(principal).Admin {
+	s.mu.RLock()
+	admin, stored := s.admins[principal]
+	s.mu.RUnlock()
+	if !stored {
 		return ErrNotAdmin
 	}
-	if s.adminIdentities() == 1 {
+	if admin && s.adminIdentities() == 1 {
 		return ErrLastAdmin
 	}
 	if err := s.store.DeleteAdmin(principal, ev); err != nil {
@@ -271,12 +297,15 @@ func (s *Service) RemoveAdmin(principal string, ev store.AuditEvent) error {
 	return nil
 }
 
-// Admins returns the admin principals, sorted.
+// Admins returns the admin principals, sorted, without those whose
+// record failed its integrity check (they hold no role).
 func (s *Service) Admins() ([]string, error) {
 	list, err := s.store.Admins("", math.MaxInt)
-	out := make([]string, len(list))
-	for i, a := range list {
-		out[i] = a.Principal
+	var out []string
+	for _, a := range list {
+		if !a.Tampered {
+			out = append(out, a.Principal)
+		}
 	}
 	return out, err
 }

@@ -2,16 +2,20 @@
 // AES-256-GCM data key; data keys are stored only wrapped by the master key.
 // Every ciphertext is bound (as AES-GCM additional data) to the account and
 // the field it belongs to, so a ciphertext moved to another record or field
-// fails to decrypt instead of revealing another account's secret.
+// fails to decrypt instead of revealing another account's secret. Whole
+// stored records are authenticated too, by a RecordKey derived from the
+// master key.
 package seal
 
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,7 +37,10 @@ var ErrDecrypt = errors.New("seal: ciphertext does not authenticate")
 var ErrWrongMasterKey = errors.New("the master key does not match the one this data directory was created with")
 
 // MasterKey wraps and unwraps data keys. It never leaves memory.
-type MasterKey struct{ aead cipher.AEAD }
+type MasterKey struct {
+	aead cipher.AEAD
+	raw  []byte // for deriving record keys
+}
 
 // DataKey seals and opens one account's fields.
 type DataKey struct {
@@ -53,7 +60,7 @@ func ParseMasterKey(text string) (*MasterKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &MasterKey{aead: aead}, nil
+	return &MasterKey{aead: aead, raw: raw}, nil
 }
 
 func decodeKey(text string) ([]byte, error) {
@@ -124,6 +131,43 @@ func (m *MasterKey) RewrapMACKey(to *MasterKey, wrapped []byte) ([]byte, error) 
 	return m.rewrap(to, wrapped, additionalData("mac-key", "", ""))
 }
 
+// Sealed is one sealed field of an account's record, for Reseal: Value
+// points at the stored ciphertext.
+type Sealed struct {
+	Field string
+	Value *[]byte
+}
+
+// Reseal moves an account from m to the master key to under a fresh data
+// key: it opens each value with the account's data key (wrapped by m),
+// seals it again with a new data key, and returns that key wrapped by to.
+// The values are replaced in place only if every one opened. Afterwards
+// neither m nor the old data key opens anything of the account.
+func (m *MasterKey) Reseal(to *MasterKey, accountID string, wrapped []byte, values []Sealed) ([]byte, error) {
+	old, err := m.UnwrapDataKey(accountID, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	fresh, rewrapped, err := to.NewDataKey(accountID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, len(values))
+	for i, v := range values {
+		plain, err := old.Open(v.Field, *v.Value)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", v.Field, err)
+		}
+		if out[i], err = fresh.Seal(v.Field, plain); err != nil {
+			return nil, err
+		}
+	}
+	for i, v := range values {
+		*v.Value = out[i]
+	}
+	return rewrapped, nil
+}
+
 func (m *MasterKey) rewrap(to *MasterKey, wrapped, ad []byte) ([]byte, error) {
 	raw, err := openWith(m.aead, wrapped, ad)
 	if err != nil {
@@ -168,6 +212,34 @@ func (k *MACKey) Sum(purpose, data string) []byte {
 	h.Write([]byte(purpose))
 	h.Write([]byte{0})
 	h.Write([]byte(data))
+	return h.Sum(nil)
+}
+
+// RecordKey authenticates whole stored records, so that a record edited,
+// moved to another key or kind, or copied from another database is
+// detected. It is derived from the master key and the database's own
+// random id, so it changes with either, and it never leaves memory.
+type RecordKey struct{ key []byte }
+
+// RecordKey derives the record key of the database with the given id.
+func (m *MasterKey) RecordKey(databaseID []byte) (*RecordKey, error) {
+	key, err := hkdf.Key(sha256.New, m.raw, databaseID, "credbroker/v1 record integrity", KeySize)
+	if err != nil {
+		return nil, err
+	}
+	return &RecordKey{key: key}, nil
+}
+
+// Tag is HMAC-SHA256 of a record: its kind (the bucket it is stored in),
+// its key and its value, each length-prefixed so that no two records
+// share an input.
+func (k *RecordKey) Tag(kind, key, value []byte) []byte {
+	h := hmac.New(sha256.New, k.key)
+	for _, part := range [][]byte{kind, key} {
+		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(part))))
+		h.Write(part)
+	}
+	h.Write(value)
 	return h.Sum(nil)
 }
 

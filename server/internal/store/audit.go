@@ -2,11 +2,16 @@ package store
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
+
+// TamperedEvent is the method of an audit event that ScanAudit shows in
+// place of a stored event that failed its integrity check.
+const TamperedEvent = "integrity_check_failed"
 
 // AuditPos is an audit event's place in the trail: events sort by time,
 // then by the order they were stored in.
@@ -38,7 +43,7 @@ func auditPos(k []byte) AuditPos {
 
 // AppendAudit stores events in one transaction: one fsync for the batch.
 func (s *Store) AppendAudit(events []AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		for _, ev := range events {
 			if err := s.appendAudit(tx, ev); err != nil {
 				return err
@@ -60,7 +65,7 @@ func (s *Store) appendAudit(tx *bolt.Tx, ev AuditEvent) error {
 		return err
 	}
 	ev.Version = recordVersion
-	if err := put(b, string(AuditPos{Time: ev.Time, Seq: seq}.Bytes()), ev); err != nil {
+	if err := s.put(tx, auditBucket, string(AuditPos{Time: ev.Time, Seq: seq}.Bytes()), ev); err != nil {
 		return err
 	}
 	tx.OnCommit(func() { s.auditEvents.Add(1) })
@@ -69,7 +74,7 @@ func (s *Store) appendAudit(tx *bolt.Tx, ev AuditEvent) error {
 
 // countAudit counts the stored events once, when the store opens.
 func (s *Store) countAudit() {
-	_ = s.db.View(func(tx *bolt.Tx) error {
+	_ = s.view(func(tx *bolt.Tx) error {
 		s.auditEvents.Store(int64(tx.Bucket(auditBucket).Stats().KeyN))
 		return nil
 	})
@@ -77,9 +82,10 @@ func (s *Store) countAudit() {
 
 // ScanAudit calls fn for stored events from the newest down, starting
 // before the given position (a zero Time starts at the newest event),
-// until fn returns false.
+// until fn returns false. An event that fails its integrity check comes
+// as TamperedEvent at its place.
 func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(auditBucket).Cursor()
 		var k, v []byte
 		if before.Time.IsZero() {
@@ -94,7 +100,11 @@ func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) e
 		}
 		for ; k != nil; k, v = c.Prev() {
 			var ev AuditEvent
-			if err := decode(v, &ev); err != nil {
+			err := s.open(auditBucket, k, v, &ev)
+			if errors.Is(err, ErrIntegrity) {
+				ev = AuditEvent{Time: auditPos(k).Time, Method: TamperedEvent, Code: "DATA_LOSS",
+					Detail: "this stored event failed its integrity check: it was changed outside the broker"}
+			} else if err != nil {
 				return fmt.Errorf("audit event %x: %w", k, err)
 			}
 			if !fn(auditPos(k), ev) {
@@ -110,7 +120,7 @@ func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) e
 // most limit events per call, so one transaction never grows large.
 func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
 	deleted := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(auditBucket)
 		excess := int(s.auditEvents.Load()) - keep
 		// Collect first: deleting under a cursor can make it skip keys.

@@ -26,6 +26,9 @@ func TestPruneAuditKeepsCount(t *testing.T) {
 	}
 	s.Close()
 	s, err := Open(path, time.Second)
+	if err == nil {
+		_, err = s.Authenticate(recordKeys(testMaster), AuditEvent{})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

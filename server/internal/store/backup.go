@@ -4,24 +4,12 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
-
-// Snapshot writes a consistent copy of the whole database to w, taken in
-// one read transaction while writers carry on, and returns its size.
-func (s *Store) Snapshot(w io.Writer) (int64, error) {
-	var n int64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	return n, err
-}
 
 // ErrNotABackup means a file is not a whole, undamaged credbroker database.
 var ErrNotABackup = errors.New("not a credbroker database, or a damaged one")
@@ -71,4 +59,51 @@ func CheckBackup(path string) (check []byte, err error) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
 	}
 	return check, nil
+}
+
+// CheckRecords checks every record of the database file at path (a
+// backup, checked with CheckBackup) with the key keyFor derives from its
+// id, and fails naming the records that do not pass. A database written
+// before records were tagged has no id and cannot be checked: it reports
+// legacy, and the broker tags its records on first start.
+func CheckRecords(path string, keyFor func(databaseID []byte) (Authenticator, error)) (legacy bool, err error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return false, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
+	}
+	defer db.Close()
+	var failed []string
+	err = db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(metaBucket).Get(databaseIDKey)
+		if id == nil {
+			legacy = true
+			return nil
+		}
+		auth, err := keyFor(id)
+		if err != nil {
+			return err
+		}
+		for _, name := range dataBuckets {
+			err := tx.Bucket(name).ForEach(func(k, v []byte) error {
+				if _, err := verify(auth, name, k, v); err != nil {
+					failed = append(failed, fmt.Sprintf("%s %q", name, k))
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	if len(failed) > 0 {
+		if len(failed) > 5 {
+			failed = append(failed[:5], fmt.Sprintf("and %d more", len(failed)-5))
+		}
+		return false, fmt.Errorf("%w: %s", ErrIntegrity, strings.Join(failed, ", "))
+	}
+	return legacy, nil
 }

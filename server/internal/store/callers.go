@@ -13,20 +13,20 @@ var ErrBootstrapped = errors.New("the store was bootstrapped before")
 // principal, or both) with its audit event, once in the store's life.
 // Later calls return ErrBootstrapped and write nothing.
 func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(metaBucket)
 		if meta.Get(bootstrappedKey) != nil {
 			return ErrBootstrapped
 		}
 		if k != nil {
 			k.Version = recordVersion
-			if err := put(tx.Bucket(callerKeysBucket), k.ID, k); err != nil {
+			if err := s.put(tx, callerKeysBucket, k.ID, k); err != nil {
 				return err
 			}
 		}
 		if admin != nil {
 			admin.Version = recordVersion
-			if err := put(tx.Bucket(adminsBucket), admin.Principal, admin); err != nil {
+			if err := s.put(tx, adminsBucket, admin.Principal, admin); err != nil {
 				return err
 			}
 		}
@@ -47,12 +47,11 @@ func (s *Store) Bootstrapped() (bool, error) {
 // ErrExists (revoked keys stay stored, so an id is never reused).
 func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 	k.Version = recordVersion
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(callerKeysBucket)
-		if b.Get([]byte(k.ID)) != nil {
+	return s.update(func(tx *bolt.Tx) error {
+		if tx.Bucket(callerKeysBucket).Get([]byte(k.ID)) != nil {
 			return ErrExists
 		}
-		if err := put(b, k.ID, k); err != nil {
+		if err := s.put(tx, callerKeysBucket, k.ID, k); err != nil {
 			return err
 		}
 		return s.appendAudit(tx, ev)
@@ -60,17 +59,20 @@ func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 }
 
 // UpdateCallerKey applies change to a stored caller key and saves it with
-// its audit event, or returns ErrNotFound.
+// its audit event, or returns ErrNotFound. A key whose record fails its
+// integrity check reaches change marked Tampered, with only its ID.
 func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEvent) (CallerKey, error) {
 	var k CallerKey
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(callerKeysBucket)
-		if err := get(b, id, &k); err != nil {
+	err := s.update(func(tx *bolt.Tx) error {
+		err := s.get(tx, callerKeysBucket, id, &k)
+		if errors.Is(err, ErrIntegrity) {
+			k.markTampered(id)
+		} else if err != nil {
 			return err
 		}
 		change(&k)
-		k.Version = recordVersion
-		if err := put(b, id, k); err != nil {
+		k.Version, k.Tampered = recordVersion, false
+		if err := s.put(tx, callerKeysBucket, id, k); err != nil {
 			return err
 		}
 		return s.appendAudit(tx, ev)
@@ -88,8 +90,8 @@ func (s *Store) CallerKeys(after string, limit int) ([]CallerKey, error) {
 // stored record of the same principal.
 func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 	a.Version = recordVersion
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := put(tx.Bucket(adminsBucket), a.Principal, a); err != nil {
+	return s.update(func(tx *bolt.Tx) error {
+		if err := s.put(tx, adminsBucket, a.Principal, a); err != nil {
 			return err
 		}
 		return s.appendAudit(tx, ev)
@@ -99,7 +101,7 @@ func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 // DeleteAdmin removes an admin principal and records its audit event, or
 // returns ErrNotFound.
 func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(adminsBucket)
 		if b.Get([]byte(principal)) == nil {
 			return ErrNotFound
@@ -111,7 +113,8 @@ func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
 	})
 }
 
-// Admins returns up to limit admin principals after the given one, in order.
+// Admins returns up to limit admin principals after the given one, in
+// order; those whose record fails its check are marked Tampered.
 func (s *Store) Admins(after string, limit int) ([]AdminPrincipal, error) {
 	return page[AdminPrincipal](s, adminsBucket, after, limit)
 }

@@ -20,11 +20,26 @@ var (
 	auditBucket = []byte("audit")
 
 	allBuckets = [][]byte{metaBucket, accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, auditBucket}
+	// dataBuckets hold records, each stored with its tag (see
+	// Authenticate). The meta bucket holds values that authenticate
+	// themselves (the key check, the wrapped MAC key, both sealed by the
+	// master key), the database id the record key is derived from, and
+	// flags.
+	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, auditBucket}
 
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")
 	bootstrappedKey = []byte("bootstrapped")
+	// databaseIDKey holds the database's random id, set when its records
+	// were first tagged; a database without one predates tagging.
+	databaseIDKey = []byte("database-id")
+	// compactPendingKey is set while the file may still hold freed pages
+	// with deleted sealed material (see Compact).
+	compactPendingKey = []byte("compact-pending")
 )
+
+// compactSuffix names the file a compaction writes beside the database.
+const compactSuffix = ".compacting"
 
 // recordVersion is the version of the record layouts below. A build refuses
 // records of a version it does not know rather than misread them.
@@ -69,6 +84,10 @@ type Account struct {
 	UpdateTime   time.Time `json:"update_time"`
 	// Grants are the principals that may get the account's tokens, sorted.
 	Grants []Grant `json:"grants,omitempty"`
+
+	// Tampered: the stored account (or its token state) failed its
+	// integrity check; only ID is set. Never stored.
+	Tampered bool `json:"-"`
 }
 
 // Secret is one of an account's secrets.
@@ -90,6 +109,8 @@ type Grant struct {
 }
 
 func (a *Account) version() int { return a.Version }
+
+func (a *Account) markTampered(id string) { *a = Account{ID: id, Tampered: true} }
 
 // TokenState is an account's latest token and health, kept so that a restart
 // neither re-fetches valid tokens nor forgets that credentials were rejected.
@@ -145,9 +166,15 @@ type CallerKey struct {
 	ExpireTime time.Time `json:"expire_time,omitzero"`
 	RevokeTime time.Time `json:"revoke_time,omitzero"`
 	Creator    string    `json:"creator"`
+
+	// Tampered: the stored key failed its integrity check; only ID is
+	// set. Never stored.
+	Tampered bool `json:"-"`
 }
 
 func (k *CallerKey) version() int { return k.Version }
+
+func (k *CallerKey) markTampered(id string) { *k = CallerKey{ID: id, Tampered: true} }
 
 // AdminPrincipal is a client-certificate principal with the admin role.
 type AdminPrincipal struct {
@@ -155,9 +182,15 @@ type AdminPrincipal struct {
 	Principal  string    `json:"principal"`
 	CreateTime time.Time `json:"create_time"`
 	Creator    string    `json:"creator"`
+
+	// Tampered: the stored record failed its integrity check; only
+	// Principal is set. Never stored.
+	Tampered bool `json:"-"`
 }
 
 func (a *AdminPrincipal) version() int { return a.Version }
+
+func (a *AdminPrincipal) markTampered(p string) { *a = AdminPrincipal{Principal: p, Tampered: true} }
 
 // AuditEvent is one entry of the audit trail. It never holds a token, key
 // or secret: TokenFingerprint is a keyed hash.

@@ -5,14 +5,25 @@
 //
 // Records are this package's own versioned JSON, not API messages, so the
 // API can change without a data migration. Secrets reach this package only
-// sealed (see package seal).
+// sealed (see package seal). Every record is stored with a tag that
+// authenticates it, its kind and its key (see Authenticate), so that a
+// record changed by anyone without the master key is never used.
+//
+// bbolt keeps the pages it frees, with whatever they held, until it reuses
+// them. Compact rewrites the file with live data only; it runs after a
+// deletion of sealed material (see CompactPending) and for every backup.
 package store
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,11 +37,25 @@ var (
 	ErrExists = errors.New("already exists")
 	// ErrLocked means another process holds the database file.
 	ErrLocked = errors.New("database is locked by another process")
+	// ErrIntegrity means a stored record failed its integrity check: it
+	// was changed outside the broker, or copied from another database.
+	ErrIntegrity = errors.New("the stored record failed its integrity check (it was changed outside the broker, or copied from another database), so it is not used")
 )
+
+// Authenticator tags records (a *seal.RecordKey): a MAC of the record's
+// kind, key and value.
+type Authenticator interface {
+	Tag(kind, key, value []byte) []byte
+}
 
 // Store is the broker's database.
 type Store struct {
-	db *bolt.DB
+	path string
+	// mu is held for reading around every transaction, and for writing
+	// while Compact puts a new file in place of the old one.
+	mu   sync.RWMutex
+	db   *bolt.DB
+	auth Authenticator
 	// auditEvents counts the stored audit events, so that pruning by
 	// count does not walk the whole trail under the write lock. It changes
 	// only when a transaction commits.
@@ -39,7 +64,8 @@ type Store struct {
 
 // Open opens (or creates, mode 0600) the database file at path. If another
 // process holds the file, it gives up after lockTimeout with ErrLocked.
-// Opening an existing file does not write to it.
+// Opening an existing file does not write to it. The store reads and
+// writes records only once Authenticate has given it its key.
 func Open(path string, lockTimeout time.Duration) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
 	if errors.Is(err, bolt.ErrTimeout) {
@@ -52,7 +78,13 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Store{db: db}
+	// A compaction that a crash interrupted; holding the lock proves that
+	// no other process is writing it.
+	if err := os.Remove(path + compactSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		db.Close()
+		return nil, err
+	}
+	s := &Store{path: path, db: db}
 	if err := s.createBuckets(); err != nil {
 		db.Close()
 		return nil, err
@@ -62,7 +94,24 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 }
 
 // Close closes the database file.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Close()
+}
+
+// view and update run a transaction on the current file.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.View(fn)
+}
+
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.Update(fn)
+}
 
 // createBuckets writes only when a bucket is missing, so opening an existing
 // database (for example with the wrong master key) leaves the file as it was.
@@ -89,6 +138,126 @@ func (s *Store) createBuckets() error {
 	})
 }
 
+// Authenticate gives the store the key that keyFor derives from the
+// database's id, by which it tags every record it writes and checks every
+// record it reads. A database written before records were tagged (it has
+// no id yet) is upgraded first: it gets an id, and every record is tagged
+// as it is, with ev in the audit trail, in one transaction, so that a crash
+// leaves it as it was and the next start upgrades it again. It returns how
+// many records it tagged.
+func (s *Store) Authenticate(keyFor func(databaseID []byte) (Authenticator, error), ev AuditEvent) (int, error) {
+	id, err := s.meta(databaseIDKey)
+	if err != nil {
+		return 0, err
+	}
+	if id != nil {
+		s.auth, err = keyFor(id)
+		return 0, err
+	}
+	id = make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return 0, err
+	}
+	auth, err := keyFor(id)
+	if err != nil {
+		return 0, err
+	}
+	s.auth = auth
+	tagged := 0
+	err = s.update(func(tx *bolt.Tx) error {
+		var err error
+		if tagged, err = retag(tx, nil, auth); err != nil {
+			return err
+		}
+		if err := tx.Bucket(metaBucket).Put(databaseIDKey, id); err != nil {
+			return err
+		}
+		if tagged == 0 {
+			return nil // a new database: nothing to record
+		}
+		ev.Detail = fmt.Sprintf("tagged the %d records of a database written by an earlier version, for integrity checks", tagged)
+		return s.appendAudit(tx, ev)
+	})
+	if err != nil {
+		s.auth = nil
+		return 0, err
+	}
+	return tagged, nil
+}
+
+// retag tags every record of the data buckets under to. With a nil from,
+// they are records of an earlier version (bare JSON), taken as they are;
+// otherwise each must pass its check under from first.
+func retag(tx *bolt.Tx, from, to Authenticator) (int, error) {
+	n := 0
+	for _, name := range dataBuckets {
+		b := tx.Bucket(name)
+		// In chunks: a cursor is not to be trusted across writes.
+		var after []byte
+		for {
+			var keys, values [][]byte
+			c := b.Cursor()
+			k, v := c.First()
+			if after != nil {
+				if k, v = c.Seek(after); k != nil && string(k) == string(after) {
+					k, v = c.Next()
+				}
+			}
+			for ; k != nil && len(keys) < 1000; k, v = c.Next() {
+				keys, values = append(keys, copyBytes(k)), append(values, copyBytes(v))
+			}
+			if len(keys) == 0 {
+				break
+			}
+			for i, k := range keys {
+				data := values[i]
+				if from != nil {
+					var err error
+					if data, err = verify(from, name, k, data); err != nil {
+						return n, err
+					}
+				} else if len(data) == 0 || data[0] != '{' {
+					return n, fmt.Errorf("%s %q: %w (a record of this version in a database without an id)", name, k, ErrIntegrity)
+				}
+				if err := b.Put(k, tag(to, name, k, data)); err != nil {
+					return n, err
+				}
+				n++
+			}
+			after = keys[len(keys)-1]
+		}
+	}
+	return n, nil
+}
+
+// taggedRecord is the first byte of every stored record; then come its
+// tag (tagSize bytes) and its JSON. Records of earlier versions are bare
+// JSON, starting with '{'.
+const (
+	taggedRecord byte = 1
+	tagSize           = sha256.Size
+)
+
+// tag lays out a record for storage.
+func tag(auth Authenticator, kind, key, data []byte) []byte {
+	out := make([]byte, 0, 1+tagSize+len(data))
+	out = append(out, taggedRecord)
+	out = append(out, auth.Tag(kind, key, data)...)
+	return append(out, data...)
+}
+
+// verify checks a stored record's tag and returns its JSON.
+func verify(auth Authenticator, kind, key, stored []byte) ([]byte, error) {
+	if len(stored) < 1+tagSize || stored[0] != taggedRecord {
+		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
+	}
+	data := stored[1+tagSize:]
+	if !hmac.Equal(stored[1:1+tagSize], auth.Tag(kind, key, data)) {
+		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
+	}
+	return data, nil
+}
+
 // KeyCheck returns the stored master-key check value, or nil in a new store.
 func (s *Store) KeyCheck() ([]byte, error) { return s.meta(keyCheckKey) }
 
@@ -104,7 +273,7 @@ func (s *Store) SetWrappedMACKey(wrapped []byte) error { return s.setMeta(macKey
 
 func (s *Store) meta(key []byte) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		out = copyBytes(tx.Bucket(metaBucket).Get(key))
 		return nil
 	})
@@ -112,7 +281,7 @@ func (s *Store) meta(key []byte) ([]byte, error) {
 }
 
 func (s *Store) setMeta(key, value []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(metaBucket).Put(key, value)
 	})
 }
@@ -121,47 +290,50 @@ func (s *Store) setMeta(key, value []byte) error {
 // and the audit event of the change, or returns ErrExists.
 func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 	a.Version, t.Version = recordVersion, recordVersion
-	return s.db.Update(func(tx *bolt.Tx) error {
-		accounts := tx.Bucket(accountsBucket)
-		if accounts.Get([]byte(a.ID)) != nil {
+	return s.update(func(tx *bolt.Tx) error {
+		if tx.Bucket(accountsBucket).Get([]byte(a.ID)) != nil {
 			return ErrExists
 		}
-		if err := put(accounts, a.ID, a); err != nil {
+		if err := s.put(tx, accountsBucket, a.ID, a); err != nil {
 			return err
 		}
-		if err := put(tx.Bucket(tokensBucket), a.ID, t); err != nil {
+		if err := s.put(tx, tokensBucket, a.ID, t); err != nil {
 			return err
 		}
 		return s.appendAudit(tx, ev)
 	})
 }
 
-// Account returns one account or ErrNotFound.
+// Account returns one account, ErrNotFound, or ErrIntegrity.
 func (s *Store) Account(id string) (Account, error) {
 	var a Account
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return get(tx.Bucket(accountsBucket), id, &a)
+	err := s.view(func(tx *bolt.Tx) error {
+		return s.get(tx, accountsBucket, id, &a)
 	})
 	return a, err
 }
 
 // Accounts returns up to limit accounts whose id sorts after the given one,
-// in id order.
+// in id order. An account whose record fails its check is in the list
+// with only its ID, marked Tampered.
 func (s *Store) Accounts(after string, limit int) ([]Account, error) {
 	return page[Account](s, accountsBucket, after, limit)
 }
 
-// record is a pointer to a stored record type.
-type record[T any] interface {
+// listed is a pointer to a stored record type that lists return.
+type listed[T any] interface {
 	*T
 	versioned
+	// markTampered replaces a record that failed its check with one that
+	// holds only its key.
+	markTampered(key string)
 }
 
 // page returns up to limit records of a bucket whose key sorts after the
 // given one, in key order.
-func page[T any, P record[T]](s *Store, bucket []byte, after string, limit int) ([]T, error) {
+func page[T any, P listed[T]](s *Store, bucket []byte, after string, limit int) ([]T, error) {
 	var out []T
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucket).Cursor()
 		k, v := c.Seek([]byte(after))
 		if k != nil && string(k) == after {
@@ -169,7 +341,10 @@ func page[T any, P record[T]](s *Store, bucket []byte, after string, limit int) 
 		}
 		for ; k != nil && len(out) < limit; k, v = c.Next() {
 			var r T
-			if err := decode(v, P(&r)); err != nil {
+			err := s.open(bucket, k, v, P(&r))
+			if errors.Is(err, ErrIntegrity) {
+				P(&r).markTampered(string(k))
+			} else if err != nil {
 				return fmt.Errorf("%s %q: %w", bucket, k, err)
 			}
 			out = append(out, r)
@@ -186,18 +361,24 @@ type Stored struct {
 }
 
 // All returns every account with its token state, read in one transaction,
-// for loading the broker at start-up.
+// for loading the broker at start-up. An account either of whose records
+// fails its check comes with only its ID, marked Tampered.
 func (s *Store) All() ([]Stored, error) {
 	var out []Stored
-	err := s.db.View(func(tx *bolt.Tx) error {
-		tokens := tx.Bucket(tokensBucket)
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(accountsBucket).ForEach(func(k, v []byte) error {
 			var st Stored
-			if err := decode(v, &st.Account); err != nil {
-				return fmt.Errorf("account %q: %w", k, err)
+			err := s.open(accountsBucket, k, v, &st.Account)
+			if err == nil {
+				if err = s.get(tx, tokensBucket, string(k), &st.TokenState); errors.Is(err, ErrNotFound) {
+					err = nil
+				}
 			}
-			if err := get(tokens, string(k), &st.TokenState); err != nil && !errors.Is(err, ErrNotFound) {
-				return fmt.Errorf("token state of %q: %w", k, err)
+			if errors.Is(err, ErrIntegrity) {
+				st = Stored{}
+				st.Account.markTampered(string(k))
+			} else if err != nil {
+				return fmt.Errorf("account %q: %w", k, err)
 			}
 			out = append(out, st)
 			return nil
@@ -208,30 +389,59 @@ func (s *Store) All() ([]Stored, error) {
 
 // UpdateAccount applies change to a stored account and saves the result
 // with the audit event of the change. If change returns an error nothing is
-// written.
+// written. A change that drops sealed material (a secret, a data key)
+// makes a compaction pending.
 func (s *Store) UpdateAccount(id string, change func(*Account) error, ev AuditEvent) (Account, error) {
 	var a Account
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(accountsBucket)
-		if err := get(b, id, &a); err != nil {
+	err := s.update(func(tx *bolt.Tx) error {
+		if err := s.get(tx, accountsBucket, id, &a); err != nil {
 			return err
 		}
+		before := a
+		before.Secrets = append([]Secret(nil), a.Secrets...)
 		if err := change(&a); err != nil {
 			return err
 		}
 		a.Version = recordVersion
-		if err := put(b, id, a); err != nil {
+		if err := s.put(tx, accountsBucket, id, a); err != nil {
 			return err
+		}
+		if dropsSealed(before, a) {
+			if err := tx.Bucket(metaBucket).Put(compactPendingKey, []byte("1")); err != nil {
+				return err
+			}
 		}
 		return s.appendAudit(tx, ev)
 	})
 	return a, err
 }
 
+// dropsSealed reports whether after no longer holds a sealed value or the
+// wrapped data key that before held.
+func dropsSealed(before, after Account) bool {
+	if string(before.WrappedKey) != string(after.WrappedKey) {
+		return true
+	}
+	kept := map[string]bool{string(after.SealedSecret): true}
+	for _, sec := range after.Secrets {
+		kept[string(sec.Sealed)] = true
+	}
+	if !kept[string(before.SealedSecret)] {
+		return true
+	}
+	for _, sec := range before.Secrets {
+		if !kept[string(sec.Sealed)] {
+			return true
+		}
+	}
+	return false
+}
+
 // DeleteAccount removes an account, its wrapped data key and its token
-// state, and records the audit event of the change.
+// state, records the audit event of the change, and makes a compaction
+// pending, which removes the deleted records from the file itself.
 func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		accounts := tx.Bucket(accountsBucket)
 		if accounts.Get([]byte(id)) == nil {
 			return ErrNotFound
@@ -242,6 +452,9 @@ func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
 		if err := tx.Bucket(tokensBucket).Delete([]byte(id)); err != nil {
 			return err
 		}
+		if err := tx.Bucket(metaBucket).Put(compactPendingKey, []byte("1")); err != nil {
+			return err
+		}
 		return s.appendAudit(tx, ev)
 	})
 }
@@ -249,8 +462,8 @@ func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
 // TokenState returns an account's token state; the zero TokenState if none is stored.
 func (s *Store) TokenState(id string) (TokenState, error) {
 	var t TokenState
-	err := s.db.View(func(tx *bolt.Tx) error {
-		err := get(tx.Bucket(tokensBucket), id, &t)
+	err := s.view(func(tx *bolt.Tx) error {
+		err := s.get(tx, tokensBucket, id, &t)
 		if errors.Is(err, ErrNotFound) {
 			return nil
 		}
@@ -265,36 +478,46 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 // meanwhile, so that a late refresh cannot bring a deleted account's token
 // back.
 func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditEvent) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(accountsBucket).Get([]byte(id)) == nil {
 			return ErrNotFound
 		}
-		b := tx.Bucket(tokensBucket)
 		var t TokenState
-		if err := get(b, id, &t); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := s.get(tx, tokensBucket, id, &t); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
 		change(&t)
 		t.Version = recordVersion
-		if err := put(b, id, t); err != nil || ev == nil {
+		if err := s.put(tx, tokensBucket, id, t); err != nil || ev == nil {
 			return err
 		}
 		return s.appendAudit(tx, *ev)
 	})
 }
 
-func put(b *bolt.Bucket, id string, v any) error {
+// put stores a record under its tag.
+func (s *Store) put(tx *bolt.Tx, bucket []byte, id string, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return b.Put([]byte(id), data)
+	return tx.Bucket(bucket).Put([]byte(id), tag(s.auth, bucket, []byte(id), data))
 }
 
-func get(b *bolt.Bucket, id string, v any) error {
-	data := b.Get([]byte(id))
-	if data == nil {
+// get reads a record: ErrNotFound, ErrIntegrity, or the record.
+func (s *Store) get(tx *bolt.Tx, bucket []byte, id string, v any) error {
+	stored := tx.Bucket(bucket).Get([]byte(id))
+	if stored == nil {
 		return ErrNotFound
+	}
+	return s.open(bucket, []byte(id), stored, v)
+}
+
+// open checks a stored record and decodes it.
+func (s *Store) open(bucket, key, stored []byte, v any) error {
+	data, err := verify(s.auth, bucket, key, stored)
+	if err != nil {
+		return err
 	}
 	return decode(data, v)
 }
@@ -315,4 +538,13 @@ func copyBytes(b []byte) []byte {
 		return nil
 	}
 	return append([]byte(nil), b...)
+}
+
+// syncDir makes a renamed file's directory entry durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
 }

@@ -2,22 +2,41 @@ package store
 
 import (
 	"errors"
-	bolt "go.etcd.io/bbolt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
 )
+
+// testMaster is the master key of the tests' stores.
+var testMaster, _ = seal.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
+
+func recordKeys(m *seal.MasterKey) func([]byte) (Authenticator, error) {
+	return func(id []byte) (Authenticator, error) { return m.RecordKey(id) }
+}
 
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "credbroker.db")
+	return openAt(t, path), path
+}
+
+// openAt opens (or creates) the store at path with testMaster's record key.
+func openAt(t *testing.T, path string) *Store {
+	t.Helper()
 	s, err := Open(path, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, path
+	if _, err := s.Authenticate(recordKeys(testMaster), AuditEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func TestAccountLifecycle(t *testing.T) {
@@ -100,7 +119,7 @@ func TestUnknownRecordVersionIsRefused(t *testing.T) {
 	}
 	// Write a record from a "future" build directly.
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(accountsBucket).Put([]byte("a"), []byte(`{"v":99,"id":"a"}`))
+		return tx.Bucket(accountsBucket).Put([]byte("a"), tag(s.auth, accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
 	})
 	if err != nil {
 		t.Fatal(err)

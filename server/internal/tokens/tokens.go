@@ -42,6 +42,7 @@ const (
 	ReasonProviderUnavailable = "provider_unavailable"
 	ReasonInternal            = "internal"
 	ReasonSecretExpired       = "secret_expired"
+	ReasonIntegrity           = "integrity_check_failed"
 )
 
 // ErrNotFound means the manager knows no such account.
@@ -265,7 +266,9 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
 	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
 	e.secrets = secretsMeta(a)
-	if a.Provider == provider.KindJumpCloudAPIKey {
+	if a.Tampered {
+		m.recordFailure(e, store.ErrIntegrity)
+	} else if a.Provider == provider.KindJumpCloudAPIKey {
 		e.apiKey = true
 		m.useAPIKey(e, a)
 	} else if len(ts.SealedToken) > 0 {
@@ -615,6 +618,12 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	var rejected *provider.RejectedError
 	var unavailable *provider.UnavailableError
 	switch {
+	case errors.Is(err, store.ErrIntegrity):
+		// Never again: nothing of a record that failed its check is used.
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonIntegrity, "a stored record of the account failed its integrity check (it was changed outside the broker), so the broker does not use the account: delete and re-link it, or restore a backup"
+		delay = neverExpires.Sub(now)
+		m.cfg.Logger.Error("a stored record of the account failed its integrity check; the account is not used", "account", e.id, "error", err)
 	case errors.Is(err, ErrSecretsExpired):
 		e.status.State = StateNeedsAttention
 		f.Reason, f.Message = ReasonSecretExpired, err.Error()
