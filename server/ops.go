@@ -10,13 +10,16 @@ import (
 
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/metrics"
+	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 // newOpsServer serves what operators' tools poll: /metrics for
 // Prometheus, /healthz (the process answers) and /readyz (it can serve
-// calls: not shutting down, and the audit trail can be written).
-func newOpsServer(cfg Config, met *metrics.Metrics, al *audit.Log, draining *atomic.Bool) *http.Server {
+// calls: not shutting down, and the audit trail can be written). It serves
+// TLS whenever the broker has a certificate, asking for no client
+// certificate: scrapers and probes have none.
+func newOpsServer(cfg Config, tlsm tlsMaterial, met *metrics.Metrics, al *audit.Log, draining *atomic.Bool) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -32,13 +35,17 @@ func newOpsServer(cfg Config, met *metrics.Metrics, al *audit.Log, draining *ato
 			_, _ = w.Write([]byte("ready\n"))
 		}
 	})
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
+	if tlsm.cert != nil {
+		srv.TLSConfig = mtls.ServerTLSConfig(*tlsm.cert, false)
+	}
+	return srv
 }
 
 // accountMetrics is what /metrics shows of each account.

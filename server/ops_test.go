@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"regexp"
@@ -14,12 +15,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 )
 
-// opsGet fetches a path of the ops listener.
+// opsGet fetches a path of the ops listener, over TLS if the broker serves
+// TLS, presenting no client certificate.
 func (b *broker) opsGet(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(b.opsURL + path)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: b.roots}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(b.opsURL + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,5 +121,49 @@ func TestHealthAndReadiness(t *testing.T) {
 	code, body := b.opsGet(t, "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "audit trail") {
 		t.Fatalf("/readyz with the audit trail failing: %d %q", code, body)
+	}
+}
+
+// The ops listener follows the rule of the other listeners: plaintext on
+// loopback only; with a certificate it serves TLS, on loopback too, and
+// asks no client certificate of Prometheus.
+func TestOpsListenerTLS(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	cfg.OpsListenAddr = "0.0.0.0:0"
+	if srv, err := server.New(cfg); err == nil || !strings.Contains(err.Error(), "--ops-listen") || !strings.Contains(err.Error(), "requires TLS") {
+		if err == nil {
+			closeUnserved(t, srv)
+		}
+		t.Fatalf("plaintext ops listener on 0.0.0.0: %v", err)
+	}
+
+	withTLS(t, &cfg)
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("TLS ops listener on 0.0.0.0: %v", err)
+	}
+	closeUnserved(t, srv)
+
+	cfg.OpsListenAddr = "127.0.0.1:0"
+	b := startWith(t, cfg, fake, logs)
+	if !strings.HasPrefix(b.opsURL, "https://") {
+		t.Fatalf("ops URL %s", b.opsURL)
+	}
+	if code, body := b.opsGet(t, "/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Fatalf("/healthz over TLS: %d %q", code, body)
+	}
+	if code, scrape := b.opsGet(t, "/metrics"); code != http.StatusOK || !strings.Contains(scrape, "credbroker_accounts") {
+		t.Fatalf("/metrics over TLS: %d, %d bytes", code, len(scrape))
+	}
+	// Plain HTTP gets no answer but the TLS server's refusal.
+	resp, err := http.Get("http://" + strings.TrimPrefix(b.opsURL, "https://") + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || strings.Contains(string(body), "ok") {
+		t.Fatalf("plain HTTP to the ops listener: %d %q", resp.StatusCode, body)
 	}
 }

@@ -74,8 +74,10 @@ type Config struct {
 	// ProxyTimeout bounds the wait for an API's response headers.
 	ProxyMaxRequestBytes, ProxyMaxResponseBytes int64
 	ProxyTimeout                                time.Duration
-	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz over
-	// plain HTTP; they hold no secret. "off" disables it.
+	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz. It
+	// serves TLS when the gRPC server does, with the same certificate but
+	// without asking for client certificates, and otherwise must be a
+	// loopback address. "off" disables it.
 	OpsListenAddr string
 	// Tracing is TracingOff (the default) or TracingOTLP: OpenTelemetry
 	// spans of gRPC calls and provider requests, sent with the OTLP
@@ -352,7 +354,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		}
 	}
 	if cfg.OpsListenAddr != listenerOff {
-		if s.ops, err = listenHTTP("ops listener", cfg.OpsListenAddr, newOpsServer(cfg, met, al, &s.draining)); err != nil {
+		if s.ops, err = listenHTTP("ops listener", cfg.OpsListenAddr, newOpsServer(cfg, tlsm, met, al, &s.draining)); err != nil {
 			lis.Close()
 			if s.proxy != nil {
 				s.proxy.lis.Close()
@@ -404,11 +406,13 @@ func loadTLS(cfg Config) (tlsMaterial, error) {
 		if cfg.ClientCAFile != "" {
 			return tlsMaterial{}, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
 		}
-		if err := checkLoopback(cfg.ListenAddr); err != nil {
-			return tlsMaterial{}, err
-		}
-		if cfg.ProxyListenAddr != listenerOff {
-			return tlsMaterial{}, checkLoopback(cfg.ProxyListenAddr)
+		for _, l := range [][2]string{{"--listen", cfg.ListenAddr}, {"--proxy-listen", cfg.ProxyListenAddr}, {"--ops-listen", cfg.OpsListenAddr}} {
+			if l[1] == listenerOff && l[0] != "--listen" {
+				continue
+			}
+			if err := checkLoopback(l[0], l[1]); err != nil {
+				return tlsMaterial{}, err
+			}
 		}
 		return tlsMaterial{}, nil
 	}
@@ -537,11 +541,12 @@ func (s *Server) authSummary() string {
 }
 
 // checkLoopback refuses plaintext on any address that is not loopback:
-// caller keys and tokens would cross the network readable by anyone on the path.
-func checkLoopback(addr string) error {
+// caller keys and tokens would cross the network readable by anyone on the
+// path. flag names the address in the error.
+func checkLoopback(flag, addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("listen address %q: %w", addr, err)
+		return fmt.Errorf("%s %q: %w", flag, addr, err)
 	}
 	if host == "localhost" {
 		return nil
@@ -549,7 +554,7 @@ func checkLoopback(addr string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("listen address %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", addr)
+	return fmt.Errorf("%s %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", flag, addr)
 }
 
 // loadMasterKey reads the configured master key or, with none configured,
