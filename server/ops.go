@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
+	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -49,16 +51,24 @@ func newOpsServer(cfg Config, tlsm tlsMaterial, met *metrics.Metrics, al *audit.
 }
 
 // accountMetrics is what /metrics shows of each account.
-func accountMetrics(tm *tokens.Manager) []metrics.Account {
+func accountMetrics(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
 	health := tm.Health()
 	out := make([]metrics.Account, len(health))
 	for i, h := range health {
 		out[i] = metrics.Account{ID: h.ID, State: h.State, SecretExpiry: map[string]time.Time{}}
 		for _, s := range h.Secrets {
 			if !s.ExpireTime.IsZero() {
-				out[i].SecretExpiry[s.ID] = s.ExpireTime
+				out[i].SecretExpiry[secretMetricLabel(mac, s.ID)] = s.ExpireTime
 			}
 		}
 	}
 	return out
+}
+
+// secretMetricLabel names a secret in /metrics: 12 hex digits of a keyed
+// hash of its secret_id. The secret_id itself is a plain SHA-256 of the
+// secret, against which anyone who can scrape /metrics could check a guess.
+// The MAC key is kept in the database, so the label survives restarts.
+func secretMetricLabel(mac *seal.MACKey, secretID string) string {
+	return hex.EncodeToString(mac.Sum("secret-metric-label", secretID)[:6])
 }

@@ -266,7 +266,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		return nil, err
 	}
 	var tm *tokens.Manager
-	met := metrics.New(func() []metrics.Account { return accountMetrics(tm) })
+	met := metrics.New(func() []metrics.Account { return accountMetrics(tm, mac) })
 	prov := provider.New(provider.Config{
 		WrapTransport: tr.wrapTransport,
 		Endpoints: provider.Endpoints{
