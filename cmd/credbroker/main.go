@@ -102,7 +102,8 @@ which wins over the config file. --print-config shows the result and where
 each value came from, in the config file's format. The master key can also be given
 as CREDBROKER_MASTER_KEY (never as a flag, which other users could see in ps).
 With no master key configured, one is generated into the data directory for
-local use only.
+local use only. The whole configuration is checked before the data
+directory, a database or a master key is created.
 
 On the first start of a new database the broker creates an admin caller key
 and prints it once on standard output, unless --bootstrap-admin-principal
