@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -73,8 +75,18 @@ func optionalTime(field string, ts *timestamppb.Timestamp) (time.Time, error) {
 	if err := ts.CheckValid(); err != nil {
 		return time.Time{}, invalidArgument(field, "is not a valid timestamp")
 	}
-	return ts.AsTime(), nil
+	t := ts.AsTime()
+	if t.Before(auditTimeMin) || t.After(auditTimeMax) {
+		return time.Time{}, invalidArgument(field, fmt.Sprintf("must be between %s and %s, the times the audit trail can hold",
+			auditTimeMin.Format(time.RFC3339), auditTimeMax.Format(time.RFC3339)))
+	}
+	return t, nil
 }
+
+// auditTimeMin and auditTimeMax bound the times the audit trail can compare:
+// it orders events by nanoseconds since 1970 in an int64 (store.AuditPos),
+// so a bound outside them would be misread.
+var auditTimeMin, auditTimeMax = time.Unix(0, 0).UTC(), time.Unix(0, math.MaxInt64).UTC()
 
 func auditPageToken(p store.AuditPos) string {
 	return base64.RawURLEncoding.EncodeToString(p.Bytes())

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"math"
 	"net"
 	"regexp"
 	"strings"
@@ -246,5 +247,45 @@ func TestAuditBoundsRefusedNames(t *testing.T) {
 	}
 	if len(events[0].GetResource()) > 300 || events[0].GetCode() != "INVALID_ARGUMENT" {
 		t.Fatalf("audit event of a call with a 100 kB name: resource of %d bytes, code %s", len(events[0].GetResource()), events[0].GetCode())
+	}
+}
+
+// A time bound the audit trail cannot compare (it orders events by their
+// nanoseconds since 1970 in an int64) is refused, naming the field, rather
+// than silently ignored (year 1 is the zero time) or misread (before 1970
+// or after 2262 the nanoseconds wrap).
+func TestAuditTimeBoundsOutOfRange(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	ctx := context.Background()
+	for _, bound := range []time.Time{
+		{}, // 0001-01-01
+		time.Date(1677, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1969, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC),
+	} {
+		for _, field := range []string{"start_time", "end_time"} {
+			req := &credbrokerv1.ListAuditEventsRequest{}
+			if field == "start_time" {
+				req.StartTime = timestamppb.New(bound)
+			} else {
+				req.EndTime = timestamppb.New(bound)
+			}
+			_, err := b.audit.ListAuditEvents(ctx, req)
+			t.Run(field+"="+bound.Format(time.RFC3339), func(t *testing.T) { wantCode(t, err, codes.InvalidArgument, field) })
+		}
+	}
+
+	// The ends of the range are bounds like any other.
+	resp, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{
+		StartTime: timestamppb.New(time.Unix(0, 0)), EndTime: timestamppb.New(time.Unix(0, math.MaxInt64)),
+	})
+	if err != nil || len(resp.GetEvents()) == 0 {
+		t.Fatalf("ListAuditEvents over the whole range: %d events, %v", len(resp.GetEvents()), err)
+	}
+	resp, err = b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{EndTime: timestamppb.New(time.Unix(0, 0))})
+	if err != nil || len(resp.GetEvents()) != 0 {
+		t.Fatalf("ListAuditEvents before 1970: %d events, %v", len(resp.GetEvents()), err)
 	}
 }

@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,4 +126,97 @@ func TestBackupRefusals(t *testing.T) {
 	if len(data) != 0 {
 		t.Fatalf("%d bytes of backup left without an audit event", len(data))
 	}
+}
+
+// Restore copies the backup once into a staging file in the data directory
+// and checks that copy, not the backup, before putting it in place: a
+// symlink planted at the staging path is not followed, the data directory
+// gets its mode 0700 back, and a backup that does not match its checksum
+// changes nothing.
+func TestRestoreStagesOneCheckedCopy(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	data, last, err := backupOf(t, b, b.keys.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	backup := filepath.Join(dir, "broker.backup")
+	if os.WriteFile(backup, data, 0o600) != nil || os.WriteFile(backup+server.ChecksumSuffix, []byte(last.GetSha256()+"  broker.backup\n"), 0o600) != nil {
+		t.Fatal("could not write the backup")
+	}
+	b.link(t, "after-backup")
+	b.stop()
+	cfg := b.cfg
+
+	outside := filepath.Join(dir, "outside")
+	if err := os.WriteFile(outside, []byte("not the broker's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(cfg.DataDir, "credbroker.db.restoring")
+	if err := os.Symlink(outside, staging); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res, err := server.Restore(cfg, backup)
+	if err != nil || !res.Checksummed || res.Previous == "" {
+		t.Fatalf("Restore: %+v, %v", res, err)
+	}
+	if got, _ := os.ReadFile(outside); string(got) != "not the broker's" {
+		t.Fatalf("restore wrote %d bytes through the symlink at the staging path", len(got))
+	}
+	if fi, err := os.Lstat(filepath.Join(cfg.DataDir, "credbroker.db")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("the restored database is not a regular file: %v, %v", fi, err)
+	}
+	if _, err := os.Lstat(staging); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the staging file is left: %v", err)
+	}
+	if fi, err := os.Stat(cfg.DataDir); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o700 {
+		t.Fatalf("data directory mode after restore: %v", fi.Mode().Perm())
+	}
+
+	// A backup that does not match its checksum changes nothing.
+	damaged := filepath.Join(dir, "damaged.backup")
+	flipped := bytes.Clone(data)
+	flipped[len(flipped)/2] ^= 0xff
+	if os.WriteFile(damaged, flipped, 0o600) != nil || os.WriteFile(damaged+server.ChecksumSuffix, []byte(last.GetSha256()+"  damaged.backup\n"), 0o600) != nil {
+		t.Fatal("could not write the damaged backup")
+	}
+	before := dirSnapshot(t, cfg.DataDir)
+	if _, err := server.Restore(cfg, damaged); err == nil || !strings.Contains(err.Error(), "is damaged") {
+		t.Fatalf("Restore of a backup that does not match its checksum: %v", err)
+	}
+	if after := dirSnapshot(t, cfg.DataDir); !maps.Equal(before, after) {
+		t.Fatalf("a refused restore changed the data directory: %v, then %v", before, after)
+	}
+
+	// The restored broker serves the accounts of the backup.
+	b = startWith(t, cfg, b.fake, b.logs)
+	b.token(t, "acme")
+	_, err = b.accounts.GetAccount(context.Background(), &credbrokerv1.GetAccountRequest{Name: "accounts/after-backup"})
+	wantCode(t, err, codes.NotFound, "")
+}
+
+// dirSnapshot maps each file in dir to its SHA-256.
+func dirSnapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		out[e.Name()] = hex.EncodeToString(sum[:])
+	}
+	return out
 }

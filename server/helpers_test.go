@@ -148,6 +148,7 @@ func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	b.opsURL = "http://" + srv.OpsAddr().String()
 	if cfg.TLSCertFile != "" { // the tests' dev CA signs the server's certificate too
 		b.proxyURL = "https://" + srv.ProxyAddr().String()
+		b.opsURL = "https://" + srv.OpsAddr().String()
 		pem, err := os.ReadFile(cfg.ClientCAFile)
 		if err != nil {
 			t.Fatal(err)

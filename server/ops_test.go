@@ -2,6 +2,9 @@ package server_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"regexp"
@@ -14,12 +17,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 )
 
-// opsGet fetches a path of the ops listener.
+// opsGet fetches a path of the ops listener, over TLS if the broker serves
+// TLS, presenting no client certificate.
 func (b *broker) opsGet(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(b.opsURL + path)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: b.roots}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(b.opsURL + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +76,6 @@ func TestMetrics(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("/metrics: HTTP %d", code)
 	}
-	secretSeries := `credbroker_secret_expires_in_seconds{account="acme",secret_id="` + secretID(clientSecret) + `"}`
 	for series, want := range map[string]func(float64) bool{
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="GetToken",grpc_service="credbroker.v1.TokenService",grpc_type="unary"}`:               func(v float64) bool { return v == 1 },
 		`grpc_server_handled_total{grpc_code="PermissionDenied",grpc_method="GetToken",grpc_service="credbroker.v1.TokenService",grpc_type="unary"}`: func(v float64) bool { return v == 1 },
@@ -80,7 +86,6 @@ func TestMetrics(t *testing.T) {
 		`credbroker_upstream_request_duration_seconds_count{provider="jumpcloud_service_account",result="ok"}`:                                       func(v float64) bool { return v == 2 },
 		`credbroker_accounts{state="active"}`:                                                                                                        func(v float64) bool { return v == 1 },
 		`credbroker_accounts{state="needs_attention"}`:                                                                                               func(v float64) bool { return v == 0 },
-		secretSeries: func(v float64) bool { return v > 9*24*3600 && v <= 10*24*3600 },
 	} {
 		if v := metricValue(t, scrape, series); !want(v) {
 			t.Errorf("%s = %v", series, v)
@@ -116,5 +121,85 @@ func TestHealthAndReadiness(t *testing.T) {
 	code, body := b.opsGet(t, "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "audit trail") {
 		t.Fatalf("/readyz with the audit trail failing: %d %q", code, body)
+	}
+}
+
+// The ops listener follows the rule of the other listeners: plaintext on
+// loopback only; with a certificate it serves TLS, on loopback too, and
+// asks no client certificate of Prometheus.
+func TestOpsListenerTLS(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	cfg.OpsListenAddr = "0.0.0.0:0"
+	if srv, err := server.New(cfg); err == nil || !strings.Contains(err.Error(), "--ops-listen") || !strings.Contains(err.Error(), "requires TLS") {
+		if err == nil {
+			closeUnserved(t, srv)
+		}
+		t.Fatalf("plaintext ops listener on 0.0.0.0: %v", err)
+	}
+
+	withTLS(t, &cfg)
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("TLS ops listener on 0.0.0.0: %v", err)
+	}
+	closeUnserved(t, srv)
+
+	cfg.OpsListenAddr = "127.0.0.1:0"
+	b := startWith(t, cfg, fake, logs)
+	if !strings.HasPrefix(b.opsURL, "https://") {
+		t.Fatalf("ops URL %s", b.opsURL)
+	}
+	if code, body := b.opsGet(t, "/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Fatalf("/healthz over TLS: %d %q", code, body)
+	}
+	if code, scrape := b.opsGet(t, "/metrics"); code != http.StatusOK || !strings.Contains(scrape, "credbroker_accounts") {
+		t.Fatalf("/metrics over TLS: %d, %d bytes", code, len(scrape))
+	}
+	// Plain HTTP gets no answer but the TLS server's refusal.
+	resp, err := http.Get("http://" + strings.TrimPrefix(b.opsURL, "https://") + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || strings.Contains(string(body), "ok") {
+		t.Fatalf("plain HTTP to the ops listener: %d %q", resp.StatusCode, body)
+	}
+}
+
+// The secret label in /metrics is keyed: whoever can scrape it cannot check
+// a guessed secret against it, as they could against the admin API's
+// secret_id (a plain SHA-256 of the secret). It stays the same across a
+// restart, so dashboards and alerts keep their series.
+func TestMetricsSecretLabelIsKeyed(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	req := jumpCloudRequest("acme")
+	req.SecretExpireTime = timestamppb.New(time.Now().Add(10 * 24 * time.Hour))
+	if _, err := b.accounts.CreateAccount(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	series := regexp.MustCompile(`(?m)^credbroker_secret_expires_in_seconds\{account="acme",secret_hmac="([0-9a-f]{12})"\} (\S+)$`)
+	sum := sha256.Sum256([]byte(clientSecret))
+	label := func(b *broker) string {
+		t.Helper()
+		_, scrape := b.opsGet(t, "/metrics")
+		m := series.FindAllStringSubmatch(scrape, -1)
+		if len(m) != 1 {
+			t.Fatalf("want one credbroker_secret_expires_in_seconds series for acme, got %d in:\n%s", len(m), scrape)
+		}
+		if v, err := strconv.ParseFloat(m[0][2], 64); err != nil || v <= 9*24*3600 || v > 10*24*3600 {
+			t.Errorf("seconds until the secret expires: %s", m[0][2])
+		}
+		if id := strings.TrimPrefix(secretID(clientSecret), "sha256:"); strings.Contains(scrape, id) || strings.Contains(hex.EncodeToString(sum[:]), m[0][1]) {
+			t.Fatalf("the scrape holds the secret's SHA-256: label %s, secret_id %s", m[0][1], secretID(clientSecret))
+		}
+		assertAbsent(t, "metrics", []byte(scrape), clientSecret)
+		return m[0][1]
+	}
+	before := label(b)
+	if after := label(b.restart(t)); after != before {
+		t.Fatalf("the secret's label changed across a restart: %s, then %s", before, after)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -32,22 +33,16 @@ type RestoreResult struct {
 const ChecksumSuffix = ".sha256"
 
 // Restore puts the backup at backupPath in place as the database of
-// cfg.DataDir. It first checks the backup against its checksum file, if
-// there is one, every page of it, that the configured master key opens
-// it, and every record's integrity tag. The database already there, if any, is
-// kept beside it under a new name. At every moment the data directory holds
-// either the old database or the backup, whole. The broker must be stopped.
+// cfg.DataDir. It reads the backup once, into a staging file in the data
+// directory, and checks that copy: against the backup's checksum file, if
+// there is one, every page of it, that the configured master key opens it,
+// and every record's integrity tag. Only that checked copy is put in
+// place, so a backup that changes meanwhile cannot slip past the checks.
+// The database already there, if any, is kept beside it under a new name.
+// At every moment the data directory holds either the old database or the
+// backup, whole. The broker must be stopped.
 func Restore(cfg Config, backupPath string) (RestoreResult, error) {
 	cfg.setDefaults()
-	var res RestoreResult
-	var err error
-	if res.Checksummed, err = matchesChecksumFile(backupPath); err != nil {
-		return RestoreResult{}, err
-	}
-	check, err := store.CheckBackup(backupPath)
-	if err != nil {
-		return RestoreResult{}, err
-	}
 	if cfg.MasterKeyFile == "" && cfg.MasterKey == "" {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, masterKeyFileName)); err != nil {
 			return RestoreResult{}, errors.New("restore needs the master key the backup was made under: pass --master-key-file or CREDBROKER_MASTER_KEY")
@@ -57,40 +52,74 @@ func Restore(cfg Config, backupPath string) (RestoreResult, error) {
 	if err != nil {
 		return RestoreResult{}, err
 	}
-	if master.VerifyKeyCheck(check) != nil {
-		return RestoreResult{}, errors.New("the master key given does not open this backup, which was made under another one; nothing was changed")
-	}
-	if res.Untagged, err = store.CheckRecords(backupPath, recordKeys(master)); err != nil {
-		return RestoreResult{}, fmt.Errorf("refusing to restore %s (nothing was changed): %w", backupPath, err)
-	}
+	_, statErr := os.Stat(cfg.DataDir)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return RestoreResult{}, err
 	}
-
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return RestoreResult{}, fmt.Errorf("restrict data directory: %w", err)
+	}
 	path := filepath.Join(cfg.DataDir, dbFileName)
+	staged := path + ".restoring"
+	res, err := stageBackup(backupPath, staged, master)
+	if err == nil {
+		res.Previous, err = replaceDatabase(cfg, staged, path)
+	}
+	if err != nil {
+		os.Remove(staged)
+		if errors.Is(statErr, fs.ErrNotExist) {
+			os.Remove(cfg.DataDir) // the directory Restore made, still empty
+		}
+		return RestoreResult{}, err
+	}
+	return res, nil
+}
+
+// stageBackup copies the backup into the new file staged and checks the
+// copy: its SHA-256 against the backup's checksum file, if there is one,
+// every database page, that master opens it, and every record's tag.
+func stageBackup(backupPath, staged string, master *seal.MasterKey) (RestoreResult, error) {
+	digest, err := copyToNewFile(backupPath, staged)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	var res RestoreResult
+	if res.Checksummed, err = matchesChecksumFile(backupPath, digest); err != nil {
+		return RestoreResult{}, err
+	}
+	check, err := store.CheckBackup(staged)
+	if err != nil {
+		return RestoreResult{}, fmt.Errorf("%s (as copied to %s): %w; nothing was changed", backupPath, staged, err)
+	}
+	if master.VerifyKeyCheck(check) != nil {
+		return RestoreResult{}, errors.New("the master key given does not open this backup, which was made under another one; nothing was changed")
+	}
+	if res.Untagged, err = store.CheckRecords(staged, recordKeys(master)); err != nil {
+		return RestoreResult{}, fmt.Errorf("refusing to restore %s (nothing was changed): %w", backupPath, err)
+	}
+	return res, nil
+}
+
+// replaceDatabase renames staged to path, keeping the database at path, if
+// any, under a new name, which it returns.
+func replaceDatabase(cfg Config, staged, path string) (previous string, err error) {
 	if _, err := os.Stat(path); err == nil {
 		// Holding the lock proves no broker runs on the directory.
 		st, err := openStopped(cfg, "restoring")
 		if err != nil {
-			return RestoreResult{}, err
+			return "", err
 		}
 		defer st.Close()
 		// A second name for the same file: the old database stays whole
 		// until the rename below replaces its first name.
-		if res.Previous, err = linkAside(path, path+".before-restore-"+time.Now().UTC().Format("20060102T150405Z")); err != nil {
-			return RestoreResult{}, fmt.Errorf("keep the current database: %w", err)
+		if previous, err = linkAside(path, path+".before-restore-"+time.Now().UTC().Format("20060102T150405Z")); err != nil {
+			return "", fmt.Errorf("keep the current database: %w", err)
 		}
 	}
-	staged := path + ".restoring"
-	if err := copyFileSynced(backupPath, staged); err != nil {
-		os.Remove(staged)
-		return RestoreResult{}, err
-	}
 	if err := os.Rename(staged, path); err != nil {
-		os.Remove(staged)
-		return RestoreResult{}, err
+		return "", err
 	}
-	return res, syncDir(cfg.DataDir)
+	return previous, syncDir(cfg.DataDir)
 }
 
 // linkAside gives the file at path the new name base, or base-2, base-3,
@@ -106,19 +135,27 @@ func linkAside(path, base string) (string, error) {
 	}
 }
 
-// copyFileSynced copies src to a new file dst (mode 0600) and fsyncs it.
-func copyFileSynced(src, dst string) error {
+// copyToNewFile copies src into a new file dst (mode 0600), fsyncs it, and
+// returns the SHA-256 of what it copied. It first removes whatever an
+// interrupted restore left at dst (a symlink itself, not its target); O_EXCL
+// then refuses any file, symlink included, planted there meanwhile, so the
+// copy cannot be redirected out of the directory.
+func copyToNewFile(src, dst string) (string, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
 	}
-	_, err = io.Copy(out, in)
-	return errors.Join(err, out.Sync(), out.Close())
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.New()
+	_, err = io.Copy(io.MultiWriter(out, sum), in)
+	return hex.EncodeToString(sum.Sum(nil)), errors.Join(err, out.Sync(), out.Close())
 }
 
 // CheckBackup checks that the file at path is a whole, undamaged
@@ -156,8 +193,9 @@ func writeNewFile(path, text string) error {
 }
 
 // matchesChecksumFile reports whether the backup has a checksum file
-// beside it, and fails if the backup does not match it.
-func matchesChecksumFile(backupPath string) (bool, error) {
+// beside it, and fails if digest, the SHA-256 of the copy read from the
+// backup, does not match it.
+func matchesChecksumFile(backupPath, digest string) (bool, error) {
 	line, err := os.ReadFile(backupPath + ChecksumSuffix)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -166,17 +204,8 @@ func matchesChecksumFile(backupPath string) (bool, error) {
 		return false, err
 	}
 	want, _, _ := strings.Cut(strings.TrimSpace(string(line)), " ")
-	f, err := os.Open(backupPath)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	sum := sha256.New()
-	if _, err := io.Copy(sum, f); err != nil {
-		return false, err
-	}
-	if got := hex.EncodeToString(sum.Sum(nil)); got != want {
-		return false, fmt.Errorf("%s is damaged: its SHA-256 is %s, but %s%s says %s; nothing was changed", backupPath, got, backupPath, ChecksumSuffix, want)
+	if digest != want {
+		return false, fmt.Errorf("%s is damaged: its SHA-256 is %s, but %s%s says %s; nothing was changed", backupPath, digest, backupPath, ChecksumSuffix, want)
 	}
 	return true, nil
 }

@@ -74,8 +74,10 @@ type Config struct {
 	// ProxyTimeout bounds the wait for an API's response headers.
 	ProxyMaxRequestBytes, ProxyMaxResponseBytes int64
 	ProxyTimeout                                time.Duration
-	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz over
-	// plain HTTP; they hold no secret. "off" disables it.
+	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz. It
+	// serves TLS when the gRPC server does, with the same certificate but
+	// without asking for client certificates, and otherwise must be a
+	// loopback address. "off" disables it.
 	OpsListenAddr string
 	// Tracing is TracingOff (the default) or TracingOTLP: OpenTelemetry
 	// spans of gRPC calls and provider requests, sent with the OTLP
@@ -223,11 +225,12 @@ type Server struct {
 }
 
 // New checks the configuration, opens the data directory and the listener,
-// and loads every account. It fails, touching nothing, if the master key is
-// not the one the data directory was created with.
+// and loads every account. A bad configuration fails before anything is
+// written. It fails, touching nothing, if the master key is not the one the
+// data directory was created with.
 func New(cfg Config) (*Server, error) {
 	cfg.setDefaults()
-	tlsm, err := loadTLS(cfg)
+	tlsm, master, err := checkConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -237,9 +240,10 @@ func New(cfg Config) (*Server, error) {
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("restrict data directory: %w", err)
 	}
-	master, err := loadMasterKey(cfg)
-	if err != nil {
-		return nil, err
+	if master == nil {
+		if master, err = localMasterKey(cfg); err != nil {
+			return nil, err
+		}
 	}
 	st, err := openStore(cfg, master)
 	if err != nil {
@@ -254,6 +258,30 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// checkConfig checks everything in cfg that can be checked without
+// writing, so that a bad configuration fails before New creates the data
+// directory, a database or a master key. It returns the TLS material and
+// the configured master key, nil if none is configured.
+func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
+	if err := checkTracingMode(cfg.Tracing); err != nil {
+		return tlsMaterial{}, nil, err
+	}
+	if p := cfg.BootstrapAdminPrincipal; p != "" {
+		if _, err := checkAdminPrincipal(p); err != nil {
+			return tlsMaterial{}, nil, fmt.Errorf("--bootstrap-admin-principal %q: %s", p, status.Convert(err).Message())
+		}
+	}
+	tlsm, err := loadTLS(cfg)
+	if err != nil {
+		return tlsMaterial{}, nil, err
+	}
+	master, err := configuredMasterKey(cfg)
+	if err != nil {
+		return tlsMaterial{}, nil, err
+	}
+	return tlsm, master, nil
+}
+
 func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial) (*Server, error) {
 	mac, err := loadMACKey(st, master)
 	if err != nil {
@@ -264,7 +292,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		return nil, err
 	}
 	var tm *tokens.Manager
-	met := metrics.New(func() []metrics.Account { return accountMetrics(tm) })
+	met := metrics.New(func() []metrics.Account { return accountMetrics(tm, mac) })
 	prov := provider.New(provider.Config{
 		WrapTransport: tr.wrapTransport,
 		Endpoints: provider.Endpoints{
@@ -361,7 +389,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		}
 	}
 	if cfg.OpsListenAddr != listenerOff {
-		if s.ops, err = listenHTTP("ops listener", cfg.OpsListenAddr, newOpsServer(cfg, met, al, &s.draining)); err != nil {
+		if s.ops, err = listenHTTP("ops listener", cfg.OpsListenAddr, newOpsServer(cfg, tlsm, met, al, &s.draining)); err != nil {
 			lis.Close()
 			if s.proxy != nil {
 				s.proxy.lis.Close()
@@ -423,19 +451,22 @@ type tlsMaterial struct {
 	clientCAs *x509.CertPool
 }
 
-// loadTLS reads the TLS files, or checks that plaintext is served on
-// loopback addresses only.
+// loadTLS checks the listen addresses, serving plaintext on loopback ones
+// only, and reads the TLS files.
 func loadTLS(cfg Config) (tlsMaterial, error) {
-	if cfg.TLSCertFile == "" && cfg.TLSKeyFile == "" {
-		if cfg.ClientCAFile != "" {
-			return tlsMaterial{}, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
+	plaintext := cfg.TLSCertFile == "" && cfg.TLSKeyFile == ""
+	if plaintext && cfg.ClientCAFile != "" {
+		return tlsMaterial{}, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
+	}
+	for _, l := range [][2]string{{"--listen", cfg.ListenAddr}, {"--proxy-listen", cfg.ProxyListenAddr}, {"--ops-listen", cfg.OpsListenAddr}} {
+		if l[1] == listenerOff && l[0] != "--listen" {
+			continue
 		}
-		if err := checkLoopback(cfg.ListenAddr); err != nil {
+		if err := checkListenAddr(l[0], l[1], plaintext); err != nil {
 			return tlsMaterial{}, err
 		}
-		if cfg.ProxyListenAddr != listenerOff {
-			return tlsMaterial{}, checkLoopback(cfg.ProxyListenAddr)
-		}
+	}
+	if plaintext {
 		return tlsMaterial{}, nil
 	}
 	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
@@ -562,25 +593,36 @@ func (s *Server) authSummary() string {
 	return "plaintext on loopback; caller keys"
 }
 
-// checkLoopback refuses plaintext on any address that is not loopback:
-// caller keys and tokens would cross the network readable by anyone on the path.
-func checkLoopback(addr string) error {
+// checkListenAddr checks a listen address's form and, for plaintext,
+// refuses any address that is not loopback: caller keys and tokens would
+// cross the network readable by anyone on the path. flag names the address
+// in the error.
+func checkListenAddr(flag, addr string, plaintext bool) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("listen address %q: %w", addr, err)
+		return fmt.Errorf("%s %q: %w", flag, addr, err)
 	}
-	if host == "localhost" {
+	if !plaintext || host == "localhost" {
 		return nil
 	}
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("listen address %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", addr)
+	return fmt.Errorf("%s %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", flag, addr)
 }
 
 // loadMasterKey reads the configured master key or, with none configured,
 // the generated local one, generating it on first start.
 func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
+	if k, err := configuredMasterKey(cfg); k != nil || err != nil {
+		return k, err
+	}
+	return localMasterKey(cfg)
+}
+
+// configuredMasterKey reads the master key given by --master-key-file or
+// CREDBROKER_MASTER_KEY; it is nil if neither is set.
+func configuredMasterKey(cfg Config) (*seal.MasterKey, error) {
 	switch {
 	case cfg.MasterKeyFile != "" && cfg.MasterKey != "":
 		return nil, errors.New("set either --master-key-file or CREDBROKER_MASTER_KEY, not both")
@@ -593,7 +635,12 @@ func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
 	case cfg.MasterKeyFile != "":
 		return readMasterKeyFile(cfg.MasterKeyFile, cfg.Logger)
 	}
+	return nil, nil
+}
 
+// localMasterKey reads the key generated into the data directory,
+// generating it on first start.
+func localMasterKey(cfg Config) (*seal.MasterKey, error) {
 	path := filepath.Join(cfg.DataDir, masterKeyFileName)
 	_, statErr := os.Stat(path)
 	if statErr == nil {

@@ -34,13 +34,18 @@ type tracing struct {
 	provider *sdktrace.TracerProvider
 }
 
-func newTracing(mode string) (*tracing, error) {
+// checkTracingMode accepts TracingOff (or empty) and TracingOTLP.
+func checkTracingMode(mode string) error {
 	switch mode {
-	case TracingOff, "":
-		return nil, nil
-	case TracingOTLP:
-	default:
-		return nil, fmt.Errorf("tracing must be %q or %q, not %q", TracingOff, TracingOTLP, mode)
+	case TracingOff, "", TracingOTLP:
+		return nil
+	}
+	return fmt.Errorf("tracing must be %q or %q, not %q", TracingOff, TracingOTLP, mode)
+}
+
+func newTracing(mode string) (*tracing, error) {
+	if mode != TracingOTLP {
+		return nil, checkTracingMode(mode)
 	}
 	exp, err := otlptracegrpc.New(context.Background())
 	if err != nil {

@@ -113,8 +113,11 @@ func restore(args []string, stdout, stderr io.Writer) error {
 		lockTimeout time.Duration
 	)
 	fs := newFlagSet("restore", stderr, `Puts a backup made by "credbroker backup" in place as the database of
---data-dir. It checks every page of the backup and that the master key
-(--master-key-file or CREDBROKER_MASTER_KEY, as for serve) opens it first.
+--data-dir. It reads the backup once, into a staging file in --data-dir,
+and checks that copy first: its SHA-256 against --in.sha256 if present,
+every page, and that the master key (--master-key-file or
+CREDBROKER_MASTER_KEY, as for serve) opens it. Only the checked copy is put
+in place.
 A database already in --data-dir is kept beside it, renamed
 credbroker.db.before-restore-<time>. Stop the broker first; start it again
 afterwards with the same master key.`)

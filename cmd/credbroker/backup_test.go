@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,6 +125,9 @@ func TestBackupAndRestore(t *testing.T) {
 			t.Errorf("restore with %s wrote a database", name)
 		}
 	}
+	if _, err := os.Stat(fresh); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("refused restores left the data directory they made: %v", err)
+	}
 
 	// Changes after the backup are not in it.
 	if _, err := credbrokerv1.NewAccountServiceClient(adminConn).DeleteAccount(context.Background(), &credbrokerv1.DeleteAccountRequest{Name: "accounts/acct-0"}); err != nil {
@@ -147,12 +152,29 @@ func TestBackupAndRestore(t *testing.T) {
 	}
 	second.stop(t)
 
-	// Restoring over a database keeps it, twice within a second too.
+	// Restoring over a database keeps it, twice within a second too. A
+	// symlink planted at the staging path is not followed, and the data
+	// directory gets its mode 0700 back.
+	outside := filepath.Join(dir, "outside")
+	if err := os.WriteFile(outside, []byte("not the broker's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if os.Symlink(outside, filepath.Join(fresh, "credbroker.db.restoring")) != nil || os.Chmod(fresh, 0o755) != nil {
+		t.Fatal("could not plant the symlink")
+	}
 	for i := 1; i <= 2; i++ {
 		out, err = run(key(e2eMasterKey), "restore", "--in", backupFile, "--data-dir", fresh)
 		kept, _ := filepath.Glob(filepath.Join(fresh, "credbroker.db.before-restore-*"))
 		if err != nil || len(kept) != i || !strings.Contains(out, kept[i-1]) {
 			t.Fatalf("restore %d over a database: %v, kept %v\n%s", i, err, kept, out)
 		}
+	}
+	if got, _ := os.ReadFile(outside); string(got) != "not the broker's" {
+		t.Errorf("restore wrote %d bytes through the symlink at the staging path", len(got))
+	}
+	if fi, err := os.Stat(fresh); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm() != 0o700 {
+		t.Errorf("data directory mode after restore: %v", fi.Mode().Perm())
 	}
 }

@@ -102,7 +102,8 @@ which wins over the config file. --print-config shows the result and where
 each value came from, in the config file's format. The master key can also be given
 as CREDBROKER_MASTER_KEY (never as a flag, which other users could see in ps).
 With no master key configured, one is generated into the data directory for
-local use only.
+local use only. The whole configuration is checked before the data
+directory, a database or a master key is created.
 
 On the first start of a new database the broker creates an admin caller key
 and prints it once on standard output, unless --bootstrap-admin-principal
@@ -112,7 +113,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.Int64Var(&cfg.ProxyMaxRequestBytes, "proxy-max-request-bytes", d.ProxyMaxRequestBytes, "largest request body the egress proxy forwards")
 	fs.Int64Var(&cfg.ProxyMaxResponseBytes, "proxy-max-response-bytes", d.ProxyMaxResponseBytes, "largest response body the egress proxy passes back; a longer one is cut off and the connection aborted")
 	fs.DurationVar(&cfg.ProxyTimeout, "proxy-timeout", d.ProxyTimeout, "how long the egress proxy waits for an API's response headers")
-	fs.StringVar(&cfg.OpsListenAddr, "ops-listen", d.OpsListenAddr, `address of /metrics (Prometheus), /healthz and /readyz, served over plain HTTP (they hold no secret). "off" disables it`)
+	fs.StringVar(&cfg.OpsListenAddr, "ops-listen", d.OpsListenAddr, `address of /metrics (Prometheus), /healthz and /readyz (they hold no secret); it serves HTTPS with --tls-cert, without asking for client certificates, and without TLS it must be a loopback address. "off" disables it`)
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate (chain) of the broker; with --tls-key enables TLS, required off loopback")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.ClientCAFile, "client-ca", "", "PEM bundle of CAs whose client certificates prove callers' principals (mTLS); needs --tls-cert")

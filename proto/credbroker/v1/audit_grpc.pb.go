@@ -43,7 +43,8 @@ type AuditServiceClient interface {
 	// match every filter set in the request.
 	//
 	// Errors: INVALID_ARGUMENT (malformed account, negative page_size,
-	// start_time after end_time, or a foreign page_token).
+	// start_time after end_time, a start_time or end_time outside 1970 to
+	// 2262 (the times the trail can hold), or a foreign page_token).
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
 
@@ -86,7 +87,8 @@ type AuditServiceServer interface {
 	// match every filter set in the request.
 	//
 	// Errors: INVALID_ARGUMENT (malformed account, negative page_size,
-	// start_time after end_time, or a foreign page_token).
+	// start_time after end_time, a start_time or end_time outside 1970 to
+	// 2262 (the times the trail can hold), or a foreign page_token).
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }

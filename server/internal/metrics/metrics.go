@@ -1,6 +1,7 @@
 // Package metrics holds the broker's Prometheus metrics. Labels name only
-// what an admin created (account IDs, secret IDs) or a fixed set of values,
-// never a secret and never caller input, so their number stays bounded.
+// what an admin created (account IDs, keyed fingerprints of secrets) or a
+// fixed set of values, never a secret and never caller input, so their
+// number stays bounded.
 package metrics
 
 import (
@@ -75,7 +76,8 @@ func (m *Metrics) UpstreamRequest(provider, result string, took time.Duration) {
 // Account is what a scrape shows of one account.
 type Account struct {
 	ID, State string
-	// SecretExpiry: each secret's expire time by secret ID, for the
+	// SecretExpiry: each secret's expire time by its keyed fingerprint
+	// (never its secret_id, which confirms a guessed secret), for the
 	// secrets that have one.
 	SecretExpiry map[string]time.Time
 }
@@ -84,7 +86,9 @@ var (
 	accountsDesc = prometheus.NewDesc("credbroker_accounts",
 		"Linked accounts by state: active, degraded or needs_attention.", []string{"state"}, nil)
 	secretExpiryDesc = prometheus.NewDesc("credbroker_secret_expires_in_seconds",
-		"Seconds until each secret with an expire time expires (negative once it has).", []string{"account", "secret_id"}, nil)
+		"Seconds until each secret with an expire time expires (negative once it has). secret_hmac is a keyed fingerprint of the secret, "+
+			"stable across restarts but not its secret_id, so that it cannot confirm a guessed secret: tell an account's secrets apart by their expire times (GetAccount).",
+		[]string{"account", "secret_hmac"}, nil)
 )
 
 // accountsCollector reads the accounts' states and secrets at each scrape.

@@ -53,7 +53,8 @@ class AuditServiceServicer(object):
         match every filter set in the request.
 
         Errors: INVALID_ARGUMENT (malformed account, negative page_size,
-        start_time after end_time, or a foreign page_token).
+        start_time after end_time, a start_time or end_time outside 1970 to
+        2262 (the times the trail can hold), or a foreign page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
