@@ -118,6 +118,11 @@ type Config struct {
 	// SecretExpiryWarning: accounts whose credentials expire within this
 	// window show SECRET_EXPIRING and are warned about once a day.
 	SecretExpiryWarning time.Duration
+	// CompactInterval is how often the broker looks for deleted sealed
+	// material (a deleted account's data key and secrets, a removed
+	// secret) left in freed pages of the database file, and compacts the
+	// file to remove it; it also does so on start and on shutdown.
+	CompactInterval time.Duration
 	// ShutdownTimeout is how long in-flight calls get to finish on shutdown.
 	ShutdownTimeout time.Duration
 	// LockTimeout is how long to wait for the database lock before giving up.
@@ -158,6 +163,7 @@ func DefaultConfig() Config {
 		RetryBackoffMax:       tc.BackoffMax,
 		RejectedRecheck:       tc.RejectedRecheck,
 		SecretExpiryWarning:   tc.ExpiryWarning,
+		CompactInterval:       time.Minute,
 		ShutdownTimeout:       10 * time.Second,
 		LockTimeout:           time.Second,
 		Tracing:               TracingOff,
@@ -177,7 +183,7 @@ func (c *Config) setDefaults() {
 		{&c.UpstreamTimeout, &d.UpstreamTimeout}, {&c.RefreshMargin, &d.RefreshMargin},
 		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
-		{&c.ShutdownTimeout, &d.ShutdownTimeout},
+		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.CompactInterval, &d.CompactInterval},
 		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
 	})
 	fillUnset([][2]*int{
@@ -247,6 +253,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	st, err := openStore(cfg, master)
 	if err != nil {
+		return nil, err
+	}
+	if err := compactIfPending(st); err != nil { // a deletion the last run did not get to
+		st.Close()
 		return nil, err
 	}
 	removeStagedBackups(cfg)
@@ -536,6 +546,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	auditCtx, stopAudit := context.WithCancel(context.Background())
 	auditDone := make(chan struct{})
 	go func() { s.audit.Run(auditCtx); close(auditDone) }()
+	compactCtx, stopCompact := context.WithCancel(context.Background())
+	compactDone := make(chan struct{})
+	go func() { s.compactPeriodically(compactCtx); close(compactDone) }()
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
@@ -574,12 +587,34 @@ func (s *Server) Serve(ctx context.Context) error {
 	<-auditDone
 	stopRefresh()
 	<-refreshDone
+	stopCompact()
+	<-compactDone
+	if cerr := compactIfPending(s.store); cerr != nil { // nothing writes any more
+		s.log.Error("could not compact the database; deleted secrets stay in its freed pages until the next start", "error", cerr)
+	}
 	s.tracing.shutdown(s.cfg.ShutdownTimeout)
 	if cerr := s.store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	s.log.Info("stopped")
 	return err
+}
+
+// compactPeriodically compacts the database every CompactInterval when a
+// deletion left sealed material in its freed pages, until ctx ends.
+func (s *Server) compactPeriodically(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.CompactInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if err := compactIfPending(s.store); err != nil {
+			s.log.Error("could not compact the database; deleted secrets stay in its freed pages until it does", "error", err)
+		}
+	}
 }
 
 // authSummary says at start-up how callers prove who they are.
