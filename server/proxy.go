@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -57,8 +58,13 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		h.fwd.Forward(w, r, pc)
-		if pc.Err != nil {
+		switch {
+		case pc.Err != nil:
 			err = h.errs.toStatus(r.Context(), pc.Err)
+		case pc.Aborted != nil:
+			// The API's status has gone to the caller, but the call failed.
+			err = h.errs.toStatus(r.Context(), pc.Aborted)
+			c.detail = fmt.Sprintf("the answer was cut off after %d bytes: %s", pc.ResponseBytes, status.Convert(err).Message())
 		}
 	}
 	if pc.Path == "" {
@@ -68,7 +74,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		HTTPMethod: truncate(r.Method, 16), Path: truncate(pc.Path, maxAuditResource),
 		Status: pc.Status, RequestBytes: pc.RequestBytes, ResponseBytes: pc.ResponseBytes,
 	}
-	if err != nil {
+	if err != nil && pc.Aborted == nil {
 		writeProxyError(w, proxyHTTPStatus(pc.Err, status.Code(err)), status.Convert(err))
 	}
 	if aerr := h.gate.audit.Record(c.event(status.Code(err))); aerr != nil {
@@ -76,7 +82,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.principal, "resource", c.resource)
 	}
 	h.gate.logRequest(c, status.Code(err))
-	if pc.Aborted {
+	if pc.Aborted != nil {
 		panic(http.ErrAbortHandler) // the caller must not take a cut-off answer for a whole one
 	}
 }
