@@ -47,7 +47,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	err := h.gate.admit(c, caller, r.Header.Get(proxyKeyHeader), func(now time.Time) (string, error) { return h.certs.Principal(r, now) })
 	if err == nil {
-		err = h.route(c, pc, id, path, perr)
+		err = h.route(c, pc, r.Method, id, path, perr)
 	}
 	if err == nil && h.gate.audit.Failing() {
 		// A proxied call is audited when it ends; if that cannot be
@@ -87,8 +87,9 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// route checks the parsed path and the caller's grant for its account.
-func (h *proxyHandler) route(c *call, pc *proxy.Call, id, path string, parseErr error) error {
+// route checks the parsed path and the caller's grant for its account,
+// with the grant's limits.
+func (h *proxyHandler) route(c *call, pc *proxy.Call, method, id, path string, parseErr error) error {
 	if parseErr != nil {
 		return invalidArgument("path", parseErr.Error())
 	}
@@ -96,9 +97,15 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, id, path string, parseErr 
 		return invalidArgument("path", "the account id must be 1-63 lowercase letters, digits and hyphens")
 	}
 	pc.AccountID, pc.Path = id, path
-	if !h.grants.Allowed(id, c.principal) {
+	limits, ok := h.grants.Lookup(id, c.principal)
+	if !ok {
 		// The same answer whether or not the account exists.
 		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
+	}
+	if !limits.Allows(method, path) {
+		return withDetails(codes.PermissionDenied,
+			fmt.Sprintf("%s's grant for %s allows only %s", c.principal, c.resource, limits),
+			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
 	}
 	return nil
 }
