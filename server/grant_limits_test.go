@@ -101,6 +101,8 @@ func TestLimitedGrants(t *testing.T) {
 			{http.MethodGet, "/V2/systemgroups"},
 			{http.MethodGet, "/v2"},
 			{http.MethodGet, "/v2/systemgroups;x/members"},
+			{http.MethodGet, "/v2/systemgroups/..;/users"}, // a dot segment to some servers
+			{http.MethodGet, "/v2/systemgroups/%2e%2e;x/users"},
 		} {
 			refused(t, c.method, c.path)
 		}
@@ -126,7 +128,8 @@ func TestLimitedGrants(t *testing.T) {
 	})
 	t.Run("refusals and the grant are audited", func(t *testing.T) {
 		ev := proxyEvent(t, b, "/v2/systemgroups;x/members")
-		if ev.GetCode() != "PERMISSION_DENIED" || ev.GetPrincipal() != ro || ev.GetResource() != "accounts/sa" || ev.GetProxyCall().GetStatus() != 0 {
+		if ev.GetCode() != "PERMISSION_DENIED" || ev.GetPrincipal() != ro || ev.GetResource() != "accounts/sa" || ev.GetProxyCall().GetStatus() != 0 ||
+			ev.GetDetail() != "outside the grant's limits: http_methods GET; path_prefixes /v2/systemgroups" {
 			t.Errorf("refused call's event: %v", ev)
 		}
 		events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/sa", Principal: "callerKeys/bootstrap-admin"})

@@ -103,6 +103,7 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, method, id, path string, p
 		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
 	}
 	if !limits.Allows(method, path) {
+		c.detail = "outside the grant's limits: " + limits.String()
 		return withDetails(codes.PermissionDenied,
 			fmt.Sprintf("%s's grant for %s allows only %s", c.principal, c.resource, limits),
 			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))

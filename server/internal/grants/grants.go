@@ -34,7 +34,8 @@ func (l Limits) Equal(o Limits) bool {
 // (as proxy.ParsePath returns it: "/" and segments without dot segments or
 // encoded slashes) is within the limits. Its decoded segments must start
 // with all of a prefix's: "/v2/systemgroups" allows "/v2/systemgroups" and
-// "/v2/systemgroups/1/members", not "/v2/systemgroupsx".
+// "/v2/systemgroups/1/members", not "/v2/systemgroupsx". A segment that
+// some servers take for a dot segment ("..;x") is outside every prefix.
 func (l Limits) Allows(method, escapedPath string) bool {
 	if len(l.Methods) > 0 && !slices.Contains(l.Methods, method) {
 		return false
@@ -45,7 +46,7 @@ func (l Limits) Allows(method, escapedPath string) bool {
 	segs := strings.Split(strings.TrimPrefix(escapedPath, "/"), "/")
 	for i, s := range segs {
 		dec, err := url.PathUnescape(s)
-		if err != nil {
+		if name, _, _ := strings.Cut(dec, ";"); err != nil || name == "." || name == ".." {
 			return false
 		}
 		segs[i] = dec
