@@ -146,16 +146,22 @@ func TestLimitedGrants(t *testing.T) {
 	})
 
 	t.Run("the same grant again changes nothing", func(t *testing.T) {
-		before := grantOf(b.account(t, "sa"), ro)
-		after := grantOf(b.limitedGrant(t, "sa", ro, []string{"GET", "GET"}, []string{"/v2/systemgroups"}), ro)
-		if !after.GetCreateTime().AsTime().Equal(before.GetCreateTime().AsTime()) {
-			t.Fatalf("the grant was rewritten: %v -> %v", before, after)
+		before := b.account(t, "sa")
+		after := b.limitedGrant(t, "sa", ro, []string{"GET", "GET"}, []string{"/v2/systemgroups"})
+		if !after.GetUpdateTime().AsTime().Equal(before.GetUpdateTime().AsTime()) {
+			t.Fatalf("the account was rewritten: update_time %v -> %v", before.GetUpdateTime().AsTime(), after.GetUpdateTime().AsTime())
 		}
 	})
 	t.Run("other limits replace the grant's", func(t *testing.T) {
+		before := grantOf(b.account(t, "sa"), ro)
 		g := grantOf(b.limitedGrant(t, "sa", ro, []string{"HEAD", "GET"}, []string{"/v2/systemusers", "/v2/systemgroups"}), ro)
-		if !slices.Equal(g.GetHttpMethods(), []string{"GET", "HEAD"}) || !slices.Equal(g.GetPathPrefixes(), []string{"/v2/systemgroups", "/v2/systemusers"}) {
+		if !slices.Equal(g.GetHttpMethods(), []string{"GET", "HEAD"}) || !slices.Equal(g.GetPathPrefixes(), []string{"/v2/systemgroups", "/v2/systemusers"}) ||
+			!g.GetCreateTime().AsTime().Equal(before.GetCreateTime().AsTime()) || g.GetCreator() != before.GetCreator() {
 			t.Fatalf("re-granted with other limits: %v", g)
+		}
+		events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/sa", PageSize: 1})
+		if err != nil || events.GetEvents()[0].GetDetail() != "grant callerKeys/ro limited to http_methods GET,HEAD; path_prefixes /v2/systemgroups,/v2/systemusers" {
+			t.Fatalf("the change's audit event: %v %v", events, err)
 		}
 		allowed(t, http.MethodGet, "/v2/systemusers/1", "/v2/systemusers/1")
 	})

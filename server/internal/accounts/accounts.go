@@ -320,22 +320,21 @@ func (s *Service) Delete(id string, ev store.AuditEvent) error {
 }
 
 // AddGrant lets principal use the account within limits (validated:
-// sorted, without duplicates), recording ev with the change. A grant the
-// principal has already is replaced if its limits differ; if they are the
+// sorted, without duplicates), recording ev with the change. If the
+// principal has a grant already, its limits are replaced; if they are the
 // same, AddGrant reports false and records nothing.
 func (s *Service) AddGrant(id, principal string, limits grants.Limits, creator string, ev store.AuditEvent) (View, bool, error) {
 	return s.changeGrants(id, ev, func(gs []store.Grant) ([]store.Grant, error) {
-		g := store.Grant{Principal: principal, CreateTime: s.now(), Creator: creator, HTTPMethods: limits.Methods, PathPrefixes: limits.PathPrefixes}
 		i := slices.IndexFunc(gs, func(g store.Grant) bool { return g.Principal == principal })
-		switch {
-		case i < 0:
-			gs = append(gs, g)
-		case limitsOf(gs[i]).Equal(limits):
-			return nil, errUnchanged
-		default:
-			gs[i] = g
+		if i < 0 {
+			gs = append(gs, store.Grant{Principal: principal, CreateTime: s.now(), Creator: creator, HTTPMethods: limits.Methods, PathPrefixes: limits.PathPrefixes})
+			slices.SortFunc(gs, func(a, b store.Grant) int { return cmp.Compare(a.Principal, b.Principal) })
+			return gs, nil
 		}
-		slices.SortFunc(gs, func(a, b store.Grant) int { return cmp.Compare(a.Principal, b.Principal) })
+		if limitsOf(gs[i]).Equal(limits) {
+			return nil, errUnchanged
+		}
+		gs[i].HTTPMethods, gs[i].PathPrefixes = limits.Methods, limits.PathPrefixes
 		return gs, nil
 	})
 }
