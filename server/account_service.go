@@ -147,11 +147,19 @@ func (s *accountService) AddAccountGrant(ctx context.Context, req *credbrokerv1.
 	if err != nil {
 		return nil, err
 	}
+	limits, err := grantLimits(req.GetHttpMethods(), req.GetPathPrefixes())
+	if err != nil {
+		return nil, err
+	}
 	if keyID, ok := strings.CutPrefix(principal, callers.KeyPrincipalPrefix); ok && !s.callers.Exists(keyID) {
 		return nil, s.errs.toStatus(ctx, callers.ErrNotFound)
 	}
+	detail := "grant " + principal
+	if limits.Limited() {
+		detail += " limited to " + limits.String()
+	}
 	c := callFrom(ctx)
-	v, changed, err := s.accounts.AddGrant(id, principal, c.principal, c.changeEvent(accountPrefix+id, "grant "+principal))
+	v, changed, err := s.accounts.AddGrant(id, principal, limits, c.principal, c.changeEvent(accountPrefix+id, detail))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -271,7 +279,10 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 		CredentialsExpireTime: timestamp(v.Expiry.Time),
 	}
 	for _, g := range v.Grants {
-		a.Grants = append(a.Grants, &credbrokerv1.Grant{Principal: g.Principal, CreateTime: timestamp(g.CreateTime), Creator: g.Creator})
+		a.Grants = append(a.Grants, &credbrokerv1.Grant{
+			Principal: g.Principal, CreateTime: timestamp(g.CreateTime), Creator: g.Creator,
+			HttpMethods: g.HTTPMethods, PathPrefixes: g.PathPrefixes,
+		})
 	}
 	switch v.Provider {
 	case provider.KindJumpCloudServiceAccount:

@@ -77,6 +77,8 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return withDetails(codes.FailedPrecondition, err.Error(), errorInfo(credbrokerv1.ErrorReason_NO_API_BASE_URL, nil))
 	case errors.As(err, &tooLarge):
 		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, proxy.ErrAnswerBroken):
+		return withDetails(codes.Unavailable, err.Error(), errorInfo(credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, nil))
 	case errors.As(err, &upstream):
 		return withDetails(codes.Unavailable, upstream.Error(), errorInfo(credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, nil))
 	case errors.Is(err, callers.ErrLastAdmin):

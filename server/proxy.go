@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -46,7 +47,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	err := h.gate.admit(c, caller, r.Header.Get(proxyKeyHeader), func(now time.Time) (string, error) { return h.certs.Principal(r, now) })
 	if err == nil {
-		err = h.route(c, pc, id, path, perr)
+		err = h.route(c, pc, r.Method, id, path, perr)
 	}
 	if err == nil && h.gate.audit.Failing() {
 		// A proxied call is audited when it ends; if that cannot be
@@ -57,8 +58,13 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		h.fwd.Forward(w, r, pc)
-		if pc.Err != nil {
+		switch {
+		case pc.Err != nil:
 			err = h.errs.toStatus(r.Context(), pc.Err)
+		case pc.Aborted != nil:
+			// The API's status has gone to the caller, but the call failed.
+			err = h.errs.toStatus(r.Context(), pc.Aborted)
+			c.detail = fmt.Sprintf("the answer was cut off after %d bytes: %s", pc.ResponseBytes, status.Convert(err).Message())
 		}
 	}
 	if pc.Path == "" {
@@ -68,7 +74,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		HTTPMethod: truncate(r.Method, 16), Path: truncate(pc.Path, maxAuditResource),
 		Status: pc.Status, RequestBytes: pc.RequestBytes, ResponseBytes: pc.ResponseBytes,
 	}
-	if err != nil {
+	if err != nil && pc.Aborted == nil {
 		writeProxyError(w, proxyHTTPStatus(pc.Err, status.Code(err)), status.Convert(err))
 	}
 	if aerr := h.gate.audit.Record(c.event(status.Code(err))); aerr != nil {
@@ -76,13 +82,14 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.principal, "resource", c.resource)
 	}
 	h.gate.logRequest(c, status.Code(err))
-	if pc.Aborted {
+	if pc.Aborted != nil {
 		panic(http.ErrAbortHandler) // the caller must not take a cut-off answer for a whole one
 	}
 }
 
-// route checks the parsed path and the caller's grant for its account.
-func (h *proxyHandler) route(c *call, pc *proxy.Call, id, path string, parseErr error) error {
+// route checks the parsed path and the caller's grant for its account,
+// with the grant's limits.
+func (h *proxyHandler) route(c *call, pc *proxy.Call, method, id, path string, parseErr error) error {
 	if parseErr != nil {
 		return invalidArgument("path", parseErr.Error())
 	}
@@ -90,9 +97,16 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, id, path string, parseErr 
 		return invalidArgument("path", "the account id must be 1-63 lowercase letters, digits and hyphens")
 	}
 	pc.AccountID, pc.Path = id, path
-	if !h.grants.Allowed(id, c.principal) {
+	limits, ok := h.grants.Lookup(id, c.principal)
+	if !ok {
 		// The same answer whether or not the account exists.
 		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
+	}
+	if !limits.Allows(method, path) {
+		c.detail = "outside the grant's limits: " + limits.String()
+		return withDetails(codes.PermissionDenied,
+			fmt.Sprintf("%s's grant for %s allows only %s", c.principal, c.resource, limits),
+			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
 	}
 	return nil
 }

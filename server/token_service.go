@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -34,11 +35,17 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 		return nil, err
 	}
 	c := callFrom(ctx)
-	if !s.grants.Allowed(id, c.principal) {
+	limits, ok := s.grants.Lookup(id, c.principal)
+	if !ok {
 		// The same answer whether or not the account exists.
 		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, req.GetName())
 	}
 	account = id
+	if limits.Limited() {
+		return nil, withDetails(codes.PermissionDenied,
+			fmt.Sprintf("%s's grant for %s is limited to some egress-proxy calls (%s), so it gets no tokens: a token would not be limited; call the API through the egress proxy", c.principal, req.GetName(), limits),
+			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+	}
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -15,6 +16,7 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 )
@@ -335,6 +337,72 @@ func futureTime(field string, ts *timestamppb.Timestamp, now time.Time) (time.Ti
 		return time.Time{}, invalidArgument(field, "must be a valid time in the future")
 	}
 	return ts.AsTime(), nil
+}
+
+// proxyMethods are the HTTP methods the egress proxy forwards, and so those
+// a grant can be limited to.
+var proxyMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+const (
+	maxPathPrefixes = 16
+	maxPathPrefix   = 256
+)
+
+// grantLimits checks AddAccountGrant's optional limits and returns them
+// sorted and without duplicates. Methods are taken as HTTP spells them,
+// upper-case: the proxy compares them exactly.
+func grantLimits(methods, prefixes []string) (grants.Limits, error) {
+	if len(methods) > len(proxyMethods) {
+		return grants.Limits{}, invalidArgument("http_methods", fmt.Sprintf("at most %d methods", len(proxyMethods)))
+	}
+	for _, m := range methods {
+		if !slices.Contains(proxyMethods, m) {
+			return grants.Limits{}, invalidArgument("http_methods", fmt.Sprintf("%q is not one of %s (upper-case, as HTTP spells them)", truncate(m, 16), strings.Join(proxyMethods, ", ")))
+		}
+	}
+	if len(prefixes) > maxPathPrefixes {
+		return grants.Limits{}, invalidArgument("path_prefixes", fmt.Sprintf("at most %d path prefixes", maxPathPrefixes))
+	}
+	for _, p := range prefixes {
+		if problem := pathPrefixProblem(p); problem != "" {
+			return grants.Limits{}, invalidArgument("path_prefixes", fmt.Sprintf("%q %s", truncate(p, 64), problem))
+		}
+	}
+	return grants.Limits{Methods: sortedSet(methods), PathPrefixes: sortedSet(prefixes)}, nil
+}
+
+// pathPrefixProblem says what is wrong with a grant's path prefix, or "".
+// A prefix is matched against decoded path segments, so it is written
+// decoded: "/" and segments, without percent-encoding.
+func pathPrefixProblem(p string) string {
+	switch {
+	case len(p) > maxPathPrefix:
+		return fmt.Sprintf("is longer than %d bytes", maxPathPrefix)
+	case !strings.HasPrefix(p, "/"):
+		return `must start with "/", e.g. /v2/systemgroups`
+	case strings.ContainsAny(p, "?#"):
+		return "must be a path only, without a query or fragment"
+	case strings.Contains(p, "%"):
+		return "must be written decoded, without percent-encoding"
+	case !utf8.ValidString(p) || strings.IndexFunc(p, func(r rune) bool { return r == '\\' || unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return "must be UTF-8 without spaces, control characters or backslashes"
+	case p == "/":
+		return "" // every path
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return `must not have empty, "." or ".." segments (nor a trailing "/")`
+		}
+	}
+	return ""
+}
+
+// sortedSet is vs sorted, without duplicates; nil if empty.
+func sortedSet(vs []string) []string {
+	if len(vs) == 0 {
+		return nil
+	}
+	return slices.Compact(slices.Sorted(slices.Values(vs)))
 }
 
 // checkAdminPrincipal accepts certificate principals only: a caller key's

@@ -220,24 +220,41 @@ func accountsDelete(s *session, args []string) error {
 }
 
 func accountsGrant(s *session, args []string) error {
-	return changeGrant(s, args, "Lets PRINCIPAL (callerKeys/NAME, or a client certificate's principal) get the account's tokens and use it through the egress proxy.",
+	methods, prefixes := &listFlag{split: true}, &listFlag{}
+	return changeGrant(s, args, `Lets PRINCIPAL (callerKeys/NAME, or a client certificate's principal) get the
+account's tokens and use it through the egress proxy. With --method or
+--path-prefix, PRINCIPAL may only make those calls through the egress proxy,
+and gets no tokens. Granting again replaces the grant's limits.`,
+		func(fs *flag.FlagSet) {
+			fs.Var(methods, "method", "only this HTTP method through the egress proxy (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; any case); repeat it, or give a comma-separated list, for more")
+			fs.Var(prefixes, "path-prefix", `only paths below the API base URL starting with this one, segment by segment (e.g. /v2/systemgroups); repeat it for more`)
+		},
 		func(ctx context.Context, ac credbrokerv1.AccountServiceClient, name, principal string) (*credbrokerv1.Account, error) {
-			resp, err := ac.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: name, Principal: principal})
+			req := &credbrokerv1.AddAccountGrantRequest{Name: name, Principal: principal, PathPrefixes: prefixes.values}
+			for _, m := range methods.values {
+				req.HttpMethods = append(req.HttpMethods, strings.ToUpper(strings.TrimSpace(m)))
+			}
+			resp, err := ac.AddAccountGrant(ctx, req)
 			return resp.GetAccount(), err
 		})
 }
 
 func accountsUngrant(s *session, args []string) error {
-	return changeGrant(s, args, "Takes PRINCIPAL's grant on the account away; its next call is refused.",
+	return changeGrant(s, args, "Takes PRINCIPAL's grant on the account away; its next call is refused.", nil,
 		func(ctx context.Context, ac credbrokerv1.AccountServiceClient, name, principal string) (*credbrokerv1.Account, error) {
 			resp, err := ac.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: name, Principal: principal})
 			return resp.GetAccount(), err
 		})
 }
 
-func changeGrant(s *session, args []string, about string, change func(context.Context, credbrokerv1.AccountServiceClient, string, string) (*credbrokerv1.Account, error)) error {
+// changeGrant runs a grant command; addFlags, if set, adds its own flags.
+func changeGrant(s *session, args []string, about string, addFlags func(*flag.FlagSet),
+	change func(context.Context, credbrokerv1.AccountServiceClient, string, string) (*credbrokerv1.Account, error)) error {
 	var id, principal string
 	fs := s.flags("ID PRINCIPAL [flags]", about)
+	if addFlags != nil {
+		addFlags(fs)
+	}
 	if err := s.parse(fs, args, &id, &principal); err != nil {
 		return err
 	}
@@ -320,7 +337,7 @@ func accountDetails(w io.Writer, a *credbrokerv1.Account) {
 	row("LABELS", sortedPairs(a.GetLabels(), "="))
 	row("CREATED", when(a.GetCreateTime(), now))
 	for _, g := range a.GetGrants() {
-		row("GRANT", g.GetPrincipal()+" (by "+g.GetCreator()+")")
+		row("GRANT", g.GetPrincipal()+" (by "+g.GetCreator()+")"+grantLimits(g))
 	}
 	for _, sec := range a.GetSecrets() {
 		v := sec.GetSecretId() + "  created " + when(sec.GetCreateTime(), now) + ", expires " + when(sec.GetExpireTime(), now)
@@ -329,6 +346,22 @@ func accountDetails(w io.Writer, a *credbrokerv1.Account) {
 		}
 		row("SECRET", v)
 	}
+}
+
+// grantLimits describes a grant's limits, e.g. ", proxy only: GET under
+// /v2/systemgroups"; "" for a grant without limits.
+func grantLimits(g *credbrokerv1.Grant) string {
+	if len(g.GetHttpMethods()) == 0 && len(g.GetPathPrefixes()) == 0 {
+		return ""
+	}
+	methods, paths := "any method", "any path"
+	if len(g.GetHttpMethods()) > 0 {
+		methods = strings.Join(g.GetHttpMethods(), ",")
+	}
+	if len(g.GetPathPrefixes()) > 0 {
+		paths = strings.Join(g.GetPathPrefixes(), " ")
+	}
+	return ", proxy only: " + methods + " under " + paths
 }
 
 // parseTime reads a flag's date (2006-01-02, midnight UTC) or RFC 3339 time.

@@ -309,6 +309,24 @@ func (l labelsFlag) Set(v string) error {
 	return nil
 }
 
+// listFlag collects a repeatable flag's values; with split, each value may
+// also be a comma-separated list.
+type listFlag struct {
+	values []string
+	split  bool
+}
+
+func (l *listFlag) String() string { return "" }
+
+func (l *listFlag) Set(v string) error {
+	if l.split {
+		l.values = append(l.values, strings.Split(v, ",")...)
+	} else {
+		l.values = append(l.values, v)
+	}
+	return nil
+}
+
 // sortedPairs is a map as "k=v, ..." in key order.
 func sortedPairs(m map[string]string, sep string) string {
 	keys := make([]string, 0, len(m))

@@ -168,6 +168,28 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("audit list --principal:\n%s", out)
 	}
 
+	// A read-only grant: GET and HEAD below two paths, through the egress proxy only.
+	out = c.ok(admin, "", "callers", "create", "reports")
+	reports := regexp.MustCompile(`KEY\s+(cbk_\S+)`).FindStringSubmatch(out)
+	if reports == nil {
+		t.Fatalf("callers create printed no key:\n%s", out)
+	}
+	out = c.ok(admin, "", "accounts", "grant", "acme", "callerKeys/reports", "--method", "get,HEAD", "--path-prefix", "/v2/systemusers", "--path-prefix", "/v2/systemgroups")
+	if !regexp.MustCompile(`(?m)^GRANT\s+callerKeys/reports \(by callerKeys/bootstrap-admin\), proxy only: GET,HEAD under /v2/systemgroups /v2/systemusers$`).MatchString(out) {
+		t.Errorf("accounts grant with limits:\n%s", out)
+	}
+	c.okJSON(admin, "", &got, "accounts", "get", "acme")
+	if g := got.GetAccount().GetGrants(); len(g) != 2 || g[1].GetPrincipal() != "callerKeys/reports" ||
+		strings.Join(g[1].GetHttpMethods(), ",") != "GET,HEAD" || strings.Join(g[1].GetPathPrefixes(), ",") != "/v2/systemgroups,/v2/systemusers" {
+		t.Errorf("accounts get --output json shows the grants as %v", g)
+	}
+	c.fails(reports[1], "", []string{"token", "get", "acme"}, "egress proxy", "GRANT_LIMITED")
+	c.fails(admin, "", []string{"accounts", "grant", "acme", "callerKeys/reports", "--method", "TRACE"}, "invalid http_methods", `"TRACE" is not one of GET`)
+	c.fails(admin, "", []string{"accounts", "grant", "acme", "callerKeys/reports", "--path-prefix", "/v2/"}, "invalid path_prefixes", "empty")
+	if out := c.ok(admin, "", "accounts", "grant", "acme", "callerKeys/reports"); !regexp.MustCompile(`(?m)^GRANT\s+callerKeys/reports \(by callerKeys/bootstrap-admin\)$`).MatchString(out) {
+		t.Errorf("accounts grant without limits lifts them:\n%s", out)
+	}
+
 	c.ok(admin, "", "callers", "revoke", "billing")
 	if out := c.ok(admin, "", "callers", "list"); !regexp.MustCompile(`callerKeys/billing\s+caller\s+revoked`).MatchString(out) {
 		t.Errorf("callers list:\n%s", out)

@@ -62,16 +62,21 @@ func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tok
 // LoadGrants fills the grants index from the stored accounts (store.All).
 func (s *Service) LoadGrants(all []store.Stored) {
 	for _, st := range all {
-		s.grants.Set(st.Account.ID, principals(st.Account.Grants))
+		s.grants.Set(st.Account.ID, indexed(st.Account.Grants))
 	}
 }
 
-func principals(gs []store.Grant) []string {
-	out := make([]string, len(gs))
-	for i, g := range gs {
-		out[i] = g.Principal
+// indexed is an account's grants as the grants index holds them.
+func indexed(gs []store.Grant) map[string]grants.Limits {
+	out := make(map[string]grants.Limits, len(gs))
+	for _, g := range gs {
+		out[g.Principal] = limitsOf(g)
 	}
 	return out
+}
+
+func limitsOf(g store.Grant) grants.Limits {
+	return grants.Limits{Methods: g.HTTPMethods, PathPrefixes: g.PathPrefixes}
 }
 
 // NewAccount is a validated request to link an account.
@@ -318,15 +323,22 @@ func (s *Service) Delete(id string, ev store.AuditEvent) error {
 	return nil
 }
 
-// AddGrant lets principal get the account's tokens, recording ev with the
-// change. It reports false, recording nothing, if the grant exists already.
-func (s *Service) AddGrant(id, principal, creator string, ev store.AuditEvent) (View, bool, error) {
+// AddGrant lets principal use the account within limits (validated:
+// sorted, without duplicates), recording ev with the change. If the
+// principal has a grant already, its limits are replaced; if they are the
+// same, AddGrant reports false and records nothing.
+func (s *Service) AddGrant(id, principal string, limits grants.Limits, creator string, ev store.AuditEvent) (View, bool, error) {
 	return s.changeGrants(id, ev, func(gs []store.Grant) ([]store.Grant, error) {
-		if slices.ContainsFunc(gs, func(g store.Grant) bool { return g.Principal == principal }) {
+		i := slices.IndexFunc(gs, func(g store.Grant) bool { return g.Principal == principal })
+		if i < 0 {
+			gs = append(gs, store.Grant{Principal: principal, CreateTime: s.now(), Creator: creator, HTTPMethods: limits.Methods, PathPrefixes: limits.PathPrefixes})
+			slices.SortFunc(gs, func(a, b store.Grant) int { return cmp.Compare(a.Principal, b.Principal) })
+			return gs, nil
+		}
+		if limitsOf(gs[i]).Equal(limits) {
 			return nil, errUnchanged
 		}
-		gs = append(gs, store.Grant{Principal: principal, CreateTime: s.now(), Creator: creator})
-		slices.SortFunc(gs, func(a, b store.Grant) int { return cmp.Compare(a.Principal, b.Principal) })
+		gs[i].HTTPMethods, gs[i].PathPrefixes = limits.Methods, limits.PathPrefixes
 		return gs, nil
 	})
 }
@@ -364,7 +376,7 @@ func (s *Service) changeGrants(id string, ev store.AuditEvent, change func([]sto
 	if err != nil {
 		return View{}, false, err
 	}
-	s.grants.Set(a.ID, principals(a.Grants))
+	s.grants.Set(a.ID, indexed(a.Grants))
 	return s.currentView(a), true, nil
 }
 

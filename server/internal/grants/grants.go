@@ -1,27 +1,100 @@
-// Package grants answers, from memory and on every GetToken, whether a
-// principal may get an account's tokens. The accounts package keeps it in
-// step with the stored grants.
+// Package grants answers, from memory and on every GetToken and proxied
+// call, whether a principal may use an account, and within which limits.
+// The accounts package keeps it in step with the stored grants.
 package grants
 
-import "sync"
+import (
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+)
 
-// Index maps each account to the principals it grants access.
+// Limits restrict a grant to some egress-proxy calls. The zero value
+// limits nothing.
+type Limits struct {
+	// Methods are the HTTP methods allowed (upper-case); empty: any.
+	Methods []string
+	// PathPrefixes are the paths below the account's API base URL whose
+	// calls are allowed, matched segment by segment; empty: any.
+	PathPrefixes []string
+}
+
+// Limited reports whether the limits restrict anything. A limited grant
+// gets no tokens, since a token would not be limited.
+func (l Limits) Limited() bool { return len(l.Methods) > 0 || len(l.PathPrefixes) > 0 }
+
+// Equal reports whether two limits allow the same calls (both as stored:
+// sorted, without duplicates).
+func (l Limits) Equal(o Limits) bool {
+	return slices.Equal(l.Methods, o.Methods) && slices.Equal(l.PathPrefixes, o.PathPrefixes)
+}
+
+// Allows reports whether a call with method to the escaped upstream path
+// (as proxy.ParsePath returns it: "/" and segments without dot segments or
+// encoded slashes) is within the limits. Its decoded segments must start
+// with all of a prefix's: "/v2/systemgroups" allows "/v2/systemgroups" and
+// "/v2/systemgroups/1/members", not "/v2/systemgroupsx". A segment that
+// some servers take for a dot segment ("..;x") is outside every prefix.
+func (l Limits) Allows(method, escapedPath string) bool {
+	if len(l.Methods) > 0 && !slices.Contains(l.Methods, method) {
+		return false
+	}
+	if len(l.PathPrefixes) == 0 {
+		return true
+	}
+	segs := strings.Split(strings.TrimPrefix(escapedPath, "/"), "/")
+	for i, s := range segs {
+		dec, err := url.PathUnescape(s)
+		if name, _, _ := strings.Cut(dec, ";"); err != nil || name == "." || name == ".." {
+			return false
+		}
+		segs[i] = dec
+	}
+	return slices.ContainsFunc(l.PathPrefixes, func(prefix string) bool { return underPrefix(segs, prefix) })
+}
+
+// underPrefix reports whether the path segments start with the prefix's.
+func underPrefix(segs []string, prefix string) bool {
+	rest := strings.TrimPrefix(prefix, "/")
+	if rest == "" {
+		return true // "/": every path
+	}
+	for _, want := range strings.Split(rest, "/") {
+		if len(segs) == 0 || segs[0] != want {
+			return false
+		}
+		segs = segs[1:]
+	}
+	return true
+}
+
+// String names the limits for people, e.g. "http_methods GET; path_prefixes
+// /v2/systemgroups"; "" if there are none.
+func (l Limits) String() string {
+	var parts []string
+	if len(l.Methods) > 0 {
+		parts = append(parts, "http_methods "+strings.Join(l.Methods, ","))
+	}
+	if len(l.PathPrefixes) > 0 {
+		parts = append(parts, "path_prefixes "+strings.Join(l.PathPrefixes, ","))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Index maps each account to the principals it grants, with their limits.
 type Index struct {
 	mu sync.RWMutex
-	m  map[string]map[string]struct{}
+	m  map[string]map[string]Limits
 }
 
 // NewIndex returns an empty index: nobody may get anything.
-func NewIndex() *Index { return &Index{m: map[string]map[string]struct{}{}} }
+func NewIndex() *Index { return &Index{m: map[string]map[string]Limits{}} }
 
-// Set replaces an account's grants.
-func (x *Index) Set(accountID string, principals []string) {
-	set := make(map[string]struct{}, len(principals))
-	for _, p := range principals {
-		set[p] = struct{}{}
-	}
+// Set replaces an account's grants: the limits of each principal it grants.
+func (x *Index) Set(accountID string, grants map[string]Limits) {
 	x.mu.Lock()
-	x.m[accountID] = set
+	x.m[accountID] = grants
 	x.mu.Unlock()
 }
 
@@ -32,11 +105,12 @@ func (x *Index) Remove(accountID string) {
 	x.mu.Unlock()
 }
 
-// Allowed says whether principal may get the account's tokens. An unknown
-// account grants nothing, so the answer does not tell whether it exists.
-func (x *Index) Allowed(accountID, principal string) bool {
+// Lookup returns the limits of principal's grant for the account, and
+// whether it has one. An unknown account grants nothing, so the answer does
+// not tell whether it exists.
+func (x *Index) Lookup(accountID, principal string) (Limits, bool) {
 	x.mu.RLock()
-	_, ok := x.m[accountID][principal]
+	l, ok := x.m[accountID][principal]
 	x.mu.RUnlock()
-	return ok
+	return l, ok
 }

@@ -36,6 +36,9 @@ var (
 	ErrMethod = errors.New("the egress proxy forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only")
 	// ErrNoAPIBase: the account has no API base URL to forward to.
 	ErrNoAPIBase = errors.New("the account has no api_base_url, so the egress proxy has nowhere to forward its calls")
+	// ErrAnswerBroken: the API's connection broke while its answer was
+	// being passed on (a Call.Aborted).
+	ErrAnswerBroken = errors.New("the account's API broke off its answer")
 )
 
 // TooLargeError means a body exceeded its bound.
@@ -185,12 +188,16 @@ type Call struct {
 	// Err is set when the call failed before the API's answer was passed
 	// on; nothing has been written to the caller then.
 	Err error
-	// Aborted: the answer was cut off mid-way (too large, or the API's
-	// connection broke); the caller's connection must be aborted.
-	Aborted bool
+	// Aborted says why the answer was cut off mid-way, after the API's
+	// status was passed on: a *TooLargeError, ErrAnswerBroken, or
+	// context.Canceled (the caller went away). The caller's connection must
+	// then be aborted, so that it cannot take the answer for a whole one.
+	Aborted error
 
 	target *url.URL
 	issued *tokens.Issued
+	// readErr is the first error reading the API's answer failed with.
+	readErr error
 }
 
 type callKey struct{}
@@ -209,10 +216,23 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, c *Call) {
 			if p != http.ErrAbortHandler { // ReverseProxy panics with this exact value
 				panic(p)
 			}
-			c.Aborted = true
+			c.Aborted = abortCause(r.Context(), c.readErr)
 		}
 	}()
 	f.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
+}
+
+// abortCause says why an answer was cut off, given the error reading it
+// failed with (nil if it was writing it to the caller that failed).
+func abortCause(ctx context.Context, readErr error) error {
+	var tooLarge *TooLargeError
+	switch {
+	case errors.As(readErr, &tooLarge):
+		return tooLarge
+	case readErr == nil || ctx.Err() != nil:
+		return context.Canceled
+	}
+	return ErrAnswerBroken
 }
 
 // prepare checks the method and body size, gets the account's credential
@@ -289,7 +309,7 @@ func (f *Forwarder) checkResponse(resp *http.Response) error {
 	if resp.ContentLength > f.cfg.MaxResponseBytes {
 		return &TooLargeError{What: "response", Limit: f.cfg.MaxResponseBytes}
 	}
-	resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.ResponseBytes, limit: f.cfg.MaxResponseBytes}
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.ResponseBytes, limit: f.cfg.MaxResponseBytes, err: &c.readErr}
 	return nil
 }
 
@@ -349,11 +369,13 @@ func (t *credentialTransport) send(req *http.Request, is *tokens.Issued, body io
 }
 
 // countingBody counts the bytes read through it and, with a limit, fails
-// once more than limit have been read.
+// once more than limit have been read. With err, it keeps the first error
+// a read failed with.
 type countingBody struct {
 	io.ReadCloser
 	n     *int64
 	limit int64
+	err   *error
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
@@ -361,7 +383,10 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	*b.n += int64(n)
 	if over := *b.n - b.limit; b.limit > 0 && over > 0 {
 		*b.n = b.limit
-		return n - int(over), &TooLargeError{What: "response", Limit: b.limit}
+		n, err = n-int(over), &TooLargeError{What: "response", Limit: b.limit}
+	}
+	if err != nil && err != io.EOF && b.err != nil && *b.err == nil {
+		*b.err = err
 	}
 	return n, err
 }

@@ -101,11 +101,16 @@ type Secret struct {
 	ExpireTime time.Time `json:"expire_time,omitzero"`
 }
 
-// Grant lets one principal get an account's tokens.
+// Grant lets one principal get an account's tokens or, with limits, make
+// only some calls through the egress proxy.
 type Grant struct {
 	Principal  string    `json:"principal"`
 	CreateTime time.Time `json:"create_time"`
 	Creator    string    `json:"creator"`
+	// HTTPMethods and PathPrefixes limit the grant to these proxied calls
+	// (sorted, without duplicates); unset, it is not limited.
+	HTTPMethods  []string `json:"http_methods,omitempty"`
+	PathPrefixes []string `json:"path_prefixes,omitempty"`
 }
 
 func (a *Account) version() int { return a.Version }
