@@ -24,6 +24,8 @@ var (
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")
 	bootstrappedKey = []byte("bootstrapped")
+	// principalsTypedKey marks a store whose principals are typed (see TypePrincipals).
+	principalsTypedKey = []byte("principals-typed")
 )
 
 // recordVersion is the version of the record layouts below. A build refuses
