@@ -220,7 +220,7 @@ func accountsDelete(s *session, args []string) error {
 }
 
 func accountsGrant(s *session, args []string) error {
-	return changeGrant(s, args, "Lets PRINCIPAL (callerKeys/NAME, or a client certificate's principal) get the account's tokens and use it through the egress proxy.",
+	return changeGrant(s, args, "Lets PRINCIPAL (callerKeys/NAME, or a client certificate's principal: its URI SAN as it is, e.g. spiffe://example.org/billing, dns:NAME for a DNS SAN, or cn:TEXT for a subject CN) get the account's tokens and use it through the egress proxy.",
 		func(ctx context.Context, ac credbrokerv1.AccountServiceClient, name, principal string) (*credbrokerv1.Account, error) {
 			resp, err := ac.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: name, Principal: principal})
 			return resp.GetAccount(), err
