@@ -134,15 +134,16 @@ func TestAccessMatrix(t *testing.T) {
 }
 
 // Client certificates: the right CA is accepted and names the principal
-// (URI SAN, else DNS SAN, else CN); another CA, an expired certificate and
-// none at all are refused with UNAUTHENTICATED saying why.
+// (URI SAN as it is, else "dns:" and the DNS SAN, else "cn:" and the CN);
+// another CA, an expired certificate and none at all are refused with
+// UNAUTHENTICATED saying why.
 func TestClientCertificates(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
 	ca := withTLS(t, &cfg)
 	b := startWith(t, cfg, fake, logs)
 	b.link(t, "acme")
-	for _, p := range []string{"spiffe://test/a", "dns.test", "cn-only"} {
+	for _, p := range []string{"spiffe://test/a", "dns:dns.test", "cn:cn-only"} {
 		b.grant(t, "acme", p)
 	}
 	other, err := devpki.NewCA("another CA")
@@ -162,7 +163,7 @@ func TestClientCertificates(t *testing.T) {
 		{"another CA", clientCert(t, other, devpki.Identity{URIs: []string{"spiffe://test/a"}}), codes.Unauthenticated, "not signed by the broker's client CA"},
 		{"expired", clientCert(t, ca, devpki.Identity{URIs: []string{"spiffe://test/a"}, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}), codes.Unauthenticated, "expired"},
 		{"no name", clientCert(t, ca, devpki.Identity{}), codes.Unauthenticated, "names no principal"},
-		{"key-like principal", clientCert(t, ca, devpki.Identity{CommonName: "callerKeys/svc"}), codes.Unauthenticated, "may not start with"},
+		{"key-like principal", clientCert(t, ca, devpki.Identity{CommonName: "callerKeys/svc"}), codes.PermissionDenied, "cn:callerKeys/svc has no grant"},
 		{"none", nil, codes.Unauthenticated, "no credentials"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -174,9 +175,9 @@ func TestClientCertificates(t *testing.T) {
 		})
 	}
 	// The audit trail names the certificate's principal.
-	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: "dns.test"})
+	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: "dns:dns.test"})
 	if err != nil || len(events.GetEvents()) != 1 || events.GetEvents()[0].GetCode() != "OK" {
-		t.Fatalf("audit events of dns.test = %v, %v", events, err)
+		t.Fatalf("audit events of dns:dns.test = %v, %v", events, err)
 	}
 }
 

@@ -84,8 +84,9 @@ type Config struct {
 	// exporter configured by the standard OTEL_EXPORTER_OTLP_* variables.
 	Tracing string
 	// BootstrapAdminPrincipal: on the first start of a new database, make
-	// this client-certificate principal the admin, instead of creating an
-	// admin caller key (see Server.BootstrapAdminKey).
+	// this client-certificate principal (typed: a URI such as a SPIFFE ID,
+	// "dns:<name>" or "cn:<text>") the admin, instead of creating an admin
+	// caller key (see Server.BootstrapAdminKey).
 	BootstrapAdminPrincipal string
 	// RateLimit is each caller's sustained calls per second and RateBurst
 	// the calls it may make at once; a negative RateLimit turns limiting off.
@@ -240,6 +241,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if p := cfg.BootstrapAdminPrincipal; p != "" {
+		if problem := principalProblem(p, true); problem != "" {
+			return nil, fmt.Errorf("--bootstrap-admin-principal: %s", problem)
+		}
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -323,6 +329,9 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		OnCacheLookup:      met.CacheLookup,
 		Logger:             cfg.Logger,
 	}, st, master, prov)
+	if err := typePrincipals(st); err != nil {
+		return nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
+	}
 	all, err := st.All() // every account, read once for the token cache and the grants
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)

@@ -17,6 +17,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 )
@@ -82,18 +83,32 @@ func idFromName(field, name, prefix, placeholder string) (string, error) {
 	return id, checkAccountID(field, id)
 }
 
-const maxPrincipal = 512
-
-// checkPrincipal accepts what certificates and caller keys produce: at most
-// 512 characters of valid UTF-8 without spaces or control characters.
+// checkPrincipal accepts what caller keys and client certificates prove:
+// "callerKeys/{key_id}" or a typed certificate principal.
 func checkPrincipal(field, p string) error {
-	if p == "" || len(p) > maxPrincipal || !utf8.ValidString(p) || strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
-		return invalidArgument(field, fmt.Sprintf("must be 1-%d characters without spaces, e.g. spiffe://example.org/billing or callerKeys/billing", maxPrincipal))
-	}
-	if rest, ok := strings.CutPrefix(p, callers.KeyPrincipalPrefix); ok && !validAccountID(rest) {
-		return invalidArgument(field, `a caller key's principal is "callerKeys/{key_id}" with a valid key id`)
+	if problem := principalProblem(p, false); problem != "" {
+		return invalidArgument(field, problem)
 	}
 	return nil
+}
+
+// principalProblem says what is wrong with a principal, or returns "". An
+// admin principal must be a certificate's: a caller key's role is set when
+// it is created.
+func principalProblem(p string, admin bool) string {
+	rest, isKey := strings.CutPrefix(p, callers.KeyPrincipalPrefix)
+	switch {
+	case isKey && admin:
+		return "must be a client-certificate principal: a caller key's role is set when it is created"
+	case isKey && !validAccountID(rest):
+		return `a caller key's principal is "callerKeys/{key_id}" with a valid key id`
+	case isKey:
+		return ""
+	}
+	if err := mtls.CheckPrincipal(p); err != nil {
+		return err.Error()
+	}
+	return ""
 }
 
 func checkDisplayName(field, s string) error {
@@ -408,11 +423,8 @@ func sortedSet(vs []string) []string {
 // checkAdminPrincipal accepts certificate principals only: a caller key's
 // role is fixed when it is created.
 func checkAdminPrincipal(p string) (string, error) {
-	if err := checkPrincipal("principal", p); err != nil {
-		return "", err
-	}
-	if strings.HasPrefix(p, callers.KeyPrincipalPrefix) {
-		return "", invalidArgument("principal", "must be a client-certificate principal: a caller key's role is set when it is created")
+	if problem := principalProblem(p, true); problem != "" {
+		return "", invalidArgument("principal", problem)
 	}
 	return p, nil
 }

@@ -221,10 +221,12 @@ func accountsDelete(s *session, args []string) error {
 
 func accountsGrant(s *session, args []string) error {
 	methods, prefixes := &listFlag{split: true}, &listFlag{}
-	return changeGrant(s, args, `Lets PRINCIPAL (callerKeys/NAME, or a client certificate's principal) get the
-account's tokens and use it through the egress proxy. With --method or
---path-prefix, PRINCIPAL may only make those calls through the egress proxy,
-and gets no tokens. Granting again replaces the grant's limits.`,
+	return changeGrant(s, args, `Lets PRINCIPAL (callerKeys/NAME, or a client certificate's principal: its URI
+SAN as it is, e.g. spiffe://example.org/billing, dns:NAME for a DNS SAN, or
+cn:TEXT for a subject CN) get the account's tokens and use it through the
+egress proxy. With --method or --path-prefix, PRINCIPAL may only make those
+calls through the egress proxy, and gets no tokens. Granting again replaces
+the grant's limits.`,
 		func(fs *flag.FlagSet) {
 			fs.Var(methods, "method", "only this HTTP method through the egress proxy (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; any case); repeat it, or give a comma-separated list, for more")
 			fs.Var(prefixes, "path-prefix", `only paths below the API base URL starting with this one, segment by segment (e.g. /v2/systemgroups); repeat it for more`)

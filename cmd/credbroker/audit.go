@@ -22,7 +22,7 @@ func auditList(s *session, args []string) error {
 	fs := s.flags("[flags]", `Lists audit events, newest first: every token handed out or refused, every
 proxied call and every admin change. Tokens appear only as fingerprints.`)
 	fs.StringVar(&account, "account", "", "only events about this account")
-	fs.StringVar(&principal, "principal", "", "only events of this principal (callerKeys/NAME or a certificate's principal)")
+	fs.StringVar(&principal, "principal", "", "only events of this principal (callerKeys/NAME, or a certificate's: spiffe://..., dns:NAME or cn:TEXT)")
 	fs.DurationVar(&since, "since", 0, "only events of this last while (e.g. 24h)")
 	fs.IntVar(&limit, "limit", 50, "at most this many events")
 	if err := s.parse(fs, args); err != nil {

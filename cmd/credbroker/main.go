@@ -117,7 +117,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate (chain) of the broker; with --tls-key enables TLS, required off loopback")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.ClientCAFile, "client-ca", "", "PEM bundle of CAs whose client certificates prove callers' principals (mTLS); needs --tls-cert")
-	fs.StringVar(&cfg.BootstrapAdminPrincipal, "bootstrap-admin-principal", "", "on first start, make this client-certificate principal (e.g. spiffe://example.org/ops) the admin instead of creating an admin caller key")
+	fs.StringVar(&cfg.BootstrapAdminPrincipal, "bootstrap-admin-principal", "", "on first start, make this client-certificate principal (a URI SAN as it is, e.g. spiffe://example.org/ops; dns:NAME for a DNS SAN; cn:TEXT for a subject CN) the admin instead of creating an admin caller key")
 	fs.Float64Var(&cfg.RateLimit, "rate-limit", d.RateLimit, "calls per second each caller may make on average; negative turns limiting off")
 	fs.IntVar(&cfg.RateBurst, "rate-burst", d.RateBurst, "calls each caller may make at once above --rate-limit")
 	fs.DurationVar(&cfg.AuditMaxAge, "audit-max-age", d.AuditMaxAge, "delete audit events older than this")
@@ -252,7 +252,7 @@ directory, for trying mTLS on one machine. Keys are unencrypted: never use
 them for anything real.`)
 	fs.StringVar(&dir, "dir", "./credbroker-certs", "directory to write into (created with mode 0700)")
 	fs.StringVar(&hosts, "hosts", "127.0.0.1,localhost", "comma-separated IP addresses and DNS names of the server certificate")
-	fs.StringVar(&clients, "clients", "admin=spiffe://credbroker.test/admin,billing=spiffe://credbroker.test/billing", "comma-separated NAME=PRINCIPAL client certificates; a PRINCIPAL with :// becomes a URI SAN, otherwise the subject CN")
+	fs.StringVar(&clients, "clients", "admin=spiffe://credbroker.test/admin,billing=spiffe://credbroker.test/billing", "comma-separated NAME=PRINCIPAL client certificates; PRINCIPAL is a URI such as a SPIFFE ID (a URI SAN), dns:NAME (a DNS SAN) or cn:TEXT (the subject CN)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -286,9 +286,9 @@ them for anything real.`)
 		if !ok || name == "" || principal == "" || strings.ContainsAny(name, "/\\") {
 			return fmt.Errorf("--clients: %q is not NAME=PRINCIPAL", c)
 		}
-		id := devpki.Identity{CommonName: principal}
-		if strings.Contains(principal, "://") {
-			id = devpki.Identity{URIs: []string{principal}}
+		id, err := devpki.ForPrincipal(principal)
+		if err != nil {
+			return fmt.Errorf("--clients: %s: %w", name, err)
 		}
 		leaf, err := ca.Client(id)
 		if err == nil {

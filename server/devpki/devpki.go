@@ -18,7 +18,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/credbroker/credbroker/server/internal/mtls"
 )
 
 // CA is a certificate authority.
@@ -77,6 +80,22 @@ type Identity struct {
 	IPAddresses         []net.IP
 	URIs                []string
 	NotBefore, NotAfter time.Time
+}
+
+// ForPrincipal is the identity of a client certificate that proves
+// principal: a URI SAN for a URI (e.g. a SPIFFE ID), a DNS SAN for
+// "dns:<name>", a subject CN for "cn:<text>".
+func ForPrincipal(principal string) (Identity, error) {
+	if err := mtls.CheckPrincipal(principal); err != nil {
+		return Identity{}, err
+	}
+	if name, ok := strings.CutPrefix(principal, mtls.DNSPrefix); ok {
+		return Identity{DNSNames: []string{name}}, nil
+	}
+	if cn, ok := strings.CutPrefix(principal, mtls.CNPrefix); ok {
+		return Identity{CommonName: cn}, nil
+	}
+	return Identity{URIs: []string{principal}}, nil
 }
 
 // Server issues a certificate for TLS servers.

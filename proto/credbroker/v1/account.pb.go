@@ -1638,8 +1638,11 @@ type AddAccountGrantRequest struct {
 	// "accounts/{account_id}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// "callerKeys/{key_id}", or a client-certificate principal: a URI SAN as
-	// it is ("spiffe://example.org/billing"), "dns:" and a DNS SAN, or "cn:"
-	// and a subject common name. At most 512 printable characters, no spaces.
+	// it is ("spiffe://example.org/billing"; an absolute URI whose scheme is
+	// not "dns", "cn" or "unix-uid"), "dns:" and a DNS SAN, or "cn:" and a
+	// subject common name. At most 512 printable characters, without spaces
+	// except in a common name. An untyped principal ("billing.internal") is
+	// INVALID_ARGUMENT.
 	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
 	// Optional: limit the grant to these HTTP methods on the egress proxy
 	// (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS).

@@ -29,7 +29,9 @@ type AuditEvent struct {
 	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
 	// Who called: a certificate principal or "callerKeys/{key_id}"; empty if
 	// the caller proved no identity. "credbroker" for the broker's own
-	// start-up actions (the bootstrap admin).
+	// actions (the bootstrap admin, start-up upgrades, account state
+	// changes) and "unix-uid:{uid}" for a local operator's rekey; no caller
+	// can be either.
 	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
 	// The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken";
 	// "proxy" for a call to the egress proxy (see proxy_call).

@@ -625,7 +625,9 @@ func (x *ListAdminPrincipalsResponse) GetPrincipals() []string {
 
 type AddAdminPrincipalRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// A client-certificate principal, e.g. "spiffe://example.org/ops".
+	// A client-certificate principal: a URI SAN as it is (e.g.
+	// "spiffe://example.org/ops"), "dns:" and a DNS SAN, or "cn:" and a
+	// subject CN.
 	Principal     string `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -15,8 +15,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -117,23 +121,111 @@ func verify(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) (str
 		}
 		return "", time.Time{}, fmt.Errorf("client certificate not accepted: %v", err)
 	}
-	p := principal(leaf)
-	if p == "" {
-		return "", time.Time{}, errors.New("client certificate names no principal: it needs a URI SAN, a DNS SAN or a subject CN")
+	p, err := principal(leaf)
+	if err != nil {
+		return "", time.Time{}, err
 	}
 	return p, leaf.NotAfter, nil
 }
 
-// principal is the certificate's URI SAN (e.g. a SPIFFE ID), else its first
-// DNS SAN, else its subject CN.
-func principal(c *x509.Certificate) string {
+// Principals are typed by where they come from. A certificate proves its
+// first URI SAN as it is (e.g. the SPIFFE ID "spiffe://example.org/billing"),
+// else "dns:" and its first DNS SAN, else "cn:" and its subject CN. Each
+// source has its own namespace, so a CN or DNS SAN spelled like a SPIFFE ID
+// proves nothing granted to the SPIFFE ID, and no certificate proves an
+// untyped name such as the broker's own ("credbroker") in the audit trail.
+const (
+	DNSPrefix = "dns:"
+	CNPrefix  = "cn:"
+)
+
+// MaxName bounds a URI principal and the text of a CN principal.
+const MaxName = 512
+
+// reservedSchemes cannot be the scheme of a URI principal: "dns" and "cn"
+// are the other sources' namespaces, and "unix-uid" names the local
+// operator of offline jobs (rekey) in the audit trail.
+var reservedSchemes = map[string]bool{"dns": true, "cn": true, "unix-uid": true}
+
+// principal is the principal the certificate proves, or why it proves none.
+func principal(c *x509.Certificate) (string, error) {
 	switch {
 	case len(c.URIs) > 0:
-		return c.URIs[0].String()
+		p := c.URIs[0].String()
+		if checkURI(p) != nil {
+			return "", fmt.Errorf("client certificate's first URI SAN %.200q is not a principal: it must be an absolute URI with a scheme other than dns, cn or unix-uid, such as spiffe://example.org/billing, of at most %d printable characters", p, MaxName)
+		}
+		return p, nil
 	case len(c.DNSNames) > 0:
-		return c.DNSNames[0]
+		return DNSPrefix + c.DNSNames[0], nil
+	case c.Subject.CommonName != "":
+		return CNPrefix + c.Subject.CommonName, nil
 	}
-	return c.Subject.CommonName
+	return "", errors.New("client certificate names no principal: it needs a URI SAN, a DNS SAN or a subject CN")
+}
+
+// CheckPrincipal says why p is not a principal that a client certificate
+// can prove, or returns nil. Its message names the typed forms.
+func CheckPrincipal(p string) error {
+	if name, ok := strings.CutPrefix(p, DNSPrefix); ok {
+		if !ValidDNSName(name) {
+			return errors.New(`"dns:" must be followed by a DNS name: letters, digits, '-' and '_' in dot-separated labels of 1-63 characters, at most 253 in all`)
+		}
+		return nil
+	}
+	if cn, ok := strings.CutPrefix(p, CNPrefix); ok {
+		if cn == "" || len(cn) > MaxName || !printable(cn) {
+			return fmt.Errorf(`"cn:" must be followed by a subject CN of 1-%d bytes of printable text`, MaxName)
+		}
+		return nil
+	}
+	return checkURI(p)
+}
+
+// checkURI says why p is not a URI principal, or returns nil.
+func checkURI(p string) error {
+	if p == "" || len(p) > MaxName || !printable(p) || strings.Contains(p, " ") {
+		return fmt.Errorf("must be 1-%d printable characters without spaces", MaxName)
+	}
+	if IsURIPrincipal(p) {
+		return nil
+	}
+	if u, err := url.Parse(p); err == nil && reservedSchemes[u.Scheme] {
+		return fmt.Errorf(`%q: the URI scheme %q is reserved; a DNS SAN is written "dns:<name>" and a subject CN "cn:<text>", in lowercase`, p, u.Scheme)
+	}
+	return fmt.Errorf(`%q is not typed: use "dns:%s" for a DNS SAN or "cn:%s" for a subject CN; a URI SAN (an absolute URI with a scheme, such as the SPIFFE ID "spiffe://example.org/billing") is used as it is`, p, p, p)
+}
+
+// IsURIPrincipal says whether p is an absolute URI whose scheme is not
+// reserved: the principal of a URI SAN.
+func IsURIPrincipal(p string) bool {
+	u, err := url.Parse(p)
+	return err == nil && u.Scheme != "" && !reservedSchemes[u.Scheme] && len(p) > len(u.Scheme)+1
+}
+
+// ValidDNSName accepts letters, digits, '-' and '_' in dot-separated labels
+// of 1-63 characters, at most 253 characters in all.
+func ValidDNSName(name string) bool {
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// printable: valid UTF-8 of printable characters (no control, format or
+// non-ASCII space characters).
+func printable(s string) bool {
+	return utf8.ValidString(s) && strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
 }
 
 // Principal returns the principal proven by the call's client certificate,

@@ -36,6 +36,8 @@ var (
 	// compactPendingKey is set while the file may still hold freed pages
 	// with deleted sealed material (see Compact).
 	compactPendingKey = []byte("compact-pending")
+	// principalsTypedKey marks a store whose principals are typed (see TypePrincipals).
+	principalsTypedKey = []byte("principals-typed")
 )
 
 // compactSuffix names the file a compaction writes beside the database.

@@ -10,12 +10,16 @@ class CallerServiceStub(object):
     client-certificate principals that hold the admin role.
 
     Every call to the broker carries a proven identity, its principal:
-    - a client certificate signed by the configured client CA: its URI SAN
-    (a SPIFFE ID such as "spiffe://example.org/billing"), else its first
-    DNS SAN, else its subject CN;
+    - a client certificate signed by the configured client CA: its first
+    URI SAN as it is (a SPIFFE ID such as "spiffe://example.org/billing";
+    an absolute URI whose scheme is not "dns", "cn" or "unix-uid"), else
+    "dns:" and its first DNS SAN ("dns:billing.internal"), else "cn:" and
+    its subject CN ("cn:billing"). A CN or DNS SAN spelled like a SPIFFE
+    ID is not that SPIFFE ID;
     - or a caller key, sent as "authorization: Bearer cbk_...": its principal
     is the key's resource name, "callerKeys/{key_id}".
-    A key wins when a call carries both.
+    A key wins when a call carries both. No caller's principal is
+    "credbroker", the broker's own name in the audit trail.
 
     Roles: admins may call AccountService, CallerService and AuditService;
     every other proven caller may call TokenService, and gets tokens only for
@@ -74,12 +78,16 @@ class CallerServiceServicer(object):
     client-certificate principals that hold the admin role.
 
     Every call to the broker carries a proven identity, its principal:
-    - a client certificate signed by the configured client CA: its URI SAN
-    (a SPIFFE ID such as "spiffe://example.org/billing"), else its first
-    DNS SAN, else its subject CN;
+    - a client certificate signed by the configured client CA: its first
+    URI SAN as it is (a SPIFFE ID such as "spiffe://example.org/billing";
+    an absolute URI whose scheme is not "dns", "cn" or "unix-uid"), else
+    "dns:" and its first DNS SAN ("dns:billing.internal"), else "cn:" and
+    its subject CN ("cn:billing"). A CN or DNS SAN spelled like a SPIFFE
+    ID is not that SPIFFE ID;
     - or a caller key, sent as "authorization: Bearer cbk_...": its principal
     is the key's resource name, "callerKeys/{key_id}".
-    A key wins when a call carries both.
+    A key wins when a call carries both. No caller's principal is
+    "credbroker", the broker's own name in the audit trail.
 
     Roles: admins may call AccountService, CallerService and AuditService;
     every other proven caller may call TokenService, and gets tokens only for
@@ -141,8 +149,8 @@ class CallerServiceServicer(object):
         """AddAdminPrincipal gives a client-certificate principal the admin role.
         Adding one that is already an admin changes nothing.
 
-        Errors: INVALID_ARGUMENT (malformed principal, or a caller key's
-        principal: a key's role is fixed when it is created).
+        Errors: INVALID_ARGUMENT (malformed or untyped principal, or a caller
+        key's principal: a key's role is fixed when it is created).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,12 +211,16 @@ class CallerService(object):
     client-certificate principals that hold the admin role.
 
     Every call to the broker carries a proven identity, its principal:
-    - a client certificate signed by the configured client CA: its URI SAN
-    (a SPIFFE ID such as "spiffe://example.org/billing"), else its first
-    DNS SAN, else its subject CN;
+    - a client certificate signed by the configured client CA: its first
+    URI SAN as it is (a SPIFFE ID such as "spiffe://example.org/billing";
+    an absolute URI whose scheme is not "dns", "cn" or "unix-uid"), else
+    "dns:" and its first DNS SAN ("dns:billing.internal"), else "cn:" and
+    its subject CN ("cn:billing"). A CN or DNS SAN spelled like a SPIFFE
+    ID is not that SPIFFE ID;
     - or a caller key, sent as "authorization: Bearer cbk_...": its principal
     is the key's resource name, "callerKeys/{key_id}".
-    A key wins when a call carries both.
+    A key wins when a call carries both. No caller's principal is
+    "credbroker", the broker's own name in the audit trail.
 
     Roles: admins may call AccountService, CallerService and AuditService;
     every other proven caller may call TokenService, and gets tokens only for

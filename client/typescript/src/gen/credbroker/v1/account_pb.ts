@@ -749,8 +749,11 @@ export type AddAccountGrantRequest = Message<"credbroker.v1.AddAccountGrantReque
 
   /**
    * "callerKeys/{key_id}", or a client-certificate principal: a URI SAN as
-   * it is ("spiffe://example.org/billing"), "dns:" and a DNS SAN, or "cn:"
-   * and a subject common name. At most 512 printable characters, no spaces.
+   * it is ("spiffe://example.org/billing"; an absolute URI whose scheme is
+   * not "dns", "cn" or "unix-uid"), "dns:" and a DNS SAN, or "cn:" and a
+   * subject common name. At most 512 printable characters, without spaces
+   * except in a common name. An untyped principal ("billing.internal") is
+   * INVALID_ARGUMENT.
    *
    * @generated from field: string principal = 2;
    */

@@ -30,7 +30,9 @@ export type AuditEvent = Message<"credbroker.v1.AuditEvent"> & {
   /**
    * Who called: a certificate principal or "callerKeys/{key_id}"; empty if
    * the caller proved no identity. "credbroker" for the broker's own
-   * start-up actions (the bootstrap admin).
+   * actions (the bootstrap admin, start-up upgrades, account state
+   * changes) and "unix-uid:{uid}" for a local operator's rekey; no caller
+   * can be either.
    *
    * @generated from field: string principal = 2;
    */
