@@ -106,6 +106,17 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	return status.Error(codes.Internal, "internal error")
 }
 
+// toCallerStatus is toStatus for callers of GetToken and the egress proxy:
+// of a provider's rejection they see the OAuth2 `error` code only, since
+// its description may hold anything; admins see it in GetAccount.
+func (m errorMapper) toCallerStatus(ctx context.Context, err error) error {
+	var rejected *provider.RejectedError
+	if errors.As(err, &rejected) {
+		err = rejected.WithoutDescription()
+	}
+	return m.toStatus(ctx, err)
+}
+
 func errorInfo(reason credbrokerv1.ErrorReason, meta map[string]string) *errdetails.ErrorInfo {
 	return &errdetails.ErrorInfo{Reason: reason.String(), Domain: errorDomain, Metadata: meta}
 }

@@ -58,7 +58,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		h.fwd.Forward(w, r, pc)
 		if pc.Err != nil {
-			err = h.errs.toStatus(r.Context(), pc.Err)
+			err = h.errs.toCallerStatus(r.Context(), pc.Err)
 		}
 	}
 	if pc.Path == "" {

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/credbroker/credbroker/server/internal/secret"
 )
 
 // maxErrorBody bounds how much of an API error answer is read to find its
@@ -39,7 +41,7 @@ func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return classify(err, cr.ClientSecret)
+		return classify(err, cr)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
@@ -47,7 +49,8 @@ func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 	case code == http.StatusOK:
 		return nil
 	case code == http.StatusBadRequest || code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusNotFound:
-		return &RejectedError{StatusCode: code, Description: sanitize(apiErrorMessage(body), cr.ClientSecret)}
+		return &RejectedError{StatusCode: code, Description: providerText(apiErrorMessage(body), maxDescriptionLen, secret.NewDetector(cr.ClientSecret, ""))}
+
 	default:
 		return &UnavailableError{Message: fmt.Sprintf("HTTP %d", code), RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
 	}
