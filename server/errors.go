@@ -34,6 +34,7 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	}
 	var (
 		rejected    *provider.RejectedError
+		redirected  *provider.RedirectedError
 		unavailable *provider.UnavailableError
 		tooLong     *tokens.MinTTLTooLongError
 		fetch       *tokens.FetchError
@@ -87,6 +88,8 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		}
 		return withDetails(codes.FailedPrecondition, rejected.Error()+"; an admin must fix the credentials at the provider",
 			errorInfo(credbrokerv1.ErrorReason_CREDENTIALS_REJECTED, meta))
+	case errors.As(err, &redirected):
+		return withDetails(codes.FailedPrecondition, redirected.Error(), errorInfo(credbrokerv1.ErrorReason_PROVIDER_REDIRECTED, nil))
 	case errors.As(err, &unavailable):
 		retry := unavailable.RetryAfter
 		if errors.As(err, &fetch) {

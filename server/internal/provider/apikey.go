@@ -19,7 +19,8 @@ const maxErrorBody = 64 << 10
 // CheckAPIKey proves a JumpCloud API key (and organization ID, when set)
 // with `GET {API base}/organizations`, the cheapest call that needs both.
 // JumpCloud answers 401 for a bad key, 400 for a malformed organization ID
-// and 404 for an unknown one: all of them are a *RejectedError.
+// and 404 for an unknown one: all of them are a *RejectedError. A redirect
+// is a *RedirectedError: it is not followed, since the request carries the key.
 func (c *Client) CheckAPIKey(ctx context.Context, cr Credentials) error {
 	start := time.Now()
 	err := c.checkAPIKey(ctx, cr)
@@ -50,7 +51,8 @@ func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 		return nil
 	case code == http.StatusBadRequest || code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusNotFound:
 		return &RejectedError{StatusCode: code, Description: providerText(apiErrorMessage(body), maxDescriptionLen, secret.NewDetector(cr.ClientSecret, ""))}
-
+	case isRedirect(code):
+		return &RedirectedError{StatusCode: code}
 	default:
 		return &UnavailableError{Message: fmt.Sprintf("HTTP %d", code), RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
 	}

@@ -4,7 +4,8 @@
 // It also proves JumpCloud API keys, which need no token.
 //
 // Failures come back as *RejectedError (the provider refused the
-// credentials) or *UnavailableError (anything else upstream). Neither keeps
+// credentials), *RedirectedError (it answered with a redirect, which is
+// never followed) or *UnavailableError (anything else upstream). None keeps
 // a response body: only the OAuth2 `error` and `error_description`, and
 // those withheld if they echo the credentials in any form.
 package provider
@@ -152,7 +153,11 @@ func New(cfg Config) *Client {
 	}
 	return &Client{
 		endpoints: cfg.Endpoints,
-		http:      &http.Client{Timeout: cfg.Timeout, Transport: rt},
+		http: &http.Client{Timeout: cfg.Timeout, Transport: rt,
+			// A redirect would take the credentials to another URL than
+			// the account's: it is a *RedirectedError instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
 		timeout:   cfg.Timeout,
 		now:       cfg.Now,
 		onRequest: cfg.OnRequest,
@@ -165,15 +170,18 @@ func (c *Client) observe(kind string, start time.Time, err error) {
 }
 
 // Result names a request's outcome for metrics: "ok", "rejected" (the
-// provider refused the credentials), "unavailable" or "error".
+// provider refused the credentials), "redirected", "unavailable" or "error".
 func Result(err error) string {
 	var rejected *RejectedError
+	var redirected *RedirectedError
 	var unavailable *UnavailableError
 	switch {
 	case err == nil:
 		return "ok"
 	case errors.As(err, &rejected):
 		return "rejected"
+	case errors.As(err, &redirected):
+		return "redirected"
 	case errors.As(err, &unavailable):
 		return "unavailable"
 	}
@@ -324,6 +332,15 @@ type UnavailableError struct {
 
 func (e *UnavailableError) Error() string { return "token endpoint unavailable: " + e.Message }
 
+// RedirectedError means the provider answered with a redirect (HTTP 3xx).
+// The broker never follows one, since the request carries the credentials.
+// It keeps only the status: the Location may hold anything.
+type RedirectedError struct{ StatusCode int }
+
+func (e *RedirectedError) Error() string {
+	return fmt.Sprintf("the provider answered with a redirect (HTTP %d), which the broker does not follow: check the account's URLs", e.StatusCode)
+}
+
 // maxRetryAfter bounds how long a Retry-After can silence an account.
 const maxRetryAfter = time.Hour
 
@@ -340,6 +357,8 @@ func classify(err error, cr Credentials) error {
 				Code:        providerText(re.ErrorCode, maxCodeLen, echo),
 				Description: providerText(re.ErrorDescription, maxDescriptionLen, echo),
 			}
+		case isRedirect(code):
+			return &RedirectedError{StatusCode: code}
 		case code == http.StatusTooManyRequests:
 			return &UnavailableError{Message: "HTTP 429 rate limited", RetryAfter: retryAfter(re.Response.Header.Get("Retry-After"))}
 		default:
@@ -358,6 +377,8 @@ func classify(err error, cr Credentials) error {
 	// x/oauth2 reports unparsable JSON and a missing access_token as plain errors.
 	return &UnavailableError{Message: "malformed answer"}
 }
+
+func isRedirect(code int) bool { return code >= 300 && code < 400 }
 
 // retryAfter parses a Retry-After header: seconds, or an HTTP date.
 func retryAfter(h string) time.Duration {
