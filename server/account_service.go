@@ -339,12 +339,14 @@ var (
 		tokens.ReasonInternal:            credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT,
 		tokens.ReasonSecretExpired:       credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRED,
 		tokens.ReasonIntegrity:           credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED,
+		tokens.ReasonProviderRedirected:  credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED,
 	}
 	reasonProto = map[string]credbrokerv1.ErrorReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.ErrorReason_CREDENTIALS_REJECTED,
 		tokens.ReasonProviderUnavailable: credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE,
 		tokens.ReasonSecretExpired:       credbrokerv1.ErrorReason_SECRET_EXPIRED,
 		tokens.ReasonIntegrity:           credbrokerv1.ErrorReason_INTEGRITY_CHECK_FAILED,
+		tokens.ReasonProviderRedirected:  credbrokerv1.ErrorReason_PROVIDER_REDIRECTED,
 	}
 )
 

@@ -35,6 +35,7 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	}
 	var (
 		rejected    *provider.RejectedError
+		redirected  *provider.RedirectedError
 		unavailable *provider.UnavailableError
 		tooLong     *tokens.MinTTLTooLongError
 		fetch       *tokens.FetchError
@@ -93,6 +94,8 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		}
 		return withDetails(codes.FailedPrecondition, rejected.Error()+"; an admin must fix the credentials at the provider",
 			errorInfo(credbrokerv1.ErrorReason_CREDENTIALS_REJECTED, meta))
+	case errors.As(err, &redirected):
+		return withDetails(codes.FailedPrecondition, redirected.Error(), errorInfo(credbrokerv1.ErrorReason_PROVIDER_REDIRECTED, nil))
 	case errors.As(err, &unavailable):
 		retry := unavailable.RetryAfter
 		if errors.As(err, &fetch) {
@@ -110,6 +113,17 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	}
 	m.log.Error("internal error", "method", methodName(ctx), "error", err)
 	return status.Error(codes.Internal, "internal error")
+}
+
+// toCallerStatus is toStatus for callers of GetToken and the egress proxy:
+// of a provider's rejection they see the OAuth2 `error` code only, since
+// its description may hold anything; admins see it in GetAccount.
+func (m errorMapper) toCallerStatus(ctx context.Context, err error) error {
+	var rejected *provider.RejectedError
+	if errors.As(err, &rejected) {
+		err = rejected.WithoutDescription()
+	}
+	return m.toStatus(ctx, err)
 }
 
 func errorInfo(reason credbrokerv1.ErrorReason, meta map[string]string) *errdetails.ErrorInfo {

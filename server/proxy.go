@@ -60,7 +60,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fwd.Forward(w, r, pc)
 		switch {
 		case pc.Err != nil:
-			err = h.errs.toStatus(r.Context(), pc.Err)
+			err = h.errs.toCallerStatus(r.Context(), pc.Err)
 		case pc.Aborted != nil:
 			// The API's status has gone to the caller, but the call failed.
 			err = h.errs.toStatus(r.Context(), pc.Aborted)

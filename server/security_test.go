@@ -21,6 +21,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -116,8 +117,8 @@ func TestSecretsNeverLeave(t *testing.T) {
 	assertAbsent(t, "audit events", []byte(protojson.Format(events)), canaries...)
 	assertAbsent(t, "server logs", []byte(b.logs.String()), canaries...)
 	assertAbsent(t, "database file", db, canaries...)
-	if !strings.Contains(seen.String(), "[REDACTED]") {
-		t.Error("the echoing provider's error_description does not show [REDACTED]")
+	if !strings.Contains(seen.String(), provider.Withheld) {
+		t.Error("the echoing provider's error_description is not withheld")
 	}
 }
 

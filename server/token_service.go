@@ -55,7 +55,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	}
 	is, err := s.tokens.Get(ctx, id, minTTL)
 	if err != nil {
-		return nil, s.errs.toStatus(ctx, err)
+		return nil, s.errs.toCallerStatus(ctx, err)
 	}
 	c.fingerprint = is.Fingerprint
 	return &credbrokerv1.GetTokenResponse{

@@ -59,7 +59,9 @@ type AccountServiceClient interface {
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider refused
 	//	  the credentials (or, for an API key, the organization ID); metadata
 	//	  carries its `error`/`error_description` (for JumpCloud's API, its
-	//	  error `message`), nothing else.
+	//	  error `message`), nothing else, each withheld whole if it echoes the
+	//	  credentials in any form; reason PROVIDER_REDIRECTED, the provider
+	//	  answered with a redirect, which the broker does not follow.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, the provider could not be
 	//	  reached or answered with a server error.
 	//
@@ -110,8 +112,9 @@ type AccountServiceClient interface {
 	//	NOT_FOUND: no such account.
 	//	ALREADY_EXISTS: the account holds this secret already.
 	//	FAILED_PRECONDITION: reason SECRET_LIMIT, the account holds two
-	//	  secrets already (remove one first); or reason CREDENTIALS_REJECTED,
-	//	  the provider refused the new secret, which is not kept.
+	//	  secrets already (remove one first); reason CREDENTIALS_REJECTED,
+	//	  the provider refused the new secret, which is not kept; or reason
+	//	  PROVIDER_REDIRECTED, the provider answered with a redirect.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE; nothing is kept.
 	AddAccountSecret(ctx context.Context, in *AddAccountSecretRequest, opts ...grpc.CallOption) (*AddAccountSecretResponse, error)
 	// RemoveAccountSecret removes one of an account's secrets, for example
@@ -256,7 +259,9 @@ type AccountServiceServer interface {
 	//	FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider refused
 	//	  the credentials (or, for an API key, the organization ID); metadata
 	//	  carries its `error`/`error_description` (for JumpCloud's API, its
-	//	  error `message`), nothing else.
+	//	  error `message`), nothing else, each withheld whole if it echoes the
+	//	  credentials in any form; reason PROVIDER_REDIRECTED, the provider
+	//	  answered with a redirect, which the broker does not follow.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE, the provider could not be
 	//	  reached or answered with a server error.
 	//
@@ -307,8 +312,9 @@ type AccountServiceServer interface {
 	//	NOT_FOUND: no such account.
 	//	ALREADY_EXISTS: the account holds this secret already.
 	//	FAILED_PRECONDITION: reason SECRET_LIMIT, the account holds two
-	//	  secrets already (remove one first); or reason CREDENTIALS_REJECTED,
-	//	  the provider refused the new secret, which is not kept.
+	//	  secrets already (remove one first); reason CREDENTIALS_REJECTED,
+	//	  the provider refused the new secret, which is not kept; or reason
+	//	  PROVIDER_REDIRECTED, the provider answered with a redirect.
 	//	UNAVAILABLE: reason PROVIDER_UNAVAILABLE; nothing is kept.
 	AddAccountSecret(context.Context, *AddAccountSecretRequest) (*AddAccountSecretResponse, error)
 	// RemoveAccountSecret removes one of an account's secrets, for example

@@ -34,8 +34,10 @@ const (
 	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
 	// The provider rejected the account's credentials (HTTP 400/401 from the
 	// token endpoint). ErrorInfo metadata carries the provider's OAuth2
-	// `error` and `error_description`, nothing else. Status FAILED_PRECONDITION;
-	// an admin has to fix the credentials in the provider.
+	// `error` and `error_description`, nothing else, each withheld whole if it
+	// echoes the credentials; callers of GetToken and the egress proxy get the
+	// `error` only. Status FAILED_PRECONDITION; an admin has to fix the
+	// credentials in the provider.
 	ErrorReason_CREDENTIALS_REJECTED ErrorReason = 1
 	// The provider could not be reached, timed out, answered 5xx or 429, or
 	// sent an unusable answer. Status UNAVAILABLE; a RetryInfo detail says

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/credbroker/credbroker/server/internal/secret"
 )
 
 // maxErrorBody bounds how much of an API error answer is read to find its
@@ -17,7 +19,8 @@ const maxErrorBody = 64 << 10
 // CheckAPIKey proves a JumpCloud API key (and organization ID, when set)
 // with `GET {API base}/organizations`, the cheapest call that needs both.
 // JumpCloud answers 401 for a bad key, 400 for a malformed organization ID
-// and 404 for an unknown one: all of them are a *RejectedError.
+// and 404 for an unknown one: all of them are a *RejectedError. A redirect
+// is a *RedirectedError: it is not followed, since the request carries the key.
 func (c *Client) CheckAPIKey(ctx context.Context, cr Credentials) error {
 	start := time.Now()
 	err := c.checkAPIKey(ctx, cr)
@@ -39,7 +42,7 @@ func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return classify(err, cr.ClientSecret)
+		return classify(err, cr)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
@@ -47,7 +50,9 @@ func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 	case code == http.StatusOK:
 		return nil
 	case code == http.StatusBadRequest || code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusNotFound:
-		return &RejectedError{StatusCode: code, Description: sanitize(apiErrorMessage(body), cr.ClientSecret)}
+		return &RejectedError{StatusCode: code, Description: providerText(apiErrorMessage(body), maxDescriptionLen, secret.NewDetector(cr.ClientSecret, ""))}
+	case isRedirect(code):
+		return &RedirectedError{StatusCode: code}
 	default:
 		return &UnavailableError{Message: fmt.Sprintf("HTTP %d", code), RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
 	}

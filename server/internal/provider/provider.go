@@ -4,8 +4,10 @@
 // It also proves JumpCloud API keys, which need no token.
 //
 // Failures come back as *RejectedError (the provider refused the
-// credentials) or *UnavailableError (anything else upstream). Neither keeps
-// a response body: only the OAuth2 `error` and `error_description`.
+// credentials), *RedirectedError (it answered with a redirect, which is
+// never followed) or *UnavailableError (anything else upstream). None keeps
+// a response body: only the OAuth2 `error` and `error_description`, and
+// those withheld if they echo the credentials in any form.
 package provider
 
 import (
@@ -151,7 +153,11 @@ func New(cfg Config) *Client {
 	}
 	return &Client{
 		endpoints: cfg.Endpoints,
-		http:      &http.Client{Timeout: cfg.Timeout, Transport: rt},
+		http: &http.Client{Timeout: cfg.Timeout, Transport: rt,
+			// A redirect would take the credentials to another URL than
+			// the account's: it is a *RedirectedError instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
 		timeout:   cfg.Timeout,
 		now:       cfg.Now,
 		onRequest: cfg.OnRequest,
@@ -164,15 +170,18 @@ func (c *Client) observe(kind string, start time.Time, err error) {
 }
 
 // Result names a request's outcome for metrics: "ok", "rejected" (the
-// provider refused the credentials), "unavailable" or "error".
+// provider refused the credentials), "redirected", "unavailable" or "error".
 func Result(err error) string {
 	var rejected *RejectedError
+	var redirected *RedirectedError
 	var unavailable *UnavailableError
 	switch {
 	case err == nil:
 		return "ok"
 	case errors.As(err, &rejected):
 		return "rejected"
+	case errors.As(err, &redirected):
+		return "redirected"
 	case errors.As(err, &unavailable):
 		return "unavailable"
 	}
@@ -233,7 +242,7 @@ func (c *Client) fetch(ctx context.Context, cr Credentials) (Token, error) {
 	cfg, margin := c.config(cr)
 	tok, err := cfg.Token(ctx)
 	if err != nil {
-		return Token{}, classify(err, cr.ClientSecret)
+		return Token{}, classify(err, cr)
 	}
 	if tok.Expiry.IsZero() {
 		return Token{}, &UnavailableError{Message: "the token endpoint's answer has no expires_in"}
@@ -284,11 +293,21 @@ func (c *Client) config(cr Credentials) (*clientcredentials.Config, time.Duratio
 
 // RejectedError means the token endpoint refused the credentials (HTTP 400
 // or 401). Code and Description are the provider's OAuth2 `error` and
-// `error_description`, sanitized.
+// `error_description`, sanitized: each is Withheld if it echoed the
+// credentials.
 type RejectedError struct {
 	StatusCode  int
 	Code        string
 	Description string
+}
+
+// WithoutDescription is e as callers of GetToken and the egress proxy see
+// it: the provider's `error` code only. Its description is for admins,
+// since a provider may put anything in it.
+func (e *RejectedError) WithoutDescription() *RejectedError {
+	c := *e
+	c.Description = ""
+	return &c
 }
 
 func (e *RejectedError) Error() string {
@@ -313,20 +332,33 @@ type UnavailableError struct {
 
 func (e *UnavailableError) Error() string { return "token endpoint unavailable: " + e.Message }
 
+// RedirectedError means the provider answered with a redirect (HTTP 3xx).
+// The broker never follows one, since the request carries the credentials.
+// It keeps only the status: the Location may hold anything.
+type RedirectedError struct{ StatusCode int }
+
+func (e *RedirectedError) Error() string {
+	return fmt.Sprintf("the provider answered with a redirect (HTTP %d), which the broker does not follow: check the account's URLs", e.StatusCode)
+}
+
 // maxRetryAfter bounds how long a Retry-After can silence an account.
 const maxRetryAfter = time.Hour
 
-func classify(err error, clientSecret secret.String) error {
+// classify turns a failed request with cr into the package's errors.
+func classify(err error, cr Credentials) error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) && re.Response != nil {
 		code := re.Response.StatusCode
 		switch {
 		case code == http.StatusBadRequest || code == http.StatusUnauthorized:
+			echo := secret.NewDetector(cr.ClientSecret, cr.ClientID)
 			return &RejectedError{
 				StatusCode:  code,
-				Code:        sanitize(re.ErrorCode, clientSecret),
-				Description: sanitize(re.ErrorDescription, clientSecret),
+				Code:        providerText(re.ErrorCode, maxCodeLen, echo),
+				Description: providerText(re.ErrorDescription, maxDescriptionLen, echo),
 			}
+		case isRedirect(code):
+			return &RedirectedError{StatusCode: code}
 		case code == http.StatusTooManyRequests:
 			return &UnavailableError{Message: "HTTP 429 rate limited", RetryAfter: retryAfter(re.Response.Header.Get("Retry-After"))}
 		default:
@@ -346,6 +378,8 @@ func classify(err error, clientSecret secret.String) error {
 	return &UnavailableError{Message: "malformed answer"}
 }
 
+func isRedirect(code int) bool { return code >= 300 && code < 400 }
+
 // retryAfter parses a Retry-After header: seconds, or an HTTP date.
 func retryAfter(h string) time.Duration {
 	if h == "" {
@@ -360,20 +394,35 @@ func retryAfter(h string) time.Duration {
 	return max(0, min(d, maxRetryAfter))
 }
 
-// sanitize keeps a provider-supplied string fit to show: the characters RFC
-// 6749 allows in error fields, at most 200 of them, and never the secret.
-func sanitize(s string, clientSecret secret.String) string {
-	if cs := clientSecret.Reveal(); cs != "" {
-		s = strings.ReplaceAll(s, cs, "[REDACTED]")
-	}
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
+// Withheld replaces a provider-supplied field that echoed the credentials in
+// any form. The whole field is withheld, since cutting the secret out of it
+// could miss a form of it.
+const Withheld = "[withheld: the provider's answer echoed the credentials]"
+
+// Bounds of the provider-supplied fields that are kept.
+const (
+	maxCodeLen        = 64
+	maxDescriptionLen = 200
+)
+
+// providerText keeps a provider-supplied field fit to show: only the
+// characters RFC 6749 allows in its error fields (%x20-21 / %x23-5B /
+// %x5D-7E), at most limit of them, and nothing at all (Withheld) if it
+// holds the credentials in any form the detector knows.
+func providerText(s string, limit int, echo secret.Detector) string {
+	kept := strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
 			return -1
 		}
 		return r
 	}, s)
-	if len(s) > 200 {
-		s = s[:200] + "..."
+	// Both: removing characters can join pieces of the secret, and the
+	// secret itself may hold characters that are removed.
+	if echo.FoundIn(s) || echo.FoundIn(kept) {
+		return Withheld
 	}
-	return s
+	if len(kept) > limit {
+		kept = kept[:limit] + "..."
+	}
+	return kept
 }

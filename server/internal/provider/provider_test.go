@@ -2,6 +2,7 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -127,22 +128,40 @@ func TestJumpCloudFailures(t *testing.T) {
 	}
 }
 
-// A provider that echoes the secret in its error description must not get it into our errors.
-func TestRejectedDescriptionIsSanitized(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusBadRequest)
-		_, _ = w.Write([]byte(`{"error":"invalid_client","error_description":"secret ` + canarySecret + ` is wrong\u0007"}`))
-	}))
-	defer srv.Close()
-	c := New(Config{Timeout: time.Second})
-	_, err := c.Fetch(context.Background(), Credentials{Kind: KindOAuth2ClientCredentials, TokenURL: srv.URL, ClientID: "id", ClientSecret: secret.New(canarySecret)})
-	var rej *RejectedError
-	if !errors.As(err, &rej) {
-		t.Fatalf("err = %v", err)
-	}
-	if rej.Description != "secret [REDACTED] is wrong" {
-		t.Fatalf("Description = %q", rej.Description)
+// A provider's error fields keep only RFC 6749's characters, within bounds,
+// and are withheld whole if they echo the secret in any form.
+func TestRejectedFieldsAreSanitized(t *testing.T) {
+	long := strings.Repeat("x", 300)
+	for _, tc := range []struct {
+		name, code, description string
+		wantCode, wantDesc      string
+	}{
+		{"clean", "invalid_client", "secret is wrong\u0007 \"quoted\" \\ caf\u00e9", "invalid_client", "secret is wrong quoted  caf"},
+		{"long", long, long, strings.Repeat("x", maxCodeLen) + "...", strings.Repeat("x", maxDescriptionLen) + "..."},
+		{"raw echo", "invalid_client", "secret " + canarySecret + " is wrong", "invalid_client", Withheld},
+		{"echo with controls", "invalid_client", strings.Join(strings.Split(canarySecret, ""), "\u0001"), "invalid_client", Withheld},
+		{"echo in the code", "bad_" + canarySecret, "no", Withheld, "no"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": tc.code, "error_description": tc.description})
+			}))
+			defer srv.Close()
+			c := New(Config{Timeout: time.Second})
+			_, err := c.Fetch(context.Background(), Credentials{Kind: KindOAuth2ClientCredentials, TokenURL: srv.URL, ClientID: "id", ClientSecret: secret.New(canarySecret)})
+			var rej *RejectedError
+			if !errors.As(err, &rej) {
+				t.Fatalf("err = %v", err)
+			}
+			if rej.Code != tc.wantCode || rej.Description != tc.wantDesc {
+				t.Fatalf("Code, Description = %q, %q; want %q, %q", rej.Code, rej.Description, tc.wantCode, tc.wantDesc)
+			}
+			if c := rej.WithoutDescription(); c.Description != "" || c.Code != rej.Code || rej.Description != tc.wantDesc {
+				t.Fatalf("WithoutDescription() = %+v (and the original became %+v)", c, rej)
+			}
+		})
 	}
 }
 

@@ -3,7 +3,8 @@
 // never leave the broker. It is not an open proxy: a request can only reach
 // the account's own API base URL, redirects are passed back rather than
 // followed, the caller's own credentials and hop-by-hop headers are
-// stripped, and bodies are bounded both ways.
+// stripped, bodies are bounded both ways, and answers lose any header that
+// echoes the injected credential, and their trailers.
 //
 // Authentication, grants and the audit trail are the caller's (package
 // server) business; this package only parses the path and forwards.
@@ -20,10 +21,12 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -198,6 +201,9 @@ type Call struct {
 	issued *tokens.Issued
 	// readErr is the first error reading the API's answer failed with.
 	readErr error
+	// rejected is the token the API rejected (401) before the call was
+	// sent again with issued; nil if it was not.
+	rejected *tokens.Issued
 }
 
 type callKey struct{}
@@ -301,7 +307,8 @@ func rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// checkResponse refuses an answer whose declared size is over the bound
+// checkResponse refuses an answer whose declared size is over the bound,
+// removes the headers that echo the call's credentials, drops trailers
 // and counts (and bounds) the bytes of the rest.
 func (f *Forwarder) checkResponse(resp *http.Response) error {
 	c := callOf(resp.Request.Context())
@@ -309,8 +316,46 @@ func (f *Forwarder) checkResponse(resp *http.Response) error {
 	if resp.ContentLength > f.cfg.MaxResponseBytes {
 		return &TooLargeError{What: "response", Limit: f.cfg.MaxResponseBytes}
 	}
-	resp.Body = &countingBody{ReadCloser: resp.Body, n: &c.ResponseBytes, limit: f.cfg.MaxResponseBytes, err: &c.readErr}
+	f.removeEchoes(resp.Header, c)
+	resp.Trailer = nil
+	resp.Body = &trailerlessBody{
+		ReadCloser: &countingBody{ReadCloser: resp.Body, n: &c.ResponseBytes, limit: f.cfg.MaxResponseBytes, err: &c.readErr},
+		resp:       resp,
+	}
 	return nil
+}
+
+// removeEchoes removes the headers whose value holds a credential the call
+// was sent with, in any form the secret Detector knows: whatever answers
+// for the API must not hand the credential to the caller.
+func (f *Forwarder) removeEchoes(h http.Header, c *Call) {
+	echoes := []secret.Detector{secret.NewDetector(c.issued.AccessToken, "")}
+	if c.rejected != nil {
+		echoes = append(echoes, secret.NewDetector(c.rejected.AccessToken, ""))
+	}
+	for name, values := range h {
+		if slices.ContainsFunc(values, func(v string) bool {
+			return slices.ContainsFunc(echoes, func(d secret.Detector) bool { return d.FoundIn(v) })
+		}) {
+			delete(h, name)
+			f.cfg.Logger.Warn("removed a response header that echoed the account's credential", "account", c.AccountID, "header", name)
+		}
+	}
+}
+
+// trailerlessBody drops the answer's trailers. Their values come after the
+// body, too late to check them before the caller has the rest; the
+// transport fills resp.Trailer as it reads them, and ReverseProxy passes
+// on what is there once it has closed the body.
+type trailerlessBody struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+func (b *trailerlessBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.resp.Trailer = nil
+	return err
 }
 
 // credentialTransport authenticates each request with the account's
@@ -346,7 +391,7 @@ func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, erro
 		c.RequestBytes = 0
 		body = &countingBody{ReadCloser: body, n: &c.RequestBytes}
 	}
-	c.issued = is
+	c.rejected, c.issued = c.issued, is
 	return t.send(req, is, body)
 }
 

@@ -152,7 +152,8 @@ type SecretUse struct {
 
 // Failure is a sanitized token-request failure: never a response body.
 type Failure struct {
-	// Reason is "credentials_rejected", "provider_unavailable" or "internal".
+	// Reason is "credentials_rejected", "provider_redirected",
+	// "provider_unavailable", "secret_expired" or "internal".
 	Reason                   string    `json:"reason"`
 	Message                  string    `json:"message"`
 	ProviderError            string    `json:"provider_error,omitempty"`

@@ -43,6 +43,7 @@ const (
 	ReasonInternal            = "internal"
 	ReasonSecretExpired       = "secret_expired"
 	ReasonIntegrity           = "integrity_check_failed"
+	ReasonProviderRedirected  = "provider_redirected"
 )
 
 // ErrNotFound means the manager knows no such account.
@@ -67,7 +68,8 @@ func (e *MinTTLTooLongError) Error() string {
 
 // FetchError is a failed token request together with the time before which
 // the broker will not ask the provider again. Err is a
-// *provider.RejectedError, a *provider.UnavailableError, or a broker fault.
+// *provider.RejectedError, a *provider.RedirectedError, a
+// *provider.UnavailableError, or a broker fault.
 type FetchError struct {
 	Err     error
 	RetryAt time.Time
@@ -616,6 +618,7 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	f := &store.Failure{Time: now}
 	var delay time.Duration
 	var rejected *provider.RejectedError
+	var redirected *provider.RedirectedError
 	var unavailable *provider.UnavailableError
 	switch {
 	case errors.Is(err, store.ErrIntegrity):
@@ -632,6 +635,11 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 		e.status.State = StateNeedsAttention
 		f.Reason, f.Message = ReasonCredentialsRejected, rejected.Error()
 		f.ProviderError, f.ProviderErrorDescription = rejected.Code, rejected.Description
+		delay = m.cfg.RejectedRecheck
+	case errors.As(err, &redirected):
+		// Like rejected credentials, an admin has to fix the URL.
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonProviderRedirected, redirected.Error()
 		delay = m.cfg.RejectedRecheck
 	case errors.As(err, &unavailable):
 		e.status.State = StateDegraded

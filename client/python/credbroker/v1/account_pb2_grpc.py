@@ -99,7 +99,9 @@ class AccountServiceServicer(object):
         FAILED_PRECONDITION: reason CREDENTIALS_REJECTED, the provider refused
         the credentials (or, for an API key, the organization ID); metadata
         carries its `error`/`error_description` (for JumpCloud's API, its
-        error `message`), nothing else.
+        error `message`), nothing else, each withheld whole if it echoes the
+        credentials in any form; reason PROVIDER_REDIRECTED, the provider
+        answered with a redirect, which the broker does not follow.
         UNAVAILABLE: reason PROVIDER_UNAVAILABLE, the provider could not be
         reached or answered with a server error.
         Nothing is stored when any error is returned.
@@ -178,8 +180,9 @@ class AccountServiceServicer(object):
         NOT_FOUND: no such account.
         ALREADY_EXISTS: the account holds this secret already.
         FAILED_PRECONDITION: reason SECRET_LIMIT, the account holds two
-        secrets already (remove one first); or reason CREDENTIALS_REJECTED,
-        the provider refused the new secret, which is not kept.
+        secrets already (remove one first); reason CREDENTIALS_REJECTED,
+        the provider refused the new secret, which is not kept; or reason
+        PROVIDER_REDIRECTED, the provider answered with a redirect.
         UNAVAILABLE: reason PROVIDER_UNAVAILABLE; nothing is kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

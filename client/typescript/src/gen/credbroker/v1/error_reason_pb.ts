@@ -31,8 +31,10 @@ export enum ErrorReason {
   /**
    * The provider rejected the account's credentials (HTTP 400/401 from the
    * token endpoint). ErrorInfo metadata carries the provider's OAuth2
-   * `error` and `error_description`, nothing else. Status FAILED_PRECONDITION;
-   * an admin has to fix the credentials in the provider.
+   * `error` and `error_description`, nothing else, each withheld whole if it
+   * echoes the credentials; callers of GetToken and the egress proxy get the
+   * `error` only. Status FAILED_PRECONDITION; an admin has to fix the
+   * credentials in the provider.
    *
    * @generated from enum value: CREDENTIALS_REJECTED = 1;
    */
