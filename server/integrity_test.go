@@ -1,0 +1,154 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+// editRecord changes a stopped broker's database the way someone who can
+// write the file, but has no master key, can: straight through bbolt.
+func editRecord(t *testing.T, dataDir, bucket, key, from, to string) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dataDir, "credbroker.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		v := b.Get([]byte(key))
+		if !bytes.Contains(v, []byte(from)) {
+			t.Fatalf("%s/%s holds no %q", bucket, key, from)
+		}
+		return b.Put([]byte(key), bytes.Replace(bytes.Clone(v), []byte(from), []byte(to), 1))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Someone who can write the database file but has no master key edits an
+// account's token URL to point at their own server, makes a caller key an
+// admin, and stretches a cached token's expiry. The broker uses none of
+// it: nothing reaches their server, the key authenticates no one, the
+// accounts show NEEDS_ATTENTION with INTEGRITY_CHECK_FAILED, and each
+// record is logged and audited. Deleting and re-linking repairs an
+// account; revoking repairs a key.
+func TestTamperedRecordsAreNeverUsed(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	var stolen atomic.Int64
+	attacker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { stolen.Add(1) }))
+	t.Cleanup(attacker.Close)
+	fakeURL := strings.TrimSuffix(b.cfg.JumpCloudTokenURLUS, jumpcloudfake.TokenPath)
+	generic := &credbrokerv1.CreateAccountRequest{AccountId: "generic", Credentials: &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{
+		Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
+			TokenUrl: fakeURL + jumpcloudfake.TokenPath, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},
+		},
+	}}
+	if _, err := b.accounts.CreateAccount(context.Background(), generic); err != nil {
+		t.Fatal(err)
+	}
+	b.grant(t, "generic", svcPrincipal)
+	b.link(t, "acme")
+	b.link(t, "untouched")
+	b.token(t, "acme")
+	reader, err := b.callers.CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{KeyId: "reader", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.grant(t, "generic", "callerKeys/reader")
+	b.grant(t, "acme", "callerKeys/reader")
+	b.stop()
+
+	editRecord(t, b.cfg.DataDir, "accounts", "generic", fakeURL, attacker.URL)
+	editRecord(t, b.cfg.DataDir, "caller_keys", "svc", `"role":"caller"`, `"role":"admin"`)
+	editRecord(t, b.cfg.DataDir, "tokens", "acme", `"expiry":"2`, `"expiry":"3`)
+
+	b = b.restart(t)
+	requests := b.fake.Requests()
+	// The edited key is no one, not an admin.
+	svcAccounts := credbrokerv1.NewAccountServiceClient(b.dial(t, b.keys.svc, nil))
+	_, err = svcAccounts.ListAccounts(context.Background(), &credbrokerv1.ListAccountsRequest{})
+	wantCode(t, err, codes.Unauthenticated, "")
+	// The accounts are shown, marked, and used by no one. Of an edited
+	// account record nothing is shown or changed; acme's own record is
+	// intact, only its cached token was edited.
+	readerTokens := credbrokerv1.NewTokenServiceClient(b.dial(t, reader.GetKey(), nil))
+	for _, id := range []string{"generic", "acme"} {
+		a := b.account(t, id)
+		if a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION ||
+			a.GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED ||
+			a.GetLastError().GetReason() != credbrokerv1.ErrorReason_INTEGRITY_CHECK_FAILED {
+			t.Fatalf("%s after tampering: %v", id, a)
+		}
+		_, err := readerTokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/" + id})
+		wantCode(t, err, codes.PermissionDenied, "") // its grants are not trusted either
+	}
+	if a := b.account(t, "generic"); a.GetTokenUrl() != "" || len(a.GetGrants()) != 0 {
+		t.Fatalf("the edited record is shown: %v", a)
+	}
+	_, err = b.accounts.AddAccountGrant(context.Background(), &credbrokerv1.AddAccountGrantRequest{Name: "accounts/generic", Principal: "dns:other.internal"})
+	wantCode(t, err, codes.FailedPrecondition, "INTEGRITY_CHECK_FAILED")
+	if a := b.account(t, "untouched"); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE {
+		t.Fatalf("an untouched account: %v", a)
+	}
+	time.Sleep(1100 * time.Millisecond) // a refresher scan
+	if stolen.Load() != 0 || b.fake.Requests() != requests {
+		t.Fatalf("requests sent for tampered records: %d to the attacker, %d to the provider", stolen.Load(), b.fake.Requests()-requests)
+	}
+	for _, name := range []string{"accounts/generic", "accounts/acme", "callerKeys/svc"} {
+		if !strings.Contains(b.logs.String(), `"resource":"`+name+`"`) {
+			t.Errorf("no log line names %s", name)
+		}
+		events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: "credbroker"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, ev := range events.GetEvents() {
+			found = found || (ev.GetMethod() == "integrity_check_failed" && ev.GetResource() == name)
+		}
+		if !found {
+			t.Errorf("no audit event names %s", name)
+		}
+	}
+
+	// Repairs: delete and re-link; revoke the key and make another.
+	if _, err := b.accounts.DeleteAccount(context.Background(), &credbrokerv1.DeleteAccountRequest{Name: "accounts/acme"}); err != nil {
+		t.Fatal(err)
+	}
+	b.link(t, "acme")
+	if _, err := b.callers.RevokeCallerKey(context.Background(), &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/svc"}); err != nil {
+		t.Fatal(err)
+	}
+	b = b.restart(t)
+	if a := b.account(t, "acme"); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE {
+		t.Fatalf("re-linked account: %v", a)
+	}
+	keys, err := b.callers.ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys.GetCallerKeys() {
+		if k.GetName() == "callerKeys/svc" && (k.GetRevokeTime() == nil || k.GetRole() != credbrokerv1.Role_ROLE_CALLER) {
+			t.Fatalf("revoked tampered key: %v", k)
+		}
+	}
+	_, err = b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/untouched", MinTtl: durationpb.New(time.Minute)})
+	wantCode(t, err, codes.Unauthenticated, "")
+}
