@@ -113,6 +113,11 @@ type Config struct {
 	RefreshConcurrency               int
 	RetryBackoffMin, RetryBackoffMax time.Duration
 	RejectedRecheck                  time.Duration
+	// MinTTLRefreshInterval: a caller's min_ttl forces at most one token
+	// refresh per account per interval (more get RESOURCE_EXHAUSTED), and an
+	// API's answer prompts at most one check of an API key per account per
+	// interval.
+	MinTTLRefreshInterval time.Duration
 	// SecretExpiryWarning: accounts whose credentials expire within this
 	// window show SECRET_EXPIRING and are warned about once a day.
 	SecretExpiryWarning time.Duration
@@ -156,6 +161,7 @@ func DefaultConfig() Config {
 		RetryBackoffMax:       tc.BackoffMax,
 		RejectedRecheck:       tc.RejectedRecheck,
 		SecretExpiryWarning:   tc.ExpiryWarning,
+		MinTTLRefreshInterval: tc.ForcedInterval,
 		ShutdownTimeout:       10 * time.Second,
 		LockTimeout:           time.Second,
 		Tracing:               TracingOff,
@@ -175,7 +181,7 @@ func (c *Config) setDefaults() {
 		{&c.UpstreamTimeout, &d.UpstreamTimeout}, {&c.RefreshMargin, &d.RefreshMargin},
 		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
-		{&c.ShutdownTimeout, &d.ShutdownTimeout},
+		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.MinTTLRefreshInterval, &d.MinTTLRefreshInterval},
 		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
 	})
 	fillUnset([][2]*int{
@@ -281,6 +287,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		BackoffMax:         cfg.RetryBackoffMax,
 		RejectedRecheck:    cfg.RejectedRecheck,
 		ExpiryWarning:      cfg.SecretExpiryWarning,
+		ForcedInterval:     cfg.MinTTLRefreshInterval,
 		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
 		OnCacheLookup:      met.CacheLookup,
 		Logger:             cfg.Logger,

@@ -64,6 +64,16 @@ func (e *MinTTLTooLongError) Error() string {
 	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
 }
 
+// RefreshLimitedError means a caller's min_ttl would force a new token
+// (the cached one is still valid) but the account's last forced refresh
+// was less than Config.ForcedInterval ago: callers cannot make the
+// broker hammer the provider.
+type RefreshLimitedError struct{ RetryAt time.Time }
+
+func (e *RefreshLimitedError) Error() string {
+	return "the cached token does not last min_ttl, and this account's token was refreshed for a min_ttl too recently to do so again; retry later or ask for a shorter min_ttl"
+}
+
 // FetchError is a failed token request together with the time before which
 // the broker will not ask the provider again. Err is a
 // *provider.RejectedError, a *provider.UnavailableError, or a broker fault.
@@ -97,6 +107,11 @@ type Config struct {
 	// window, it shows SECRET_EXPIRING and is warned about once a day
 	// (see checkExpiry). Default 7 days, JumpCloud's own notice.
 	ExpiryWarning time.Duration
+	// ForcedInterval bounds the upstream requests a caller can
+	// trigger for an account while the broker has what it needs: at most
+	// one token refresh forced by min_ttl, and one check of an API key
+	// prompted by an API's answer (APIKeyAnswered), per interval. Default 10s.
+	ForcedInterval time.Duration
 	// Fingerprint names a token in the audit trail without revealing it;
 	// it is computed once per token. Default: no fingerprint.
 	Fingerprint func(token string) string
@@ -118,6 +133,7 @@ func DefaultConfig() Config {
 		BackoffMax:         5 * time.Minute,
 		RejectedRecheck:    10 * time.Minute,
 		ExpiryWarning:      7 * 24 * time.Hour,
+		ForcedInterval:     10 * time.Second,
 		Fingerprint:        func(string) string { return "" },
 		OnCacheLookup:      func(bool) {},
 		Now:                time.Now,
@@ -133,6 +149,7 @@ func (c *Config) setDefaults() {
 	fillDuration(&c.BackoffMax, d.BackoffMax)
 	fillDuration(&c.RejectedRecheck, d.RejectedRecheck)
 	fillDuration(&c.ExpiryWarning, d.ExpiryWarning)
+	fillDuration(&c.ForcedInterval, d.ForcedInterval)
 	if c.RefreshConcurrency <= 0 {
 		c.RefreshConcurrency = d.RefreshConcurrency
 	}
@@ -237,6 +254,11 @@ type entry struct {
 	refreshAt    time.Time
 	invalidated  time.Time // when Invalidate last dropped a token
 	removed      bool
+	// lifetime is how long the account's last token was good for (also
+	// known after a restart, from the stored token state): a min_ttl of
+	// at least this is refused without asking the provider.
+	lifetime time.Duration
+	forced   time.Time // when a min_ttl last forced a refresh
 }
 
 // call is one upstream request that any number of callers wait for.
@@ -265,6 +287,9 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
 	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
 	e.secrets = secretsMeta(a)
+	if ts.Expiry.After(ts.Obtained) && !ts.Obtained.IsZero() {
+		e.lifetime = ts.Expiry.Sub(ts.Obtained)
+	}
 	if a.Provider == provider.KindJumpCloudAPIKey {
 		e.apiKey = true
 		m.useAPIKey(e, a)
@@ -518,9 +543,9 @@ func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (
 		e.mu.Unlock()
 		return nil, ErrNotFound
 	}
-	if is := e.current.Load(); is != nil && minTTL >= is.lifetime() {
+	if e.lifetime > 0 && minTTL >= e.lifetime {
 		e.mu.Unlock()
-		return nil, &MinTTLTooLongError{Max: is.lifetime()}
+		return nil, &MinTTLTooLongError{Max: e.lifetime}
 	}
 	c := e.inflight
 	if c == nil {
@@ -528,6 +553,14 @@ func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (
 			err := e.lastErr
 			e.mu.Unlock()
 			return nil, err
+		}
+		// The cached token is still valid, so only min_ttl asks for a new one.
+		if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
+			if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
+				e.mu.Unlock()
+				return nil, &RefreshLimitedError{RetryAt: next}
+			}
+			e.forced = now
 		}
 		c = m.startLocked(e)
 	}
@@ -600,6 +633,7 @@ func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
 // publish makes is the token callers get and schedules its renewal; e.mu
 // must be held (or e not yet shared).
 func (e *entry) publish(is *Issued, cfg Config) {
+	e.lifetime = is.lifetime()
 	margin := min(cfg.RefreshMargin, is.lifetime()/2)
 	e.refreshAt = is.Expiry.Add(-margin - rand.N(margin/4+1))
 	e.current.Store(is)
