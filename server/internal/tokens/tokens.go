@@ -259,6 +259,10 @@ type entry struct {
 	// at least this is refused without asking the provider.
 	lifetime time.Duration
 	forced   time.Time // when a min_ttl last forced a refresh
+	// checking: a check of the API key is running; checked is when the
+	// last one started (see APIKeyAnswered).
+	checking bool
+	checked  time.Time
 }
 
 // call is one upstream request that any number of callers wait for.
@@ -488,10 +492,13 @@ func (m *Manager) Invalidate(id string, is *Issued) bool {
 	return true
 }
 
-// APIKeyAnswered records how an API answered a call made with an API-key
-// account's key: 401 means the key was rejected (it was regenerated or
-// revoked) and makes the account NEEDS_ATTENTION; a success makes it ACTIVE
-// again. Other answers say nothing about the key.
+// APIKeyAnswered takes note of how an API answered a call made with an
+// API-key account's key. Such an answer alone changes nothing, since any
+// caller can pick a path that answers 401: a 401 while the account is
+// active, or a success while its key stands rejected, prompts a check of
+// the key with the linking check (GET /organizations), at most once per
+// Config.ForcedInterval and off the caller's path, and only the check's
+// verdict changes the state.
 func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
 	accepted := httpStatus >= 200 && httpStatus < 300
 	e := m.lookup(id)
@@ -500,17 +507,53 @@ func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if accepted == (e.status.State == StateActive) {
+	is := e.current.Load()
+	now := m.cfg.Now()
+	if is == nil || e.removed || accepted != keyRejected(e.status) || e.checking || now.Sub(e.checked) < m.cfg.ForcedInterval {
 		return
 	}
-	if accepted {
-		m.changeStatus(e, Status{State: StateActive})
-		return
+	e.checking, e.checked = true, now
+	m.runs.Add(1)
+	go m.checkAPIKey(e, is)
+}
+
+// keyRejected reports whether an API-key account stands marked as having
+// its key rejected.
+func keyRejected(s Status) bool {
+	return s.State == StateNeedsAttention && s.LastError != nil && s.LastError.Reason == ReasonCredentialsRejected
+}
+
+// checkAPIKey proves key is, the one an API answered, with the provider's
+// check, and sets the account's state from the verdict unless the account
+// moved on to another key meanwhile.
+func (m *Manager) checkAPIKey(e *entry, is *Issued) {
+	defer m.runs.Done()
+	a, err := m.store.Account(e.id)
+	if err == nil {
+		cr := Describe(a)
+		cr.ClientSecret = is.AccessToken
+		err = m.provider.CheckAPIKey(context.Background(), cr)
 	}
-	m.cfg.Logger.Warn("the API rejected an account's API key", "account", id)
-	m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
-		Reason: ReasonCredentialsRejected, Message: "the API rejected the API key (HTTP 401); link the account's new key", Time: m.cfg.Now(),
-	}})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.checking = false
+	var rejected *provider.RejectedError
+	switch {
+	case e.removed || e.current.Load() != is:
+	case err == nil:
+		if e.status.State != StateActive {
+			m.changeStatus(e, Status{State: StateActive})
+		}
+	case errors.As(err, &rejected):
+		if !keyRejected(e.status) {
+			m.cfg.Logger.Warn("the API rejected an account's API key", "account", e.id)
+			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+				Reason: ReasonCredentialsRejected, Message: rejected.Error() + "; link the account's new key", Time: m.cfg.Now(),
+			}})
+		}
+	default:
+		m.cfg.Logger.Warn("could not check an account's API key after an API answered unexpectedly; its state is unchanged", "account", e.id, "error", err)
+	}
 }
 
 // changeStatus sets and stores an API-key account's health; e.mu must be
