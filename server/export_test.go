@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -24,4 +25,11 @@ func (f failingSink) AppendAudit(evs []store.AuditEvent) error {
 		return f.err
 	}
 	return f.Sink.AppendAudit(evs)
+}
+
+// ShortenAuditIntervals makes the tallies of calls without valid
+// credentials become audit events every refusals, and old events be pruned
+// every prune.
+func ShortenAuditIntervals(cfg *Config, refusals, prune time.Duration) {
+	cfg.refusalInterval, cfg.auditPruneInterval = refusals, prune
 }
