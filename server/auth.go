@@ -74,6 +74,8 @@ type gate struct {
 	audit   *audit.Log
 	log     *slog.Logger
 	now     func() time.Time
+	// refusals bounds and tallies the calls that fail authentication.
+	refusals *refusals
 }
 
 // call is what the gate learned about a call; handlers add the resource
@@ -90,6 +92,10 @@ type call struct {
 	written bool
 	// proxy describes an egress-proxy call.
 	proxy *store.ProxyCall
+	// unproven: the call was refused before its caller proved an identity,
+	// so it is tallied (refusals), not audited alone; throttled: by its
+	// peer address's budget, so it is not logged alone either.
+	unproven, throttled bool
 }
 
 type callKey struct{}
@@ -181,10 +187,15 @@ type callStream struct {
 func (s *callStream) Context() context.Context { return s.ctx }
 
 // record writes the audit event of call c, which ended with err, unless
-// the handler wrote it already and succeeded. It returns the status the
-// call must end with if the event could not be written.
+// the handler wrote it already and succeeded, or tallies it if it was
+// refused before its caller proved an identity (see refusals). It returns
+// the status the call must end with if the event could not be written.
 func (g *gate) record(c *call, err error) error {
 	if c.written && err == nil {
+		return nil
+	}
+	if c.unproven {
+		g.refusals.add(c, status.Code(err))
 		return nil
 	}
 	if g.audit.Record(c.event(status.Code(err))) != nil {
@@ -197,7 +208,7 @@ func (g *gate) record(c *call, err error) error {
 // on which account, how it ended and how long it took. It holds what the
 // audit event holds (never a secret) plus the latency.
 func (g *gate) logRequest(c *call, code codes.Code) {
-	if !g.log.Enabled(context.Background(), slog.LevelInfo) {
+	if c.throttled || !g.log.Enabled(context.Background(), slog.LevelInfo) {
 		return // spare the busiest paths building a line nobody reads
 	}
 	attrs := []any{"principal", c.principal, "method", c.method, "account", c.resource, "code", codeName(code),
@@ -221,11 +232,20 @@ var errAuditUnavailable = withDetails(codes.Unavailable, "the audit event of thi
 
 // admit proves the caller's identity (its caller key, sent as "Bearer
 // <key>" in keyHeader, else its client certificate) and checks its rate
-// limit and role.
+// limit and role. A peer address that sent too many calls without valid
+// credentials waits before any of its credentials are looked at.
 func (g *gate) admit(c *call, a access, keyHeader string, cert certificatePrincipal) error {
+	if wait := g.refusals.wait(c); wait > 0 {
+		c.unproven, c.throttled = true, true
+		return withDetails(codes.ResourceExhausted, "too many calls without valid credentials from this address; retry later",
+			errorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+	}
 	id, err := g.authenticate(keyHeader, cert, c.time)
 	c.principal = id.Principal // a revoked or expired key is still named
 	if err != nil {
+		c.unproven = true
+		g.refusals.charge(c)
 		return err
 	}
 	if ok, wait := g.limiter.Allow(id.Principal, c.time); !ok {

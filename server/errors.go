@@ -34,13 +34,14 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return err // already a status, e.g. from validation
 	}
 	var (
-		rejected    *provider.RejectedError
-		redirected  *provider.RedirectedError
-		unavailable *provider.UnavailableError
-		tooLong     *tokens.MinTTLTooLongError
-		fetch       *tokens.FetchError
-		tooLarge    *proxy.TooLargeError
-		upstream    *proxy.UpstreamError
+		rejected       *provider.RejectedError
+		redirected     *provider.RedirectedError
+		unavailable    *provider.UnavailableError
+		tooLong        *tokens.MinTTLTooLongError
+		refreshLimited *tokens.RefreshLimitedError
+		fetch          *tokens.FetchError
+		tooLarge       *proxy.TooLargeError
+		upstream       *proxy.UpstreamError
 	)
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -107,8 +108,11 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		}
 		return withDetails(codes.Unavailable, unavailable.Error(), info,
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(retry.Round(time.Second))})
+	case errors.As(err, &refreshLimited):
+		return withDetails(codes.ResourceExhausted, refreshLimited.Error(), errorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(max(time.Until(refreshLimited.RetryAt), 0).Round(time.Millisecond))})
 	case errors.As(err, &tooLong):
-		return withDetails(codes.FailedPrecondition, tooLong.Error(),
+		return withDetails(codes.OutOfRange, tooLong.Error(),
 			errorInfo(credbrokerv1.ErrorReason_MIN_TTL_TOO_LONG, map[string]string{"max_ttl": tooLong.Max.Round(time.Second).String()}))
 	}
 	m.log.Error("internal error", "method", methodName(ctx), "error", err)

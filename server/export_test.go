@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -36,4 +37,11 @@ func OpenStore(cfg Config) (*store.Store, error) {
 		return nil, err
 	}
 	return openStore(cfg, master)
+}
+
+// ShortenAuditIntervals makes the tallies of calls without valid
+// credentials become audit events every refusals, and old events be pruned
+// every prune.
+func ShortenAuditIntervals(cfg *Config, refusals, prune time.Duration) {
+	cfg.refusalInterval, cfg.auditPruneInterval = refusals, prune
 }

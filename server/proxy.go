@@ -77,7 +77,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil && pc.Aborted == nil {
 		writeProxyError(w, proxyHTTPStatus(pc.Err, status.Code(err)), status.Convert(err))
 	}
-	if aerr := h.gate.audit.Record(c.event(status.Code(err))); aerr != nil {
+	if aerr := h.gate.record(c, err); aerr != nil {
 		// The answer has gone already; the failure is in the server log.
 		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.principal, "resource", c.resource)
 	}

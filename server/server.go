@@ -92,6 +92,14 @@ type Config struct {
 	// the calls it may make at once; a negative RateLimit turns limiting off.
 	RateLimit float64
 	RateBurst int
+	// UnauthenticatedRateLimit is the sustained calls per second that fail
+	// authentication (no, unknown, revoked or expired credentials) which
+	// each peer address may make, and UnauthenticatedRateBurst how many at
+	// once. A peer beyond it gets RESOURCE_EXHAUSTED before its credentials
+	// are looked at, valid ones too, until its budget refills. A negative
+	// UnauthenticatedRateLimit turns this off.
+	UnauthenticatedRateLimit float64
+	UnauthenticatedRateBurst int
 	// AuditMaxAge and AuditMaxEvents bound the audit trail: older events,
 	// and the oldest beyond the count, are deleted.
 	AuditMaxAge    time.Duration
@@ -116,6 +124,11 @@ type Config struct {
 	RefreshConcurrency               int
 	RetryBackoffMin, RetryBackoffMax time.Duration
 	RejectedRecheck                  time.Duration
+	// MinTTLRefreshInterval: a caller's min_ttl forces at most one token
+	// refresh per account per interval (more get RESOURCE_EXHAUSTED), and an
+	// API's answer prompts at most one check of an API key per account per
+	// interval.
+	MinTTLRefreshInterval time.Duration
 	// SecretExpiryWarning: accounts whose credentials expire within this
 	// window show SECRET_EXPIRING and are warned about once a day.
 	SecretExpiryWarning time.Duration
@@ -133,6 +146,9 @@ type Config struct {
 
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
+	// refusalInterval (default refusalInterval) and auditPruneInterval
+	// (default audit's) let tests shorten them.
+	refusalInterval, auditPruneInterval time.Duration
 }
 
 // DefaultConfig is what the broker runs with when nothing is configured:
@@ -165,10 +181,15 @@ func DefaultConfig() Config {
 		RejectedRecheck:       tc.RejectedRecheck,
 		SecretExpiryWarning:   tc.ExpiryWarning,
 		CompactInterval:       time.Minute,
+		MinTTLRefreshInterval: tc.ForcedInterval,
 		ShutdownTimeout:       10 * time.Second,
 		LockTimeout:           time.Second,
 		Tracing:               TracingOff,
 		Logger:                slog.Default(),
+
+		// A client with a typo sees its UNAUTHENTICATED answers; a flood is throttled.
+		UnauthenticatedRateLimit: 1,
+		UnauthenticatedRateBurst: 20,
 	}
 }
 
@@ -185,16 +206,21 @@ func (c *Config) setDefaults() {
 		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
 		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.CompactInterval, &d.CompactInterval},
+		{&c.MinTTLRefreshInterval, &d.MinTTLRefreshInterval},
 		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
 	})
 	fillUnset([][2]*int{
 		{&c.RefreshConcurrency, &d.RefreshConcurrency}, {&c.RateBurst, &d.RateBurst}, {&c.AuditMaxEvents, &d.AuditMaxEvents},
+		{&c.UnauthenticatedRateBurst, &d.UnauthenticatedRateBurst},
 	})
 	fillUnset([][2]*int64{
 		{&c.ProxyMaxRequestBytes, &d.ProxyMaxRequestBytes}, {&c.ProxyMaxResponseBytes, &d.ProxyMaxResponseBytes},
 	})
 	if c.RateLimit == 0 {
 		c.RateLimit = d.RateLimit
+	}
+	if c.UnauthenticatedRateLimit == 0 {
+		c.UnauthenticatedRateLimit = d.UnauthenticatedRateLimit
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -229,6 +255,7 @@ type Server struct {
 	tracing    *tracing // nil when off
 	// draining: shutdown has begun, so /readyz says not ready.
 	draining atomic.Bool
+	refusals *refusals
 }
 
 // New checks the configuration, opens the data directory and the listener,
@@ -325,6 +352,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		BackoffMax:         cfg.RetryBackoffMax,
 		RejectedRecheck:    cfg.RejectedRecheck,
 		ExpiryWarning:      cfg.SecretExpiryWarning,
+		ForcedInterval:     cfg.MinTTLRefreshInterval,
 		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
 		OnCacheLookup:      met.CacheLookup,
 		Logger:             cfg.Logger,
@@ -364,14 +392,15 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	if cfg.wrapAuditSink != nil {
 		sink = cfg.wrapAuditSink(sink)
 	}
-	al := audit.New(audit.Config{MaxAge: cfg.AuditMaxAge, MaxEvents: cfg.AuditMaxEvents, Logger: cfg.Logger}, sink, st)
+	al := audit.New(audit.Config{MaxAge: cfg.AuditMaxAge, MaxEvents: cfg.AuditMaxEvents, PruneInterval: cfg.auditPruneInterval, Logger: cfg.Logger}, sink, st)
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, err
 	}
 
 	errs := errorMapper{log: cfg.Logger}
-	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: time.Now}
+	refused := newRefusals(cfg.UnauthenticatedRateLimit, cfg.UnauthenticatedRateBurst, cfg.refusalInterval, al, cfg.Logger, time.Now)
+	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: time.Now, refusals: refused}
 	// Panics are recovered inside the gate, so that their calls are
 	// audited, and outside it, so that the gate itself cannot crash a call.
 	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -394,7 +423,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr, refusals: refused}
 	if cfg.ProxyListenAddr != listenerOff {
 		fwd := proxy.New(proxy.Config{
 			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
@@ -558,6 +587,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	compactCtx, stopCompact := context.WithCancel(context.Background())
 	compactDone := make(chan struct{})
 	go func() { s.compactPeriodically(compactCtx); close(compactDone) }()
+	refusalsCtx, stopRefusals := context.WithCancel(context.Background())
+	refusalsDone := make(chan struct{})
+	go func() { s.refusals.run(refusalsCtx); close(refusalsDone) }()
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
@@ -591,7 +623,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	<-proxyStopped
 	<-s.ops.shutdown(s.cfg.ShutdownTimeout) // answering "not ready" until the end
-	// Calls have finished, so no one waits for the audit writer any more.
+	// Calls have finished: the last refusals are tallied, and written
+	// while the audit writer still runs; then no one waits for it any more.
+	stopRefusals()
+	<-refusalsDone
 	stopAudit()
 	<-auditDone
 	stopRefresh()

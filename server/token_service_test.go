@@ -54,10 +54,61 @@ func TestGetToken(t *testing.T) {
 		{&credbrokerv1.GetTokenRequest{Name: "acme"}, codes.InvalidArgument, "name"},
 		{&credbrokerv1.GetTokenRequest{Name: "accounts/ACME"}, codes.InvalidArgument, "name"},
 		{&credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(-time.Second)}, codes.InvalidArgument, "min_ttl"},
-		{&credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(2 * time.Hour)}, codes.FailedPrecondition, "MIN_TTL_TOO_LONG"},
+		{&credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(2 * time.Hour)}, codes.OutOfRange, "MIN_TTL_TOO_LONG"},
 	} {
 		_, err := b.tokens.GetToken(ctx, tc.req)
 		wantCode(t, err, tc.code, tc.field)
+	}
+}
+
+// A caller looping GetToken with a min_ttl just under the tokens' lifetime
+// gets one new token per --min-ttl-refresh-interval, and RESOURCE_EXHAUSTED
+// with a RetryInfo otherwise; a min_ttl longer than the lifetime is
+// OUT_OF_RANGE without any upstream request, also after a restart.
+func TestMinTTLCannotForceUpstreamRequests(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	cfg.MinTTLRefreshInterval = time.Hour
+	cfg.RateLimit = -1 // only the min_ttl refresh interval refuses
+	b := startWith(t, cfg, fake, logs)
+	b.link(t, "acme")
+	ctx := context.Background()
+	before := b.fake.Requests()
+	// 100ms under the lifetime: room for the one upstream request the call
+	// that forces a new token waits for.
+	justUnderLifetime := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(time.Hour - 30*time.Second - 100*time.Millisecond)}
+	time.Sleep(100 * time.Millisecond) // the linked token no longer lasts min_ttl
+	calls, limited := 0, 0
+	for ; calls < 500 && limited < 20; calls++ {
+		_, err := b.tokens.GetToken(ctx, justUnderLifetime)
+		if err == nil {
+			time.Sleep(2 * time.Millisecond) // until the new token, too, no longer lasts min_ttl
+			continue
+		}
+		st := wantCode(t, err, codes.ResourceExhausted, "RATE_LIMITED")
+		if retry := retryInfo(st); retry <= 0 || retry > time.Hour {
+			t.Fatalf("RetryInfo %v, want within the hour's interval", retry)
+		}
+		limited++
+	}
+	if n := b.fake.Requests() - before; n != 1 || limited == 0 {
+		t.Fatalf("%d calls forced %d upstream requests and %d were refused; want 1 and the rest refused", calls, n, limited)
+	}
+
+	tooLong := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(2 * time.Hour)}
+	before = b.fake.Requests()
+	for restarted := range 2 {
+		if restarted == 1 {
+			b = b.restart(t)
+		}
+		_, err := b.tokens.GetToken(ctx, tooLong)
+		st := wantCode(t, err, codes.OutOfRange, "MIN_TTL_TOO_LONG")
+		if got := errorMetadata(st)["max_ttl"]; got != "59m30s" {
+			t.Fatalf("max_ttl = %q (restarted: %d), want 59m30s", got, restarted)
+		}
+	}
+	if n := b.fake.Requests() - before; n != 0 {
+		t.Fatalf("a min_ttl of 2h made %d upstream requests, want 0", n)
 	}
 }
 

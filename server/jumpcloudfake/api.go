@@ -60,6 +60,10 @@ func (f *Fake) SetAPIDelay(d time.Duration) {
 // APIRequests is the number of API calls received so far, good or bad.
 func (f *Fake) APIRequests() int { return int(f.apiRequests.Load()) }
 
+// OrganizationChecks is the number of GET /organizations calls received so
+// far (the broker's check of an API key), good or bad.
+func (f *Fake) OrganizationChecks() int { return int(f.orgChecks.Load()) }
+
 // LastAPIRequest is the last API call received.
 func (f *Fake) LastAPIRequest() APIRequest {
 	f.mu.Lock()
@@ -79,6 +83,9 @@ func (f *Fake) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	path := strings.TrimPrefix(r.URL.EscapedPath(), APIPath)
+	if path == "/organizations" && r.Method == http.MethodGet {
+		f.orgChecks.Add(1)
+	}
 	f.mu.Lock()
 	f.lastAPI = APIRequest{Method: r.Method, Path: path, RawQuery: r.URL.RawQuery, Header: r.Header.Clone(), Body: body}
 	orgID, knownKey := f.apiKeys[r.Header.Get("x-api-key")]

@@ -50,6 +50,7 @@ const (
 type Fake struct {
 	requests    atomic.Int64
 	apiRequests atomic.Int64
+	orgChecks   atomic.Int64
 
 	mu         sync.Mutex
 	clients    map[string][]string // client id -> its secrets (a service account holds up to two)

@@ -28,13 +28,14 @@ type AuditEvent struct {
 	// When the broker decided.
 	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
 	// Who called: a certificate principal or "callerKeys/{key_id}"; empty if
-	// the caller proved no identity. "credbroker" for the broker's own
-	// actions (the bootstrap admin, start-up upgrades, account state
-	// changes) and "unix-uid:{uid}" for a local operator's rekey; no caller
-	// can be either.
+	// the caller proved no identity (as in "unauthenticated_calls" events).
+	// "credbroker" for the broker's own actions (the bootstrap admin,
+	// start-up upgrades, account state changes) and "unix-uid:{uid}" for a
+	// local operator's rekey; no caller can be either.
 	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
 	// The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken";
-	// "proxy" for a call to the egress proxy (see proxy_call).
+	// "proxy" for a call to the egress proxy (see proxy_call);
+	// "unauthenticated_calls" for a tally of refused calls (see AuditService).
 	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
 	// What the call was about, e.g. "accounts/acme" or "callerKeys/ops".
 	Resource string `protobuf:"bytes,4,opt,name=resource,proto3" json:"resource,omitempty"`
@@ -48,7 +49,8 @@ type AuditEvent struct {
 	TokenFingerprint string `protobuf:"bytes,6,opt,name=token_fingerprint,json=tokenFingerprint,proto3" json:"token_fingerprint,omitempty"`
 	// A short non-secret note, e.g. the principal a grant names.
 	Detail string `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
-	// The caller's network address.
+	// The caller's network address; for a tally of refused calls, the IP
+	// address (an IPv6 address's /64 network) they came from.
 	PeerAddress string `protobuf:"bytes,8,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
 	// Set for calls to the egress proxy.
 	ProxyCall     *ProxyCall `protobuf:"bytes,9,opt,name=proxy_call,json=proxyCall,proto3" json:"proxy_call,omitempty"`

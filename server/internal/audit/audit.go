@@ -98,9 +98,9 @@ func New(cfg Config, sink Sink, st *store.Store) *Log {
 	return &Log{cfg: cfg, sink: sink, store: st, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// Record appends ev and returns once it is on disk, or with the error that
-// kept it off. The caller must not answer its own caller before then.
-func (l *Log) Record(ev store.AuditEvent) error {
+// Record appends evs and returns once they are on disk, or with the error
+// that kept them off. The caller must not answer its own caller before then.
+func (l *Log) Record(evs ...store.AuditEvent) error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -115,7 +115,7 @@ func (l *Log) Record(ev store.AuditEvent) error {
 		default: // the writer has been told already
 		}
 	}
-	b.events = append(b.events, ev)
+	b.events = append(b.events, evs...)
 	l.mu.Unlock()
 	<-b.done
 	return b.err

@@ -66,6 +66,16 @@ func (e *MinTTLTooLongError) Error() string {
 	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
 }
 
+// RefreshLimitedError means a caller's min_ttl would force a new token
+// (the cached one is still valid) but the account's last forced refresh
+// was less than Config.ForcedInterval ago: callers cannot make the
+// broker hammer the provider.
+type RefreshLimitedError struct{ RetryAt time.Time }
+
+func (e *RefreshLimitedError) Error() string {
+	return "the cached token does not last min_ttl, and this account's token was refreshed for a min_ttl too recently to do so again; retry later or ask for a shorter min_ttl"
+}
+
 // FetchError is a failed token request together with the time before which
 // the broker will not ask the provider again. Err is a
 // *provider.RejectedError, a *provider.RedirectedError, a
@@ -100,6 +110,11 @@ type Config struct {
 	// window, it shows SECRET_EXPIRING and is warned about once a day
 	// (see checkExpiry). Default 7 days, JumpCloud's own notice.
 	ExpiryWarning time.Duration
+	// ForcedInterval bounds the upstream requests a caller can
+	// trigger for an account while the broker has what it needs: at most
+	// one token refresh forced by min_ttl, and one check of an API key
+	// prompted by an API's answer (APIKeyAnswered), per interval. Default 10s.
+	ForcedInterval time.Duration
 	// Fingerprint names a token in the audit trail without revealing it;
 	// it is computed once per token. Default: no fingerprint.
 	Fingerprint func(token string) string
@@ -121,6 +136,7 @@ func DefaultConfig() Config {
 		BackoffMax:         5 * time.Minute,
 		RejectedRecheck:    10 * time.Minute,
 		ExpiryWarning:      7 * 24 * time.Hour,
+		ForcedInterval:     10 * time.Second,
 		Fingerprint:        func(string) string { return "" },
 		OnCacheLookup:      func(bool) {},
 		Now:                time.Now,
@@ -136,6 +152,7 @@ func (c *Config) setDefaults() {
 	fillDuration(&c.BackoffMax, d.BackoffMax)
 	fillDuration(&c.RejectedRecheck, d.RejectedRecheck)
 	fillDuration(&c.ExpiryWarning, d.ExpiryWarning)
+	fillDuration(&c.ForcedInterval, d.ForcedInterval)
 	if c.RefreshConcurrency <= 0 {
 		c.RefreshConcurrency = d.RefreshConcurrency
 	}
@@ -240,6 +257,15 @@ type entry struct {
 	refreshAt    time.Time
 	invalidated  time.Time // when Invalidate last dropped a token
 	removed      bool
+	// lifetime is how long the account's last token was good for (also
+	// known after a restart, from the stored token state): a min_ttl of
+	// at least this is refused without asking the provider.
+	lifetime time.Duration
+	forced   time.Time // when a min_ttl last forced a refresh
+	// checking: a check of the API key is running; checked is when the
+	// last one started (see APIKeyAnswered).
+	checking bool
+	checked  time.Time
 }
 
 // call is one upstream request that any number of callers wait for.
@@ -268,6 +294,9 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
 	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
 	e.secrets = secretsMeta(a)
+	if ts.Expiry.After(ts.Obtained) && !ts.Obtained.IsZero() {
+		e.lifetime = ts.Expiry.Sub(ts.Obtained)
+	}
 	if a.Tampered {
 		m.recordFailure(e, store.ErrIntegrity)
 	} else if a.Provider == provider.KindJumpCloudAPIKey {
@@ -468,10 +497,13 @@ func (m *Manager) Invalidate(id string, is *Issued) bool {
 	return true
 }
 
-// APIKeyAnswered records how an API answered a call made with an API-key
-// account's key: 401 means the key was rejected (it was regenerated or
-// revoked) and makes the account NEEDS_ATTENTION; a success makes it ACTIVE
-// again. Other answers say nothing about the key.
+// APIKeyAnswered takes note of how an API answered a call made with an
+// API-key account's key. Such an answer alone changes nothing, since any
+// caller can pick a path that answers 401: a 401 while the account is
+// active, or a success while its key stands rejected, prompts a check of
+// the key with the linking check (GET /organizations), at most once per
+// Config.ForcedInterval and off the caller's path, and only the check's
+// verdict changes the state.
 func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
 	accepted := httpStatus >= 200 && httpStatus < 300
 	e := m.lookup(id)
@@ -480,17 +512,53 @@ func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if accepted == (e.status.State == StateActive) {
+	is := e.current.Load()
+	now := m.cfg.Now()
+	if is == nil || e.removed || accepted != keyRejected(e.status) || e.checking || now.Sub(e.checked) < m.cfg.ForcedInterval {
 		return
 	}
-	if accepted {
-		m.changeStatus(e, Status{State: StateActive})
-		return
+	e.checking, e.checked = true, now
+	m.runs.Add(1)
+	go m.checkAPIKey(e, is)
+}
+
+// keyRejected reports whether an API-key account stands marked as having
+// its key rejected.
+func keyRejected(s Status) bool {
+	return s.State == StateNeedsAttention && s.LastError != nil && s.LastError.Reason == ReasonCredentialsRejected
+}
+
+// checkAPIKey proves key is, the one an API answered, with the provider's
+// check, and sets the account's state from the verdict unless the account
+// moved on to another key meanwhile.
+func (m *Manager) checkAPIKey(e *entry, is *Issued) {
+	defer m.runs.Done()
+	a, err := m.store.Account(e.id)
+	if err == nil {
+		cr := Describe(a)
+		cr.ClientSecret = is.AccessToken
+		err = m.provider.CheckAPIKey(context.Background(), cr)
 	}
-	m.cfg.Logger.Warn("the API rejected an account's API key", "account", id)
-	m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
-		Reason: ReasonCredentialsRejected, Message: "the API rejected the API key (HTTP 401); link the account's new key", Time: m.cfg.Now(),
-	}})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.checking = false
+	var rejected *provider.RejectedError
+	switch {
+	case e.removed || e.current.Load() != is:
+	case err == nil:
+		if e.status.State != StateActive {
+			m.changeStatus(e, Status{State: StateActive})
+		}
+	case errors.As(err, &rejected):
+		if !keyRejected(e.status) {
+			m.cfg.Logger.Warn("the API rejected an account's API key", "account", e.id)
+			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+				Reason: ReasonCredentialsRejected, Message: rejected.Error() + "; link the account's new key", Time: m.cfg.Now(),
+			}})
+		}
+	default:
+		m.cfg.Logger.Warn("could not check an account's API key after an API answered unexpectedly; its state is unchanged", "account", e.id, "error", err)
+	}
 }
 
 // changeStatus sets and stores an API-key account's health; e.mu must be
@@ -523,9 +591,9 @@ func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (
 		e.mu.Unlock()
 		return nil, ErrNotFound
 	}
-	if is := e.current.Load(); is != nil && minTTL >= is.lifetime() {
+	if e.lifetime > 0 && minTTL >= e.lifetime {
 		e.mu.Unlock()
-		return nil, &MinTTLTooLongError{Max: is.lifetime()}
+		return nil, &MinTTLTooLongError{Max: e.lifetime}
 	}
 	c := e.inflight
 	if c == nil {
@@ -533,6 +601,14 @@ func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (
 			err := e.lastErr
 			e.mu.Unlock()
 			return nil, err
+		}
+		// The cached token is still valid, so only min_ttl asks for a new one.
+		if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
+			if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
+				e.mu.Unlock()
+				return nil, &RefreshLimitedError{RetryAt: next}
+			}
+			e.forced = now
 		}
 		c = m.startLocked(e)
 	}
@@ -605,6 +681,7 @@ func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
 // publish makes is the token callers get and schedules its renewal; e.mu
 // must be held (or e not yet shared).
 func (e *entry) publish(is *Issued, cfg Config) {
+	e.lifetime = is.lifetime()
 	margin := min(cfg.RefreshMargin, is.lifetime()/2)
 	e.refreshAt = is.Expiry.Add(-margin - rand.N(margin/4+1))
 	e.current.Store(is)

@@ -176,6 +176,58 @@ func TestMinTTL(t *testing.T) {
 	}
 }
 
+// A caller looping with a min_ttl the cached token just misses forces at
+// most one new token per interval; a min_ttl no token meets is refused
+// without a request, also after a restart with no usable token cached.
+func TestMinTTLCannotForceRequests(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+	ctx := context.Background()
+	if _, err := m.Get(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	const justUnderLifetime = time.Hour - 31*time.Second
+	h.clock.Advance(2 * time.Second)
+	if _, err := m.Get(ctx, "acme", justUnderLifetime); err != nil || h.fake.Requests() != 2 {
+		t.Fatalf("first forced refresh: %v after %d requests, want a new token", err, h.fake.Requests())
+	}
+	var refreshed, limited int
+	for range 20 { // 40s in steps of 2s: each time the cached token no longer lasts min_ttl
+		h.clock.Advance(2 * time.Second)
+		_, err := m.Get(ctx, "acme", justUnderLifetime)
+		var limitedErr *RefreshLimitedError
+		switch {
+		case err == nil:
+			refreshed++
+		case errors.As(err, &limitedErr) && limitedErr.RetryAt.After(h.clock.Now()):
+			limited++
+		default:
+			t.Fatalf("Get(min_ttl %v) = %v", justUnderLifetime, err)
+		}
+	}
+	if refreshed != 4 || limited != 16 || h.fake.Requests() != 2+refreshed {
+		t.Fatalf("in 40s: %d new tokens, %d refused, %d requests; want one new token per 10s, the rest refused", refreshed, limited, h.fake.Requests())
+	}
+	// No token is fetched for a too long min_ttl: not now, and not after a
+	// restart once the stored token has expired and been dropped.
+	var tooLong *MinTTLTooLongError
+	if _, err := m.Get(ctx, "acme", 2*time.Hour); !errors.As(err, &tooLong) || tooLong.Max != time.Hour-30*time.Second {
+		t.Fatalf("Get(min_ttl 2h) = %v, want MinTTLTooLongError{59m30s}", err)
+	}
+	h.clock.Advance(2 * time.Hour)
+	restarted := h.manager(t)
+	if !restarted.Invalidate("acme", restarted.lookup("acme").current.Load()) {
+		t.Fatal("the stored token was not dropped")
+	}
+	if _, err := restarted.Get(ctx, "acme", 2*time.Hour); !errors.As(err, &tooLong) || tooLong.Max != time.Hour-30*time.Second {
+		t.Fatalf("after a restart, Get(min_ttl 2h) = %v, want MinTTLTooLongError{59m30s}", err)
+	}
+	if h.fake.Requests() != 6 {
+		t.Fatalf("a min_ttl too long reached the provider (%d requests, want 6)", h.fake.Requests())
+	}
+}
+
 func TestUnavailableServesCachedTokenThenBacksOff(t *testing.T) {
 	h := newHarness(t, nil)
 	h.addAccount(t, "acme")

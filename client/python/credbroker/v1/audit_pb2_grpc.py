@@ -12,6 +12,17 @@ class AuditServiceStub(object):
     fails with UNAVAILABLE (reason AUDIT_UNAVAILABLE) and nothing is handed
     out or changed. Events never contain a token, key or secret.
 
+    Calls refused before the caller proved an identity (UNAUTHENTICATED, or
+    RESOURCE_EXHAUSTED because its address sent too many such calls) are the
+    exception: so that a flood of them cannot push other events out, they are
+    tallied and written once a minute as one event per peer address and code,
+    with method "unauthenticated_calls", no principal, the address in
+    peer_address ("other peers" for those beyond the first 100 tallies of a
+    minute), and in detail the number of calls, their time span, and up to
+    five methods and named principals (revoked or expired keys) with their
+    counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
+    2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
+
     Events are kept for a configurable age and count (--audit-max-age,
     --audit-max-events); each is also written to the server log.
 
@@ -39,6 +50,17 @@ class AuditServiceServicer(object):
     before the call it records is answered; if it cannot be written, the call
     fails with UNAVAILABLE (reason AUDIT_UNAVAILABLE) and nothing is handed
     out or changed. Events never contain a token, key or secret.
+
+    Calls refused before the caller proved an identity (UNAUTHENTICATED, or
+    RESOURCE_EXHAUSTED because its address sent too many such calls) are the
+    exception: so that a flood of them cannot push other events out, they are
+    tallied and written once a minute as one event per peer address and code,
+    with method "unauthenticated_calls", no principal, the address in
+    peer_address ("other peers" for those beyond the first 100 tallies of a
+    minute), and in detail the number of calls, their time span, and up to
+    five methods and named principals (revoked or expired keys) with their
+    counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
+    2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
 
     Events are kept for a configurable age and count (--audit-max-age,
     --audit-max-events); each is also written to the server log.
@@ -81,6 +103,17 @@ class AuditService(object):
     before the call it records is answered; if it cannot be written, the call
     fails with UNAVAILABLE (reason AUDIT_UNAVAILABLE) and nothing is handed
     out or changed. Events never contain a token, key or secret.
+
+    Calls refused before the caller proved an identity (UNAUTHENTICATED, or
+    RESOURCE_EXHAUSTED because its address sent too many such calls) are the
+    exception: so that a flood of them cannot push other events out, they are
+    tallied and written once a minute as one event per peer address and code,
+    with method "unauthenticated_calls", no principal, the address in
+    peer_address ("other peers" for those beyond the first 100 tallies of a
+    minute), and in detail the number of calls, their time span, and up to
+    five methods and named principals (revoked or expired keys) with their
+    counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
+    2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
 
     Events are kept for a configurable age and count (--audit-max-age,
     --audit-max-events); each is also written to the server log.

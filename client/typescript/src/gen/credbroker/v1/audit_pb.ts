@@ -29,10 +29,10 @@ export type AuditEvent = Message<"credbroker.v1.AuditEvent"> & {
 
   /**
    * Who called: a certificate principal or "callerKeys/{key_id}"; empty if
-   * the caller proved no identity. "credbroker" for the broker's own
-   * actions (the bootstrap admin, start-up upgrades, account state
-   * changes) and "unix-uid:{uid}" for a local operator's rekey; no caller
-   * can be either.
+   * the caller proved no identity (as in "unauthenticated_calls" events).
+   * "credbroker" for the broker's own actions (the bootstrap admin,
+   * start-up upgrades, account state changes) and "unix-uid:{uid}" for a
+   * local operator's rekey; no caller can be either.
    *
    * @generated from field: string principal = 2;
    */
@@ -40,7 +40,8 @@ export type AuditEvent = Message<"credbroker.v1.AuditEvent"> & {
 
   /**
    * The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken";
-   * "proxy" for a call to the egress proxy (see proxy_call).
+   * "proxy" for a call to the egress proxy (see proxy_call);
+   * "unauthenticated_calls" for a tally of refused calls (see AuditService).
    *
    * @generated from field: string method = 3;
    */
@@ -79,7 +80,8 @@ export type AuditEvent = Message<"credbroker.v1.AuditEvent"> & {
   detail: string;
 
   /**
-   * The caller's network address.
+   * The caller's network address; for a tally of refused calls, the IP
+   * address (an IPv6 address's /64 network) they came from.
    *
    * @generated from field: string peer_address = 8;
    */
@@ -236,6 +238,17 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
  * before the call it records is answered; if it cannot be written, the call
  * fails with UNAVAILABLE (reason AUDIT_UNAVAILABLE) and nothing is handed
  * out or changed. Events never contain a token, key or secret.
+ *
+ * Calls refused before the caller proved an identity (UNAUTHENTICATED, or
+ * RESOURCE_EXHAUSTED because its address sent too many such calls) are the
+ * exception: so that a flood of them cannot push other events out, they are
+ * tallied and written once a minute as one event per peer address and code,
+ * with method "unauthenticated_calls", no principal, the address in
+ * peer_address ("other peers" for those beyond the first 100 tallies of a
+ * minute), and in detail the number of calls, their time span, and up to
+ * five methods and named principals (revoked or expired keys) with their
+ * counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
+ * 2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
  *
  * Events are kept for a configurable age and count (--audit-max-age,
  * --audit-max-events); each is also written to the server log.

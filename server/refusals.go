@@ -1,0 +1,197 @@
+package server
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/ratelimit"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// Bounds of what refusals holds between two flushes.
+const (
+	// refusalInterval is how often the tallies become audit events.
+	refusalInterval = time.Minute
+	// maxRefusalTallies: refusals from further peer addresses are tallied
+	// together, under otherPeers.
+	maxRefusalTallies = 100
+	// maxRefusalNames is how many distinct methods, and principals, an
+	// event names; the others are only counted.
+	maxRefusalNames = 5
+)
+
+// refusalMethod is the audit trail's method of aggregated refusals.
+const refusalMethod = "unauthenticated_calls"
+
+// otherPeers is the peer address of the refusals beyond maxRefusalTallies
+// in an interval.
+const otherPeers = "other peers"
+
+// refusals guards the broker against calls without valid credentials,
+// which anyone who can reach it can send: each peer address has a budget
+// of them (charged only for such calls, checked before any credential is
+// looked at), and they are audited as one event per peer address and code
+// per interval rather than one each, so that a flood can neither push real
+// events out of the trail nor fill the log.
+type refusals struct {
+	limiter  *ratelimit.Limiter
+	audit    *audit.Log
+	log      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	mu      sync.Mutex
+	tallies map[refusalKey]*tally
+}
+
+type refusalKey struct{ peer, code string }
+
+// tally is what an interval's refusals from one peer address with one code
+// have in common.
+type tally struct {
+	calls               int
+	first, last         time.Time
+	methods, principals names
+}
+
+func newRefusals(perSecond float64, burst int, interval time.Duration, al *audit.Log, log *slog.Logger, now func() time.Time) *refusals {
+	return &refusals{
+		limiter: ratelimit.New(perSecond, burst), audit: al, log: log, interval: cmp.Or(interval, refusalInterval),
+		now: now, tallies: map[refusalKey]*tally{},
+	}
+}
+
+// peerKey is the address a call's budget and tally belong to: the peer's
+// IP address without the port, and for IPv6 its /64 network, which one
+// host usually holds whole.
+func peerKey(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case ip == nil:
+		return truncate(host, maxAuditResource)
+	case ip.To4() == nil:
+		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	return ip.String()
+}
+
+// wait is how long the peer of call c must wait before the broker looks at
+// its credentials again, having refused too many of its calls; 0 if it need not.
+func (r *refusals) wait(c *call) time.Duration {
+	return r.limiter.Wait(peerKey(c.peer), c.time)
+}
+
+// charge counts a call that failed authentication against its peer's budget.
+func (r *refusals) charge(c *call) {
+	r.limiter.Charge(peerKey(c.peer), c.time)
+}
+
+// add tallies call c, refused with code before it proved an identity.
+func (r *refusals) add(c *call, code codes.Code) {
+	k := refusalKey{peerKey(c.peer), codeName(code)}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.tallies[k]
+	if t == nil {
+		if len(r.tallies) >= maxRefusalTallies {
+			k.peer = otherPeers
+		}
+		if t = r.tallies[k]; t == nil {
+			t = &tally{first: c.time}
+			r.tallies[k] = t
+		}
+	}
+	t.calls++
+	t.last = c.time
+	t.methods.add(c.method)
+	if c.principal != "" {
+		t.principals.add(truncate(c.principal, maxAuditResource))
+	}
+}
+
+// run writes the tallies as audit events every interval, and once more when
+// ctx ends: call it before the audit writer stops.
+func (r *refusals) run(ctx context.Context) {
+	tick := time.NewTicker(r.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			r.flush()
+			return
+		case <-tick.C:
+			r.flush()
+			r.limiter.Forget(r.now())
+		}
+	}
+}
+
+// flush writes one audit event, and one log line, per tally, and starts
+// the next interval.
+func (r *refusals) flush() {
+	r.mu.Lock()
+	tallies := r.tallies
+	r.tallies = map[refusalKey]*tally{}
+	r.mu.Unlock()
+	if len(tallies) == 0 {
+		return
+	}
+	now := r.now()
+	events := make([]store.AuditEvent, 0, len(tallies))
+	for k, t := range tallies {
+		detail := fmt.Sprintf("%d calls refused from %s to %s; methods: %s", t.calls,
+			t.first.UTC().Format(time.RFC3339), t.last.UTC().Format(time.RFC3339), t.methods)
+		if len(t.principals.counts) > 0 {
+			detail += "; principals: " + t.principals.String()
+		}
+		events = append(events, store.AuditEvent{Time: now, Method: refusalMethod, Code: k.code, PeerAddress: k.peer, Detail: detail})
+		r.log.Warn("calls without valid credentials refused", "peer", k.peer, "code", k.code, "calls", t.calls)
+	}
+	if err := r.audit.Record(events...); err != nil {
+		r.log.Error("could not write the audit events of refused calls", "events", len(events), "error", err)
+	}
+}
+
+// names counts up to maxRefusalNames distinct names, and the calls of the others.
+type names struct {
+	counts map[string]int
+	others int
+}
+
+func (n *names) add(name string) {
+	if _, ok := n.counts[name]; !ok && len(n.counts) >= maxRefusalNames {
+		n.others++
+		return
+	}
+	if n.counts == nil {
+		n.counts = map[string]int{}
+	}
+	n.counts[name]++
+}
+
+// String is "name count, ..." in name order, then the others' count.
+func (n names) String() string {
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(n.counts)) {
+		parts = append(parts, fmt.Sprintf("%s %d", name, n.counts[name]))
+	}
+	if n.others > 0 {
+		parts = append(parts, fmt.Sprintf("others %d", n.others))
+	}
+	return strings.Join(parts, ", ")
+}
