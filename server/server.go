@@ -314,6 +314,14 @@ func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
 			return tlsMaterial{}, nil, fmt.Errorf("--bootstrap-admin-principal %q: %s", p, status.Convert(err).Message())
 		}
 	}
+	for flag, u := range map[string]string{
+		"--jumpcloud-token-url-us": cfg.JumpCloudTokenURLUS, "--jumpcloud-token-url-eu": cfg.JumpCloudTokenURLEU,
+		"--jumpcloud-api-url-us": cfg.JumpCloudAPIURLUS, "--jumpcloud-api-url-eu": cfg.JumpCloudAPIURLEU,
+	} {
+		if err := provider.CheckEndpointURL(u); err != nil {
+			return tlsMaterial{}, nil, fmt.Errorf("%s %q: %w", flag, u, err)
+		}
+	}
 	tlsm, err := loadTLS(cfg)
 	if err != nil {
 		return tlsMaterial{}, nil, err

@@ -31,6 +31,9 @@ func (c *Client) CheckAPIKey(ctx context.Context, cr Credentials) error {
 func (c *Client) checkAPIKey(ctx context.Context, cr Credentials) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
+	if err := usable("API base URL", c.APIBaseURL(cr)); err != nil {
+		return err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.APIBaseURL(cr)+"/organizations", nil)
 	if err != nil {
 		return err

@@ -240,6 +240,9 @@ func (c *Client) fetch(ctx context.Context, cr Credentials) (Token, error) {
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
 
 	cfg, margin := c.config(cr)
+	if err := usable("token URL", cfg.TokenURL); err != nil {
+		return Token{}, err
+	}
 	tok, err := cfg.Token(ctx)
 	if err != nil {
 		return Token{}, classify(err, cr)

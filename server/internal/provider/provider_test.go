@@ -250,3 +250,34 @@ func TestCheckAPIKey(t *testing.T) {
 		t.Fatalf("unavailable error: %v", err)
 	}
 }
+
+// Endpoint URLs are checked again whenever they are used, as when they
+// were linked: credentials are never sent in clear off loopback, nor to a
+// URL that carries credentials of its own.
+func TestEndpointsAreCheckedWhenUsed(t *testing.T) {
+	c := New(Config{Endpoints: Endpoints{
+		JumpCloudTokenURLUS: "http://jumpcloud.example/oauth2/token", JumpCloudAPIURLUS: "http://console.example/api",
+	}, Timeout: time.Second})
+	for name, call := range map[string]func() error{
+		"service account": func() error {
+			_, err := c.Fetch(context.Background(), Credentials{Kind: KindJumpCloudServiceAccount, ClientID: "id", ClientSecret: secret.New(canarySecret), Region: RegionUS})
+			return err
+		},
+		"oauth2 with userinfo": func() error {
+			_, err := c.Fetch(context.Background(), Credentials{Kind: KindOAuth2ClientCredentials, ClientID: "id", ClientSecret: secret.New(canarySecret), TokenURL: "https://user:pw@idp.example/token"})
+			return err
+		},
+		"API key": func() error {
+			return c.CheckAPIKey(context.Background(), Credentials{Kind: KindJumpCloudAPIKey, ClientSecret: secret.New(canarySecret), Region: RegionUS})
+		},
+	} {
+		if err := call(); !errors.Is(err, ErrEndpointRefused) || strings.Contains(err.Error(), canarySecret) {
+			t.Errorf("%s: %v, want ErrEndpointRefused", name, err)
+		}
+	}
+	for _, ok := range []string{"https://idp.example/token", "http://127.0.0.1:8085/oauth2/token", "http://localhost/x", "http://[::1]:1/x"} {
+		if err := CheckEndpointURL(ok); err != nil {
+			t.Errorf("CheckEndpointURL(%s): %v", ok, err)
+		}
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -258,6 +259,9 @@ func (f *Forwarder) prepare(w http.ResponseWriter, r *http.Request, c *Call) err
 	}
 	if is.APIBaseURL == "" {
 		return ErrNoAPIBase
+	}
+	if err := provider.CheckEndpointURL(is.APIBaseURL); err != nil { // checked when linked; checked again as used
+		return fmt.Errorf("account %s: %w: the API base URL %s", c.AccountID, provider.ErrEndpointRefused, err)
 	}
 	base, err := url.Parse(is.APIBaseURL)
 	if err != nil {
