@@ -26,8 +26,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
