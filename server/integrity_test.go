@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
@@ -151,4 +153,42 @@ func TestTamperedRecordsAreNeverUsed(t *testing.T) {
 	}
 	_, err = b.tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/untouched", MinTtl: durationpb.New(time.Minute)})
 	wantCode(t, err, codes.Unauthenticated, "")
+}
+
+// A backup in which someone without the master key edited a record (here
+// a caller key's role) is refused by restore, naming the record, before
+// anything in the data directory changes.
+func TestRestoreRefusesTamperedBackup(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	data, _, err := backupOf(t, b, b.keys.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.stop()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "credbroker.db"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	editRecord(t, dir, "caller_keys", "svc", `"role":"caller"`, `"role":"admin"`)
+	tampered := filepath.Join(dir, "credbroker.db")
+	before, err := os.ReadFile(filepath.Join(b.cfg.DataDir, "credbroker.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = server.Restore(b.cfg, tampered)
+	if err == nil || !strings.Contains(err.Error(), "integrity check") || !strings.Contains(err.Error(), `caller_keys "svc"`) {
+		t.Fatalf("restore of a tampered backup: %v", err)
+	}
+	after, err := os.ReadFile(filepath.Join(b.cfg.DataDir, "credbroker.db"))
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("a refused restore changed the database (%v)", err)
+	}
+	entries, _ := os.ReadDir(b.cfg.DataDir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), "restoring") || strings.Contains(e.Name(), "before-restore") {
+			t.Fatalf("a refused restore left %s", e.Name())
+		}
+	}
 }
