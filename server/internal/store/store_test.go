@@ -26,7 +26,7 @@ func openTemp(t *testing.T) (*Store, string) {
 }
 
 // openAt opens (or creates) the store at path with testMaster's record key.
-func openAt(t *testing.T, path string) *Store {
+func openAt(t testing.TB, path string) *Store {
 	t.Helper()
 	s, err := Open(path, time.Second)
 	if err != nil {
