@@ -116,6 +116,8 @@ func callerKeyProto(k store.CallerKey, now time.Time) *credbrokerv1.CallerKey {
 		State:       credbrokerv1.CallerKeyState_CALLER_KEY_STATE_ACTIVE,
 	}
 	switch {
+	case k.Tampered:
+		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED
 	case !k.RevokeTime.IsZero():
 		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_REVOKED
 	case !k.ExpireTime.IsZero() && !now.Before(k.ExpireTime):

@@ -130,6 +130,16 @@ func TestTamperedRecordsAreNeverUsed(t *testing.T) {
 		}
 	}
 
+	keys, err := b.callers.ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys.GetCallerKeys() {
+		if want := k.GetName() == "callerKeys/svc"; want != (k.GetState() == credbrokerv1.CallerKeyState_CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED) {
+			t.Fatalf("listed key: %v", k)
+		}
+	}
+
 	// Repairs: delete and re-link; revoke the key and make another.
 	if _, err := b.accounts.DeleteAccount(context.Background(), &credbrokerv1.DeleteAccountRequest{Name: "accounts/acme"}); err != nil {
 		t.Fatal(err)
@@ -142,7 +152,7 @@ func TestTamperedRecordsAreNeverUsed(t *testing.T) {
 	if a := b.account(t, "acme"); a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE {
 		t.Fatalf("re-linked account: %v", a)
 	}
-	keys, err := b.callers.ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{})
+	keys, err = b.callers.ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

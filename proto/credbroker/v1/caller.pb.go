@@ -82,6 +82,10 @@ const (
 	CallerKeyState_CALLER_KEY_STATE_ACTIVE      CallerKeyState = 1
 	CallerKeyState_CALLER_KEY_STATE_EXPIRED     CallerKeyState = 2
 	CallerKeyState_CALLER_KEY_STATE_REVOKED     CallerKeyState = 3
+	// The key's stored record failed its integrity check (it was changed
+	// outside the broker): the key authenticates no one, and only its name
+	// is shown. Revoke it to replace the record with a clean, revoked one.
+	CallerKeyState_CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED CallerKeyState = 4
 )
 
 // Enum value maps for CallerKeyState.
@@ -91,12 +95,14 @@ var (
 		1: "CALLER_KEY_STATE_ACTIVE",
 		2: "CALLER_KEY_STATE_EXPIRED",
 		3: "CALLER_KEY_STATE_REVOKED",
+		4: "CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED",
 	}
 	CallerKeyState_value = map[string]int32{
-		"CALLER_KEY_STATE_UNSPECIFIED": 0,
-		"CALLER_KEY_STATE_ACTIVE":      1,
-		"CALLER_KEY_STATE_EXPIRED":     2,
-		"CALLER_KEY_STATE_REVOKED":     3,
+		"CALLER_KEY_STATE_UNSPECIFIED":            0,
+		"CALLER_KEY_STATE_ACTIVE":                 1,
+		"CALLER_KEY_STATE_EXPIRED":                2,
+		"CALLER_KEY_STATE_REVOKED":                3,
+		"CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED": 4,
 	}
 )
 
@@ -839,12 +845,13 @@ const file_credbroker_v1_caller_proto_rawDesc = "" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"ROLE_ADMIN\x10\x01\x12\x0f\n" +
-	"\vROLE_CALLER\x10\x02*\x8b\x01\n" +
+	"\vROLE_CALLER\x10\x02*\xb8\x01\n" +
 	"\x0eCallerKeyState\x12 \n" +
 	"\x1cCALLER_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CALLER_KEY_STATE_ACTIVE\x10\x01\x12\x1c\n" +
 	"\x18CALLER_KEY_STATE_EXPIRED\x10\x02\x12\x1c\n" +
-	"\x18CALLER_KEY_STATE_REVOKED\x10\x032\xf9\x04\n" +
+	"\x18CALLER_KEY_STATE_REVOKED\x10\x03\x12+\n" +
+	"'CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED\x10\x042\xf9\x04\n" +
 	"\rCallerService\x12`\n" +
 	"\x0fCreateCallerKey\x12%.credbroker.v1.CreateCallerKeyRequest\x1a&.credbroker.v1.CreateCallerKeyResponse\x12]\n" +
 	"\x0eListCallerKeys\x12$.credbroker.v1.ListCallerKeysRequest\x1a%.credbroker.v1.ListCallerKeysResponse\x12`\n" +

@@ -7,6 +7,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 
 CALLER_KEY_STATE_ACTIVE: CallerKeyState
 CALLER_KEY_STATE_EXPIRED: CallerKeyState
+CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED: CallerKeyState
 CALLER_KEY_STATE_REVOKED: CallerKeyState
 CALLER_KEY_STATE_UNSPECIFIED: CallerKeyState
 DESCRIPTOR: _descriptor.FileDescriptor
