@@ -161,7 +161,7 @@ func TestRestoreStagesOneCheckedCopy(t *testing.T) {
 	if err := os.Chmod(cfg.DataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	res, err := server.Restore(cfg, backup)
+	res, err := server.Restore(cfg, backup, false)
 	if err != nil || !res.Checksummed || res.Previous == "" {
 		t.Fatalf("Restore: %+v, %v", res, err)
 	}
@@ -188,7 +188,7 @@ func TestRestoreStagesOneCheckedCopy(t *testing.T) {
 		t.Fatal("could not write the damaged backup")
 	}
 	before := dirSnapshot(t, cfg.DataDir)
-	if _, err := server.Restore(cfg, damaged); err == nil || !strings.Contains(err.Error(), "is damaged") {
+	if _, err := server.Restore(cfg, damaged, false); err == nil || !strings.Contains(err.Error(), "is damaged") {
 		t.Fatalf("Restore of a backup that does not match its checksum: %v", err)
 	}
 	if after := dirSnapshot(t, cfg.DataDir); !maps.Equal(before, after) {

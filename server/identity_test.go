@@ -211,14 +211,7 @@ func writeOldDatabase(t *testing.T, cfg server.Config, grants []string, admin st
 		t.Fatal(err)
 	}
 	defer st.Close()
-	check, err := master.KeyCheck()
-	if err == nil {
-		err = st.SetKeyCheck(check)
-	}
-	if err == nil {
-		_, err = st.Authenticate(func(id []byte) (store.Authenticator, error) { return master.RecordKey(id) }, store.AuditEvent{})
-	}
-	if err != nil {
+	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	key, wrapped, err := master.NewDataKey("acme")

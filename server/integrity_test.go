@@ -187,7 +187,7 @@ func TestRestoreRefusesTamperedBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = server.Restore(b.cfg, tampered)
+	_, err = server.Restore(b.cfg, tampered, false)
 	if err == nil || !strings.Contains(err.Error(), "integrity check") || !strings.Contains(err.Error(), `caller_keys "svc"`) {
 		t.Fatalf("restore of a tampered backup: %v", err)
 	}
@@ -199,6 +199,80 @@ func TestRestoreRefusesTamperedBackup(t *testing.T) {
 	for _, e := range entries {
 		if strings.Contains(e.Name(), "restoring") || strings.Contains(e.Name(), "before-restore") {
 			t.Fatalf("a refused restore left %s", e.Name())
+		}
+	}
+}
+
+// stripTags turns a database file back into the earlier, untagged format,
+// as someone without the master key could: every record loses its tag and
+// the database its id. Its key check value stays the current one, bound
+// to the id: a check value of the earlier format would need the master key.
+func stripTags(t *testing.T, path string) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range []string{"accounts", "tokens", "caller_keys", "admin_principals", "audit"} {
+			b := tx.Bucket([]byte(name))
+			var keys, values [][]byte
+			_ = b.ForEach(func(k, v []byte) error {
+				keys, values = append(keys, bytes.Clone(k)), append(values, bytes.Clone(v[33:]))
+				return nil
+			})
+			for i := range keys {
+				if err := b.Put(keys[i], values[i]); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Bucket([]byte("meta")).Delete([]byte("database-id"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Passing a database off as one of the earlier, untagged version, so that
+// its edited records get tagged as they are, does not work: the broker
+// refuses to start on it, and restore refuses it as a backup.
+func TestUntaggedDowngradeIsRefused(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.link(t, "acme")
+	data, _, err := backupOf(t, b, b.keys.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.stop()
+	path := filepath.Join(b.cfg.DataDir, "credbroker.db")
+	stripTags(t, path)
+	editRecord(t, b.cfg.DataDir, "caller_keys", "svc", `"role":"caller"`, `"role":"admin"`)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv, err := server.New(b.cfg); err == nil {
+		closeUnserved(t, srv)
+		t.Fatal("the broker started on a database stripped of its tags")
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("the refused start changed the database")
+	}
+
+	dir := t.TempDir()
+	backup := filepath.Join(dir, "credbroker.db")
+	if err := os.WriteFile(backup, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stripTags(t, backup)
+	cfg := b.cfg
+	cfg.DataDir = t.TempDir()
+	for _, allow := range []bool{false, true} {
+		if _, err := server.Restore(cfg, backup, allow); err == nil {
+			t.Fatalf("restore (allow untagged: %v) accepted a backup stripped of its tags", allow)
 		}
 	}
 }

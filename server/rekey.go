@@ -52,50 +52,28 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	}
 	defer st.Close()
 
-	check, err := st.KeyCheck()
+	underCurrent, err := checkMasterKey(st, current)
+	legacy := underCurrent
+	if errors.Is(err, seal.ErrWrongMasterKey) {
+		if _, nerr := checkMasterKey(st, next); nerr == nil {
+			return RekeyResult{AlreadyDone: true}, compactIfPending(st)
+		}
+		return RekeyResult{}, fmt.Errorf("%w (data directory %s); nothing was changed", err, cfg.DataDir)
+	}
 	if err != nil {
 		return RekeyResult{}, err
 	}
-	underCurrent, underNext := current.VerifyKeyCheck(check) == nil, next.VerifyKeyCheck(check) == nil
-	switch {
-	case underCurrent && underNext:
+	if _, err := checkMasterKey(st, next); err == nil {
 		return RekeyResult{}, errors.New("the new master key is the current one")
-	case underNext:
-		return RekeyResult{AlreadyDone: true}, compactIfPending(st)
-	case !underCurrent:
-		return RekeyResult{}, fmt.Errorf("%w (data directory %s); nothing was changed", seal.ErrWrongMasterKey, cfg.DataDir)
 	}
-	if _, err := st.Authenticate(recordKeys(current), upgradeEvent()); err != nil {
-		return RekeyResult{}, err
-	}
-	newCheck, err := next.KeyCheck()
-	if err != nil {
+	if _, err := st.Authenticate(current, legacy, upgradeEvent()); err != nil {
 		return RekeyResult{}, err
 	}
 	ev := store.AuditEvent{
 		Time: time.Now(), Principal: fmt.Sprintf("unix-uid:%d", os.Getuid()), Method: "rekey",
 		Code: codeName(codes.OK), Detail: "moved every account to a fresh data key and re-wrapped the MAC key under a new master key",
 	}
-	n, err := st.Rekey(store.Rekeying{
-		Check:     newCheck,
-		KeyFor:    recordKeys(next),
-		RewrapMAC: func(wrapped []byte) ([]byte, error) { return current.RewrapMACKey(next, wrapped) },
-		Reseal: func(a *store.Account, t *store.TokenState) error {
-			var values []seal.Sealed
-			for i := range a.Secrets {
-				values = append(values, seal.Sealed{Field: store.FieldClientSecret, Value: &a.Secrets[i].Sealed})
-			}
-			if len(a.SealedSecret) > 0 {
-				values = append(values, seal.Sealed{Field: store.FieldClientSecret, Value: &a.SealedSecret})
-			}
-			if len(t.SealedToken) > 0 {
-				values = append(values, seal.Sealed{Field: store.FieldAccessToken, Value: &t.SealedToken})
-			}
-			wrapped, err := current.Reseal(next, a.ID, a.WrappedKey, values)
-			a.WrappedKey = wrapped
-			return err
-		},
-	}, ev)
+	n, err := st.Rekey(current, next, ev)
 	if err != nil {
 		return RekeyResult{}, fmt.Errorf("rekey (nothing was changed): %w", err)
 	}
@@ -110,11 +88,6 @@ func compactIfPending(st *store.Store) error {
 		return err
 	}
 	return st.Compact()
-}
-
-// recordKeys derives a database's record key from master (see seal.RecordKey).
-func recordKeys(master *seal.MasterKey) func(databaseID []byte) (store.Authenticator, error) {
-	return func(id []byte) (store.Authenticator, error) { return master.RecordKey(id) }
 }
 
 // upgradeEvent is the audit event of tagging a database written by an

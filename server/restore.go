@@ -41,7 +41,12 @@ const ChecksumSuffix = ".sha256"
 // The database already there, if any, is kept beside it under a new name.
 // At every moment the data directory holds either the old database or the
 // backup, whole. The broker must be stopped.
-func Restore(cfg Config, backupPath string) (RestoreResult, error) {
+//
+// A backup made by a version that did not tag records carries nothing
+// that shows whether a record was changed: it is restored only with
+// allowUntagged, the operator's word that it is trusted, and tagged when
+// the broker next starts.
+func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, error) {
 	cfg.setDefaults()
 	if cfg.MasterKeyFile == "" && cfg.MasterKey == "" {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, masterKeyFileName)); err != nil {
@@ -61,7 +66,7 @@ func Restore(cfg Config, backupPath string) (RestoreResult, error) {
 	}
 	path := filepath.Join(cfg.DataDir, dbFileName)
 	staged := path + ".restoring"
-	res, err := stageBackup(backupPath, staged, master)
+	res, err := stageBackup(backupPath, staged, master, allowUntagged)
 	if err == nil {
 		res.Previous, err = replaceDatabase(cfg, staged, path)
 	}
@@ -78,7 +83,7 @@ func Restore(cfg Config, backupPath string) (RestoreResult, error) {
 // stageBackup copies the backup into the new file staged and checks the
 // copy: its SHA-256 against the backup's checksum file, if there is one,
 // every database page, that master opens it, and every record's tag.
-func stageBackup(backupPath, staged string, master *seal.MasterKey) (RestoreResult, error) {
+func stageBackup(backupPath, staged string, master *seal.MasterKey, allowUntagged bool) (RestoreResult, error) {
 	digest, err := copyToNewFile(backupPath, staged)
 	if err != nil {
 		return RestoreResult{}, err
@@ -87,14 +92,25 @@ func stageBackup(backupPath, staged string, master *seal.MasterKey) (RestoreResu
 	if res.Checksummed, err = matchesChecksumFile(backupPath, digest); err != nil {
 		return RestoreResult{}, err
 	}
-	check, err := store.CheckBackup(staged)
+	check, id, err := store.CheckBackup(staged)
 	if err != nil {
 		return RestoreResult{}, fmt.Errorf("%s (as copied to %s): %w; nothing was changed", backupPath, staged, err)
 	}
-	if master.VerifyKeyCheck(check) != nil {
-		return RestoreResult{}, errors.New("the master key given does not open this backup, which was made under another one; nothing was changed")
+	wrongKey := errors.New("the master key given does not open this backup, which was made under another one or changed since; nothing was changed")
+	if id == nil {
+		if master.VerifyLegacyKeyCheck(check) != nil {
+			return RestoreResult{}, wrongKey
+		}
+		if !allowUntagged {
+			return RestoreResult{}, fmt.Errorf("%s was made by an earlier version: its records carry no integrity tags, so nothing shows whether they were changed since; if you trust this file, restore it with --allow-untagged (nothing was changed)", backupPath)
+		}
+		res.Untagged = true
+		return res, nil
 	}
-	if res.Untagged, err = store.CheckRecords(staged, recordKeys(master)); err != nil {
+	if master.VerifyKeyCheck(check, id) != nil {
+		return RestoreResult{}, wrongKey
+	}
+	if err := store.CheckRecords(staged, master); err != nil {
 		return RestoreResult{}, fmt.Errorf("refusing to restore %s (nothing was changed): %w", backupPath, err)
 	}
 	return res, nil
@@ -161,7 +177,7 @@ func copyToNewFile(src, dst string) (string, error) {
 // CheckBackup checks that the file at path is a whole, undamaged
 // credbroker database, as Restore does before putting it in place.
 func CheckBackup(path string) error {
-	_, err := store.CheckBackup(path)
+	_, _, err := store.CheckBackup(path)
 	return err
 }
 

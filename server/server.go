@@ -473,6 +473,27 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 	return st.AppendAudit(events)
 }
 
+// checkMasterKey checks master against the store's key check value: the
+// one bound to its database id or, in a database without an id, one of an
+// earlier version, which makes it legacy (see store.Authenticate). A new
+// database has neither. It returns seal.ErrWrongMasterKey otherwise.
+func checkMasterKey(st *store.Store, master *seal.MasterKey) (legacy bool, err error) {
+	check, err := st.KeyCheck()
+	if err != nil {
+		return false, err
+	}
+	id, err := st.DatabaseID()
+	switch {
+	case err != nil:
+		return false, err
+	case id != nil:
+		return false, master.VerifyKeyCheck(check, id)
+	case check != nil:
+		return true, master.VerifyLegacyKeyCheck(check)
+	}
+	return false, nil
+}
+
 // listenerOff as a listen address disables the egress proxy or the ops listener.
 const listenerOff = "off"
 
@@ -788,20 +809,13 @@ func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	check, err := st.KeyCheck()
-	if err == nil {
-		if check == nil {
-			if check, err = master.KeyCheck(); err == nil {
-				err = st.SetKeyCheck(check)
-			}
-		} else if master.VerifyKeyCheck(check) != nil {
-			err = fmt.Errorf("%w (data directory %s); refusing to start and leaving the database untouched", seal.ErrWrongMasterKey, cfg.DataDir)
-		}
-	}
-	if err == nil {
+	legacy, err := checkMasterKey(st, master)
+	if err != nil {
+		err = fmt.Errorf("%w (data directory %s), or its check value was changed; refusing to start and leaving the database untouched", err, cfg.DataDir)
+	} else {
 		var tagged int
-		if tagged, err = st.Authenticate(recordKeys(master), upgradeEvent()); tagged > 0 {
-			cfg.Logger.Info("upgraded a database written by an earlier version: its records are now tagged for integrity checks", "records", tagged)
+		if tagged, err = st.Authenticate(master, legacy, upgradeEvent()); tagged > 0 {
+			cfg.Logger.Warn("upgraded a database written by an earlier version: its records are now tagged for integrity checks, as they were found. Anyone holding a copy of it from before (an old backup) could present that copy again, edited: rekey to a new master key to rule that out", "records", tagged)
 		}
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"regexp"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
@@ -23,11 +26,22 @@ import (
 type keyScanner struct {
 	master   *seal.MasterKey
 	accounts []string
+	// databaseID is the id the key check values are bound to; with it, the
+	// scanner also tries the master key on the values stored raw (the MAC
+	// key, the key check), which a live master key opens in any copy.
+	databaseID []byte
 	// dataKeys are the data keys found so far, tried on every value.
 	dataKeys []*seal.DataKey
 }
 
 var base64Value = regexp.MustCompile(`"([A-Za-z0-9+/]{40,}={0,2})"`)
+
+// Sizes of the sealed values stored raw (not as base64) in the meta
+// bucket: a format byte, a 12-byte nonce, the plaintext, a 16-byte tag.
+const (
+	wrappedMACKeySize = 1 + 12 + 32 + 16
+	keyCheckSize      = 1 + 12 + len("credbroker master key check") + 16
+)
 
 // scan returns how many values in data its keys open, keeping any data
 // key it unwraps.
@@ -37,18 +51,25 @@ func (k *keyScanner) scan(t *testing.T, data []byte) int {
 		t.Fatal("nothing to scan")
 	}
 	opened := 0
+	if k.master != nil && k.databaseID != nil { // the raw values: every window that starts like one
+		for i := 0; i+wrappedMACKeySize <= len(data); i++ {
+			if data[i] != 1 {
+				continue
+			}
+			if _, err := k.master.UnwrapMACKey(data[i : i+wrappedMACKeySize]); err == nil {
+				opened++
+			}
+			if check := data[i : i+keyCheckSize]; k.master.VerifyKeyCheck(check, k.databaseID) == nil || k.master.VerifyLegacyKeyCheck(check) == nil {
+				opened++
+			}
+		}
+	}
 	for _, m := range base64Value.FindAllSubmatch(data, -1) {
 		blob, err := base64.StdEncoding.DecodeString(string(m[1]))
 		if err != nil {
 			continue
 		}
 		if k.master != nil {
-			if k.master.VerifyKeyCheck(blob) == nil {
-				opened++
-			}
-			if _, err := k.master.UnwrapMACKey(blob); err == nil {
-				opened++
-			}
 			for _, id := range k.accounts {
 				if dk, err := k.master.UnwrapDataKey(id, blob); err == nil {
 					opened++
@@ -76,6 +97,25 @@ func mustMaster(t *testing.T, text string) *seal.MasterKey {
 	return m
 }
 
+// databaseID reads the id of a stopped broker's database.
+func databaseID(t *testing.T, b *broker) []byte {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(b.cfg.DataDir, "credbroker.db"), 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var id []byte
+	_ = db.View(func(tx *bolt.Tx) error {
+		id = bytes.Clone(tx.Bucket([]byte("meta")).Get([]byte("database-id")))
+		return nil
+	})
+	if id == nil {
+		t.Fatal("the database has no id")
+	}
+	return id
+}
+
 func dbFile(t *testing.T, b *broker) []byte {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(b.cfg.DataDir, "credbroker.db"))
@@ -95,8 +135,9 @@ func TestRekeyLeavesNothingForTheOldKey(t *testing.T) {
 	b.link(t, "globex")
 	b.token(t, "acme")
 	b.stop()
-	old := &keyScanner{master: mustMaster(t, b.cfg.MasterKey), accounts: []string{"acme", "globex"}}
-	if n := old.scan(t, dbFile(t, b)); n < 6 || len(old.dataKeys) < 2 {
+	id := databaseID(t, b)
+	old := &keyScanner{master: mustMaster(t, b.cfg.MasterKey), accounts: []string{"acme", "globex"}, databaseID: id}
+	if n := old.scan(t, dbFile(t, b)); n < 8 || len(old.dataKeys) < 2 {
 		t.Fatalf("before the rekey the old key opened %d values and %d data keys: the scanner proves nothing", n, len(old.dataKeys))
 	}
 
@@ -106,8 +147,8 @@ func TestRekeyLeavesNothingForTheOldKey(t *testing.T) {
 	if n := old.scan(t, dbFile(t, b)); n != 0 {
 		t.Fatalf("after the rekey the old master key or old data keys open %d values in the database file", n)
 	}
-	fresh := &keyScanner{master: mustMaster(t, newMasterKey), accounts: []string{"acme", "globex"}}
-	if n := fresh.scan(t, dbFile(t, b)); n < 6 {
+	fresh := &keyScanner{master: mustMaster(t, newMasterKey), accounts: []string{"acme", "globex"}, databaseID: id}
+	if n := fresh.scan(t, dbFile(t, b)); n < 8 {
 		t.Fatalf("the new key opens only %d values in the file", n)
 	}
 

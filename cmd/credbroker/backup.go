@@ -108,16 +108,18 @@ func receiveBackup(ctx context.Context, bs credbrokerv1.BackupServiceClient, w i
 
 func restore(args []string, stdout, stderr io.Writer) error {
 	var (
-		cfg         server.Config
-		in          string
-		lockTimeout time.Duration
+		cfg           server.Config
+		in            string
+		lockTimeout   time.Duration
+		allowUntagged bool
 	)
 	fs := newFlagSet("restore", stderr, `Puts a backup made by "credbroker backup" in place as the database of
 --data-dir. It reads the backup once, into a staging file in --data-dir,
 and checks that copy first: its SHA-256 against --in.sha256 if present,
-every page, and that the master key (--master-key-file or
-CREDBROKER_MASTER_KEY, as for serve) opens it. Only the checked copy is put
-in place.
+every page, that the master key (--master-key-file or
+CREDBROKER_MASTER_KEY, as for serve) opens it, and every record's integrity
+tag. Only the checked copy is put in place. A backup made by a version that
+did not tag records is restored only with --allow-untagged.
 A database already in --data-dir is kept beside it, renamed
 credbroker.db.before-restore-<time>. Stop the broker first; start it again
 afterwards with the same master key.`)
@@ -125,6 +127,7 @@ afterwards with the same master key.`)
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultConfig().DataDir, "directory to restore the database into (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key the backup was made under")
 	fs.DurationVar(&lockTimeout, "lock-timeout", time.Second, "how long to wait for the database if another process holds it")
+	fs.BoolVar(&allowUntagged, "allow-untagged", false, "restore a backup made by a version that did not tag records for integrity checks: nothing shows whether its records were changed, so only for a file you trust")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -134,7 +137,7 @@ afterwards with the same master key.`)
 	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
 	cfg.LockTimeout = lockTimeout
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
-	res, err := server.Restore(cfg, in)
+	res, err := server.Restore(cfg, in, allowUntagged)
 	if err != nil {
 		return err
 	}
@@ -143,7 +146,7 @@ afterwards with the same master key.`)
 		fmt.Fprintf(stdout, "%s%s was missing, so only the database's structure was checked\n", in, server.ChecksumSuffix)
 	}
 	if res.Untagged {
-		fmt.Fprintf(stdout, "%s was made by an earlier version whose records carry no integrity tags, so they could not be checked; the broker tags them when it starts\n", in)
+		fmt.Fprintf(stdout, "%s was made by an earlier version whose records carry no integrity tags, so they could not be checked; the broker tags them as they are when it starts\n", in)
 	}
 	if res.Previous != "" {
 		fmt.Fprintf(stdout, "the database that was there is kept as %s\n", res.Previous)

@@ -142,7 +142,7 @@ func openStore(t *testing.T) *store.Store {
 	}
 	text, _ := seal.GenerateMasterKey()
 	master, _ := seal.ParseMasterKey(text)
-	if _, err := st.Authenticate(func(id []byte) (store.Authenticator, error) { return master.RecordKey(id) }, store.AuditEvent{}); err != nil {
+	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	return st

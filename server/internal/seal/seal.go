@@ -244,20 +244,36 @@ func (k *RecordKey) Tag(kind, key, value []byte) []byte {
 }
 
 // KeyCheck returns a value, stored beside the data, by which VerifyKeyCheck
-// later tells whether a master key is the one the store was created with.
-// It reveals nothing about the key.
-func (m *MasterKey) KeyCheck() ([]byte, error) {
-	return sealWith(m.aead, []byte("credbroker master key check"), additionalData("key-check", "", ""))
+// later tells whether a master key is the one the database with the given
+// id was created with. Being bound to the id, it also says, under the
+// master key, that the database's records are tagged (see RecordKey): a
+// database cannot be passed off as one of an earlier version without a
+// check value of that version. It reveals nothing about the key.
+func (m *MasterKey) KeyCheck(databaseID []byte) ([]byte, error) {
+	return sealWith(m.aead, []byte(keyCheckText), additionalData("key-check-v2", hex.EncodeToString(databaseID), ""))
 }
 
-// VerifyKeyCheck returns ErrWrongMasterKey unless check was made by KeyCheck
-// under this same master key.
-func (m *MasterKey) VerifyKeyCheck(check []byte) error {
+// VerifyKeyCheck returns ErrWrongMasterKey unless check was made by
+// KeyCheck under this same master key for this database id.
+func (m *MasterKey) VerifyKeyCheck(check, databaseID []byte) error {
+	if _, err := openWith(m.aead, check, additionalData("key-check-v2", hex.EncodeToString(databaseID), "")); err != nil {
+		return ErrWrongMasterKey
+	}
+	return nil
+}
+
+// VerifyLegacyKeyCheck returns ErrWrongMasterKey unless check is the check
+// value of a database of an earlier version (before records were tagged)
+// made under this master key.
+func (m *MasterKey) VerifyLegacyKeyCheck(check []byte) error {
 	if _, err := openWith(m.aead, check, additionalData("key-check", "", "")); err != nil {
 		return ErrWrongMasterKey
 	}
 	return nil
 }
+
+// keyCheckText is what check values seal.
+const keyCheckText = "credbroker master key check"
 
 // Seal encrypts one field of the key's account.
 func (k *DataKey) Seal(field string, plaintext []byte) ([]byte, error) {

@@ -75,15 +75,24 @@ func TestMovedCiphertextFails(t *testing.T) {
 
 func TestKeyCheck(t *testing.T) {
 	m, other := mustMaster(t), mustMaster(t)
-	check, err := m.KeyCheck()
+	id, otherID := []byte("database-1"), []byte("database-2")
+	check, err := m.KeyCheck(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.VerifyKeyCheck(check); err != nil {
+	if err := m.VerifyKeyCheck(check, id); err != nil {
 		t.Errorf("same key: %v", err)
 	}
-	if err := other.VerifyKeyCheck(check); !errors.Is(err, ErrWrongMasterKey) {
+	if err := other.VerifyKeyCheck(check, id); !errors.Is(err, ErrWrongMasterKey) {
 		t.Errorf("other key: err = %v, want ErrWrongMasterKey", err)
+	}
+	// Bound to the database: neither another id nor the earlier version's
+	// check (no id) accepts it.
+	if err := m.VerifyKeyCheck(check, otherID); !errors.Is(err, ErrWrongMasterKey) {
+		t.Errorf("other database: err = %v, want ErrWrongMasterKey", err)
+	}
+	if err := m.VerifyLegacyKeyCheck(check); !errors.Is(err, ErrWrongMasterKey) {
+		t.Errorf("as an earlier version's check: err = %v, want ErrWrongMasterKey", err)
 	}
 	if _, err := other.UnwrapDataKey("acme", check); err == nil {
 		t.Error("a key check must not unwrap as a data key")

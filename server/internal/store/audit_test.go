@@ -27,7 +27,7 @@ func TestPruneAuditKeepsCount(t *testing.T) {
 	s.Close()
 	s, err := Open(path, time.Second)
 	if err == nil {
-		_, err = s.Authenticate(recordKeys(testMaster), AuditEvent{})
+		_, err = s.Authenticate(testMaster, false, AuditEvent{})
 	}
 	if err != nil {
 		t.Fatal(err)

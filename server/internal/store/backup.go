@@ -9,6 +9,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
 )
 
 // ErrNotABackup means a file is not a whole, undamaged credbroker database.
@@ -16,11 +18,12 @@ var ErrNotABackup = errors.New("not a credbroker database, or a damaged one")
 
 // CheckBackup opens the database file at path read-only, checks every page
 // of it and that it is a credbroker database, and returns its master-key
-// check value (see KeyCheck).
-func CheckBackup(path string) (check []byte, err error) {
+// check value (see KeyCheck) and its database id (nil for a database
+// written before records were tagged).
+func CheckBackup(path string) (check, databaseID []byte, err error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
 	}
 	defer db.Close()
 	defer func() {
@@ -30,7 +33,7 @@ func CheckBackup(path string) (check []byte, err error) {
 	}()
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	err = db.View(func(tx *bolt.Tx) error {
 		// A cut-off file would fault when its missing pages are read.
@@ -53,33 +56,28 @@ func CheckBackup(path string) (check []byte, err error) {
 		if check == nil {
 			return errors.New("it has no master-key check value")
 		}
+		databaseID = copyBytes(tx.Bucket(metaBucket).Get(databaseIDKey))
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
+		return nil, nil, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
 	}
-	return check, nil
+	return check, databaseID, nil
 }
 
 // CheckRecords checks every record of the database file at path (a
-// backup, checked with CheckBackup) with the key keyFor derives from its
-// id, and fails naming the records that do not pass. A database written
-// before records were tagged has no id and cannot be checked: it reports
-// legacy, and the broker tags its records on first start.
-func CheckRecords(path string, keyFor func(databaseID []byte) (Authenticator, error)) (legacy bool, err error) {
+// backup, checked with CheckBackup, whose key check value master has
+// verified for its id) with master's record key, and fails naming the
+// records that do not pass.
+func CheckRecords(path string, master *seal.MasterKey) error {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
-		return false, fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
+		return fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
 	}
 	defer db.Close()
 	var failed []string
 	err = db.View(func(tx *bolt.Tx) error {
-		id := tx.Bucket(metaBucket).Get(databaseIDKey)
-		if id == nil {
-			legacy = true
-			return nil
-		}
-		auth, err := keyFor(id)
+		auth, err := master.RecordKey(tx.Bucket(metaBucket).Get(databaseIDKey))
 		if err != nil {
 			return err
 		}
@@ -97,13 +95,13 @@ func CheckRecords(path string, keyFor func(databaseID []byte) (Authenticator, er
 		return nil
 	})
 	if err != nil {
-		return false, err
+		return err
+	}
+	if len(failed) > 5 {
+		failed = append(failed[:5], fmt.Sprintf("and %d more", len(failed)-5))
 	}
 	if len(failed) > 0 {
-		if len(failed) > 5 {
-			failed = append(failed[:5], fmt.Sprintf("and %d more", len(failed)-5))
-		}
-		return false, fmt.Errorf("%w: %s", ErrIntegrity, strings.Join(failed, ", "))
+		return fmt.Errorf("%w: %s", ErrIntegrity, strings.Join(failed, ", "))
 	}
-	return legacy, nil
+	return nil
 }

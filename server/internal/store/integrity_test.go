@@ -117,15 +117,15 @@ func TestTamperedRecordsAreDetected(t *testing.T) {
 
 	// CheckRecords finds them all in a copy of the file.
 	s.Close()
-	if _, err := CheckRecords(path, recordKeys(testMaster)); !errors.Is(err, ErrIntegrity) {
+	if err := CheckRecords(path, testMaster); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("CheckRecords: %v", err)
 	}
 	clean := filepath.Join(t.TempDir(), "clean.db")
 	other.Close()
 	data, _ := os.ReadFile(other.path)
 	_ = os.WriteFile(clean, data, 0o600)
-	if legacy, err := CheckRecords(clean, recordKeys(testMaster)); err != nil || legacy {
-		t.Fatalf("CheckRecords of an untouched database: %v, %v", legacy, err)
+	if err := CheckRecords(clean, testMaster); err != nil {
+		t.Fatalf("CheckRecords of an untouched database: %v", err)
 	}
 }
 
@@ -151,12 +151,24 @@ func TestUpgradeTagsRecordsOfEarlierVersions(t *testing.T) {
 		}
 		return nil
 	})
-	n, err := s.Authenticate(recordKeys(testMaster), AuditEvent{Time: time.Now(), Method: "tag_records"})
+	// Someone who strips the tags cannot pass the database off as an
+	// earlier version's: without a legacy check value it is refused.
+	if _, err := s.Authenticate(testMaster, false, AuditEvent{}); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("records without an id or a check value: %v, want ErrIntegrity", err)
+	}
+	n, err := s.Authenticate(testMaster, true, AuditEvent{Time: time.Now(), Method: "tag_records"})
 	if err != nil || n != 4 {
 		t.Fatalf("upgrade tagged %d records (%v), want 4", n, err)
 	}
 	if a, err := s.Account("acme"); err != nil || a.ClientID != "c" {
 		t.Fatalf("after the upgrade: %+v, %v", a, err)
+	}
+	id, _ := s.DatabaseID()
+	if check, _ := s.KeyCheck(); testMaster.VerifyKeyCheck(check, id) != nil {
+		t.Fatal("the upgrade did not store a check value bound to the new id")
+	}
+	if pending, _ := s.CompactPending(); !pending {
+		t.Fatal("the upgrade left the untagged records in freed pages with no compaction pending")
 	}
 	s.Close()
 
@@ -185,7 +197,7 @@ func TestUpgradeRefusesTaggedRecordsWithoutID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if _, err := s2.Authenticate(recordKeys(testMaster), AuditEvent{}); !errors.Is(err, ErrIntegrity) {
+	if _, err := s2.Authenticate(testMaster, true, AuditEvent{}); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("Authenticate: %v, want ErrIntegrity", err)
 	}
 	if id, _ := s2.meta(databaseIDKey); id != nil {

@@ -5,35 +5,29 @@ import (
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
 )
 
-// Rekeying is how Rekey moves the store to a new master key.
-type Rekeying struct {
-	// Check is the new master key's check value.
-	Check []byte
-	// KeyFor derives the new record key from the database's id.
-	KeyFor func(databaseID []byte) (Authenticator, error)
-	// RewrapMAC re-wraps the MAC key under the new master key.
-	RewrapMAC func(wrapped []byte) ([]byte, error)
-	// Reseal moves an account and its token state to a fresh data key
-	// wrapped by the new master key (see seal.MasterKey.Reseal).
-	Reseal func(*Account, *TokenState) error
-}
-
-// Rekey moves the store to a new master key in one transaction: every
-// account gets a fresh data key (r.Reseal), the MAC key is re-wrapped,
-// every record is tagged under the new record key, the key check value is
-// replaced, and ev is recorded. A crash at any point leaves the store
-// wholly under the old key or wholly under the new one. A record that
-// fails its check under the old key stops it, changing nothing. It returns
-// how many accounts it moved. The old key's material stays in freed pages
-// until Compact.
-func (s *Store) Rekey(r Rekeying, ev AuditEvent) (int, error) {
-	id, err := s.meta(databaseIDKey)
+// Rekey moves the store from the master key current to next in one
+// transaction: every account gets a fresh data key wrapped by next, its
+// secrets and cached token sealed again with it (seal.MasterKey.Reseal),
+// the MAC key is re-wrapped, every record is tagged under next's record
+// key, the key check value is replaced, and ev is recorded. A crash at any
+// point leaves the store wholly under the old key or wholly under the new
+// one. A record that fails its check under the old key stops it, changing
+// nothing. It returns how many accounts it moved. The old key's material
+// stays in freed pages until Compact, which it makes pending.
+func (s *Store) Rekey(current, next *seal.MasterKey, ev AuditEvent) (int, error) {
+	id, err := s.DatabaseID()
 	if err != nil {
 		return 0, err
 	}
-	next, err := r.KeyFor(id)
+	nextAuth, err := next.RecordKey(id)
+	if err != nil {
+		return 0, err
+	}
+	check, err := next.KeyCheck(id)
 	if err != nil {
 		return 0, err
 	}
@@ -41,7 +35,7 @@ func (s *Store) Rekey(r Rekeying, ev AuditEvent) (int, error) {
 	err = s.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(metaBucket)
 		if wrapped := meta.Get(macKeyKey); wrapped != nil {
-			rewrapped, err := r.RewrapMAC(wrapped)
+			rewrapped, err := current.RewrapMACKey(next, wrapped)
 			if err != nil {
 				return fmt.Errorf("MAC key: %w", err)
 			}
@@ -51,10 +45,10 @@ func (s *Store) Rekey(r Rekeying, ev AuditEvent) (int, error) {
 		}
 		// Check and re-tag every record first, then re-seal the accounts
 		// under the new tags.
-		if _, err := retag(tx, old, next); err != nil {
+		if _, err := retag(tx, old, nextAuth); err != nil {
 			return err
 		}
-		s.auth = next
+		s.auth = nextAuth
 		var ids []string
 		if err := tx.Bucket(accountsBucket).ForEach(func(k, _ []byte) error { ids = append(ids, string(k)); return nil }); err != nil {
 			return err
@@ -68,7 +62,7 @@ func (s *Store) Rekey(r Rekeying, ev AuditEvent) (int, error) {
 			if err := s.get(tx, tokensBucket, id, &t); err != nil && !errors.Is(err, ErrNotFound) {
 				return err
 			}
-			if err := r.Reseal(&a, &t); err != nil {
+			if err := reseal(current, next, &a, &t); err != nil {
 				return fmt.Errorf("account %q: %w", id, err)
 			}
 			if err := s.put(tx, accountsBucket, id, a); err != nil {
@@ -81,7 +75,7 @@ func (s *Store) Rekey(r Rekeying, ev AuditEvent) (int, error) {
 			}
 		}
 		accounts = len(ids)
-		if err := meta.Put(keyCheckKey, r.Check); err != nil {
+		if err := meta.Put(keyCheckKey, check); err != nil {
 			return err
 		}
 		if err := meta.Put(compactPendingKey, []byte("1")); err != nil {
@@ -94,4 +88,22 @@ func (s *Store) Rekey(r Rekeying, ev AuditEvent) (int, error) {
 		return 0, err
 	}
 	return accounts, nil
+}
+
+// reseal moves an account and its token state to a fresh data key wrapped
+// by next.
+func reseal(current, next *seal.MasterKey, a *Account, t *TokenState) error {
+	var values []seal.Sealed
+	for i := range a.Secrets {
+		values = append(values, seal.Sealed{Field: FieldClientSecret, Value: &a.Secrets[i].Sealed})
+	}
+	if len(a.SealedSecret) > 0 {
+		values = append(values, seal.Sealed{Field: FieldClientSecret, Value: &a.SealedSecret})
+	}
+	if len(t.SealedToken) > 0 {
+		values = append(values, seal.Sealed{Field: FieldAccessToken, Value: &t.SealedToken})
+	}
+	wrapped, err := current.Reseal(next, a.ID, a.WrappedKey, values)
+	a.WrappedKey = wrapped
+	return err
 }

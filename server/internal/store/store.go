@@ -28,6 +28,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
 )
 
 var (
@@ -42,12 +44,6 @@ var (
 	ErrIntegrity = errors.New("the stored record failed its integrity check (it was changed outside the broker, or copied from another database), so it is not used")
 )
 
-// Authenticator tags records (a *seal.RecordKey): a MAC of the record's
-// kind, key and value.
-type Authenticator interface {
-	Tag(kind, key, value []byte) []byte
-}
-
 // Store is the broker's database.
 type Store struct {
 	path string
@@ -55,7 +51,7 @@ type Store struct {
 	// while Compact puts a new file in place of the old one.
 	mu   sync.RWMutex
 	db   *bolt.DB
-	auth Authenticator
+	auth *seal.RecordKey
 	// auditEvents counts the stored audit events, so that pruning by
 	// count does not walk the whole trail under the write lock. It changes
 	// only when a transaction commits.
@@ -138,42 +134,65 @@ func (s *Store) createBuckets() error {
 	})
 }
 
-// Authenticate gives the store the key that keyFor derives from the
+// DatabaseID returns the database's random id, or nil if it has none: a
+// new database, or one written before records were tagged.
+func (s *Store) DatabaseID() ([]byte, error) { return s.meta(databaseIDKey) }
+
+// Authenticate gives the store the record key that master derives from the
 // database's id, by which it tags every record it writes and checks every
-// record it reads. A database written before records were tagged (it has
-// no id yet) is upgraded first: it gets an id, and every record is tagged
-// as it is, with ev in the audit trail, in one transaction, so that a crash
-// leaves it as it was and the next start upgrades it again. It returns how
-// many records it tagged.
-func (s *Store) Authenticate(keyFor func(databaseID []byte) (Authenticator, error), ev AuditEvent) (int, error) {
-	id, err := s.meta(databaseIDKey)
+// record it reads. The caller has checked master against the database's
+// key check value: the one bound to its id, or, if it has no id, a check
+// value of an earlier version (legacy).
+//
+// A database without an id gets one, with a key check value bound to it.
+// If it is legacy, its records are tagged as they are, with ev in the
+// audit trail, all in one transaction (a crash leaves it as it was, and
+// the next start upgrades it again), and a compaction is made pending to
+// remove the untagged copies and the old check value from the file. A
+// database with records but neither an id nor a legacy check value was
+// tampered with, and is refused. It returns how many records it tagged.
+func (s *Store) Authenticate(master *seal.MasterKey, legacy bool, ev AuditEvent) (int, error) {
+	id, err := s.DatabaseID()
 	if err != nil {
 		return 0, err
 	}
 	if id != nil {
-		s.auth, err = keyFor(id)
+		s.auth, err = master.RecordKey(id)
 		return 0, err
 	}
 	id = make([]byte, 16)
 	if _, err := rand.Read(id); err != nil {
 		return 0, err
 	}
-	auth, err := keyFor(id)
+	auth, err := master.RecordKey(id)
+	if err != nil {
+		return 0, err
+	}
+	check, err := master.KeyCheck(id)
 	if err != nil {
 		return 0, err
 	}
 	s.auth = auth
 	tagged := 0
 	err = s.update(func(tx *bolt.Tx) error {
+		if !legacy && !empty(tx) {
+			return fmt.Errorf("%w: the database holds records but no master-key check of any version", ErrIntegrity)
+		}
 		var err error
 		if tagged, err = retag(tx, nil, auth); err != nil {
 			return err
 		}
-		if err := tx.Bucket(metaBucket).Put(databaseIDKey, id); err != nil {
-			return err
+		meta := tx.Bucket(metaBucket)
+		for k, v := range map[string][]byte{string(databaseIDKey): id, string(keyCheckKey): check} {
+			if err := meta.Put([]byte(k), v); err != nil {
+				return err
+			}
 		}
-		if tagged == 0 {
+		if !legacy {
 			return nil // a new database: nothing to record
+		}
+		if err := meta.Put(compactPendingKey, []byte("1")); err != nil {
+			return err
 		}
 		ev.Detail = fmt.Sprintf("tagged the %d records of a database written by an earlier version, for integrity checks", tagged)
 		return s.appendAudit(tx, ev)
@@ -185,10 +204,20 @@ func (s *Store) Authenticate(keyFor func(databaseID []byte) (Authenticator, erro
 	return tagged, nil
 }
 
+// empty reports whether the data buckets hold no record.
+func empty(tx *bolt.Tx) bool {
+	for _, name := range dataBuckets {
+		if k, _ := tx.Bucket(name).Cursor().First(); k != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // retag tags every record of the data buckets under to. With a nil from,
 // they are records of an earlier version (bare JSON), taken as they are;
 // otherwise each must pass its check under from first.
-func retag(tx *bolt.Tx, from, to Authenticator) (int, error) {
+func retag(tx *bolt.Tx, from, to *seal.RecordKey) (int, error) {
 	n := 0
 	for _, name := range dataBuckets {
 		b := tx.Bucket(name)
@@ -239,7 +268,7 @@ const (
 )
 
 // tag lays out a record for storage.
-func tag(auth Authenticator, kind, key, data []byte) []byte {
+func tag(auth *seal.RecordKey, kind, key, data []byte) []byte {
 	out := make([]byte, 0, 1+tagSize+len(data))
 	out = append(out, taggedRecord)
 	out = append(out, auth.Tag(kind, key, data)...)
@@ -247,7 +276,7 @@ func tag(auth Authenticator, kind, key, data []byte) []byte {
 }
 
 // verify checks a stored record's tag and returns its JSON.
-func verify(auth Authenticator, kind, key, stored []byte) ([]byte, error) {
+func verify(auth *seal.RecordKey, kind, key, stored []byte) ([]byte, error) {
 	if len(stored) < 1+tagSize || stored[0] != taggedRecord {
 		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
 	}
@@ -258,11 +287,9 @@ func verify(auth Authenticator, kind, key, stored []byte) ([]byte, error) {
 	return data, nil
 }
 
-// KeyCheck returns the stored master-key check value, or nil in a new store.
+// KeyCheck returns the stored master-key check value (see
+// seal.MasterKey.KeyCheck), or nil in a new store.
 func (s *Store) KeyCheck() ([]byte, error) { return s.meta(keyCheckKey) }
-
-// SetKeyCheck stores the master-key check value.
-func (s *Store) SetKeyCheck(check []byte) error { return s.setMeta(keyCheckKey, check) }
 
 // WrappedMACKey returns the wrapped MAC key (see seal.MACKey), or nil if
 // none is stored yet.

@@ -15,10 +15,6 @@ import (
 // testMaster is the master key of the tests' stores.
 var testMaster, _ = seal.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
 
-func recordKeys(m *seal.MasterKey) func([]byte) (Authenticator, error) {
-	return func(id []byte) (Authenticator, error) { return m.RecordKey(id) }
-}
-
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "credbroker.db")
@@ -33,7 +29,7 @@ func openAt(t testing.TB, path string) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if _, err := s.Authenticate(recordKeys(testMaster), AuditEvent{}); err != nil {
+	if _, err := s.Authenticate(testMaster, false, AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	return s

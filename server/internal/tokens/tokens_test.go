@@ -64,7 +64,7 @@ func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.store.Close() })
-	if _, err := h.store.Authenticate(func(id []byte) (store.Authenticator, error) { return h.master.RecordKey(id) }, store.AuditEvent{}); err != nil {
+	if _, err := h.store.Authenticate(h.master, false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	h.cfg = Config{Now: h.clock.Now, BackoffMin: time.Second, BackoffMax: time.Minute, RejectedRecheck: 10 * time.Minute, ScanInterval: 5 * time.Millisecond}
