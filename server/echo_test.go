@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -36,7 +37,7 @@ const (
 // secretForms are the encodings of secret (sent with id) that must never
 // come out of the broker.
 func secretForms(id, secret string) []string {
-	forms := []string{secret, url.QueryEscape(secret), url.PathEscape(secret), hex.EncodeToString([]byte(secret))}
+	forms := []string{secret, url.QueryEscape(secret), url.PathEscape(secret), hex.EncodeToString([]byte(secret)), base32.StdEncoding.EncodeToString([]byte(secret))}
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		for _, s := range []string{secret, id + ":" + secret, url.QueryEscape(id) + ":" + url.QueryEscape(secret)} {
 			forms = append(forms, enc.EncodeToString([]byte(s)))
@@ -74,7 +75,20 @@ func assertNoSecretForm(t *testing.T, what, text, id, secret string) {
 		if strings.Contains(text, form) || strings.Contains(readable(text), form) {
 			t.Fatalf("%s contains the secret as %q", what, form)
 		}
+		if f := folded(form); strings.Contains(folded(text), f) {
+			t.Fatalf("%s contains the secret as %q, spaced out or with its case changed", what, form)
+		}
 	}
+}
+
+// folded is text lower-cased, with everything but letters and digits removed.
+func folded(text string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsLetter(r) || unicode.IsDigit(r) {
+			return unicode.ToLower(r)
+		}
+		return -1
+	}, text)
 }
 
 // statusText is everything a client gets of an error: code, message and details.
@@ -142,6 +156,18 @@ func TestProviderEchoesReachNoOne(t *testing.T) {
 		{name: "the error code", code: func(_, sec string, _ *http.Request, _ string) string { return "bad_" + sec }, description: func(string, string, *http.Request, string) string {
 			return "Client authentication failed."
 		}},
+		{name: "the error code, spaced out", code: func(_, sec string, _ *http.Request, _ string) string { return interleave(sec, " ") }, description: func(string, string, *http.Request, string) string {
+			return "Client authentication failed."
+		}},
+		{name: "spaces slipped in", code: invalidClient, description: func(_, sec string, _ *http.Request, _ string) string {
+			return "bad secret " + interleave(sec, " ")
+		}},
+		{name: "upper-cased", code: invalidClient, description: func(_, sec string, _ *http.Request, _ string) string {
+			return "bad secret " + strings.ToUpper(sec)
+		}},
+		{name: "base32", code: invalidClient, description: func(_, sec string, _ *http.Request, _ string) string {
+			return "bad secret " + base32.StdEncoding.EncodeToString([]byte(sec))
+		}},
 	}
 	var current atomic.Pointer[echo]
 	endpoint := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -190,7 +216,8 @@ func TestProviderEchoesReachNoOne(t *testing.T) {
 		_, err := b.accounts.CreateAccount(ctx, request(id+"-new", e))
 		wantCode(t, err, codes.FailedPrecondition, "CREDENTIALS_REJECTED")
 		adminSees.WriteString(statusText(err))
-		if got := providerErrorInfo(t, err)["provider_error_description"]; got != provider.Withheld && e.name != "the error code" {
+		echoesInCode := strings.HasPrefix(e.name, "the error code")
+		if got := providerErrorInfo(t, err)["provider_error_description"]; got != provider.Withheld && !echoesInCode {
 			t.Errorf("%s: the admin sees the description %q, want it withheld", e.name, got)
 		}
 
@@ -205,7 +232,7 @@ func TestProviderEchoesReachNoOne(t *testing.T) {
 		wantCode(t, err, codes.FailedPrecondition, "CREDENTIALS_REJECTED")
 		callerSees.WriteString(statusText(err))
 		meta := providerErrorInfo(t, err)
-		if e.name != "the error code" && meta["provider_error"] != "invalid_client" {
+		if !echoesInCode && meta["provider_error"] != "invalid_client" {
 			t.Errorf("%s: the caller gets provider_error %q, want invalid_client", e.name, meta["provider_error"])
 		}
 		if _, ok := meta["provider_error_description"]; ok {

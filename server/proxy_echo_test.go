@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"encoding/base32"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -31,6 +32,7 @@ func TestProxyRemovesHeadersEchoingTheCredential(t *testing.T) {
 		h.Set("X-Echo", cred)
 		h.Set("X-Echo-Base64", base64.StdEncoding.EncodeToString([]byte(cred)))
 		h.Set("X-Echo-Escaped", url.QueryEscape(bare))
+		h.Set("X-Echo-Base32", base32.StdEncoding.EncodeToString([]byte(bare)))
 		h.Add("X-Mixed", "harmless")
 		h.Add("X-Mixed", "key="+bare)
 		h.Set("Set-Cookie", "session="+base64.RawURLEncoding.EncodeToString([]byte(bare)))
@@ -57,7 +59,7 @@ func TestProxyRemovesHeadersEchoingTheCredential(t *testing.T) {
 		if resp.Header.Get("X-Innocent") != "kept" || resp.Header.Get("Content-Type") != "application/json" {
 			t.Errorf("%s: headers that echo nothing were removed: %v", account, resp.Header)
 		}
-		for _, h := range []string{"X-Echo", "X-Echo-Base64", "X-Echo-Escaped", "X-Mixed", "Set-Cookie", "Trailer"} {
+		for _, h := range []string{"X-Echo", "X-Echo-Base64", "X-Echo-Escaped", "X-Echo-Base32", "X-Mixed", "Set-Cookie", "Trailer"} {
 			if v, ok := resp.Header[h]; ok {
 				t.Errorf("%s: the caller got header %s: %q", account, h, v)
 			}

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -357,7 +358,7 @@ func classify(err error, cr Credentials) error {
 			echo := secret.NewDetector(cr.ClientSecret, cr.ClientID)
 			return &RejectedError{
 				StatusCode:  code,
-				Code:        providerText(re.ErrorCode, maxCodeLen, echo),
+				Code:        providerCode(re.ErrorCode, echo),
 				Description: providerText(re.ErrorDescription, maxDescriptionLen, echo),
 			}
 		case isRedirect(code):
@@ -407,6 +408,28 @@ const (
 	maxCodeLen        = 64
 	maxDescriptionLen = 200
 )
+
+// NotACode replaces a provider's OAuth2 `error` that is not shaped like an
+// error code: it is shown to callers, who must see nothing else.
+const NotACode = "[withheld: not an OAuth2 error code]"
+
+// oauthErrorCode is the shape of OAuth2 error codes: lower-case words such
+// as invalid_client (RFC 6749 §5.2), at most maxCodeLen characters.
+var oauthErrorCode = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+
+// providerCode keeps a provider's OAuth2 `error` if it is shaped like an
+// error code and does not echo the credentials.
+func providerCode(s string, echo secret.Detector) string {
+	switch {
+	case s == "":
+		return ""
+	case echo.FoundIn(s):
+		return Withheld
+	case len(s) > maxCodeLen || !oauthErrorCode.MatchString(s):
+		return NotACode
+	}
+	return s
+}
 
 // providerText keeps a provider-supplied field fit to show: only the
 // characters RFC 6749 allows in its error fields (%x20-21 / %x23-5B /

@@ -137,7 +137,10 @@ func TestRejectedFieldsAreSanitized(t *testing.T) {
 		wantCode, wantDesc      string
 	}{
 		{"clean", "invalid_client", "secret is wrong\u0007 \"quoted\" \\ caf\u00e9", "invalid_client", "secret is wrong quoted  caf"},
-		{"long", long, long, strings.Repeat("x", maxCodeLen) + "...", strings.Repeat("x", maxDescriptionLen) + "..."},
+		{"long", long, long, NotACode, strings.Repeat("x", maxDescriptionLen) + "..."},
+		{"not a code", "Invalid Client", "no", NotACode, "no"},
+		{"echo with spaces in the code", strings.Join(strings.Split(canarySecret, ""), " "), "no", Withheld, "no"},
+		{"echo upper-cased", "invalid_client", strings.ToUpper(canarySecret), "invalid_client", Withheld},
 		{"raw echo", "invalid_client", "secret " + canarySecret + " is wrong", "invalid_client", Withheld},
 		{"echo with controls", "invalid_client", strings.Join(strings.Split(canarySecret, ""), "\u0001"), "invalid_client", Withheld},
 		{"echo in the code", "bad_" + canarySecret, "no", Withheld, "no"},

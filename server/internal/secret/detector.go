@@ -1,6 +1,7 @@
 package secret
 
 import (
+	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
 	"net/url"
@@ -15,21 +16,28 @@ import (
 const MinFragment = 12
 
 // Detector finds a secret in text that came from outside the broker (a
-// provider's error description, an API's response headers), in the forms a
-// server may echo it in: raw; URL-encoded (query or path escaping); hex;
-// base64 with either alphabet, padded or not, alone or inside a longer
-// encoded text such as a Basic Authorization header of "client_id:secret"
-// (also with both form-urlencoded first, as RFC 6749 §2.3.1 has it); and
-// with non-printable characters (controls, zero-width spaces) slipped in
-// between its characters. A fragment of MinFragment characters of any form
-// counts too. Such text should be withheld whole: cutting the secret out
-// could miss a form of it.
+// provider's error fields, an API's response headers), in the forms a
+// server may echo it in: raw or reversed; URL-encoded (query or path
+// escaping); hex; base32 or base64 with any alphabet, padded or not, alone
+// or inside a longer encoded text such as a Basic Authorization header of
+// "client_id:secret" (also with both form-urlencoded first, as RFC 6749
+// §2.3.1 has it). Texts and forms are compared twice: with non-printable
+// characters removed, and folded (lower-cased, with everything but letters
+// and digits removed), so that a secret with characters slipped in between
+// its own (controls, zero-width or plain spaces, punctuation) or with its
+// case changed is found too. A fragment of MinFragment characters of any
+// form, either way, counts as well. Such text should be withheld whole:
+// cutting the secret out could miss a form of it.
 type Detector struct {
-	// forms are the secret's encodings, without non-printable characters.
-	forms []string
+	// forms are the secret's encodings with non-printable characters
+	// removed, and folded.
+	forms, folded []string
 }
 
-var base64Alphabets = []*base64.Encoding{base64.StdEncoding, base64.URLEncoding}
+var (
+	base64Alphabets = []*base64.Encoding{base64.StdEncoding, base64.URLEncoding}
+	base32Alphabets = []*base32.Encoding{base32.StdEncoding, base32.HexEncoding}
+)
 
 // NewDetector returns a Detector of s. clientID, if not empty, is the
 // client ID that s is sent with in a Basic Authorization header.
@@ -43,14 +51,22 @@ func NewDetector(s String, clientID string) Detector {
 	for _, e := range escaped {
 		d.add(e)
 	}
+	d.add(reverse(raw))
 	d.add(hex.EncodeToString([]byte(raw)))
-	d.add(strings.ToUpper(hex.EncodeToString([]byte(raw))))
-	// Inside a longer base64 text the secret starts at one of three
-	// offsets into a 3-byte group, and each encodes it differently.
-	// Dropping its first one or two bytes aligns it; the result is a
-	// fragment, so it only counts if MinFragment long.
+	// Inside a longer encoded text the secret starts at one of several
+	// offsets into a group of bytes (3 for base64, 5 for base32), and each
+	// encodes it differently. Dropping its first bytes aligns it; the
+	// result is a fragment, so it only counts if MinFragment long.
 	for _, e := range escaped {
-		for skip := 0; skip < 3 && skip < len(e); skip++ {
+		for skip := 0; skip < 5 && skip < len(e); skip++ {
+			for _, enc := range base32Alphabets {
+				if f := stableBase32(enc, e[skip:]); skip == 0 || len(f) >= MinFragment {
+					d.add(f)
+				}
+			}
+			if skip >= 3 {
+				continue
+			}
 			for _, enc := range base64Alphabets {
 				if f := stableBase64(enc, e[skip:]); skip == 0 || len(f) >= MinFragment {
 					d.add(f)
@@ -69,8 +85,13 @@ func NewDetector(s String, clientID string) Detector {
 }
 
 func (d *Detector) add(form string) {
-	if form = printable(form); form != "" && !slices.Contains(d.forms, form) {
-		d.forms = append(d.forms, form)
+	for _, f := range []struct {
+		set  *[]string
+		form string
+	}{{&d.forms, printable(form)}, {&d.folded, fold(form)}} {
+		if f.form != "" && !slices.Contains(*f.set, f.form) {
+			*f.set = append(*f.set, f.form)
+		}
 	}
 }
 
@@ -81,15 +102,23 @@ func stableBase64(enc *base64.Encoding, s string) string {
 	return enc.EncodeToString([]byte(s))[:len(s)*4/3]
 }
 
-// FoundIn reports whether text, with its non-printable characters removed,
-// holds the secret, or MinFragment characters of it in a row, in any form.
-// Forms shorter than MinFragment (of a short secret) count only whole.
+// stableBase32 is stableBase64 for base32, 5 bits a character.
+func stableBase32(enc *base32.Encoding, s string) string {
+	return enc.EncodeToString([]byte(s))[:len(s)*8/5]
+}
+
+// FoundIn reports whether text holds the secret, or MinFragment
+// characters of it in a row, in any form, compared both ways. Forms
+// shorter than MinFragment (of a short secret) count only whole.
 func (d Detector) FoundIn(text string) bool {
-	if len(d.forms) == 0 || text == "" {
+	if text == "" {
 		return false
 	}
-	text = printable(text)
-	for _, f := range d.forms {
+	return holds(printable(text), d.forms) || holds(fold(text), d.folded)
+}
+
+func holds(text string, forms []string) bool {
+	for _, f := range forms {
 		if len(f) < MinFragment {
 			if strings.Contains(text, f) {
 				return true
@@ -112,6 +141,24 @@ func shareRun(a, b string, n int) bool {
 		}
 	}
 	return false
+}
+
+// fold is s lower-cased, with everything but letters and digits removed.
+func fold(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case unicode.IsLetter(r) || unicode.IsDigit(r):
+			return unicode.ToLower(r)
+		}
+		return -1
+	}, s)
+}
+
+// reverse is s backwards.
+func reverse(s string) string {
+	r := []rune(s)
+	slices.Reverse(r)
+	return string(r)
 }
 
 // printable is s without its non-printable characters.

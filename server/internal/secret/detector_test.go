@@ -1,6 +1,7 @@
 package secret
 
 import (
+	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
 	"net/url"
@@ -38,6 +39,14 @@ func TestDetectorFindsEveryForm(t *testing.T) {
 		"a truncated Basic header":    "Basic " + basic[:24],
 		"a fragment after a newline":  "line\nRET+5f1e 9a&",
 		"bidi controls around pieces": "\u202e" + canary[:6] + "\u2066" + canary[6:] + "\u2069",
+		"spaces slipped in":           interleave(canary, " "),
+		"punctuation slipped in":      interleave(canary, "-."),
+		"upper-cased":                 strings.ToUpper(canary),
+		"reversed":                    reverse(canary),
+		"base32":                      base32.StdEncoding.EncodeToString([]byte(canary)),
+		"base32 hex, unpadded":        base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString([]byte(canary)),
+		"base32, lower-cased":         strings.ToLower(base32.StdEncoding.EncodeToString([]byte(canary))),
+		"base32 inside a header":      base32.StdEncoding.EncodeToString([]byte("x-api-key: " + canary)),
 	}
 	for name, text := range found {
 		if !d.FoundIn(text) {
