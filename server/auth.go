@@ -96,6 +96,10 @@ type call struct {
 	// so it is tallied (refusals), not audited alone; throttled: by its
 	// peer address's budget, so it is not logged alone either.
 	unproven, throttled bool
+	// refused: the proven caller's call was refused before it did anything
+	// (no grant, not an admin, over its rate limit): audited alone within
+	// the caller's allowance, tallied beyond it (see refusals).
+	refused bool
 }
 
 type callKey struct{}
@@ -194,7 +198,8 @@ func (g *gate) record(c *call, err error) error {
 	if c.written && err == nil {
 		return nil
 	}
-	if c.unproven {
+	if c.unproven || (c.refused && !g.refusals.aloneAllowed(c)) {
+		c.throttled = c.throttled || c.refused // its tally is logged instead
 		g.refusals.add(c, status.Code(err))
 		return nil
 	}
@@ -249,14 +254,17 @@ func (g *gate) admit(c *call, a access, keyHeader string, cert certificatePrinci
 		return err
 	}
 	if ok, wait := g.limiter.Allow(id.Principal, c.time); !ok {
+		c.refused = true
 		return withDetails(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
 			errorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
 	}
 	switch {
 	case a == denied:
+		c.refused = true
 		return status.Error(codes.PermissionDenied, "this method is not open to callers")
 	case a == admin && !id.Admin:
+		c.refused = true
 		return status.Errorf(codes.PermissionDenied, "%s needs the admin role, which %s does not have", c.method, id.Principal)
 	}
 	return nil

@@ -273,3 +273,74 @@ func TestUnauthenticatedFloodKeepsTheAuditTrail(t *testing.T) {
 		t.Fatalf("%d log lines of the flood's calls, want %d (its UNAUTHENTICATED ones)", n, unauthenticated.Load())
 	}
 }
+
+// A caller with a valid key cannot empty the audit trail either, by
+// sending calls it knows are refused (no grant, not an admin, over its rate
+// limit): beyond its allowance of events of their own, they are tallied.
+func TestRefusedCallsOfAValidKeyKeepTheAuditTrail(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	cfg.AuditMaxEvents = 300
+	cfg.RateLimit = 200
+	server.ShortenAuditIntervals(&cfg, 50*time.Millisecond, 10*time.Millisecond)
+	b := startWith(t, cfg, fake, logs)
+	ctx := context.Background()
+	b.link(t, "acme")
+	admin := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{})
+	if len(admin) < 3 {
+		t.Fatalf("%d events before the flood", len(admin))
+	}
+
+	const calls = 1000
+	var denied, limited int
+	svcAccounts := credbrokerv1.NewAccountServiceClient(b.dial(t, b.keys.svc, nil))
+	for i := range calls {
+		var err error
+		if i%2 == 0 {
+			_, err = b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/nope"})
+		} else {
+			_, err = svcAccounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{})
+		}
+		switch status.Code(err) {
+		case codes.PermissionDenied:
+			denied++
+		case codes.ResourceExhausted:
+			limited++
+		default:
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	var tallied int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		tallied = 0
+		alone := 0
+		for _, ev := range b.listAll(t, &credbrokerv1.ListAuditEventsRequest{Principal: svcPrincipal}) {
+			if ev.GetMethod() == "refused_calls" {
+				var n int
+				fmt.Sscanf(ev.GetDetail(), "%d calls", &n)
+				tallied += n
+			} else {
+				alone++
+			}
+		}
+		if tallied+alone == calls {
+			if alone > 25 {
+				t.Fatalf("%d refused calls were audited alone, want at most the allowance of 20 and a few", alone)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls tallied and %d audited alone, want %d in all (%d denied, %d rate-limited)", tallied, alone, calls, denied, limited)
+		}
+	}
+	after := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{})
+	kept := map[string]bool{}
+	for _, ev := range after {
+		kept[ev.GetTime().AsTime().String()+ev.GetMethod()+ev.GetResource()] = true
+	}
+	for _, ev := range admin {
+		if !kept[ev.GetTime().AsTime().String()+ev.GetMethod()+ev.GetResource()] {
+			t.Fatalf("the flood pushed out %s %s", ev.GetMethod(), ev.GetResource())
+		}
+	}
+}

@@ -67,10 +67,10 @@ func TestLimitedGrants(t *testing.T) {
 				b.fake.APIRequests()-before, b.fake.LastAPIRequest().Path)
 		}
 	}
-	refused := func(t *testing.T, method, path string) {
+	refusedWith := func(t *testing.T, method, path string, header http.Header) {
 		t.Helper()
 		apiBefore, tokensBefore := b.fake.APIRequests(), b.fake.Requests()
-		resp, body := b.proxyCall(t, method, "/v1/accounts/sa/proxy"+path, roKey, nil, nil)
+		resp, body := b.proxyCall(t, method, "/v1/accounts/sa/proxy"+path, roKey, nil, header)
 		if method == http.MethodHead {
 			body = `{"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "-"}}` // HEAD answers have no body
 		}
@@ -83,6 +83,8 @@ func TestLimitedGrants(t *testing.T) {
 				b.fake.APIRequests()-apiBefore, b.fake.Requests()-tokensBefore)
 		}
 	}
+
+	refused := func(t *testing.T, method, path string) { t.Helper(); refusedWith(t, method, path, nil) }
 
 	t.Run("within the limits", func(t *testing.T) {
 		allowed(t, http.MethodGet, "/v2/systemgroups", "/v2/systemgroups")
@@ -105,6 +107,10 @@ func TestLimitedGrants(t *testing.T) {
 			{http.MethodGet, "/v2/systemgroups/%2e%2e;x/users"},
 		} {
 			refused(t, c.method, c.path)
+		}
+		// A GET that asks the API to take it for another method.
+		for _, h := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"} {
+			refusedWith(t, http.MethodGet, "/v2/systemgroups/5f1e", http.Header{h: {"DELETE"}})
 		}
 		// A limited grant does not widen the caller's reach to other accounts.
 		b.link(t, "other")

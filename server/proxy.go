@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -47,7 +48,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	err := h.gate.admit(c, caller, r.Header.Get(proxyKeyHeader), func(now time.Time) (string, error) { return h.certs.Principal(r, now) })
 	if err == nil {
-		err = h.route(c, pc, r.Method, id, path, perr)
+		err = h.route(c, pc, r, id, path, perr)
 	}
 	if err == nil && h.gate.audit.Failing() {
 		// A proxied call is audited when it ends; if that cannot be
@@ -89,7 +90,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // route checks the parsed path and the caller's grant for its account,
 // with the grant's limits.
-func (h *proxyHandler) route(c *call, pc *proxy.Call, method, id, path string, parseErr error) error {
+func (h *proxyHandler) route(c *call, pc *proxy.Call, r *http.Request, id, path string, parseErr error) error {
 	if parseErr != nil {
 		return invalidArgument("path", parseErr.Error())
 	}
@@ -98,11 +99,13 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, method, id, path string, p
 	}
 	pc.AccountID, pc.Path = id, path
 	limits, ok := h.grants.Lookup(id, c.principal)
+	overridden := len(limits.Methods) > 0 && slices.ContainsFunc(methodOverrideHeaders, func(h string) bool { return r.Header.Get(h) != "" })
+	c.refused = !ok || !limits.Allows(r.Method, path) || overridden
 	if !ok {
 		// The same answer whether or not the account exists.
 		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
 	}
-	if !limits.Allows(method, path) {
+	if c.refused {
 		c.detail = "outside the grant's limits: " + limits.String()
 		return withDetails(codes.PermissionDenied,
 			fmt.Sprintf("%s's grant for %s allows only %s", c.principal, c.resource, limits),
@@ -110,6 +113,11 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, method, id, path string, p
 	}
 	return nil
 }
+
+// methodOverrideHeaders ask some APIs to treat a request as one of another
+// method: under a grant limited to some methods, a call carrying one is
+// refused, so that a GET cannot become a DELETE at the API.
+var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
 // proxyHTTPStatus is the HTTP status of the proxy's own error answers: the
 // usual mapping of gRPC codes, except where HTTP has a closer word.

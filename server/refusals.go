@@ -25,14 +25,29 @@ const (
 	refusalInterval = time.Minute
 	// maxRefusalTallies: refusals from further peer addresses are tallied
 	// together, under otherPeers.
-	maxRefusalTallies = 100
+	maxRefusalTallies = 20
 	// maxRefusalNames is how many distinct methods, and principals, an
 	// event names; the others are only counted.
 	maxRefusalNames = 5
 )
 
-// refusalMethod is the audit trail's method of aggregated refusals.
-const refusalMethod = "unauthenticated_calls"
+// refusalMethod is the audit trail's method of aggregated refusals of
+// calls without valid credentials, and deniedMethod that of refusals of a
+// proven caller's calls beyond its allowance of events of their own.
+const (
+	refusalMethod = "unauthenticated_calls"
+	deniedMethod  = "refused_calls"
+)
+
+// Each proven caller's refused calls (no grant, not an admin, over its rate
+// limit) are audited one event each up to deniedBurst at once and
+// deniedPerMinute a minute; beyond that they are tallied like calls
+// without valid credentials, so that no caller can push out other events
+// by sending calls it knows are refused.
+const (
+	deniedPerMinute = 20
+	deniedBurst     = 20
+)
 
 // otherPeers is the peer address of the refusals beyond maxRefusalTallies
 // in an interval.
@@ -45,7 +60,9 @@ const otherPeers = "other peers"
 // per interval rather than one each, so that a flood can neither push real
 // events out of the trail nor fill the log.
 type refusals struct {
-	limiter  *ratelimit.Limiter
+	limiter *ratelimit.Limiter
+	// denied is each proven caller's allowance of refusals audited alone.
+	denied   *ratelimit.Limiter
 	audit    *audit.Log
 	log      *slog.Logger
 	interval time.Duration
@@ -55,19 +72,23 @@ type refusals struct {
 	tallies map[refusalKey]*tally
 }
 
-type refusalKey struct{ peer, code string }
+// refusalKey is what a tally counts: the refusals of one code from a peer
+// address (calls without valid credentials) or of a proven principal.
+type refusalKey struct{ peer, principal, code string }
 
-// tally is what an interval's refusals from one peer address with one code
-// have in common.
+// tally is what an interval's refusals of one key have in common: the
+// methods, and the principals (from a peer address) or the resources (of
+// a principal) they named.
 type tally struct {
-	calls               int
-	first, last         time.Time
-	methods, principals names
+	calls         int
+	first, last   time.Time
+	methods, what names
 }
 
 func newRefusals(perSecond float64, burst int, interval time.Duration, al *audit.Log, log *slog.Logger, now func() time.Time) *refusals {
 	return &refusals{
-		limiter: ratelimit.New(perSecond, burst), audit: al, log: log, interval: cmp.Or(interval, refusalInterval),
+		limiter: ratelimit.New(perSecond, burst), denied: ratelimit.New(deniedPerMinute/60.0, deniedBurst),
+		audit: al, log: log, interval: cmp.Or(interval, refusalInterval),
 		now: now, tallies: map[refusalKey]*tally{},
 	}
 }
@@ -101,9 +122,20 @@ func (r *refusals) charge(c *call) {
 	r.limiter.Charge(peerKey(c.peer), c.time)
 }
 
-// add tallies call c, refused with code before it proved an identity.
+// aloneAllowed reports whether the refused call c of a proven caller may
+// still have an audit event of its own; if not, it is to be tallied.
+func (r *refusals) aloneAllowed(c *call) bool {
+	ok, _ := r.denied.Allow(c.principal, c.time)
+	return ok
+}
+
+// add tallies call c, refused with code: by its peer address if it proved
+// no identity, else by its principal.
 func (r *refusals) add(c *call, code codes.Code) {
-	k := refusalKey{peerKey(c.peer), codeName(code)}
+	k, what := refusalKey{peer: peerKey(c.peer), code: codeName(code)}, c.principal
+	if !c.unproven {
+		k, what = refusalKey{principal: c.principal, code: codeName(code)}, c.resource
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.tallies[k]
@@ -119,8 +151,8 @@ func (r *refusals) add(c *call, code codes.Code) {
 	t.calls++
 	t.last = c.time
 	t.methods.add(c.method)
-	if c.principal != "" {
-		t.principals.add(truncate(c.principal, maxAuditResource))
+	if what != "" {
+		t.what.add(truncate(what, maxAuditResource))
 	}
 }
 
@@ -137,6 +169,7 @@ func (r *refusals) run(ctx context.Context) {
 		case <-tick.C:
 			r.flush()
 			r.limiter.Forget(r.now())
+			r.denied.Forget(r.now())
 		}
 	}
 }
@@ -156,11 +189,21 @@ func (r *refusals) flush() {
 	for k, t := range tallies {
 		detail := fmt.Sprintf("%d calls refused from %s to %s; methods: %s", t.calls,
 			t.first.UTC().Format(time.RFC3339), t.last.UTC().Format(time.RFC3339), t.methods)
-		if len(t.principals.counts) > 0 {
-			detail += "; principals: " + t.principals.String()
+		ev := store.AuditEvent{Time: now, Method: refusalMethod, Code: k.code, PeerAddress: k.peer}
+		if k.principal != "" {
+			ev.Method, ev.Principal = deniedMethod, k.principal
+			if len(t.what.counts) > 0 {
+				detail += "; resources: " + t.what.String()
+			}
+			r.log.Warn("refused calls beyond the caller's allowance of audit events", "principal", k.principal, "code", k.code, "calls", t.calls)
+		} else {
+			if len(t.what.counts) > 0 {
+				detail += "; principals: " + t.what.String()
+			}
+			r.log.Warn("calls without valid credentials refused", "peer", k.peer, "code", k.code, "calls", t.calls)
 		}
-		events = append(events, store.AuditEvent{Time: now, Method: refusalMethod, Code: k.code, PeerAddress: k.peer, Detail: detail})
-		r.log.Warn("calls without valid credentials refused", "peer", k.peer, "code", k.code, "calls", t.calls)
+		ev.Detail = detail
+		events = append(events, ev)
 	}
 	if err := r.audit.Record(events...); err != nil {
 		r.log.Error("could not write the audit events of refused calls", "events", len(events), "error", err)

@@ -38,7 +38,7 @@ func TestRefusalsStayBounded(t *testing.T) {
 	r := newRefusals(1, 20, time.Hour, al, slog.New(slog.DiscardHandler), time.Now)
 	const calls = 300
 	for i := range calls {
-		c := &call{peer: fmt.Sprintf("10.0.%d.%d:%d", i/256, i%256, 1000+i), method: fmt.Sprintf("/m%d", i%10), principal: fmt.Sprintf("callerKeys/k%d", i), time: time.Now()}
+		c := &call{peer: fmt.Sprintf("10.0.%d.%d:%d", i/256, i%256, 1000+i), method: fmt.Sprintf("/m%d", i%10), principal: fmt.Sprintf("callerKeys/k%d", i), time: time.Now(), unproven: true}
 		r.add(c, codes.Unauthenticated)
 	}
 	r.flush()

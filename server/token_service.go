@@ -36,6 +36,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	}
 	c := callFrom(ctx)
 	limits, ok := s.grants.Lookup(id, c.principal)
+	c.refused = !ok || limits.Limited()
 	if !ok {
 		// The same answer whether or not the account exists.
 		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, req.GetName())

@@ -35,7 +35,8 @@ type AuditEvent struct {
 	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
 	// The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken";
 	// "proxy" for a call to the egress proxy (see proxy_call);
-	// "unauthenticated_calls" for a tally of refused calls (see AuditService).
+	// "unauthenticated_calls" and "refused_calls" for tallies of refused
+	// calls (see AuditService).
 	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
 	// What the call was about, e.g. "accounts/acme" or "callerKeys/ops".
 	Resource string `protobuf:"bytes,4,opt,name=resource,proto3" json:"resource,omitempty"`

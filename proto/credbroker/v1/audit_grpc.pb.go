@@ -37,11 +37,15 @@ const (
 // exception: so that a flood of them cannot push other events out, they are
 // tallied and written once a minute as one event per peer address and code,
 // with method "unauthenticated_calls", no principal, the address in
-// peer_address ("other peers" for those beyond the first 100 tallies of a
+// peer_address ("other peers" for those beyond the first 20 tallies of a
 // minute), and in detail the number of calls, their time span, and up to
 // five methods and named principals (revoked or expired keys) with their
 // counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
 // 2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
+// Likewise a proven caller's calls refused before they did anything (no
+// grant, not an admin, over its rate limit) beyond 20 a minute: one event
+// per principal and code a minute, method "refused_calls", with the
+// principal, and the resources named in detail.
 //
 // Events are kept for a configurable age and count (--audit-max-age,
 // --audit-max-events); each is also written to the server log.
@@ -92,11 +96,15 @@ func (c *auditServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 // exception: so that a flood of them cannot push other events out, they are
 // tallied and written once a minute as one event per peer address and code,
 // with method "unauthenticated_calls", no principal, the address in
-// peer_address ("other peers" for those beyond the first 100 tallies of a
+// peer_address ("other peers" for those beyond the first 20 tallies of a
 // minute), and in detail the number of calls, their time span, and up to
 // five methods and named principals (revoked or expired keys) with their
 // counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
 // 2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
+// Likewise a proven caller's calls refused before they did anything (no
+// grant, not an admin, over its rate limit) beyond 20 a minute: one event
+// per principal and code a minute, method "refused_calls", with the
+// principal, and the resources named in detail.
 //
 // Events are kept for a configurable age and count (--audit-max-age,
 // --audit-max-events); each is also written to the server log.

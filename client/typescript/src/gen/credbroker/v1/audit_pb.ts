@@ -41,7 +41,8 @@ export type AuditEvent = Message<"credbroker.v1.AuditEvent"> & {
   /**
    * The full gRPC method, e.g. "/credbroker.v1.TokenService/GetToken";
    * "proxy" for a call to the egress proxy (see proxy_call);
-   * "unauthenticated_calls" for a tally of refused calls (see AuditService).
+   * "unauthenticated_calls" and "refused_calls" for tallies of refused
+   * calls (see AuditService).
    *
    * @generated from field: string method = 3;
    */
@@ -244,11 +245,15 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
  * exception: so that a flood of them cannot push other events out, they are
  * tallied and written once a minute as one event per peer address and code,
  * with method "unauthenticated_calls", no principal, the address in
- * peer_address ("other peers" for those beyond the first 100 tallies of a
+ * peer_address ("other peers" for those beyond the first 20 tallies of a
  * minute), and in detail the number of calls, their time span, and up to
  * five methods and named principals (revoked or expired keys) with their
  * counts, e.g. "3000 calls refused from 2025-01-02T03:04:05Z to
  * 2025-01-02T03:05:00Z; methods: /credbroker.v1.TokenService/GetToken 3000".
+ * Likewise a proven caller's calls refused before they did anything (no
+ * grant, not an admin, over its rate limit) beyond 20 a minute: one event
+ * per principal and code a minute, method "refused_calls", with the
+ * principal, and the resources named in detail.
  *
  * Events are kept for a configurable age and count (--audit-max-age,
  * --audit-max-events); each is also written to the server log.
