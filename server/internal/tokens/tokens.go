@@ -728,7 +728,7 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 		delay = backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
 		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
 	}
-	if e.status.LastError == nil || e.status.LastError.Message != f.Message {
+	if f.Reason != ReasonIntegrity && (e.status.LastError == nil || e.status.LastError.Message != f.Message) { // that one was logged above
 		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", delay.Round(time.Millisecond))
 	}
 	e.status.LastError = f
