@@ -165,11 +165,10 @@ func TestTamperedRecordsAreNeverUsed(t *testing.T) {
 	wantCode(t, err, codes.Unauthenticated, "")
 }
 
-// A backup in which someone without the master key edited a record (here
-// a caller key's role) is refused by restore, naming the record, before
-// anything in the data directory changes.
-func TestRestoreRefusesTamperedBackup(t *testing.T) {
-	t.Parallel()
+// stoppedWithBackup is a stopped broker with account acme, and a backup of
+// it taken while it ran, in a file named credbroker.db of its own directory.
+func stoppedWithBackup(t *testing.T) (*broker, string) {
+	t.Helper()
 	b := startBroker(t)
 	b.link(t, "acme")
 	data, _, err := backupOf(t, b, b.keys.admin)
@@ -177,12 +176,20 @@ func TestRestoreRefusesTamperedBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.stop()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "credbroker.db"), data, 0o600); err != nil {
+	backup := filepath.Join(t.TempDir(), "credbroker.db")
+	if err := os.WriteFile(backup, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	editRecord(t, dir, "caller_keys", "svc", `"role":"caller"`, `"role":"admin"`)
-	tampered := filepath.Join(dir, "credbroker.db")
+	return b, backup
+}
+
+// A backup in which someone without the master key edited a record (here
+// a caller key's role) is refused by restore, naming the record, before
+// anything in the data directory changes.
+func TestRestoreRefusesTamperedBackup(t *testing.T) {
+	t.Parallel()
+	b, tampered := stoppedWithBackup(t)
+	editRecord(t, filepath.Dir(tampered), "caller_keys", "svc", `"role":"caller"`, `"role":"admin"`)
 	before, err := os.ReadFile(filepath.Join(b.cfg.DataDir, "credbroker.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -240,13 +247,7 @@ func stripTags(t *testing.T, path string) {
 // refuses to start on it, and restore refuses it as a backup.
 func TestUntaggedDowngradeIsRefused(t *testing.T) {
 	t.Parallel()
-	b := startBroker(t)
-	b.link(t, "acme")
-	data, _, err := backupOf(t, b, b.keys.admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.stop()
+	b, backup := stoppedWithBackup(t)
 	path := filepath.Join(b.cfg.DataDir, "credbroker.db")
 	stripTags(t, path)
 	editRecord(t, b.cfg.DataDir, "caller_keys", "svc", `"role":"caller"`, `"role":"admin"`)
@@ -262,11 +263,6 @@ func TestUntaggedDowngradeIsRefused(t *testing.T) {
 		t.Fatal("the refused start changed the database")
 	}
 
-	dir := t.TempDir()
-	backup := filepath.Join(dir, "credbroker.db")
-	if err := os.WriteFile(backup, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	stripTags(t, backup)
 	cfg := b.cfg
 	cfg.DataDir = t.TempDir()
