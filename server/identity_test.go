@@ -231,11 +231,11 @@ func writeOldDatabase(t *testing.T, cfg server.Config, grants []string, admin st
 	for _, p := range grants {
 		a.Grants = append(a.Grants, store.Grant{Principal: p, CreateTime: now, Creator: admin})
 	}
-	if err := st.CreateAccount(a, store.TokenState{State: "active"}, store.AuditEvent{Time: now, Principal: admin, Method: "/credbroker.v1.AccountService/CreateAccount", Code: "OK"}); err != nil {
-		t.Fatal(err)
-	}
 	ev := store.AuditEvent{Time: now, Principal: "credbroker", Method: "bootstrap", Code: "OK"}
 	if err := st.Bootstrap(nil, &store.AdminPrincipal{Principal: admin, CreateTime: now, Creator: "credbroker"}, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateAccount(a, store.TokenState{State: "active"}, store.AuditEvent{Time: now, Principal: admin, Method: "/credbroker.v1.AccountService/CreateAccount", Code: "OK"}); err != nil {
 		t.Fatal(err)
 	}
 }

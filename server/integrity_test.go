@@ -272,3 +272,36 @@ func TestUntaggedDowngradeIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// Deleting the bootstrap flag of a database in use (it is not a record, so
+// it carries no tag) does not make the broker create a new admin key: a
+// database that holds records is never bootstrapped again.
+func TestDeletedBootstrapFlagMakesNoAdminKey(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.stop()
+	db, err := bolt.Open(filepath.Join(b.cfg.DataDir, "credbroker.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Delete([]byte("bootstrapped")) })
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(b.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := srv.BootstrapAdminKey()
+	closeUnserved(t, srv)
+	if key != "" {
+		t.Fatal("the broker made a new admin key for a database in use")
+	}
+	b = b.restart(t)
+	if _, err := b.accounts.ListAccounts(context.Background(), &credbrokerv1.ListAccountsRequest{}); err != nil {
+		t.Fatalf("the admin key after the flag was deleted: %v", err)
+	}
+}

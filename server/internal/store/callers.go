@@ -10,12 +10,13 @@ import (
 var ErrBootstrapped = errors.New("the store was bootstrapped before")
 
 // Bootstrap stores the first admin identity (a caller key, an admin
-// principal, or both) with its audit event, once in the store's life.
-// Later calls return ErrBootstrapped and write nothing.
+// principal, or both) with its audit event, once in the store's life, and
+// only in a store that holds no record yet. Later calls return
+// ErrBootstrapped and write nothing.
 func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) error {
 	return s.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(metaBucket)
-		if meta.Get(bootstrappedKey) != nil {
+		if bootstrapped(tx) {
 			return ErrBootstrapped
 		}
 		if k != nil {
@@ -37,10 +38,19 @@ func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) er
 	})
 }
 
-// Bootstrapped says whether Bootstrap has run on this store.
+// Bootstrapped says whether Bootstrap has run on this store, or would
+// refuse to.
 func (s *Store) Bootstrapped() (bool, error) {
-	v, err := s.meta(bootstrappedKey)
-	return v != nil, err
+	var done bool
+	err := s.view(func(tx *bolt.Tx) error { done = bootstrapped(tx); return nil })
+	return done, err
+}
+
+// bootstrapped: the flag is set, or the store holds records. The flag
+// alone is not authenticated: someone who deleted it from a database in
+// use would otherwise have the broker make a new admin key.
+func bootstrapped(tx *bolt.Tx) bool {
+	return tx.Bucket(metaBucket).Get(bootstrappedKey) != nil || !empty(tx)
 }
 
 // CreateCallerKey stores a new caller key with its audit event, or returns
