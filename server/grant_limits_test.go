@@ -109,9 +109,11 @@ func TestLimitedGrants(t *testing.T) {
 			refused(t, c.method, c.path)
 		}
 		// A GET that asks the API to take it for another method.
-		for _, h := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"} {
+		for _, h := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X_HTTP_METHOD_OVERRIDE", "X-Original-Method"} {
 			refusedWith(t, http.MethodGet, "/v2/systemgroups/5f1e", http.Header{h: {"DELETE"}})
 		}
+		refused(t, http.MethodGet, "/v2/systemgroups/5f1e?_method=DELETE")
+		refused(t, http.MethodGet, "/v2/systemgroups/5f1e?x-http-method-override=DELETE")
 		// A limited grant does not widen the caller's reach to other accounts.
 		b.link(t, "other")
 		before := b.fake.APIRequests()

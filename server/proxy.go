@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -99,7 +99,7 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, r *http.Request, id, path 
 	}
 	pc.AccountID, pc.Path = id, path
 	limits, ok := h.grants.Lookup(id, c.principal)
-	overridden := len(limits.Methods) > 0 && slices.ContainsFunc(methodOverrideHeaders, func(h string) bool { return r.Header.Get(h) != "" })
+	overridden := len(limits.Methods) > 0 && namesAMethod(r)
 	c.refused = !ok || !limits.Allows(r.Method, path) || overridden
 	if !ok {
 		// The same answer whether or not the account exists.
@@ -114,10 +114,25 @@ func (h *proxyHandler) route(c *call, pc *proxy.Call, r *http.Request, id, path 
 	return nil
 }
 
-// methodOverrideHeaders ask some APIs to treat a request as one of another
-// method: under a grant limited to some methods, a call carrying one is
-// refused, so that a GET cannot become a DELETE at the API.
-var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+// namesAMethod reports whether a request carries a header or query
+// parameter whose name mentions a method (X-HTTP-Method-Override,
+// X_HTTP_METHOD_OVERRIDE, X-Original-Method, _method, ...): some APIs take
+// the request for one of that method, so under a grant limited to some
+// methods such a call is refused, and a GET cannot become a DELETE.
+func namesAMethod(r *http.Request) bool {
+	mentions := func(name string) bool { return strings.Contains(strings.ToLower(name), "method") }
+	for name := range r.Header {
+		if mentions(name) {
+			return true
+		}
+	}
+	for name := range r.URL.Query() {
+		if mentions(name) {
+			return true
+		}
+	}
+	return false
+}
 
 // proxyHTTPStatus is the HTTP status of the proxy's own error answers: the
 // usual mapping of gRPC codes, except where HTTP has a closer word.
