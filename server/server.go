@@ -400,7 +400,10 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	if cfg.wrapAuditSink != nil {
 		sink = cfg.wrapAuditSink(sink)
 	}
-	al := audit.New(audit.Config{MaxAge: cfg.AuditMaxAge, MaxEvents: cfg.AuditMaxEvents, PruneInterval: cfg.auditPruneInterval, Logger: cfg.Logger}, sink, st)
+	al := audit.New(audit.Config{
+		MaxAge: cfg.AuditMaxAge, MaxEvents: cfg.AuditMaxEvents, Expendable: callEvent,
+		PruneInterval: cfg.auditPruneInterval, Logger: cfg.Logger,
+	}, sink, st)
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return nil, err
@@ -454,6 +457,22 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		}
 	}
 	return s, nil
+}
+
+// callEvent says whether an audit event records a call that callers can
+// make at volume (GetToken, a proxied call, a tally of refused calls, any
+// refused or failed call): only those give way when the trail is over
+// --audit-max-events, so that admin changes and the broker's own events
+// go by age alone.
+func callEvent(ev store.AuditEvent) bool {
+	switch {
+	case ev.Principal == brokerPrincipal:
+		return false
+	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == proxyMethod,
+		ev.Method == refusalMethod, ev.Method == deniedMethod:
+		return true
+	}
+	return ev.Code != codeName(codes.OK)
 }
 
 // reportTampered logs and audits, at each start, every stored record that

@@ -30,8 +30,13 @@ type Sink interface {
 type Config struct {
 	// MaxAge: older events are deleted. Default 365 days.
 	MaxAge time.Duration
-	// MaxEvents: the oldest events beyond this many are deleted. Default 1,000,000.
+	// MaxEvents: the oldest events beyond this many are deleted, of those
+	// that Expendable accepts. Default 1,000,000.
 	MaxEvents int
+	// Expendable says which events pruning by count may delete; the others
+	// are deleted by age only (MaxAge), so that no volume of calls can push
+	// them out. Default: every event.
+	Expendable func(store.AuditEvent) bool
 	// PruneInterval is how often old events are deleted. Default 1m.
 	PruneInterval time.Duration
 	Now           func() time.Time
@@ -171,7 +176,7 @@ const pruneStep = 10_000
 func (l *Log) prune() {
 	cutoff := l.cfg.Now().Add(-l.cfg.MaxAge)
 	for {
-		n, err := l.store.PruneAudit(cutoff, l.cfg.MaxEvents, pruneStep)
+		n, err := l.store.PruneAudit(cutoff, l.cfg.MaxEvents, pruneStep, l.cfg.Expendable)
 		if err != nil {
 			l.cfg.Logger.Error("could not prune the audit trail", "error", err)
 			return

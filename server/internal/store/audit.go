@@ -116,9 +116,11 @@ func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) e
 }
 
 // PruneAudit deletes events older than cutoff, and then the oldest events
-// beyond the newest keep, and returns how many it deleted. It deletes at
+// that expendable accepts (nil: any) beyond the newest keep, and returns
+// how many it deleted. Events that expendable refuses are deleted by age
+// only, so that no volume of other events can push them out. It deletes at
 // most limit events per call, so one transaction never grows large.
-func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
+func (s *Store) PruneAudit(cutoff time.Time, keep, limit int, expendable func(AuditEvent) bool) (int, error) {
 	deleted := 0
 	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(auditBucket)
@@ -126,9 +128,14 @@ func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
 		// Collect first: deleting under a cursor can make it skip keys.
 		var doomed [][]byte
 		c := b.Cursor()
-		for k, _ := c.First(); k != nil && len(doomed) < limit; k, _ = c.Next() {
-			if len(doomed) >= excess && !auditPos(k).Time.Before(cutoff) {
-				break
+		for k, v := c.First(); k != nil && len(doomed) < limit; k, v = c.Next() {
+			if !auditPos(k).Time.Before(cutoff) {
+				if len(doomed) >= excess {
+					break // nothing older is due, and the count is down to keep
+				}
+				if expendable != nil && !s.expendable(k, v, expendable) {
+					continue // kept until it is old
+				}
 			}
 			doomed = append(doomed, copyBytes(k))
 		}
@@ -142,4 +149,14 @@ func (s *Store) PruneAudit(cutoff time.Time, keep, limit int) (int, error) {
 		return nil
 	})
 	return deleted, err
+}
+
+// expendable asks fn about a stored event; one that fails its integrity
+// check is expendable.
+func (s *Store) expendable(k, v []byte, fn func(AuditEvent) bool) bool {
+	var ev AuditEvent
+	if err := s.open(auditBucket, k, v, &ev); err != nil {
+		return true
+	}
+	return fn(ev)
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -21,7 +22,7 @@ func TestPruneAuditKeepsCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	longAgo := now.Add(-time.Hour)
-	if n, err := s.PruneAudit(longAgo, 4, 100); err != nil || n != 2 {
+	if n, err := s.PruneAudit(longAgo, 4, 100, nil); err != nil || n != 2 {
 		t.Fatalf("pruning 6 events to 4 deleted %d (%v), want 2", n, err)
 	}
 	s.Close()
@@ -33,7 +34,7 @@ func TestPruneAuditKeepsCount(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if n, err := s.PruneAudit(longAgo, 3, 100); err != nil || n != 1 {
+	if n, err := s.PruneAudit(longAgo, 3, 100, nil); err != nil || n != 1 {
 		t.Fatalf("after reopening, pruning 4 events to 3 deleted %d (%v), want 1", n, err)
 	}
 	var left []string
@@ -42,5 +43,35 @@ func TestPruneAuditKeepsCount(t *testing.T) {
 	}
 	if len(left) != 3 || left[0] != "create" {
 		t.Fatalf("left %v, want the newest 3 with the change's event first", left)
+	}
+}
+
+// Pruning by count deletes only expendable events, oldest first; the
+// others go by age only.
+func TestPruneAuditByCountSparesOthers(t *testing.T) {
+	s, _ := openTemp(t)
+	now := time.Now()
+	var evs []AuditEvent
+	for i := range 10 {
+		method := "call"
+		if i%5 == 0 {
+			method = "admin"
+		}
+		evs = append(evs, AuditEvent{Time: now.Add(time.Duration(i) * time.Second), Method: method})
+	}
+	if err := s.AppendAudit(evs); err != nil {
+		t.Fatal(err)
+	}
+	calls := func(ev AuditEvent) bool { return ev.Method == "call" }
+	if n, err := s.PruneAudit(now.Add(-time.Hour), 4, 100, calls); err != nil || n != 6 {
+		t.Fatalf("pruning 10 events to 4 deleted %d (%v), want 6 calls", n, err)
+	}
+	var left []string
+	_ = s.ScanAudit(AuditPos{}, func(_ AuditPos, ev AuditEvent) bool { left = append(left, ev.Method); return true })
+	if strings.Join(left, ",") != "call,call,admin,admin" {
+		t.Fatalf("left %v, want the newest calls and every admin event", left)
+	}
+	if n, err := s.PruneAudit(now.Add(time.Hour), 4, 100, calls); err != nil || n != 4 {
+		t.Fatalf("pruning by age deleted %d (%v), want all 4", n, err)
 	}
 }

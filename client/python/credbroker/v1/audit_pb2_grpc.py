@@ -28,7 +28,9 @@ class AuditServiceStub(object):
     principal, and the resources named in detail.
 
     Events are kept for a configurable age and count (--audit-max-age,
-    --audit-max-events); each is also written to the server log.
+    --audit-max-events: beyond it the oldest GetToken, proxied, refused and
+    failed calls go, never admin changes or the broker's own events); each
+    is also written to the server log.
 
     Only admins may call this service. Every method may also return
     UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
@@ -71,7 +73,9 @@ class AuditServiceServicer(object):
     principal, and the resources named in detail.
 
     Events are kept for a configurable age and count (--audit-max-age,
-    --audit-max-events); each is also written to the server log.
+    --audit-max-events: beyond it the oldest GetToken, proxied, refused and
+    failed calls go, never admin changes or the broker's own events); each
+    is also written to the server log.
 
     Only admins may call this service. Every method may also return
     UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
@@ -128,7 +132,9 @@ class AuditService(object):
     principal, and the resources named in detail.
 
     Events are kept for a configurable age and count (--audit-max-age,
-    --audit-max-events); each is also written to the server log.
+    --audit-max-events: beyond it the oldest GetToken, proxied, refused and
+    failed calls go, never admin changes or the broker's own events); each
+    is also written to the server log.
 
     Only admins may call this service. Every method may also return
     UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED (reason
