@@ -306,12 +306,24 @@ type RejectedError struct {
 }
 
 // WithoutDescription is e as callers of GetToken and the egress proxy see
-// it: the provider's `error` code only. Its description is for admins,
-// since a provider may put anything in it.
+// it: the provider's `error` code only, and only if it is one of OAuth2's
+// registered codes (NotACode otherwise). Its description, and any other
+// code, are for admins, since a provider may put anything in them.
 func (e *RejectedError) WithoutDescription() *RejectedError {
 	c := *e
 	c.Description = ""
+	if c.Code != "" && !registeredCodes[c.Code] {
+		c.Code = NotACode
+	}
 	return &c
+}
+
+// registeredCodes are the error codes of the OAuth 2.0 token endpoint and
+// bearer-token registries (RFC 6749 §5.2, RFC 6750 §3.1, RFC 7591 §3.2.2).
+var registeredCodes = map[string]bool{
+	"invalid_request": true, "invalid_client": true, "invalid_grant": true, "unauthorized_client": true,
+	"unsupported_grant_type": true, "invalid_scope": true, "access_denied": true, "server_error": true,
+	"temporarily_unavailable": true, "invalid_token": true, "insufficient_scope": true, "invalid_client_metadata": true,
 }
 
 func (e *RejectedError) Error() string {
