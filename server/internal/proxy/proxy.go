@@ -333,9 +333,9 @@ func (f *Forwarder) checkResponse(resp *http.Response) error {
 // was sent with, in any form the secret Detector knows: whatever answers
 // for the API must not hand the credential to the caller.
 func (f *Forwarder) removeEchoes(h http.Header, c *Call) {
-	echoes := []secret.Detector{secret.NewDetector(c.issued.AccessToken, "")}
+	echoes := []secret.Detector{c.issued.Echo()}
 	if c.rejected != nil {
-		echoes = append(echoes, secret.NewDetector(c.rejected.AccessToken, ""))
+		echoes = append(echoes, c.rejected.Echo())
 	}
 	for name, values := range h {
 		if slices.ContainsFunc(values, func(v string) bool {

@@ -188,7 +188,20 @@ type Issued struct {
 	Headers map[string]string
 	// Fingerprint names the token in the audit trail (Config.Fingerprint).
 	Fingerprint string
+
+	echo func() secret.Detector
 }
+
+// newIssued makes the Issued of a credential, with its Echo.
+func newIssued(is Issued) *Issued {
+	is.echo = sync.OnceValue(func() secret.Detector { return secret.NewDetector(is.AccessToken, "") })
+	return &is
+}
+
+// Echo finds the credential echoed back in any form (see secret.Detector).
+// It is built once per credential, when first asked for: building it costs
+// about as much as a proxied call.
+func (is *Issued) Echo() secret.Detector { return is.echo() }
 
 // Authorize sets the headers that make an API request use the credential:
 // Authorization (or x-api-key) and the account's extra headers.
@@ -362,7 +375,7 @@ func (m *Manager) useAPIKey(e *entry, a store.Account) {
 		expire = neverExpires
 	}
 	e.keyErr = nil
-	e.current.Store(&Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers})
+	e.current.Store(newIssued(Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers}))
 }
 
 // Remove stops tracking an account; callers waiting on it get their answer,
@@ -675,7 +688,7 @@ func (m *Manager) run(e *entry, c *call) {
 }
 
 func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
-	return &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())}
+	return newIssued(Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())})
 }
 
 // publish makes is the token callers get and schedules its renewal; e.mu
