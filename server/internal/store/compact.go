@@ -86,10 +86,55 @@ func (s *Store) copyTo(path string) (*bolt.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := bolt.Compact(dst, s.db, compactTxBytes); err != nil {
+	if err := s.db.View(func(src *bolt.Tx) error { return copyBuckets(src, dst) }); err != nil {
 		dst.Close()
 		os.Remove(path)
 		return nil, err
 	}
 	return dst, nil
+}
+
+// copyBuckets copies every bucket of src into dst, committing every
+// compactTxBytes. Every commit happens inside src's read transaction: the
+// records being copied point into src's pages, which writers may reuse as
+// soon as it ends. (bolt.Compact commits its last batch after its read
+// transaction, so a backup taken while the broker served could hold
+// records that pages reused by writers had overwritten.)
+func copyBuckets(src *bolt.Tx, dst *bolt.DB) error {
+	tx, err := dst.Begin(true)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	size := 0
+	err = src.ForEach(func(name []byte, from *bolt.Bucket) error {
+		to, err := tx.CreateBucket(name)
+		if err == nil {
+			err = to.SetSequence(from.Sequence())
+		}
+		if err != nil {
+			return err
+		}
+		to.FillPercent = 1 // records are put in key order
+		return from.ForEach(func(k, v []byte) error {
+			if v == nil {
+				return fmt.Errorf("bucket %q holds a bucket, which this version does not write", name)
+			}
+			if size += len(k) + len(v); size > compactTxBytes {
+				if err := tx.Commit(); err != nil {
+					return err
+				}
+				if tx, err = dst.Begin(true); err != nil {
+					return err
+				}
+				to, size = tx.Bucket(name), len(k)+len(v)
+				to.FillPercent = 1
+			}
+			return to.Put(k, v)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return tx.Commit()
 }
