@@ -1,0 +1,348 @@
+// Package boltdb is the storage engine on one bbolt file, for a broker on
+// one machine. It is the only package that imports bbolt. Every commit is
+// fsynced before Txn returns, and bbolt's copy-on-write pages leave a
+// consistent, openable file after a crash at any point.
+//
+// A key "kind/name" is the name's entry in the kind's bucket, so that the
+// file keeps the layout of the broker's earlier versions. A record's
+// version is a hash of its stored bytes; the revision is the sequence of
+// the meta bucket, advanced by every commit. The changes that Watch sends
+// are kept in memory, the latest MaxHistoryBytes of them.
+//
+// bbolt keeps the pages it frees, with whatever they held, until it reuses
+// them. A commit with a shredding op makes a compaction pending (see
+// Compact), which rewrites the file with live records only.
+package boltdb
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/server/internal/storage"
+)
+
+// ErrLocked means another process holds the database file.
+var ErrLocked = errors.New("database is locked by another process")
+
+// Keys the engine keeps for itself in the meta bucket.
+const (
+	metaBucket = "meta"
+	// compactPendingKey is set while the file may hold freed pages with
+	// shredded material.
+	compactPendingKey = "compact-pending"
+)
+
+// compactSuffix names the file a compaction writes beside the database.
+const compactSuffix = ".compacting"
+
+// MaxHistoryBytes bounds the changes kept in memory for watchers: a
+// watcher further behind than this gets storage.ErrCompacted.
+const MaxHistoryBytes = 8 << 20
+
+// DB is the engine. It implements storage.Backend.
+type DB struct {
+	path string
+	// mu is held for reading around every transaction, and for writing
+	// while Compact puts a new file in place of the old one.
+	mu sync.RWMutex
+	db *bolt.DB
+	// writeMu orders commits and their entry into the history alike.
+	writeMu sync.Mutex
+	history history
+}
+
+var _ storage.Backend = (*DB)(nil)
+
+// Open opens (or creates, mode 0600) the database file at path. If another
+// process holds the file, it gives up after lockTimeout with ErrLocked.
+// Opening writes nothing to the file.
+func Open(path string, lockTimeout time.Duration) (*DB, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: could not lock %s within %s; is another credbroker using this data directory?", ErrLocked, path, lockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		db.Close()
+		return nil, err
+	}
+	// A compaction that a crash interrupted; holding the lock proves that
+	// no other process is writing it.
+	if err := os.Remove(path + compactSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		db.Close()
+		return nil, err
+	}
+	d := &DB{path: path, db: db}
+	var rev storage.Revision
+	_ = db.View(func(tx *bolt.Tx) error { rev = revision(tx); return nil })
+	d.history.start(rev)
+	return d, nil
+}
+
+// Path is the database file's path.
+func (d *DB) Path() string { return d.path }
+
+// Close closes the file; watches end with storage.ErrClosed.
+func (d *DB) Close() error {
+	d.history.close()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.db.Close()
+}
+
+// view and update run a transaction on the current file.
+func (d *DB) view(fn func(*bolt.Tx) error) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.db.View(fn)
+}
+
+func (d *DB) update(fn func(*bolt.Tx) error) error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.db.Update(fn)
+}
+
+// split maps a key to its bucket and the key within it.
+func split(key string) (bucket, name []byte, err error) {
+	kind, rest, ok := strings.Cut(key, "/")
+	if !ok || kind == "" {
+		return nil, nil, fmt.Errorf("storage key %q has no kind (kind/name)", key)
+	}
+	return []byte(kind), []byte(rest), nil
+}
+
+// versionOf is the version of a stored value: a hash of its bytes, never
+// Absent.
+func versionOf(stored []byte) storage.Version {
+	if stored == nil {
+		return storage.Absent
+	}
+	sum := sha256.Sum256(stored)
+	return storage.Version(max(binary.BigEndian.Uint64(sum[:8]), 1))
+}
+
+// revision is the revision of tx's snapshot.
+func revision(tx *bolt.Tx) storage.Revision {
+	if b := tx.Bucket([]byte(metaBucket)); b != nil {
+		return storage.Revision(b.Sequence())
+	}
+	return 0
+}
+
+func get(tx *bolt.Tx, key string) ([]byte, error) {
+	bucket, name, err := split(key)
+	if err != nil {
+		return nil, err
+	}
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return nil, nil
+	}
+	return b.Get(name), nil
+}
+
+// Get reads one record.
+func (d *DB) Get(ctx context.Context, key string) (storage.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return storage.Record{}, err
+	}
+	var r storage.Record
+	err := d.view(func(tx *bolt.Tx) error {
+		v, err := get(tx, key)
+		if err != nil {
+			return err
+		}
+		if v == nil {
+			return storage.ErrNotFound
+		}
+		r = storage.Record{Key: key, Value: clone(v), Version: versionOf(v)}
+		return nil
+	})
+	return r, err
+}
+
+// List reads a page of the records under r.Prefix, which must hold at least
+// a kind and its slash.
+func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
+	if err := ctx.Err(); err != nil {
+		return storage.Page{}, err
+	}
+	bucket, prefix, err := split(r.Prefix)
+	if err != nil {
+		return storage.Page{}, err
+	}
+	kind := string(bucket) + "/"
+	after := []byte(strings.TrimPrefix(r.After, kind))
+	if r.After != "" && !strings.HasPrefix(r.After, kind) {
+		return storage.Page{}, fmt.Errorf("storage: listing %q after %q, a key of another kind", r.Prefix, r.After)
+	}
+	var p storage.Page
+	err = d.view(func(tx *bolt.Tx) error {
+		p.Revision = revision(tx)
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		k, v := first(c, prefix, after, r.After != "", r.Reverse)
+		for ; k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = step(c, r.Reverse) {
+			if r.Limit > 0 && len(p.Records) == r.Limit {
+				p.More = true
+				break
+			}
+			p.Records = append(p.Records, storage.Record{Key: kind + string(k), Value: clone(v), Version: versionOf(v)})
+		}
+		return nil
+	})
+	return p, err
+}
+
+// first places c on the first key of a listing.
+func first(c *bolt.Cursor, prefix, after []byte, hasAfter, reverse bool) ([]byte, []byte) {
+	if !reverse {
+		if !hasAfter || string(after) < string(prefix) {
+			return c.Seek(prefix)
+		}
+		k, v := c.Seek(after)
+		if k != nil && string(k) == string(after) {
+			return c.Next()
+		}
+		return k, v
+	}
+	// Reverse: the last key before the bound, which is after (if it is
+	// inside the prefix) or the end of the prefix.
+	bound := []byte(storage.PrefixEnd(string(prefix)))
+	if hasAfter && (len(bound) == 0 || string(after) < string(bound)) {
+		bound = after
+	}
+	if len(bound) == 0 {
+		return c.Last()
+	}
+	if k, _ := c.Seek(bound); k == nil {
+		return c.Last()
+	}
+	return c.Prev()
+}
+
+func step(c *bolt.Cursor, reverse bool) ([]byte, []byte) {
+	if reverse {
+		return c.Prev()
+	}
+	return c.Next()
+}
+
+// Txn commits ops if conds hold.
+func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (storage.Revision, error) {
+	if err := storage.CheckTxn(conds, ops); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	change := storage.Change{}
+	err := d.update(func(tx *bolt.Tx) error {
+		for _, c := range conds {
+			v, err := get(tx, c.Key)
+			if err != nil {
+				return err
+			}
+			if !c.Holds(versionOf(v)) {
+				return fmt.Errorf("%w: %s", storage.ErrConflict, c.Key)
+			}
+		}
+		meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
+		if err != nil {
+			return err
+		}
+		change.Revision = storage.Revision(meta.Sequence() + 1)
+		if err := meta.SetSequence(uint64(change.Revision)); err != nil {
+			return err
+		}
+		shred := false
+		for _, op := range ops {
+			ev, err := apply(tx, op)
+			if err != nil {
+				return err
+			}
+			if ev != nil {
+				change.Events = append(change.Events, *ev)
+				shred = shred || op.Shred
+			}
+		}
+		if shred {
+			return meta.Put([]byte(compactPendingKey), []byte("1"))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	d.history.add(change)
+	return change.Revision, nil
+}
+
+// apply makes one op in tx and returns its event, or nil if it changed
+// nothing (a deletion of a missing record).
+func apply(tx *bolt.Tx, op storage.Op) (*storage.Event, error) {
+	bucket, name, err := split(op.Key)
+	if err != nil {
+		return nil, err
+	}
+	if op.Delete {
+		b := tx.Bucket(bucket)
+		if b == nil || b.Get(name) == nil {
+			return nil, nil
+		}
+		return &storage.Event{Key: op.Key, Deleted: true}, b.Delete(name)
+	}
+	if string(bucket) == metaBucket && string(name) == compactPendingKey {
+		return nil, fmt.Errorf("storage key %q is the engine's own", op.Key)
+	}
+	b, err := tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return nil, err
+	}
+	value := clone(op.Value)
+	if value == nil {
+		value = []byte{}
+	}
+	return &storage.Event{Key: op.Key, Value: value, Version: versionOf(value)}, b.Put(name, value)
+}
+
+// Watch sends committed changes under prefix after revision after.
+func (d *DB) Watch(ctx context.Context, prefix string, after storage.Revision) <-chan storage.Change {
+	out := make(chan storage.Change, 16)
+	go d.history.follow(ctx, prefix, after, out)
+	return out
+}
+
+func clone(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}
+
+// syncDir makes a renamed file's directory entry durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}

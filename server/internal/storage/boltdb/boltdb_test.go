@@ -1,0 +1,111 @@
+package boltdb
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/storage"
+	"github.com/credbroker/credbroker/server/internal/storage/storagetest"
+)
+
+func open(t *testing.T, path string) *DB {
+	t.Helper()
+	d, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) storage.Backend {
+		return open(t, filepath.Join(t.TempDir(), "credbroker.db"))
+	})
+}
+
+// What was committed is there after a reopen, with the same versions, and
+// revisions go on from where they were; a watch from before the reopen
+// gets ErrCompacted, since the changes were kept in memory.
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "credbroker.db")
+	d := open(t, path)
+	rev, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("1"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := d.Get(ctx, "accounts/a")
+	d.Close()
+
+	d = open(t, path)
+	defer d.Close()
+	after, err := d.Get(ctx, "accounts/a")
+	if err != nil || string(after.Value) != "1" || after.Version != before.Version {
+		t.Fatalf("after a reopen: %+v, %v (version before %d)", after, err, before.Version)
+	}
+	if next, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/b", nil)}); err != nil || next != rev+1 {
+		t.Fatalf("revision after a reopen: %d, %v, want %d", next, err, rev+1)
+	}
+	c := <-d.Watch(ctx, "accounts/", rev-1)
+	if !errors.Is(c.Err, storage.ErrCompacted) {
+		t.Fatalf("watch from before the reopen: %+v, want ErrCompacted", c)
+	}
+}
+
+// A second process (here, a second open) waits for the lock, then gives up.
+func TestSecondOpenFailsFast(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credbroker.db")
+	d := open(t, path)
+	defer d.Close()
+	if _, err := Open(path, 50*time.Millisecond); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open: %v, want ErrLocked", err)
+	}
+}
+
+// A shredding write makes a compaction pending; the compaction leaves no
+// copy of the shredded value in the file.
+func TestShreddingCompacts(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "credbroker.db")
+	d := open(t, path)
+	defer d.Close()
+	canary := []byte("sealed-canary-0123456789")
+	if _, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", canary)}); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _ := d.CompactPending(); pending {
+		t.Fatal("a put made a compaction pending")
+	}
+	if _, err := d.Txn(ctx, nil, []storage.Op{storage.Delete("accounts/a").Shredding()}); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _ := d.CompactPending(); !pending {
+		t.Fatal("a shredding delete did not make a compaction pending")
+	}
+	if err := d.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	if pending, _ := d.CompactPending(); pending {
+		t.Fatal("still pending after Compact")
+	}
+	if containsFile(t, path, canary) {
+		t.Fatal("the compacted file holds the deleted value")
+	}
+	if _, err := d.Txn(ctx, nil, []storage.Op{storage.Put("meta/compact-pending", nil)}); err == nil {
+		t.Fatal("a put of the engine's own key was taken")
+	}
+}
+
+func containsFile(t *testing.T, path string, b []byte) bool {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil || len(data) == 0 {
+		t.Fatalf("read %s: %d bytes, %v", path, len(data), err)
+	}
+	return bytes.Contains(data, b)
+}

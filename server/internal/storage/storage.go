@@ -1,0 +1,216 @@
+// Package storage is the interface between the broker and the engine that
+// keeps its state: records under string keys, each with a version; reads
+// of one key or of a prefix, a page at a time; small atomic transactions
+// whose writes hold only if what they were based on has not changed
+// (compare-and-swap on versions); and the stream of committed changes,
+// from which in-memory mirrors (the token cache, grants, caller keys) are
+// kept up to date.
+//
+// It is designed for two engines: bbolt (package boltdb, one process on
+// one file) and etcd (several replicas). Everything here is what an etcd
+// transaction can express: conditions on versions, a bounded number of
+// operations and bytes, no read transaction held open across calls.
+//
+// Engines store values as they are given: they never see a secret in the
+// clear, and they do not check records' integrity. Package keyring tags
+// and checks records, the domain packages encode them.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Version names one stored value of a record; Absent (0) means there is
+// none. Compare versions for equality only: etcd gives a record's
+// modification revision, bbolt a hash of the stored bytes.
+type Version uint64
+
+// Absent is the version of a record that does not exist.
+const Absent Version = 0
+
+// Revision numbers the engine's committed transactions, in commit order.
+// Every read says at which revision it was made, and Watch continues from
+// one.
+type Revision int64
+
+// Limits of one transaction, those of etcd's defaults (--max-txn-ops 128,
+// --max-request-bytes 1.5 MiB) with room for keys and framing. Every engine
+// refuses a larger transaction with ErrTooLarge, so code that works on one
+// works on the other.
+const (
+	MaxTxnOps   = 128
+	MaxTxnBytes = 1 << 20
+)
+
+var (
+	// ErrNotFound: no record has the key.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a condition of a transaction did not hold; nothing was
+	// written. Read again, and retry if the change still applies.
+	ErrConflict = errors.New("the record changed since it was read")
+	// ErrTooLarge: a transaction exceeds MaxTxnOps or MaxTxnBytes.
+	ErrTooLarge = errors.New("transaction too large")
+	// ErrCompacted: Watch was asked for changes older than the engine
+	// keeps. Read afresh and watch from the revision of that read.
+	ErrCompacted = errors.New("the changes asked for are no longer kept")
+	// ErrClosed: the engine has been closed.
+	ErrClosed = errors.New("storage is closed")
+)
+
+// Record is one stored value.
+type Record struct {
+	Key     string
+	Value   []byte
+	Version Version
+}
+
+// Backend is a storage engine.
+type Backend interface {
+	// Get reads one record, or returns ErrNotFound.
+	Get(ctx context.Context, key string) (Record, error)
+	// List reads one page of the records under a prefix, all at one
+	// revision, which it returns.
+	List(ctx context.Context, r Range) (Page, error)
+	// Txn makes every op, in order, if every condition holds, as one
+	// atomic and durable commit (on disk, or agreed by a quorum, before it
+	// returns), and returns its revision. If a condition fails it writes
+	// nothing and returns ErrConflict.
+	Txn(ctx context.Context, conds []Cond, ops []Op) (Revision, error)
+	// Watch sends the changes committed after revision after to keys
+	// under prefix, in commit order, a Change per transaction, until ctx
+	// ends; then it closes the channel. A Change with Err set is the last
+	// one: ErrCompacted (after is older than the engine keeps, or the
+	// watcher fell that far behind) or ErrClosed.
+	Watch(ctx context.Context, prefix string, after Revision) <-chan Change
+	// Close releases the engine; watches end with ErrClosed.
+	Close() error
+}
+
+// Range selects records by key prefix.
+type Range struct {
+	Prefix string
+	// After continues a listing: only keys after this one (before it, if
+	// Reverse). Empty starts at the first key (the last, if Reverse).
+	After string
+	// Limit bounds the page; 0 means no bound.
+	Limit int
+	// Reverse lists in descending key order.
+	Reverse bool
+}
+
+// Page is what List read.
+type Page struct {
+	Records []Record
+	// More: further records follow the page.
+	More bool
+	// Revision is the revision the page was read at.
+	Revision Revision
+}
+
+// Cond is a condition of a transaction on one record.
+type Cond struct {
+	Key string
+	// Version the record must have (Absent: it must not exist), unless
+	// Exists is set.
+	Version Version
+	// Exists: the record must exist, whatever its version.
+	Exists bool
+}
+
+// VersionIs holds while key's record has version v; VersionIs(key, Absent)
+// while there is none.
+func VersionIs(key string, v Version) Cond { return Cond{Key: key, Version: v} }
+
+// Exists holds while key has a record.
+func Exists(key string) Cond { return Cond{Key: key, Exists: true} }
+
+// Holds reports whether the condition holds for a record of version v
+// (Absent if there is none).
+func (c Cond) Holds(v Version) bool {
+	if c.Exists {
+		return v != Absent
+	}
+	return v == c.Version
+}
+
+// Op is a write of a transaction.
+type Op struct {
+	Key   string
+	Value []byte
+	// Delete removes the record; Value is unused.
+	Delete bool
+	// Shred: the record being replaced or deleted holds sealed material
+	// that must not survive anywhere in the engine's files, not even in
+	// freed space (bbolt compacts its file soon after; etcd compacts and
+	// defragments).
+	Shred bool
+}
+
+// Put writes value under key.
+func Put(key string, value []byte) Op { return Op{Key: key, Value: value} }
+
+// Delete removes key's record, if there is one.
+func Delete(key string) Op { return Op{Key: key, Delete: true} }
+
+// Shredding is op, marked as removing sealed material (see Op.Shred).
+func (op Op) Shredding() Op { op.Shred = true; return op }
+
+// Change is one committed transaction's writes under a watched prefix.
+type Change struct {
+	Revision Revision
+	Events   []Event
+	// Err ends the stream (see Backend.Watch).
+	Err error
+}
+
+// Event is one write of a change.
+type Event struct {
+	Key string
+	// Value is the new value; nil if Deleted.
+	Value   []byte
+	Version Version
+	Deleted bool
+}
+
+// CheckTxn refuses a transaction larger than MaxTxnOps or MaxTxnBytes, or
+// with an empty key; engines call it first.
+func CheckTxn(conds []Cond, ops []Op) error {
+	if len(ops) > MaxTxnOps || len(conds) > MaxTxnOps {
+		return fmt.Errorf("%w: %d ops and %d conditions, at most %d each", ErrTooLarge, len(ops), len(conds), MaxTxnOps)
+	}
+	size := 0
+	for _, op := range ops {
+		if op.Key == "" {
+			return errors.New("storage: an op without a key")
+		}
+		size += len(op.Key) + len(op.Value)
+	}
+	if size > MaxTxnBytes {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, size, MaxTxnBytes)
+	}
+	for _, c := range conds {
+		if c.Key == "" {
+			return errors.New("storage: a condition without a key")
+		}
+	}
+	return nil
+}
+
+// PrefixEnd is the first key after every key that starts with prefix, or
+// "" if there is none (the prefix is empty or all 0xff).
+func PrefixEnd(prefix string) string {
+	b := []byte(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1])
+		}
+	}
+	return ""
+}
+
+// Under reports whether key is under prefix.
+func Under(key, prefix string) bool { return strings.HasPrefix(key, prefix) }
