@@ -11,6 +11,8 @@
 // transaction can express: conditions on versions, a bounded number of
 // operations and bytes, no read transaction held open across calls.
 //
+// Every engine passes the conformance suite in package storagetest.
+//
 // Engines store values as they are given: they never see a secret in the
 // clear, and they do not check records' integrity. Package keyring tags
 // and checks records, the domain packages encode them.
@@ -36,14 +38,16 @@ const Absent Version = 0
 // one.
 type Revision int64
 
-// Limits of one transaction, those of etcd's defaults (--max-txn-ops 128,
-// --max-request-bytes 1.5 MiB) with room for keys and framing. Every engine
-// refuses a larger transaction with ErrTooLarge, so code that works on one
-// works on the other.
-const (
-	MaxTxnOps   = 128
-	MaxTxnBytes = 1 << 20
-)
+// Limits bound one transaction. Every engine refuses a larger one with
+// ErrTooLarge; code that writes much splits it by its engine's limits.
+type Limits struct {
+	MaxOps   int // operations, and conditions
+	MaxBytes int // keys and values of the operations
+}
+
+// EtcdLimits are those of etcd's defaults (--max-txn-ops 128,
+// --max-request-bytes 1.5 MiB, with room for framing).
+var EtcdLimits = Limits{MaxOps: 128, MaxBytes: 1 << 20}
 
 var (
 	// ErrNotFound: no record has the key.
@@ -51,7 +55,7 @@ var (
 	// ErrConflict: a condition of a transaction did not hold; nothing was
 	// written. Read again, and retry if the change still applies.
 	ErrConflict = errors.New("the record changed since it was read")
-	// ErrTooLarge: a transaction exceeds MaxTxnOps or MaxTxnBytes.
+	// ErrTooLarge: a transaction exceeds its engine's Limits.
 	ErrTooLarge = errors.New("transaction too large")
 	// ErrCompacted: Watch was asked for changes older than the engine
 	// keeps. Read afresh and watch from the revision of that read.
@@ -74,6 +78,8 @@ type Backend interface {
 	// List reads one page of the records under a prefix, all at one
 	// revision, which it returns.
 	List(ctx context.Context, r Range) (Page, error)
+	// Count is how many records are under a prefix.
+	Count(ctx context.Context, prefix string) (int64, error)
 	// Txn makes every op, in order, if every condition holds, as one
 	// atomic and durable commit (on disk, or agreed by a quorum, before it
 	// returns), and returns its revision. If a condition fails it writes
@@ -85,12 +91,16 @@ type Backend interface {
 	// one: ErrCompacted (after is older than the engine keeps, or the
 	// watcher fell that far behind) or ErrClosed.
 	Watch(ctx context.Context, prefix string, after Revision) <-chan Change
+	// Limits are the bounds of one transaction.
+	Limits() Limits
 	// Close releases the engine; watches end with ErrClosed.
 	Close() error
 }
 
 // Range selects records by key prefix.
 type Range struct {
+	// Prefix holds at least a kind and its slash: keys are "kind/name",
+	// the name of any bytes.
 	Prefix string
 	// After continues a listing: only keys after this one (before it, if
 	// Reverse). Empty starts at the first key (the last, if Reverse).
@@ -175,11 +185,11 @@ type Event struct {
 	Deleted bool
 }
 
-// CheckTxn refuses a transaction larger than MaxTxnOps or MaxTxnBytes, or
-// with an empty key; engines call it first.
-func CheckTxn(conds []Cond, ops []Op) error {
-	if len(ops) > MaxTxnOps || len(conds) > MaxTxnOps {
-		return fmt.Errorf("%w: %d ops and %d conditions, at most %d each", ErrTooLarge, len(ops), len(conds), MaxTxnOps)
+// Check refuses a transaction larger than l, or with an empty key;
+// engines call it first.
+func (l Limits) Check(conds []Cond, ops []Op) error {
+	if len(ops) > l.MaxOps || len(conds) > l.MaxOps {
+		return fmt.Errorf("%w: %d ops and %d conditions, at most %d each", ErrTooLarge, len(ops), len(conds), l.MaxOps)
 	}
 	size := 0
 	for _, op := range ops {
@@ -188,8 +198,8 @@ func CheckTxn(conds []Cond, ops []Op) error {
 		}
 		size += len(op.Key) + len(op.Value)
 	}
-	if size > MaxTxnBytes {
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, size, MaxTxnBytes)
+	if size > l.MaxBytes {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, size, l.MaxBytes)
 	}
 	for _, c := range conds {
 		if c.Key == "" {
@@ -210,6 +220,24 @@ func PrefixEnd(prefix string) string {
 		}
 	}
 	return ""
+}
+
+// Chunks splits ops into transactions within l.
+func (l Limits) Chunks(ops []Op) [][]Op {
+	var out [][]Op
+	start, size := 0, 0
+	for i, op := range ops {
+		n := len(op.Key) + len(op.Value)
+		if i > start && (i-start == l.MaxOps || size+n > l.MaxBytes) {
+			out = append(out, ops[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(ops) {
+		out = append(out, ops[start:])
+	}
+	return out
 }
 
 // Under reports whether key is under prefix.

@@ -45,6 +45,11 @@ const (
 // compactSuffix names the file a compaction writes beside the database.
 const compactSuffix = ".compacting"
 
+// limits are bbolt's bounds of one transaction: wider than etcd's, since
+// one local commit of many records costs one fsync, and the audit trail's
+// group commits are that large under load.
+var limits = storage.Limits{MaxOps: 4096, MaxBytes: 16 << 20}
+
 // MaxHistoryBytes bounds the changes kept in memory for watchers: a
 // watcher further behind than this gets storage.ErrCompacted.
 const MaxHistoryBytes = 8 << 20
@@ -67,12 +72,29 @@ var _ storage.Backend = (*DB)(nil)
 // process holds the file, it gives up after lockTimeout with ErrLocked.
 // Opening writes nothing to the file.
 func Open(path string, lockTimeout time.Duration) (*DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	return open(path, &bolt.Options{Timeout: lockTimeout})
+}
+
+// OpenReadOnly opens an existing database file (a backup) for reading.
+func OpenReadOnly(path string) (*DB, error) {
+	return open(path, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+}
+
+func open(path string, opts *bolt.Options) (*DB, error) {
+	lockTimeout := opts.Timeout
+	db, err := bolt.Open(path, 0o600, opts)
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("%w: could not lock %s within %s; is another credbroker using this data directory?", ErrLocked, path, lockTimeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	d := &DB{path: path, db: db}
+	var rev storage.Revision
+	_ = db.View(func(tx *bolt.Tx) error { rev = revision(tx); return nil })
+	d.history.start(rev)
+	if opts.ReadOnly {
+		return d, nil
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		db.Close()
@@ -84,12 +106,11 @@ func Open(path string, lockTimeout time.Duration) (*DB, error) {
 		db.Close()
 		return nil, err
 	}
-	d := &DB{path: path, db: db}
-	var rev storage.Revision
-	_ = db.View(func(tx *bolt.Tx) error { rev = revision(tx); return nil })
-	d.history.start(rev)
 	return d, nil
 }
+
+// Limits are the bounds of one transaction.
+func (d *DB) Limits() storage.Limits { return limits }
 
 // Path is the database file's path.
 func (d *DB) Path() string { return d.path }
@@ -210,6 +231,34 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 	return p, err
 }
 
+// Count is how many records are under prefix (a kind and its slash, and
+// more).
+func (d *DB) Count(ctx context.Context, prefix string) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	bucket, name, err := split(prefix)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	err = d.view(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		switch {
+		case b == nil:
+		case len(name) == 0:
+			n = int64(b.Stats().KeyN)
+		default:
+			c := b.Cursor()
+			for k, _ := c.Seek(name); k != nil && strings.HasPrefix(string(k), string(name)); k, _ = c.Next() {
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
 // first places c on the first key of a listing.
 func first(c *bolt.Cursor, prefix, after []byte, hasAfter, reverse bool) ([]byte, []byte) {
 	if !reverse {
@@ -246,7 +295,7 @@ func step(c *bolt.Cursor, reverse bool) ([]byte, []byte) {
 
 // Txn commits ops if conds hold.
 func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (storage.Revision, error) {
-	if err := storage.CheckTxn(conds, ops); err != nil {
+	if err := limits.Check(conds, ops); err != nil {
 		return 0, err
 	}
 	if err := ctx.Err(); err != nil {

@@ -13,7 +13,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/storage/storagetest"
 )
 
-func open(t *testing.T, path string) *DB {
+func openTest(t *testing.T, path string) *DB {
 	t.Helper()
 	d, err := Open(path, time.Second)
 	if err != nil {
@@ -24,7 +24,7 @@ func open(t *testing.T, path string) *DB {
 
 func TestConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		return open(t, filepath.Join(t.TempDir(), "credbroker.db"))
+		return openTest(t, filepath.Join(t.TempDir(), "credbroker.db"))
 	})
 }
 
@@ -34,7 +34,7 @@ func TestConformance(t *testing.T) {
 func TestReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "credbroker.db")
-	d := open(t, path)
+	d := openTest(t, path)
 	rev, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("1"))})
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +42,7 @@ func TestReopen(t *testing.T) {
 	before, _ := d.Get(ctx, "accounts/a")
 	d.Close()
 
-	d = open(t, path)
+	d = openTest(t, path)
 	defer d.Close()
 	after, err := d.Get(ctx, "accounts/a")
 	if err != nil || string(after.Value) != "1" || after.Version != before.Version {
@@ -60,7 +60,7 @@ func TestReopen(t *testing.T) {
 // A second process (here, a second open) waits for the lock, then gives up.
 func TestSecondOpenFailsFast(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "credbroker.db")
-	d := open(t, path)
+	d := openTest(t, path)
 	defer d.Close()
 	if _, err := Open(path, 50*time.Millisecond); !errors.Is(err, ErrLocked) {
 		t.Fatalf("second open: %v, want ErrLocked", err)
@@ -72,7 +72,7 @@ func TestSecondOpenFailsFast(t *testing.T) {
 func TestShreddingCompacts(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "credbroker.db")
-	d := open(t, path)
+	d := openTest(t, path)
 	defer d.Close()
 	canary := []byte("sealed-canary-0123456789")
 	if _, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", canary)}); err != nil {

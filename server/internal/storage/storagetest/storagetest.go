@@ -296,19 +296,32 @@ func testListBinaryKeys(t *testing.T, b storage.Backend) {
 }
 
 func testLimits(t *testing.T, b storage.Backend) {
+	l := b.Limits()
+	if l.MaxOps < storage.EtcdLimits.MaxOps || l.MaxBytes < 64<<10 {
+		t.Fatalf("limits %+v: too small for the broker's records", l)
+	}
 	var ops []storage.Op
-	for i := range storage.MaxTxnOps + 1 {
-		ops = append(ops, storage.Put(fmt.Sprintf("audit/%04d", i), []byte("e")))
+	for i := range l.MaxOps + 1 {
+		ops = append(ops, storage.Put(fmt.Sprintf("audit/%05d", i), []byte("e")))
 	}
 	if _, err := b.Txn(ctx, nil, ops); !errors.Is(err, storage.ErrTooLarge) {
 		t.Fatalf("%d ops: %v, want ErrTooLarge", len(ops), err)
 	}
-	if _, err := b.Txn(ctx, nil, ops[:storage.MaxTxnOps]); err != nil {
-		t.Fatalf("%d ops: %v", storage.MaxTxnOps, err)
+	if _, err := b.Txn(ctx, nil, ops[:l.MaxOps]); err != nil {
+		t.Fatalf("%d ops: %v", l.MaxOps, err)
 	}
-	big := storage.Put("accounts/big", make([]byte, storage.MaxTxnBytes))
+	if n, err := b.Count(ctx, "audit/"); err != nil || n != int64(l.MaxOps) {
+		t.Fatalf("count: %d, %v, want %d", n, err, l.MaxOps)
+	}
+	if n, err := b.Count(ctx, "audit/0000"); err != nil || n != min(10, int64(l.MaxOps)) {
+		t.Fatalf("count of audit/0000: %d, %v", n, err)
+	}
+	if n, err := b.Count(ctx, "nothing/"); err != nil || n != 0 {
+		t.Fatalf("count of an empty kind: %d, %v", n, err)
+	}
+	big := storage.Put("accounts/big", make([]byte, l.MaxBytes))
 	if _, err := b.Txn(ctx, nil, []storage.Op{big}); !errors.Is(err, storage.ErrTooLarge) {
-		t.Fatalf("%d bytes: %v, want ErrTooLarge", storage.MaxTxnBytes, err)
+		t.Fatalf("%d bytes: %v, want ErrTooLarge", l.MaxBytes, err)
 	}
 	if _, err := b.Get(ctx, "accounts/big"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("a refused txn wrote: %v", err)
