@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/credbroker/credbroker/server/internal/storage"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // TamperedEvent is the method of an audit event that ScanAudit shows in
@@ -41,66 +42,98 @@ func auditPos(k []byte) AuditPos {
 	return AuditPos{Time: time.Unix(0, int64(binary.BigEndian.Uint64(k))).UTC(), Seq: binary.BigEndian.Uint64(k[8:])}
 }
 
-// AppendAudit stores events in one transaction: one fsync for the batch.
+// AppendAudit stores events: in one transaction, one fsync for the batch,
+// unless there are more than the engine takes in one.
 func (s *Store) AppendAudit(events []AuditEvent) error {
-	return s.update(func(tx *bolt.Tx) error {
-		for _, ev := range events {
-			if err := s.appendAudit(tx, ev); err != nil {
-				return err
-			}
+	all := make([]storage.Op, 0, len(events))
+	for _, ev := range events {
+		b := s.appendAudit(ev)
+		if b.err != nil {
+			return b.err
 		}
-		return nil
-	})
-}
-
-// appendAudit stores one event in tx, so that a change and its audit event
-// are committed together or not at all.
-func (s *Store) appendAudit(tx *bolt.Tx, ev AuditEvent) error {
-	b := tx.Bucket(auditBucket)
-	// Events are appended in key order (time first), so full pages are
-	// never written to again: filling them halves the file.
-	b.FillPercent = 1
-	seq, err := b.NextSequence()
-	if err != nil {
-		return err
+		all = append(all, b.op)
 	}
-	ev.Version = recordVersion
-	if err := s.put(tx, auditBucket, string(AuditPos{Time: ev.Time, Seq: seq}.Bytes()), ev); err != nil {
-		return err
+	for _, chunk := range s.db.Limits().Chunks(all) {
+		if _, err := s.db.Txn(ctx, nil, chunk); err != nil {
+			return err
+		}
+		s.auditEvents.Add(int64(len(chunk)))
 	}
-	tx.OnCommit(func() { s.auditEvents.Add(1) })
 	return nil
 }
 
-// countAudit counts the stored events once, when the store opens.
-func (s *Store) countAudit() {
-	_ = s.view(func(tx *bolt.Tx) error {
-		s.auditEvents.Store(int64(tx.Bucket(auditBucket).Stats().KeyN))
-		return nil
-	})
+// appendAudit is the op that stores one event, for a transaction that
+// commits a change and its audit event together or not at all. Events
+// are keyed by their time and a sequence number of this process.
+func (s *Store) appendAudit(ev AuditEvent) built {
+	ev.Version = recordVersion
+	return s.put(auditBucket, string(AuditPos{Time: ev.Time, Seq: s.auditSeq.Add(1)}.Bytes()), ev)
 }
+
+// bulkAudit stores one event in a bulk transaction; the caller counts it
+// (auditEvents) once that commits.
+func (s *Store) bulkAudit(b *boltdb.Bulk, ev AuditEvent) error {
+	put := s.appendAudit(ev)
+	if put.err != nil {
+		return put.err
+	}
+	return b.Put(put.op.Key, put.op.Value)
+}
+
+// countAudit counts the audit ops among ops.
+func countAudit(ops []storage.Op) int {
+	n := 0
+	for _, op := range ops {
+		if !op.Delete && storage.Under(op.Key, auditPrefix) {
+			n++
+		}
+	}
+	return n
+}
+
+var auditPrefix = key(auditBucket, "")
+
+// countAudit counts the stored events, and finds the sequence number of
+// the newest, when the store opens.
+func (s *Store) countAudit() error {
+	n, err := s.db.Count(ctx, auditPrefix)
+	if err != nil {
+		return err
+	}
+	s.auditEvents.Store(n)
+	p, err := s.db.List(ctx, storage.Range{Prefix: auditPrefix, Reverse: true, Limit: 1})
+	if err != nil {
+		return err
+	}
+	if len(p.Records) > 0 {
+		if pos, ok := ParseAuditPos([]byte(p.Records[0].Key[len(auditPrefix):])); ok {
+			s.auditSeq.Store(pos.Seq)
+		}
+	}
+	return nil
+}
+
+// auditPage is how many events ScanAudit and PruneAudit read at a time.
+const auditPage = 512
 
 // ScanAudit calls fn for stored events from the newest down, starting
 // before the given position (a zero Time starts at the newest event),
 // until fn returns false. An event that fails its integrity check comes
 // as TamperedEvent at its place.
 func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) error {
-	return s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(auditBucket).Cursor()
-		var k, v []byte
-		if before.Time.IsZero() {
-			k, v = c.Last()
-		} else {
-			// Seek finds the first key at or after before; step back from it.
-			if k, _ = c.Seek(before.Bytes()); k == nil {
-				k, v = c.Last()
-			} else {
-				k, v = c.Prev()
-			}
+	r := storage.Range{Prefix: auditPrefix, Reverse: true, Limit: auditPage}
+	if !before.Time.IsZero() {
+		r.After = auditPrefix + string(before.Bytes())
+	}
+	for {
+		p, err := s.db.List(ctx, r)
+		if err != nil {
+			return err
 		}
-		for ; k != nil; k, v = c.Prev() {
+		for _, rec := range p.Records {
+			k := []byte(rec.Key[len(auditPrefix):])
 			var ev AuditEvent
-			err := s.open(auditBucket, k, v, &ev)
+			err := s.open(auditBucket, k, rec.Value, &ev)
 			if errors.Is(err, ErrIntegrity) {
 				ev = AuditEvent{Time: auditPos(k).Time, Method: TamperedEvent, Code: "DATA_LOSS",
 					Detail: "this stored event failed its integrity check: it was changed outside the broker"}
@@ -111,44 +144,57 @@ func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) e
 				return nil
 			}
 		}
-		return nil
-	})
+		if !p.More {
+			return nil
+		}
+		r.After = p.Records[len(p.Records)-1].Key
+	}
 }
 
 // PruneAudit deletes events older than cutoff, and then the oldest events
 // that expendable accepts (nil: any) beyond the newest keep, and returns
 // how many it deleted. Events that expendable refuses are deleted by age
 // only, so that no volume of other events can push them out. It deletes at
-// most limit events per call, so one transaction never grows large.
+// most limit events per call, in transactions within the engine's limits.
 func (s *Store) PruneAudit(cutoff time.Time, keep, limit int, expendable func(AuditEvent) bool) (int, error) {
-	deleted := 0
-	err := s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(auditBucket)
-		excess := int(s.auditEvents.Load()) - keep
-		// Collect first: deleting under a cursor can make it skip keys.
-		var doomed [][]byte
-		c := b.Cursor()
-		for k, v := c.First(); k != nil && len(doomed) < limit; k, v = c.Next() {
+	excess := int(s.auditEvents.Load()) - keep
+	var doomed []storage.Op
+	r := storage.Range{Prefix: auditPrefix, Limit: auditPage}
+collect:
+	for len(doomed) < limit {
+		p, err := s.db.List(ctx, r)
+		if err != nil {
+			return 0, err
+		}
+		for _, rec := range p.Records {
+			k := []byte(rec.Key[len(auditPrefix):])
+			if len(doomed) == limit {
+				break collect
+			}
 			if !auditPos(k).Time.Before(cutoff) {
 				if len(doomed) >= excess {
-					break // nothing older is due, and the count is down to keep
+					break collect // nothing older is due, and the count is down to keep
 				}
-				if expendable != nil && !s.expendable(k, v, expendable) {
+				if expendable != nil && !s.expendable(k, rec.Value, expendable) {
 					continue // kept until it is old
 				}
 			}
-			doomed = append(doomed, copyBytes(k))
+			doomed = append(doomed, storage.Delete(rec.Key))
 		}
-		for _, k := range doomed {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
+		if !p.More {
+			break
 		}
-		deleted = len(doomed)
-		tx.OnCommit(func() { s.auditEvents.Add(int64(-deleted)) })
-		return nil
-	})
-	return deleted, err
+		r.After = p.Records[len(p.Records)-1].Key
+	}
+	deleted := 0
+	for _, chunk := range s.db.Limits().Chunks(doomed) {
+		if _, err := s.db.Txn(ctx, nil, chunk); err != nil {
+			return deleted, err
+		}
+		deleted += len(chunk)
+		s.auditEvents.Add(int64(-len(chunk)))
+	}
+	return deleted, nil
 }
 
 // expendable asks fn about a stored event; one that fails its integrity

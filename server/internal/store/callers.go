@@ -3,69 +3,70 @@ package store
 import (
 	"errors"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/credbroker/credbroker/server/internal/storage"
 )
 
 // ErrBootstrapped means the store already received its first admin.
 var ErrBootstrapped = errors.New("the store was bootstrapped before")
+
+var bootstrappedMeta = key(metaBucket, string(bootstrappedKey))
 
 // Bootstrap stores the first admin identity (a caller key, an admin
 // principal, or both) with its audit event, once in the store's life, and
 // only in a store that holds no record yet. Later calls return
 // ErrBootstrapped and write nothing.
 func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) error {
-	return s.update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(metaBucket)
-		if bootstrapped(tx) {
-			return ErrBootstrapped
+	return s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		done, err := s.Bootstrapped()
+		if err != nil {
+			return nil, nil, err
 		}
+		if done {
+			return nil, nil, ErrBootstrapped
+		}
+		var bs []built
 		if k != nil {
 			k.Version = recordVersion
-			if err := s.put(tx, callerKeysBucket, k.ID, k); err != nil {
-				return err
-			}
+			bs = append(bs, s.put(callerKeysBucket, k.ID, k))
 		}
 		if admin != nil {
 			admin.Version = recordVersion
-			if err := s.put(tx, adminsBucket, admin.Principal, admin); err != nil {
-				return err
-			}
+			bs = append(bs, s.put(adminsBucket, admin.Principal, admin))
 		}
-		if err := meta.Put(bootstrappedKey, []byte("1")); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+		bs = append(bs, opOf(storage.Put(bootstrappedMeta, []byte("1"))), s.appendAudit(ev))
+		return ops(conds(storage.VersionIs(bootstrappedMeta, storage.Absent)), bs...)
 	})
 }
 
 // Bootstrapped says whether Bootstrap has run on this store, or would
-// refuse to.
+// refuse to: the flag is set, or the store holds records. The flag alone
+// is not authenticated: someone who deleted it from a database in use
+// would otherwise have the broker make a new admin key.
 func (s *Store) Bootstrapped() (bool, error) {
-	var done bool
-	err := s.view(func(tx *bolt.Tx) error { done = bootstrapped(tx); return nil })
-	return done, err
-}
-
-// bootstrapped: the flag is set, or the store holds records. The flag
-// alone is not authenticated: someone who deleted it from a database in
-// use would otherwise have the broker make a new admin key.
-func bootstrapped(tx *bolt.Tx) bool {
-	return tx.Bucket(metaBucket).Get(bootstrappedKey) != nil || !empty(tx)
+	if flag, err := s.meta(bootstrappedKey); err != nil || flag != nil {
+		return flag != nil, err
+	}
+	for _, name := range dataBuckets {
+		p, err := s.db.List(ctx, storage.Range{Prefix: key(name, ""), Limit: 1})
+		if err != nil || len(p.Records) > 0 {
+			return true, err
+		}
+	}
+	return false, nil
 }
 
 // CreateCallerKey stores a new caller key with its audit event, or returns
 // ErrExists (revoked keys stay stored, so an id is never reused).
 func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 	k.Version = recordVersion
-	return s.update(func(tx *bolt.Tx) error {
-		if tx.Bucket(callerKeysBucket).Get([]byte(k.ID)) != nil {
-			return ErrExists
-		}
-		if err := s.put(tx, callerKeysBucket, k.ID, k); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		return ops(conds(storage.VersionIs(key(callerKeysBucket, k.ID), storage.Absent)),
+			s.put(callerKeysBucket, k.ID, k), s.appendAudit(ev))
 	})
+	if errors.Is(err, storage.ErrConflict) {
+		return ErrExists
+	}
+	return err
 }
 
 // UpdateCallerKey applies change to a stored caller key and saves it with
@@ -73,19 +74,17 @@ func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 // integrity check reaches change marked Tampered, with only its ID.
 func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEvent) (CallerKey, error) {
 	var k CallerKey
-	err := s.update(func(tx *bolt.Tx) error {
-		err := s.get(tx, callerKeysBucket, id, &k)
+	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		k = CallerKey{}
+		version, err := s.read(callerKeysBucket, id, &k)
 		if errors.Is(err, ErrIntegrity) {
 			k.markTampered(id)
 		} else if err != nil {
-			return err
+			return nil, nil, err
 		}
 		change(&k)
 		k.Version, k.Tampered = recordVersion, false
-		if err := s.put(tx, callerKeysBucket, id, k); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+		return ops(conds(storage.VersionIs(key(callerKeysBucket, id), version)), s.put(callerKeysBucket, id, k), s.appendAudit(ev))
 	})
 	return k, err
 }
@@ -100,27 +99,22 @@ func (s *Store) CallerKeys(after string, limit int) ([]CallerKey, error) {
 // stored record of the same principal.
 func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 	a.Version = recordVersion
-	return s.update(func(tx *bolt.Tx) error {
-		if err := s.put(tx, adminsBucket, a.Principal, a); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+	return s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		return ops(nil, s.put(adminsBucket, a.Principal, a), s.appendAudit(ev))
 	})
 }
 
 // DeleteAdmin removes an admin principal and records its audit event, or
 // returns ErrNotFound.
 func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
-	return s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(adminsBucket)
-		if b.Get([]byte(principal)) == nil {
-			return ErrNotFound
-		}
-		if err := b.Delete([]byte(principal)); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+	k := key(adminsBucket, principal)
+	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		return ops(conds(storage.Exists(k)), opOf(storage.Delete(k)), s.appendAudit(ev))
 	})
+	if errors.Is(err, storage.ErrConflict) {
+		return ErrNotFound
+	}
+	return err
 }
 
 // Admins returns up to limit admin principals after the given one, in

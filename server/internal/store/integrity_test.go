@@ -8,17 +8,27 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // rawUpdate changes the file as someone without the master key could:
-// straight through bbolt, past the store.
-func rawUpdate(t *testing.T, s *Store, fn func(tx *bolt.Tx) error) {
+// straight through the engine, past the store.
+func rawUpdate(t *testing.T, s *Store, fn func(b *raw) error) {
 	t.Helper()
-	if err := s.db.Update(fn); err != nil {
+	if err := s.db.Bulk(func(b *boltdb.Bulk) error { return fn(&raw{b}) }); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// raw reads and writes stored values by bucket and key.
+type raw struct{ b *boltdb.Bulk }
+
+func (r *raw) get(bucket []byte, k string) []byte {
+	v, _ := r.b.Get(key(bucket, k))
+	return v
+}
+
+func (r *raw) put(bucket []byte, k string, v []byte) error { return r.b.Put(key(bucket, k), v) }
 
 // Every kind of change made without the record key is detected: an edited
 // value, a record moved to another key or kind, a bare record of the
@@ -39,27 +49,28 @@ func TestTamperedRecordsAreDetected(t *testing.T) {
 	if err := other.CreateAccount(Account{ID: "c", TokenURL: "https://attacker.example/token"}, TokenState{}, AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
-	var fromOther []byte
-	_ = other.db.View(func(tx *bolt.Tx) error { fromOther = copyBytes(tx.Bucket(accountsBucket).Get([]byte("c"))); return nil })
+	fromOther, err := other.db.Get(ctx, key(accountsBucket, "c"))
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	rawUpdate(t, s, func(tx *bolt.Tx) error {
-		accounts := tx.Bucket(accountsBucket)
-		edited := bytes.Replace(copyBytes(accounts.Get([]byte("a"))), []byte("idp.example"), []byte("evil.example"), 1)
-		if err := accounts.Put([]byte("a"), edited); err != nil {
+	rawUpdate(t, s, func(r *raw) error {
+		edited := bytes.Replace(r.get(accountsBucket, "a"), []byte("idp.example"), []byte("evil.example"), 1)
+		if err := r.put(accountsBucket, "a", edited); err != nil {
 			return err
 		}
-		if err := accounts.Put([]byte("c"), fromOther); err != nil {
+		if err := r.put(accountsBucket, "c", fromOther.Value); err != nil {
 			return err
 		}
 		// The caller key's record moved into the admin principals.
-		if err := tx.Bucket(adminsBucket).Put([]byte("k"), copyBytes(tx.Bucket(callerKeysBucket).Get([]byte("k")))); err != nil {
+		if err := r.put(adminsBucket, "k", r.get(callerKeysBucket, "k")); err != nil {
 			return err
 		}
 		// A bare record of the earlier format, and b's record under key d.
-		if err := tx.Bucket(callerKeysBucket).Put([]byte("legacy"), []byte(`{"v":1,"id":"legacy","role":"admin"}`)); err != nil {
+		if err := r.put(callerKeysBucket, "legacy", []byte(`{"v":1,"id":"legacy","role":"admin"}`)); err != nil {
 			return err
 		}
-		return accounts.Put([]byte("d"), copyBytes(accounts.Get([]byte("b"))))
+		return r.put(accountsBucket, "d", r.get(accountsBucket, "b"))
 	})
 
 	for _, id := range []string{"a", "c", "d"} {
@@ -92,18 +103,19 @@ func TestTamperedRecordsAreDetected(t *testing.T) {
 		t.Fatalf("caller keys %+v, admins %+v: want k good, legacy and the moved record tampered", keys, admins)
 	}
 	// An edited token state makes its account tampered too.
-	rawUpdate(t, s, func(tx *bolt.Tx) error {
-		tokens := tx.Bucket(tokensBucket)
-		return tokens.Put([]byte("b"), bytes.Replace(copyBytes(tokens.Get([]byte("b"))), []byte("active"), []byte("ACTIVE"), 1))
+	rawUpdate(t, s, func(r *raw) error {
+		return r.put(tokensBucket, "b", bytes.Replace(r.get(tokensBucket, "b"), []byte("active"), []byte("ACTIVE"), 1))
 	})
 	if all, _ := s.All(); !all[1].Account.Tampered {
 		t.Fatal("an edited token state went unnoticed")
 	}
 	// An edited audit event shows as such, in its place.
-	rawUpdate(t, s, func(tx *bolt.Tx) error {
-		b := tx.Bucket(auditBucket)
-		k, v := b.Cursor().First()
-		return b.Put(copyBytes(k), bytes.Replace(copyBytes(v), []byte("create"), []byte("delete"), 1))
+	rawUpdate(t, s, func(r *raw) error {
+		events, err := r.b.List(auditPrefix)
+		if err != nil {
+			return err
+		}
+		return r.b.Put(events[0].Key, bytes.Replace(events[0].Value, []byte("create"), []byte("delete"), 1))
 	})
 	var methods []string
 	_ = s.ScanAudit(AuditPos{}, func(_ AuditPos, ev AuditEvent) bool { methods = append(methods, ev.Method); return true })
@@ -122,7 +134,7 @@ func TestTamperedRecordsAreDetected(t *testing.T) {
 	}
 	clean := filepath.Join(t.TempDir(), "clean.db")
 	other.Close()
-	data, _ := os.ReadFile(other.path)
+	data, _ := os.ReadFile(other.db.Path())
 	_ = os.WriteFile(clean, data, 0o600)
 	if err := CheckRecords(clean, testMaster); err != nil {
 		t.Fatalf("CheckRecords of an untouched database: %v", err)
@@ -138,14 +150,14 @@ func TestUpgradeTagsRecordsOfEarlierVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rawUpdate(t, s, func(tx *bolt.Tx) error {
+	rawUpdate(t, s, func(raw *raw) error {
 		for _, r := range []struct{ bucket, key, value string }{
 			{"accounts", "acme", `{"v":1,"id":"acme","provider":"jumpcloud_service_account","client_id":"c"}`},
 			{"tokens", "acme", `{"v":1,"state":"active"}`},
 			{"caller_keys", "svc", `{"v":1,"id":"svc","role":"caller"}`},
 			{"audit", string(AuditPos{Time: time.Now(), Seq: 1}.Bytes()), `{"v":1,"method":"create","code":"OK"}`},
 		} {
-			if err := tx.Bucket([]byte(r.bucket)).Put([]byte(r.key), []byte(r.value)); err != nil {
+			if err := raw.put([]byte(r.bucket), r.key, []byte(r.value)); err != nil {
 				return err
 			}
 		}
@@ -190,7 +202,7 @@ func TestUpgradeRefusesTaggedRecordsWithoutID(t *testing.T) {
 	if err := s.CreateCallerKey(CallerKey{ID: "k"}, AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
-	rawUpdate(t, s, func(tx *bolt.Tx) error { return tx.Bucket(metaBucket).Delete(databaseIDKey) })
+	rawUpdate(t, s, func(r *raw) error { return r.b.Delete(key(metaBucket, string(databaseIDKey))) })
 	s.Close()
 	s2, err := Open(path, time.Second)
 	if err != nil {
@@ -242,7 +254,7 @@ func TestCompactRemovesDeletedRecords(t *testing.T) {
 	if pending, _ := s.CompactPending(); pending {
 		t.Fatal("compaction did not clear the pending flag")
 	}
-	if _, err := os.Stat(path + compactSuffix); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(path + ".compacting"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("compaction left its file behind: %v", err)
 	}
 	if err := s.CreateAccount(Account{ID: "new"}, TokenState{}, AuditEvent{}); err != nil {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"slices"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // TypePrincipals replaces, once in the store's life, the principal of each
@@ -21,19 +21,22 @@ func (s *Store) TypePrincipals(typed func(string) []string, ev AuditEvent) (bool
 		return false, err
 	}
 	changed := false
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.db.Bulk(func(b *boltdb.Bulk) error {
 		retyped := func(p string) ([]string, bool) {
 			ps := typed(p)
 			return ps, len(ps) != 1 || ps[0] != p
 		}
-		accounts := tx.Bucket(accountsBucket)
-		var updated []Account // written after the walk: bbolt forbids writes during ForEach
-		err := accounts.ForEach(func(k, v []byte) error {
+		accounts, err := b.List(key(accountsBucket, ""))
+		if err != nil {
+			return err
+		}
+		var updated []Account
+		for _, r := range accounts {
 			var a Account
-			if err := s.open(accountsBucket, k, v, &a); errors.Is(err, ErrIntegrity) {
-				return nil // never used, so never rewritten
+			if err := s.open(accountsBucket, []byte(r.Key[len(accountsBucket)+1:]), r.Value, &a); errors.Is(err, ErrIntegrity) {
+				continue // never used, so never rewritten
 			} else if err != nil {
-				return fmt.Errorf("account %q: %w", k, err)
+				return fmt.Errorf("account %q: %w", r.Key, err)
 			}
 			var grants []Grant
 			grantsChanged := false
@@ -50,53 +53,51 @@ func (s *Store) TypePrincipals(typed func(string) []string, ev AuditEvent) (bool
 				a.Grants = grants
 				updated = append(updated, a)
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
 		for _, a := range updated {
-			if err := s.put(tx, accountsBucket, a.ID, a); err != nil {
+			if err := s.bulkPut(b, accountsBucket, a.ID, a); err != nil {
 				return err
 			}
 		}
-		admins := tx.Bucket(adminsBucket)
+		admins, err := b.List(key(adminsBucket, ""))
+		if err != nil {
+			return err
+		}
 		var old []AdminPrincipal
-		err = admins.ForEach(func(k, v []byte) error {
+		for _, r := range admins {
 			var a AdminPrincipal
-			if err := s.open(adminsBucket, k, v, &a); errors.Is(err, ErrIntegrity) {
-				return nil
+			if err := s.open(adminsBucket, []byte(r.Key[len(adminsBucket)+1:]), r.Value, &a); errors.Is(err, ErrIntegrity) {
+				continue
 			} else if err != nil {
-				return fmt.Errorf("admin principal %q: %w", k, err)
+				return fmt.Errorf("admin principal %q: %w", r.Key, err)
 			}
 			if _, ok := retyped(a.Principal); ok {
 				old = append(old, a)
 			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
 		for _, a := range old {
 			ps, _ := retyped(a.Principal)
-			if err := admins.Delete([]byte(a.Principal)); err != nil {
+			if err := b.Delete(key(adminsBucket, a.Principal)); err != nil {
 				return err
 			}
 			for _, p := range ps {
 				a.Principal = p
-				if err := s.put(tx, adminsBucket, p, a); err != nil {
+				if err := s.bulkPut(b, adminsBucket, p, a); err != nil {
 					return err
 				}
 			}
 		}
 		changed = len(updated) > 0 || len(old) > 0
-		if err := tx.Bucket(metaBucket).Put(principalsTypedKey, []byte("1")); err != nil {
+		if err := b.Put(key(metaBucket, string(principalsTypedKey)), []byte("1")); err != nil {
 			return err
 		}
 		if !changed {
 			return nil
 		}
-		return s.appendAudit(tx, ev)
+		return s.bulkAudit(b, ev)
 	})
+	if changed && err == nil {
+		s.auditEvents.Add(1)
+	}
 	return changed && err == nil, err
 }

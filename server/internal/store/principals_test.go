@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // typedForTest keeps principals with a scheme and types the others as "t:".
@@ -117,8 +117,8 @@ func TestTypePrincipalsIsAllOrNothing(t *testing.T) {
 	if err := s.CreateAccount(Account{ID: "a", Grants: []Grant{{Principal: "b"}}}, TokenState{}, AuditEvent{Method: "create"}); err != nil {
 		t.Fatal(err)
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(adminsBucket).Put([]byte("broken"), tag(s.auth, adminsBucket, []byte("broken"), []byte(`{"v":1,`)))
+	err := s.db.Bulk(func(b *boltdb.Bulk) error {
+		return b.Put(key(adminsBucket, "broken"), tag(s.auth, adminsBucket, []byte("broken"), []byte(`{"v":1,`)))
 	})
 	if err != nil {
 		t.Fatal(err)

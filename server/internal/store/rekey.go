@@ -1,12 +1,10 @@
 package store
 
 import (
-	"errors"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // Rekey moves the store from the master key current to next in one
@@ -32,62 +30,81 @@ func (s *Store) Rekey(current, next *seal.MasterKey, ev AuditEvent) (int, error)
 		return 0, err
 	}
 	old, accounts := s.auth, 0
-	err = s.update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(metaBucket)
-		if wrapped := meta.Get(macKeyKey); wrapped != nil {
+	err = s.db.Bulk(func(b *boltdb.Bulk) error {
+		macKey := key(metaBucket, string(macKeyKey))
+		wrapped, err := b.Get(macKey)
+		if err != nil {
+			return err
+		}
+		if wrapped != nil {
 			rewrapped, err := current.RewrapMACKey(next, wrapped)
 			if err != nil {
 				return fmt.Errorf("MAC key: %w", err)
 			}
-			if err := meta.Put(macKeyKey, rewrapped); err != nil {
+			if err := b.Put(macKey, rewrapped); err != nil {
 				return err
 			}
 		}
 		// Check and re-tag every record first, then re-seal the accounts
 		// under the new tags.
-		if _, err := retag(tx, old, nextAuth); err != nil {
+		if _, err := retag(b, old, nextAuth); err != nil {
 			return err
 		}
 		s.auth = nextAuth
-		var ids []string
-		if err := tx.Bucket(accountsBucket).ForEach(func(k, _ []byte) error { ids = append(ids, string(k)); return nil }); err != nil {
+		records, err := b.List(key(accountsBucket, ""))
+		if err != nil {
 			return err
 		}
-		for _, id := range ids {
+		for _, r := range records {
+			id := r.Key[len(accountsBucket)+1:]
 			var a Account
 			var t TokenState
-			if err := s.get(tx, accountsBucket, id, &a); err != nil {
+			if err := s.open(accountsBucket, []byte(id), r.Value, &a); err != nil {
 				return err
 			}
-			if err := s.get(tx, tokensBucket, id, &t); err != nil && !errors.Is(err, ErrNotFound) {
+			tokens, err := b.Get(key(tokensBucket, id))
+			if err != nil {
 				return err
+			}
+			if tokens != nil {
+				if err := s.open(tokensBucket, []byte(id), tokens, &t); err != nil {
+					return err
+				}
 			}
 			if err := reseal(current, next, &a, &t); err != nil {
 				return fmt.Errorf("account %q: %w", id, err)
 			}
-			if err := s.put(tx, accountsBucket, id, a); err != nil {
+			if err := s.bulkPut(b, accountsBucket, id, a); err != nil {
 				return err
 			}
 			if t.Version != 0 {
-				if err := s.put(tx, tokensBucket, id, t); err != nil {
+				if err := s.bulkPut(b, tokensBucket, id, t); err != nil {
 					return err
 				}
 			}
 		}
-		accounts = len(ids)
-		if err := meta.Put(keyCheckKey, check); err != nil {
+		accounts = len(records)
+		if err := b.Put(key(metaBucket, string(keyCheckKey)), check); err != nil {
 			return err
 		}
-		if err := meta.Put(compactPendingKey, []byte("1")); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+		b.Shred()
+		return s.bulkAudit(b, ev)
 	})
 	if err != nil {
 		s.auth = old
 		return 0, err
 	}
+	s.auditEvents.Add(1)
 	return accounts, nil
+}
+
+// bulkPut stores a record under its tag in a bulk transaction.
+func (s *Store) bulkPut(b *boltdb.Bulk, bucket []byte, id string, v any) error {
+	put := s.put(bucket, id, v)
+	if put.err != nil {
+		return put.err
+	}
+	return b.Put(put.op.Key, put.op.Value)
 }
 
 // reseal moves an account and its token state to a fresh data key wrapped

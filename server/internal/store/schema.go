@@ -19,7 +19,6 @@ var (
 	// sequence number) to AuditEvent, so keys sort by time.
 	auditBucket = []byte("audit")
 
-	allBuckets = [][]byte{metaBucket, accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, auditBucket}
 	// dataBuckets hold records, each stored with its tag (see
 	// Authenticate). The meta bucket holds values that authenticate
 	// themselves (the key check, the wrapped MAC key, both sealed by the
@@ -39,9 +38,6 @@ var (
 	// principalsTypedKey marks a store whose principals are typed (see TypePrincipals).
 	principalsTypedKey = []byte("principals-typed")
 )
-
-// compactSuffix names the file a compaction writes beside the database.
-const compactSuffix = ".compacting"
 
 // recordVersion is the version of the record layouts below. A build refuses
 // records of a version it does not know rather than misread them.

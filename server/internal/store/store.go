@@ -1,7 +1,8 @@
-// Package store keeps the broker's state in one bbolt file. It is the only
-// package that imports bbolt. Every write is committed with fsync before
-// the method returns, and bbolt's copy-on-write pages leave a consistent,
-// openable file after a crash at any point.
+// Package store keeps the broker's records on a storage engine (package
+// storage; today bbolt, package boltdb). Every write is durable before the
+// method returns. Changes that depend on what was read are
+// compare-and-swap transactions on the record's version, retried when
+// another writer came first.
 //
 // Records are this package's own versioned JSON, not API messages, so the
 // API can change without a data migration. Secrets reach this package only
@@ -9,36 +10,33 @@
 // authenticates it, its kind and its key (see Authenticate), so that a
 // record changed by anyone without the master key is never used.
 //
-// bbolt keeps the pages it frees, with whatever they held, until it reuses
-// them. Compact rewrites the file with live data only; it runs after a
-// deletion of sealed material (see CompactPending) and for every backup.
+// A change that removes sealed material marks its writes as shredding, and
+// the engine removes them from its files too (bbolt: Compact).
 package store
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/storage"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 var (
 	// ErrNotFound means no record has the given id.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = storage.ErrNotFound
 	// ErrExists means a record with the given id already exists.
 	ErrExists = errors.New("already exists")
 	// ErrLocked means another process holds the database file.
-	ErrLocked = errors.New("database is locked by another process")
+	ErrLocked = boltdb.ErrLocked
 	// ErrIntegrity means a stored record failed its integrity check: it
 	// was changed outside the broker, or copied from another database.
 	ErrIntegrity = errors.New("the stored record failed its integrity check (it was changed outside the broker, or copied from another database), so it is not used")
@@ -46,92 +44,85 @@ var (
 
 // Store is the broker's database.
 type Store struct {
-	path string
-	// mu is held for reading around every transaction, and for writing
-	// while Compact puts a new file in place of the old one.
-	mu   sync.RWMutex
-	db   *bolt.DB
+	db   *boltdb.DB
 	auth *seal.RecordKey
 	// auditEvents counts the stored audit events, so that pruning by
-	// count does not walk the whole trail under the write lock. It changes
-	// only when a transaction commits.
+	// count does not walk the whole trail. It changes only when a
+	// transaction commits.
 	auditEvents atomic.Int64
+	// auditSeq numbers the audit events this process stores.
+	auditSeq atomic.Uint64
 }
+
+// ctx is the context of storage calls, none of which a caller can cancel
+// half-way: a change and its audit event are committed, or not, whole.
+var ctx = context.Background()
 
 // Open opens (or creates, mode 0600) the database file at path. If another
 // process holds the file, it gives up after lockTimeout with ErrLocked.
 // Opening an existing file does not write to it. The store reads and
 // writes records only once Authenticate has given it its key.
 func Open(path string, lockTimeout time.Duration) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("%w: could not lock %s within %s; is another credbroker using this data directory?", ErrLocked, path, lockTimeout)
-	}
+	db, err := boltdb.Open(path, lockTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("open database %s: %w", path, err)
+		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	s := &Store{db: db}
+	if err := s.countAudit(); err != nil {
 		db.Close()
 		return nil, err
 	}
-	// A compaction that a crash interrupted; holding the lock proves that
-	// no other process is writing it.
-	if err := os.Remove(path + compactSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		db.Close()
-		return nil, err
-	}
-	s := &Store{path: path, db: db}
-	if err := s.createBuckets(); err != nil {
-		db.Close()
-		return nil, err
-	}
-	s.countAudit()
 	return s, nil
 }
 
 // Close closes the database file.
-func (s *Store) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.db.Close()
-}
+func (s *Store) Close() error { return s.db.Close() }
 
-// view and update run a transaction on the current file.
-func (s *Store) view(fn func(*bolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.db.View(fn)
-}
+// Backend is the storage engine the store keeps its records on.
+func (s *Store) Backend() storage.Backend { return s.db }
 
-func (s *Store) update(fn func(*bolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.db.Update(fn)
-}
+// key is the storage key of a record.
+func key(kind []byte, id string) string { return string(kind) + "/" + id }
 
-// createBuckets writes only when a bucket is missing, so opening an existing
-// database (for example with the wrong master key) leaves the file as it was.
-func (s *Store) createBuckets() error {
-	missing := false
-	_ = s.db.View(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if tx.Bucket(b) == nil {
-				missing = true
-			}
-		}
-		return nil
-	})
-	if !missing {
-		return nil
+// putOp is the op that stores record v, tagged, under kind/id.
+func (s *Store) putOp(kind []byte, id string, v any) (storage.Op, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return storage.Op{}, err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	return storage.Put(key(kind, id), tag(s.auth, kind, []byte(id), data)), nil
+}
+
+// read reads and checks a record: ErrNotFound, ErrIntegrity (with the
+// record's version), or the record and its version.
+func (s *Store) read(kind []byte, id string, v any) (storage.Version, error) {
+	r, err := s.db.Get(ctx, key(kind, id))
+	if err != nil {
+		return storage.Absent, err
+	}
+	return r.Version, s.open(kind, []byte(id), r.Value, v)
+}
+
+// maxAttempts bounds the retries of a change whose records other writers
+// keep changing first.
+const maxAttempts = 100
+
+// commit runs build and commits the transaction it returns, and runs it
+// again, on fresh reads, while another writer changed what it read first.
+func (s *Store) commit(build func() ([]storage.Cond, []storage.Op, error)) error {
+	for range maxAttempts {
+		conds, ops, err := build()
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+		if _, err = s.db.Txn(ctx, conds, ops); !errors.Is(err, storage.ErrConflict) {
+			if err == nil {
+				s.auditEvents.Add(int64(countAudit(ops)))
+			}
+			return err
+		}
+	}
+	return fmt.Errorf("gave up after %d attempts: %w", maxAttempts, storage.ErrConflict)
 }
 
 // DatabaseID returns the database's random id, or nil if it has none: a
@@ -174,86 +165,74 @@ func (s *Store) Authenticate(master *seal.MasterKey, legacy bool, ev AuditEvent)
 	}
 	s.auth = auth
 	tagged := 0
-	err = s.update(func(tx *bolt.Tx) error {
-		if !legacy && !empty(tx) {
-			return fmt.Errorf("%w: the database holds records but no master-key check of any version", ErrIntegrity)
-		}
-		var err error
-		if tagged, err = retag(tx, nil, auth); err != nil {
+	err = s.db.Bulk(func(b *boltdb.Bulk) error {
+		isEmpty, err := empty(b)
+		if err != nil {
 			return err
 		}
-		meta := tx.Bucket(metaBucket)
+		if !legacy && !isEmpty {
+			return fmt.Errorf("%w: the database holds records but no master-key check of any version", ErrIntegrity)
+		}
+		if tagged, err = retag(b, nil, auth); err != nil {
+			return err
+		}
 		for k, v := range map[string][]byte{string(databaseIDKey): id, string(keyCheckKey): check} {
-			if err := meta.Put([]byte(k), v); err != nil {
+			if err := b.Put(key(metaBucket, k), v); err != nil {
 				return err
 			}
 		}
 		if !legacy {
 			return nil // a new database: nothing to record
 		}
-		if err := meta.Put(compactPendingKey, []byte("1")); err != nil {
-			return err
-		}
+		b.Shred() // the untagged copies and the old check value
 		ev.Detail = fmt.Sprintf("tagged the %d records of a database written by an earlier version, for integrity checks", tagged)
-		return s.appendAudit(tx, ev)
+		return s.bulkAudit(b, ev)
 	})
 	if err != nil {
 		s.auth = nil
 		return 0, err
 	}
+	if legacy {
+		s.auditEvents.Add(1)
+	}
 	return tagged, nil
 }
 
 // empty reports whether the data buckets hold no record.
-func empty(tx *bolt.Tx) bool {
+func empty(b *boltdb.Bulk) (bool, error) {
 	for _, name := range dataBuckets {
-		if k, _ := tx.Bucket(name).Cursor().First(); k != nil {
-			return false
+		rs, err := b.List(key(name, ""))
+		if err != nil || len(rs) > 0 {
+			return false, err
 		}
 	}
-	return true
+	return true, nil
 }
 
 // retag tags every record of the data buckets under to. With a nil from,
 // they are records of an earlier version (bare JSON), taken as they are;
 // otherwise each must pass its check under from first.
-func retag(tx *bolt.Tx, from, to *seal.RecordKey) (int, error) {
+func retag(b *boltdb.Bulk, from, to *seal.RecordKey) (int, error) {
 	n := 0
 	for _, name := range dataBuckets {
-		b := tx.Bucket(name)
-		// In chunks: a cursor is not to be trusted across writes.
-		var after []byte
-		for {
-			var keys, values [][]byte
-			c := b.Cursor()
-			k, v := c.First()
-			if after != nil {
-				if k, v = c.Seek(after); k != nil && string(k) == string(after) {
-					k, v = c.Next()
-				}
-			}
-			for ; k != nil && len(keys) < 1000; k, v = c.Next() {
-				keys, values = append(keys, copyBytes(k)), append(values, copyBytes(v))
-			}
-			if len(keys) == 0 {
-				break
-			}
-			for i, k := range keys {
-				data := values[i]
-				if from != nil {
-					var err error
-					if data, err = verify(from, name, k, data); err != nil {
-						return n, err
-					}
-				} else if len(data) == 0 || data[0] != '{' {
-					return n, fmt.Errorf("%s %q: %w (a record of this version in a database without an id)", name, k, ErrIntegrity)
-				}
-				if err := b.Put(k, tag(to, name, k, data)); err != nil {
+		records, err := b.List(key(name, ""))
+		if err != nil {
+			return n, err
+		}
+		for _, r := range records {
+			k := []byte(r.Key[len(name)+1:])
+			data := r.Value
+			if from != nil {
+				if data, err = verify(from, name, k, data); err != nil {
 					return n, err
 				}
-				n++
+			} else if len(data) == 0 || data[0] != '{' {
+				return n, fmt.Errorf("%s %q: %w (a record of this version in a database without an id)", name, k, ErrIntegrity)
 			}
-			after = keys[len(keys)-1]
+			if err := b.Put(r.Key, tag(to, name, k, data)); err != nil {
+				return n, err
+			}
+			n++
 		}
 	}
 	return n, nil
@@ -298,45 +277,38 @@ func (s *Store) WrappedMACKey() ([]byte, error) { return s.meta(macKeyKey) }
 // SetWrappedMACKey stores the wrapped MAC key.
 func (s *Store) SetWrappedMACKey(wrapped []byte) error { return s.setMeta(macKeyKey, wrapped) }
 
-func (s *Store) meta(key []byte) ([]byte, error) {
-	var out []byte
-	err := s.view(func(tx *bolt.Tx) error {
-		out = copyBytes(tx.Bucket(metaBucket).Get(key))
-		return nil
-	})
-	return out, err
+// meta reads a value of the meta bucket, or nil.
+func (s *Store) meta(k []byte) ([]byte, error) {
+	r, err := s.db.Get(ctx, key(metaBucket, string(k)))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	return r.Value, err
 }
 
-func (s *Store) setMeta(key, value []byte) error {
-	return s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(metaBucket).Put(key, value)
-	})
+func (s *Store) setMeta(k, value []byte) error {
+	_, err := s.db.Txn(ctx, nil, []storage.Op{storage.Put(key(metaBucket, string(k)), value)})
+	return err
 }
 
 // CreateAccount stores a new account together with its first token state
 // and the audit event of the change, or returns ErrExists.
 func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 	a.Version, t.Version = recordVersion, recordVersion
-	return s.update(func(tx *bolt.Tx) error {
-		if tx.Bucket(accountsBucket).Get([]byte(a.ID)) != nil {
-			return ErrExists
-		}
-		if err := s.put(tx, accountsBucket, a.ID, a); err != nil {
-			return err
-		}
-		if err := s.put(tx, tokensBucket, a.ID, t); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		return ops(conds(storage.VersionIs(key(accountsBucket, a.ID), storage.Absent)),
+			s.put(accountsBucket, a.ID, a), s.put(tokensBucket, a.ID, t), s.appendAudit(ev))
 	})
+	if errors.Is(err, storage.ErrConflict) {
+		return ErrExists
+	}
+	return err
 }
 
 // Account returns one account, ErrNotFound, or ErrIntegrity.
 func (s *Store) Account(id string) (Account, error) {
 	var a Account
-	err := s.view(func(tx *bolt.Tx) error {
-		return s.get(tx, accountsBucket, id, &a)
-	})
+	_, err := s.read(accountsBucket, id, &a)
 	return a, err
 }
 
@@ -357,28 +329,29 @@ type listed[T any] interface {
 }
 
 // page returns up to limit records of a bucket whose key sorts after the
-// given one, in key order.
+// given one, in key order (all of them, with a limit of 0).
 func page[T any, P listed[T]](s *Store, bucket []byte, after string, limit int) ([]T, error) {
-	var out []T
-	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucket).Cursor()
-		k, v := c.Seek([]byte(after))
-		if k != nil && string(k) == after {
-			k, v = c.Next()
+	r := storage.Range{Prefix: key(bucket, ""), Limit: limit}
+	if after != "" {
+		r.After = key(bucket, after)
+	}
+	p, err := s.db.List(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(p.Records))
+	for _, rec := range p.Records {
+		k := rec.Key[len(bucket)+1:]
+		var v T
+		err := s.open(bucket, []byte(k), rec.Value, P(&v))
+		if errors.Is(err, ErrIntegrity) {
+			P(&v).markTampered(k)
+		} else if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", bucket, k, err)
 		}
-		for ; k != nil && len(out) < limit; k, v = c.Next() {
-			var r T
-			err := s.open(bucket, k, v, P(&r))
-			if errors.Is(err, ErrIntegrity) {
-				P(&r).markTampered(string(k))
-			} else if err != nil {
-				return fmt.Errorf("%s %q: %w", bucket, k, err)
-			}
-			out = append(out, r)
-		}
-		return nil
-	})
-	return out, err
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // Stored is an account together with its token state.
@@ -387,58 +360,65 @@ type Stored struct {
 	TokenState TokenState
 }
 
-// All returns every account with its token state, read in one transaction,
-// for loading the broker at start-up. An account either of whose records
-// fails its check comes with only its ID, marked Tampered.
+// All returns every account with its token state, for loading the broker
+// at start-up. An account either of whose records fails its check comes
+// with only its ID, marked Tampered.
 func (s *Store) All() ([]Stored, error) {
-	var out []Stored
-	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(accountsBucket).ForEach(func(k, v []byte) error {
-			var st Stored
-			err := s.open(accountsBucket, k, v, &st.Account)
-			if err == nil {
-				if err = s.get(tx, tokensBucket, string(k), &st.TokenState); errors.Is(err, ErrNotFound) {
-					err = nil
-				}
-			}
-			if errors.Is(err, ErrIntegrity) {
-				st = Stored{}
-				st.Account.markTampered(string(k))
-			} else if err != nil {
-				return fmt.Errorf("account %q: %w", k, err)
-			}
-			out = append(out, st)
-			return nil
-		})
-	})
-	return out, err
+	accounts, err := page[Account](s, accountsBucket, "", 0)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.db.List(ctx, storage.Range{Prefix: key(tokensBucket, "")})
+	if err != nil {
+		return nil, err
+	}
+	states := make(map[string]TokenState, len(p.Records))
+	tampered := map[string]bool{}
+	for _, rec := range p.Records {
+		id := rec.Key[len(tokensBucket)+1:]
+		var t TokenState
+		if err := s.open(tokensBucket, []byte(id), rec.Value, &t); errors.Is(err, ErrIntegrity) {
+			tampered[id] = true
+		} else if err != nil {
+			return nil, fmt.Errorf("account %q: %w", id, err)
+		}
+		states[id] = t
+	}
+	out := make([]Stored, len(accounts))
+	for i, a := range accounts {
+		out[i] = Stored{Account: a, TokenState: states[a.ID]}
+		if a.Tampered || tampered[a.ID] {
+			out[i] = Stored{}
+			out[i].Account.markTampered(a.ID)
+		}
+	}
+	return out, nil
 }
 
 // UpdateAccount applies change to a stored account and saves the result
 // with the audit event of the change. If change returns an error nothing is
 // written. A change that drops sealed material (a secret, a data key)
-// makes a compaction pending.
+// shreds what it replaces. change may run more than once, on fresh reads,
+// if another writer changes the account meanwhile.
 func (s *Store) UpdateAccount(id string, change func(*Account) error, ev AuditEvent) (Account, error) {
 	var a Account
-	err := s.update(func(tx *bolt.Tx) error {
-		if err := s.get(tx, accountsBucket, id, &a); err != nil {
-			return err
+	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		a = Account{}
+		version, err := s.read(accountsBucket, id, &a)
+		if err != nil {
+			return nil, nil, err
 		}
 		before := a
 		before.Secrets = append([]Secret(nil), a.Secrets...)
 		if err := change(&a); err != nil {
-			return err
+			return nil, nil, err
 		}
 		a.Version = recordVersion
-		if err := s.put(tx, accountsBucket, id, a); err != nil {
-			return err
-		}
+		put := s.put(accountsBucket, id, a)
 		if dropsSealed(before, a) {
-			if err := tx.Bucket(metaBucket).Put(compactPendingKey, []byte("1")); err != nil {
-				return err
-			}
+			put = shredding(put)
 		}
-		return s.appendAudit(tx, ev)
+		return ops(conds(storage.VersionIs(key(accountsBucket, id), version)), put, s.appendAudit(ev))
 	})
 	return a, err
 }
@@ -465,37 +445,28 @@ func dropsSealed(before, after Account) bool {
 }
 
 // DeleteAccount removes an account, its wrapped data key and its token
-// state, records the audit event of the change, and makes a compaction
-// pending, which removes the deleted records from the file itself.
+// state, and records the audit event of the change. The deleted records
+// are shredded: removed from the file itself too.
 func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
-	return s.update(func(tx *bolt.Tx) error {
-		accounts := tx.Bucket(accountsBucket)
-		if accounts.Get([]byte(id)) == nil {
-			return ErrNotFound
-		}
-		if err := accounts.Delete([]byte(id)); err != nil {
-			return err
-		}
-		if err := tx.Bucket(tokensBucket).Delete([]byte(id)); err != nil {
-			return err
-		}
-		if err := tx.Bucket(metaBucket).Put(compactPendingKey, []byte("1")); err != nil {
-			return err
-		}
-		return s.appendAudit(tx, ev)
+	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+		return ops(conds(storage.Exists(key(accountsBucket, id))),
+			opOf(storage.Delete(key(accountsBucket, id)).Shredding()),
+			opOf(storage.Delete(key(tokensBucket, id)).Shredding()),
+			s.appendAudit(ev))
 	})
+	if errors.Is(err, storage.ErrConflict) {
+		return ErrNotFound
+	}
+	return err
 }
 
 // TokenState returns an account's token state; the zero TokenState if none is stored.
 func (s *Store) TokenState(id string) (TokenState, error) {
 	var t TokenState
-	err := s.view(func(tx *bolt.Tx) error {
-		err := s.get(tx, tokensBucket, id, &t)
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		return err
-	})
+	_, err := s.read(tokensBucket, id, &t)
+	if errors.Is(err, ErrNotFound) {
+		return TokenState{}, nil
+	}
 	return t, err
 }
 
@@ -505,39 +476,53 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 // meanwhile, so that a late refresh cannot bring a deleted account's token
 // back.
 func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditEvent) error {
-	return s.update(func(tx *bolt.Tx) error {
-		if tx.Bucket(accountsBucket).Get([]byte(id)) == nil {
-			return ErrNotFound
-		}
+	return s.commit(func() ([]storage.Cond, []storage.Op, error) {
 		var t TokenState
-		if err := s.get(tx, tokensBucket, id, &t); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+		version, err := s.read(tokensBucket, id, &t)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, nil, err
+		}
+		if _, err := s.db.Get(ctx, key(accountsBucket, id)); err != nil {
+			return nil, nil, err
 		}
 		change(&t)
 		t.Version = recordVersion
-		if err := s.put(tx, tokensBucket, id, t); err != nil || ev == nil {
-			return err
+		built := []built{s.put(tokensBucket, id, t)}
+		if ev != nil {
+			built = append(built, s.appendAudit(*ev))
 		}
-		return s.appendAudit(tx, *ev)
+		return ops(conds(storage.Exists(key(accountsBucket, id)), storage.VersionIs(key(tokensBucket, id), version)), built...)
 	})
 }
 
-// put stores a record under its tag.
-func (s *Store) put(tx *bolt.Tx, bucket []byte, id string, v any) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucket).Put([]byte(id), tag(s.auth, bucket, []byte(id), data))
+// built is an op being made, or why it could not be.
+type built struct {
+	op  storage.Op
+	err error
 }
 
-// get reads a record: ErrNotFound, ErrIntegrity, or the record.
-func (s *Store) get(tx *bolt.Tx, bucket []byte, id string, v any) error {
-	stored := tx.Bucket(bucket).Get([]byte(id))
-	if stored == nil {
-		return ErrNotFound
+func opOf(op storage.Op) built { return built{op: op} }
+
+func shredding(b built) built { b.op = b.op.Shredding(); return b }
+
+func conds(cs ...storage.Cond) []storage.Cond { return cs }
+
+// ops gathers a transaction: its conditions and ops, or the first error.
+func ops(cs []storage.Cond, bs ...built) ([]storage.Cond, []storage.Op, error) {
+	out := make([]storage.Op, 0, len(bs))
+	for _, b := range bs {
+		if b.err != nil {
+			return nil, nil, b.err
+		}
+		out = append(out, b.op)
 	}
-	return s.open(bucket, []byte(id), stored, v)
+	return cs, out, nil
+}
+
+// put is the op that stores a record under its tag.
+func (s *Store) put(bucket []byte, id string, v any) built {
+	op, err := s.putOp(bucket, id, v)
+	return built{op, err}
 }
 
 // open checks a stored record and decodes it.
@@ -557,21 +542,4 @@ func decode(data []byte, v any) error {
 		return fmt.Errorf("record version %d is not supported by this build (want %d)", ver, recordVersion)
 	}
 	return nil
-}
-
-// copyBytes copies a value out of bbolt's mmap, which is only valid inside the transaction.
-func copyBytes(b []byte) []byte {
-	if b == nil {
-		return nil
-	}
-	return append([]byte(nil), b...)
-}
-
-// syncDir makes a renamed file's directory entry durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 
 	"github.com/credbroker/credbroker/server/internal/seal"
 )
@@ -114,8 +114,8 @@ func TestUnknownRecordVersionIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Write a record from a "future" build directly.
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(accountsBucket).Put([]byte("a"), tag(s.auth, accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
+	err := s.db.Bulk(func(b *boltdb.Bulk) error {
+		return b.Put(key(accountsBucket, "a"), tag(s.auth, accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
 	})
 	if err != nil {
 		t.Fatal(err)
