@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
@@ -104,13 +105,9 @@ type Config struct {
 	// and the oldest beyond the count, are deleted.
 	AuditMaxAge    time.Duration
 	AuditMaxEvents int
-	// DataDir holds the database; it is created (or restricted) to mode 0700.
-	DataDir string
-	// MasterKeyFile and MasterKey (the key's text itself) are the two ways
-	// to give the master key; set at most one. With neither, a key is
-	// generated into DataDir/master.key for local use.
-	MasterKeyFile string
-	MasterKey     string
+	// Config is the data directory: DataDir, the master key (MasterKeyFile
+	// or MasterKey), LockTimeout, and the Logger the whole broker logs to.
+	datadir.Config
 
 	// JumpCloud endpoints, overridable for tests and private deployments.
 	JumpCloudTokenURLUS, JumpCloudTokenURLEU string
@@ -139,10 +136,6 @@ type Config struct {
 	CompactInterval time.Duration
 	// ShutdownTimeout is how long in-flight calls get to finish on shutdown.
 	ShutdownTimeout time.Duration
-	// LockTimeout is how long to wait for the database lock before giving up.
-	LockTimeout time.Duration
-
-	Logger *slog.Logger
 
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
@@ -168,7 +161,6 @@ func DefaultConfig() Config {
 		RateBurst:             200,
 		AuditMaxAge:           ac.MaxAge,
 		AuditMaxEvents:        ac.MaxEvents,
-		DataDir:               "./credbroker-data",
 		JumpCloudTokenURLUS:   ep.JumpCloudTokenURLUS,
 		JumpCloudTokenURLEU:   ep.JumpCloudTokenURLEU,
 		JumpCloudAPIURLUS:     ep.JumpCloudAPIURLUS,
@@ -183,9 +175,8 @@ func DefaultConfig() Config {
 		CompactInterval:       time.Minute,
 		MinTTLRefreshInterval: tc.ForcedInterval,
 		ShutdownTimeout:       10 * time.Second,
-		LockTimeout:           time.Second,
 		Tracing:               TracingOff,
-		Logger:                slog.Default(),
+		Config:                datadir.DefaultConfig(),
 
 		// A client with a typo sees its UNAUTHENTICATED answers; a flood is throttled.
 		UnauthenticatedRateLimit: 1,
@@ -196,7 +187,7 @@ func DefaultConfig() Config {
 func (c *Config) setDefaults() {
 	d := DefaultConfig()
 	fillUnset([][2]*string{
-		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.DataDir, &d.DataDir},
+		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr},
 		{&c.OpsListenAddr, &d.OpsListenAddr},
 		{&c.JumpCloudTokenURLUS, &d.JumpCloudTokenURLUS}, {&c.JumpCloudTokenURLEU, &d.JumpCloudTokenURLEU},
 		{&c.JumpCloudAPIURLUS, &d.JumpCloudAPIURLUS}, {&c.JumpCloudAPIURLEU, &d.JumpCloudAPIURLEU},
@@ -207,7 +198,7 @@ func (c *Config) setDefaults() {
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
 		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.CompactInterval, &d.CompactInterval},
 		{&c.MinTTLRefreshInterval, &d.MinTTLRefreshInterval},
-		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
+		{&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
 	})
 	fillUnset([][2]*int{
 		{&c.RefreshConcurrency, &d.RefreshConcurrency}, {&c.RateBurst, &d.RateBurst}, {&c.AuditMaxEvents, &d.AuditMaxEvents},
@@ -222,9 +213,7 @@ func (c *Config) setDefaults() {
 	if c.UnauthenticatedRateLimit == 0 {
 		c.UnauthenticatedRateLimit = d.UnauthenticatedRateLimit
 	}
-	if c.Logger == nil {
-		c.Logger = d.Logger
-	}
+	c.Config = datadir.WithDefaults(c.Config)
 }
 
 // fillUnset sets each field (the first pointer) that is unset (empty, zero
