@@ -12,6 +12,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
@@ -49,11 +50,13 @@ func startDemo() (*demo, error) {
 		ListenAddr:          "127.0.0.1:0",
 		ProxyListenAddr:     "127.0.0.1:0",
 		OpsListenAddr:       "127.0.0.1:0",
-		DataDir:             dataDir,
-		MasterKey:           "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 		JumpCloudTokenURLUS: tokenSrv.URL + jumpcloudfake.TokenPath,
 		JumpCloudAPIURLUS:   d.apiURL,
-		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Config: datadir.Config{
+			DataDir:   dataDir,
+			MasterKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+			Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		},
 	})
 	if err != nil {
 		return nil, err

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 )
 
 // backupOf streams a backup with the given caller key; it returns the
@@ -67,7 +67,7 @@ func TestBackup(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := server.CheckBackup(path); err != nil {
+	if err := datadir.CheckBackup(path); err != nil {
 		t.Fatalf("the backup does not check out: %v", err)
 	}
 	assertAbsent(t, "backup", data, clientSecret, apiKey, token, b.keys.admin, b.keys.svc)
@@ -87,7 +87,7 @@ func TestBackup(t *testing.T) {
 		if err := os.WriteFile(p, damaged, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := server.CheckBackup(p); err == nil {
+		if err := datadir.CheckBackup(p); err == nil {
 			t.Errorf("a %s backup passed the check", name)
 		}
 	}
@@ -143,7 +143,7 @@ func TestRestoreStagesOneCheckedCopy(t *testing.T) {
 	}
 	dir := t.TempDir()
 	backup := filepath.Join(dir, "broker.backup")
-	if os.WriteFile(backup, data, 0o600) != nil || os.WriteFile(backup+server.ChecksumSuffix, []byte(last.GetSha256()+"  broker.backup\n"), 0o600) != nil {
+	if os.WriteFile(backup, data, 0o600) != nil || os.WriteFile(backup+datadir.ChecksumSuffix, []byte(last.GetSha256()+"  broker.backup\n"), 0o600) != nil {
 		t.Fatal("could not write the backup")
 	}
 	b.link(t, "after-backup")
@@ -161,7 +161,7 @@ func TestRestoreStagesOneCheckedCopy(t *testing.T) {
 	if err := os.Chmod(cfg.DataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	res, err := server.Restore(cfg, backup, false)
+	res, err := datadir.Restore(cfg.Config, backup, false)
 	if err != nil || !res.Checksummed || res.Previous == "" {
 		t.Fatalf("Restore: %+v, %v", res, err)
 	}
@@ -184,11 +184,11 @@ func TestRestoreStagesOneCheckedCopy(t *testing.T) {
 	damaged := filepath.Join(dir, "damaged.backup")
 	flipped := bytes.Clone(data)
 	flipped[len(flipped)/2] ^= 0xff
-	if os.WriteFile(damaged, flipped, 0o600) != nil || os.WriteFile(damaged+server.ChecksumSuffix, []byte(last.GetSha256()+"  damaged.backup\n"), 0o600) != nil {
+	if os.WriteFile(damaged, flipped, 0o600) != nil || os.WriteFile(damaged+datadir.ChecksumSuffix, []byte(last.GetSha256()+"  damaged.backup\n"), 0o600) != nil {
 		t.Fatal("could not write the damaged backup")
 	}
 	before := dirSnapshot(t, cfg.DataDir)
-	if _, err := server.Restore(cfg, damaged, false); err == nil || !strings.Contains(err.Error(), "is damaged") {
+	if _, err := datadir.Restore(cfg.Config, damaged, false); err == nil || !strings.Contains(err.Error(), "is damaged") {
 		t.Fatalf("Restore of a backup that does not match its checksum: %v", err)
 	}
 	if after := dirSnapshot(t, cfg.DataDir); !maps.Equal(before, after) {

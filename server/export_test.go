@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -31,12 +32,12 @@ func (f failingSink) AppendAudit(evs []store.AuditEvent) error {
 // broker does, for tests that change records the way an admin holding the
 // key could.
 func OpenStore(cfg Config) (*store.Store, error) {
-	cfg.setDefaults()
-	master, err := loadMasterKey(cfg)
+	master, err := datadir.ConfiguredMasterKey(cfg.Config)
 	if err != nil {
 		return nil, err
 	}
-	return openStore(cfg, master)
+	st, _, err := datadir.Open(cfg.Config, master)
+	return st, err
 }
 
 // ShortenAuditIntervals makes the tallies of calls without valid

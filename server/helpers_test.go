@@ -27,6 +27,7 @@ import (
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -93,14 +94,16 @@ func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 		ListenAddr:          "127.0.0.1:0",
 		ProxyListenAddr:     "127.0.0.1:0",
 		OpsListenAddr:       "127.0.0.1:0",
-		DataDir:             t.TempDir(),
-		MasterKey:           "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
 		JumpCloudTokenURLEU: eu.URL + jumpcloudfake.TokenPath,
 		JumpCloudAPIURLUS:   us.URL + jumpcloudfake.APIPath,
 		JumpCloudAPIURLEU:   eu.URL + jumpcloudfake.APIPath,
 		UpstreamTimeout:     2 * time.Second,
-		Logger:              slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Config: datadir.Config{
+			DataDir:   t.TempDir(),
+			MasterKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+			Logger:    slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		},
 	}, fake, logs
 }
 

@@ -18,6 +18,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
@@ -194,7 +195,7 @@ func TestRestoreRefusesTamperedBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = server.Restore(b.cfg, tampered, false)
+	_, err = datadir.Restore(b.cfg.Config, tampered, false)
 	if err == nil || !strings.Contains(err.Error(), "integrity check") || !strings.Contains(err.Error(), `caller_keys "svc"`) {
 		t.Fatalf("restore of a tampered backup: %v", err)
 	}
@@ -270,7 +271,7 @@ func TestUntaggedDowngradeIsRefused(t *testing.T) {
 	cfg := b.cfg
 	cfg.DataDir = t.TempDir()
 	for _, allow := range []bool{false, true} {
-		if _, err := server.Restore(cfg, backup, allow); err == nil {
+		if _, err := datadir.Restore(cfg.Config, backup, allow); err == nil {
 			t.Fatalf("restore (allow untagged: %v) accepted a backup stripped of its tags", allow)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -29,7 +30,7 @@ func TestRekey(t *testing.T) {
 	before := b.token(t, "acme").GetAccessToken()
 	running := b.cfg
 	running.LockTimeout = 50 * time.Millisecond
-	if _, err := server.Rekey(running, newMasterKey); !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), "stop the broker") {
+	if _, err := datadir.Rekey(running.Config, newMasterKey); !errors.Is(err, store.ErrLocked) || !strings.Contains(err.Error(), "stop the broker") {
 		t.Fatalf("rekey with the broker running: %v", err)
 	}
 	b.stop()
@@ -37,17 +38,17 @@ func TestRekey(t *testing.T) {
 
 	wrong := cfg
 	wrong.MasterKey = "ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
-	if _, err := server.Rekey(wrong, newMasterKey); !errors.Is(err, seal.ErrWrongMasterKey) {
+	if _, err := datadir.Rekey(wrong.Config, newMasterKey); !errors.Is(err, seal.ErrWrongMasterKey) {
 		t.Fatalf("rekey with a wrong current key: %v", err)
 	}
-	if _, err := server.Rekey(cfg, cfg.MasterKey); err == nil || !strings.Contains(err.Error(), "is the current one") {
+	if _, err := datadir.Rekey(cfg.Config, cfg.MasterKey); err == nil || !strings.Contains(err.Error(), "is the current one") {
 		t.Fatalf("rekey to the same key: %v", err)
 	}
-	res, err := server.Rekey(cfg, newMasterKey)
+	res, err := datadir.Rekey(cfg.Config, newMasterKey)
 	if err != nil || res.Accounts != 2 || res.AlreadyDone {
 		t.Fatalf("rekey: %+v, %v", res, err)
 	}
-	if res, err := server.Rekey(cfg, newMasterKey); err != nil || !res.AlreadyDone {
+	if res, err := datadir.Rekey(cfg.Config, newMasterKey); err != nil || !res.AlreadyDone {
 		t.Fatalf("re-run of a finished rekey: %+v, %v", res, err)
 	}
 

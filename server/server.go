@@ -11,13 +11,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
@@ -45,12 +43,6 @@ import (
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
-)
-
-// File names inside the data directory.
-const (
-	dbFileName        = "credbroker.db"
-	masterKeyFileName = "master.key"
 )
 
 // Config is the server's configuration. Zero fields take the values of
@@ -104,13 +96,9 @@ type Config struct {
 	// and the oldest beyond the count, are deleted.
 	AuditMaxAge    time.Duration
 	AuditMaxEvents int
-	// DataDir holds the database; it is created (or restricted) to mode 0700.
-	DataDir string
-	// MasterKeyFile and MasterKey (the key's text itself) are the two ways
-	// to give the master key; set at most one. With neither, a key is
-	// generated into DataDir/master.key for local use.
-	MasterKeyFile string
-	MasterKey     string
+	// Config is the data directory: DataDir, the master key (MasterKeyFile
+	// or MasterKey), LockTimeout, and the Logger the whole broker logs to.
+	datadir.Config
 
 	// JumpCloud endpoints, overridable for tests and private deployments.
 	JumpCloudTokenURLUS, JumpCloudTokenURLEU string
@@ -139,10 +127,6 @@ type Config struct {
 	CompactInterval time.Duration
 	// ShutdownTimeout is how long in-flight calls get to finish on shutdown.
 	ShutdownTimeout time.Duration
-	// LockTimeout is how long to wait for the database lock before giving up.
-	LockTimeout time.Duration
-
-	Logger *slog.Logger
 
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
@@ -168,7 +152,6 @@ func DefaultConfig() Config {
 		RateBurst:             200,
 		AuditMaxAge:           ac.MaxAge,
 		AuditMaxEvents:        ac.MaxEvents,
-		DataDir:               "./credbroker-data",
 		JumpCloudTokenURLUS:   ep.JumpCloudTokenURLUS,
 		JumpCloudTokenURLEU:   ep.JumpCloudTokenURLEU,
 		JumpCloudAPIURLUS:     ep.JumpCloudAPIURLUS,
@@ -183,9 +166,8 @@ func DefaultConfig() Config {
 		CompactInterval:       time.Minute,
 		MinTTLRefreshInterval: tc.ForcedInterval,
 		ShutdownTimeout:       10 * time.Second,
-		LockTimeout:           time.Second,
 		Tracing:               TracingOff,
-		Logger:                slog.Default(),
+		Config:                datadir.DefaultConfig(),
 
 		// A client with a typo sees its UNAUTHENTICATED answers; a flood is throttled.
 		UnauthenticatedRateLimit: 1,
@@ -196,7 +178,7 @@ func DefaultConfig() Config {
 func (c *Config) setDefaults() {
 	d := DefaultConfig()
 	fillUnset([][2]*string{
-		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.DataDir, &d.DataDir},
+		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr},
 		{&c.OpsListenAddr, &d.OpsListenAddr},
 		{&c.JumpCloudTokenURLUS, &d.JumpCloudTokenURLUS}, {&c.JumpCloudTokenURLEU, &d.JumpCloudTokenURLEU},
 		{&c.JumpCloudAPIURLUS, &d.JumpCloudAPIURLUS}, {&c.JumpCloudAPIURLEU, &d.JumpCloudAPIURLEU},
@@ -207,7 +189,7 @@ func (c *Config) setDefaults() {
 		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
 		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.CompactInterval, &d.CompactInterval},
 		{&c.MinTTLRefreshInterval, &d.MinTTLRefreshInterval},
-		{&c.LockTimeout, &d.LockTimeout}, {&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
+		{&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
 	})
 	fillUnset([][2]*int{
 		{&c.RefreshConcurrency, &d.RefreshConcurrency}, {&c.RateBurst, &d.RateBurst}, {&c.AuditMaxEvents, &d.AuditMaxEvents},
@@ -222,9 +204,7 @@ func (c *Config) setDefaults() {
 	if c.UnauthenticatedRateLimit == 0 {
 		c.UnauthenticatedRateLimit = d.UnauthenticatedRateLimit
 	}
-	if c.Logger == nil {
-		c.Logger = d.Logger
-	}
+	c.Config = datadir.WithDefaults(c.Config)
 }
 
 // fillUnset sets each field (the first pointer) that is unset (empty, zero
@@ -273,23 +253,8 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("--bootstrap-admin-principal: %s", problem)
 		}
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
-	}
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("restrict data directory: %w", err)
-	}
-	if master == nil {
-		if master, err = localMasterKey(cfg); err != nil {
-			return nil, err
-		}
-	}
-	st, err := openStore(cfg, master)
+	st, master, err := datadir.Open(cfg.Config, master)
 	if err != nil {
-		return nil, err
-	}
-	if err := compactIfPending(st); err != nil { // a deletion the last run did not get to
-		st.Close()
 		return nil, err
 	}
 	removeStagedBackups(cfg)
@@ -326,7 +291,7 @@ func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
 	if err != nil {
 		return tlsMaterial{}, nil, err
 	}
-	master, err := configuredMasterKey(cfg)
+	master, err := datadir.ConfiguredMasterKey(cfg.Config)
 	if err != nil {
 		return tlsMaterial{}, nil, err
 	}
@@ -490,27 +455,6 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 		return nil
 	}
 	return st.AppendAudit(events)
-}
-
-// checkMasterKey checks master against the store's key check value: the
-// one bound to its database id or, in a database without an id, one of an
-// earlier version, which makes it legacy (see store.Authenticate). A new
-// database has neither. It returns seal.ErrWrongMasterKey otherwise.
-func checkMasterKey(st *store.Store, master *seal.MasterKey) (legacy bool, err error) {
-	check, err := st.KeyCheck()
-	if err != nil {
-		return false, err
-	}
-	id, err := st.DatabaseID()
-	switch {
-	case err != nil:
-		return false, err
-	case id != nil:
-		return false, master.VerifyKeyCheck(check, id)
-	case check != nil:
-		return true, master.VerifyLegacyKeyCheck(check)
-	}
-	return false, nil
 }
 
 // listenerOff as a listen address disables the egress proxy or the ops listener.
@@ -681,7 +625,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	<-refreshDone
 	stopCompact()
 	<-compactDone
-	if cerr := compactIfPending(s.store); cerr != nil { // nothing writes any more
+	if cerr := datadir.CompactIfPending(s.store); cerr != nil { // nothing writes any more
 		s.log.Error("could not compact the database; deleted secrets stay in its freed pages until the next start", "error", cerr)
 	}
 	s.tracing.shutdown(s.cfg.ShutdownTimeout)
@@ -703,7 +647,7 @@ func (s *Server) compactPeriodically(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if err := compactIfPending(s.store); err != nil {
+		if err := datadir.CompactIfPending(s.store); err != nil {
 			s.log.Error("could not compact the database; deleted secrets stay in its freed pages until it does", "error", err)
 		}
 	}
@@ -736,110 +680,4 @@ func checkListenAddr(flag, addr string, plaintext bool) error {
 		return nil
 	}
 	return fmt.Errorf("%s %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", flag, addr)
-}
-
-// loadMasterKey reads the configured master key or, with none configured,
-// the generated local one, generating it on first start.
-func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
-	if k, err := configuredMasterKey(cfg); k != nil || err != nil {
-		return k, err
-	}
-	return localMasterKey(cfg)
-}
-
-// configuredMasterKey reads the master key given by --master-key-file or
-// CREDBROKER_MASTER_KEY; it is nil if neither is set.
-func configuredMasterKey(cfg Config) (*seal.MasterKey, error) {
-	switch {
-	case cfg.MasterKeyFile != "" && cfg.MasterKey != "":
-		return nil, errors.New("set either --master-key-file or CREDBROKER_MASTER_KEY, not both")
-	case cfg.MasterKey != "":
-		k, err := seal.ParseMasterKey(cfg.MasterKey)
-		if err != nil {
-			return nil, fmt.Errorf("CREDBROKER_MASTER_KEY: %w", err)
-		}
-		return k, nil
-	case cfg.MasterKeyFile != "":
-		return readMasterKeyFile(cfg.MasterKeyFile, cfg.Logger)
-	}
-	return nil, nil
-}
-
-// localMasterKey reads the key generated into the data directory,
-// generating it on first start.
-func localMasterKey(cfg Config) (*seal.MasterKey, error) {
-	path := filepath.Join(cfg.DataDir, masterKeyFileName)
-	_, statErr := os.Stat(path)
-	if statErr == nil {
-		cfg.Logger.Warn("USING A LOCAL MASTER KEY stored beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
-		return readMasterKeyFile(path, cfg.Logger)
-	}
-	if !errors.Is(statErr, fs.ErrNotExist) {
-		return nil, statErr
-	}
-	if _, err := os.Stat(filepath.Join(cfg.DataDir, dbFileName)); err == nil {
-		return nil, fmt.Errorf("%s holds a database but no master key is configured and %s is missing: pass the key it was created with (--master-key-file or CREDBROKER_MASTER_KEY)", cfg.DataDir, path)
-	}
-	text, err := seal.GenerateMasterKey()
-	if err != nil {
-		return nil, err
-	}
-	if err := writeNewFile(path, text+"\n"); err != nil {
-		return nil, fmt.Errorf("write generated master key: %w", err)
-	}
-	if err := syncDir(cfg.DataDir); err != nil {
-		return nil, err
-	}
-	cfg.Logger.Warn("GENERATED A LOCAL MASTER KEY beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
-	return seal.ParseMasterKey(text)
-}
-
-// syncDir makes a new file's directory entry durable, so that a crash
-// cannot leave a database whose generated key file is gone.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
-}
-
-func readMasterKeyFile(path string, log *slog.Logger) (*seal.MasterKey, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read master key: %w", err)
-	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("master key file is readable by other users; chmod 600 it", "key_file", path, "mode", fi.Mode().Perm().String())
-	}
-	k, err := seal.ParseMasterKey(strings.TrimSpace(string(data)))
-	if err != nil {
-		return nil, fmt.Errorf("master key file %s: %w", path, err)
-	}
-	return k, nil
-}
-
-// openStore opens the database, checks the master key against it, and
-// gives the store its record key. A new database records a check value for
-// the key; an existing one is only read, unless it was written before
-// records were tagged, when its records are tagged in one transaction.
-func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
-	st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
-	if err != nil {
-		return nil, err
-	}
-	legacy, err := checkMasterKey(st, master)
-	if err != nil {
-		err = fmt.Errorf("%w (data directory %s), or its check value was changed; refusing to start and leaving the database untouched", err, cfg.DataDir)
-	} else {
-		var tagged int
-		if tagged, err = st.Authenticate(master, legacy, upgradeEvent()); tagged > 0 {
-			cfg.Logger.Warn("upgraded a database written by an earlier version: its records are now tagged for integrity checks, as they were found. Anyone holding a copy of it from before (an old backup) could present that copy again, edited: rekey to a new master key to rule that out", "records", tagged)
-		}
-	}
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	return st, nil
 }

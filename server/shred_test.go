@@ -13,7 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -141,7 +141,7 @@ func TestRekeyLeavesNothingForTheOldKey(t *testing.T) {
 		t.Fatalf("before the rekey the old key opened %d values and %d data keys: the scanner proves nothing", n, len(old.dataKeys))
 	}
 
-	if _, err := server.Rekey(b.cfg, newMasterKey); err != nil {
+	if _, err := datadir.Rekey(b.cfg.Config, newMasterKey); err != nil {
 		t.Fatal(err)
 	}
 	if n := old.scan(t, dbFile(t, b)); n != 0 {

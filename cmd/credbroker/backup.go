@@ -12,10 +12,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 )
 
 func backup(args []string, stdout, stderr io.Writer) error {
@@ -41,7 +40,7 @@ restored. Needs an admin identity.`)
 	if out == "" {
 		return errors.New("--out is required")
 	}
-	for _, p := range []string{out, out + server.ChecksumSuffix} {
+	for _, p := range []string{out, out + datadir.ChecksumSuffix} {
 		if _, err := os.Stat(p); err == nil {
 			return fmt.Errorf("%s exists already; choose a new name", p)
 		}
@@ -64,11 +63,11 @@ restored. Needs an admin identity.`)
 	if err = errors.Join(err, tmp.Sync(), tmp.Close()); err != nil {
 		return err
 	}
-	if err := server.SaveBackup(tmp.Name(), out, digest); err != nil {
+	if err := datadir.SaveBackup(tmp.Name(), out, digest); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s (%d bytes) and its SHA-256 in %s%s\nIt is useless without the broker's master key, which it does not contain.\n",
-		out, size, out, server.ChecksumSuffix)
+		out, size, out, datadir.ChecksumSuffix)
 	return nil
 }
 
@@ -108,9 +107,9 @@ func receiveBackup(ctx context.Context, bs credbrokerv1.BackupServiceClient, w i
 
 func restore(args []string, stdout, stderr io.Writer) error {
 	var (
-		cfg           server.Config
+		cfg           datadir.Config
+		d             = datadir.DefaultConfig()
 		in            string
-		lockTimeout   time.Duration
 		allowUntagged bool
 	)
 	fs := newFlagSet("restore", stderr, `Puts a backup made by "credbroker backup" in place as the database of
@@ -124,9 +123,9 @@ A database already in --data-dir is kept beside it, renamed
 credbroker.db.before-restore-<time>. Stop the broker first; start it again
 afterwards with the same master key.`)
 	fs.StringVar(&in, "in", "", "the backup file (required)")
-	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultConfig().DataDir, "directory to restore the database into (created with mode 0700)")
+	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory to restore the database into (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key the backup was made under")
-	fs.DurationVar(&lockTimeout, "lock-timeout", time.Second, "how long to wait for the database if another process holds it")
+	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", d.LockTimeout, "how long to wait for the database if another process holds it")
 	fs.BoolVar(&allowUntagged, "allow-untagged", false, "restore a backup made by a version that did not tag records for integrity checks: nothing shows whether its records were changed, so only for a file you trust")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -135,15 +134,14 @@ afterwards with the same master key.`)
 		return errors.New("--in is required")
 	}
 	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
-	cfg.LockTimeout = lockTimeout
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
-	res, err := server.Restore(cfg, in, allowUntagged)
+	res, err := datadir.Restore(cfg, in, allowUntagged)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "restored %s into %s\n", in, cfg.DataDir)
 	if !res.Checksummed {
-		fmt.Fprintf(stdout, "%s%s was missing, so only the database's structure was checked\n", in, server.ChecksumSuffix)
+		fmt.Fprintf(stdout, "%s%s was missing, so only the database's structure was checked\n", in, datadir.ChecksumSuffix)
 	}
 	if res.Untagged {
 		fmt.Fprintf(stdout, "%s was made by an earlier version whose records carry no integrity tags, so they could not be checked; the broker tags them as they are when it starts\n", in)

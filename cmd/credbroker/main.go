@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -195,9 +196,9 @@ then revoke callerKeys/bootstrap-admin.
 
 func rekey(args []string, stdout, stderr io.Writer) error {
 	var (
-		cfg         server.Config
-		newKeyFile  string
-		lockTimeout time.Duration
+		cfg        datadir.Config
+		d          = datadir.DefaultConfig()
+		newKeyFile string
 	)
 	fs := newFlagSet("rekey", stderr, `Moves the database in --data-dir from its current master key to a new one.
 Every account gets a fresh data key, wrapped by the new master key, and its
@@ -212,15 +213,14 @@ broker first.
 The current key is given as for serve (--master-key-file or
 CREDBROKER_MASTER_KEY); the new one with --new-master-key-file or
 CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
-	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultConfig().DataDir, "directory holding the database")
+	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory holding the database")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the current 32-byte master key, base64 or hex")
 	fs.StringVar(&newKeyFile, "new-master-key-file", "", "file holding the new master key")
-	fs.DurationVar(&lockTimeout, "lock-timeout", time.Second, "how long to wait for the database if another process holds it")
+	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", d.LockTimeout, "how long to wait for the database if another process holds it")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
-	cfg.LockTimeout = lockTimeout
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
 	newKey := os.Getenv(envPrefix + "NEW_MASTER_KEY")
 	switch {
@@ -235,7 +235,7 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 	case newKey == "":
 		return errors.New("no new master key: set --new-master-key-file or CREDBROKER_NEW_MASTER_KEY (make one with: head -c 32 /dev/urandom | base64)")
 	}
-	res, err := server.Rekey(cfg, newKey)
+	res, err := datadir.Rekey(cfg, newKey)
 	if err != nil {
 		return err
 	}

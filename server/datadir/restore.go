@@ -1,4 +1,4 @@
-package server
+package datadir
 
 import (
 	"crypto/sha256"
@@ -47,7 +47,7 @@ const ChecksumSuffix = ".sha256"
 // allowUntagged, the operator's word that it is trusted, and tagged when
 // the broker next starts.
 func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, error) {
-	cfg.setDefaults()
+	cfg = WithDefaults(cfg)
 	if cfg.MasterKeyFile == "" && cfg.MasterKey == "" {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, masterKeyFileName)); err != nil {
 			return RestoreResult{}, errors.New("restore needs the master key the backup was made under: pass --master-key-file or CREDBROKER_MASTER_KEY")

@@ -1,4 +1,4 @@
-package server
+package datadir
 
 import (
 	"errors"
@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -33,7 +31,7 @@ type RekeyResult struct {
 // Rekey again completes it. The broker must be stopped: it holds the
 // database.
 func Rekey(cfg Config, newKey string) (RekeyResult, error) {
-	cfg.setDefaults()
+	cfg = WithDefaults(cfg)
 	next, err := seal.ParseMasterKey(newKey)
 	if err != nil {
 		return RekeyResult{}, fmt.Errorf("new master key: %w", err)
@@ -56,7 +54,7 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	legacy := underCurrent
 	if errors.Is(err, seal.ErrWrongMasterKey) {
 		if _, nerr := checkMasterKey(st, next); nerr == nil {
-			return RekeyResult{AlreadyDone: true}, compactIfPending(st)
+			return RekeyResult{AlreadyDone: true}, CompactIfPending(st)
 		}
 		return RekeyResult{}, fmt.Errorf("%w (data directory %s); nothing was changed", err, cfg.DataDir)
 	}
@@ -71,18 +69,18 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	}
 	ev := store.AuditEvent{
 		Time: time.Now(), Principal: fmt.Sprintf("unix-uid:%d", os.Getuid()), Method: "rekey",
-		Code: codeName(codes.OK), Detail: "moved every account to a fresh data key and re-wrapped the MAC key under a new master key",
+		Code: "OK", Detail: "moved every account to a fresh data key and re-wrapped the MAC key under a new master key",
 	}
 	n, err := st.Rekey(current, next, ev)
 	if err != nil {
 		return RekeyResult{}, fmt.Errorf("rekey (nothing was changed): %w", err)
 	}
-	return RekeyResult{Accounts: n}, compactIfPending(st)
+	return RekeyResult{Accounts: n}, CompactIfPending(st)
 }
 
-// compactIfPending compacts the store if a deletion (or a rekey) left
+// CompactIfPending compacts the store if a deletion (or a rekey) left
 // freed pages with sealed material in its file.
-func compactIfPending(st *store.Store) error {
+func CompactIfPending(st *store.Store) error {
 	pending, err := st.CompactPending()
 	if err != nil || !pending {
 		return err
@@ -91,9 +89,10 @@ func compactIfPending(st *store.Store) error {
 }
 
 // upgradeEvent is the audit event of tagging a database written by an
-// earlier version (see store.Authenticate).
+// earlier version (see store.Authenticate), an action of the broker's own
+// (principal "credbroker").
 func upgradeEvent() store.AuditEvent {
-	return store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "tag_records", Code: codeName(codes.OK)}
+	return store.AuditEvent{Time: time.Now(), Principal: "credbroker", Method: "tag_records", Code: "OK"}
 }
 
 // openStopped opens the database for an offline job (rekeying, restoring),

@@ -1,0 +1,145 @@
+// Package datadir owns the broker's data directory on disk: its database
+// file and its master-key file (generated there for local use when no key
+// is configured). It opens the directory for the running broker, and it
+// holds the tools that work on the directory while the broker is stopped:
+// restoring a backup (and checking and saving backup files), and rekeying
+// to a new master key.
+package datadir
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// File names inside the data directory.
+const (
+	dbFileName        = "credbroker.db"
+	masterKeyFileName = "master.key"
+)
+
+// Config says where the data directory is and how to open it. Zero fields
+// take the values of DefaultConfig.
+type Config struct {
+	// DataDir holds the database; it is created (or restricted) to mode 0700.
+	DataDir string
+	// MasterKeyFile and MasterKey (the key's text itself) are the two ways
+	// to give the master key; set at most one. With neither, a key is
+	// generated into DataDir/master.key for local use.
+	MasterKeyFile string
+	MasterKey     string
+	// LockTimeout is how long to wait for the database lock before giving up.
+	LockTimeout time.Duration
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig is ./credbroker-data, a lock timeout of a second and the
+// default logger.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:     "./credbroker-data",
+		LockTimeout: time.Second,
+		Logger:      slog.Default(),
+	}
+}
+
+// WithDefaults is cfg with the values of DefaultConfig in its unset
+// (empty, zero or negative) fields.
+func WithDefaults(cfg Config) Config {
+	d := DefaultConfig()
+	if cfg.DataDir == "" {
+		cfg.DataDir = d.DataDir
+	}
+	if cfg.LockTimeout <= 0 {
+		cfg.LockTimeout = d.LockTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = d.Logger
+	}
+	return cfg
+}
+
+// Open makes the data directory ready for the running broker and opens its
+// database. It creates the directory (or restricts it) to mode 0700. master
+// is the key ConfiguredMasterKey returned, or nil for the local key, which
+// Open generates on first start. It checks the key against the database
+// (tagging the records of one written by an earlier version), and compacts
+// the file if a deletion the last run did not get to left sealed material
+// in it. It returns the store and the master key. With the wrong master
+// key it fails, leaving the database untouched.
+func Open(cfg Config, master *seal.MasterKey) (*store.Store, *seal.MasterKey, error) {
+	cfg = WithDefaults(cfg)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create data directory: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("restrict data directory: %w", err)
+	}
+	if master == nil {
+		var err error
+		if master, err = localMasterKey(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
+	st, err := openStore(cfg, master)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := CompactIfPending(st); err != nil { // a deletion the last run did not get to
+		st.Close()
+		return nil, nil, err
+	}
+	return st, master, nil
+}
+
+// openStore opens the database, checks the master key against it, and
+// gives the store its record key. A new database records a check value for
+// the key; an existing one is only read, unless it was written before
+// records were tagged, when its records are tagged in one transaction.
+func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
+	st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
+	if err != nil {
+		return nil, err
+	}
+	legacy, err := checkMasterKey(st, master)
+	if err != nil {
+		err = fmt.Errorf("%w (data directory %s), or its check value was changed; refusing to start and leaving the database untouched", err, cfg.DataDir)
+	} else {
+		var tagged int
+		if tagged, err = st.Authenticate(master, legacy, upgradeEvent()); tagged > 0 {
+			cfg.Logger.Warn("upgraded a database written by an earlier version: its records are now tagged for integrity checks, as they were found. Anyone holding a copy of it from before (an old backup) could present that copy again, edited: rekey to a new master key to rule that out", "records", tagged)
+		}
+	}
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// checkMasterKey checks master against the store's key check value: the
+// one bound to its database id or, in a database without an id, one of an
+// earlier version, which makes it legacy (see store.Authenticate). A new
+// database has neither. It returns seal.ErrWrongMasterKey otherwise.
+func checkMasterKey(st *store.Store, master *seal.MasterKey) (legacy bool, err error) {
+	check, err := st.KeyCheck()
+	if err != nil {
+		return false, err
+	}
+	id, err := st.DatabaseID()
+	switch {
+	case err != nil:
+		return false, err
+	case id != nil:
+		return false, master.VerifyKeyCheck(check, id)
+	case check != nil:
+		return true, master.VerifyLegacyKeyCheck(check)
+	}
+	return false, nil
+}

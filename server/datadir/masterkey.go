@@ -1,0 +1,94 @@
+package datadir
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/credbroker/credbroker/server/internal/seal"
+)
+
+// loadMasterKey reads the configured master key or, with none configured,
+// the generated local one, generating it on first start.
+func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
+	if k, err := ConfiguredMasterKey(cfg); k != nil || err != nil {
+		return k, err
+	}
+	return localMasterKey(cfg)
+}
+
+// ConfiguredMasterKey reads the master key given by --master-key-file or
+// CREDBROKER_MASTER_KEY; it is nil if neither is set.
+func ConfiguredMasterKey(cfg Config) (*seal.MasterKey, error) {
+	switch {
+	case cfg.MasterKeyFile != "" && cfg.MasterKey != "":
+		return nil, errors.New("set either --master-key-file or CREDBROKER_MASTER_KEY, not both")
+	case cfg.MasterKey != "":
+		k, err := seal.ParseMasterKey(cfg.MasterKey)
+		if err != nil {
+			return nil, fmt.Errorf("CREDBROKER_MASTER_KEY: %w", err)
+		}
+		return k, nil
+	case cfg.MasterKeyFile != "":
+		return readMasterKeyFile(cfg.MasterKeyFile, cfg.Logger)
+	}
+	return nil, nil
+}
+
+// localMasterKey reads the key generated into the data directory,
+// generating it on first start.
+func localMasterKey(cfg Config) (*seal.MasterKey, error) {
+	path := filepath.Join(cfg.DataDir, masterKeyFileName)
+	_, statErr := os.Stat(path)
+	if statErr == nil {
+		cfg.Logger.Warn("USING A LOCAL MASTER KEY stored beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
+		return readMasterKeyFile(path, cfg.Logger)
+	}
+	if !errors.Is(statErr, fs.ErrNotExist) {
+		return nil, statErr
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, dbFileName)); err == nil {
+		return nil, fmt.Errorf("%s holds a database but no master key is configured and %s is missing: pass the key it was created with (--master-key-file or CREDBROKER_MASTER_KEY)", cfg.DataDir, path)
+	}
+	text, err := seal.GenerateMasterKey()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeNewFile(path, text+"\n"); err != nil {
+		return nil, fmt.Errorf("write generated master key: %w", err)
+	}
+	if err := syncDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	cfg.Logger.Warn("GENERATED A LOCAL MASTER KEY beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
+	return seal.ParseMasterKey(text)
+}
+
+// syncDir makes a new file's directory entry durable, so that a crash
+// cannot leave a database whose generated key file is gone.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}
+
+func readMasterKeyFile(path string, log *slog.Logger) (*seal.MasterKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read master key: %w", err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("master key file is readable by other users; chmod 600 it", "key_file", path, "mode", fi.Mode().Perm().String())
+	}
+	k, err := seal.ParseMasterKey(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("master key file %s: %w", path, err)
+	}
+	return k, nil
+}
