@@ -27,6 +27,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/credbroker/credbroker/server/internal/storage"
 )
@@ -68,7 +69,7 @@ var _ storage.Backend = (*DB)(nil)
 // Opening writes nothing to the file.
 func Open(path string, lockTimeout time.Duration) (*DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: could not lock %s within %s; is another credbroker using this data directory?", ErrLocked, path, lockTimeout)
 	}
 	if err != nil {
