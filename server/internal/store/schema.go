@@ -32,9 +32,8 @@ var (
 	// databaseIDKey holds the database's random id, set when its records
 	// were first tagged; a database without one predates tagging.
 	databaseIDKey = []byte("database-id")
-	// compactPendingKey is set while the file may still hold freed pages
-	// with deleted sealed material (see Compact).
-	compactPendingKey = []byte("compact-pending")
+	// The engine keeps "compact-pending" in this bucket too (see
+	// boltdb.DB.CompactPending).
 	// principalsTypedKey marks a store whose principals are typed (see TypePrincipals).
 	principalsTypedKey = []byte("principals-typed")
 )

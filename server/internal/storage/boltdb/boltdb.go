@@ -27,6 +27,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/credbroker/credbroker/server/internal/storage"
 )
@@ -83,7 +84,7 @@ func OpenReadOnly(path string) (*DB, error) {
 func open(path string, opts *bolt.Options) (*DB, error) {
 	lockTimeout := opts.Timeout
 	db, err := bolt.Open(path, 0o600, opts)
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: could not lock %s within %s; is another credbroker using this data directory?", ErrLocked, path, lockTimeout)
 	}
 	if err != nil {
