@@ -121,7 +121,7 @@ func (s *accountService) UpdateAccount(ctx context.Context, req *credbrokerv1.Up
 		}
 	}
 	call := callFrom(ctx)
-	v, err := s.accounts.Update(id, c, call.changeEvent(accountPrefix+id, "update_mask "+strings.Join(paths, ",")))
+	v, err := s.accounts.Update(ctx, id, c, call.changeEvent(accountPrefix+id, "update_mask "+strings.Join(paths, ",")))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -135,7 +135,7 @@ func (s *accountService) DeleteAccount(ctx context.Context, req *credbrokerv1.De
 		return nil, err
 	}
 	c := callFrom(ctx)
-	if err := s.accounts.Delete(id, c.changeEvent(accountPrefix+id, "")); err != nil {
+	if err := s.accounts.Delete(ctx, id, c.changeEvent(accountPrefix+id, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
 	c.written = true
@@ -159,7 +159,7 @@ func (s *accountService) AddAccountGrant(ctx context.Context, req *credbrokerv1.
 		detail += " limited to " + limits.String()
 	}
 	c := callFrom(ctx)
-	v, changed, err := s.accounts.AddGrant(id, principal, limits, c.principal, c.changeEvent(accountPrefix+id, detail))
+	v, changed, err := s.accounts.AddGrant(ctx, id, principal, limits, c.principal, c.changeEvent(accountPrefix+id, detail))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -173,7 +173,7 @@ func (s *accountService) RemoveAccountGrant(ctx context.Context, req *credbroker
 		return nil, err
 	}
 	c := callFrom(ctx)
-	v, err := s.accounts.RemoveGrant(id, principal, c.changeEvent(accountPrefix+id, "remove grant "+principal))
+	v, err := s.accounts.RemoveGrant(ctx, id, principal, c.changeEvent(accountPrefix+id, "remove grant "+principal))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -241,7 +241,7 @@ func (s *accountService) RemoveAccountSecret(ctx context.Context, req *credbroke
 		return nil, err
 	}
 	c := callFrom(ctx)
-	v, err := s.accounts.RemoveSecret(id, req.GetSecretId(), c.changeEvent(accountPrefix+id, ""))
+	v, err := s.accounts.RemoveSecret(ctx, id, req.GetSecretId(), c.changeEvent(accountPrefix+id, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}

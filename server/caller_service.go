@@ -22,7 +22,7 @@ func (s *callerService) CreateCallerKey(ctx context.Context, req *credbrokerv1.C
 		return nil, err
 	}
 	in.Creator = c.principal
-	k, key, err := s.callers.Create(in, c.changeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+in.Role))
+	k, key, err := s.callers.Create(ctx, in, c.changeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+in.Role))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -56,7 +56,7 @@ func (s *callerService) RevokeCallerKey(ctx context.Context, req *credbrokerv1.R
 		return nil, err
 	}
 	c := callFrom(ctx)
-	k, changed, err := s.callers.Revoke(id, c.changeEvent(req.GetName(), ""))
+	k, changed, err := s.callers.Revoke(ctx, id, c.changeEvent(req.GetName(), ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -78,7 +78,7 @@ func (s *callerService) AddAdminPrincipal(ctx context.Context, req *credbrokerv1
 		return nil, err
 	}
 	c := callFrom(ctx)
-	changed, err := s.callers.AddAdmin(p, c.principal, c.changeEvent(adminPrincipalPrefix+p, ""))
+	changed, err := s.callers.AddAdmin(ctx, p, c.principal, c.changeEvent(adminPrincipalPrefix+p, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -92,7 +92,7 @@ func (s *callerService) RemoveAdminPrincipal(ctx context.Context, req *credbroke
 		return nil, err
 	}
 	c := callFrom(ctx)
-	if err := s.callers.RemoveAdmin(p, c.changeEvent(adminPrincipalPrefix+p, "")); err != nil {
+	if err := s.callers.RemoveAdmin(ctx, p, c.changeEvent(adminPrincipalPrefix+p, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
 	c.written = true

@@ -46,3 +46,7 @@ func OpenStore(cfg Config) (*store.Store, error) {
 func ShortenAuditIntervals(cfg *Config, refusals, prune time.Duration) {
 	cfg.refusalInterval, cfg.auditPruneInterval = refusals, prune
 }
+
+// StoreOf is a running broker's store, for tests that commit changes past
+// its services, as another process on the same storage would.
+func StoreOf(s *Server) *store.Store { return s.store }

@@ -60,6 +60,7 @@ func (b *syncBuffer) String() string {
 // Admin calls use the bootstrap admin key; token calls use the caller key
 // "svc", which link grants access.
 type broker struct {
+	srv      *server.Server
 	fake     *jumpcloudfake.Fake
 	cfg      server.Config
 	logs     *syncBuffer
@@ -131,7 +132,7 @@ func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	b := &broker{fake: fake, cfg: cfg, logs: logs, serveCancel: cancel}
+	b := &broker{srv: srv, fake: fake, cfg: cfg, logs: logs, serveCancel: cancel}
 	var once sync.Once
 	var conns []*grpc.ClientConn
 	b.stop = func() {

@@ -41,6 +41,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/ratelimit"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
@@ -224,6 +225,7 @@ type Server struct {
 	log          *slog.Logger
 	store        *store.Store
 	tokens       *tokens.Manager
+	mirror       *storage.Mirror
 	audit        *audit.Log
 	grpc         *grpc.Server
 	health       *health.Server
@@ -333,34 +335,38 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	if err := typePrincipals(st); err != nil {
 		return nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
 	}
-	all, err := st.All() // every account, read once for the token cache and the grants
+	all, err := st.All()
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
-	gi := grants.NewIndex()
-	acc := accounts.New(st, master, prov, tm, gi)
-	if all, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: codeName(codes.OK)}); err != nil {
+	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
+	acc := accounts.New(st, master, prov, tm, c.synced)
+	if _, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: codeName(codes.OK)}); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
 	}
-	tm.Load(all)
-	acc.LoadGrants(all)
-	cs := callers.New(st, mac, time.Now)
-	tampered, err := cs.Load()
-	if err != nil {
-		return nil, fmt.Errorf("load callers: %w", err)
-	}
-	for _, a := range all {
-		if a.Account.Tampered {
-			tampered = append(tampered, accountPrefix+a.Account.ID)
-		}
-	}
-	if err := reportTampered(cfg.Logger, st, tampered); err != nil {
-		return nil, err
-	}
+	cs := callers.New(st, mac, time.Now, c.synced)
+	c.callers = cs
 	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "bootstrap", Code: codeName(codes.OK)})
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap the first admin: %w", err)
 	}
+	loaded, tampered, err := c.load()
+	if err != nil {
+		return nil, fmt.Errorf("load accounts and callers: %w", err)
+	}
+	if err := reportTampered(cfg.Logger, st, tampered); err != nil {
+		return nil, err
+	}
+	c.mirror = storage.NewMirror(storage.MirrorConfig{
+		Backend: st.Backend(),
+		Load: func(context.Context) (storage.Revision, error) {
+			rev, _, err := c.load()
+			return rev, err
+		},
+		Apply:  c.apply,
+		Logger: cfg.Logger,
+	}, loaded)
+	gi := c.grants
 	var sink audit.Sink = st
 	if cfg.wrapAuditSink != nil {
 		sink = cfg.wrapAuditSink(sink)
@@ -399,7 +405,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr, refusals: refused}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr, refusals: refused}
 	if cfg.ProxyListenAddr != listenerOff {
 		fwd := proxy.New(proxy.Config{
 			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
@@ -570,6 +576,9 @@ func (s *Server) OpsAddr() net.Addr { return s.ops.addr() }
 // gracefully: in-flight calls get ShutdownTimeout to finish, the refresher
 // stops, and the database is closed.
 func (s *Server) Serve(ctx context.Context) error {
+	mirrorCtx, stopMirror := context.WithCancel(context.Background())
+	mirrorDone := make(chan struct{})
+	go func() { s.mirror.Run(mirrorCtx); close(mirrorDone) }()
 	refreshCtx, stopRefresh := context.WithCancel(context.Background())
 	refreshDone := make(chan struct{})
 	go func() { s.tokens.Run(refreshCtx); close(refreshDone) }()
@@ -625,6 +634,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	<-refreshDone
 	stopCompact()
 	<-compactDone
+	stopMirror()
+	<-mirrorDone
 	if cerr := datadir.CompactIfPending(s.store); cerr != nil { // nothing writes any more
 		s.log.Error("could not compact the database; deleted secrets stay in its freed pages until the next start", "error", cerr)
 	}

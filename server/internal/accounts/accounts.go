@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/grants"
@@ -39,35 +38,26 @@ var (
 // service account can: the current one and its successor.
 const MaxSecrets = 2
 
-// Service manages accounts, keeping the token manager and the grants index
-// in step with the store.
+// Service manages accounts. The token cache and the grants index learn of
+// its changes from the stream of committed changes (see storage.Mirror):
+// each change returns once they hold it.
 type Service struct {
 	store    *store.Store
 	master   *seal.MasterKey
 	provider *provider.Client
 	tokens   *tokens.Manager
-	grants   *grants.Index
-	now      func() time.Time
-
-	// grantsMu makes each store write that changes grants, and the index
-	// update after it, one step, so the index never goes back in time.
-	grantsMu sync.Mutex
+	// synced waits until the in-memory copies hold every commit made so far.
+	synced func(context.Context)
+	now    func() time.Time
 }
 
 // New returns a Service.
-func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, gi *grants.Index) *Service {
-	return &Service{store: st, master: master, provider: prov, tokens: tm, grants: gi, now: time.Now}
+func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
+	return &Service{store: st, master: master, provider: prov, tokens: tm, synced: synced, now: time.Now}
 }
 
-// LoadGrants fills the grants index from the stored accounts (store.All).
-func (s *Service) LoadGrants(all []store.Stored) {
-	for _, st := range all {
-		s.grants.Set(st.Account.ID, indexed(st.Account.Grants))
-	}
-}
-
-// indexed is an account's grants as the grants index holds them.
-func indexed(gs []store.Grant) map[string]grants.Limits {
+// Indexed is an account's grants as the grants index holds them.
+func Indexed(gs []store.Grant) map[string]grants.Limits {
 	out := make(map[string]grants.Limits, len(gs))
 	for _, g := range gs {
 		out[g.Principal] = limitsOf(g)
@@ -155,7 +145,7 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 	if err := s.store.CreateAccount(a, ts, ev); err != nil {
 		return View{}, err
 	}
-	s.tokens.Add(a, ts)
+	s.synced(ctx)
 	return s.view(a, status), nil
 }
 
@@ -200,7 +190,7 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 	if err != nil {
 		return View{}, "", err
 	}
-	s.tokens.SecretsChanged(a)
+	s.synced(ctx)
 	return s.currentView(a), secretID, nil
 }
 
@@ -215,7 +205,7 @@ func canAddSecret(a store.Account, secretID string) error {
 }
 
 // RemoveSecret removes one of the account's secrets, recording ev with the change.
-func (s *Service) RemoveSecret(id, secretID string, ev store.AuditEvent) (View, error) {
+func (s *Service) RemoveSecret(ctx context.Context, id, secretID string, ev store.AuditEvent) (View, error) {
 	ev.Detail = "remove secret " + secretID
 	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
 		i := slices.IndexFunc(a.Secrets, func(s store.Secret) bool { return s.ID == secretID })
@@ -232,7 +222,7 @@ func (s *Service) RemoveSecret(id, secretID string, ev store.AuditEvent) (View, 
 	if err != nil {
 		return View{}, err
 	}
-	s.tokens.SecretsChanged(a)
+	s.synced(ctx)
 	return s.currentView(a), nil
 }
 
@@ -292,7 +282,7 @@ type Changes struct {
 }
 
 // Update applies changes to an account, recording ev with them.
-func (s *Service) Update(id string, c Changes, ev store.AuditEvent) (View, error) {
+func (s *Service) Update(ctx context.Context, id string, c Changes, ev store.AuditEvent) (View, error) {
 	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
 		if c.DisplayName != nil {
 			a.DisplayName = *c.DisplayName
@@ -306,20 +296,18 @@ func (s *Service) Update(id string, c Changes, ev store.AuditEvent) (View, error
 	if err != nil {
 		return View{}, err
 	}
+	s.synced(ctx)
 	return s.currentView(a), nil
 }
 
 // Delete removes an account with its data key, so its sealed secret and
 // tokens can no longer be decrypted, stops serving its tokens and drops its
 // grants, recording ev with the change.
-func (s *Service) Delete(id string, ev store.AuditEvent) error {
-	s.grantsMu.Lock()
-	defer s.grantsMu.Unlock()
+func (s *Service) Delete(ctx context.Context, id string, ev store.AuditEvent) error {
 	if err := s.store.DeleteAccount(id, ev); err != nil {
 		return err
 	}
-	s.grants.Remove(id)
-	s.tokens.Remove(id)
+	s.synced(ctx)
 	return nil
 }
 
@@ -327,8 +315,8 @@ func (s *Service) Delete(id string, ev store.AuditEvent) error {
 // sorted, without duplicates), recording ev with the change. If the
 // principal has a grant already, its limits are replaced; if they are the
 // same, AddGrant reports false and records nothing.
-func (s *Service) AddGrant(id, principal string, limits grants.Limits, creator string, ev store.AuditEvent) (View, bool, error) {
-	return s.changeGrants(id, ev, func(gs []store.Grant) ([]store.Grant, error) {
+func (s *Service) AddGrant(ctx context.Context, id, principal string, limits grants.Limits, creator string, ev store.AuditEvent) (View, bool, error) {
+	return s.changeGrants(ctx, id, ev, func(gs []store.Grant) ([]store.Grant, error) {
 		i := slices.IndexFunc(gs, func(g store.Grant) bool { return g.Principal == principal })
 		if i < 0 {
 			gs = append(gs, store.Grant{Principal: principal, CreateTime: s.now(), Creator: creator, HTTPMethods: limits.Methods, PathPrefixes: limits.PathPrefixes})
@@ -344,8 +332,8 @@ func (s *Service) AddGrant(id, principal string, limits grants.Limits, creator s
 }
 
 // RemoveGrant withdraws principal's grant, recording ev with the change.
-func (s *Service) RemoveGrant(id, principal string, ev store.AuditEvent) (View, error) {
-	v, _, err := s.changeGrants(id, ev, func(gs []store.Grant) ([]store.Grant, error) {
+func (s *Service) RemoveGrant(ctx context.Context, id, principal string, ev store.AuditEvent) (View, error) {
+	v, _, err := s.changeGrants(ctx, id, ev, func(gs []store.Grant) ([]store.Grant, error) {
 		i := slices.IndexFunc(gs, func(g store.Grant) bool { return g.Principal == principal })
 		if i < 0 {
 			return nil, ErrNoSuchGrant
@@ -358,9 +346,7 @@ func (s *Service) RemoveGrant(id, principal string, ev store.AuditEvent) (View, 
 // errUnchanged stops a grant change that would change nothing.
 var errUnchanged = errors.New("unchanged")
 
-func (s *Service) changeGrants(id string, ev store.AuditEvent, change func([]store.Grant) ([]store.Grant, error)) (View, bool, error) {
-	s.grantsMu.Lock()
-	defer s.grantsMu.Unlock()
+func (s *Service) changeGrants(ctx context.Context, id string, ev store.AuditEvent, change func([]store.Grant) ([]store.Grant, error)) (View, bool, error) {
 	a, err := s.store.UpdateAccount(id, func(a *store.Account) error {
 		gs, err := change(slices.Clone(a.Grants))
 		if err != nil {
@@ -376,7 +362,7 @@ func (s *Service) changeGrants(id string, ev store.AuditEvent, change func([]sto
 	if err != nil {
 		return View{}, false, err
 	}
-	s.grants.Set(a.ID, indexed(a.Grants))
+	s.synced(ctx)
 	return s.currentView(a), true, nil
 }
 

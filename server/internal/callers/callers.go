@@ -5,6 +5,7 @@
 package callers
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -55,11 +56,16 @@ type Identity struct {
 	Admin     bool
 }
 
-// Service manages callers.
+// Service manages callers. Its copies of the keys and admin principals
+// learn of changes from the stream of committed changes (see
+// storage.Mirror: Load, KeyStored, AdminStored, AdminDeleted); each
+// change returns once they hold it.
 type Service struct {
 	store *store.Store
 	mac   *seal.MACKey
 	now   func() time.Time
+	// synced waits until the copies hold every commit made so far.
+	synced func(context.Context)
 
 	// change serializes changes, so that the last-admin check and the
 	// write that depends on it happen as one step.
@@ -74,13 +80,14 @@ type Service struct {
 }
 
 // New returns a Service; fill it with Load.
-func New(st *store.Store, mac *seal.MACKey, now func() time.Time) *Service {
-	return &Service{store: st, mac: mac, now: now, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
+func New(st *store.Store, mac *seal.MACKey, now func() time.Time, synced func(context.Context)) *Service {
+	return &Service{store: st, mac: mac, now: now, synced: synced, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
 }
 
-// Load reads every caller key and admin principal. It returns the names of
-// those whose stored records failed their integrity check: such a key
-// authenticates no one, and such a principal is no admin.
+// Load reads every caller key and admin principal, in place of those held.
+// It returns the names of those whose stored records failed their
+// integrity check: such a key authenticates no one, and such a principal
+// is no admin.
 func (s *Service) Load() (tampered []string, err error) {
 	keys, err := s.store.CallerKeys("", math.MaxInt)
 	if err != nil {
@@ -92,6 +99,9 @@ func (s *Service) Load() (tampered []string, err error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	clear(s.byHash)
+	clear(s.byID)
+	clear(s.admins)
 	for _, k := range keys {
 		s.putLocked(k)
 		if k.Tampered {
@@ -107,7 +117,31 @@ func (s *Service) Load() (tampered []string, err error) {
 	return tampered, nil
 }
 
+// KeyStored takes note of a caller key as a committed change stored it.
+func (s *Service) KeyStored(k store.CallerKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putLocked(k)
+}
+
+// AdminStored takes note of an admin principal a committed change stored.
+func (s *Service) AdminStored(a store.AdminPrincipal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.admins[a.Principal] = !a.Tampered
+}
+
+// AdminDeleted takes note of an admin principal a committed change deleted.
+func (s *Service) AdminDeleted(principal string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.admins, principal)
+}
+
 func (s *Service) putLocked(k store.CallerKey) {
+	if old, ok := s.byID[k.ID]; ok && string(old.Hash) != string(k.Hash) {
+		delete(s.byHash, string(old.Hash))
+	}
 	if !k.Tampered { // its stored hash cannot be trusted
 		s.byHash[string(k.Hash)] = k
 	}
@@ -160,7 +194,7 @@ type NewKey struct {
 
 // Create makes and stores a caller key, recording ev with it, and returns
 // the record and the key, which is never seen again.
-func (s *Service) Create(in NewKey, ev store.AuditEvent) (store.CallerKey, secret.String, error) {
+func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (store.CallerKey, secret.String, error) {
 	key, err := newKey()
 	if err != nil {
 		return store.CallerKey{}, secret.String{}, err
@@ -177,15 +211,13 @@ func (s *Service) Create(in NewKey, ev store.AuditEvent) (store.CallerKey, secre
 		}
 		return store.CallerKey{}, secret.String{}, err
 	}
-	s.mu.Lock()
-	s.putLocked(k)
-	s.mu.Unlock()
+	s.synced(ctx)
 	return k, secret.New(key), nil
 }
 
 // Revoke revokes a caller key, recording ev with it. Revoking a revoked key
 // returns it unchanged and records nothing.
-func (s *Service) Revoke(id string, ev store.AuditEvent) (store.CallerKey, bool, error) {
+func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (store.CallerKey, bool, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
 	s.mu.RLock()
@@ -211,9 +243,7 @@ func (s *Service) Revoke(id string, ev store.AuditEvent) (store.CallerKey, bool,
 	if err != nil {
 		return store.CallerKey{}, false, err
 	}
-	s.mu.Lock()
-	s.putLocked(k)
-	s.mu.Unlock()
+	s.synced(ctx)
 	return k, true, nil
 }
 
@@ -259,7 +289,7 @@ func (s *Service) List(after string, limit int) ([]store.CallerKey, bool, error)
 
 // AddAdmin gives a certificate principal the admin role, recording ev with
 // it. It reports false, recording nothing, if the principal is an admin already.
-func (s *Service) AddAdmin(principal, creator string, ev store.AuditEvent) (bool, error) {
+func (s *Service) AddAdmin(ctx context.Context, principal, creator string, ev store.AuditEvent) (bool, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
 	if s.CertificateIdentity(principal).Admin {
@@ -268,15 +298,13 @@ func (s *Service) AddAdmin(principal, creator string, ev store.AuditEvent) (bool
 	if err := s.store.PutAdmin(store.AdminPrincipal{Principal: principal, CreateTime: s.now(), Creator: creator}, ev); err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	s.admins[principal] = true
-	s.mu.Unlock()
+	s.synced(ctx)
 	return true, nil
 }
 
 // RemoveAdmin takes the admin role from a certificate principal, recording
 // ev with the change.
-func (s *Service) RemoveAdmin(principal string, ev store.AuditEvent) error {
+func (s *Service) RemoveAdmin(ctx context.Context, principal string, ev store.AuditEvent) error {
 	s.change.Lock()
 	defer s.change.Unlock()
 	s.mu.RLock()
@@ -291,9 +319,7 @@ func (s *Service) RemoveAdmin(principal string, ev store.AuditEvent) error {
 	if err := s.store.DeleteAdmin(principal, ev); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	delete(s.admins, principal)
-	s.mu.Unlock()
+	s.synced(ctx)
 	return nil
 }
 
@@ -315,7 +341,8 @@ const BootstrapKeyID = "bootstrap-admin"
 
 // Bootstrap creates the first admin on a store's first start: the
 // principal adminPrincipal if given, else an admin caller key, which it
-// returns. On any later start it does nothing and returns no key.
+// returns. On any later start it does nothing and returns no key. It runs
+// before Load.
 func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.String, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
@@ -327,13 +354,7 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 	if adminPrincipal != "" {
 		a := store.AdminPrincipal{Principal: adminPrincipal, CreateTime: now, Creator: ev.Principal}
 		ev.Resource, ev.Detail = "", "admin principal "+adminPrincipal
-		if err := s.store.Bootstrap(nil, &a, ev); err != nil {
-			return secret.String{}, err
-		}
-		s.mu.Lock()
-		s.admins[adminPrincipal] = true
-		s.mu.Unlock()
-		return secret.String{}, nil
+		return secret.String{}, s.store.Bootstrap(nil, &a, ev)
 	}
 	key, err := newKey()
 	if err != nil {
@@ -347,9 +368,6 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 	if err := s.store.Bootstrap(&k, nil, ev); err != nil {
 		return secret.String{}, err
 	}
-	s.mu.Lock()
-	s.putLocked(k)
-	s.mu.Unlock()
 	return secret.New(key), nil
 }
 

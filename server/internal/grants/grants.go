@@ -98,6 +98,13 @@ func (x *Index) Set(accountID string, grants map[string]Limits) {
 	x.mu.Unlock()
 }
 
+// Replace makes the index hold exactly these accounts' grants.
+func (x *Index) Replace(all map[string]map[string]Limits) {
+	x.mu.Lock()
+	x.m = all
+	x.mu.Unlock()
+}
+
 // Remove forgets an account.
 func (x *Index) Remove(accountID string) {
 	x.mu.Lock()

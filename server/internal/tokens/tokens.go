@@ -328,6 +328,49 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	m.mu.Unlock()
 }
 
+// Upsert takes note of an account as a committed change stored it: a new
+// account is added, with ts (its token state, from the same change or
+// the store); a known one whose list of secrets changed is told so (see
+// SecretsChanged). Anything else an account change can change does not
+// concern the cache.
+func (m *Manager) Upsert(a store.Account, ts func() (store.TokenState, error)) {
+	e := m.lookup(a.ID)
+	if e != nil && a.Tampered {
+		m.Remove(a.ID) // and added back, never to be used
+		e = nil
+	}
+	if e == nil {
+		t, err := ts()
+		if err != nil {
+			m.cfg.Logger.Warn("could not read a new account's token state; a token will be fetched", "account", a.ID, "error", err)
+		}
+		m.Add(a, t)
+		return
+	}
+	e.mu.Lock()
+	same := slices.EqualFunc(e.secrets, a.Secrets, func(x, y store.Secret) bool { return x.ID == y.ID && x.ExpireTime.Equal(y.ExpireTime) })
+	e.mu.Unlock()
+	if !same {
+		m.SecretsChanged(a)
+	}
+}
+
+// Replace makes the cache hold the accounts of all (store.All) and no
+// other: those it knows are updated as Upsert does, new ones added, and
+// the others removed.
+func (m *Manager) Replace(all []store.Stored) {
+	keep := make(map[string]bool, len(all))
+	for _, st := range all {
+		keep[st.Account.ID] = true
+		m.Upsert(st.Account, func() (store.TokenState, error) { return st.TokenState, nil })
+	}
+	for _, e := range m.all() {
+		if !keep[e.id] {
+			m.Remove(e.id)
+		}
+	}
+}
+
 // SecretsChanged takes note of an account's new list of secrets: an
 // API-key account switches to its newest key; a service account, which
 // reads its secrets on each token request, may ask the provider again at

@@ -1,0 +1,110 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/storage"
+	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/internal/tokens"
+)
+
+// copies are the state the broker holds in memory for its hot paths (the
+// token cache, the grants index, the caller keys), kept up to date from
+// the stream of committed changes by a storage.Mirror, so that every
+// change reaches them in commit order, whichever call made it.
+type copies struct {
+	store   *store.Store
+	tokens  *tokens.Manager
+	grants  *grants.Index
+	callers *callers.Service
+	mirror  *storage.Mirror
+	log     *slog.Logger
+}
+
+// load reads every record afresh into the copies. It returns the revision
+// to follow the changes from, and the names of the records that failed
+// their integrity check.
+func (c *copies) load() (storage.Revision, []string, error) {
+	rev, err := c.store.Revision()
+	if err != nil {
+		return 0, nil, err
+	}
+	all, err := c.store.All()
+	if err != nil {
+		return 0, nil, err
+	}
+	c.tokens.Replace(all)
+	index := make(map[string]map[string]grants.Limits, len(all))
+	for _, st := range all {
+		index[st.Account.ID] = accounts.Indexed(st.Account.Grants)
+	}
+	c.grants.Replace(index)
+	tampered, err := c.callers.Load()
+	if err != nil {
+		return 0, nil, err
+	}
+	for _, st := range all {
+		if st.Account.Tampered {
+			tampered = append(tampered, accountPrefix+st.Account.ID)
+		}
+	}
+	return rev, tampered, nil
+}
+
+// apply makes one committed change in the copies.
+func (c *copies) apply(ch storage.Change) {
+	written := map[string]storage.Event{} // token states, by account id
+	for _, ev := range ch.Events {
+		if kind, id := store.Split(ev.Key); kind == store.KindTokens && !ev.Deleted {
+			written[id] = ev
+		}
+	}
+	for _, ev := range ch.Events {
+		kind, id := store.Split(ev.Key)
+		switch {
+		case kind == store.KindAccounts && ev.Deleted:
+			c.grants.Remove(id)
+			c.tokens.Remove(id)
+		case kind == store.KindAccounts:
+			a := c.store.DecodeAccount(ev)
+			c.grants.Set(id, accounts.Indexed(a.Grants))
+			c.tokens.Upsert(a, func() (store.TokenState, error) {
+				if t, ok := written[id]; ok {
+					ts, _ := c.store.DecodeTokenState(t)
+					return ts, nil
+				}
+				return c.store.TokenState(id)
+			})
+		case kind == store.KindCallerKeys && !ev.Deleted:
+			c.callers.KeyStored(c.store.DecodeCallerKey(ev))
+		case kind == store.KindAdminPrincipals && ev.Deleted:
+			c.callers.AdminDeleted(id)
+		case kind == store.KindAdminPrincipals:
+			c.callers.AdminStored(c.store.DecodeAdmin(ev))
+		}
+	}
+}
+
+// syncTimeout bounds how long a change waits for the copies to hold it
+// before it answers anyway.
+const syncTimeout = 10 * time.Second
+
+// synced waits until the copies hold every commit made so far, so that a
+// caller sees its change on its next call. The change is committed
+// already: if the copies lag, that is logged, not failed.
+func (c *copies) synced(ctx context.Context) {
+	rev, err := c.store.Revision()
+	if err == nil {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), syncTimeout)
+		defer cancel()
+		err = c.mirror.Wait(wctx, rev)
+	}
+	if err != nil {
+		c.log.Warn("the in-memory state has not caught up with a change yet", "error", err)
+	}
+}
