@@ -267,8 +267,8 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 		Name:                  accountPrefix + v.ID,
 		DisplayName:           v.DisplayName,
 		Labels:                v.Labels,
-		ClientId:              v.ClientID,
-		OrgId:                 v.OrgID,
+		ClientId:              v.Credentials.ClientID,
+		OrgId:                 v.Credentials.OrgID,
 		ApiBaseUrl:            v.APIBaseURL,
 		TokenUrl:              v.TokenURL,
 		CreateTime:            timestamp(v.CreateTime),
@@ -281,21 +281,21 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 	for _, g := range v.Grants {
 		a.Grants = append(a.Grants, &credbrokerv1.Grant{
 			Principal: g.Principal, CreateTime: timestamp(g.CreateTime), Creator: g.Creator,
-			HttpMethods: g.HTTPMethods, PathPrefixes: g.PathPrefixes,
+			HttpMethods: g.Limits.Methods, PathPrefixes: g.Limits.PathPrefixes,
 		})
 	}
-	switch v.Provider {
+	switch cr := v.Credentials; cr.Kind {
 	case provider.KindJumpCloudServiceAccount:
 		a.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT
-		a.Region = regionProto[v.Region]
+		a.Region = regionProto[cr.Region]
 	case provider.KindJumpCloudAPIKey:
 		a.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
-		a.Region = regionProto[v.Region]
+		a.Region = regionProto[cr.Region]
 	case provider.KindOAuth2ClientCredentials:
 		a.Provider = credbrokerv1.Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS
-		a.Scopes, a.EndpointParams = v.Scopes, v.EndpointParams
+		a.Scopes, a.EndpointParams = cr.Scopes, cr.EndpointParams
 		a.AuthStyle = credbrokerv1.AuthStyle_AUTH_STYLE_HEADER
-		if v.AuthStyle == provider.AuthStyleBody {
+		if cr.AuthStyle == provider.AuthStyleBody {
 			a.AuthStyle = credbrokerv1.AuthStyle_AUTH_STYLE_BODY
 		}
 	}

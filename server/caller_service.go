@@ -6,7 +6,6 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/callers"
-	"github.com/credbroker/credbroker/server/internal/store"
 )
 
 type callerService struct {
@@ -104,7 +103,7 @@ var roleProto = map[string]credbrokerv1.Role{
 	callers.RoleCaller: credbrokerv1.Role_ROLE_CALLER,
 }
 
-func callerKeyProto(k store.CallerKey, now time.Time) *credbrokerv1.CallerKey {
+func callerKeyProto(k callers.Key, now time.Time) *credbrokerv1.CallerKey {
 	out := &credbrokerv1.CallerKey{
 		Name:        callers.KeyPrincipalPrefix + k.ID,
 		Description: k.Description,
@@ -120,7 +119,7 @@ func callerKeyProto(k store.CallerKey, now time.Time) *credbrokerv1.CallerKey {
 		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED
 	case !k.RevokeTime.IsZero():
 		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_REVOKED
-	case !k.ExpireTime.IsZero() && !now.Before(k.ExpireTime):
+	case k.Expired(now):
 		out.State = credbrokerv1.CallerKeyState_CALLER_KEY_STATE_EXPIRED
 	}
 	return out

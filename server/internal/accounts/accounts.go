@@ -80,10 +80,63 @@ type NewAccount struct {
 	SecretExpireTime time.Time
 }
 
-// View is an account as shown: its record (whose sealed fields must not be
-// shown), its effective endpoints and its token health.
+// Account is a linked account as admins see it: its provider settings,
+// what is known of its secrets, and its grants; never a sealed value or
+// its data key, which stay in the stored record (store.Account).
+type Account struct {
+	ID          string
+	DisplayName string
+	Labels      map[string]string
+	// Credentials are the account's provider settings, as linked, without
+	// a secret.
+	Credentials provider.Credentials
+	// Secrets, oldest first.
+	Secrets    []Secret
+	Grants     []Grant
+	CreateTime time.Time
+	UpdateTime time.Time
+	// Tampered: a stored record of the account failed its integrity
+	// check; only ID is set.
+	Tampered bool
+}
+
+// Secret is what is known of one of an account's secrets.
+type Secret struct {
+	// ID is the secret's fingerprint (see SecretID).
+	ID         string
+	CreateTime time.Time
+	// ExpireTime is when the provider stops accepting it; zero if never.
+	ExpireTime time.Time
+}
+
+// Grant lets a principal get the account's tokens or, within its limits,
+// call its API through the egress proxy.
+type Grant struct {
+	Principal  string
+	CreateTime time.Time
+	Creator    string
+	Limits     grants.Limits
+}
+
+// accountOf maps a stored account to what admins see of it.
+func accountOf(r store.Account) Account {
+	a := Account{
+		ID: r.ID, DisplayName: r.DisplayName, Labels: r.Labels, Credentials: tokens.Describe(r),
+		CreateTime: r.CreateTime, UpdateTime: r.UpdateTime, Tampered: r.Tampered,
+	}
+	for _, sec := range r.Secrets {
+		a.Secrets = append(a.Secrets, Secret{ID: sec.ID, CreateTime: sec.CreateTime, ExpireTime: sec.ExpireTime})
+	}
+	for _, g := range r.Grants {
+		a.Grants = append(a.Grants, Grant{Principal: g.Principal, CreateTime: g.CreateTime, Creator: g.Creator, Limits: limitsOf(g)})
+	}
+	return a
+}
+
+// View is an account as shown: the account, its effective endpoints and
+// its token health.
 type View struct {
-	store.Account
+	Account
 	TokenURL   string
 	APIBaseURL string
 	Status     tokens.Status
@@ -374,7 +427,7 @@ func (s *Service) currentView(a store.Account) View {
 func (s *Service) view(a store.Account, status tokens.Status) View {
 	desc := tokens.Describe(a)
 	return View{
-		Account: a, TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc),
+		Account: accountOf(a), TokenURL: s.provider.TokenURL(desc), APIBaseURL: s.provider.APIBaseURL(desc),
 		Status: status, Expiry: s.tokens.Expiry(a.Secrets, status.SecretUse),
 	}
 }

@@ -50,6 +50,30 @@ var (
 	ErrKeyMalformed = errors.New(`malformed caller key: send "authorization: Bearer cbk_..."`)
 )
 
+// Key is a caller key as admins see it: never the key, nor its hash.
+type Key struct {
+	ID          string
+	Description string
+	Role        string
+	CreateTime  time.Time
+	ExpireTime  time.Time // zero if never
+	RevokeTime  time.Time // zero if not revoked
+	Creator     string
+	// Tampered: the stored key failed its integrity check; only ID is set.
+	Tampered bool
+}
+
+// keyOf maps a stored caller key to what admins see of it.
+func keyOf(r store.CallerKey) Key {
+	return Key{
+		ID: r.ID, Description: r.Description, Role: r.Role, CreateTime: r.CreateTime,
+		ExpireTime: r.ExpireTime, RevokeTime: r.RevokeTime, Creator: r.Creator, Tampered: r.Tampered,
+	}
+}
+
+// Expired reports whether the key has expired by now.
+func (k Key) Expired(now time.Time) bool { return !k.ExpireTime.IsZero() && !now.Before(k.ExpireTime) }
+
 // Identity is a proven caller.
 type Identity struct {
 	Principal string
@@ -194,10 +218,10 @@ type NewKey struct {
 
 // Create makes and stores a caller key, recording ev with it, and returns
 // the record and the key, which is never seen again.
-func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (store.CallerKey, secret.String, error) {
+func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (Key, secret.String, error) {
 	key, err := newKey()
 	if err != nil {
-		return store.CallerKey{}, secret.String{}, err
+		return Key{}, secret.String{}, err
 	}
 	k := store.CallerKey{
 		ID: in.ID, Description: in.Description, Role: in.Role, Hash: s.mac.Sum(hashPurpose, key),
@@ -207,30 +231,30 @@ func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (s
 	defer s.change.Unlock()
 	if err := s.store.CreateCallerKey(k, ev); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return store.CallerKey{}, secret.String{}, ErrExists
+			return Key{}, secret.String{}, ErrExists
 		}
-		return store.CallerKey{}, secret.String{}, err
+		return Key{}, secret.String{}, err
 	}
 	s.synced(ctx)
-	return k, secret.New(key), nil
+	return keyOf(k), secret.New(key), nil
 }
 
 // Revoke revokes a caller key, recording ev with it. Revoking a revoked key
 // returns it unchanged and records nothing.
-func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (store.CallerKey, bool, error) {
+func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (Key, bool, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
 	s.mu.RLock()
 	k, ok := s.byID[id]
 	s.mu.RUnlock()
 	if !ok {
-		return store.CallerKey{}, false, ErrNotFound
+		return Key{}, false, ErrNotFound
 	}
 	if !k.RevokeTime.IsZero() {
-		return k, false, nil
+		return keyOf(k), false, nil
 	}
 	if k.Role == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
-		return store.CallerKey{}, false, ErrLastAdmin
+		return Key{}, false, ErrLastAdmin
 	}
 	now := s.now()
 	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
@@ -241,10 +265,10 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (s
 		k.RevokeTime = now
 	}, ev)
 	if err != nil {
-		return store.CallerKey{}, false, err
+		return Key{}, false, err
 	}
 	s.synced(ctx)
-	return k, true, nil
+	return keyOf(k), true, nil
 }
 
 // adminIdentities counts the usable admin keys and admin principals.
@@ -276,15 +300,17 @@ func (s *Service) Exists(id string) bool {
 
 // List returns up to limit caller keys after the given id, in id order, and
 // whether more follow.
-func (s *Service) List(after string, limit int) ([]store.CallerKey, bool, error) {
-	keys, err := s.store.CallerKeys(after, limit+1)
+func (s *Service) List(after string, limit int) ([]Key, bool, error) {
+	records, err := s.store.CallerKeys(after, limit+1)
 	if err != nil {
 		return nil, false, err
 	}
-	if len(keys) > limit {
-		return keys[:limit], true, nil
+	more := len(records) > limit
+	keys := make([]Key, 0, min(len(records), limit))
+	for _, r := range records[:min(len(records), limit)] {
+		keys = append(keys, keyOf(r))
 	}
-	return keys, false, nil
+	return keys, more, nil
 }
 
 // AddAdmin gives a certificate principal the admin role, recording ev with
