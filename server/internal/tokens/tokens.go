@@ -8,15 +8,17 @@
 // it (Credential). Every upstream request, whether a caller or
 // the refresher wants it, passes one gate per account (nextAttempt), so a
 // failing provider sees backoff, not a retry storm.
+//
+// One file per job: the cache (this file), the single-flight fetch
+// (fetch.go), the background refresher (refresher.go), account health and
+// its state changes (health.go), API-key accounts (apikey.go), secret
+// expiry (expiry.go), and the configuration (config.go).
 package tokens
 
 import (
 	"context"
 	"errors"
-	"fmt"
-	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync"
@@ -27,23 +29,6 @@ import (
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
-)
-
-// Account states, as stored and shown.
-const (
-	StateActive         = "active"
-	StateDegraded       = "degraded"
-	StateNeedsAttention = "needs_attention"
-)
-
-// Failure reasons, as stored and shown.
-const (
-	ReasonCredentialsRejected = "credentials_rejected"
-	ReasonProviderUnavailable = "provider_unavailable"
-	ReasonInternal            = "internal"
-	ReasonSecretExpired       = "secret_expired"
-	ReasonIntegrity           = "integrity_check_failed"
-	ReasonProviderRedirected  = "provider_redirected"
 )
 
 // ErrNotFound means the manager knows no such account.
@@ -57,124 +42,6 @@ var ErrProxyOnly = errors.New("this account holds a long-lived API key, which th
 // it (see Invalidate) at most once per interval, so that an API answering
 // 401 for other reasons cannot make the broker hammer the token endpoint.
 const invalidateInterval = 10 * time.Second
-
-// MinTTLTooLongError means the caller asked for a token that outlives
-// anything the provider issues.
-type MinTTLTooLongError struct{ Max time.Duration }
-
-func (e *MinTTLTooLongError) Error() string {
-	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
-}
-
-// RefreshLimitedError means a caller's min_ttl would force a new token
-// (the cached one is still valid) but the account's last forced refresh
-// was less than Config.ForcedInterval ago: callers cannot make the
-// broker hammer the provider.
-type RefreshLimitedError struct{ RetryAt time.Time }
-
-func (e *RefreshLimitedError) Error() string {
-	return "the cached token does not last min_ttl, and this account's token was refreshed for a min_ttl too recently to do so again; retry later or ask for a shorter min_ttl"
-}
-
-// FetchError is a failed token request together with the time before which
-// the broker will not ask the provider again. Err is a
-// *provider.RejectedError, a *provider.RedirectedError, a
-// *provider.UnavailableError, or a broker fault.
-type FetchError struct {
-	Err     error
-	RetryAt time.Time
-}
-
-func (e *FetchError) Error() string { return e.Err.Error() }
-func (e *FetchError) Unwrap() error { return e.Err }
-
-// Config tunes the manager. Zero values take the documented defaults.
-type Config struct {
-	// RefreshMargin: the refresher renews a token this long before it
-	// expires (at most half its lifetime), less up to a quarter of it at
-	// random so that accounts linked together do not refresh together.
-	// Default 5m.
-	RefreshMargin time.Duration
-	// RefreshConcurrency bounds the refresher's simultaneous upstream
-	// requests. Default 4.
-	RefreshConcurrency int
-	// ScanInterval is how often the refresher looks for due work. Default 1s.
-	ScanInterval time.Duration
-	// BackoffMin and BackoffMax bound the exponential backoff after a
-	// provider failure without Retry-After. Defaults 1s and 5m.
-	BackoffMin, BackoffMax time.Duration
-	// RejectedRecheck is how long to wait before asking again after the
-	// provider rejected the credentials. Default 10m.
-	RejectedRecheck time.Duration
-	// ExpiryWarning: once an account's credentials expire within this
-	// window, it shows SECRET_EXPIRING and is warned about once a day
-	// (see checkExpiry). Default 7 days, JumpCloud's own notice.
-	ExpiryWarning time.Duration
-	// ForcedInterval bounds the upstream requests a caller can
-	// trigger for an account while the broker has what it needs: at most
-	// one token refresh forced by min_ttl, and one check of an API key
-	// prompted by an API's answer (APIKeyAnswered), per interval. Default 10s.
-	ForcedInterval time.Duration
-	// Fingerprint names a token in the audit trail without revealing it;
-	// it is computed once per token. Default: no fingerprint.
-	Fingerprint func(token string) string
-	// OnCacheLookup is told whether each lookup found a cached token that
-	// would do (for metrics). Default: nothing.
-	OnCacheLookup func(hit bool)
-	// Now is the clock; default time.Now.
-	Now    func() time.Time
-	Logger *slog.Logger
-}
-
-// DefaultConfig is the configuration New uses for zero fields.
-func DefaultConfig() Config {
-	return Config{
-		RefreshMargin:      5 * time.Minute,
-		RefreshConcurrency: 4,
-		ScanInterval:       time.Second,
-		BackoffMin:         time.Second,
-		BackoffMax:         5 * time.Minute,
-		RejectedRecheck:    10 * time.Minute,
-		ExpiryWarning:      7 * 24 * time.Hour,
-		ForcedInterval:     10 * time.Second,
-		Fingerprint:        func(string) string { return "" },
-		OnCacheLookup:      func(bool) {},
-		Now:                time.Now,
-		Logger:             slog.Default(),
-	}
-}
-
-func (c *Config) setDefaults() {
-	d := DefaultConfig()
-	fillDuration(&c.RefreshMargin, d.RefreshMargin)
-	fillDuration(&c.ScanInterval, d.ScanInterval)
-	fillDuration(&c.BackoffMin, d.BackoffMin)
-	fillDuration(&c.BackoffMax, d.BackoffMax)
-	fillDuration(&c.RejectedRecheck, d.RejectedRecheck)
-	fillDuration(&c.ExpiryWarning, d.ExpiryWarning)
-	fillDuration(&c.ForcedInterval, d.ForcedInterval)
-	if c.RefreshConcurrency <= 0 {
-		c.RefreshConcurrency = d.RefreshConcurrency
-	}
-	if c.Now == nil {
-		c.Now = d.Now
-	}
-	if c.Fingerprint == nil {
-		c.Fingerprint = d.Fingerprint
-	}
-	if c.OnCacheLookup == nil {
-		c.OnCacheLookup = d.OnCacheLookup
-	}
-	if c.Logger == nil {
-		c.Logger = d.Logger
-	}
-}
-
-func fillDuration(p *time.Duration, v time.Duration) {
-	if *p <= 0 {
-		*p = v
-	}
-}
 
 // Issued is a token ready to hand out, or an API-key account's key. It is
 // immutable and shared.
@@ -219,17 +86,6 @@ func (is *Issued) Authorize(h http.Header) {
 // lifetime is how long the provider's tokens are good for (less the margin):
 // the longest min_ttl a fresh token can meet.
 func (is *Issued) lifetime() time.Duration { return is.Expiry.Sub(is.Obtained) }
-
-// Status is an account's token health.
-type Status struct {
-	State         string
-	LastTokenTime time.Time
-	// LastError is set while the account is not active.
-	LastError *store.Failure
-	// SecretUse is what the broker saw of each secret, by secret ID. It is
-	// replaced, never modified.
-	SecretUse map[string]store.SecretUse
-}
 
 // Manager is the token cache. Create it with New, fill it with Load, and
 // run the refresher with Run.
@@ -279,13 +135,6 @@ type entry struct {
 	// last one started (see APIKeyAnswered).
 	checking bool
 	checked  time.Time
-}
-
-// call is one upstream request that any number of callers wait for.
-type call struct {
-	done   chan struct{}
-	issued *Issued
-	err    error
 }
 
 // New returns an empty manager.
@@ -400,27 +249,6 @@ func secretsMeta(a store.Account) []store.Secret {
 	return out
 }
 
-// useAPIKey makes the newest unexpired key of API-key account a the one
-// the proxy sends, or records why there is none; e.mu must be held (or e
-// not yet shared).
-func (m *Manager) useAPIKey(e *entry, a store.Account) {
-	key, expire, err := m.openAPIKey(a)
-	if err != nil {
-		e.current.Store(nil)
-		e.keyErr = err
-		if !errors.Is(err, ErrSecretsExpired) {
-			e.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
-			m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
-		}
-		return
-	}
-	if expire.IsZero() {
-		expire = neverExpires
-	}
-	e.keyErr = nil
-	e.current.Store(newIssued(Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers}))
-}
-
 // Remove stops tracking an account; callers waiting on it get their answer,
 // later callers get ErrNotFound.
 func (m *Manager) Remove(id string) {
@@ -436,17 +264,6 @@ func (m *Manager) Remove(id string) {
 	}
 }
 
-// Status returns an account's health.
-func (m *Manager) Status(id string) (Status, bool) {
-	e := m.lookup(id)
-	if e == nil {
-		return Status{}, false
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.status, true
-}
-
 // all is every tracked account, for the background scans.
 func (m *Manager) all() []*entry {
 	m.mu.RLock()
@@ -460,9 +277,6 @@ func (m *Manager) lookup(id string) *entry {
 	return m.entries[id]
 }
 
-// neverExpires is the expiry of an API key.
-var neverExpires = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // Get returns a token for the account that stays valid for more than minTTL,
 // fetching one if the cached token would not. For an API-key account it
 // returns ErrProxyOnly.
@@ -475,57 +289,6 @@ func (m *Manager) Get(ctx context.Context, id string, minTTL time.Duration) (*Is
 		return nil, ErrProxyOnly
 	}
 	return m.get(ctx, e, minTTL)
-}
-
-// Credential returns what the egress proxy authenticates the account's API
-// calls with: its API key, or a token as Get(ctx, id, 0) returns it.
-func (m *Manager) Credential(ctx context.Context, id string) (*Issued, error) {
-	e := m.lookup(id)
-	if e == nil {
-		return nil, ErrNotFound
-	}
-	if !e.apiKey {
-		return m.get(ctx, e, 0)
-	}
-	if is := e.current.Load(); is != nil && m.cfg.Now().Before(is.Expiry) {
-		return is, nil
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	m.replaceExpiredKey(e)
-	switch is := e.current.Load(); {
-	case e.removed:
-		return nil, ErrNotFound
-	case is != nil:
-		return is, nil
-	default:
-		return nil, e.keyErr
-	}
-}
-
-// replaceExpiredKey moves an API-key account whose key has expired on to
-// its next unexpired key, or to NEEDS_ATTENTION (SECRET_EXPIRED) when none
-// is left; e.mu must be held.
-func (m *Manager) replaceExpiredKey(e *entry) {
-	if e.removed {
-		return
-	}
-	if is := e.current.Load(); is != nil {
-		if m.cfg.Now().Before(is.Expiry) {
-			return
-		}
-		a, err := m.store.Account(e.id)
-		if err != nil {
-			m.cfg.Logger.Error("could not read an account whose API key expired", "account", e.id, "error", err)
-			return
-		}
-		m.useAPIKey(e, a)
-	}
-	if errors.Is(e.keyErr, ErrSecretsExpired) && e.status.State != StateNeedsAttention {
-		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
-			Reason: ReasonSecretExpired, Message: ErrSecretsExpired.Error(), Time: m.cfg.Now(),
-		}})
-	}
 }
 
 // Invalidate is for an upstream API that rejected token is (HTTP 401): if
@@ -553,80 +316,6 @@ func (m *Manager) Invalidate(id string, is *Issued) bool {
 	return true
 }
 
-// APIKeyAnswered takes note of how an API answered a call made with an
-// API-key account's key. Such an answer alone changes nothing, since any
-// caller can pick a path that answers 401: a 401 while the account is
-// active, or a success while its key stands rejected, prompts a check of
-// the key with the linking check (GET /organizations), at most once per
-// Config.ForcedInterval and off the caller's path, and only the check's
-// verdict changes the state.
-func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
-	accepted := httpStatus >= 200 && httpStatus < 300
-	e := m.lookup(id)
-	if e == nil || !e.apiKey || (!accepted && httpStatus != http.StatusUnauthorized) {
-		return
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	is := e.current.Load()
-	now := m.cfg.Now()
-	if is == nil || e.removed || accepted != keyRejected(e.status) || e.checking || now.Sub(e.checked) < m.cfg.ForcedInterval {
-		return
-	}
-	e.checking, e.checked = true, now
-	m.runs.Add(1)
-	go m.checkAPIKey(e, is)
-}
-
-// keyRejected reports whether an API-key account stands marked as having
-// its key rejected.
-func keyRejected(s Status) bool {
-	return s.State == StateNeedsAttention && s.LastError != nil && s.LastError.Reason == ReasonCredentialsRejected
-}
-
-// checkAPIKey proves key is, the one an API answered, with the provider's
-// check, and sets the account's state from the verdict unless the account
-// moved on to another key meanwhile.
-func (m *Manager) checkAPIKey(e *entry, is *Issued) {
-	defer m.runs.Done()
-	a, err := m.store.Account(e.id)
-	if err == nil {
-		cr := Describe(a)
-		cr.ClientSecret = is.AccessToken
-		err = m.provider.CheckAPIKey(context.Background(), cr)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.checking = false
-	var rejected *provider.RejectedError
-	switch {
-	case e.removed || e.current.Load() != is:
-	case err == nil:
-		if e.status.State != StateActive {
-			m.changeStatus(e, Status{State: StateActive})
-		}
-	case errors.As(err, &rejected):
-		if !keyRejected(e.status) {
-			m.cfg.Logger.Warn("the API rejected an account's API key", "account", e.id)
-			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
-				Reason: ReasonCredentialsRejected, Message: rejected.Error() + "; link the account's new key", Time: m.cfg.Now(),
-			}})
-		}
-	default:
-		m.cfg.Logger.Warn("could not check an account's API key after an API answered unexpectedly; its state is unchanged", "account", e.id, "error", err)
-	}
-}
-
-// changeStatus sets and stores an API-key account's health; e.mu must be
-// held, and stays held while storing so that changes are stored in order.
-func (m *Manager) changeStatus(e *entry, to Status) {
-	before := e.status
-	e.status = to
-	if err := m.persist(e.id, to, provider.Token{}, nil, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
-		m.cfg.Logger.Error("could not save account state", "account", e.id, "error", err)
-	}
-}
-
 func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
 	if is := e.current.Load(); is != nil && is.Expiry.Sub(m.cfg.Now()) > minTTL {
 		m.cfg.OnCacheLookup(true)
@@ -634,290 +323,6 @@ func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Iss
 	}
 	m.cfg.OnCacheLookup(false)
 	return m.getSlow(ctx, e, minTTL)
-}
-
-func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
-	e.mu.Lock()
-	now := m.cfg.Now()
-	if is := e.current.Load(); is != nil && is.Expiry.Sub(now) > minTTL {
-		e.mu.Unlock()
-		return is, nil
-	}
-	if e.removed {
-		e.mu.Unlock()
-		return nil, ErrNotFound
-	}
-	if e.lifetime > 0 && minTTL >= e.lifetime {
-		e.mu.Unlock()
-		return nil, &MinTTLTooLongError{Max: e.lifetime}
-	}
-	c := e.inflight
-	if c == nil {
-		if now.Before(e.nextAttempt) {
-			err := e.lastErr
-			e.mu.Unlock()
-			return nil, err
-		}
-		// The cached token is still valid, so only min_ttl asks for a new one.
-		if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
-			if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
-				e.mu.Unlock()
-				return nil, &RefreshLimitedError{RetryAt: next}
-			}
-			e.forced = now
-		}
-		c = m.startLocked(e)
-	}
-	e.mu.Unlock()
-
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if c.err != nil {
-		return nil, c.err
-	}
-	if ttl := c.issued.Expiry.Sub(m.cfg.Now()); ttl <= minTTL {
-		return nil, &MinTTLTooLongError{Max: ttl}
-	}
-	return c.issued, nil
-}
-
-// startLocked starts an upstream request for e; e.mu must be held.
-func (m *Manager) startLocked(e *entry) *call {
-	c := &call{done: make(chan struct{})}
-	e.inflight = c
-	m.runs.Add(1)
-	go m.run(e, c)
-	return c
-}
-
-// run makes one upstream request and publishes its outcome. The request is
-// not tied to any caller: one caller giving up must not fail the others.
-func (m *Manager) run(e *entry, c *call) {
-	defer m.runs.Done()
-	e.mu.Lock()
-	use := e.status.SecretUse
-	e.mu.Unlock()
-	tok, key, use, err := m.fetch(e.id, use)
-
-	e.mu.Lock()
-	before := e.status
-	if err == nil {
-		c.issued = m.issue(e, tok)
-		if !e.removed {
-			e.publish(c.issued, m.cfg)
-		}
-		e.status = Status{State: StateActive, LastTokenTime: tok.Obtained}
-		e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
-	} else {
-		c.err = m.recordFailure(e, err)
-	}
-	e.status.SecretUse = use
-	status := e.status
-	e.mu.Unlock()
-
-	// Persist while still marked in flight, so runs for one account never
-	// overlap. Callers already see the new token through e.current.
-	if perr := m.persist(e.id, status, tok, key, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
-		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
-	}
-
-	e.mu.Lock()
-	e.inflight = nil
-	close(c.done)
-	e.mu.Unlock()
-}
-
-func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
-	return newIssued(Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())})
-}
-
-// publish makes is the token callers get and schedules its renewal; e.mu
-// must be held (or e not yet shared).
-func (e *entry) publish(is *Issued, cfg Config) {
-	e.lifetime = is.lifetime()
-	margin := min(cfg.RefreshMargin, is.lifetime()/2)
-	e.refreshAt = is.Expiry.Add(-margin - rand.N(margin/4+1))
-	e.current.Store(is)
-}
-
-// recordFailure updates e after a failed request and returns the error
-// callers get; e.mu must be held.
-func (m *Manager) recordFailure(e *entry, err error) *FetchError {
-	now := m.cfg.Now()
-	e.failures++
-	f := &store.Failure{Time: now}
-	var delay time.Duration
-	var rejected *provider.RejectedError
-	var redirected *provider.RedirectedError
-	var unavailable *provider.UnavailableError
-	switch {
-	case errors.Is(err, store.ErrIntegrity):
-		// Never again: nothing of a record that failed its check is used.
-		e.status.State = StateNeedsAttention
-		f.Reason, f.Message = ReasonIntegrity, "a stored record of the account failed its integrity check (it was changed outside the broker), so the broker does not use the account: delete and re-link it, or restore a backup"
-		delay = neverExpires.Sub(now)
-		m.cfg.Logger.Error("a stored record of the account failed its integrity check; the account is not used", "account", e.id, "error", err)
-	case errors.Is(err, ErrSecretsExpired):
-		e.status.State = StateNeedsAttention
-		f.Reason, f.Message = ReasonSecretExpired, err.Error()
-		delay = m.cfg.RejectedRecheck
-	case errors.As(err, &rejected):
-		e.status.State = StateNeedsAttention
-		f.Reason, f.Message = ReasonCredentialsRejected, rejected.Error()
-		f.ProviderError, f.ProviderErrorDescription = rejected.Code, rejected.Description
-		delay = m.cfg.RejectedRecheck
-	case errors.As(err, &redirected):
-		// Like rejected credentials, an admin has to fix the URL.
-		e.status.State = StateNeedsAttention
-		f.Reason, f.Message = ReasonProviderRedirected, redirected.Error()
-		delay = m.cfg.RejectedRecheck
-	case errors.As(err, &unavailable):
-		e.status.State = StateDegraded
-		f.Reason, f.Message = ReasonProviderUnavailable, unavailable.Error()
-		delay = max(unavailable.RetryAfter, backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
-	default:
-		e.status.State = StateDegraded
-		f.Reason, f.Message = ReasonInternal, "broker fault; see the server log"
-		delay = backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
-		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
-	}
-	if f.Reason != ReasonIntegrity && (e.status.LastError == nil || e.status.LastError.Message != f.Message) { // that one was logged above
-		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", delay.Round(time.Millisecond))
-	}
-	e.status.LastError = f
-	e.nextAttempt = now.Add(delay)
-	e.lastErr = &FetchError{Err: err, RetryAt: e.nextAttempt}
-	return e.lastErr
-}
-
-// backoff is exponential from lo, capped at hi, with the upper half jittered.
-func backoff(failures int, lo, hi time.Duration) time.Duration {
-	d := hi
-	if shift := failures - 1; shift < 30 && lo<<shift < hi {
-		d = lo << shift
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// ErrSecretsExpired means every secret of the account has expired.
-var ErrSecretsExpired = errors.New("every secret of the account has expired; add a new one (AddAccountSecret)")
-
-// fetch asks the provider for a token with the account's unexpired secrets,
-// newest first except that those rejected last time go last: a rejection
-// moves on to the next secret, any other failure ends the attempt. It
-// returns the secrets' new use records with the outcome.
-func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Token, *seal.DataKey, map[string]store.SecretUse, error) {
-	a, err := m.store.Account(id)
-	if err != nil {
-		return provider.Token{}, nil, use, err
-	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return provider.Token{}, nil, use, fmt.Errorf("unwrap data key: %w", err)
-	}
-	now := m.cfg.Now()
-	use = maps.Clone(use)
-	if use == nil {
-		use = map[string]store.SecretUse{}
-	}
-	err = ErrSecretsExpired
-	for _, sec := range UsableSecrets(a, use, now) {
-		raw, oerr := key.Open(store.FieldClientSecret, sec.Sealed)
-		if oerr != nil {
-			return provider.Token{}, nil, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
-		}
-		cr := Describe(a)
-		cr.ClientSecret = secret.New(string(raw))
-		var tok provider.Token
-		tok, err = m.provider.Fetch(context.Background(), cr)
-		var rejected *provider.RejectedError
-		switch {
-		case err == nil:
-			use[sec.ID] = store.SecretUse{LastUsed: tok.Obtained}
-			return tok, key, use, nil
-		case errors.As(err, &rejected):
-			u := use[sec.ID]
-			u.Rejected = &store.Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
-			use[sec.ID] = u
-			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
-		default:
-			return provider.Token{}, key, use, err
-		}
-	}
-	return provider.Token{}, key, use, err
-}
-
-// UsableSecrets are the account's unexpired secrets in the order they are
-// tried: newest first, except that those the provider rejected last go last.
-func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Time) []store.Secret {
-	var out []store.Secret
-	for _, s := range a.Secrets {
-		if s.ExpireTime.IsZero() || now.Before(s.ExpireTime) {
-			out = append(out, s)
-		}
-	}
-	slices.SortStableFunc(out, func(x, y store.Secret) int {
-		if rx, ry := use[x.ID].Rejected != nil, use[y.ID].Rejected != nil; rx != ry {
-			if rx {
-				return 1
-			}
-			return -1
-		}
-		return y.CreateTime.Compare(x.CreateTime)
-	})
-	return out
-}
-
-// openAPIKey returns the API key an API-key account uses, its newest
-// unexpired one, with the key's expire time (zero if none).
-func (m *Manager) openAPIKey(a store.Account) (secret.String, time.Time, error) {
-	usable := UsableSecrets(a, nil, m.cfg.Now())
-	if len(usable) == 0 {
-		return secret.String{}, time.Time{}, ErrSecretsExpired
-	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return secret.String{}, time.Time{}, fmt.Errorf("unwrap data key: %w", err)
-	}
-	raw, err := key.Open(store.FieldClientSecret, usable[0].Sealed)
-	if err != nil {
-		return secret.String{}, time.Time{}, fmt.Errorf("open API key: %w", err)
-	}
-	return secret.New(string(raw)), usable[0].ExpireTime, nil
-}
-
-// transition is the audit event of an account's change of state, or nil if
-// the state did not change.
-func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
-	if from.State == to.State {
-		return nil
-	}
-	detail := from.State + " -> " + to.State
-	if f := to.LastError; f != nil {
-		detail += ": " + f.Reason + ": " + f.Message
-	}
-	m.cfg.Logger.Info("account state changed", "account", id, "from", from.State, "to", to.State)
-	// The broker's own action, named as package server names accounts and itself.
-	return &store.AuditEvent{Time: m.cfg.Now(), Principal: "credbroker", Method: "account_state", Resource: "accounts/" + id, Code: "OK", Detail: detail}
-}
-
-func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool, ev *store.AuditEvent) error {
-	var sealed []byte
-	if newToken {
-		var err error
-		if sealed, err = SealToken(key, tok); err != nil {
-			return err
-		}
-	}
-	return m.store.UpdateTokenState(id, func(ts *store.TokenState) {
-		ts.State, ts.LastError, ts.SecretUse = status.State, status.LastError, status.SecretUse
-		if newToken {
-			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
-		}
-	}, ev)
 }
 
 func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Token, error) {
@@ -932,11 +337,6 @@ func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Toke
 	return provider.Token{AccessToken: secret.New(string(raw)), TokenType: ts.TokenType, Expiry: ts.Expiry, Obtained: ts.Obtained}, nil
 }
 
-// SealToken encrypts an access token for storage under the account's data key.
-func SealToken(key *seal.DataKey, tok provider.Token) ([]byte, error) {
-	return key.Seal(store.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
-}
-
 // Describe is the account's provider configuration, without its secret.
 func Describe(a store.Account) provider.Credentials {
 	return provider.Credentials{
@@ -944,68 +344,4 @@ func Describe(a store.Account) provider.Credentials {
 		TokenURL: a.TokenURL, Scopes: a.Scopes, AuthStyle: a.AuthStyle,
 		EndpointParams: a.EndpointParams, APIBaseURL: a.APIBaseURL,
 	}
-}
-
-// Run renews tokens in the background until ctx ends, then waits for every
-// upstream request in flight, so the store can be closed after it returns.
-func (m *Manager) Run(ctx context.Context) {
-	defer m.runs.Wait()
-	tick := time.NewTicker(m.cfg.ScanInterval)
-	defer tick.Stop()
-	slots := make(chan struct{}, m.cfg.RefreshConcurrency)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		m.refreshDue(slots)
-		m.checkExpiry()
-	}
-}
-
-// refreshDue starts requests for accounts whose token is missing or due for
-// renewal and whose gate is open, while refresher slots are free.
-func (m *Manager) refreshDue(slots chan struct{}) {
-	for _, e := range m.all() {
-		e.mu.Lock()
-		now := m.cfg.Now()
-		start := !e.removed && !e.apiKey && e.inflight == nil && !now.Before(e.nextAttempt) &&
-			(e.current.Load() == nil || !now.Before(e.refreshAt))
-		if !start {
-			e.mu.Unlock()
-			continue
-		}
-		select {
-		case slots <- struct{}{}:
-		default:
-			e.mu.Unlock()
-			return // all slots busy; the next scan carries on
-		}
-		c := m.startLocked(e)
-		e.mu.Unlock()
-		go func() {
-			<-c.done
-			<-slots
-		}()
-	}
-}
-
-// Health is what metrics show of an account: its state and its secrets'
-// expire times.
-type Health struct {
-	ID, State string
-	Secrets   []store.Secret // without their sealed values
-}
-
-// Health is every tracked account's health.
-func (m *Manager) Health() []Health {
-	all := m.all()
-	out := make([]Health, 0, len(all))
-	for _, e := range all {
-		e.mu.Lock()
-		out = append(out, Health{ID: e.id, State: e.status.State, Secrets: e.secrets})
-		e.mu.Unlock()
-	}
-	return out
 }

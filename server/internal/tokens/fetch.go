@@ -1,0 +1,233 @@
+package tokens
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// MinTTLTooLongError means the caller asked for a token that outlives
+// anything the provider issues.
+type MinTTLTooLongError struct{ Max time.Duration }
+
+func (e *MinTTLTooLongError) Error() string {
+	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
+}
+
+// RefreshLimitedError means a caller's min_ttl would force a new token
+// (the cached one is still valid) but the account's last forced refresh
+// was less than Config.ForcedInterval ago: callers cannot make the
+// broker hammer the provider.
+type RefreshLimitedError struct{ RetryAt time.Time }
+
+func (e *RefreshLimitedError) Error() string {
+	return "the cached token does not last min_ttl, and this account's token was refreshed for a min_ttl too recently to do so again; retry later or ask for a shorter min_ttl"
+}
+
+// FetchError is a failed token request together with the time before which
+// the broker will not ask the provider again. Err is a
+// *provider.RejectedError, a *provider.RedirectedError, a
+// *provider.UnavailableError, or a broker fault.
+type FetchError struct {
+	Err     error
+	RetryAt time.Time
+}
+
+func (e *FetchError) Error() string { return e.Err.Error() }
+func (e *FetchError) Unwrap() error { return e.Err }
+
+// call is one upstream request that any number of callers wait for.
+type call struct {
+	done   chan struct{}
+	issued *Issued
+	err    error
+}
+
+func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
+	e.mu.Lock()
+	now := m.cfg.Now()
+	if is := e.current.Load(); is != nil && is.Expiry.Sub(now) > minTTL {
+		e.mu.Unlock()
+		return is, nil
+	}
+	if e.removed {
+		e.mu.Unlock()
+		return nil, ErrNotFound
+	}
+	if e.lifetime > 0 && minTTL >= e.lifetime {
+		e.mu.Unlock()
+		return nil, &MinTTLTooLongError{Max: e.lifetime}
+	}
+	c := e.inflight
+	if c == nil {
+		if now.Before(e.nextAttempt) {
+			err := e.lastErr
+			e.mu.Unlock()
+			return nil, err
+		}
+		// The cached token is still valid, so only min_ttl asks for a new one.
+		if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
+			if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
+				e.mu.Unlock()
+				return nil, &RefreshLimitedError{RetryAt: next}
+			}
+			e.forced = now
+		}
+		c = m.startLocked(e)
+	}
+	e.mu.Unlock()
+
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if c.err != nil {
+		return nil, c.err
+	}
+	if ttl := c.issued.Expiry.Sub(m.cfg.Now()); ttl <= minTTL {
+		return nil, &MinTTLTooLongError{Max: ttl}
+	}
+	return c.issued, nil
+}
+
+// startLocked starts an upstream request for e; e.mu must be held.
+func (m *Manager) startLocked(e *entry) *call {
+	c := &call{done: make(chan struct{})}
+	e.inflight = c
+	m.runs.Add(1)
+	go m.run(e, c)
+	return c
+}
+
+// run makes one upstream request and publishes its outcome. The request is
+// not tied to any caller: one caller giving up must not fail the others.
+func (m *Manager) run(e *entry, c *call) {
+	defer m.runs.Done()
+	e.mu.Lock()
+	use := e.status.SecretUse
+	e.mu.Unlock()
+	tok, key, use, err := m.fetch(e.id, use)
+
+	e.mu.Lock()
+	before := e.status
+	if err == nil {
+		c.issued = m.issue(e, tok)
+		if !e.removed {
+			e.publish(c.issued, m.cfg)
+		}
+		e.status = Status{State: StateActive, LastTokenTime: tok.Obtained}
+		e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
+	} else {
+		c.err = m.recordFailure(e, err)
+	}
+	e.status.SecretUse = use
+	status := e.status
+	e.mu.Unlock()
+
+	// Persist while still marked in flight, so runs for one account never
+	// overlap. Callers already see the new token through e.current.
+	if perr := m.persist(e.id, status, tok, key, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
+		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
+	}
+
+	e.mu.Lock()
+	e.inflight = nil
+	close(c.done)
+	e.mu.Unlock()
+}
+func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
+	return newIssued(Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())})
+}
+
+// publish makes is the token callers get and schedules its renewal; e.mu
+// must be held (or e not yet shared).
+func (e *entry) publish(is *Issued, cfg Config) {
+	e.lifetime = is.lifetime()
+	margin := min(cfg.RefreshMargin, is.lifetime()/2)
+	e.refreshAt = is.Expiry.Add(-margin - rand.N(margin/4+1))
+	e.current.Store(is)
+}
+
+// ErrSecretsExpired means every secret of the account has expired.
+var ErrSecretsExpired = errors.New("every secret of the account has expired; add a new one (AddAccountSecret)")
+
+// fetch asks the provider for a token with the account's unexpired secrets,
+// newest first except that those rejected last time go last: a rejection
+// moves on to the next secret, any other failure ends the attempt. It
+// returns the secrets' new use records with the outcome.
+func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Token, *seal.DataKey, map[string]store.SecretUse, error) {
+	a, err := m.store.Account(id)
+	if err != nil {
+		return provider.Token{}, nil, use, err
+	}
+	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
+	if err != nil {
+		return provider.Token{}, nil, use, fmt.Errorf("unwrap data key: %w", err)
+	}
+	now := m.cfg.Now()
+	use = maps.Clone(use)
+	if use == nil {
+		use = map[string]store.SecretUse{}
+	}
+	err = ErrSecretsExpired
+	for _, sec := range UsableSecrets(a, use, now) {
+		raw, oerr := key.Open(store.FieldClientSecret, sec.Sealed)
+		if oerr != nil {
+			return provider.Token{}, nil, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
+		}
+		cr := Describe(a)
+		cr.ClientSecret = secret.New(string(raw))
+		var tok provider.Token
+		tok, err = m.provider.Fetch(context.Background(), cr)
+		var rejected *provider.RejectedError
+		switch {
+		case err == nil:
+			use[sec.ID] = store.SecretUse{LastUsed: tok.Obtained}
+			return tok, key, use, nil
+		case errors.As(err, &rejected):
+			u := use[sec.ID]
+			u.Rejected = &store.Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
+			use[sec.ID] = u
+			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
+		default:
+			return provider.Token{}, key, use, err
+		}
+	}
+	return provider.Token{}, key, use, err
+}
+
+// UsableSecrets are the account's unexpired secrets in the order they are
+// tried: newest first, except that those the provider rejected last go last.
+func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Time) []store.Secret {
+	var out []store.Secret
+	for _, s := range a.Secrets {
+		if s.ExpireTime.IsZero() || now.Before(s.ExpireTime) {
+			out = append(out, s)
+		}
+	}
+	slices.SortStableFunc(out, func(x, y store.Secret) int {
+		if rx, ry := use[x.ID].Rejected != nil, use[y.ID].Rejected != nil; rx != ry {
+			if rx {
+				return 1
+			}
+			return -1
+		}
+		return y.CreateTime.Compare(x.CreateTime)
+	})
+	return out
+}
+
+// SealToken encrypts an access token for storage under the account's data key.
+func SealToken(key *seal.DataKey, tok provider.Token) ([]byte, error) {
+	return key.Seal(store.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+}

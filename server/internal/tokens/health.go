@@ -1,0 +1,168 @@
+package tokens
+
+import (
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// Account states, as stored and shown.
+const (
+	StateActive         = "active"
+	StateDegraded       = "degraded"
+	StateNeedsAttention = "needs_attention"
+)
+
+// Failure reasons, as stored and shown.
+const (
+	ReasonCredentialsRejected = "credentials_rejected"
+	ReasonProviderUnavailable = "provider_unavailable"
+	ReasonInternal            = "internal"
+	ReasonSecretExpired       = "secret_expired"
+	ReasonIntegrity           = "integrity_check_failed"
+	ReasonProviderRedirected  = "provider_redirected"
+)
+
+// Status is an account's token health.
+type Status struct {
+	State         string
+	LastTokenTime time.Time
+	// LastError is set while the account is not active.
+	LastError *store.Failure
+	// SecretUse is what the broker saw of each secret, by secret ID. It is
+	// replaced, never modified.
+	SecretUse map[string]store.SecretUse
+}
+
+// Status returns an account's health.
+func (m *Manager) Status(id string) (Status, bool) {
+	e := m.lookup(id)
+	if e == nil {
+		return Status{}, false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.status, true
+}
+
+// changeStatus sets and stores an API-key account's health; e.mu must be
+// held, and stays held while storing so that changes are stored in order.
+func (m *Manager) changeStatus(e *entry, to Status) {
+	before := e.status
+	e.status = to
+	if err := m.persist(e.id, to, provider.Token{}, nil, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Logger.Error("could not save account state", "account", e.id, "error", err)
+	}
+}
+
+// recordFailure updates e after a failed request and returns the error
+// callers get; e.mu must be held.
+func (m *Manager) recordFailure(e *entry, err error) *FetchError {
+	now := m.cfg.Now()
+	e.failures++
+	f := &store.Failure{Time: now}
+	var delay time.Duration
+	var rejected *provider.RejectedError
+	var redirected *provider.RedirectedError
+	var unavailable *provider.UnavailableError
+	switch {
+	case errors.Is(err, store.ErrIntegrity):
+		// Never again: nothing of a record that failed its check is used.
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonIntegrity, "a stored record of the account failed its integrity check (it was changed outside the broker), so the broker does not use the account: delete and re-link it, or restore a backup"
+		delay = neverExpires.Sub(now)
+		m.cfg.Logger.Error("a stored record of the account failed its integrity check; the account is not used", "account", e.id, "error", err)
+	case errors.Is(err, ErrSecretsExpired):
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonSecretExpired, err.Error()
+		delay = m.cfg.RejectedRecheck
+	case errors.As(err, &rejected):
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonCredentialsRejected, rejected.Error()
+		f.ProviderError, f.ProviderErrorDescription = rejected.Code, rejected.Description
+		delay = m.cfg.RejectedRecheck
+	case errors.As(err, &redirected):
+		// Like rejected credentials, an admin has to fix the URL.
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonProviderRedirected, redirected.Error()
+		delay = m.cfg.RejectedRecheck
+	case errors.As(err, &unavailable):
+		e.status.State = StateDegraded
+		f.Reason, f.Message = ReasonProviderUnavailable, unavailable.Error()
+		delay = max(unavailable.RetryAfter, backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
+	default:
+		e.status.State = StateDegraded
+		f.Reason, f.Message = ReasonInternal, "broker fault; see the server log"
+		delay = backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
+		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
+	}
+	if f.Reason != ReasonIntegrity && (e.status.LastError == nil || e.status.LastError.Message != f.Message) { // that one was logged above
+		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", delay.Round(time.Millisecond))
+	}
+	e.status.LastError = f
+	e.nextAttempt = now.Add(delay)
+	e.lastErr = &FetchError{Err: err, RetryAt: e.nextAttempt}
+	return e.lastErr
+}
+
+// backoff is exponential from lo, capped at hi, with the upper half jittered.
+func backoff(failures int, lo, hi time.Duration) time.Duration {
+	d := hi
+	if shift := failures - 1; shift < 30 && lo<<shift < hi {
+		d = lo << shift
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// transition is the audit event of an account's change of state, or nil if
+// the state did not change.
+func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
+	if from.State == to.State {
+		return nil
+	}
+	detail := from.State + " -> " + to.State
+	if f := to.LastError; f != nil {
+		detail += ": " + f.Reason + ": " + f.Message
+	}
+	m.cfg.Logger.Info("account state changed", "account", id, "from", from.State, "to", to.State)
+	// The broker's own action, named as package server names accounts and itself.
+	return &store.AuditEvent{Time: m.cfg.Now(), Principal: "credbroker", Method: "account_state", Resource: "accounts/" + id, Code: "OK", Detail: detail}
+}
+func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool, ev *store.AuditEvent) error {
+	var sealed []byte
+	if newToken {
+		var err error
+		if sealed, err = SealToken(key, tok); err != nil {
+			return err
+		}
+	}
+	return m.store.UpdateTokenState(id, func(ts *store.TokenState) {
+		ts.State, ts.LastError, ts.SecretUse = status.State, status.LastError, status.SecretUse
+		if newToken {
+			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
+		}
+	}, ev)
+}
+
+// Health is what metrics show of an account: its state and its secrets'
+// expire times.
+type Health struct {
+	ID, State string
+	Secrets   []store.Secret // without their sealed values
+}
+
+// Health is every tracked account's health.
+func (m *Manager) Health() []Health {
+	all := m.all()
+	out := make([]Health, 0, len(all))
+	for _, e := range all {
+		e.mu.Lock()
+		out = append(out, Health{ID: e.id, State: e.status.State, Secrets: e.secrets})
+		e.mu.Unlock()
+	}
+	return out
+}
