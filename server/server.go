@@ -484,7 +484,7 @@ func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*httpEndpoin
 }
 
 // brokerPrincipal is the principal of the broker's own actions in the audit trail.
-const brokerPrincipal = "credbroker"
+const brokerPrincipal = audit.BrokerPrincipal
 
 // BootstrapAdminKey is the admin caller key created on the first start of a
 // new database, or empty. It is not logged: show it to the operator once.

@@ -13,6 +13,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/mtls"
@@ -22,7 +23,7 @@ import (
 
 // Request validation. Every failure is INVALID_ARGUMENT naming the field.
 
-const accountPrefix = "accounts/"
+const accountPrefix = audit.AccountNamePrefix
 
 var (
 	orgIDPattern    = regexp.MustCompile(`^[0-9a-f]{24}$`)

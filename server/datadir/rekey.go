@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -92,7 +93,7 @@ func CompactIfPending(st *store.Store) error {
 // earlier version (see store.Authenticate), an action of the broker's own
 // (principal "credbroker").
 func upgradeEvent() store.AuditEvent {
-	return store.AuditEvent{Time: time.Now(), Principal: "credbroker", Method: "tag_records", Code: "OK"}
+	return audit.Own(time.Now(), "tag_records", "", "")
 }
 
 // openStopped opens the database for an offline job (rekeying, restoring),

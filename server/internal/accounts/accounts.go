@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/seal"
@@ -458,7 +459,7 @@ func (s *Service) MigrateSecrets(all []store.Stored, ev store.AuditEvent) ([]sto
 			return nil, fmt.Errorf("account %s: open secret: %w", a.ID, err)
 		}
 		secretID := SecretID(secret.New(string(raw)))
-		ev.Resource, ev.Detail = "accounts/"+a.ID, "secret kept as "+secretID
+		ev.Resource, ev.Detail = audit.AccountName(a.ID), "secret kept as "+secretID
 		all[i].Account, err = s.store.UpdateAccount(a.ID, func(a *store.Account) error {
 			a.Secrets = append(a.Secrets, store.Secret{ID: secretID, Sealed: a.SealedSecret, CreateTime: a.CreateTime})
 			a.SealedSecret = nil

@@ -6,6 +6,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -72,11 +73,8 @@ func (m *Manager) warnExpiry(id string, expire, now time.Time) {
 	at := expire.UTC().Format(time.RFC3339)
 	m.cfg.Logger.Warn("the account's secrets expire soon: add a new secret (AddAccountSecret)",
 		"account", id, "expire_time", at, "days_left", int(math.Ceil(left.Hours()/24)))
-	ev := &store.AuditEvent{
-		Time: now, Principal: "credbroker", Method: "secret_expiring", Resource: "accounts/" + id, Code: "OK",
-		Detail: fmt.Sprintf("secrets expire %s (in %dd %dh): add a new secret", at, hours/24, hours%24),
-	}
-	err := m.store.UpdateTokenState(id, func(ts *store.TokenState) { ts.ExpiryWarned = now }, ev)
+	ev := audit.Own(now, "secret_expiring", audit.AccountName(id), fmt.Sprintf("secrets expire %s (in %dd %dh): add a new secret", at, hours/24, hours%24))
+	err := m.store.UpdateTokenState(id, func(ts *store.TokenState) { ts.ExpiryWarned = now }, &ev)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not record the expiry warning", "account", id, "error", err)
 	}

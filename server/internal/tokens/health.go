@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -129,8 +130,8 @@ func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
 		detail += ": " + f.Reason + ": " + f.Message
 	}
 	m.cfg.Logger.Info("account state changed", "account", id, "from", from.State, "to", to.State)
-	// The broker's own action, named as package server names accounts and itself.
-	return &store.AuditEvent{Time: m.cfg.Now(), Principal: "credbroker", Method: "account_state", Resource: "accounts/" + id, Code: "OK", Detail: detail}
+	ev := audit.Own(m.cfg.Now(), "account_state", audit.AccountName(id), detail)
+	return &ev
 }
 func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool, ev *store.AuditEvent) error {
 	var sealed []byte
