@@ -17,7 +17,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -31,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/internal/loopback"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -116,7 +116,7 @@ func New(target string, opts ...Option) (*Client, error) {
 		o.dialOptions = append(o.dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(o.tls)))
 	}
 	if o.callerKey != "" {
-		if o.tls == nil && !isLoopback(target) {
+		if o.tls == nil && !loopback.Addr(target) {
 			return nil, fmt.Errorf("credbroker client: refusing to send a caller key in plaintext to %q; use WithTLS", target)
 		}
 		o.dialOptions = append(o.dialOptions, grpc.WithPerRPCCredentials(CallerKey(o.callerKey)))
@@ -126,15 +126,6 @@ func New(target string, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	return &Client{conn: conn, tokens: credbrokerv1.NewTokenServiceClient(conn), opts: o}, nil
-}
-
-func isLoopback(target string) bool {
-	host, _, err := net.SplitHostPort(target)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 // Conn is the client's connection, for calling the broker's other

@@ -3,8 +3,9 @@ package provider
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
+
+	"github.com/credbroker/credbroker/internal/loopback"
 )
 
 // maxURL bounds an endpoint URL.
@@ -31,7 +32,7 @@ func CheckEndpointURL(raw string) error {
 		return errors.New("must not contain a fragment")
 	case u.Scheme == "https":
 		return nil
-	case u.Scheme == "http" && IsLoopbackHost(u.Hostname()):
+	case u.Scheme == "http" && loopback.Host(u.Hostname()):
 		return nil
 	}
 	return errors.New("must use https (http is allowed only for loopback hosts)")
@@ -43,13 +44,4 @@ func usable(what, raw string) error {
 		return fmt.Errorf("%w: the %s %s", ErrEndpointRefused, what, err)
 	}
 	return nil
-}
-
-// IsLoopbackHost reports whether host is localhost or a loopback address.
-func IsLoopbackHost(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
