@@ -11,6 +11,7 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -32,12 +33,12 @@ func (s *accountService) CreateAccount(ctx context.Context, req *credbrokerv1.Cr
 	if in.ID == "" {
 		in.ID = accounts.NewID()
 	}
-	c := callFrom(ctx)
-	v, err := s.accounts.Create(ctx, in, req.GetValidateOnly(), c.changeEvent(accountPrefix+in.ID, ""))
+	c := gate.CallFrom(ctx)
+	v, err := s.accounts.Create(ctx, in, req.GetValidateOnly(), c.ChangeEvent(accountPrefix+in.ID, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = !req.GetValidateOnly()
+	c.Written = !req.GetValidateOnly()
 	return &credbrokerv1.CreateAccountResponse{Account: accountProto(v)}, nil
 }
 
@@ -120,12 +121,12 @@ func (s *accountService) UpdateAccount(ctx context.Context, req *credbrokerv1.Up
 			return nil, err
 		}
 	}
-	call := callFrom(ctx)
-	v, err := s.accounts.Update(ctx, id, c, call.changeEvent(accountPrefix+id, "update_mask "+strings.Join(paths, ",")))
+	call := gate.CallFrom(ctx)
+	v, err := s.accounts.Update(ctx, id, c, call.ChangeEvent(accountPrefix+id, "update_mask "+strings.Join(paths, ",")))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	call.written = true
+	call.Written = true
 	return &credbrokerv1.UpdateAccountResponse{Account: accountProto(v)}, nil
 }
 
@@ -134,11 +135,11 @@ func (s *accountService) DeleteAccount(ctx context.Context, req *credbrokerv1.De
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	if err := s.accounts.Delete(ctx, id, c.changeEvent(accountPrefix+id, "")); err != nil {
+	c := gate.CallFrom(ctx)
+	if err := s.accounts.Delete(ctx, id, c.ChangeEvent(accountPrefix+id, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = true
+	c.Written = true
 	return &credbrokerv1.DeleteAccountResponse{}, nil
 }
 
@@ -158,12 +159,12 @@ func (s *accountService) AddAccountGrant(ctx context.Context, req *credbrokerv1.
 	if limits.Limited() {
 		detail += " limited to " + limits.String()
 	}
-	c := callFrom(ctx)
-	v, changed, err := s.accounts.AddGrant(ctx, id, principal, limits, c.principal, c.changeEvent(accountPrefix+id, detail))
+	c := gate.CallFrom(ctx)
+	v, changed, err := s.accounts.AddGrant(ctx, id, principal, limits, c.Principal, c.ChangeEvent(accountPrefix+id, detail))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = changed
+	c.Written = changed
 	return &credbrokerv1.AddAccountGrantResponse{Account: accountProto(v)}, nil
 }
 
@@ -172,12 +173,12 @@ func (s *accountService) RemoveAccountGrant(ctx context.Context, req *credbroker
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	v, err := s.accounts.RemoveGrant(ctx, id, principal, c.changeEvent(accountPrefix+id, "remove grant "+principal))
+	c := gate.CallFrom(ctx)
+	v, err := s.accounts.RemoveGrant(ctx, id, principal, c.ChangeEvent(accountPrefix+id, "remove grant "+principal))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = true
+	c.Written = true
 	return &credbrokerv1.RemoveAccountGrantResponse{Account: accountProto(v)}, nil
 }
 
@@ -223,12 +224,12 @@ func (s *accountService) AddAccountSecret(ctx context.Context, req *credbrokerv1
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	v, secretID, err := s.accounts.AddSecret(ctx, id, secret.New(req.GetSecret()), expire, c.changeEvent(accountPrefix+id, ""))
+	c := gate.CallFrom(ctx)
+	v, secretID, err := s.accounts.AddSecret(ctx, id, secret.New(req.GetSecret()), expire, c.ChangeEvent(accountPrefix+id, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = true
+	c.Written = true
 	return &credbrokerv1.AddAccountSecretResponse{Account: accountProto(v), SecretId: secretID}, nil
 }
 
@@ -240,12 +241,12 @@ func (s *accountService) RemoveAccountSecret(ctx context.Context, req *credbroke
 	if err := checkText("secret_id", req.GetSecretId(), true, 64); err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	v, err := s.accounts.RemoveSecret(ctx, id, req.GetSecretId(), c.changeEvent(accountPrefix+id, ""))
+	c := gate.CallFrom(ctx)
+	v, err := s.accounts.RemoveSecret(ctx, id, req.GetSecretId(), c.ChangeEvent(accountPrefix+id, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = true
+	c.Written = true
 	return &credbrokerv1.RemoveAccountSecretResponse{Account: accountProto(v)}, nil
 }
 

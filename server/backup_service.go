@@ -13,6 +13,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -55,12 +56,12 @@ func (s *backupService) Backup(_ *credbrokerv1.BackupRequest, stream grpc.Server
 	digest := hex.EncodeToString(sum.Sum(nil))
 
 	// Recorded before the first byte leaves, as a token is.
-	c := callFrom(ctx)
-	c.detail = fmt.Sprintf("snapshot of %d bytes, sha256 %s", size, digest)
-	if s.audit.Record(c.event(codes.OK)) != nil {
-		return errAuditUnavailable
+	c := gate.CallFrom(ctx)
+	c.Detail = fmt.Sprintf("snapshot of %d bytes, sha256 %s", size, digest)
+	if s.audit.Record(c.Event(codes.OK)) != nil {
+		return gate.ErrAuditUnavailable
 	}
-	c.written = true
+	c.Written = true
 
 	buf := make([]byte, backupChunk)
 	for {

@@ -6,6 +6,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/gate"
 )
 
 type callerService struct {
@@ -15,18 +16,18 @@ type callerService struct {
 }
 
 func (s *callerService) CreateCallerKey(ctx context.Context, req *credbrokerv1.CreateCallerKeyRequest) (*credbrokerv1.CreateCallerKeyResponse, error) {
-	c := callFrom(ctx)
-	in, err := newCallerKey(req, c.time)
+	c := gate.CallFrom(ctx)
+	in, err := newCallerKey(req, c.Time)
 	if err != nil {
 		return nil, err
 	}
-	in.Creator = c.principal
-	k, key, err := s.callers.Create(ctx, in, c.changeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+in.Role))
+	in.Creator = c.Principal
+	k, key, err := s.callers.Create(ctx, in, c.ChangeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+in.Role))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = true
-	return &credbrokerv1.CreateCallerKeyResponse{CallerKey: callerKeyProto(k, c.time), Key: key.Reveal()}, nil
+	c.Written = true
+	return &credbrokerv1.CreateCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time), Key: key.Reveal()}, nil
 }
 
 func (s *callerService) ListCallerKeys(ctx context.Context, req *credbrokerv1.ListCallerKeysRequest) (*credbrokerv1.ListCallerKeysResponse, error) {
@@ -39,7 +40,7 @@ func (s *callerService) ListCallerKeys(ctx context.Context, req *credbrokerv1.Li
 		return nil, s.errs.toStatus(ctx, err)
 	}
 	resp := &credbrokerv1.ListCallerKeysResponse{CallerKeys: make([]*credbrokerv1.CallerKey, len(keys))}
-	now := callFrom(ctx).time
+	now := gate.CallFrom(ctx).Time
 	for i, k := range keys {
 		resp.CallerKeys[i] = callerKeyProto(k, now)
 	}
@@ -54,13 +55,13 @@ func (s *callerService) RevokeCallerKey(ctx context.Context, req *credbrokerv1.R
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	k, changed, err := s.callers.Revoke(ctx, id, c.changeEvent(req.GetName(), ""))
+	c := gate.CallFrom(ctx)
+	k, changed, err := s.callers.Revoke(ctx, id, c.ChangeEvent(req.GetName(), ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = changed
-	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.time)}, nil
+	c.Written = changed
+	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time)}, nil
 }
 
 func (s *callerService) ListAdminPrincipals(ctx context.Context, _ *credbrokerv1.ListAdminPrincipalsRequest) (*credbrokerv1.ListAdminPrincipalsResponse, error) {
@@ -76,12 +77,12 @@ func (s *callerService) AddAdminPrincipal(ctx context.Context, req *credbrokerv1
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	changed, err := s.callers.AddAdmin(ctx, p, c.principal, c.changeEvent(adminPrincipalPrefix+p, ""))
+	c := gate.CallFrom(ctx)
+	changed, err := s.callers.AddAdmin(ctx, p, c.Principal, c.ChangeEvent(gate.AdminPrincipalPrefix+p, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = changed
+	c.Written = changed
 	return &credbrokerv1.AddAdminPrincipalResponse{}, nil
 }
 
@@ -90,11 +91,11 @@ func (s *callerService) RemoveAdminPrincipal(ctx context.Context, req *credbroke
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	if err := s.callers.RemoveAdmin(ctx, p, c.changeEvent(adminPrincipalPrefix+p, "")); err != nil {
+	c := gate.CallFrom(ctx)
+	if err := s.callers.RemoveAdmin(ctx, p, c.ChangeEvent(gate.AdminPrincipalPrefix+p, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.written = true
+	c.Written = true
 	return &credbrokerv1.RemoveAdminPrincipalResponse{}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/mtls"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -16,7 +17,7 @@ import (
 // principal untyped: its URI SAN, DNS SAN or CN as it was.
 func typePrincipals(st *store.Store) error {
 	_, err := st.TypePrincipals(typedPrincipals, store.AuditEvent{
-		Time: time.Now(), Principal: brokerPrincipal, Method: "type_principals", Code: codeName(codes.OK),
+		Time: time.Now(), Principal: brokerPrincipal, Method: "type_principals", Code: rpcstatus.CodeName(codes.OK),
 		Detail: `grants and admin principals stored untyped now name where a certificate's principal comes from: P became "cn:P", and also "dns:P" if P is a DNS name; URIs and caller keys are unchanged`,
 	})
 	return err

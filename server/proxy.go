@@ -16,9 +16,11 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
-	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/proxy"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -32,30 +34,30 @@ const proxyKeyHeader = "Proxy-Authorization"
 // proxyHandler is the egress proxy: the gRPC API's authentication, rate
 // limits, grants and audit trail, then package proxy forwards the call.
 type proxyHandler struct {
-	gate   *gate
-	certs  *mtls.HTTPVerifier
+	gate   *gate.Gate
+	audit  *audit.Log
 	grants *grants.Index
 	fwd    *proxy.Forwarder
 	errs   errorMapper
 }
 
 func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c := &call{method: proxyMethod, time: h.gate.now(), started: time.Now(), peer: r.RemoteAddr}
 	pc := &proxy.Call{}
 	id, path, perr := proxy.ParsePath(r.URL.EscapedPath())
+	resource := "" // named in the audit event of a refused call too
 	if perr == nil && validAccountID(id) {
-		c.resource = accountPrefix + id // named in the audit event of a refused call too
+		resource = accountPrefix + id
 	}
-	err := h.gate.admit(c, caller, r.Header.Get(proxyKeyHeader), func(now time.Time) (string, error) { return h.certs.Principal(r, now) })
+	c, err := h.gate.Authorize(r, proxyMethod, gate.Caller, proxyKeyHeader, resource)
 	if err == nil {
 		err = h.route(c, pc, r, id, path, perr)
 	}
-	if err == nil && h.gate.audit.Failing() {
+	if err == nil && h.audit.Failing() {
 		// A proxied call is audited when it ends; if that cannot be
 		// written, it must not be forwarded at all. Its own refusal is
 		// recorded below, and a success lets the next call through.
-		err = withDetails(codes.Unavailable, "the audit trail cannot be written, so the call was not forwarded; see the server log",
-			errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+		err = rpcstatus.WithDetails(codes.Unavailable, "the audit trail cannot be written, so the call was not forwarded; see the server log",
+			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
 	}
 	if err == nil {
 		h.fwd.Forward(w, r, pc)
@@ -65,24 +67,23 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case pc.Aborted != nil:
 			// The API's status has gone to the caller, but the call failed.
 			err = h.errs.toStatus(r.Context(), pc.Aborted)
-			c.detail = fmt.Sprintf("the answer was cut off after %d bytes: %s", pc.ResponseBytes, status.Convert(err).Message())
+			c.Detail = fmt.Sprintf("the answer was cut off after %d bytes: %s", pc.ResponseBytes, status.Convert(err).Message())
 		}
 	}
 	if pc.Path == "" {
 		pc.Path = r.URL.EscapedPath()
 	}
-	c.proxy = &store.ProxyCall{
-		HTTPMethod: truncate(r.Method, 16), Path: truncate(pc.Path, maxAuditResource),
+	c.Proxy = &store.ProxyCall{
+		HTTPMethod: gate.Truncate(r.Method, 16), Path: gate.Truncate(pc.Path, gate.MaxAuditResource),
 		Status: pc.Status, RequestBytes: pc.RequestBytes, ResponseBytes: pc.ResponseBytes,
 	}
 	if err != nil && pc.Aborted == nil {
 		writeProxyError(w, proxyHTTPStatus(pc.Err, status.Code(err)), status.Convert(err))
 	}
-	if aerr := h.gate.record(c, err); aerr != nil {
+	if h.gate.FinishAnswered(c, err) != nil {
 		// The answer has gone already; the failure is in the server log.
-		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.principal, "resource", c.resource)
+		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.Principal, "resource", c.Resource)
 	}
-	h.gate.logRequest(c, status.Code(err))
 	if pc.Aborted != nil {
 		panic(http.ErrAbortHandler) // the caller must not take a cut-off answer for a whole one
 	}
@@ -90,26 +91,26 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // route checks the parsed path and the caller's grant for its account,
 // with the grant's limits.
-func (h *proxyHandler) route(c *call, pc *proxy.Call, r *http.Request, id, path string, parseErr error) error {
+func (h *proxyHandler) route(c *gate.Call, pc *proxy.Call, r *http.Request, id, path string, parseErr error) error {
 	if parseErr != nil {
 		return invalidArgument("path", parseErr.Error())
 	}
-	if c.resource == "" {
+	if c.Resource == "" {
 		return invalidArgument("path", "the account id must be 1-63 lowercase letters, digits and hyphens")
 	}
 	pc.AccountID, pc.Path = id, path
-	limits, ok := h.grants.Lookup(id, c.principal)
+	limits, ok := h.grants.Lookup(id, c.Principal)
 	overridden := len(limits.Methods) > 0 && namesAMethod(r)
-	c.refused = !ok || !limits.Allows(r.Method, path) || overridden
+	c.Refused = !ok || !limits.Allows(r.Method, path) || overridden
 	if !ok {
 		// The same answer whether or not the account exists.
-		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, c.resource)
+		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.Principal, c.Resource)
 	}
-	if c.refused {
-		c.detail = "outside the grant's limits: " + limits.String()
-		return withDetails(codes.PermissionDenied,
-			fmt.Sprintf("%s's grant for %s allows only %s", c.principal, c.resource, limits),
-			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+	if c.Refused {
+		c.Detail = "outside the grant's limits: " + limits.String()
+		return rpcstatus.WithDetails(codes.PermissionDenied,
+			fmt.Sprintf("%s's grant for %s allows only %s", c.Principal, c.Resource, limits),
+			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
 	}
 	return nil
 }
@@ -183,10 +184,10 @@ func writeProxyError(w http.ResponseWriter, httpStatus int, st *status.Status) {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set(proxyErrorHeader, codeName(st.Code()))
+	w.Header().Set(proxyErrorHeader, rpcstatus.CodeName(st.Code()))
 	w.WriteHeader(httpStatus)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-		"code": httpStatus, "status": codeName(st.Code()), "message": st.Message(), "details": details,
+		"code": httpStatus, "status": rpcstatus.CodeName(st.Code()), "message": st.Message(), "details": details,
 	}})
 }
 

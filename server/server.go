@@ -34,12 +34,13 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
-	"github.com/credbroker/credbroker/server/internal/ratelimit"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/storage"
@@ -238,7 +239,7 @@ type Server struct {
 	tracing    *tracing // nil when off
 	// draining: shutdown has begun, so /readyz says not ready.
 	draining atomic.Bool
-	refusals *refusals
+	gate     *gate.Gate
 }
 
 // New checks the configuration, opens the data directory and the listener,
@@ -342,12 +343,12 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	}
 	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
 	acc := accounts.New(st, master, prov, tm, c.synced)
-	if _, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: codeName(codes.OK)}); err != nil {
+	if _, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: rpcstatus.CodeName(codes.OK)}); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
 	}
 	cs := callers.New(st, mac, time.Now, c.synced)
 	c.callers = cs
-	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "bootstrap", Code: codeName(codes.OK)})
+	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "bootstrap", Code: rpcstatus.CodeName(codes.OK)})
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap the first admin: %w", err)
 	}
@@ -382,8 +383,12 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	}
 
 	errs := errorMapper{log: cfg.Logger}
-	refused := newRefusals(cfg.UnauthenticatedRateLimit, cfg.UnauthenticatedRateBurst, cfg.refusalInterval, al, cfg.Logger, time.Now)
-	gate := &gate{callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: time.Now, refusals: refused}
+	certs := mtls.NewHTTPVerifier(tlsm.clientCAs)
+	gt := gate.New(gate.Config{
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		UnauthenticatedRateLimit: cfg.UnauthenticatedRateLimit, UnauthenticatedRateBurst: cfg.UnauthenticatedRateBurst,
+		RefusalInterval: cfg.refusalInterval, Logger: cfg.Logger,
+	}, cs, al, certs)
 	// Panics are recovered inside the gate, so that their calls are
 	// audited, and outside it, so that the gate itself cannot crash a call.
 	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -393,8 +398,8 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
 	g := grpc.NewServer(append(tr.serverOptions(),
 		grpc.Creds(tlsm.grpcCredentials()),
-		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gate.unary, recoverPanics),
-		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gate.stream, recoverStreamPanics),
+		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gt.UnaryInterceptor, recoverPanics),
+		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gt.StreamInterceptor, recoverStreamPanics),
 	)...)
 	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: acc, callers: cs, errs: errs})
 	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs, metrics: met})
@@ -406,15 +411,15 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr, refusals: refused}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr, gate: gt}
 	if cfg.ProxyListenAddr != listenerOff {
 		fwd := proxy.New(proxy.Config{
 			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
 			Timeout: cfg.ProxyTimeout, Logger: cfg.Logger,
 		}, tm)
 		if s.proxy, err = newProxyServer(cfg, tlsm, &proxyHandler{
-			gate: gate, certs: mtls.NewHTTPVerifier(tlsm.clientCAs), grants: gi, fwd: fwd, errs: errs,
-		}); err != nil {
+			gate: gt, audit: al, grants: gi, fwd: fwd, errs: errs,
+		}, certs); err != nil {
 			lis.Close()
 			return nil, err
 		}
@@ -441,10 +446,10 @@ func callEvent(ev store.AuditEvent) bool {
 	case ev.Principal == brokerPrincipal:
 		return false
 	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == proxyMethod,
-		ev.Method == refusalMethod, ev.Method == deniedMethod:
+		ev.Method == gate.RefusalMethod, ev.Method == gate.DeniedMethod:
 		return true
 	}
-	return ev.Code != codeName(codes.OK)
+	return ev.Code != rpcstatus.CodeName(codes.OK)
 }
 
 // reportTampered logs and audits, at each start, every stored record that
@@ -454,7 +459,7 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 	for _, name := range names {
 		log.Error("a stored record failed its integrity check (it was changed outside the broker, or copied from another database); it is not used", "resource", name)
 		events = append(events, store.AuditEvent{
-			Time: time.Now(), Principal: brokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: codeName(codes.DataLoss),
+			Time: time.Now(), Principal: brokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: rpcstatus.CodeName(codes.DataLoss),
 			Detail: "the stored record failed its integrity check, so it is not used",
 		})
 	}
@@ -468,14 +473,14 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 const listenerOff = "off"
 
 // newProxyServer listens for the egress proxy.
-func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler) (*httpEndpoint, error) {
+func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler, certs *mtls.HTTPVerifier) (*httpEndpoint, error) {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute, // a whole request, body included: no slow-drip uploads
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ConnContext:       h.certs.ConnContext,
+		ConnContext:       certs.ConnContext,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	if tlsm.cert != nil {
@@ -591,7 +596,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { s.compactPeriodically(compactCtx); close(compactDone) }()
 	refusalsCtx, stopRefusals := context.WithCancel(context.Background())
 	refusalsDone := make(chan struct{})
-	go func() { s.refusals.run(refusalsCtx); close(refusalsDone) }()
+	go func() { s.gate.Run(refusalsCtx); close(refusalsDone) }()
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()

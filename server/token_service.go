@@ -10,8 +10,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/metrics"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -29,23 +31,23 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	// Counted by account only once the caller may know the account exists,
 	// so that names sent by callers cannot grow the metric.
 	account := ""
-	defer func() { s.metrics.TokenRequest(account, codeName(status.Code(err))) }()
+	defer func() { s.metrics.TokenRequest(account, rpcstatus.CodeName(status.Code(err))) }()
 	id, err := parseName("name", req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	c := callFrom(ctx)
-	limits, ok := s.grants.Lookup(id, c.principal)
-	c.refused = !ok || limits.Limited()
+	c := gate.CallFrom(ctx)
+	limits, ok := s.grants.Lookup(id, c.Principal)
+	c.Refused = !ok || limits.Limited()
 	if !ok {
 		// The same answer whether or not the account exists.
-		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.principal, req.GetName())
+		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.Principal, req.GetName())
 	}
 	account = id
 	if limits.Limited() {
-		return nil, withDetails(codes.PermissionDenied,
-			fmt.Sprintf("%s's grant for %s is limited to some egress-proxy calls (%s), so it gets no tokens: a token would not be limited; call the API through the egress proxy", c.principal, req.GetName(), limits),
-			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+		return nil, rpcstatus.WithDetails(codes.PermissionDenied,
+			fmt.Sprintf("%s's grant for %s is limited to some egress-proxy calls (%s), so it gets no tokens: a token would not be limited; call the API through the egress proxy", c.Principal, req.GetName(), limits),
+			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
 	}
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {
@@ -58,7 +60,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	if err != nil {
 		return nil, s.errs.toCallerStatus(ctx, err)
 	}
-	c.fingerprint = is.Fingerprint
+	c.Fingerprint = is.Fingerprint
 	return &credbrokerv1.GetTokenResponse{
 		AccessToken: is.AccessToken.Reveal(),
 		TokenType:   is.TokenType,

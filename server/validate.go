@@ -15,6 +15,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
@@ -353,7 +354,7 @@ func grantLimits(methods, prefixes []string) (grants.Limits, error) {
 	}
 	for _, m := range methods {
 		if !slices.Contains(proxyMethods, m) {
-			return grants.Limits{}, invalidArgument("http_methods", fmt.Sprintf("%q is not one of %s (upper-case, as HTTP spells them)", truncate(m, 16), strings.Join(proxyMethods, ", ")))
+			return grants.Limits{}, invalidArgument("http_methods", fmt.Sprintf("%q is not one of %s (upper-case, as HTTP spells them)", gate.Truncate(m, 16), strings.Join(proxyMethods, ", ")))
 		}
 	}
 	if len(prefixes) > maxPathPrefixes {
@@ -361,7 +362,7 @@ func grantLimits(methods, prefixes []string) (grants.Limits, error) {
 	}
 	for _, p := range prefixes {
 		if problem := pathPrefixProblem(p); problem != "" {
-			return grants.Limits{}, invalidArgument("path_prefixes", fmt.Sprintf("%q %s", truncate(p, 64), problem))
+			return grants.Limits{}, invalidArgument("path_prefixes", fmt.Sprintf("%q %s", gate.Truncate(p, 64), problem))
 		}
 	}
 	return grants.Limits{Methods: sortedSet(methods), PathPrefixes: sortedSet(prefixes)}, nil

@@ -1,7 +1,6 @@
-package server
+package gate
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,13 +15,12 @@ import (
 
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/ratelimit"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
 // Bounds of what refusals holds between two flushes.
 const (
-	// refusalInterval is how often the tallies become audit events.
-	refusalInterval = time.Minute
 	// maxRefusalTallies: refusals from further peer addresses are tallied
 	// together, under otherPeers.
 	maxRefusalTallies = 20
@@ -31,12 +29,12 @@ const (
 	maxRefusalNames = 5
 )
 
-// refusalMethod is the audit trail's method of aggregated refusals of
-// calls without valid credentials, and deniedMethod that of refusals of a
+// RefusalMethod is the audit trail's method of aggregated refusals of
+// calls without valid credentials, and DeniedMethod that of refusals of a
 // proven caller's calls beyond its allowance of events of their own.
 const (
-	refusalMethod = "unauthenticated_calls"
-	deniedMethod  = "refused_calls"
+	RefusalMethod = "unauthenticated_calls"
+	DeniedMethod  = "refused_calls"
 )
 
 // Each proven caller's refused calls (no grant, not an admin, over its rate
@@ -88,7 +86,7 @@ type tally struct {
 func newRefusals(perSecond float64, burst int, interval time.Duration, al *audit.Log, log *slog.Logger, now func() time.Time) *refusals {
 	return &refusals{
 		limiter: ratelimit.New(perSecond, burst), denied: ratelimit.New(deniedPerMinute/60.0, deniedBurst),
-		audit: al, log: log, interval: cmp.Or(interval, refusalInterval),
+		audit: al, log: log, interval: interval,
 		now: now, tallies: map[refusalKey]*tally{},
 	}
 }
@@ -104,7 +102,7 @@ func peerKey(addr string) string {
 	ip := net.ParseIP(host)
 	switch {
 	case ip == nil:
-		return truncate(host, maxAuditResource)
+		return Truncate(host, MaxAuditResource)
 	case ip.To4() == nil:
 		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 	}
@@ -113,28 +111,28 @@ func peerKey(addr string) string {
 
 // wait is how long the peer of call c must wait before the broker looks at
 // its credentials again, having refused too many of its calls; 0 if it need not.
-func (r *refusals) wait(c *call) time.Duration {
-	return r.limiter.Wait(peerKey(c.peer), c.time)
+func (r *refusals) wait(c *Call) time.Duration {
+	return r.limiter.Wait(peerKey(c.Peer), c.Time)
 }
 
 // charge counts a call that failed authentication against its peer's budget.
-func (r *refusals) charge(c *call) {
-	r.limiter.Charge(peerKey(c.peer), c.time)
+func (r *refusals) charge(c *Call) {
+	r.limiter.Charge(peerKey(c.Peer), c.Time)
 }
 
 // aloneAllowed reports whether the refused call c of a proven caller may
 // still have an audit event of its own; if not, it is to be tallied.
-func (r *refusals) aloneAllowed(c *call) bool {
-	ok, _ := r.denied.Allow(c.principal, c.time)
+func (r *refusals) aloneAllowed(c *Call) bool {
+	ok, _ := r.denied.Allow(c.Principal, c.Time)
 	return ok
 }
 
 // add tallies call c, refused with code: by its peer address if it proved
 // no identity, else by its principal.
-func (r *refusals) add(c *call, code codes.Code) {
-	k, what := refusalKey{peer: peerKey(c.peer), code: codeName(code)}, c.principal
+func (r *refusals) add(c *Call, code codes.Code) {
+	k, what := refusalKey{peer: peerKey(c.Peer), code: rpcstatus.CodeName(code)}, c.Principal
 	if !c.unproven {
-		k, what = refusalKey{principal: c.principal, code: codeName(code)}, c.resource
+		k, what = refusalKey{principal: c.Principal, code: rpcstatus.CodeName(code)}, c.Resource
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -144,15 +142,15 @@ func (r *refusals) add(c *call, code codes.Code) {
 			k.peer = otherPeers
 		}
 		if t = r.tallies[k]; t == nil {
-			t = &tally{first: c.time}
+			t = &tally{first: c.Time}
 			r.tallies[k] = t
 		}
 	}
 	t.calls++
-	t.last = c.time
-	t.methods.add(c.method)
+	t.last = c.Time
+	t.methods.add(c.Method)
 	if what != "" {
-		t.what.add(truncate(what, maxAuditResource))
+		t.what.add(Truncate(what, MaxAuditResource))
 	}
 }
 
@@ -189,9 +187,9 @@ func (r *refusals) flush() {
 	for k, t := range tallies {
 		detail := fmt.Sprintf("%d calls refused from %s to %s; methods: %s", t.calls,
 			t.first.UTC().Format(time.RFC3339), t.last.UTC().Format(time.RFC3339), t.methods)
-		ev := store.AuditEvent{Time: now, Method: refusalMethod, Code: k.code, PeerAddress: k.peer}
+		ev := store.AuditEvent{Time: now, Method: RefusalMethod, Code: k.code, PeerAddress: k.peer}
 		if k.principal != "" {
-			ev.Method, ev.Principal = deniedMethod, k.principal
+			ev.Method, ev.Principal = DeniedMethod, k.principal
 			if len(t.what.counts) > 0 {
 				detail += "; resources: " + t.what.String()
 			}

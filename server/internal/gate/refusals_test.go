@@ -1,4 +1,4 @@
-package server
+package gate
 
 import (
 	"context"
@@ -38,7 +38,7 @@ func TestRefusalsStayBounded(t *testing.T) {
 	r := newRefusals(1, 20, time.Hour, al, slog.New(slog.DiscardHandler), time.Now)
 	const calls = 300
 	for i := range calls {
-		c := &call{peer: fmt.Sprintf("10.0.%d.%d:%d", i/256, i%256, 1000+i), method: fmt.Sprintf("/m%d", i%10), principal: fmt.Sprintf("callerKeys/k%d", i), time: time.Now(), unproven: true}
+		c := &Call{Peer: fmt.Sprintf("10.0.%d.%d:%d", i/256, i%256, 1000+i), Method: fmt.Sprintf("/m%d", i%10), Principal: fmt.Sprintf("callerKeys/k%d", i), Time: time.Now(), unproven: true}
 		r.add(c, codes.Unauthenticated)
 	}
 	r.flush()
@@ -52,7 +52,7 @@ func TestRefusalsStayBounded(t *testing.T) {
 	total := 0
 	for _, ev := range events {
 		var n int
-		if _, err := fmt.Sscanf(ev.Detail, "%d calls", &n); err != nil || ev.Method != refusalMethod || ev.Code != "UNAUTHENTICATED" || ev.Principal != "" {
+		if _, err := fmt.Sscanf(ev.Detail, "%d calls", &n); err != nil || ev.Method != RefusalMethod || ev.Code != "UNAUTHENTICATED" || ev.Principal != "" {
 			t.Fatalf("event %+v", ev)
 		}
 		total += n

@@ -1,0 +1,371 @@
+// Package gate decides who may call what, for every listener the broker
+// serves: which methods are open, need a proven identity, a caller or an
+// admin (methodAccess, default deny); authentication by caller key or
+// client certificate; each caller's rate limit and each peer address's
+// budget of calls without valid credentials; and the audit event and log
+// line of every call. gRPC reaches it through UnaryInterceptor and
+// StreamInterceptor, HTTP handlers (the egress proxy, and any later
+// listener) through Authorize; each ends its call with Finish or
+// FinishAnswered. Handlers find the admitted call with CallFrom.
+package gate
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/mtls"
+	"github.com/credbroker/credbroker/server/internal/ratelimit"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+// Config tunes the gate. Zero fields take the values of DefaultConfig.
+type Config struct {
+	// RateLimit is each caller's sustained calls per second and RateBurst
+	// the calls it may make at once; a negative RateLimit turns limiting off.
+	RateLimit float64
+	RateBurst int
+	// UnauthenticatedRateLimit is the sustained calls per second that fail
+	// authentication (no, unknown, revoked or expired credentials) which
+	// each peer address may make, and UnauthenticatedRateBurst how many at
+	// once. A peer beyond it gets RESOURCE_EXHAUSTED before its credentials
+	// are looked at, valid ones too, until its budget refills. A negative
+	// UnauthenticatedRateLimit turns this off.
+	UnauthenticatedRateLimit float64
+	UnauthenticatedRateBurst int
+	// RefusalInterval is how often the tallies of refused calls become
+	// audit events (see refusals).
+	RefusalInterval time.Duration
+	// Now is the clock of calls' times and rate limits.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// DefaultConfig: 100 calls a second per caller, bursts of 200; one call
+// without valid credentials a second per peer address, bursts of 20, so
+// that a client with a typo sees its UNAUTHENTICATED answers and a flood is
+// throttled.
+func DefaultConfig() Config {
+	return Config{
+		RateLimit: 100, RateBurst: 200,
+		UnauthenticatedRateLimit: 1, UnauthenticatedRateBurst: 20,
+		RefusalInterval: time.Minute,
+		Now:             time.Now,
+		Logger:          slog.Default(),
+	}
+}
+
+// withDefaults fills the unset fields (zero, and for bursts and the
+// interval negative too; a negative rate turns limiting off).
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.RateLimit == 0 {
+		c.RateLimit = d.RateLimit
+	}
+	if c.UnauthenticatedRateLimit == 0 {
+		c.UnauthenticatedRateLimit = d.UnauthenticatedRateLimit
+	}
+	if c.RateBurst <= 0 {
+		c.RateBurst = d.RateBurst
+	}
+	if c.UnauthenticatedRateBurst <= 0 {
+		c.UnauthenticatedRateBurst = d.UnauthenticatedRateBurst
+	}
+	if c.RefusalInterval <= 0 {
+		c.RefusalInterval = d.RefusalInterval
+	}
+	if c.Now == nil {
+		c.Now = d.Now
+	}
+	if c.Logger == nil {
+		c.Logger = d.Logger
+	}
+	return c
+}
+
+// AdminPrincipalPrefix names admin principals in audit events.
+const AdminPrincipalPrefix = "adminPrincipals/"
+
+// Access is who may call a method.
+type Access int
+
+const (
+	// Denied: any method not listed in methodAccess (default deny).
+	Denied Access = iota
+	// Open: no identity needed (health checks for load balancers).
+	Open
+	// Proven: any proven identity; not audited (server reflection).
+	Proven
+	// Caller: any proven identity, audited; the handler checks the
+	// account's grants itself.
+	Caller
+	// Admin: the admin role, audited.
+	Admin
+)
+
+// methodAccess lists every gRPC method the server serves and who may call it.
+var methodAccess = func() map[string]Access {
+	m := map[string]Access{}
+	add := func(sd grpc.ServiceDesc, a Access) {
+		for _, md := range sd.Methods {
+			m["/"+sd.ServiceName+"/"+md.MethodName] = a
+		}
+		for _, sd2 := range sd.Streams {
+			m["/"+sd.ServiceName+"/"+sd2.StreamName] = a
+		}
+	}
+	add(credbrokerv1.TokenService_ServiceDesc, Caller)
+	add(credbrokerv1.AccountService_ServiceDesc, Admin)
+	add(credbrokerv1.CallerService_ServiceDesc, Admin)
+	add(credbrokerv1.AuditService_ServiceDesc, Admin)
+	add(credbrokerv1.BackupService_ServiceDesc, Admin)
+	add(healthpb.Health_ServiceDesc, Open)
+	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = Proven
+	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = Proven
+	return m
+}()
+
+// Gate authenticates, rate-limits and authorizes every call, and writes
+// the audit event of every audited call before its answer leaves.
+type Gate struct {
+	callers *callers.Service
+	limiter *ratelimit.Limiter
+	audit   *audit.Log
+	log     *slog.Logger
+	now     func() time.Time
+	// certs proves the principals of HTTP callers' client certificates.
+	certs *mtls.HTTPVerifier
+	// refusals bounds and tallies the calls that fail authentication.
+	refusals *refusals
+}
+
+// New returns the gate of callers' keys and admin principals cs, writing
+// to the audit trail al. certs verifies the client certificates of HTTP
+// calls: the HTTP servers' ConnContext must be its ConnContext.
+func New(cfg Config, cs *callers.Service, al *audit.Log, certs *mtls.HTTPVerifier) *Gate {
+	cfg = cfg.withDefaults()
+	return &Gate{
+		callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: cfg.Now, certs: certs,
+		refusals: newRefusals(cfg.UnauthenticatedRateLimit, cfg.UnauthenticatedRateBurst, cfg.RefusalInterval, al, cfg.Logger, cfg.Now),
+	}
+}
+
+// Run writes the tallies of refused calls as audit events every
+// RefusalInterval, and once more when ctx ends: stop it after the
+// listeners and before the audit writer.
+func (g *Gate) Run(ctx context.Context) { g.refusals.run(ctx) }
+
+// Call is what the gate learned about a call; handlers add the resource
+// and, for issued tokens, the fingerprint.
+type Call struct {
+	Method, Principal, Peer string
+	Time                    time.Time
+	// started times the call for the request log (Time may be a test's clock).
+	started                       time.Time
+	Resource, Fingerprint, Detail string
+	// Written: the handler's change was stored together with its audit
+	// event, so the gate does not record it again.
+	Written bool
+	// Proxy describes an egress-proxy call.
+	Proxy *store.ProxyCall
+	// unproven: the call was refused before its caller proved an identity,
+	// so it is tallied (refusals), not audited alone; throttled: by its
+	// peer address's budget, so it is not logged alone either.
+	unproven, throttled bool
+	// Refused: the proven caller's call was refused before it did anything
+	// (no grant, not an admin, over its rate limit): audited alone within
+	// the caller's allowance, tallied beyond it (see refusals).
+	Refused bool
+	// access is who may make the call.
+	access Access
+}
+
+type callKey struct{}
+
+// CallFrom returns the call the gate admitted; handlers always have one.
+func CallFrom(ctx context.Context) *Call {
+	c, _ := ctx.Value(callKey{}).(*Call)
+	if c == nil {
+		return &Call{}
+	}
+	return c
+}
+
+// Event is the call's audit event with the given outcome.
+func (c *Call) Event(code codes.Code) store.AuditEvent {
+	return store.AuditEvent{
+		Time: c.Time, Principal: c.Principal, Method: c.Method, Resource: c.Resource,
+		Code: rpcstatus.CodeName(code), TokenFingerprint: c.Fingerprint, Detail: c.Detail, PeerAddress: c.Peer,
+		Proxy: c.Proxy,
+	}
+}
+
+// ChangeEvent is the audit event of a change about to be stored.
+func (c *Call) ChangeEvent(resource, detail string) store.AuditEvent {
+	c.Resource, c.Detail = resource, detail
+	return c.Event(codes.OK)
+}
+
+// begin starts a call to method, which needs access a, from peer.
+func (g *Gate) begin(method, peer string, a Access) *Call {
+	return &Call{Method: method, Time: g.now(), started: time.Now(), Peer: peer, access: a}
+}
+
+// Finish ends call c, which ended with err, before its answer leaves: it
+// writes its audit event (or tallies it, see record) and logs it. It
+// returns the error the call must end with: ErrAuditUnavailable if the
+// event could not be written.
+func (g *Gate) Finish(c *Call, err error) error {
+	if g.record(c, err) != nil {
+		err = ErrAuditUnavailable
+	}
+	g.logRequest(c, status.Code(err))
+	return err
+}
+
+// FinishAnswered ends call c, which ended with err, after its answer has
+// gone (the egress proxy streams the API's answer as it comes): it writes
+// its audit event and logs the call with the code its caller got. It
+// returns ErrAuditUnavailable if the event could not be written, for the
+// handler to log: the answer cannot be taken back.
+func (g *Gate) FinishAnswered(c *Call, err error) error {
+	aerr := g.record(c, err)
+	g.logRequest(c, status.Code(err))
+	return aerr
+}
+
+// record writes the audit event of call c, which ended with err, unless
+// its access needs only a proven identity, or the handler wrote it already
+// and succeeded; or tallies it if it was refused before its caller proved
+// an identity (see refusals). It returns ErrAuditUnavailable if the event
+// could not be written.
+func (g *Gate) record(c *Call, err error) error {
+	if c.access == Proven || (c.Written && err == nil) {
+		return nil
+	}
+	if c.unproven || (c.Refused && !g.refusals.aloneAllowed(c)) {
+		c.throttled = c.throttled || c.Refused // its tally is logged instead
+		g.refusals.add(c, status.Code(err))
+		return nil
+	}
+	if g.audit.Record(c.Event(status.Code(err))) != nil {
+		return ErrAuditUnavailable
+	}
+	return nil
+}
+
+// logRequest writes the one log line of each authenticated call: who, what,
+// on which account, how it ended and how long it took. It holds what the
+// audit event holds (never a secret) plus the latency.
+func (g *Gate) logRequest(c *Call, code codes.Code) {
+	if c.throttled || !g.log.Enabled(context.Background(), slog.LevelInfo) {
+		return // spare the busiest paths building a line nobody reads
+	}
+	attrs := []any{"principal", c.Principal, "method", c.Method, "account", c.Resource, "code", rpcstatus.CodeName(code),
+		"latency_ms", float64(time.Since(c.started).Microseconds()) / 1000, "peer", c.Peer}
+	if c.Fingerprint != "" {
+		attrs = append(attrs, "token_fingerprint", c.Fingerprint)
+	}
+	if c.Detail != "" {
+		attrs = append(attrs, "detail", c.Detail)
+	}
+	if p := c.Proxy; p != nil {
+		attrs = append(attrs, slog.Group("proxy", "http_method", p.HTTPMethod, "path", p.Path, "status", p.Status,
+			"request_bytes", p.RequestBytes, "response_bytes", p.ResponseBytes))
+	}
+	g.log.Info("request", attrs...)
+}
+
+// ErrAuditUnavailable refuses a call whose audit event could not be written.
+var ErrAuditUnavailable = rpcstatus.WithDetails(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
+	rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+
+// admit proves the caller's identity (its caller key, sent as "Bearer
+// <key>" in keyHeader, else its client certificate) and checks its rate
+// limit and role. A peer address that sent too many calls without valid
+// credentials waits before any of its credentials are looked at.
+func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error {
+	if wait := g.refusals.wait(c); wait > 0 {
+		c.unproven, c.throttled = true, true
+		return rpcstatus.WithDetails(codes.ResourceExhausted, "too many calls without valid credentials from this address; retry later",
+			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+	}
+	id, err := g.authenticate(keyHeader, cert, c.Time)
+	c.Principal = id.Principal // a revoked or expired key is still named
+	if err != nil {
+		c.unproven = true
+		g.refusals.charge(c)
+		return err
+	}
+	if ok, wait := g.limiter.Allow(id.Principal, c.Time); !ok {
+		c.Refused = true
+		return rpcstatus.WithDetails(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
+			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+	}
+	switch {
+	case c.access == Denied:
+		c.Refused = true
+		return status.Error(codes.PermissionDenied, "this method is not open to callers")
+	case c.access == Admin && !id.Admin:
+		c.Refused = true
+		return status.Errorf(codes.PermissionDenied, "%s needs the admin role, which %s does not have", c.Method, id.Principal)
+	}
+	return nil
+}
+
+// certificatePrincipal returns the principal of the caller's client
+// certificate at a time, or mtls.ErrNoCertificate.
+type certificatePrincipal func(now time.Time) (string, error)
+
+// authenticate returns the caller's identity: its caller key if it sends
+// one, else its client certificate.
+func (g *Gate) authenticate(keyHeader string, cert certificatePrincipal, now time.Time) (callers.Identity, error) {
+	if keyHeader != "" {
+		scheme, key, ok := strings.Cut(keyHeader, " ")
+		if !ok || !strings.EqualFold(scheme, "bearer") {
+			return callers.Identity{}, status.Error(codes.Unauthenticated, `the caller key must be sent as "Bearer <caller key>"`)
+		}
+		id, err := g.callers.AuthenticateKey(strings.TrimSpace(key))
+		if err != nil {
+			return id, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return id, nil
+	}
+	principal, err := cert(now)
+	switch {
+	case errors.Is(err, mtls.ErrNoCertificate):
+		return callers.Identity{}, status.Error(codes.Unauthenticated, `no credentials: send "authorization: Bearer <caller key>" (on the egress proxy, "Proxy-Authorization: Bearer <caller key>") or a client certificate signed by the broker's client CA`)
+	case err != nil:
+		return callers.Identity{}, status.Error(codes.Unauthenticated, err.Error())
+	case strings.HasPrefix(principal, callers.KeyPrincipalPrefix):
+		return callers.Identity{}, status.Errorf(codes.Unauthenticated, "a certificate principal may not start with %q, which names caller keys", callers.KeyPrincipalPrefix)
+	}
+	return g.callers.CertificateIdentity(principal), nil
+}
+
+// MaxAuditResource bounds what a request can make the broker store: names
+// from refused calls are unvalidated input.
+const MaxAuditResource = 256
+
+// Truncate bounds a string from a caller before the broker stores it.
+func Truncate(s string, n int) string {
+	if len(s) > n {
+		return strings.ToValidUTF8(s[:n], "") + "..."
+	}
+	return s
+}
