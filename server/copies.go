@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/storage"
@@ -50,7 +51,7 @@ func (c *copies) load() (storage.Revision, []string, error) {
 	}
 	for _, st := range all {
 		if st.Account.Tampered {
-			tampered = append(tampered, accountPrefix+st.Account.ID)
+			tampered = append(tampered, audit.AccountName(st.Account.ID))
 		}
 	}
 	return rev, tampered, nil

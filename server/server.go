@@ -1,7 +1,7 @@
-// Package server is credbroker's gRPC server: configuration, start-up
-// checks, wiring of the core packages, and the thin AccountService and
-// TokenService handlers that validate requests, call the core and map
-// errors to status codes (errors.go).
+// Package server is credbroker's server: its configuration, start-up
+// checks, and the wiring that builds the core packages and connects them
+// to the gate (internal/gate), the handlers (internal/api) and the
+// listeners, then serves them until shut down.
 package server
 
 import (
@@ -32,6 +32,7 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/api"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/gate"
@@ -252,16 +253,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p := cfg.BootstrapAdminPrincipal; p != "" {
-		if problem := principalProblem(p, true); problem != "" {
-			return nil, fmt.Errorf("--bootstrap-admin-principal: %s", problem)
-		}
-	}
 	st, master, err := datadir.Open(cfg.Config, master)
 	if err != nil {
 		return nil, err
 	}
-	removeStagedBackups(cfg)
+	api.RemoveStagedBackups(cfg.DataDir, cfg.Logger)
 	s, err := build(cfg, st, master, tlsm)
 	if err != nil {
 		st.Close()
@@ -279,7 +275,7 @@ func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
 		return tlsMaterial{}, nil, err
 	}
 	if p := cfg.BootstrapAdminPrincipal; p != "" {
-		if _, err := checkAdminPrincipal(p); err != nil {
+		if _, err := api.CheckAdminPrincipal(p); err != nil {
 			return tlsMaterial{}, nil, fmt.Errorf("--bootstrap-admin-principal %q: %s", p, status.Convert(err).Message())
 		}
 	}
@@ -382,7 +378,6 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		return nil, err
 	}
 
-	errs := errorMapper{log: cfg.Logger}
 	certs := mtls.NewHTTPVerifier(tlsm.clientCAs)
 	gt := gate.New(gate.Config{
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
@@ -392,7 +387,8 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	// Panics are recovered inside the gate, so that their calls are
 	// audited, and outside it, so that the gate itself cannot crash a call.
 	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
-		cfg.Logger.Error("panic in handler", "method", methodName(ctx))
+		method, _ := grpc.Method(ctx)
+		cfg.Logger.Error("panic in handler", "method", method)
 		return status.Error(codes.Internal, "internal error")
 	})
 	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
@@ -401,11 +397,11 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gt.UnaryInterceptor, recoverPanics),
 		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gt.StreamInterceptor, recoverStreamPanics),
 	)...)
-	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: acc, callers: cs, errs: errs})
-	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: tm, grants: gi, errs: errs, metrics: met})
-	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: cs, errs: errs})
-	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: al, errs: errs})
-	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: st, dir: cfg.DataDir, audit: al, errs: errs})
+	core := api.Core{
+		Accounts: acc, Callers: cs, Tokens: tm, Grants: gi, Audit: al, Metrics: met,
+		Store: st, DataDir: cfg.DataDir, Logger: cfg.Logger,
+	}
+	api.Register(g, core)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
@@ -417,9 +413,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
 			Timeout: cfg.ProxyTimeout, Logger: cfg.Logger,
 		}, tm)
-		if s.proxy, err = newProxyServer(cfg, tlsm, &proxyHandler{
-			gate: gt, audit: al, grants: gi, fwd: fwd, errs: errs,
-		}, certs); err != nil {
+		if s.proxy, err = newProxyServer(cfg, tlsm, api.ProxyHandler(core, gt, fwd), certs); err != nil {
 			lis.Close()
 			return nil, err
 		}
@@ -445,7 +439,7 @@ func callEvent(ev store.AuditEvent) bool {
 	switch {
 	case ev.Principal == brokerPrincipal:
 		return false
-	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == proxyMethod,
+	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == api.ProxyMethod,
 		ev.Method == gate.RefusalMethod, ev.Method == gate.DeniedMethod:
 		return true
 	}
@@ -473,7 +467,7 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 const listenerOff = "off"
 
 // newProxyServer listens for the egress proxy.
-func newProxyServer(cfg Config, tlsm tlsMaterial, h *proxyHandler, certs *mtls.HTTPVerifier) (*httpEndpoint, error) {
+func newProxyServer(cfg Config, tlsm tlsMaterial, h http.Handler, certs *mtls.HTTPVerifier) (*httpEndpoint, error) {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -562,11 +556,6 @@ func loadMACKey(st *store.Store, master *seal.MasterKey) (*seal.MACKey, error) {
 		return nil, err
 	}
 	return mac, st.SetWrappedMACKey(wrapped)
-}
-
-func methodName(ctx context.Context) string {
-	m, _ := grpc.Method(ctx)
-	return m
 }
 
 // Addr is the address the server listens on.

@@ -1,4 +1,4 @@
-package server
+package api
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -132,4 +133,10 @@ func (m errorMapper) toCallerStatus(ctx context.Context, err error) error {
 func invalidArgument(field, problem string) error {
 	return rpcstatus.WithDetails(codes.InvalidArgument, field+": "+problem,
 		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: problem}}})
+}
+
+// methodName is the gRPC method of a call's context, or "".
+func methodName(ctx context.Context) string {
+	m, _ := grpc.Method(ctx)
+	return m
 }

@@ -1,4 +1,4 @@
-package server
+package api
 
 import (
 	"encoding/json"
@@ -24,8 +24,8 @@ import (
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
-// proxyMethod is the audit trail's method for egress-proxy calls.
-const proxyMethod = "proxy"
+// ProxyMethod is the audit trail's method for egress-proxy calls.
+const ProxyMethod = "proxy"
 
 // proxyKeyHeader carries a caller key on the egress proxy. The caller's
 // Authorization header is the API's business, and is stripped.
@@ -48,7 +48,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if perr == nil && validAccountID(id) {
 		resource = accountPrefix + id
 	}
-	c, err := h.gate.Authorize(r, proxyMethod, gate.Caller, proxyKeyHeader, resource)
+	c, err := h.gate.Authorize(r, ProxyMethod, gate.Caller, proxyKeyHeader, resource)
 	if err == nil {
 		err = h.route(c, pc, r, id, path, perr)
 	}

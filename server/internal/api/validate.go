@@ -1,4 +1,4 @@
-package server
+package api
 
 import (
 	"fmt"
@@ -402,9 +402,9 @@ func sortedSet(vs []string) []string {
 	return slices.Compact(slices.Sorted(slices.Values(vs)))
 }
 
-// checkAdminPrincipal accepts certificate principals only: a caller key's
+// CheckAdminPrincipal accepts certificate principals only: a caller key's
 // role is fixed when it is created.
-func checkAdminPrincipal(p string) (string, error) {
+func CheckAdminPrincipal(p string) (string, error) {
 	if problem := principalProblem(p, true); problem != "" {
 		return "", invalidArgument("principal", problem)
 	}

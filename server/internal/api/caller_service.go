@@ -1,4 +1,4 @@
-package server
+package api
 
 import (
 	"context"
@@ -73,7 +73,7 @@ func (s *callerService) ListAdminPrincipals(ctx context.Context, _ *credbrokerv1
 }
 
 func (s *callerService) AddAdminPrincipal(ctx context.Context, req *credbrokerv1.AddAdminPrincipalRequest) (*credbrokerv1.AddAdminPrincipalResponse, error) {
-	p, err := checkAdminPrincipal(req.GetPrincipal())
+	p, err := CheckAdminPrincipal(req.GetPrincipal())
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func (s *callerService) AddAdminPrincipal(ctx context.Context, req *credbrokerv1
 }
 
 func (s *callerService) RemoveAdminPrincipal(ctx context.Context, req *credbrokerv1.RemoveAdminPrincipalRequest) (*credbrokerv1.RemoveAdminPrincipalResponse, error) {
-	p, err := checkAdminPrincipal(req.GetPrincipal())
+	p, err := CheckAdminPrincipal(req.GetPrincipal())
 	if err != nil {
 		return nil, err
 	}

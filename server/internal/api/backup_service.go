@@ -1,10 +1,11 @@
-package server
+package api
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -86,13 +87,13 @@ func (s *backupService) Backup(_ *credbrokerv1.BackupRequest, stream grpc.Server
 // stagedBackupPattern names snapshots staged in the data directory.
 const stagedBackupPattern = "backup-*.tmp"
 
-// removeStagedBackups deletes snapshots that a broker which stopped
-// mid-backup left in the data directory.
-func removeStagedBackups(cfg Config) {
-	staged, _ := filepath.Glob(filepath.Join(cfg.DataDir, stagedBackupPattern))
+// RemoveStagedBackups deletes snapshots that a broker which stopped
+// mid-backup left in the data directory dir.
+func RemoveStagedBackups(dir string, log *slog.Logger) {
+	staged, _ := filepath.Glob(filepath.Join(dir, stagedBackupPattern))
 	for _, f := range staged {
 		if err := os.Remove(f); err != nil {
-			cfg.Logger.Warn("could not delete a snapshot left by an interrupted backup", "file", f, "error", err)
+			log.Warn("could not delete a snapshot left by an interrupted backup", "file", f, "error", err)
 		}
 	}
 }

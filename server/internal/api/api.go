@@ -1,0 +1,57 @@
+// Package api is the broker's API behind the gate: the gRPC services
+// (AccountService, CallerService, TokenService, AuditService and
+// BackupService) and the egress proxy's HTTP handler. Its handlers are
+// thin: they validate requests (validate.go, paging.go), call the core,
+// and map every error to a status in one place (errors.go). Who may call
+// them, and the audit event of each call, is the gate's business.
+package api
+
+import (
+	"log/slog"
+	"net/http"
+
+	"google.golang.org/grpc"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/metrics"
+	"github.com/credbroker/credbroker/server/internal/proxy"
+	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/internal/tokens"
+)
+
+// Core is what the handlers call.
+type Core struct {
+	Accounts *accounts.Service
+	Callers  *callers.Service
+	Tokens   *tokens.Manager
+	Grants   *grants.Index
+	Audit    *audit.Log
+	Metrics  *metrics.Metrics
+	// Store takes Backup's snapshots, which are staged in DataDir.
+	Store   *store.Store
+	DataDir string
+	// Logger logs the unexpected errors that callers see only as INTERNAL.
+	Logger *slog.Logger
+}
+
+// Register registers the services on g, whose interceptors must include
+// the gate's.
+func Register(g *grpc.Server, c Core) {
+	errs := errorMapper{log: c.Logger}
+	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: c.Accounts, callers: c.Callers, errs: errs})
+	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: c.Tokens, grants: c.Grants, errs: errs, metrics: c.Metrics})
+	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: c.Callers, errs: errs})
+	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: c.Audit, errs: errs})
+	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs})
+}
+
+// ProxyHandler is the egress proxy: gt admits each call, the caller's
+// grant for the account is checked, and fwd forwards it.
+func ProxyHandler(c Core, gt *gate.Gate, fwd *proxy.Forwarder) http.Handler {
+	return &proxyHandler{gate: gt, audit: c.Audit, grants: c.Grants, fwd: fwd, errs: errorMapper{log: c.Logger}}
+}
