@@ -11,6 +11,7 @@
 package provider
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,6 +81,17 @@ func DefaultEndpoints() Endpoints {
 	}
 }
 
+// WithDefaults is e with JumpCloud's documented endpoint in place of each
+// empty one.
+func (e Endpoints) WithDefaults() Endpoints {
+	d := DefaultEndpoints()
+	e.JumpCloudTokenURLUS = cmp.Or(e.JumpCloudTokenURLUS, d.JumpCloudTokenURLUS)
+	e.JumpCloudTokenURLEU = cmp.Or(e.JumpCloudTokenURLEU, d.JumpCloudTokenURLEU)
+	e.JumpCloudAPIURLUS = cmp.Or(e.JumpCloudAPIURLUS, d.JumpCloudAPIURLUS)
+	e.JumpCloudAPIURLEU = cmp.Or(e.JumpCloudAPIURLEU, d.JumpCloudAPIURLEU)
+	return e
+}
+
 // Credentials are everything a token request (or an API-key check) needs.
 type Credentials struct {
 	Kind     string
@@ -111,9 +123,11 @@ type Token struct {
 // DefaultTimeout bounds a token request when Config.Timeout is zero.
 const DefaultTimeout = 10 * time.Second
 
-// Config configures a Client.
+// Config configures a Client. Zero fields take the documented defaults,
+// except the Endpoints, which New takes as they are (see WithDefaults).
 type Config struct {
-	Endpoints Endpoints
+	// Endpoints are the JumpCloud URLs; DefaultConfig has JumpCloud's own.
+	Endpoints
 	// Timeout bounds each token request, whatever the caller's own
 	// deadline. Default DefaultTimeout.
 	Timeout time.Duration
@@ -124,6 +138,11 @@ type Config struct {
 	OnRequest func(kind, result string, took time.Duration)
 	// WrapTransport, if set, wraps the HTTP transport (for tracing).
 	WrapTransport func(http.RoundTripper) http.RoundTripper
+}
+
+// DefaultConfig is JumpCloud's documented endpoints and DefaultTimeout.
+func DefaultConfig() Config {
+	return Config{Endpoints: DefaultEndpoints(), Timeout: DefaultTimeout}
 }
 
 // Client fetches tokens. It is safe for concurrent use.

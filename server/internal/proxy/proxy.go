@@ -118,6 +118,14 @@ const (
 	DefaultTimeout          = time.Minute
 )
 
+// DefaultConfig is the configuration New uses for zero fields.
+func DefaultConfig() Config {
+	return Config{
+		MaxRequestBytes: DefaultMaxRequestBytes, MaxResponseBytes: DefaultMaxResponseBytes,
+		Timeout: DefaultTimeout, Logger: slog.Default(),
+	}
+}
+
 // replayLimit: request bodies up to this size are held in memory, so that
 // a call whose token is rejected can be sent again with a new one.
 const replayLimit = 1 << 20
