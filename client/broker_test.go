@@ -46,18 +46,19 @@ func startDemo() (*demo, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(server.Config{
-		ListenAddr:          "127.0.0.1:0",
-		ProxyListenAddr:     "127.0.0.1:0",
-		OpsListenAddr:       "127.0.0.1:0",
-		JumpCloudTokenURLUS: tokenSrv.URL + jumpcloudfake.TokenPath,
-		JumpCloudAPIURLUS:   d.apiURL,
+	cfg := server.Config{
+		ListenAddr:      "127.0.0.1:0",
+		ProxyListenAddr: "127.0.0.1:0",
+		OpsListenAddr:   "127.0.0.1:0",
 		Config: datadir.Config{
 			DataDir:   dataDir,
 			MasterKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 			Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		},
-	})
+	}
+	cfg.Provider.JumpCloudTokenURLUS = tokenSrv.URL + jumpcloudfake.TokenPath
+	cfg.Provider.JumpCloudAPIURLUS = d.apiURL
+	srv, err := server.New(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,7 @@ func TestCreateAccountFailuresStoreNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			cfg, fake, logs := newConfig(t)
-			cfg.UpstreamTimeout = 300 * time.Millisecond
+			cfg.Provider.Timeout = 300 * time.Millisecond
 			b := startWith(t, cfg, fake, logs)
 			if tc.fake != nil {
 				tc.fake(b.fake)
@@ -143,8 +143,8 @@ func TestAccountLifecycle(t *testing.T) {
 	created := b.link(t, "acme")
 	want := &credbrokerv1.Account{
 		Name: "accounts/acme", DisplayName: "Acme acme", Provider: credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT,
-		ClientId: clientID, Region: credbrokerv1.Region_REGION_US, OrgId: orgID, ApiBaseUrl: b.cfg.JumpCloudAPIURLUS,
-		TokenUrl: b.cfg.JumpCloudTokenURLUS, State: credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE,
+		ClientId: clientID, Region: credbrokerv1.Region_REGION_US, OrgId: orgID, ApiBaseUrl: b.cfg.Provider.JumpCloudAPIURLUS,
+		TokenUrl: b.cfg.Provider.JumpCloudTokenURLUS, State: credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE,
 		Secrets: []*credbrokerv1.AccountSecret{{SecretId: secretID(clientSecret)}},
 	}
 	got := proto.Clone(created).(*credbrokerv1.Account)
@@ -162,7 +162,7 @@ func TestAccountLifecycle(t *testing.T) {
 	eu := jumpCloudRequest("acme-eu")
 	eu.GetJumpcloudServiceAccount().Region = credbrokerv1.Region_REGION_EU
 	euResp, err := b.accounts.CreateAccount(ctx, eu)
-	if err != nil || euResp.GetAccount().GetApiBaseUrl() != b.cfg.JumpCloudAPIURLEU || euResp.GetAccount().GetTokenUrl() != b.cfg.JumpCloudTokenURLEU {
+	if err != nil || euResp.GetAccount().GetApiBaseUrl() != b.cfg.Provider.JumpCloudAPIURLEU || euResp.GetAccount().GetTokenUrl() != b.cfg.Provider.JumpCloudTokenURLEU {
 		t.Fatalf("EU account: %v, %v", euResp, err)
 	}
 
@@ -252,7 +252,7 @@ func TestOAuth2ClientCredentialsAccount(t *testing.T) {
 	resp, err := b.accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
 		AccountId: "generic",
 		Credentials: &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
-			TokenUrl: b.cfg.JumpCloudTokenURLUS, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},
+			TokenUrl: b.cfg.Provider.JumpCloudTokenURLUS, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},
 			ApiBaseUrl: "https://api.example/v1",
 		}},
 	})

@@ -146,7 +146,7 @@ func TestAuditRetention(t *testing.T) {
 		b.token(t, "acme")
 	}
 	b.stop()
-	cfg.AuditMaxEvents = 4
+	cfg.Audit.MaxEvents = 4
 	b = startWith(t, cfg, fake, logs) // pruning runs at start
 	// Pruning by count takes the calls, oldest first; the admin changes
 	// (bootstrap, the caller key, the account, its grant) stay, plus this

@@ -307,7 +307,7 @@ func TestAuditWriteFailureFailsTheCall(t *testing.T) {
 func TestRateLimitPerCaller(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
-	cfg.RateLimit, cfg.RateBurst = 0.001, 4 // four calls, then one per 1000 s
+	cfg.Gate.RateLimit, cfg.Gate.RateBurst = 0.001, 4 // four calls, then one per 1000 s
 	b := startWith(t, cfg, fake, logs)
 	b.link(t, "acme") // the admin key has now made three calls, with CreateCallerKey
 	for range 4 {

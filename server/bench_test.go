@@ -21,7 +21,7 @@ func BenchmarkCacheHitOverMTLS(b *testing.B) {
 	cfg, fake, logs := newConfig(b)
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ca := withTLS(b, &cfg)
-	cfg.RateLimit = 1e9
+	cfg.Gate.RateLimit = 1e9
 	br := startWith(b, cfg, fake, logs)
 	br.link(b, "bench")
 	br.grant(b, "bench", "spiffe://bench/caller")
@@ -60,7 +60,7 @@ func BenchmarkCacheHitOverMTLS(b *testing.B) {
 func BenchmarkProxyGet(b *testing.B) {
 	cfg, fake, logs := newConfig(b)
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg.RateLimit = 1e9
+	cfg.Gate.RateLimit = 1e9
 	br := startWith(b, cfg, fake, logs)
 	br.linkAPIKey(b, "bench")
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100}}
@@ -85,7 +85,7 @@ func BenchmarkProxyGet(b *testing.B) {
 		})
 	}
 	b.Run("Direct", func(b *testing.B) {
-		get(b, cfg.JumpCloudAPIURLUS+"/v2/systems", http.Header{"X-Api-Key": {apiKey}, "X-Org-Id": {orgID}})
+		get(b, cfg.Provider.JumpCloudAPIURLUS+"/v2/systems", http.Header{"X-Api-Key": {apiKey}, "X-Org-Id": {orgID}})
 	})
 	b.Run("Proxied", func(b *testing.B) {
 		get(b, br.proxyURL+"/v1/accounts/bench/proxy/v2/systems", http.Header{"Proxy-Authorization": {"Bearer " + br.keys.svc}})

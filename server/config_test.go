@@ -33,7 +33,7 @@ func TestBadConfigWritesNothing(t *testing.T) {
 		}, "master key"},
 		"bootstrap principal with a space": {func(c *server.Config) { c.BootstrapAdminPrincipal = "spiffe://example.org/ops team" }, "--bootstrap-admin-principal"},
 		"bootstrap principal a caller key": {func(c *server.Config) { c.BootstrapAdminPrincipal = "callerKeys/ops" }, "--bootstrap-admin-principal"},
-		"plaintext token endpoint":         {func(c *server.Config) { c.JumpCloudTokenURLEU = "http://jumpcloud.example/oauth2/token" }, "--jumpcloud-token-url-eu"},
+		"plaintext token endpoint":         {func(c *server.Config) { c.Provider.JumpCloudTokenURLEU = "http://jumpcloud.example/oauth2/token" }, "--jumpcloud-token-url-eu"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cfg, _, _ := newConfig(t)

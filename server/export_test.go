@@ -44,7 +44,7 @@ func OpenStore(cfg Config) (*store.Store, error) {
 // credentials become audit events every refusals, and old events be pruned
 // every prune.
 func ShortenAuditIntervals(cfg *Config, refusals, prune time.Duration) {
-	cfg.refusalInterval, cfg.auditPruneInterval = refusals, prune
+	cfg.Gate.RefusalInterval, cfg.Audit.PruneInterval = refusals, prune
 }
 
 // StoreOf is a running broker's store, for tests that commit changes past

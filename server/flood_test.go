@@ -60,7 +60,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func TestProxied401DoesNotFlipAPIKeyAccount(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
-	cfg.MinTTLRefreshInterval = time.Hour
+	cfg.Tokens.ForcedInterval = time.Hour
 	b := startWith(t, cfg, fake, logs)
 	b.linkAPIKey(t, "keyed")
 	b.fake.SetAPIHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -122,8 +122,8 @@ func fromAddress(ip string) func(ctx context.Context, network, addr string) (net
 func TestUnauthenticatedFloodKeepsTheAuditTrail(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
-	cfg.AuditMaxEvents = 500
-	cfg.UnauthenticatedRateLimit = 0.1 // the flood's address stays throttled until the test ends
+	cfg.Audit.MaxEvents = 500
+	cfg.Gate.UnauthenticatedRateLimit = 0.1 // the flood's address stays throttled until the test ends
 	server.ShortenAuditIntervals(&cfg, 50*time.Millisecond, 10*time.Millisecond)
 	b := startWith(t, cfg, fake, logs)
 	ctx := context.Background()
@@ -282,8 +282,8 @@ func TestUnauthenticatedFloodKeepsTheAuditTrail(t *testing.T) {
 func TestRefusedCallsOfAValidKeyKeepTheAuditTrail(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
-	cfg.AuditMaxEvents = 300
-	cfg.RateLimit = -1 // every call counts, none is refused for its rate
+	cfg.Audit.MaxEvents = 300
+	cfg.Gate.RateLimit = -1 // every call counts, none is refused for its rate
 	server.ShortenAuditIntervals(&cfg, 50*time.Millisecond, 10*time.Millisecond)
 	b := startWith(t, cfg, fake, logs)
 	ctx := context.Background()
@@ -339,11 +339,11 @@ func TestRefusedCallsOfAValidKeyKeepTheAuditTrail(t *testing.T) {
 	}
 	var after []*credbrokerv1.AuditEvent
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if after = b.listAll(t, &credbrokerv1.ListAuditEventsRequest{}); len(after) <= cfg.AuditMaxEvents+10 {
+		if after = b.listAll(t, &credbrokerv1.ListAuditEventsRequest{}); len(after) <= cfg.Audit.MaxEvents+10 {
 			break // pruned (this listing's own pages are audited too)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d events after 10 s, want about %d", len(after), cfg.AuditMaxEvents)
+			t.Fatalf("%d events after 10 s, want about %d", len(after), cfg.Audit.MaxEvents)
 		}
 	}
 	kept := map[string]bool{}

@@ -91,21 +91,22 @@ func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 	eu := httptest.NewServer(fake)
 	t.Cleanup(eu.Close)
 	logs := &syncBuffer{}
-	return server.Config{
-		ListenAddr:          "127.0.0.1:0",
-		ProxyListenAddr:     "127.0.0.1:0",
-		OpsListenAddr:       "127.0.0.1:0",
-		JumpCloudTokenURLUS: us.URL + jumpcloudfake.TokenPath,
-		JumpCloudTokenURLEU: eu.URL + jumpcloudfake.TokenPath,
-		JumpCloudAPIURLUS:   us.URL + jumpcloudfake.APIPath,
-		JumpCloudAPIURLEU:   eu.URL + jumpcloudfake.APIPath,
-		UpstreamTimeout:     2 * time.Second,
+	cfg := server.Config{
+		ListenAddr:      "127.0.0.1:0",
+		ProxyListenAddr: "127.0.0.1:0",
+		OpsListenAddr:   "127.0.0.1:0",
 		Config: datadir.Config{
 			DataDir:   t.TempDir(),
 			MasterKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
 			Logger:    slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		},
-	}, fake, logs
+	}
+	cfg.Provider.JumpCloudTokenURLUS = us.URL + jumpcloudfake.TokenPath
+	cfg.Provider.JumpCloudTokenURLEU = eu.URL + jumpcloudfake.TokenPath
+	cfg.Provider.JumpCloudAPIURLUS = us.URL + jumpcloudfake.APIPath
+	cfg.Provider.JumpCloudAPIURLEU = eu.URL + jumpcloudfake.APIPath
+	cfg.Provider.Timeout = 2 * time.Second
+	return cfg, fake, logs
 }
 
 func startBroker(t testing.TB) *broker {

@@ -57,7 +57,7 @@ func TestTamperedRecordsAreNeverUsed(t *testing.T) {
 	var stolen atomic.Int64
 	attacker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { stolen.Add(1) }))
 	t.Cleanup(attacker.Close)
-	fakeURL := strings.TrimSuffix(b.cfg.JumpCloudTokenURLUS, jumpcloudfake.TokenPath)
+	fakeURL := strings.TrimSuffix(b.cfg.Provider.JumpCloudTokenURLUS, jumpcloudfake.TokenPath)
 	generic := &credbrokerv1.CreateAccountRequest{AccountId: "generic", Credentials: &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{
 		Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
 			TokenUrl: fakeURL + jumpcloudfake.TokenPath, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},

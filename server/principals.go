@@ -4,11 +4,9 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
+	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/mtls"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -16,10 +14,8 @@ import (
 // grants and admin principals stored by builds that took a certificate's
 // principal untyped: its URI SAN, DNS SAN or CN as it was.
 func typePrincipals(st *store.Store) error {
-	_, err := st.TypePrincipals(typedPrincipals, store.AuditEvent{
-		Time: time.Now(), Principal: brokerPrincipal, Method: "type_principals", Code: rpcstatus.CodeName(codes.OK),
-		Detail: `grants and admin principals stored untyped now name where a certificate's principal comes from: P became "cn:P", and also "dns:P" if P is a DNS name; URIs and caller keys are unchanged`,
-	})
+	_, err := st.TypePrincipals(typedPrincipals, audit.Own(time.Now(), "type_principals", "",
+		`grants and admin principals stored untyped now name where a certificate's principal comes from: P became "cn:P", and also "dns:P" if P is a DNS name; URIs and caller keys are unchanged`))
 	return err
 }
 

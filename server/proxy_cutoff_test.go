@@ -19,7 +19,7 @@ import (
 func TestProxyCutOffAnswersAreRecordedAsFailed(t *testing.T) {
 	const limit = 16 << 20 // more than a loopback connection buffers, so that a caller that stops reading is noticed
 	cfg, fake, logs := newConfig(t)
-	cfg.ProxyMaxResponseBytes = limit
+	cfg.Proxy.MaxResponseBytes = limit
 	b := startWith(t, cfg, fake, logs)
 	b.linkAPIKey(t, "keyed")
 

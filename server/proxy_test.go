@@ -134,7 +134,7 @@ func TestAPIKeyAccountLinking(t *testing.T) {
 	a := resp.GetAccount()
 	got := b.fake.LastAPIRequest()
 	if a.GetProvider() != credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY || a.GetTokenUrl() != "" || a.GetOrgId() != orgID ||
-		a.GetApiBaseUrl() != b.cfg.JumpCloudAPIURLUS || a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE {
+		a.GetApiBaseUrl() != b.cfg.Provider.JumpCloudAPIURLUS || a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE {
 		t.Fatalf("linked API-key account: %v", a)
 	}
 	if got.Method != http.MethodGet || got.Path != "/organizations" || got.Header.Get("x-api-key") != apiKey || got.Header.Get("x-org-id") != orgID {
@@ -236,7 +236,7 @@ func TestProxyRefreshesARejectedTokenOnce(t *testing.T) {
 
 func TestProxyIsNotAnOpenProxy(t *testing.T) {
 	cfg, fake, logs := newConfig(t)
-	cfg.ProxyMaxRequestBytes, cfg.ProxyMaxResponseBytes = 1024, 4096
+	cfg.Proxy.MaxRequestBytes, cfg.Proxy.MaxResponseBytes = 1024, 4096
 	b := startWith(t, cfg, fake, logs)
 	b.linkAPIKey(t, "keyed")
 	b.linkAPIKey(t, "other")
@@ -333,7 +333,7 @@ func TestProxyIsNotAnOpenProxy(t *testing.T) {
 	t.Run("an account without an API base URL", func(t *testing.T) {
 		if _, err := b.accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
 			AccountId: "nobase", Credentials: &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
-				TokenUrl: b.cfg.JumpCloudTokenURLUS, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},
+				TokenUrl: b.cfg.Provider.JumpCloudTokenURLUS, ClientId: clientID, ClientSecret: clientSecret, Scopes: []string{"api"},
 			}},
 		}); err != nil {
 			t.Fatal(err)

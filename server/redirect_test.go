@@ -49,7 +49,7 @@ func TestProviderRedirectsAreNotFollowed(t *testing.T) {
 	defer api.Close()
 
 	cfg, fake, logs := newConfig(t)
-	cfg.JumpCloudAPIURLUS = endpoint.URL + "/api" // the API-key check
+	cfg.Provider.JumpCloudAPIURLUS = endpoint.URL + "/api" // the API-key check
 	b := startWith(t, cfg, fake, logs)
 	ctx := context.Background()
 	oauth2 := &credbrokerv1.CreateAccountRequest{AccountId: "moved", Credentials: &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{

@@ -43,8 +43,8 @@ func secretIDs(a *credbrokerv1.Account) []string {
 // broker. Not one call may fail.
 func TestSecretRotationWithoutDowntime(t *testing.T) {
 	cfg, fake, logs := newConfig(t)
-	cfg.RefreshMargin = time.Second
-	cfg.RateLimit = -1
+	cfg.Tokens.RefreshMargin = time.Second
+	cfg.Gate.RateLimit = -1
 	b := startWith(t, cfg, fake, logs)
 	b.fake.SetTokenTTL(32 * time.Second) // 2 s after JumpCloud's 30 s margin: renewed every second or so
 	b.link(t, "acme")

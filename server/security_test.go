@@ -239,10 +239,10 @@ func TestDefaultConfigIsJumpCloudsDocumentedSetup(t *testing.T) {
 	for _, c := range []struct{ got, want string }{
 		{d.ListenAddr, "127.0.0.1:50051"},
 		{d.DataDir, "./credbroker-data"},
-		{d.JumpCloudTokenURLUS, "https://admin-oauth.id.jumpcloud.com/oauth2/token"},
-		{d.JumpCloudTokenURLEU, "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token"},
-		{d.JumpCloudAPIURLUS, "https://console.jumpcloud.com/api"},
-		{d.JumpCloudAPIURLEU, "https://console.eu.jumpcloud.com/api"},
+		{d.Provider.JumpCloudTokenURLUS, "https://admin-oauth.id.jumpcloud.com/oauth2/token"},
+		{d.Provider.JumpCloudTokenURLEU, "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token"},
+		{d.Provider.JumpCloudAPIURLUS, "https://console.jumpcloud.com/api"},
+		{d.Provider.JumpCloudAPIURLEU, "https://console.eu.jumpcloud.com/api"},
 	} {
 		if c.got != c.want {
 			t.Errorf("default %q, want %q", c.got, c.want)

@@ -1,34 +1,28 @@
 // Package server is credbroker's server: its configuration, start-up
 // checks, and the wiring that builds the core packages and connects them
-// to the gate (internal/gate), the handlers (internal/api) and the
-// listeners, then serves them until shut down.
+// to the gate (internal/gate), the handlers (internal/api, internal/ops)
+// and the listeners (internal/listeners); then it serves until shut down,
+// and Close releases what New acquired.
 package server
 
 import (
-	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	"github.com/credbroker/credbroker/internal/loopback"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
@@ -37,8 +31,10 @@ import (
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/listeners"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
+	"github.com/credbroker/credbroker/server/internal/ops"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/rpcstatus"
@@ -47,6 +43,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
+	"github.com/credbroker/credbroker/server/internal/tracing"
 )
 
 // Config is the server's configuration. Zero fields take the values of
@@ -66,10 +63,6 @@ type Config struct {
 	// when the gRPC server does, with the same certificate and client CA,
 	// and otherwise must be a loopback address. "off" disables the proxy.
 	ProxyListenAddr string
-	// ProxyMaxRequestBytes and ProxyMaxResponseBytes bound proxied bodies;
-	// ProxyTimeout bounds the wait for an API's response headers.
-	ProxyMaxRequestBytes, ProxyMaxResponseBytes int64
-	ProxyTimeout                                time.Duration
 	// OpsListenAddr serves /metrics (Prometheus), /healthz and /readyz. It
 	// serves TLS when the gRPC server does, with the same certificate but
 	// without asking for client certificates, and otherwise must be a
@@ -84,46 +77,6 @@ type Config struct {
 	// "dns:<name>" or "cn:<text>") the admin, instead of creating an admin
 	// caller key (see Server.BootstrapAdminKey).
 	BootstrapAdminPrincipal string
-	// RateLimit is each caller's sustained calls per second and RateBurst
-	// the calls it may make at once; a negative RateLimit turns limiting off.
-	RateLimit float64
-	RateBurst int
-	// UnauthenticatedRateLimit is the sustained calls per second that fail
-	// authentication (no, unknown, revoked or expired credentials) which
-	// each peer address may make, and UnauthenticatedRateBurst how many at
-	// once. A peer beyond it gets RESOURCE_EXHAUSTED before its credentials
-	// are looked at, valid ones too, until its budget refills. A negative
-	// UnauthenticatedRateLimit turns this off.
-	UnauthenticatedRateLimit float64
-	UnauthenticatedRateBurst int
-	// AuditMaxAge and AuditMaxEvents bound the audit trail: older events,
-	// and the oldest beyond the count, are deleted.
-	AuditMaxAge    time.Duration
-	AuditMaxEvents int
-	// Config is the data directory: DataDir, the master key (MasterKeyFile
-	// or MasterKey), LockTimeout, and the Logger the whole broker logs to.
-	datadir.Config
-
-	// JumpCloud endpoints, overridable for tests and private deployments.
-	JumpCloudTokenURLUS, JumpCloudTokenURLEU string
-	JumpCloudAPIURLUS, JumpCloudAPIURLEU     string
-
-	// UpstreamTimeout bounds every token request.
-	UpstreamTimeout time.Duration
-	// RefreshMargin, RefreshConcurrency, RetryBackoffMin, RetryBackoffMax
-	// and RejectedRecheck tune the token manager (see tokens.Config).
-	RefreshMargin                    time.Duration
-	RefreshConcurrency               int
-	RetryBackoffMin, RetryBackoffMax time.Duration
-	RejectedRecheck                  time.Duration
-	// MinTTLRefreshInterval: a caller's min_ttl forces at most one token
-	// refresh per account per interval (more get RESOURCE_EXHAUSTED), and an
-	// API's answer prompts at most one check of an API key per account per
-	// interval.
-	MinTTLRefreshInterval time.Duration
-	// SecretExpiryWarning: accounts whose credentials expire within this
-	// window show SECRET_EXPIRING and are warned about once a day.
-	SecretExpiryWarning time.Duration
 	// CompactInterval is how often the broker looks for deleted sealed
 	// material (a deleted account's data key and secrets, a removed
 	// secret) left in freed pages of the database file, and compacts the
@@ -132,97 +85,71 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight calls get to finish on shutdown.
 	ShutdownTimeout time.Duration
 
+	// Config is the data directory: DataDir, the master key (MasterKeyFile
+	// or MasterKey), LockTimeout, and the Logger the whole broker logs to.
+	datadir.Config
+	// The configurations of the parts the server wires, each documented in
+	// its package. The wiring gives each part the Logger above and sets
+	// their hooks itself: tokens' Fingerprint and OnCacheLookup, audit's
+	// Expendable, the provider's OnRequest and WrapTransport.
+	Gate     gate.Config     // callers' rate limits, and of calls without valid credentials
+	Tokens   tokens.Config   // the token cache, refresher and account health
+	Audit    audit.Config    // the audit trail's retention
+	Proxy    proxy.Config    // the egress proxy's bounds
+	Provider provider.Config // JumpCloud's endpoints and the token requests' timeout
+
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
-	// refusalInterval (default refusalInterval) and auditPruneInterval
-	// (default audit's) let tests shorten them.
-	refusalInterval, auditPruneInterval time.Duration
 }
+
+// TracingOTLP turns tracing on (Config.Tracing); anything else but
+// TracingOff is refused.
+const (
+	TracingOff  = tracing.Off
+	TracingOTLP = tracing.OTLP
+)
 
 // DefaultConfig is what the broker runs with when nothing is configured:
-// loopback only, ./credbroker-data, JumpCloud's documented endpoints.
+// loopback only, ./credbroker-data, JumpCloud's documented endpoints, and
+// each part's DefaultConfig.
 func DefaultConfig() Config {
-	ep := provider.DefaultEndpoints()
-	tc := tokens.DefaultConfig()
-	ac := audit.DefaultConfig()
 	return Config{
-		ListenAddr:            "127.0.0.1:50051",
-		ProxyListenAddr:       "127.0.0.1:50052",
-		OpsListenAddr:         "127.0.0.1:50053",
-		ProxyMaxRequestBytes:  proxy.DefaultMaxRequestBytes,
-		ProxyMaxResponseBytes: proxy.DefaultMaxResponseBytes,
-		ProxyTimeout:          proxy.DefaultTimeout,
-		RateLimit:             100,
-		RateBurst:             200,
-		AuditMaxAge:           ac.MaxAge,
-		AuditMaxEvents:        ac.MaxEvents,
-		JumpCloudTokenURLUS:   ep.JumpCloudTokenURLUS,
-		JumpCloudTokenURLEU:   ep.JumpCloudTokenURLEU,
-		JumpCloudAPIURLUS:     ep.JumpCloudAPIURLUS,
-		JumpCloudAPIURLEU:     ep.JumpCloudAPIURLEU,
-		UpstreamTimeout:       provider.DefaultTimeout,
-		RefreshMargin:         tc.RefreshMargin,
-		RefreshConcurrency:    tc.RefreshConcurrency,
-		RetryBackoffMin:       tc.BackoffMin,
-		RetryBackoffMax:       tc.BackoffMax,
-		RejectedRecheck:       tc.RejectedRecheck,
-		SecretExpiryWarning:   tc.ExpiryWarning,
-		CompactInterval:       time.Minute,
-		MinTTLRefreshInterval: tc.ForcedInterval,
-		ShutdownTimeout:       10 * time.Second,
-		Tracing:               TracingOff,
-		Config:                datadir.DefaultConfig(),
-
-		// A client with a typo sees its UNAUTHENTICATED answers; a flood is throttled.
-		UnauthenticatedRateLimit: 1,
-		UnauthenticatedRateBurst: 20,
+		ListenAddr:      "127.0.0.1:50051",
+		ProxyListenAddr: "127.0.0.1:50052",
+		OpsListenAddr:   "127.0.0.1:50053",
+		Tracing:         TracingOff,
+		CompactInterval: time.Minute,
+		ShutdownTimeout: 10 * time.Second,
+		Config:          datadir.DefaultConfig(),
+		Gate:            gate.DefaultConfig(),
+		Tokens:          tokens.DefaultConfig(),
+		Audit:           audit.DefaultConfig(),
+		Proxy:           proxy.DefaultConfig(),
+		Provider:        provider.DefaultConfig(),
 	}
 }
 
+// setDefaults fills the server's own unset fields, the data directory's
+// and the provider's endpoints, which are checked before anything is
+// built; each other part fills its own when it is built.
 func (c *Config) setDefaults() {
 	d := DefaultConfig()
-	fillUnset([][2]*string{
-		{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr},
-		{&c.OpsListenAddr, &d.OpsListenAddr},
-		{&c.JumpCloudTokenURLUS, &d.JumpCloudTokenURLUS}, {&c.JumpCloudTokenURLEU, &d.JumpCloudTokenURLEU},
-		{&c.JumpCloudAPIURLUS, &d.JumpCloudAPIURLUS}, {&c.JumpCloudAPIURLEU, &d.JumpCloudAPIURLEU},
-	})
-	fillUnset([][2]*time.Duration{
-		{&c.UpstreamTimeout, &d.UpstreamTimeout}, {&c.RefreshMargin, &d.RefreshMargin},
-		{&c.RetryBackoffMin, &d.RetryBackoffMin}, {&c.RetryBackoffMax, &d.RetryBackoffMax},
-		{&c.RejectedRecheck, &d.RejectedRecheck}, {&c.SecretExpiryWarning, &d.SecretExpiryWarning},
-		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.CompactInterval, &d.CompactInterval},
-		{&c.MinTTLRefreshInterval, &d.MinTTLRefreshInterval},
-		{&c.AuditMaxAge, &d.AuditMaxAge}, {&c.ProxyTimeout, &d.ProxyTimeout},
-	})
-	fillUnset([][2]*int{
-		{&c.RefreshConcurrency, &d.RefreshConcurrency}, {&c.RateBurst, &d.RateBurst}, {&c.AuditMaxEvents, &d.AuditMaxEvents},
-		{&c.UnauthenticatedRateBurst, &d.UnauthenticatedRateBurst},
-	})
-	fillUnset([][2]*int64{
-		{&c.ProxyMaxRequestBytes, &d.ProxyMaxRequestBytes}, {&c.ProxyMaxResponseBytes, &d.ProxyMaxResponseBytes},
-	})
-	if c.RateLimit == 0 {
-		c.RateLimit = d.RateLimit
-	}
-	if c.UnauthenticatedRateLimit == 0 {
-		c.UnauthenticatedRateLimit = d.UnauthenticatedRateLimit
-	}
-	c.Config = datadir.WithDefaults(c.Config)
-}
-
-// fillUnset sets each field (the first pointer) that is unset (empty, zero
-// or negative) to its default (the second).
-func fillUnset[T cmp.Ordered](fields [][2]*T) {
-	var zero T
-	for _, f := range fields {
-		if *f[0] <= zero {
+	for _, f := range [][2]*string{{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.OpsListenAddr, &d.OpsListenAddr}} {
+		if *f[0] == "" {
 			*f[0] = *f[1]
 		}
 	}
+	for _, f := range [][2]*time.Duration{{&c.CompactInterval, &d.CompactInterval}, {&c.ShutdownTimeout, &d.ShutdownTimeout}} {
+		if *f[0] <= 0 {
+			*f[0] = *f[1]
+		}
+	}
+	c.Config = datadir.WithDefaults(c.Config)
+	c.Provider.Endpoints = c.Provider.Endpoints.WithDefaults()
 }
 
-// Server is a running credbroker. Create it with New and run it with Serve.
+// Server is a running credbroker. Create it with New, run it with Serve,
+// and release it with Close.
 type Server struct {
 	cfg          Config
 	log          *slog.Logger
@@ -230,106 +157,123 @@ type Server struct {
 	tokens       *tokens.Manager
 	mirror       *storage.Mirror
 	audit        *audit.Log
+	gate         *gate.Gate
 	grpc         *grpc.Server
 	health       *health.Server
 	listener     net.Listener
 	bootstrapKey secret.String
 	// proxy is the egress proxy and ops the metrics and health
 	// endpoints; each is nil when it is off.
-	proxy, ops *httpEndpoint
-	tracing    *tracing // nil when off
+	proxy, ops *listeners.HTTP
 	// draining: shutdown has begun, so /readyz says not ready.
 	draining atomic.Bool
-	gate     *gate.Gate
+
+	// release undoes New: it closes the listeners, stops tracing and
+	// closes the database, once (closeOnce; closeErr is what it returned).
+	release   cleanup
+	closeOnce sync.Once
+	closeErr  error
+	// mu guards started (Serve or Close was called), stopServing (ends
+	// Serve's context) and served (closed when Serve has returned).
+	mu          sync.Mutex
+	started     bool
+	stopServing context.CancelFunc
+	served      chan struct{}
 }
 
-// New checks the configuration, opens the data directory and the listener,
-// and loads every account. A bad configuration fails before anything is
-// written. It fails, touching nothing, if the master key is not the one the
-// data directory was created with.
-func New(cfg Config) (*Server, error) {
+// cleanup is a stack of releases: run, it calls them last first.
+type cleanup []func() error
+
+func (c *cleanup) push(release func() error) { *c = append(*c, release) }
+
+func (c cleanup) run() error {
+	var errs []error
+	for i := len(c) - 1; i >= 0; i-- {
+		errs = append(errs, c[i]())
+	}
+	return errors.Join(errs...)
+}
+
+// New checks the configuration, opens the data directory and the
+// listeners, and loads every account. A bad configuration fails before
+// anything is written. It fails, touching nothing, if the master key is not
+// the one the data directory was created with. Whenever it fails, it has
+// released all it had acquired.
+func New(cfg Config) (_ *Server, err error) {
 	cfg.setDefaults()
 	tlsm, master, err := checkConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
+	var release cleanup
+	defer func() {
+		if err != nil {
+			_ = release.run() // err says why New failed
+		}
+	}()
 	st, master, err := datadir.Open(cfg.Config, master)
 	if err != nil {
 		return nil, err
 	}
+	release.push(st.Close)
 	api.RemoveStagedBackups(cfg.DataDir, cfg.Logger)
-	s, err := build(cfg, st, master, tlsm)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	return s, nil
+	return build(cfg, st, master, tlsm, &release)
 }
 
 // checkConfig checks everything in cfg that can be checked without
 // writing, so that a bad configuration fails before New creates the data
 // directory, a database or a master key. It returns the TLS material and
 // the configured master key, nil if none is configured.
-func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
-	if err := checkTracingMode(cfg.Tracing); err != nil {
-		return tlsMaterial{}, nil, err
+func checkConfig(cfg Config) (listeners.TLS, *seal.MasterKey, error) {
+	if err := tracing.CheckMode(cfg.Tracing); err != nil {
+		return listeners.TLS{}, nil, err
 	}
 	if p := cfg.BootstrapAdminPrincipal; p != "" {
 		if _, err := api.CheckAdminPrincipal(p); err != nil {
-			return tlsMaterial{}, nil, fmt.Errorf("--bootstrap-admin-principal %q: %s", p, status.Convert(err).Message())
+			return listeners.TLS{}, nil, fmt.Errorf("--bootstrap-admin-principal %q: %s", p, status.Convert(err).Message())
 		}
 	}
+	ep := cfg.Provider.Endpoints
 	for flag, u := range map[string]string{
-		"--jumpcloud-token-url-us": cfg.JumpCloudTokenURLUS, "--jumpcloud-token-url-eu": cfg.JumpCloudTokenURLEU,
-		"--jumpcloud-api-url-us": cfg.JumpCloudAPIURLUS, "--jumpcloud-api-url-eu": cfg.JumpCloudAPIURLEU,
+		"--jumpcloud-token-url-us": ep.JumpCloudTokenURLUS, "--jumpcloud-token-url-eu": ep.JumpCloudTokenURLEU,
+		"--jumpcloud-api-url-us": ep.JumpCloudAPIURLUS, "--jumpcloud-api-url-eu": ep.JumpCloudAPIURLEU,
 	} {
 		if err := provider.CheckEndpointURL(u); err != nil {
-			return tlsMaterial{}, nil, fmt.Errorf("%s %q: %w", flag, u, err)
+			return listeners.TLS{}, nil, fmt.Errorf("%s %q: %w", flag, u, err)
 		}
 	}
-	tlsm, err := loadTLS(cfg)
+	tlsm, err := listeners.LoadTLS(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.ClientCAFile,
+		listeners.Addr{Flag: "--listen", Addr: cfg.ListenAddr},
+		listeners.Addr{Flag: "--proxy-listen", Addr: cfg.ProxyListenAddr, Optional: true},
+		listeners.Addr{Flag: "--ops-listen", Addr: cfg.OpsListenAddr, Optional: true})
 	if err != nil {
-		return tlsMaterial{}, nil, err
+		return listeners.TLS{}, nil, err
 	}
 	master, err := datadir.ConfiguredMasterKey(cfg.Config)
-	if err != nil {
-		return tlsMaterial{}, nil, err
-	}
-	return tlsm, master, nil
+	return tlsm, master, err
 }
 
-func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial) (*Server, error) {
+// build builds the parts on the open store st and connects them; it pushes
+// what it acquires onto release.
+func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.TLS, release *cleanup) (*Server, error) {
 	mac, err := loadMACKey(st, master)
 	if err != nil {
 		return nil, err
 	}
-	tr, err := newTracing(cfg.Tracing)
+	tr, err := tracing.New(cfg.Tracing)
 	if err != nil {
 		return nil, err
 	}
+	release.push(func() error { tr.Shutdown(cfg.ShutdownTimeout); return nil })
 	var tm *tokens.Manager
-	met := metrics.New(func() []metrics.Account { return accountMetrics(tm, mac) })
-	prov := provider.New(provider.Config{
-		WrapTransport: tr.wrapTransport,
-		Endpoints: provider.Endpoints{
-			JumpCloudTokenURLUS: cfg.JumpCloudTokenURLUS, JumpCloudTokenURLEU: cfg.JumpCloudTokenURLEU,
-			JumpCloudAPIURLUS: cfg.JumpCloudAPIURLUS, JumpCloudAPIURLEU: cfg.JumpCloudAPIURLEU,
-		},
-		Timeout:   cfg.UpstreamTimeout,
-		OnRequest: met.UpstreamRequest,
-	})
-	tm = tokens.New(tokens.Config{
-		RefreshMargin:      cfg.RefreshMargin,
-		RefreshConcurrency: cfg.RefreshConcurrency,
-		BackoffMin:         cfg.RetryBackoffMin,
-		BackoffMax:         cfg.RetryBackoffMax,
-		RejectedRecheck:    cfg.RejectedRecheck,
-		ExpiryWarning:      cfg.SecretExpiryWarning,
-		ForcedInterval:     cfg.MinTTLRefreshInterval,
-		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
-		OnCacheLookup:      met.CacheLookup,
-		Logger:             cfg.Logger,
-	}, st, master, prov)
+	met := metrics.New(func() []metrics.Account { return ops.Accounts(tm, mac) })
+	pc := cfg.Provider
+	pc.WrapTransport, pc.OnRequest = tr.WrapTransport, met.UpstreamRequest
+	prov := provider.New(pc)
+	tc := cfg.Tokens
+	tc.Fingerprint = func(token string) string { return audit.Fingerprint(mac, token) }
+	tc.OnCacheLookup, tc.Logger = met.CacheLookup, cfg.Logger
+	tm = tokens.New(tc, st, master, prov)
 	if err := typePrincipals(st); err != nil {
 		return nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
 	}
@@ -339,12 +283,12 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	}
 	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
 	acc := accounts.New(st, master, prov, tm, c.synced)
-	if _, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: rpcstatus.CodeName(codes.OK)}); err != nil {
+	if _, err = acc.MigrateSecrets(all, audit.Own(time.Now(), "migrate_secrets", "", "")); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
 	}
 	cs := callers.New(st, mac, time.Now, c.synced)
 	c.callers = cs
-	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "bootstrap", Code: rpcstatus.CodeName(codes.OK)})
+	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, audit.Own(time.Now(), "bootstrap", "", ""))
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap the first admin: %w", err)
 	}
@@ -364,26 +308,18 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		Apply:  c.apply,
 		Logger: cfg.Logger,
 	}, loaded)
-	gi := c.grants
 	var sink audit.Sink = st
 	if cfg.wrapAuditSink != nil {
 		sink = cfg.wrapAuditSink(sink)
 	}
-	al := audit.New(audit.Config{
-		MaxAge: cfg.AuditMaxAge, MaxEvents: cfg.AuditMaxEvents, Expendable: callEvent,
-		PruneInterval: cfg.auditPruneInterval, Logger: cfg.Logger,
-	}, sink, st)
-	lis, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		return nil, err
-	}
+	ac := cfg.Audit
+	ac.Expendable, ac.Logger = callEvent, cfg.Logger
+	al := audit.New(ac, sink, st)
 
-	certs := mtls.NewHTTPVerifier(tlsm.clientCAs)
-	gt := gate.New(gate.Config{
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
-		UnauthenticatedRateLimit: cfg.UnauthenticatedRateLimit, UnauthenticatedRateBurst: cfg.UnauthenticatedRateBurst,
-		RefusalInterval: cfg.refusalInterval, Logger: cfg.Logger,
-	}, cs, al, certs)
+	certs := mtls.NewHTTPVerifier(tlsm.ClientCAs)
+	gc := cfg.Gate
+	gc.Logger = cfg.Logger
+	gt := gate.New(gc, cs, al, certs)
 	// Panics are recovered inside the gate, so that their calls are
 	// audited, and outside it, so that the gate itself cannot crash a call.
 	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
@@ -392,13 +328,13 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		return status.Error(codes.Internal, "internal error")
 	})
 	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
-	g := grpc.NewServer(append(tr.serverOptions(),
-		grpc.Creds(tlsm.grpcCredentials()),
+	g := grpc.NewServer(append(tr.ServerOptions(),
+		grpc.Creds(tlsm.GRPCCredentials()),
 		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gt.UnaryInterceptor, recoverPanics),
 		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gt.StreamInterceptor, recoverStreamPanics),
 	)...)
 	core := api.Core{
-		Accounts: acc, Callers: cs, Tokens: tm, Grants: gi, Audit: al, Metrics: met,
+		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
 		Store: st, DataDir: cfg.DataDir, Logger: cfg.Logger,
 	}
 	api.Register(g, core)
@@ -407,27 +343,42 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, grpc: g, health: hs, listener: lis, bootstrapKey: bootstrapKey, tracing: tr, gate: gt}
-	if cfg.ProxyListenAddr != listenerOff {
-		fwd := proxy.New(proxy.Config{
-			MaxRequestBytes: cfg.ProxyMaxRequestBytes, MaxResponseBytes: cfg.ProxyMaxResponseBytes,
-			Timeout: cfg.ProxyTimeout, Logger: cfg.Logger,
-		}, tm)
-		if s.proxy, err = newProxyServer(cfg, tlsm, api.ProxyHandler(core, gt, fwd), certs); err != nil {
-			lis.Close()
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, bootstrapKey: bootstrapKey}
+	if s.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
+		return nil, err
+	}
+	release.push(closeListener(s.listener))
+	if cfg.ProxyListenAddr != listeners.Off {
+		xc := cfg.Proxy
+		xc.Logger = cfg.Logger
+		s.proxy, err = tlsm.ListenHTTP("egress proxy", cfg.ProxyListenAddr, api.ProxyHandler(core, gt, proxy.New(xc, tm)),
+			listeners.HTTPOptions{ReadTimeout: 5 * time.Minute, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
+		if err != nil {
 			return nil, err
 		}
+		release.push(s.proxy.Close)
 	}
-	if cfg.OpsListenAddr != listenerOff {
-		if s.ops, err = listenHTTP("ops listener", cfg.OpsListenAddr, newOpsServer(cfg, tlsm, met, al, &s.draining)); err != nil {
-			lis.Close()
-			if s.proxy != nil {
-				s.proxy.lis.Close()
-			}
+	if cfg.OpsListenAddr != listeners.Off {
+		s.ops, err = tlsm.ListenHTTP("ops listener", cfg.OpsListenAddr, ops.Handler(met, al, &s.draining),
+			listeners.HTTPOptions{ReadTimeout: 30 * time.Second}, cfg.Logger)
+		if err != nil {
 			return nil, err
 		}
+		release.push(s.ops.Close)
 	}
+	s.release = *release
 	return s, nil
+}
+
+// closeListener closes lis unless it is closed already (gRPC closes it
+// when it stops).
+func closeListener(lis net.Listener) func() error {
+	return func() error {
+		if err := lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
 }
 
 // callEvent says whether an audit event records a call that callers can
@@ -437,7 +388,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 // go by age alone.
 func callEvent(ev store.AuditEvent) bool {
 	switch {
-	case ev.Principal == brokerPrincipal:
+	case ev.Principal == audit.BrokerPrincipal:
 		return false
 	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == api.ProxyMethod,
 		ev.Method == gate.RefusalMethod, ev.Method == gate.DeniedMethod:
@@ -453,7 +404,7 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 	for _, name := range names {
 		log.Error("a stored record failed its integrity check (it was changed outside the broker, or copied from another database); it is not used", "resource", name)
 		events = append(events, store.AuditEvent{
-			Time: time.Now(), Principal: brokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: rpcstatus.CodeName(codes.DataLoss),
+			Time: time.Now(), Principal: audit.BrokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: rpcstatus.CodeName(codes.DataLoss),
 			Detail: "the stored record failed its integrity check, so it is not used",
 		})
 	}
@@ -461,85 +412,6 @@ func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
 		return nil
 	}
 	return st.AppendAudit(events)
-}
-
-// listenerOff as a listen address disables the egress proxy or the ops listener.
-const listenerOff = "off"
-
-// newProxyServer listens for the egress proxy.
-func newProxyServer(cfg Config, tlsm tlsMaterial, h http.Handler, certs *mtls.HTTPVerifier) (*httpEndpoint, error) {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       5 * time.Minute, // a whole request, body included: no slow-drip uploads
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ConnContext:       certs.ConnContext,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
-	}
-	if tlsm.cert != nil {
-		srv.TLSConfig = mtls.ServerTLSConfig(*tlsm.cert, tlsm.clientCAs != nil)
-	}
-	return listenHTTP("egress proxy", cfg.ProxyListenAddr, srv)
-}
-
-// brokerPrincipal is the principal of the broker's own actions in the audit trail.
-const brokerPrincipal = audit.BrokerPrincipal
-
-// BootstrapAdminKey is the admin caller key created on the first start of a
-// new database, or empty. It is not logged: show it to the operator once.
-func (s *Server) BootstrapAdminKey() string { return s.bootstrapKey.Reveal() }
-
-// tlsMaterial is what the server's listeners serve: a certificate (nil for
-// plaintext) and the CAs of accepted client certificates (nil for none).
-type tlsMaterial struct {
-	cert      *tls.Certificate
-	clientCAs *x509.CertPool
-}
-
-// loadTLS checks the listen addresses, serving plaintext on loopback ones
-// only, and reads the TLS files.
-func loadTLS(cfg Config) (tlsMaterial, error) {
-	plaintext := cfg.TLSCertFile == "" && cfg.TLSKeyFile == ""
-	if plaintext && cfg.ClientCAFile != "" {
-		return tlsMaterial{}, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
-	}
-	for _, l := range [][2]string{{"--listen", cfg.ListenAddr}, {"--proxy-listen", cfg.ProxyListenAddr}, {"--ops-listen", cfg.OpsListenAddr}} {
-		if l[1] == listenerOff && l[0] != "--listen" {
-			continue
-		}
-		if err := checkListenAddr(l[0], l[1], plaintext); err != nil {
-			return tlsMaterial{}, err
-		}
-	}
-	if plaintext {
-		return tlsMaterial{}, nil
-	}
-	cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
-	if err != nil {
-		return tlsMaterial{}, fmt.Errorf("TLS certificate and key: %w", err)
-	}
-	if cfg.ClientCAFile == "" {
-		return tlsMaterial{cert: &cert}, nil
-	}
-	pem, err := os.ReadFile(cfg.ClientCAFile)
-	if err != nil {
-		return tlsMaterial{}, fmt.Errorf("client CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return tlsMaterial{}, fmt.Errorf("client CA %s holds no PEM certificate", cfg.ClientCAFile)
-	}
-	return tlsMaterial{cert: &cert, clientCAs: pool}, nil
-}
-
-// grpcCredentials is TLS (with client-certificate principals when a client
-// CA is configured), or plaintext.
-func (t tlsMaterial) grpcCredentials() credentials.TransportCredentials {
-	if t.cert == nil {
-		return insecure.NewCredentials()
-	}
-	return mtls.ServerCredentials(*t.cert, t.clientCAs)
 }
 
 // loadMACKey opens the stored MAC key, making one if the store has none.
@@ -558,41 +430,50 @@ func loadMACKey(st *store.Store, master *seal.MasterKey) (*seal.MACKey, error) {
 	return mac, st.SetWrappedMACKey(wrapped)
 }
 
+// BootstrapAdminKey is the admin caller key created on the first start of a
+// new database, or empty. It is not logged: show it to the operator once.
+func (s *Server) BootstrapAdminKey() string { return s.bootstrapKey.Reveal() }
+
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.listener.Addr() }
 
 // ProxyAddr is the egress proxy's address; nil when the proxy is off.
-func (s *Server) ProxyAddr() net.Addr { return s.proxy.addr() }
+func (s *Server) ProxyAddr() net.Addr { return s.proxy.Addr() }
 
 // OpsAddr is the ops listener's address; nil when it is off.
-func (s *Server) OpsAddr() net.Addr { return s.ops.addr() }
+func (s *Server) OpsAddr() net.Addr { return s.ops.Addr() }
 
 // Serve answers calls and refreshes tokens until ctx ends, then shuts down
 // gracefully: in-flight calls get ShutdownTimeout to finish, the refresher
-// stops, and the database is closed.
+// stops, and the database is closed (as Close does). A server is served
+// once, and not after Close.
 func (s *Server) Serve(ctx context.Context) error {
-	mirrorCtx, stopMirror := context.WithCancel(context.Background())
-	mirrorDone := make(chan struct{})
-	go func() { s.mirror.Run(mirrorCtx); close(mirrorDone) }()
-	refreshCtx, stopRefresh := context.WithCancel(context.Background())
-	refreshDone := make(chan struct{})
-	go func() { s.tokens.Run(refreshCtx); close(refreshDone) }()
-	auditCtx, stopAudit := context.WithCancel(context.Background())
-	auditDone := make(chan struct{})
-	go func() { s.audit.Run(auditCtx); close(auditDone) }()
-	compactCtx, stopCompact := context.WithCancel(context.Background())
-	compactDone := make(chan struct{})
-	go func() { s.compactPeriodically(compactCtx); close(compactDone) }()
-	refusalsCtx, stopRefusals := context.WithCancel(context.Background())
-	refusalsDone := make(chan struct{})
-	go func() { s.gate.Run(refusalsCtx); close(refusalsDone) }()
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return errors.New("credbroker: Serve was called again, or after Close")
+	}
+	s.started, s.served = true, make(chan struct{})
+	ctx, s.stopServing = context.WithCancel(ctx)
+	s.mu.Unlock()
+	defer close(s.served)
+
+	// The background loops; each stop ends one and waits for it.
+	start := func(run func(context.Context)) (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { run(ctx); close(done) }()
+		return func() { cancel(); <-done }
+	}
+	stopMirror, stopRefresh, stopAudit := start(s.mirror.Run), start(s.tokens.Run), start(s.audit.Run)
+	stopCompact, stopRefusals := start(s.compactPeriodically), start(s.gate.Run)
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
-	for _, h := range []*httpEndpoint{s.proxy, s.ops} {
+	for _, h := range []*listeners.HTTP{s.proxy, s.ops} {
 		if h != nil {
-			go func() { serveErr <- h.serve() }()
-			s.log.Info(h.name+" listening", "addr", h.addr().String())
+			go func() { serveErr <- h.Serve() }()
+			s.log.Info(h.Name()+" listening", "addr", h.Addr().String())
 		}
 	}
 	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", s.authSummary())
@@ -610,7 +491,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
-	proxyStopped := s.proxy.shutdown(s.cfg.ShutdownTimeout)
+	proxyStopped := s.proxy.Shutdown(s.cfg.ShutdownTimeout)
 	select {
 	case <-stopped:
 	case <-time.After(s.cfg.ShutdownTimeout):
@@ -618,28 +499,44 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.grpc.Stop()
 	}
 	<-proxyStopped
-	<-s.ops.shutdown(s.cfg.ShutdownTimeout) // answering "not ready" until the end
+	<-s.ops.Shutdown(s.cfg.ShutdownTimeout) // answering "not ready" until the end
 	// Calls have finished: the last refusals are tallied, and written
 	// while the audit writer still runs; then no one waits for it any more.
 	stopRefusals()
-	<-refusalsDone
 	stopAudit()
-	<-auditDone
 	stopRefresh()
-	<-refreshDone
 	stopCompact()
-	<-compactDone
 	stopMirror()
-	<-mirrorDone
 	if cerr := datadir.CompactIfPending(s.store); cerr != nil { // nothing writes any more
 		s.log.Error("could not compact the database; deleted secrets stay in its freed pages until the next start", "error", cerr)
 	}
-	s.tracing.shutdown(s.cfg.ShutdownTimeout)
-	if cerr := s.store.Close(); cerr != nil && err == nil {
+	if cerr := s.releaseOnce(); cerr != nil && err == nil { // tracing, then the database
 		err = cerr
 	}
 	s.log.Info("stopped")
 	return err
+}
+
+// Close releases what New acquired: the listeners, tracing and the
+// database. If Serve is running, Close stops it as the end of its context
+// would, and waits for it to return. Close may be called more than once,
+// and after Serve has returned; it then returns what the first release
+// returned.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.started = true // no Serve after Close
+	stop, served := s.stopServing, s.served
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-served
+	}
+	return s.releaseOnce()
+}
+
+func (s *Server) releaseOnce() error {
+	s.closeOnce.Do(func() { s.closeErr = s.release.run() })
+	return s.closeErr
 }
 
 // compactPeriodically compacts the database every CompactInterval when a
@@ -668,19 +565,4 @@ func (s *Server) authSummary() string {
 		return "TLS; caller keys"
 	}
 	return "plaintext on loopback; caller keys"
-}
-
-// checkListenAddr checks a listen address's form and, for plaintext,
-// refuses any address that is not loopback: caller keys and tokens would
-// cross the network readable by anyone on the path. flag names the address
-// in the error.
-func checkListenAddr(flag, addr string, plaintext bool) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%s %q: %w", flag, addr, err)
-	}
-	if !plaintext || loopback.Host(host) {
-		return nil
-	}
-	return fmt.Errorf("%s %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", flag, addr)
 }

@@ -22,7 +22,7 @@ func TestGetToken(t *testing.T) {
 	b := startBroker(t)
 	b.link(t, "acme")
 	tok := b.token(t, "acme")
-	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetTokenType() != "Bearer" || tok.GetApiBaseUrl() != b.cfg.JumpCloudAPIURLUS ||
+	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetTokenType() != "Bearer" || tok.GetApiBaseUrl() != b.cfg.Provider.JumpCloudAPIURLUS ||
 		tok.GetHeaders()["x-org-id"] != orgID || len(tok.GetHeaders()) != 1 {
 		t.Fatalf("GetToken: matches fake %v, type %q, api_base_url %q, headers %v", tok.GetAccessToken() == b.fake.LastToken(), tok.GetTokenType(), tok.GetApiBaseUrl(), tok.GetHeaders())
 	}
@@ -68,8 +68,8 @@ func TestGetToken(t *testing.T) {
 func TestMinTTLCannotForceUpstreamRequests(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
-	cfg.MinTTLRefreshInterval = time.Hour
-	cfg.RateLimit = -1 // only the min_ttl refresh interval refuses
+	cfg.Tokens.ForcedInterval = time.Hour
+	cfg.Gate.RateLimit = -1 // only the min_ttl refresh interval refuses
 	b := startWith(t, cfg, fake, logs)
 	b.link(t, "acme")
 	ctx := context.Background()

@@ -1,41 +1,76 @@
-package server
+package listeners
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/credbroker/credbroker/server/internal/mtls"
 )
 
-// httpEndpoint is an HTTP server the broker runs beside gRPC: the egress
-// proxy or the ops listener. Its methods do nothing on a nil endpoint (one
-// that is off).
-type httpEndpoint struct {
+// HTTPOptions are what differ between the broker's HTTP listeners.
+type HTTPOptions struct {
+	// ReadTimeout bounds a whole request, body included: no slow-drip
+	// uploads.
+	ReadTimeout time.Duration
+	// MaxHeaderBytes bounds a request's headers; 0 is net/http's default.
+	MaxHeaderBytes int
+	// Certs, if set, proves the principals of client certificates, which
+	// the listener then asks for (when there are client CAs).
+	Certs *mtls.HTTPVerifier
+}
+
+// HTTP is an HTTP server the broker runs beside gRPC. Its methods do
+// nothing on a nil HTTP (a listener that is off).
+type HTTP struct {
 	name string
 	srv  *http.Server
 	lis  net.Listener
 }
 
-// listenHTTP opens the listener for srv.
-func listenHTTP(name, addr string, srv *http.Server) (*httpEndpoint, error) {
+// ListenHTTP opens the listener named name (in errors and logs) at addr,
+// for an HTTP server of h that serves TLS when t has a certificate: 10 s
+// for a request's headers, 2 minutes for an idle connection, and its
+// errors logged to log as warnings.
+func (t TLS) ListenHTTP(name, addr string, h http.Handler, o HTTPOptions, log *slog.Logger) (*HTTP, error) {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       o.ReadTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    o.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if o.Certs != nil {
+		srv.ConnContext = o.Certs.ConnContext
+	}
+	if t.Cert != nil {
+		srv.TLSConfig = mtls.ServerTLSConfig(*t.Cert, o.Certs != nil && t.ClientCAs != nil)
+	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &httpEndpoint{name: name, srv: srv, lis: lis}, nil
+	return &HTTP{name: name, srv: srv, lis: lis}, nil
 }
 
-func (h *httpEndpoint) addr() net.Addr {
+// Name is what logs call the listener.
+func (h *HTTP) Name() string { return h.name }
+
+// Addr is the address it listens on; nil when it is off.
+func (h *HTTP) Addr() net.Addr {
 	if h == nil {
 		return nil
 	}
 	return h.lis.Addr()
 }
 
-// serve serves until shutdown, after which it returns nil.
-func (h *httpEndpoint) serve() error {
+// Serve serves until Shutdown, after which it returns nil.
+func (h *HTTP) Serve() error {
 	var err error
 	if h.srv.TLSConfig != nil {
 		err = h.srv.ServeTLS(h.lis, "", "")
@@ -48,9 +83,9 @@ func (h *httpEndpoint) serve() error {
 	return fmt.Errorf("%s: %w", h.name, err)
 }
 
-// shutdown stops the server, giving requests in flight timeout to finish;
+// Shutdown stops the server, giving requests in flight timeout to finish;
 // the channel is closed once it has stopped.
-func (h *httpEndpoint) shutdown(timeout time.Duration) <-chan struct{} {
+func (h *HTTP) Shutdown(timeout time.Duration) <-chan struct{} {
 	done := make(chan struct{})
 	if h == nil {
 		close(done)
@@ -65,4 +100,16 @@ func (h *httpEndpoint) shutdown(timeout time.Duration) <-chan struct{} {
 		}
 	}()
 	return done
+}
+
+// Close closes the listener of a server that was never served; after
+// Serve, Shutdown has closed it already.
+func (h *HTTP) Close() error {
+	if h == nil {
+		return nil
+	}
+	if err := h.lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("%s: %w", h.name, err)
+	}
+	return nil
 }

@@ -1,8 +1,12 @@
-package server
+// Package ops serves what operators' tools poll, with no secret in it and
+// asking no credentials: /metrics for Prometheus (with what it shows of
+// each account), /healthz (the process answers) and /readyz (it can serve
+// calls: not shutting down, and the audit trail can be written). It is
+// apart from package api, whose every call passes the gate.
+package ops
 
 import (
 	"encoding/hex"
-	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -11,17 +15,13 @@ import (
 
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/metrics"
-	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
-// newOpsServer serves what operators' tools poll: /metrics for
-// Prometheus, /healthz (the process answers) and /readyz (it can serve
-// calls: not shutting down, and the audit trail can be written). It serves
-// TLS whenever the broker has a certificate, asking for no client
-// certificate: scrapers and probes have none.
-func newOpsServer(cfg Config, tlsm tlsMaterial, met *metrics.Metrics, al *audit.Log, draining *atomic.Bool) *http.Server {
+// Handler serves /metrics from met, /healthz, and /readyz, which says not
+// ready while draining is set or while al cannot write the audit trail.
+func Handler(met *metrics.Metrics, al *audit.Log, draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -37,21 +37,12 @@ func newOpsServer(cfg Config, tlsm tlsMaterial, met *metrics.Metrics, al *audit.
 			_, _ = w.Write([]byte("ready\n"))
 		}
 	})
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
-	}
-	if tlsm.cert != nil {
-		srv.TLSConfig = mtls.ServerTLSConfig(*tlsm.cert, false)
-	}
-	return srv
+	return mux
 }
 
-// accountMetrics is what /metrics shows of each account.
-func accountMetrics(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
+// Accounts is what /metrics shows of each account of tm (the source of
+// metrics.New); mac keys the labels of secrets.
+func Accounts(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
 	health := tm.Health()
 	out := make([]metrics.Account, len(health))
 	for i, h := range health {

@@ -1,4 +1,11 @@
-package server
+// Package tracing sends OpenTelemetry spans of every gRPC call and of
+// every token request to a provider to a collector, with the standard
+// OTLP/gRPC exporter. The exporter takes its settings
+// (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _CERTIFICATE, _INSECURE, ...)
+// and OTEL_SERVICE_NAME from the environment, as every OpenTelemetry SDK
+// does. Spans carry methods, status codes, peers and URLs, never metadata
+// or bodies, so no key or secret.
+package tracing
 
 import (
 	"context"
@@ -16,36 +23,33 @@ import (
 	"google.golang.org/grpc"
 )
 
-// TracingOTLP turns tracing on (Config.Tracing); anything else but
-// TracingOff is refused.
+// The tracing modes: Off (the default) sends nothing, OTLP sends spans
+// with the OTLP exporter. Anything else is refused.
 const (
-	TracingOff  = "off"
-	TracingOTLP = "otlp"
+	Off  = "off"
+	OTLP = "otlp"
 )
 
-// tracing sends spans of every gRPC call and of every token request to a
-// provider to an OpenTelemetry collector, with the standard OTLP/gRPC
-// exporter. The exporter takes its settings (OTEL_EXPORTER_OTLP_ENDPOINT,
-// _HEADERS, _CERTIFICATE, _INSECURE, ...) and OTEL_SERVICE_NAME from the
-// environment, as every OpenTelemetry SDK does. Spans carry methods, status
-// codes, peers and URLs, never metadata or bodies, so no key or secret. A
-// nil tracing is off: its methods do nothing.
-type tracing struct {
+// Tracing is a tracer provider that exports spans. A nil Tracing is off:
+// its methods do nothing.
+type Tracing struct {
 	provider *sdktrace.TracerProvider
 }
 
-// checkTracingMode accepts TracingOff (or empty) and TracingOTLP.
-func checkTracingMode(mode string) error {
+// CheckMode accepts Off (or empty) and OTLP.
+func CheckMode(mode string) error {
 	switch mode {
-	case TracingOff, "", TracingOTLP:
+	case Off, "", OTLP:
 		return nil
 	}
-	return fmt.Errorf("tracing must be %q or %q, not %q", TracingOff, TracingOTLP, mode)
+	return fmt.Errorf("tracing must be %q or %q, not %q", Off, OTLP, mode)
 }
 
-func newTracing(mode string) (*tracing, error) {
-	if mode != TracingOTLP {
-		return nil, checkTracingMode(mode)
+// New starts tracing in mode; it returns nil (off) unless mode is OTLP.
+// Shut it down to release it.
+func New(mode string) (*Tracing, error) {
+	if mode != OTLP {
+		return nil, CheckMode(mode)
 	}
 	exp, err := otlptracegrpc.New(context.Background())
 	if err != nil {
@@ -55,12 +59,12 @@ func newTracing(mode string) (*tracing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
-	return &tracing{provider: sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))}, nil
+	return &Tracing{provider: sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))}, nil
 }
 
-// serverOptions instrument the gRPC server; a caller's W3C trace context
+// ServerOptions instrument the gRPC server; a caller's W3C trace context
 // is continued.
-func (t *tracing) serverOptions() []grpc.ServerOption {
+func (t *Tracing) ServerOptions() []grpc.ServerOption {
 	if t == nil {
 		return nil
 	}
@@ -68,17 +72,18 @@ func (t *tracing) serverOptions() []grpc.ServerOption {
 		otelgrpc.WithTracerProvider(t.provider), otelgrpc.WithPropagators(propagation.TraceContext{})))}
 }
 
-// wrapTransport instruments requests to providers. No trace context is
+// WrapTransport instruments requests to providers. No trace context is
 // sent to them: they are third parties.
-func (t *tracing) wrapTransport(rt http.RoundTripper) http.RoundTripper {
+func (t *Tracing) WrapTransport(rt http.RoundTripper) http.RoundTripper {
 	if t == nil {
 		return rt
 	}
 	return otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(t.provider), otelhttp.WithPropagators(propagation.NewCompositeTextMapPropagator()))
 }
 
-// shutdown sends the spans still buffered.
-func (t *tracing) shutdown(timeout time.Duration) {
+// Shutdown sends the spans still buffered, waiting at most timeout, and
+// stops the exporter.
+func (t *Tracing) Shutdown(timeout time.Duration) {
 	if t == nil {
 		return
 	}

@@ -1,0 +1,99 @@
+// Package listeners owns the broker's listeners apart from what they
+// serve: the rule that plaintext is served on loopback addresses only, the
+// TLS material every listener serves (the broker's certificate and the
+// CAs of client certificates), the transport credentials of the gRPC
+// server, and the HTTP servers beside it (the egress proxy, the ops
+// listener, and any later one): opened, served, shut down and closed.
+package listeners
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/credbroker/credbroker/internal/loopback"
+	"github.com/credbroker/credbroker/server/internal/mtls"
+)
+
+// Off as the address of an optional listener turns it off.
+const Off = "off"
+
+// Addr is a listen address and the flag that sets it, which errors name.
+type Addr struct {
+	Flag, Addr string
+	// Optional: the listener may be Off.
+	Optional bool
+}
+
+// TLS is what the listeners serve: a certificate (nil for plaintext) and
+// the CAs of accepted client certificates (nil for none).
+type TLS struct {
+	Cert      *tls.Certificate
+	ClientCAs *x509.CertPool
+}
+
+// LoadTLS checks the listen addresses, allowing plaintext on loopback ones
+// only, and reads the TLS files: a PEM certificate and key (neither, for
+// plaintext) and a PEM bundle of client CAs (none for no mTLS).
+func LoadTLS(certFile, keyFile, clientCAFile string, addrs ...Addr) (TLS, error) {
+	plaintext := certFile == "" && keyFile == ""
+	if plaintext && clientCAFile != "" {
+		return TLS{}, errors.New("a client CA (mTLS) needs TLS: set --tls-cert and --tls-key too")
+	}
+	for _, a := range addrs {
+		if a.Optional && a.Addr == Off {
+			continue
+		}
+		if err := checkAddr(a, plaintext); err != nil {
+			return TLS{}, err
+		}
+	}
+	if plaintext {
+		return TLS{}, nil
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return TLS{}, fmt.Errorf("TLS certificate and key: %w", err)
+	}
+	if clientCAFile == "" {
+		return TLS{Cert: &cert}, nil
+	}
+	pem, err := os.ReadFile(clientCAFile)
+	if err != nil {
+		return TLS{}, fmt.Errorf("client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return TLS{}, fmt.Errorf("client CA %s holds no PEM certificate", clientCAFile)
+	}
+	return TLS{Cert: &cert, ClientCAs: pool}, nil
+}
+
+// checkAddr checks a listen address's form and, for plaintext, refuses any
+// address that is not loopback: caller keys and tokens would cross the
+// network readable by anyone on the path.
+func checkAddr(a Addr, plaintext bool) error {
+	host, _, err := net.SplitHostPort(a.Addr)
+	if err != nil {
+		return fmt.Errorf("%s %q: %w", a.Flag, a.Addr, err)
+	}
+	if !plaintext || loopback.Host(host) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not a loopback address, so it requires TLS: set --tls-cert and --tls-key (plaintext is served only on 127.0.0.1, ::1 or localhost)", a.Flag, a.Addr)
+}
+
+// GRPCCredentials is TLS (with client-certificate principals when there
+// are client CAs), or plaintext.
+func (t TLS) GRPCCredentials() credentials.TransportCredentials {
+	if t.Cert == nil {
+		return insecure.NewCredentials()
+	}
+	return mtls.ServerCredentials(*t.Cert, t.ClientCAs)
+}
