@@ -15,15 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/api"
@@ -37,7 +34,6 @@ import (
 	"github.com/credbroker/credbroker/server/internal/ops"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/storage"
@@ -256,7 +252,7 @@ func checkConfig(cfg Config) (listeners.TLS, *seal.MasterKey, error) {
 // build builds the parts on the open store st and connects them; it pushes
 // what it acquires onto release.
 func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.TLS, release *cleanup) (*Server, error) {
-	mac, err := loadMACKey(st, master)
+	mac, err := datadir.MACKey(st, master)
 	if err != nil {
 		return nil, err
 	}
@@ -274,9 +270,6 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.T
 	tc.Fingerprint = func(token string) string { return audit.Fingerprint(mac, token) }
 	tc.OnCacheLookup, tc.Logger = met.CacheLookup, cfg.Logger
 	tm = tokens.New(tc, st, master, prov)
-	if err := typePrincipals(st); err != nil {
-		return nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
-	}
 	all, err := st.All()
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
@@ -296,7 +289,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.T
 	if err != nil {
 		return nil, fmt.Errorf("load accounts and callers: %w", err)
 	}
-	if err := reportTampered(cfg.Logger, st, tampered); err != nil {
+	if err := datadir.ReportTampered(cfg.Logger, st, tampered); err != nil {
 		return nil, err
 	}
 	c.mirror = storage.NewMirror(storage.MirrorConfig{
@@ -313,25 +306,17 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.T
 		sink = cfg.wrapAuditSink(sink)
 	}
 	ac := cfg.Audit
-	ac.Expendable, ac.Logger = callEvent, cfg.Logger
+	ac.Expendable, ac.Logger = api.CallEvent, cfg.Logger
 	al := audit.New(ac, sink, st)
 
 	certs := mtls.NewHTTPVerifier(tlsm.ClientCAs)
 	gc := cfg.Gate
 	gc.Logger = cfg.Logger
 	gt := gate.New(gc, cs, al, certs)
-	// Panics are recovered inside the gate, so that their calls are
-	// audited, and outside it, so that the gate itself cannot crash a call.
-	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
-		method, _ := grpc.Method(ctx)
-		cfg.Logger.Error("panic in handler", "method", method)
-		return status.Error(codes.Internal, "internal error")
-	})
-	recoverPanics, recoverStreamPanics := recovery.UnaryServerInterceptor(onPanic), recovery.StreamServerInterceptor(onPanic)
 	g := grpc.NewServer(append(tr.ServerOptions(),
 		grpc.Creds(tlsm.GRPCCredentials()),
-		grpc.ChainUnaryInterceptor(met.GRPC.UnaryServerInterceptor(), recoverPanics, gt.UnaryInterceptor, recoverPanics),
-		grpc.ChainStreamInterceptor(met.GRPC.StreamServerInterceptor(), recoverStreamPanics, gt.StreamInterceptor, recoverStreamPanics),
+		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()}, gt.UnaryInterceptors()...)...),
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{met.GRPC.StreamServerInterceptor()}, gt.StreamInterceptors()...)...),
 	)...)
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
@@ -347,7 +332,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.T
 	if s.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return nil, err
 	}
-	release.push(closeListener(s.listener))
+	release.push(func() error { return listeners.Close(s.listener) })
 	if cfg.ProxyListenAddr != listeners.Off {
 		xc := cfg.Proxy
 		xc.Logger = cfg.Logger
@@ -368,66 +353,6 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.T
 	}
 	s.release = *release
 	return s, nil
-}
-
-// closeListener closes lis unless it is closed already (gRPC closes it
-// when it stops).
-func closeListener(lis net.Listener) func() error {
-	return func() error {
-		if err := lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			return err
-		}
-		return nil
-	}
-}
-
-// callEvent says whether an audit event records a call that callers can
-// make at volume (GetToken, a proxied call, a tally of refused calls, any
-// refused or failed call): only those give way when the trail is over
-// --audit-max-events, so that admin changes and the broker's own events
-// go by age alone.
-func callEvent(ev store.AuditEvent) bool {
-	switch {
-	case ev.Principal == audit.BrokerPrincipal:
-		return false
-	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == api.ProxyMethod,
-		ev.Method == gate.RefusalMethod, ev.Method == gate.DeniedMethod:
-		return true
-	}
-	return ev.Code != rpcstatus.CodeName(codes.OK)
-}
-
-// reportTampered logs and audits, at each start, every stored record that
-// failed its integrity check and so is not used.
-func reportTampered(log *slog.Logger, st *store.Store, names []string) error {
-	var events []store.AuditEvent
-	for _, name := range names {
-		log.Error("a stored record failed its integrity check (it was changed outside the broker, or copied from another database); it is not used", "resource", name)
-		events = append(events, store.AuditEvent{
-			Time: time.Now(), Principal: audit.BrokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: rpcstatus.CodeName(codes.DataLoss),
-			Detail: "the stored record failed its integrity check, so it is not used",
-		})
-	}
-	if len(events) == 0 {
-		return nil
-	}
-	return st.AppendAudit(events)
-}
-
-// loadMACKey opens the stored MAC key, making one if the store has none.
-func loadMACKey(st *store.Store, master *seal.MasterKey) (*seal.MACKey, error) {
-	wrapped, err := st.WrappedMACKey()
-	if err != nil {
-		return nil, err
-	}
-	if wrapped != nil {
-		return master.UnwrapMACKey(wrapped)
-	}
-	mac, wrapped, err := master.NewMACKey()
-	if err != nil {
-		return nil, err
-	}
-	return mac, st.SetWrappedMACKey(wrapped)
 }
 
 // BootstrapAdminKey is the admin caller key created on the first start of a
@@ -466,7 +391,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		return func() { cancel(); <-done }
 	}
 	stopMirror, stopRefresh, stopAudit := start(s.mirror.Run), start(s.tokens.Run), start(s.audit.Run)
-	stopCompact, stopRefusals := start(s.compactPeriodically), start(s.gate.Run)
+	stopCompact := start(func(ctx context.Context) { datadir.CompactPeriodically(ctx, s.store, s.cfg.CompactInterval, s.log) })
+	stopRefusals := start(s.gate.Run)
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
@@ -476,7 +402,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Info(h.Name()+" listening", "addr", h.Addr().String())
 		}
 	}
-	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", s.authSummary())
+	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", listeners.AuthSummary(s.cfg.TLSCertFile, s.cfg.ClientCAFile))
 	if s.cfg.TLSCertFile == "" {
 		s.log.Warn("serving PLAINTEXT on a loopback address: caller keys cross the connection unencrypted. Anything beyond one host needs --tls-cert and --tls-key")
 	}
@@ -537,32 +463,4 @@ func (s *Server) Close() error {
 func (s *Server) releaseOnce() error {
 	s.closeOnce.Do(func() { s.closeErr = s.release.run() })
 	return s.closeErr
-}
-
-// compactPeriodically compacts the database every CompactInterval when a
-// deletion left sealed material in its freed pages, until ctx ends.
-func (s *Server) compactPeriodically(ctx context.Context) {
-	tick := time.NewTicker(s.cfg.CompactInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if err := datadir.CompactIfPending(s.store); err != nil {
-			s.log.Error("could not compact the database; deleted secrets stay in its freed pages until it does", "error", err)
-		}
-	}
-}
-
-// authSummary says at start-up how callers prove who they are.
-func (s *Server) authSummary() string {
-	switch {
-	case s.cfg.ClientCAFile != "":
-		return "TLS; client certificates signed by " + s.cfg.ClientCAFile + ", or caller keys"
-	case s.cfg.TLSCertFile != "":
-		return "TLS; caller keys"
-	}
-	return "plaintext on loopback; caller keys"
 }

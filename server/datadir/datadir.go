@@ -1,6 +1,8 @@
 // Package datadir owns the broker's data directory on disk: its database
 // file and its master-key file (generated there for local use when no key
-// is configured). It opens the directory for the running broker, and it
+// is configured). It opens the directory for the running broker, keeps
+// its database in order while it runs (the MAC key, reports of records
+// that fail their integrity check, compaction after deletions), and it
 // holds the tools that work on the directory while the broker is stopped:
 // restoring a backup (and checking and saving backup files), and rekeying
 // to a new master key.
@@ -69,9 +71,10 @@ func WithDefaults(cfg Config) Config {
 // database. It creates the directory (or restricts it) to mode 0700. master
 // is the key ConfiguredMasterKey returned, or nil for the local key, which
 // Open generates on first start. It checks the key against the database
-// (tagging the records of one written by an earlier version), and compacts
+// (tagging the records of one written by an earlier version), compacts
 // the file if a deletion the last run did not get to left sealed material
-// in it. It returns the store and the master key. With the wrong master
+// in it, and types principals stored untyped by earlier versions (see
+// typePrincipals). It returns the store and the master key. With the wrong master
 // key it fails, leaving the database untouched.
 func Open(cfg Config, master *seal.MasterKey) (*store.Store, *seal.MasterKey, error) {
 	cfg = WithDefaults(cfg)
@@ -94,6 +97,10 @@ func Open(cfg Config, master *seal.MasterKey) (*store.Store, *seal.MasterKey, er
 	if err := CompactIfPending(st); err != nil { // a deletion the last run did not get to
 		st.Close()
 		return nil, nil, err
+	}
+	if err := typePrincipals(st); err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
 	}
 	return st, master, nil
 }

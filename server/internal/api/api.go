@@ -11,6 +11,7 @@ import (
 	"net/http"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/accounts"
@@ -20,6 +21,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/proxy"
+	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
@@ -54,4 +56,20 @@ func Register(g *grpc.Server, c Core) {
 // grant for the account is checked, and fwd forwards it.
 func ProxyHandler(c Core, gt *gate.Gate, fwd *proxy.Forwarder) http.Handler {
 	return &proxyHandler{gate: gt, audit: c.Audit, grants: c.Grants, fwd: fwd, errs: errorMapper{log: c.Logger}}
+}
+
+// CallEvent says whether an audit event records a call that callers can
+// make at volume (GetToken, a proxied call, a tally of refused calls, any
+// refused or failed call): only those give way when the trail is over
+// --audit-max-events, so that admin changes and the broker's own events
+// go by age alone.
+func CallEvent(ev store.AuditEvent) bool {
+	switch {
+	case ev.Principal == audit.BrokerPrincipal:
+		return false
+	case ev.Method == credbrokerv1.TokenService_GetToken_FullMethodName, ev.Method == ProxyMethod,
+		ev.Method == gate.RefusalMethod, ev.Method == gate.DeniedMethod:
+		return true
+	}
+	return ev.Code != rpcstatus.CodeName(codes.OK)
 }

@@ -5,8 +5,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/audit"
@@ -108,4 +112,28 @@ func requestName(req any) string {
 		return AdminPrincipalPrefix + r.GetPrincipal()
 	}
 	return ""
+}
+
+// UnaryInterceptors are the gate of unary calls with panics recovered
+// inside it, so that their calls are audited, and outside it, so that the
+// gate itself cannot crash a call.
+func (g *Gate) UnaryInterceptors() []grpc.UnaryServerInterceptor {
+	recoverPanics := recovery.UnaryServerInterceptor(g.onPanic())
+	return []grpc.UnaryServerInterceptor{recoverPanics, g.UnaryInterceptor, recoverPanics}
+}
+
+// StreamInterceptors are StreamInterceptor with panics recovered as in
+// UnaryInterceptors.
+func (g *Gate) StreamInterceptors() []grpc.StreamServerInterceptor {
+	recoverPanics := recovery.StreamServerInterceptor(g.onPanic())
+	return []grpc.StreamServerInterceptor{recoverPanics, g.StreamInterceptor, recoverPanics}
+}
+
+// onPanic logs a handler's panic and ends its call with a generic INTERNAL.
+func (g *Gate) onPanic() recovery.Option {
+	return recovery.WithRecoveryHandlerContext(func(ctx context.Context, _ any) error {
+		method, _ := grpc.Method(ctx)
+		g.log.Error("panic in handler", "method", method)
+		return status.Error(codes.Internal, "internal error")
+	})
 }

@@ -108,7 +108,7 @@ func (h *HTTP) Close() error {
 	if h == nil {
 		return nil
 	}
-	if err := h.lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := Close(h.lis); err != nil {
 		return fmt.Errorf("%s: %w", h.name, err)
 	}
 	return nil

@@ -97,3 +97,25 @@ func (t TLS) GRPCCredentials() credentials.TransportCredentials {
 	}
 	return mtls.ServerCredentials(*t.Cert, t.ClientCAs)
 }
+
+// Close closes lis unless it is closed already (a server closes its
+// listener when it stops).
+func Close(lis net.Listener) error {
+	if err := lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// AuthSummary says, for the start-up log, how callers prove who they are
+// to listeners with the certificate certFile and the client CAs
+// clientCAFile (either may be empty).
+func AuthSummary(certFile, clientCAFile string) string {
+	switch {
+	case clientCAFile != "":
+		return "TLS; client certificates signed by " + clientCAFile + ", or caller keys"
+	case certFile != "":
+		return "TLS; caller keys"
+	}
+	return "plaintext on loopback; caller keys"
+}
