@@ -224,7 +224,7 @@ func writeOldDatabase(t *testing.T, cfg server.Config, grants []string, admin st
 	}
 	now := time.Now()
 	a := store.Account{
-		ID: "acme", Provider: provider.KindJumpCloudServiceAccount, ClientID: clientID, Region: provider.RegionUS, OrgID: orgID,
+		ID: "acme", Provider: string(provider.KindJumpCloudServiceAccount), ClientID: clientID, Region: provider.RegionUS, OrgID: orgID,
 		WrappedKey: wrapped, Secrets: []store.Secret{{ID: accounts.SecretID(secret.New(clientSecret)), Sealed: sealed, CreateTime: now}},
 		CreateTime: now, UpdateTime: now,
 	}

@@ -165,7 +165,7 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 	now := s.now()
 	a := store.Account{
 		ID: in.ID, DisplayName: in.DisplayName, Labels: in.Labels,
-		Provider: cr.Kind, ClientID: cr.ClientID, Region: cr.Region, OrgID: cr.OrgID,
+		Provider: string(cr.Kind), ClientID: cr.ClientID, Region: cr.Region, OrgID: cr.OrgID,
 		TokenURL: cr.TokenURL, Scopes: cr.Scopes, AuthStyle: cr.AuthStyle,
 		EndpointParams: cr.EndpointParams, APIBaseURL: cr.APIBaseURL,
 		CreateTime: now, UpdateTime: now,
@@ -186,10 +186,10 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 		return View{}, err
 	}
 	a.Secrets = []store.Secret{{ID: SecretID(cr.ClientSecret), Sealed: sealed, CreateTime: now, ExpireTime: in.SecretExpireTime}}
-	ts := store.TokenState{State: tokens.StateActive}
+	ts := store.TokenState{State: string(tokens.StateActive)}
 	if !tok.AccessToken.IsZero() {
 		ts.SecretUse = map[string]store.SecretUse{a.Secrets[0].ID: {LastUsed: tok.Obtained}}
-		status.SecretUse = ts.SecretUse
+		status.SecretUse = map[string]tokens.SecretUse{a.Secrets[0].ID: {LastUsed: tok.Obtained}}
 		sealedToken, err := tokens.SealToken(key, tok)
 		if err != nil {
 			return View{}, err

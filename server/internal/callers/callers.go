@@ -20,10 +20,14 @@ import (
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
+// Role is what a caller key may do: everything (admin), or get tokens
+// and call APIs as its grants allow (caller).
+type Role string
+
 // Roles of caller keys, as stored.
 const (
-	RoleAdmin  = "admin"
-	RoleCaller = "caller"
+	RoleAdmin  Role = "admin"
+	RoleCaller Role = "caller"
 )
 
 const (
@@ -54,7 +58,7 @@ var (
 type Key struct {
 	ID          string
 	Description string
-	Role        string
+	Role        Role
 	CreateTime  time.Time
 	ExpireTime  time.Time // zero if never
 	RevokeTime  time.Time // zero if not revoked
@@ -66,7 +70,7 @@ type Key struct {
 // keyOf maps a stored caller key to what admins see of it.
 func keyOf(r store.CallerKey) Key {
 	return Key{
-		ID: r.ID, Description: r.Description, Role: r.Role, CreateTime: r.CreateTime,
+		ID: r.ID, Description: r.Description, Role: Role(r.Role), CreateTime: r.CreateTime,
 		ExpireTime: r.ExpireTime, RevokeTime: r.RevokeTime, Creator: r.Creator, Tampered: r.Tampered,
 	}
 }
@@ -186,7 +190,7 @@ func (s *Service) AuthenticateKey(key string) (Identity, error) {
 	if !ok {
 		return Identity{}, ErrUnknownKey
 	}
-	id := Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: k.Role == RoleAdmin}
+	id := Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: Role(k.Role) == RoleAdmin}
 	switch {
 	case !k.RevokeTime.IsZero():
 		return Identity{Principal: id.Principal}, ErrKeyRevoked
@@ -211,7 +215,7 @@ func expired(k store.CallerKey, now time.Time) bool {
 type NewKey struct {
 	ID          string
 	Description string
-	Role        string
+	Role        Role
 	ExpireTime  time.Time
 	Creator     string
 }
@@ -224,7 +228,7 @@ func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (K
 		return Key{}, secret.String{}, err
 	}
 	k := store.CallerKey{
-		ID: in.ID, Description: in.Description, Role: in.Role, Hash: s.mac.Sum(hashPurpose, key),
+		ID: in.ID, Description: in.Description, Role: string(in.Role), Hash: s.mac.Sum(hashPurpose, key),
 		CreateTime: s.now(), ExpireTime: in.ExpireTime, Creator: in.Creator,
 	}
 	s.change.Lock()
@@ -253,13 +257,13 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 	if !k.RevokeTime.IsZero() {
 		return keyOf(k), false, nil
 	}
-	if k.Role == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
+	if Role(k.Role) == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
 		return Key{}, false, ErrLastAdmin
 	}
 	now := s.now()
 	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
 		if k.Tampered { // replaced by a clean record that authenticates no one
-			*k = store.CallerKey{ID: id, Role: RoleCaller, CreateTime: now, Creator: ev.Principal,
+			*k = store.CallerKey{ID: id, Role: string(RoleCaller), CreateTime: now, Creator: ev.Principal,
 				Description: "revoked after its stored record failed its integrity check"}
 		}
 		k.RevokeTime = now
@@ -283,7 +287,7 @@ func (s *Service) adminIdentities() int {
 		}
 	}
 	for _, k := range s.byID {
-		if k.Role == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
+		if Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
 			n++
 		}
 	}
@@ -388,7 +392,7 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 	}
 	k := store.CallerKey{
 		ID: BootstrapKeyID, Description: "created at first start; revoke it once you have made your own admin key",
-		Role: RoleAdmin, Hash: s.mac.Sum(hashPurpose, key), CreateTime: now, Creator: ev.Principal,
+		Role: string(RoleAdmin), Hash: s.mac.Sum(hashPurpose, key), CreateTime: now, Creator: ev.Principal,
 	}
 	ev.Resource, ev.Detail = KeyPrincipalPrefix+k.ID, "admin caller key"
 	if err := s.store.Bootstrap(&k, nil, ev); err != nil {

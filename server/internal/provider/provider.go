@@ -28,15 +28,18 @@ import (
 	"github.com/credbroker/credbroker/server/internal/secret"
 )
 
+// Kind is how the broker gets an account's credentials.
+type Kind string
+
 // Kinds of account, as stored.
 const (
-	KindJumpCloudServiceAccount = "jumpcloud_service_account"
-	KindOAuth2ClientCredentials = "oauth2_client_credentials"
-	KindJumpCloudAPIKey         = "jumpcloud_api_key"
+	KindJumpCloudServiceAccount Kind = "jumpcloud_service_account"
+	KindOAuth2ClientCredentials Kind = "oauth2_client_credentials"
+	KindJumpCloudAPIKey         Kind = "jumpcloud_api_key"
 )
 
 // IsJumpCloud reports whether the kind is one of JumpCloud's.
-func IsJumpCloud(kind string) bool {
+func IsJumpCloud(kind Kind) bool {
 	return kind == KindJumpCloudServiceAccount || kind == KindJumpCloudAPIKey
 }
 
@@ -82,7 +85,7 @@ func DefaultEndpoints() Endpoints {
 
 // Credentials are everything a token request (or an API-key check) needs.
 type Credentials struct {
-	Kind     string
+	Kind     Kind
 	ClientID string
 	// ClientSecret is the client secret, or the API key of an API-key account.
 	ClientSecret secret.String
@@ -166,8 +169,8 @@ func New(cfg Config) *Client {
 }
 
 // observe tells OnRequest of a request of kind begun at start that ended with err.
-func (c *Client) observe(kind string, start time.Time, err error) {
-	c.onRequest(kind, Result(err), time.Since(start))
+func (c *Client) observe(kind Kind, start time.Time, err error) {
+	c.onRequest(string(kind), Result(err), time.Since(start))
 }
 
 // Result names a request's outcome for metrics: "ok", "rejected" (the

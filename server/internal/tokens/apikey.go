@@ -81,7 +81,7 @@ func (m *Manager) replaceExpiredKey(e *entry) {
 		m.useAPIKey(e, a)
 	}
 	if errors.Is(e.keyErr, ErrSecretsExpired) && e.status.State != StateNeedsAttention {
-		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &Failure{
 			Reason: ReasonSecretExpired, Message: ErrSecretsExpired.Error(), Time: m.cfg.Now(),
 		}})
 	}
@@ -142,7 +142,7 @@ func (m *Manager) checkAPIKey(e *entry, is *Issued) {
 	case errors.As(err, &rejected):
 		if !keyRejected(e.status) {
 			m.cfg.Logger.Warn("the API rejected an account's API key", "account", e.id)
-			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &Failure{
 				Reason: ReasonCredentialsRejected, Message: rejected.Error() + "; link the account's new key", Time: m.cfg.Now(),
 			}})
 		}

@@ -116,7 +116,7 @@ func TestExpiryIgnoresRejectedSecrets(t *testing.T) {
 		t.Fatalf("with a secret that never expires: %+v", exp)
 	}
 	// The provider rejected the newer secret: the account lives on the old one.
-	use := map[string]store.SecretUse{"new": {Rejected: &store.Failure{Reason: ReasonCredentialsRejected}}}
+	use := map[string]SecretUse{"new": {Rejected: &Failure{Reason: ReasonCredentialsRejected}}}
 	if exp := m.Expiry(secrets, use); !exp.Soon || !exp.Time.Equal(expire) {
 		t.Fatalf("with the newer secret rejected: %+v", exp)
 	}
@@ -216,7 +216,7 @@ func TestExpiredAPIKeyIsNotUsed(t *testing.T) {
 		t.Fatalf("err = %v, want ErrSecretsExpired", err)
 	}
 	ts, err := h.store.TokenState("lone")
-	if err != nil || ts.State != StateNeedsAttention {
+	if err != nil || State(ts.State) != StateNeedsAttention {
 		t.Fatalf("stored state %+v, %v", ts, err)
 	}
 }

@@ -165,7 +165,7 @@ var ErrSecretsExpired = errors.New("every secret of the account has expired; add
 // newest first except that those rejected last time go last: a rejection
 // moves on to the next secret, any other failure ends the attempt. It
 // returns the secrets' new use records with the outcome.
-func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Token, *seal.DataKey, map[string]store.SecretUse, error) {
+func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, *seal.DataKey, map[string]SecretUse, error) {
 	a, err := m.store.Account(id)
 	if err != nil {
 		return provider.Token{}, nil, use, err
@@ -177,7 +177,7 @@ func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Tok
 	now := m.cfg.Now()
 	use = maps.Clone(use)
 	if use == nil {
-		use = map[string]store.SecretUse{}
+		use = map[string]SecretUse{}
 	}
 	err = ErrSecretsExpired
 	for _, sec := range UsableSecrets(a, use, now) {
@@ -192,11 +192,11 @@ func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Tok
 		var rejected *provider.RejectedError
 		switch {
 		case err == nil:
-			use[sec.ID] = store.SecretUse{LastUsed: tok.Obtained}
+			use[sec.ID] = SecretUse{LastUsed: tok.Obtained}
 			return tok, key, use, nil
 		case errors.As(err, &rejected):
 			u := use[sec.ID]
-			u.Rejected = &store.Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
+			u.Rejected = &Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
 			use[sec.ID] = u
 			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
 		default:
@@ -208,7 +208,7 @@ func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Tok
 
 // UsableSecrets are the account's unexpired secrets in the order they are
 // tried: newest first, except that those the provider rejected last go last.
-func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Time) []store.Secret {
+func UsableSecrets(a store.Account, use map[string]SecretUse, now time.Time) []store.Secret {
 	var out []store.Secret
 	for _, s := range a.Secrets {
 		if s.ExpireTime.IsZero() || now.Before(s.ExpireTime) {

@@ -154,14 +154,14 @@ func (m *Manager) Load(all []store.Stored) {
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
-	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
+	e.status = statusOf(ts)
 	e.secrets = secretsMeta(a)
 	if ts.Expiry.After(ts.Obtained) && !ts.Obtained.IsZero() {
 		e.lifetime = ts.Expiry.Sub(ts.Obtained)
 	}
 	if a.Tampered {
 		m.recordFailure(e, store.ErrIntegrity)
-	} else if a.Provider == provider.KindJumpCloudAPIKey {
+	} else if provider.Kind(a.Provider) == provider.KindJumpCloudAPIKey {
 		e.apiKey = true
 		m.useAPIKey(e, a)
 	} else if len(ts.SealedToken) > 0 {
@@ -340,7 +340,7 @@ func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Toke
 // Describe is the account's provider configuration, without its secret.
 func Describe(a store.Account) provider.Credentials {
 	return provider.Credentials{
-		Kind: a.Provider, ClientID: a.ClientID, Region: a.Region, OrgID: a.OrgID,
+		Kind: provider.Kind(a.Provider), ClientID: a.ClientID, Region: a.Region, OrgID: a.OrgID,
 		TokenURL: a.TokenURL, Scopes: a.Scopes, AuthStyle: a.AuthStyle,
 		EndpointParams: a.EndpointParams, APIBaseURL: a.APIBaseURL,
 	}

@@ -85,18 +85,18 @@ type testSecret struct {
 
 // addAccountWith stores an account of the given kind with these secrets
 // and no token.
-func (h *harness) addAccountWith(t testing.TB, id, kind string, secrets ...testSecret) {
+func (h *harness) addAccountWith(t testing.TB, id string, kind provider.Kind, secrets ...testSecret) {
 	t.Helper()
 	key, wrapped, err := h.master.NewDataKey(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := store.Account{ID: id, Provider: kind, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped}
+	a := store.Account{ID: id, Provider: string(kind), ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped}
 	for _, s := range secrets {
 		sealed, _ := key.Seal(store.FieldClientSecret, []byte(s.value))
 		a.Secrets = append(a.Secrets, store.Secret{ID: s.value, Sealed: sealed, CreateTime: s.create, ExpireTime: s.expireTime})
 	}
-	if err := h.store.CreateAccount(a, store.TokenState{State: StateActive}, store.AuditEvent{}); err != nil {
+	if err := h.store.CreateAccount(a, store.TokenState{State: string(StateActive)}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 }
