@@ -39,11 +39,22 @@ var (
 // service account can: the current one and its successor.
 const MaxSecrets = 2
 
+// Store is what accounts needs of the storage: its records of accounts,
+// each change committed with its audit event. *store.Store provides it on
+// any storage engine.
+type Store interface {
+	Account(id string) (store.Account, error)
+	Accounts(after string, limit int) ([]store.Account, error)
+	CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error
+	UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error)
+	DeleteAccount(id string, ev store.AuditEvent) error
+}
+
 // Service manages accounts. The token cache and the grants index learn of
 // its changes from the stream of committed changes (see storage.Mirror):
 // each change returns once they hold it.
 type Service struct {
-	store    *store.Store
+	store    Store
 	master   *seal.MasterKey
 	provider *provider.Client
 	tokens   *tokens.Manager
@@ -53,7 +64,7 @@ type Service struct {
 }
 
 // New returns a Service.
-func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
+func New(st Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
 	return &Service{store: st, master: master, provider: prov, tokens: tm, synced: synced, now: time.Now}
 }
 

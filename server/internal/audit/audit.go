@@ -26,6 +26,13 @@ type Sink interface {
 	AppendAudit([]store.AuditEvent) error
 }
 
+// Store is what the trail needs of the storage to list and prune events.
+// *store.Store provides it on any storage engine.
+type Store interface {
+	ScanAudit(before store.AuditPos, fn func(store.AuditPos, store.AuditEvent) bool) error
+	PruneAudit(cutoff time.Time, keep, limit int, expendable func(store.AuditEvent) bool) (int, error)
+}
+
 // Config tunes the trail. Zero values take the defaults of DefaultConfig.
 type Config struct {
 	// MaxAge: older events are deleted. Default 365 days.
@@ -58,7 +65,7 @@ func DefaultConfig() Config {
 type Log struct {
 	cfg   Config
 	sink  Sink
-	store *store.Store
+	store Store
 
 	mu     sync.Mutex
 	open   *batch // collecting events while the writer commits the one before
@@ -83,7 +90,7 @@ type batch struct {
 }
 
 // New returns a trail that appends to sink and reads and prunes st.
-func New(cfg Config, sink Sink, st *store.Store) *Log {
+func New(cfg Config, sink Sink, st Store) *Log {
 	d := DefaultConfig()
 	if cfg.MaxAge <= 0 {
 		cfg.MaxAge = d.MaxAge

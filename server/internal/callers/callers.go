@@ -84,12 +84,26 @@ type Identity struct {
 	Admin     bool
 }
 
+// Store is what callers needs of the storage: its records of caller keys
+// and admin principals, each change committed with its audit event.
+// *store.Store provides it on any storage engine.
+type Store interface {
+	Bootstrapped() (bool, error)
+	Bootstrap(k *store.CallerKey, admin *store.AdminPrincipal, ev store.AuditEvent) error
+	CreateCallerKey(k store.CallerKey, ev store.AuditEvent) error
+	UpdateCallerKey(id string, change func(*store.CallerKey), ev store.AuditEvent) (store.CallerKey, error)
+	CallerKeys(after string, limit int) ([]store.CallerKey, error)
+	PutAdmin(a store.AdminPrincipal, ev store.AuditEvent) error
+	DeleteAdmin(principal string, ev store.AuditEvent) error
+	Admins(after string, limit int) ([]store.AdminPrincipal, error)
+}
+
 // Service manages callers. Its copies of the keys and admin principals
 // learn of changes from the stream of committed changes (see
 // storage.Mirror: Load, KeyStored, AdminStored, AdminDeleted); each
 // change returns once they hold it.
 type Service struct {
-	store *store.Store
+	store Store
 	mac   *seal.MACKey
 	now   func() time.Time
 	// synced waits until the copies hold every commit made so far.
@@ -108,7 +122,7 @@ type Service struct {
 }
 
 // New returns a Service; fill it with Load.
-func New(st *store.Store, mac *seal.MACKey, now func() time.Time, synced func(context.Context)) *Service {
+func New(st Store, mac *seal.MACKey, now func() time.Time, synced func(context.Context)) *Service {
 	return &Service{store: st, mac: mac, now: now, synced: synced, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
 }
 

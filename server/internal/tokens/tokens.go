@@ -87,11 +87,19 @@ func (is *Issued) Authorize(h http.Header) {
 // the longest min_ttl a fresh token can meet.
 func (is *Issued) lifetime() time.Duration { return is.Expiry.Sub(is.Obtained) }
 
+// Store is what the token cache needs of the storage: to read accounts,
+// and to keep each account's token state. *store.Store provides it on any
+// storage engine.
+type Store interface {
+	Account(id string) (store.Account, error)
+	UpdateTokenState(id string, change func(*store.TokenState), ev *store.AuditEvent) error
+}
+
 // Manager is the token cache. Create it with New, fill it with Load, and
 // run the refresher with Run.
 type Manager struct {
 	cfg      Config
-	store    *store.Store
+	store    Store
 	master   *seal.MasterKey
 	provider *provider.Client
 
@@ -138,7 +146,7 @@ type entry struct {
 }
 
 // New returns an empty manager.
-func New(cfg Config, st *store.Store, master *seal.MasterKey, prov *provider.Client) *Manager {
+func New(cfg Config, st Store, master *seal.MasterKey, prov *provider.Client) *Manager {
 	cfg.setDefaults()
 	return &Manager{cfg: cfg, store: st, master: master, provider: prov, entries: map[string]*entry{}}
 }
