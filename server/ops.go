@@ -10,9 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -51,7 +51,7 @@ func newOpsServer(cfg Config, tlsm tlsMaterial, met *metrics.Metrics, al *audit.
 }
 
 // accountMetrics is what /metrics shows of each account.
-func accountMetrics(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
+func accountMetrics(tm *tokens.Manager, mac *keyring.MACKey) []metrics.Account {
 	health := tm.Health()
 	out := make([]metrics.Account, len(health))
 	for i, h := range health {
@@ -69,6 +69,6 @@ func accountMetrics(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
 // hash of its secret_id. The secret_id itself is a plain SHA-256 of the
 // secret, against which anyone who can scrape /metrics could check a guess.
 // The MAC key is kept in the database, so the label survives restarts.
-func secretMetricLabel(mac *seal.MACKey, secretID string) string {
+func secretMetricLabel(mac *keyring.MACKey, secretID string) string {
 	return hex.EncodeToString(mac.Sum("secret-metric-label", secretID)[:6])
 }

@@ -34,12 +34,12 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/ratelimit"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -272,7 +272,7 @@ func New(cfg Config) (*Server, error) {
 // writing, so that a bad configuration fails before New creates the data
 // directory, a database or a master key. It returns the TLS material and
 // the configured master key, nil if none is configured.
-func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
+func checkConfig(cfg Config) (tlsMaterial, *keyring.MasterKey, error) {
 	if err := checkTracingMode(cfg.Tracing); err != nil {
 		return tlsMaterial{}, nil, err
 	}
@@ -300,11 +300,12 @@ func checkConfig(cfg Config) (tlsMaterial, *seal.MasterKey, error) {
 	return tlsm, master, nil
 }
 
-func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial) (*Server, error) {
+func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm tlsMaterial) (*Server, error) {
 	mac, err := loadMACKey(st, master)
 	if err != nil {
 		return nil, err
 	}
+	keys := keyring.New(master, mac)
 	tr, err := newTracing(cfg.Tracing)
 	if err != nil {
 		return nil, err
@@ -331,7 +332,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		Fingerprint:        func(token string) string { return audit.Fingerprint(mac, token) },
 		OnCacheLookup:      met.CacheLookup,
 		Logger:             cfg.Logger,
-	}, st, master, prov)
+	}, st, keys, prov)
 	if err := typePrincipals(st); err != nil {
 		return nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
 	}
@@ -340,7 +341,7 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm tlsMaterial
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
 	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
-	acc := accounts.New(st, master, prov, tm, c.synced)
+	acc := accounts.New(st, keys, prov, tm, c.synced)
 	if _, err = acc.MigrateSecrets(all, store.AuditEvent{Time: time.Now(), Principal: brokerPrincipal, Method: "migrate_secrets", Code: codeName(codes.OK)}); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
 	}
@@ -543,7 +544,7 @@ func (t tlsMaterial) grpcCredentials() credentials.TransportCredentials {
 }
 
 // loadMACKey opens the stored MAC key, making one if the store has none.
-func loadMACKey(st *store.Store, master *seal.MasterKey) (*seal.MACKey, error) {
+func loadMACKey(st *store.Store, master *keyring.MasterKey) (*keyring.MACKey, error) {
 	wrapped, err := st.WrappedMACKey()
 	if err != nil {
 		return nil, err

@@ -16,8 +16,8 @@ import (
 
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
@@ -55,7 +55,7 @@ type Store interface {
 // each change returns once they hold it.
 type Service struct {
 	store    Store
-	master   *seal.MasterKey
+	keys     *keyring.Keyring
 	provider *provider.Client
 	tokens   *tokens.Manager
 	// synced waits until the in-memory copies hold every commit made so far.
@@ -64,8 +64,8 @@ type Service struct {
 }
 
 // New returns a Service.
-func New(st Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
-	return &Service{store: st, master: master, provider: prov, tokens: tm, synced: synced, now: time.Now}
+func New(st Store, keys *keyring.Keyring, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
+	return &Service{store: st, keys: keys, provider: prov, tokens: tm, synced: synced, now: time.Now}
 }
 
 // Indexed is an account's grants as the grants index holds them.
@@ -187,12 +187,12 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 		return s.view(a, status), nil
 	}
 
-	key, wrapped, err := s.master.NewDataKey(a.ID)
+	key, wrapped, err := s.keys.NewAccountKey(a.ID)
 	if err != nil {
 		return View{}, err
 	}
 	a.WrappedKey = wrapped
-	sealed, err := key.Seal(store.FieldClientSecret, []byte(cr.ClientSecret.Reveal()))
+	sealed, err := key.Seal(keyring.FieldClientSecret, []byte(cr.ClientSecret.Reveal()))
 	if err != nil {
 		return View{}, err
 	}
@@ -234,11 +234,7 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 	if err := ctx.Err(); err != nil {
 		return View{}, "", err
 	}
-	key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return View{}, "", err
-	}
-	sealed, err := key.Seal(store.FieldClientSecret, []byte(sec.Reveal()))
+	sealed, err := s.keys.Seal(a.ID, a.WrappedKey, keyring.FieldClientSecret, []byte(sec.Reveal()))
 	if err != nil {
 		return View{}, "", err
 	}
@@ -461,11 +457,7 @@ func (s *Service) MigrateSecrets(all []store.Stored, ev store.AuditEvent) ([]sto
 		if len(a.SealedSecret) == 0 || a.Tampered {
 			continue
 		}
-		key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)
-		if err != nil {
-			return nil, fmt.Errorf("account %s: unwrap data key: %w", a.ID, err)
-		}
-		raw, err := key.Open(store.FieldClientSecret, a.SealedSecret)
+		raw, err := s.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, a.SealedSecret)
 		if err != nil {
 			return nil, fmt.Errorf("account %s: open secret: %w", a.ID, err)
 		}

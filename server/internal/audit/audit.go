@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -235,6 +235,6 @@ func (l *Log) List(q Query) ([]store.AuditEvent, store.AuditPos, error) {
 }
 
 // Fingerprint names a token in the audit trail without revealing it.
-func Fingerprint(mac *seal.MACKey, token string) string {
+func Fingerprint(mac *keyring.MACKey, token string) string {
 	return "hmac-sha256:" + hex.EncodeToString(mac.Sum("token-fingerprint", token))
 }

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -104,7 +104,7 @@ type Store interface {
 // change returns once they hold it.
 type Service struct {
 	store Store
-	mac   *seal.MACKey
+	mac   *keyring.MACKey
 	now   func() time.Time
 	// synced waits until the copies hold every commit made so far.
 	synced func(context.Context)
@@ -122,7 +122,7 @@ type Service struct {
 }
 
 // New returns a Service; fill it with Load.
-func New(st Store, mac *seal.MACKey, now func() time.Time, synced func(context.Context)) *Service {
+func New(st Store, mac *keyring.MACKey, now func() time.Time, synced func(context.Context)) *Service {
 	return &Service{store: st, mac: mac, now: now, synced: synced, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -158,11 +159,7 @@ func (m *Manager) openAPIKey(a store.Account) (secret.String, time.Time, error) 
 	if len(usable) == 0 {
 		return secret.String{}, time.Time{}, ErrSecretsExpired
 	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return secret.String{}, time.Time{}, fmt.Errorf("unwrap data key: %w", err)
-	}
-	raw, err := key.Open(store.FieldClientSecret, usable[0].Sealed)
+	raw, err := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, usable[0].Sealed)
 	if err != nil {
 		return secret.String{}, time.Time{}, fmt.Errorf("open API key: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -109,7 +110,7 @@ func TestExpiryWindowIsConfigurable(t *testing.T) {
 
 func TestExpiryIgnoresRejectedSecrets(t *testing.T) {
 	h := newHarness(t, nil)
-	m := New(h.cfg, h.store, h.master, h.prov)
+	m := New(h.cfg, h.store, h.keys, h.prov)
 	expire := h.clock.Now().Add(24 * time.Hour)
 	secrets := []store.Secret{{ID: "new"}, {ID: "old", ExpireTime: expire}}
 	if exp := m.Expiry(secrets, nil); exp.Soon || !exp.Time.IsZero() {
@@ -168,7 +169,7 @@ func TestExpiredSecretIsNotUsed(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		sealed, err := key.Seal(store.FieldClientSecret, []byte("long"))
+		sealed, err := key.Seal(keyring.FieldClientSecret, []byte("long"))
 		a.Secrets = append(a.Secrets, store.Secret{ID: "long", Sealed: sealed, CreateTime: h.clock.Now()})
 		return err
 	}, store.AuditEvent{})

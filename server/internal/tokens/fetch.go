@@ -9,8 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -116,7 +116,7 @@ func (m *Manager) run(e *entry, c *call) {
 	e.mu.Lock()
 	use := e.status.SecretUse
 	e.mu.Unlock()
-	tok, key, use, err := m.fetch(e.id, use)
+	tok, wrapped, use, err := m.fetch(e.id, use)
 
 	e.mu.Lock()
 	before := e.status
@@ -136,7 +136,7 @@ func (m *Manager) run(e *entry, c *call) {
 
 	// Persist while still marked in flight, so runs for one account never
 	// overlap. Callers already see the new token through e.current.
-	if perr := m.persist(e.id, status, tok, key, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
+	if perr := m.persist(e.id, status, tok, wrapped, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
 	}
 
@@ -164,15 +164,12 @@ var ErrSecretsExpired = errors.New("every secret of the account has expired; add
 // fetch asks the provider for a token with the account's unexpired secrets,
 // newest first except that those rejected last time go last: a rejection
 // moves on to the next secret, any other failure ends the attempt. It
-// returns the secrets' new use records with the outcome.
-func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, *seal.DataKey, map[string]SecretUse, error) {
+// returns the secrets' new use records with the outcome, and the
+// account's wrapped data key, to seal the token with.
+func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, []byte, map[string]SecretUse, error) {
 	a, err := m.store.Account(id)
 	if err != nil {
 		return provider.Token{}, nil, use, err
-	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return provider.Token{}, nil, use, fmt.Errorf("unwrap data key: %w", err)
 	}
 	now := m.cfg.Now()
 	use = maps.Clone(use)
@@ -181,7 +178,7 @@ func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, *s
 	}
 	err = ErrSecretsExpired
 	for _, sec := range UsableSecrets(a, use, now) {
-		raw, oerr := key.Open(store.FieldClientSecret, sec.Sealed)
+		raw, oerr := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, sec.Sealed)
 		if oerr != nil {
 			return provider.Token{}, nil, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
 		}
@@ -193,17 +190,17 @@ func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, *s
 		switch {
 		case err == nil:
 			use[sec.ID] = SecretUse{LastUsed: tok.Obtained}
-			return tok, key, use, nil
+			return tok, a.WrappedKey, use, nil
 		case errors.As(err, &rejected):
 			u := use[sec.ID]
 			u.Rejected = &Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
 			use[sec.ID] = u
 			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
 		default:
-			return provider.Token{}, key, use, err
+			return provider.Token{}, nil, use, err
 		}
 	}
-	return provider.Token{}, key, use, err
+	return provider.Token{}, nil, use, err
 }
 
 // UsableSecrets are the account's unexpired secrets in the order they are
@@ -228,6 +225,6 @@ func UsableSecrets(a store.Account, use map[string]SecretUse, now time.Time) []s
 }
 
 // SealToken encrypts an access token for storage under the account's data key.
-func SealToken(key *seal.DataKey, tok provider.Token) ([]byte, error) {
-	return key.Seal(store.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+func SealToken(key *keyring.DataKey, tok provider.Token) ([]byte, error) {
+	return key.Seal(keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
 }

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -192,11 +192,14 @@ func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
 	ev := audit.Own(m.cfg.Now(), "account_state", audit.AccountName(id), detail)
 	return &ev
 }
-func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool, ev *store.AuditEvent) error {
+
+// persist stores an account's health and, if newToken, tok, sealed with
+// the account's data key (wrapped).
+func (m *Manager) persist(id string, status Status, tok provider.Token, wrapped []byte, newToken bool, ev *store.AuditEvent) error {
 	var sealed []byte
 	if newToken {
 		var err error
-		if sealed, err = SealToken(key, tok); err != nil {
+		if sealed, err = m.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal())); err != nil {
 			return err
 		}
 	}

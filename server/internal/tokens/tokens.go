@@ -25,8 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -100,7 +100,7 @@ type Store interface {
 type Manager struct {
 	cfg      Config
 	store    Store
-	master   *seal.MasterKey
+	keys     *keyring.Keyring
 	provider *provider.Client
 
 	mu      sync.RWMutex
@@ -146,9 +146,9 @@ type entry struct {
 }
 
 // New returns an empty manager.
-func New(cfg Config, st Store, master *seal.MasterKey, prov *provider.Client) *Manager {
+func New(cfg Config, st Store, keys *keyring.Keyring, prov *provider.Client) *Manager {
 	cfg.setDefaults()
-	return &Manager{cfg: cfg, store: st, master: master, provider: prov, entries: map[string]*entry{}}
+	return &Manager{cfg: cfg, store: st, keys: keys, provider: prov, entries: map[string]*entry{}}
 }
 
 // Load adds the stored accounts (store.All), with their tokens and health.
@@ -334,11 +334,7 @@ func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Iss
 }
 
 func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Token, error) {
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return provider.Token{}, err
-	}
-	raw, err := key.Open(store.FieldAccessToken, ts.SealedToken)
+	raw, err := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldAccessToken, ts.SealedToken)
 	if err != nil {
 		return provider.Token{}, err
 	}
