@@ -14,25 +14,31 @@ import (
 	"slices"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
+	"google.golang.org/grpc/codes"
 )
 
 // Errors, besides those of the provider (*provider.RejectedError,
 // *provider.UnavailableError).
 var (
-	ErrNotFound      = store.ErrNotFound
-	ErrAlreadyExists = store.ErrExists
-	ErrNoSuchGrant   = errors.New("the account has no grant for this principal")
-	ErrSecretExists  = errors.New("the account holds this secret already")
-	ErrNoSuchSecret  = errors.New("the account has no secret with this secret_id")
-	ErrSecretLimit   = fmt.Errorf("the account holds %d secrets, the most it can: remove one first", MaxSecrets)
-	ErrLastSecret    = errors.New("this is the account's only secret, so it cannot be removed: add its successor first, or delete the account")
+	ErrNotFound      = grpcerr.New(codes.NotFound, "account not found")
+	ErrAlreadyExists = grpcerr.New(codes.AlreadyExists, "an account with this account_id already exists")
+	ErrNoSuchGrant   = grpcerr.New(codes.NotFound, "the account has no grant for this principal")
+	ErrSecretExists  = grpcerr.New(codes.AlreadyExists, "the account holds this secret already")
+	ErrNoSuchSecret  = grpcerr.New(codes.NotFound, "the account has no secret with this secret_id")
+	ErrSecretLimit   = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_SECRET_LIMIT,
+		fmt.Sprintf("the account holds %d secrets, the most it can: remove one first", MaxSecrets))
+	ErrLastSecret = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_LAST_SECRET,
+		"this is the account's only secret, so it cannot be removed: add its successor first, or delete the account")
 )
 
 // MaxSecrets is how many secrets an account can hold, as a JumpCloud
@@ -50,6 +56,37 @@ type Store interface {
 	DeleteAccount(id string, ev store.AuditEvent) error
 }
 
+// named is a Store whose errors name what accounts means by them.
+type named struct{ Store }
+
+func rename(err error) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return ErrNotFound
+	case errors.Is(err, store.ErrExists):
+		return ErrAlreadyExists
+	}
+	return err
+}
+
+func (n named) Account(id string) (store.Account, error) {
+	a, err := n.Store.Account(id)
+	return a, rename(err)
+}
+
+func (n named) CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error {
+	return rename(n.Store.CreateAccount(a, t, ev))
+}
+
+func (n named) UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error) {
+	a, err := n.Store.UpdateAccount(id, change, ev)
+	return a, rename(err)
+}
+
+func (n named) DeleteAccount(id string, ev store.AuditEvent) error {
+	return rename(n.Store.DeleteAccount(id, ev))
+}
+
 // Service manages accounts. The token cache and the grants index learn of
 // its changes from the stream of committed changes (see storage.Mirror):
 // each change returns once they hold it.
@@ -65,7 +102,7 @@ type Service struct {
 
 // New returns a Service.
 func New(st Store, keys *keyring.Keyring, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
-	return &Service{store: st, keys: keys, provider: prov, tokens: tm, synced: synced, now: time.Now}
+	return &Service{store: named{st}, keys: keys, provider: prov, tokens: tm, synced: synced, now: time.Now}
 }
 
 // Indexed is an account's grants as the grants index holds them.
@@ -161,7 +198,7 @@ type View struct {
 func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, ev store.AuditEvent) (View, error) {
 	if _, err := s.store.Account(in.ID); err == nil {
 		return View{}, ErrAlreadyExists
-	} else if !errors.Is(err, store.ErrNotFound) {
+	} else if !errors.Is(err, ErrNotFound) {
 		return View{}, err
 	}
 	cr := in.Credentials

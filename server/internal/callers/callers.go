@@ -15,9 +15,13 @@ import (
 	"sync"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"google.golang.org/grpc/codes"
 )
 
 // Role is what a caller key may do: everything (admin), or get tokens
@@ -44,10 +48,11 @@ const (
 )
 
 var (
-	ErrNotFound     = errors.New("caller key not found")
-	ErrExists       = errors.New("a caller key with this key_id exists or existed")
-	ErrNotAdmin     = errors.New("not an admin principal")
-	ErrLastAdmin    = errors.New("this is the last admin identity: create another admin caller key or add an admin principal first")
+	ErrNotFound  = grpcerr.New(codes.NotFound, "caller key not found")
+	ErrExists    = grpcerr.New(codes.AlreadyExists, "a caller key with this key_id exists or existed")
+	ErrNotAdmin  = grpcerr.New(codes.NotFound, "not an admin principal")
+	ErrLastAdmin = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_LAST_ADMIN,
+		"this is the last admin identity: create another admin caller key or add an admin principal first")
 	ErrUnknownKey   = errors.New("unknown caller key")
 	ErrKeyRevoked   = errors.New("caller key revoked")
 	ErrKeyExpired   = errors.New("caller key expired")

@@ -22,9 +22,14 @@ import (
 	"strings"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/secret"
 )
 
@@ -340,6 +345,20 @@ func (e *RejectedError) Error() string {
 	return msg
 }
 
+// GRPCStatus: an admin must fix the credentials at the provider; the
+// provider's error and description (if any) are in the ErrorInfo.
+func (e *RejectedError) GRPCStatus() *status.Status {
+	meta := map[string]string{}
+	if e.Code != "" {
+		meta["provider_error"] = e.Code
+	}
+	if e.Description != "" {
+		meta["provider_error_description"] = e.Description
+	}
+	return grpcerr.Status(codes.FailedPrecondition, e.Error()+"; an admin must fix the credentials at the provider",
+		grpcerr.Info(credbrokerv1.ErrorReason_CREDENTIALS_REJECTED, meta))
+}
+
 // UnavailableError means the token endpoint could not be used right now:
 // unreachable, timed out, 429, 5xx, or an unusable answer.
 type UnavailableError struct {
@@ -351,6 +370,19 @@ type UnavailableError struct {
 
 func (e *UnavailableError) Error() string { return "token endpoint unavailable: " + e.Message }
 
+// GRPCStatus is UNAVAILABLE, with the provider's Retry-After, if any.
+func (e *UnavailableError) GRPCStatus() *status.Status { return e.StatusRetryingAfter(e.RetryAfter) }
+
+// StatusRetryingAfter is the error's status telling callers to retry after
+// retry (no RetryInfo if that is not positive).
+func (e *UnavailableError) StatusRetryingAfter(retry time.Duration) *status.Status {
+	info := grpcerr.Info(credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, nil)
+	if retry <= 0 {
+		return grpcerr.Status(codes.Unavailable, e.Error(), info)
+	}
+	return grpcerr.Status(codes.Unavailable, e.Error(), info, grpcerr.Retry(retry.Round(time.Second)))
+}
+
 // RedirectedError means the provider answered with a redirect (HTTP 3xx).
 // The broker never follows one, since the request carries the credentials.
 // It keeps only the status: the Location may hold anything.
@@ -358,6 +390,11 @@ type RedirectedError struct{ StatusCode int }
 
 func (e *RedirectedError) Error() string {
 	return fmt.Sprintf("the provider answered with a redirect (HTTP %d), which the broker does not follow: check the account's URLs", e.StatusCode)
+}
+
+// GRPCStatus: an admin must fix the account's URLs.
+func (e *RedirectedError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.FailedPrecondition, e.Error(), grpcerr.Info(credbrokerv1.ErrorReason_PROVIDER_REDIRECTED, nil))
 }
 
 // maxRetryAfter bounds how long a Retry-After can silence an account.

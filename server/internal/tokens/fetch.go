@@ -9,10 +9,15 @@ import (
 	"slices"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // MinTTLTooLongError means the caller asked for a token that outlives
@@ -23,11 +28,24 @@ func (e *MinTTLTooLongError) Error() string {
 	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
 }
 
+// GRPCStatus is OUT_OF_RANGE, with the longest min_ttl in the ErrorInfo.
+func (e *MinTTLTooLongError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.OutOfRange, e.Error(),
+		grpcerr.Info(credbrokerv1.ErrorReason_MIN_TTL_TOO_LONG, map[string]string{"max_ttl": e.Max.Round(time.Second).String()}))
+}
+
 // RefreshLimitedError means a caller's min_ttl would force a new token
 // (the cached one is still valid) but the account's last forced refresh
 // was less than Config.ForcedInterval ago: callers cannot make the
 // broker hammer the provider.
 type RefreshLimitedError struct{ RetryAt time.Time }
+
+// GRPCStatus is RESOURCE_EXHAUSTED, retrying when the next forced refresh
+// may be made.
+func (e *RefreshLimitedError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.ResourceExhausted, e.Error(), grpcerr.Info(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+		grpcerr.Retry(max(time.Until(e.RetryAt), 0).Round(time.Millisecond)))
+}
 
 func (e *RefreshLimitedError) Error() string {
 	return "the cached token does not last min_ttl, and this account's token was refreshed for a min_ttl too recently to do so again; retry later or ask for a shorter min_ttl"
@@ -44,6 +62,19 @@ type FetchError struct {
 
 func (e *FetchError) Error() string { return e.Err.Error() }
 func (e *FetchError) Unwrap() error { return e.Err }
+
+// GRPCStatus is the failed request's status; an unavailable provider's
+// tells callers to retry when the broker will ask it again.
+func (e *FetchError) GRPCStatus() *status.Status {
+	var unavailable *provider.UnavailableError
+	if errors.As(e.Err, &unavailable) {
+		return unavailable.StatusRetryingAfter(time.Until(e.RetryAt))
+	}
+	if st, ok := status.FromError(e.Err); ok {
+		return st
+	}
+	return nil // a broker fault: the API logs it and answers INTERNAL
+}
 
 // call is one upstream request that any number of callers wait for.
 type call struct {
@@ -159,7 +190,8 @@ func (e *entry) publish(is *Issued, cfg Config) {
 }
 
 // ErrSecretsExpired means every secret of the account has expired.
-var ErrSecretsExpired = errors.New("every secret of the account has expired; add a new one (AddAccountSecret)")
+var ErrSecretsExpired = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_SECRET_EXPIRED,
+	"every secret of the account has expired; add a new one (AddAccountSecret)")
 
 // fetch asks the provider for a token with the account's unexpired secrets,
 // newest first except that those rejected last time go last: a rejection

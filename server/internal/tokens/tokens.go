@@ -17,7 +17,6 @@ package tokens
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"net/http"
 	"slices"
@@ -25,18 +24,23 @@ import (
 	"sync/atomic"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"google.golang.org/grpc/codes"
 )
 
 // ErrNotFound means the manager knows no such account.
-var ErrNotFound = errors.New("account not found")
+var ErrNotFound = grpcerr.New(codes.NotFound, "account not found")
 
 // ErrProxyOnly means the account holds an API key, which is never handed
 // out: only the egress proxy uses it.
-var ErrProxyOnly = errors.New("this account holds a long-lived API key, which the broker never hands out: call its API through the egress proxy (/v1/accounts/{account_id}/proxy/...) instead")
+var ErrProxyOnly = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_PROXY_ONLY,
+	"this account holds a long-lived API key, which the broker never hands out: call its API through the egress proxy (/v1/accounts/{account_id}/proxy/...) instead")
 
 // invalidateInterval: an account's token is dropped because an API rejected
 // it (see Invalidate) at most once per interval, so that an API answering
