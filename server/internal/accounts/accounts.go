@@ -120,7 +120,8 @@ func limitsOf(g store.Grant) grants.Limits {
 
 // NewAccount is a validated request to link an account.
 type NewAccount struct {
-	// ID is generated when empty.
+	// ID names the account; the API makes one with NewID when the caller
+	// chooses none.
 	ID          string
 	DisplayName string
 	Labels      map[string]string
