@@ -18,8 +18,8 @@ import (
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -202,7 +202,7 @@ func TestUntypedPrincipalsRefused(t *testing.T) {
 // an untyped admin principal.
 func writeOldDatabase(t *testing.T, cfg server.Config, grants []string, admin string) {
 	t.Helper()
-	master, err := seal.ParseMasterKey(cfg.MasterKey)
+	master, err := keyring.ParseMasterKey(cfg.MasterKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,13 +218,13 @@ func writeOldDatabase(t *testing.T, cfg server.Config, grants []string, admin st
 	if err != nil {
 		t.Fatal(err)
 	}
-	sealed, err := key.Seal(store.FieldClientSecret, []byte(clientSecret))
+	sealed, err := key.Seal(keyring.FieldClientSecret, []byte(clientSecret))
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
 	a := store.Account{
-		ID: "acme", Provider: provider.KindJumpCloudServiceAccount, ClientID: clientID, Region: provider.RegionUS, OrgID: orgID,
+		ID: "acme", Provider: string(provider.KindJumpCloudServiceAccount), ClientID: clientID, Region: provider.RegionUS, OrgID: orgID,
 		WrappedKey: wrapped, Secrets: []store.Secret{{ID: accounts.SecretID(secret.New(clientSecret)), Sealed: sealed, CreateTime: now}},
 		CreateTime: now, UpdateTime: now,
 	}

@@ -12,7 +12,7 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/datadir"
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -38,7 +38,7 @@ func TestRekey(t *testing.T) {
 
 	wrong := cfg
 	wrong.MasterKey = "ZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmZmY="
-	if _, err := datadir.Rekey(wrong.Config, newMasterKey); !errors.Is(err, seal.ErrWrongMasterKey) {
+	if _, err := datadir.Rekey(wrong.Config, newMasterKey); !errors.Is(err, keyring.ErrWrongMasterKey) {
 		t.Fatalf("rekey with a wrong current key: %v", err)
 	}
 	if _, err := datadir.Rekey(cfg.Config, cfg.MasterKey); err == nil || !strings.Contains(err.Error(), "is the current one") {
@@ -52,7 +52,7 @@ func TestRekey(t *testing.T) {
 		t.Fatalf("re-run of a finished rekey: %+v, %v", res, err)
 	}
 
-	if _, err := server.New(cfg); !errors.Is(err, seal.ErrWrongMasterKey) {
+	if _, err := server.New(cfg); !errors.Is(err, keyring.ErrWrongMasterKey) {
 		t.Fatalf("start with the old master key after rekey: %v", err)
 	}
 	cfg.MasterKey = newMasterKey

@@ -28,13 +28,13 @@ import (
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/listeners"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/ops"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -220,7 +220,7 @@ func New(cfg Config) (_ *Server, err error) {
 // writing, so that a bad configuration fails before New creates the data
 // directory, a database or a master key. It returns the TLS material and
 // the configured master key, nil if none is configured.
-func checkConfig(cfg Config) (listeners.TLS, *seal.MasterKey, error) {
+func checkConfig(cfg Config) (listeners.TLS, *keyring.MasterKey, error) {
 	if err := tracing.CheckMode(cfg.Tracing); err != nil {
 		return listeners.TLS{}, nil, err
 	}
@@ -251,11 +251,12 @@ func checkConfig(cfg Config) (listeners.TLS, *seal.MasterKey, error) {
 
 // build builds the parts on the open store st and connects them; it pushes
 // what it acquires onto release.
-func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.TLS, release *cleanup) (*Server, error) {
+func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listeners.TLS, release *cleanup) (*Server, error) {
 	mac, err := datadir.MACKey(st, master)
 	if err != nil {
 		return nil, err
 	}
+	keys := keyring.New(master, mac)
 	tr, err := tracing.New(cfg.Tracing)
 	if err != nil {
 		return nil, err
@@ -269,13 +270,13 @@ func build(cfg Config, st *store.Store, master *seal.MasterKey, tlsm listeners.T
 	tc := cfg.Tokens
 	tc.Fingerprint = func(token string) string { return audit.Fingerprint(mac, token) }
 	tc.OnCacheLookup, tc.Logger = met.CacheLookup, cfg.Logger
-	tm = tokens.New(tc, st, master, prov)
+	tm = tokens.New(tc, st, keys, prov)
 	all, err := st.All()
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
 	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
-	acc := accounts.New(st, master, prov, tm, c.synced)
+	acc := accounts.New(st, keys, prov, tm, c.synced)
 	if _, err = acc.MigrateSecrets(all, audit.Own(time.Now(), "migrate_secrets", "", "")); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
 	}

@@ -14,8 +14,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/datadir"
-	"github.com/credbroker/credbroker/server/internal/seal"
-	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 )
 
 // keyScanner tries keys on every sealed value in a database file or
@@ -24,14 +23,14 @@ import (
 // the records' JSON, so it tries every long base64 string anywhere in the
 // file, in live pages and freed ones alike.
 type keyScanner struct {
-	master   *seal.MasterKey
+	master   *keyring.MasterKey
 	accounts []string
 	// databaseID is the id the key check values are bound to; with it, the
 	// scanner also tries the master key on the values stored raw (the MAC
 	// key, the key check), which a live master key opens in any copy.
 	databaseID []byte
 	// dataKeys are the data keys found so far, tried on every value.
-	dataKeys []*seal.DataKey
+	dataKeys []*keyring.DataKey
 }
 
 var base64Value = regexp.MustCompile(`"([A-Za-z0-9+/]{40,}={0,2})"`)
@@ -78,7 +77,7 @@ func (k *keyScanner) scan(t *testing.T, data []byte) int {
 			}
 		}
 		for _, dk := range k.dataKeys {
-			for _, field := range []string{store.FieldClientSecret, store.FieldAccessToken} {
+			for _, field := range []keyring.Field{keyring.FieldClientSecret, keyring.FieldAccessToken} {
 				if _, err := dk.Open(field, blob); err == nil {
 					opened++
 				}
@@ -88,9 +87,9 @@ func (k *keyScanner) scan(t *testing.T, data []byte) int {
 	return opened
 }
 
-func mustMaster(t *testing.T, text string) *seal.MasterKey {
+func mustMaster(t *testing.T, text string) *keyring.MasterKey {
 	t.Helper()
-	m, err := seal.ParseMasterKey(text)
+	m, err := keyring.ParseMasterKey(text)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,14 +8,14 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
 // MACKey opens the broker's MAC key, which the database keeps wrapped by
 // the master key, making one if it has none.
-func MACKey(st *store.Store, master *seal.MasterKey) (*seal.MACKey, error) {
+func MACKey(st *store.Store, master *keyring.MasterKey) (*keyring.MACKey, error) {
 	wrapped, err := st.WrappedMACKey()
 	if err != nil {
 		return nil, err
@@ -38,7 +38,7 @@ func ReportTampered(log *slog.Logger, st *store.Store, names []string) error {
 	for _, name := range names {
 		log.Error("a stored record failed its integrity check (it was changed outside the broker, or copied from another database); it is not used", "resource", name)
 		events = append(events, store.AuditEvent{
-			Time: time.Now(), Principal: audit.BrokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: rpcstatus.CodeName(codes.DataLoss),
+			Time: time.Now(), Principal: audit.BrokerPrincipal, Method: store.TamperedEvent, Resource: name, Code: grpcerr.CodeName(codes.DataLoss),
 			Detail: "the stored record failed its integrity check, so it is not used",
 		})
 	}

@@ -15,7 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -76,7 +76,7 @@ func WithDefaults(cfg Config) Config {
 // in it, and types principals stored untyped by earlier versions (see
 // typePrincipals). It returns the store and the master key. With the wrong master
 // key it fails, leaving the database untouched.
-func Open(cfg Config, master *seal.MasterKey) (*store.Store, *seal.MasterKey, error) {
+func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterKey, error) {
 	cfg = WithDefaults(cfg)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data directory: %w", err)
@@ -109,7 +109,7 @@ func Open(cfg Config, master *seal.MasterKey) (*store.Store, *seal.MasterKey, er
 // gives the store its record key. A new database records a check value for
 // the key; an existing one is only read, unless it was written before
 // records were tagged, when its records are tagged in one transaction.
-func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
+func openStore(cfg Config, master *keyring.MasterKey) (*store.Store, error) {
 	st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
 	if err != nil {
 		return nil, err
@@ -133,8 +133,8 @@ func openStore(cfg Config, master *seal.MasterKey) (*store.Store, error) {
 // checkMasterKey checks master against the store's key check value: the
 // one bound to its database id or, in a database without an id, one of an
 // earlier version, which makes it legacy (see store.Authenticate). A new
-// database has neither. It returns seal.ErrWrongMasterKey otherwise.
-func checkMasterKey(st *store.Store, master *seal.MasterKey) (legacy bool, err error) {
+// database has neither. It returns keyring.ErrWrongMasterKey otherwise.
+func checkMasterKey(st *store.Store, master *keyring.MasterKey) (legacy bool, err error) {
 	check, err := st.KeyCheck()
 	if err != nil {
 		return false, err

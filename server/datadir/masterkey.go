@@ -9,12 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 )
 
 // loadMasterKey reads the configured master key or, with none configured,
 // the generated local one, generating it on first start.
-func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
+func loadMasterKey(cfg Config) (*keyring.MasterKey, error) {
 	if k, err := ConfiguredMasterKey(cfg); k != nil || err != nil {
 		return k, err
 	}
@@ -23,12 +23,12 @@ func loadMasterKey(cfg Config) (*seal.MasterKey, error) {
 
 // ConfiguredMasterKey reads the master key given by --master-key-file or
 // CREDBROKER_MASTER_KEY; it is nil if neither is set.
-func ConfiguredMasterKey(cfg Config) (*seal.MasterKey, error) {
+func ConfiguredMasterKey(cfg Config) (*keyring.MasterKey, error) {
 	switch {
 	case cfg.MasterKeyFile != "" && cfg.MasterKey != "":
 		return nil, errors.New("set either --master-key-file or CREDBROKER_MASTER_KEY, not both")
 	case cfg.MasterKey != "":
-		k, err := seal.ParseMasterKey(cfg.MasterKey)
+		k, err := keyring.ParseMasterKey(cfg.MasterKey)
 		if err != nil {
 			return nil, fmt.Errorf("CREDBROKER_MASTER_KEY: %w", err)
 		}
@@ -41,7 +41,7 @@ func ConfiguredMasterKey(cfg Config) (*seal.MasterKey, error) {
 
 // localMasterKey reads the key generated into the data directory,
 // generating it on first start.
-func localMasterKey(cfg Config) (*seal.MasterKey, error) {
+func localMasterKey(cfg Config) (*keyring.MasterKey, error) {
 	path := filepath.Join(cfg.DataDir, masterKeyFileName)
 	_, statErr := os.Stat(path)
 	if statErr == nil {
@@ -54,7 +54,7 @@ func localMasterKey(cfg Config) (*seal.MasterKey, error) {
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, dbFileName)); err == nil {
 		return nil, fmt.Errorf("%s holds a database but no master key is configured and %s is missing: pass the key it was created with (--master-key-file or CREDBROKER_MASTER_KEY)", cfg.DataDir, path)
 	}
-	text, err := seal.GenerateMasterKey()
+	text, err := keyring.GenerateMasterKey()
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func localMasterKey(cfg Config) (*seal.MasterKey, error) {
 		return nil, err
 	}
 	cfg.Logger.Warn("GENERATED A LOCAL MASTER KEY beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
-	return seal.ParseMasterKey(text)
+	return keyring.ParseMasterKey(text)
 }
 
 // syncDir makes a new file's directory entry durable, so that a crash
@@ -78,7 +78,7 @@ func syncDir(dir string) error {
 	return errors.Join(d.Sync(), d.Close())
 }
 
-func readMasterKeyFile(path string, log *slog.Logger) (*seal.MasterKey, error) {
+func readMasterKeyFile(path string, log *slog.Logger) (*keyring.MasterKey, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read master key: %w", err)
@@ -86,7 +86,7 @@ func readMasterKeyFile(path string, log *slog.Logger) (*seal.MasterKey, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("master key file is readable by other users; chmod 600 it", "key_file", path, "mode", fi.Mode().Perm().String())
 	}
-	k, err := seal.ParseMasterKey(strings.TrimSpace(string(data)))
+	k, err := keyring.ParseMasterKey(strings.TrimSpace(string(data)))
 	if err != nil {
 		return nil, fmt.Errorf("master key file %s: %w", path, err)
 	}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -33,7 +33,7 @@ type RekeyResult struct {
 // database.
 func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	cfg = WithDefaults(cfg)
-	next, err := seal.ParseMasterKey(newKey)
+	next, err := keyring.ParseMasterKey(newKey)
 	if err != nil {
 		return RekeyResult{}, fmt.Errorf("new master key: %w", err)
 	}
@@ -53,7 +53,7 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 
 	underCurrent, err := checkMasterKey(st, current)
 	legacy := underCurrent
-	if errors.Is(err, seal.ErrWrongMasterKey) {
+	if errors.Is(err, keyring.ErrWrongMasterKey) {
 		if _, nerr := checkMasterKey(st, next); nerr == nil {
 			return RekeyResult{AlreadyDone: true}, CompactIfPending(st)
 		}

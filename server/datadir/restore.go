@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -83,7 +83,7 @@ func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, 
 // stageBackup copies the backup into the new file staged and checks the
 // copy: its SHA-256 against the backup's checksum file, if there is one,
 // every database page, that master opens it, and every record's tag.
-func stageBackup(backupPath, staged string, master *seal.MasterKey, allowUntagged bool) (RestoreResult, error) {
+func stageBackup(backupPath, staged string, master *keyring.MasterKey, allowUntagged bool) (RestoreResult, error) {
 	digest, err := copyToNewFile(backupPath, staged)
 	if err != nil {
 		return RestoreResult{}, err

@@ -14,37 +14,85 @@ import (
 	"slices"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
+	"google.golang.org/grpc/codes"
 )
 
 // Errors, besides those of the provider (*provider.RejectedError,
 // *provider.UnavailableError).
 var (
-	ErrNotFound      = store.ErrNotFound
-	ErrAlreadyExists = store.ErrExists
-	ErrNoSuchGrant   = errors.New("the account has no grant for this principal")
-	ErrSecretExists  = errors.New("the account holds this secret already")
-	ErrNoSuchSecret  = errors.New("the account has no secret with this secret_id")
-	ErrSecretLimit   = fmt.Errorf("the account holds %d secrets, the most it can: remove one first", MaxSecrets)
-	ErrLastSecret    = errors.New("this is the account's only secret, so it cannot be removed: add its successor first, or delete the account")
+	ErrNotFound      = grpcerr.New(codes.NotFound, "account not found")
+	ErrAlreadyExists = grpcerr.New(codes.AlreadyExists, "an account with this account_id already exists")
+	ErrNoSuchGrant   = grpcerr.New(codes.NotFound, "the account has no grant for this principal")
+	ErrSecretExists  = grpcerr.New(codes.AlreadyExists, "the account holds this secret already")
+	ErrNoSuchSecret  = grpcerr.New(codes.NotFound, "the account has no secret with this secret_id")
+	ErrSecretLimit   = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_SECRET_LIMIT,
+		fmt.Sprintf("the account holds %d secrets, the most it can: remove one first", MaxSecrets))
+	ErrLastSecret = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_LAST_SECRET,
+		"this is the account's only secret, so it cannot be removed: add its successor first, or delete the account")
 )
 
 // MaxSecrets is how many secrets an account can hold, as a JumpCloud
 // service account can: the current one and its successor.
 const MaxSecrets = 2
 
+// Store is what accounts needs of the storage: its records of accounts,
+// each change committed with its audit event. *store.Store provides it on
+// any storage engine.
+type Store interface {
+	Account(id string) (store.Account, error)
+	Accounts(after string, limit int) ([]store.Account, error)
+	CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error
+	UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error)
+	DeleteAccount(id string, ev store.AuditEvent) error
+}
+
+// named is a Store whose errors name what accounts means by them.
+type named struct{ Store }
+
+func rename(err error) error {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return ErrNotFound
+	case errors.Is(err, store.ErrExists):
+		return ErrAlreadyExists
+	}
+	return err
+}
+
+func (n named) Account(id string) (store.Account, error) {
+	a, err := n.Store.Account(id)
+	return a, rename(err)
+}
+
+func (n named) CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error {
+	return rename(n.Store.CreateAccount(a, t, ev))
+}
+
+func (n named) UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error) {
+	a, err := n.Store.UpdateAccount(id, change, ev)
+	return a, rename(err)
+}
+
+func (n named) DeleteAccount(id string, ev store.AuditEvent) error {
+	return rename(n.Store.DeleteAccount(id, ev))
+}
+
 // Service manages accounts. The token cache and the grants index learn of
 // its changes from the stream of committed changes (see storage.Mirror):
 // each change returns once they hold it.
 type Service struct {
-	store    *store.Store
-	master   *seal.MasterKey
+	store    Store
+	keys     *keyring.Keyring
 	provider *provider.Client
 	tokens   *tokens.Manager
 	// synced waits until the in-memory copies hold every commit made so far.
@@ -53,8 +101,8 @@ type Service struct {
 }
 
 // New returns a Service.
-func New(st *store.Store, master *seal.MasterKey, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
-	return &Service{store: st, master: master, provider: prov, tokens: tm, synced: synced, now: time.Now}
+func New(st Store, keys *keyring.Keyring, prov *provider.Client, tm *tokens.Manager, synced func(context.Context)) *Service {
+	return &Service{store: named{st}, keys: keys, provider: prov, tokens: tm, synced: synced, now: time.Now}
 }
 
 // Indexed is an account's grants as the grants index holds them.
@@ -72,7 +120,8 @@ func limitsOf(g store.Grant) grants.Limits {
 
 // NewAccount is a validated request to link an account.
 type NewAccount struct {
-	// ID is generated when empty.
+	// ID names the account; the API makes one with NewID when the caller
+	// chooses none.
 	ID          string
 	DisplayName string
 	Labels      map[string]string
@@ -150,7 +199,7 @@ type View struct {
 func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, ev store.AuditEvent) (View, error) {
 	if _, err := s.store.Account(in.ID); err == nil {
 		return View{}, ErrAlreadyExists
-	} else if !errors.Is(err, store.ErrNotFound) {
+	} else if !errors.Is(err, ErrNotFound) {
 		return View{}, err
 	}
 	cr := in.Credentials
@@ -165,7 +214,7 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 	now := s.now()
 	a := store.Account{
 		ID: in.ID, DisplayName: in.DisplayName, Labels: in.Labels,
-		Provider: cr.Kind, ClientID: cr.ClientID, Region: cr.Region, OrgID: cr.OrgID,
+		Provider: string(cr.Kind), ClientID: cr.ClientID, Region: cr.Region, OrgID: cr.OrgID,
 		TokenURL: cr.TokenURL, Scopes: cr.Scopes, AuthStyle: cr.AuthStyle,
 		EndpointParams: cr.EndpointParams, APIBaseURL: cr.APIBaseURL,
 		CreateTime: now, UpdateTime: now,
@@ -176,20 +225,20 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 		return s.view(a, status), nil
 	}
 
-	key, wrapped, err := s.master.NewDataKey(a.ID)
+	key, wrapped, err := s.keys.NewAccountKey(a.ID)
 	if err != nil {
 		return View{}, err
 	}
 	a.WrappedKey = wrapped
-	sealed, err := key.Seal(store.FieldClientSecret, []byte(cr.ClientSecret.Reveal()))
+	sealed, err := key.Seal(keyring.FieldClientSecret, []byte(cr.ClientSecret.Reveal()))
 	if err != nil {
 		return View{}, err
 	}
 	a.Secrets = []store.Secret{{ID: SecretID(cr.ClientSecret), Sealed: sealed, CreateTime: now, ExpireTime: in.SecretExpireTime}}
-	ts := store.TokenState{State: tokens.StateActive}
+	ts := store.TokenState{State: string(tokens.StateActive)}
 	if !tok.AccessToken.IsZero() {
 		ts.SecretUse = map[string]store.SecretUse{a.Secrets[0].ID: {LastUsed: tok.Obtained}}
-		status.SecretUse = ts.SecretUse
+		status.SecretUse = map[string]tokens.SecretUse{a.Secrets[0].ID: {LastUsed: tok.Obtained}}
 		sealedToken, err := tokens.SealToken(key, tok)
 		if err != nil {
 			return View{}, err
@@ -223,11 +272,7 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 	if err := ctx.Err(); err != nil {
 		return View{}, "", err
 	}
-	key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return View{}, "", err
-	}
-	sealed, err := key.Seal(store.FieldClientSecret, []byte(sec.Reveal()))
+	sealed, err := s.keys.Seal(a.ID, a.WrappedKey, keyring.FieldClientSecret, []byte(sec.Reveal()))
 	if err != nil {
 		return View{}, "", err
 	}
@@ -450,11 +495,7 @@ func (s *Service) MigrateSecrets(all []store.Stored, ev store.AuditEvent) ([]sto
 		if len(a.SealedSecret) == 0 || a.Tampered {
 			continue
 		}
-		key, err := s.master.UnwrapDataKey(a.ID, a.WrappedKey)
-		if err != nil {
-			return nil, fmt.Errorf("account %s: unwrap data key: %w", a.ID, err)
-		}
-		raw, err := key.Open(store.FieldClientSecret, a.SealedSecret)
+		raw, err := s.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, a.SealedSecret)
 		if err != nil {
 			return nil, fmt.Errorf("account %s: open secret: %w", a.ID, err)
 		}

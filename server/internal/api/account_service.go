@@ -14,7 +14,6 @@ import (
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
-	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -311,7 +310,7 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 	return a
 }
 
-func accountError(f *store.Failure) *credbrokerv1.AccountError {
+func accountError(f *tokens.Failure) *credbrokerv1.AccountError {
 	if f == nil {
 		return nil
 	}
@@ -325,7 +324,7 @@ func accountError(f *store.Failure) *credbrokerv1.AccountError {
 }
 
 var (
-	stateProto = map[string]credbrokerv1.AccountState{
+	stateProto = map[tokens.State]credbrokerv1.AccountState{
 		tokens.StateActive:         credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE,
 		tokens.StateDegraded:       credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED,
 		tokens.StateNeedsAttention: credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION,
@@ -334,7 +333,7 @@ var (
 		provider.RegionUS: credbrokerv1.Region_REGION_US,
 		provider.RegionEU: credbrokerv1.Region_REGION_EU,
 	}
-	stateReasonProto = map[string]credbrokerv1.AccountStateReason{
+	stateReasonProto = map[tokens.Reason]credbrokerv1.AccountStateReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED,
 		tokens.ReasonProviderUnavailable: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE,
 		tokens.ReasonInternal:            credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT,
@@ -342,7 +341,7 @@ var (
 		tokens.ReasonIntegrity:           credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED,
 		tokens.ReasonProviderRedirected:  credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED,
 	}
-	reasonProto = map[string]credbrokerv1.ErrorReason{
+	reasonProto = map[tokens.Reason]credbrokerv1.ErrorReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.ErrorReason_CREDENTIALS_REJECTED,
 		tokens.ReasonProviderUnavailable: credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE,
 		tokens.ReasonSecretExpired:       credbrokerv1.ErrorReason_SECRET_EXPIRED,

@@ -19,9 +19,9 @@ import (
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/proxy"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
@@ -71,5 +71,5 @@ func CallEvent(ev store.AuditEvent) bool {
 		ev.Method == gate.RefusalMethod, ev.Method == gate.DeniedMethod:
 		return true
 	}
-	return ev.Code != rpcstatus.CodeName(codes.OK)
+	return ev.Code != grpcerr.CodeName(codes.OK)
 }

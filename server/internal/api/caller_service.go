@@ -22,7 +22,7 @@ func (s *callerService) CreateCallerKey(ctx context.Context, req *credbrokerv1.C
 		return nil, err
 	}
 	in.Creator = c.Principal
-	k, key, err := s.callers.Create(ctx, in, c.ChangeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+in.Role))
+	k, key, err := s.callers.Create(ctx, in, c.ChangeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+string(in.Role)))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
@@ -99,7 +99,7 @@ func (s *callerService) RemoveAdminPrincipal(ctx context.Context, req *credbroke
 	return &credbrokerv1.RemoveAdminPrincipalResponse{}, nil
 }
 
-var roleProto = map[string]credbrokerv1.Role{
+var roleProto = map[callers.Role]credbrokerv1.Role{
 	callers.RoleAdmin:  credbrokerv1.Role_ROLE_ADMIN,
 	callers.RoleCaller: credbrokerv1.Role_ROLE_CALLER,
 }

@@ -19,8 +19,8 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/proxy"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -56,8 +56,8 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// A proxied call is audited when it ends; if that cannot be
 		// written, it must not be forwarded at all. Its own refusal is
 		// recorded below, and a success lets the next call through.
-		err = rpcstatus.WithDetails(codes.Unavailable, "the audit trail cannot be written, so the call was not forwarded; see the server log",
-			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+		err = withDetails(codes.Unavailable, "the audit trail cannot be written, so the call was not forwarded; see the server log",
+			errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
 	}
 	if err == nil {
 		h.fwd.Forward(w, r, pc)
@@ -108,9 +108,9 @@ func (h *proxyHandler) route(c *gate.Call, pc *proxy.Call, r *http.Request, id, 
 	}
 	if c.Refused {
 		c.Detail = "outside the grant's limits: " + limits.String()
-		return rpcstatus.WithDetails(codes.PermissionDenied,
+		return withDetails(codes.PermissionDenied,
 			fmt.Sprintf("%s's grant for %s allows only %s", c.Principal, c.Resource, limits),
-			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
 	}
 	return nil
 }
@@ -184,10 +184,10 @@ func writeProxyError(w http.ResponseWriter, httpStatus int, st *status.Status) {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set(proxyErrorHeader, rpcstatus.CodeName(st.Code()))
+	w.Header().Set(proxyErrorHeader, grpcerr.CodeName(st.Code()))
 	w.WriteHeader(httpStatus)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-		"code": httpStatus, "status": rpcstatus.CodeName(st.Code()), "message": st.Message(), "details": details,
+		"code": httpStatus, "status": grpcerr.CodeName(st.Code()), "message": st.Message(), "details": details,
 	}})
 }
 

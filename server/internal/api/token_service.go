@@ -12,8 +12,8 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/metrics"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -31,7 +31,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	// Counted by account only once the caller may know the account exists,
 	// so that names sent by callers cannot grow the metric.
 	account := ""
-	defer func() { s.metrics.TokenRequest(account, rpcstatus.CodeName(status.Code(err))) }()
+	defer func() { s.metrics.TokenRequest(account, grpcerr.CodeName(status.Code(err))) }()
 	id, err := parseName("name", req.GetName())
 	if err != nil {
 		return nil, err
@@ -45,9 +45,9 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	}
 	account = id
 	if limits.Limited() {
-		return nil, rpcstatus.WithDetails(codes.PermissionDenied,
+		return nil, withDetails(codes.PermissionDenied,
 			fmt.Sprintf("%s's grant for %s is limited to some egress-proxy calls (%s), so it gets no tokens: a token would not be limited; call the API through the egress proxy", c.Principal, req.GetName(), limits),
-			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
 	}
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {

@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -24,6 +24,13 @@ var ErrClosed = errors.New("audit trail is closed")
 // Sink is where events go: the store, or a stand-in in tests.
 type Sink interface {
 	AppendAudit([]store.AuditEvent) error
+}
+
+// Store is what the trail needs of the storage to list and prune events.
+// *store.Store provides it on any storage engine.
+type Store interface {
+	ScanAudit(before store.AuditPos, fn func(store.AuditPos, store.AuditEvent) bool) error
+	PruneAudit(cutoff time.Time, keep, limit int, expendable func(store.AuditEvent) bool) (int, error)
 }
 
 // Config tunes the trail. Zero values take the defaults of DefaultConfig.
@@ -58,7 +65,7 @@ func DefaultConfig() Config {
 type Log struct {
 	cfg   Config
 	sink  Sink
-	store *store.Store
+	store Store
 
 	mu     sync.Mutex
 	open   *batch // collecting events while the writer commits the one before
@@ -83,7 +90,7 @@ type batch struct {
 }
 
 // New returns a trail that appends to sink and reads and prunes st.
-func New(cfg Config, sink Sink, st *store.Store) *Log {
+func New(cfg Config, sink Sink, st Store) *Log {
 	d := DefaultConfig()
 	if cfg.MaxAge <= 0 {
 		cfg.MaxAge = d.MaxAge
@@ -228,6 +235,6 @@ func (l *Log) List(q Query) ([]store.AuditEvent, store.AuditPos, error) {
 }
 
 // Fingerprint names a token in the audit trail without revealing it.
-func Fingerprint(mac *seal.MACKey, token string) string {
+func Fingerprint(mac *keyring.MACKey, token string) string {
 	return "hmac-sha256:" + hex.EncodeToString(mac.Sum("token-fingerprint", token))
 }

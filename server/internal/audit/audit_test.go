@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -140,8 +140,8 @@ func openStore(t *testing.T) *store.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, _ := seal.GenerateMasterKey()
-	master, _ := seal.ParseMasterKey(text)
+	text, _ := keyring.GenerateMasterKey()
+	master, _ := keyring.ParseMasterKey(text)
 	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}

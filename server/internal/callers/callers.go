@@ -15,15 +15,23 @@ import (
 	"sync"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"google.golang.org/grpc/codes"
 )
+
+// Role is what a caller key may do: everything (admin), or get tokens
+// and call APIs as its grants allow (caller).
+type Role string
 
 // Roles of caller keys, as stored.
 const (
-	RoleAdmin  = "admin"
-	RoleCaller = "caller"
+	RoleAdmin  Role = "admin"
+	RoleCaller Role = "caller"
 )
 
 const (
@@ -40,10 +48,11 @@ const (
 )
 
 var (
-	ErrNotFound     = errors.New("caller key not found")
-	ErrExists       = errors.New("a caller key with this key_id exists or existed")
-	ErrNotAdmin     = errors.New("not an admin principal")
-	ErrLastAdmin    = errors.New("this is the last admin identity: create another admin caller key or add an admin principal first")
+	ErrNotFound  = grpcerr.New(codes.NotFound, "caller key not found")
+	ErrExists    = grpcerr.New(codes.AlreadyExists, "a caller key with this key_id exists or existed")
+	ErrNotAdmin  = grpcerr.New(codes.NotFound, "not an admin principal")
+	ErrLastAdmin = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_LAST_ADMIN,
+		"this is the last admin identity: create another admin caller key or add an admin principal first")
 	ErrUnknownKey   = errors.New("unknown caller key")
 	ErrKeyRevoked   = errors.New("caller key revoked")
 	ErrKeyExpired   = errors.New("caller key expired")
@@ -54,7 +63,7 @@ var (
 type Key struct {
 	ID          string
 	Description string
-	Role        string
+	Role        Role
 	CreateTime  time.Time
 	ExpireTime  time.Time // zero if never
 	RevokeTime  time.Time // zero if not revoked
@@ -66,7 +75,7 @@ type Key struct {
 // keyOf maps a stored caller key to what admins see of it.
 func keyOf(r store.CallerKey) Key {
 	return Key{
-		ID: r.ID, Description: r.Description, Role: r.Role, CreateTime: r.CreateTime,
+		ID: r.ID, Description: r.Description, Role: Role(r.Role), CreateTime: r.CreateTime,
 		ExpireTime: r.ExpireTime, RevokeTime: r.RevokeTime, Creator: r.Creator, Tampered: r.Tampered,
 	}
 }
@@ -80,13 +89,27 @@ type Identity struct {
 	Admin     bool
 }
 
+// Store is what callers needs of the storage: its records of caller keys
+// and admin principals, each change committed with its audit event.
+// *store.Store provides it on any storage engine.
+type Store interface {
+	Bootstrapped() (bool, error)
+	Bootstrap(k *store.CallerKey, admin *store.AdminPrincipal, ev store.AuditEvent) error
+	CreateCallerKey(k store.CallerKey, ev store.AuditEvent) error
+	UpdateCallerKey(id string, change func(*store.CallerKey), ev store.AuditEvent) (store.CallerKey, error)
+	CallerKeys(after string, limit int) ([]store.CallerKey, error)
+	PutAdmin(a store.AdminPrincipal, ev store.AuditEvent) error
+	DeleteAdmin(principal string, ev store.AuditEvent) error
+	Admins(after string, limit int) ([]store.AdminPrincipal, error)
+}
+
 // Service manages callers. Its copies of the keys and admin principals
 // learn of changes from the stream of committed changes (see
 // storage.Mirror: Load, KeyStored, AdminStored, AdminDeleted); each
 // change returns once they hold it.
 type Service struct {
-	store *store.Store
-	mac   *seal.MACKey
+	store Store
+	mac   *keyring.MACKey
 	now   func() time.Time
 	// synced waits until the copies hold every commit made so far.
 	synced func(context.Context)
@@ -104,7 +127,7 @@ type Service struct {
 }
 
 // New returns a Service; fill it with Load.
-func New(st *store.Store, mac *seal.MACKey, now func() time.Time, synced func(context.Context)) *Service {
+func New(st Store, mac *keyring.MACKey, now func() time.Time, synced func(context.Context)) *Service {
 	return &Service{store: st, mac: mac, now: now, synced: synced, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
 }
 
@@ -186,7 +209,7 @@ func (s *Service) AuthenticateKey(key string) (Identity, error) {
 	if !ok {
 		return Identity{}, ErrUnknownKey
 	}
-	id := Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: k.Role == RoleAdmin}
+	id := Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: Role(k.Role) == RoleAdmin}
 	switch {
 	case !k.RevokeTime.IsZero():
 		return Identity{Principal: id.Principal}, ErrKeyRevoked
@@ -211,7 +234,7 @@ func expired(k store.CallerKey, now time.Time) bool {
 type NewKey struct {
 	ID          string
 	Description string
-	Role        string
+	Role        Role
 	ExpireTime  time.Time
 	Creator     string
 }
@@ -224,7 +247,7 @@ func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (K
 		return Key{}, secret.String{}, err
 	}
 	k := store.CallerKey{
-		ID: in.ID, Description: in.Description, Role: in.Role, Hash: s.mac.Sum(hashPurpose, key),
+		ID: in.ID, Description: in.Description, Role: string(in.Role), Hash: s.mac.Sum(hashPurpose, key),
 		CreateTime: s.now(), ExpireTime: in.ExpireTime, Creator: in.Creator,
 	}
 	s.change.Lock()
@@ -253,13 +276,13 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 	if !k.RevokeTime.IsZero() {
 		return keyOf(k), false, nil
 	}
-	if k.Role == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
+	if Role(k.Role) == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
 		return Key{}, false, ErrLastAdmin
 	}
 	now := s.now()
 	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
 		if k.Tampered { // replaced by a clean record that authenticates no one
-			*k = store.CallerKey{ID: id, Role: RoleCaller, CreateTime: now, Creator: ev.Principal,
+			*k = store.CallerKey{ID: id, Role: string(RoleCaller), CreateTime: now, Creator: ev.Principal,
 				Description: "revoked after its stored record failed its integrity check"}
 		}
 		k.RevokeTime = now
@@ -283,7 +306,7 @@ func (s *Service) adminIdentities() int {
 		}
 	}
 	for _, k := range s.byID {
-		if k.Role == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
+		if Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
 			n++
 		}
 	}
@@ -388,7 +411,7 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 	}
 	k := store.CallerKey{
 		ID: BootstrapKeyID, Description: "created at first start; revoke it once you have made your own admin key",
-		Role: RoleAdmin, Hash: s.mac.Sum(hashPurpose, key), CreateTime: now, Creator: ev.Principal,
+		Role: string(RoleAdmin), Hash: s.mac.Sum(hashPurpose, key), CreateTime: now, Creator: ev.Principal,
 	}
 	ev.Resource, ev.Detail = KeyPrincipalPrefix+k.ID, "admin caller key"
 	if err := s.store.Bootstrap(&k, nil, ev); err != nil {

@@ -17,19 +17,17 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/mtls"
 	"github.com/credbroker/credbroker/server/internal/ratelimit"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -207,7 +205,7 @@ func CallFrom(ctx context.Context) *Call {
 func (c *Call) Event(code codes.Code) store.AuditEvent {
 	return store.AuditEvent{
 		Time: c.Time, Principal: c.Principal, Method: c.Method, Resource: c.Resource,
-		Code: rpcstatus.CodeName(code), TokenFingerprint: c.Fingerprint, Detail: c.Detail, PeerAddress: c.Peer,
+		Code: grpcerr.CodeName(code), TokenFingerprint: c.Fingerprint, Detail: c.Detail, PeerAddress: c.Peer,
 		Proxy: c.Proxy,
 	}
 }
@@ -273,7 +271,7 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 	if c.throttled || !g.log.Enabled(context.Background(), slog.LevelInfo) {
 		return // spare the busiest paths building a line nobody reads
 	}
-	attrs := []any{"principal", c.Principal, "method", c.Method, "account", c.Resource, "code", rpcstatus.CodeName(code),
+	attrs := []any{"principal", c.Principal, "method", c.Method, "account", c.Resource, "code", grpcerr.CodeName(code),
 		"latency_ms", float64(time.Since(c.started).Microseconds()) / 1000, "peer", c.Peer}
 	if c.Fingerprint != "" {
 		attrs = append(attrs, "token_fingerprint", c.Fingerprint)
@@ -289,8 +287,8 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 }
 
 // ErrAuditUnavailable refuses a call whose audit event could not be written.
-var ErrAuditUnavailable = rpcstatus.WithDetails(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
-	rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+var ErrAuditUnavailable = grpcerr.Status(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
+	grpcerr.Info(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil)).Err()
 
 // admit proves the caller's identity (its caller key, sent as "Bearer
 // <key>" in keyHeader, else its client certificate) and checks its rate
@@ -299,9 +297,9 @@ var ErrAuditUnavailable = rpcstatus.WithDetails(codes.Unavailable, "the audit ev
 func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error {
 	if wait := g.refusals.wait(c); wait > 0 {
 		c.unproven, c.throttled = true, true
-		return rpcstatus.WithDetails(codes.ResourceExhausted, "too many calls without valid credentials from this address; retry later",
-			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
-			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+		return grpcerr.Status(codes.ResourceExhausted, "too many calls without valid credentials from this address; retry later",
+			grpcerr.Info(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			grpcerr.Retry(wait)).Err()
 	}
 	id, err := g.authenticate(keyHeader, cert, c.Time)
 	c.Principal = id.Principal // a revoked or expired key is still named
@@ -312,9 +310,9 @@ func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error
 	}
 	if ok, wait := g.limiter.Allow(id.Principal, c.Time); !ok {
 		c.Refused = true
-		return rpcstatus.WithDetails(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
-			rpcstatus.ErrorInfo(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
-			&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+		return grpcerr.Status(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
+			grpcerr.Info(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+			grpcerr.Retry(wait)).Err()
 	}
 	switch {
 	case c.access == Denied:

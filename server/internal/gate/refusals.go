@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/ratelimit"
-	"github.com/credbroker/credbroker/server/internal/rpcstatus"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -130,9 +130,9 @@ func (r *refusals) aloneAllowed(c *Call) bool {
 // add tallies call c, refused with code: by its peer address if it proved
 // no identity, else by its principal.
 func (r *refusals) add(c *Call, code codes.Code) {
-	k, what := refusalKey{peer: peerKey(c.Peer), code: rpcstatus.CodeName(code)}, c.Principal
+	k, what := refusalKey{peer: peerKey(c.Peer), code: grpcerr.CodeName(code)}, c.Principal
 	if !c.unproven {
-		k, what = refusalKey{principal: c.Principal, code: rpcstatus.CodeName(code)}, c.Resource
+		k, what = refusalKey{principal: c.Principal, code: grpcerr.CodeName(code)}, c.Resource
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -25,7 +25,7 @@ func TestRefusalsStayBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	master, _ := seal.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
+	master, _ := keyring.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
 	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,8 @@ func (m *Metrics) UpstreamRequest(provider, result string, took time.Duration) {
 
 // Account is what a scrape shows of one account.
 type Account struct {
-	ID, State string
+	ID    string
+	State tokens.State
 	// SecretExpiry: each secret's expire time by its keyed fingerprint
 	// (never its secret_id, which confirms a guessed secret), for the
 	// secrets that have one.
@@ -100,7 +101,7 @@ func (c accountsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c accountsCollector) Collect(ch chan<- prometheus.Metric) {
-	byState := map[string]int{tokens.StateActive: 0, tokens.StateDegraded: 0, tokens.StateNeedsAttention: 0}
+	byState := map[tokens.State]int{tokens.StateActive: 0, tokens.StateDegraded: 0, tokens.StateNeedsAttention: 0}
 	now := time.Now()
 	for _, a := range c() {
 		byState[a.State]++
@@ -109,6 +110,6 @@ func (c accountsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for state, n := range byState {
-		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, float64(n), state)
+		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, float64(n), string(state))
 	}
 }

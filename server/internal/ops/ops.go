@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/metrics"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -42,7 +42,7 @@ func Handler(met *metrics.Metrics, al *audit.Log, draining *atomic.Bool) http.Ha
 
 // Accounts is what /metrics shows of each account of tm (the source of
 // metrics.New); mac keys the labels of secrets.
-func Accounts(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
+func Accounts(tm *tokens.Manager, mac *keyring.MACKey) []metrics.Account {
 	health := tm.Health()
 	out := make([]metrics.Account, len(health))
 	for i, h := range health {
@@ -60,6 +60,6 @@ func Accounts(tm *tokens.Manager, mac *seal.MACKey) []metrics.Account {
 // hash of its secret_id. The secret_id itself is a plain SHA-256 of the
 // secret, against which anyone who can scrape /metrics could check a guess.
 // The MAC key is kept in the database, so the label survives restarts.
-func secretMetricLabel(mac *seal.MACKey, secretID string) string {
+func secretMetricLabel(mac *keyring.MACKey, secretID string) string {
 	return hex.EncodeToString(mac.Sum("secret-metric-label", secretID)[:6])
 }

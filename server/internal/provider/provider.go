@@ -23,21 +23,29 @@ import (
 	"strings"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/secret"
 )
 
+// Kind is how the broker gets an account's credentials.
+type Kind string
+
 // Kinds of account, as stored.
 const (
-	KindJumpCloudServiceAccount = "jumpcloud_service_account"
-	KindOAuth2ClientCredentials = "oauth2_client_credentials"
-	KindJumpCloudAPIKey         = "jumpcloud_api_key"
+	KindJumpCloudServiceAccount Kind = "jumpcloud_service_account"
+	KindOAuth2ClientCredentials Kind = "oauth2_client_credentials"
+	KindJumpCloudAPIKey         Kind = "jumpcloud_api_key"
 )
 
 // IsJumpCloud reports whether the kind is one of JumpCloud's.
-func IsJumpCloud(kind string) bool {
+func IsJumpCloud(kind Kind) bool {
 	return kind == KindJumpCloudServiceAccount || kind == KindJumpCloudAPIKey
 }
 
@@ -94,7 +102,7 @@ func (e Endpoints) WithDefaults() Endpoints {
 
 // Credentials are everything a token request (or an API-key check) needs.
 type Credentials struct {
-	Kind     string
+	Kind     Kind
 	ClientID string
 	// ClientSecret is the client secret, or the API key of an API-key account.
 	ClientSecret secret.String
@@ -185,8 +193,8 @@ func New(cfg Config) *Client {
 }
 
 // observe tells OnRequest of a request of kind begun at start that ended with err.
-func (c *Client) observe(kind string, start time.Time, err error) {
-	c.onRequest(kind, Result(err), time.Since(start))
+func (c *Client) observe(kind Kind, start time.Time, err error) {
+	c.onRequest(string(kind), Result(err), time.Since(start))
 }
 
 // Result names a request's outcome for metrics: "ok", "rejected" (the
@@ -356,6 +364,20 @@ func (e *RejectedError) Error() string {
 	return msg
 }
 
+// GRPCStatus: an admin must fix the credentials at the provider; the
+// provider's error and description (if any) are in the ErrorInfo.
+func (e *RejectedError) GRPCStatus() *status.Status {
+	meta := map[string]string{}
+	if e.Code != "" {
+		meta["provider_error"] = e.Code
+	}
+	if e.Description != "" {
+		meta["provider_error_description"] = e.Description
+	}
+	return grpcerr.Status(codes.FailedPrecondition, e.Error()+"; an admin must fix the credentials at the provider",
+		grpcerr.Info(credbrokerv1.ErrorReason_CREDENTIALS_REJECTED, meta))
+}
+
 // UnavailableError means the token endpoint could not be used right now:
 // unreachable, timed out, 429, 5xx, or an unusable answer.
 type UnavailableError struct {
@@ -367,6 +389,19 @@ type UnavailableError struct {
 
 func (e *UnavailableError) Error() string { return "token endpoint unavailable: " + e.Message }
 
+// GRPCStatus is UNAVAILABLE, with the provider's Retry-After, if any.
+func (e *UnavailableError) GRPCStatus() *status.Status { return e.StatusRetryingAfter(e.RetryAfter) }
+
+// StatusRetryingAfter is the error's status telling callers to retry after
+// retry (no RetryInfo if that is not positive).
+func (e *UnavailableError) StatusRetryingAfter(retry time.Duration) *status.Status {
+	info := grpcerr.Info(credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, nil)
+	if retry <= 0 {
+		return grpcerr.Status(codes.Unavailable, e.Error(), info)
+	}
+	return grpcerr.Status(codes.Unavailable, e.Error(), info, grpcerr.Retry(retry.Round(time.Second)))
+}
+
 // RedirectedError means the provider answered with a redirect (HTTP 3xx).
 // The broker never follows one, since the request carries the credentials.
 // It keeps only the status: the Location may hold anything.
@@ -374,6 +409,11 @@ type RedirectedError struct{ StatusCode int }
 
 func (e *RedirectedError) Error() string {
 	return fmt.Sprintf("the provider answered with a redirect (HTTP %d), which the broker does not follow: check the account's URLs", e.StatusCode)
+}
+
+// GRPCStatus: an admin must fix the account's URLs.
+func (e *RedirectedError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.FailedPrecondition, e.Error(), grpcerr.Info(credbrokerv1.ErrorReason_PROVIDER_REDIRECTED, nil))
 }
 
 // maxRetryAfter bounds how long a Retry-After can silence an account.

@@ -26,23 +26,29 @@ import (
 	"sync"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/tokens"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Errors a Forward can end with before anything was written.
 var (
 	// ErrBadPath: the path is not /v1/accounts/{account_id}/proxy/{path}, or
 	// {path} has a dot segment, an empty segment or an encoded slash.
-	ErrBadPath = errors.New(`the path must be /v1/accounts/{account_id}/proxy/{path}, where {path} has no "." or ".." segments, no empty segments and no encoded "/" or "\"`)
+	ErrBadPath = &grpcerr.FieldError{Field: "path", Problem: `the path must be /v1/accounts/{account_id}/proxy/{path}, where {path} has no "." or ".." segments, no empty segments and no encoded "/" or "\"`}
 	// ErrMethod: the proxy forwards the methods of a REST API only.
-	ErrMethod = errors.New("the egress proxy forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only")
+	ErrMethod = &grpcerr.FieldError{Field: "method", Problem: "the egress proxy forwards GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS only"}
 	// ErrNoAPIBase: the account has no API base URL to forward to.
-	ErrNoAPIBase = errors.New("the account has no api_base_url, so the egress proxy has nowhere to forward its calls")
+	ErrNoAPIBase = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_NO_API_BASE_URL,
+		"the account has no api_base_url, so the egress proxy has nowhere to forward its calls")
 	// ErrAnswerBroken: the API's connection broke while its answer was
 	// being passed on (a Call.Aborted).
-	ErrAnswerBroken = errors.New("the account's API broke off its answer")
+	ErrAnswerBroken = grpcerr.WithReason(codes.Unavailable, credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, "the account's API broke off its answer")
 )
 
 // TooLargeError means a body exceeded its bound.
@@ -53,6 +59,11 @@ type TooLargeError struct {
 
 func (e *TooLargeError) Error() string {
 	return fmt.Sprintf("the %s body is larger than the egress proxy's limit of %d bytes", e.What, e.Limit)
+}
+
+// GRPCStatus is RESOURCE_EXHAUSTED.
+func (e *TooLargeError) GRPCStatus() *status.Status {
+	return status.New(codes.ResourceExhausted, e.Error())
 }
 
 // UpstreamError means the API could not be reached or failed to answer.
@@ -71,6 +82,11 @@ func (e *UpstreamError) Timeout() bool {
 	return errors.Is(e.Err, context.DeadlineExceeded) || (errors.As(e.Err, &netErr) && netErr.Timeout())
 }
 func (e *UpstreamError) Unwrap() error { return e.Err }
+
+// GRPCStatus is UNAVAILABLE.
+func (e *UpstreamError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.Unavailable, e.Error(), grpcerr.Info(credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE, nil))
+}
 
 // pathPrefix starts every proxy path.
 const pathPrefix = "/v1/accounts/"

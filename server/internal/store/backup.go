@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
@@ -43,7 +43,7 @@ func CheckBackup(path string) (check, databaseID []byte, err error) {
 // backup, checked with CheckBackup, whose key check value master has
 // verified for its id) with master's record key, and fails naming the
 // records that do not pass.
-func CheckRecords(path string, master *seal.MasterKey) error {
+func CheckRecords(path string, master *keyring.MasterKey) error {
 	db, err := boltdb.OpenReadOnly(path)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
@@ -66,7 +66,7 @@ func CheckRecords(path string, master *seal.MasterKey) error {
 		}
 		for _, r := range p.Records {
 			k := []byte(r.Key[len(name)+1:])
-			if _, err := verify(auth, name, k, r.Value); err != nil {
+			if _, err := auth.Open(name, k, r.Value); err != nil {
 				failed = append(failed, fmt.Sprintf("%s %q", name, k))
 			}
 		}

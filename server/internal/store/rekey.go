@@ -3,20 +3,20 @@ package store
 import (
 	"fmt"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // Rekey moves the store from the master key current to next in one
 // transaction: every account gets a fresh data key wrapped by next, its
-// secrets and cached token sealed again with it (seal.MasterKey.Reseal),
+// secrets and cached token sealed again with it (keyring.MasterKey.Reseal),
 // the MAC key is re-wrapped, every record is tagged under next's record
 // key, the key check value is replaced, and ev is recorded. A crash at any
 // point leaves the store wholly under the old key or wholly under the new
 // one. A record that fails its check under the old key stops it, changing
 // nothing. It returns how many accounts it moved. The old key's material
 // stays in freed pages until Compact, which it makes pending.
-func (s *Store) Rekey(current, next *seal.MasterKey, ev AuditEvent) (int, error) {
+func (s *Store) Rekey(current, next *keyring.MasterKey, ev AuditEvent) (int, error) {
 	id, err := s.DatabaseID()
 	if err != nil {
 		return 0, err
@@ -109,16 +109,16 @@ func (s *Store) bulkPut(b *boltdb.Bulk, bucket []byte, id string, v any) error {
 
 // reseal moves an account and its token state to a fresh data key wrapped
 // by next.
-func reseal(current, next *seal.MasterKey, a *Account, t *TokenState) error {
-	var values []seal.Sealed
+func reseal(current, next *keyring.MasterKey, a *Account, t *TokenState) error {
+	var values []keyring.Sealed
 	for i := range a.Secrets {
-		values = append(values, seal.Sealed{Field: FieldClientSecret, Value: &a.Secrets[i].Sealed})
+		values = append(values, keyring.Sealed{Field: keyring.FieldClientSecret, Value: &a.Secrets[i].Sealed})
 	}
 	if len(a.SealedSecret) > 0 {
-		values = append(values, seal.Sealed{Field: FieldClientSecret, Value: &a.SealedSecret})
+		values = append(values, keyring.Sealed{Field: keyring.FieldClientSecret, Value: &a.SealedSecret})
 	}
 	if len(t.SealedToken) > 0 {
-		values = append(values, seal.Sealed{Field: FieldAccessToken, Value: &t.SealedToken})
+		values = append(values, keyring.Sealed{Field: keyring.FieldAccessToken, Value: &t.SealedToken})
 	}
 	wrapped, err := current.Reseal(next, a.ID, a.WrappedKey, values)
 	a.WrappedKey = wrapped

@@ -42,12 +42,6 @@ var (
 // records of a version it does not know rather than misread them.
 const recordVersion = 1
 
-// Field names that sealed values are bound to (see seal.DataKey).
-const (
-	FieldClientSecret = "client_secret"
-	FieldAccessToken  = "access_token"
-)
-
 type versioned interface{ version() int }
 
 // Account is a linked account as stored.
@@ -163,7 +157,7 @@ type CallerKey struct {
 	Description string `json:"description,omitempty"`
 	// Role is "admin" or "caller".
 	Role string `json:"role"`
-	// Hash is the MAC key's hash of the key (see seal.MACKey).
+	// Hash is the MAC key's hash of the key (see keyring.MACKey).
 	Hash       []byte    `json:"hash"`
 	CreateTime time.Time `json:"create_time"`
 	ExpireTime time.Time `json:"expire_time,omitzero"`

@@ -6,7 +6,7 @@
 //
 // Records are this package's own versioned JSON, not API messages, so the
 // API can change without a data migration. Secrets reach this package only
-// sealed (see package seal). Every record is stored with a tag that
+// sealed (see package keyring). Every record is stored with a tag that
 // authenticates it, its kind and its key (see Authenticate), so that a
 // record changed by anyone without the master key is never used.
 //
@@ -16,16 +16,14 @@ package store
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
@@ -39,13 +37,13 @@ var (
 	ErrLocked = boltdb.ErrLocked
 	// ErrIntegrity means a stored record failed its integrity check: it
 	// was changed outside the broker, or copied from another database.
-	ErrIntegrity = errors.New("the stored record failed its integrity check (it was changed outside the broker, or copied from another database), so it is not used")
+	ErrIntegrity = keyring.ErrIntegrity
 )
 
 // Store is the broker's database.
 type Store struct {
 	db   *boltdb.DB
-	auth *seal.RecordKey
+	auth *keyring.RecordKey
 	// auditEvents counts the stored audit events, so that pruning by
 	// count does not walk the whole trail. It changes only when a
 	// transaction commits.
@@ -90,7 +88,7 @@ func (s *Store) putOp(kind []byte, id string, v any) (storage.Op, error) {
 	if err != nil {
 		return storage.Op{}, err
 	}
-	return storage.Put(key(kind, id), tag(s.auth, kind, []byte(id), data)), nil
+	return storage.Put(key(kind, id), s.auth.Seal(kind, []byte(id), data)), nil
 }
 
 // read reads and checks a record: ErrNotFound, ErrIntegrity (with the
@@ -142,7 +140,7 @@ func (s *Store) DatabaseID() ([]byte, error) { return s.meta(databaseIDKey) }
 // remove the untagged copies and the old check value from the file. A
 // database with records but neither an id nor a legacy check value was
 // tampered with, and is refused. It returns how many records it tagged.
-func (s *Store) Authenticate(master *seal.MasterKey, legacy bool, ev AuditEvent) (int, error) {
+func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEvent) (int, error) {
 	id, err := s.DatabaseID()
 	if err != nil {
 		return 0, err
@@ -212,7 +210,7 @@ func empty(b *boltdb.Bulk) (bool, error) {
 // retag tags every record of the data buckets under to. With a nil from,
 // they are records of an earlier version (bare JSON), taken as they are;
 // otherwise each must pass its check under from first.
-func retag(b *boltdb.Bulk, from, to *seal.RecordKey) (int, error) {
+func retag(b *boltdb.Bulk, from, to *keyring.RecordKey) (int, error) {
 	n := 0
 	for _, name := range dataBuckets {
 		records, err := b.List(key(name, ""))
@@ -223,13 +221,13 @@ func retag(b *boltdb.Bulk, from, to *seal.RecordKey) (int, error) {
 			k := []byte(r.Key[len(name)+1:])
 			data := r.Value
 			if from != nil {
-				if data, err = verify(from, name, k, data); err != nil {
+				if data, err = from.Open(name, k, data); err != nil {
 					return n, err
 				}
-			} else if len(data) == 0 || data[0] != '{' {
+			} else if !keyring.Untagged(data) {
 				return n, fmt.Errorf("%s %q: %w (a record of this version in a database without an id)", name, k, ErrIntegrity)
 			}
-			if err := b.Put(r.Key, tag(to, name, k, data)); err != nil {
+			if err := b.Put(r.Key, to.Seal(name, k, data)); err != nil {
 				return n, err
 			}
 			n++
@@ -238,39 +236,11 @@ func retag(b *boltdb.Bulk, from, to *seal.RecordKey) (int, error) {
 	return n, nil
 }
 
-// taggedRecord is the first byte of every stored record; then come its
-// tag (tagSize bytes) and its JSON. Records of earlier versions are bare
-// JSON, starting with '{'.
-const (
-	taggedRecord byte = 1
-	tagSize           = sha256.Size
-)
-
-// tag lays out a record for storage.
-func tag(auth *seal.RecordKey, kind, key, data []byte) []byte {
-	out := make([]byte, 0, 1+tagSize+len(data))
-	out = append(out, taggedRecord)
-	out = append(out, auth.Tag(kind, key, data)...)
-	return append(out, data...)
-}
-
-// verify checks a stored record's tag and returns its JSON.
-func verify(auth *seal.RecordKey, kind, key, stored []byte) ([]byte, error) {
-	if len(stored) < 1+tagSize || stored[0] != taggedRecord {
-		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
-	}
-	data := stored[1+tagSize:]
-	if !hmac.Equal(stored[1:1+tagSize], auth.Tag(kind, key, data)) {
-		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
-	}
-	return data, nil
-}
-
 // KeyCheck returns the stored master-key check value (see
-// seal.MasterKey.KeyCheck), or nil in a new store.
+// keyring.MasterKey.KeyCheck), or nil in a new store.
 func (s *Store) KeyCheck() ([]byte, error) { return s.meta(keyCheckKey) }
 
-// WrappedMACKey returns the wrapped MAC key (see seal.MACKey), or nil if
+// WrappedMACKey returns the wrapped MAC key (see keyring.MACKey), or nil if
 // none is stored yet.
 func (s *Store) WrappedMACKey() ([]byte, error) { return s.meta(macKeyKey) }
 
@@ -527,7 +497,7 @@ func (s *Store) put(bucket []byte, id string, v any) built {
 
 // open checks a stored record and decodes it.
 func (s *Store) open(bucket, key, stored []byte, v any) error {
-	data, err := verify(s.auth, bucket, key, stored)
+	data, err := s.auth.Open(bucket, key, stored)
 	if err != nil {
 		return err
 	}

@@ -9,11 +9,11 @@ import (
 
 	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 
-	"github.com/credbroker/credbroker/server/internal/seal"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 )
 
 // testMaster is the master key of the tests' stores.
-var testMaster, _ = seal.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
+var testMaster, _ = keyring.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
 
 func openTemp(t *testing.T) (*Store, string) {
 	t.Helper()
@@ -115,7 +115,7 @@ func TestUnknownRecordVersionIsRefused(t *testing.T) {
 	}
 	// Write a record from a "future" build directly.
 	err := s.db.Bulk(func(b *boltdb.Bulk) error {
-		return b.Put(key(accountsBucket, "a"), tag(s.auth, accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
+		return b.Put(key(accountsBucket, "a"), s.auth.Seal(accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
 	})
 	if err != nil {
 		t.Fatal(err)

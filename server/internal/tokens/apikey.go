@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -81,7 +82,7 @@ func (m *Manager) replaceExpiredKey(e *entry) {
 		m.useAPIKey(e, a)
 	}
 	if errors.Is(e.keyErr, ErrSecretsExpired) && e.status.State != StateNeedsAttention {
-		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &Failure{
 			Reason: ReasonSecretExpired, Message: ErrSecretsExpired.Error(), Time: m.cfg.Now(),
 		}})
 	}
@@ -142,7 +143,7 @@ func (m *Manager) checkAPIKey(e *entry, is *Issued) {
 	case errors.As(err, &rejected):
 		if !keyRejected(e.status) {
 			m.cfg.Logger.Warn("the API rejected an account's API key", "account", e.id)
-			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &store.Failure{
+			m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &Failure{
 				Reason: ReasonCredentialsRejected, Message: rejected.Error() + "; link the account's new key", Time: m.cfg.Now(),
 			}})
 		}
@@ -158,11 +159,7 @@ func (m *Manager) openAPIKey(a store.Account) (secret.String, time.Time, error) 
 	if len(usable) == 0 {
 		return secret.String{}, time.Time{}, ErrSecretsExpired
 	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return secret.String{}, time.Time{}, fmt.Errorf("unwrap data key: %w", err)
-	}
-	raw, err := key.Open(store.FieldClientSecret, usable[0].Sealed)
+	raw, err := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, usable[0].Sealed)
 	if err != nil {
 		return secret.String{}, time.Time{}, fmt.Errorf("open API key: %w", err)
 	}

@@ -26,7 +26,7 @@ type Expiry struct {
 
 // Expiry is when the account with these secrets, and the use the broker
 // made of them (Status.SecretUse), runs out of credentials.
-func (m *Manager) Expiry(secrets []store.Secret, use map[string]store.SecretUse) Expiry {
+func (m *Manager) Expiry(secrets []store.Secret, use map[string]SecretUse) Expiry {
 	var last time.Time
 	for _, s := range secrets {
 		if use[s.ID].Rejected != nil {

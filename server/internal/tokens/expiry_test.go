@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -109,14 +110,14 @@ func TestExpiryWindowIsConfigurable(t *testing.T) {
 
 func TestExpiryIgnoresRejectedSecrets(t *testing.T) {
 	h := newHarness(t, nil)
-	m := New(h.cfg, h.store, h.master, h.prov)
+	m := New(h.cfg, h.store, h.keys, h.prov)
 	expire := h.clock.Now().Add(24 * time.Hour)
 	secrets := []store.Secret{{ID: "new"}, {ID: "old", ExpireTime: expire}}
 	if exp := m.Expiry(secrets, nil); exp.Soon || !exp.Time.IsZero() {
 		t.Fatalf("with a secret that never expires: %+v", exp)
 	}
 	// The provider rejected the newer secret: the account lives on the old one.
-	use := map[string]store.SecretUse{"new": {Rejected: &store.Failure{Reason: ReasonCredentialsRejected}}}
+	use := map[string]SecretUse{"new": {Rejected: &Failure{Reason: ReasonCredentialsRejected}}}
 	if exp := m.Expiry(secrets, use); !exp.Soon || !exp.Time.Equal(expire) {
 		t.Fatalf("with the newer secret rejected: %+v", exp)
 	}
@@ -168,7 +169,7 @@ func TestExpiredSecretIsNotUsed(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		sealed, err := key.Seal(store.FieldClientSecret, []byte("long"))
+		sealed, err := key.Seal(keyring.FieldClientSecret, []byte("long"))
 		a.Secrets = append(a.Secrets, store.Secret{ID: "long", Sealed: sealed, CreateTime: h.clock.Now()})
 		return err
 	}, store.AuditEvent{})
@@ -216,7 +217,7 @@ func TestExpiredAPIKeyIsNotUsed(t *testing.T) {
 		t.Fatalf("err = %v, want ErrSecretsExpired", err)
 	}
 	ts, err := h.store.TokenState("lone")
-	if err != nil || ts.State != StateNeedsAttention {
+	if err != nil || State(ts.State) != StateNeedsAttention {
 		t.Fatalf("stored state %+v, %v", ts, err)
 	}
 }

@@ -9,10 +9,15 @@ import (
 	"slices"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // MinTTLTooLongError means the caller asked for a token that outlives
@@ -23,11 +28,24 @@ func (e *MinTTLTooLongError) Error() string {
 	return fmt.Sprintf("min_ttl must be less than %s, the lifetime of this provider's tokens", e.Max.Round(time.Second))
 }
 
+// GRPCStatus is OUT_OF_RANGE, with the longest min_ttl in the ErrorInfo.
+func (e *MinTTLTooLongError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.OutOfRange, e.Error(),
+		grpcerr.Info(credbrokerv1.ErrorReason_MIN_TTL_TOO_LONG, map[string]string{"max_ttl": e.Max.Round(time.Second).String()}))
+}
+
 // RefreshLimitedError means a caller's min_ttl would force a new token
 // (the cached one is still valid) but the account's last forced refresh
 // was less than Config.ForcedInterval ago: callers cannot make the
 // broker hammer the provider.
 type RefreshLimitedError struct{ RetryAt time.Time }
+
+// GRPCStatus is RESOURCE_EXHAUSTED, retrying when the next forced refresh
+// may be made.
+func (e *RefreshLimitedError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.ResourceExhausted, e.Error(), grpcerr.Info(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
+		grpcerr.Retry(max(time.Until(e.RetryAt), 0).Round(time.Millisecond)))
+}
 
 func (e *RefreshLimitedError) Error() string {
 	return "the cached token does not last min_ttl, and this account's token was refreshed for a min_ttl too recently to do so again; retry later or ask for a shorter min_ttl"
@@ -44,6 +62,19 @@ type FetchError struct {
 
 func (e *FetchError) Error() string { return e.Err.Error() }
 func (e *FetchError) Unwrap() error { return e.Err }
+
+// GRPCStatus is the failed request's status; an unavailable provider's
+// tells callers to retry when the broker will ask it again.
+func (e *FetchError) GRPCStatus() *status.Status {
+	var unavailable *provider.UnavailableError
+	if errors.As(e.Err, &unavailable) {
+		return unavailable.StatusRetryingAfter(time.Until(e.RetryAt))
+	}
+	if st, ok := status.FromError(e.Err); ok {
+		return st
+	}
+	return nil // a broker fault: the API logs it and answers INTERNAL
+}
 
 // call is one upstream request that any number of callers wait for.
 type call struct {
@@ -116,7 +147,7 @@ func (m *Manager) run(e *entry, c *call) {
 	e.mu.Lock()
 	use := e.status.SecretUse
 	e.mu.Unlock()
-	tok, key, use, err := m.fetch(e.id, use)
+	tok, wrapped, use, err := m.fetch(e.id, use)
 
 	e.mu.Lock()
 	before := e.status
@@ -136,7 +167,7 @@ func (m *Manager) run(e *entry, c *call) {
 
 	// Persist while still marked in flight, so runs for one account never
 	// overlap. Callers already see the new token through e.current.
-	if perr := m.persist(e.id, status, tok, key, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
+	if perr := m.persist(e.id, status, tok, wrapped, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
 	}
 
@@ -159,29 +190,27 @@ func (e *entry) publish(is *Issued, cfg Config) {
 }
 
 // ErrSecretsExpired means every secret of the account has expired.
-var ErrSecretsExpired = errors.New("every secret of the account has expired; add a new one (AddAccountSecret)")
+var ErrSecretsExpired = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_SECRET_EXPIRED,
+	"every secret of the account has expired; add a new one (AddAccountSecret)")
 
 // fetch asks the provider for a token with the account's unexpired secrets,
 // newest first except that those rejected last time go last: a rejection
 // moves on to the next secret, any other failure ends the attempt. It
-// returns the secrets' new use records with the outcome.
-func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Token, *seal.DataKey, map[string]store.SecretUse, error) {
+// returns the secrets' new use records with the outcome, and the
+// account's wrapped data key, to seal the token with.
+func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, []byte, map[string]SecretUse, error) {
 	a, err := m.store.Account(id)
 	if err != nil {
 		return provider.Token{}, nil, use, err
 	}
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return provider.Token{}, nil, use, fmt.Errorf("unwrap data key: %w", err)
-	}
 	now := m.cfg.Now()
 	use = maps.Clone(use)
 	if use == nil {
-		use = map[string]store.SecretUse{}
+		use = map[string]SecretUse{}
 	}
 	err = ErrSecretsExpired
 	for _, sec := range UsableSecrets(a, use, now) {
-		raw, oerr := key.Open(store.FieldClientSecret, sec.Sealed)
+		raw, oerr := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, sec.Sealed)
 		if oerr != nil {
 			return provider.Token{}, nil, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
 		}
@@ -192,23 +221,23 @@ func (m *Manager) fetch(id string, use map[string]store.SecretUse) (provider.Tok
 		var rejected *provider.RejectedError
 		switch {
 		case err == nil:
-			use[sec.ID] = store.SecretUse{LastUsed: tok.Obtained}
-			return tok, key, use, nil
+			use[sec.ID] = SecretUse{LastUsed: tok.Obtained}
+			return tok, a.WrappedKey, use, nil
 		case errors.As(err, &rejected):
 			u := use[sec.ID]
-			u.Rejected = &store.Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
+			u.Rejected = &Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
 			use[sec.ID] = u
 			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
 		default:
-			return provider.Token{}, key, use, err
+			return provider.Token{}, nil, use, err
 		}
 	}
-	return provider.Token{}, key, use, err
+	return provider.Token{}, nil, use, err
 }
 
 // UsableSecrets are the account's unexpired secrets in the order they are
 // tried: newest first, except that those the provider rejected last go last.
-func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Time) []store.Secret {
+func UsableSecrets(a store.Account, use map[string]SecretUse, now time.Time) []store.Secret {
 	var out []store.Secret
 	for _, s := range a.Secrets {
 		if s.ExpireTime.IsZero() || now.Before(s.ExpireTime) {
@@ -228,6 +257,6 @@ func UsableSecrets(a store.Account, use map[string]store.SecretUse, now time.Tim
 }
 
 // SealToken encrypts an access token for storage under the account's data key.
-func SealToken(key *seal.DataKey, tok provider.Token) ([]byte, error) {
-	return key.Seal(store.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+func SealToken(key *keyring.DataKey, tok provider.Token) ([]byte, error) {
+	return key.Seal(keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
 }

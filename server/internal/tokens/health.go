@@ -6,37 +6,96 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
+// State is an account's health.
+type State string
+
 // Account states, as stored and shown.
 const (
-	StateActive         = "active"
-	StateDegraded       = "degraded"
-	StateNeedsAttention = "needs_attention"
+	StateActive         State = "active"
+	StateDegraded       State = "degraded"
+	StateNeedsAttention State = "needs_attention"
 )
+
+// Reason is why an account is not active, or why a secret was rejected.
+type Reason string
 
 // Failure reasons, as stored and shown.
 const (
-	ReasonCredentialsRejected = "credentials_rejected"
-	ReasonProviderUnavailable = "provider_unavailable"
-	ReasonInternal            = "internal"
-	ReasonSecretExpired       = "secret_expired"
-	ReasonIntegrity           = "integrity_check_failed"
-	ReasonProviderRedirected  = "provider_redirected"
+	ReasonCredentialsRejected Reason = "credentials_rejected"
+	ReasonProviderUnavailable Reason = "provider_unavailable"
+	ReasonInternal            Reason = "internal"
+	ReasonSecretExpired       Reason = "secret_expired"
+	ReasonIntegrity           Reason = "integrity_check_failed"
+	ReasonProviderRedirected  Reason = "provider_redirected"
 )
 
 // Status is an account's token health.
 type Status struct {
-	State         string
+	State         State
 	LastTokenTime time.Time
 	// LastError is set while the account is not active.
-	LastError *store.Failure
+	LastError *Failure
 	// SecretUse is what the broker saw of each secret, by secret ID. It is
 	// replaced, never modified.
-	SecretUse map[string]store.SecretUse
+	SecretUse map[string]SecretUse
+}
+
+// Failure is a sanitized token-request failure: never a response body.
+type Failure struct {
+	Reason                   Reason
+	Message                  string
+	ProviderError            string
+	ProviderErrorDescription string
+	Time                     time.Time
+}
+
+// SecretUse is what the broker saw of one secret.
+type SecretUse struct {
+	LastUsed time.Time
+	// Rejected is set if the provider rejected the secret after LastUsed.
+	Rejected *Failure
+}
+
+// statusOf is the health a stored token state records.
+func statusOf(ts store.TokenState) Status {
+	s := Status{State: State(ts.State), LastTokenTime: ts.Obtained, LastError: failureOf(ts.LastError)}
+	if ts.SecretUse != nil {
+		s.SecretUse = make(map[string]SecretUse, len(ts.SecretUse))
+		for id, u := range ts.SecretUse {
+			s.SecretUse[id] = SecretUse{LastUsed: u.LastUsed, Rejected: failureOf(u.Rejected)}
+		}
+	}
+	return s
+}
+
+// record stores s in a token state.
+func (s Status) record(ts *store.TokenState) {
+	ts.State, ts.LastError, ts.SecretUse = string(s.State), s.LastError.record(), nil
+	if s.SecretUse != nil {
+		ts.SecretUse = make(map[string]store.SecretUse, len(s.SecretUse))
+		for id, u := range s.SecretUse {
+			ts.SecretUse[id] = store.SecretUse{LastUsed: u.LastUsed, Rejected: u.Rejected.record()}
+		}
+	}
+}
+
+func failureOf(f *store.Failure) *Failure {
+	if f == nil {
+		return nil
+	}
+	return &Failure{Reason: Reason(f.Reason), Message: f.Message, ProviderError: f.ProviderError, ProviderErrorDescription: f.ProviderErrorDescription, Time: f.Time}
+}
+
+func (f *Failure) record() *store.Failure {
+	if f == nil {
+		return nil
+	}
+	return &store.Failure{Reason: string(f.Reason), Message: f.Message, ProviderError: f.ProviderError, ProviderErrorDescription: f.ProviderErrorDescription, Time: f.Time}
 }
 
 // Status returns an account's health.
@@ -65,7 +124,7 @@ func (m *Manager) changeStatus(e *entry, to Status) {
 func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	now := m.cfg.Now()
 	e.failures++
-	f := &store.Failure{Time: now}
+	f := &Failure{Time: now}
 	var delay time.Duration
 	var rejected *provider.RejectedError
 	var redirected *provider.RedirectedError
@@ -125,24 +184,27 @@ func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
 	if from.State == to.State {
 		return nil
 	}
-	detail := from.State + " -> " + to.State
+	detail := string(from.State) + " -> " + string(to.State)
 	if f := to.LastError; f != nil {
-		detail += ": " + f.Reason + ": " + f.Message
+		detail += ": " + string(f.Reason) + ": " + f.Message
 	}
 	m.cfg.Logger.Info("account state changed", "account", id, "from", from.State, "to", to.State)
 	ev := audit.Own(m.cfg.Now(), "account_state", audit.AccountName(id), detail)
 	return &ev
 }
-func (m *Manager) persist(id string, status Status, tok provider.Token, key *seal.DataKey, newToken bool, ev *store.AuditEvent) error {
+
+// persist stores an account's health and, if newToken, tok, sealed with
+// the account's data key (wrapped).
+func (m *Manager) persist(id string, status Status, tok provider.Token, wrapped []byte, newToken bool, ev *store.AuditEvent) error {
 	var sealed []byte
 	if newToken {
 		var err error
-		if sealed, err = SealToken(key, tok); err != nil {
+		if sealed, err = m.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal())); err != nil {
 			return err
 		}
 	}
 	return m.store.UpdateTokenState(id, func(ts *store.TokenState) {
-		ts.State, ts.LastError, ts.SecretUse = status.State, status.LastError, status.SecretUse
+		status.record(ts)
 		if newToken {
 			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
 		}
@@ -152,8 +214,9 @@ func (m *Manager) persist(id string, status Status, tok provider.Token, key *sea
 // Health is what metrics show of an account: its state and its secrets'
 // expire times.
 type Health struct {
-	ID, State string
-	Secrets   []store.Secret // without their sealed values
+	ID      string
+	State   State
+	Secrets []store.Secret // without their sealed values
 }
 
 // Health is every tracked account's health.

@@ -17,7 +17,6 @@ package tokens
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"net/http"
 	"slices"
@@ -25,18 +24,23 @@ import (
 	"sync/atomic"
 	"time"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"google.golang.org/grpc/codes"
 )
 
 // ErrNotFound means the manager knows no such account.
-var ErrNotFound = errors.New("account not found")
+var ErrNotFound = grpcerr.New(codes.NotFound, "account not found")
 
 // ErrProxyOnly means the account holds an API key, which is never handed
 // out: only the egress proxy uses it.
-var ErrProxyOnly = errors.New("this account holds a long-lived API key, which the broker never hands out: call its API through the egress proxy (/v1/accounts/{account_id}/proxy/...) instead")
+var ErrProxyOnly = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_PROXY_ONLY,
+	"this account holds a long-lived API key, which the broker never hands out: call its API through the egress proxy (/v1/accounts/{account_id}/proxy/...) instead")
 
 // invalidateInterval: an account's token is dropped because an API rejected
 // it (see Invalidate) at most once per interval, so that an API answering
@@ -87,12 +91,20 @@ func (is *Issued) Authorize(h http.Header) {
 // the longest min_ttl a fresh token can meet.
 func (is *Issued) lifetime() time.Duration { return is.Expiry.Sub(is.Obtained) }
 
+// Store is what the token cache needs of the storage: to read accounts,
+// and to keep each account's token state. *store.Store provides it on any
+// storage engine.
+type Store interface {
+	Account(id string) (store.Account, error)
+	UpdateTokenState(id string, change func(*store.TokenState), ev *store.AuditEvent) error
+}
+
 // Manager is the token cache. Create it with New, fill it with Load, and
 // run the refresher with Run.
 type Manager struct {
 	cfg      Config
-	store    *store.Store
-	master   *seal.MasterKey
+	store    Store
+	keys     *keyring.Keyring
 	provider *provider.Client
 
 	mu      sync.RWMutex
@@ -138,9 +150,9 @@ type entry struct {
 }
 
 // New returns an empty manager.
-func New(cfg Config, st *store.Store, master *seal.MasterKey, prov *provider.Client) *Manager {
+func New(cfg Config, st Store, keys *keyring.Keyring, prov *provider.Client) *Manager {
 	cfg.setDefaults()
-	return &Manager{cfg: cfg, store: st, master: master, provider: prov, entries: map[string]*entry{}}
+	return &Manager{cfg: cfg, store: st, keys: keys, provider: prov, entries: map[string]*entry{}}
 }
 
 // Load adds the stored accounts (store.All), with their tokens and health.
@@ -154,14 +166,14 @@ func (m *Manager) Load(all []store.Stored) {
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
 	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
-	e.status = Status{State: ts.State, LastTokenTime: ts.Obtained, LastError: ts.LastError, SecretUse: ts.SecretUse}
+	e.status = statusOf(ts)
 	e.secrets = secretsMeta(a)
 	if ts.Expiry.After(ts.Obtained) && !ts.Obtained.IsZero() {
 		e.lifetime = ts.Expiry.Sub(ts.Obtained)
 	}
 	if a.Tampered {
 		m.recordFailure(e, store.ErrIntegrity)
-	} else if a.Provider == provider.KindJumpCloudAPIKey {
+	} else if provider.Kind(a.Provider) == provider.KindJumpCloudAPIKey {
 		e.apiKey = true
 		m.useAPIKey(e, a)
 	} else if len(ts.SealedToken) > 0 {
@@ -326,11 +338,7 @@ func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Iss
 }
 
 func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Token, error) {
-	key, err := m.master.UnwrapDataKey(a.ID, a.WrappedKey)
-	if err != nil {
-		return provider.Token{}, err
-	}
-	raw, err := key.Open(store.FieldAccessToken, ts.SealedToken)
+	raw, err := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldAccessToken, ts.SealedToken)
 	if err != nil {
 		return provider.Token{}, err
 	}
@@ -340,7 +348,7 @@ func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Toke
 // Describe is the account's provider configuration, without its secret.
 func Describe(a store.Account) provider.Credentials {
 	return provider.Credentials{
-		Kind: a.Provider, ClientID: a.ClientID, Region: a.Region, OrgID: a.OrgID,
+		Kind: provider.Kind(a.Provider), ClientID: a.ClientID, Region: a.Region, OrgID: a.OrgID,
 		TokenURL: a.TokenURL, Scopes: a.Scopes, AuthStyle: a.AuthStyle,
 		EndpointParams: a.EndpointParams, APIBaseURL: a.APIBaseURL,
 	}

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/seal"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -35,7 +35,8 @@ func (c *clock) Advance(d time.Duration) {
 type harness struct {
 	fake   *jumpcloudfake.Fake
 	store  *store.Store
-	master *seal.MasterKey
+	master *keyring.MasterKey
+	keys   *keyring.Keyring
 	prov   *provider.Client
 	clock  *clock
 	cfg    Config
@@ -56,10 +57,14 @@ func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness 
 		Timeout:   2 * time.Second,
 		Now:       h.clock.Now,
 	})
-	keyText, _ := seal.GenerateMasterKey()
-	h.master, _ = seal.ParseMasterKey(keyText)
+	keyText, _ := keyring.GenerateMasterKey()
+	h.master, _ = keyring.ParseMasterKey(keyText)
+	mac, _, err := h.master.NewMACKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.keys = keyring.New(h.master, mac)
 	h.path = filepath.Join(t.TempDir(), "db")
-	var err error
 	if h.store, err = store.Open(h.path, time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -85,25 +90,25 @@ type testSecret struct {
 
 // addAccountWith stores an account of the given kind with these secrets
 // and no token.
-func (h *harness) addAccountWith(t testing.TB, id, kind string, secrets ...testSecret) {
+func (h *harness) addAccountWith(t testing.TB, id string, kind provider.Kind, secrets ...testSecret) {
 	t.Helper()
 	key, wrapped, err := h.master.NewDataKey(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := store.Account{ID: id, Provider: kind, ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped}
+	a := store.Account{ID: id, Provider: string(kind), ClientID: "sa", Region: provider.RegionUS, OrgID: "5a1234567890abcdef123456", WrappedKey: wrapped}
 	for _, s := range secrets {
-		sealed, _ := key.Seal(store.FieldClientSecret, []byte(s.value))
+		sealed, _ := key.Seal(keyring.FieldClientSecret, []byte(s.value))
 		a.Secrets = append(a.Secrets, store.Secret{ID: s.value, Sealed: sealed, CreateTime: s.create, ExpireTime: s.expireTime})
 	}
-	if err := h.store.CreateAccount(a, store.TokenState{State: StateActive}, store.AuditEvent{}); err != nil {
+	if err := h.store.CreateAccount(a, store.TokenState{State: string(StateActive)}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func (h *harness) manager(t testing.TB) *Manager {
 	t.Helper()
-	m := New(h.cfg, h.store, h.master, h.prov)
+	m := New(h.cfg, h.store, h.keys, h.prov)
 	all, err := h.store.All()
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,16 @@
-// Package seal is the broker's envelope encryption. Each account has its own
-// AES-256-GCM data key; data keys are stored only wrapped by the master key.
-// Every ciphertext is bound (as AES-GCM additional data) to the account and
-// the field it belongs to, so a ciphertext moved to another record or field
-// fails to decrypt instead of revealing another account's secret. Whole
-// stored records are authenticated too, by a RecordKey derived from the
-// master key.
-package seal
+// Package keyring is the one place where the broker encrypts, decrypts
+// and authenticates: everything sealed or opened passes a Keyring, and
+// every stored record is tagged and checked by a RecordKey.
+//
+// Each account has its own AES-256-GCM data key; data keys are stored only
+// wrapped by the master key. Every ciphertext is bound (as AES-GCM
+// additional data) to the account and the field it belongs to, so a
+// ciphertext moved to another record or field fails to decrypt instead of
+// revealing another account's secret. Whole stored records are
+// authenticated too, by a RecordKey derived from the master key and the
+// database's id. Keyed hashes (caller keys, token fingerprints) come from
+// a MAC key stored wrapped by the master key.
+package keyring
 
 import (
 	"crypto/aes"
@@ -31,7 +36,7 @@ const format byte = 1
 
 // ErrDecrypt means a ciphertext did not authenticate: a wrong key, or data
 // that was altered or moved to another account or field.
-var ErrDecrypt = errors.New("seal: ciphertext does not authenticate")
+var ErrDecrypt = errors.New("keyring: ciphertext does not authenticate")
 
 // ErrWrongMasterKey means the master key is not the one the store was created with.
 var ErrWrongMasterKey = errors.New("the master key does not match the one this data directory was created with")
@@ -134,7 +139,7 @@ func (m *MasterKey) RewrapMACKey(to *MasterKey, wrapped []byte) ([]byte, error) 
 // Sealed is one sealed field of an account's record, for Reseal: Value
 // points at the stored ciphertext.
 type Sealed struct {
-	Field string
+	Field Field
 	Value *[]byte
 }
 
@@ -275,14 +280,23 @@ func (m *MasterKey) VerifyLegacyKeyCheck(check []byte) error {
 // keyCheckText is what check values seal.
 const keyCheckText = "credbroker master key check"
 
+// Field names what a sealed value is: its ciphertext is bound to it.
+type Field string
+
+// Fields of accounts that are sealed.
+const (
+	FieldClientSecret Field = "client_secret" // also an API key
+	FieldAccessToken  Field = "access_token"
+)
+
 // Seal encrypts one field of the key's account.
-func (k *DataKey) Seal(field string, plaintext []byte) ([]byte, error) {
-	return sealWith(k.aead, plaintext, additionalData("field", k.accountID, field))
+func (k *DataKey) Seal(field Field, plaintext []byte) ([]byte, error) {
+	return sealWith(k.aead, plaintext, additionalData("field", k.accountID, string(field)))
 }
 
 // Open decrypts one field of the key's account.
-func (k *DataKey) Open(field string, sealed []byte) ([]byte, error) {
-	return openWith(k.aead, sealed, additionalData("field", k.accountID, field))
+func (k *DataKey) Open(field Field, sealed []byte) ([]byte, error) {
+	return openWith(k.aead, sealed, additionalData("field", k.accountID, string(field)))
 }
 
 func newAEAD(key []byte) (cipher.AEAD, error) {
@@ -320,3 +334,40 @@ func openWith(aead cipher.AEAD, sealed, ad []byte) ([]byte, error) {
 	}
 	return plaintext, nil
 }
+
+// ErrIntegrity means a stored record failed its integrity check: it was
+// changed outside the broker, or copied from another database.
+var ErrIntegrity = errors.New("the stored record failed its integrity check (it was changed outside the broker, or copied from another database), so it is not used")
+
+// taggedRecord is the first byte of every stored record; then come its
+// tag (tagSize bytes) and its data. Records of earlier versions are bare
+// JSON, starting with '{'.
+const (
+	taggedRecord byte = 1
+	tagSize           = sha256.Size
+)
+
+// Seal lays out a record of kind under key for storage, with its tag.
+func (k *RecordKey) Seal(kind, key, data []byte) []byte {
+	out := make([]byte, 0, 1+tagSize+len(data))
+	out = append(out, taggedRecord)
+	out = append(out, k.Tag(kind, key, data)...)
+	return append(out, data...)
+}
+
+// Open checks a stored record's tag and returns its data, or
+// ErrIntegrity.
+func (k *RecordKey) Open(kind, key, stored []byte) ([]byte, error) {
+	if len(stored) < 1+tagSize || stored[0] != taggedRecord {
+		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
+	}
+	data := stored[1+tagSize:]
+	if !hmac.Equal(stored[1:1+tagSize], k.Tag(kind, key, data)) {
+		return nil, fmt.Errorf("%s %q: %w", kind, key, ErrIntegrity)
+	}
+	return data, nil
+}
+
+// Untagged reports whether a stored record has the layout of an earlier
+// version, before records were tagged: bare JSON.
+func Untagged(stored []byte) bool { return len(stored) > 0 && stored[0] == '{' }
