@@ -303,3 +303,47 @@ func TestAuditTimeBoundsOutOfRange(t *testing.T) {
 		t.Fatalf("ListAuditEvents before 1970: %d events, %v", len(resp.GetEvents()), err)
 	}
 }
+
+// Each admin call leaves exactly one event: stored with its change when it
+// changed something, written by the gate when it did not (a validate-only
+// link, a grant that was there already, a second revocation) or failed.
+func TestEachAdminCallLeavesOneEvent(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	ctx := context.Background()
+	start := time.Now()
+	req := jumpCloudRequest("acme")
+	req.ValidateOnly = true
+	if _, err := b.accounts.CreateAccount(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	b.link(t, "acme")
+	b.grant(t, "acme", svcPrincipal) // there already: changes nothing
+	b.createKey(t, "k1", credbrokerv1.Role_ROLE_CALLER, time.Time{})
+	for range 2 {
+		if _, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/k1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := b.accounts.DeleteAccount(ctx, &credbrokerv1.DeleteAccountRequest{Name: "accounts/ghost"})
+	wantCode(t, err, codes.NotFound, "")
+
+	all := b.listAll(t, &credbrokerv1.ListAuditEventsRequest{StartTime: timestamppb.New(start)})
+	var got []string
+	for i := len(all) - 1; i >= 0; i-- {
+		got = append(got, strings.TrimPrefix(all[i].GetMethod(), "/credbroker.v1.")+" "+all[i].GetCode())
+	}
+	want := []string{
+		"AccountService/CreateAccount OK", // validate-only
+		"AccountService/CreateAccount OK",
+		"AccountService/AddAccountGrant OK",
+		"AccountService/AddAccountGrant OK", // unchanged
+		"CallerService/CreateCallerKey OK",
+		"CallerService/RevokeCallerKey OK",
+		"CallerService/RevokeCallerKey OK", // revoked already
+		"AccountService/DeleteAccount NOT_FOUND",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("events:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

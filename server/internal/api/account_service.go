@@ -37,7 +37,6 @@ func (s *accountService) CreateAccount(ctx context.Context, req *credbrokerv1.Cr
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = !req.GetValidateOnly()
 	return &credbrokerv1.CreateAccountResponse{Account: accountProto(v)}, nil
 }
 
@@ -125,7 +124,6 @@ func (s *accountService) UpdateAccount(ctx context.Context, req *credbrokerv1.Up
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	call.Written = true
 	return &credbrokerv1.UpdateAccountResponse{Account: accountProto(v)}, nil
 }
 
@@ -138,7 +136,6 @@ func (s *accountService) DeleteAccount(ctx context.Context, req *credbrokerv1.De
 	if err := s.accounts.Delete(ctx, id, c.ChangeEvent(accountPrefix+id, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = true
 	return &credbrokerv1.DeleteAccountResponse{}, nil
 }
 
@@ -159,11 +156,10 @@ func (s *accountService) AddAccountGrant(ctx context.Context, req *credbrokerv1.
 		detail += " limited to " + limits.String()
 	}
 	c := gate.CallFrom(ctx)
-	v, changed, err := s.accounts.AddGrant(ctx, id, principal, limits, c.Principal, c.ChangeEvent(accountPrefix+id, detail))
+	v, _, err := s.accounts.AddGrant(ctx, id, principal, limits, c.Principal, c.ChangeEvent(accountPrefix+id, detail))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = changed
 	return &credbrokerv1.AddAccountGrantResponse{Account: accountProto(v)}, nil
 }
 
@@ -177,7 +173,6 @@ func (s *accountService) RemoveAccountGrant(ctx context.Context, req *credbroker
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = true
 	return &credbrokerv1.RemoveAccountGrantResponse{Account: accountProto(v)}, nil
 }
 
@@ -228,7 +223,6 @@ func (s *accountService) AddAccountSecret(ctx context.Context, req *credbrokerv1
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = true
 	return &credbrokerv1.AddAccountSecretResponse{Account: accountProto(v), SecretId: secretID}, nil
 }
 
@@ -245,7 +239,6 @@ func (s *accountService) RemoveAccountSecret(ctx context.Context, req *credbroke
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = true
 	return &credbrokerv1.RemoveAccountSecretResponse{Account: accountProto(v)}, nil
 }
 

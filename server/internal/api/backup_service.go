@@ -62,7 +62,6 @@ func (s *backupService) Backup(_ *credbrokerv1.BackupRequest, stream grpc.Server
 	if s.audit.Record(c.Event(codes.OK)) != nil {
 		return gate.ErrAuditUnavailable
 	}
-	c.Written = true
 
 	buf := make([]byte, backupChunk)
 	for {

@@ -26,7 +26,6 @@ func (s *callerService) CreateCallerKey(ctx context.Context, req *credbrokerv1.C
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = true
 	return &credbrokerv1.CreateCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time), Key: key.Reveal()}, nil
 }
 
@@ -56,11 +55,10 @@ func (s *callerService) RevokeCallerKey(ctx context.Context, req *credbrokerv1.R
 		return nil, err
 	}
 	c := gate.CallFrom(ctx)
-	k, changed, err := s.callers.Revoke(ctx, id, c.ChangeEvent(req.GetName(), ""))
+	k, _, err := s.callers.Revoke(ctx, id, c.ChangeEvent(req.GetName(), ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = changed
 	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time)}, nil
 }
 
@@ -78,11 +76,10 @@ func (s *callerService) AddAdminPrincipal(ctx context.Context, req *credbrokerv1
 		return nil, err
 	}
 	c := gate.CallFrom(ctx)
-	changed, err := s.callers.AddAdmin(ctx, p, c.Principal, c.ChangeEvent(gate.AdminPrincipalPrefix+p, ""))
+	_, err = s.callers.AddAdmin(ctx, p, c.Principal, c.ChangeEvent(gate.AdminPrincipalPrefix+p, ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = changed
 	return &credbrokerv1.AddAdminPrincipalResponse{}, nil
 }
 
@@ -95,7 +92,6 @@ func (s *callerService) RemoveAdminPrincipal(ctx context.Context, req *credbroke
 	if err := s.callers.RemoveAdmin(ctx, p, c.ChangeEvent(gate.AdminPrincipalPrefix+p, "")); err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	c.Written = true
 	return &credbrokerv1.RemoveAdminPrincipalResponse{}, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -173,9 +174,9 @@ type Call struct {
 	// started times the call for the request log (Time may be a test's clock).
 	started                       time.Time
 	Resource, Fingerprint, Detail string
-	// Written: the handler's change was stored together with its audit
-	// event, so the gate does not record it again.
-	Written bool
+	// committed: the call's change was committed together with its audit
+	// event (see ChangeEvent), so the gate does not record it again.
+	committed atomic.Bool
 	// Proxy describes an egress-proxy call.
 	Proxy *store.ProxyCall
 	// unproven: the call was refused before its caller proved an identity,
@@ -192,11 +193,13 @@ type Call struct {
 
 type callKey struct{}
 
-// CallFrom returns the call the gate admitted; handlers always have one.
+// CallFrom returns the call the gate admitted. Every handler runs behind
+// the gate, so a call without one is a wiring bug: it panics (and the
+// panic is recovered as an INTERNAL error) rather than go unaudited.
 func CallFrom(ctx context.Context) *Call {
 	c, _ := ctx.Value(callKey{}).(*Call)
 	if c == nil {
-		return &Call{}
+		panic("gate: a call that did not pass the gate")
 	}
 	return c
 }
@@ -210,10 +213,15 @@ func (c *Call) Event(code codes.Code) store.AuditEvent {
 	}
 }
 
-// ChangeEvent is the audit event of a change about to be stored.
+// ChangeEvent is the audit event of a change about to be stored with it.
+// If the store commits it, the call is recorded: the gate writes no
+// second event. If it does not (the change failed, or changed nothing),
+// the gate records the call when it ends, with its outcome.
 func (c *Call) ChangeEvent(resource, detail string) store.AuditEvent {
 	c.Resource, c.Detail = resource, detail
-	return c.Event(codes.OK)
+	ev := c.Event(codes.OK)
+	ev.OnCommit = func() { c.committed.Store(true) }
+	return ev
 }
 
 // begin starts a call to method, which needs access a, from peer.
@@ -250,7 +258,7 @@ func (g *Gate) FinishAnswered(c *Call, err error) error {
 // an identity (see refusals). It returns ErrAuditUnavailable if the event
 // could not be written.
 func (g *Gate) record(c *Call, err error) error {
-	if c.access == Proven || (c.Written && err == nil) {
+	if c.access == Proven || (c.committed.Load() && err == nil) {
 		return nil
 	}
 	if c.unproven || (c.Refused && !g.refusals.aloneAllowed(c)) {

@@ -67,7 +67,9 @@ func (s *Store) AppendAudit(events []AuditEvent) error {
 // are keyed by their time and a sequence number of this process.
 func (s *Store) appendAudit(ev AuditEvent) built {
 	ev.Version = recordVersion
-	return s.put(auditBucket, string(AuditPos{Time: ev.Time, Seq: s.auditSeq.Add(1)}.Bytes()), ev)
+	b := s.put(auditBucket, string(AuditPos{Time: ev.Time, Seq: s.auditSeq.Add(1)}.Bytes()), ev)
+	b.onCommit = ev.OnCommit
+	return b
 }
 
 // bulkAudit stores one event in a bulk transaction; the caller counts it

@@ -16,13 +16,13 @@ var bootstrappedMeta = key(metaBucket, string(bootstrappedKey))
 // only in a store that holds no record yet. Later calls return
 // ErrBootstrapped and write nothing.
 func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) error {
-	return s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	return s.commit(func() (txn, error) {
 		done, err := s.Bootstrapped()
 		if err != nil {
-			return nil, nil, err
+			return txn{}, err
 		}
 		if done {
-			return nil, nil, ErrBootstrapped
+			return txn{}, ErrBootstrapped
 		}
 		var bs []built
 		if k != nil {
@@ -59,7 +59,7 @@ func (s *Store) Bootstrapped() (bool, error) {
 // ErrExists (revoked keys stay stored, so an id is never reused).
 func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 	k.Version = recordVersion
-	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	err := s.commit(func() (txn, error) {
 		return ops(conds(storage.VersionIs(key(callerKeysBucket, k.ID), storage.Absent)),
 			s.put(callerKeysBucket, k.ID, k), s.appendAudit(ev))
 	})
@@ -74,13 +74,13 @@ func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 // integrity check reaches change marked Tampered, with only its ID.
 func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEvent) (CallerKey, error) {
 	var k CallerKey
-	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	err := s.commit(func() (txn, error) {
 		k = CallerKey{}
 		version, err := s.read(callerKeysBucket, id, &k)
 		if errors.Is(err, ErrIntegrity) {
 			k.markTampered(id)
 		} else if err != nil {
-			return nil, nil, err
+			return txn{}, err
 		}
 		change(&k)
 		k.Version, k.Tampered = recordVersion, false
@@ -99,7 +99,7 @@ func (s *Store) CallerKeys(after string, limit int) ([]CallerKey, error) {
 // stored record of the same principal.
 func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 	a.Version = recordVersion
-	return s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	return s.commit(func() (txn, error) {
 		return ops(nil, s.put(adminsBucket, a.Principal, a), s.appendAudit(ev))
 	})
 }
@@ -108,7 +108,7 @@ func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 // returns ErrNotFound.
 func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
 	k := key(adminsBucket, principal)
-	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	err := s.commit(func() (txn, error) {
 		return ops(conds(storage.Exists(k)), opOf(storage.Delete(k)), s.appendAudit(ev))
 	})
 	if errors.Is(err, storage.ErrConflict) {

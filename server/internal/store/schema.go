@@ -203,6 +203,11 @@ type AuditEvent struct {
 	PeerAddress      string    `json:"peer_address,omitempty"`
 	// Proxy is set for calls to the egress proxy.
 	Proxy *ProxyCall `json:"proxy,omitempty"`
+
+	// OnCommit, if set, is called once the event is committed with the
+	// change it records (so the gate knows not to record the call again).
+	// Never stored.
+	OnCommit func() `json:"-"`
 }
 
 // ProxyCall is what the audit trail keeps of an egress-proxy call: never a

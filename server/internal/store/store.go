@@ -107,15 +107,19 @@ const maxAttempts = 100
 
 // commit runs build and commits the transaction it returns, and runs it
 // again, on fresh reads, while another writer changed what it read first.
-func (s *Store) commit(build func() ([]storage.Cond, []storage.Op, error)) error {
+// Once it has committed, it tells the audit events in it (OnCommit).
+func (s *Store) commit(build func() (txn, error)) error {
 	for range maxAttempts {
-		conds, ops, err := build()
+		t, err := build()
 		if err != nil {
 			return err
 		}
-		if _, err = s.db.Txn(ctx, conds, ops); !errors.Is(err, storage.ErrConflict) {
+		if _, err = s.db.Txn(ctx, t.conds, t.ops); !errors.Is(err, storage.ErrConflict) {
 			if err == nil {
-				s.auditEvents.Add(int64(countAudit(ops)))
+				s.auditEvents.Add(int64(countAudit(t.ops)))
+				for _, f := range t.onCommit {
+					f()
+				}
 			}
 			return err
 		}
@@ -265,7 +269,7 @@ func (s *Store) setMeta(k, value []byte) error {
 // and the audit event of the change, or returns ErrExists.
 func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 	a.Version, t.Version = recordVersion, recordVersion
-	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	err := s.commit(func() (txn, error) {
 		return ops(conds(storage.VersionIs(key(accountsBucket, a.ID), storage.Absent)),
 			s.put(accountsBucket, a.ID, a), s.put(tokensBucket, a.ID, t), s.appendAudit(ev))
 	})
@@ -372,16 +376,16 @@ func (s *Store) All() ([]Stored, error) {
 // if another writer changes the account meanwhile.
 func (s *Store) UpdateAccount(id string, change func(*Account) error, ev AuditEvent) (Account, error) {
 	var a Account
-	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	err := s.commit(func() (txn, error) {
 		a = Account{}
 		version, err := s.read(accountsBucket, id, &a)
 		if err != nil {
-			return nil, nil, err
+			return txn{}, err
 		}
 		before := a
 		before.Secrets = append([]Secret(nil), a.Secrets...)
 		if err := change(&a); err != nil {
-			return nil, nil, err
+			return txn{}, err
 		}
 		a.Version = recordVersion
 		put := s.put(accountsBucket, id, a)
@@ -418,7 +422,7 @@ func dropsSealed(before, after Account) bool {
 // state, and records the audit event of the change. The deleted records
 // are shredded: removed from the file itself too.
 func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
-	err := s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	err := s.commit(func() (txn, error) {
 		return ops(conds(storage.Exists(key(accountsBucket, id))),
 			opOf(storage.Delete(key(accountsBucket, id)).Shredding()),
 			opOf(storage.Delete(key(tokensBucket, id)).Shredding()),
@@ -446,14 +450,14 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 // meanwhile, so that a late refresh cannot bring a deleted account's token
 // back.
 func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditEvent) error {
-	return s.commit(func() ([]storage.Cond, []storage.Op, error) {
+	return s.commit(func() (txn, error) {
 		var t TokenState
 		version, err := s.read(tokensBucket, id, &t)
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, nil, err
+			return txn{}, err
 		}
 		if _, err := s.db.Get(ctx, key(accountsBucket, id)); err != nil {
-			return nil, nil, err
+			return txn{}, err
 		}
 		change(&t)
 		t.Version = recordVersion
@@ -469,6 +473,16 @@ func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditE
 type built struct {
 	op  storage.Op
 	err error
+	// onCommit: an audit event's OnCommit.
+	onCommit func()
+}
+
+// txn is a transaction to commit: its conditions and ops, and what to
+// call once it is committed.
+type txn struct {
+	conds    []storage.Cond
+	ops      []storage.Op
+	onCommit []func()
 }
 
 func opOf(op storage.Op) built { return built{op: op} }
@@ -477,22 +491,25 @@ func shredding(b built) built { b.op = b.op.Shredding(); return b }
 
 func conds(cs ...storage.Cond) []storage.Cond { return cs }
 
-// ops gathers a transaction: its conditions and ops, or the first error.
-func ops(cs []storage.Cond, bs ...built) ([]storage.Cond, []storage.Op, error) {
-	out := make([]storage.Op, 0, len(bs))
+// ops gathers a transaction, or the first error of its ops.
+func ops(cs []storage.Cond, bs ...built) (txn, error) {
+	t := txn{conds: cs, ops: make([]storage.Op, 0, len(bs))}
 	for _, b := range bs {
 		if b.err != nil {
-			return nil, nil, b.err
+			return txn{}, b.err
 		}
-		out = append(out, b.op)
+		t.ops = append(t.ops, b.op)
+		if b.onCommit != nil {
+			t.onCommit = append(t.onCommit, b.onCommit)
+		}
 	}
-	return cs, out, nil
+	return t, nil
 }
 
 // put is the op that stores a record under its tag.
 func (s *Store) put(bucket []byte, id string, v any) built {
 	op, err := s.putOp(bucket, id, v)
-	return built{op, err}
+	return built{op: op, err: err}
 }
 
 // open checks a stored record and decodes it.
