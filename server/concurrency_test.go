@@ -14,11 +14,27 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/internal/store"
-
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
+
+// concurrently makes 4 admins run op 25 times each, all at once, each with
+// its own random source (seeded by seed, for reproducible runs).
+func concurrently(seed uint64, op func(r *rand.Rand)) {
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), seed))
+			for range 25 {
+				op(r)
+			}
+		}()
+	}
+	wg.Wait()
+}
 
 // Admins adding and removing an API-key account's keys at the same time
 // leave the egress proxy sending the newest key the account holds: every
@@ -33,23 +49,14 @@ func TestConcurrentKeyChangesLeaveTheNewestKey(t *testing.T) {
 		pool = append(pool, k)
 	}
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(w), 7))
-			for range 25 {
-				k := pool[r.IntN(len(pool))]
-				if r.IntN(2) == 0 {
-					_, _ = b.accounts.AddAccountSecret(ctx, &credbrokerv1.AddAccountSecretRequest{Name: "accounts/keyed", Secret: k})
-				} else {
-					_, _ = b.accounts.RemoveAccountSecret(ctx, &credbrokerv1.RemoveAccountSecretRequest{Name: "accounts/keyed", SecretId: secretID(k)})
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	concurrently(7, func(r *rand.Rand) {
+		k := pool[r.IntN(len(pool))]
+		if r.IntN(2) == 0 {
+			_, _ = b.accounts.AddAccountSecret(ctx, &credbrokerv1.AddAccountSecretRequest{Name: "accounts/keyed", Secret: k})
+		} else {
+			_, _ = b.accounts.RemoveAccountSecret(ctx, &credbrokerv1.RemoveAccountSecretRequest{Name: "accounts/keyed", SecretId: secretID(k)})
+		}
+	})
 	a := b.account(t, "keyed")
 	newest := a.GetSecrets()[0]
 	for _, s := range a.GetSecrets() {
@@ -73,23 +80,14 @@ func TestConcurrentKeyChangesLeaveTheNewestKey(t *testing.T) {
 func TestConcurrentLinksAndDeletesLeaveNoGhost(t *testing.T) {
 	b := startBroker(t)
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(w), 11))
-			for range 25 {
-				id := fmt.Sprintf("churn-%d", r.IntN(3))
-				if r.IntN(2) == 0 {
-					_, _ = b.accounts.CreateAccount(ctx, jumpCloudRequest(id))
-				} else {
-					_, _ = b.accounts.DeleteAccount(ctx, &credbrokerv1.DeleteAccountRequest{Name: "accounts/" + id})
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	concurrently(11, func(r *rand.Rand) {
+		id := fmt.Sprintf("churn-%d", r.IntN(3))
+		if r.IntN(2) == 0 {
+			_, _ = b.accounts.CreateAccount(ctx, jumpCloudRequest(id))
+		} else {
+			_, _ = b.accounts.DeleteAccount(ctx, &credbrokerv1.DeleteAccountRequest{Name: "accounts/" + id})
+		}
+	})
 	list, err := b.accounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{PageSize: 100})
 	if err != nil {
 		t.Fatal(err)

@@ -14,8 +14,9 @@ import (
 	"slices"
 	"time"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"google.golang.org/grpc/codes"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
@@ -24,7 +25,6 @@ import (
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
-	"google.golang.org/grpc/codes"
 )
 
 // Errors, besides those of the provider (*provider.RejectedError,

@@ -23,13 +23,12 @@ import (
 	"strings"
 	"time"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/secret"
 )

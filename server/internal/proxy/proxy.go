@@ -26,14 +26,14 @@ import (
 	"sync"
 	"time"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/tokens"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Errors a Forward can end with before anything was written.

@@ -7,9 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
-
 	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
 // testMaster is the master key of the tests' stores.

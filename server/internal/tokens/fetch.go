@@ -9,15 +9,15 @@ import (
 	"slices"
 	"time"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // MinTTLTooLongError means the caller asked for a token that outlives

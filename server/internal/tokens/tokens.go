@@ -24,14 +24,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"google.golang.org/grpc/codes"
 
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
-	"google.golang.org/grpc/codes"
 )
 
 // ErrNotFound means the manager knows no such account.
