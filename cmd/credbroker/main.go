@@ -1,5 +1,9 @@
-// Command credbroker runs the credential broker (serve) and a local
-// stand-in for JumpCloud's token endpoint (fake-jumpcloud) for trying it out.
+// Command credbroker runs the credential broker (serve), administers a
+// running one over its API (accounts, callers, token, audit, backup),
+// works on a stopped one's data directory (rekey, restore, through
+// server/datadir), and runs what trying it out needs (fake-jumpcloud,
+// dev-certs). It parses flags and the environment into configuration and
+// does nothing else.
 package main
 
 import (
