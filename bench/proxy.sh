@@ -58,7 +58,7 @@ run() {
 	local out="$work/out.txt"
 	"$work/hey" -n "$requests" -c "$concurrency" -H "$2" "$1" >"$out"
 	local ok
-	ok=$(awk '/\[200\]/ { print $2 }' "$out")
+	ok=$(awk '/^ *\[200\][[:space:]]+[0-9]+ responses/ { print $2 }' "$out") # the status line, not a histogram bucket of 200
 	if [ "${ok:-0}" != "$requests" ]; then
 		echo "bench: $1 answered 200 to ${ok:-0} of $requests calls" >&2
 		cat "$out" >&2
