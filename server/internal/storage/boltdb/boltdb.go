@@ -5,9 +5,9 @@
 //
 // A key "kind/name" is the name's entry in the kind's bucket, so that the
 // file keeps the layout of the broker's earlier versions. A record's
-// version is a hash of its stored bytes; the revision is the sequence of
-// the meta bucket, advanced by every commit. The changes that Watch sends
-// are kept in memory, the latest MaxHistoryBytes of them.
+// version is a hash of its stored bytes; a commit's revision is kept as
+// the sequence of a bucket it wrote (see commit). The changes that Watch
+// sends are kept in memory, the latest MaxHistoryBytes of them.
 //
 // bbolt keeps the pages it frees, with whatever they held, until it reuses
 // them. A commit with a shredding op makes a compaction pending (see
@@ -62,8 +62,10 @@ type DB struct {
 	// while Compact puts a new file in place of the old one.
 	mu sync.RWMutex
 	db *bolt.DB
-	// writeMu orders commits and their entry into the history alike.
+	// writeMu orders commits and their entry into the history alike; rev
+	// is the latest committed revision.
 	writeMu sync.Mutex
+	rev     storage.Revision
 	history history
 }
 
@@ -93,6 +95,7 @@ func open(path string, opts *bolt.Options) (*DB, error) {
 	d := &DB{path: path, db: db}
 	var rev storage.Revision
 	_ = db.View(func(tx *bolt.Tx) error { rev = revision(tx); return nil })
+	d.rev = rev
 	d.history.start(rev)
 	if opts.ReadOnly {
 		return d, nil
@@ -156,12 +159,15 @@ func versionOf(stored []byte) storage.Version {
 	return storage.Version(max(binary.BigEndian.Uint64(sum[:8]), 1))
 }
 
-// revision is the revision of tx's snapshot.
+// revision is the revision of tx's snapshot: the largest sequence of its
+// buckets (see commit).
 func revision(tx *bolt.Tx) storage.Revision {
-	if b := tx.Bucket([]byte(metaBucket)); b != nil {
-		return storage.Revision(b.Sequence())
-	}
-	return 0
+	var rev uint64
+	_ = tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
+		rev = max(rev, b.Sequence())
+		return nil
+	})
+	return storage.Revision(rev)
 }
 
 func get(tx *bolt.Tx, key string) ([]byte, error) {
@@ -302,10 +308,7 @@ func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (s
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	d.writeMu.Lock()
-	defer d.writeMu.Unlock()
-	change := storage.Change{}
-	err := d.update(func(tx *bolt.Tx) error {
+	return d.commit(func(tx *bolt.Tx, w *writes) error {
 		for _, c := range conds {
 			v, err := get(tx, c.Key)
 			if err != nil {
@@ -315,63 +318,114 @@ func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (s
 				return fmt.Errorf("%w: %s", storage.ErrConflict, c.Key)
 			}
 		}
-		meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
-		if err != nil {
-			return err
-		}
-		change.Revision = storage.Revision(meta.Sequence() + 1)
-		if err := meta.SetSequence(uint64(change.Revision)); err != nil {
-			return err
-		}
-		shred := false
 		for _, op := range ops {
-			ev, err := apply(tx, op)
+			if err := w.apply(tx, op); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// writes are what a transaction changed.
+type writes struct {
+	events []storage.Event
+	shred  bool
+	// inserted: buckets written elsewhere than at their end (see put).
+	inserted map[string]bool
+}
+
+// apply makes one op in tx and notes its event, if it changed anything (a
+// deletion of a missing record does not).
+func (w *writes) apply(tx *bolt.Tx, op storage.Op) error {
+	bucket, name, err := split(op.Key)
+	if err != nil {
+		return err
+	}
+	ev := storage.Event{Key: op.Key, Deleted: op.Delete}
+	if op.Delete {
+		b := tx.Bucket(bucket)
+		if b == nil || b.Get(name) == nil {
+			return nil
+		}
+		err = b.Delete(name)
+	} else {
+		if string(bucket) == metaBucket && string(name) == compactPendingKey {
+			return fmt.Errorf("storage key %q is the engine's own", op.Key)
+		}
+		if ev.Value = clone(op.Value); ev.Value == nil {
+			ev.Value = []byte{}
+		}
+		ev.Version = versionOf(ev.Value)
+		err = w.put(tx, bucket, name, ev.Value)
+	}
+	w.events = append(w.events, ev)
+	w.shred = w.shred || op.Shred
+	return err
+}
+
+// commit runs fn in one write transaction and, if it wrote anything, gives
+// the transaction the next revision, which it keeps as the sequence of a
+// bucket it wrote (the revision of a snapshot is the largest sequence of
+// its buckets: no extra page is written), and adds the change to the
+// history once committed.
+func (d *DB) commit(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	change := storage.Change{Revision: d.rev + 1}
+	err := d.update(func(tx *bolt.Tx) error {
+		var w writes
+		if err := fn(tx, &w); err != nil {
+			return err
+		}
+		if len(w.events) == 0 {
+			return nil
+		}
+		if w.shred {
+			meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
 			if err != nil {
 				return err
 			}
-			if ev != nil {
-				change.Events = append(change.Events, *ev)
-				shred = shred || op.Shred
+			if err := meta.Put([]byte(compactPendingKey), []byte("1")); err != nil {
+				return err
 			}
 		}
-		if shred {
-			return meta.Put([]byte(compactPendingKey), []byte("1"))
-		}
-		return nil
+		bucket, _, _ := split(w.events[len(w.events)-1].Key)
+		change.Events = w.events
+		return tx.Bucket(bucket).SetSequence(uint64(change.Revision))
 	})
 	if err != nil {
 		return 0, err
 	}
+	if change.Events == nil {
+		return d.rev, nil // nothing written
+	}
+	d.rev = change.Revision
 	d.history.add(change)
 	return change.Revision, nil
 }
 
-// apply makes one op in tx and returns its event, or nil if it changed
-// nothing (a deletion of a missing record).
-func apply(tx *bolt.Tx, op storage.Op) (*storage.Event, error) {
-	bucket, name, err := split(op.Key)
-	if err != nil {
-		return nil, err
-	}
-	if op.Delete {
-		b := tx.Bucket(bucket)
-		if b == nil || b.Get(name) == nil {
-			return nil, nil
-		}
-		return &storage.Event{Key: op.Key, Deleted: true}, b.Delete(name)
-	}
-	if string(bucket) == metaBucket && string(name) == compactPendingKey {
-		return nil, fmt.Errorf("storage key %q is the engine's own", op.Key)
-	}
+// put writes one record. A bucket written only at its end in a
+// transaction (keys that sort after every stored key, as the audit trail's
+// times do) fills its pages whole, since nothing will be put before those
+// keys: that halves such a bucket's pages, and the pages each commit
+// writes.
+func (w *writes) put(tx *bolt.Tx, bucket, name []byte, value []byte) error {
 	b, err := tx.CreateBucketIfNotExists(bucket)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	value := clone(op.Value)
-	if value == nil {
-		value = []byte{}
+	last, _ := b.Cursor().Last()
+	if appended := last == nil || string(name) > string(last); appended && !w.inserted[string(bucket)] {
+		b.FillPercent = 1
+	} else {
+		if w.inserted == nil {
+			w.inserted = map[string]bool{}
+		}
+		w.inserted[string(bucket)] = true
+		b.FillPercent = bolt.DefaultFillPercent
 	}
-	return &storage.Event{Key: op.Key, Value: value, Version: versionOf(value)}, b.Put(name, value)
+	return b.Put(name, value)
 }
 
 // Watch sends committed changes under prefix after revision after.

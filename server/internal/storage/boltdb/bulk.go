@@ -18,41 +18,13 @@ import (
 // master key): only a local engine can do that atomically.
 type Bulk struct {
 	tx     *bolt.Tx
-	change storage.Change
-	shred  bool
+	writes *writes
 }
 
 // Bulk runs fn in one write transaction, committed if fn returns nil.
 func (d *DB) Bulk(fn func(*Bulk) error) error {
-	d.writeMu.Lock()
-	defer d.writeMu.Unlock()
-	var change storage.Change
-	err := d.update(func(tx *bolt.Tx) error {
-		b := &Bulk{tx: tx}
-		if err := fn(b); err != nil {
-			return err
-		}
-		meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
-		if err != nil {
-			return err
-		}
-		b.change.Revision = storage.Revision(meta.Sequence() + 1)
-		if err := meta.SetSequence(uint64(b.change.Revision)); err != nil {
-			return err
-		}
-		if b.shred {
-			if err := meta.Put([]byte(compactPendingKey), []byte("1")); err != nil {
-				return err
-			}
-		}
-		change = b.change
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	d.history.add(change)
-	return nil
+	_, err := d.commit(func(tx *bolt.Tx, w *writes) error { return fn(&Bulk{tx: tx, writes: w}) })
+	return err
 }
 
 // Get reads a record's value, or nil.
@@ -62,25 +34,13 @@ func (b *Bulk) Get(key string) ([]byte, error) {
 }
 
 // Put writes a record.
-func (b *Bulk) Put(key string, value []byte) error {
-	ev, err := apply(b.tx, storage.Put(key, value))
-	if ev != nil {
-		b.change.Events = append(b.change.Events, *ev)
-	}
-	return err
-}
+func (b *Bulk) Put(key string, value []byte) error { return b.writes.apply(b.tx, storage.Put(key, value)) }
 
 // Delete removes a record, if there is one.
-func (b *Bulk) Delete(key string) error {
-	ev, err := apply(b.tx, storage.Delete(key))
-	if ev != nil {
-		b.change.Events = append(b.change.Events, *ev)
-	}
-	return err
-}
+func (b *Bulk) Delete(key string) error { return b.writes.apply(b.tx, storage.Delete(key)) }
 
 // Shred makes a compaction pending (see storage.Op.Shred).
-func (b *Bulk) Shred() { b.shred = true }
+func (b *Bulk) Shred() { b.writes.shred = true }
 
 // List returns every record under prefix, read before any write that
 // follows it.
