@@ -34,7 +34,9 @@ func (b *Bulk) Get(key string) ([]byte, error) {
 }
 
 // Put writes a record.
-func (b *Bulk) Put(key string, value []byte) error { return b.writes.apply(b.tx, storage.Put(key, value)) }
+func (b *Bulk) Put(key string, value []byte) error {
+	return b.writes.apply(b.tx, storage.Put(key, value))
+}
 
 // Delete removes a record, if there is one.
 func (b *Bulk) Delete(key string) error { return b.writes.apply(b.tx, storage.Delete(key)) }
