@@ -61,7 +61,7 @@ var ctx = context.Background()
 // Opening an existing file does not write to it. The store reads and
 // writes records only once Authenticate has given it its key.
 func Open(path string, lockTimeout time.Duration) (*Store, error) {
-	db, err := boltdb.Open(path, lockTimeout)
+	db, err := boltdb.Open(path, lockTimeout, string(auditBucket))
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,8 @@ type DB struct {
 	// is the latest committed revision.
 	writeMu sync.Mutex
 	rev     storage.Revision
+	// logs are the kinds whose pages are filled whole (see Open).
+	logs    map[string]bool
 	history history
 }
 
@@ -73,9 +75,19 @@ var _ storage.Backend = (*DB)(nil)
 
 // Open opens (or creates, mode 0600) the database file at path. If another
 // process holds the file, it gives up after lockTimeout with ErrLocked.
-// Opening writes nothing to the file.
-func Open(path string, lockTimeout time.Duration) (*DB, error) {
-	return open(path, &bolt.Options{Timeout: lockTimeout})
+// Opening writes nothing to the file. logs are kinds of records whose keys
+// grow with time, such as an audit trail's: each record is put after all
+// the others, and their pages are filled whole.
+func Open(path string, lockTimeout time.Duration, logs ...string) (*DB, error) {
+	d, err := open(path, &bolt.Options{Timeout: lockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	d.logs = map[string]bool{}
+	for _, kind := range logs {
+		d.logs[kind] = true
+	}
+	return d, nil
 }
 
 // OpenReadOnly opens an existing database file (a backup) for reading.
@@ -331,8 +343,8 @@ func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (s
 type writes struct {
 	events []storage.Event
 	shred  bool
-	// inserted: buckets written elsewhere than at their end (see put).
-	inserted map[string]bool
+	// logs are the kinds that are logs (see Open).
+	logs map[string]bool
 }
 
 // apply makes one op in tx and notes its event, if it changed anything (a
@@ -374,7 +386,7 @@ func (d *DB) commit(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) 
 	defer d.writeMu.Unlock()
 	change := storage.Change{Revision: d.rev + 1}
 	err := d.update(func(tx *bolt.Tx) error {
-		var w writes
+		w := writes{logs: d.logs}
 		if err := fn(tx, &w); err != nil {
 			return err
 		}
@@ -405,25 +417,17 @@ func (d *DB) commit(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) 
 	return change.Revision, nil
 }
 
-// put writes one record. A bucket written only at its end in a
-// transaction (keys that sort after every stored key, as the audit trail's
-// times do) fills its pages whole, since nothing will be put before those
-// keys: that halves such a bucket's pages, and the pages each commit
+// put writes one record. A log's bucket fills its pages whole: its
+// records are put at its end, after every stored key, so a full page is
+// never written again, and this halves its pages and the pages each commit
 // writes.
 func (w *writes) put(tx *bolt.Tx, bucket, name []byte, value []byte) error {
 	b, err := tx.CreateBucketIfNotExists(bucket)
 	if err != nil {
 		return err
 	}
-	last, _ := b.Cursor().Last()
-	if appended := last == nil || string(name) > string(last); appended && !w.inserted[string(bucket)] {
+	if w.logs[string(bucket)] {
 		b.FillPercent = 1
-	} else {
-		if w.inserted == nil {
-			w.inserted = map[string]bool{}
-		}
-		w.inserted[string(bucket)] = true
-		b.FillPercent = bolt.DefaultFillPercent
 	}
 	return b.Put(name, value)
 }

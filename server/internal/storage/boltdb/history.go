@@ -31,19 +31,21 @@ func size(c storage.Change) int {
 	return n
 }
 
-// add appends the change that was just committed.
+// add appends the change that was just committed. Past MaxHistoryBytes it
+// drops the oldest changes down to three quarters of it, so that each
+// commit pays for dropping only now and then, not on every call.
 func (h *history) add(c storage.Change) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.changes = append(h.changes, c)
 	h.bytes += size(c)
 	h.last = c.Revision
-	drop := 0
-	for h.bytes > MaxHistoryBytes && drop < len(h.changes)-1 {
-		h.bytes -= size(h.changes[drop])
-		drop++
-	}
-	if drop > 0 {
+	if h.bytes > MaxHistoryBytes {
+		drop := 0
+		for h.bytes > MaxHistoryBytes*3/4 && drop < len(h.changes)-1 {
+			h.bytes -= size(h.changes[drop])
+			drop++
+		}
 		h.changes = append([]storage.Change(nil), h.changes[drop:]...)
 	}
 	close(h.wake)
