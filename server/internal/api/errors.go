@@ -5,11 +5,9 @@ import (
 	"errors"
 	"log/slog"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/protoadapt"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
@@ -50,17 +48,9 @@ func (m errorMapper) toCallerStatus(ctx context.Context, err error) error {
 	return m.toStatus(ctx, err)
 }
 
-func errorInfo(reason credbrokerv1.ErrorReason, meta map[string]string) *errdetails.ErrorInfo {
-	return grpcerr.Info(reason, meta)
-}
-
 // invalidArgument names the offending field in the message and in a
 // google.rpc.BadRequest detail.
 func invalidArgument(field, problem string) error { return grpcerr.InvalidArgument(field, problem) }
-
-func withDetails(code codes.Code, msg string, details ...protoadapt.MessageV1) error {
-	return grpcerr.Status(code, msg, details...).Err()
-}
 
 // methodName is the gRPC method of a call's context, or "".
 func methodName(ctx context.Context) string {

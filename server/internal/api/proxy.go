@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
@@ -56,8 +55,7 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// A proxied call is audited when it ends; if that cannot be
 		// written, it must not be forwarded at all. Its own refusal is
 		// recorded below, and a success lets the next call through.
-		err = withDetails(codes.Unavailable, "the audit trail cannot be written, so the call was not forwarded; see the server log",
-			errorInfo(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil))
+		err = audit.ErrNotForwarded
 	}
 	if err == nil {
 		h.fwd.Forward(w, r, pc)
@@ -104,13 +102,11 @@ func (h *proxyHandler) route(c *gate.Call, pc *proxy.Call, r *http.Request, id, 
 	c.Refused = !ok || !limits.Allows(r.Method, path) || overridden
 	if !ok {
 		// The same answer whether or not the account exists.
-		return status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.Principal, c.Resource)
+		return grants.NoGrant(c.Principal, c.Resource)
 	}
 	if c.Refused {
 		c.Detail = "outside the grant's limits: " + limits.String()
-		return withDetails(codes.PermissionDenied,
-			fmt.Sprintf("%s's grant for %s allows only %s", c.Principal, c.Resource, limits),
-			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+		return grants.OutsideLimits(c.Principal, c.Resource, limits)
 	}
 	return nil
 }

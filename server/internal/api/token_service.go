@@ -2,10 +2,8 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -41,13 +39,11 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	c.Refused = !ok || limits.Limited()
 	if !ok {
 		// The same answer whether or not the account exists.
-		return nil, status.Errorf(codes.PermissionDenied, "%s has no grant for %s (or there is no such account)", c.Principal, req.GetName())
+		return nil, grants.NoGrant(c.Principal, req.GetName())
 	}
 	account = id
 	if limits.Limited() {
-		return nil, withDetails(codes.PermissionDenied,
-			fmt.Sprintf("%s's grant for %s is limited to some egress-proxy calls (%s), so it gets no tokens: a token would not be limited; call the API through the egress proxy", c.Principal, req.GetName(), limits),
-			errorInfo(credbrokerv1.ErrorReason_GRANT_LIMITED, nil))
+		return nil, grants.NoTokens(c.Principal, req.GetName(), limits)
 	}
 	var minTTL time.Duration
 	if d := req.GetMinTtl(); d != nil {

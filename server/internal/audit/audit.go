@@ -14,6 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -238,3 +242,8 @@ func (l *Log) List(q Query) ([]store.AuditEvent, store.AuditPos, error) {
 func Fingerprint(mac *keyring.MACKey, token string) string {
 	return "hmac-sha256:" + hex.EncodeToString(mac.Sum("token-fingerprint", token))
 }
+
+// ErrNotForwarded refuses an egress-proxy call while the trail cannot be
+// written: such a call is audited when it ends, so it is not made at all.
+var ErrNotForwarded = grpcerr.WithReason(codes.Unavailable, credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE,
+	"the audit trail cannot be written, so the call was not forwarded; see the server log")

@@ -4,10 +4,16 @@
 package grants
 
 import (
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+
+	"google.golang.org/grpc/codes"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 )
 
 // Limits restrict a grant to some egress-proxy calls. The zero value
@@ -120,4 +126,24 @@ func (x *Index) Lookup(accountID, principal string) (Limits, bool) {
 	l, ok := x.m[accountID][principal]
 	x.mu.RUnlock()
 	return l, ok
+}
+
+// NoGrant refuses a principal without a grant for an account, with the
+// same answer whether or not the account exists.
+func NoGrant(principal, account string) error {
+	return grpcerr.New(codes.PermissionDenied, fmt.Sprintf("%s has no grant for %s (or there is no such account)", principal, account))
+}
+
+// NoTokens refuses a token to a principal whose grant is limited to some
+// egress-proxy calls: a token would not be limited.
+func NoTokens(principal, account string, l Limits) error {
+	return grpcerr.WithReason(codes.PermissionDenied, credbrokerv1.ErrorReason_GRANT_LIMITED,
+		fmt.Sprintf("%s's grant for %s is limited to some egress-proxy calls (%s), so it gets no tokens: a token would not be limited; call the API through the egress proxy", principal, account, l))
+}
+
+// OutsideLimits refuses a proxied call that the principal's grant does not
+// allow.
+func OutsideLimits(principal, account string, l Limits) error {
+	return grpcerr.WithReason(codes.PermissionDenied, credbrokerv1.ErrorReason_GRANT_LIMITED,
+		fmt.Sprintf("%s's grant for %s allows only %s", principal, account, l))
 }
