@@ -44,6 +44,7 @@ func secretIDs(a *credbrokerv1.Account) []string {
 func TestSecretRotationWithoutDowntime(t *testing.T) {
 	cfg, fake, logs := newConfig(t)
 	cfg.Tokens.RefreshMargin = time.Second
+	cfg.Tokens.ScanInterval = 100 * time.Millisecond // renewals on time, even on a busy machine
 	cfg.Gate.RateLimit = -1
 	b := startWith(t, cfg, fake, logs)
 	b.fake.SetTokenTTL(32 * time.Second) // 2 s after JumpCloud's 30 s margin: renewed every second or so
@@ -71,7 +72,7 @@ func TestSecretRotationWithoutDowntime(t *testing.T) {
 				}
 				calls.Add(1)
 				if i%2 == 0 {
-					if _, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(time.Second)}); err != nil {
+					if _, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(500 * time.Millisecond)}); err != nil {
 						fail("GetToken: " + err.Error())
 					}
 					continue

@@ -46,13 +46,7 @@ func (s *Store) Bootstrapped() (bool, error) {
 	if flag, err := s.meta(bootstrappedKey); err != nil || flag != nil {
 		return flag != nil, err
 	}
-	for _, name := range dataBuckets {
-		p, err := s.db.List(ctx, storage.Range{Prefix: key(name, ""), Limit: 1})
-		if err != nil || len(p.Records) > 0 {
-			return true, err
-		}
-	}
-	return false, nil
+	return s.holdsRecords()
 }
 
 // CreateCallerKey stores a new caller key with its audit event, or returns

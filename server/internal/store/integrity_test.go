@@ -15,7 +15,7 @@ import (
 // straight through the engine, past the store.
 func rawUpdate(t *testing.T, s *Store, fn func(b *raw) error) {
 	t.Helper()
-	if err := s.db.Bulk(func(b *boltdb.Bulk) error { return fn(&raw{b}) }); err != nil {
+	if err := s.db.(*boltdb.DB).Bulk(func(b *boltdb.Bulk) error { return fn(&raw{b}) }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -134,7 +134,7 @@ func TestTamperedRecordsAreDetected(t *testing.T) {
 	}
 	clean := filepath.Join(t.TempDir(), "clean.db")
 	other.Close()
-	data, _ := os.ReadFile(other.db.Path())
+	data, _ := os.ReadFile(other.db.(*boltdb.DB).Path())
 	_ = os.WriteFile(clean, data, 0o600)
 	if err := CheckRecords(clean, testMaster); err != nil {
 		t.Fatalf("CheckRecords of an untouched database: %v", err)

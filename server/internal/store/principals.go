@@ -20,8 +20,12 @@ func (s *Store) TypePrincipals(typed func(string) []string, ev AuditEvent) (bool
 	if done, err := s.meta(principalsTypedKey); err != nil || done != nil {
 		return false, err
 	}
+	l, err := s.local()
+	if err != nil {
+		return false, nil // earlier versions stored their principals in bbolt only
+	}
 	changed := false
-	err := s.db.Bulk(func(b *boltdb.Bulk) error {
+	err = l.Bulk(func(b *boltdb.Bulk) error {
 		retyped := func(p string) ([]string, bool) {
 			ps := typed(p)
 			return ps, len(ps) != 1 || ps[0] != p

@@ -117,7 +117,7 @@ func TestTypePrincipalsIsAllOrNothing(t *testing.T) {
 	if err := s.CreateAccount(Account{ID: "a", Grants: []Grant{{Principal: "b"}}}, TokenState{}, AuditEvent{Method: "create"}); err != nil {
 		t.Fatal(err)
 	}
-	err := s.db.Bulk(func(b *boltdb.Bulk) error {
+	err := s.db.(*boltdb.DB).Bulk(func(b *boltdb.Bulk) error {
 		return b.Put(key(adminsBucket, "broken"), s.auth.Seal(adminsBucket, []byte("broken"), []byte(`{"v":1,`)))
 	})
 	if err != nil {

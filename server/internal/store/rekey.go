@@ -30,7 +30,11 @@ func (s *Store) Rekey(current, next *keyring.MasterKey, ev AuditEvent) (int, err
 		return 0, err
 	}
 	old, accounts := s.auth, 0
-	err = s.db.Bulk(func(b *boltdb.Bulk) error {
+	l, err := s.local()
+	if err != nil {
+		return 0, err
+	}
+	err = l.Bulk(func(b *boltdb.Bulk) error {
 		macKey := key(metaBucket, string(macKeyKey))
 		wrapped, err := b.Get(macKey)
 		if err != nil {

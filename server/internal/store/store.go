@@ -15,6 +15,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -42,7 +43,7 @@ var (
 
 // Store is the broker's database.
 type Store struct {
-	db   *boltdb.DB
+	db   storage.Backend
 	auth *keyring.RecordKey
 	// auditEvents counts the stored audit events, so that pruning by
 	// count does not walk the whole trail. It changes only when a
@@ -65,12 +66,39 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db}
+	return New(db)
+}
+
+// New is the store on engine b, which it closes when it is closed (or
+// now, if New fails).
+func New(b storage.Backend) (*Store, error) {
+	s := &Store{db: b}
 	if err := s.countAudit(); err != nil {
-		db.Close()
+		b.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// local is what only an engine on a local file does (boltdb): a
+// transaction of any size, for the data directory's jobs on every record
+// at once (tagging an earlier version's records, rekey); compaction; and
+// backups as compacted copies of the file.
+type local interface {
+	Bulk(func(*boltdb.Bulk) error) error
+	Compact() error
+	CompactPending() (bool, error)
+	Backup(path string) (int64, error)
+}
+
+// ErrNotLocal: the job needs an engine on a local file.
+var ErrNotLocal = errors.New("this needs the broker's own database file (bbolt); this storage engine has its own tools for it")
+
+func (s *Store) local() (local, error) {
+	if l, ok := s.db.(local); ok {
+		return l, nil
+	}
+	return nil, ErrNotLocal
 }
 
 // Close closes the database file.
@@ -166,15 +194,20 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 		return 0, err
 	}
 	s.auth = auth
-	tagged := 0
-	err = s.db.Bulk(func(b *boltdb.Bulk) error {
-		isEmpty, err := empty(b)
+	if !legacy {
+		err = s.identify(id, check)
 		if err != nil {
-			return err
+			s.auth = nil
 		}
-		if !legacy && !isEmpty {
-			return fmt.Errorf("%w: the database holds records but no master-key check of any version", ErrIntegrity)
-		}
+		return 0, err
+	}
+	l, err := s.local()
+	if err != nil {
+		return 0, err
+	}
+	tagged := 0
+	err = l.Bulk(func(b *boltdb.Bulk) error {
+		var err error
 		if tagged, err = retag(b, nil, auth); err != nil {
 			return err
 		}
@@ -182,9 +215,6 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 			if err := b.Put(key(metaBucket, k), v); err != nil {
 				return err
 			}
-		}
-		if !legacy {
-			return nil // a new database: nothing to record
 		}
 		b.Shred() // the untagged copies and the old check value
 		ev.Detail = fmt.Sprintf("tagged the %d records of a database written by an earlier version, for integrity checks", tagged)
@@ -194,21 +224,31 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 		s.auth = nil
 		return 0, err
 	}
-	if legacy {
-		s.auditEvents.Add(1)
-	}
+	s.auditEvents.Add(1)
 	return tagged, nil
 }
 
-// empty reports whether the data buckets hold no record.
-func empty(b *boltdb.Bulk) (bool, error) {
+// identify gives a new database its id and key check value. A database
+// that holds records but neither was tampered with, and is refused.
+func (s *Store) identify(id, check []byte) error {
+	if has, err := s.holdsRecords(); err != nil || has {
+		return cmp.Or(err, fmt.Errorf("%w: the database holds records but no master-key check of any version", ErrIntegrity))
+	}
+	idKey := key(metaBucket, string(databaseIDKey))
+	_, err := s.db.Txn(ctx, conds(storage.VersionIs(idKey, storage.Absent)),
+		[]storage.Op{storage.Put(idKey, id), storage.Put(key(metaBucket, string(keyCheckKey)), check)})
+	return err
+}
+
+// holdsRecords reports whether any data bucket holds a record.
+func (s *Store) holdsRecords() (bool, error) {
 	for _, name := range dataBuckets {
-		rs, err := b.List(key(name, ""))
-		if err != nil || len(rs) > 0 {
-			return false, err
+		p, err := s.db.List(ctx, storage.Range{Prefix: key(name, ""), Limit: 1})
+		if err != nil || len(p.Records) > 0 {
+			return true, err
 		}
 	}
-	return true, nil
+	return false, nil
 }
 
 // retag tags every record of the data buckets under to. With a nil from,

@@ -113,7 +113,7 @@ func TestUnknownRecordVersionIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Write a record from a "future" build directly.
-	err := s.db.Bulk(func(b *boltdb.Bulk) error {
+	err := s.db.(*boltdb.DB).Bulk(func(b *boltdb.Bulk) error {
 		return b.Put(key(accountsBucket, "a"), s.auth.Seal(accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
 	})
 	if err != nil {
