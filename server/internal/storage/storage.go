@@ -27,7 +27,10 @@ import (
 
 // Version names one stored value of a record; Absent (0) means there is
 // none. Compare versions for equality only: etcd gives a record's
-// modification revision, bbolt a hash of the stored bytes.
+// modification revision, bbolt a hash of the stored bytes, so on bbolt a
+// record changed and changed back has its earlier version again. A
+// compare-and-swap on it still holds what it promises: the record holds
+// exactly the value the change was computed from.
 type Version uint64
 
 // Absent is the version of a record that does not exist.
