@@ -37,8 +37,7 @@ type Version uint64
 const Absent Version = 0
 
 // Revision numbers the engine's committed transactions, in commit order.
-// Every read says at which revision it was made, and Watch continues from
-// one.
+// A List says at which revision it read, and Watch continues from one.
 type Revision int64
 
 // Limits bound one transaction. Every engine refuses a larger one with
@@ -89,7 +88,7 @@ type Backend interface {
 	// nothing and returns ErrConflict.
 	Txn(ctx context.Context, conds []Cond, ops []Op) (Revision, error)
 	// Watch sends the changes committed after revision after to keys
-	// under prefix, in commit order, a Change per transaction, until ctx
+	// under prefix ("" for every key), in commit order, a Change per transaction, until ctx
 	// ends; then it closes the channel. A Change with Err set is the last
 	// one: ErrCompacted (after is older than the engine keeps, or the
 	// watcher fell that far behind) or ErrClosed.
