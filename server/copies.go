@@ -27,18 +27,24 @@ type copies struct {
 	log     *slog.Logger
 }
 
-// load reads every record afresh into the copies. It returns the revision
-// to follow the changes from, and the names of the records that failed
-// their integrity check.
-func (c *copies) load() (storage.Revision, []string, error) {
+// load reads every record afresh into the copies and returns the revision
+// to follow the changes from.
+func (c *copies) load() (storage.Revision, error) {
 	rev, err := c.store.Revision()
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	all, err := c.store.All()
-	if err != nil {
-		return 0, nil, err
+	if err == nil {
+		_, err = c.fill(all)
 	}
+	return rev, err
+}
+
+// fill puts every account of all (store.All) and every caller in the
+// copies, in place of what they held. It returns the names of the records
+// that failed their integrity check.
+func (c *copies) fill(all []store.Stored) ([]string, error) {
 	c.tokens.Replace(all)
 	index := make(map[string]map[string]grants.Limits, len(all))
 	for _, st := range all {
@@ -47,14 +53,14 @@ func (c *copies) load() (storage.Revision, []string, error) {
 	c.grants.Replace(index)
 	tampered, err := c.callers.Load()
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	for _, st := range all {
 		if st.Account.Tampered {
 			tampered = append(tampered, audit.AccountName(st.Account.ID))
 		}
 	}
-	return rev, tampered, nil
+	return tampered, nil
 }
 
 // apply makes one committed change in the copies.

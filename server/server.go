@@ -271,13 +271,19 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	tc.Fingerprint = func(token string) string { return audit.Fingerprint(mac, token) }
 	tc.OnCacheLookup, tc.Logger = met.CacheLookup, cfg.Logger
 	tm = tokens.New(tc, st, keys, prov)
+	// Every account is read once, here: the copies follow the changes
+	// from this revision on, the migration's and the bootstrap's too.
+	loaded, err := st.Revision()
+	if err != nil {
+		return nil, err
+	}
 	all, err := st.All()
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
 	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
 	acc := accounts.New(st, keys, prov, tm, c.synced)
-	if _, err = acc.MigrateSecrets(all, audit.Own(time.Now(), "migrate_secrets", "", "")); err != nil {
+	if all, err = acc.MigrateSecrets(all, audit.Own(time.Now(), "migrate_secrets", "", "")); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
 	}
 	cs := callers.New(st, mac, time.Now, c.synced)
@@ -286,21 +292,18 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap the first admin: %w", err)
 	}
-	loaded, tampered, err := c.load()
+	tampered, err := c.fill(all)
 	if err != nil {
-		return nil, fmt.Errorf("load accounts and callers: %w", err)
+		return nil, fmt.Errorf("load callers: %w", err)
 	}
 	if err := datadir.ReportTampered(cfg.Logger, st, tampered); err != nil {
 		return nil, err
 	}
 	c.mirror = storage.NewMirror(storage.MirrorConfig{
 		Backend: st.Backend(),
-		Load: func(context.Context) (storage.Revision, error) {
-			rev, _, err := c.load()
-			return rev, err
-		},
-		Apply:  c.apply,
-		Logger: cfg.Logger,
+		Load:    func(context.Context) (storage.Revision, error) { return c.load() },
+		Apply:   c.apply,
+		Logger:  cfg.Logger,
 	}, loaded)
 	var sink audit.Sink = st
 	if cfg.wrapAuditSink != nil {

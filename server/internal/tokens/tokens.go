@@ -155,13 +155,6 @@ func New(cfg Config, st Store, keys *keyring.Keyring, prov *provider.Client) *Ma
 	return &Manager{cfg: cfg, store: st, keys: keys, provider: prov, entries: map[string]*entry{}}
 }
 
-// Load adds the stored accounts (store.All), with their tokens and health.
-func (m *Manager) Load(all []store.Stored) {
-	for _, st := range all {
-		m.Add(st.Account, st.TokenState)
-	}
-}
-
 // Add starts tracking an account; ts is its stored token state.
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)

@@ -113,7 +113,7 @@ func (h *harness) manager(t testing.TB) *Manager {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Load(all)
+	m.Replace(all)
 	return m
 }
 

@@ -120,6 +120,9 @@ func (h *history) follow(ctx context.Context, prefix string, rev storage.Revisio
 
 // filter is c with only the events under prefix.
 func filter(c storage.Change, prefix string) storage.Change {
+	if prefix == "" {
+		return c
+	}
 	out := storage.Change{Revision: c.Revision}
 	for _, ev := range c.Events {
 		if storage.Under(ev.Key, prefix) {
