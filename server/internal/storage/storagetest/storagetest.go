@@ -26,6 +26,7 @@ func Run(t *testing.T, open func(t *testing.T) storage.Backend) {
 		{"GetPutDelete", testGetPutDelete},
 		{"CompareAndSwap", testCompareAndSwap},
 		{"AllOrNothing", testAllOrNothing},
+		{"SameKeyTwice", testSameKeyTwice},
 		{"ConcurrentUpdates", testConcurrentUpdates},
 		{"ListPages", testListPages},
 		{"ListReverse", testListReverse},
@@ -165,6 +166,20 @@ func testAllOrNothing(t *testing.T, b storage.Backend) {
 
 // Many writers each add one to a counter by read, compare-and-swap, retry:
 // none of the increments is lost.
+// A transaction that writes one key twice leaves the last write.
+func testSameKeyTwice(t *testing.T, b storage.Backend) {
+	put(t, b, "accounts/a", "1", "accounts/a", "2")
+	if r := mustGet(t, b, "accounts/a"); string(r.Value) != "2" {
+		t.Fatalf("after two puts: %q", r.Value)
+	}
+	if _, err := b.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("3")), storage.Delete("accounts/a")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, "accounts/a"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("after a put and a delete: %v", err)
+	}
+}
+
 func testConcurrentUpdates(t *testing.T, b storage.Backend) {
 	put(t, b, "meta/counter", "0")
 	const writers, each = 4, 10

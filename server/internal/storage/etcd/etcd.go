@@ -1,0 +1,487 @@
+// Package etcd is the storage engine on an etcd cluster, for brokers that
+// run as several replicas. Every key lives under one prefix; a record's
+// version is its modification revision, so compare-and-swap is etcd's own
+// If(ModRevision(key) == v), and a commit is agreed by a quorum before Txn
+// returns. Watch is an etcd watch from a revision.
+//
+// etcd keeps a key's earlier values until its history is compacted. A
+// commit with a shredding op records its revision under the engine's own
+// meta key (see Compact), and any replica's upkeep then compacts the
+// history up to it and defragments every member, so that a deleted
+// secret's sealed copy leaves etcd's files too.
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/credbroker/credbroker/server/internal/storage"
+)
+
+// Config says where the cluster is and how to reach it.
+type Config struct {
+	// Endpoints are the client URLs of the cluster's members.
+	Endpoints []string
+	// Prefix is put before every key; brokers that share a cluster with
+	// other users keep apart by it. Default DefaultPrefix.
+	Prefix string
+	// CAFile verifies the members' certificates; CertFile and KeyFile are
+	// the broker's client certificate. All PEM; all optional.
+	CAFile, CertFile, KeyFile string
+	// DialTimeout bounds the first connection. Default 5s.
+	DialTimeout time.Duration
+	// RequestTimeout bounds each read and commit made without a deadline
+	// of its own, so that a cluster without a quorum fails calls instead
+	// of hanging them. Default 5s.
+	RequestTimeout time.Duration
+}
+
+// DefaultPrefix is the prefix of a broker's keys when none is configured.
+const DefaultPrefix = "/credbroker/"
+
+// shredKey is the engine's own key (under the prefix, outside every
+// kind): the revision of the latest commit that shredded sealed material,
+// while its history is not yet compacted.
+const shredKey = "\x00shred-pending"
+
+// DB is the engine. It implements storage.Backend.
+type DB struct {
+	cli     *clientv3.Client
+	prefix  string
+	timeout time.Duration
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+var _ storage.Backend = (*DB)(nil)
+
+// Open connects to the cluster; it fails if no member answers within
+// DialTimeout.
+func Open(cfg Config) (*DB, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd: no endpoints")
+	}
+	for _, e := range cfg.Endpoints {
+		if e == "" || strings.ContainsAny(e, " \t") {
+			return nil, fmt.Errorf("etcd endpoint %q: want host:port or a URL", e)
+		}
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	tlsc, err := clientTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.DialTimeout,
+		TLS:         tlsc,
+		Logger:      zap.NewNop(),
+		// A member cut off from the others is left for one that is not.
+		RejectOldCluster: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, closed: make(chan struct{})}
+	// clientv3.New does not wait for a connection: ask for one answer, so
+	// that a wrong address fails at start and not on the first call.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	if _, err := cli.Get(ctx, d.prefix+shredKey); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	return d, nil
+}
+
+// clientTLS is the TLS configuration of the files in cfg, or nil if none
+// is set.
+func clientTLS(cfg Config) (*tls.Config, error) {
+	if cfg.CAFile == "" && cfg.CertFile == "" && cfg.KeyFile == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-ca: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--etcd-ca %s: no PEM certificate in it", cfg.CAFile)
+		}
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return nil, errors.New("--etcd-cert and --etcd-key go together")
+	}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-cert/--etcd-key: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// Client is the etcd client, for what the broker does on etcd beside
+// storing records (locks, leases).
+func (d *DB) Client() *clientv3.Client { return d.cli }
+
+// Prefix is the prefix of the broker's keys.
+func (d *DB) Prefix() string { return d.prefix }
+
+// Limits are etcd's default bounds.
+func (d *DB) Limits() storage.Limits { return storage.EtcdLimits }
+
+// Close closes the client; watches end with storage.ErrClosed.
+func (d *DB) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		close(d.closed)
+		err = d.cli.Close()
+	})
+	return err
+}
+
+// bounded is ctx with the request timeout, unless it has a deadline.
+func (d *DB) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d.timeout)
+}
+
+// wrap names the engine in err, and maps a closed client to ErrClosed.
+func (d *DB) wrap(err error) error {
+	select {
+	case <-d.closed:
+		return storage.ErrClosed
+	default:
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("etcd: %w", err)
+}
+
+func (d *DB) record(kv *mvccpb.KeyValue) storage.Record {
+	v := kv.Value
+	if v == nil {
+		v = []byte{}
+	}
+	return storage.Record{Key: string(kv.Key[len(d.prefix):]), Value: v, Version: storage.Version(kv.ModRevision)}
+}
+
+// Get reads one record.
+func (d *DB) Get(ctx context.Context, key string) (storage.Record, error) {
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+key)
+	if err != nil {
+		return storage.Record{}, d.wrap(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return storage.Record{}, storage.ErrNotFound
+	}
+	return d.record(resp.Kvs[0]), nil
+}
+
+// List reads a page of the records under r.Prefix, at one revision.
+func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
+	if !strings.Contains(r.Prefix, "/") || strings.HasPrefix(r.Prefix, "/") {
+		return storage.Page{}, fmt.Errorf("storage: list prefix %q has no kind (kind/...)", r.Prefix)
+	}
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	start, end := d.prefix+r.Prefix, d.prefix+storage.PrefixEnd(r.Prefix)
+	if r.After != "" {
+		after := d.prefix + r.After
+		switch {
+		case !r.Reverse && after >= start:
+			start = after + "\x00"
+		case r.Reverse && after < end:
+			end = after
+		}
+	}
+	if start >= end {
+		resp, err := d.cli.Get(ctx, d.prefix+shredKey, clientv3.WithCountOnly())
+		if err != nil {
+			return storage.Page{}, d.wrap(err)
+		}
+		return storage.Page{Revision: storage.Revision(resp.Header.Revision)}, nil
+	}
+	if r.Reverse {
+		return d.listReverse(ctx, start, end, r.Limit)
+	}
+	opts := []clientv3.OpOption{clientv3.WithRange(end)}
+	if r.Limit > 0 {
+		opts = append(opts, clientv3.WithLimit(int64(r.Limit)))
+	}
+	resp, err := d.cli.Get(ctx, start, opts...)
+	if err != nil {
+		return storage.Page{}, d.wrap(err)
+	}
+	return d.page(resp.Kvs, resp.More, resp.Header.Revision), nil
+}
+
+// listReverse reads the last limit records of [start, end), newest key
+// first. etcd sorts a descending range in memory, reading every record of
+// it first; so it sorts the keys alone, and then reads the page's values
+// at the same revision.
+func (d *DB) listReverse(ctx context.Context, start, end string, limit int) (storage.Page, error) {
+	opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend)}
+	if limit > 0 {
+		opts = append(opts, clientv3.WithLimit(int64(limit)))
+	}
+	keys, err := d.cli.Get(ctx, start, opts...)
+	if err != nil {
+		return storage.Page{}, d.wrap(err)
+	}
+	if len(keys.Kvs) == 0 {
+		return storage.Page{Revision: storage.Revision(keys.Header.Revision)}, nil
+	}
+	first, last := string(keys.Kvs[len(keys.Kvs)-1].Key), string(keys.Kvs[0].Key)
+	resp, err := d.cli.Get(ctx, first, clientv3.WithRange(last+"\x00"), clientv3.WithRev(keys.Header.Revision),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend))
+	if err != nil {
+		return storage.Page{}, d.wrap(err)
+	}
+	return d.page(resp.Kvs, keys.More, keys.Header.Revision), nil
+}
+
+func (d *DB) page(kvs []*mvccpb.KeyValue, more bool, rev int64) storage.Page {
+	p := storage.Page{More: more, Revision: storage.Revision(rev), Records: make([]storage.Record, 0, len(kvs))}
+	for _, kv := range kvs {
+		p.Records = append(p.Records, d.record(kv))
+	}
+	return p
+}
+
+// Count is how many records are under prefix.
+func (d *DB) Count(ctx context.Context, prefix string) (int64, error) {
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, d.wrap(err)
+	}
+	return resp.Count, nil
+}
+
+// Txn commits ops if conds hold, in one etcd transaction.
+func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (storage.Revision, error) {
+	if err := storage.EtcdLimits.Check(conds, ops); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	cmps := make([]clientv3.Cmp, 0, len(conds))
+	for _, c := range conds {
+		k := d.prefix + c.Key
+		switch {
+		case c.Exists:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), ">", 0))
+		case c.Version == storage.Absent:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+		default:
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", int64(c.Version)))
+		}
+	}
+	writes, shred := d.writes(ops)
+	if shred {
+		// The marker's modification revision is this commit's.
+		writes = append(writes, clientv3.OpPut(d.prefix+shredKey, ""))
+	}
+	resp, err := d.cli.Txn(ctx).If(cmps...).Then(writes...).Commit()
+	if err != nil {
+		return 0, d.wrap(err)
+	}
+	if !resp.Succeeded {
+		return 0, storage.ErrConflict
+	}
+	return storage.Revision(resp.Header.Revision), nil
+}
+
+// writes are ops as etcd operations: etcd refuses a transaction that
+// writes one key twice, so only the last op on each key is kept, which
+// leaves the same records.
+func (d *DB) writes(ops []storage.Op) ([]clientv3.Op, bool) {
+	last := make(map[string]int, len(ops))
+	for i, op := range ops {
+		last[op.Key] = i
+	}
+	out := make([]clientv3.Op, 0, len(ops)+1)
+	shred := false
+	for i, op := range ops {
+		shred = shred || op.Shred
+		if last[op.Key] != i {
+			continue
+		}
+		if op.Delete {
+			out = append(out, clientv3.OpDelete(d.prefix+op.Key))
+		} else {
+			out = append(out, clientv3.OpPut(d.prefix+op.Key, string(op.Value)))
+		}
+	}
+	return out, shred
+}
+
+// Watch sends committed changes under prefix after revision after.
+func (d *DB) Watch(ctx context.Context, prefix string, after storage.Revision) <-chan storage.Change {
+	out := make(chan storage.Change, 16)
+	go d.follow(ctx, prefix, after, out)
+	return out
+}
+
+// follow passes the watch's changes to out, one per revision, until ctx
+// ends or the watch fails; then it closes out.
+func (d *DB) follow(ctx context.Context, prefix string, after storage.Revision, out chan<- storage.Change) {
+	defer close(out)
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	end := func(err error) {
+		select {
+		case out <- storage.Change{Revision: after, Err: err}:
+		case <-ctx.Done():
+		}
+	}
+	key := d.prefix + prefix
+	for resp := range d.cli.Watch(wctx, key, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1)) {
+		if resp.CompactRevision != 0 {
+			end(fmt.Errorf("%w (etcd compacted its history up to revision %d)", storage.ErrCompacted, resp.CompactRevision))
+			return
+		}
+		if err := resp.Err(); err != nil {
+			end(d.wrap(err))
+			return
+		}
+		for _, c := range d.changes(resp.Events) {
+			select {
+			case out <- c:
+				after = c.Revision
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	select {
+	case <-d.closed:
+		end(storage.ErrClosed)
+	default:
+		end(d.wrap(errors.New("the watch ended")))
+	}
+}
+
+// changes groups a watch response's events by revision (one transaction
+// each), leaving out the engine's own key.
+func (d *DB) changes(events []*clientv3.Event) []storage.Change {
+	var out []storage.Change
+	for _, e := range events {
+		k := string(e.Kv.Key[len(d.prefix):])
+		if k == shredKey {
+			continue
+		}
+		rev := storage.Revision(e.Kv.ModRevision)
+		if len(out) == 0 || out[len(out)-1].Revision != rev {
+			out = append(out, storage.Change{Revision: rev})
+		}
+		ev := storage.Event{Key: k, Deleted: e.Type == mvccpb.DELETE}
+		if !ev.Deleted {
+			r := d.record(e.Kv)
+			ev.Value, ev.Version = r.Value, r.Version
+		}
+		c := &out[len(out)-1]
+		c.Events = append(c.Events, ev)
+	}
+	return out
+}
+
+// CompactPending reports whether a shredding commit's history is still
+// kept.
+func (d *DB) CompactPending() (bool, error) {
+	ctx, cancel := d.bounded(context.Background())
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+shredKey)
+	if err != nil {
+		return false, d.wrap(err)
+	}
+	return len(resp.Kvs) > 0, nil
+}
+
+// Compact removes the history of the latest shredding commit: it compacts
+// etcd's history up to the marker's revision, defragments each member so
+// that the freed pages are gone from its file too, and then removes the
+// marker (if no shredding commit came meanwhile). Watchers from before
+// the compaction get storage.ErrCompacted and read afresh.
+func (d *DB) Compact() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*d.timeout)
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+shredKey)
+	if err != nil || len(resp.Kvs) == 0 {
+		return d.wrapNil(err)
+	}
+	marker := resp.Kvs[0]
+	// The marker was written in the shredding commit, so its revision is
+	// that commit's, and every earlier value is history before it.
+	_, err = d.cli.Compact(ctx, marker.ModRevision, clientv3.WithCompactPhysical())
+	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return d.wrap(err)
+	}
+	members, err := d.cli.MemberList(ctx)
+	if err != nil {
+		return d.wrap(err)
+	}
+	for _, m := range members.Members {
+		if len(m.ClientURLs) == 0 {
+			continue // a member not started yet
+		}
+		if _, err := d.cli.Defragment(ctx, m.ClientURLs[0]); err != nil {
+			return d.wrap(fmt.Errorf("defragment member %s: %w", m.Name, err))
+		}
+	}
+	_, err = d.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(d.prefix+shredKey), "=", marker.ModRevision)).
+		Then(clientv3.OpDelete(d.prefix + shredKey)).Commit()
+	return d.wrapNil(err)
+}
+
+func (d *DB) wrapNil(err error) error {
+	if err == nil {
+		return nil
+	}
+	return d.wrap(err)
+}
+
+// String names the engine in logs.
+func (d *DB) String() string {
+	return "etcd " + strings.Join(d.cli.Endpoints(), ",") + " prefix " + strconv.Quote(d.prefix)
+}
