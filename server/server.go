@@ -246,6 +246,9 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.MasterKey, error) {
 		return listeners.TLS{}, nil, err
 	}
 	master, err := datadir.ConfiguredMasterKey(cfg.Config)
+	if err == nil {
+		err = datadir.CheckStorage(cfg.Config, master)
+	}
 	return tlsm, master, err
 }
 

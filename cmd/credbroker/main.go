@@ -131,6 +131,15 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.IntVar(&cfg.Audit.MaxEvents, "audit-max-events", d.Audit.MaxEvents, "keep at most this many audit events, deleting the oldest calls (GetToken, proxied, refused or failed calls); admin changes and the broker's own events go by --audit-max-age only")
 	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory for the database (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key, base64 or hex")
+	fs.StringVar(&cfg.Storage, "storage", d.Storage, `where the broker keeps its state: "bbolt" (a database file in --data-dir, for one broker) or "etcd" (an etcd cluster that any number of replicas share; needs --etcd-endpoints and the same configured master key on every replica)`)
+	fs.Func("etcd-endpoints", "comma-separated client URLs of the etcd cluster's members, e.g. https://etcd-0:2379,https://etcd-1:2379,https://etcd-2:2379", func(v string) error {
+		cfg.Etcd.Endpoints = splitList(v)
+		return nil
+	})
+	fs.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", d.Etcd.Prefix, "key prefix of everything the broker stores in etcd; brokers that share a cluster but not their accounts use different prefixes")
+	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle of the CAs that verify the etcd members' certificates")
+	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate the broker presents to etcd; with --etcd-key")
+	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
 	fs.StringVar(&cfg.Provider.JumpCloudTokenURLUS, "jumpcloud-token-url-us", d.Provider.JumpCloudTokenURLUS, "JumpCloud US token endpoint")
 	fs.StringVar(&cfg.Provider.JumpCloudTokenURLEU, "jumpcloud-token-url-eu", d.Provider.JumpCloudTokenURLEU, "JumpCloud EU token endpoint")
 	fs.StringVar(&cfg.Provider.JumpCloudAPIURLUS, "jumpcloud-api-url-us", d.Provider.JumpCloudAPIURLUS, "JumpCloud US API base URL, returned with tokens and the egress proxy's target")
@@ -158,6 +167,8 @@ names a client-certificate principal to be the first admin instead.`)
 	if printConfig {
 		keySource := "generated into the data directory (local use only)"
 		switch {
+		case cfg.MasterKey == "" && cfg.MasterKeyFile == "" && cfg.Storage == datadir.StorageEtcd:
+			keySource = "none configured, which --storage etcd refuses"
 		case cfg.MasterKey != "":
 			keySource = "from CREDBROKER_MASTER_KEY (redacted)"
 		case cfg.MasterKeyFile != "":
@@ -418,6 +429,17 @@ func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (c
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 	}
 	return sources, nil
+}
+
+// splitList splits a comma-separated list, dropping blanks.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func envName(flagName string) string {

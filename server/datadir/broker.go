@@ -2,6 +2,7 @@ package datadir
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -27,7 +28,12 @@ func MACKey(st *store.Store, master *keyring.MasterKey) (*keyring.MACKey, error)
 	if err != nil {
 		return nil, err
 	}
-	return mac, st.SetWrappedMACKey(wrapped)
+	if err := st.CreateWrappedMACKey(wrapped); errors.Is(err, store.ErrExists) {
+		return MACKey(st, master) // another replica made it first
+	} else if err != nil {
+		return nil, err
+	}
+	return mac, nil
 }
 
 // ReportTampered logs and audits, at each start, every stored record

@@ -9,13 +9,18 @@
 package datadir
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/storage"
+	"github.com/credbroker/credbroker/server/internal/storage/etcd"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -37,16 +42,30 @@ type Config struct {
 	MasterKey     string
 	// LockTimeout is how long to wait for the database lock before giving up.
 	LockTimeout time.Duration
+	// Storage is the engine: StorageBBolt (the default: one broker, its
+	// database in DataDir) or StorageEtcd (any number of replicas sharing
+	// the etcd cluster Etcd names, each with the same master key, which
+	// must then be configured).
+	Storage string
+	Etcd    etcd.Config
 
 	Logger *slog.Logger
 }
 
-// DefaultConfig is ./credbroker-data, a lock timeout of a second and the
+// Storage engines (Config.Storage).
+const (
+	StorageBBolt = "bbolt"
+	StorageEtcd  = "etcd"
+)
+
+// DefaultConfig is ./credbroker-data, bbolt, a lock timeout of a second and the
 // default logger.
 func DefaultConfig() Config {
 	return Config{
 		DataDir:     "./credbroker-data",
 		LockTimeout: time.Second,
+		Storage:     StorageBBolt,
+		Etcd:        etcd.Config{Prefix: etcd.DefaultPrefix},
 		Logger:      slog.Default(),
 	}
 }
@@ -60,6 +79,9 @@ func WithDefaults(cfg Config) Config {
 	}
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = d.LockTimeout
+	}
+	if cfg.Storage == "" {
+		cfg.Storage = d.Storage
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = d.Logger
@@ -78,6 +100,10 @@ func WithDefaults(cfg Config) Config {
 // key it fails, leaving the database untouched.
 func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterKey, error) {
 	cfg = WithDefaults(cfg)
+	if cfg.Storage == StorageEtcd {
+		st, err := openStore(cfg, master) // CheckStorage made sure it is configured
+		return st, master, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -105,29 +131,76 @@ func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterK
 	return st, master, nil
 }
 
+// CheckStorage checks the storage configuration; master is the configured
+// master key, nil if none is.
+func CheckStorage(cfg Config, master *keyring.MasterKey) error {
+	switch cfg.Storage {
+	case "", StorageBBolt:
+		return nil
+	case StorageEtcd:
+	default:
+		return fmt.Errorf("--storage must be %s or %s, not %q", StorageBBolt, StorageEtcd, cfg.Storage)
+	}
+	switch {
+	case len(cfg.Etcd.Endpoints) == 0:
+		return errors.New("--storage etcd needs --etcd-endpoints, the client URLs of the etcd cluster's members")
+	case master == nil:
+		return errors.New("--storage etcd needs the master key configured (--master-key-file or CREDBROKER_MASTER_KEY), the same on every replica: a key generated into one replica's data directory would be unknown to the others")
+	}
+	return nil
+}
+
 // openStore opens the database, checks the master key against it, and
 // gives the store its record key. A new database records a check value for
 // the key; an existing one is only read, unless it was written before
 // records were tagged, when its records are tagged in one transaction.
 func openStore(cfg Config, master *keyring.MasterKey) (*store.Store, error) {
-	st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
+	st, err := openEngine(cfg)
 	if err != nil {
 		return nil, err
 	}
-	legacy, err := checkMasterKey(st, master)
-	if err != nil {
-		err = fmt.Errorf("%w (data directory %s), or its check value was changed; refusing to start and leaving the database untouched", err, cfg.DataDir)
-	} else {
+	for attempt := 0; ; attempt++ {
+		var legacy bool
+		if legacy, err = checkMasterKey(st, master); err != nil {
+			err = fmt.Errorf("%w (%s), or its check value was changed; refusing to start and leaving the database untouched", err, where(cfg))
+			break
+		}
 		var tagged int
-		if tagged, err = st.Authenticate(master, legacy, upgradeEvent()); tagged > 0 {
+		tagged, err = st.Authenticate(master, legacy, upgradeEvent())
+		if tagged > 0 {
 			cfg.Logger.Warn("upgraded a database written by an earlier version: its records are now tagged for integrity checks, as they were found. Anyone holding a copy of it from before (an old backup) could present that copy again, edited: rekey to a new master key to rule that out", "records", tagged)
 		}
+		if !errors.Is(err, storage.ErrConflict) || attempt == 2 {
+			break
+		}
+		// Another replica gave the new database its id first: check the
+		// key against that.
 	}
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	return st, nil
+}
+
+// openEngine opens the configured storage engine.
+func openEngine(cfg Config) (*store.Store, error) {
+	if cfg.Storage != StorageEtcd {
+		return store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
+	}
+	db, err := etcd.Open(cfg.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	return store.New(db)
+}
+
+// where names the database in messages.
+func where(cfg Config) string {
+	if cfg.Storage == StorageEtcd {
+		return fmt.Sprintf("etcd %s, prefix %q", strings.Join(cfg.Etcd.Endpoints, ","), cmp.Or(cfg.Etcd.Prefix, etcd.DefaultPrefix))
+	}
+	return "data directory " + cfg.DataDir
 }
 
 // checkMasterKey checks master against the store's key check value: the

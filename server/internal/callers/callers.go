@@ -390,8 +390,8 @@ const BootstrapKeyID = "bootstrap-admin"
 
 // Bootstrap creates the first admin on a store's first start: the
 // principal adminPrincipal if given, else an admin caller key, which it
-// returns. On any later start it does nothing and returns no key. It runs
-// before Load.
+// returns. On any later start it does nothing and returns no key, as when
+// another replica bootstraps the store first. It runs before Load.
 func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.String, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
@@ -403,7 +403,7 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 	if adminPrincipal != "" {
 		a := store.AdminPrincipal{Principal: adminPrincipal, CreateTime: now, Creator: ev.Principal}
 		ev.Resource, ev.Detail = "", "admin principal "+adminPrincipal
-		return secret.String{}, s.store.Bootstrap(nil, &a, ev)
+		return secret.String{}, ignoreBootstrapped(s.store.Bootstrap(nil, &a, ev))
 	}
 	key, err := newKey()
 	if err != nil {
@@ -415,9 +415,18 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 	}
 	ev.Resource, ev.Detail = KeyPrincipalPrefix+k.ID, "admin caller key"
 	if err := s.store.Bootstrap(&k, nil, ev); err != nil {
-		return secret.String{}, err
+		return secret.String{}, ignoreBootstrapped(err)
 	}
 	return secret.New(key), nil
+}
+
+// ignoreBootstrapped is err, unless another replica bootstrapped the store
+// meanwhile.
+func ignoreBootstrapped(err error) error {
+	if errors.Is(err, store.ErrBootstrapped) {
+		return nil
+	}
+	return err
 }
 
 func newKey() (string, error) {

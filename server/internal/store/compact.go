@@ -1,27 +1,28 @@
 package store
 
-// CompactPending reports whether the file may still hold freed pages with
-// deleted sealed material: set by the transaction of every deletion of an
+// CompactPending reports whether the engine's files may still hold
+// deleted sealed material (bbolt: in freed pages; etcd: in its history): set by the transaction of every deletion of an
 // account, a secret or a data key, and cleared by Compact.
 func (s *Store) CompactPending() (bool, error) {
-	l, err := s.local()
-	if err != nil {
+	c, ok := s.db.(compacter)
+	if !ok {
 		return false, nil // the engine compacts by itself
 	}
-	return l.CompactPending()
+	return c.CompactPending()
 }
 
-// Compact rewrites the database with its live records only, so that
-// nothing deleted (a deleted account's wrapped data key and secrets, a
-// removed secret, keys wrapped by an old master key) survives in freed
-// pages. Calls wait while it runs. A crash at any point leaves the old
-// file or the new one, whole.
+// Compact removes deleted sealed material (a deleted account's wrapped
+// data key and secrets, a removed secret, keys wrapped by an old master
+// key) from the engine's files. On bbolt it rewrites the database with its
+// live records only, while calls wait; a crash at any point leaves the
+// old file or the new one, whole. On etcd it compacts the history and
+// defragments every member.
 func (s *Store) Compact() error {
-	l, err := s.local()
-	if err != nil {
-		return err
+	c, ok := s.db.(compacter)
+	if !ok {
+		return ErrNotLocal
 	}
-	return l.Compact()
+	return c.Compact()
 }
 
 // CompactTo writes a compacted copy of the database, its live records as

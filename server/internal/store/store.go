@@ -49,7 +49,9 @@ type Store struct {
 	// count does not walk the whole trail. It changes only when a
 	// transaction commits.
 	auditEvents atomic.Int64
-	// auditSeq numbers the audit events this process stores.
+	// auditSeq numbers the audit events this process stores. It starts
+	// at a random multiple of 2^32, so that replicas sharing a store
+	// never give two events the same key (see appendAudit).
 	auditSeq atomic.Uint64
 }
 
@@ -82,13 +84,19 @@ func New(b storage.Backend) (*Store, error) {
 
 // local is what only an engine on a local file does (boltdb): a
 // transaction of any size, for the data directory's jobs on every record
-// at once (tagging an earlier version's records, rekey); compaction; and
-// backups as compacted copies of the file.
+// at once (tagging an earlier version's records, rekey); and backups as
+// compacted copies of the file.
 type local interface {
 	Bulk(func(*boltdb.Bulk) error) error
+	Backup(path string) (int64, error)
+}
+
+// compacter is an engine that removes shredded material from its files
+// when asked (bbolt rewrites its file; etcd compacts its history and
+// defragments its members).
+type compacter interface {
 	Compact() error
 	CompactPending() (bool, error)
-	Backup(path string) (int64, error)
 }
 
 // ErrNotLocal: the job needs an engine on a local file.
@@ -195,6 +203,8 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 	}
 	s.auth = auth
 	if !legacy {
+		// A conflict (ErrConflict): another replica identified the
+		// database first; check the key against its check value.
 		err = s.identify(id, check)
 		if err != nil {
 			s.auth = nil
@@ -232,6 +242,9 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 // that holds records but neither was tampered with, and is refused.
 func (s *Store) identify(id, check []byte) error {
 	if has, err := s.holdsRecords(); err != nil || has {
+		if other, _ := s.DatabaseID(); other != nil {
+			return storage.ErrConflict // another replica identified it, and wrote
+		}
 		return cmp.Or(err, fmt.Errorf("%w: the database holds records but no master-key check of any version", ErrIntegrity))
 	}
 	idKey := key(metaBucket, string(databaseIDKey))
@@ -288,8 +301,16 @@ func (s *Store) KeyCheck() ([]byte, error) { return s.meta(keyCheckKey) }
 // none is stored yet.
 func (s *Store) WrappedMACKey() ([]byte, error) { return s.meta(macKeyKey) }
 
-// SetWrappedMACKey stores the wrapped MAC key.
-func (s *Store) SetWrappedMACKey(wrapped []byte) error { return s.setMeta(macKeyKey, wrapped) }
+// CreateWrappedMACKey stores the wrapped MAC key, or returns ErrExists if
+// there is one (another replica stored it first).
+func (s *Store) CreateWrappedMACKey(wrapped []byte) error {
+	k := key(metaBucket, string(macKeyKey))
+	_, err := s.db.Txn(ctx, conds(storage.VersionIs(k, storage.Absent)), []storage.Op{storage.Put(k, wrapped)})
+	if errors.Is(err, storage.ErrConflict) {
+		return ErrExists
+	}
+	return err
+}
 
 // meta reads a value of the meta bucket, or nil.
 func (s *Store) meta(k []byte) ([]byte, error) {
@@ -298,11 +319,6 @@ func (s *Store) meta(k []byte) ([]byte, error) {
 		return nil, nil
 	}
 	return r.Value, err
-}
-
-func (s *Store) setMeta(k, value []byte) error {
-	_, err := s.db.Txn(ctx, nil, []storage.Op{storage.Put(key(metaBucket, string(k)), value)})
-	return err
 }
 
 // CreateAccount stores a new account together with its first token state

@@ -37,7 +37,7 @@ func Start(t testing.TB, n int) *Cluster {
 		cfg := embed.NewConfig()
 		cfg.Name = fmt.Sprintf("m%d", i)
 		cfg.Dir = t.TempDir()
-		cfg.LogLevel = "error"
+		cfg.LogLevel = "fatal" // members log an error for each listener they close
 		cfg.LogOutputs = []string{"stderr"}
 		peer, client := freeURL(t), freeURL(t)
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
