@@ -2,42 +2,56 @@ package server_test
 
 import (
 	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/storage/etcd/etcdtest"
 )
 
 // startReplicas starts n brokers on one new etcd cluster of members
 // members, sharing one fake provider; the first bootstraps the store, the
-// others use its keys.
-func startReplicas(t *testing.T, n, members int) []*broker {
+// others use its keys. tweak, if set, adjusts replica i's configuration.
+func startReplicas(t *testing.T, n, members int, tweak func(i int, cfg *server.Config)) ([]*broker, *etcdtest.Cluster) {
 	t.Helper()
 	cluster := etcdtest.Start(t, members)
-	cfg, fake, logs := newConfig(t)
+	cfg, fake, _ := newConfig(t)
 	cfg.Storage = datadir.StorageEtcd
 	cfg.Etcd.Endpoints = cluster.Endpoints()
-	first := startWith(t, cfg, fake, logs)
-	replicas := []*broker{first}
-	for range n - 1 {
+	cfg.Etcd.LockTTL = 2 * time.Second // the test cluster's shortest lease
+	var replicas []*broker
+	for i := range n {
 		rc := cfg
-		rc.DataDir = t.TempDir()
-		keysByDataDir.Store(rc.DataDir, first.keys)
-		replicas = append(replicas, startWith(t, rc, fake, &syncBuffer{}))
+		if i > 0 {
+			rc.DataDir = t.TempDir()
+			keysByDataDir.Store(rc.DataDir, replicas[0].keys)
+		}
+		logs := &syncBuffer{}
+		rc.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		if tweak != nil {
+			tweak(i, &rc)
+		}
+		replicas = append(replicas, startWith(t, rc, fake, logs))
 	}
-	return replicas
+	return replicas, cluster
 }
 
 // An account linked on one replica serves tokens on another; a key
 // revoked on one is refused on every other within a second.
 func TestReplicasShareChanges(t *testing.T) {
 	ctx := context.Background()
-	rs := startReplicas(t, 3, 1)
+	rs, _ := startReplicas(t, 3, 1, nil)
 	a, b, c := rs[0], rs[1], rs[2]
 	a.link(t, "acme")
 	// Linking on a returns once a holds the account; b and c follow the
@@ -66,6 +80,122 @@ func TestReplicasShareChanges(t *testing.T) {
 				t.Fatalf("a replica still accepts a key revoked %s ago on another: %v", time.Since(revoked), err)
 			}
 			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// A cold account asked for by 200 callers spread over 3 replicas costs
+// one token request at the provider: the replicas that did not get the
+// refresh lock first read the token the first one stored.
+func TestOneTokenRequestClusterWide(t *testing.T) {
+	ctx := context.Background()
+	rs, _ := startReplicas(t, 3, 1, func(_ int, cfg *server.Config) {
+		cfg.Tokens.ScanInterval = time.Hour // no background refresh
+	})
+	fake := rs[0].fake
+	fake.SetTokenTTL(32 * time.Second) // 2 s after the 30 s safety margin
+	rs[0].link(t, "acme")
+	for _, r := range rs {
+		waitFor(t, 5*time.Second, func() error {
+			_, err := r.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+			return err
+		})
+	}
+	if n := fake.Requests(); n != 1 {
+		t.Fatalf("%d token requests after linking, want 1 (the replicas share the stored token)", n)
+	}
+	time.Sleep(2100 * time.Millisecond) // the token has expired everywhere
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Go(func() {
+			resp, err := rs[i%3].tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+			if err == nil && resp.GetAccessToken() == "" {
+				err = errors.New("an empty token")
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("GetToken: %v", err)
+	}
+	if n := fake.Requests(); n != 2 {
+		t.Fatalf("%d token requests for a cold account asked for on 3 replicas at once, want 1 (2 with the link's)", n)
+	}
+}
+
+// A replica paused while it holds an account's refresh lock, for longer
+// than the lock's lease, does not ask the provider once it resumes: the
+// lock has gone to another replica, whose token it then serves. The
+// provider sees one request for the token's lifetime.
+func TestPausedLockHolderDoesNotAsk(t *testing.T) {
+	ctx := context.Background()
+	paused, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	rs, cluster := startReplicas(t, 2, 1, func(i int, cfg *server.Config) {
+		cfg.Tokens.ScanInterval = time.Hour
+		if i == 0 {
+			cfg.Tokens.OnLocked = func(string) {
+				once.Do(func() { close(paused); <-resume })
+			}
+		}
+	})
+	a, b := rs[0], rs[1]
+	a.fake.SetTokenTTL(32 * time.Second) // 2 s after the 30 s safety margin
+	a.link(t, "acme")
+	waitFor(t, 5*time.Second, func() error {
+		_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		return err
+	})
+	time.Sleep(2100 * time.Millisecond)
+
+	fromA := make(chan *credbrokerv1.GetTokenResponse, 1)
+	go func() {
+		resp, err := a.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		if err != nil {
+			t.Errorf("GetToken on the paused replica: %v", err)
+		}
+		fromA <- resp
+	}()
+	<-paused
+	// a's lease ends, as it does when a stops answering for longer than
+	// its TTL.
+	revokeLockLeases(t, cluster, "acme")
+	fromB := b.token(t, "acme")
+	close(resume)
+	if got := <-fromA; got.GetAccessToken() != fromB.GetAccessToken() {
+		t.Error("the resumed replica did not serve the token the lock's new holder stored")
+	}
+	if n := a.fake.Requests(); n != 2 {
+		t.Fatalf("%d token requests, want 2 (the link's, and one for the token's lifetime)", n)
+	}
+	if !strings.Contains(a.logs.String(), "refresh lock") {
+		t.Error("the paused replica did not log that it lost the lock")
+	}
+}
+
+// revokeLockLeases ends the leases of the processes holding or waiting for
+// an account's refresh lock.
+func revokeLockLeases(t *testing.T, cluster *etcdtest.Cluster, account string) {
+	t.Helper()
+	ctx := context.Background()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(ctx, "/credbroker/locks/tokens/"+account+"/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) == 0 {
+		t.Fatalf("no lock holder of %s: %v", account, err)
+	}
+	for _, kv := range resp.Kvs {
+		if _, err := cli.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -87,6 +87,12 @@ func (c *copies) apply(ch storage.Change) {
 				}
 				return c.store.TokenState(id)
 			})
+		case kind == store.KindTokens && !ev.Deleted:
+			// A token another replica (or this one) stored, or the
+			// account's health it recorded.
+			if ts, ok := c.store.DecodeTokenState(ev); ok {
+				c.tokens.TokenStored(id, ts)
+			}
 		case kind == store.KindCallerKeys && !ev.Deleted:
 			c.callers.KeyStored(c.store.DecodeCallerKey(ev))
 		case kind == store.KindAdminPrincipals && ev.Deleted:

@@ -64,6 +64,10 @@ var (
 	ErrCompacted = errors.New("the changes asked for are no longer kept")
 	// ErrClosed: the engine has been closed.
 	ErrClosed = errors.New("storage is closed")
+	// ErrUnavailable: the engine could not be reached, or could not
+	// commit (an etcd cluster without a quorum). A write that failed so
+	// may have been committed all the same.
+	ErrUnavailable = errors.New("storage unavailable")
 )
 
 // Record is one stored value.
@@ -97,6 +101,23 @@ type Backend interface {
 	Limits() Limits
 	// Close releases the engine; watches end with ErrClosed.
 	Close() error
+}
+
+// Locker is implemented by engines that several processes share (etcd):
+// a named lock that one process holds at a time, and loses if it dies or
+// loses touch with the engine for long.
+type Locker interface {
+	// Lock waits until this process holds the lock name, or ctx ends.
+	Lock(ctx context.Context, name string) (Lock, error)
+}
+
+// Lock is a held lock.
+type Lock struct {
+	// Held holds for as long as the lock is held: a transaction with it
+	// commits only if its maker still holds the lock (a fenced write).
+	Held Cond
+	// Unlock releases the lock.
+	Unlock func()
 }
 
 // Range selects records by key prefix.

@@ -506,7 +506,19 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 // meanwhile, so that a late refresh cannot bring a deleted account's token
 // back.
 func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditEvent) error {
+	return s.updateTokenState(id, nil, nil, change, ev)
+}
+
+// updateTokenState is UpdateTokenState, with the conditions fence in its
+// transaction; check, if set, runs before each attempt (see
+// RefreshLock.UpdateTokenState).
+func (s *Store) updateTokenState(id string, fence []storage.Cond, check func() error, change func(*TokenState), ev *AuditEvent) error {
 	return s.commit(func() (txn, error) {
+		if check != nil {
+			if err := check(); err != nil {
+				return txn{}, err
+			}
+		}
 		var t TokenState
 		version, err := s.read(tokensBucket, id, &t)
 		if err != nil && !errors.Is(err, ErrNotFound) {
@@ -521,7 +533,7 @@ func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditE
 		if ev != nil {
 			built = append(built, s.appendAudit(*ev))
 		}
-		return ops(conds(storage.Exists(key(accountsBucket, id)), storage.VersionIs(key(tokensBucket, id), version)), built...)
+		return ops(append(conds(storage.Exists(key(accountsBucket, id)), storage.VersionIs(key(tokensBucket, id), version)), fence...), built...)
 	})
 }
 

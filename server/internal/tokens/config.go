@@ -38,6 +38,11 @@ type Config struct {
 	// OnCacheLookup is told whether each lookup found a cached token that
 	// would do (for metrics). Default: nothing.
 	OnCacheLookup func(hit bool)
+	// OnLocked is called when this process holds an account's refresh
+	// lock and the stored token will not do, just before it checks that
+	// it still holds the lock and asks the provider (tests pause it
+	// there). Default: nothing.
+	OnLocked func(account string)
 	// Now is the clock; default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -80,6 +85,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.OnCacheLookup == nil {
 		c.OnCacheLookup = d.OnCacheLookup
+	}
+	if c.OnLocked == nil {
+		c.OnLocked = func(string) {}
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger

@@ -140,10 +140,46 @@ func (m *Manager) startLocked(e *entry) *call {
 	return c
 }
 
-// run makes one upstream request and publishes its outcome. The request is
-// not tied to any caller: one caller giving up must not fail the others.
+// run gets the account a new token and publishes the outcome. It is not
+// tied to any caller: one caller giving up must not fail the others.
+//
+// It holds the account's refresh lock throughout, cluster-wide on etcd: a
+// token another replica stored while this one waited is used as it is;
+// otherwise this replica asks the provider, if it still holds the lock,
+// and stores the outcome only while it does (fenced), so that a replica
+// that lost its lock (paused, cut off) never overwrites a newer token.
 func (m *Manager) run(e *entry, c *call) {
 	defer m.runs.Done()
+	defer func() {
+		e.mu.Lock()
+		e.inflight = nil
+		close(c.done)
+		e.mu.Unlock()
+	}()
+	cached := e.current.Load()
+	lock, err := m.store.LockTokenRefresh(e.id)
+	if err != nil {
+		m.cfg.Logger.Warn("not asking the provider: could not take the account's refresh lock", "account", e.id, "error", err)
+		c.err = m.storageFailed(err)
+		return
+	}
+	// Unlocked once the outcome is stored, so that runs for one account
+	// never overlap, on any replica.
+	defer lock.Unlock()
+	// While this replica waited, the lock's holder may have stored a
+	// token, which the watch may have brought already.
+	if c.issued = m.renewedSince(e, cached); c.issued != nil {
+		return
+	}
+	m.cfg.OnLocked(e.id)
+	if err := lock.Check(); err != nil {
+		// Lost meanwhile: the new holder's token, if it stored one.
+		m.cfg.Logger.Warn("not asking the provider: the account's refresh lock was not held any more", "account", e.id, "error", err)
+		if c.issued = m.renewedSince(e, cached); c.issued == nil {
+			c.err = m.storageFailed(err)
+		}
+		return
+	}
 	e.mu.Lock()
 	use := e.status.SecretUse
 	e.mu.Unlock()
@@ -165,15 +201,81 @@ func (m *Manager) run(e *entry, c *call) {
 	status := e.status
 	e.mu.Unlock()
 
-	// Persist while still marked in flight, so runs for one account never
-	// overlap. Callers already see the new token through e.current.
-	if perr := m.persist(e.id, status, tok, wrapped, err == nil, m.transition(e.id, before, status)); perr != nil && !errors.Is(perr, store.ErrNotFound) {
+	// Callers already see the new token through e.current.
+	perr := m.persist(lock.UpdateTokenState, e.id, status, tok, wrapped, err == nil, m.transition(e.id, before, status))
+	switch {
+	case errors.Is(perr, store.ErrLockLost):
+		m.cfg.Logger.Warn("lost the account's refresh lock before storing its new token; another replica's stands", "account", e.id)
+	case perr != nil && !errors.Is(perr, store.ErrNotFound):
 		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
 	}
+}
 
+// storageFailed is what callers get when the refresh lock could not be
+// taken or was lost before the provider was asked: the storage is out of
+// reach (UNAVAILABLE, retry on another replica), or another replica has
+// the lock now (retry here shortly).
+func (m *Manager) storageFailed(err error) error {
+	if errors.Is(err, store.ErrLockLost) {
+		return grpcerr.New(codes.Unavailable, "this replica lost touch with the storage while renewing the account's token; retry")
+	}
+	return err
+}
+
+// renewedSince is a token that another replica got since e's cached token
+// was cached: one the watch brought, or the stored one if it is newer
+// than the cached one and not yet due for renewal (then published). It
+// is nil if there is none.
+func (m *Manager) renewedSince(e *entry, cached *Issued) *Issued {
+	if now := e.current.Load(); now != cached && now != nil {
+		return now
+	}
+	ts, err := m.store.TokenState(e.id)
+	if err != nil {
+		m.cfg.Logger.Warn("could not read the account's stored token", "account", e.id, "error", err)
+		return nil
+	}
+	return m.adopt(e, ts)
+}
+
+// adopt publishes the token of ts, and takes the health it records, if
+// the token is newer than e's and not yet due for renewal; it returns it,
+// or nil.
+func (m *Manager) adopt(e *entry, ts store.TokenState) *Issued {
 	e.mu.Lock()
-	e.inflight = nil
-	close(c.done)
+	defer e.mu.Unlock()
+	cur := e.current.Load()
+	if e.removed || len(ts.SealedToken) == 0 || (cur != nil && !ts.Expiry.After(cur.Expiry)) || !ts.Expiry.After(e.dropped) {
+		return nil
+	}
+	margin := min(m.cfg.RefreshMargin, ts.Expiry.Sub(ts.Obtained)/2)
+	if !m.cfg.Now().Before(ts.Expiry.Add(-margin)) {
+		return nil
+	}
+	tok, err := m.openToken(e.id, e.wrappedKey, ts)
+	if err != nil {
+		m.cfg.Logger.Warn("a stored token is unreadable; not using it", "account", e.id, "error", err)
+		return nil
+	}
+	is := m.issue(e, tok)
+	e.publish(is, m.cfg)
+	e.status = statusOf(ts)
+	e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
+	return is
+}
+
+// TokenStored takes note of an account's token state as a commit stored
+// it, this replica's or another's: a newer token is used from then on,
+// and the account's health is the stored one.
+func (m *Manager) TokenStored(id string, ts store.TokenState) {
+	e := m.lookup(id)
+	if e == nil || e.apiKey || m.adopt(e, ts) != nil {
+		return
+	}
+	e.mu.Lock()
+	if e.inflight == nil && !e.removed {
+		e.status = statusOf(ts)
+	}
 	e.mu.Unlock()
 }
 func (m *Manager) issue(e *entry, tok provider.Token) *Issued {

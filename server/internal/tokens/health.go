@@ -114,7 +114,10 @@ func (m *Manager) Status(id string) (Status, bool) {
 func (m *Manager) changeStatus(e *entry, to Status) {
 	before := e.status
 	e.status = to
-	if err := m.persist(e.id, to, provider.Token{}, nil, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
+	update := func(change func(*store.TokenState), ev *store.AuditEvent) error {
+		return m.store.UpdateTokenState(e.id, change, ev)
+	}
+	if err := m.persist(update, e.id, to, provider.Token{}, nil, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not save account state", "account", e.id, "error", err)
 	}
 }
@@ -194,8 +197,9 @@ func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
 }
 
 // persist stores an account's health and, if newToken, tok, sealed with
-// the account's data key (wrapped).
-func (m *Manager) persist(id string, status Status, tok provider.Token, wrapped []byte, newToken bool, ev *store.AuditEvent) error {
+// the account's data key (wrapped), with update (the store's, or a
+// refresh lock's fenced one).
+func (m *Manager) persist(update func(func(*store.TokenState), *store.AuditEvent) error, id string, status Status, tok provider.Token, wrapped []byte, newToken bool, ev *store.AuditEvent) error {
 	var sealed []byte
 	if newToken {
 		var err error
@@ -203,7 +207,7 @@ func (m *Manager) persist(id string, status Status, tok provider.Token, wrapped 
 			return err
 		}
 	}
-	return m.store.UpdateTokenState(id, func(ts *store.TokenState) {
+	return update(func(ts *store.TokenState) {
 		status.record(ts)
 		if newToken {
 			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained

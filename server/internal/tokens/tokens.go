@@ -96,7 +96,11 @@ func (is *Issued) lifetime() time.Duration { return is.Expiry.Sub(is.Obtained) }
 // storage engine.
 type Store interface {
 	Account(id string) (store.Account, error)
+	TokenState(id string) (store.TokenState, error)
 	UpdateTokenState(id string, change func(*store.TokenState), ev *store.AuditEvent) error
+	// LockTokenRefresh takes the right to ask the provider for an
+	// account's token (cluster-wide on etcd).
+	LockTokenRefresh(id string) (*store.RefreshLock, error)
 }
 
 // Manager is the token cache. Create it with New, fill it with Load, and
@@ -117,6 +121,9 @@ type entry struct {
 	id         string
 	apiBaseURL string
 	headers    map[string]string
+	// wrappedKey is the account's wrapped data key, to open tokens that
+	// other replicas store; guarded by mu.
+	wrappedKey []byte
 	// apiKey: the entry holds an API key (in current) and never fetches.
 	apiKey bool
 
@@ -137,7 +144,10 @@ type entry struct {
 	lastErr      *FetchError
 	refreshAt    time.Time
 	invalidated  time.Time // when Invalidate last dropped a token
-	removed      bool
+	// dropped is the expiry of the token Invalidate dropped last: a
+	// stored token is used only if it expires later (see adopt).
+	dropped time.Time
+	removed bool
 	// lifetime is how long the account's last token was good for (also
 	// known after a restart, from the stored token state): a min_ttl of
 	// at least this is refused without asking the provider.
@@ -158,7 +168,7 @@ func New(cfg Config, st Store, keys *keyring.Keyring, prov *provider.Client) *Ma
 // Add starts tracking an account; ts is its stored token state.
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
-	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned}
+	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned, wrappedKey: a.WrappedKey}
 	e.status = statusOf(ts)
 	e.secrets = secretsMeta(a)
 	if ts.Expiry.After(ts.Obtained) && !ts.Obtained.IsZero() {
@@ -170,7 +180,7 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 		e.apiKey = true
 		m.useAPIKey(e, a)
 	} else if len(ts.SealedToken) > 0 {
-		if tok, err := m.openToken(a, ts); err != nil {
+		if tok, err := m.openToken(a.ID, a.WrappedKey, ts); err != nil {
 			// A token that cannot be opened is only a cache miss.
 			m.cfg.Logger.Warn("stored token unreadable; a new one will be fetched", "account", a.ID, "error", err)
 		} else {
@@ -203,6 +213,7 @@ func (m *Manager) Upsert(a store.Account, ts func() (store.TokenState, error)) {
 	}
 	e.mu.Lock()
 	same := slices.EqualFunc(e.secrets, a.Secrets, func(x, y store.Secret) bool { return x.ID == y.ID && x.ExpireTime.Equal(y.ExpireTime) })
+	e.wrappedKey = a.WrappedKey // rewrapped by a rekey
 	e.mu.Unlock()
 	if !same {
 		m.SecretsChanged(a)
@@ -315,7 +326,7 @@ func (m *Manager) Invalidate(id string, is *Issued) bool {
 	if now.Sub(e.invalidated) < invalidateInterval {
 		return false
 	}
-	e.invalidated = now
+	e.invalidated, e.dropped = now, is.Expiry
 	e.current.Store(nil)
 	m.cfg.Logger.Info("an upstream API rejected the account's token; fetching a new one", "account", id)
 	return true
@@ -330,8 +341,8 @@ func (m *Manager) get(ctx context.Context, e *entry, minTTL time.Duration) (*Iss
 	return m.getSlow(ctx, e, minTTL)
 }
 
-func (m *Manager) openToken(a store.Account, ts store.TokenState) (provider.Token, error) {
-	raw, err := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldAccessToken, ts.SealedToken)
+func (m *Manager) openToken(id string, wrappedKey []byte, ts store.TokenState) (provider.Token, error) {
+	raw, err := m.keys.Open(id, wrappedKey, keyring.FieldAccessToken, ts.SealedToken)
 	if err != nil {
 		return provider.Token{}, err
 	}

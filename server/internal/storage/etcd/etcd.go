@@ -23,9 +23,11 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
 	"github.com/credbroker/credbroker/server/internal/storage"
@@ -47,6 +49,9 @@ type Config struct {
 	// of its own, so that a cluster without a quorum fails calls instead
 	// of hanging them. Default 5s.
 	RequestTimeout time.Duration
+	// LockTTL is how long the locks of a process that stopped answering
+	// (dead, paused, cut off) outlive it. Default 10s.
+	LockTTL time.Duration
 }
 
 // DefaultPrefix is the prefix of a broker's keys when none is configured.
@@ -57,17 +62,25 @@ const DefaultPrefix = "/credbroker/"
 // while its history is not yet compacted.
 const shredKey = "\x00shred-pending"
 
-// DB is the engine. It implements storage.Backend.
+// DB is the engine. It implements storage.Backend and storage.Locker.
 type DB struct {
 	cli     *clientv3.Client
 	prefix  string
 	timeout time.Duration
+	lockTTL int
+
+	// session is the lease that this process's locks live on (see Lock).
+	sessionMu sync.Mutex
+	session   *concurrency.Session
 
 	closeOnce sync.Once
 	closed    chan struct{}
 }
 
-var _ storage.Backend = (*DB)(nil)
+var (
+	_ storage.Backend = (*DB)(nil)
+	_ storage.Locker  = (*DB)(nil)
+)
 
 // Open connects to the cluster; it fails if no member answers within
 // DialTimeout.
@@ -89,6 +102,9 @@ func Open(cfg Config) (*DB, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
+	if cfg.LockTTL <= 0 {
+		cfg.LockTTL = 10 * time.Second
+	}
 	tlsc, err := clientTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -104,7 +120,7 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, closed: make(chan struct{})}
+	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, lockTTL: int(max(cfg.LockTTL/time.Second, 1)), closed: make(chan struct{})}
 	// clientv3.New does not wait for a connection: ask for one answer, so
 	// that a wrong address fails at start and not on the first call.
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
@@ -156,14 +172,87 @@ func (d *DB) Prefix() string { return d.prefix }
 // Limits are etcd's default bounds.
 func (d *DB) Limits() storage.Limits { return storage.EtcdLimits }
 
-// Close closes the client; watches end with storage.ErrClosed.
+// Close releases this process's locks and closes the client; watches end
+// with storage.ErrClosed.
 func (d *DB) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
+		d.sessionMu.Lock()
+		if d.session != nil {
+			d.session.Close() // revokes the lease: its locks go at once
+		}
+		d.sessionMu.Unlock()
 		close(d.closed)
 		err = d.cli.Close()
 	})
 	return err
+}
+
+// Lock takes the lock name (an etcd mutex on this process's lease), and
+// returns the condition that holds while it is held: the lock's key still
+// has the revision it was created at, as etcd's Mutex.IsOwner says.
+func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
+	s, err := d.lease(ctx)
+	if err != nil {
+		return storage.Lock{}, err
+	}
+	m := concurrency.NewMutex(s, d.prefix+"locks/"+name)
+	err = m.Lock(ctx)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		// The lease ended before the session noticed: start a new one.
+		d.dropLease(s)
+		if s, err = d.lease(ctx); err != nil {
+			return storage.Lock{}, err
+		}
+		m = concurrency.NewMutex(s, d.prefix+"locks/"+name)
+		err = m.Lock(ctx)
+	}
+	if err != nil {
+		return storage.Lock{}, d.wrap(err)
+	}
+	isOwner := m.IsOwner()
+	owner, ok := isOwner.GetCompare().GetTargetUnion().(*etcdserverpb.Compare_CreateRevision)
+	if !ok {
+		return storage.Lock{}, errors.New("etcd: a mutex without its revision")
+	}
+	unlock := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+		defer cancel()
+		_ = m.Unlock(ctx) // if it fails, the lock goes with the lease
+	}
+	// The key is never written again after it is created, so its
+	// modification revision is its creation revision while it exists.
+	return storage.Lock{Held: storage.VersionIs(m.Key()[len(d.prefix):], storage.Version(owner.CreateRevision)), Unlock: unlock}, nil
+}
+
+// dropLease forgets s, if it is still the session, so that the next lock
+// starts a new one.
+func (d *DB) dropLease(s *concurrency.Session) {
+	d.sessionMu.Lock()
+	defer d.sessionMu.Unlock()
+	if d.session == s {
+		s.Orphan()
+		d.session = nil
+	}
+}
+
+// lease is this process's session, a new one if the last one expired.
+func (d *DB) lease(ctx context.Context) (*concurrency.Session, error) {
+	d.sessionMu.Lock()
+	defer d.sessionMu.Unlock()
+	if d.session != nil {
+		select {
+		case <-d.session.Done():
+		default:
+			return d.session, nil
+		}
+	}
+	s, err := concurrency.NewSession(d.cli, concurrency.WithTTL(d.lockTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return nil, d.wrap(err)
+	}
+	d.session = s
+	return s, nil
 }
 
 // bounded is ctx with the request timeout, unless it has a deadline.
@@ -181,10 +270,10 @@ func (d *DB) wrap(err error) error {
 		return storage.ErrClosed
 	default:
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return fmt.Errorf("etcd: %w", err)
+	return fmt.Errorf("%w: etcd: %w", storage.ErrUnavailable, err)
 }
 
 func (d *DB) record(kv *mvccpb.KeyValue) storage.Record {

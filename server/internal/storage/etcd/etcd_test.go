@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -71,3 +72,59 @@ func TestShreddingCompactsHistory(t *testing.T) {
 }
 
 func clientRev(r storage.Revision) clientv3.OpOption { return clientv3.WithRev(int64(r)) }
+
+// A lock is held by one process at a time; a holder whose lease ended
+// (as a paused process's does) no longer holds it, and its fenced writes
+// fail while the new holder's commit.
+func TestLockFencesWrites(t *testing.T) {
+	ctx := context.Background()
+	cluster := etcdtest.Start(t, 1)
+	open := func() *DB {
+		d, err := Open(Config{Endpoints: cluster.Endpoints(), LockTTL: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	a, b := open(), open()
+	la, err := a.Lock(ctx, "tokens/acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := b.Lock(wctx, "tokens/acme"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a second holder while the first holds the lock: %v", err)
+	}
+	if _, err := a.Txn(ctx, []storage.Cond{la.Held}, []storage.Op{storage.Put("tokens/acme", []byte("a1"))}); err != nil {
+		t.Fatalf("the holder's fenced write: %v", err)
+	}
+	// a's lease ends, as when a stops answering for longer than its TTL.
+	a.sessionMu.Lock()
+	lease := a.session.Lease()
+	a.sessionMu.Unlock()
+	if _, err := a.Client().Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.Lock(ctx, "tokens/acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Txn(ctx, []storage.Cond{lb.Held}, []storage.Op{storage.Put("tokens/acme", []byte("b1"))}); err != nil {
+		t.Fatalf("the new holder's fenced write: %v", err)
+	}
+	if _, err := a.Txn(ctx, []storage.Cond{la.Held}, []storage.Op{storage.Put("tokens/acme", []byte("a2"))}); !errors.Is(err, storage.ErrConflict) {
+		t.Fatalf("the former holder's fenced write: %v, want ErrConflict", err)
+	}
+	if r, err := a.Get(ctx, "tokens/acme"); err != nil || string(r.Value) != "b1" {
+		t.Fatalf("stored %q (%v), want the new holder's", r.Value, err)
+	}
+	lb.Unlock()
+	// a takes the lock again, on a new lease.
+	la2, err := a.Lock(ctx, "tokens/acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	la2.Unlock()
+}
