@@ -107,17 +107,14 @@ func (c *copies) apply(ch storage.Change) {
 // before it answers anyway.
 const syncTimeout = 10 * time.Second
 
-// synced waits until the copies hold every commit made so far, so that a
-// caller sees its change on its next call. The change is committed
-// already: if the copies lag, that is logged, not failed.
+// synced waits until the copies hold every change this process
+// committed, so that a caller sees its change on its next call. The
+// change is committed already: if the copies lag, that is logged, not
+// failed.
 func (c *copies) synced(ctx context.Context) {
-	rev, err := c.store.Revision()
-	if err == nil {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), syncTimeout)
-		defer cancel()
-		err = c.mirror.Wait(wctx, rev)
-	}
-	if err != nil {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), syncTimeout)
+	defer cancel()
+	if err := c.mirror.Wait(wctx, c.store.Committed()); err != nil {
 		c.log.Warn("the in-memory state has not caught up with a change yet", "error", err)
 	}
 }

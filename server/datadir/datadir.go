@@ -188,7 +188,7 @@ func openEngine(cfg Config) (*store.Store, error) {
 	if cfg.Storage != StorageEtcd {
 		return store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
 	}
-	db, err := etcd.Open(cfg.Etcd)
+	db, err := etcd.Open(cfg.Etcd, store.Logs...)
 	if err != nil {
 		return nil, err
 	}

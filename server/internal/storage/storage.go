@@ -93,7 +93,9 @@ type Backend interface {
 	Txn(ctx context.Context, conds []Cond, ops []Op) (Revision, error)
 	// Watch sends the changes committed after revision after to keys
 	// under prefix ("" for every key), in commit order, a Change per
-	// transaction, until ctx ends; then it closes the channel. A Change
+	// transaction, until ctx ends; then it closes the channel. Writes to
+	// the kinds an engine was opened with as logs (an audit trail) are
+	// not sent. A Change
 	// with Err set is the last one: ErrCompacted (after is older than the
 	// engine keeps, or the watcher fell that far behind) or ErrClosed.
 	Watch(ctx context.Context, prefix string, after Revision) <-chan Change

@@ -27,6 +27,11 @@ func (s *Store) Revision() (storage.Revision, error) {
 	return p.Revision, err
 }
 
+// Committed is the revision of this process's latest commit of records
+// that watchers see (all but the audit trail's): once a storage.Mirror has
+// applied it, the mirror holds every change this process made.
+func (s *Store) Committed() storage.Revision { return storage.Revision(s.watched.Load()) }
+
 // DecodeAccount reads the account a committed change wrote; an account
 // whose record fails its check comes with only its ID, marked Tampered.
 func (s *Store) DecodeAccount(ev storage.Event) Account {

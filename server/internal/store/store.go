@@ -49,6 +49,9 @@ type Store struct {
 	// count does not walk the whole trail. It changes only when a
 	// transaction commits.
 	auditEvents atomic.Int64
+	// watched is the revision of this process's latest commit of records
+	// that watchers see (see Committed).
+	watched atomic.Int64
 	// auditSeq numbers the audit events this process stores. It starts
 	// at a random multiple of 2^32, so that replicas sharing a store
 	// never give two events the same key (see appendAudit).
@@ -64,12 +67,17 @@ var ctx = context.Background()
 // Opening an existing file does not write to it. The store reads and
 // writes records only once Authenticate has given it its key.
 func Open(path string, lockTimeout time.Duration) (*Store, error) {
-	db, err := boltdb.Open(path, lockTimeout, string(auditBucket))
+	db, err := boltdb.Open(path, lockTimeout, Logs...)
 	if err != nil {
 		return nil, err
 	}
 	return New(db)
 }
+
+// Logs are the kinds of records that are appended and read but never
+// watched (the audit trail): engines are opened with them (see
+// storage.Backend.Watch).
+var Logs = []string{string(auditBucket)}
 
 // New is the store on engine b, which it closes when it is closed (or
 // now, if New fails).
@@ -150,9 +158,14 @@ func (s *Store) commit(build func() (txn, error)) error {
 		if err != nil {
 			return err
 		}
-		if _, err = s.db.Txn(ctx, t.conds, t.ops); !errors.Is(err, storage.ErrConflict) {
+		var rev storage.Revision
+		if rev, err = s.db.Txn(ctx, t.conds, t.ops); !errors.Is(err, storage.ErrConflict) {
 			if err == nil {
-				s.auditEvents.Add(int64(countAudit(t.ops)))
+				audited := countAudit(t.ops)
+				s.auditEvents.Add(int64(audited))
+				if audited < len(t.ops) {
+					s.noteWatched(rev)
+				}
 				for _, f := range t.onCommit {
 					f()
 				}
@@ -161,6 +174,16 @@ func (s *Store) commit(build func() (txn, error)) error {
 		}
 	}
 	return fmt.Errorf("gave up after %d attempts: %w", maxAttempts, storage.ErrConflict)
+}
+
+// noteWatched raises Committed to rev.
+func (s *Store) noteWatched(rev storage.Revision) {
+	for {
+		old := s.watched.Load()
+		if int64(rev) <= old || s.watched.CompareAndSwap(old, int64(rev)) {
+			return
+		}
+	}
 }
 
 // DatabaseID returns the database's random id, or nil if it has none: a

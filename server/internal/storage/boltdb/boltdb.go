@@ -341,7 +341,10 @@ func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (s
 
 // writes are what a transaction changed.
 type writes struct {
+	// events are the changes to watch: all but those to logs.
 	events []storage.Event
+	wrote  bool
+	last   []byte // the bucket of the last write
 	shred  bool
 	// logs are the kinds that are logs (see Open).
 	logs map[string]bool
@@ -371,7 +374,10 @@ func (w *writes) apply(tx *bolt.Tx, op storage.Op) error {
 		ev.Version = versionOf(ev.Value)
 		err = w.put(tx, bucket, name, ev.Value)
 	}
-	w.events = append(w.events, ev)
+	if !w.logs[string(bucket)] {
+		w.events = append(w.events, ev)
+	}
+	w.wrote, w.last = true, bucket
 	w.shred = w.shred || op.Shred
 	return err
 }
@@ -385,12 +391,13 @@ func (d *DB) commit(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) 
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
 	change := storage.Change{Revision: d.rev + 1}
+	wrote := false
 	err := d.update(func(tx *bolt.Tx) error {
 		w := writes{logs: d.logs}
 		if err := fn(tx, &w); err != nil {
 			return err
 		}
-		if len(w.events) == 0 {
+		if !w.wrote {
 			return nil
 		}
 		if w.shred {
@@ -402,15 +409,14 @@ func (d *DB) commit(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) 
 				return err
 			}
 		}
-		bucket, _, _ := split(w.events[len(w.events)-1].Key)
-		change.Events = w.events
-		return tx.Bucket(bucket).SetSequence(uint64(change.Revision))
+		change.Events, wrote = w.events, true
+		return tx.Bucket(w.last).SetSequence(uint64(change.Revision))
 	})
 	if err != nil {
 		return 0, err
 	}
-	if change.Events == nil {
-		return d.rev, nil // nothing written
+	if !wrote {
+		return d.rev, nil
 	}
 	d.rev = change.Revision
 	d.history.add(change)

@@ -23,8 +23,12 @@ func openTest(t *testing.T, path string) *DB {
 }
 
 func TestConformance(t *testing.T) {
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
-		return openTest(t, filepath.Join(t.TempDir(), "credbroker.db"))
+	storagetest.Run(t, func(t *testing.T, logs ...string) storage.Backend {
+		d, err := Open(filepath.Join(t.TempDir(), "credbroker.db"), time.Second, logs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
 	})
 }
 

@@ -8,7 +8,8 @@ import (
 )
 
 // history keeps the latest committed changes, in commit order, for
-// watchers, and wakes them when one is added.
+// watchers, and wakes them when one is added. A commit that wrote logs
+// only is kept as a change without events, which no watcher is sent.
 type history struct {
 	mu      sync.Mutex
 	changes []storage.Change // consecutive revisions, the oldest first

@@ -1,6 +1,8 @@
 // Package etcd is the storage engine on an etcd cluster, for brokers that
-// run as several replicas. Every key lives under one prefix; a record's
-// version is its modification revision, so compare-and-swap is etcd's own
+// run as several replicas. Every key lives under one prefix: records under
+// prefix+"data/", logs (see Open) under prefix+"log/", locks under
+// prefix+"locks/", so that a watch of the records sees neither the audit
+// trail nor lock traffic. A record's version is its modification revision, so compare-and-swap is etcd's own
 // If(ModRevision(key) == v), and a commit is agreed by a quorum before Txn
 // returns. Watch is an etcd watch from a revision.
 //
@@ -57,10 +59,17 @@ type Config struct {
 // DefaultPrefix is the prefix of a broker's keys when none is configured.
 const DefaultPrefix = "/credbroker/"
 
-// shredKey is the engine's own key (under the prefix, outside every
-// kind): the revision of the latest commit that shredded sealed material,
-// while its history is not yet compacted.
-const shredKey = "\x00shred-pending"
+// shredKey is the engine's own key (after the prefix): its revision is
+// that of the latest commit that shredded sealed material, while its
+// history is not yet compacted.
+const shredKey = "shred-pending"
+
+// Where each sort of key lives, after the prefix.
+const (
+	dataDir  = "data/"
+	logDir   = "log/"
+	locksDir = "locks/"
+)
 
 // DB is the engine. It implements storage.Backend and storage.Locker.
 type DB struct {
@@ -68,6 +77,8 @@ type DB struct {
 	prefix  string
 	timeout time.Duration
 	lockTTL int
+	// logs are the kinds kept under logDir.
+	logs map[string]bool
 
 	// session is the lease that this process's locks live on (see Lock).
 	sessionMu sync.Mutex
@@ -83,8 +94,9 @@ var (
 )
 
 // Open connects to the cluster; it fails if no member answers within
-// DialTimeout.
-func Open(cfg Config) (*DB, error) {
+// DialTimeout. logs are kinds of records that are appended and read, but
+// not watched (an audit trail): Watch never sends their changes.
+func Open(cfg Config, logs ...string) (*DB, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd: no endpoints")
 	}
@@ -101,6 +113,9 @@ func Open(cfg Config) (*DB, error) {
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(cfg.Prefix, "/") {
+		cfg.Prefix += "/"
 	}
 	if cfg.LockTTL <= 0 {
 		cfg.LockTTL = 10 * time.Second
@@ -120,7 +135,10 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, lockTTL: int(max(cfg.LockTTL/time.Second, 1)), closed: make(chan struct{})}
+	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, lockTTL: int(max(cfg.LockTTL/time.Second, 1)), logs: map[string]bool{}, closed: make(chan struct{})}
+	for _, kind := range logs {
+		d.logs[kind] = true
+	}
 	// clientv3.New does not wait for a connection: ask for one answer, so
 	// that a wrong address fails at start and not on the first call.
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
@@ -166,9 +184,6 @@ func clientTLS(cfg Config) (*tls.Config, error) {
 // storing records (locks, leases).
 func (d *DB) Client() *clientv3.Client { return d.cli }
 
-// Prefix is the prefix of the broker's keys.
-func (d *DB) Prefix() string { return d.prefix }
-
 // Limits are etcd's default bounds.
 func (d *DB) Limits() storage.Limits { return storage.EtcdLimits }
 
@@ -196,7 +211,7 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 	if err != nil {
 		return storage.Lock{}, err
 	}
-	m := concurrency.NewMutex(s, d.prefix+"locks/"+name)
+	m := concurrency.NewMutex(s, d.prefix+locksDir+name)
 	err = m.Lock(ctx)
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		// The lease ended before the session noticed: start a new one.
@@ -204,7 +219,7 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 		if s, err = d.lease(ctx); err != nil {
 			return storage.Lock{}, err
 		}
-		m = concurrency.NewMutex(s, d.prefix+"locks/"+name)
+		m = concurrency.NewMutex(s, d.prefix+locksDir+name)
 		err = m.Lock(ctx)
 	}
 	if err != nil {
@@ -222,7 +237,7 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 	}
 	// The key is never written again after it is created, so its
 	// modification revision is its creation revision while it exists.
-	return storage.Lock{Held: storage.VersionIs(m.Key()[len(d.prefix):], storage.Version(owner.CreateRevision)), Unlock: unlock}, nil
+	return storage.Lock{Held: storage.VersionIs(d.logical([]byte(m.Key())), storage.Version(owner.CreateRevision)), Unlock: unlock}, nil
 }
 
 // dropLease forgets s, if it is still the session, so that the next lock
@@ -276,19 +291,47 @@ func (d *DB) wrap(err error) error {
 	return fmt.Errorf("%w: etcd: %w", storage.ErrUnavailable, err)
 }
 
+// base is where the keys of key's kind live: a log's under logDir, a
+// lock's (kind "locks") under locksDir, other records' under dataDir.
+func (d *DB) base(key string) string {
+	kind, _, _ := strings.Cut(key, "/")
+	switch {
+	case d.logs[kind]:
+		return d.prefix + logDir
+	case kind+"/" == locksDir:
+		return d.prefix
+	}
+	return d.prefix + dataDir
+}
+
+// physical is key's etcd key.
+func (d *DB) physical(key string) string { return d.base(key) + key }
+
+// logical is the storage key of an etcd key.
+func (d *DB) logical(k []byte) string {
+	rest := string(k[len(d.prefix):])
+	if r, ok := strings.CutPrefix(rest, dataDir); ok {
+		return r
+	}
+	if r, ok := strings.CutPrefix(rest, logDir); ok {
+		return r
+	}
+	return rest
+}
+
 func (d *DB) record(kv *mvccpb.KeyValue) storage.Record {
 	v := kv.Value
 	if v == nil {
 		v = []byte{}
 	}
-	return storage.Record{Key: string(kv.Key[len(d.prefix):]), Value: v, Version: storage.Version(kv.ModRevision)}
+	return storage.Record{Key: d.logical(kv.Key), Value: v, Version: storage.Version(kv.ModRevision)}
 }
 
 // Get reads one record.
 func (d *DB) Get(ctx context.Context, key string) (storage.Record, error) {
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	resp, err := d.cli.Get(ctx, d.prefix+key)
+	resp, err := d.cli.Get(ctx, d.physical(key))
 	if err != nil {
 		return storage.Record{}, d.wrap(err)
 	}
@@ -305,9 +348,10 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 	}
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	start, end := d.prefix+r.Prefix, d.prefix+storage.PrefixEnd(r.Prefix)
+	base := d.base(r.Prefix)
+	start, end := base+r.Prefix, base+storage.PrefixEnd(r.Prefix)
 	if r.After != "" {
-		after := d.prefix + r.After
+		after := base + r.After
 		switch {
 		case !r.Reverse && after >= start:
 			start = after + "\x00"
@@ -374,7 +418,7 @@ func (d *DB) page(kvs []*mvccpb.KeyValue, more bool, rev int64) storage.Page {
 func (d *DB) Count(ctx context.Context, prefix string) (int64, error) {
 	ctx, cancel := d.bounded(ctx)
 	defer cancel()
-	resp, err := d.cli.Get(ctx, d.prefix+prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := d.cli.Get(ctx, d.physical(prefix), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return 0, d.wrap(err)
 	}
@@ -393,7 +437,7 @@ func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (s
 	defer cancel()
 	cmps := make([]clientv3.Cmp, 0, len(conds))
 	for _, c := range conds {
-		k := d.prefix + c.Key
+		k := d.physical(c.Key)
 		switch {
 		case c.Exists:
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), ">", 0))
@@ -434,9 +478,9 @@ func (d *DB) writes(ops []storage.Op) ([]clientv3.Op, bool) {
 			continue
 		}
 		if op.Delete {
-			out = append(out, clientv3.OpDelete(d.prefix+op.Key))
+			out = append(out, clientv3.OpDelete(d.physical(op.Key)))
 		} else {
-			out = append(out, clientv3.OpPut(d.prefix+op.Key, string(op.Value)))
+			out = append(out, clientv3.OpPut(d.physical(op.Key), string(op.Value)))
 		}
 	}
 	return out, shred
@@ -461,7 +505,7 @@ func (d *DB) follow(ctx context.Context, prefix string, after storage.Revision, 
 		case <-ctx.Done():
 		}
 	}
-	key := d.prefix + prefix
+	key := d.prefix + dataDir + prefix
 	for resp := range d.cli.Watch(wctx, key, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1)) {
 		if resp.CompactRevision != 0 {
 			end(fmt.Errorf("%w (etcd compacted its history up to revision %d)", storage.ErrCompacted, resp.CompactRevision))
@@ -492,14 +536,11 @@ func (d *DB) follow(ctx context.Context, prefix string, after storage.Revision, 
 }
 
 // changes groups a watch response's events by revision (one transaction
-// each), leaving out the engine's own key.
+// each).
 func (d *DB) changes(events []*clientv3.Event) []storage.Change {
 	var out []storage.Change
 	for _, e := range events {
-		k := string(e.Kv.Key[len(d.prefix):])
-		if k == shredKey {
-			continue
-		}
+		k := d.logical(e.Kv.Key)
 		rev := storage.Revision(e.Kv.ModRevision)
 		if len(out) == 0 || out[len(out)-1].Revision != rev {
 			out = append(out, storage.Change{Revision: rev})

@@ -18,9 +18,9 @@ import (
 func TestConformance(t *testing.T) {
 	cluster := etcdtest.Start(t, 1)
 	n := 0
-	storagetest.Run(t, func(t *testing.T) storage.Backend {
+	storagetest.Run(t, func(t *testing.T, logs ...string) storage.Backend {
 		n++
-		d, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: fmt.Sprintf("/conformance-%d/", n)})
+		d, err := Open(Config{Endpoints: cluster.Endpoints(), Prefix: fmt.Sprintf("/conformance-%d/", n)}, logs...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,7 +49,7 @@ func TestShreddingCompactsHistory(t *testing.T) {
 		t.Fatalf("pending after a shredding commit: %v %v", pending, err)
 	}
 	// Before the compaction, the old value is still in etcd's history.
-	if resp, err := d.Client().Get(ctx, d.Prefix()+"accounts/a", clientRev(first)); err != nil || len(resp.Kvs) != 1 {
+	if resp, err := d.Client().Get(ctx, d.physical("accounts/a"), clientRev(first)); err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("history before compaction: %v %v", resp, err)
 	}
 	if err := d.Compact(); err != nil {
@@ -58,7 +58,7 @@ func TestShreddingCompactsHistory(t *testing.T) {
 	if pending, err := d.CompactPending(); err != nil || pending {
 		t.Fatalf("pending after Compact: %v %v", pending, err)
 	}
-	if _, err := d.Client().Get(ctx, d.Prefix()+"accounts/a", clientRev(first)); err == nil {
+	if _, err := d.Client().Get(ctx, d.physical("accounts/a"), clientRev(first)); err == nil {
 		t.Fatal("the shredded value is still in etcd's history")
 	}
 	// A watcher from before the compaction is told to read afresh.

@@ -16,9 +16,9 @@ import (
 	"github.com/credbroker/credbroker/server/internal/storage"
 )
 
-// Run runs the suite; open returns a new, empty engine, which the suite
-// closes.
-func Run(t *testing.T, open func(t *testing.T) storage.Backend) {
+// Run runs the suite; open returns a new, empty engine with the given
+// log kinds, which the suite closes.
+func Run(t *testing.T, open func(t *testing.T, logs ...string) storage.Backend) {
 	tests := []struct {
 		name string
 		fn   func(*testing.T, storage.Backend)
@@ -35,10 +35,11 @@ func Run(t *testing.T, open func(t *testing.T) storage.Backend) {
 		{"Revisions", testRevisions},
 		{"Watch", testWatch},
 		{"WatchEnds", testWatchEnds},
+		{"LogsAreNotWatched", testLogsAreNotWatched},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := open(t)
+			b := open(t, "audit")
 			t.Cleanup(func() { b.Close() })
 			tc.fn(t, b)
 		})
@@ -443,5 +444,37 @@ func testWatchEnds(t *testing.T, b storage.Backend) {
 	}
 	if !errors.Is(last.Err, storage.ErrClosed) {
 		t.Fatalf("the watch of a closed engine ended with %+v, want ErrClosed", last)
+	}
+}
+
+// Writes to a log kind are stored and read like any other, but no watcher
+// is sent them; a transaction that also writes other records is sent
+// with those alone.
+func testLogsAreNotWatched(t *testing.T, b storage.Backend) {
+	p, err := b.List(ctx, storage.Range{Prefix: "accounts/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := b.Watch(wctx, "", p.Revision)
+	both := put(t, b, "accounts/a", "1", "audit/1", "e1")
+	put(t, b, "audit/2", "e2")
+	last := put(t, b, "accounts/b", "2")
+	if c := next(t, ch); c.Revision != both || len(c.Events) != 1 || c.Events[0].Key != "accounts/a" {
+		t.Fatalf("first change: %+v, want accounts/a alone at %d", c, both)
+	}
+	if c := next(t, ch); c.Revision != last || len(c.Events) != 1 || c.Events[0].Key != "accounts/b" {
+		t.Fatalf("second change: %+v, want accounts/b at %d", c, last)
+	}
+	logs, err := b.List(ctx, storage.Range{Prefix: "audit/"})
+	if err != nil || !slices.Equal(keys(logs.Records), []string{"audit/1", "audit/2"}) {
+		t.Fatalf("the log's records: %v (%v)", keys(logs.Records), err)
+	}
+	if n, err := b.Count(ctx, "audit/"); err != nil || n != 2 {
+		t.Fatalf("count of the log: %d (%v)", n, err)
+	}
+	if r := mustGet(t, b, "audit/2"); string(r.Value) != "e2" {
+		t.Fatalf("audit/2 = %q", r.Value)
 	}
 }
