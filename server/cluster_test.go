@@ -3,7 +3,9 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -197,6 +200,52 @@ func revokeLockLeases(t *testing.T, cluster *etcdtest.Cluster, account string) {
 		if _, err := cli.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A replica that cannot reach an etcd quorum says so: /readyz and its
+// gRPC health report not serving, and calls get UNAVAILABLE with the
+// reason STORAGE_UNAVAILABLE at once; when the quorum is back it serves
+// again by itself.
+func TestReplicaWithoutQuorumIsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	rs, cluster := startReplicas(t, 1, 3, nil)
+	b := rs[0]
+	b.link(t, "acme")
+	b.token(t, "acme")
+
+	cluster.Stop(1)
+	cluster.Stop(2)
+	waitFor(t, 15*time.Second, func() error {
+		if code, body := b.opsGet(t, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "storage") {
+			return fmt.Errorf("/readyz: %d %q", code, body)
+		}
+		return nil
+	})
+	h, err := b.health.Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || h.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health without a quorum: %v %v", h, err)
+	}
+	start := time.Now()
+	_, err = b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+	wantCode(t, err, codes.Unavailable, "STORAGE_UNAVAILABLE")
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the refusal took %s: it should not wait for the storage", d)
+	}
+	_, err = b.accounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{})
+	wantCode(t, err, codes.Unavailable, "STORAGE_UNAVAILABLE")
+
+	cluster.Restart(1)
+	cluster.Restart(2)
+	waitFor(t, 20*time.Second, func() error {
+		_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		return err
+	})
+	if code, body := b.opsGet(t, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz once etcd is back: %d %q", code, body)
+	}
+	if h, err := b.health.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health once etcd is back: %v %v", h, err)
 	}
 }
 

@@ -163,6 +163,8 @@ type Server struct {
 	proxy, ops *listeners.HTTP
 	// draining: shutdown has begun, so /readyz says not ready.
 	draining atomic.Bool
+	// probe watches the storage of a replica on etcd; nil on bbolt.
+	probe *storageProbe
 
 	// release undoes New: it closes the listeners, stops tracing and
 	// closes the database, once (closeOnce; closeErr is what it returned).
@@ -316,9 +318,14 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	ac.Expendable, ac.Logger = api.CallEvent, cfg.Logger
 	al := audit.New(ac, sink, st)
 
+	hs := health.NewServer()
+	var probe *storageProbe // only a replica on etcd can lose its storage
+	if cfg.Storage == datadir.StorageEtcd {
+		probe = &storageProbe{backend: st.Backend(), health: hs, log: cfg.Logger}
+	}
 	certs := mtls.NewHTTPVerifier(tlsm.ClientCAs)
 	gc := cfg.Gate
-	gc.Logger = cfg.Logger
+	gc.Logger, gc.StorageDown = cfg.Logger, probe.Down
 	gt := gate.New(gc, cs, al, certs)
 	g := grpc.NewServer(append(tr.ServerOptions(),
 		grpc.Creds(tlsm.GRPCCredentials()),
@@ -330,12 +337,11 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 		Store: st, DataDir: cfg.DataDir, Logger: cfg.Logger,
 	}
 	api.Register(g, core)
-	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, bootstrapKey: bootstrapKey}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey}
 	if s.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return nil, err
 	}
@@ -351,7 +357,7 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 		release.push(s.proxy.Close)
 	}
 	if cfg.OpsListenAddr != listeners.Off {
-		s.ops, err = tlsm.ListenHTTP("ops listener", cfg.OpsListenAddr, ops.Handler(met, al, &s.draining),
+		s.ops, err = tlsm.ListenHTTP("ops listener", cfg.OpsListenAddr, ops.Handler(met, s.notReady),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second}, cfg.Logger)
 		if err != nil {
 			return nil, err
@@ -360,6 +366,19 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	}
 	s.release = *release
 	return s, nil
+}
+
+// notReady is why the server should not get calls now, or "".
+func (s *Server) notReady() string {
+	switch {
+	case s.draining.Load():
+		return "shutting down"
+	case s.probe.Down():
+		return "the storage (a quorum of etcd) is out of reach, so calls are refused; see the server log"
+	case s.audit.Failing():
+		return "the audit trail cannot be written, so calls are refused; see the server log"
+	}
+	return ""
 }
 
 // BootstrapAdminKey is the admin caller key created on the first start of a
@@ -400,6 +419,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopMirror, stopRefresh, stopAudit := start(s.mirror.Run), start(s.tokens.Run), start(s.audit.Run)
 	stopCompact := start(func(ctx context.Context) { datadir.CompactPeriodically(ctx, s.store, s.cfg.CompactInterval, s.log) })
 	stopRefusals := start(s.gate.Run)
+	stopProbe := func() {}
+	if s.probe != nil {
+		stopProbe = start(s.probe.run)
+	}
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
@@ -436,6 +459,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Calls have finished: the last refusals are tallied, and written
 	// while the audit writer still runs; then no one waits for it any more.
 	stopRefusals()
+	stopProbe()
 	stopAudit()
 	stopRefresh()
 	stopCompact()

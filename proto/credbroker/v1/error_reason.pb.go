@@ -91,6 +91,11 @@ const (
 	// calls (HTTP methods and path prefixes): this call is outside them, or
 	// it is GetToken, whose token would not be limited. Status PERMISSION_DENIED.
 	ErrorReason_GRANT_LIMITED ErrorReason = 14
+	// This replica cannot reach its storage (in cluster mode, a quorum of
+	// the etcd cluster), so it can neither audit nor store the call: retry,
+	// on another replica. Status UNAVAILABLE. The replica reports not ready
+	// meanwhile, and recovers by itself.
+	ErrorReason_STORAGE_UNAVAILABLE ErrorReason = 15
 )
 
 // Enum value maps for ErrorReason.
@@ -111,6 +116,7 @@ var (
 		12: "INTEGRITY_CHECK_FAILED",
 		13: "PROVIDER_REDIRECTED",
 		14: "GRANT_LIMITED",
+		15: "STORAGE_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -128,6 +134,7 @@ var (
 		"INTEGRITY_CHECK_FAILED":   12,
 		"PROVIDER_REDIRECTED":      13,
 		"GRANT_LIMITED":            14,
+		"STORAGE_UNAVAILABLE":      15,
 	}
 )
 
@@ -162,7 +169,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xd2\x02\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xeb\x02\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -181,7 +188,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x0fNO_API_BASE_URL\x10\v\x12\x1a\n" +
 	"\x16INTEGRITY_CHECK_FAILED\x10\f\x12\x17\n" +
 	"\x13PROVIDER_REDIRECTED\x10\r\x12\x11\n" +
-	"\rGRANT_LIMITED\x10\x0eBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\rGRANT_LIMITED\x10\x0e\x12\x17\n" +
+	"\x13STORAGE_UNAVAILABLE\x10\x0fBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

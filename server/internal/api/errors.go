@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -26,6 +27,9 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.Canceled, "the call was canceled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "the call's deadline passed")
+	case errors.Is(err, store.ErrUnavailable):
+		m.log.Warn("the storage is out of reach", "method", methodName(ctx), "error", err)
+		return gate.ErrStorageUnavailable
 	case errors.Is(err, store.ErrIntegrity):
 		return grpcerr.Status(codes.FailedPrecondition, "a stored record of this resource failed its integrity check (it was changed outside the broker), so the broker does not use it: delete and re-create it, or restore a backup",
 			grpcerr.Info(credbrokerv1.ErrorReason_INTEGRITY_CHECK_FAILED, nil)).Err()

@@ -49,6 +49,10 @@ type Config struct {
 	// RefusalInterval is how often the tallies of refused calls become
 	// audit events (see refusals).
 	RefusalInterval time.Duration
+	// StorageDown, if set, says whether the storage is out of reach: then
+	// every call is refused at once with ErrStorageUnavailable, unaudited
+	// (there is nowhere to write its event) but logged.
+	StorageDown func() bool
 	// Now is the clock of calls' times and rate limits.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -147,7 +151,8 @@ type Gate struct {
 	// certs proves the principals of HTTP callers' client certificates.
 	certs *mtls.HTTPVerifier
 	// refusals bounds and tallies the calls that fail authentication.
-	refusals *refusals
+	refusals    *refusals
+	storageDown func() bool
 }
 
 // New returns the gate of callers' keys and admin principals cs, writing
@@ -155,9 +160,13 @@ type Gate struct {
 // calls: the HTTP servers' ConnContext must be its ConnContext.
 func New(cfg Config, cs *callers.Service, al *audit.Log, certs *mtls.HTTPVerifier) *Gate {
 	cfg = cfg.withDefaults()
+	if cfg.StorageDown == nil {
+		cfg.StorageDown = func() bool { return false }
+	}
 	return &Gate{
 		callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: cfg.Now, certs: certs,
-		refusals: newRefusals(cfg.UnauthenticatedRateLimit, cfg.UnauthenticatedRateBurst, cfg.RefusalInterval, al, cfg.Logger, cfg.Now),
+		refusals:    newRefusals(cfg.UnauthenticatedRateLimit, cfg.UnauthenticatedRateBurst, cfg.RefusalInterval, al, cfg.Logger, cfg.Now),
+		storageDown: cfg.StorageDown,
 	}
 }
 
@@ -187,6 +196,8 @@ type Call struct {
 	// (no grant, not an admin, over its rate limit): audited alone within
 	// the caller's allowance, tallied beyond it (see refusals).
 	Refused bool
+	// unaudited: refused while the storage was out of reach.
+	unaudited bool
 	// access is who may make the call.
 	access Access
 }
@@ -258,7 +269,7 @@ func (g *Gate) FinishAnswered(c *Call, err error) error {
 // an identity (see refusals). It returns ErrAuditUnavailable if the event
 // could not be written.
 func (g *Gate) record(c *Call, err error) error {
-	if c.access == Proven || (c.committed.Load() && err == nil) {
+	if c.access == Proven || c.unaudited || (c.committed.Load() && err == nil) {
 		return nil
 	}
 	if c.unproven || (c.Refused && !g.refusals.aloneAllowed(c)) {
@@ -294,6 +305,12 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 	g.log.Info("request", attrs...)
 }
 
+// ErrStorageUnavailable refuses every call while the storage is out of
+// reach, and answers a call that met it, so that clients retry on another
+// replica.
+var ErrStorageUnavailable = grpcerr.Status(codes.Unavailable, "this replica cannot reach its storage (a quorum of etcd), so it can neither audit nor serve this call; retry, on another replica",
+	grpcerr.Info(credbrokerv1.ErrorReason_STORAGE_UNAVAILABLE, nil)).Err()
+
 // ErrAuditUnavailable refuses a call whose audit event could not be written.
 var ErrAuditUnavailable = grpcerr.Status(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
 	grpcerr.Info(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil)).Err()
@@ -303,6 +320,10 @@ var ErrAuditUnavailable = grpcerr.Status(codes.Unavailable, "the audit event of 
 // limit and role. A peer address that sent too many calls without valid
 // credentials waits before any of its credentials are looked at.
 func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error {
+	if g.storageDown() {
+		c.unaudited = true
+		return ErrStorageUnavailable
+	}
 	if wait := g.refusals.wait(c); wait > 0 {
 		c.unproven, c.throttled = true, true
 		return grpcerr.Status(codes.ResourceExhausted, "too many calls without valid credentials from this address; retry later",

@@ -1,41 +1,37 @@
 // Package ops serves what operators' tools poll, with no secret in it and
 // asking no credentials: /metrics for Prometheus (with what it shows of
 // each account), /healthz (the process answers) and /readyz (it can serve
-// calls: not shutting down, and the audit trail can be written). It is
+// calls: not shutting down, the storage in reach, the audit trail
+// writable). It is
 // apart from package api, whose every call passes the gate.
 package ops
 
 import (
 	"encoding/hex"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 // Handler serves /metrics from met, /healthz, and /readyz, which says not
-// ready while draining is set or while al cannot write the audit trail.
-func Handler(met *metrics.Metrics, al *audit.Log, draining *atomic.Bool) http.Handler {
+// ready, and why, while notReady returns a reason.
+func Handler(met *metrics.Metrics, notReady func() string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		switch {
-		case draining.Load():
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		case al.Failing():
-			http.Error(w, "the audit trail cannot be written, so calls are refused; see the server log", http.StatusServiceUnavailable)
-		default:
-			_, _ = w.Write([]byte("ready\n"))
+		if why := notReady(); why != "" {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
 		}
+		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
 }

@@ -39,6 +39,9 @@ var (
 	// ErrIntegrity means a stored record failed its integrity check: it
 	// was changed outside the broker, or copied from another database.
 	ErrIntegrity = keyring.ErrIntegrity
+	// ErrUnavailable means the storage engine is out of reach (an etcd
+	// cluster without a quorum).
+	ErrUnavailable = storage.ErrUnavailable
 )
 
 // Store is the broker's database.

@@ -18,6 +18,7 @@ PROXY_ONLY: ErrorReason
 RATE_LIMITED: ErrorReason
 SECRET_EXPIRED: ErrorReason
 SECRET_LIMIT: ErrorReason
+STORAGE_UNAVAILABLE: ErrorReason
 
 class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []

@@ -25,6 +25,9 @@ type Cluster struct {
 type member struct {
 	cfg  *embed.Config
 	etcd *embed.Etcd // nil while stopped
+	// closed is closed once a stopped member has released its ports and
+	// files.
+	closed chan struct{}
 }
 
 // Start starts a cluster of n members and waits until it has a leader;
@@ -105,28 +108,48 @@ func (c *Cluster) Endpoints() []string {
 	return out
 }
 
-// Stop stops member i, as a crash would (it keeps its data).
+// Stop stops member i at once, as a crash would (it keeps its data): its
+// raft node stops, and its listeners close in the background (they wait
+// for clients' streams up to etcd's request timeout).
 func (c *Cluster) Stop(i int) {
 	c.mu.Lock()
-	e := c.members[i].etcd
-	c.members[i].etcd = nil
+	m := c.members[i]
+	e := m.etcd
+	m.etcd = nil
 	c.mu.Unlock()
-	if e != nil {
-		e.Close()
+	if e == nil {
+		return
 	}
+	e.Server.HardStop()
+	m.closed = make(chan struct{})
+	go func() {
+		e.Close()
+		close(m.closed)
+	}()
 }
 
 // Restart starts member i again on its data.
 func (c *Cluster) Restart(i int) {
 	c.t.Helper()
+	c.wait(i)
 	c.members[i].cfg.ClusterState = embed.ClusterStateFlagExisting
 	if err := c.start(i); err != nil {
 		c.t.Fatal(err)
 	}
 }
 
+// wait waits until stopped member i has closed.
+func (c *Cluster) wait(i int) {
+	if closed := c.members[i].closed; closed != nil {
+		<-closed
+	}
+}
+
 func (c *Cluster) stopAll() {
 	for i := range c.members {
 		c.Stop(i)
+	}
+	for i := range c.members {
+		c.wait(i)
 	}
 }
