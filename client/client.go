@@ -10,6 +10,13 @@
 //
 //	c, err := client.New("broker.internal:50051", client.WithTLS(tlsConfig), client.WithCallerKey(key))
 //	httpClient := oauth2.NewClient(ctx, c.TokenSource("accounts/acme"))
+//
+// Given the addresses of several replicas of a cluster, comma-separated,
+// the client spreads its calls over them and retries a GetToken that one
+// answers UNAVAILABLE (stopped, draining, or cut off from its storage) on
+// another:
+//
+//	c, err := client.New("broker-0:50051,broker-1:50051,broker-2:50051", ...)
 package client
 
 import (
@@ -17,6 +24,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,13 +36,16 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/internal/loopback"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// Client talks to one broker. It is safe for concurrent use.
+// Client talks to one broker, or to the replicas of a cluster. It is safe
+// for concurrent use.
 type Client struct {
 	conn   *grpc.ClientConn
 	tokens credbrokerv1.TokenServiceClient
@@ -101,8 +112,28 @@ func WithCallTimeout(d time.Duration) Option {
 	return func(o *options) { o.callTimeout = d }
 }
 
-// New returns a client for the broker at target (host:port or any gRPC
-// target name). It does not connect until first used.
+// ServiceConfig is the gRPC service config of the client's connection:
+// calls go round robin over the addresses the target resolves to, and
+// GetToken, which changes nothing, is tried again on UNAVAILABLE, on the
+// next address. Connections made without this package can use it with
+// grpc.WithDefaultServiceConfig.
+const ServiceConfig = `{
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [{
+    "name": [{"service": "credbroker.v1.TokenService", "method": "GetToken"}],
+    "retryPolicy": {
+      "maxAttempts": 4,
+      "initialBackoff": "0.05s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`
+
+// New returns a client for the broker at target: host:port, any gRPC
+// target name, or the host:port of several replicas separated by commas.
+// It does not connect until first used.
 func New(target string, opts ...Option) (*Client, error) {
 	o := options{
 		dialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
@@ -115,17 +146,42 @@ func New(target string, opts ...Option) (*Client, error) {
 	if o.tls != nil {
 		o.dialOptions = append(o.dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(o.tls)))
 	}
+	addrs := strings.Split(target, ",")
 	if o.callerKey != "" {
-		if o.tls == nil && !loopback.Addr(target) {
-			return nil, fmt.Errorf("credbroker client: refusing to send a caller key in plaintext to %q; use WithTLS", target)
+		for _, a := range addrs {
+			if o.tls == nil && !loopback.Addr(strings.TrimSpace(a)) {
+				return nil, fmt.Errorf("credbroker client: refusing to send a caller key in plaintext to %q; use WithTLS", a)
+			}
 		}
 		o.dialOptions = append(o.dialOptions, grpc.WithPerRPCCredentials(CallerKey(o.callerKey)))
+	}
+	o.dialOptions = append(o.dialOptions, grpc.WithDefaultServiceConfig(ServiceConfig))
+	if len(addrs) > 1 {
+		target = replicas(addrs, &o)
 	}
 	conn, err := grpc.NewClient(target, o.dialOptions...)
 	if err != nil {
 		return nil, err
 	}
 	return &Client{conn: conn, tokens: credbrokerv1.NewTokenServiceClient(conn), opts: o}, nil
+}
+
+// replicas resolves a target to addrs, each verified under its own host
+// name over TLS, and returns the target to dial.
+func replicas(addrs []string, o *options) string {
+	r := manual.NewBuilderWithScheme("credbroker-replicas")
+	var state resolver.State
+	for _, a := range addrs {
+		a = strings.TrimSpace(a)
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			host = a
+		}
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
+	}
+	r.InitialState(state)
+	o.dialOptions = append(o.dialOptions, grpc.WithResolvers(r))
+	return r.Scheme() + ":///replicas"
 }
 
 // Conn is the client's connection, for calling the broker's other
