@@ -9,8 +9,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/credbroker/credbroker/internal/etcdtest"
 	"github.com/credbroker/credbroker/server/internal/storage"
-	"github.com/credbroker/credbroker/server/internal/storage/etcd/etcdtest"
 	"github.com/credbroker/credbroker/server/internal/storage/storagetest"
 )
 
