@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -84,9 +85,10 @@ func TestSecretRotationWithoutDowntime(t *testing.T) {
 					fail("proxy: " + err.Error())
 					continue
 				}
+				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != http.StatusOK {
-					fail("proxy: " + resp.Status)
+					fail("proxy: " + resp.Status + " " + string(body))
 				}
 			}
 		}()

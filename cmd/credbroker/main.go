@@ -24,6 +24,7 @@ import (
 
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/datadir"
+	"github.com/credbroker/credbroker/server/devetcd"
 	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -47,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = fakeJumpCloud(args[1:], stdout, stderr)
 	case "dev-certs":
 		err = devCerts(args[1:], stdout, stderr)
+	case "dev-etcd":
+		err = devEtcd(args[1:], stdout, stderr)
 	case "rekey":
 		err = rekey(args[1:], stdout, stderr)
 	case "backup":
@@ -80,6 +83,7 @@ Usage:
   credbroker serve [flags]            run the broker (credbroker serve --help)
   credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
   credbroker dev-certs [flags]        write a throwaway CA and certificates for trying mTLS locally
+  credbroker dev-etcd [flags]         run an etcd member on loopback for trying a cluster of brokers locally
   credbroker rekey [flags]            move the database to a new master key (broker stopped)
   credbroker backup --out FILE        snapshot a running broker's database
   credbroker restore --in FILE        put a backup in place (broker stopped)
@@ -140,6 +144,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle of the CAs that verify the etcd members' certificates")
 	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate the broker presents to etcd; with --etcd-key")
 	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
+	fs.DurationVar(&cfg.Etcd.LockTTL, "etcd-lock-ttl", d.Etcd.LockTTL, "how long the token-refresh locks of a replica that died or lost touch with etcd outlive it, before another replica may refresh those accounts (whole seconds, at least etcd's minimum lease)")
 	fs.StringVar(&cfg.Provider.JumpCloudTokenURLUS, "jumpcloud-token-url-us", d.Provider.JumpCloudTokenURLUS, "JumpCloud US token endpoint")
 	fs.StringVar(&cfg.Provider.JumpCloudTokenURLEU, "jumpcloud-token-url-eu", d.Provider.JumpCloudTokenURLEU, "JumpCloud EU token endpoint")
 	fs.StringVar(&cfg.Provider.JumpCloudAPIURLUS, "jumpcloud-api-url-us", d.Provider.JumpCloudAPIURLUS, "JumpCloud US API base URL, returned with tokens and the egress proxy's target")
@@ -319,6 +324,39 @@ them for anything real.`)
 	}
 	fmt.Fprintf(stdout, "%s/ca.pem: CA; %s/server.pem: server certificate for %s\n", dir, dir, hosts)
 	return nil
+}
+
+func devEtcd(args []string, stdout, stderr io.Writer) error {
+	m := devetcd.Member{LogLevel: "warn"}
+	fs := newFlagSet("dev-etcd", stderr, `Runs one etcd member on loopback, in plaintext and without authentication,
+for trying a cluster of brokers on one machine (serve --storage etcd
+--etcd-endpoints http://CLIENT). Alone, it is a cluster of one; for three,
+start three with different names, addresses and directories and the same
+--cluster. Restarted on its data directory, a member rejoins its cluster.
+Never for production: run etcd itself there, with TLS.`)
+	fs.StringVar(&m.Name, "name", "m0", "the member's name in --cluster")
+	fs.StringVar(&m.Dir, "data-dir", "./credbroker-etcd", "directory of the member's data")
+	fs.StringVar(&m.ClientAddr, "client", "127.0.0.1:2379", "loopback address for clients (the brokers' --etcd-endpoints)")
+	fs.StringVar(&m.PeerAddr, "peer", "127.0.0.1:2380", "loopback address for the other members")
+	fs.StringVar(&m.Cluster, "cluster", "", "every member's NAME=PEER, comma-separated, e.g. m0=127.0.0.1:2380,m1=127.0.0.1:2382,m2=127.0.0.1:2384; empty for this member alone")
+	fs.BoolVar(&m.Fast, "fast", false, "heartbeats of 50 ms and elections of 500 ms instead of etcd's 100 ms and 1 s, so that failover takes less time")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	e, err := devetcd.Start(m)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	fmt.Fprintf(stdout, "etcd member %s serving clients at %s (data in %s)\n", m.Name, m.ClientURL(), m.Dir)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-e.Err():
+		return err
+	}
 }
 
 func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {

@@ -1,67 +1,70 @@
-// Package etcdtest runs real etcd clusters inside a test process (etcd's
-// embed package), on loopback ports, with their data in the test's
-// temporary directory; members can be stopped and started again.
+// Package etcdtest runs real etcd clusters for tests, on loopback ports,
+// with their data in the test's temporary directory: members inside the
+// test process (Start), or as processes of `credbroker dev-etcd`
+// (StartProcesses), which a test can kill as a crash would. Members can be
+// stopped and started again on their data.
 package etcdtest
 
 import (
+	"bufio"
 	"fmt"
 	"net"
-	"net/url"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/credbroker/credbroker/server/devetcd"
 )
 
 // Cluster is a running etcd cluster.
 type Cluster struct {
 	t       testing.TB
-	mu      sync.Mutex
+	bin     string // credbroker, for members run as processes
 	members []*member
 }
 
 type member struct {
-	cfg  *embed.Config
-	etcd *embed.Etcd // nil while stopped
+	cfg devetcd.Member
+
+	mu   sync.Mutex
+	etcd *embed.Etcd // in the test process; nil while stopped
+	cmd  *exec.Cmd   // or a process; nil while stopped
 	// closed is closed once a stopped member has released its ports and
 	// files.
 	closed chan struct{}
 }
 
-// Start starts a cluster of n members and waits until it has a leader;
-// the test's cleanup stops it.
-func Start(t testing.TB, n int) *Cluster {
+// Start starts a cluster of n members in the test process and waits until
+// they serve; the test's cleanup stops it.
+func Start(t testing.TB, n int) *Cluster { return start(t, "", n) }
+
+// StartProcesses starts a cluster of n members, each a process of the
+// credbroker binary bin (its dev-etcd command).
+func StartProcesses(t testing.TB, bin string, n int) *Cluster { return start(t, bin, n) }
+
+func start(t testing.TB, bin string, n int) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t}
-	var initial []string
+	c := &Cluster{t: t, bin: bin}
+	var cluster []string
 	for i := range n {
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprintf("m%d", i)
-		cfg.Dir = t.TempDir()
-		cfg.LogLevel = "fatal" // members log an error for each listener they close
-		cfg.LogOutputs = []string{"stderr"}
-		peer, client := freeURL(t), freeURL(t)
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-		// Short heartbeats and elections, so that failover tests take
-		// seconds, not minutes.
-		cfg.TickMs, cfg.ElectionMs = 50, 500
-		initial = append(initial, cfg.Name+"="+peer.String())
-		c.members = append(c.members, &member{cfg: cfg})
+		m := devetcd.Member{Name: fmt.Sprintf("m%d", i), Dir: t.TempDir(), ClientAddr: freeAddr(t), PeerAddr: freeAddr(t), Fast: true,
+			LogLevel: "fatal"} // in the test process, members log an error for each listener they close
+		cluster = append(cluster, m.Name+"="+m.PeerAddr)
+		c.members = append(c.members, &member{cfg: m})
 	}
 	for _, m := range c.members {
-		m.cfg.InitialCluster = strings.Join(initial, ",")
-		m.cfg.InitialClusterToken = "credbroker-test"
+		m.cfg.Cluster = strings.Join(cluster, ",")
 	}
+	t.Cleanup(c.stopAll)
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := range c.members {
 		wg.Go(func() { errs[i] = c.start(i) })
 	}
 	wg.Wait()
-	t.Cleanup(c.stopAll)
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
@@ -70,69 +73,89 @@ func Start(t testing.TB, n int) *Cluster {
 	return c
 }
 
-func freeURL(t testing.TB) url.URL {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
+	return l.Addr().String()
 }
 
 // start starts member i and waits until it serves.
 func (c *Cluster) start(i int) error {
 	m := c.members[i]
-	e, err := embed.StartEtcd(m.cfg)
+	if c.bin == "" {
+		e, err := devetcd.Start(m.cfg)
+		m.mu.Lock()
+		m.etcd = e
+		m.mu.Unlock()
+		return err
+	}
+	cmd := exec.Command(c.bin, "dev-etcd", "--name", m.cfg.Name, "--data-dir", m.cfg.Dir, "--client", m.cfg.ClientAddr,
+		"--peer", m.cfg.PeerAddr, "--cluster", m.cfg.Cluster, "--fast")
+	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return fmt.Errorf("start etcd member %d: %w", i, err)
+		return err
 	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		e.Close()
-		return fmt.Errorf("etcd member %d did not become ready within 30s", i)
+	if err := cmd.Start(); err != nil {
+		return err
 	}
-	c.mu.Lock()
-	m.etcd = e
-	c.mu.Unlock()
+	m.mu.Lock()
+	m.cmd = cmd
+	m.mu.Unlock()
+	// It prints one line once it serves.
+	if !bufio.NewScanner(out).Scan() {
+		return fmt.Errorf("etcd member %s exited before serving: %v", m.cfg.Name, cmd.Wait())
+	}
 	return nil
 }
 
-// Endpoints are the members' client addresses, stopped ones included.
+// Endpoints are the members' client URLs, stopped ones included.
 func (c *Cluster) Endpoints() []string {
 	var out []string
 	for _, m := range c.members {
-		out = append(out, m.cfg.AdvertiseClientUrls[0].String())
+		out = append(out, m.cfg.ClientURL())
 	}
 	return out
 }
 
-// Stop stops member i at once, as a crash would (it keeps its data): its
-// raft node stops, and its listeners close in the background (they wait
-// for clients' streams up to etcd's request timeout).
+// Stop stops member i at once, as a crash would (it keeps its data). A
+// process is killed (SIGKILL). A member in the test process stops its raft
+// node and closes its listeners; its clients' connections close in the
+// background (they wait for clients' streams up to etcd's request
+// timeout).
 func (c *Cluster) Stop(i int) {
-	c.mu.Lock()
 	m := c.members[i]
-	e := m.etcd
-	m.etcd = nil
-	c.mu.Unlock()
-	if e == nil {
-		return
+	m.mu.Lock()
+	e, cmd := m.etcd, m.cmd
+	m.etcd, m.cmd = nil, nil
+	m.mu.Unlock()
+	switch {
+	case cmd != nil:
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	case e != nil:
+		e.Server.HardStop()
+		for _, l := range e.Clients {
+			l.Close()
+		}
+		for _, l := range e.Peers {
+			l.Close()
+		}
+		m.closed = make(chan struct{})
+		go func() {
+			e.Close()
+			close(m.closed)
+		}()
 	}
-	e.Server.HardStop()
-	m.closed = make(chan struct{})
-	go func() {
-		e.Close()
-		close(m.closed)
-	}()
 }
 
 // Restart starts member i again on its data.
 func (c *Cluster) Restart(i int) {
 	c.t.Helper()
 	c.wait(i)
-	c.members[i].cfg.ClusterState = embed.ClusterStateFlagExisting
 	if err := c.start(i); err != nil {
 		c.t.Fatal(err)
 	}

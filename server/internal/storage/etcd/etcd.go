@@ -52,12 +52,15 @@ type Config struct {
 	// of hanging them. Default 5s.
 	RequestTimeout time.Duration
 	// LockTTL is how long the locks of a process that stopped answering
-	// (dead, paused, cut off) outlive it. Default 10s.
+	// (dead, paused, cut off) outlive it. Default DefaultLockTTL.
 	LockTTL time.Duration
 }
 
 // DefaultPrefix is the prefix of a broker's keys when none is configured.
 const DefaultPrefix = "/credbroker/"
+
+// DefaultLockTTL is Config.LockTTL's default.
+const DefaultLockTTL = 10 * time.Second
 
 // shredKey is the engine's own key (after the prefix): its revision is
 // that of the latest commit that shredded sealed material, while its
@@ -118,7 +121,7 @@ func Open(cfg Config, logs ...string) (*DB, error) {
 		cfg.Prefix += "/"
 	}
 	if cfg.LockTTL <= 0 {
-		cfg.LockTTL = 10 * time.Second
+		cfg.LockTTL = DefaultLockTTL
 	}
 	tlsc, err := clientTLS(cfg)
 	if err != nil {
@@ -129,8 +132,10 @@ func Open(cfg Config, logs ...string) (*DB, error) {
 		DialTimeout: cfg.DialTimeout,
 		TLS:         tlsc,
 		Logger:      zap.NewNop(),
-		// A member cut off from the others is left for one that is not.
-		RejectOldCluster: true,
+		// A member that stopped answering is noticed within seconds, and
+		// requests go to the others.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)

@@ -1,0 +1,350 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/client"
+	"github.com/credbroker/credbroker/internal/etcdtest"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
+)
+
+// tokenRequests records when the fake's token endpoint was asked.
+type tokenRequests struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (r *tokenRequests) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == jumpcloudfake.TokenPath {
+			r.mu.Lock()
+			r.times = append(r.times, time.Now())
+			r.mu.Unlock()
+		}
+		h.ServeHTTP(w, req)
+	})
+}
+
+func (r *tokenRequests) all() []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]time.Time(nil), r.times...)
+}
+
+// freePort is a loopback address no one listens on, so that a replica
+// restarts where its clients look for it.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// loadStats counts a load's calls.
+type loadStats struct{ ok, failed atomic.Int64 }
+
+// TestClusterFailover runs 3 replicas of the real binary on a 3-member
+// etcd cluster under continuous GetToken and egress-proxy load, from a Go
+// client given the three addresses, and kills a replica (SIGKILL), then
+// an etcd member (SIGKILL too), then restarts both. No call fails, no acknowledged write
+// is lost, every acknowledged GetToken has its audit event, and the
+// provider never sees two token requests for one token's lifetime.
+func TestClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ctx := context.Background()
+	bin := buildBinary(t)
+	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
+	fake.SetTokenTTL(36 * time.Second) // 6 s after JumpCloud's 30 s margin: renewed every 2 to 3 s
+	var requests tokenRequests
+	jc := httptest.NewServer(requests.wrap(fake))
+	defer jc.Close()
+	cluster := etcdtest.StartProcesses(t, bin, 3)
+
+	replicas := make([]*clusterReplica, 3)
+	for i := range replicas {
+		r := &clusterReplica{addr: freePort(t), prox: freePort(t), logs: &lockedWriter{w: &bytes.Buffer{}}}
+		r.args = []string{"--storage", "etcd", "--etcd-endpoints", strings.Join(cluster.Endpoints(), ","), "--etcd-lock-ttl", "2s", "--rate-limit", "-1",
+			"--data-dir", filepath.Join(t.TempDir(), "data"), "--listen", r.addr, "--proxy-listen", r.prox,
+			"--jumpcloud-token-url-us", jc.URL + jumpcloudfake.TokenPath, "--jumpcloud-api-url-us", jc.URL + jumpcloudfake.APIPath}
+		r.run = startBinary(t, bin, r.logs, r.args...)
+		replicas[i] = r
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, r := range replicas {
+				t.Logf("replica %d's log:\n%s", i, r.logs.String())
+			}
+		}
+	})
+	adminKey := replicas[0].run.bootstrapKey
+	admins := make([]credbrokerv1.CallerServiceClient, 3)
+	for i, r := range replicas {
+		admins[i] = credbrokerv1.NewCallerServiceClient(r.run.connect(t, keyCreds(adminKey)...))
+	}
+	adminConn := replicas[0].run.connect(t, keyCreds(adminKey)...)
+	if _, err := credbrokerv1.NewAccountServiceClient(adminConn).CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
+		AccountId: "acme",
+		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+			ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := admins[0].CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: "svc", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := credbrokerv1.NewAccountServiceClient(adminConn).AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: "accounts/acme", Principal: "callerKeys/svc"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(replicas[0].addr+","+replicas[1].addr+","+replicas[2].addr, client.WithCallerKey(svc.GetKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tokens := credbrokerv1.NewTokenServiceClient(c.Conn())
+	// Every replica has the account and the key before the load starts.
+	for _, r := range replicas {
+		conn := r.run.connect(t, keyCreds(svc.GetKey())...)
+		waitUntil(t, 10*time.Second, func() error {
+			_, err := credbrokerv1.NewTokenServiceClient(conn).GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+			return err
+		})
+	}
+	start := time.Now()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var getToken, proxied loadStats
+	var firstErrs sync.Map
+	for w := range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, err := tokens.GetToken(cctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+				cancel()
+				if err != nil {
+					getToken.failed.Add(1)
+					firstErrs.LoadOrStore("GetToken", err)
+				} else {
+					getToken.ok.Add(1)
+				}
+				time.Sleep(time.Duration(w) * time.Millisecond)
+			}
+		})
+	}
+	for w := range 2 {
+		wg.Go(func() {
+			hc := &http.Client{Timeout: 10 * time.Second}
+			for n := w; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := proxyGet(hc, []string{replicas[0].prox, replicas[1].prox, replicas[2].prox}, n, svc.GetKey()); err != nil {
+					proxied.failed.Add(1)
+					firstErrs.LoadOrStore("proxy", err)
+				} else {
+					proxied.ok.Add(1)
+				}
+			}
+		})
+	}
+	// Writes go round robin too; those acknowledged must all be there.
+	var acked []string
+	wg.Go(func() {
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			id := fmt.Sprintf("w-%d", n)
+			if _, err := admins[n%3].CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: id, CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER}}); err == nil {
+				acked = append(acked, id)
+			}
+		}
+	})
+
+	step := func(what string, do func()) {
+		time.Sleep(3 * time.Second)
+		t.Logf("%5.1fs %s (so far GetToken %d ok %d failed, proxy %d ok %d failed)", time.Since(start).Seconds(), what,
+			getToken.ok.Load(), getToken.failed.Load(), proxied.ok.Load(), proxied.failed.Load())
+		do()
+	}
+	step("SIGKILL replica 2", func() { _ = replicas[2].run.cmd.Process.Kill(); <-replicas[2].run.done })
+	step("stop etcd member 0", func() { cluster.Stop(0) })
+	step("restart replica 2", func() { replicas[2].run = startBinary(t, bin, replicas[2].logs, replicas[2].args...) })
+	step("restart etcd member 0", func() { cluster.Restart(0) })
+	step("stop the load", func() { close(stop) })
+	wg.Wait()
+
+	firstErrs.Range(func(k, v any) bool { t.Errorf("first failed %s: %v", k, v); return true })
+	if n := getToken.failed.Load() + proxied.failed.Load(); n > 0 {
+		t.Errorf("%d GetToken and %d proxied calls failed", getToken.failed.Load(), proxied.failed.Load())
+	}
+	if getToken.ok.Load() == 0 || proxied.ok.Load() == 0 {
+		t.Fatalf("no load: %d GetToken, %d proxied", getToken.ok.Load(), proxied.ok.Load())
+	}
+
+	// Every acknowledged write is there.
+	stored := map[string]bool{}
+	for page := ""; ; {
+		resp, err := admins[1].ListCallerKeys(ctx, &credbrokerv1.ListCallerKeysRequest{PageSize: 1000, PageToken: page})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range resp.GetCallerKeys() {
+			stored[strings.TrimPrefix(k.GetName(), "callerKeys/")] = true
+		}
+		if page = resp.GetNextPageToken(); page == "" {
+			break
+		}
+	}
+	for _, id := range acked {
+		if !stored[id] {
+			t.Errorf("acknowledged caller key %s is lost", id)
+		}
+	}
+
+	// Every acknowledged GetToken has its audit event, whichever replica
+	// wrote it.
+	events, proxyEvents := 0, 0
+	audit := credbrokerv1.NewAuditServiceClient(adminConn)
+	for page := ""; ; {
+		resp, err := audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Principal: "callerKeys/svc", PageSize: 1000, PageToken: page})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range resp.GetEvents() {
+			switch {
+			case ev.GetCode() != "OK":
+			case strings.HasSuffix(ev.GetMethod(), "/GetToken"):
+				events++
+			case ev.GetMethod() == "proxy":
+				proxyEvents++
+			}
+		}
+		if page = resp.GetNextPageToken(); page == "" {
+			break
+		}
+	}
+	if events < int(getToken.ok.Load()) {
+		t.Errorf("%d GetToken calls acknowledged, %d audit events of them", getToken.ok.Load(), events)
+	}
+	if proxyEvents < int(proxied.ok.Load()) {
+		t.Errorf("%d proxied calls acknowledged, %d audit events of them", proxied.ok.Load(), proxyEvents)
+	}
+
+	// One token request per token lifetime: a second request for the same
+	// lifetime would come within milliseconds of the first.
+	times := requests.all()
+	for i := 1; i < len(times); i++ {
+		if gap := times[i].Sub(times[i-1]); gap < time.Second {
+			t.Errorf("token requests %d and %d came %s apart: two replicas renewed one token", i-1, i, gap)
+		}
+	}
+	t.Logf("%d GetToken and %d proxied calls, all answered; %d acknowledged writes, all kept; %d and %d audit events of them; %d token requests in %s",
+		getToken.ok.Load(), proxied.ok.Load(), len(acked), events, proxyEvents, len(times), time.Since(start).Round(time.Second))
+}
+
+// clusterReplica is one replica of the binary in TestClusterFailover.
+type clusterReplica struct {
+	args       []string
+	addr, prox string // fixed, so that it restarts where clients look
+	run        *runningBinary
+	logs       *lockedWriter
+}
+
+// proxyGet makes one GET through the egress proxy, trying the proxies in
+// turn from the n-th while one cannot answer: a refused or broken
+// connection, or 503 (stopping, or cut off from its storage).
+func proxyGet(hc *http.Client, proxies []string, n int, key string) error {
+	var last error
+	for try := range 2 * len(proxies) {
+		if try > 0 {
+			time.Sleep(time.Duration(try) * 50 * time.Millisecond)
+		}
+		req, err := http.NewRequest(http.MethodGet, "http://"+proxies[(n+try)%len(proxies)]+"/v1/accounts/acme/proxy/v2/systems", nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Proxy-Authorization", "Bearer "+key)
+		resp, err := hc.Do(req)
+		if err != nil {
+			last = err
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case err != nil:
+			last = err
+		case resp.StatusCode == http.StatusServiceUnavailable:
+			last = fmt.Errorf("HTTP %d %s", resp.StatusCode, body)
+		case resp.StatusCode != http.StatusOK:
+			return fmt.Errorf("HTTP %d %s", resp.StatusCode, body)
+		default:
+			return nil
+		}
+	}
+	return last
+}
+
+// waitUntil calls fn until it returns nil, failing the test after limit.
+func waitUntil(t *testing.T, limit time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %v", limit, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
+}
