@@ -2,14 +2,20 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -69,10 +75,11 @@ func TestClientExamples(t *testing.T) {
 					t.Skipf("%s is missing (make deps installs it)", f)
 				}
 			}
+			addr := r.addr
 			run := func(key, stdin string, args ...string) (string, error) {
 				cmd := exec.Command(args[0], args[1:]...)
 				cmd.Dir = dir
-				cmd.Env = append(os.Environ(), "CREDBROKER_ADDR="+r.addr, "CREDBROKER_CALLER_KEY="+key, "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
+				cmd.Env = append(os.Environ(), "CREDBROKER_ADDR="+addr, "CREDBROKER_CALLER_KEY="+key, "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
 				cmd.Stdin = strings.NewReader(stdin)
 				out, err := cmd.CombinedOutput()
 				if strings.Contains(string(out), e2eClientSecret) {
@@ -115,6 +122,46 @@ func TestClientExamples(t *testing.T) {
 			if err == nil || !strings.Contains(strings.ToUpper(out), "PERMISSION") {
 				t.Errorf("a token of an account without a grant: %v\n%s", err, out)
 			}
+
+			// Given two replicas, one of which answers UNAVAILABLE, the
+			// example gets its token from the other.
+			down := startUnavailableReplica(t)
+			addr = down.addr + "," + r.addr
+			for range 4 {
+				if out, err := run(serviceKey, "", append(ex.get, "accounts/"+id)...); err != nil || !strings.HasPrefix(out, "accounts/"+id+": Bearer token") {
+					t.Fatalf("token example given two replicas, one down: %v\n%s", err, out)
+				}
+			}
+			if down.calls.Load() == 0 {
+				t.Error("no call reached the replica that answers UNAVAILABLE: the retry was not tested")
+			}
 		})
 	}
+}
+
+// unavailableReplica answers every GetToken with UNAVAILABLE, as a replica
+// cut off from its storage does.
+type unavailableReplica struct {
+	credbrokerv1.UnimplementedTokenServiceServer
+	addr  string
+	calls atomic.Int32
+}
+
+func (u *unavailableReplica) GetToken(context.Context, *credbrokerv1.GetTokenRequest) (*credbrokerv1.GetTokenResponse, error) {
+	u.calls.Add(1)
+	return nil, status.Error(codes.Unavailable, "this replica cannot reach its storage")
+}
+
+func startUnavailableReplica(t *testing.T) *unavailableReplica {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unavailableReplica{addr: l.Addr().String()}
+	s := grpc.NewServer()
+	credbrokerv1.RegisterTokenServiceServer(s, u)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return u
 }

@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
@@ -140,5 +145,106 @@ func TestREADMEGrpcurlCommands(t *testing.T) {
 	}
 	if len(tlsCmds) < 5 {
 		t.Errorf("the README's mutual TLS section has %d commands", len(tlsCmds))
+	}
+}
+
+// TestREADMECluster runs the README's local cluster, command for command:
+// the JumpCloud stand-in, three dev-etcd members and three replicas (on
+// free ports in place of the documented ones), then links an account on
+// the first replica and gets its token from the second and through the
+// third's egress proxy.
+func TestREADMECluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	cmds := readmeCommands(t, "## Run it as a cluster", "go build", "./credbroker", "export ", "printf ", "curl ")
+	// The documented addresses, each moved to a free port.
+	var pairs []string
+	for _, addr := range regexp.MustCompile(`127\.0\.0\.1:\d+`).FindAllString(strings.Join(cmds, "\n"), -1) {
+		if !slices.Contains(pairs, addr) {
+			pairs = append(pairs, addr, freePort(t))
+		}
+	}
+	sh := &readmeShell{t: t, repl: strings.NewReplacer(append(pairs, "./credbroker ", bin+" ", "--data-dir etcd-", "--data-dir "+t.TempDir()+"/etcd-")...)}
+	var (
+		wg      sync.WaitGroup
+		servers []*exec.Cmd
+		key     string
+		ran     = map[string]int{}
+	)
+	defer func() {
+		for _, c := range servers {
+			_ = c.Process.Kill()
+		}
+		wg.Wait()
+	}()
+	// start runs a long-running command and waits until it prints ready.
+	start := func(cmd, ready string) {
+		t.Helper()
+		args := strings.Fields(sh.repl.Replace(cmd))
+		c := exec.Command(args[0], args[1:]...)
+		c.Env = append(os.Environ(), sh.env...)
+		out := &lockedWriter{w: &bytes.Buffer{}}
+		c.Stdout, c.Stderr = out, out
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		servers = append(servers, c)
+		wg.Go(func() { _ = c.Wait() })
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(out.String(), ready) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not print %q within 30s:\n%s", cmd, ready, out)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if m := regexp.MustCompile(`cbk_\S+`).FindString(out.String()); m != "" && key == "" {
+			key = m
+		}
+	}
+	var members []string
+	for _, cmd := range cmds {
+		switch {
+		case strings.HasPrefix(cmd, "go build"):
+		case strings.HasPrefix(cmd, "./credbroker fake-jumpcloud"):
+			start(cmd+" --listen 127.0.0.1:8085", "fake JumpCloud API")
+			ran["fake-jumpcloud"]++
+		case strings.HasPrefix(cmd, "./credbroker dev-etcd"):
+			members = append(members, cmd) // a member serves once a quorum has started
+			if len(members) == 3 {
+				var mwg sync.WaitGroup
+				for _, m := range members {
+					mwg.Go(func() { start(m, "serving clients") })
+				}
+				mwg.Wait()
+				ran["dev-etcd"] += 3
+			}
+		case strings.HasPrefix(cmd, "./credbroker serve"):
+			start(cmd, "credbroker listening")
+			ran["serve"]++
+		case strings.HasPrefix(cmd, "export CREDBROKER_CALLER_KEY="):
+			if key == "" {
+				t.Fatal("the first replica printed no admin caller key")
+			}
+			sh.env = append(sh.env, "CREDBROKER_CALLER_KEY="+key)
+		default:
+			out := sh.run(cmd)
+			switch {
+			case strings.Contains(cmd, "token get"):
+				if !strings.Contains(out, "Bearer") {
+					t.Errorf("token get on another replica printed no token:\n%s", out)
+				}
+				ran["token get"]++
+			case strings.HasPrefix(cmd, "curl"):
+				if !strings.Contains(out, "/v2/systems") {
+					t.Errorf("the proxied call on a third replica did not reach the API:\n%s", out)
+				}
+				ran["curl"]++
+			}
+		}
+	}
+	if want := map[string]int{"fake-jumpcloud": 1, "dev-etcd": 3, "serve": 3, "token get": 1, "curl": 1}; !maps.Equal(ran, want) {
+		t.Errorf("ran %v of the README's cluster commands, want %v", ran, want)
 	}
 }

@@ -6,8 +6,10 @@
 It needs client/python on PYTHONPATH (the generated code). It connects
 to CREDBROKER_ADDR (default 127.0.0.1:50051) in plaintext, which the broker
 allows on loopback only; set CREDBROKER_TLS_CA to a CA bundle for TLS.
+For a cluster, CREDBROKER_ADDR lists the replicas' IP:PORT, comma-separated.
 """
 
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -16,14 +18,33 @@ import grpc
 
 from credbroker.v1 import token_pb2, token_pb2_grpc
 
+# Calls go round robin over the replicas, and a GetToken that one answers
+# UNAVAILABLE (stopped, or cut off from its storage) is tried again on the
+# next: the Go client's client.ServiceConfig.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "credbroker.v1.TokenService", "method": "GetToken"}],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
+
 
 def channel() -> grpc.Channel:
-    target = os.environ.get("CREDBROKER_ADDR", "127.0.0.1:50051")
+    addrs = [a.strip() for a in os.environ.get("CREDBROKER_ADDR", "127.0.0.1:50051").split(",")]
+    target = addrs[0] if len(addrs) == 1 else "ipv4:" + ",".join(addrs)
+    options = [("grpc.service_config", SERVICE_CONFIG)]
     ca = os.environ.get("CREDBROKER_TLS_CA")
     if ca:
         with open(ca, "rb") as f:
-            return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
-    return grpc.insecure_channel(target)
+            return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()), options)
+    return grpc.insecure_channel(target, options)
 
 
 def main() -> int:
