@@ -21,6 +21,7 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/datadir"
+	"github.com/credbroker/credbroker/server/internal/callers"
 )
 
 // startReplicas starts n brokers on one new etcd cluster of members
@@ -262,5 +263,60 @@ func waitFor(t *testing.T, limit time.Duration, fn func() error) {
 			t.Fatalf("not within %s: %v", limit, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Two admins, each revoking the other's key on a different replica at the
+// same moment, cannot leave the cluster without an admin: one revocation
+// is refused with LAST_ADMIN.
+func TestReplicasKeepAnAdmin(t *testing.T) {
+	ctx := context.Background()
+	rs, _ := startReplicas(t, 2, 1, nil)
+	adminID, adminKey := callers.BootstrapKeyID, rs[0].keys.admin
+	for round := range 5 {
+		// The admin makes two admin keys and revokes its own: they are
+		// the only admins.
+		admin := credbrokerv1.NewCallerServiceClient(rs[0].dial(t, adminKey, nil))
+		var ids, keys [2]string
+		for i := range ids {
+			ids[i] = fmt.Sprintf("admin-%d-%d", round, i)
+			created, err := admin.CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: ids[i], CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_ADMIN}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[i] = created.GetKey()
+		}
+		if _, err := admin.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/" + adminID}); err != nil {
+			t.Fatal(err)
+		}
+		// Each revokes the other's key on its own replica, at once.
+		var clients [2]credbrokerv1.CallerServiceClient
+		for i := range clients {
+			clients[i] = credbrokerv1.NewCallerServiceClient(rs[i].dial(t, keys[i], nil))
+			waitFor(t, 5*time.Second, func() error {
+				_, err := clients[i].ListCallerKeys(ctx, &credbrokerv1.ListCallerKeysRequest{})
+				return err
+			})
+		}
+		var wg sync.WaitGroup
+		var errs [2]error
+		for i := range clients {
+			wg.Go(func() {
+				_, errs[i] = clients[i].RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/" + ids[1-i]})
+			})
+		}
+		wg.Wait()
+		survivors := 0
+		for i, err := range errs {
+			if err == nil {
+				survivors++
+				adminID, adminKey = ids[i], keys[i]
+			} else {
+				wantCode(t, err, codes.FailedPrecondition, "LAST_ADMIN")
+			}
+		}
+		if survivors != 1 {
+			t.Fatalf("round %d: %d of the two revocations succeeded (%v), want exactly 1", round, survivors, errs)
+		}
 	}
 }

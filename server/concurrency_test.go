@@ -136,7 +136,7 @@ func TestCommittedChangesReachTheCopies(t *testing.T) {
 	eventually("after the grant was withdrawn", codes.PermissionDenied)
 	b.grant(t, "acme", svcPrincipal)
 	b.token(t, "acme")
-	if _, err := st.UpdateCallerKey("svc", func(k *store.CallerKey) { k.RevokeTime = time.Now() }, store.AuditEvent{Time: time.Now(), Method: "test"}); err != nil {
+	if _, err := st.UpdateCallerKey("svc", func(k *store.CallerKey) { k.RevokeTime = time.Now() }, nil, store.AuditEvent{Time: time.Now(), Method: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	eventually("after the caller key was revoked", codes.Unauthenticated)

@@ -96,10 +96,10 @@ type Store interface {
 	Bootstrapped() (bool, error)
 	Bootstrap(k *store.CallerKey, admin *store.AdminPrincipal, ev store.AuditEvent) error
 	CreateCallerKey(k store.CallerKey, ev store.AuditEvent) error
-	UpdateCallerKey(id string, change func(*store.CallerKey), ev store.AuditEvent) (store.CallerKey, error)
+	UpdateCallerKey(id string, change func(*store.CallerKey), guard store.AdminGuard, ev store.AuditEvent) (store.CallerKey, error)
 	CallerKeys(after string, limit int) ([]store.CallerKey, error)
 	PutAdmin(a store.AdminPrincipal, ev store.AuditEvent) error
-	DeleteAdmin(principal string, ev store.AuditEvent) error
+	DeleteAdmin(principal string, guard store.AdminGuard, ev store.AuditEvent) error
 	Admins(after string, limit int) ([]store.AdminPrincipal, error)
 }
 
@@ -276,8 +276,9 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 	if !k.RevokeTime.IsZero() {
 		return keyOf(k), false, nil
 	}
-	if Role(k.Role) == RoleAdmin && s.adminIdentities() == 1 && !expired(k, s.now()) {
-		return Key{}, false, ErrLastAdmin
+	var guard store.AdminGuard
+	if Role(k.Role) == RoleAdmin && !expired(k, s.now()) {
+		guard = s.keepAnAdmin(id, "")
 	}
 	now := s.now()
 	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
@@ -286,7 +287,7 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 				Description: "revoked after its stored record failed its integrity check"}
 		}
 		k.RevokeTime = now
-	}, ev)
+	}, guard, ev)
 	if err != nil {
 		return Key{}, false, err
 	}
@@ -294,23 +295,25 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 	return keyOf(k), true, nil
 }
 
-// adminIdentities counts the usable admin keys and admin principals.
-func (s *Service) adminIdentities() int {
-	now := s.now()
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	n := 0
-	for _, admin := range s.admins {
-		if admin {
-			n++
+// keepAnAdmin refuses the removal of an admin identity (the key keyID or
+// the principal principal) that would leave no usable admin key or admin
+// principal. The store judges it on fresh reads, one removal after
+// another across replicas.
+func (s *Service) keepAnAdmin(keyID, principal string) store.AdminGuard {
+	return func(keys []store.CallerKey, admins []store.AdminPrincipal) error {
+		now := s.now()
+		for _, a := range admins {
+			if !a.Tampered && a.Principal != principal {
+				return nil
+			}
 		}
-	}
-	for _, k := range s.byID {
-		if Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
-			n++
+		for _, k := range keys {
+			if k.ID != keyID && !k.Tampered && Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, now) {
+				return nil
+			}
 		}
+		return ErrLastAdmin
 	}
-	return n
 }
 
 // Exists says whether a caller key with this id was ever created.
@@ -362,10 +365,14 @@ func (s *Service) RemoveAdmin(ctx context.Context, principal string, ev store.Au
 	if !stored {
 		return ErrNotAdmin
 	}
-	if admin && s.adminIdentities() == 1 {
-		return ErrLastAdmin
+	var guard store.AdminGuard
+	if admin {
+		guard = s.keepAnAdmin("", principal)
 	}
-	if err := s.store.DeleteAdmin(principal, ev); err != nil {
+	if err := s.store.DeleteAdmin(principal, guard, ev); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return ErrNotAdmin // removed meanwhile
+		}
 		return err
 	}
 	s.synced(ctx)

@@ -1,7 +1,10 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
+	"math"
+	"time"
 
 	"github.com/credbroker/credbroker/server/internal/storage"
 )
@@ -65,8 +68,10 @@ func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 
 // UpdateCallerKey applies change to a stored caller key and saves it with
 // its audit event, or returns ErrNotFound. A key whose record fails its
-// integrity check reaches change marked Tampered, with only its ID.
-func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEvent) (CallerKey, error) {
+// integrity check reaches change marked Tampered, with only its ID. A
+// change that removes an admin identity (revokes an admin key) passes
+// guard (see AdminGuard); other changes pass nil.
+func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), guard AdminGuard, ev AuditEvent) (CallerKey, error) {
 	var k CallerKey
 	err := s.commit(func() (txn, error) {
 		k = CallerKey{}
@@ -78,9 +83,46 @@ func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), ev AuditEven
 		}
 		change(&k)
 		k.Version, k.Tampered = recordVersion, false
-		return ops(conds(storage.VersionIs(key(callerKeysBucket, id), version)), s.put(callerKeysBucket, id, k), s.appendAudit(ev))
+		return s.guarded(guard, conds(storage.VersionIs(key(callerKeysBucket, id), version)), s.put(callerKeysBucket, id, k), s.appendAudit(ev))
 	})
 	return k, err
+}
+
+// AdminGuard judges the removal of an admin identity (an admin key
+// revoked, an admin principal deleted) on fresh reads of every caller key
+// and admin principal, and returns an error to refuse it: the broker must
+// always keep an admin.
+type AdminGuard func(keys []CallerKey, admins []AdminPrincipal) error
+
+// adminsGuard is rewritten by every removal of an admin identity, on the
+// condition that it has not changed since the reads its guard judged: two
+// removals, made on any replicas at once, are judged one after the other.
+var adminsGuard = key(metaBucket, "admins-guard")
+
+// guarded is the transaction of cs and bs; with a guard, also its check
+// and the rewrite of adminsGuard.
+func (s *Store) guarded(guard AdminGuard, cs []storage.Cond, bs ...built) (txn, error) {
+	if guard == nil {
+		return ops(cs, bs...)
+	}
+	r, err := s.db.Get(ctx, adminsGuard)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return txn{}, err
+	}
+	keys, err := s.CallerKeys("", math.MaxInt)
+	if err != nil {
+		return txn{}, err
+	}
+	admins, err := s.Admins("", math.MaxInt)
+	if err != nil {
+		return txn{}, err
+	}
+	if err := guard(keys, admins); err != nil {
+		return txn{}, err
+	}
+	stamp := make([]byte, 8)
+	binary.BigEndian.PutUint64(stamp, uint64(time.Now().UnixNano()))
+	return ops(append(cs, storage.VersionIs(adminsGuard, r.Version)), append(bs, opOf(storage.Put(adminsGuard, stamp)))...)
 }
 
 // CallerKeys returns up to limit caller keys whose id sorts after the given
@@ -99,16 +141,17 @@ func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 }
 
 // DeleteAdmin removes an admin principal and records its audit event, or
-// returns ErrNotFound.
-func (s *Store) DeleteAdmin(principal string, ev AuditEvent) error {
+// returns ErrNotFound. Removing one that holds the role passes guard (see
+// AdminGuard).
+func (s *Store) DeleteAdmin(principal string, guard AdminGuard, ev AuditEvent) error {
 	k := key(adminsBucket, principal)
-	err := s.commit(func() (txn, error) {
-		return ops(conds(storage.Exists(k)), opOf(storage.Delete(k)), s.appendAudit(ev))
+	return s.commit(func() (txn, error) {
+		r, err := s.db.Get(ctx, k)
+		if err != nil {
+			return txn{}, err
+		}
+		return s.guarded(guard, conds(storage.VersionIs(k, r.Version)), opOf(storage.Delete(k)), s.appendAudit(ev))
 	})
-	if errors.Is(err, storage.ErrConflict) {
-		return ErrNotFound
-	}
-	return err
 }
 
 // Admins returns up to limit admin principals after the given one, in
