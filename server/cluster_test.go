@@ -320,3 +320,39 @@ func TestReplicasKeepAnAdmin(t *testing.T) {
 		}
 	}
 }
+
+// Retention by count holds for the whole cluster's trail: events written
+// by every replica count, wherever the pruning runs.
+func TestClusterAuditRetention(t *testing.T) {
+	ctx := context.Background()
+	rs, cluster := startReplicas(t, 2, 1, func(_ int, cfg *server.Config) {
+		cfg.Audit.MaxEvents = 60
+		cfg.Audit.PruneInterval = 100 * time.Millisecond
+		cfg.Gate.RateLimit = -1
+	})
+	rs[0].link(t, "acme")
+	waitFor(t, 5*time.Second, func() error {
+		_, err := rs[1].tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		return err
+	})
+	for i := range 100 { // 50 on each replica: neither wrote more than 60
+		rs[i%2].token(t, "acme")
+	}
+	// Counted in etcd itself: listing the trail would add events.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	waitFor(t, 10*time.Second, func() error {
+		resp, err := cli.Get(ctx, "/credbroker/log/audit/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return err
+		}
+		// 60 calls' events, and the few admin changes kept by age only.
+		if resp.Count > 70 {
+			return fmt.Errorf("%d audit events kept, want 60 GetToken events and the admin changes", resp.Count)
+		}
+		return nil
+	})
+}

@@ -97,14 +97,17 @@ func countAudit(ops []storage.Op) int {
 
 var auditPrefix = key(auditBucket, "")
 
-// countAudit counts the stored events when the store opens, and starts
-// this process's sequence numbers.
+// countAudit counts the stored events.
 func (s *Store) countAudit() error {
 	n, err := s.db.Count(ctx, auditPrefix)
-	if err != nil {
-		return err
+	if err == nil {
+		s.auditEvents.Store(n)
 	}
-	s.auditEvents.Store(n)
+	return err
+}
+
+// startAuditSeq starts this process's sequence numbers of audit events.
+func (s *Store) startAuditSeq() error {
 	var start [4]byte
 	if _, err := rand.Read(start[:]); err != nil {
 		return err
@@ -157,6 +160,13 @@ func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) e
 // only, so that no volume of other events can push them out. It deletes at
 // most limit events per call, in transactions within the engine's limits.
 func (s *Store) PruneAudit(cutoff time.Time, keep, limit int, expendable func(AuditEvent) bool) (int, error) {
+	if _, shared := s.db.(storage.Locker); shared {
+		// Other replicas append too: count afresh (etcd counts from its
+		// index, without reading the events).
+		if err := s.countAudit(); err != nil {
+			return 0, err
+		}
+	}
 	excess := int(s.auditEvents.Load()) - keep
 	var doomed []storage.Op
 	r := storage.Range{Prefix: auditPrefix, Limit: auditPage}

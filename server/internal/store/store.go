@@ -86,7 +86,7 @@ var Logs = []string{string(auditBucket)}
 // now, if New fails).
 func New(b storage.Backend) (*Store, error) {
 	s := &Store{db: b}
-	if err := s.countAudit(); err != nil {
+	if err := errors.Join(s.countAudit(), s.startAuditSeq()); err != nil {
 		b.Close()
 		return nil, err
 	}
