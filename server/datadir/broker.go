@@ -55,7 +55,8 @@ func ReportTampered(log *slog.Logger, st *store.Store, names []string) error {
 }
 
 // CompactPeriodically compacts the database every interval when a
-// deletion left sealed material in its freed pages, until ctx ends.
+// deletion left sealed material in its freed pages, and trims etcd's
+// history, until ctx ends.
 func CompactPeriodically(ctx context.Context, st *store.Store, interval time.Duration, log *slog.Logger) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -67,6 +68,9 @@ func CompactPeriodically(ctx context.Context, st *store.Store, interval time.Dur
 		}
 		if err := CompactIfPending(st); err != nil {
 			log.Error("could not compact the database; deleted secrets stay in its freed pages until it does", "error", err)
+		}
+		if err := st.TrimHistory(); err != nil {
+			log.Error("could not compact etcd's history of overwritten and deleted values", "error", err)
 		}
 	}
 }

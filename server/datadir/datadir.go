@@ -65,7 +65,7 @@ func DefaultConfig() Config {
 		DataDir:     "./credbroker-data",
 		LockTimeout: time.Second,
 		Storage:     StorageBBolt,
-		Etcd:        etcd.Config{Prefix: etcd.DefaultPrefix, LockTTL: etcd.DefaultLockTTL},
+		Etcd:        etcd.Config{Prefix: etcd.DefaultPrefix, LockTTL: etcd.DefaultLockTTL, HistoryRetention: etcd.DefaultHistoryRetention},
 		Logger:      slog.Default(),
 	}
 }

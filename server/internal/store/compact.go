@@ -1,5 +1,7 @@
 package store
 
+import "time"
+
 // CompactPending reports whether the engine's files may still hold
 // deleted sealed material (bbolt: in freed pages; etcd: in its history): set by the transaction of every deletion of an
 // account, a secret or a data key, and cleared by Compact.
@@ -34,4 +36,14 @@ func (s *Store) CompactTo(path string) (int64, error) {
 		return 0, err
 	}
 	return l.Backup(path)
+}
+
+// TrimHistory lets an engine that keeps a history of overwritten and
+// deleted values (etcd) drop what is older than it keeps (see
+// etcd.DB.TrimHistory); call it periodically.
+func (s *Store) TrimHistory() error {
+	if t, ok := s.db.(interface{ TrimHistory(time.Time) error }); ok {
+		return t.TrimHistory(time.Now())
+	}
+	return nil
 }

@@ -54,13 +54,23 @@ type Config struct {
 	// LockTTL is how long the locks of a process that stopped answering
 	// (dead, paused, cut off) outlive it. Default DefaultLockTTL.
 	LockTTL time.Duration
+	// HistoryRetention is how long etcd keeps the earlier values of
+	// what the broker overwrote or deleted (an audit trail's pruned
+	// events, replaced tokens) before TrimHistory compacts them away, so
+	// that etcd does not grow without bound. Compaction is cluster-wide:
+	// a negative value leaves it to etcd's own --auto-compaction-*.
+	// Default DefaultHistoryRetention.
+	HistoryRetention time.Duration
 }
 
 // DefaultPrefix is the prefix of a broker's keys when none is configured.
 const DefaultPrefix = "/credbroker/"
 
-// DefaultLockTTL is Config.LockTTL's default.
-const DefaultLockTTL = 10 * time.Second
+// Defaults of Config.
+const (
+	DefaultLockTTL          = 10 * time.Second
+	DefaultHistoryRetention = 10 * time.Minute
+)
 
 // shredKey is the engine's own key (after the prefix): its revision is
 // that of the latest commit that shredded sealed material, while its
@@ -82,6 +92,11 @@ type DB struct {
 	lockTTL int
 	// logs are the kinds kept under logDir.
 	logs map[string]bool
+
+	// revisions are samples of the revision over time, for TrimHistory.
+	retention time.Duration
+	trimMu    sync.Mutex
+	revisions []revisionAt
 
 	// session is the lease that this process's locks live on (see Lock).
 	sessionMu sync.Mutex
@@ -123,6 +138,9 @@ func Open(cfg Config, logs ...string) (*DB, error) {
 	if cfg.LockTTL <= 0 {
 		cfg.LockTTL = DefaultLockTTL
 	}
+	if cfg.HistoryRetention == 0 {
+		cfg.HistoryRetention = DefaultHistoryRetention
+	}
 	tlsc, err := clientTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -140,7 +158,8 @@ func Open(cfg Config, logs ...string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, lockTTL: int(max(cfg.LockTTL/time.Second, 1)), logs: map[string]bool{}, closed: make(chan struct{})}
+	d := &DB{cli: cli, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, lockTTL: int(max(cfg.LockTTL/time.Second, 1)), logs: map[string]bool{},
+		retention: cfg.HistoryRetention, closed: make(chan struct{})}
 	for _, kind := range logs {
 		d.logs[kind] = true
 	}
@@ -559,6 +578,42 @@ func (d *DB) changes(events []*clientv3.Event) []storage.Change {
 		c.Events = append(c.Events, ev)
 	}
 	return out
+}
+
+type revisionAt struct {
+	at  time.Time
+	rev int64
+}
+
+// TrimHistory notes the current revision and compacts etcd's history up
+// to the latest revision noted at least HistoryRetention before now, if
+// any: call it periodically. Watchers further behind than that read afresh
+// (storage.ErrCompacted).
+func (d *DB) TrimHistory(now time.Time) error {
+	if d.retention < 0 {
+		return nil
+	}
+	ctx, cancel := d.bounded(context.Background())
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+shredKey, clientv3.WithCountOnly())
+	if err != nil {
+		return d.wrap(err)
+	}
+	d.trimMu.Lock()
+	d.revisions = append(d.revisions, revisionAt{now, resp.Header.Revision})
+	upTo := int64(0)
+	for len(d.revisions) > 0 && !d.revisions[0].at.After(now.Add(-d.retention)) {
+		upTo = d.revisions[0].rev
+		d.revisions = d.revisions[1:]
+	}
+	d.trimMu.Unlock()
+	if upTo == 0 {
+		return nil
+	}
+	if _, err := d.cli.Compact(ctx, upTo); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return d.wrap(err)
+	}
+	return nil
 }
 
 // CompactPending reports whether a shredding commit's history is still

@@ -128,3 +128,45 @@ func TestLockFencesWrites(t *testing.T) {
 	}
 	la2.Unlock()
 }
+
+// TrimHistory compacts etcd's history up to the revision it noted a
+// retention ago, and no further.
+func TestTrimHistory(t *testing.T) {
+	ctx := context.Background()
+	cluster := etcdtest.Start(t, 1)
+	d, err := Open(Config{Endpoints: cluster.Endpoints(), HistoryRetention: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	first, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("1"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := d.TrimHistory(t0); err != nil { // noted: first
+		t.Fatal(err)
+	}
+	second, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("2"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.TrimHistory(t0.Add(30 * time.Second)); err != nil { // nothing a minute old yet
+		t.Fatal(err)
+	}
+	if _, err := d.cli.Get(ctx, d.physical("accounts/a"), clientRev(first)); err != nil {
+		t.Fatalf("history compacted before its retention: %v", err)
+	}
+	if _, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("3"))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.TrimHistory(t0.Add(61 * time.Second)); err != nil { // compacts up to first
+		t.Fatal(err)
+	}
+	if _, err := d.cli.Get(ctx, d.physical("accounts/a"), clientRev(first-1)); err == nil {
+		t.Fatal("history older than the retention is still kept")
+	}
+	if r, err := d.cli.Get(ctx, d.physical("accounts/a"), clientRev(second)); err != nil || string(r.Kvs[0].Value) != "2" {
+		t.Fatalf("history within the retention: %v %v", r, err)
+	}
+}
