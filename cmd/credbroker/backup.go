@@ -121,11 +121,18 @@ tag. Only the checked copy is put in place. A backup made by a version that
 did not tag records is restored only with --allow-untagged.
 A database already in --data-dir is kept beside it, renamed
 credbroker.db.before-restore-<time>. Stop the broker first; start it again
-afterwards with the same master key.`)
+afterwards with the same master key.
+
+With --storage etcd it loads the checked backup into an etcd prefix that
+holds no broker yet (a new --etcd-prefix), and no replica starts on it
+until the load is done; if it is interrupted, run it again. A backup of a
+bbolt broker and one of a cluster restore alike into either, which is how
+a broker moves between them.`)
 	fs.StringVar(&in, "in", "", "the backup file (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory to restore the database into (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key the backup was made under")
 	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", d.LockTimeout, "how long to wait for the database if another process holds it")
+	storageFlags(fs, &cfg, d)
 	fs.BoolVar(&allowUntagged, "allow-untagged", false, "restore a backup made by a version that did not tag records for integrity checks: nothing shows whether its records were changed, so only for a file you trust")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -139,7 +146,11 @@ afterwards with the same master key.`)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "restored %s into %s\n", in, cfg.DataDir)
+	into := cfg.DataDir
+	if cfg.Storage == datadir.StorageEtcd {
+		into = "etcd prefix " + cfg.Etcd.Prefix
+	}
+	fmt.Fprintf(stdout, "restored %s into %s\n", in, into)
 	if !res.Checksummed {
 		fmt.Fprintf(stdout, "%s%s was missing, so only the database's structure was checked\n", in, datadir.ChecksumSuffix)
 	}

@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -347,4 +350,72 @@ func (l *lockedWriter) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.String()
+}
+
+// TestMoveBetweenEngines moves a broker from bbolt to etcd and back with
+// backup and restore: its accounts, tokens (served from the restored cache,
+// with no new token request), caller keys and audit trail come along, and
+// a restore into an etcd prefix that holds a broker is refused.
+func TestMoveBetweenEngines(t *testing.T) {
+	e := newE2ESetup(t)
+	cluster := etcdtest.Start(t, 1)
+	etcdArgs := []string{"--storage", "etcd", "--etcd-endpoints", strings.Join(cluster.Endpoints(), ",")}
+	try := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(e.bin, args...)
+		cmd.Env = append(append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	run := func(env []string, args ...string) {
+		t.Helper()
+		if out, err := try(env, args...); err != nil {
+			t.Fatalf("credbroker %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	dir := t.TempDir()
+
+	onBolt := startBinary(t, e.bin, &e.logs, e.args...)
+	admin := onBolt.bootstrapKey
+	adminConn := onBolt.connect(t, keyCreds(admin)...)
+	checker := createCheckerKey(t, adminConn)
+	linkAccounts(t, credbrokerv1.NewAccountServiceClient(adminConn), 5)
+	token := func(r *runningBinary) string {
+		t.Helper()
+		resp, err := credbrokerv1.NewTokenServiceClient(r.connect(t, keyCreds(checker)...)).GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/acct-3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetAccessToken()
+	}
+	want, requests := token(onBolt), e.fake.Requests()
+	run([]string{"CREDBROKER_CALLER_KEY=" + admin}, "backup", "--broker", onBolt.addr, "--out", dir+"/from-bolt")
+	onBolt.stop(t)
+
+	run(nil, append([]string{"restore", "--in", dir + "/from-bolt"}, etcdArgs...)...)
+	onEtcd := startBinary(t, e.bin, &e.logs, append(slices.Clone(e.args), etcdArgs...)...)
+	if got := token(onEtcd); got != want {
+		t.Fatal("the broker on etcd serves another token than the one restored")
+	}
+	events, err := credbrokerv1.NewAuditServiceClient(onEtcd.connect(t, keyCreds(admin)...)).ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Account: "accounts/acct-3"})
+	if err != nil || len(events.GetEvents()) < 3 { // linked, granted, a token handed out, on bbolt
+		t.Fatalf("the audit trail on etcd: %v %v", events, err)
+	}
+	if out, err := try(nil, append([]string{"restore", "--in", dir + "/from-bolt"}, etcdArgs...)...); err == nil || !strings.Contains(out, "holds a broker") {
+		t.Fatalf("a restore into a prefix in use: %v\n%s", err, out)
+	}
+	run([]string{"CREDBROKER_CALLER_KEY=" + admin}, "backup", "--broker", onEtcd.addr, "--out", dir+"/from-etcd")
+	onEtcd.stop(t)
+
+	newDir := filepath.Join(t.TempDir(), "data")
+	run(nil, "restore", "--in", dir+"/from-etcd", "--data-dir", newDir)
+	args := slices.Clone(e.args)
+	args[slices.Index(args, "--data-dir")+1] = newDir
+	backOnBolt := startBinary(t, e.bin, &e.logs, args...)
+	if got := token(backOnBolt); got != want {
+		t.Fatal("the broker back on bbolt serves another token than the one restored")
+	}
+	if n := e.fake.Requests(); n != requests {
+		t.Fatalf("%d new token requests: the tokens did not move with the broker", n-requests)
+	}
+	backOnBolt.stop(t)
 }

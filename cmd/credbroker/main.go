@@ -135,15 +135,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.IntVar(&cfg.Audit.MaxEvents, "audit-max-events", d.Audit.MaxEvents, "keep at most this many audit events, deleting the oldest calls (GetToken, proxied, refused or failed calls); admin changes and the broker's own events go by --audit-max-age only")
 	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory for the database (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key, base64 or hex")
-	fs.StringVar(&cfg.Storage, "storage", d.Storage, `where the broker keeps its state: "bbolt" (a database file in --data-dir, for one broker) or "etcd" (an etcd cluster that any number of replicas share; needs --etcd-endpoints and the same configured master key on every replica)`)
-	fs.Func("etcd-endpoints", "comma-separated client URLs of the etcd cluster's members, e.g. https://etcd-0:2379,https://etcd-1:2379,https://etcd-2:2379", func(v string) error {
-		cfg.Etcd.Endpoints = splitList(v)
-		return nil
-	})
-	fs.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", d.Etcd.Prefix, "key prefix of everything the broker stores in etcd; brokers that share a cluster but not their accounts use different prefixes")
-	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle of the CAs that verify the etcd members' certificates")
-	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate the broker presents to etcd; with --etcd-key")
-	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
+	storageFlags(fs, &cfg.Config, d.Config)
 	fs.DurationVar(&cfg.Etcd.HistoryRetention, "etcd-history-retention", d.Etcd.HistoryRetention, "how long etcd keeps the earlier values of what the broker overwrote or deleted before the broker compacts etcd's history (cluster-wide), so that etcd does not grow without bound; negative leaves compaction to etcd's own --auto-compaction-* settings")
 	fs.DurationVar(&cfg.Etcd.LockTTL, "etcd-lock-ttl", d.Etcd.LockTTL, "how long the token-refresh locks of a replica that died or lost touch with etcd outlive it, before another replica may refresh those accounts (whole seconds, at least etcd's minimum lease)")
 	fs.StringVar(&cfg.Provider.JumpCloudTokenURLUS, "jumpcloud-token-url-us", d.Provider.JumpCloudTokenURLUS, "JumpCloud US token endpoint")
@@ -468,6 +460,20 @@ func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (c
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 	}
 	return sources, nil
+}
+
+// storageFlags are the flags that choose the storage engine and reach
+// etcd, for serve and restore.
+func storageFlags(fs *flag.FlagSet, cfg *datadir.Config, d datadir.Config) {
+	fs.StringVar(&cfg.Storage, "storage", d.Storage, `where the broker keeps its state: "bbolt" (a database file in --data-dir, for one broker) or "etcd" (an etcd cluster that any number of replicas share; needs --etcd-endpoints and the same configured master key on every replica)`)
+	fs.Func("etcd-endpoints", "comma-separated client URLs of the etcd cluster's members, e.g. https://etcd-0:2379,https://etcd-1:2379,https://etcd-2:2379", func(v string) error {
+		cfg.Etcd.Endpoints = splitList(v)
+		return nil
+	})
+	fs.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", d.Etcd.Prefix, "key prefix of everything the broker stores in etcd; brokers that share a cluster but not their accounts use different prefixes")
+	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle of the CAs that verify the etcd members' certificates")
+	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate the broker presents to etcd; with --etcd-key")
+	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
 }
 
 // splitList splits a comma-separated list, dropping blanks.

@@ -169,6 +169,7 @@ func TestREADMECluster(t *testing.T) {
 	sh := &readmeShell{t: t, repl: strings.NewReplacer(append(pairs, "./credbroker ", bin+" ", "--data-dir etcd-", "--data-dir "+t.TempDir()+"/etcd-")...)}
 	var (
 		wg      sync.WaitGroup
+		mu      sync.Mutex // guards servers and key, for members started at once
 		servers []*exec.Cmd
 		key     string
 		ran     = map[string]int{}
@@ -190,8 +191,10 @@ func TestREADMECluster(t *testing.T) {
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
+		mu.Lock()
 		servers = append(servers, c)
 		wg.Go(func() { _ = c.Wait() })
+		mu.Unlock()
 		deadline := time.Now().Add(30 * time.Second)
 		for !strings.Contains(out.String(), ready) {
 			if time.Now().After(deadline) {
@@ -199,6 +202,8 @@ func TestREADMECluster(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		if m := regexp.MustCompile(`cbk_\S+`).FindString(out.String()); m != "" && key == "" {
 			key = m
 		}
@@ -224,10 +229,13 @@ func TestREADMECluster(t *testing.T) {
 			start(cmd, "credbroker listening")
 			ran["serve"]++
 		case strings.HasPrefix(cmd, "export CREDBROKER_CALLER_KEY="):
-			if key == "" {
+			mu.Lock()
+			printed := key
+			mu.Unlock()
+			if printed == "" {
 				t.Fatal("the first replica printed no admin caller key")
 			}
-			sh.env = append(sh.env, "CREDBROKER_CALLER_KEY="+key)
+			sh.env = append(sh.env, "CREDBROKER_CALLER_KEY="+printed)
 		default:
 			out := sh.run(cmd)
 			switch {

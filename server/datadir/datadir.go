@@ -10,6 +10,7 @@ package datadir
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -190,6 +191,14 @@ func openEngine(cfg Config) (*store.Store, error) {
 	}
 	db, err := etcd.Open(cfg.Etcd, store.Logs...)
 	if err != nil {
+		return nil, err
+	}
+	loading, err := db.Loading(context.Background())
+	if err == nil && loading {
+		err = fmt.Errorf("a restore into %s has not finished: run credbroker restore again, which finishes it, before starting the broker", where(cfg))
+	}
+	if err != nil {
+		db.Close()
 		return nil, err
 	}
 	return store.New(db)

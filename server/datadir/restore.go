@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/storage/etcd"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -48,6 +49,9 @@ const ChecksumSuffix = ".sha256"
 // the broker next starts.
 func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, error) {
 	cfg = WithDefaults(cfg)
+	if cfg.Storage == StorageEtcd {
+		return restoreIntoEtcd(cfg, backupPath)
+	}
 	if cfg.MasterKeyFile == "" && cfg.MasterKey == "" {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, masterKeyFileName)); err != nil {
 			return RestoreResult{}, errors.New("restore needs the master key the backup was made under: pass --master-key-file or CREDBROKER_MASTER_KEY")
@@ -74,6 +78,44 @@ func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, 
 		os.Remove(staged)
 		if errors.Is(statErr, fs.ErrNotExist) {
 			os.Remove(cfg.DataDir) // the directory Restore made, still empty
+		}
+		return RestoreResult{}, err
+	}
+	return res, nil
+}
+
+// restoreIntoEtcd loads the backup at backupPath, checked as Restore
+// checks it, into the etcd prefix cfg.Etcd names, which must hold no
+// broker yet (a new prefix): a backup of bbolt or of etcd alike, so that a
+// broker moves between engines with it. No broker may start on the prefix
+// until the load has finished; one interrupted is finished by running
+// this again (see etcd.DB.Load).
+func restoreIntoEtcd(cfg Config, backupPath string) (RestoreResult, error) {
+	master, err := ConfiguredMasterKey(cfg)
+	if err == nil {
+		err = CheckStorage(cfg, master)
+	}
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	dir, err := os.MkdirTemp("", "credbroker-restore-")
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	staged := filepath.Join(dir, dbFileName)
+	res, err := stageBackup(backupPath, staged, master, false)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	db, err := etcd.Open(cfg.Etcd, store.Logs...)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	defer db.Close()
+	if err := store.LoadBackup(staged, db.Load); err != nil {
+		if errors.Is(err, etcd.ErrNotEmpty) {
+			err = fmt.Errorf("%w: restore into a new prefix (--etcd-prefix) and point the replicas at it, or remove the old broker's keys first; nothing was changed", err)
 		}
 		return RestoreResult{}, err
 	}

@@ -122,6 +122,13 @@ type Lock struct {
 	Unlock func()
 }
 
+// Snapshotter is implemented by engines that can read every record, logs
+// included, as of one revision, without holding up writers (etcd): what a
+// backup of a running cluster reads.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, fn func(Record) error) (Revision, error)
+}
+
 // Range selects records by key prefix.
 type Range struct {
 	// Prefix holds at least a kind and its slash: keys are "kind/name",

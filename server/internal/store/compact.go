@@ -1,6 +1,14 @@
 package store
 
-import "time"
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/credbroker/credbroker/server/internal/storage"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
+)
 
 // CompactPending reports whether the engine's files may still hold
 // deleted sealed material (bbolt: in freed pages; etcd: in its history): set by the transaction of every deletion of an
@@ -28,14 +36,91 @@ func (s *Store) Compact() error {
 }
 
 // CompactTo writes a compacted copy of the database, its live records as
-// of one read transaction, to a new file at path (a backup), and returns
-// its size.
+// of one revision, to a new bbolt file at path (a backup), and returns its
+// size. On bbolt it is a copy made in one read transaction; on etcd, the
+// records read at one revision (see storage.Snapshotter), written in the
+// same form, so that either engine's backup restores into either.
 func (s *Store) CompactTo(path string) (int64, error) {
-	l, err := s.local()
+	if l, err := s.local(); err == nil {
+		return l.Backup(path)
+	}
+	snap, ok := s.db.(storage.Snapshotter)
+	if !ok {
+		return 0, ErrNotLocal
+	}
+	out, err := boltdb.Open(path, time.Second, Logs...)
 	if err != nil {
 		return 0, err
 	}
-	return l.Backup(path)
+	defer out.Close()
+	var batch []storage.Record
+	flush := func() error {
+		err := out.Bulk(func(b *boltdb.Bulk) error {
+			for _, r := range batch {
+				if err := b.Put(r.Key, r.Value); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		batch = batch[:0]
+		return err
+	}
+	_, err = snap.Snapshot(ctx, func(r storage.Record) error {
+		if batch = append(batch, r); len(batch) == copyBatch {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = out.Close()
+	}
+	if err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// copyBatch is how many records a copy between engines writes at a time.
+const copyBatch = 10_000
+
+// LoadBackup reads every record of the backup file at path, checked
+// already (CheckBackup, CheckRecords), and hands them to load, an empty
+// engine's loader (etcd.DB.Load).
+func LoadBackup(path string, load func(context.Context, func(put func(storage.Record) error) error) error) error {
+	db, err := boltdb.OpenReadOnly(path)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
+	}
+	defer db.Close()
+	return load(ctx, func(put func(storage.Record) error) error {
+		for _, kind := range append([][]byte{metaBucket}, dataBuckets...) {
+			r := storage.Range{Prefix: key(kind, ""), Limit: copyBatch}
+			for {
+				p, err := db.List(ctx, r)
+				if err != nil {
+					return err
+				}
+				for _, rec := range p.Records {
+					if err := put(rec); err != nil {
+						return err
+					}
+				}
+				if !p.More {
+					break
+				}
+				r.After = p.Records[len(p.Records)-1].Key
+			}
+		}
+		return nil
+	})
 }
 
 // TrimHistory lets an engine that keeps a history of overwritten and

@@ -239,6 +239,9 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 		c := b.Cursor()
 		k, v := first(c, prefix, after, r.After != "", r.Reverse)
 		for ; k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = step(c, r.Reverse) {
+			if kind == metaBucket+"/" && string(k) == compactPendingKey {
+				continue // the engine's own
+			}
 			if r.Limit > 0 && len(p.Records) == r.Limit {
 				p.More = true
 				break

@@ -82,6 +82,8 @@ const (
 	dataDir  = "data/"
 	logDir   = "log/"
 	locksDir = "locks/"
+	// loadingKey is there while Load writes a backup's records.
+	loadingKey = "loading"
 )
 
 // DB is the engine. It implements storage.Backend and storage.Locker.
@@ -578,6 +580,106 @@ func (d *DB) changes(events []*clientv3.Event) []storage.Change {
 		c.Events = append(c.Events, ev)
 	}
 	return out
+}
+
+// snapshotPage is how many records Snapshot reads at a time.
+const snapshotPage = 1000
+
+// Snapshot calls fn with every record and log record, read at the
+// revision of the first read, which it returns.
+func (d *DB) Snapshot(ctx context.Context, fn func(storage.Record) error) (storage.Revision, error) {
+	var rev int64
+	for _, dir := range []string{dataDir, logDir} {
+		start, end := d.prefix+dir, d.prefix+storage.PrefixEnd(dir)
+		for {
+			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(snapshotPage)}
+			if rev != 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			rctx, cancel := d.bounded(ctx)
+			resp, err := d.cli.Get(rctx, start, opts...)
+			cancel()
+			if err != nil {
+				return 0, d.wrap(err)
+			}
+			rev = resp.Header.Revision
+			for _, kv := range resp.Kvs {
+				if err := fn(d.record(kv)); err != nil {
+					return 0, err
+				}
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				break
+			}
+			start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}
+	return storage.Revision(rev), nil
+}
+
+// ErrNotEmpty means Load was given a prefix that holds a broker's records.
+var ErrNotEmpty = errors.New("the etcd prefix holds a broker's records already")
+
+// Load writes records (a backup's, which each calls put with) into a
+// prefix that holds none. It first sets a marker, on the condition that
+// no record is there (or that the marker of an interrupted Load is, whose
+// partial records it deletes), then writes the records in transactions
+// within etcd's limits, and removes the marker last: a broker does not
+// start on a prefix that has it (see Loading), so none ever serves half a
+// backup, and running Load again finishes an interrupted one.
+func (d *DB) Load(ctx context.Context, each func(put func(storage.Record) error) error) error {
+	marker := d.prefix + loadingKey
+	empty := []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(d.prefix+dataDir).WithPrefix(), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(d.prefix+logDir).WithPrefix(), "=", 0),
+	}
+	resp, err := d.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(marker), ">", 0)).
+		Then(clientv3.OpDelete(d.prefix+dataDir, clientv3.WithPrefix()), clientv3.OpDelete(d.prefix+logDir, clientv3.WithPrefix())).
+		Else(clientv3.OpTxn(empty, []clientv3.Op{clientv3.OpPut(marker, "")}, nil)).Commit()
+	if err != nil {
+		return d.wrap(err)
+	}
+	if !resp.Succeeded && !resp.Responses[0].GetResponseTxn().GetSucceeded() {
+		return fmt.Errorf("%w (prefix %q)", ErrNotEmpty, d.prefix)
+	}
+	var batch []storage.Op
+	flush := func() error {
+		for _, chunk := range storage.EtcdLimits.Chunks(batch) {
+			if _, err := d.Txn(ctx, nil, chunk); err != nil {
+				return err
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
+	err = each(func(r storage.Record) error {
+		batch = append(batch, storage.Put(r.Key, r.Value))
+		if len(batch) < snapshotPage {
+			return nil
+		}
+		return flush()
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := d.cli.Delete(ctx, marker); err != nil {
+		return d.wrap(err)
+	}
+	return nil
+}
+
+// Loading reports whether a Load into the prefix has not finished.
+func (d *DB) Loading(ctx context.Context) (bool, error) {
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+loadingKey, clientv3.WithCountOnly())
+	if err != nil {
+		return false, d.wrap(err)
+	}
+	return resp.Count > 0, nil
 }
 
 type revisionAt struct {

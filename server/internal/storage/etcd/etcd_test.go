@@ -170,3 +170,54 @@ func TestTrimHistory(t *testing.T) {
 		t.Fatalf("history within the retention: %v %v", r, err)
 	}
 }
+
+// Load fills an empty prefix, refuses one that holds records, and
+// finishes a load that was interrupted, dropping what it had written.
+func TestLoad(t *testing.T) {
+	ctx := context.Background()
+	cluster := etcdtest.Start(t, 1)
+	d, err := Open(Config{Endpoints: cluster.Endpoints()}, "audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	records := func(kv ...string) func(func(storage.Record) error) error {
+		return func(put func(storage.Record) error) error {
+			for i := 0; i < len(kv); i += 2 {
+				if err := put(storage.Record{Key: kv[i], Value: []byte(kv[i+1])}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	if err := d.Load(ctx, records("meta/id", "x", "accounts/a", "1", "audit/e1", "ev")); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := d.Get(ctx, "audit/e1"); err != nil || string(r.Value) != "ev" {
+		t.Fatalf("a loaded log record: %v %v", r, err)
+	}
+	if err := d.Load(ctx, records("accounts/b", "2")); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("a load into a prefix with records: %v", err)
+	}
+	// An interrupted load: its marker and some of its records are there.
+	if _, err := d.cli.Put(ctx, d.prefix+loadingKey, ""); err != nil {
+		t.Fatal(err)
+	}
+	if loading, err := d.Loading(ctx); err != nil || !loading {
+		t.Fatalf("Loading with the marker: %v %v", loading, err)
+	}
+	if err := d.Load(ctx, records("accounts/c", "3")); err != nil {
+		t.Fatal(err)
+	}
+	if loading, err := d.Loading(ctx); err != nil || loading {
+		t.Fatalf("Loading after the load: %v %v", loading, err)
+	}
+	p, err := d.List(ctx, storage.Range{Prefix: "accounts/"})
+	if err != nil || len(p.Records) != 1 || p.Records[0].Key != "accounts/c" {
+		t.Fatalf("after finishing an interrupted load: %v %v", p.Records, err)
+	}
+	if _, err := d.Get(ctx, "audit/e1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a record of the interrupted load survived: %v", err)
+	}
+}
