@@ -166,7 +166,8 @@ func TestREADMECluster(t *testing.T) {
 			pairs = append(pairs, addr, freePort(t))
 		}
 	}
-	sh := &readmeShell{t: t, repl: strings.NewReplacer(append(pairs, "./credbroker ", bin+" ", "--data-dir etcd-", "--data-dir "+t.TempDir()+"/etcd-")...)}
+	workDir := t.TempDir()
+	sh := &readmeShell{t: t, repl: strings.NewReplacer(append(pairs, "./credbroker ", bin+" ", "--data-dir etcd-", "--data-dir "+workDir+"/etcd-")...)}
 	var (
 		wg      sync.WaitGroup
 		mu      sync.Mutex // guards servers and key, for members started at once
@@ -186,6 +187,7 @@ func TestREADMECluster(t *testing.T) {
 		args := strings.Fields(sh.repl.Replace(cmd))
 		c := exec.Command(args[0], args[1:]...)
 		c.Env = append(os.Environ(), sh.env...)
+		c.Dir = workDir // where the replicas' default data directories go
 		out := &lockedWriter{w: &bytes.Buffer{}}
 		c.Stdout, c.Stderr = out, out
 		if err := c.Start(); err != nil {

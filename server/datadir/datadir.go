@@ -34,7 +34,8 @@ const (
 // Config says where the data directory is and how to open it. Zero fields
 // take the values of DefaultConfig.
 type Config struct {
-	// DataDir holds the database; it is created (or restricted) to mode 0700.
+	// DataDir holds the database (on etcd, only backups being staged); it
+	// is created (or restricted) to mode 0700.
 	DataDir string
 	// MasterKeyFile and MasterKey (the key's text itself) are the two ways
 	// to give the master key; set at most one. With neither, a key is
@@ -101,15 +102,16 @@ func WithDefaults(cfg Config) Config {
 // key it fails, leaving the database untouched.
 func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterKey, error) {
 	cfg = WithDefaults(cfg)
-	if cfg.Storage == StorageEtcd {
-		st, err := openStore(cfg, master) // CheckStorage made sure it is configured
-		return st, master, err
-	}
+	// On etcd too: backups are staged there.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data directory: %w", err)
 	}
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("restrict data directory: %w", err)
+	}
+	if cfg.Storage == StorageEtcd {
+		st, err := openStore(cfg, master) // CheckStorage made sure it is configured
+		return st, master, err
 	}
 	if master == nil {
 		var err error
