@@ -509,14 +509,26 @@ func TestRejectedAPIKeyNeedsAttention(t *testing.T) {
 	}
 }
 
-// A proxied call is audited when it ends, so while the audit trail cannot
-// be written the proxy forwards nothing.
+// A proxied call is audited when it ends, before the end of its answer
+// goes: a call whose event could not be written is cut off, and while the
+// audit trail cannot be written the proxy forwards nothing.
 func TestProxyRefusesWhileTheAuditTrailFails(t *testing.T) {
 	b, fail := startFailingAudit(t)
 	b.linkAPIKey(t, "keyed")
 
 	fail.Store(true)
-	b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil) // its event fails
+	req, err := http.NewRequest(http.MethodGet, b.proxyURL+"/v1/accounts/keyed/proxy/v2/systems", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Proxy-Authorization", "Bearer "+b.keys.svc)
+	if resp, err := b.proxyClient(nil).Do(req); err == nil { // its event fails
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Fatalf("a call whose audit event failed was answered whole: HTTP %d", resp.StatusCode)
+		}
+	}
 	before := b.fake.APIRequests()
 	resp, body := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/systems", b.keys.svc, nil, nil)
 	wantProxyError(t, resp, body, http.StatusServiceUnavailable, "UNAVAILABLE")

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,7 +41,11 @@ type proxyHandler struct {
 	errs   errorMapper
 }
 
-func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *proxyHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	// The answer streams to the caller but for its end, which goes once
+	// the call's audit event is durable: no caller holds a whole answer
+	// whose event a crash could lose.
+	w := &holdBack{w: rw}
 	pc := &proxy.Call{}
 	id, path, perr := proxy.ParsePath(r.URL.EscapedPath())
 	resource := "" // named in the audit event of a refused call too
@@ -79,11 +84,79 @@ func (h *proxyHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeProxyError(w, proxyHTTPStatus(pc.Err, status.Code(err)), status.Convert(err))
 	}
 	if h.gate.FinishAnswered(c, err) != nil {
-		// The answer has gone already; the failure is in the server log.
-		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.Principal, "resource", c.Resource)
+		h.errs.log.Error("the audit event of a proxied call could not be written", "principal", c.Principal, "resource", c.Resource, "forwarded", pc.Status != 0)
+		if pc.Status != 0 {
+			// The API answered, but the caller must not take the answer
+			// for a whole one: the call could not be audited. (A call
+			// refused before it was forwarded did nothing: its refusal
+			// goes out.)
+			panic(http.ErrAbortHandler)
+		}
 	}
 	if pc.Aborted != nil {
 		panic(http.ErrAbortHandler) // the caller must not take a cut-off answer for a whole one
+	}
+	w.release()
+}
+
+// holdBack passes an answer on but for its last byte or, if it has no
+// body, its header: release sends that. Until then the caller cannot
+// have the whole answer (its length, or the end of its chunks, says more
+// is coming). Informational (1xx) headers go at once.
+type holdBack struct {
+	w      http.ResponseWriter
+	status int // the status WriteHeader was given, while it is held
+	sent   bool
+	last   []byte // the held byte, if any
+}
+
+func (h *holdBack) Header() http.Header { return h.w.Header() }
+
+func (h *holdBack) WriteHeader(code int) {
+	if code < 200 {
+		h.w.WriteHeader(code)
+	} else if h.status == 0 {
+		h.status = code
+	}
+}
+
+func (h *holdBack) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	h.sendHeader()
+	if len(h.last) > 0 {
+		if _, err := h.w.Write(h.last); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := h.w.Write(p[:len(p)-1]); err != nil {
+		return 0, err
+	}
+	h.last = append(h.last[:0], p[len(p)-1])
+	return len(p), nil
+}
+
+// FlushError flushes what has been passed on (for streamed answers).
+func (h *holdBack) FlushError() error {
+	if !h.sent {
+		return nil
+	}
+	return http.NewResponseController(h.w).Flush()
+}
+
+func (h *holdBack) sendHeader() {
+	if !h.sent {
+		h.sent = true
+		h.w.WriteHeader(cmp.Or(h.status, http.StatusOK))
+	}
+}
+
+// release sends what was held back.
+func (h *holdBack) release() {
+	h.sendHeader()
+	if len(h.last) > 0 {
+		_, _ = h.w.Write(h.last) // the caller gone: nothing to tell
 	}
 }
 

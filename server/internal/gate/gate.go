@@ -252,11 +252,12 @@ func (g *Gate) Finish(c *Call, err error) error {
 	return err
 }
 
-// FinishAnswered ends call c, which ended with err, after its answer has
-// gone (the egress proxy streams the API's answer as it comes): it writes
-// its audit event and logs the call with the code its caller got. It
-// returns ErrAuditUnavailable if the event could not be written, for the
-// handler to log: the answer cannot be taken back.
+// FinishAnswered ends call c, which ended with err, once its answer has
+// been passed on but for its end (the egress proxy streams the API's
+// answer as it comes, and holds back its last byte): it writes its audit
+// event and logs the call with the code its caller got. It returns
+// ErrAuditUnavailable if the event could not be written: the handler
+// then cuts the answer off.
 func (g *Gate) FinishAnswered(c *Call, err error) error {
 	aerr := g.record(c, err)
 	g.logRequest(c, status.Code(err))

@@ -81,6 +81,10 @@ type call struct {
 	done   chan struct{}
 	issued *Issued
 	err    error
+	// replaces is the token that was cached when the request was
+	// decided on: a newer one, stored by another replica meanwhile, makes
+	// the request needless (see run).
+	replaces *Issued
 }
 
 func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
@@ -133,7 +137,7 @@ func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (
 
 // startLocked starts an upstream request for e; e.mu must be held.
 func (m *Manager) startLocked(e *entry) *call {
-	c := &call{done: make(chan struct{})}
+	c := &call{done: make(chan struct{}), replaces: e.current.Load()}
 	e.inflight = c
 	m.runs.Add(1)
 	go m.run(e, c)
@@ -156,7 +160,7 @@ func (m *Manager) run(e *entry, c *call) {
 		close(c.done)
 		e.mu.Unlock()
 	}()
-	cached := e.current.Load()
+	cached := c.replaces
 	lock, err := m.store.LockTokenRefresh(e.id)
 	if err != nil {
 		m.cfg.Logger.Warn("not asking the provider: could not take the account's refresh lock", "account", e.id, "error", err)
@@ -183,6 +187,11 @@ func (m *Manager) run(e *entry, c *call) {
 	e.mu.Lock()
 	use := e.status.SecretUse
 	e.mu.Unlock()
+	var had time.Time
+	if cached != nil {
+		had = cached.Expiry
+	}
+	m.cfg.Logger.Info("asking the provider for a token", "account", e.id, "cached_token_expires", had)
 	tok, wrapped, use, err := m.fetch(e.id, use)
 
 	e.mu.Lock()
