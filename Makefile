@@ -52,11 +52,13 @@ check-generated:
 # proxied GETs against direct ones in-process), then GetToken against the
 # health check from another process with ghz, over mTLS and with a caller
 # key (bench/ghz.sh), and proxied GETs against direct ones with hey
-# (bench/proxy.sh).
+# (bench/proxy.sh), and 3 replicas on a 3-member etcd cluster against one
+# broker on bbolt (bench/cluster.sh).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./client/ ./server/internal/tokens/ ./server/internal/store/ ./server/
 	bash bench/ghz.sh
 	bash bench/proxy.sh
+	bash bench/cluster.sh
 
 build:
 	$(GO) build -o bin/credbroker ./cmd/credbroker
