@@ -262,7 +262,7 @@ func waitFor(t *testing.T, limit time.Duration, fn func() error) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within %s: %v", limit, err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -46,11 +47,12 @@ func errorMetadata(st *status.Status) map[string]string {
 // eventually polls cond until it holds, failing the test after 10s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(2 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
+	waitFor(t, 10*time.Second, func() error {
+		if cond() {
+			return nil
 		}
-	}
+		return errors.New(what)
+	})
 }
 
 // A caller cannot flip an API-key account to NEEDS_ATTENTION by proxying to
