@@ -17,10 +17,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
-	"github.com/credbroker/credbroker/internal/etcdtest"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/datadir"
+	"github.com/credbroker/credbroker/server/devetcd/etcdtest"
 	"github.com/credbroker/credbroker/server/internal/callers"
 )
 

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/client"
-	"github.com/credbroker/credbroker/internal/etcdtest"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/devetcd/etcdtest"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 

@@ -9,7 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/credbroker/credbroker/internal/etcdtest"
+	"github.com/credbroker/credbroker/server/devetcd/etcdtest"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/storage/storagetest"
 )
