@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,8 +16,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -418,4 +422,94 @@ func TestMoveBetweenEngines(t *testing.T) {
 		t.Fatalf("%d new token requests: the tokens did not move with the broker", n-requests)
 	}
 	backOnBolt.stop(t)
+}
+
+// TestStoppedLockHolderDoesNotWrite stops (SIGSTOP) a replica while its
+// token request is out, for longer than its refresh lock's lease: another
+// replica takes the lock and stores its own token; the stopped one,
+// continued (SIGCONT), gets its answer but does not store it over the
+// newer token. (Its request had gone before it stopped, so the provider
+// saw two; a replica stopped before asking does not ask once continued:
+// server.TestPausedLockHolderDoesNotAsk.)
+func TestStoppedLockHolderDoesNotWrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ctx := context.Background()
+	bin := buildBinary(t)
+	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
+	fake.SetTokenTTL(36 * time.Second) // 6 s after JumpCloud's 30 s margin
+	// The fake holds one token request, when told to, until released.
+	var hold atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	jc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == jumpcloudfake.TokenPath && hold.CompareAndSwap(true, false) {
+			close(held)
+			<-release
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	defer jc.Close()
+	cluster := etcdtest.Start(t, 1)
+	var logs [2]*lockedWriter
+	var rs [2]*runningBinary
+	for i := range rs {
+		logs[i] = &lockedWriter{w: &bytes.Buffer{}}
+		rs[i] = startBinary(t, bin, logs[i], "--storage", "etcd", "--etcd-endpoints", strings.Join(cluster.Endpoints(), ","),
+			"--etcd-lock-ttl", "2s", "--refresh-margin", "100ms", "--data-dir", filepath.Join(t.TempDir(), "data"),
+			"--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath, "--jumpcloud-api-url-us", jc.URL+jumpcloudfake.APIPath)
+	}
+	adminConn := rs[0].connect(t, keyCreds(rs[0].bootstrapKey)...)
+	if _, err := credbrokerv1.NewAccountServiceClient(adminConn).CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
+		AccountId: "acme",
+		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+			ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	svc := createCheckerKey(t, adminConn)
+	if _, err := credbrokerv1.NewAccountServiceClient(adminConn).AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: "accounts/acme", Principal: "callerKeys/checker"}); err != nil {
+		t.Fatal(err)
+	}
+	var tokens [2]credbrokerv1.TokenServiceClient
+	for i, r := range rs {
+		tokens[i] = credbrokerv1.NewTokenServiceClient(r.connect(t, keyCreds(svc)...))
+	}
+	// A min_ttl the cached token does not meet makes a replica ask.
+	forced := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(5500 * time.Millisecond)}
+	waitUntil(t, 5*time.Second, func() error {
+		_, err := tokens[1].GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		return err
+	})
+	time.Sleep(time.Second) // the linked token has less than 5.5 s left
+
+	hold.Store(true)
+	go func() { _, _ = tokens[0].GetToken(ctx, forced) }()
+	<-held // the first replica holds the lock, its request is out
+	if err := rs[0].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // past its 2 s lease
+	mine, err := tokens[1].GetToken(ctx, forced)
+	if err != nil {
+		t.Fatalf("GetToken on the other replica while the lock holder is stopped: %v", err)
+	}
+	close(release)
+	if err := rs[0].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, func() error {
+		if !strings.Contains(logs[0].String(), "lost the account's refresh lock before storing its new token") {
+			return errors.New("the continued replica did not report that it lost the lock")
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // a write it made would reach the other replica by now
+	if got, err := tokens[1].GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"}); err != nil || got.GetAccessToken() != mine.GetAccessToken() {
+		t.Fatalf("the token stored by the lock's new holder was replaced (%v)", err)
+	}
+	if n := fake.Requests(); n != 3 {
+		t.Fatalf("%d token requests, want 3: the link's, the stopped replica's, the new lock holder's", n)
+	}
 }
