@@ -45,6 +45,49 @@ var ErrWrongMasterKey = errors.New("the master key does not match the one this d
 type MasterKey struct {
 	aead cipher.AEAD
 	raw  []byte // for deriving record keys
+	id   [idSize]byte
+}
+
+// idSize is the length of a master key's id (see MasterKey.ID).
+const idSize = 8
+
+// wrappedFormat is the first byte of a key wrapped by a master key: then
+// come the master key's id and the sealed key. Keys wrapped by earlier
+// versions start with format instead, without the id.
+const wrappedFormat byte = 2
+
+// ID names the master key, so that what it wrapped says which key opens
+// it (a rotation has two at once): 8 bytes of a hash of the key, which
+// reveal nothing of it.
+func (m *MasterKey) ID() string { return hex.EncodeToString(m.id[:]) }
+
+// WrappedBy is the id of the master key that wrapped a key, or "" if the
+// key was wrapped by an earlier version, which did not record it.
+func WrappedBy(wrapped []byte) string {
+	if len(wrapped) < 1+idSize || wrapped[0] != wrappedFormat {
+		return ""
+	}
+	return hex.EncodeToString(wrapped[1 : 1+idSize])
+}
+
+// wrap seals a key under m, with m's id in front.
+func (m *MasterKey) wrap(raw, ad []byte) ([]byte, error) {
+	sealed, err := sealWith(m.aead, raw, ad)
+	if err != nil {
+		return nil, err
+	}
+	return append(append([]byte{wrappedFormat}, m.id[:]...), sealed...), nil
+}
+
+// unwrap opens a key that m wrapped, in either layout.
+func (m *MasterKey) unwrap(wrapped, ad []byte) ([]byte, error) {
+	if len(wrapped) > 0 && wrapped[0] == wrappedFormat {
+		if id := WrappedBy(wrapped); id != m.ID() {
+			return nil, fmt.Errorf("%w: wrapped by master key %s, not %s", ErrDecrypt, id, m.ID())
+		}
+		wrapped = wrapped[1+idSize:]
+	}
+	return openWith(m.aead, wrapped, ad)
 }
 
 // DataKey seals and opens one account's fields.
@@ -65,7 +108,10 @@ func ParseMasterKey(text string) (*MasterKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &MasterKey{aead: aead, raw: raw}, nil
+	m := &MasterKey{aead: aead, raw: raw}
+	sum := sha256.Sum256(append([]byte("credbroker/v1 master key id\x00"), raw...))
+	copy(m.id[:], sum[:])
+	return m, nil
 }
 
 func decodeKey(text string) ([]byte, error) {
@@ -104,7 +150,7 @@ func (m *MasterKey) NewDataKey(accountID string) (*DataKey, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	wrapped, err := sealWith(m.aead, raw, additionalData("data-key", accountID, ""))
+	wrapped, err := m.wrap(raw, additionalData("data-key", accountID, ""))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -113,7 +159,7 @@ func (m *MasterKey) NewDataKey(accountID string) (*DataKey, []byte, error) {
 
 // UnwrapDataKey opens an account's wrapped data key.
 func (m *MasterKey) UnwrapDataKey(accountID string, wrapped []byte) (*DataKey, error) {
-	raw, err := openWith(m.aead, wrapped, additionalData("data-key", accountID, ""))
+	raw, err := m.unwrap(wrapped, additionalData("data-key", accountID, ""))
 	if err != nil {
 		return nil, err
 	}
@@ -174,11 +220,11 @@ func (m *MasterKey) Reseal(to *MasterKey, accountID string, wrapped []byte, valu
 }
 
 func (m *MasterKey) rewrap(to *MasterKey, wrapped, ad []byte) ([]byte, error) {
-	raw, err := openWith(m.aead, wrapped, ad)
+	raw, err := m.unwrap(wrapped, ad)
 	if err != nil {
 		return nil, err
 	}
-	return sealWith(to.aead, raw, ad)
+	return to.wrap(raw, ad)
 }
 
 // MACKey computes keyed hashes: of caller keys, so that the store never
@@ -194,7 +240,7 @@ func (m *MasterKey) NewMACKey() (*MACKey, []byte, error) {
 	if _, err := rand.Read(raw); err != nil {
 		return nil, nil, err
 	}
-	wrapped, err := sealWith(m.aead, raw, additionalData("mac-key", "", ""))
+	wrapped, err := m.wrap(raw, additionalData("mac-key", "", ""))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -203,7 +249,7 @@ func (m *MasterKey) NewMACKey() (*MACKey, []byte, error) {
 
 // UnwrapMACKey opens a wrapped MAC key.
 func (m *MasterKey) UnwrapMACKey(wrapped []byte) (*MACKey, error) {
-	raw, err := openWith(m.aead, wrapped, additionalData("mac-key", "", ""))
+	raw, err := m.unwrap(wrapped, additionalData("mac-key", "", ""))
 	if err != nil {
 		return nil, err
 	}

@@ -193,3 +193,33 @@ func TestRewrap(t *testing.T) {
 		t.Fatalf("re-wrapping with the wrong master key: %v", err)
 	}
 }
+
+// A wrapped key names the master key that wrapped it; keys wrapped by
+// earlier versions, without the name, still open.
+func TestWrappedKeysNameTheirMasterKey(t *testing.T) {
+	m := mustMaster(t)
+	_, wrapped, err := m.NewDataKey("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if WrappedBy(wrapped) != m.ID() || len(m.ID()) != 16 {
+		t.Fatalf("a new wrapped key names %q, want %q", WrappedBy(wrapped), m.ID())
+	}
+	if other := mustMaster(t); other.ID() == m.ID() {
+		t.Fatal("two master keys have one id")
+	}
+	legacy, err := sealWith(m.aead, make([]byte, KeySize), additionalData("data-key", "acme", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if WrappedBy(legacy) != "" {
+		t.Fatal("a key wrapped by an earlier version names a master key")
+	}
+	if _, err := m.UnwrapDataKey("acme", legacy); err != nil {
+		t.Fatalf("a key wrapped by an earlier version: %v", err)
+	}
+	again, err := ParseMasterKey(base64.StdEncoding.EncodeToString(m.raw))
+	if err != nil || again.ID() != m.ID() {
+		t.Fatalf("the same key parsed again has another id: %v", err)
+	}
+}
