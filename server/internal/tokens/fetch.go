@@ -172,14 +172,15 @@ func (m *Manager) run(e *entry, c *call) {
 	defer lock.Unlock()
 	// While this replica waited, the lock's holder may have stored a
 	// token, which the watch may have brought already.
-	if c.issued = m.renewedSince(e, cached); c.issued != nil {
+	if c.issued, err = m.renewedSince(e, cached); c.issued != nil || err != nil {
+		c.err = m.storageFailed(err)
 		return
 	}
 	m.cfg.OnLocked(e.id)
 	if err := lock.Check(); err != nil {
 		// Lost meanwhile: the new holder's token, if it stored one.
 		m.cfg.Logger.Warn("not asking the provider: the account's refresh lock was not held any more", "account", e.id, "error", err)
-		if c.issued = m.renewedSince(e, cached); c.issued == nil {
+		if c.issued, _ = m.renewedSince(e, cached); c.issued == nil {
 			c.err = m.storageFailed(err)
 		}
 		return
@@ -191,7 +192,7 @@ func (m *Manager) run(e *entry, c *call) {
 	if cached != nil {
 		had = cached.Expiry
 	}
-	m.cfg.Logger.Info("asking the provider for a token", "account", e.id, "cached_token_expires", had)
+	m.cfg.Logger.Info("asking the provider for a token", "account", e.id, "cached_token_expires", had.Format(time.RFC3339))
 	tok, wrapped, use, err := m.fetch(e.id, use)
 
 	e.mu.Lock()
@@ -221,30 +222,31 @@ func (m *Manager) run(e *entry, c *call) {
 }
 
 // storageFailed is what callers get when the refresh lock could not be
-// taken or was lost before the provider was asked: the storage is out of
-// reach (UNAVAILABLE, retry on another replica), or another replica has
-// the lock now (retry here shortly).
+// taken, or was lost before the provider was asked (this replica lost
+// touch with the storage for longer than its lease), or the stored token
+// could not be read: the storage is out of reach, so they retry on
+// another replica (the API maps store.ErrUnavailable). It is nil for nil.
 func (m *Manager) storageFailed(err error) error {
-	if errors.Is(err, store.ErrLockLost) {
-		return grpcerr.New(codes.Unavailable, "this replica lost touch with the storage while renewing the account's token; retry")
+	if err == nil || errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrIntegrity) {
+		return err
 	}
-	return err
+	return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 }
 
 // renewedSince is a token that another replica got since e's cached token
 // was cached: one the watch brought, or the stored one if it is newer
 // than the cached one and not yet due for renewal (then published). It
-// is nil if there is none.
-func (m *Manager) renewedSince(e *entry, cached *Issued) *Issued {
+// is nil if there is none; an error if the stored token could not be
+// read, when asking the provider might ask twice.
+func (m *Manager) renewedSince(e *entry, cached *Issued) (*Issued, error) {
 	if now := e.current.Load(); now != cached && now != nil {
-		return now
+		return now, nil
 	}
 	ts, err := m.store.TokenState(e.id)
 	if err != nil {
-		m.cfg.Logger.Warn("could not read the account's stored token", "account", e.id, "error", err)
-		return nil
+		return nil, err
 	}
-	return m.adopt(e, ts)
+	return m.adopt(e, ts), nil
 }
 
 // adopt publishes the token of ts, and takes the health it records, if
