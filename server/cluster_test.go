@@ -212,6 +212,11 @@ func TestReplicaWithoutQuorumIsUnavailable(t *testing.T) {
 	ctx := context.Background()
 	rs, cluster := startReplicas(t, 1, 3, nil)
 	b := rs[0]
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("DEBUG", b.logs.String())
+		}
+	})
 	b.link(t, "acme")
 	b.token(t, "acme")
 

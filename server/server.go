@@ -304,12 +304,18 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	if err := datadir.ReportTampered(cfg.Logger, st, tampered); err != nil {
 		return nil, err
 	}
-	c.mirror = storage.NewMirror(storage.MirrorConfig{
+	mc := storage.MirrorConfig{
 		Backend: st.Backend(),
 		Load:    func(context.Context) (storage.Revision, error) { return c.load() },
 		Apply:   c.apply,
 		Logger:  cfg.Logger,
-	}, loaded)
+	}
+	if cfg.Storage == datadir.StorageEtcd {
+		// Other replicas change keys and grants: a replica whose copies
+		// may be further behind than this refuses calls (see notServing).
+		mc.MaxLag = maxLag
+	}
+	c.mirror = storage.NewMirror(mc, loaded)
 	var sink audit.Sink = st
 	if cfg.wrapAuditSink != nil {
 		sink = cfg.wrapAuditSink(sink)
@@ -325,7 +331,7 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	}
 	certs := mtls.NewHTTPVerifier(tlsm.ClientCAs)
 	gc := cfg.Gate
-	gc.Logger, gc.StorageDown = cfg.Logger, probe.Down
+	gc.Logger, gc.StorageDown = cfg.Logger, func() bool { return storageDown(probe, c.mirror) }
 	gt := gate.New(gc, cs, al, certs)
 	g := grpc.NewServer(append(tr.ServerOptions(),
 		grpc.Creds(tlsm.GRPCCredentials()),
@@ -368,6 +374,18 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	return s, nil
 }
 
+// maxLag bounds how far behind etcd a replica's copies of keys and grants
+// may be while it serves: a key revoked on one replica is refused on
+// every other within it.
+const maxLag = time.Second
+
+// storageDown says whether the replica must refuse calls: it cannot reach
+// an etcd quorum, or its copies may lag behind etcd (a paused process, a
+// slow member).
+func storageDown(probe *storageProbe, mirror *storage.Mirror) bool {
+	return probe.Down() || mirror.Lagging()
+}
+
 // notReady is why the server should not get calls now, or "".
 func (s *Server) notReady() string {
 	switch {
@@ -375,6 +393,8 @@ func (s *Server) notReady() string {
 		return "shutting down"
 	case s.probe.Down():
 		return "the storage (a quorum of etcd) is out of reach, so calls are refused; see the server log"
+	case s.mirror.Lagging():
+		return "this replica's copies of keys and grants are behind etcd, so calls are refused until they catch up"
 	case s.audit.Failing():
 		return "the audit trail cannot be written, so calls are refused; see the server log"
 	}

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/client"
@@ -511,5 +513,81 @@ func TestStoppedLockHolderDoesNotWrite(t *testing.T) {
 	}
 	if n := fake.Requests(); n != 3 {
 		t.Fatalf("%d token requests, want 3: the link's, the stopped replica's, the new lock holder's", n)
+	}
+}
+
+// TestStoppedReplicaRefusesKeysRevokedMeanwhile stops (SIGSTOP) a replica,
+// revokes a caller key on another, and continues the first: from the
+// moment it runs again it never accepts the key, although its copy of
+// the keys learns of the revocation only when its watch catches up.
+func TestStoppedReplicaRefusesKeysRevokedMeanwhile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ctx := context.Background()
+	e := newE2ESetup(t)
+	cluster := etcdtest.Start(t, 1)
+	var rs [2]*runningBinary
+	for i := range rs {
+		rs[i] = startBinary(t, e.bin, &lockedWriter{w: &bytes.Buffer{}}, "--storage", "etcd", "--etcd-endpoints", strings.Join(cluster.Endpoints(), ","),
+			"--data-dir", filepath.Join(t.TempDir(), "data"), "--rate-limit", "-1", "--unauthenticated-rate-limit", "-1",
+			"--jumpcloud-token-url-us", e.fakeURL+jumpcloudfake.TokenPath, "--jumpcloud-api-url-us", e.fakeURL+jumpcloudfake.APIPath)
+	}
+	adminConn := rs[0].connect(t, keyCreds(rs[0].bootstrapKey)...)
+	accounts := credbrokerv1.NewAccountServiceClient(adminConn)
+	callers := credbrokerv1.NewCallerServiceClient(adminConn)
+	createCheckerKey(t, adminConn) // linkAccounts grants it
+	linkAccounts(t, accounts, 1)
+	for round := range 3 {
+		id := fmt.Sprintf("victim-%d", round)
+		created, err := callers.CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: id, CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := accounts.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: "accounts/acct-0", Principal: "callerKeys/" + id}); err != nil {
+			t.Fatal(err)
+		}
+		tokens := credbrokerv1.NewTokenServiceClient(rs[1].connect(t, keyCreds(created.GetKey())...))
+		get := func() error {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			_, err := tokens.GetToken(cctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acct-0"})
+			return err
+		}
+		waitUntil(t, 5*time.Second, get)
+
+		if err := rs[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		if _, err := callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/" + id}); err != nil {
+			t.Fatal(err)
+		}
+		// Calls made while it is stopped wait in its sockets, beside the
+		// watch's news of the revocation.
+		var wg sync.WaitGroup
+		var accepted atomic.Int32
+		for range 20 {
+			wg.Go(func() {
+				if get() == nil {
+					accepted.Add(1)
+				}
+			})
+		}
+		time.Sleep(100 * time.Millisecond)
+		if err := rs[1].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if n := accepted.Load(); n > 0 {
+			t.Fatalf("round %d: the continued replica accepted a key revoked while it was stopped, %d times", round, n)
+		}
+		// Caught up, it refuses the key as revoked.
+		waitUntil(t, 5*time.Second, func() error {
+			if err := get(); status.Code(err) != codes.Unauthenticated {
+				return fmt.Errorf("round %d: %v, want UNAUTHENTICATED", round, err)
+			}
+			return nil
+		})
 	}
 }

@@ -49,10 +49,12 @@ type Config struct {
 	// RefusalInterval is how often the tallies of refused calls become
 	// audit events (see refusals).
 	RefusalInterval time.Duration
-	// StorageDown, if set, says whether the storage is out of reach: then
-	// every call is refused at once with ErrStorageUnavailable, unaudited
-	// (there is nowhere to write its event) but logged.
+	// StorageDown, if set, says whether the storage is out of reach (or
+	// this replica's copies lag behind it): then every call is refused at
+	// once with ErrStorageUnavailable, unaudited (there is nowhere to
+	// write its event) but logged.
 	StorageDown func() bool
+
 	// Now is the clock of calls' times and rate limits.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -309,7 +311,7 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 // ErrStorageUnavailable refuses every call while the storage is out of
 // reach, and answers a call that met it, so that clients retry on another
 // replica.
-var ErrStorageUnavailable = grpcerr.Status(codes.Unavailable, "this replica cannot reach its storage (a quorum of etcd), so it can neither audit nor serve this call; retry, on another replica",
+var ErrStorageUnavailable = grpcerr.Status(codes.Unavailable, "this replica cannot reach its storage (a quorum of etcd), or has not caught up with it, so it can neither audit nor serve this call; retry, on another replica",
 	grpcerr.Info(credbrokerv1.ErrorReason_STORAGE_UNAVAILABLE, nil)).Err()
 
 // ErrAuditUnavailable refuses a call whose audit event could not be written.

@@ -19,6 +19,9 @@ type Mirror struct {
 	mu      sync.Mutex
 	applied Revision
 	wake    chan struct{} // closed and replaced when applied advances
+	// current is when the copies last held every committed change (see
+	// storage.Change.Current; a Load's start counts too).
+	current time.Time
 }
 
 // MirrorConfig says what a Mirror follows and how it applies it.
@@ -39,6 +42,11 @@ type MirrorConfig struct {
 	Logger *slog.Logger
 	// RetryInterval is the wait after a failed Load. Default 1s.
 	RetryInterval time.Duration
+	// MaxLag, if set, is how far behind the engine the copies may be
+	// (judged by its progress reports) before Lagging says so: for an
+	// engine that other processes write to, whose changes may reach this
+	// one late (a paused process, a slow member).
+	MaxLag time.Duration
 }
 
 // NewMirror returns a Mirror of copies that its owner loaded as of
@@ -50,7 +58,7 @@ func NewMirror(cfg MirrorConfig, loaded Revision) *Mirror {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
 	}
-	return &Mirror{cfg: cfg, applied: loaded, wake: make(chan struct{})}
+	return &Mirror{cfg: cfg, applied: loaded, wake: make(chan struct{}), current: time.Now()}
 }
 
 // Run applies changes until ctx ends.
@@ -62,9 +70,10 @@ func (m *Mirror) Run(ctx context.Context) {
 		}
 		m.cfg.Logger.Warn("the stream of committed changes broke; reading the records afresh", "error", err)
 		for ctx.Err() == nil {
+			started := time.Now()
 			rev, err := m.cfg.Load(ctx)
 			if err == nil {
-				m.advance(rev)
+				m.advance(rev, started)
 				break
 			}
 			m.cfg.Logger.Error("could not read the records afresh; trying again", "error", err)
@@ -85,8 +94,10 @@ func (m *Mirror) follow(ctx context.Context) error {
 		if c.Err != nil {
 			return c.Err
 		}
-		m.cfg.Apply(c)
-		m.advance(c.Revision)
+		if len(c.Events) > 0 {
+			m.cfg.Apply(c)
+		}
+		m.advance(c.Revision, c.Current)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -94,14 +105,28 @@ func (m *Mirror) follow(ctx context.Context) error {
 	return errors.New("the watch ended")
 }
 
-func (m *Mirror) advance(rev Revision) {
+func (m *Mirror) advance(rev Revision, current time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if current.After(m.current) {
+		m.current = current
+	}
 	if rev > m.applied {
 		m.applied = rev
 		close(m.wake)
 		m.wake = make(chan struct{})
 	}
+}
+
+// Lagging reports whether the copies may be more than MaxLag behind the
+// engine: no progress report has said otherwise for that long.
+func (m *Mirror) Lagging() bool {
+	if m.cfg.MaxLag <= 0 {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return time.Since(m.current) > m.cfg.MaxLag
 }
 
 // Applied is the revision the copies are up to date with.

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Version names one stored value of a record; Absent (0) means there is
@@ -95,7 +96,9 @@ type Backend interface {
 	// under prefix ("" for every key), in commit order, a Change per
 	// transaction, until ctx ends; then it closes the channel. Writes to
 	// the kinds an engine was opened with as logs (an audit trail) are
-	// not sent. A Change
+	// not sent. An engine that several processes share also sends progress
+	// reports (see Change.Current) a few times a second, so that a
+	// watcher knows how far behind it may be. A Change
 	// with Err set is the last one: ErrCompacted (after is older than the
 	// engine keeps, or the watcher fell that far behind) or ErrClosed.
 	Watch(ctx context.Context, prefix string, after Revision) <-chan Change
@@ -206,6 +209,11 @@ type Change struct {
 	Events   []Event
 	// Err ends the stream (see Backend.Watch).
 	Err error
+	// Current, set on a Change without events (a progress report, from
+	// engines that several processes share), says that every change
+	// committed before this time has been sent: Revision is the engine's
+	// revision then.
+	Current time.Time
 }
 
 // Event is one write of a change.

@@ -519,46 +519,117 @@ func (d *DB) Watch(ctx context.Context, prefix string, after storage.Revision) <
 	return out
 }
 
-// follow passes the watch's changes to out, one per revision, until ctx
-// ends or the watch fails; then it closes out.
+// progressInterval is how often a watch asks etcd to report how far it
+// has sent the changes (see storage.Change.Current).
+const progressInterval = 200 * time.Millisecond
+
+// follow passes the watch's changes to out, one per revision, and its
+// progress reports, until ctx ends or the watch fails; then it closes out.
 func (d *DB) follow(ctx context.Context, prefix string, after storage.Revision, out chan<- storage.Change) {
 	defer close(out)
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	end := func(err error) {
+	marked := make(chan progressMark, 16)
+	go d.mark(wctx, marked)
+	send := func(c storage.Change) bool {
 		select {
-		case out <- storage.Change{Revision: after, Err: err}:
+		case out <- c:
+			return true
 		case <-ctx.Done():
+			return false
 		}
 	}
-	key := d.prefix + dataDir + prefix
-	for resp := range d.cli.Watch(wctx, key, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1)) {
-		if resp.CompactRevision != 0 {
-			end(fmt.Errorf("%w (etcd compacted its history up to revision %d)", storage.ErrCompacted, resp.CompactRevision))
+	// sent is the revision up to which every change has been sent: the
+	// watch starts after one whose changes its watcher holds already.
+	sent := int64(after)
+	var marks []progressMark
+	wch := d.cli.Watch(wctx, d.prefix+dataDir+prefix, clientv3.WithPrefix(), clientv3.WithRev(int64(after)+1))
+	for {
+		select {
+		case <-ctx.Done():
 			return
+		case m := <-marked:
+			marks = append(marks, m)
+		case resp, ok := <-wch:
+			switch {
+			case !ok && ctx.Err() != nil:
+				return
+			case !ok:
+				select {
+				case <-d.closed:
+					send(storage.Change{Revision: storage.Revision(sent), Err: storage.ErrClosed})
+				default:
+					send(storage.Change{Revision: storage.Revision(sent), Err: d.wrap(errors.New("the watch ended"))})
+				}
+				return
+			case resp.CompactRevision != 0:
+				send(storage.Change{Revision: storage.Revision(sent),
+					Err: fmt.Errorf("%w (etcd compacted its history up to revision %d)", storage.ErrCompacted, resp.CompactRevision)})
+				return
+			case resp.Err() != nil:
+				send(storage.Change{Revision: storage.Revision(sent), Err: d.wrap(resp.Err())})
+				return
+			case resp.IsProgressNotify():
+				sent = max(sent, resp.Header.Revision)
+			}
+			for _, c := range d.changes(resp.Events) {
+				if !send(c) {
+					return
+				}
+				sent = int64(c.Revision)
+			}
 		}
-		if err := resp.Err(); err != nil {
-			end(d.wrap(err))
-			return
+		// The marks that what was sent covers: the watch was current at
+		// the latest one's time.
+		n := 0
+		for n < len(marks) && marks[n].rev <= sent {
+			n++
 		}
-		for _, c := range d.changes(resp.Events) {
-			select {
-			case out <- c:
-				after = c.Revision
-			case <-ctx.Done():
+		if n > 0 {
+			at := marks[n-1].at
+			marks = marks[n:]
+			if !send(storage.Change{Revision: storage.Revision(sent), Current: at}) {
 				return
 			}
 		}
 	}
-	if ctx.Err() != nil {
-		return
+}
+
+// mark notes, every progressInterval until ctx ends, etcd's revision and
+// the time (a mark), and asks etcd to report the watch's progress on its
+// stream: once the watch has sent every change up to a mark's revision (a
+// report, or an event at or past it), it was current at the mark's time.
+// etcd skips a report while the watch is catching up or waiting for its
+// first revision; events, or the next report, cover its marks then.
+func (d *DB) mark(ctx context.Context, marked chan<- progressMark) {
+	tick := time.NewTicker(progressInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		at := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		resp, err := d.cli.Get(rctx, d.prefix+shredKey, clientv3.WithCountOnly())
+		cancel()
+		if err != nil {
+			continue
+		}
+		select {
+		case marked <- progressMark{at, resp.Header.Revision}:
+		case <-ctx.Done():
+			return
+		}
+		_ = d.cli.RequestProgress(ctx)
 	}
-	select {
-	case <-d.closed:
-		end(storage.ErrClosed)
-	default:
-		end(d.wrap(errors.New("the watch ended")))
-	}
+}
+
+// progressMark is etcd's revision at a time (see follow).
+type progressMark struct {
+	at  time.Time
+	rev int64
 }
 
 // changes groups a watch response's events by revision (one transaction
