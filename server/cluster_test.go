@@ -411,3 +411,23 @@ func TestReplicaResyncsAfterLostWatch(t *testing.T) {
 		t.Error("the replica did not log that it read the records afresh")
 	}
 }
+
+// A replica stops when asked, even while etcd is out of reach and a token
+// renewal waits for it.
+func TestReplicaStopsWithoutEtcd(t *testing.T) {
+	rs, cluster := startReplicas(t, 1, 1, func(_ int, cfg *server.Config) {
+		cfg.Tokens.ScanInterval = 50 * time.Millisecond
+	})
+	b := rs[0]
+	b.fake.SetTokenTTL(32 * time.Second) // 2 s after the 30 s safety margin: renewed every second
+	b.link(t, "acme")
+	cluster.Stop(0)
+	time.Sleep(3 * time.Second) // renewals are due, and cannot take their lock
+	stopped := make(chan struct{})
+	go func() { b.stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the replica did not stop within 30s of being asked, etcd out of reach")
+	}
+}

@@ -29,8 +29,9 @@ type RefreshLock struct {
 	lock storage.Lock // zero on bbolt
 }
 
-// LockTokenRefresh waits for the refresh lock of account id.
-func (s *Store) LockTokenRefresh(id string) (*RefreshLock, error) {
+// LockTokenRefresh waits for the refresh lock of account id, until ctx
+// ends or at most lockWait.
+func (s *Store) LockTokenRefresh(ctx context.Context, id string) (*RefreshLock, error) {
 	l := &RefreshLock{s: s, id: id}
 	locker, ok := s.db.(storage.Locker)
 	if !ok {

@@ -161,7 +161,7 @@ func (m *Manager) run(e *entry, c *call) {
 		e.mu.Unlock()
 	}()
 	cached := c.replaces
-	lock, err := m.store.LockTokenRefresh(e.id)
+	lock, err := m.store.LockTokenRefresh(m.stopping, e.id)
 	if err != nil {
 		m.cfg.Logger.Warn("not asking the provider: could not take the account's refresh lock", "account", e.id, "error", err)
 		c.err = m.storageFailed(err)

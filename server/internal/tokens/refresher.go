@@ -6,9 +6,11 @@ import (
 )
 
 // Run renews tokens in the background until ctx ends, then waits for every
-// upstream request in flight, so the store can be closed after it returns.
+// upstream request in flight (those still waiting for their refresh lock
+// give up), so the store can be closed after it returns.
 func (m *Manager) Run(ctx context.Context) {
 	defer m.runs.Wait()
+	defer m.stop()
 	tick := time.NewTicker(m.cfg.ScanInterval)
 	defer tick.Stop()
 	slots := make(chan struct{}, m.cfg.RefreshConcurrency)

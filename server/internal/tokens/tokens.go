@@ -99,8 +99,8 @@ type Store interface {
 	TokenState(id string) (store.TokenState, error)
 	UpdateTokenState(id string, change func(*store.TokenState), ev *store.AuditEvent) error
 	// LockTokenRefresh takes the right to ask the provider for an
-	// account's token (cluster-wide on etcd).
-	LockTokenRefresh(id string) (*store.RefreshLock, error)
+	// account's token (cluster-wide on etcd), waiting until ctx ends.
+	LockTokenRefresh(ctx context.Context, id string) (*store.RefreshLock, error)
 }
 
 // Manager is the token cache. Create it with New, fill it with Load, and
@@ -115,6 +115,10 @@ type Manager struct {
 	entries map[string]*entry
 
 	runs sync.WaitGroup // every upstream request in flight
+	// stopping ends when Run does: token requests waiting for their
+	// refresh lock give up, so that the broker can stop.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 type entry struct {
@@ -162,7 +166,9 @@ type entry struct {
 // New returns an empty manager.
 func New(cfg Config, st Store, keys *keyring.Keyring, prov *provider.Client) *Manager {
 	cfg.setDefaults()
-	return &Manager{cfg: cfg, store: st, keys: keys, provider: prov, entries: map[string]*entry{}}
+	m := &Manager{cfg: cfg, store: st, keys: keys, provider: prov, entries: map[string]*entry{}}
+	m.stopping, m.stop = context.WithCancel(context.Background())
+	return m
 }
 
 // Add starts tracking an account; ts is its stored token state.

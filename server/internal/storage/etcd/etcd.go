@@ -288,7 +288,16 @@ func (d *DB) lease(ctx context.Context) (*concurrency.Session, error) {
 			return d.session, nil
 		}
 	}
-	s, err := concurrency.NewSession(d.cli, concurrency.WithTTL(d.lockTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The lease is granted within ctx, so that an unreachable etcd fails
+	// the lock instead of holding it up; its keep-alives last as long as
+	// the client.
+	gctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	lease, err := d.cli.Grant(gctx, int64(d.lockTTL))
+	if err != nil {
+		return nil, d.wrap(err)
+	}
+	s, err := concurrency.NewSession(d.cli, concurrency.WithLease(lease.ID), concurrency.WithContext(d.cli.Ctx()))
 	if err != nil {
 		return nil, d.wrap(err)
 	}
