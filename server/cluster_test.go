@@ -431,3 +431,31 @@ func TestReplicaStopsWithoutEtcd(t *testing.T) {
 		t.Fatal("the replica did not stop within 30s of being asked, etcd out of reach")
 	}
 }
+
+// When the provider rejects the replicas' token and issues shorter-lived
+// ones from then on, one replica renews it and the others use its token,
+// although it expires before the one they dropped.
+func TestReplicasShareARenewalAfterRejection(t *testing.T) {
+	ctx := context.Background()
+	rs, _ := startReplicas(t, 3, 1, nil)
+	fake := rs[0].fake
+	rs[0].link(t, "acme") // an hour's token
+	for _, r := range rs {
+		waitFor(t, 5*time.Second, func() error {
+			_, err := r.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+			return err
+		})
+	}
+	before := fake.Requests()
+	fake.SetTokenTTL(2 * time.Minute)
+	fake.RevokeTokens() // the API answers 401 to the hour's token
+	for i := range 30 {
+		r := rs[i%3]
+		if resp, body := r.proxyCall(t, http.MethodGet, "/v1/accounts/acme/proxy/v2/systems", r.keys.svc, nil, nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("proxied call %d: HTTP %d %s", i, resp.StatusCode, body)
+		}
+	}
+	if n := fake.Requests() - before; n != 1 {
+		t.Fatalf("%d token requests after the rejection, want 1 for the whole cluster", n)
+	}
+}

@@ -250,13 +250,14 @@ func (m *Manager) renewedSince(e *entry, cached *Issued) (*Issued, error) {
 }
 
 // adopt publishes the token of ts, and takes the health it records, if
-// the token is newer than e's and not yet due for renewal; it returns it,
-// or nil.
+// the token is newer than e's (obtained later: a new token may well
+// expire sooner, if the provider shortened its tokens' lifetime) and not
+// yet due for renewal; it returns it, or nil.
 func (m *Manager) adopt(e *entry, ts store.TokenState) *Issued {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cur := e.current.Load()
-	if e.removed || len(ts.SealedToken) == 0 || (cur != nil && !ts.Expiry.After(cur.Expiry)) || !ts.Expiry.After(e.dropped) {
+	if e.removed || len(ts.SealedToken) == 0 || (cur != nil && !ts.Obtained.After(cur.Obtained)) || !ts.Obtained.After(e.dropped) {
 		return nil
 	}
 	margin := min(m.cfg.RefreshMargin, ts.Expiry.Sub(ts.Obtained)/2)

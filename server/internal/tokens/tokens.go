@@ -148,8 +148,8 @@ type entry struct {
 	lastErr      *FetchError
 	refreshAt    time.Time
 	invalidated  time.Time // when Invalidate last dropped a token
-	// dropped is the expiry of the token Invalidate dropped last: a
-	// stored token is used only if it expires later (see adopt).
+	// dropped is when the token Invalidate dropped last was obtained: a
+	// stored token is used only if it was obtained later (see adopt).
 	dropped time.Time
 	removed bool
 	// lifetime is how long the account's last token was good for (also
@@ -332,7 +332,7 @@ func (m *Manager) Invalidate(id string, is *Issued) bool {
 	if now.Sub(e.invalidated) < invalidateInterval {
 		return false
 	}
-	e.invalidated, e.dropped = now, is.Expiry
+	e.invalidated, e.dropped = now, is.Obtained
 	e.current.Store(nil)
 	m.cfg.Logger.Info("an upstream API rejected the account's token; fetching a new one", "account", id)
 	return true
