@@ -244,11 +244,11 @@ func (g *Gate) begin(method, peer string, a Access) *Call {
 
 // Finish ends call c, which ended with err, before its answer leaves: it
 // writes its audit event (or tallies it, see record) and logs it. It
-// returns the error the call must end with: ErrAuditUnavailable if the
-// event could not be written.
+// returns the error the call must end with: ErrAuditUnavailable (or
+// ErrStorageUnavailable) if the event could not be written.
 func (g *Gate) Finish(c *Call, err error) error {
-	if g.record(c, err) != nil {
-		err = ErrAuditUnavailable
+	if rerr := g.record(c, err); rerr != nil {
+		err = rerr
 	}
 	g.logRequest(c, status.Code(err))
 	return err
@@ -269,7 +269,8 @@ func (g *Gate) FinishAnswered(c *Call, err error) error {
 // record writes the audit event of call c, which ended with err, unless
 // its access needs only a proven identity, or the handler wrote it already
 // and succeeded; or tallies it if it was refused before its caller proved
-// an identity (see refusals). It returns ErrAuditUnavailable if the event
+// an identity (see refusals). It returns ErrStorageUnavailable if the
+// storage is out of reach, or else ErrAuditUnavailable, if the event
 // could not be written.
 func (g *Gate) record(c *Call, err error) error {
 	if c.access == Proven || c.unaudited || (c.committed.Load() && err == nil) {
@@ -280,7 +281,9 @@ func (g *Gate) record(c *Call, err error) error {
 		g.refusals.add(c, status.Code(err))
 		return nil
 	}
-	if g.audit.Record(c.Event(status.Code(err))) != nil {
+	if err := g.audit.Record(c.Event(status.Code(err))); errors.Is(err, store.ErrUnavailable) {
+		return ErrStorageUnavailable
+	} else if err != nil {
 		return ErrAuditUnavailable
 	}
 	return nil

@@ -188,9 +188,9 @@ type Op struct {
 	// Delete removes the record; Value is unused.
 	Delete bool
 	// Shred: the record being replaced or deleted holds sealed material
-	// that must not survive anywhere in the engine's files, not even in
-	// freed space (bbolt compacts its file soon after; etcd compacts and
-	// defragments).
+	// that must not survive in the engine's files, not even in freed space
+	// (bbolt compacts its file soon after); etcd compacts its history, but
+	// keeps a copy in its write-ahead log until it purges old log files.
 	Shred bool
 }
 

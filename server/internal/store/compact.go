@@ -25,8 +25,8 @@ func (s *Store) CompactPending() (bool, error) {
 // data key and secrets, a removed secret, keys wrapped by an old master
 // key) from the engine's files. On bbolt it rewrites the database with its
 // live records only, while calls wait; a crash at any point leaves the
-// old file or the new one, whole. On etcd it compacts the history and
-// defragments every member.
+// old file or the new one, whole. On etcd it compacts the history (see
+// etcd.DB.Compact for what stays in etcd's write-ahead log).
 func (s *Store) Compact() error {
 	c, ok := s.db.(compacter)
 	if !ok {

@@ -102,9 +102,8 @@ type local interface {
 	Backup(path string) (int64, error)
 }
 
-// compacter is an engine that removes shredded material from its files
-// when asked (bbolt rewrites its file; etcd compacts its history and
-// defragments its members).
+// compacter is an engine that removes shredded material when asked (bbolt
+// rewrites its file; etcd compacts its history).
 type compacter interface {
 	Compact() error
 	CompactPending() (bool, error)

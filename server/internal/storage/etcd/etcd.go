@@ -8,9 +8,11 @@
 //
 // etcd keeps a key's earlier values until its history is compacted. A
 // commit with a shredding op records its revision under the engine's own
-// meta key (see Compact), and any replica's upkeep then compacts the
-// history up to it and defragments every member, so that a deleted
-// secret's sealed copy leaves etcd's files too.
+// key (see Compact), and any replica's upkeep then compacts the history
+// up to it, so that a deleted secret's sealed copy leaves etcd's keyspace
+// and history. It is not defragmented away: defragmenting blocks a member
+// for seconds, and etcd's write-ahead log keeps its copy anyway until etcd
+// purges old log files. What stays there is sealed under the master key.
 package etcd
 
 import (
@@ -171,7 +173,8 @@ func Open(cfg Config, logs ...string) (*DB, error) {
 	defer cancel()
 	if _, err := cli.Get(ctx, d.prefix+shredKey); err != nil {
 		cli.Close()
-		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, fmt.Errorf("%w: no quorum of etcd at %s answered within %s: is etcd running, and are --etcd-endpoints (and the TLS flags) right? (%w)",
+			storage.ErrUnavailable, strings.Join(cfg.Endpoints, ","), cfg.DialTimeout, err)
 	}
 	return d, nil
 }
@@ -811,8 +814,7 @@ func (d *DB) CompactPending() (bool, error) {
 }
 
 // Compact removes the history of the latest shredding commit: it compacts
-// etcd's history up to the marker's revision, defragments each member so
-// that the freed pages are gone from its file too, and then removes the
+// etcd's history up to the marker's revision, and then removes the
 // marker (if no shredding commit came meanwhile). Watchers from before
 // the compaction get storage.ErrCompacted and read afresh.
 func (d *DB) Compact() error {
@@ -828,18 +830,6 @@ func (d *DB) Compact() error {
 	_, err = d.cli.Compact(ctx, marker.ModRevision, clientv3.WithCompactPhysical())
 	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
 		return d.wrap(err)
-	}
-	members, err := d.cli.MemberList(ctx)
-	if err != nil {
-		return d.wrap(err)
-	}
-	for _, m := range members.Members {
-		if len(m.ClientURLs) == 0 {
-			continue // a member not started yet
-		}
-		if _, err := d.cli.Defragment(ctx, m.ClientURLs[0]); err != nil {
-			return d.wrap(fmt.Errorf("defragment member %s: %w", m.Name, err))
-		}
 	}
 	_, err = d.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(d.prefix+shredKey), "=", marker.ModRevision)).
 		Then(clientv3.OpDelete(d.prefix + shredKey)).Commit()
