@@ -146,17 +146,25 @@ func New(target string, opts ...Option) (*Client, error) {
 	if o.tls != nil {
 		o.dialOptions = append(o.dialOptions, grpc.WithTransportCredentials(credentials.NewTLS(o.tls)))
 	}
-	addrs := strings.Split(target, ",")
+	var addrs []string
+	for _, a := range strings.Split(target, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("credbroker client: no broker address")
+	}
 	if o.callerKey != "" {
 		for _, a := range addrs {
-			if o.tls == nil && !loopback.Addr(strings.TrimSpace(a)) {
+			if o.tls == nil && !loopback.Addr(a) {
 				return nil, fmt.Errorf("credbroker client: refusing to send a caller key in plaintext to %q; use WithTLS", a)
 			}
 		}
 		o.dialOptions = append(o.dialOptions, grpc.WithPerRPCCredentials(CallerKey(o.callerKey)))
 	}
 	o.dialOptions = append(o.dialOptions, grpc.WithDefaultServiceConfig(ServiceConfig))
-	if len(addrs) > 1 {
+	if target = addrs[0]; len(addrs) > 1 {
 		target = replicas(addrs, &o)
 	}
 	conn, err := grpc.NewClient(target, o.dialOptions...)
@@ -172,7 +180,6 @@ func replicas(addrs []string, o *options) string {
 	r := manual.NewBuilderWithScheme("credbroker-replicas")
 	var state resolver.State
 	for _, a := range addrs {
-		a = strings.TrimSpace(a)
 		host, _, err := net.SplitHostPort(a)
 		if err != nil {
 			host = a

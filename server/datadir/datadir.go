@@ -145,6 +145,8 @@ func CheckStorage(cfg Config, master *keyring.MasterKey) error {
 		return fmt.Errorf("--storage must be %s or %s, not %q", StorageBBolt, StorageEtcd, cfg.Storage)
 	}
 	switch {
+	case cfg.Etcd.LockTTL%time.Second != 0 || cfg.Etcd.LockTTL < 0:
+		return fmt.Errorf("--etcd-lock-ttl %s: etcd leases last whole seconds", cfg.Etcd.LockTTL)
 	case len(cfg.Etcd.Endpoints) == 0:
 		return errors.New("--storage etcd needs --etcd-endpoints, the client URLs of the etcd cluster's members")
 	case master == nil:

@@ -50,7 +50,7 @@ const ChecksumSuffix = ".sha256"
 func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, error) {
 	cfg = WithDefaults(cfg)
 	if cfg.Storage == StorageEtcd {
-		return restoreIntoEtcd(cfg, backupPath)
+		return restoreIntoEtcd(cfg, backupPath, allowUntagged)
 	}
 	if cfg.MasterKeyFile == "" && cfg.MasterKey == "" {
 		if _, err := os.Stat(filepath.Join(cfg.DataDir, masterKeyFileName)); err != nil {
@@ -90,7 +90,7 @@ func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, 
 // broker moves between engines with it. No broker may start on the prefix
 // until the load has finished; one interrupted is finished by running
 // this again (see etcd.DB.Load).
-func restoreIntoEtcd(cfg Config, backupPath string) (RestoreResult, error) {
+func restoreIntoEtcd(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, error) {
 	master, err := ConfiguredMasterKey(cfg)
 	if err == nil {
 		err = CheckStorage(cfg, master)
@@ -104,9 +104,13 @@ func restoreIntoEtcd(cfg Config, backupPath string) (RestoreResult, error) {
 	}
 	defer os.RemoveAll(dir)
 	staged := filepath.Join(dir, dbFileName)
-	res, err := stageBackup(backupPath, staged, master, false)
+	res, err := stageBackup(backupPath, staged, master, allowUntagged)
 	if err != nil {
 		return RestoreResult{}, err
+	}
+	if res.Untagged {
+		// Only a broker on bbolt tags an earlier version's records.
+		return RestoreResult{}, fmt.Errorf("%s was made by an earlier version whose records carry no integrity tags; restore it into bbolt (--data-dir, --allow-untagged), start the broker there once so that it tags them, back that up, and restore the new backup into etcd (nothing was changed)", backupPath)
 	}
 	db, err := etcd.Open(cfg.Etcd, store.Logs...)
 	if err != nil {

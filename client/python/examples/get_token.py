@@ -6,9 +6,12 @@
 It needs client/python on PYTHONPATH (the generated code). It connects
 to CREDBROKER_ADDR (default 127.0.0.1:50051) in plaintext, which the broker
 allows on loopback only; set CREDBROKER_TLS_CA to a CA bundle for TLS.
-For a cluster, CREDBROKER_ADDR lists the replicas' IP:PORT, comma-separated.
+For a cluster, CREDBROKER_ADDR lists the replicas' IP:PORT (IPv6 as
+[IP]:PORT), comma-separated, or names one DNS name whose records are the
+replicas, as dns:///NAME:PORT.
 """
 
+import ipaddress
 import json
 import os
 import sys
@@ -36,15 +39,27 @@ SERVICE_CONFIG = json.dumps({
 })
 
 
+def target() -> str:
+    addrs = [a.strip() for a in os.environ.get("CREDBROKER_ADDR", "127.0.0.1:50051").split(",") if a.strip()]
+    if len(addrs) == 1:
+        return addrs[0]
+    # gRPC lists several addresses only as IP literals, all of one family.
+    try:
+        ips = [ipaddress.ip_address(a.rsplit(":", 1)[0].strip("[]")) for a in addrs]
+    except ValueError:
+        sys.exit("CREDBROKER_ADDR: list the replicas as IP:PORT (or give one dns:///NAME:PORT whose records are the replicas)")
+    if len({ip.version for ip in ips}) > 1:
+        sys.exit("CREDBROKER_ADDR: list IPv4 or IPv6 addresses, not both")
+    return ("ipv4:" if ips[0].version == 4 else "ipv6:") + ",".join(addrs)
+
+
 def channel() -> grpc.Channel:
-    addrs = [a.strip() for a in os.environ.get("CREDBROKER_ADDR", "127.0.0.1:50051").split(",")]
-    target = addrs[0] if len(addrs) == 1 else "ipv4:" + ",".join(addrs)
     options = [("grpc.service_config", SERVICE_CONFIG)]
     ca = os.environ.get("CREDBROKER_TLS_CA")
     if ca:
         with open(ca, "rb") as f:
-            return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()), options)
-    return grpc.insecure_channel(target, options)
+            return grpc.secure_channel(target(), grpc.ssl_channel_credentials(root_certificates=f.read()), options)
+    return grpc.insecure_channel(target(), options)
 
 
 def main() -> int:
