@@ -214,7 +214,7 @@ func TestReplicaWithoutQuorumIsUnavailable(t *testing.T) {
 	b := rs[0]
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Log("DEBUG", b.logs.String())
+			t.Log("the replica's log:\n" + b.logs.String())
 		}
 	})
 	b.link(t, "acme")
