@@ -312,7 +312,7 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	}
 	if cfg.Storage == datadir.StorageEtcd {
 		// Other replicas change keys and grants: a replica whose copies
-		// may be further behind than this refuses calls (see notServing).
+		// may be further behind than this refuses calls (see storageDown).
 		mc.MaxLag = maxLag
 	}
 	c.mirror = storage.NewMirror(mc, loaded)
