@@ -140,6 +140,10 @@ type Range struct {
 	// After continues a listing: only keys after this one (before it, if
 	// Reverse). Empty starts at the first key (the last, if Reverse).
 	After string
+	// From, if set, is the lowest key listed: a reverse listing stops
+	// there. (etcd reads every key of a range to list it in reverse, so a
+	// reverse listing of a long log should bound its range.)
+	From string
 	// Limit bounds the page; 0 means no bound.
 	Limit int
 	// Reverse lists in descending key order.

@@ -123,15 +123,45 @@ const auditPage = 512
 // before the given position (a zero Time starts at the newest event),
 // until fn returns false. An event that fails its integrity check comes
 // as TamperedEvent at its place.
+//
+// It reads in windows of time that reach back from before (from now, if
+// none), an hour and then twice as far each time, because etcd reads every
+// key of a range to list it newest first: a listing of recent events reads
+// only recent keys.
 func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) error {
+	oldest, err := s.db.List(ctx, storage.Range{Prefix: auditPrefix, Limit: 1})
+	if err != nil || len(oldest.Records) == 0 {
+		return err
+	}
+	upper := before.Time
+	if upper.IsZero() {
+		upper = time.Now()
+	}
 	r := storage.Range{Prefix: auditPrefix, Reverse: true, Limit: auditPage}
 	if !before.Time.IsZero() {
 		r.After = auditPrefix + string(before.Bytes())
 	}
+	for window := time.Hour; ; window *= 2 {
+		lower := upper.Add(-window)
+		from := auditPrefix + string(AuditPos{Time: lower}.Bytes())
+		if lower.UnixNano() <= 0 || from <= oldest.Records[0].Key {
+			from = "" // the last window: to the oldest event
+		}
+		r.From = from
+		if more, err := s.scanAuditRange(r, fn); err != nil || !more || from == "" {
+			return err
+		}
+		r.After = from // keys before this window's first
+	}
+}
+
+// scanAuditRange calls fn for the events of r, a page at a time, and
+// reports whether fn wants more.
+func (s *Store) scanAuditRange(r storage.Range, fn func(AuditPos, AuditEvent) bool) (bool, error) {
 	for {
 		p, err := s.db.List(ctx, r)
 		if err != nil {
-			return err
+			return false, err
 		}
 		for _, rec := range p.Records {
 			k := []byte(rec.Key[len(auditPrefix):])
@@ -141,14 +171,14 @@ func (s *Store) ScanAudit(before AuditPos, fn func(AuditPos, AuditEvent) bool) e
 				ev = AuditEvent{Time: auditPos(k).Time, Method: TamperedEvent, Code: "DATA_LOSS",
 					Detail: "this stored event failed its integrity check: it was changed outside the broker"}
 			} else if err != nil {
-				return fmt.Errorf("audit event %x: %w", k, err)
+				return false, fmt.Errorf("audit event %x: %w", k, err)
 			}
 			if !fn(auditPos(k), ev) {
-				return nil
+				return false, nil
 			}
 		}
 		if !p.More {
-			return nil
+			return true, nil
 		}
 		r.After = p.Records[len(p.Records)-1].Key
 	}

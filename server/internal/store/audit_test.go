@@ -75,3 +75,32 @@ func TestPruneAuditByCountSparesOthers(t *testing.T) {
 		t.Fatalf("pruning by age deleted %d (%v), want all 4", n, err)
 	}
 }
+
+// ScanAudit lists every event newest first, across the windows of time it
+// reads in: events from ten years ago, hours ago, minutes ago, and ahead
+// of this clock (another replica's).
+func TestScanAuditAcrossWindows(t *testing.T) {
+	s, _ := openTemp(t)
+	now := time.Now()
+	ages := []time.Duration{-time.Hour, 10 * time.Minute, 3 * time.Hour, 30 * time.Hour, 10 * 365 * 24 * time.Hour}
+	var evs []AuditEvent
+	for i, age := range ages {
+		evs = append(evs, AuditEvent{Time: now.Add(-age), Method: string(rune('a' + i))})
+	}
+	if err := s.AppendAudit(evs); err != nil {
+		t.Fatal(err)
+	}
+	scan := func(before AuditPos) string {
+		var got []string
+		if err := s.ScanAudit(before, func(_ AuditPos, ev AuditEvent) bool { got = append(got, ev.Method); return true }); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(got, "")
+	}
+	if got := scan(AuditPos{}); got != "abcde" {
+		t.Fatalf("every event, newest first: %q", got)
+	}
+	if got := scan(AuditPos{Time: now.Add(-2 * time.Hour)}); got != "cde" {
+		t.Fatalf("events before two hours ago: %q", got)
+	}
+}

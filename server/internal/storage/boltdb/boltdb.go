@@ -239,6 +239,12 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 		c := b.Cursor()
 		k, v := first(c, prefix, after, r.After != "", r.Reverse)
 		for ; k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = step(c, r.Reverse) {
+			if r.From != "" && kind+string(k) < r.From {
+				if r.Reverse {
+					break
+				}
+				continue
+			}
 			if kind == metaBucket+"/" && string(k) == compactPendingKey {
 				continue // the engine's own
 			}

@@ -397,6 +397,9 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 			end = after
 		}
 	}
+	if from := base + r.From; r.From != "" && from > start {
+		start = from
+	}
 	if start >= end {
 		resp, err := d.cli.Get(ctx, d.prefix+shredKey, clientv3.WithCountOnly())
 		if err != nil {

@@ -288,6 +288,19 @@ func testListReverse(t *testing.T, b storage.Backend) {
 	if err != nil || !slices.Equal(keys(p.Records), []string{"audit/2", "audit/1", "audit/0"}) {
 		t.Fatalf("before audit/25: %v, %v", keys(p.Records), err)
 	}
+	// A lowest key, in both directions.
+	p, err = b.List(ctx, storage.Range{Prefix: "audit/", Reverse: true, After: "audit/4", From: "audit/15"})
+	if err != nil || !slices.Equal(keys(p.Records), []string{"audit/3", "audit/2"}) || p.More {
+		t.Fatalf("before audit/4 from audit/15: %v more=%v, %v", keys(p.Records), p.More, err)
+	}
+	p, err = b.List(ctx, storage.Range{Prefix: "audit/", Reverse: true, Limit: 1, From: "audit/3"})
+	if err != nil || !slices.Equal(keys(p.Records), []string{"audit/4"}) || !p.More {
+		t.Fatalf("newest one from audit/3: %v more=%v, %v", keys(p.Records), p.More, err)
+	}
+	p, err = b.List(ctx, storage.Range{Prefix: "audit/", From: "audit/3"})
+	if err != nil || !slices.Equal(keys(p.Records), []string{"audit/3", "audit/4"}) {
+		t.Fatalf("from audit/3: %v, %v", keys(p.Records), err)
+	}
 }
 
 // Keys may hold any bytes after the kind: the audit trail's keys are
