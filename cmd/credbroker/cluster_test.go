@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -361,7 +362,9 @@ func (l *lockedWriter) String() string {
 // TestMoveBetweenEngines moves a broker from bbolt to etcd and back with
 // backup and restore: its accounts, tokens (served from the restored cache,
 // with no new token request), caller keys and audit trail come along, and
-// a restore into an etcd prefix that holds a broker is refused.
+// a restore into an etcd prefix that holds a broker is refused. Then it
+// rotates the master key the README's way for a cluster: rekey on bbolt,
+// back up, restore into a new prefix.
 func TestMoveBetweenEngines(t *testing.T) {
 	e := newE2ESetup(t)
 	cluster := etcdtest.Start(t, 1)
@@ -420,10 +423,28 @@ func TestMoveBetweenEngines(t *testing.T) {
 	if got := token(backOnBolt); got != want {
 		t.Fatal("the broker back on bbolt serves another token than the one restored")
 	}
+	backOnBolt.stop(t)
+
+	// The README's way of rotating a cluster's master key while it cannot
+	// be done online: through bbolt, into a new prefix.
+	newKey := base64.StdEncoding.EncodeToString([]byte("a new master key of 32 bytes....")) // 32 bytes
+	if err := os.WriteFile(dir+"/new.key", []byte(newKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(nil, "rekey", "--data-dir", newDir, "--new-master-key-file", dir+"/new.key")
+	rekeyed := startBinaryWithKey(t, e.bin, newKey, &e.logs, args...)
+	run([]string{"CREDBROKER_CALLER_KEY=" + admin}, "backup", "--broker", rekeyed.addr, "--out", dir+"/rekeyed")
+	rekeyed.stop(t)
+	newPrefix := append(slices.Clone(etcdArgs), "--etcd-prefix", "/rekeyed/")
+	run([]string{"CREDBROKER_MASTER_KEY=" + newKey}, append([]string{"restore", "--in", dir + "/rekeyed"}, newPrefix...)...)
+	onNewKey := startBinaryWithKey(t, e.bin, newKey, &e.logs, append(slices.Clone(e.args), newPrefix...)...)
+	if got := token(onNewKey); got != want {
+		t.Fatal("the cluster on the new key serves another token than the one restored")
+	}
 	if n := e.fake.Requests(); n != requests {
 		t.Fatalf("%d new token requests: the tokens did not move with the broker", n-requests)
 	}
-	backOnBolt.stop(t)
+	onNewKey.stop(t)
 }
 
 // TestStoppedLockHolderDoesNotWrite stops (SIGSTOP) a replica while its
