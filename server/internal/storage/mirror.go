@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,8 +21,9 @@ type Mirror struct {
 	applied Revision
 	wake    chan struct{} // closed and replaced when applied advances
 	// current is when the copies last held every committed change (see
-	// storage.Change.Current; a Load's start counts too).
-	current time.Time
+	// storage.Change.Current; a Load's start counts too), in Unix
+	// nanoseconds: every call asks Lagging, so it takes no lock.
+	current atomic.Int64
 }
 
 // MirrorConfig says what a Mirror follows and how it applies it.
@@ -58,7 +60,9 @@ func NewMirror(cfg MirrorConfig, loaded Revision) *Mirror {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
 	}
-	return &Mirror{cfg: cfg, applied: loaded, wake: make(chan struct{}), current: time.Now()}
+	m := &Mirror{cfg: cfg, applied: loaded, wake: make(chan struct{})}
+	m.current.Store(time.Now().UnixNano())
+	return m
 }
 
 // Run applies changes until ctx ends.
@@ -106,11 +110,14 @@ func (m *Mirror) follow(ctx context.Context) error {
 }
 
 func (m *Mirror) advance(rev Revision, current time.Time) {
+	for at := current.UnixNano(); !current.IsZero(); {
+		old := m.current.Load()
+		if at <= old || m.current.CompareAndSwap(old, at) {
+			break
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if current.After(m.current) {
-		m.current = current
-	}
 	if rev > m.applied {
 		m.applied = rev
 		close(m.wake)
@@ -121,12 +128,7 @@ func (m *Mirror) advance(rev Revision, current time.Time) {
 // Lagging reports whether the copies may be more than MaxLag behind the
 // engine: no progress report has said otherwise for that long.
 func (m *Mirror) Lagging() bool {
-	if m.cfg.MaxLag <= 0 {
-		return false
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return time.Since(m.current) > m.cfg.MaxLag
+	return m.cfg.MaxLag > 0 && time.Since(time.Unix(0, m.current.Load())) > m.cfg.MaxLag
 }
 
 // Applied is the revision the copies are up to date with.
