@@ -74,6 +74,10 @@ func (c *copies) apply(ch storage.Change) {
 	for _, ev := range ch.Events {
 		kind, id := store.Split(ev.Key)
 		switch {
+		case c.store.FollowKeyCheck(ev):
+			if c.store.KeyMissing() {
+				c.log.Error("another replica moved the database to a master key this one does not hold: refusing calls until it is restarted with that key")
+			}
 		case kind == store.KindAccounts && ev.Deleted:
 			c.grants.Remove(id)
 			c.tokens.Remove(id)

@@ -32,7 +32,7 @@ func (f failingSink) AppendAudit(evs []store.AuditEvent) error {
 // broker does, for tests that change records the way an admin holding the
 // key could.
 func OpenStore(cfg Config) (*store.Store, error) {
-	master, err := datadir.ConfiguredMasterKey(cfg.Config)
+	master, err := datadir.ConfiguredMasters(cfg.Config)
 	if err != nil {
 		return nil, err
 	}

@@ -211,7 +211,7 @@ func writeOldDatabase(t *testing.T, cfg server.Config, grants []string, admin st
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
+	if _, err := st.Authenticate(keyring.NewMasters(master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	key, wrapped, err := master.NewDataKey("acme")

@@ -151,7 +151,7 @@ func TestSwappedCiphertextsFail(t *testing.T) {
 	}, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.UpdateTokenState("alpha", func(ts *store.TokenState) { *ts = betaTokens }, nil); err != nil {
+	if err := st.UpdateTokenState("alpha", func(ts *store.TokenState, _ []byte) error { *ts = betaTokens; return nil }, nil); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

@@ -199,7 +199,7 @@ func (c cleanup) run() error {
 // released all it had acquired.
 func New(cfg Config) (_ *Server, err error) {
 	cfg.setDefaults()
-	tlsm, master, err := checkConfig(cfg)
+	tlsm, masters, err := checkConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -209,20 +209,20 @@ func New(cfg Config) (_ *Server, err error) {
 			_ = release.run() // err says why New failed
 		}
 	}()
-	st, master, err := datadir.Open(cfg.Config, master)
+	st, masters, err := datadir.Open(cfg.Config, masters)
 	if err != nil {
 		return nil, err
 	}
 	release.push(st.Close)
 	api.RemoveStagedBackups(cfg.DataDir, cfg.Logger)
-	return build(cfg, st, master, tlsm, &release)
+	return build(cfg, st, masters, tlsm, &release)
 }
 
 // checkConfig checks everything in cfg that can be checked without
 // writing, so that a bad configuration fails before New creates the data
 // directory, a database or a master key. It returns the TLS material and
-// the configured master key, nil if none is configured.
-func checkConfig(cfg Config) (listeners.TLS, *keyring.MasterKey, error) {
+// the configured master keys, nil if none is configured.
+func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 	if err := tracing.CheckMode(cfg.Tracing); err != nil {
 		return listeners.TLS{}, nil, err
 	}
@@ -247,21 +247,21 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.MasterKey, error) {
 	if err != nil {
 		return listeners.TLS{}, nil, err
 	}
-	master, err := datadir.ConfiguredMasterKey(cfg.Config)
+	masters, err := datadir.ConfiguredMasters(cfg.Config)
 	if err == nil {
-		err = datadir.CheckStorage(cfg.Config, master)
+		err = datadir.CheckStorage(cfg.Config, masters)
 	}
-	return tlsm, master, err
+	return tlsm, masters, err
 }
 
 // build builds the parts on the open store st and connects them; it pushes
 // what it acquires onto release.
-func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listeners.TLS, release *cleanup) (*Server, error) {
-	mac, err := datadir.MACKey(st, master)
+func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners.TLS, release *cleanup) (*Server, error) {
+	mac, err := datadir.MACKey(st, masters)
 	if err != nil {
 		return nil, err
 	}
-	keys := keyring.New(master, mac)
+	keys := keyring.New(masters, mac)
 	tr, err := tracing.New(cfg.Tracing)
 	if err != nil {
 		return nil, err
@@ -331,7 +331,7 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	}
 	certs := mtls.NewHTTPVerifier(tlsm.ClientCAs)
 	gc := cfg.Gate
-	gc.Logger, gc.StorageDown = cfg.Logger, func() bool { return storageDown(probe, c.mirror) }
+	gc.Logger, gc.StorageDown = cfg.Logger, func() bool { return storageDown(probe, c.mirror, st) }
 	gt := gate.New(gc, cs, al, certs)
 	g := grpc.NewServer(append(tr.ServerOptions(),
 		grpc.Creds(tlsm.GRPCCredentials()),
@@ -340,7 +340,7 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 	)...)
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
-		Store: st, DataDir: cfg.DataDir, Logger: cfg.Logger,
+		Store: st, DataDir: cfg.DataDir, MasterKey: masters.All()[0], Logger: cfg.Logger,
 	}
 	api.Register(g, core)
 	healthpb.RegisterHealthServer(g, hs)
@@ -380,10 +380,11 @@ func build(cfg Config, st *store.Store, master *keyring.MasterKey, tlsm listener
 const maxLag = time.Second
 
 // storageDown says whether the replica must refuse calls: it cannot reach
-// an etcd quorum, or its copies may lag behind etcd (a paused process, a
-// slow member).
-func storageDown(probe *storageProbe, mirror *storage.Mirror) bool {
-	return probe.Down() || mirror.Lagging()
+// an etcd quorum, its copies may lag behind etcd (a paused process, a
+// slow member), or another replica moved the database to a master key it
+// does not hold.
+func storageDown(probe *storageProbe, mirror *storage.Mirror, st *store.Store) bool {
+	return probe.Down() || mirror.Lagging() || st.KeyMissing()
 }
 
 // notReady is why the server should not get calls now, or "".
@@ -395,6 +396,8 @@ func (s *Server) notReady() string {
 		return "the storage (a quorum of etcd) is out of reach, so calls are refused; see the server log"
 	case s.mirror.Lagging():
 		return "this replica's copies of keys and grants are behind etcd, so calls are refused until they catch up"
+	case s.store.KeyMissing():
+		return "another replica moved the database to a master key this one does not hold, so calls are refused; restart it with that key"
 	case s.audit.Failing():
 		return "the audit trail cannot be written, so calls are refused; see the server log"
 	}
@@ -443,6 +446,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.probe != nil {
 		stopProbe = start(s.probe.run)
 	}
+	stopAnnounce := start(func(ctx context.Context) {
+		s.store.Announce(ctx, func(err error) {
+			s.log.Warn("could not tell the other replicas which master keys this one holds", "error", err)
+		})
+	})
 
 	serveErr := make(chan error, 3)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
@@ -480,6 +488,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// while the audit writer still runs; then no one waits for it any more.
 	stopRefusals()
 	stopProbe()
+	stopAnnounce()
 	stopAudit()
 	stopRefresh()
 	stopCompact()

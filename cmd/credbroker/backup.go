@@ -121,7 +121,9 @@ tag. Only the checked copy is put in place. A backup made by a version that
 did not tag records is restored only with --allow-untagged.
 A database already in --data-dir is kept beside it, renamed
 credbroker.db.before-restore-<time>. Stop the broker first; start it again
-afterwards with the same master key.
+afterwards with the same master key. A backup taken while a master-key
+rotation was under way needs both keys, as the broker did
+(--previous-master-key-file).
 
 With --storage etcd it loads the checked backup into an etcd prefix that
 holds no broker yet (a new --etcd-prefix), and no replica starts on it
@@ -131,6 +133,7 @@ a broker moves between them.`)
 	fs.StringVar(&in, "in", "", "the backup file (required)")
 	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory to restore the database into (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key the backup was made under")
+	previousKeyFlag(fs, &cfg)
 	fs.DurationVar(&cfg.LockTimeout, "lock-timeout", d.LockTimeout, "how long to wait for the database if another process holds it")
 	storageFlags(fs, &cfg, d)
 	fs.BoolVar(&allowUntagged, "allow-untagged", false, "restore a backup made by a version that did not tag records for integrity checks: nothing shows whether its records were changed, so only for a file you trust")
@@ -140,7 +143,7 @@ a broker moves between them.`)
 	if in == "" {
 		return errors.New("--in is required")
 	}
-	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+	masterKeysFromEnv(&cfg)
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
 	res, err := datadir.Restore(cfg, in, allowUntagged)
 	if err != nil {

@@ -52,6 +52,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = devEtcd(args[1:], stdout, stderr)
 	case "rekey":
 		err = rekey(args[1:], stdout, stderr)
+	case "rotate-master-key":
+		err = rotateMasterKey(args[1:], stdout, stderr)
 	case "backup":
 		err = backup(args[1:], stdout, stderr)
 	case "restore":
@@ -84,6 +86,7 @@ Usage:
   credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
   credbroker dev-certs [flags]        write a throwaway CA and certificates for trying mTLS locally
   credbroker dev-etcd [flags]         run an etcd member on loopback for trying a cluster of brokers locally
+  credbroker rotate-master-key        move a running broker's (or cluster's) database to a new master key
   credbroker rekey [flags]            move the database to a new master key (broker stopped)
   credbroker backup --out FILE        snapshot a running broker's database
   credbroker restore --in FILE        put a backup in place (broker stopped)
@@ -135,6 +138,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.IntVar(&cfg.Audit.MaxEvents, "audit-max-events", d.Audit.MaxEvents, "keep at most this many audit events, deleting the oldest calls (GetToken, proxied, refused or failed calls); admin changes and the broker's own events go by --audit-max-age only")
 	fs.StringVar(&cfg.DataDir, "data-dir", d.DataDir, "directory for the database (created with mode 0700)")
 	fs.StringVar(&cfg.MasterKeyFile, "master-key-file", "", "file holding the 32-byte master key, base64 or hex")
+	previousKeyFlag(fs, &cfg.Config)
 	storageFlags(fs, &cfg.Config, d.Config)
 	fs.DurationVar(&cfg.Etcd.HistoryRetention, "etcd-history-retention", d.Etcd.HistoryRetention, "how long etcd keeps the earlier values of what the broker overwrote or deleted before the broker compacts etcd's history (cluster-wide), so that etcd does not grow without bound; negative leaves compaction to etcd's own --auto-compaction-* settings")
 	fs.DurationVar(&cfg.Etcd.LockTTL, "etcd-lock-ttl", d.Etcd.LockTTL, "how long the token-refresh locks of a replica that died or lost touch with etcd outlive it, before another replica may refresh those accounts (whole seconds, at least etcd's minimum lease)")
@@ -161,7 +165,7 @@ names a client-certificate principal to be the first admin instead.`)
 	if err != nil {
 		return err
 	}
-	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+	masterKeysFromEnv(&cfg.Config)
 	if printConfig {
 		keySource := "generated into the data directory (local use only)"
 		switch {
@@ -171,6 +175,9 @@ names a client-certificate principal to be the first admin instead.`)
 			keySource = "from CREDBROKER_MASTER_KEY (redacted)"
 		case cfg.MasterKeyFile != "":
 			keySource = "from --master-key-file"
+		}
+		if cfg.PreviousMasterKey != "" {
+			keySource += "; previous master key from CREDBROKER_PREVIOUS_MASTER_KEY (redacted)"
 		}
 		return printConfigTo(stdout, fs, sources, keySource)
 	}
@@ -213,15 +220,16 @@ func rekey(args []string, stdout, stderr io.Writer) error {
 		d          = datadir.DefaultConfig()
 		newKeyFile string
 	)
-	fs := newFlagSet("rekey", stderr, `Moves the database in --data-dir from its current master key to a new one.
-Every account gets a fresh data key, wrapped by the new master key, and its
-secrets and cached token are sealed again with it; the broker's MAC key is
-re-wrapped (caller keys keep working) and every record is tagged under the
-new key. It runs in one transaction: interrupted at any point, the database
-opens with the old key or the new one, and running rekey again finishes the
-job. Then the file is compacted, so that it holds nothing the old master key
-opens. Backups taken before still open with the old key only. Stop the
-broker first.
+	fs := newFlagSet("rekey", stderr, `Moves the database in --data-dir from its current master key to a new one,
+while the broker is stopped (credbroker rotate-master-key does the same on
+a running broker or cluster). Every account gets a fresh data key, wrapped
+by the new master key, and its secrets and cached token are sealed again
+with it; the broker's MAC key is re-wrapped (caller keys keep working) and
+every record is tagged under the new key. Interrupted at any point, running
+rekey again finishes the job; until then the broker starts only with both
+keys (the old one as --previous-master-key-file). Then the file is
+compacted, so that it holds nothing the old master key opens. Backups taken
+before still open with the old key only. Stop the broker first.
 
 The current key is given as for serve (--master-key-file or
 CREDBROKER_MASTER_KEY); the new one with --new-master-key-file or
@@ -256,7 +264,7 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 		fmt.Fprintf(stdout, "the database in %s is already under the new master key; nothing more to do\n", cfg.DataDir)
 		return nil
 	}
-	fmt.Fprintf(stdout, "moved %d accounts to fresh data keys under the new master key; start the broker with the new key now\n", res.Accounts)
+	fmt.Fprintf(stdout, "the database is under the new master key: this run moved %d accounts to fresh data keys and tagged %d other records anew; start the broker with the new key now\n", res.Accounts, res.Records)
 	return nil
 }
 
@@ -474,6 +482,19 @@ func storageFlags(fs *flag.FlagSet, cfg *datadir.Config, d datadir.Config) {
 	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle of the CAs that verify the etcd members' certificates")
 	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate the broker presents to etcd; with --etcd-key")
 	fs.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
+}
+
+// previousKeyFlag registers --previous-master-key-file, the key a database
+// was under before a rotation (see rotate-master-key).
+func previousKeyFlag(fs *flag.FlagSet, cfg *datadir.Config) {
+	fs.StringVar(&cfg.PreviousMasterKeyFile, "previous-master-key-file", "", "during a master-key rotation, file holding the master key the database was under before (--master-key-file holds the new one); not needed once credbroker rotate-master-key has finished")
+}
+
+// masterKeysFromEnv reads the master keys given as text in the
+// environment, never as flags, which ps would show.
+func masterKeysFromEnv(cfg *datadir.Config) {
+	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
+	cfg.PreviousMasterKey = os.Getenv(envPrefix + "PREVIOUS_MASTER_KEY")
 }
 
 // splitList splits a comma-separated list, dropping blanks.

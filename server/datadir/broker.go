@@ -16,20 +16,20 @@ import (
 
 // MACKey opens the broker's MAC key, which the database keeps wrapped by
 // the master key, making one if it has none.
-func MACKey(st *store.Store, master *keyring.MasterKey) (*keyring.MACKey, error) {
+func MACKey(st *store.Store, masters *keyring.Masters) (*keyring.MACKey, error) {
 	wrapped, err := st.WrappedMACKey()
 	if err != nil {
 		return nil, err
 	}
 	if wrapped != nil {
-		return master.UnwrapMACKey(wrapped)
+		return masters.UnwrapMACKey(wrapped)
 	}
-	mac, wrapped, err := master.NewMACKey()
+	mac, wrapped, err := masters.Current().NewMACKey()
 	if err != nil {
 		return nil, err
 	}
 	if err := st.CreateWrappedMACKey(wrapped); errors.Is(err, store.ErrExists) {
-		return MACKey(st, master) // another replica made it first
+		return MACKey(st, masters) // another replica made it first
 	} else if err != nil {
 		return nil, err
 	}

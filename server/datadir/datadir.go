@@ -42,6 +42,12 @@ type Config struct {
 	// generated into DataDir/master.key for local use.
 	MasterKeyFile string
 	MasterKey     string
+	// PreviousMasterKeyFile and PreviousMasterKey give, during a
+	// rotation, the key the database was under before (see
+	// store.Store.RotateMasterKey): the broker reads what it wrapped and
+	// tagged until the rotation has moved everything to MasterKey.
+	PreviousMasterKeyFile string
+	PreviousMasterKey     string
 	// LockTimeout is how long to wait for the database lock before giving up.
 	LockTimeout time.Duration
 	// Storage is the engine: StorageBBolt (the default: one broker, its
@@ -92,15 +98,16 @@ func WithDefaults(cfg Config) Config {
 }
 
 // Open makes the data directory ready for the running broker and opens its
-// database. It creates the directory (or restricts it) to mode 0700. master
-// is the key ConfiguredMasterKey returned, or nil for the local key, which
-// Open generates on first start. It checks the key against the database
-// (tagging the records of one written by an earlier version), compacts
-// the file if a deletion the last run did not get to left sealed material
-// in it, and types principals stored untyped by earlier versions (see
-// typePrincipals). It returns the store and the master key. With the wrong master
-// key it fails, leaving the database untouched.
-func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterKey, error) {
+// database. It creates the directory (or restricts it) to mode 0700.
+// masters are the keys ConfiguredMasters returned, or nil for the local
+// key, which Open generates on first start. It checks the keys against
+// the database (tagging the records of one written by an earlier
+// version), compacts the file if a deletion the last run did not get to
+// left sealed material in it, and types principals stored untyped by
+// earlier versions (see typePrincipals). It returns the store and the
+// master keys. With a wrong master key, or without the previous key while
+// a rotation is unfinished, it fails, leaving the database untouched.
+func Open(cfg Config, masters *keyring.Masters) (*store.Store, *keyring.Masters, error) {
 	cfg = WithDefaults(cfg)
 	// On etcd too: backups are staged there.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -110,16 +117,17 @@ func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterK
 		return nil, nil, fmt.Errorf("restrict data directory: %w", err)
 	}
 	if cfg.Storage == StorageEtcd {
-		st, err := openStore(cfg, master) // CheckStorage made sure it is configured
-		return st, master, err
+		st, err := openStore(cfg, masters) // CheckStorage made sure they are configured
+		return st, masters, err
 	}
-	if master == nil {
-		var err error
-		if master, err = localMasterKey(cfg); err != nil {
+	if masters == nil {
+		master, err := localMasterKey(cfg)
+		if err != nil {
 			return nil, nil, err
 		}
+		masters = keyring.NewMasters(master)
 	}
-	st, err := openStore(cfg, master)
+	st, err := openStore(cfg, masters)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -131,12 +139,12 @@ func Open(cfg Config, master *keyring.MasterKey) (*store.Store, *keyring.MasterK
 		st.Close()
 		return nil, nil, fmt.Errorf("type the principals of grants and admin principals: %w", err)
 	}
-	return st, master, nil
+	return st, masters, nil
 }
 
-// CheckStorage checks the storage configuration; master is the configured
-// master key, nil if none is.
-func CheckStorage(cfg Config, master *keyring.MasterKey) error {
+// CheckStorage checks the storage configuration; masters are the
+// configured master keys, nil if none is.
+func CheckStorage(cfg Config, masters *keyring.Masters) error {
 	switch cfg.Storage {
 	case "", StorageBBolt:
 		return nil
@@ -149,29 +157,29 @@ func CheckStorage(cfg Config, master *keyring.MasterKey) error {
 		return fmt.Errorf("--etcd-lock-ttl %s: etcd leases last whole seconds", cfg.Etcd.LockTTL)
 	case len(cfg.Etcd.Endpoints) == 0:
 		return errors.New("--storage etcd needs --etcd-endpoints, the client URLs of the etcd cluster's members")
-	case master == nil:
+	case masters == nil:
 		return errors.New("--storage etcd needs the master key configured (--master-key-file or CREDBROKER_MASTER_KEY), the same on every replica: a key generated into one replica's data directory would be unknown to the others")
 	}
 	return nil
 }
 
-// openStore opens the database, checks the master key against it, and
-// gives the store its record key. A new database records a check value for
-// the key; an existing one is only read, unless it was written before
+// openStore opens the database, checks the master keys against it, and
+// gives the store its record keys. A new database records a check value
+// for the key; an existing one is only read, unless it was written before
 // records were tagged, when its records are tagged in one transaction.
-func openStore(cfg Config, master *keyring.MasterKey) (*store.Store, error) {
+func openStore(cfg Config, masters *keyring.Masters) (*store.Store, error) {
 	st, err := openEngine(cfg)
 	if err != nil {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
 		var legacy bool
-		if legacy, err = checkMasterKey(st, master); err != nil {
+		if legacy, err = checkMasterKey(st, masters); err != nil {
 			err = fmt.Errorf("%w (%s), or its check value was changed; refusing to start and leaving the database untouched", err, where(cfg))
 			break
 		}
 		var tagged int
-		tagged, err = st.Authenticate(master, legacy, upgradeEvent())
+		tagged, err = st.Authenticate(masters, legacy, upgradeEvent())
 		if tagged > 0 {
 			cfg.Logger.Warn("upgraded a database written by an earlier version: its records are now tagged for integrity checks, as they were found. Anyone holding a copy of it from before (an old backup) could present that copy again, edited: rekey to a new master key to rule that out", "records", tagged)
 		}
@@ -181,11 +189,35 @@ func openStore(cfg Config, master *keyring.MasterKey) (*store.Store, error) {
 		// Another replica gave the new database its id first: check the
 		// key against that.
 	}
+	if err == nil {
+		err = checkRotation(cfg, st, masters)
+	}
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	return st, nil
+}
+
+// checkRotation refuses to start without the previous master key while a
+// rotation is unfinished, and says what to do next with the keys given.
+func checkRotation(cfg Config, st *store.Store, masters *keyring.Masters) error {
+	pending, err := st.PendingRotation()
+	if err != nil {
+		return err
+	}
+	configured, current := masters.All()[0], masters.Current()
+	switch {
+	case pending != nil && !masters.Holds(pending.From):
+		return fmt.Errorf("a rotation of the master key from %s to %s has not finished (%s): until it has, start the broker with the old key as --previous-master-key-file (or CREDBROKER_PREVIOUS_MASTER_KEY), and finish it with credbroker rotate-master-key", pending.From, pending.To, where(cfg))
+	case pending != nil:
+		cfg.Logger.Warn("a rotation of the master key has not finished: run credbroker rotate-master-key to finish it", "from", pending.From, "to", pending.To)
+	case current.ID() != configured.ID():
+		cfg.Logger.Warn("the database is under the previous master key: once every replica holds the new one, run credbroker rotate-master-key to move it", "current", current.ID(), "new", configured.ID())
+	case len(masters.All()) > 1:
+		cfg.Logger.Info("the database is under the master key; the previous one is no longer needed and can be left out", "master_key", configured.ID())
+	}
+	return nil
 }
 
 // openEngine opens the configured storage engine.
@@ -216,11 +248,13 @@ func where(cfg Config) string {
 	return "data directory " + cfg.DataDir
 }
 
-// checkMasterKey checks master against the store's key check value: the
-// one bound to its database id or, in a database without an id, one of an
-// earlier version, which makes it legacy (see store.Authenticate). A new
-// database has neither. It returns keyring.ErrWrongMasterKey otherwise.
-func checkMasterKey(st *store.Store, master *keyring.MasterKey) (legacy bool, err error) {
+// checkMasterKey checks the master keys against the store's key check
+// value: the one bound to its database id, which one of them must have
+// made, or, in a database without an id, one of an earlier version made
+// by the current key, which makes it legacy (see store.Authenticate). A
+// new database has neither. It returns keyring.ErrWrongMasterKey
+// otherwise.
+func checkMasterKey(st *store.Store, masters *keyring.Masters) (legacy bool, err error) {
 	check, err := st.KeyCheck()
 	if err != nil {
 		return false, err
@@ -230,9 +264,12 @@ func checkMasterKey(st *store.Store, master *keyring.MasterKey) (legacy bool, er
 	case err != nil:
 		return false, err
 	case id != nil:
-		return false, master.VerifyKeyCheck(check, id)
+		if masters.Verifying(check, id) == nil {
+			return false, keyring.ErrWrongMasterKey
+		}
+		return false, nil
 	case check != nil:
-		return true, master.VerifyLegacyKeyCheck(check)
+		return true, masters.Current().VerifyLegacyKeyCheck(check)
 	}
 	return false, nil
 }

@@ -36,7 +36,7 @@ func newConfig(t *testing.T) datadir.Config {
 func snapshot(t *testing.T) (string, string) {
 	t.Helper()
 	cfg := newConfig(t)
-	master, err := datadir.ConfiguredMasterKey(cfg)
+	master, err := datadir.ConfiguredMasters(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

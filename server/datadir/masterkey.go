@@ -39,6 +39,40 @@ func ConfiguredMasterKey(cfg Config) (*keyring.MasterKey, error) {
 	return nil, nil
 }
 
+// ConfiguredMasters are the configured master key and, during a rotation,
+// the previous one (--previous-master-key-file or
+// CREDBROKER_PREVIOUS_MASTER_KEY); nil if no master key is configured.
+func ConfiguredMasters(cfg Config) (*keyring.Masters, error) {
+	master, err := ConfiguredMasterKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var previous *keyring.MasterKey
+	switch {
+	case cfg.PreviousMasterKeyFile != "" && cfg.PreviousMasterKey != "":
+		return nil, errors.New("set either --previous-master-key-file or CREDBROKER_PREVIOUS_MASTER_KEY, not both")
+	case cfg.PreviousMasterKey != "":
+		if previous, err = keyring.ParseMasterKey(cfg.PreviousMasterKey); err != nil {
+			return nil, fmt.Errorf("CREDBROKER_PREVIOUS_MASTER_KEY: %w", err)
+		}
+	case cfg.PreviousMasterKeyFile != "":
+		if previous, err = readMasterKeyFile(cfg.PreviousMasterKeyFile, cfg.Logger); err != nil {
+			return nil, fmt.Errorf("previous %w", err)
+		}
+	}
+	switch {
+	case previous == nil && master == nil:
+		return nil, nil
+	case previous == nil:
+		return keyring.NewMasters(master), nil
+	case master == nil:
+		return nil, errors.New("a previous master key is given but no master key: a rotation needs the new key as --master-key-file (or CREDBROKER_MASTER_KEY) and the old one as the previous key")
+	case master.ID() == previous.ID():
+		return nil, errors.New("the previous master key is the master key itself: give the new key as the master key and the old one as the previous key")
+	}
+	return keyring.NewMasters(master, previous), nil
+}
+
 // localMasterKey reads the key generated into the data directory,
 // generating it on first start.
 func localMasterKey(cfg Config) (*keyring.MasterKey, error) {

@@ -14,23 +14,25 @@ import (
 
 // RekeyResult says what Rekey did.
 type RekeyResult struct {
-	// Accounts is how many accounts were moved to fresh data keys.
-	Accounts int
+	// Accounts is how many accounts this run moved to fresh data keys
+	// (a re-run after an interrupted one moves those left), and Records
+	// how many other records it tagged anew.
+	Accounts, Records int
 	// AlreadyDone: the database was already under the new key (a re-run
 	// after a rekey that completed), so only a pending compaction ran.
 	AlreadyDone bool
 }
 
 // Rekey moves the database in cfg.DataDir from the master key cfg
-// configures to newKey (in the text form of a master key file). In one
-// transaction it gives every account a fresh data key wrapped by the new
-// master key, re-seals its secrets and cached token with it, re-wraps the
-// MAC key (so caller keys keep working) and tags every record under the
-// new record key; then it compacts the file, so that nothing the old
-// master key opens (or the old data keys open) is left in it. Interrupted
-// at any point, the database opens with one of the two keys, and running
-// Rekey again completes it. The broker must be stopped: it holds the
-// database.
+// configures to newKey (in the text form of a master key file), as a
+// running broker's rotation does (store.Store.RotateMasterKey): every
+// account gets a fresh data key wrapped by the new master key, its
+// secrets and cached token sealed again with it, the MAC key is re-wrapped
+// (so caller keys keep working) and every record is tagged under the new
+// key; then it compacts the file, so that nothing the old master key
+// opens (or the old data keys open) is left in it. Interrupted at any
+// point, running Rekey again completes it; meanwhile the broker starts
+// only with both keys. The broker must be stopped: it holds the database.
 func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	cfg = WithDefaults(cfg)
 	next, err := keyring.ParseMasterKey(newKey)
@@ -45,38 +47,42 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	if err != nil {
 		return RekeyResult{}, err
 	}
+	if current.ID() == next.ID() {
+		return RekeyResult{}, errors.New("the new master key is the current one")
+	}
 	st, err := openStopped(cfg, "rekeying")
 	if err != nil {
 		return RekeyResult{}, err
 	}
 	defer st.Close()
 
-	underCurrent, err := checkMasterKey(st, current)
-	legacy := underCurrent
+	masters := keyring.NewMasters(next, current)
+	legacy, err := checkMasterKey(st, keyring.NewMasters(current))
 	if errors.Is(err, keyring.ErrWrongMasterKey) {
-		if _, nerr := checkMasterKey(st, next); nerr == nil {
-			return RekeyResult{AlreadyDone: true}, CompactIfPending(st)
-		}
+		legacy, err = checkMasterKey(st, masters)
+	}
+	if errors.Is(err, keyring.ErrWrongMasterKey) {
 		return RekeyResult{}, fmt.Errorf("%w (data directory %s); nothing was changed", err, cfg.DataDir)
 	}
 	if err != nil {
 		return RekeyResult{}, err
 	}
-	if _, err := checkMasterKey(st, next); err == nil {
-		return RekeyResult{}, errors.New("the new master key is the current one")
+	if legacy {
+		masters.Use(current) // its records are tagged under it first
 	}
-	if _, err := st.Authenticate(current, legacy, upgradeEvent()); err != nil {
+	if _, err := st.Authenticate(masters, legacy, upgradeEvent()); err != nil {
 		return RekeyResult{}, err
 	}
 	ev := store.AuditEvent{
 		Time: time.Now(), Principal: fmt.Sprintf("unix-uid:%d", os.Getuid()), Method: "rekey",
 		Code: "OK", Detail: "moved every account to a fresh data key and re-wrapped the MAC key under a new master key",
 	}
-	n, err := st.Rekey(current, next, ev)
+	r, err := st.RotateMasterKey(next, &ev)
 	if err != nil {
-		return RekeyResult{}, fmt.Errorf("rekey (nothing was changed): %w", err)
+		return RekeyResult{}, fmt.Errorf("rekey (run it again to finish it; until then the broker starts only with both keys): %w", err)
 	}
-	return RekeyResult{Accounts: n}, CompactIfPending(st)
+	res := RekeyResult{Accounts: r.Accounts, Records: r.Records, AlreadyDone: r.From == ""}
+	return res, CompactIfPending(st)
 }
 
 // CompactIfPending compacts the store if a deletion (or a rekey) left

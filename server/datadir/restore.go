@@ -57,7 +57,12 @@ func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, 
 			return RestoreResult{}, errors.New("restore needs the master key the backup was made under: pass --master-key-file or CREDBROKER_MASTER_KEY")
 		}
 	}
-	master, err := loadMasterKey(cfg)
+	masters, err := ConfiguredMasters(cfg)
+	if err == nil && masters == nil {
+		var local *keyring.MasterKey
+		local, err = localMasterKey(cfg)
+		masters = keyring.NewMasters(local)
+	}
 	if err != nil {
 		return RestoreResult{}, err
 	}
@@ -70,7 +75,7 @@ func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, 
 	}
 	path := filepath.Join(cfg.DataDir, dbFileName)
 	staged := path + ".restoring"
-	res, err := stageBackup(backupPath, staged, master, allowUntagged)
+	res, err := stageBackup(backupPath, staged, masters, allowUntagged)
 	if err == nil {
 		res.Previous, err = replaceDatabase(cfg, staged, path)
 	}
@@ -91,9 +96,9 @@ func Restore(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, 
 // until the load has finished; one interrupted is finished by running
 // this again (see etcd.DB.Load).
 func restoreIntoEtcd(cfg Config, backupPath string, allowUntagged bool) (RestoreResult, error) {
-	master, err := ConfiguredMasterKey(cfg)
+	masters, err := ConfiguredMasters(cfg)
 	if err == nil {
-		err = CheckStorage(cfg, master)
+		err = CheckStorage(cfg, masters)
 	}
 	if err != nil {
 		return RestoreResult{}, err
@@ -104,7 +109,7 @@ func restoreIntoEtcd(cfg Config, backupPath string, allowUntagged bool) (Restore
 	}
 	defer os.RemoveAll(dir)
 	staged := filepath.Join(dir, dbFileName)
-	res, err := stageBackup(backupPath, staged, master, allowUntagged)
+	res, err := stageBackup(backupPath, staged, masters, allowUntagged)
 	if err != nil {
 		return RestoreResult{}, err
 	}
@@ -129,7 +134,7 @@ func restoreIntoEtcd(cfg Config, backupPath string, allowUntagged bool) (Restore
 // stageBackup copies the backup into the new file staged and checks the
 // copy: its SHA-256 against the backup's checksum file, if there is one,
 // every database page, that master opens it, and every record's tag.
-func stageBackup(backupPath, staged string, master *keyring.MasterKey, allowUntagged bool) (RestoreResult, error) {
+func stageBackup(backupPath, staged string, masters *keyring.Masters, allowUntagged bool) (RestoreResult, error) {
 	digest, err := copyToNewFile(backupPath, staged)
 	if err != nil {
 		return RestoreResult{}, err
@@ -144,7 +149,7 @@ func stageBackup(backupPath, staged string, master *keyring.MasterKey, allowUnta
 	}
 	wrongKey := errors.New("the master key given does not open this backup, which was made under another one or changed since; nothing was changed")
 	if id == nil {
-		if master.VerifyLegacyKeyCheck(check) != nil {
+		if masters.Current().VerifyLegacyKeyCheck(check) != nil {
 			return RestoreResult{}, wrongKey
 		}
 		if !allowUntagged {
@@ -153,10 +158,10 @@ func stageBackup(backupPath, staged string, master *keyring.MasterKey, allowUnta
 		res.Untagged = true
 		return res, nil
 	}
-	if master.VerifyKeyCheck(check, id) != nil {
+	if masters.Verifying(check, id) == nil {
 		return RestoreResult{}, wrongKey
 	}
-	if err := store.CheckRecords(staged, master); err != nil {
+	if err := store.CheckRecords(staged, masters); err != nil {
 		return RestoreResult{}, fmt.Errorf("refusing to restore %s (nothing was changed): %w", backupPath, err)
 	}
 	return res, nil

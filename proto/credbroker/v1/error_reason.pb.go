@@ -96,6 +96,11 @@ const (
 	// on another replica. Status UNAVAILABLE. The replica reports not ready
 	// meanwhile, and recovers by itself.
 	ErrorReason_STORAGE_UNAVAILABLE ErrorReason = 15
+	// A master-key rotation cannot go on: a running replica does not hold
+	// the new key, another rotation has not finished, or another replica
+	// switched keys at the same time. The message says which and what to do.
+	// Status FAILED_PRECONDITION.
+	ErrorReason_MASTER_KEY_ROTATION_BLOCKED ErrorReason = 16
 )
 
 // Enum value maps for ErrorReason.
@@ -117,24 +122,26 @@ var (
 		13: "PROVIDER_REDIRECTED",
 		14: "GRANT_LIMITED",
 		15: "STORAGE_UNAVAILABLE",
+		16: "MASTER_KEY_ROTATION_BLOCKED",
 	}
 	ErrorReason_value = map[string]int32{
-		"ERROR_REASON_UNSPECIFIED": 0,
-		"CREDENTIALS_REJECTED":     1,
-		"PROVIDER_UNAVAILABLE":     2,
-		"MIN_TTL_TOO_LONG":         3,
-		"AUDIT_UNAVAILABLE":        4,
-		"RATE_LIMITED":             5,
-		"LAST_ADMIN":               6,
-		"PROXY_ONLY":               7,
-		"SECRET_LIMIT":             8,
-		"LAST_SECRET":              9,
-		"SECRET_EXPIRED":           10,
-		"NO_API_BASE_URL":          11,
-		"INTEGRITY_CHECK_FAILED":   12,
-		"PROVIDER_REDIRECTED":      13,
-		"GRANT_LIMITED":            14,
-		"STORAGE_UNAVAILABLE":      15,
+		"ERROR_REASON_UNSPECIFIED":    0,
+		"CREDENTIALS_REJECTED":        1,
+		"PROVIDER_UNAVAILABLE":        2,
+		"MIN_TTL_TOO_LONG":            3,
+		"AUDIT_UNAVAILABLE":           4,
+		"RATE_LIMITED":                5,
+		"LAST_ADMIN":                  6,
+		"PROXY_ONLY":                  7,
+		"SECRET_LIMIT":                8,
+		"LAST_SECRET":                 9,
+		"SECRET_EXPIRED":              10,
+		"NO_API_BASE_URL":             11,
+		"INTEGRITY_CHECK_FAILED":      12,
+		"PROVIDER_REDIRECTED":         13,
+		"GRANT_LIMITED":               14,
+		"STORAGE_UNAVAILABLE":         15,
+		"MASTER_KEY_ROTATION_BLOCKED": 16,
 	}
 )
 
@@ -169,7 +176,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xeb\x02\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\x8c\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -189,7 +196,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x16INTEGRITY_CHECK_FAILED\x10\f\x12\x17\n" +
 	"\x13PROVIDER_REDIRECTED\x10\r\x12\x11\n" +
 	"\rGRANT_LIMITED\x10\x0e\x12\x17\n" +
-	"\x13STORAGE_UNAVAILABLE\x10\x0fBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x13STORAGE_UNAVAILABLE\x10\x0f\x12\x1f\n" +
+	"\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -272,13 +272,15 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 	if err := ctx.Err(); err != nil {
 		return View{}, "", err
 	}
-	sealed, err := s.keys.Seal(a.ID, a.WrappedKey, keyring.FieldClientSecret, []byte(sec.Reveal()))
-	if err != nil {
-		return View{}, "", err
-	}
 	ev.Detail = "add secret " + secretID
 	a, err = s.store.UpdateAccount(id, func(a *store.Account) error {
 		if err := canAddSecret(*a, secretID); err != nil { // another admin was quicker
+			return err
+		}
+		// Sealed with the data key read here: a master-key rotation
+		// may have given the account a new one since the proof.
+		sealed, err := s.keys.Seal(a.ID, a.WrappedKey, keyring.FieldClientSecret, []byte(sec.Reveal()))
+		if err != nil {
 			return err
 		}
 		now := s.now()

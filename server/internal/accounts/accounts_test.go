@@ -85,12 +85,12 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.keys = keyring.New(h.master, mac)
+	h.keys = keyring.New(keyring.NewMasters(h.master), mac)
 	if h.store, err = store.Open(filepath.Join(t.TempDir(), "db"), time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.store.Close() })
-	if _, err := h.store.Authenticate(h.master, false, store.AuditEvent{}); err != nil {
+	if _, err := h.store.Authenticate(keyring.NewMasters(h.master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	h.tokens = tokens.New(tokens.Config{Logger: slog.New(slog.DiscardHandler)}, h.store, h.keys, prov)

@@ -1,6 +1,6 @@
 // Package api is the broker's API behind the gate: the gRPC services
-// (AccountService, CallerService, TokenService, AuditService and
-// BackupService) and the egress proxy's HTTP handler. Its handlers are
+// (AccountService, CallerService, TokenService, AuditService,
+// BackupService and MasterKeyService) and the egress proxy's HTTP handler. Its handlers are
 // thin: they validate requests (validate.go, paging.go), call the core,
 // and map every error to a status in one place (errors.go). Who may call
 // them, and the audit event of each call, is the gate's business.
@@ -20,6 +20,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/metrics"
 	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -37,6 +38,9 @@ type Core struct {
 	// Store takes Backup's snapshots, which are staged in DataDir.
 	Store   *store.Store
 	DataDir string
+	// MasterKey is the configured master key, which RotateMasterKey moves
+	// the database to.
+	MasterKey *keyring.MasterKey
 	// Logger logs the unexpected errors that callers see only as INTERNAL.
 	Logger *slog.Logger
 }
@@ -50,6 +54,7 @@ func Register(g *grpc.Server, c Core) {
 	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: c.Callers, errs: errs})
 	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: c.Audit, errs: errs})
 	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs})
+	credbrokerv1.RegisterMasterKeyServiceServer(g, &masterKeyService{store: c.Store, to: c.MasterKey, errs: errs})
 }
 
 // ProxyHandler is the egress proxy: gt admits each call, the caller's

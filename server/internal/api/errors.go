@@ -30,6 +30,12 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	case errors.Is(err, store.ErrUnavailable):
 		m.log.Warn("the storage is out of reach", "method", methodName(ctx), "error", err)
 		return gate.ErrStorageUnavailable
+	case errors.Is(err, store.ErrMasterKeyMissing):
+		m.log.Error("this replica does not hold the database's master key", "method", methodName(ctx), "error", err)
+		return gate.ErrStorageUnavailable
+	case errors.Is(err, store.ErrRotationBlocked):
+		return grpcerr.Status(codes.FailedPrecondition, err.Error(),
+			grpcerr.Info(credbrokerv1.ErrorReason_MASTER_KEY_ROTATION_BLOCKED, nil)).Err()
 	case errors.Is(err, store.ErrIntegrity):
 		return grpcerr.Status(codes.FailedPrecondition, "a stored record of this resource failed its integrity check (it was changed outside the broker), so the broker does not use it: delete and re-create it, or restore a backup",
 			grpcerr.Info(credbrokerv1.ErrorReason_INTEGRITY_CHECK_FAILED, nil)).Err()

@@ -142,7 +142,7 @@ func openStore(t *testing.T) *store.Store {
 	}
 	text, _ := keyring.GenerateMasterKey()
 	master, _ := keyring.ParseMasterKey(text)
-	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
+	if _, err := st.Authenticate(keyring.NewMasters(master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	return st

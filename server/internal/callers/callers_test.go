@@ -64,7 +64,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.store.Close() })
-	if _, err := h.store.Authenticate(master, false, store.AuditEvent{}); err != nil {
+	if _, err := h.store.Authenticate(keyring.NewMasters(master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	if h.mac, _, err = master.NewMACKey(); err != nil {

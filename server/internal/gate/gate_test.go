@@ -32,7 +32,7 @@ func newGate(t *testing.T) (g *gate.Gate, svc, ops string, al *audit.Log) {
 	}
 	t.Cleanup(func() { st.Close() })
 	master, _ := keyring.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
-	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
+	if _, err := st.Authenticate(keyring.NewMasters(master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	mac, _, err := master.NewMACKey()

@@ -26,7 +26,7 @@ func TestRefusalsStayBounded(t *testing.T) {
 	}
 	defer st.Close()
 	master, _ := keyring.ParseMasterKey("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=")
-	if _, err := st.Authenticate(master, false, store.AuditEvent{}); err != nil {
+	if _, err := st.Authenticate(keyring.NewMasters(master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	al := audit.New(audit.Config{}, st, st)

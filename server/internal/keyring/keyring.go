@@ -157,74 +157,9 @@ func (m *MasterKey) NewDataKey(accountID string) (*DataKey, []byte, error) {
 	return &DataKey{aead: aead, accountID: accountID}, wrapped, nil
 }
 
-// UnwrapDataKey opens an account's wrapped data key.
+// UnwrapDataKey opens an account's data key, wrapped by m.
 func (m *MasterKey) UnwrapDataKey(accountID string, wrapped []byte) (*DataKey, error) {
-	raw, err := m.unwrap(wrapped, additionalData("data-key", accountID, ""))
-	if err != nil {
-		return nil, err
-	}
-	aead, err := newAEAD(raw)
-	if err != nil {
-		return nil, err
-	}
-	return &DataKey{aead: aead, accountID: accountID}, nil
-}
-
-// RewrapDataKey re-wraps an account's data key, wrapped by m, under to. The
-// data key itself, and so everything sealed with it, stays the same.
-func (m *MasterKey) RewrapDataKey(to *MasterKey, accountID string, wrapped []byte) ([]byte, error) {
-	return m.rewrap(to, wrapped, additionalData("data-key", accountID, ""))
-}
-
-// RewrapMACKey re-wraps the MAC key, wrapped by m, under to; its hashes
-// stay valid.
-func (m *MasterKey) RewrapMACKey(to *MasterKey, wrapped []byte) ([]byte, error) {
-	return m.rewrap(to, wrapped, additionalData("mac-key", "", ""))
-}
-
-// Sealed is one sealed field of an account's record, for Reseal: Value
-// points at the stored ciphertext.
-type Sealed struct {
-	Field Field
-	Value *[]byte
-}
-
-// Reseal moves an account from m to the master key to under a fresh data
-// key: it opens each value with the account's data key (wrapped by m),
-// seals it again with a new data key, and returns that key wrapped by to.
-// The values are replaced in place only if every one opened. Afterwards
-// neither m nor the old data key opens anything of the account.
-func (m *MasterKey) Reseal(to *MasterKey, accountID string, wrapped []byte, values []Sealed) ([]byte, error) {
-	old, err := m.UnwrapDataKey(accountID, wrapped)
-	if err != nil {
-		return nil, err
-	}
-	fresh, rewrapped, err := to.NewDataKey(accountID)
-	if err != nil {
-		return nil, err
-	}
-	out := make([][]byte, len(values))
-	for i, v := range values {
-		plain, err := old.Open(v.Field, *v.Value)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", v.Field, err)
-		}
-		if out[i], err = fresh.Seal(v.Field, plain); err != nil {
-			return nil, err
-		}
-	}
-	for i, v := range values {
-		*v.Value = out[i]
-	}
-	return rewrapped, nil
-}
-
-func (m *MasterKey) rewrap(to *MasterKey, wrapped, ad []byte) ([]byte, error) {
-	raw, err := m.unwrap(wrapped, ad)
-	if err != nil {
-		return nil, err
-	}
-	return to.wrap(raw, ad)
+	return NewMasters(m).UnwrapDataKey(accountID, wrapped)
 }
 
 // MACKey computes keyed hashes: of caller keys, so that the store never
@@ -247,13 +182,9 @@ func (m *MasterKey) NewMACKey() (*MACKey, []byte, error) {
 	return &MACKey{key: raw}, wrapped, nil
 }
 
-// UnwrapMACKey opens a wrapped MAC key.
+// UnwrapMACKey opens a MAC key wrapped by m.
 func (m *MasterKey) UnwrapMACKey(wrapped []byte) (*MACKey, error) {
-	raw, err := m.unwrap(wrapped, additionalData("mac-key", "", ""))
-	if err != nil {
-		return nil, err
-	}
-	return &MACKey{key: raw}, nil
+	return NewMasters(m).UnwrapMACKey(wrapped)
 }
 
 // Sum is HMAC-SHA256 of data, bound to purpose so that a hash made for one

@@ -144,41 +144,70 @@ func TestMACKeySurvivesWrappingAndSeparatesPurposes(t *testing.T) {
 	}
 }
 
-// Re-wrapped keys open only under the new master key, and open to the same
-// keys: fields sealed before and MAC sums made before stay valid.
-func TestRewrap(t *testing.T) {
+// During a rotation both keys open what they wrapped and verify records
+// they tagged; re-wrapped keys open only under the new master key, to the
+// same keys (fields sealed before and MAC sums made before stay valid);
+// Reseal moves an account to a fresh data key that the old one does not
+// open.
+func TestRotationKeys(t *testing.T) {
 	old, next := mustMaster(t), mustMaster(t)
-	dk, wrapped, err := old.NewDataKey("acme")
+	masters := NewMasters(next, old)
+	masters.Use(old)
+	if err := masters.Bind([]byte("db")); err != nil {
+		t.Fatal(err)
+	}
+	dk, wrapped, err := masters.NewDataKey("acme")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sealed, err := dk.Seal("client_secret", []byte("s3cret"))
+	sealed, err := dk.Seal(FieldClientSecret, []byte("s3cret"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rewrapped, err := old.RewrapDataKey(next, "acme", wrapped)
+	mac, wrappedMAC, err := old.NewMACKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := old.UnwrapDataKey("acme", rewrapped); !errors.Is(err, ErrDecrypt) {
-		t.Fatalf("old master key opened the re-wrapped data key: %v", err)
+	oldRecord := masters.SealRecord([]byte("accounts"), []byte("acme"), []byte("{}"))
+
+	masters.Use(next)
+	if masters.UnderCurrent(wrapped) {
+		t.Fatal("a key wrapped by the old master key is said to be under the new one")
 	}
-	if _, err := old.RewrapDataKey(next, "other", wrapped); !errors.Is(err, ErrDecrypt) {
+	if data, current, err := masters.OpenRecord([]byte("accounts"), []byte("acme"), oldRecord); err != nil || current || string(data) != "{}" {
+		t.Fatalf("a record tagged under the old key during a rotation: %q, %v, %v", data, current, err)
+	}
+	newRecord := masters.SealRecord([]byte("accounts"), []byte("acme"), []byte("{}"))
+	if _, current, err := masters.OpenRecord([]byte("accounts"), []byte("acme"), newRecord); err != nil || !current {
+		t.Fatalf("a record tagged under the new key: %v, %v", current, err)
+	}
+	onlyOld := NewMasters(old)
+	if err := onlyOld.Bind([]byte("db")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := onlyOld.OpenRecord([]byte("accounts"), []byte("acme"), newRecord); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("the old key alone verified a record tagged under the new one: %v", err)
+	}
+
+	rewrapped, err := masters.RewrapDataKey("acme", wrapped)
+	if err != nil || !masters.UnderCurrent(rewrapped) {
+		t.Fatalf("rewrap: %v", err)
+	}
+	if _, err := onlyOld.UnwrapDataKey("acme", rewrapped); !errors.Is(err, ErrDecrypt) || !strings.Contains(err.Error(), next.ID()) {
+		t.Fatalf("old master key opened the re-wrapped data key, or did not say which key it needs: %v", err)
+	}
+	if _, err := masters.RewrapDataKey("other", wrapped); !errors.Is(err, ErrDecrypt) {
 		t.Fatalf("re-wrapping under another account's name: %v", err)
 	}
 	dk2, err := next.UnwrapDataKey("acme", rewrapped)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := dk2.Open("client_secret", sealed); err != nil || string(got) != "s3cret" {
+	if got, err := dk2.Open(FieldClientSecret, sealed); err != nil || string(got) != "s3cret" {
 		t.Fatalf("field sealed before the rewrap: %q, %v", got, err)
 	}
 
-	mac, wrappedMAC, err := old.NewMACKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rewrappedMAC, err := old.RewrapMACKey(next, wrappedMAC)
+	rewrappedMAC, err := masters.RewrapMACKey(wrappedMAC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,8 +218,27 @@ func TestRewrap(t *testing.T) {
 	if !bytes.Equal(mac.Sum("p", "x"), mac2.Sum("p", "x")) {
 		t.Fatal("the re-wrapped MAC key makes other sums")
 	}
-	if _, err := next.RewrapMACKey(old, wrappedMAC); !errors.Is(err, ErrDecrypt) {
-		t.Fatalf("re-wrapping with the wrong master key: %v", err)
+	if _, err := NewMasters(next).RewrapMACKey(wrappedMAC); !errors.Is(err, ErrDecrypt) {
+		t.Fatalf("re-wrapping without the key that wrapped it: %v", err)
+	}
+
+	values := []Sealed{{Field: FieldClientSecret, Value: &sealed}}
+	resealed, err := masters.Reseal("acme", wrapped, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dk.Open(FieldClientSecret, sealed); !errors.Is(err, ErrDecrypt) {
+		t.Fatal("the old data key opens a value sealed again")
+	}
+	if _, err := onlyOld.UnwrapDataKey("acme", resealed); !errors.Is(err, ErrDecrypt) {
+		t.Fatal("the old master key opens the fresh data key")
+	}
+	dk3, err := next.UnwrapDataKey("acme", resealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := dk3.Open(FieldClientSecret, sealed); err != nil || string(got) != "s3cret" {
+		t.Fatalf("value sealed again: %q, %v", got, err)
 	}
 }
 

@@ -1,24 +1,25 @@
 package keyring
 
 // Keyring seals and opens accounts' values and makes keyed hashes. It
-// holds the master key and the MAC key, which never leave memory.
+// holds the master keys and the MAC key, which never leave memory.
 type Keyring struct {
-	master *MasterKey
-	mac    *MACKey
+	masters *Masters
+	mac     *MACKey
 }
 
-// New returns the keyring of a master key and the MAC key it unwrapped.
-func New(master *MasterKey, mac *MACKey) *Keyring { return &Keyring{master: master, mac: mac} }
+// New returns the keyring of the master keys and the MAC key they
+// unwrapped.
+func New(masters *Masters, mac *MACKey) *Keyring { return &Keyring{masters: masters, mac: mac} }
 
 // NewAccountKey makes a new account's data key, to seal its first values
 // with, and returns it with its wrapped form, which is what gets stored.
 func (k *Keyring) NewAccountKey(accountID string) (*DataKey, []byte, error) {
-	return k.master.NewDataKey(accountID)
+	return k.masters.NewDataKey(accountID)
 }
 
 // Seal encrypts one field of an account under its data key (wrapped).
 func (k *Keyring) Seal(accountID string, wrapped []byte, field Field, plaintext []byte) ([]byte, error) {
-	key, err := k.master.UnwrapDataKey(accountID, wrapped)
+	key, err := k.masters.UnwrapDataKey(accountID, wrapped)
 	if err != nil {
 		return nil, err
 	}
@@ -27,7 +28,7 @@ func (k *Keyring) Seal(accountID string, wrapped []byte, field Field, plaintext 
 
 // Open decrypts one field of an account with its data key (wrapped).
 func (k *Keyring) Open(accountID string, wrapped []byte, field Field, sealed []byte) ([]byte, error) {
-	key, err := k.master.UnwrapDataKey(accountID, wrapped)
+	key, err := k.masters.UnwrapDataKey(accountID, wrapped)
 	if err != nil {
 		return nil, err
 	}

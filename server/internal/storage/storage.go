@@ -116,6 +116,17 @@ type Locker interface {
 	Lock(ctx context.Context, name string) (Lock, error)
 }
 
+// Announcer is implemented by engines that several processes share
+// (etcd): each process announces a value that lasts for as long as the
+// process is alive and in touch with the engine, and any can read what
+// the live ones announced.
+type Announcer interface {
+	// Announce makes value this process's announcement, or keeps it up.
+	Announce(ctx context.Context, value []byte) error
+	// Announced are the live processes' announcements.
+	Announced(ctx context.Context) ([][]byte, error)
+}
+
 // Lock is a held lock.
 type Lock struct {
 	// Held holds for as long as the lock is held: a transaction with it

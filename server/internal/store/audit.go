@@ -54,11 +54,21 @@ func (s *Store) AppendAudit(events []AuditEvent) error {
 		}
 		all = append(all, b.op)
 	}
+	// The chunks' sizes, for events sealed anew by commit: an event's
+	// size does not depend on its key.
 	for _, chunk := range s.db.Limits().Chunks(all) {
-		if _, err := s.db.Txn(ctx, nil, chunk); err != nil {
+		batch := events[:len(chunk)]
+		events = events[len(chunk):]
+		err := s.commit(func() (txn, error) {
+			bs := make([]built, len(batch))
+			for i, ev := range batch {
+				bs[i] = s.appendAudit(ev)
+			}
+			return ops(nil, bs...)
+		})
+		if err != nil {
 			return err
 		}
-		s.auditEvents.Add(int64(len(chunk)))
 	}
 	return nil
 }

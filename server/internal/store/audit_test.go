@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/server/internal/keyring"
 )
 
 // Pruning by count counts every stored event, including those written with
@@ -28,7 +30,7 @@ func TestPruneAuditKeepsCount(t *testing.T) {
 	s.Close()
 	s, err := Open(path, time.Second)
 	if err == nil {
-		_, err = s.Authenticate(testMaster, false, AuditEvent{})
+		_, err = s.Authenticate(keyring.NewMasters(testMaster), false, AuditEvent{})
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -43,7 +43,7 @@ func CheckBackup(path string) (check, databaseID []byte, err error) {
 // backup, checked with CheckBackup, whose key check value master has
 // verified for its id) with master's record key, and fails naming the
 // records that do not pass.
-func CheckRecords(path string, master *keyring.MasterKey) error {
+func CheckRecords(path string, masters *keyring.Masters) error {
 	db, err := boltdb.OpenReadOnly(path)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrNotABackup, path, err)
@@ -54,8 +54,7 @@ func CheckRecords(path string, master *keyring.MasterKey) error {
 	if err != nil {
 		return err
 	}
-	auth, err := master.RecordKey(id)
-	if err != nil {
+	if err := masters.Bind(id); err != nil {
 		return err
 	}
 	var failed []string
@@ -66,7 +65,7 @@ func CheckRecords(path string, master *keyring.MasterKey) error {
 		}
 		for _, r := range p.Records {
 			k := []byte(r.Key[len(name)+1:])
-			if _, err := auth.Open(name, k, r.Value); err != nil {
+			if _, _, err := masters.OpenRecord(name, k, r.Value); err != nil {
 				failed = append(failed, fmt.Sprintf("%s %q", name, k))
 			}
 		}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/server/internal/keyring"
 )
 
 // A backup taken while the store is written to holds every record as it
@@ -46,7 +48,7 @@ func TestBackupWhileWritingIsWhole(t *testing.T) {
 		if _, err := s.CompactTo(path); err != nil {
 			t.Fatal(err)
 		}
-		if err := CheckRecords(path, testMaster); err != nil {
+		if err := CheckRecords(path, keyring.NewMasters(testMaster)); err != nil {
 			t.Errorf("backup %d: %v", i, err)
 			break
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 )
 
@@ -129,14 +130,14 @@ func TestTamperedRecordsAreDetected(t *testing.T) {
 
 	// CheckRecords finds them all in a copy of the file.
 	s.Close()
-	if err := CheckRecords(path, testMaster); !errors.Is(err, ErrIntegrity) {
+	if err := CheckRecords(path, keyring.NewMasters(testMaster)); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("CheckRecords: %v", err)
 	}
 	clean := filepath.Join(t.TempDir(), "clean.db")
 	other.Close()
 	data, _ := os.ReadFile(other.db.(*boltdb.DB).Path())
 	_ = os.WriteFile(clean, data, 0o600)
-	if err := CheckRecords(clean, testMaster); err != nil {
+	if err := CheckRecords(clean, keyring.NewMasters(testMaster)); err != nil {
 		t.Fatalf("CheckRecords of an untouched database: %v", err)
 	}
 }
@@ -165,10 +166,10 @@ func TestUpgradeTagsRecordsOfEarlierVersions(t *testing.T) {
 	})
 	// Someone who strips the tags cannot pass the database off as an
 	// earlier version's: without a legacy check value it is refused.
-	if _, err := s.Authenticate(testMaster, false, AuditEvent{}); !errors.Is(err, ErrIntegrity) {
+	if _, err := s.Authenticate(keyring.NewMasters(testMaster), false, AuditEvent{}); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("records without an id or a check value: %v, want ErrIntegrity", err)
 	}
-	n, err := s.Authenticate(testMaster, true, AuditEvent{Time: time.Now(), Method: "tag_records"})
+	n, err := s.Authenticate(keyring.NewMasters(testMaster), true, AuditEvent{Time: time.Now(), Method: "tag_records"})
 	if err != nil || n != 4 {
 		t.Fatalf("upgrade tagged %d records (%v), want 4", n, err)
 	}
@@ -209,7 +210,7 @@ func TestUpgradeRefusesTaggedRecordsWithoutID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if _, err := s2.Authenticate(testMaster, true, AuditEvent{}); !errors.Is(err, ErrIntegrity) {
+	if _, err := s2.Authenticate(keyring.NewMasters(testMaster), true, AuditEvent{}); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("Authenticate: %v, want ErrIntegrity", err)
 	}
 	if id, _ := s2.meta(databaseIDKey); id != nil {

@@ -76,10 +76,10 @@ func (l *RefreshLock) Check() error {
 // the lock is held, in the same transaction, and returns ErrLockLost
 // otherwise, so that a holder that lost its lock (paused, cut off) cannot
 // overwrite a newer token.
-func (l *RefreshLock) UpdateTokenState(change func(*TokenState), ev *AuditEvent) error {
-	var fence []storage.Cond
+func (l *RefreshLock) UpdateTokenState(change func(*TokenState, []byte) error, ev *AuditEvent) error {
+	var held []storage.Cond
 	if l.lock.Held.Key != "" {
-		fence = append(fence, l.lock.Held)
+		held = append(held, l.lock.Held)
 	}
-	return l.s.updateTokenState(l.id, fence, l.Check, change, ev)
+	return l.s.updateTokenState(l.id, held, l.Check, change, ev)
 }

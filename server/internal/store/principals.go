@@ -105,3 +105,12 @@ func (s *Store) TypePrincipals(typed func(string) []string, ev AuditEvent) (bool
 	}
 	return changed && err == nil, err
 }
+
+// bulkPut stores a record under its tag in a bulk transaction.
+func (s *Store) bulkPut(b *boltdb.Bulk, bucket []byte, id string, v any) error {
+	put := s.put(bucket, id, v)
+	if put.err != nil {
+		return put.err
+	}
+	return b.Put(put.op.Key, put.op.Value)
+}

@@ -118,7 +118,7 @@ func TestTypePrincipalsIsAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := s.db.(*boltdb.DB).Bulk(func(b *boltdb.Bulk) error {
-		return b.Put(key(adminsBucket, "broken"), s.auth.Seal(adminsBucket, []byte("broken"), []byte(`{"v":1,`)))
+		return b.Put(key(adminsBucket, "broken"), s.masters.SealRecord(adminsBucket, []byte("broken"), []byte(`{"v":1,`)))
 	})
 	if err != nil {
 		t.Fatal(err)

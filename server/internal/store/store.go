@@ -46,8 +46,16 @@ var (
 
 // Store is the broker's database.
 type Store struct {
-	db   storage.Backend
-	auth *keyring.RecordKey
+	db storage.Backend
+	// masters tag and check records (set by Authenticate); their current
+	// key is the one the database is under.
+	masters *keyring.Masters
+	// keyCheck is the version of the stored master-key check value made
+	// by the current key: every write is conditioned on it (see fence).
+	keyCheck atomic.Uint64
+	// keyMissing: the database moved to a master key this process does
+	// not hold (see KeyMissing).
+	keyMissing atomic.Bool
 	// auditEvents counts the stored audit events, so that pruning by
 	// count does not walk the whole trail. It changes only when a
 	// transaction commits.
@@ -134,7 +142,7 @@ func (s *Store) putOp(kind []byte, id string, v any) (storage.Op, error) {
 	if err != nil {
 		return storage.Op{}, err
 	}
-	return storage.Put(key(kind, id), s.auth.Seal(kind, []byte(id), data)), nil
+	return storage.Put(key(kind, id), s.masters.SealRecord(kind, []byte(id), data)), nil
 }
 
 // read reads and checks a record: ErrNotFound, ErrIntegrity (with the
@@ -151,17 +159,20 @@ func (s *Store) read(kind []byte, id string, v any) (storage.Version, error) {
 // keep changing first.
 const maxAttempts = 100
 
-// commit runs build and commits the transaction it returns, and runs it
-// again, on fresh reads, while another writer changed what it read first.
-// Once it has committed, it tells the audit events in it (OnCommit).
+// commit runs build and commits the transaction it returns, fenced (see
+// fence), and runs it again, on fresh reads, while another writer changed
+// what it read first. Once it has committed, it tells the audit events in
+// it (OnCommit).
 func (s *Store) commit(build func() (txn, error)) error {
 	for range maxAttempts {
+		// Taken before build seals anything: see followKeyCheck.
+		fence := s.fence()
 		t, err := build()
-		if err != nil {
+		if err != nil || len(t.ops) == 0 {
 			return err
 		}
 		var rev storage.Revision
-		if rev, err = s.db.Txn(ctx, t.conds, t.ops); !errors.Is(err, storage.ErrConflict) {
+		if rev, err = s.db.Txn(ctx, append(t.conds, fence), t.ops); !errors.Is(err, storage.ErrConflict) {
 			if err == nil {
 				audited := countAudit(t.ops)
 				s.auditEvents.Add(int64(audited))
@@ -172,6 +183,9 @@ func (s *Store) commit(build func() (txn, error)) error {
 					f()
 				}
 			}
+			return err
+		}
+		if err := s.refreshKeyCheck(); err != nil {
 			return err
 		}
 	}
@@ -205,34 +219,39 @@ func (s *Store) DatabaseID() ([]byte, error) { return s.meta(databaseIDKey) }
 // remove the untagged copies and the old check value from the file. A
 // database with records but neither an id nor a legacy check value was
 // tampered with, and is refused. It returns how many records it tagged.
-func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEvent) (int, error) {
+func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEvent) (int, error) {
 	id, err := s.DatabaseID()
 	if err != nil {
 		return 0, err
 	}
 	if id != nil {
-		s.auth, err = master.RecordKey(id)
-		return 0, err
+		if err := masters.Bind(id); err != nil {
+			return 0, err
+		}
+		s.masters = masters
+		return 0, s.refreshKeyCheck()
 	}
 	id = make([]byte, 16)
 	if _, err := rand.Read(id); err != nil {
 		return 0, err
 	}
-	auth, err := master.RecordKey(id)
+	if err := masters.Bind(id); err != nil {
+		return 0, err
+	}
+	check, err := masters.Current().KeyCheck(id)
 	if err != nil {
 		return 0, err
 	}
-	check, err := master.KeyCheck(id)
-	if err != nil {
-		return 0, err
-	}
-	s.auth = auth
+	s.masters = masters
 	if !legacy {
 		// A conflict (ErrConflict): another replica identified the
 		// database first; check the key against its check value.
 		err = s.identify(id, check)
+		if err == nil {
+			err = s.refreshKeyCheck()
+		}
 		if err != nil {
-			s.auth = nil
+			s.masters = nil
 		}
 		return 0, err
 	}
@@ -243,7 +262,7 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 	tagged := 0
 	err = l.Bulk(func(b *boltdb.Bulk) error {
 		var err error
-		if tagged, err = retag(b, nil, auth); err != nil {
+		if tagged, err = s.tagLegacy(b); err != nil {
 			return err
 		}
 		for k, v := range map[string][]byte{string(databaseIDKey): id, string(keyCheckKey): check} {
@@ -255,8 +274,11 @@ func (s *Store) Authenticate(master *keyring.MasterKey, legacy bool, ev AuditEve
 		ev.Detail = fmt.Sprintf("tagged the %d records of a database written by an earlier version, for integrity checks", tagged)
 		return s.bulkAudit(b, ev)
 	})
+	if err == nil {
+		err = s.refreshKeyCheck()
+	}
 	if err != nil {
-		s.auth = nil
+		s.masters = nil
 		return 0, err
 	}
 	s.auditEvents.Add(1)
@@ -289,10 +311,9 @@ func (s *Store) holdsRecords() (bool, error) {
 	return false, nil
 }
 
-// retag tags every record of the data buckets under to. With a nil from,
-// they are records of an earlier version (bare JSON), taken as they are;
-// otherwise each must pass its check under from first.
-func retag(b *boltdb.Bulk, from, to *keyring.RecordKey) (int, error) {
+// tagLegacy tags every record of the data buckets, records of an earlier
+// version (bare JSON), as they are.
+func (s *Store) tagLegacy(b *boltdb.Bulk) (int, error) {
 	n := 0
 	for _, name := range dataBuckets {
 		records, err := b.List(key(name, ""))
@@ -301,15 +322,10 @@ func retag(b *boltdb.Bulk, from, to *keyring.RecordKey) (int, error) {
 		}
 		for _, r := range records {
 			k := []byte(r.Key[len(name)+1:])
-			data := r.Value
-			if from != nil {
-				if data, err = from.Open(name, k, data); err != nil {
-					return n, err
-				}
-			} else if !keyring.Untagged(data) {
+			if !keyring.Untagged(r.Value) {
 				return n, fmt.Errorf("%s %q: %w (a record of this version in a database without an id)", name, k, ErrIntegrity)
 			}
-			if err := b.Put(r.Key, to.Seal(name, k, data)); err != nil {
+			if err := b.Put(r.Key, s.masters.SealRecord(name, k, r.Value)); err != nil {
 				return n, err
 			}
 			n++
@@ -330,7 +346,7 @@ func (s *Store) WrappedMACKey() ([]byte, error) { return s.meta(macKeyKey) }
 // there is one (another replica stored it first).
 func (s *Store) CreateWrappedMACKey(wrapped []byte) error {
 	k := key(metaBucket, string(macKeyKey))
-	_, err := s.db.Txn(ctx, conds(storage.VersionIs(k, storage.Absent)), []storage.Op{storage.Put(k, wrapped)})
+	_, err := s.db.Txn(ctx, conds(storage.VersionIs(k, storage.Absent), s.fence()), []storage.Op{storage.Put(k, wrapped)})
 	if errors.Is(err, storage.ErrConflict) {
 		return ErrExists
 	}
@@ -351,6 +367,14 @@ func (s *Store) meta(k []byte) ([]byte, error) {
 func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 	a.Version, t.Version = recordVersion, recordVersion
 	err := s.commit(func() (txn, error) {
+		if by := keyring.WrappedBy(a.WrappedKey); by != "" && by != s.masters.Current().ID() {
+			// Wrapped before another replica rotated the master key.
+			wrapped, err := s.masters.RewrapDataKey(a.ID, a.WrappedKey)
+			if err != nil {
+				return txn{}, err
+			}
+			a.WrappedKey = wrapped
+		}
 		return ops(conds(storage.VersionIs(key(accountsBucket, a.ID), storage.Absent)),
 			s.put(accountsBucket, a.ID, a), s.put(tokensBucket, a.ID, t), s.appendAudit(ev))
 	})
@@ -529,15 +553,18 @@ func (s *Store) TokenState(id string) (TokenState, error) {
 // TokenState if none is stored) and saves it, with ev (if not nil) in the
 // audit trail, or returns ErrNotFound if the account has been deleted
 // meanwhile, so that a late refresh cannot bring a deleted account's token
-// back.
-func (s *Store) UpdateTokenState(id string, change func(*TokenState), ev *AuditEvent) error {
+// back. change gets the account's wrapped data key, to seal a token with:
+// the account's record is unchanged when the token state is written, so
+// the data key is still the account's (a rotation gives accounts new
+// ones). If change returns an error nothing is written.
+func (s *Store) UpdateTokenState(id string, change func(t *TokenState, wrappedKey []byte) error, ev *AuditEvent) error {
 	return s.updateTokenState(id, nil, nil, change, ev)
 }
 
-// updateTokenState is UpdateTokenState, with the conditions fence in its
+// updateTokenState is UpdateTokenState, with the conditions held in its
 // transaction; check, if set, runs before each attempt (see
 // RefreshLock.UpdateTokenState).
-func (s *Store) updateTokenState(id string, fence []storage.Cond, check func() error, change func(*TokenState), ev *AuditEvent) error {
+func (s *Store) updateTokenState(id string, held []storage.Cond, check func() error, change func(*TokenState, []byte) error, ev *AuditEvent) error {
 	return s.commit(func() (txn, error) {
 		if check != nil {
 			if err := check(); err != nil {
@@ -549,16 +576,20 @@ func (s *Store) updateTokenState(id string, fence []storage.Cond, check func() e
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return txn{}, err
 		}
-		if _, err := s.db.Get(ctx, key(accountsBucket, id)); err != nil {
+		var a Account
+		aVersion, err := s.read(accountsBucket, id, &a)
+		if err != nil {
 			return txn{}, err
 		}
-		change(&t)
+		if err := change(&t, a.WrappedKey); err != nil {
+			return txn{}, err
+		}
 		t.Version = recordVersion
 		built := []built{s.put(tokensBucket, id, t)}
 		if ev != nil {
 			built = append(built, s.appendAudit(*ev))
 		}
-		return ops(append(conds(storage.Exists(key(accountsBucket, id)), storage.VersionIs(key(tokensBucket, id), version)), fence...), built...)
+		return ops(append(conds(storage.VersionIs(key(accountsBucket, id), aVersion), storage.VersionIs(key(tokensBucket, id), version)), held...), built...)
 	})
 }
 
@@ -607,7 +638,7 @@ func (s *Store) put(bucket []byte, id string, v any) built {
 
 // open checks a stored record and decodes it.
 func (s *Store) open(bucket, key, stored []byte, v any) error {
-	data, err := s.auth.Open(bucket, key, stored)
+	data, _, err := s.masters.OpenRecord(bucket, key, stored)
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,7 @@ func openAt(t testing.TB, path string) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if _, err := s.Authenticate(testMaster, false, AuditEvent{}); err != nil {
+	if _, err := s.Authenticate(keyring.NewMasters(testMaster), false, AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -60,7 +60,7 @@ func TestAccountLifecycle(t *testing.T) {
 		t.Fatalf("All() = %+v, %v", all, err)
 	}
 
-	if err := s.UpdateTokenState("b", func(ts *TokenState) { ts.TokenType = "Bearer" }, nil); err != nil {
+	if err := s.UpdateTokenState("b", func(ts *TokenState, _ []byte) error { ts.TokenType = "Bearer"; return nil }, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ts, err := s.TokenState("b"); err != nil || ts.State != "active" || ts.TokenType != "Bearer" {
@@ -85,7 +85,7 @@ func TestAccountLifecycle(t *testing.T) {
 	if _, err := s.Account("a"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after delete: err = %v, want ErrNotFound", err)
 	}
-	if err := s.UpdateTokenState("a", func(ts *TokenState) { ts.State = "active" }, nil); !errors.Is(err, ErrNotFound) {
+	if err := s.UpdateTokenState("a", func(ts *TokenState, _ []byte) error { ts.State = "active"; return nil }, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("token state for a deleted account: err = %v, want ErrNotFound", err)
 	}
 	if ts, err := s.TokenState("a"); err != nil || ts.State != "" {
@@ -114,7 +114,7 @@ func TestUnknownRecordVersionIsRefused(t *testing.T) {
 	}
 	// Write a record from a "future" build directly.
 	err := s.db.(*boltdb.DB).Bulk(func(b *boltdb.Bulk) error {
-		return b.Put(key(accountsBucket, "a"), s.auth.Seal(accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
+		return b.Put(key(accountsBucket, "a"), s.masters.SealRecord(accountsBucket, []byte("a"), []byte(`{"v":99,"id":"a"}`)))
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -74,7 +74,7 @@ func (m *Manager) warnExpiry(id string, expire, now time.Time) {
 	m.cfg.Logger.Warn("the account's secrets expire soon: add a new secret (AddAccountSecret)",
 		"account", id, "expire_time", at, "days_left", int(math.Ceil(left.Hours()/24)))
 	ev := audit.Own(now, "secret_expiring", audit.AccountName(id), fmt.Sprintf("secrets expire %s (in %dd %dh): add a new secret", at, hours/24, hours%24))
-	err := m.store.UpdateTokenState(id, func(ts *store.TokenState) { ts.ExpiryWarned = now }, &ev)
+	err := m.store.UpdateTokenState(id, func(ts *store.TokenState, _ []byte) error { ts.ExpiryWarned = now; return nil }, &ev)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not record the expiry warning", "account", id, "error", err)
 	}

@@ -193,7 +193,7 @@ func (m *Manager) run(e *entry, c *call) {
 		had = cached.Expiry
 	}
 	m.cfg.Logger.Info("asking the provider for a token", "account", e.id, "cached_token_expires", had.Format(time.RFC3339))
-	tok, wrapped, use, err := m.fetch(e.id, use)
+	tok, use, err := m.fetch(e.id, use)
 
 	e.mu.Lock()
 	before := e.status
@@ -212,7 +212,7 @@ func (m *Manager) run(e *entry, c *call) {
 	e.mu.Unlock()
 
 	// Callers already see the new token through e.current.
-	perr := m.persist(lock.UpdateTokenState, e.id, status, tok, wrapped, err == nil, m.transition(e.id, before, status))
+	perr := m.persist(lock.UpdateTokenState, e.id, status, tok, err == nil, m.transition(e.id, before, status))
 	switch {
 	case errors.Is(perr, store.ErrLockLost):
 		m.cfg.Logger.Warn("lost the account's refresh lock before storing its new token; another replica's stands", "account", e.id)
@@ -312,10 +312,10 @@ var ErrSecretsExpired = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv
 // moves on to the next secret, any other failure ends the attempt. It
 // returns the secrets' new use records with the outcome, and the
 // account's wrapped data key, to seal the token with.
-func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, []byte, map[string]SecretUse, error) {
+func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, map[string]SecretUse, error) {
 	a, err := m.store.Account(id)
 	if err != nil {
-		return provider.Token{}, nil, use, err
+		return provider.Token{}, use, err
 	}
 	now := m.cfg.Now()
 	use = maps.Clone(use)
@@ -326,7 +326,7 @@ func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, []
 	for _, sec := range UsableSecrets(a, use, now) {
 		raw, oerr := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, sec.Sealed)
 		if oerr != nil {
-			return provider.Token{}, nil, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
+			return provider.Token{}, use, fmt.Errorf("open secret %s: %w", sec.ID, oerr)
 		}
 		cr := Describe(a)
 		cr.ClientSecret = secret.New(string(raw))
@@ -336,17 +336,17 @@ func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, []
 		switch {
 		case err == nil:
 			use[sec.ID] = SecretUse{LastUsed: tok.Obtained}
-			return tok, a.WrappedKey, use, nil
+			return tok, use, nil
 		case errors.As(err, &rejected):
 			u := use[sec.ID]
 			u.Rejected = &Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
 			use[sec.ID] = u
 			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
 		default:
-			return provider.Token{}, nil, use, err
+			return provider.Token{}, use, err
 		}
 	}
-	return provider.Token{}, nil, use, err
+	return provider.Token{}, use, err
 }
 
 // UsableSecrets are the account's unexpired secrets in the order they are

@@ -114,10 +114,10 @@ func (m *Manager) Status(id string) (Status, bool) {
 func (m *Manager) changeStatus(e *entry, to Status) {
 	before := e.status
 	e.status = to
-	update := func(change func(*store.TokenState), ev *store.AuditEvent) error {
+	update := func(change func(*store.TokenState, []byte) error, ev *store.AuditEvent) error {
 		return m.store.UpdateTokenState(e.id, change, ev)
 	}
-	if err := m.persist(update, e.id, to, provider.Token{}, nil, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := m.persist(update, e.id, to, provider.Token{}, false, m.transition(e.id, before, to)); err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not save account state", "account", e.id, "error", err)
 	}
 }
@@ -197,21 +197,22 @@ func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
 }
 
 // persist stores an account's health and, if newToken, tok, sealed with
-// the account's data key (wrapped), with update (the store's, or a
-// refresh lock's fenced one).
-func (m *Manager) persist(update func(func(*store.TokenState), *store.AuditEvent) error, id string, status Status, tok provider.Token, wrapped []byte, newToken bool, ev *store.AuditEvent) error {
-	var sealed []byte
-	if newToken {
-		var err error
-		if sealed, err = m.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal())); err != nil {
-			return err
+// the account's data key, with update (the store's, or a refresh lock's
+// fenced one).
+func (m *Manager) persist(update func(func(*store.TokenState, []byte) error, *store.AuditEvent) error, id string, status Status, tok provider.Token, newToken bool, ev *store.AuditEvent) error {
+	return update(func(ts *store.TokenState, wrapped []byte) error {
+		var sealed []byte
+		if newToken {
+			var err error
+			if sealed, err = m.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal())); err != nil {
+				return err
+			}
 		}
-	}
-	return update(func(ts *store.TokenState) {
 		status.record(ts)
 		if newToken {
 			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
 		}
+		return nil
 	}, ev)
 }
 

@@ -97,7 +97,7 @@ func (is *Issued) lifetime() time.Duration { return is.Expiry.Sub(is.Obtained) }
 type Store interface {
 	Account(id string) (store.Account, error)
 	TokenState(id string) (store.TokenState, error)
-	UpdateTokenState(id string, change func(*store.TokenState), ev *store.AuditEvent) error
+	UpdateTokenState(id string, change func(t *store.TokenState, wrappedKey []byte) error, ev *store.AuditEvent) error
 	// LockTokenRefresh takes the right to ask the provider for an
 	// account's token (cluster-wide on etcd), waiting until ctx ends.
 	LockTokenRefresh(ctx context.Context, id string) (*store.RefreshLock, error)

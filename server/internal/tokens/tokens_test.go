@@ -63,13 +63,13 @@ func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness 
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.keys = keyring.New(h.master, mac)
+	h.keys = keyring.New(keyring.NewMasters(h.master), mac)
 	h.path = filepath.Join(t.TempDir(), "db")
 	if h.store, err = store.Open(h.path, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.store.Close() })
-	if _, err := h.store.Authenticate(h.master, false, store.AuditEvent{}); err != nil {
+	if _, err := h.store.Authenticate(keyring.NewMasters(h.master), false, store.AuditEvent{}); err != nil {
 		t.Fatal(err)
 	}
 	h.cfg = Config{Now: h.clock.Now, BackoffMin: time.Second, BackoffMax: time.Minute, RejectedRecheck: 10 * time.Minute, ScanInterval: 5 * time.Millisecond}

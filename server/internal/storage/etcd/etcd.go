@@ -84,11 +84,14 @@ const (
 	dataDir  = "data/"
 	logDir   = "log/"
 	locksDir = "locks/"
+	// replicasDir holds the replicas' announcements (see Announce).
+	replicasDir = "replicas/"
 	// loadingKey is there while Load writes a backup's records.
 	loadingKey = "loading"
 )
 
-// DB is the engine. It implements storage.Backend and storage.Locker.
+// DB is the engine. It implements storage.Backend, storage.Locker and
+// storage.Announcer.
 type DB struct {
 	cli     *clientv3.Client
 	prefix  string
@@ -105,14 +108,19 @@ type DB struct {
 	// session is the lease that this process's locks live on (see Lock).
 	sessionMu sync.Mutex
 	session   *concurrency.Session
+	// announced is the value last announced, on the session announcedOn.
+	announceMu  sync.Mutex
+	announcedOn *concurrency.Session
+	announced   []byte
 
 	closeOnce sync.Once
 	closed    chan struct{}
 }
 
 var (
-	_ storage.Backend = (*DB)(nil)
-	_ storage.Locker  = (*DB)(nil)
+	_ storage.Backend   = (*DB)(nil)
+	_ storage.Locker    = (*DB)(nil)
+	_ storage.Announcer = (*DB)(nil)
 )
 
 // Open connects to the cluster; it fails if no member answers within
@@ -223,7 +231,13 @@ func (d *DB) Close() error {
 	d.closeOnce.Do(func() {
 		d.sessionMu.Lock()
 		if d.session != nil {
-			d.session.Close() // revokes the lease: its locks go at once
+			// Revoked, so that its locks and announcement go at once; within
+			// the request timeout, not the session's own (its lease's TTL),
+			// when etcd is out of reach.
+			d.session.Orphan()
+			ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+			_, _ = d.cli.Revoke(ctx, d.session.Lease())
+			cancel()
 		}
 		d.sessionMu.Unlock()
 		close(d.closed)
@@ -267,6 +281,48 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 	// The key is never written again after it is created, so its
 	// modification revision is its creation revision while it exists.
 	return storage.Lock{Held: storage.VersionIs(d.logical([]byte(m.Key())), storage.Version(owner.CreateRevision)), Unlock: unlock}, nil
+}
+
+// Announce puts value under replicasDir on this process's lease (the one
+// its locks live on), so that it goes when the process dies or loses
+// touch for longer than the lease; it writes again only when the lease
+// (a new one after a lost one) or the value changed.
+func (d *DB) Announce(ctx context.Context, value []byte) error {
+	s, err := d.lease(ctx)
+	if err != nil {
+		return err
+	}
+	d.announceMu.Lock()
+	defer d.announceMu.Unlock()
+	if d.announcedOn == s && string(d.announced) == string(value) {
+		return nil
+	}
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	_, err = d.cli.Put(ctx, d.prefix+replicasDir+strconv.FormatInt(int64(s.Lease()), 16), string(value), clientv3.WithLease(s.Lease()))
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		d.dropLease(s) // ended before the session noticed
+	}
+	if err != nil {
+		return d.wrap(err)
+	}
+	d.announcedOn, d.announced = s, value
+	return nil
+}
+
+// Announced are the live processes' announcements.
+func (d *DB) Announced(ctx context.Context) ([][]byte, error) {
+	ctx, cancel := d.bounded(ctx)
+	defer cancel()
+	resp, err := d.cli.Get(ctx, d.prefix+replicasDir, clientv3.WithPrefix())
+	if err != nil {
+		return nil, d.wrap(err)
+	}
+	out := make([][]byte, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		out[i] = kv.Value
+	}
+	return out, nil
 }
 
 // dropLease forgets s, if it is still the session, so that the next lock

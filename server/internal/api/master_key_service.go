@@ -1,0 +1,33 @@
+package api
+
+import (
+	"context"
+	"fmt"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+type masterKeyService struct {
+	credbrokerv1.UnimplementedMasterKeyServiceServer
+	store *store.Store
+	// to is the master key this broker is configured with, which a
+	// rotation moves the database to.
+	to   *keyring.MasterKey
+	errs errorMapper
+}
+
+func (s *masterKeyService) RotateMasterKey(ctx context.Context, _ *credbrokerv1.RotateMasterKeyRequest) (*credbrokerv1.RotateMasterKeyResponse, error) {
+	r, err := s.store.RotateMasterKey(s.to, nil)
+	c := gate.CallFrom(ctx)
+	c.Detail = fmt.Sprintf("master key %s -> %s: %d accounts moved to fresh data keys, %d other records tagged anew, %d failing their integrity check left as they were", r.From, r.To, r.Accounts, r.Records, r.Tampered)
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	return &credbrokerv1.RotateMasterKeyResponse{
+		FromKeyId: r.From, ToKeyId: r.To,
+		AccountsResealed: int32(r.Accounts), RecordsRetagged: int64(r.Records), RecordsTampered: int64(r.Tampered),
+	}, nil
+}
