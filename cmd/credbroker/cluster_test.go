@@ -363,7 +363,7 @@ func (l *lockedWriter) String() string {
 // backup and restore: its accounts, tokens (served from the restored cache,
 // with no new token request), caller keys and audit trail come along, and
 // a restore into an etcd prefix that holds a broker is refused. Then it
-// rotates the master key the README's way for a cluster: rekey on bbolt,
+// moves the cluster to a new master key offline, through bbolt: rekey,
 // back up, restore into a new prefix.
 func TestMoveBetweenEngines(t *testing.T) {
 	e := newE2ESetup(t)

@@ -136,3 +136,70 @@ func linkAccounts(t *testing.T, accounts credbrokerv1.AccountServiceClient, n in
 		t.Fatal(err)
 	}
 }
+
+// credbroker rotate-master-key moves a running broker's database (here on
+// bbolt) to the master key it was restarted with, beside the previous
+// one; afterwards the broker starts with the new key alone and serves the
+// tokens it had, with no new token request. A second run has nothing to
+// do. Neither prints a key.
+func TestRotateMasterKeyCommand(t *testing.T) {
+	e := newE2ESetup(t)
+	first := startBinary(t, e.bin, &e.logs, e.args...)
+	admin := first.bootstrapKey
+	adminConn := first.connect(t, keyCreds(admin)...)
+	checkerKey := createCheckerKey(t, adminConn)
+	const accounts = 3
+	linkAccounts(t, credbrokerv1.NewAccountServiceClient(adminConn), accounts)
+	first.stop(t)
+
+	oldKeyFile := filepath.Join(t.TempDir(), "old.key")
+	if err := os.WriteFile(oldKeyFile, []byte(e2eMasterKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	both := startBinaryWithKey(t, e.bin, e2eNewMasterKey, &e.logs, append(slices.Clone(e.args), "--previous-master-key-file", oldKeyFile)...)
+	before := map[string]string{}
+	tokens := credbrokerv1.NewTokenServiceClient(both.connect(t, keyCreds(checkerKey)...))
+	for i := range accounts {
+		name := fmt.Sprintf("accounts/acct-%d", i)
+		resp, err := tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[name] = resp.GetAccessToken()
+	}
+	requests := e.fake.Requests()
+	rotate := func() string {
+		cmd := exec.Command(e.bin, "rotate-master-key", "--broker", both.addr)
+		cmd.Env = append(os.Environ(), "CREDBROKER_CALLER_KEY="+admin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("rotate-master-key: %v\n%s", err, out)
+		}
+		for _, secret := range []string{e2eMasterKey, e2eNewMasterKey, admin, e2eClientSecret} {
+			if strings.Contains(string(out), secret) {
+				t.Fatalf("rotate-master-key printed a secret: %s", out)
+			}
+		}
+		return string(out)
+	}
+	if out := rotate(); !strings.Contains(out, fmt.Sprintf("this run gave %d accounts fresh data keys", accounts)) {
+		t.Fatalf("rotate-master-key said: %s", out)
+	}
+	if out := rotate(); !strings.Contains(out, "already under master key") {
+		t.Fatalf("a second rotate-master-key said: %s", out)
+	}
+	both.stop(t)
+
+	only := startBinaryWithKey(t, e.bin, e2eNewMasterKey, &e.logs, e.args...)
+	tokens = credbrokerv1.NewTokenServiceClient(only.connect(t, keyCreds(checkerKey)...))
+	for name, tok := range before {
+		resp, err := tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: name})
+		if err != nil || resp.GetAccessToken() != tok {
+			t.Fatalf("%s after the rotation: %v (same token: %v)", name, err, resp.GetAccessToken() == tok)
+		}
+	}
+	if e.fake.Requests() != requests {
+		t.Fatalf("%d new token requests after the rotation", e.fake.Requests()-requests)
+	}
+	only.stop(t)
+}

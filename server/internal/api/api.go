@@ -54,7 +54,7 @@ func Register(g *grpc.Server, c Core) {
 	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: c.Callers, errs: errs})
 	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: c.Audit, errs: errs})
 	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs})
-	credbrokerv1.RegisterMasterKeyServiceServer(g, &masterKeyService{store: c.Store, to: c.MasterKey, errs: errs})
+	credbrokerv1.RegisterMasterKeyServiceServer(g, &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs})
 }
 
 // ProxyHandler is the egress proxy: gt admits each call, the caller's

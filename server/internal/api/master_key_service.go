@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/gate"
@@ -16,6 +17,7 @@ type masterKeyService struct {
 	// to is the master key this broker is configured with, which a
 	// rotation moves the database to.
 	to   *keyring.MasterKey
+	log  *slog.Logger
 	errs errorMapper
 }
 
@@ -26,6 +28,7 @@ func (s *masterKeyService) RotateMasterKey(ctx context.Context, _ *credbrokerv1.
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
+	s.log.Info("moved the database to the master key", "from", r.From, "to", r.To, "accounts_resealed", r.Accounts, "records_retagged", r.Records, "records_tampered", r.Tampered)
 	return &credbrokerv1.RotateMasterKeyResponse{
 		FromKeyId: r.From, ToKeyId: r.To,
 		AccountsResealed: int32(r.Accounts), RecordsRetagged: int64(r.Records), RecordsTampered: int64(r.Tampered),
