@@ -76,7 +76,7 @@ func TestOnlineMasterKeyRotation(t *testing.T) {
 	var calls, failed atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, r := range rs {
+	repeat := func(call func(i int)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -86,37 +86,33 @@ func TestOnlineMasterKeyRotation(t *testing.T) {
 					return
 				default:
 				}
-				id := fmt.Sprint("acct-", i%accounts)
-				resp, err := r.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/" + id})
-				calls.Add(1)
-				if err != nil || resp.GetAccessToken() != before[id] {
-					failed.Add(1)
-					t.Errorf("GetToken %s during the rotation: %v", id, err)
-				}
+				call(i)
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() { // an admin changing grants on another replica meanwhile
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			name := fmt.Sprintf("accounts/acct-%d", i%accounts)
-			if _, err := rs[1].accounts.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: name, Principal: "callerKeys/other"}); err != nil {
+	for _, r := range rs {
+		repeat(func(i int) {
+			id := fmt.Sprint("acct-", i%accounts)
+			resp, err := r.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/" + id})
+			calls.Add(1)
+			if err != nil || resp.GetAccessToken() != before[id] {
 				failed.Add(1)
-				t.Errorf("AddAccountGrant during the rotation: %v", err)
+				t.Errorf("GetToken %s during the rotation: %v", id, err)
 			}
-			if _, err := rs[1].accounts.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: name, Principal: "callerKeys/other"}); err != nil {
-				failed.Add(1)
-				t.Errorf("RemoveAccountGrant during the rotation: %v", err)
-			}
-			calls.Add(2)
+		})
+	}
+	repeat(func(i int) { // an admin changing grants on another replica meanwhile
+		name := fmt.Sprintf("accounts/acct-%d", i%accounts)
+		if _, err := rs[1].accounts.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: name, Principal: "callerKeys/other"}); err != nil {
+			failed.Add(1)
+			t.Errorf("AddAccountGrant during the rotation: %v", err)
 		}
-	}()
+		if _, err := rs[1].accounts.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: name, Principal: "callerKeys/other"}); err != nil {
+			failed.Add(1)
+			t.Errorf("RemoveAccountGrant during the rotation: %v", err)
+		}
+		calls.Add(2)
+	})
 	time.Sleep(200 * time.Millisecond)
 	resp, err := credbrokerv1.NewMasterKeyServiceClient(rs[2].conn).RotateMasterKey(ctx, &credbrokerv1.RotateMasterKeyRequest{})
 	time.Sleep(200 * time.Millisecond)
