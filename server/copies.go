@@ -78,6 +78,9 @@ func (c *copies) apply(ch storage.Change) {
 			if c.store.KeyMissing() {
 				c.log.Error("another replica moved the database to a master key this one does not hold: refusing calls until it is restarted with that key")
 			}
+		case c.store.KeyMissing():
+			// Records under a key this replica lacks would look tampered
+			// with; it refuses calls until it is restarted with the key.
 		case kind == store.KindAccounts && ev.Deleted:
 			c.grants.Remove(id)
 			c.tokens.Remove(id)

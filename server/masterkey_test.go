@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
@@ -145,17 +148,18 @@ func TestOnlineMasterKeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rotated := false
+	switched, rotated := false, false
 	for _, ev := range events.GetEvents() {
-		if ev.GetMethod() == credbrokerv1.MasterKeyService_RotateMasterKey_FullMethodName && ev.GetCode() == codes.OK.String() {
-			rotated = strings.Contains(ev.GetDetail(), fmt.Sprintf("%d accounts moved", accounts))
+		if ev.GetMethod() == credbrokerv1.MasterKeyService_RotateMasterKey_FullMethodName && ev.GetCode() == codes.OK.String() && ev.GetPrincipal() == "callerKeys/bootstrap-admin" {
+			switched = switched || strings.HasPrefix(ev.GetDetail(), "switched the database from master key "+keyID(t, oldKey))
+			rotated = rotated || strings.Contains(ev.GetDetail(), fmt.Sprintf("%d accounts moved", accounts))
 		}
 		if strings.Contains(ev.GetMethod(), "tamper") {
 			t.Fatalf("a record fails its check after the rotation: %v", ev)
 		}
 	}
-	if !rotated {
-		t.Fatal("the rotation is not in the audit trail")
+	if !switched || !rotated {
+		t.Fatalf("the switch (%v) or the whole rotation (%v) is not in the audit trail", switched, rotated)
 	}
 	for _, r := range rs {
 		if strings.Contains(r.logs.String(), "failed its integrity check") {
@@ -164,8 +168,66 @@ func TestOnlineMasterKeyRotation(t *testing.T) {
 	}
 	old := rs[0].cfg
 	old.MasterKey, old.DataDir = oldKey, t.TempDir()
-	if _, err := server.New(old); !errors.Is(err, keyring.ErrWrongMasterKey) {
+	if _, err := server.New(old); !errors.Is(err, keyring.ErrWrongMasterKey) || !strings.Contains(err.Error(), "the database is under master key "+keyID(t, newMasterKey)) {
 		t.Fatalf("a replica with the old key alone after the rotation: %v", err)
+	}
+	old.PreviousMasterKey = newMasterKey
+	if _, err := server.New(old); err == nil || !strings.Contains(err.Error(), "was retired by a rotation") {
+		t.Fatalf("a replica with the keys swapped after the rotation: %v", err)
+	}
+}
+
+// A replica that does not hold the new key but whose announcement is gone
+// (its lease ended while it was paused) when the rotation is made stops
+// serving as it sees the switch: calls get UNAVAILABLE, /readyz says why,
+// and it does not take the records it can no longer verify for tampered
+// ones.
+func TestReplicaWithoutTheNewKeyStopsServing(t *testing.T) {
+	ctx := context.Background()
+	rs, cluster := startReplicas(t, 2, 1, nil)
+	oldKey := rs[0].cfg.MasterKey
+	rs[0].link(t, "acme")
+	rs[0] = rs[0].withKeys(t, newMasterKey, oldKey)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	announced, err := cli.Get(ctx, "/credbroker/replicas/", clientv3.WithPrefix())
+	if err != nil || len(announced.Kvs) != 2 {
+		t.Fatalf("announcements: %v, %v", announced, err)
+	}
+	for _, kv := range announced.Kvs {
+		if !strings.Contains(string(kv.Value), keyID(t, newMasterKey)) {
+			if _, err := cli.Delete(ctx, string(kv.Key)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := credbrokerv1.NewMasterKeyServiceClient(rs[0].conn).RotateMasterKey(ctx, &credbrokerv1.RotateMasterKeyRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		_, err := rs[1].tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		if status.Code(err) == codes.Unavailable {
+			return nil
+		}
+		return fmt.Errorf("GetToken on the replica without the new key: %v", err)
+	})
+	resp, err := http.Get(rs[1].opsURL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK || !strings.Contains(string(body), "master key this one does not hold") {
+		t.Fatalf("/readyz of the replica without the new key: %d %s", resp.StatusCode, body)
+	}
+	if logs := rs[1].logs.String(); strings.Contains(logs, "integrity check") || !strings.Contains(logs, "does not hold") {
+		t.Fatalf("the replica without the new key logged:\n%s", logs)
+	}
+	if rs[0].token(t, "acme").GetAccessToken() == "" {
+		t.Fatal("the replica with the new key serves no token")
 	}
 }
 
@@ -204,5 +266,9 @@ func TestUnfinishedRotationNeedsThePreviousKey(t *testing.T) {
 	b = b.withKeys(t, newMasterKey, "")
 	if b.token(t, "acme").GetAccessToken() == "" {
 		t.Fatal("no token after the rotation")
+	}
+	_, err = credbrokerv1.NewMasterKeyServiceClient(b.conn).RotateMasterKey(ctx, &credbrokerv1.RotateMasterKeyRequest{})
+	if st := wantCode(t, err, codes.FailedPrecondition, credbrokerv1.ErrorReason_MASTER_KEY_ROTATION_BLOCKED.String()); !strings.Contains(st.Message(), "nothing to rotate to") {
+		t.Fatalf("a rotation on a replica with one key: %s", st.Message())
 	}
 }

@@ -279,6 +279,11 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	// Every account is read once, here: the copies follow the changes
 	// from this revision on, the migration's and the bootstrap's too.
 	loaded, err := st.Revision()
+	if err == nil {
+		// A rotation committed since the key was checked would not reach
+		// the copies, which follow the changes after loaded.
+		err = st.RefreshKeyCheck()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -447,7 +452,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		stopProbe = start(s.probe.run)
 	}
 	stopAnnounce := start(func(ctx context.Context) {
-		s.store.Announce(ctx, func(err error) {
+		s.store.KeepAnnouncing(ctx, func(err error) {
 			s.log.Warn("could not tell the other replicas which master keys this one holds", "error", err)
 		})
 	})

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -172,10 +173,13 @@ func openStore(cfg Config, masters *keyring.Masters) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
+	// Before the check: a rotation to a key this replica lacks is refused
+	// from now on (on etcd).
+	err = st.Announce(context.Background(), masters)
+	for attempt := 0; err == nil; attempt++ {
 		var legacy bool
 		if legacy, err = checkMasterKey(st, masters); err != nil {
-			err = fmt.Errorf("%w (%s), or its check value was changed; refusing to start and leaving the database untouched", err, where(cfg))
+			err = fmt.Errorf("%w (%s%s), or its check value was changed; refusing to start and leaving the database untouched", err, where(cfg), keysNamed(st, masters))
 			break
 		}
 		var tagged int
@@ -199,15 +203,36 @@ func openStore(cfg Config, masters *keyring.Masters) (*store.Store, error) {
 	return st, nil
 }
 
+// keysNamed says which master key the database is under and which this
+// broker was given, by their ids, if the database records its key's id.
+func keysNamed(st *store.Store, masters *keyring.Masters) string {
+	under, err := st.KeyID()
+	if err != nil || under == "" {
+		return ""
+	}
+	var given []string
+	for _, k := range masters.All() {
+		given = append(given, k.ID())
+	}
+	return fmt.Sprintf("; the database is under master key %s, this broker was given %s", under, strings.Join(given, " and "))
+}
+
 // checkRotation refuses to start without the previous master key while a
-// rotation is unfinished, and says what to do next with the keys given.
+// rotation is unfinished, or with a retired key as the master key, and
+// says what to do next with the keys given.
 func checkRotation(cfg Config, st *store.Store, masters *keyring.Masters) error {
 	pending, err := st.PendingRotation()
 	if err != nil {
 		return err
 	}
+	retired, err := st.RetiredKeys()
+	if err != nil {
+		return err
+	}
 	configured, current := masters.All()[0], masters.Current()
 	switch {
+	case slices.Contains(retired, configured.ID()):
+		return fmt.Errorf("the master key given (%s) was retired by a rotation to %s (%s): give that key as --master-key-file", configured.ID(), current.ID(), where(cfg))
 	case pending != nil && !masters.Holds(pending.From):
 		return fmt.Errorf("a rotation of the master key from %s to %s has not finished (%s): until it has, start the broker with the old key as --previous-master-key-file (or CREDBROKER_PREVIOUS_MASTER_KEY), and finish it with credbroker rotate-master-key", pending.From, pending.To, where(cfg))
 	case pending != nil:

@@ -32,6 +32,11 @@ var (
 	// To), from the switch until every record is under the new key.
 	rotationKey  = []byte("master-key-rotation")
 	rotationMeta = key(metaBucket, string(rotationKey))
+	// keyIDMeta names the master key the database is under, and
+	// retiredMeta (a JSON list) those it was under before, for messages
+	// and to refuse going back to a retired key. Neither is secret.
+	keyIDMeta   = key(metaBucket, "master-key-id")
+	retiredMeta = key(metaBucket, "retired-master-keys")
 )
 
 // ErrMasterKeyMissing means the database is under a master key this
@@ -48,9 +53,14 @@ func (s *Store) fence() storage.Cond {
 	return storage.VersionIs(keyCheckMeta, storage.Version(s.keyCheck.Load()))
 }
 
-// refreshKeyCheck reads the stored key check value and follows it (see
-// FollowKeyCheck).
-func (s *Store) refreshKeyCheck() error {
+// RefreshKeyCheck reads the stored key check value and follows it: from
+// then on this process writes under the key that made it, or, if it does
+// not hold that key, returns ErrMasterKeyMissing and reports KeyMissing.
+// Callers are serialized, and each reads the latest value, so that the
+// key and the version it is fenced on never go back to older ones.
+func (s *Store) RefreshKeyCheck() error {
+	s.followMu.Lock()
+	defer s.followMu.Unlock()
 	r, err := s.db.Get(ctx, keyCheckMeta)
 	if errors.Is(err, storage.ErrNotFound) {
 		s.keyCheck.Store(uint64(storage.Absent))
@@ -63,14 +73,13 @@ func (s *Store) refreshKeyCheck() error {
 }
 
 // FollowKeyCheck takes note of a committed change of the key check value
-// (another replica's rotation), if ev is one: from then on this process
-// writes under the key that made it, or, if it does not hold that key,
-// reports KeyMissing. It returns whether ev was one.
+// (another replica's rotation), if ev is one (see RefreshKeyCheck). It
+// returns whether ev was one.
 func (s *Store) FollowKeyCheck(ev storage.Event) bool {
-	if ev.Key != keyCheckMeta || ev.Deleted {
+	if ev.Key != keyCheckMeta {
 		return false
 	}
-	_ = s.followKeyCheck(ev.Value, ev.Version) // KeyMissing tells
+	_ = s.RefreshKeyCheck() // KeyMissing tells
 	return true
 }
 
@@ -125,17 +134,19 @@ func (s *Store) PendingRotation() (*Rotation, error) {
 }
 
 // RotateMasterKey moves the database to the master key to (held, with
-// the one the database is under): it switches the key check value, so
-// that every replica writes under to from then on, and then, in small
-// compare-and-swap transactions while the broker serves, gives every
-// account a fresh data key wrapped by to (its secrets and cached token
-// sealed again: keyring.Masters.Reseal), re-wraps the MAC key, tags every
-// other record (token states, caller keys, admin principals, audit
-// events) under to, and records ev (if set) as it ends. Interrupted at
-// any point, the database stays readable with both keys, and calling it
-// again finishes the rotation. It refuses to switch while a replica that
-// does not hold to is running (see Announce). The replaced material is
-// shredded.
+// the one the database is under): it switches the key check value, with
+// ev (if set) in the audit trail, so that every replica writes under to
+// from then on, and then, in small compare-and-swap transactions while
+// the broker serves, gives every account a fresh data key wrapped by to
+// (its secrets and cached token sealed again: keyring.Masters.Reseal),
+// re-wraps the MAC key, and tags every other record (token states, caller
+// keys, admin principals, audit events) under to. It goes over the
+// records again until a pass finds none left under the old key, and only
+// then drops the record of the rotation. Interrupted at any point, the
+// database stays readable with both keys, and calling it again finishes
+// the rotation. It refuses to switch while a replica that does not hold
+// to is running (see Announce), and to a key the database was under
+// before. The replaced material is shredded.
 func (s *Store) RotateMasterKey(to *keyring.MasterKey, ev *AuditEvent) (Rotation, error) {
 	pending, err := s.PendingRotation()
 	if err != nil {
@@ -145,25 +156,26 @@ func (s *Store) RotateMasterKey(to *keyring.MasterKey, ev *AuditEvent) (Rotation
 	switch {
 	case pending != nil && pending.To != to.ID():
 		return Rotation{}, fmt.Errorf("%w: a rotation from master key %s to %s has not finished; finish it first, with both of those keys configured", ErrRotationBlocked, pending.From, pending.To)
+	case pending == nil && cur.ID() == to.ID() && len(s.masters.All()) == 1:
+		return Rotation{}, fmt.Errorf("%w: this broker holds only master key %s, the one the database is under, so there is nothing to rotate to: restart every replica with the new key as --master-key-file and this one as --previous-master-key-file first", ErrRotationBlocked, cur.ID())
 	case pending == nil && cur.ID() == to.ID():
 		return Rotation{To: to.ID()}, nil // done before
 	case pending == nil:
-		if pending, err = s.switchKey(cur, to); err != nil {
+		if pending, err = s.switchKey(cur, to, ev); err != nil {
 			return Rotation{}, err
 		}
 	}
 	r := *pending
-	if err := s.rewrapMACKey(); err != nil {
-		return r, fmt.Errorf("MAC key: %w", err)
-	}
-	if err := s.resealAccounts(&r); err != nil {
-		return r, err
-	}
-	for _, name := range dataBuckets {
-		if !bytes.Equal(name, accountsBucket) {
-			if err := s.retag(name, &r); err != nil {
-				return r, err
-			}
+	for pass := 1; ; pass++ {
+		before := r
+		if err := s.moveToCurrent(&r); err != nil {
+			return r, err
+		}
+		if r.Accounts == before.Accounts && r.Records == before.Records {
+			break // a pass that found nothing left under the old key
+		}
+		if pass == 3 {
+			return r, fmt.Errorf("%w: records under the old master key %s keep appearing (a replica that has not followed the switch?); run the rotation again", ErrRotationBlocked, r.From)
 		}
 	}
 	return r, s.commit(func() (txn, error) {
@@ -174,19 +186,41 @@ func (s *Store) RotateMasterKey(to *keyring.MasterKey, ev *AuditEvent) (Rotation
 		if err != nil {
 			return txn{}, err
 		}
-		bs := []built{opOf(storage.Delete(rotationMeta))}
-		if ev != nil {
-			bs = append(bs, s.appendAudit(*ev))
-		}
-		return ops(conds(storage.VersionIs(rotationMeta, got.Version)), bs...)
+		return ops(conds(storage.VersionIs(rotationMeta, got.Version)), opOf(storage.Delete(rotationMeta)))
 	})
 }
 
+// moveToCurrent moves what is not yet under the current key to it: the
+// MAC key, the accounts, and the other records.
+func (s *Store) moveToCurrent(r *Rotation) error {
+	if err := s.rewrapMACKey(); err != nil {
+		return fmt.Errorf("MAC key: %w", err)
+	}
+	if err := s.resealAccounts(r); err != nil {
+		return err
+	}
+	for _, name := range dataBuckets {
+		if !bytes.Equal(name, accountsBucket) {
+			if err := s.retag(name, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // switchKey makes to the database's key, with the record of the rotation
-// from cur, once every running replica holds to.
-func (s *Store) switchKey(cur, to *keyring.MasterKey) (*Rotation, error) {
+// from cur and ev, once every running replica holds to.
+func (s *Store) switchKey(cur, to *keyring.MasterKey, ev *AuditEvent) (*Rotation, error) {
 	if !s.masters.Holds(to.ID()) {
 		return nil, fmt.Errorf("%w: this broker does not hold master key %s", ErrRotationBlocked, to.ID())
+	}
+	retired, err := s.RetiredKeys()
+	if err != nil {
+		return nil, err
+	}
+	if slices.Contains(retired, to.ID()) {
+		return nil, fmt.Errorf("%w: the database was under master key %s before, and a rotation retired it: rotate to a new key", ErrRotationBlocked, to.ID())
 	}
 	lacking, err := s.replicasLacking(to.ID())
 	if err != nil {
@@ -208,15 +242,55 @@ func (s *Store) switchKey(cur, to *keyring.MasterKey) (*Rotation, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, err = s.db.Txn(ctx, conds(s.fence(), storage.VersionIs(rotationMeta, storage.Absent)),
-		[]storage.Op{storage.Put(keyCheckMeta, check), storage.Put(rotationMeta, record)})
+	retiredList, err := json.Marshal(append(retired, cur.ID()))
+	if err != nil {
+		return nil, err
+	}
+	bs := []built{
+		opOf(storage.Put(keyCheckMeta, check)), opOf(storage.Put(rotationMeta, record)),
+		opOf(storage.Put(keyIDMeta, []byte(to.ID()))), opOf(storage.Put(retiredMeta, retiredList)),
+	}
+	if ev != nil {
+		e := *ev
+		e.Detail = fmt.Sprintf("switched the database from master key %s to %s; moving every record to it", r.From, r.To)
+		bs = append(bs, s.appendAudit(e))
+	}
+	// Not commit: a conflict on the fence means another replica switched.
+	t, err := ops(conds(s.fence(), storage.VersionIs(rotationMeta, storage.Absent)), bs...)
+	if err == nil {
+		_, err = s.db.Txn(ctx, t.conds, t.ops)
+	}
 	if errors.Is(err, storage.ErrConflict) {
 		return nil, fmt.Errorf("%w: another replica changed the master key at the same time; try again", ErrRotationBlocked)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return r, s.refreshKeyCheck()
+	if ev != nil {
+		s.auditEvents.Add(1)
+	}
+	return r, s.RefreshKeyCheck()
+}
+
+// KeyID is the id of the master key the database is under, as recorded
+// when it was identified or last rotated ("" if it predates the record).
+func (s *Store) KeyID() (string, error) {
+	id, err := s.meta([]byte(keyIDMeta[len(metaBucket)+1:]))
+	return string(id), err
+}
+
+// RetiredKeys are the ids of the master keys rotations moved the database
+// away from.
+func (s *Store) RetiredKeys() ([]string, error) {
+	raw, err := s.meta([]byte(retiredMeta[len(metaBucket)+1:]))
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	var ids []string
+	if err := json.Unmarshal(raw, &ids); err != nil {
+		return nil, fmt.Errorf("the stored list of retired master keys: %w", err)
+	}
+	return ids, nil
 }
 
 // rewrapMACKey wraps the MAC key under the current key, if it is not yet.
@@ -420,32 +494,41 @@ type Announcement struct {
 
 // Announce tells the other replicas sharing the engine, for as long as
 // this process is alive and in touch with it, which master keys it holds,
-// so that a rotation to a key one of them lacks is refused. It keeps the
-// announcement up (a new lease after a lost one) until ctx ends. On an
-// engine of one process (bbolt) it does nothing.
-func (s *Store) Announce(ctx context.Context, log func(error)) {
+// so that a rotation to a key one of them lacks is refused. A replica
+// announces before it checks its keys against the database, so that no
+// rotation slips between the two. On an engine of one process (bbolt) it
+// does nothing.
+func (s *Store) Announce(c context.Context, masters *keyring.Masters) error {
 	a, ok := s.db.(storage.Announcer)
 	if !ok {
-		return
+		return nil
 	}
 	host, _ := os.Hostname()
 	me := Announcement{Name: fmt.Sprintf("%s pid %d", host, os.Getpid())}
-	for _, k := range s.masters.All() {
+	for _, k := range masters.All() {
 		me.Keys = append(me.Keys, k.ID())
 	}
 	value, err := json.Marshal(me)
 	if err != nil {
-		log(err)
+		return err
+	}
+	return a.Announce(c, value)
+}
+
+// KeepAnnouncing keeps the announcement up (again on a new lease, after a
+// lost one) until c ends, reporting failures to log.
+func (s *Store) KeepAnnouncing(c context.Context, log func(error)) {
+	if _, ok := s.db.(storage.Announcer); !ok {
 		return
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		if err := a.Announce(ctx, value); err != nil && ctx.Err() == nil {
+		if err := s.Announce(c, s.masters); err != nil && c.Err() == nil {
 			log(err)
 		}
 		select {
-		case <-ctx.Done():
+		case <-c.Done():
 			return
 		case <-tick.C:
 		}

@@ -48,7 +48,7 @@ func checkUnder(t *testing.T, s *Store, key *keyring.MasterKey, secrets map[stri
 		t.Fatal(err)
 	}
 	s.masters = only
-	if err := s.refreshKeyCheck(); err != nil {
+	if err := s.RefreshKeyCheck(); err != nil {
 		t.Fatalf("the key check value: %v", err)
 	}
 	for acct, secret := range secrets {
@@ -107,7 +107,7 @@ func TestRotationResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := s.switchKey(testMaster, nextMaster); err != nil {
+	if _, err := s.switchKey(testMaster, nextMaster, nil); err != nil {
 		t.Fatal(err)
 	}
 	if p, err := s.PendingRotation(); err != nil || p == nil || p.From != testMaster.ID() || p.To != nextMaster.ID() {
@@ -177,7 +177,7 @@ func TestWritesFollowTheSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets["b"] = "secret of b"
-	if _, err := one.switchKey(testMaster, nextMaster); err != nil {
+	if _, err := one.switchKey(testMaster, nextMaster, nil); err != nil {
 		t.Fatal(err)
 	}
 	if m2.Current().ID() != testMaster.ID() {

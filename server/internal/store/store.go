@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,6 +57,8 @@ type Store struct {
 	// keyMissing: the database moved to a master key this process does
 	// not hold (see KeyMissing).
 	keyMissing atomic.Bool
+	// followMu serializes RefreshKeyCheck.
+	followMu sync.Mutex
 	// auditEvents counts the stored audit events, so that pruning by
 	// count does not walk the whole trail. It changes only when a
 	// transaction commits.
@@ -185,7 +188,7 @@ func (s *Store) commit(build func() (txn, error)) error {
 			}
 			return err
 		}
-		if err := s.refreshKeyCheck(); err != nil {
+		if err := s.RefreshKeyCheck(); err != nil {
 			return err
 		}
 	}
@@ -229,7 +232,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 			return 0, err
 		}
 		s.masters = masters
-		return 0, s.refreshKeyCheck()
+		return 0, s.RefreshKeyCheck()
 	}
 	id = make([]byte, 16)
 	if _, err := rand.Read(id); err != nil {
@@ -248,7 +251,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 		// database first; check the key against its check value.
 		err = s.identify(id, check)
 		if err == nil {
-			err = s.refreshKeyCheck()
+			err = s.RefreshKeyCheck()
 		}
 		if err != nil {
 			s.masters = nil
@@ -275,7 +278,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 		return s.bulkAudit(b, ev)
 	})
 	if err == nil {
-		err = s.refreshKeyCheck()
+		err = s.RefreshKeyCheck()
 	}
 	if err != nil {
 		s.masters = nil
@@ -296,7 +299,7 @@ func (s *Store) identify(id, check []byte) error {
 	}
 	idKey := key(metaBucket, string(databaseIDKey))
 	_, err := s.db.Txn(ctx, conds(storage.VersionIs(idKey, storage.Absent)),
-		[]storage.Op{storage.Put(idKey, id), storage.Put(key(metaBucket, string(keyCheckKey)), check)})
+		[]storage.Op{storage.Put(idKey, id), storage.Put(keyCheckMeta, check), storage.Put(keyIDMeta, []byte(s.masters.Current().ID()))})
 	return err
 }
 

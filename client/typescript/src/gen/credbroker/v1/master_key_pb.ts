@@ -96,11 +96,15 @@ export const MasterKeyService: GenService<{
    * writes under it), then gives every account a fresh data key wrapped by
    * the new key, seals its secrets and cached token again with it,
    * re-wraps the MAC key and tags every other record under the new key,
-   * in small transactions. Interrupted, the database stays readable with
+   * in small transactions, going over the records again until none is
+   * left under the old key. Interrupted, the database stays readable with
    * both keys; calling it again finishes the rotation. When it has
    * returned OK, the previous key is no longer needed: restart the
    * replicas without it. Called when the database is under the new key
-   * already, it returns at once with an empty from_key_id.
+   * already, it returns at once with an empty from_key_id; called on a
+   * broker that holds only that key, or with a key the database was under
+   * before (retired by a rotation) as the new one, it is refused with
+   * MASTER_KEY_ROTATION_BLOCKED.
    *
    * @generated from rpc credbroker.v1.MasterKeyService.RotateMasterKey
    */
