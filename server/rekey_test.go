@@ -68,13 +68,14 @@ func TestRekey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := false
+	switched, moved := false, false
 	for _, ev := range events.GetEvents() {
 		if ev.GetMethod() == "rekey" && ev.GetCode() == codes.OK.String() && strings.HasPrefix(ev.GetPrincipal(), "unix-uid:") {
-			found = true
+			switched = switched || strings.HasPrefix(ev.GetDetail(), "switched the database")
+			moved = moved || strings.Contains(ev.GetDetail(), "this run moved 2 accounts")
 		}
 	}
-	if !found {
+	if !switched || !moved {
 		t.Fatalf("no rekey event in the audit trail: %v", events.GetEvents())
 	}
 }

@@ -317,7 +317,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	if cfg.Storage == datadir.StorageEtcd {
 		// Other replicas change keys and grants: a replica whose copies
-		// may be further behind than this refuses calls (see storageDown).
+		// may be further behind than this refuses calls (see unavailable).
 		mc.MaxLag = maxLag
 	}
 	c.mirror = storage.NewMirror(mc, loaded)
@@ -336,7 +336,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	certs := mtls.NewHTTPVerifier(tlsm.ClientCAs)
 	gc := cfg.Gate
-	gc.Logger, gc.StorageDown = cfg.Logger, func() bool { return storageDown(probe, c.mirror, st) }
+	gc.Logger, gc.Unavailable = cfg.Logger, func() error { return unavailable(probe, c.mirror, st) }
 	gt := gate.New(gc, cs, al, certs)
 	g := grpc.NewServer(append(tr.ServerOptions(),
 		grpc.Creds(tlsm.GRPCCredentials()),
@@ -384,12 +384,18 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 // every other within it.
 const maxLag = time.Second
 
-// storageDown says whether the replica must refuse calls: it cannot reach
-// an etcd quorum, its copies may lag behind etcd (a paused process, a
-// slow member), or another replica moved the database to a master key it
-// does not hold.
-func storageDown(probe *storageProbe, mirror *storage.Mirror, st *store.Store) bool {
-	return probe.Down() || mirror.Lagging() || st.KeyMissing()
+// unavailable is why the replica must refuse calls, or nil: it cannot
+// reach an etcd quorum, its copies may lag behind etcd (a paused process,
+// a slow member), or another replica moved the database to a master key
+// it does not hold.
+func unavailable(probe *storageProbe, mirror *storage.Mirror, st *store.Store) error {
+	switch {
+	case probe.Down() || mirror.Lagging():
+		return gate.ErrStorageUnavailable
+	case st.KeyMissing():
+		return gate.ErrMasterKeyMissing
+	}
+	return nil
 }
 
 // notReady is why the server should not get calls now, or "".

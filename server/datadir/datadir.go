@@ -231,7 +231,7 @@ func checkRotation(cfg Config, st *store.Store, masters *keyring.Masters) error 
 	}
 	configured, current := masters.All()[0], masters.Current()
 	switch {
-	case slices.Contains(retired, configured.ID()):
+	case slices.Contains(retired, configured.ID()) && current.ID() != configured.ID():
 		return fmt.Errorf("the master key given (%s) was retired by a rotation to %s (%s): give that key as --master-key-file", configured.ID(), current.ID(), where(cfg))
 	case pending != nil && !masters.Holds(pending.From):
 		return fmt.Errorf("a rotation of the master key from %s to %s has not finished (%s): until it has, start the broker with the old key as --previous-master-key-file (or CREDBROKER_PREVIOUS_MASTER_KEY), and finish it with credbroker rotate-master-key", pending.From, pending.To, where(cfg))

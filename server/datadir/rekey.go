@@ -79,9 +79,18 @@ func Rekey(cfg Config, newKey string) (RekeyResult, error) {
 	}
 	r, err := st.RotateMasterKey(next, &ev)
 	if err != nil {
-		return RekeyResult{}, fmt.Errorf("rekey (run it again to finish it; until then the broker starts only with both keys): %w", err)
+		if pending, _ := st.PendingRotation(); pending != nil {
+			return RekeyResult{}, fmt.Errorf("rekey (run it again to finish it; until then the broker starts only with both keys): %w", err)
+		}
+		return RekeyResult{}, fmt.Errorf("rekey (nothing was changed): %w", err)
 	}
 	res := RekeyResult{Accounts: r.Accounts, Records: r.Records, AlreadyDone: r.From == ""}
+	if !res.AlreadyDone {
+		ev.Time, ev.Detail = time.Now(), fmt.Sprintf("the database is under master key %s: this run moved %d accounts to fresh data keys and tagged %d other records anew", r.To, r.Accounts, r.Records)
+		if err := st.AppendAudit([]store.AuditEvent{ev}); err != nil {
+			return res, err
+		}
+	}
 	return res, CompactIfPending(st)
 }
 

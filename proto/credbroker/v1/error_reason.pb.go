@@ -101,6 +101,11 @@ const (
 	// switched keys at the same time. The message says which and what to do.
 	// Status FAILED_PRECONDITION.
 	ErrorReason_MASTER_KEY_ROTATION_BLOCKED ErrorReason = 16
+	// Another replica moved the database to a master key this replica does
+	// not hold, so it cannot read what is stored under it: retry, on
+	// another replica. Status UNAVAILABLE. The replica reports not ready
+	// until it is restarted with the key.
+	ErrorReason_MASTER_KEY_MISSING ErrorReason = 17
 )
 
 // Enum value maps for ErrorReason.
@@ -123,6 +128,7 @@ var (
 		14: "GRANT_LIMITED",
 		15: "STORAGE_UNAVAILABLE",
 		16: "MASTER_KEY_ROTATION_BLOCKED",
+		17: "MASTER_KEY_MISSING",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":    0,
@@ -142,6 +148,7 @@ var (
 		"GRANT_LIMITED":               14,
 		"STORAGE_UNAVAILABLE":         15,
 		"MASTER_KEY_ROTATION_BLOCKED": 16,
+		"MASTER_KEY_MISSING":          17,
 	}
 )
 
@@ -176,7 +183,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\x8c\x03\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xa4\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -197,7 +204,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x13PROVIDER_REDIRECTED\x10\r\x12\x11\n" +
 	"\rGRANT_LIMITED\x10\x0e\x12\x17\n" +
 	"\x13STORAGE_UNAVAILABLE\x10\x0f\x12\x1f\n" +
-	"\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10\x12\x16\n" +
+	"\x12MASTER_KEY_MISSING\x10\x11BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

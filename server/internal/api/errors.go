@@ -31,8 +31,7 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 		m.log.Warn("the storage is out of reach", "method", methodName(ctx), "error", err)
 		return gate.ErrStorageUnavailable
 	case errors.Is(err, store.ErrMasterKeyMissing):
-		m.log.Error("this replica does not hold the database's master key", "method", methodName(ctx), "error", err)
-		return gate.ErrStorageUnavailable
+		return gate.ErrMasterKeyMissing
 	case errors.Is(err, store.ErrRotationBlocked):
 		return grpcerr.Status(codes.FailedPrecondition, err.Error(),
 			grpcerr.Info(credbrokerv1.ErrorReason_MASTER_KEY_ROTATION_BLOCKED, nil)).Err()

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -28,6 +29,9 @@ func (s *masterKeyService) RotateMasterKey(ctx context.Context, _ *credbrokerv1.
 	ev := c.Event(codes.OK) // of the switch; the gate records the call as it ends
 	r, err := s.store.RotateMasterKey(s.to, &ev)
 	c.Detail = fmt.Sprintf("master key %s -> %s: %d accounts moved to fresh data keys, %d other records tagged anew, %d failing their integrity check left as they were", r.From, r.To, r.Accounts, r.Records, r.Tampered)
+	if errors.Is(err, store.ErrRotationBlocked) {
+		c.Detail = err.Error() // names keys and replicas only
+	}
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}

@@ -49,11 +49,12 @@ type Config struct {
 	// RefusalInterval is how often the tallies of refused calls become
 	// audit events (see refusals).
 	RefusalInterval time.Duration
-	// StorageDown, if set, says whether the storage is out of reach (or
-	// this replica's copies lag behind it): then every call is refused at
-	// once with ErrStorageUnavailable, unaudited (there is nowhere to
-	// write its event) but logged.
-	StorageDown func() bool
+	// Unavailable, if set, says why this replica cannot serve now (its
+	// storage is out of reach, its copies lag behind it, it lacks the
+	// database's master key): the error every call is refused with at
+	// once, unaudited (there may be nowhere to write its event) but
+	// logged; nil while it can serve.
+	Unavailable func() error
 
 	// Now is the clock of calls' times and rate limits.
 	Now    func() time.Time
@@ -155,7 +156,7 @@ type Gate struct {
 	certs *mtls.HTTPVerifier
 	// refusals bounds and tallies the calls that fail authentication.
 	refusals    *refusals
-	storageDown func() bool
+	unavailable func() error
 }
 
 // New returns the gate of callers' keys and admin principals cs, writing
@@ -163,13 +164,13 @@ type Gate struct {
 // calls: the HTTP servers' ConnContext must be its ConnContext.
 func New(cfg Config, cs *callers.Service, al *audit.Log, certs *mtls.HTTPVerifier) *Gate {
 	cfg = cfg.withDefaults()
-	if cfg.StorageDown == nil {
-		cfg.StorageDown = func() bool { return false }
+	if cfg.Unavailable == nil {
+		cfg.Unavailable = func() error { return nil }
 	}
 	return &Gate{
 		callers: cs, limiter: ratelimit.New(cfg.RateLimit, cfg.RateBurst), audit: al, log: cfg.Logger, now: cfg.Now, certs: certs,
 		refusals:    newRefusals(cfg.UnauthenticatedRateLimit, cfg.UnauthenticatedRateBurst, cfg.RefusalInterval, al, cfg.Logger, cfg.Now),
-		storageDown: cfg.StorageDown,
+		unavailable: cfg.Unavailable,
 	}
 }
 
@@ -318,6 +319,11 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 var ErrStorageUnavailable = grpcerr.Status(codes.Unavailable, "this replica cannot reach its storage (a quorum of etcd), or has not caught up with it, so it can neither audit nor serve this call; retry, on another replica",
 	grpcerr.Info(credbrokerv1.ErrorReason_STORAGE_UNAVAILABLE, nil)).Err()
 
+// ErrMasterKeyMissing refuses every call while the database is under a
+// master key this replica does not hold (another replica rotated it).
+var ErrMasterKeyMissing = grpcerr.Status(codes.Unavailable, "this replica does not hold the master key the database was moved to, so it cannot read what is stored under it; retry, on another replica",
+	grpcerr.Info(credbrokerv1.ErrorReason_MASTER_KEY_MISSING, nil)).Err()
+
 // ErrAuditUnavailable refuses a call whose audit event could not be written.
 var ErrAuditUnavailable = grpcerr.Status(codes.Unavailable, "the audit event of this call could not be written, so the call was refused; see the server log",
 	grpcerr.Info(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, nil)).Err()
@@ -327,9 +333,9 @@ var ErrAuditUnavailable = grpcerr.Status(codes.Unavailable, "the audit event of 
 // limit and role. A peer address that sent too many calls without valid
 // credentials waits before any of its credentials are looked at.
 func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error {
-	if g.storageDown() {
+	if err := g.unavailable(); err != nil {
 		c.unaudited = true
-		return ErrStorageUnavailable
+		return err
 	}
 	if wait := g.refusals.wait(c); wait > 0 {
 		c.unproven, c.throttled = true, true

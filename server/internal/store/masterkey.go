@@ -63,8 +63,10 @@ func (s *Store) RefreshKeyCheck() error {
 	defer s.followMu.Unlock()
 	r, err := s.db.Get(ctx, keyCheckMeta)
 	if errors.Is(err, storage.ErrNotFound) {
-		s.keyCheck.Store(uint64(storage.Absent))
-		return nil
+		// Written when the database was identified, never deleted: a
+		// write fenced on its absence must not go through.
+		s.keyMissing.Store(true)
+		return fmt.Errorf("%w: the database's master-key check value is gone", ErrIntegrity)
 	}
 	if err != nil {
 		return err
@@ -117,17 +119,22 @@ type Rotation struct {
 	Accounts int `json:"-"`
 	Records  int `json:"-"`
 	Tampered int `json:"-"`
+	// version is the stored record's.
+	version storage.Version
 }
 
 // PendingRotation is the rotation the database is in the middle of, or
 // nil.
 func (s *Store) PendingRotation() (*Rotation, error) {
-	raw, err := s.meta(rotationKey)
-	if err != nil || raw == nil {
+	rec, err := s.db.Get(ctx, rotationMeta)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, err
 	}
-	var r Rotation
-	if err := json.Unmarshal(raw, &r); err != nil {
+	r := Rotation{version: rec.Version}
+	if err := json.Unmarshal(rec.Value, &r); err != nil {
 		return nil, fmt.Errorf("the stored master-key rotation record: %w", err)
 	}
 	return &r, nil
@@ -168,6 +175,7 @@ func (s *Store) RotateMasterKey(to *keyring.MasterKey, ev *AuditEvent) (Rotation
 	r := *pending
 	for pass := 1; ; pass++ {
 		before := r
+		r.Tampered = 0 // counted anew by each pass
 		if err := s.moveToCurrent(&r); err != nil {
 			return r, err
 		}
@@ -179,14 +187,11 @@ func (s *Store) RotateMasterKey(to *keyring.MasterKey, ev *AuditEvent) (Rotation
 		}
 	}
 	return r, s.commit(func() (txn, error) {
-		got, err := s.db.Get(ctx, rotationMeta)
-		if errors.Is(err, storage.ErrNotFound) {
-			return txn{}, nil // another replica finished it
+		got, err := s.PendingRotation()
+		if err != nil || got == nil || got.From != r.From || got.To != r.To {
+			return txn{}, err // another replica finished it (and maybe began another)
 		}
-		if err != nil {
-			return txn{}, err
-		}
-		return ops(conds(storage.VersionIs(rotationMeta, got.Version)), opOf(storage.Delete(rotationMeta)))
+		return ops(conds(storage.VersionIs(rotationMeta, got.version)), opOf(storage.Delete(rotationMeta)))
 	})
 }
 

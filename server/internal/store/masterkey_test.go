@@ -8,6 +8,7 @@ import (
 
 	"github.com/credbroker/credbroker/server/devetcd/etcdtest"
 	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
 	"github.com/credbroker/credbroker/server/internal/storage/etcd"
 )
 
@@ -107,6 +108,13 @@ func TestRotationResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A record that fails its check under both keys is left as it is,
+	// counted once.
+	if err := s.db.(*boltdb.DB).Bulk(func(b *boltdb.Bulk) error {
+		return b.Put(key(callerKeysBucket, "bad"), []byte("not a tagged record"))
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.switchKey(testMaster, nextMaster, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +131,7 @@ func TestRotationResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Accounts != 5 || r.Records < 7 || r.Tampered != 0 {
+	if r.Accounts != 5 || r.Records < 7 || r.Tampered != 1 {
 		t.Fatalf("the resumed rotation did %+v; want the 5 accounts made before the switch, and their 5 token states, the caller key and the audit events", r)
 	}
 	if p, _ := s.PendingRotation(); p != nil {
