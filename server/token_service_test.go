@@ -74,15 +74,17 @@ func TestMinTTLCannotForceUpstreamRequests(t *testing.T) {
 	b.link(t, "acme")
 	ctx := context.Background()
 	before := b.fake.Requests()
-	// 100ms under the lifetime: room for the one upstream request the call
-	// that forces a new token waits for.
-	justUnderLifetime := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(time.Hour - 30*time.Second - 100*time.Millisecond)}
-	time.Sleep(100 * time.Millisecond) // the linked token no longer lasts min_ttl
+	// 2s under the lifetime: room for the one upstream request (and its
+	// commit) that the call forcing a new token waits for, on a busy
+	// machine too.
+	const room = 2 * time.Second
+	justUnderLifetime := &credbrokerv1.GetTokenRequest{Name: "accounts/acme", MinTtl: durationpb.New(time.Hour - 30*time.Second - room)}
+	time.Sleep(room) // the linked token no longer lasts min_ttl
 	calls, limited := 0, 0
 	for ; calls < 500 && limited < 20; calls++ {
 		_, err := b.tokens.GetToken(ctx, justUnderLifetime)
 		if err == nil {
-			time.Sleep(2 * time.Millisecond) // until the new token, too, no longer lasts min_ttl
+			time.Sleep(room) // until the new token, too, no longer lasts min_ttl
 			continue
 		}
 		st := wantCode(t, err, codes.ResourceExhausted, "RATE_LIMITED")
