@@ -11,6 +11,7 @@ test: deps vet lint check-generated
 # The Python client needs Debian's protoc, grpc_python_plugin (to generate
 # it) and python3-grpcio/python3-protobuf (to run it); the TypeScript one,
 # Node.js and the npm packages locked in client/typescript/package-lock.json.
+# The Hub's browser tests drive Debian's chromium.
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES = protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
 deps:
@@ -19,6 +20,7 @@ deps:
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi
 	@command -v npm >/dev/null || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; }
 	cd client/typescript && npm ci --no-audit --no-fund --loglevel=error
 
 # gofmt, go vet, then staticcheck (pinned in go.mod) with its default

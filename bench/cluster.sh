@@ -42,7 +42,7 @@ serve() {
 	local name=$1 port=$2
 	shift 2
 	"$work/credbroker" serve --listen "127.0.0.1:$port" --proxy-listen "127.0.0.1:$((port + 1))" \
-		--ops-listen "127.0.0.1:$((port + 2))" --data-dir "$work/$name" "${common[@]}" "$@" \
+		--ops-listen "127.0.0.1:$((port + 2))" --hub-listen off --data-dir "$work/$name" "${common[@]}" "$@" \
 		>"$work/$name.out" 2>"$work/$name.log" &
 	pids+=($!)
 	pid_of[$name]=$!

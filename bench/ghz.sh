@@ -24,7 +24,7 @@ certs="$work/certs"
 
 "$work/credbroker" fake-jumpcloud --listen "$fake" >"$work/fake.log" 2>&1 &
 pids+=($!)
-"$work/credbroker" serve --listen "$broker" --ops-listen off --proxy-listen off --data-dir "$work/data" \
+"$work/credbroker" serve --listen "$broker" --ops-listen off --hub-listen off --proxy-listen off --data-dir "$work/data" \
 	--tls-cert "$certs/server.pem" --tls-key "$certs/server-key.pem" --client-ca "$certs/ca.pem" \
 	--bootstrap-admin-principal spiffe://credbroker.test/admin \
 	--rate-limit 1000000 --rate-burst 1000000 \

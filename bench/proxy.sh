@@ -33,7 +33,7 @@ pids+=($!)
 "$work/credbroker" fake-jumpcloud --listen "$slow" --api-key bench-api-key --api-delay "$delay" >"$work/slow.log" 2>&1 &
 pids+=($!)
 # The US region's API answers at once, the EU region's after $delay.
-"$work/credbroker" serve --listen "$broker" --ops-listen off --proxy-listen "$proxy" --data-dir "$work/data" \
+"$work/credbroker" serve --listen "$broker" --ops-listen off --hub-listen off --proxy-listen "$proxy" --data-dir "$work/data" \
 	--rate-limit 1000000 --rate-burst 1000000 \
 	--jumpcloud-api-url-us "http://$fake/api" --jumpcloud-api-url-eu "http://$slow/api" \
 	--log-level warn >"$work/broker.out" 2>"$work/broker.log" &

@@ -50,6 +50,7 @@ func startDemo() (*demo, error) {
 		ListenAddr:      "127.0.0.1:0",
 		ProxyListenAddr: "127.0.0.1:0",
 		OpsListenAddr:   "127.0.0.1:0",
+		HubListenAddr:   "off",
 		Config: datadir.Config{
 			DataDir:   dataDir,
 			MasterKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",

@@ -76,6 +76,8 @@ type broker struct {
 	proxyURL string
 	// opsURL is the ops listener's base URL.
 	opsURL string
+	// hubURL is the Hub's base URL; "" when it is off.
+	hubURL string
 	roots  *x509.CertPool // of the broker's TLS certificate; nil for plaintext
 	// serveCancel asks the server to shut down; stop also waits for it and closes the client.
 	serveCancel func()
@@ -95,6 +97,7 @@ func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 		ListenAddr:      "127.0.0.1:0",
 		ProxyListenAddr: "127.0.0.1:0",
 		OpsListenAddr:   "127.0.0.1:0",
+		HubListenAddr:   "127.0.0.1:0",
 		Config: datadir.Config{
 			DataDir:   t.TempDir(),
 			MasterKey: "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
@@ -151,6 +154,9 @@ func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	b.addr = srv.Addr().String()
 	b.proxyURL = "http://" + srv.ProxyAddr().String()
 	b.opsURL = "http://" + srv.OpsAddr().String()
+	if a := srv.HubAddr(); a != nil {
+		b.hubURL = "http://" + a.String()
+	}
 	if cfg.TLSCertFile != "" { // the tests' dev CA signs the server's certificate too
 		b.proxyURL = "https://" + srv.ProxyAddr().String()
 		b.opsURL = "https://" + srv.OpsAddr().String()

@@ -52,7 +52,7 @@ func held(t *testing.T, addr string) bool {
 func lockedOut(t *testing.T, cfg server.Config) bool {
 	t.Helper()
 	cfg.LockTimeout = 50 * time.Millisecond
-	cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr, cfg.HubListenAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	srv, err := server.New(cfg)
 	if err == nil {
 		if err := srv.Close(); err != nil {
@@ -86,8 +86,8 @@ func assertReleased(t *testing.T, cfg server.Config, addrs []string, after strin
 func TestCloseWithoutServe(t *testing.T) {
 	t.Parallel()
 	cfg, _, _ := newConfig(t)
-	cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr = freeAddr(t), freeAddr(t), freeAddr(t)
-	addrs := []string{cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr}
+	cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr, cfg.HubListenAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	addrs := []string{cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr, cfg.HubListenAddr}
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -118,11 +118,11 @@ func TestCloseWithoutServe(t *testing.T) {
 // directory is unlocked, so that a second New on it succeeds.
 func TestNewFailingLateReleasesEverything(t *testing.T) {
 	t.Parallel()
-	for _, busy := range []string{"--listen", "--proxy-listen", "--ops-listen"} {
+	for _, busy := range []string{"--listen", "--proxy-listen", "--ops-listen", "--hub-listen"} {
 		t.Run(busy, func(t *testing.T) {
 			t.Parallel()
 			cfg, _, _ := newConfig(t)
-			listen := map[string]*string{"--listen": &cfg.ListenAddr, "--proxy-listen": &cfg.ProxyListenAddr, "--ops-listen": &cfg.OpsListenAddr}
+			listen := map[string]*string{"--listen": &cfg.ListenAddr, "--proxy-listen": &cfg.ProxyListenAddr, "--ops-listen": &cfg.OpsListenAddr, "--hub-listen": &cfg.HubListenAddr}
 			var free []string
 			for flag, addr := range listen {
 				if flag == busy {

@@ -28,6 +28,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/hub"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/listeners"
 	"github.com/credbroker/credbroker/server/internal/metrics"
@@ -64,6 +65,10 @@ type Config struct {
 	// without asking for client certificates, and otherwise must be a
 	// loopback address. "off" disables it.
 	OpsListenAddr string
+	// HubListenAddr serves the Hub, the admins' web pages. It serves TLS
+	// when the gRPC server does, with the same certificate, and otherwise
+	// must be a loopback address. "off" disables it.
+	HubListenAddr string
 	// Tracing is TracingOff (the default) or TracingOTLP: OpenTelemetry
 	// spans of gRPC calls and provider requests, sent with the OTLP
 	// exporter configured by the standard OTEL_EXPORTER_OTLP_* variables.
@@ -93,6 +98,7 @@ type Config struct {
 	Audit    audit.Config    // the audit trail's retention
 	Proxy    proxy.Config    // the egress proxy's bounds
 	Provider provider.Config // JumpCloud's endpoints and the token requests' timeout
+	Hub      hub.Config      // the Hub's sessions
 
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
@@ -113,6 +119,7 @@ func DefaultConfig() Config {
 		ListenAddr:      "127.0.0.1:50051",
 		ProxyListenAddr: "127.0.0.1:50052",
 		OpsListenAddr:   "127.0.0.1:50053",
+		HubListenAddr:   "127.0.0.1:50054",
 		Tracing:         TracingOff,
 		CompactInterval: time.Minute,
 		ShutdownTimeout: 10 * time.Second,
@@ -122,6 +129,7 @@ func DefaultConfig() Config {
 		Audit:           audit.DefaultConfig(),
 		Proxy:           proxy.DefaultConfig(),
 		Provider:        provider.DefaultConfig(),
+		Hub:             hub.DefaultConfig(),
 	}
 }
 
@@ -130,7 +138,7 @@ func DefaultConfig() Config {
 // built; each other part fills its own when it is built.
 func (c *Config) setDefaults() {
 	d := DefaultConfig()
-	for _, f := range [][2]*string{{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.OpsListenAddr, &d.OpsListenAddr}} {
+	for _, f := range [][2]*string{{&c.ListenAddr, &d.ListenAddr}, {&c.ProxyListenAddr, &d.ProxyListenAddr}, {&c.OpsListenAddr, &d.OpsListenAddr}, {&c.HubListenAddr, &d.HubListenAddr}} {
 		if *f[0] == "" {
 			*f[0] = *f[1]
 		}
@@ -158,6 +166,8 @@ type Server struct {
 	health       *health.Server
 	listener     net.Listener
 	bootstrapKey secret.String
+	// hub is the Hub's listener; nil when it is off.
+	hub *listeners.HTTP
 	// proxy is the egress proxy and ops the metrics and health
 	// endpoints; each is nil when it is off.
 	proxy, ops *listeners.HTTP
@@ -243,7 +253,8 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 	tlsm, err := listeners.LoadTLS(cfg.TLSCertFile, cfg.TLSKeyFile, cfg.ClientCAFile,
 		listeners.Addr{Flag: "--listen", Addr: cfg.ListenAddr},
 		listeners.Addr{Flag: "--proxy-listen", Addr: cfg.ProxyListenAddr, Optional: true},
-		listeners.Addr{Flag: "--ops-listen", Addr: cfg.OpsListenAddr, Optional: true})
+		listeners.Addr{Flag: "--ops-listen", Addr: cfg.OpsListenAddr, Optional: true},
+		listeners.Addr{Flag: "--hub-listen", Addr: cfg.HubListenAddr, Optional: true})
 	if err != nil {
 		return listeners.TLS{}, nil, err
 	}
@@ -375,6 +386,16 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		}
 		release.push(s.ops.Close)
 	}
+	if cfg.HubListenAddr != listeners.Off {
+		hc := cfg.Hub
+		hc.Logger = cfg.Logger
+		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, acc, st, mac, cfg.TLSCertFile != ""),
+			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		release.push(s.hub.Close)
+	}
 	s.release = *release
 	return s, nil
 }
@@ -428,6 +449,9 @@ func (s *Server) ProxyAddr() net.Addr { return s.proxy.Addr() }
 // OpsAddr is the ops listener's address; nil when it is off.
 func (s *Server) OpsAddr() net.Addr { return s.ops.Addr() }
 
+// HubAddr is the Hub's address; nil when it is off.
+func (s *Server) HubAddr() net.Addr { return s.hub.Addr() }
+
 // Serve answers calls and refreshes tokens until ctx ends, then shuts down
 // gracefully: in-flight calls get ShutdownTimeout to finish, the refresher
 // stops, and the database is closed (as Close does). A server is served
@@ -463,9 +487,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 	})
 
-	serveErr := make(chan error, 3)
+	serveErr := make(chan error, 4)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()
-	for _, h := range []*listeners.HTTP{s.proxy, s.ops} {
+	for _, h := range []*listeners.HTTP{s.proxy, s.ops, s.hub} {
 		if h != nil {
 			go func() { serveErr <- h.Serve() }()
 			s.log.Info(h.Name()+" listening", "addr", h.Addr().String())
@@ -486,7 +510,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
-	proxyStopped := s.proxy.Shutdown(s.cfg.ShutdownTimeout)
+	proxyStopped, hubStopped := s.proxy.Shutdown(s.cfg.ShutdownTimeout), s.hub.Shutdown(s.cfg.ShutdownTimeout)
 	select {
 	case <-stopped:
 	case <-time.After(s.cfg.ShutdownTimeout):
@@ -494,6 +518,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.grpc.Stop()
 	}
 	<-proxyStopped
+	<-hubStopped
 	<-s.ops.Shutdown(s.cfg.ShutdownTimeout) // answering "not ready" until the end
 	// Calls have finished: the last refusals are tallied, and written
 	// while the audit writer still runs; then no one waits for it any more.

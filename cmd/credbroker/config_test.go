@@ -36,6 +36,7 @@ func TestConfigFile(t *testing.T) {
 		`rate-burst: "13"  # command line`,
 		`data-dir: "` + dir + `/from-file"  # config file`,
 		`ops-listen: "127.0.0.1:50053"  # default`,
+		`hub-listen: "127.0.0.1:50054"  # default`,
 		`jumpcloud-token-url-us: "https://user:REDACTED@tokens.example/oauth2/token"  # config file`,
 		"# master key: from CREDBROKER_MASTER_KEY (redacted)",
 	} {

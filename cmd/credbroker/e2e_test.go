@@ -352,7 +352,7 @@ func startBinary(t *testing.T, bin string, logs io.Writer, args ...string) *runn
 
 func startBinaryWithKey(t *testing.T, bin, masterKey string, logs io.Writer, args ...string) *runningBinary {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+masterKey)
 	// A file, not a pipe: the child writes the bootstrap key into it before
 	// it logs that it listens, so the key is there once that line is read.
@@ -458,7 +458,7 @@ func TestEnvironmentSetsFlagsAndFlagsWin(t *testing.T) {
 	// A flag beats its variable: the listen address passes, and start-up
 	// gets as far as the (impossible) data directory.
 	out.Reset()
-	if code := run([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--data-dir", "/dev/null/data"}, &out, &out); code != 1 || !strings.Contains(out.String(), "data directory") {
+	if code := run([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0", "--data-dir", "/dev/null/data"}, &out, &out); code != 1 || !strings.Contains(out.String(), "data directory") {
 		t.Fatalf("flag did not win over the environment: exit %d, %s", code, out.String())
 	}
 	out.Reset()

@@ -84,7 +84,7 @@ func TestRekeyKilledMidway(t *testing.T) {
 	args := append(slices.Clone(e.args), "--data-dir", dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	old := exec.CommandContext(ctx, bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"}, args...)...)
+	old := exec.CommandContext(ctx, bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0"}, args...)...)
 	old.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
 	if out, err := old.CombinedOutput(); err == nil || !strings.Contains(string(out), "master key") {
 		t.Fatalf("serve with the old key after rekey: %v\n%s", err, out)

@@ -73,7 +73,7 @@ func TestUpgradeKilledMidway(t *testing.T) {
 	e := newE2ESetup(t, "--rate-limit", "-1")
 	pristine, keys := legacyDatabase(t)
 	serve := func(dir string) *exec.Cmd {
-		cmd := exec.Command(e.bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "off", "--ops-listen", "off"}, append(e.args, "--data-dir", dir)...)...)
+		cmd := exec.Command(e.bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "off", "--ops-listen", "off", "--hub-listen", "off"}, append(e.args, "--data-dir", dir)...)...)
 		cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
 		return cmd
 	}

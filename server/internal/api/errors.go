@@ -21,6 +21,13 @@ import (
 // INTERNAL, so no detail of the broker's insides (or a secret) leaks.
 type errorMapper struct{ log *slog.Logger }
 
+// StatusOf is the status callers see of err, as the gRPC services map it
+// (for the Hub's pages): unexpected errors are logged to log and become a
+// generic INTERNAL.
+func StatusOf(ctx context.Context, log *slog.Logger, err error) error {
+	return errorMapper{log: log}.toStatus(ctx, err)
+}
+
 func (m errorMapper) toStatus(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, context.Canceled):

@@ -209,6 +209,29 @@ func (s *Service) AuthenticateKey(key string) (Identity, error) {
 	if !ok {
 		return Identity{}, ErrUnknownKey
 	}
+	return s.identity(k)
+}
+
+// PrincipalIdentity is the identity of a principal that proved itself
+// before (signed in to the Hub) as it stands now: a caller key's as
+// AuthenticateKey would have it (revoked and expired keys refused), a
+// client-certificate principal's as CertificateIdentity.
+func (s *Service) PrincipalIdentity(principal string) (Identity, error) {
+	id, isKey := strings.CutPrefix(principal, KeyPrincipalPrefix)
+	if !isKey {
+		return s.CertificateIdentity(principal), nil
+	}
+	s.mu.RLock()
+	k, ok := s.byID[id]
+	s.mu.RUnlock()
+	if !ok || k.Tampered {
+		return Identity{}, ErrUnknownKey
+	}
+	return s.identity(k)
+}
+
+// identity is a stored key's identity, or why it authenticates no one.
+func (s *Service) identity(k store.CallerKey) (Identity, error) {
 	id := Identity{Principal: KeyPrincipalPrefix + k.ID, Admin: Role(k.Role) == RoleAdmin}
 	switch {
 	case !k.RevokeTime.IsZero():

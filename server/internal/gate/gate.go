@@ -333,6 +333,11 @@ var ErrAuditUnavailable = grpcerr.Status(codes.Unavailable, "the audit event of 
 // limit and role. A peer address that sent too many calls without valid
 // credentials waits before any of its credentials are looked at.
 func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error {
+	return g.admitAs(c, func() (callers.Identity, error) { return g.authenticate(keyHeader, cert, c.Time) })
+}
+
+// admitAs is admit, with the identity that authenticate proves.
+func (g *Gate) admitAs(c *Call, authenticate func() (callers.Identity, error)) error {
 	if err := g.unavailable(); err != nil {
 		c.unaudited = true
 		return err
@@ -343,7 +348,7 @@ func (g *Gate) admit(c *Call, keyHeader string, cert certificatePrincipal) error
 			grpcerr.Info(credbrokerv1.ErrorReason_RATE_LIMITED, nil),
 			grpcerr.Retry(wait)).Err()
 	}
-	id, err := g.authenticate(keyHeader, cert, c.Time)
+	id, err := authenticate()
 	c.Principal = id.Principal // a revoked or expired key is still named
 	if err != nil {
 		c.unproven = true

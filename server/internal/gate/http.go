@@ -3,6 +3,12 @@ package gate
 import (
 	"net/http"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/mtls"
 )
 
 // Authorize admits an HTTP request as a call to method, which needs access
@@ -17,3 +23,29 @@ func (g *Gate) Authorize(r *http.Request, method string, a Access, keyHeader, re
 	c.Resource = resource
 	return c, g.admit(c, r.Header.Get(keyHeader), func(now time.Time) (string, error) { return g.certs.Principal(r, now) })
 }
+
+// AuthorizeKey is Authorize for a caller key given in the request's body
+// (the Hub's sign-in form) rather than a header.
+func (g *Gate) AuthorizeKey(r *http.Request, method string, a Access, key, resource string) (*Call, error) {
+	c := g.begin(method, r.RemoteAddr, a)
+	c.Resource = resource
+	return c, g.admitAs(c, func() (callers.Identity, error) { return g.authenticate("Bearer "+key, noCertificate, c.Time) })
+}
+
+// AuthorizeSession is Authorize for a principal that proved itself when
+// it signed in to the Hub: its identity as it stands now (a revoked or
+// expired key, a principal no longer admin, is refused).
+func (g *Gate) AuthorizeSession(r *http.Request, method string, a Access, principal, resource string) (*Call, error) {
+	c := g.begin(method, r.RemoteAddr, a)
+	c.Resource = resource
+	return c, g.admitAs(c, func() (callers.Identity, error) {
+		id, err := g.callers.PrincipalIdentity(principal)
+		if err != nil {
+			return id, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return id, nil
+	})
+}
+
+// noCertificate is the certificate principal of a call that presents none.
+func noCertificate(time.Time) (string, error) { return "", mtls.ErrNoCertificate }

@@ -15,6 +15,9 @@ var (
 	callerKeysBucket = []byte("caller_keys")
 	// adminsBucket maps a client-certificate principal to AdminPrincipal.
 	adminsBucket = []byte("admin_principals")
+	// hubSessionsBucket maps a keyed hash of a Hub session's secret to
+	// HubSession.
+	hubSessionsBucket = []byte("hub_sessions")
 	// auditBucket maps an AuditPos (16 bytes: big-endian UnixNano time, then
 	// sequence number) to AuditEvent, so keys sort by time.
 	auditBucket = []byte("audit")
@@ -24,7 +27,7 @@ var (
 	// themselves (the key check, the wrapped MAC key, both sealed by the
 	// master key), the database id the record key is derived from, and
 	// flags.
-	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, auditBucket}
+	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, auditBucket}
 
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")

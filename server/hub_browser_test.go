@@ -1,0 +1,113 @@
+package server_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+)
+
+// browser starts a headless Chromium (Debian's, which make deps installs)
+// for the test, or skips it where there is none, unless the test command
+// requires every part (CREDBROKER_REQUIRE_CLIENTS).
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CREDBROKER_REQUIRE_CLIENTS") != "" {
+			t.Fatal("no chromium: make deps installs it")
+		}
+		t.Skip("no chromium (make deps installs it)")
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(actx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
+	return ctx
+}
+
+// An admin signs in to the Hub in a real browser: a wrong key is shown
+// next to the field, the admin key opens the Accounts page with the linked
+// account, the session cookie is HttpOnly and SameSite=Strict, signing
+// out returns to the sign-in page and the Accounts page is closed again.
+// No page, URL or history entry holds the keys, the secret or the token.
+func TestHubInABrowser(t *testing.T) {
+	ctx := browser(t)
+	b := startBroker(t)
+	b.link(t, "acme")
+	token := b.token(t, "acme").GetAccessToken()
+	const wrongKey = "cbk_wrong-key-canary-0123456789abcdef0123456789"
+
+	do := func(steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	text := func(a chromedp.Action[string]) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	var pages []string
+	capture := func() { pages = append(pages, text(chromedp.Location())+"\n"+text(chromedp.OuterHTML("html"))) }
+
+	do(chromedp.Navigate(b.hubURL+"/"), chromedp.WaitVisible("#caller_key"))
+	capture()
+	do(chromedp.SendKeys("#caller_key", wrongKey), chromedp.Submit("#caller_key"), chromedp.WaitVisible(".field-error"))
+	if fieldError := text(chromedp.Text(".field-error")); !strings.Contains(fieldError, "unknown caller key") {
+		t.Errorf("the wrong key's error next to the field: %q", fieldError)
+	}
+	capture()
+	do(chromedp.SendKeys("#caller_key", b.keys.admin), chromedp.Submit("#caller_key"), chromedp.WaitVisible("table"))
+	if accounts := text(chromedp.Text("table")); !strings.Contains(accounts, "acme") || !strings.Contains(accounts, "Active") {
+		t.Errorf("the Accounts page shows: %q", accounts)
+	}
+	capture()
+	if dir := os.Getenv("CREDBROKER_HUB_SCREENSHOTS"); dir != "" { // for looking at the page
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err == nil {
+			err = os.WriteFile(dir+"/accounts.png", png, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := cookies.Cookies; len(c) != 1 || !c[0].HTTPOnly || c[0].SameSite != network.CookieSameSiteStrict {
+		t.Errorf("the session cookie: %+v", c)
+	}
+	do(chromedp.Click(".signout button"), chromedp.WaitVisible("#caller_key"))
+	capture()
+	do(chromedp.Navigate(b.hubURL+"/accounts"), chromedp.WaitVisible("#caller_key"))
+	capture()
+	entries, err := chromedp.Run(ctx, chromedp.NavigationEntries())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var history []string
+	for _, e := range entries.Entries {
+		history = append(history, e.URL+" "+e.Title)
+	}
+	all := strings.Join(append(pages, history...), "\n")
+	if len(pages) != 5 || len(history) < 3 || !strings.Contains(all, "acme") {
+		t.Fatalf("too little to scan: %d pages, %d history entries", len(pages), len(history))
+	}
+	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token} {
+		if strings.Contains(all, canary) {
+			t.Errorf("a page, URL or history entry holds the %s", name)
+		}
+	}
+}

@@ -1,0 +1,232 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// hubClient is a browser-like client of a broker's Hub that follows no
+// redirect, so that the test sees each answer.
+type hubClient struct {
+	t      *testing.T
+	base   string
+	cookie *http.Cookie
+	// pages are the bodies of every answer, for the canary scan.
+	pages []string
+}
+
+func (h *hubClient) do(method, path string, form url.Values, header map[string]string) (*http.Response, string) {
+	h.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, h.base+path, body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	if h.cookie != nil {
+		req.AddCookie(h.cookie)
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.pages = append(h.pages, string(b))
+	for k, v := range resp.Header {
+		h.pages = append(h.pages, k+": "+strings.Join(v, ", "))
+	}
+	return resp, string(b)
+}
+
+// signIn signs in with key and keeps the session cookie.
+func (h *hubClient) signIn(key string) (*http.Response, string) {
+	h.t.Helper()
+	resp, body := h.do("POST", "/signin", url.Values{"caller_key": {key}}, nil)
+	for _, c := range resp.Cookies() {
+		if c.Name == "credbroker_hub" && c.Value != "" {
+			h.cookie = c
+		}
+	}
+	return resp, body
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([0-9a-f]+)"`)
+
+// The Hub's sign-in: a wrong or non-admin key is refused next to the
+// field and gets no session; an admin key gets an HttpOnly, SameSite=Strict
+// session cookie that shows the Accounts page (the linked account, its
+// kind and state in words); every page is sent with a strict CSP and may
+// not be framed; forms without the session's token or from another site
+// are refused; signing out ends the session, and so does revoking the key;
+// sign-in, pages and sign-out are in the audit trail under the signed-in
+// principal; no page holds a secret, a key or a token.
+func TestHubSignInAndAccounts(t *testing.T) {
+	ctx := context.Background()
+	b := startBroker(t)
+	b.link(t, "acme")
+	token := b.token(t, "acme").GetAccessToken()
+	h := &hubClient{t: t, base: b.hubURL}
+
+	resp, body := h.do("GET", "/signin", nil, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `type="password"`) || !strings.Contains(body, `autocomplete="off"`) {
+		t.Fatalf("sign-in page: %d\n%s", resp.StatusCode, body)
+	}
+	for header, want := range map[string]string{
+		"Content-Security-Policy": "default-src 'none'", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+		"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+	} {
+		if !strings.Contains(resp.Header.Get(header), want) {
+			t.Errorf("%s: %q, want %q", header, resp.Header.Get(header), want)
+		}
+	}
+	if !strings.Contains(resp.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'") {
+		t.Error("the CSP lets pages be framed")
+	}
+
+	const wrongKey = "cbk_wrong-key-canary-0123456789abcdef0123456789"
+	resp, body = h.signIn(wrongKey)
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, `class="field-error"`) || h.cookie != nil {
+		t.Fatalf("sign-in with a wrong key: %d, cookie %v\n%s", resp.StatusCode, h.cookie, body)
+	}
+	resp, body = h.signIn(b.keys.svc)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "needs the admin role") || h.cookie != nil {
+		t.Fatalf("sign-in with a caller's key: %d\n%s", resp.StatusCode, body)
+	}
+	resp, _ = h.do("GET", "/accounts", nil, nil)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin" {
+		t.Fatalf("accounts without signing in: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+
+	resp, _ = h.signIn(b.keys.admin)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/accounts" || h.cookie == nil {
+		t.Fatalf("sign-in with the admin key: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if !h.cookie.HttpOnly || h.cookie.SameSite != http.SameSiteStrictMode || h.cookie.Path != "/" {
+		t.Fatalf("session cookie %+v: want HttpOnly, SameSite=Strict, Path=/", h.cookie)
+	}
+	resp, body = h.do("GET", "/accounts", nil, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "acme") || !strings.Contains(body, "JumpCloud service account") ||
+		!strings.Contains(body, "Active") || !strings.Contains(body, "callerKeys/bootstrap-admin") {
+		t.Fatalf("accounts page: %d\n%s", resp.StatusCode, body)
+	}
+	m := csrfField.FindStringSubmatch(body)
+	if m == nil {
+		t.Fatal("the page's sign-out form carries no token")
+	}
+	if resp, body = h.do("GET", "/accounts?state=needs_attention", nil, nil); !strings.Contains(body, "No accounts in this state") {
+		t.Fatalf("accounts needing attention: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, _ = h.do("GET", "/accounts?state=bogus", nil, nil); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("an unknown state filter: %d", resp.StatusCode)
+	}
+
+	if resp, _ = h.do("POST", "/signout", url.Values{}, nil); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("sign-out without the session's token: %d", resp.StatusCode)
+	}
+	if resp, _ = h.do("POST", "/signout", url.Values{"csrf": {m[1]}}, map[string]string{"Sec-Fetch-Site": "cross-site"}); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("sign-out from another site: %d", resp.StatusCode)
+	}
+	if resp, _ = h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the refused forms ended the session: %d", resp.StatusCode)
+	}
+	resp, _ = h.do("POST", "/signout", url.Values{"csrf": {m[1]}}, map[string]string{"Origin": b.hubURL})
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin" {
+		t.Fatalf("sign-out: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, _ = h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the session's cookie after sign-out: %d", resp.StatusCode)
+	}
+
+	// A session ends when its key is revoked.
+	created, err := b.callers.CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{
+		KeyId: "hub-admin", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_ADMIN},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.cookie = nil
+	if resp, _ = h.signIn(created.GetKey()); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in with a new admin key: %d", resp.StatusCode)
+	}
+	if _, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/hub-admin"}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body = h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "revoked") {
+		t.Fatalf("a session of a revoked key: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, _ = h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the session of a revoked key lives on: %d", resp.StatusCode)
+	}
+
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{PageSize: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, ev := range events.GetEvents() {
+		if strings.HasPrefix(ev.GetMethod(), "hub: ") {
+			seen[ev.GetMethod()+" by "+ev.GetPrincipal()+" "+ev.GetCode()] = true
+		}
+	}
+	for _, want := range []string{
+		"hub: sign in by callerKeys/bootstrap-admin OK", "hub: accounts by callerKeys/bootstrap-admin OK",
+		"hub: sign out by callerKeys/bootstrap-admin OK", "hub: sign in by callerKeys/svc PERMISSION_DENIED",
+		"hub: accounts by callerKeys/hub-admin UNAUTHENTICATED",
+	} {
+		if !seen[want] {
+			t.Errorf("no audit event %q; have %v", want, seen)
+		}
+	}
+
+	all := strings.Join(h.pages, "\n") + b.logs.String()
+	if len(h.pages) < 10 || !strings.Contains(all, "acme") {
+		t.Fatal("the canary scan has too little to scan")
+	}
+	for name, canary := range map[string]string{
+		"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "new admin key": created.GetKey(),
+		"wrong key": wrongKey, "access token": token,
+	} {
+		if strings.Contains(all, canary) {
+			t.Errorf("a Hub page or the log holds the %s", name)
+		}
+	}
+}
+
+// A Hub session ends at its expiry.
+func TestHubSessionExpires(t *testing.T) {
+	cfg, fake, logs := newConfig(t)
+	cfg.Hub.SessionTTL = time.Second
+	b := startWith(t, cfg, fake, logs)
+	h := &hubClient{t: t, base: b.hubURL}
+	if resp, _ := h.signIn(b.keys.admin); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", resp.StatusCode)
+	}
+	if resp, _ := h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("accounts: %d", resp.StatusCode)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if resp, _ := h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin" {
+		t.Fatalf("accounts after the session expired: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}

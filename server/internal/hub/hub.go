@@ -1,0 +1,321 @@
+// Package hub is the broker's web UI for admins: server-rendered pages
+// (html/template, files embedded in the binary, no script) on a listener
+// of their own. An admin signs in with an admin caller key, which the
+// Hub exchanges for a session: a random secret in an HttpOnly,
+// SameSite=Strict cookie (Secure under TLS), stored by the broker under a
+// keyed hash of it, so that it lasts across replicas and ends on sign-out,
+// at its expiry, or when the key is revoked. Every request passes the same
+// gate as the API (identity as it stands now, role, rate limit, audit
+// event naming the signed-in principal); every form carries a token bound
+// to the session against cross-site requests, and every page is sent
+// with a strict Content-Security-Policy and may not be framed.
+package hub
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/server/internal/accounts"
+	"github.com/credbroker/credbroker/server/internal/api"
+	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/store"
+)
+
+//go:embed templates/*.html static/*
+var files embed.FS
+
+var pages = template.Must(template.ParseFS(files, "templates/*.html"))
+
+// Config tunes the Hub. Zero fields take the values of DefaultConfig.
+type Config struct {
+	// SessionTTL is how long a sign-in lasts.
+	SessionTTL time.Duration
+	Logger     *slog.Logger
+	// Now is the clock of sessions.
+	Now func() time.Time
+}
+
+// DefaultConfig: sessions of an hour.
+func DefaultConfig() Config {
+	return Config{SessionTTL: time.Hour, Logger: slog.Default(), Now: time.Now}
+}
+
+// Store is what the Hub keeps: sessions.
+type Store interface {
+	CreateHubSession(id string, h store.HubSession, ev store.AuditEvent) error
+	HubSession(id string) (store.HubSession, error)
+	DeleteHubSession(id string, ev store.AuditEvent) error
+	DeleteExpiredHubSessions(now time.Time) (int, error)
+}
+
+// Hub serves the pages.
+type Hub struct {
+	cfg      Config
+	gate     *gate.Gate
+	accounts *accounts.Service
+	store    Store
+	mac      *keyring.MACKey
+	// secure: served over TLS, so the cookie is Secure (and __Host-).
+	secure bool
+	cookie string
+	mux    *http.ServeMux
+}
+
+// New returns the Hub's handler; secure says it is served over TLS.
+func New(cfg Config, g *gate.Gate, acc *accounts.Service, st Store, mac *keyring.MACKey, secure bool) *Hub {
+	d := DefaultConfig()
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = d.SessionTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = d.Logger
+	}
+	if cfg.Now == nil {
+		cfg.Now = d.Now
+	}
+	h := &Hub{cfg: cfg, gate: g, accounts: acc, store: st, mac: mac, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
+	if secure {
+		h.cookie = "__Host-credbroker_hub" // bound to this origin, Secure, Path=/
+	}
+	h.mux.Handle("GET /static/", http.FileServerFS(files))
+	h.mux.HandleFunc("GET /{$}", h.home)
+	h.mux.HandleFunc("GET /signin", h.signInPage)
+	h.mux.HandleFunc("POST /signin", h.signIn)
+	h.mux.HandleFunc("POST /signout", h.signedIn("hub: sign out", h.signOut))
+	h.mux.HandleFunc("GET /accounts", h.signedIn("hub: accounts", h.accountsPage))
+	return h
+}
+
+// ServeHTTP sends every answer with the headers that keep pages to
+// themselves: a strict Content-Security-Policy (no script at all, forms
+// and styles from the Hub only), no framing, no sniffing, no referrer, no
+// caching.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hd := w.Header()
+	hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "no-referrer")
+	hd.Set("Cache-Control", "no-store")
+	if r.Method == http.MethodPost && !sameOrigin(r) {
+		h.render(w, http.StatusForbidden, "error", page{Title: "Refused", Message: "This form was sent from another site, so it was refused."})
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// sameOrigin reports whether a form was sent from the Hub's own pages, as
+// browsers say in Sec-Fetch-Site or Origin.
+func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin"
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true // not a browser's cross-site form: the session token still guards it
+	}
+	u, err := url.Parse(origin)
+	return err == nil && u.Host == r.Host
+}
+
+// page is what every template gets.
+type page struct {
+	Title, Principal, CSRF string
+	// The sign-in page.
+	SessionTTL time.Duration
+	FieldError string
+	// The error page.
+	Message string
+	// The accounts page.
+	State    string
+	Accounts []accountRow
+	Next     string
+}
+
+func (h *Hub) render(w http.ResponseWriter, code int, name string, p page) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	if err := pages.ExecuteTemplate(w, name+".html", p); err != nil {
+		h.cfg.Logger.Error("could not render a Hub page", "page", name, "error", err)
+	}
+}
+
+func (h *Hub) home(w http.ResponseWriter, r *http.Request) {
+	http.Redirect(w, r, "/accounts", http.StatusSeeOther)
+}
+
+func (h *Hub) signInPage(w http.ResponseWriter, r *http.Request) {
+	h.render(w, http.StatusOK, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL})
+}
+
+// maxForm bounds a form's body.
+const maxForm = 16 << 10
+
+// signIn exchanges an admin caller key for a session.
+func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	key := r.PostFormValue("caller_key")
+	c, err := h.gate.AuthorizeKey(r, "hub: sign in", gate.Admin, key, "")
+	if err == nil {
+		var secret string
+		if secret, err = newSecret(); err == nil {
+			now := h.cfg.Now()
+			if _, perr := h.store.DeleteExpiredHubSessions(now); perr != nil {
+				h.cfg.Logger.Warn("could not remove expired Hub sessions", "error", perr)
+			}
+			s := store.HubSession{Principal: c.Principal, CreateTime: now, ExpireTime: now.Add(h.cfg.SessionTTL)}
+			if err = h.store.CreateHubSession(h.sessionID(secret), s, c.ChangeEvent("", "signed in to the Hub")); err == nil {
+				http.SetCookie(w, h.sessionCookie(secret, s.ExpireTime))
+			}
+		}
+	}
+	if err = h.finish(r, c, err); err != nil {
+		code, msg := httpStatus(err)
+		h.render(w, code, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL, FieldError: msg})
+		return
+	}
+	http.Redirect(w, r, "/accounts", http.StatusSeeOther)
+}
+
+// session is the signed-in session of a request.
+type session struct {
+	id string // the stored hash
+	store.HubSession
+	csrf string
+}
+
+// signedIn runs fn for a request of a signed-in admin, as a call through
+// the gate named method; others go to the sign-in page. A form must carry
+// the session's token.
+func (h *Hub) signedIn(method string, fn func(http.ResponseWriter, *http.Request, *session, *gate.Call) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, ok := h.session(r)
+		if !ok {
+			h.clearCookie(w)
+			http.Redirect(w, r, "/signin", http.StatusSeeOther)
+			return
+		}
+		if r.Method == http.MethodPost {
+			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+			if subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1 {
+				h.render(w, http.StatusForbidden, "error", page{Title: "Refused", Message: "This form did not come from your session's pages, so it was refused. Reload the page and try again.", Principal: s.Principal, CSRF: s.csrf})
+				return
+			}
+		}
+		c, err := h.gate.AuthorizeSession(r, method, gate.Admin, s.Principal, "")
+		if err == nil {
+			err = fn(w, r, s, c)
+		}
+		if err = h.finish(r, c, err); err == nil {
+			return
+		}
+		if status.Code(err) == codes.Unauthenticated { // the key was revoked or expired meanwhile
+			ev := c.Event(codes.Unauthenticated)
+			ev.Detail = "Hub session ended: " + status.Convert(err).Message()
+			_ = h.store.DeleteHubSession(s.id, ev)
+			h.clearCookie(w)
+		}
+		code, msg := httpStatus(err)
+		h.render(w, code, "error", page{Title: http.StatusText(code), Message: msg, Principal: s.Principal, CSRF: s.csrf})
+	}
+}
+
+// finish maps err to the status callers see (as the API does) and ends
+// the call through the gate with it.
+func (h *Hub) finish(r *http.Request, c *gate.Call, err error) error {
+	if err != nil {
+		err = api.StatusOf(r.Context(), h.cfg.Logger, err)
+	}
+	if ferr := h.gate.Finish(c, err); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// session reads the request's session, if it has a live one.
+func (h *Hub) session(r *http.Request) (*session, bool) {
+	ck, err := r.Cookie(h.cookie)
+	if err != nil || len(ck.Value) != base64.RawURLEncoding.EncodedLen(secretSize) {
+		return nil, false
+	}
+	id := h.sessionID(ck.Value)
+	s, err := h.store.HubSession(id)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			h.cfg.Logger.Warn("could not read a Hub session", "error", err)
+		}
+		return nil, false
+	}
+	if !h.cfg.Now().Before(s.ExpireTime) {
+		return nil, false
+	}
+	return &session{id: id, HubSession: s, csrf: hex.EncodeToString(h.mac.Sum("hub-csrf", ck.Value))}, true
+}
+
+func (h *Hub) signOut(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	if err := h.store.DeleteHubSession(s.id, c.ChangeEvent("", "signed out of the Hub")); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	h.clearCookie(w)
+	http.Redirect(w, r, "/signin", http.StatusSeeOther)
+	return nil
+}
+
+// secretSize is the size of a session's secret.
+const secretSize = 32
+
+func newSecret() (string, error) {
+	b := make([]byte, secretSize)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// sessionID is what a session is stored under: a keyed hash of its
+// secret, which the storage never holds.
+func (h *Hub) sessionID(secret string) string {
+	return hex.EncodeToString(h.mac.Sum("hub-session", secret))
+}
+
+func (h *Hub) sessionCookie(secret string, expires time.Time) *http.Cookie {
+	return &http.Cookie{Name: h.cookie, Value: secret, Path: "/", Expires: expires, HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteStrictMode}
+}
+
+func (h *Hub) clearCookie(w http.ResponseWriter) {
+	http.SetCookie(w, &http.Cookie{Name: h.cookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteStrictMode})
+}
+
+// httpStatus is the HTTP status and message of a status (see finish).
+func httpStatus(err error) (int, string) {
+	st := status.Convert(err)
+	switch st.Code() {
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized, st.Message()
+	case codes.PermissionDenied:
+		return http.StatusForbidden, st.Message()
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests, st.Message()
+	case codes.Unavailable:
+		return http.StatusServiceUnavailable, st.Message()
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange:
+		return http.StatusBadRequest, st.Message()
+	case codes.NotFound:
+		return http.StatusNotFound, st.Message()
+	}
+	return http.StatusInternalServerError, fmt.Sprintf("internal error (%s)", st.Code())
+}
