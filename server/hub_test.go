@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 )
 
 // hubClient is a browser-like client of a broker's Hub that follows no
@@ -38,6 +40,9 @@ func (h *hubClient) do(method, path string, form url.Values, header map[string]s
 	}
 	for k, v := range header {
 		req.Header.Set(k, v)
+	}
+	if host := req.Header.Get("Host"); host != "" {
+		req.Host = host
 	}
 	if h.cookie != nil {
 		req.AddCookie(h.cookie)
@@ -229,4 +234,94 @@ func TestHubSessionExpires(t *testing.T) {
 	if resp, _ := h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin" {
 		t.Fatalf("accounts after the session expired: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
+}
+
+// The Hub refuses what a browser on another site, another name for the
+// host or a careless form could send: a name other than a loopback one
+// (DNS rebinding), files outside its stylesheet, an empty or oversized
+// form, a session length out of bounds; signing in again ends the earlier
+// session.
+func TestHubRefusesTricks(t *testing.T) {
+	b := startBroker(t)
+	h := &hubClient{t: t, base: b.hubURL}
+	if resp, _ := h.do("GET", "/signin", nil, map[string]string{"Host": "evil.example:50054"}); resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Fatalf("a page under another host name: %d", resp.StatusCode)
+	}
+	req, err := http.NewRequest("GET", b.hubURL+"/static/%2e%2e/templates/layout.html", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a template through the static path: %d", resp.StatusCode)
+	}
+	if resp, _ := h.do("GET", "/static/hub.css", nil, nil); resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/css") {
+		t.Fatalf("the stylesheet: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if resp, body := h.signIn(""); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "starts with cbk_") {
+		t.Fatalf("sign-in with no key: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, _ := h.do("POST", "/signin", url.Values{"caller_key": {strings.Repeat("x", 20<<10)}}, nil); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("an oversized form: %d", resp.StatusCode)
+	}
+
+	h.signIn(b.keys.admin)
+	first := h.cookie
+	if resp, _ := h.signIn(b.keys.admin); resp.StatusCode != http.StatusSeeOther || h.cookie.Value == first.Value {
+		t.Fatalf("signing in again: %d", resp.StatusCode)
+	}
+	second := h.cookie
+	h.cookie = first
+	if resp, _ := h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("the earlier session after signing in again: %d", resp.StatusCode)
+	}
+	h.cookie = second
+	if resp, _ := h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the new session: %d", resp.StatusCode)
+	}
+
+	for _, ttl := range []time.Duration{-time.Second, 8 * 24 * time.Hour} {
+		cfg := b.cfg
+		cfg.DataDir = t.TempDir()
+		cfg.Hub.SessionTTL = ttl
+		if _, err := server.New(cfg); err == nil || !strings.Contains(err.Error(), "--hub-session-ttl") {
+			t.Fatalf("--hub-session-ttl %s: %v", ttl, err)
+		}
+	}
+}
+
+// While a replica cannot reach etcd, its Hub pages say so at once and keep
+// the admin signed in; when etcd is back, the same session goes on.
+func TestHubWhileStorageIsDown(t *testing.T) {
+	rs, cluster := startReplicas(t, 1, 1, nil)
+	b := rs[0]
+	h := &hubClient{t: t, base: b.hubURL}
+	if resp, _ := h.signIn(b.keys.admin); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", resp.StatusCode)
+	}
+	cluster.Stop(0)
+	waitFor(t, 10*time.Second, func() error {
+		resp, body := h.do("GET", "/accounts", nil, nil)
+		if resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(body, "storage") {
+			return nil
+		}
+		return fmt.Errorf("accounts with etcd down: %d", resp.StatusCode)
+	})
+	resp, _ := h.do("GET", "/accounts", nil, nil)
+	for _, c := range resp.Cookies() {
+		if c.Name == "credbroker_hub" {
+			t.Fatal("the page with etcd down ended the session")
+		}
+	}
+	cluster.Restart(0)
+	waitFor(t, 20*time.Second, func() error {
+		if resp, _ := h.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("accounts with etcd back: %d", resp.StatusCode)
+		}
+		return nil
+	})
 }

@@ -258,6 +258,9 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 	if err != nil {
 		return listeners.TLS{}, nil, err
 	}
+	if err := hub.CheckConfig(cfg.Hub); err != nil {
+		return listeners.TLS{}, nil, err
+	}
 	masters, err := datadir.ConfiguredMasters(cfg.Config)
 	if err == nil {
 		err = datadir.CheckStorage(cfg.Config, masters)
@@ -390,7 +393,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		hc := cfg.Hub
 		hc.Logger = cfg.Logger
 		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, acc, st, mac, cfg.TLSCertFile != ""),
-			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
+			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}, cfg.Logger)
 		if err != nil {
 			return nil, err
 		}

@@ -47,5 +47,9 @@ func (g *Gate) AuthorizeSession(r *http.Request, method string, a Access, princi
 	})
 }
 
+// Unavailable is why calls are refused at once now (see
+// Config.Unavailable), or nil: pages check it before they read anything.
+func (g *Gate) Unavailable() error { return g.unavailable() }
+
 // noCertificate is the certificate principal of a call that presents none.
 func noCertificate(time.Time) (string, error) { return "", mtls.ErrNoCertificate }

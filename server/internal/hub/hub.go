@@ -21,9 +21,16 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
+	"math"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -52,6 +59,17 @@ type Config struct {
 // DefaultConfig: sessions of an hour.
 func DefaultConfig() Config {
 	return Config{SessionTTL: time.Hour, Logger: slog.Default(), Now: time.Now}
+}
+
+// maxSessionTTL bounds a sign-in: a session is a bearer credential.
+const maxSessionTTL = 7 * 24 * time.Hour
+
+// CheckConfig refuses a configuration the Hub cannot run with.
+func CheckConfig(cfg Config) error {
+	if cfg.SessionTTL < 0 || cfg.SessionTTL > maxSessionTTL {
+		return fmt.Errorf("--hub-session-ttl %s: a sign-in lasts more than nothing and at most %s", cfg.SessionTTL, maxSessionTTL)
+	}
+	return nil
 }
 
 // Store is what the Hub keeps: sessions.
@@ -91,7 +109,7 @@ func New(cfg Config, g *gate.Gate, acc *accounts.Service, st Store, mac *keyring
 	if secure {
 		h.cookie = "__Host-credbroker_hub" // bound to this origin, Secure, Path=/
 	}
-	h.mux.Handle("GET /static/", http.FileServerFS(files))
+	h.mux.HandleFunc("GET /static/hub.css", func(w http.ResponseWriter, r *http.Request) { http.ServeFileFS(w, r, files, "static/hub.css") })
 	h.mux.HandleFunc("GET /{$}", h.home)
 	h.mux.HandleFunc("GET /signin", h.signInPage)
 	h.mux.HandleFunc("POST /signin", h.signIn)
@@ -111,11 +129,34 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Cache-Control", "no-store")
+	if h.secure {
+		hd.Set("Strict-Transport-Security", "max-age=31536000")
+	} else if !loopbackHost(r.Host) {
+		// A page served over plaintext (loopback only) under another name
+		// would be another site's, its cookies and forms included (DNS
+		// rebinding).
+		h.render(w, http.StatusMisdirectedRequest, "error", page{Title: "Refused", Message: "Open the Hub by its loopback address (127.0.0.1, [::1] or localhost)."})
+		return
+	}
 	if r.Method == http.MethodPost && !sameOrigin(r) {
+		h.cfg.Logger.Warn("refused a Hub form sent from another site", "path", r.URL.Path, "peer", r.RemoteAddr)
 		h.render(w, http.StatusForbidden, "error", page{Title: "Refused", Message: "This form was sent from another site, so it was refused."})
 		return
 	}
 	h.mux.ServeHTTP(w, r)
+}
+
+// loopbackHost reports whether a request's Host names a loopback address.
+func loopbackHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && ip.IsLoopback()
 }
 
 // sameOrigin reports whether a form was sent from the Hub's own pages, as
@@ -167,8 +208,16 @@ const maxForm = 16 << 10
 
 // signIn exchanges an admin caller key for a session.
 func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
-	key := r.PostFormValue("caller_key")
+	if !h.parseForm(w, r, nil) {
+		return
+	}
+	key := strings.TrimSpace(r.PostFormValue("caller_key"))
+	if !strings.HasPrefix(key, callerKeyPrefix) {
+		h.render(w, http.StatusBadRequest, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL,
+			FieldError: "Enter an admin caller key: it starts with " + callerKeyPrefix + "."})
+		return
+	}
+	previous, _ := h.session(r)
 	c, err := h.gate.AuthorizeKey(r, "hub: sign in", gate.Admin, key, "")
 	if err == nil {
 		var secret string
@@ -180,11 +229,16 @@ func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
 			s := store.HubSession{Principal: c.Principal, CreateTime: now, ExpireTime: now.Add(h.cfg.SessionTTL)}
 			if err = h.store.CreateHubSession(h.sessionID(secret), s, c.ChangeEvent("", "signed in to the Hub")); err == nil {
 				http.SetCookie(w, h.sessionCookie(secret, s.ExpireTime))
+				if previous != nil { // one session a browser
+					ev := c.Event(codes.OK)
+					ev.Detail = "signed in again: the earlier Hub session ended"
+					_ = h.store.DeleteHubSession(previous.id, ev)
+				}
 			}
 		}
 	}
 	if err = h.finish(r, c, err); err != nil {
-		code, msg := httpStatus(err)
+		code, msg := httpStatus(w, err)
 		h.render(w, code, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL, FieldError: msg})
 		return
 	}
@@ -203,15 +257,28 @@ type session struct {
 // the session's token.
 func (h *Hub) signedIn(method string, fn func(http.ResponseWriter, *http.Request, *session, *gate.Call) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s, ok := h.session(r)
-		if !ok {
+		if err := h.gate.Unavailable(); err != nil { // at once, and signed in still
+			code, msg := httpStatus(w, err)
+			h.render(w, code, "error", page{Title: http.StatusText(code), Message: msg})
+			return
+		}
+		s, err := h.session(r)
+		if err != nil {
+			code, msg := httpStatus(w, api.StatusOf(r.Context(), h.cfg.Logger, err))
+			h.render(w, code, "error", page{Title: http.StatusText(code), Message: msg})
+			return
+		}
+		if s == nil {
 			h.clearCookie(w)
 			http.Redirect(w, r, "/signin", http.StatusSeeOther)
 			return
 		}
 		if r.Method == http.MethodPost {
-			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+			if !h.parseForm(w, r, s) {
+				return
+			}
 			if subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1 {
+				h.cfg.Logger.Warn("refused a Hub form without its session's token", "principal", s.Principal, "path", r.URL.Path, "peer", r.RemoteAddr)
 				h.render(w, http.StatusForbidden, "error", page{Title: "Refused", Message: "This form did not come from your session's pages, so it was refused. Reload the page and try again.", Principal: s.Principal, CSRF: s.csrf})
 				return
 			}
@@ -223,14 +290,17 @@ func (h *Hub) signedIn(method string, fn func(http.ResponseWriter, *http.Request
 		if err = h.finish(r, c, err); err == nil {
 			return
 		}
+		p := page{Principal: s.Principal, CSRF: s.csrf}
 		if status.Code(err) == codes.Unauthenticated { // the key was revoked or expired meanwhile
 			ev := c.Event(codes.Unauthenticated)
 			ev.Detail = "Hub session ended: " + status.Convert(err).Message()
 			_ = h.store.DeleteHubSession(s.id, ev)
 			h.clearCookie(w)
+			p = page{}
 		}
-		code, msg := httpStatus(err)
-		h.render(w, code, "error", page{Title: http.StatusText(code), Message: msg, Principal: s.Principal, CSRF: s.csrf})
+		code, msg := httpStatus(w, err)
+		p.Title, p.Message = http.StatusText(code), msg
+		h.render(w, code, "error", p)
 	}
 }
 
@@ -246,25 +316,51 @@ func (h *Hub) finish(r *http.Request, c *gate.Call, err error) error {
 	return err
 }
 
-// session reads the request's session, if it has a live one.
-func (h *Hub) session(r *http.Request) (*session, bool) {
-	ck, err := r.Cookie(h.cookie)
-	if err != nil || len(ck.Value) != base64.RawURLEncoding.EncodedLen(secretSize) {
-		return nil, false
-	}
-	id := h.sessionID(ck.Value)
-	s, err := h.store.HubSession(id)
-	if err != nil {
-		if !errors.Is(err, store.ErrNotFound) {
-			h.cfg.Logger.Warn("could not read a Hub session", "error", err)
+// session reads the request's live session, or nil if it has none. Of
+// several cookies of the Hub's name (another service on the host may set
+// one), the first live one counts. It fails only if the storage does.
+func (h *Hub) session(r *http.Request) (*session, error) {
+	for _, ck := range r.CookiesNamed(h.cookie) {
+		if len(ck.Value) != base64.RawURLEncoding.EncodedLen(secretSize) {
+			continue
 		}
-		return nil, false
+		id := h.sessionID(ck.Value)
+		s, err := h.store.HubSession(id)
+		switch {
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrIntegrity):
+			continue
+		case err != nil:
+			return nil, err
+		case h.cfg.Now().Before(s.ExpireTime):
+			return &session{id: id, HubSession: s, csrf: hex.EncodeToString(h.mac.Sum("hub-csrf", ck.Value))}, nil
+		}
 	}
-	if !h.cfg.Now().Before(s.ExpireTime) {
-		return nil, false
-	}
-	return &session{id: id, HubSession: s, csrf: hex.EncodeToString(h.mac.Sum("hub-csrf", ck.Value))}, true
+	return nil, nil
 }
+
+// parseForm reads a form of at most maxForm bytes, or answers 413 (on
+// the page of session s, if any) and returns false.
+func (h *Hub) parseForm(w http.ResponseWriter, r *http.Request, s *session) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	err := r.ParseForm()
+	if err == nil {
+		return true
+	}
+	p := page{Title: "Refused", Message: "This form could not be read: " + err.Error()}
+	code := http.StatusBadRequest
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		code, p.Message = http.StatusRequestEntityTooLarge, fmt.Sprintf("This form is larger than the Hub takes (%d KiB).", maxForm>>10)
+	}
+	if s != nil {
+		p.Principal, p.CSRF = s.Principal, s.csrf
+	}
+	h.render(w, code, "error", p)
+	return false
+}
+
+// callerKeyPrefix starts every caller key.
+const callerKeyPrefix = "cbk_"
 
 func (h *Hub) signOut(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
 	if err := h.store.DeleteHubSession(s.id, c.ChangeEvent("", "signed out of the Hub")); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -300,9 +396,15 @@ func (h *Hub) clearCookie(w http.ResponseWriter) {
 	http.SetCookie(w, &http.Cookie{Name: h.cookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteStrictMode})
 }
 
-// httpStatus is the HTTP status and message of a status (see finish).
-func httpStatus(err error) (int, string) {
+// httpStatus is the HTTP status and message of a status (see finish); a
+// wait it asks for goes into Retry-After.
+func httpStatus(w http.ResponseWriter, err error) (int, string) {
 	st := status.Convert(err)
+	for _, d := range st.Details() {
+		if retry, ok := d.(*errdetails.RetryInfo); ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.GetRetryDelay().AsDuration().Seconds()))))
+		}
+	}
 	switch st.Code() {
 	case codes.Unauthenticated:
 		return http.StatusUnauthorized, st.Message()
