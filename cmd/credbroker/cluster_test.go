@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -56,15 +55,7 @@ func (r *tokenRequests) all() []time.Time {
 
 // freePort is a loopback address no one listens on, so that a replica
 // restarts where its clients look for it.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freePort(t *testing.T) string { return etcdtest.FreeAddr(t) }
 
 // loadStats counts a load's calls.
 type loadStats struct{ ok, failed atomic.Int64 }

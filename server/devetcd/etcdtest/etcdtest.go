@@ -8,6 +8,7 @@ package etcdtest
 import (
 	"bufio"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"strings"
@@ -50,7 +51,7 @@ func start(t testing.TB, bin string, n int) *Cluster {
 	c := &Cluster{t: t, bin: bin}
 	var cluster []string
 	for i := range n {
-		m := devetcd.Member{Name: fmt.Sprintf("m%d", i), Dir: t.TempDir(), ClientAddr: freeAddr(t), PeerAddr: freeAddr(t), Fast: true,
+		m := devetcd.Member{Name: fmt.Sprintf("m%d", i), Dir: t.TempDir(), ClientAddr: FreeAddr(t), PeerAddr: FreeAddr(t), Fast: true,
 			LogLevel: "fatal"} // in the test process, members log an error for each listener they close
 		cluster = append(cluster, m.Name+"="+m.PeerAddr)
 		c.members = append(c.members, &member{cfg: m})
@@ -73,14 +74,22 @@ func start(t testing.TB, bin string, n int) *Cluster {
 	return c
 }
 
-func freeAddr(t testing.TB) string {
+// FreeAddr is a loopback address free to listen on, for a process the
+// test starts later. Its port is below the kernel's range of ephemeral
+// ports (32768 and up by default), which other tests' listeners on port 0
+// and outgoing connections take theirs from, so that none of them takes it
+// meanwhile.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
 }
 
 // start starts member i and waits until it serves.
