@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,9 +80,9 @@ func TestUpgradeKilledMidway(t *testing.T) {
 	}
 	var midway, before, after int
 	var dir string
-	// Kill later and later, until the upgrade has been seen complete a few
-	// times in a row: the steps follow the machine's speed.
-	for i, streak := 0, 0; streak < 3 && i < 800; i++ {
+	// killAt starts on a fresh copy, kills the start after delay, and
+	// says what it left: "before" the upgrade wrote, "midway" or "after".
+	killAt := func(i int, delay time.Duration) string {
 		dir = filepath.Join(t.TempDir(), fmt.Sprint("copy", i))
 		path := filepath.Join(dir, "credbroker.db")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -94,7 +95,7 @@ func TestUpgradeKilledMidway(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(i) * 250 * time.Microsecond)
+		time.Sleep(delay)
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		now, err := os.ReadFile(path)
@@ -104,21 +105,44 @@ func TestUpgradeKilledMidway(t *testing.T) {
 		switch {
 		case upgraded(t, path):
 			after++
-			streak++
+			return "after"
 		case !bytes.Equal(now, pristine):
 			midway++ // pages of the upgrade written, its commit not
-			streak = 0
+			return "midway"
+		}
+		before++
+		return "before"
+	}
+	// Kill later and later, until the upgrade has been seen complete a few
+	// times in a row: the steps follow the machine's speed.
+	var lastBefore, firstAfter time.Duration
+	i := 0
+	for streak := 0; streak < 3 && i < 800; i++ {
+		delay := time.Duration(i) * 250 * time.Microsecond
+		switch killAt(i, delay) {
+		case "after":
+			if streak == 0 {
+				firstAfter = delay
+			}
+			streak++
+		case "before":
+			lastBefore, streak = delay, 0
 		default:
-			before++
 			streak = 0
 		}
+	}
+	// On a busy machine the upgrade can fall between two steps: kill
+	// within the last step before it completed, at finer times.
+	for j := 0; midway == 0 && j < 200 && firstAfter > lastBefore; j++ {
+		killAt(i+j, lastBefore+time.Duration(rand.Int64N(int64(firstAfter-lastBefore))))
 	}
 	t.Logf("killed %d times before the upgrade wrote, %d times during it, %d times after it", before, midway, after)
 	if midway == 0 {
 		t.Fatal("no start was killed in the middle of the upgrade: the test proved nothing")
 	}
 
-	// The last copy: start it, and check that it completed.
+	// The last copy (upgraded, or cut off by a finer kill): start it, and
+	// check that the upgrade completed.
 	var logs bytes.Buffer
 	b := startBinary(t, e.bin, &logs, append(e.args, "--data-dir", dir)...)
 	tokens := credbrokerv1.NewTokenServiceClient(b.connect(t, keyCreds(keys["checker"])...))
