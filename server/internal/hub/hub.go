@@ -4,7 +4,7 @@
 // Hub exchanges for a session: a random secret in an HttpOnly,
 // SameSite=Strict cookie (Secure under TLS), stored by the broker under a
 // keyed hash of it, so that it lasts across replicas and ends on sign-out,
-// at its expiry, or when the key is revoked. Every request passes the same
+// on a new sign-in, at its expiry, or when the key is revoked. Every request passes the same
 // gate as the API (identity as it stands now, role, rate limit, audit
 // event naming the signed-in principal); every form carries a token bound
 // to the session against cross-site requests, and every page is sent
@@ -31,7 +31,6 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
