@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +35,10 @@ func browser(t *testing.T) context.Context {
 
 // An admin signs in to the Hub in a real browser: a wrong key is shown
 // next to the field, the admin key opens the Accounts page with the linked
-// account, the session cookie is HttpOnly and SameSite=Strict, signing
-// out returns to the sign-in page and the Accounts page is closed again.
+// account, the session cookie is HttpOnly and SameSite=Strict; linking an
+// account with a wrong secret shows the error next to the field and an
+// empty secret field, the right one the confirmation; signing out returns
+// to the sign-in page and the Accounts page is closed again.
 // No page, URL or history entry holds the keys, the secret or the token.
 func TestHubInABrowser(t *testing.T) {
 	ctx := browser(t)
@@ -60,6 +63,21 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	var pages []string
 	capture := func() { pages = append(pages, text(chromedp.Location())+"\n"+text(chromedp.OuterHTML("html"))) }
+	// screenshot saves the page as name.png in $CREDBROKER_HUB_SCREENSHOTS, if set, for looking at it.
+	screenshot := func(name string) {
+		t.Helper()
+		dir := os.Getenv("CREDBROKER_HUB_SCREENSHOTS")
+		if dir == "" {
+			return
+		}
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	do(chromedp.Navigate(b.hubURL+"/"), chromedp.WaitVisible("#caller_key"))
 	capture()
@@ -73,15 +91,7 @@ func TestHubInABrowser(t *testing.T) {
 		t.Errorf("the Accounts page shows: %q", accounts)
 	}
 	capture()
-	if dir := os.Getenv("CREDBROKER_HUB_SCREENSHOTS"); dir != "" { // for looking at the page
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err == nil {
-			err = os.WriteFile(dir+"/accounts.png", png, 0o644)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	screenshot("accounts")
 	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{})
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +99,20 @@ func TestHubInABrowser(t *testing.T) {
 	if c := cookies.Cookies; len(c) != 1 || !c[0].HTTPOnly || c[0].SameSite != network.CookieSameSiteStrict {
 		t.Errorf("the session cookie: %+v", c)
 	}
+	// Link a second account: a wrong secret first, then the right one.
+	do(chromedp.Navigate(b.hubURL+"/accounts/new"), chromedp.WaitVisible("#client_secret"),
+		chromedp.SendKeys("#account_id", "globex"), chromedp.SendKeys("#client_id", clientID),
+		chromedp.SendKeys("#client_secret", wrongKey), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#client_secret_error"))
+	capture()
+	screenshot("link-error")
+	if secret := text(chromedp.Value("#client_secret")); secret != "" {
+		t.Error("the form came back with the secret filled in")
+	}
+	do(chromedp.SendKeys("#client_secret", clientSecret), chromedp.Submit("#client_secret"), chromedp.WaitVisible(".confirmation"))
+	if confirmed := text(chromedp.Text(".confirmation")); !strings.Contains(confirmed, "globex") {
+		t.Errorf("the confirmation says: %q", confirmed)
+	}
+	capture()
 	do(chromedp.Click(".signout button"), chromedp.WaitVisible("#caller_key"))
 	capture()
 	do(chromedp.Navigate(b.hubURL+"/accounts"), chromedp.WaitVisible("#caller_key"))
@@ -102,7 +126,7 @@ func TestHubInABrowser(t *testing.T) {
 		history = append(history, e.URL+" "+e.Title)
 	}
 	all := strings.Join(append(pages, history...), "\n")
-	if len(pages) != 5 || len(history) < 3 || !strings.Contains(all, "acme") {
+	if len(pages) != 7 || len(history) < 3 || !strings.Contains(all, "acme") {
 		t.Fatalf("too little to scan: %d pages, %d history entries", len(pages), len(history))
 	}
 	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token} {

@@ -325,3 +325,83 @@ func TestHubWhileStorageIsDown(t *testing.T) {
 		return nil
 	})
 }
+
+// Linking a JumpCloud service account from the Hub: a wrong secret is
+// shown next to the Client Secret field and nothing is kept; a malformed
+// organization ID next to its field, before JumpCloud is asked; the form
+// never sends the secret back; a right one links the account (proved
+// first, as CreateAccount does), shows the confirmation, lists it, and its
+// token is served; the form needs the session's token; the link is audited
+// under the signed-in admin.
+func TestHubLinksAnAccount(t *testing.T) {
+	ctx := context.Background()
+	b := startBroker(t)
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+	_, body := h.do("GET", "/accounts/new", nil, nil)
+	m := csrfField.FindStringSubmatch(body)
+	if m == nil || !strings.Contains(body, `name="client_secret" type="password" autocomplete="off"`) {
+		t.Fatalf("the link form:\n%s", body)
+	}
+	form := func(secret, orgID string) url.Values {
+		return url.Values{"csrf": {m[1]}, "account_id": {"globex"}, "display_name": {"Globex"}, "client_id": {clientID},
+			"client_secret": {secret}, "region": {"us"}, "org_id": {orgID}}
+	}
+	const wrongSecret = "wrong-secret-canary-5d1f"
+	requests := b.fake.Requests()
+	resp, body := h.do("POST", "/accounts/new", form(wrongSecret, ""), nil)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `id="client_secret_error"`) || !strings.Contains(body, `value="Globex"`) {
+		t.Fatalf("linking with a wrong secret: %d\n%s", resp.StatusCode, body)
+	}
+	resp, body = h.do("POST", "/accounts/new", form(clientSecret, "not-an-org-id"), nil)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `id="org_id_error"`) || strings.Contains(body, `id="client_secret_error"`) {
+		t.Fatalf("linking with a malformed organization ID: %d\n%s", resp.StatusCode, body)
+	}
+	if got := b.fake.Requests() - requests; got != 1 {
+		t.Fatalf("%d token requests for a wrong secret and a malformed organization ID; want 1, for the secret", got)
+	}
+	if _, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/globex"}); err == nil {
+		t.Fatal("a refused link kept the account")
+	}
+	noToken := form(clientSecret, "")
+	noToken.Del("csrf")
+	if resp, _ = h.do("POST", "/accounts/new", noToken, nil); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("linking without the session's token: %d", resp.StatusCode)
+	}
+
+	resp, _ = h.do("POST", "/accounts/new", form(clientSecret, ""), nil)
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/accounts/linked?id=globex" {
+		t.Fatalf("linking: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, body = h.do("GET", "/accounts/linked?id=globex", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "globex") || !strings.Contains(body, "JumpCloud service account") {
+		t.Fatalf("the confirmation: %d\n%s", resp.StatusCode, body)
+	}
+	if _, body = h.do("GET", "/accounts", nil, nil); !strings.Contains(body, "globex") {
+		t.Fatalf("the accounts page after linking:\n%s", body)
+	}
+	resp, body = h.do("POST", "/accounts/new", form(clientSecret, ""), nil)
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, `id="account_id_error"`) {
+		t.Fatalf("linking the same id again: %d\n%s", resp.StatusCode, body)
+	}
+	b.grant(t, "globex", svcPrincipal)
+	if b.token(t, "globex").GetAccessToken() == "" {
+		t.Fatal("no token for the account linked from the Hub")
+	}
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Account: "accounts/globex", PageSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	linked := false
+	for _, ev := range events.GetEvents() {
+		linked = linked || (ev.GetMethod() == "hub: link an account" && ev.GetPrincipal() == "callerKeys/bootstrap-admin" && ev.GetCode() == "OK")
+	}
+	if !linked {
+		t.Fatalf("the link is not audited: %v", events.GetEvents())
+	}
+	all := strings.Join(h.pages, "\n") + b.logs.String()
+	for name, canary := range map[string]string{"client secret": clientSecret, "wrong secret": wrongSecret} {
+		if strings.Contains(all, canary) {
+			t.Errorf("a Hub page or the log holds the %s", name)
+		}
+	}
+}

@@ -25,7 +25,7 @@ type accountService struct {
 }
 
 func (s *accountService) CreateAccount(ctx context.Context, req *credbrokerv1.CreateAccountRequest) (*credbrokerv1.CreateAccountResponse, error) {
-	in, err := newAccount(req)
+	in, err := NewAccount(req)
 	if err != nil {
 		return nil, err
 	}

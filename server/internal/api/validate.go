@@ -180,8 +180,9 @@ func checkEndpointURL(field, raw string, required bool) error {
 	return nil
 }
 
-// newAccount validates a CreateAccountRequest.
-func newAccount(req *credbrokerv1.CreateAccountRequest) (accounts.NewAccount, error) {
+// NewAccount validates a CreateAccountRequest (CreateAccount's, or one the
+// Hub's form built).
+func NewAccount(req *credbrokerv1.CreateAccountRequest) (accounts.NewAccount, error) {
 	out := accounts.NewAccount{ID: req.GetAccountId()}
 	if out.ID != "" {
 		if err := checkAccountID("account_id", out.ID); err != nil {

@@ -114,6 +114,9 @@ func New(cfg Config, g *gate.Gate, acc *accounts.Service, st Store, mac *keyring
 	h.mux.HandleFunc("POST /signin", h.signIn)
 	h.mux.HandleFunc("POST /signout", h.signedIn("hub: sign out", h.signOut))
 	h.mux.HandleFunc("GET /accounts", h.signedIn("hub: accounts", h.accountsPage))
+	h.mux.HandleFunc("GET /accounts/new", h.signedIn("hub: link form", h.linkPage))
+	h.mux.HandleFunc("POST /accounts/new", h.signedIn("hub: link an account", h.link))
+	h.mux.HandleFunc("GET /accounts/linked", h.signedIn("hub: account linked", h.linkedPage))
 	return h
 }
 
@@ -184,6 +187,9 @@ type page struct {
 	State    string
 	Accounts []accountRow
 	Next     string
+	// The link form, and its confirmation.
+	Link   *linkForm
+	Linked *accountRow
 }
 
 func (h *Hub) render(w http.ResponseWriter, code int, name string, p page) {
@@ -285,6 +291,11 @@ func (h *Hub) signedIn(method string, fn func(http.ResponseWriter, *http.Request
 		c, err := h.gate.AuthorizeSession(r, method, gate.Admin, s.Principal, "")
 		if err == nil {
 			err = fn(w, r, s, c)
+		}
+		var done rendered
+		if errors.As(err, &done) { // its page says what went wrong
+			_ = h.finish(r, c, done.error)
+			return
 		}
 		if err = h.finish(r, c, err); err == nil {
 			return
@@ -417,6 +428,8 @@ func httpStatus(w http.ResponseWriter, err error) (int, string) {
 		return http.StatusBadRequest, st.Message()
 	case codes.NotFound:
 		return http.StatusNotFound, st.Message()
+	case codes.AlreadyExists:
+		return http.StatusConflict, st.Message()
 	}
 	return http.StatusInternalServerError, fmt.Sprintf("internal error (%s)", st.Code())
 }
