@@ -405,3 +405,33 @@ func TestHubLinksAnAccount(t *testing.T) {
 		}
 	}
 }
+
+// The Hub's confirmation page takes only account ids, so that nothing
+// else reaches the audit trail through its URL; an unknown region is
+// refused next to its field.
+func TestHubLinkFormChecksItsInput(t *testing.T) {
+	b := startBroker(t)
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+	if resp, _ := h.do("GET", "/accounts/linked?id=%1b%5b31mred%0a", nil, nil); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a confirmation for a non-id: %d", resp.StatusCode)
+	}
+	if resp, _ := h.do("GET", "/accounts/linked?id=nosuch", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a confirmation for an unknown account: %d", resp.StatusCode)
+	}
+	_, body := h.do("GET", "/accounts/new", nil, nil)
+	m := csrfField.FindStringSubmatch(body)
+	resp, body := h.do("POST", "/accounts/new", url.Values{"csrf": {m[1]}, "client_id": {clientID}, "client_secret": {clientSecret}, "region": {"mars"}}, nil)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `id="region_error"`) {
+		t.Fatalf("an unknown region: %d\n%s", resp.StatusCode, body)
+	}
+	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{PageSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range events.GetEvents() {
+		if strings.ContainsAny(ev.GetResource(), "\x1b\n") {
+			t.Fatalf("a control character reached the audit trail: %q", ev.GetResource())
+		}
+	}
+}

@@ -56,6 +56,10 @@ func validAccountID(id string) bool {
 	return true
 }
 
+// ValidAccountID reports whether id is an account id (for the Hub's pages,
+// which take ids in their URLs).
+func ValidAccountID(id string) bool { return validAccountID(id) }
+
 func checkAccountID(field, id string) error {
 	if !validAccountID(id) {
 		return invalidArgument(field, "must be 1-63 lowercase letters, digits and hyphens, starting and ending with a letter or digit")

@@ -41,7 +41,12 @@ func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.C
 		AccountID: strings.TrimSpace(r.PostFormValue("account_id")), DisplayName: strings.TrimSpace(r.PostFormValue("display_name")),
 		ClientID: strings.TrimSpace(r.PostFormValue("client_id")), Region: r.PostFormValue("region"), OrgID: strings.TrimSpace(r.PostFormValue("org_id")),
 	}
-	region := map[string]credbrokerv1.Region{"us": credbrokerv1.Region_REGION_US, "eu": credbrokerv1.Region_REGION_EU}[f.Region]
+	region, ok := map[string]credbrokerv1.Region{"us": credbrokerv1.Region_REGION_US, "eu": credbrokerv1.Region_REGION_EU}[f.Region]
+	if !ok {
+		f.Region, f.Errors = "us", map[string]string{"region": "Choose US or EU: the console you sign in to (console.jumpcloud.com is US, console.eu.jumpcloud.com is EU)."}
+		h.render(w, http.StatusBadRequest, "link", page{Title: "Link an account", Principal: s.Principal, CSRF: s.csrf, Link: &f})
+		return rendered{status.Error(codes.InvalidArgument, "region: "+f.Errors["region"])}
+	}
 	req := &credbrokerv1.CreateAccountRequest{
 		AccountId: f.AccountID,
 		Account:   &credbrokerv1.Account{DisplayName: f.DisplayName},
@@ -58,6 +63,7 @@ func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.C
 		_, err = h.accounts.Create(r.Context(), in, false, c.ChangeEvent(c.Resource, "linked from the Hub"))
 	}
 	if err != nil {
+		c.Detail = "" // nothing was linked
 		err = api.StatusOf(r.Context(), h.cfg.Logger, err)
 		code, msg := httpStatus(w, err)
 		switch field, fieldMsg := formField(err); {
@@ -89,7 +95,7 @@ func formField(err error) (string, string) {
 			}
 		case *errdetails.ErrorInfo:
 			if d.GetReason() == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String() {
-				return "client_secret", st.Message()
+				return "client_secret", "JumpCloud rejected this Client ID and Client Secret; check both. (" + st.Message() + ")"
 			}
 		}
 	}
@@ -102,8 +108,8 @@ func formField(err error) (string, string) {
 // linkedPage confirms a linked account.
 func (h *Hub) linkedPage(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
 	id := r.URL.Query().Get("id")
-	if id == "" || len(id) > 256 {
-		return status.Error(codes.InvalidArgument, "id must name an account")
+	if !api.ValidAccountID(id) {
+		return status.Error(codes.InvalidArgument, "id must be an account id")
 	}
 	c.Resource = "accounts/" + id
 	v, err := h.accounts.Get(id)
