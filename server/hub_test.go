@@ -399,6 +399,9 @@ func TestHubLinksAnAccount(t *testing.T) {
 		t.Fatalf("the link is not audited: %v", events.GetEvents())
 	}
 	all := strings.Join(h.pages, "\n") + b.logs.String()
+	if len(h.pages) < 8 || !strings.Contains(all, "globex") {
+		t.Fatal("the canary scan has too little to scan")
+	}
 	for name, canary := range map[string]string{"client secret": clientSecret, "wrong secret": wrongSecret} {
 		if strings.Contains(all, canary) {
 			t.Errorf("a Hub page or the log holds the %s", name)
@@ -428,6 +431,9 @@ func TestHubLinkFormChecksItsInput(t *testing.T) {
 	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{PageSize: 100})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(events.GetEvents()) == 0 {
+		t.Fatal("no audit event to check")
 	}
 	for _, ev := range events.GetEvents() {
 		if strings.ContainsAny(ev.GetResource(), "\x1b\n") {

@@ -46,25 +46,30 @@ func auditPos(k []byte) AuditPos {
 // AppendAudit stores events: in one transaction, one fsync for the batch,
 // unless there are more than the engine takes in one.
 func (s *Store) AppendAudit(events []AuditEvent) error {
-	all := make([]storage.Op, 0, len(events))
-	for _, ev := range events {
-		b := s.appendAudit(ev)
-		if b.err != nil {
-			return b.err
+	// Sealed once, under the key of the check value's version read first;
+	// sealed again only if that changed (a rotation) before the commit.
+	sealedAt := s.keyCheck.Load()
+	bs := make([]built, len(events))
+	all := make([]storage.Op, len(events))
+	for i, ev := range events {
+		if bs[i] = s.appendAudit(ev); bs[i].err != nil {
+			return bs[i].err
 		}
-		all = append(all, b.op)
+		all[i] = bs[i].op
 	}
-	// The chunks' sizes, for events sealed anew by commit: an event's
-	// size does not depend on its key.
 	for _, chunk := range s.db.Limits().Chunks(all) {
-		batch := events[:len(chunk)]
-		events = events[len(chunk):]
+		batch, sealed := events[:len(chunk)], bs[:len(chunk)]
+		events, bs = events[len(chunk):], bs[len(chunk):]
 		err := s.commit(func() (txn, error) {
-			bs := make([]built, len(batch))
-			for i, ev := range batch {
-				bs[i] = s.appendAudit(ev)
+			if sealed == nil || s.keyCheck.Load() != sealedAt {
+				sealed = make([]built, len(batch))
+				for i, ev := range batch {
+					sealed[i] = s.appendAudit(ev)
+				}
 			}
-			return ops(nil, bs...)
+			t, err := ops(nil, sealed...)
+			sealed = nil // a retry seals anew
+			return t, err
 		})
 		if err != nil {
 			return err

@@ -35,8 +35,8 @@ var (
 	// keyIDMeta names the master key the database is under, and
 	// retiredMeta (a JSON list) those it was under before, for messages
 	// and to refuse going back to a retired key. Neither is secret.
-	keyIDMeta   = key(metaBucket, "master-key-id")
-	retiredMeta = key(metaBucket, "retired-master-keys")
+	keyIDKey, retiredKey   = []byte("master-key-id"), []byte("retired-master-keys")
+	keyIDMeta, retiredMeta = key(metaBucket, string(keyIDKey)), key(metaBucket, string(retiredKey))
 )
 
 // ErrMasterKeyMissing means the database is under a master key this
@@ -86,11 +86,7 @@ func (s *Store) FollowKeyCheck(ev storage.Event) bool {
 }
 
 func (s *Store) followKeyCheck(check []byte, v storage.Version) error {
-	id, err := s.DatabaseID()
-	if err != nil {
-		return err
-	}
-	k := s.masters.Verifying(check, id)
+	k := s.masters.Verifying(check, s.id)
 	if k == nil {
 		s.keyMissing.Store(true)
 		return ErrMasterKeyMissing
@@ -234,11 +230,7 @@ func (s *Store) switchKey(cur, to *keyring.MasterKey, ev *AuditEvent) (*Rotation
 	if len(lacking) > 0 {
 		return nil, fmt.Errorf("%w: %d running replica(s) do not hold the new master key %s (%s): restart every replica with it as --master-key-file and the current key as --previous-master-key-file first", ErrRotationBlocked, len(lacking), to.ID(), strings.Join(lacking, ", "))
 	}
-	id, err := s.DatabaseID()
-	if err != nil {
-		return nil, err
-	}
-	check, err := to.KeyCheck(id)
+	check, err := to.KeyCheck(s.id)
 	if err != nil {
 		return nil, err
 	}
@@ -280,14 +272,14 @@ func (s *Store) switchKey(cur, to *keyring.MasterKey, ev *AuditEvent) (*Rotation
 // KeyID is the id of the master key the database is under, as recorded
 // when it was identified or last rotated ("" if it predates the record).
 func (s *Store) KeyID() (string, error) {
-	id, err := s.meta([]byte(keyIDMeta[len(metaBucket)+1:]))
+	id, err := s.meta(keyIDKey)
 	return string(id), err
 }
 
 // RetiredKeys are the ids of the master keys rotations moved the database
 // away from.
 func (s *Store) RetiredKeys() ([]string, error) {
-	raw, err := s.meta([]byte(retiredMeta[len(metaBucket)+1:]))
+	raw, err := s.meta(retiredKey)
 	if err != nil || raw == nil {
 		return nil, err
 	}

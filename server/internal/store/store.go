@@ -51,6 +51,8 @@ type Store struct {
 	// masters tag and check records (set by Authenticate); their current
 	// key is the one the database is under.
 	masters *keyring.Masters
+	// id is the database's id (set by Authenticate; it never changes).
+	id []byte
 	// keyCheck is the version of the stored master-key check value made
 	// by the current key: every write is conditioned on it (see fence).
 	keyCheck atomic.Uint64
@@ -231,7 +233,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 		if err := masters.Bind(id); err != nil {
 			return 0, err
 		}
-		s.masters = masters
+		s.masters, s.id = masters, id
 		return 0, s.RefreshKeyCheck()
 	}
 	id = make([]byte, 16)
@@ -245,7 +247,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 	if err != nil {
 		return 0, err
 	}
-	s.masters = masters
+	s.masters, s.id = masters, id
 	if !legacy {
 		// A conflict (ErrConflict): another replica identified the
 		// database first; check the key against its check value.
@@ -254,7 +256,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 			err = s.RefreshKeyCheck()
 		}
 		if err != nil {
-			s.masters = nil
+			s.masters, s.id = nil, nil
 		}
 		return 0, err
 	}
@@ -281,7 +283,7 @@ func (s *Store) Authenticate(masters *keyring.Masters, legacy bool, ev AuditEven
 		err = s.RefreshKeyCheck()
 	}
 	if err != nil {
-		s.masters = nil
+		s.masters, s.id = nil, nil
 		return 0, err
 	}
 	s.auditEvents.Add(1)
@@ -370,7 +372,7 @@ func (s *Store) meta(k []byte) ([]byte, error) {
 func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 	a.Version, t.Version = recordVersion, recordVersion
 	err := s.commit(func() (txn, error) {
-		if by := keyring.WrappedBy(a.WrappedKey); by != "" && by != s.masters.Current().ID() {
+		if keyring.WrappedBy(a.WrappedKey) != "" && !s.masters.UnderCurrent(a.WrappedKey) {
 			// Wrapped before another replica rotated the master key.
 			wrapped, err := s.masters.RewrapDataKey(a.ID, a.WrappedKey)
 			if err != nil {
