@@ -25,7 +25,7 @@ func browser(t *testing.T) context.Context {
 		}
 		t.Skip("no chromium (make deps installs it)")
 	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.WindowSize(1200, 900))
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelCtx := chromedp.NewContext(actx)
 	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
@@ -100,7 +100,9 @@ func TestHubInABrowser(t *testing.T) {
 		t.Errorf("the session cookie: %+v", c)
 	}
 	// Link a second account: a wrong secret first, then the right one.
-	do(chromedp.Navigate(b.hubURL+"/accounts/new"), chromedp.WaitVisible("#client_secret"),
+	do(chromedp.Navigate(b.hubURL+"/accounts/new"), chromedp.WaitVisible("#client_secret"))
+	screenshot("link")
+	do(
 		chromedp.SendKeys("#account_id", "globex"), chromedp.SendKeys("#client_id", clientID),
 		chromedp.SendKeys("#client_secret", wrongKey), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#client_secret_error"))
 	capture()
@@ -108,11 +110,49 @@ func TestHubInABrowser(t *testing.T) {
 	if secret := text(chromedp.Value("#client_secret")); secret != "" {
 		t.Error("the form came back with the secret filled in")
 	}
-	do(chromedp.SendKeys("#client_secret", clientSecret), chromedp.Submit("#client_secret"), chromedp.WaitVisible(".confirmation"))
-	if confirmed := text(chromedp.Text(".confirmation")); !strings.Contains(confirmed, "globex") {
+	do(chromedp.SendKeys("#client_secret", clientSecret), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#notice"))
+	if confirmed := text(chromedp.Text("#notice")); !strings.Contains(confirmed, "linked") || !strings.Contains(text(chromedp.Text("h1")), "globex") {
 		t.Errorf("the confirmation says: %q", confirmed)
 	}
 	capture()
+	screenshot("account")
+	// Rotate its secret, grant it to the service, from its page.
+	const newSecret = "canary-NEW-SECRET-browser-40ce"
+	b.fake.AddClientSecret(clientID, newSecret)
+	do(chromedp.SendKeys("#secret", newSecret), chromedp.Submit("#secret"),
+		chromedp.WaitVisible("#secrets tbody tr:nth-child(2)"))
+	if n := text(chromedp.Text("#secrets")); strings.Count(n, "sha256:") != 2 {
+		t.Errorf("the secrets after adding one: %q", n)
+	}
+	capture()
+	do(chromedp.SendKeys("#principal", svcPrincipal), chromedp.Submit("#principal"), chromedp.WaitVisible("#grants"))
+	if g := text(chromedp.Text("#grants")); !strings.Contains(g, svcPrincipal) {
+		t.Errorf("the grants: %q", g)
+	}
+	capture()
+	if b.token(t, "globex").GetAccessToken() == "" {
+		t.Error("no token for the account linked and granted in the browser")
+	}
+	// A caller key, shown once with a copy button.
+	do(chromedp.Navigate(b.hubURL+"/callers"), chromedp.WaitVisible("#key_id"),
+		chromedp.SendKeys("#key_id", "billing"), chromedp.Submit("#key_id"), chromedp.WaitVisible("#new_key"),
+		chromedp.Click("#copy"))
+	if copied := text(chromedp.Poll[string](`document.getElementById("copy").textContent != "Copy" && document.getElementById("copy").textContent`)); copied != "Copied" && copied != "Press Ctrl+C to copy" {
+		t.Errorf("the copy button says %q after a click", copied)
+	}
+	newKey := text(chromedp.Value("#new_key"))
+	if !strings.HasPrefix(newKey, "cbk_") {
+		t.Errorf("the new key shown: %q", newKey)
+	}
+	do(chromedp.Navigate(b.hubURL+"/callers"), chromedp.WaitVisible("#keys"))
+	capture()
+	screenshot("callers")
+	do(chromedp.Navigate(b.hubURL+"/audit?account=globex"), chromedp.WaitVisible(".events"))
+	if ev := text(chromedp.Text(".events")); !strings.Contains(ev, "hub: add a grant") {
+		t.Errorf("the audit page: %q", ev)
+	}
+	capture()
+	screenshot("audit")
 	do(chromedp.Click(".signout button"), chromedp.WaitVisible("#caller_key"))
 	capture()
 	do(chromedp.Navigate(b.hubURL+"/accounts"), chromedp.WaitVisible("#caller_key"))
@@ -126,10 +166,11 @@ func TestHubInABrowser(t *testing.T) {
 		history = append(history, e.URL+" "+e.Title)
 	}
 	all := strings.Join(append(pages, history...), "\n")
-	if len(pages) != 7 || len(history) < 3 || !strings.Contains(all, "acme") {
+	if len(pages) != 11 || len(history) < 3 || !strings.Contains(all, "acme") {
 		t.Fatalf("too little to scan: %d pages, %d history entries", len(pages), len(history))
 	}
-	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token} {
+	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token,
+		"new secret": newSecret, "new caller key": newKey} {
 		if strings.Contains(all, canary) {
 			t.Errorf("a page, URL or history entry holds the %s", name)
 		}

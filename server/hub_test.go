@@ -344,7 +344,7 @@ func TestHubLinksAnAccount(t *testing.T) {
 		t.Fatalf("the link form:\n%s", body)
 	}
 	form := func(secret, orgID string) url.Values {
-		return url.Values{"csrf": {m[1]}, "account_id": {"globex"}, "display_name": {"Globex"}, "client_id": {clientID},
+		return url.Values{"csrf": {m[1]}, "kind": {"jumpcloud"}, "account_id": {"globex"}, "display_name": {"Globex"}, "client_id": {clientID},
 			"client_secret": {secret}, "region": {"us"}, "org_id": {orgID}}
 	}
 	const wrongSecret = "wrong-secret-canary-5d1f"
@@ -370,10 +370,10 @@ func TestHubLinksAnAccount(t *testing.T) {
 	}
 
 	resp, _ = h.do("POST", "/accounts/new", form(clientSecret, ""), nil)
-	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/accounts/linked?id=globex" {
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/accounts/globex?done=linked" {
 		t.Fatalf("linking: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
-	if resp, body = h.do("GET", "/accounts/linked?id=globex", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "globex") || !strings.Contains(body, "JumpCloud service account") {
+	if resp, body = h.do("GET", "/accounts/globex?done=linked", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, `id="notice"`) || !strings.Contains(body, "JumpCloud service account") {
 		t.Fatalf("the confirmation: %d\n%s", resp.StatusCode, body)
 	}
 	if _, body = h.do("GET", "/accounts", nil, nil); !strings.Contains(body, "globex") {
@@ -409,22 +409,22 @@ func TestHubLinksAnAccount(t *testing.T) {
 	}
 }
 
-// The Hub's confirmation page takes only account ids, so that nothing
-// else reaches the audit trail through its URL; an unknown region is
+// The Hub's account pages take only account ids, so that nothing else
+// reaches the audit trail through their URLs; an unknown region is
 // refused next to its field.
 func TestHubLinkFormChecksItsInput(t *testing.T) {
 	b := startBroker(t)
 	h := &hubClient{t: t, base: b.hubURL}
 	h.signIn(b.keys.admin)
-	if resp, _ := h.do("GET", "/accounts/linked?id=%1b%5b31mred%0a", nil, nil); resp.StatusCode != http.StatusBadRequest {
-		t.Fatalf("a confirmation for a non-id: %d", resp.StatusCode)
+	if resp, _ := h.do("GET", "/accounts/%1b%5b31mred%0a", nil, nil); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("the page of a non-id: %d", resp.StatusCode)
 	}
-	if resp, _ := h.do("GET", "/accounts/linked?id=nosuch", nil, nil); resp.StatusCode != http.StatusNotFound {
-		t.Fatalf("a confirmation for an unknown account: %d", resp.StatusCode)
+	if resp, _ := h.do("GET", "/accounts/nosuch", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("the page of an unknown account: %d", resp.StatusCode)
 	}
 	_, body := h.do("GET", "/accounts/new", nil, nil)
 	m := csrfField.FindStringSubmatch(body)
-	resp, body := h.do("POST", "/accounts/new", url.Values{"csrf": {m[1]}, "client_id": {clientID}, "client_secret": {clientSecret}, "region": {"mars"}}, nil)
+	resp, body := h.do("POST", "/accounts/new", url.Values{"csrf": {m[1]}, "kind": {"jumpcloud"}, "client_id": {clientID}, "client_secret": {clientSecret}, "region": {"mars"}}, nil)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `id="region_error"`) {
 		t.Fatalf("an unknown region: %d\n%s", resp.StatusCode, body)
 	}

@@ -361,7 +361,8 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
 		Store: st, DataDir: cfg.DataDir, MasterKey: masters.All()[0], Logger: cfg.Logger,
 	}
-	api.Register(g, core)
+	services := api.NewServices(core)
+	services.Register(g)
 	healthpb.RegisterHealthServer(g, hs)
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
@@ -391,8 +392,8 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	if cfg.HubListenAddr != listeners.Off {
 		hc := cfg.Hub
-		hc.Logger = cfg.Logger
-		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, acc, st, mac, cfg.TLSCertFile != ""),
+		hc.Logger, hc.ExpiryWarning = cfg.Logger, cfg.Tokens.ExpiryWarning
+		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, services, st, mac, cfg.TLSCertFile != ""),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}, cfg.Logger)
 		if err != nil {
 			return nil, err

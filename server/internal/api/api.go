@@ -45,16 +45,40 @@ type Core struct {
 	Logger *slog.Logger
 }
 
+// Services are the gRPC services' handlers. The Hub calls them in-process,
+// with the gate's call in the context (gate.WithCall), so that a page
+// checks, changes and maps errors exactly as the API does.
+type Services struct {
+	Accounts  credbrokerv1.AccountServiceServer
+	Tokens    credbrokerv1.TokenServiceServer
+	Callers   credbrokerv1.CallerServiceServer
+	Audit     credbrokerv1.AuditServiceServer
+	Backup    credbrokerv1.BackupServiceServer
+	MasterKey credbrokerv1.MasterKeyServiceServer
+}
+
+// NewServices builds the services' handlers on c.
+func NewServices(c Core) Services {
+	errs := errorMapper{log: c.Logger}
+	return Services{
+		Accounts:  &accountService{accounts: c.Accounts, callers: c.Callers, errs: errs},
+		Tokens:    &tokenService{tokens: c.Tokens, grants: c.Grants, errs: errs, metrics: c.Metrics},
+		Callers:   &callerService{callers: c.Callers, errs: errs},
+		Audit:     &auditService{audit: c.Audit, errs: errs},
+		Backup:    &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs},
+		MasterKey: &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs},
+	}
+}
+
 // Register registers the services on g, whose interceptors must include
 // the gate's.
-func Register(g *grpc.Server, c Core) {
-	errs := errorMapper{log: c.Logger}
-	credbrokerv1.RegisterAccountServiceServer(g, &accountService{accounts: c.Accounts, callers: c.Callers, errs: errs})
-	credbrokerv1.RegisterTokenServiceServer(g, &tokenService{tokens: c.Tokens, grants: c.Grants, errs: errs, metrics: c.Metrics})
-	credbrokerv1.RegisterCallerServiceServer(g, &callerService{callers: c.Callers, errs: errs})
-	credbrokerv1.RegisterAuditServiceServer(g, &auditService{audit: c.Audit, errs: errs})
-	credbrokerv1.RegisterBackupServiceServer(g, &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs})
-	credbrokerv1.RegisterMasterKeyServiceServer(g, &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs})
+func (s Services) Register(g *grpc.Server) {
+	credbrokerv1.RegisterAccountServiceServer(g, s.Accounts)
+	credbrokerv1.RegisterTokenServiceServer(g, s.Tokens)
+	credbrokerv1.RegisterCallerServiceServer(g, s.Callers)
+	credbrokerv1.RegisterAuditServiceServer(g, s.Audit)
+	credbrokerv1.RegisterBackupServiceServer(g, s.Backup)
+	credbrokerv1.RegisterMasterKeyServiceServer(g, s.MasterKey)
 }
 
 // ProxyHandler is the egress proxy: gt admits each call, the caller's

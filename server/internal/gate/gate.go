@@ -219,6 +219,12 @@ func CallFrom(ctx context.Context) *Call {
 	return c
 }
 
+// WithCall is ctx carrying call c, for handlers called in-process (the
+// Hub calls the API's handlers with the call it admitted).
+func WithCall(ctx context.Context, c *Call) context.Context {
+	return context.WithValue(ctx, callKey{}, c)
+}
+
 // Event is the call's audit event with the given outcome.
 func (c *Call) Event(code codes.Code) store.AuditEvent {
 	return store.AuditEvent{

@@ -30,7 +30,7 @@ func (g *Gate) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	var resp any
 	err := g.admit(c, authorizationHeader(ctx), grpcCertificate(ctx))
 	if err == nil {
-		resp, err = handler(context.WithValue(ctx, callKey{}, c), req)
+		resp, err = handler(WithCall(ctx, c), req)
 	}
 	if err = g.Finish(c, err); err != nil {
 		return nil, err
@@ -50,7 +50,7 @@ func (g *Gate) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Strea
 	c := g.begin(info.FullMethod, peerAddress(ctx), a)
 	err := g.admit(c, authorizationHeader(ctx), grpcCertificate(ctx))
 	if err == nil {
-		err = handler(srv, &callStream{ServerStream: ss, ctx: context.WithValue(ctx, callKey{}, c)})
+		err = handler(srv, &callStream{ServerStream: ss, ctx: WithCall(ctx, c)})
 	}
 	return g.Finish(c, err)
 }

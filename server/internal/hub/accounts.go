@@ -9,105 +9,132 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/credbroker/credbroker/server/internal/accounts"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/gate"
-	"github.com/credbroker/credbroker/server/internal/provider"
-	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
-// accountsPageSize is how many accounts a page lists.
-const accountsPageSize = 50
+// accountsPageSize is how many accounts a page lists; recentEvents, how
+// many audit events an account's page shows.
+const (
+	accountsPageSize = 50
+	recentEvents     = 20
+)
 
-// accountRow is one account as the Accounts page shows it: in words, with
-// no secret (none reaches the page: a View holds only sealed values, which
-// the page never shows).
+// accountRow is one account as the Accounts page shows it: in words, from
+// the API's Account, which never holds a secret.
 type accountRow struct {
 	ID, DisplayName, Kind, Region, State, StateWords, Expires, LastToken string
 }
 
-// kinds names the kinds of accounts.
-var kinds = map[provider.Kind]string{
-	provider.KindJumpCloudServiceAccount: "JumpCloud service account",
-	provider.KindJumpCloudAPIKey:         "JumpCloud API key",
-	provider.KindOAuth2ClientCredentials: "OAuth 2.0 client credentials",
-}
+var (
+	kindWords = map[credbrokerv1.Provider]string{
+		credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT: "JumpCloud service account",
+		credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY:         "JumpCloud API key",
+		credbrokerv1.Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS: "OAuth 2.0 client credentials",
+	}
+	regionWords = map[credbrokerv1.Region]string{
+		credbrokerv1.Region_REGION_US: "US",
+		credbrokerv1.Region_REGION_EU: "EU",
+	}
+	// states are the Accounts page's filters, as its URL names them.
+	states = map[string]credbrokerv1.AccountState{
+		"active":          credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE,
+		"degraded":        credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED,
+		"needs_attention": credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION,
+	}
+	stateWords = map[credbrokerv1.AccountState]string{
+		credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE:          "Active",
+		credbrokerv1.AccountState_ACCOUNT_STATE_DEGRADED:        "Degraded",
+		credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION: "Needs attention",
+	}
+)
 
-var states = map[string]tokens.State{
-	"active": tokens.StateActive, "degraded": tokens.StateDegraded, "needs_attention": tokens.StateNeedsAttention,
-}
-
-func (h *Hub) accountsPage(w http.ResponseWriter, r *http.Request, s *session, _ *gate.Call) error {
+func (h *Hub) accountsPage(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
 	q := r.URL.Query()
-	state, after := q.Get("state"), q.Get("after")
+	state := q.Get("state")
 	want, known := states[state]
 	if state != "" && !known {
 		return status.Error(codes.InvalidArgument, "state must be active, degraded or needs_attention")
 	}
-	if len(after) > 256 {
-		return status.Error(codes.InvalidArgument, "after is too long")
-	}
-	var keep func(accounts.View) bool
-	if state != "" {
-		keep = func(v accounts.View) bool { return v.Status.State == want }
-	}
-	views, more, err := h.accounts.List(after, accountsPageSize, keep)
+	resp, err := h.api.Accounts.ListAccounts(gate.WithCall(r.Context(), c), &credbrokerv1.ListAccountsRequest{
+		PageSize: accountsPageSize, PageToken: q.Get("page"), State: want,
+	})
 	if err != nil {
 		return err
 	}
-	p := page{Title: "Accounts", Principal: s.Principal, CSRF: s.csrf, State: state}
-	now := h.cfg.Now()
-	for _, v := range views {
-		p.Accounts = append(p.Accounts, row(v, now))
+	list := accountList{State: state}
+	for _, a := range resp.GetAccounts() {
+		list.Accounts = append(list.Accounts, h.row(a))
 	}
-	if more {
-		next := url.Values{"after": {views[len(views)-1].ID}}
+	if tok := resp.GetNextPageToken(); tok != "" {
+		next := url.Values{"page": {tok}}
 		if state != "" {
 			next.Set("state", state)
 		}
-		p.Next = "/accounts?" + next.Encode()
+		list.Next = "/accounts?" + next.Encode()
 	}
-	h.render(w, http.StatusOK, "accounts", p)
+	h.render(w, http.StatusOK, "accounts", signedInPage(s, "Accounts", list))
 	return nil
 }
 
+// accountList is the Accounts page's.
+type accountList struct {
+	State    string
+	Accounts []accountRow
+	Next     string
+}
+
 // row is an account in words.
-func row(v accounts.View, now time.Time) accountRow {
-	cr := v.Credentials
-	r := accountRow{ID: v.ID, DisplayName: v.DisplayName, Kind: kinds[cr.Kind], Region: strings.ToUpper(cr.Region), State: string(v.Status.State)}
-	if r.Kind == "" {
-		r.Kind = string(cr.Kind)
+func (h *Hub) row(a *credbrokerv1.Account) accountRow {
+	r := accountRow{
+		ID: accountID(a), DisplayName: a.GetDisplayName(), Kind: kindWords[a.GetProvider()], Region: regionWords[a.GetRegion()],
+		State: strings.ToLower(strings.TrimPrefix(a.GetState().String(), "ACCOUNT_STATE_")), StateWords: stateWords[a.GetState()],
 	}
-	switch v.Status.State {
-	case tokens.StateActive:
-		r.StateWords = "Active"
-	case tokens.StateDegraded:
-		r.StateWords = "Degraded"
-	case tokens.StateNeedsAttention:
-		r.StateWords = "Needs attention"
-	default:
+	if r.StateWords == "" {
 		r.StateWords = "No token yet"
 	}
-	if f := v.Status.LastError; f != nil && v.Status.State != tokens.StateActive {
-		r.StateWords += ": " + f.Message
+	switch e := a.GetLastError(); {
+	case a.GetStateReason() == credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING:
+		r.StateWords += ": its secrets expire soon; add a new one"
+	case e != nil && a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE:
+		r.StateWords += ": " + e.GetMessage()
 	}
-	switch t := v.Expiry.Time; {
-	case t.IsZero():
+	now := h.cfg.Now()
+	switch t := a.GetCredentialsExpireTime(); {
+	case t == nil:
 		r.Expires = "never"
-	case !now.Before(t):
-		r.Expires = "expired " + t.UTC().Format(time.DateOnly)
-	case v.Expiry.Soon:
-		r.Expires = fmt.Sprintf("%s (in %s)", t.UTC().Format(time.DateOnly), until(t.Sub(now)))
+	case !now.Before(t.AsTime()):
+		r.Expires = "expired " + day(t)
+	case t.AsTime().Sub(now) <= h.cfg.ExpiryWarning:
+		r.Expires = fmt.Sprintf("%s (in %s)", day(t), until(t.AsTime().Sub(now)))
 	default:
-		r.Expires = t.UTC().Format(time.DateOnly)
+		r.Expires = day(t)
 	}
-	if t := v.Status.LastTokenTime; !t.IsZero() {
-		r.LastToken = t.UTC().Format("2006-01-02 15:04:05 UTC")
-	}
+	r.LastToken = when(a.GetLastTokenTime())
 	return r
 }
 
-// until says a duration in days, or hours within a day.
+// accountID is an account's id, from its resource name.
+func accountID(a *credbrokerv1.Account) string { return strings.TrimPrefix(a.GetName(), "accounts/") }
+
+// day and when say a time as the pages do (UTC); "" if unset.
+func day(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return ""
+	}
+	return t.AsTime().UTC().Format(time.DateOnly)
+}
+
+func when(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return ""
+	}
+	return t.AsTime().UTC().Format("2006-01-02 15:04:05 UTC")
+}
+
+// until says a duration in days, or hours within two days.
 func until(d time.Duration) string {
 	if d >= 48*time.Hour {
 		return fmt.Sprintf("%d days", int(d.Hours()/24))

@@ -1,14 +1,16 @@
 // Package hub is the broker's web UI for admins: server-rendered pages
-// (html/template, files embedded in the binary, no script) on a listener
-// of their own. An admin signs in with an admin caller key, which the
-// Hub exchanges for a session: a random secret in an HttpOnly,
-// SameSite=Strict cookie (Secure under TLS), stored by the broker under a
-// keyed hash of it, so that it lasts across replicas and ends on sign-out,
-// on a new sign-in, at its expiry, or when the key is revoked. Every request passes the same
-// gate as the API (identity as it stands now, role, rate limit, audit
-// event naming the signed-in principal); every form carries a token bound
-// to the session against cross-site requests, and every page is sent
-// with a strict Content-Security-Policy and may not be framed.
+// (html/template, files embedded in the binary, no script but a copy
+// button's) on a listener of their own. An admin signs in with an admin
+// caller key, which the Hub exchanges for a session: a random secret in
+// an HttpOnly, SameSite=Strict cookie (Secure under TLS), stored by the
+// broker under a keyed hash of it, so that it lasts across replicas and
+// ends on sign-out, on a new sign-in, at its expiry, or when the key is
+// revoked. Every request passes the same gate as the API (identity as it
+// stands now, role, rate limit, audit event naming the signed-in
+// principal), and pages call the API's own handlers, in-process, so that
+// they check and change exactly what the API does; every form carries a
+// token bound to the session against cross-site requests, and every page
+// is sent with a strict Content-Security-Policy and may not be framed.
 package hub
 
 import (
@@ -34,7 +36,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/api"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/keyring"
@@ -44,7 +45,14 @@ import (
 //go:embed templates/*.html static/*
 var files embed.FS
 
-var pages = template.Must(template.ParseFS(files, "templates/*.html"))
+var pages = template.Must(template.New("").Funcs(template.FuncMap{"field": field}).ParseFS(files, "templates/*.html"))
+
+// fieldMsg is a form field's error, as the "ferr" template shows it.
+type fieldMsg struct{ Name, Msg string }
+
+func field(errs map[string]string, name string) fieldMsg {
+	return fieldMsg{Name: name, Msg: errs[name]}
+}
 
 // Config tunes the Hub. Zero fields take the values of DefaultConfig.
 type Config struct {
@@ -53,11 +61,14 @@ type Config struct {
 	Logger     *slog.Logger
 	// Now is the clock of sessions.
 	Now func() time.Time
+	// ExpiryWarning is how long before its secrets expire an account's
+	// expiry is shown as a countdown (the broker's --secret-expiry-warning).
+	ExpiryWarning time.Duration
 }
 
 // DefaultConfig: sessions of an hour.
 func DefaultConfig() Config {
-	return Config{SessionTTL: time.Hour, Logger: slog.Default(), Now: time.Now}
+	return Config{SessionTTL: time.Hour, Logger: slog.Default(), Now: time.Now, ExpiryWarning: 7 * 24 * time.Hour}
 }
 
 // maxSessionTTL bounds a sign-in: a session is a bearer credential.
@@ -81,11 +92,12 @@ type Store interface {
 
 // Hub serves the pages.
 type Hub struct {
-	cfg      Config
-	gate     *gate.Gate
-	accounts *accounts.Service
-	store    Store
-	mac      *keyring.MACKey
+	cfg  Config
+	gate *gate.Gate
+	// api is what pages call, in-process, with the gate's call.
+	api   api.Services
+	store Store
+	mac   *keyring.MACKey
 	// secure: served over TLS, so the cookie is Secure (and __Host-).
 	secure bool
 	cookie string
@@ -93,7 +105,7 @@ type Hub struct {
 }
 
 // New returns the Hub's handler; secure says it is served over TLS.
-func New(cfg Config, g *gate.Gate, acc *accounts.Service, st Store, mac *keyring.MACKey, secure bool) *Hub {
+func New(cfg Config, g *gate.Gate, svc api.Services, st Store, mac *keyring.MACKey, secure bool) *Hub {
 	d := DefaultConfig()
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = d.SessionTTL
@@ -104,11 +116,16 @@ func New(cfg Config, g *gate.Gate, acc *accounts.Service, st Store, mac *keyring
 	if cfg.Now == nil {
 		cfg.Now = d.Now
 	}
-	h := &Hub{cfg: cfg, gate: g, accounts: acc, store: st, mac: mac, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
+	if cfg.ExpiryWarning <= 0 {
+		cfg.ExpiryWarning = d.ExpiryWarning
+	}
+	h := &Hub{cfg: cfg, gate: g, api: svc, store: st, mac: mac, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
 	if secure {
 		h.cookie = "__Host-credbroker_hub" // bound to this origin, Secure, Path=/
 	}
-	h.mux.HandleFunc("GET /static/hub.css", func(w http.ResponseWriter, r *http.Request) { http.ServeFileFS(w, r, files, "static/hub.css") })
+	for _, f := range []string{"static/hub.css", "static/copy.js"} {
+		h.mux.HandleFunc("GET /"+f, func(w http.ResponseWriter, r *http.Request) { http.ServeFileFS(w, r, files, f) })
+	}
 	h.mux.HandleFunc("GET /{$}", h.home)
 	h.mux.HandleFunc("GET /signin", h.signInPage)
 	h.mux.HandleFunc("POST /signin", h.signIn)
@@ -116,17 +133,27 @@ func New(cfg Config, g *gate.Gate, acc *accounts.Service, st Store, mac *keyring
 	h.mux.HandleFunc("GET /accounts", h.signedIn("hub: accounts", h.accountsPage))
 	h.mux.HandleFunc("GET /accounts/new", h.signedIn("hub: link form", h.linkPage))
 	h.mux.HandleFunc("POST /accounts/new", h.signedIn("hub: link an account", h.link))
-	h.mux.HandleFunc("GET /accounts/linked", h.signedIn("hub: account linked", h.linkedPage))
+	h.mux.HandleFunc("GET /accounts/{id}", h.signedIn("hub: account", h.accountPage))
+	h.mux.HandleFunc("POST /accounts/{id}/secrets", h.signedIn("hub: add a secret", h.addSecret))
+	h.mux.HandleFunc("POST /accounts/{id}/secrets/remove", h.signedIn("hub: remove a secret", h.removeSecret))
+	h.mux.HandleFunc("POST /accounts/{id}/grants", h.signedIn("hub: add a grant", h.addGrant))
+	h.mux.HandleFunc("POST /accounts/{id}/grants/remove", h.signedIn("hub: remove a grant", h.removeGrant))
+	h.mux.HandleFunc("GET /accounts/{id}/delete", h.signedIn("hub: delete form", h.deletePage))
+	h.mux.HandleFunc("POST /accounts/{id}/delete", h.signedIn("hub: delete an account", h.deleteAccount))
+	h.mux.HandleFunc("GET /callers", h.signedIn("hub: caller keys", h.callersPage))
+	h.mux.HandleFunc("POST /callers", h.signedIn("hub: create a caller key", h.createCallerKey))
+	h.mux.HandleFunc("POST /callers/{id}/revoke", h.signedIn("hub: revoke a caller key", h.revokeCallerKey))
+	h.mux.HandleFunc("GET /audit", h.signedIn("hub: audit", h.auditPage))
 	return h
 }
 
 // ServeHTTP sends every answer with the headers that keep pages to
-// themselves: a strict Content-Security-Policy (no script at all, forms
-// and styles from the Hub only), no framing, no sniffing, no referrer, no
+// themselves: a strict Content-Security-Policy (scripts, styles and forms
+// from the Hub only; its one script is the copy button's), no framing, no sniffing, no referrer, no
 // caching.
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd := w.Header()
-	hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "no-referrer")
@@ -175,21 +202,18 @@ func sameOrigin(r *http.Request) bool {
 	return err == nil && u.Host == r.Host
 }
 
-// page is what every template gets.
+// page is what every template gets: the layout's fields, and the page's
+// own in Data.
 type page struct {
 	Title, Principal, CSRF string
-	// The sign-in page.
-	SessionTTL time.Duration
-	FieldError string
-	// The error page.
-	Message string
-	// The accounts page.
-	State    string
-	Accounts []accountRow
-	Next     string
-	// The link form, and its confirmation.
-	Link   *linkForm
-	Linked *accountRow
+	// Message is the error page's; Notice confirms what the last form did.
+	Message, Notice string
+	Data            any
+}
+
+// signedInPage is a page of session s.
+func signedInPage(s *session, title string, data any) page {
+	return page{Title: title, Principal: s.Principal, CSRF: s.csrf, Data: data}
 }
 
 func (h *Hub) render(w http.ResponseWriter, code int, name string, p page) {
@@ -205,7 +229,14 @@ func (h *Hub) home(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Hub) signInPage(w http.ResponseWriter, r *http.Request) {
-	h.render(w, http.StatusOK, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL})
+	h.render(w, http.StatusOK, "signin", page{Title: "Sign in", Data: signInForm{SessionTTL: h.cfg.SessionTTL}})
+}
+
+// signInForm is the sign-in page's: how long a session lasts, and what
+// was wrong with the key sent.
+type signInForm struct {
+	SessionTTL time.Duration
+	Error      string
 }
 
 // maxForm bounds a form's body.
@@ -218,8 +249,8 @@ func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	key := strings.TrimSpace(r.PostFormValue("caller_key"))
 	if !strings.HasPrefix(key, callerKeyPrefix) {
-		h.render(w, http.StatusBadRequest, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL,
-			FieldError: "Enter an admin caller key: it starts with " + callerKeyPrefix + "."})
+		h.render(w, http.StatusBadRequest, "signin", page{Title: "Sign in", Data: signInForm{SessionTTL: h.cfg.SessionTTL,
+			Error: "Enter an admin caller key: it starts with " + callerKeyPrefix + "."}})
 		return
 	}
 	previous, _ := h.session(r)
@@ -244,7 +275,7 @@ func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	if err = h.finish(r, c, err); err != nil {
 		code, msg := httpStatus(w, err)
-		h.render(w, code, "signin", page{Title: "Sign in", SessionTTL: h.cfg.SessionTTL, FieldError: msg})
+		h.render(w, code, "signin", page{Title: "Sign in", Data: signInForm{SessionTTL: h.cfg.SessionTTL, Error: msg}})
 		return
 	}
 	http.Redirect(w, r, "/accounts", http.StatusSeeOther)
@@ -415,21 +446,30 @@ func httpStatus(w http.ResponseWriter, err error) (int, string) {
 			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.GetRetryDelay().AsDuration().Seconds()))))
 		}
 	}
-	switch st.Code() {
-	case codes.Unauthenticated:
-		return http.StatusUnauthorized, st.Message()
-	case codes.PermissionDenied:
-		return http.StatusForbidden, st.Message()
-	case codes.ResourceExhausted:
-		return http.StatusTooManyRequests, st.Message()
-	case codes.Unavailable:
-		return http.StatusServiceUnavailable, st.Message()
-	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange:
-		return http.StatusBadRequest, st.Message()
-	case codes.NotFound:
-		return http.StatusNotFound, st.Message()
-	case codes.AlreadyExists:
-		return http.StatusConflict, st.Message()
+	code := httpCode(err)
+	if code == http.StatusInternalServerError {
+		return code, fmt.Sprintf("internal error (%s)", st.Code())
 	}
-	return http.StatusInternalServerError, fmt.Sprintf("internal error (%s)", st.Code())
+	return code, st.Message()
+}
+
+// httpCode is the HTTP status of a status.
+func httpCode(err error) int {
+	switch status.Code(err) {
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	case codes.PermissionDenied:
+		return http.StatusForbidden
+	case codes.ResourceExhausted:
+		return http.StatusTooManyRequests
+	case codes.Unavailable:
+		return http.StatusServiceUnavailable
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange:
+		return http.StatusBadRequest
+	case codes.NotFound:
+		return http.StatusNotFound
+	case codes.AlreadyExists:
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
 }

@@ -2,121 +2,139 @@ package hub
 
 import (
 	"net/http"
-	"net/url"
 	"strings"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
-	"github.com/credbroker/credbroker/server/internal/accounts"
-	"github.com/credbroker/credbroker/server/internal/api"
 	"github.com/credbroker/credbroker/server/internal/gate"
 )
 
-// linkForm is the "Link an account" form as sent: never its secret, which
-// is not shown again, even to fix another field.
+// linkForm is the "Link an account" form of one kind as sent: never its
+// secret, which is not shown again, even to fix another field.
 type linkForm struct {
+	// Kind is the form's, as the URL names it (see linkKinds).
+	Kind                                            string
 	AccountID, DisplayName, ClientID, Region, OrgID string
-	// Errors are what to fix, by field name; Error is about the whole form.
-	Errors map[string]string
-	Error  string
+	TokenURL, Scopes, AuthStyle, Params, APIBaseURL string
+	SecretExpires                                   string
+	formErrors
 }
 
-// rendered is an error whose page the handler rendered itself: the gate
-// records it, and nothing more is shown.
-type rendered struct{ error }
+// linkKind is one kind of account the Hub links: its form's title and
+// fields, and where a rejection of its secret is shown.
+type linkKind struct {
+	Title, SecretField, Rejected string
+	Fields                       []string
+}
 
-func (h *Hub) linkPage(w http.ResponseWriter, _ *http.Request, s *session, _ *gate.Call) error {
-	h.render(w, http.StatusOK, "link", page{Title: "Link an account", Principal: s.Principal, CSRF: s.csrf, Link: &linkForm{Region: "us"}})
+var linkKinds = map[string]linkKind{
+	"jumpcloud": {Title: "a JumpCloud service account", SecretField: "client_secret",
+		Rejected: "JumpCloud rejected this Client ID and Client Secret; check both.",
+		Fields:   []string{"account_id", "display_name", "client_id", "client_secret", "region", "org_id", "secret_expires"}},
+	"jumpcloud-api-key": {Title: "a JumpCloud API key", SecretField: "api_key",
+		Rejected: "JumpCloud rejected this API key (or the Organization ID): check both, and that the key was not regenerated.",
+		Fields:   []string{"account_id", "display_name", "api_key", "region", "org_id"}},
+	"oauth2": {Title: "OAuth 2.0 client credentials", SecretField: "client_secret",
+		Rejected: "The token endpoint rejected this Client ID and Client Secret; check both, and the scopes.",
+		Fields: []string{"account_id", "display_name", "token_url", "client_id", "client_secret", "scopes", "endpoint_params",
+			"api_base_url", "secret_expires"}},
+}
+
+// linkPage is the form of the kind ?kind= names (a JumpCloud service
+// account by default), with links to the others.
+func (h *Hub) linkPage(w http.ResponseWriter, r *http.Request, s *session, _ *gate.Call) error {
+	f := linkForm{Kind: r.URL.Query().Get("kind"), Region: "us", AuthStyle: "header"}
+	if _, ok := linkKinds[f.Kind]; !ok {
+		f.Kind = "jumpcloud"
+	}
+	h.render(w, http.StatusOK, "link", signedInPage(s, f.Title(), f))
 	return nil
 }
 
-// link is "Connect": it proves the credentials and stores the account, as
-// CreateAccount does, or shows what to fix next to the field and keeps
-// nothing.
+// link is "Connect": CreateAccount, which proves the credentials before it
+// stores anything, from the form of one kind; then the account's page, or
+// the form again with what to fix next to its field, and nothing kept.
 func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	v := func(name string) string { return strings.TrimSpace(r.PostFormValue(name)) }
 	f := linkForm{
-		AccountID: strings.TrimSpace(r.PostFormValue("account_id")), DisplayName: strings.TrimSpace(r.PostFormValue("display_name")),
-		ClientID: strings.TrimSpace(r.PostFormValue("client_id")), Region: r.PostFormValue("region"), OrgID: strings.TrimSpace(r.PostFormValue("org_id")),
+		Kind: v("kind"), AccountID: v("account_id"), DisplayName: v("display_name"), ClientID: v("client_id"),
+		Region: v("region"), OrgID: v("org_id"), TokenURL: v("token_url"), Scopes: v("scopes"), AuthStyle: v("auth_style"),
+		Params: v("endpoint_params"), APIBaseURL: v("api_base_url"), SecretExpires: v("secret_expires"),
 	}
-	region, ok := map[string]credbrokerv1.Region{"us": credbrokerv1.Region_REGION_US, "eu": credbrokerv1.Region_REGION_EU}[f.Region]
-	if !ok {
-		f.Region, f.Errors = "us", map[string]string{"region": "Choose US or EU: the console you sign in to (console.jumpcloud.com is US, console.eu.jumpcloud.com is EU)."}
-		h.render(w, http.StatusBadRequest, "link", page{Title: "Link an account", Principal: s.Principal, CSRF: s.csrf, Link: &f})
-		return rendered{status.Error(codes.InvalidArgument, "region: "+f.Errors["region"])}
+	kind, known := linkKinds[f.Kind]
+	req := &credbrokerv1.CreateAccountRequest{AccountId: f.AccountID, Account: &credbrokerv1.Account{DisplayName: f.DisplayName}}
+	var err error
+	switch {
+	case !known:
+		f.Kind, kind = "jumpcloud", linkKinds["jumpcloud"]
+		err = invalidField("kind", "Choose the kind of account to link.")
+	case f.Kind != "oauth2" && regions[f.Region] == credbrokerv1.Region_REGION_UNSPECIFIED:
+		err = invalidField("region", "Choose the region of the console you sign in to (console.jumpcloud.com is US, console.eu.jumpcloud.com is EU).")
 	}
-	req := &credbrokerv1.CreateAccountRequest{
-		AccountId: f.AccountID,
-		Account:   &credbrokerv1.Account{DisplayName: f.DisplayName},
-		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
-			ClientId: f.ClientID, ClientSecret: r.PostFormValue("client_secret"), Region: region, OrgId: f.OrgID,
-		}},
-	}
-	in, err := api.NewAccount(req)
 	if err == nil {
-		if in.ID == "" {
-			in.ID = accounts.NewID()
-		}
-		c.Resource = "accounts/" + in.ID
-		_, err = h.accounts.Create(r.Context(), in, false, c.ChangeEvent(c.Resource, "linked from the Hub"))
+		req.SecretExpireTime, err = formDay("secret_expires", f.SecretExpires)
+	}
+	if err == nil {
+		err = f.credentials(req, r.PostFormValue(kind.SecretField))
+	}
+	var resp *credbrokerv1.CreateAccountResponse
+	if err == nil {
+		resp, err = h.api.Accounts.CreateAccount(gate.WithCall(r.Context(), c), req)
 	}
 	if err != nil {
-		c.Detail = "" // nothing was linked
-		err = api.StatusOf(r.Context(), h.cfg.Logger, err)
-		code, msg := httpStatus(w, err)
-		switch field, fieldMsg := formField(err); {
-		case field != "":
-			f.Errors = map[string]string{field: fieldMsg}
-		case code == http.StatusInternalServerError:
-			return err // the error page says it
-		default:
-			f.Error = msg
+		fe, ok := placeError(err, map[string]place{
+			"secret_expire_time":   {field: "secret_expires"},
+			"CREDENTIALS_REJECTED": {field: kind.SecretField, say: kind.Rejected},
+			"AlreadyExists":        {field: "account_id"},
+		})
+		if !ok {
+			return err
 		}
-		h.render(w, code, "link", page{Title: "Link an account", Principal: s.Principal, CSRF: s.csrf, Link: &f})
+		f.formErrors = fe.only(kind.Fields...)
+		h.render(w, httpCode(err), "link", signedInPage(s, f.Title(), f))
 		return rendered{err}
 	}
-	http.Redirect(w, r, "/accounts/linked?"+url.Values{"id": {in.ID}}.Encode(), http.StatusSeeOther)
+	done(w, r, "/accounts/"+accountID(resp.GetAccount()), "linked")
 	return nil
 }
 
-// formField is the form field an error is about, and what to say there:
-// a request field it names, the secret the provider rejected, the id
-// already taken; "" if it is about the form as a whole.
-func formField(err error) (string, string) {
-	st := status.Convert(err)
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.BadRequest:
-			for _, v := range d.GetFieldViolations() {
-				name := v.GetField()
-				return name[strings.LastIndex(name, ".")+1:], v.GetDescription()
-			}
-		case *errdetails.ErrorInfo:
-			if d.GetReason() == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String() {
-				return "client_secret", "JumpCloud rejected this Client ID and Client Secret; check both. (" + st.Message() + ")"
-			}
-		}
-	}
-	if st.Code() == codes.AlreadyExists {
-		return "account_id", st.Message()
-	}
-	return "", ""
-}
+// Title is the form's.
+func (f linkForm) Title() string { return "Link " + linkKinds[f.Kind].Title }
 
-// linkedPage confirms a linked account.
-func (h *Hub) linkedPage(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
-	id := r.URL.Query().Get("id")
-	if !api.ValidAccountID(id) {
-		return status.Error(codes.InvalidArgument, "id must be an account id")
+// regions are the JumpCloud regions a form names.
+var regions = map[string]credbrokerv1.Region{"us": credbrokerv1.Region_REGION_US, "eu": credbrokerv1.Region_REGION_EU}
+
+// credentials sets req's credentials of the form's kind, with sec, the
+// secret sent (never kept in the form).
+func (f *linkForm) credentials(req *credbrokerv1.CreateAccountRequest, sec string) error {
+	switch f.Kind {
+	case "jumpcloud":
+		req.Credentials = &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+			ClientId: f.ClientID, ClientSecret: sec, Region: regions[f.Region], OrgId: f.OrgID,
+		}}
+	case "jumpcloud-api-key":
+		req.Credentials = &credbrokerv1.CreateAccountRequest_JumpcloudApiKey{JumpcloudApiKey: &credbrokerv1.JumpCloudAPIKeyCredentials{
+			ApiKey: sec, Region: regions[f.Region], OrgId: f.OrgID,
+		}}
+	default:
+		params := map[string]string{}
+		for _, line := range strings.Split(f.Params, "\n") {
+			if line = strings.TrimSpace(line); line == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				return invalidField("endpoint_params", "Write one name=value a line.")
+			}
+			params[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+		style := credbrokerv1.AuthStyle_AUTH_STYLE_HEADER
+		if f.AuthStyle == "body" {
+			style = credbrokerv1.AuthStyle_AUTH_STYLE_BODY
+		}
+		req.Credentials = &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
+			TokenUrl: f.TokenURL, ClientId: f.ClientID, ClientSecret: sec, Scopes: words(f.Scopes),
+			AuthStyle: style, EndpointParams: params, ApiBaseUrl: f.APIBaseURL,
+		}}
 	}
-	c.Resource = "accounts/" + id
-	v, err := h.accounts.Get(id)
-	if err != nil {
-		return err
-	}
-	row := row(v, h.cfg.Now())
-	h.render(w, http.StatusOK, "linked", page{Title: "Linked", Principal: s.Principal, CSRF: s.csrf, Linked: &row})
 	return nil
 }
