@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,5 +269,43 @@ func TestOAuth2ClientCredentialsAccount(t *testing.T) {
 	tok := b.token(t, "generic")
 	if tok.GetAccessToken() != b.fake.LastToken() || tok.GetApiBaseUrl() != "https://api.example/v1" || len(tok.GetHeaders()) != 0 {
 		t.Fatalf("token for the generic account: matches fake %v, api_base_url %q, headers %v", tok.GetAccessToken() == b.fake.LastToken(), tok.GetApiBaseUrl(), tok.GetHeaders())
+	}
+}
+
+// India: its token endpoint is unverified, so a broker without
+// --jumpcloud-token-url-in refuses India service accounts with
+// REGION_NOT_CONFIGURED (asking nothing of anyone) and still links India
+// API keys against India's API; configured, India service accounts link
+// against the configured endpoint.
+func TestIndiaRegion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cfg, fake, logs := newConfig(t)
+	in := httptest.NewServer(fake)
+	t.Cleanup(in.Close)
+	cfg.Provider.JumpCloudAPIURLIN = in.URL + jumpcloudfake.APIPath
+	b := startWith(t, cfg, fake, logs)
+	india := jumpCloudRequest("acme-in")
+	india.GetJumpcloudServiceAccount().Region = credbrokerv1.Region_REGION_IN
+	requests := fake.Requests()
+	_, err := b.accounts.CreateAccount(ctx, india)
+	st := wantCode(t, err, codes.FailedPrecondition, credbrokerv1.ErrorReason_REGION_NOT_CONFIGURED.String())
+	if !strings.Contains(st.Message(), "--jumpcloud-token-url-in") || fake.Requests() != requests {
+		t.Fatalf("an India service account without its token endpoint: %q, %d requests", st.Message(), fake.Requests()-requests)
+	}
+	fake.SetAPIKey(apiKey, orgID)
+	key := apiKeyRequest("legacy-in", apiKey, orgID)
+	key.GetJumpcloudApiKey().Region = credbrokerv1.Region_REGION_IN
+	resp, err := b.accounts.CreateAccount(ctx, key)
+	if err != nil || resp.GetAccount().GetApiBaseUrl() != cfg.Provider.JumpCloudAPIURLIN || resp.GetAccount().GetRegion() != credbrokerv1.Region_REGION_IN {
+		t.Fatalf("an India API key: %v, %v", resp, err)
+	}
+	b.stop()
+
+	cfg.Provider.JumpCloudTokenURLIN = in.URL + jumpcloudfake.TokenPath
+	b = startWith(t, cfg, fake, logs)
+	resp, err = b.accounts.CreateAccount(ctx, india)
+	if err != nil || resp.GetAccount().GetTokenUrl() != cfg.Provider.JumpCloudTokenURLIN || resp.GetAccount().GetApiBaseUrl() != cfg.Provider.JumpCloudAPIURLIN {
+		t.Fatalf("an India service account with its token endpoint configured: %v, %v", resp, err)
 	}
 }

@@ -97,6 +97,10 @@ func TestHubLinksEachKind(t *testing.T) {
 	if err != nil || got.GetAccount().GetEndpointParams()["audience"] != "https://api.example" || got.GetAccount().GetScopes()[0] != "api" {
 		t.Fatalf("the generic account as linked: %v %v", got, err)
 	}
+	body = h.post("/accounts/new", "/accounts/new", url.Values{"kind": {"jumpcloud"}, "client_id": {clientID}, "client_secret": {clientSecret}, "region": {"in"}}, http.StatusBadRequest, "")
+	if !strings.Contains(fieldError(body, "region"), "--jumpcloud-token-url-in") {
+		t.Fatalf("an India service account on a broker without India's token endpoint:\n%s", body)
+	}
 	body = h.post("/accounts/new", "/accounts/new", url.Values{"kind": {"nonsense"}}, http.StatusBadRequest, "")
 	if !strings.Contains(body, "Choose the kind") {
 		t.Fatalf("an unknown kind:\n%s", body)

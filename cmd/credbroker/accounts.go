@@ -32,7 +32,7 @@ token, or for an API key a call to its API) before it stores anything.
 `+secretFromStdin)
 	fs.StringVar(&kind, "kind", "jumpcloud", "jumpcloud (a service account: OAuth client credentials), jumpcloud-api-key (a legacy admin API key, usable through the egress proxy only) or oauth2 (any client-credentials token endpoint)")
 	fs.StringVar(&clientID, "client-id", "", "the OAuth client ID (jumpcloud, oauth2)")
-	fs.StringVar(&region, "region", "us", "JumpCloud region: us or eu")
+	fs.StringVar(&region, "region", "us", "JumpCloud region: us, eu or in (India)")
 	fs.StringVar(&orgID, "org-id", "", "JumpCloud organization ID, for multi-tenant admins")
 	fs.StringVar(&tokenURL, "token-url", "", "oauth2: the token endpoint")
 	fs.StringVar(&scopes, "scopes", "", "oauth2: comma-separated scopes to request")
@@ -75,7 +75,7 @@ token, or for an API key a call to its API) before it stores anything.
 		req.Credentials = &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
 			ClientId: clientID, ClientSecret: secret, Region: credbrokerv1.Region(reg), OrgId: orgID,
 		}}
-		s.rejected = "the client ID, the client secret and the region (--region us or eu)"
+		s.rejected = "the client ID, the client secret and the region (--region us, eu or in)"
 	case "jumpcloud-api-key":
 		secret, err := readSecret(s.stderr, "API key")
 		if err != nil {
@@ -84,7 +84,7 @@ token, or for an API key a call to its API) before it stores anything.
 		req.Credentials = &credbrokerv1.CreateAccountRequest_JumpcloudApiKey{JumpcloudApiKey: &credbrokerv1.JumpCloudAPIKeyCredentials{
 			ApiKey: secret, Region: credbrokerv1.Region(reg), OrgId: orgID,
 		}}
-		s.rejected = "the API key, the region (--region us or eu) and, for a multi-tenant admin, --org-id"
+		s.rejected = "the API key, the region (--region us, eu or in) and, for a multi-tenant admin, --org-id"
 	case "oauth2":
 		if err := errors.Join(need("client-id", clientID), need("token-url", tokenURL)); err != nil {
 			return err

@@ -91,7 +91,7 @@ func TestAdminCLI(t *testing.T) {
 	admin := r.bootstrapKey
 
 	c.fails(admin, "wrong-secret\n", []string{"accounts", "link", "acme", "--client-id", "e2e-client"},
-		"credentials rejected by the provider (invalid_client", "check the client ID, the client secret and the region (--region us or eu)")
+		"credentials rejected by the provider (invalid_client", "check the client ID, the client secret and the region (--region us, eu or in)")
 	out := c.ok(admin, e2eClientSecret+"\n", "accounts", "link", "acme", "--client-id", "e2e-client", "--display-name", "Acme production")
 	for _, want := range []string{"NAME                accounts/acme\n", "DISPLAY NAME        Acme production\n", "STATE               active\n", "SECRET              sha256:"} {
 		if !strings.Contains(out, want) {

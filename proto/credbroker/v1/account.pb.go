@@ -84,13 +84,20 @@ func (Provider) EnumDescriptor() ([]byte, []int) {
 
 // Region is the JumpCloud region the account lives in, as shown by the
 // console host the admin uses (console.jumpcloud.com is US,
-// console.eu.jumpcloud.com is EU).
+// console.eu.jumpcloud.com is EU, console.in.jumpcloud.com is India).
 type Region int32
 
 const (
 	Region_REGION_UNSPECIFIED Region = 0
 	Region_REGION_US          Region = 1
 	Region_REGION_EU          Region = 2
+	// India's API is console.in.jumpcloud.com/api. Its service-account token
+	// endpoint is not confirmed by JumpCloud's documentation, so the broker
+	// has no default for it: India service accounts need the broker started
+	// with --jumpcloud-token-url-in (else CreateAccount fails with
+	// FAILED_PRECONDITION, reason REGION_NOT_CONFIGURED). API keys need no
+	// token endpoint.
+	Region_REGION_IN Region = 3
 )
 
 // Enum value maps for Region.
@@ -99,11 +106,13 @@ var (
 		0: "REGION_UNSPECIFIED",
 		1: "REGION_US",
 		2: "REGION_EU",
+		3: "REGION_IN",
 	}
 	Region_value = map[string]int32{
 		"REGION_UNSPECIFIED": 0,
 		"REGION_US":          1,
 		"REGION_EU":          2,
+		"REGION_IN":          3,
 	}
 )
 
@@ -2213,11 +2222,12 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x14PROVIDER_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT\x10\x01\x12&\n" +
 	"\"PROVIDER_OAUTH2_CLIENT_CREDENTIALS\x10\x02\x12\x1e\n" +
-	"\x1aPROVIDER_JUMPCLOUD_API_KEY\x10\x03*>\n" +
+	"\x1aPROVIDER_JUMPCLOUD_API_KEY\x10\x03*M\n" +
 	"\x06Region\x12\x16\n" +
 	"\x12REGION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tREGION_US\x10\x01\x12\r\n" +
-	"\tREGION_EU\x10\x02*S\n" +
+	"\tREGION_EU\x10\x02\x12\r\n" +
+	"\tREGION_IN\x10\x03*S\n" +
 	"\tAuthStyle\x12\x1a\n" +
 	"\x16AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11AUTH_STYLE_HEADER\x10\x01\x12\x13\n" +

@@ -106,6 +106,10 @@ const (
 	// another replica. Status UNAVAILABLE. The replica reports not ready
 	// until it is restarted with the key.
 	ErrorReason_MASTER_KEY_MISSING ErrorReason = 17
+	// The account's JumpCloud region has no token endpoint on this broker:
+	// India's is unverified, so there is none unless the broker is started
+	// with --jumpcloud-token-url-in. Status FAILED_PRECONDITION.
+	ErrorReason_REGION_NOT_CONFIGURED ErrorReason = 18
 )
 
 // Enum value maps for ErrorReason.
@@ -129,6 +133,7 @@ var (
 		15: "STORAGE_UNAVAILABLE",
 		16: "MASTER_KEY_ROTATION_BLOCKED",
 		17: "MASTER_KEY_MISSING",
+		18: "REGION_NOT_CONFIGURED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":    0,
@@ -149,6 +154,7 @@ var (
 		"STORAGE_UNAVAILABLE":         15,
 		"MASTER_KEY_ROTATION_BLOCKED": 16,
 		"MASTER_KEY_MISSING":          17,
+		"REGION_NOT_CONFIGURED":       18,
 	}
 )
 
@@ -183,7 +189,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xa4\x03\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xbf\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -205,7 +211,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\rGRANT_LIMITED\x10\x0e\x12\x17\n" +
 	"\x13STORAGE_UNAVAILABLE\x10\x0f\x12\x1f\n" +
 	"\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10\x12\x16\n" +
-	"\x12MASTER_KEY_MISSING\x10\x11BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x12MASTER_KEY_MISSING\x10\x11\x12\x19\n" +
+	"\x15REGION_NOT_CONFIGURED\x10\x12BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -325,6 +325,7 @@ var (
 	regionProto = map[string]credbrokerv1.Region{
 		provider.RegionUS: credbrokerv1.Region_REGION_US,
 		provider.RegionEU: credbrokerv1.Region_REGION_EU,
+		provider.RegionIN: credbrokerv1.Region_REGION_IN,
 	}
 	stateReasonProto = map[tokens.Reason]credbrokerv1.AccountStateReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED,

@@ -253,8 +253,10 @@ func checkJumpCloudPlace(f string, region credbrokerv1.Region, cr *provider.Cred
 		cr.Region = provider.RegionUS
 	case credbrokerv1.Region_REGION_EU:
 		cr.Region = provider.RegionEU
+	case credbrokerv1.Region_REGION_IN:
+		cr.Region = provider.RegionIN
 	default:
-		return invalidArgument(f+"region", "must be REGION_US or REGION_EU (the console host you sign in to: console.jumpcloud.com is US, console.eu.jumpcloud.com is EU)")
+		return invalidArgument(f+"region", "must be REGION_US, REGION_EU or REGION_IN (the console host you sign in to: console.jumpcloud.com is US, console.eu.jumpcloud.com is EU, console.in.jumpcloud.com is India)")
 	}
 	if cr.OrgID != "" && !orgIDPattern.MatchString(cr.OrgID) {
 		return invalidArgument(f+"org_id", "must be 24 lowercase hexadecimal characters, as shown in the JumpCloud console")

@@ -37,6 +37,7 @@ var (
 	regionWords = map[credbrokerv1.Region]string{
 		credbrokerv1.Region_REGION_US: "US",
 		credbrokerv1.Region_REGION_EU: "EU",
+		credbrokerv1.Region_REGION_IN: "India",
 	}
 	// states are the Accounts page's filters, as its URL names them.
 	states = map[string]credbrokerv1.AccountState{

@@ -68,7 +68,7 @@ func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.C
 		f.Kind, kind = "jumpcloud", linkKinds["jumpcloud"]
 		err = invalidField("kind", "Choose the kind of account to link.")
 	case f.Kind != "oauth2" && regions[f.Region] == credbrokerv1.Region_REGION_UNSPECIFIED:
-		err = invalidField("region", "Choose the region of the console you sign in to (console.jumpcloud.com is US, console.eu.jumpcloud.com is EU).")
+		err = invalidField("region", "Choose the region of the console you sign in to (console.jumpcloud.com is US, console.eu.jumpcloud.com is EU, console.in.jumpcloud.com is India).")
 	}
 	if err == nil {
 		req.SecretExpireTime, err = formDay("secret_expires", f.SecretExpires)
@@ -82,9 +82,10 @@ func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.C
 	}
 	if err != nil {
 		fe, ok := placeError(err, map[string]place{
-			"secret_expire_time":   {field: "secret_expires"},
-			"CREDENTIALS_REJECTED": {field: kind.SecretField, say: kind.Rejected},
-			"AlreadyExists":        {field: "account_id"},
+			"secret_expire_time":    {field: "secret_expires"},
+			"CREDENTIALS_REJECTED":  {field: kind.SecretField, say: kind.Rejected},
+			"REGION_NOT_CONFIGURED": {field: "region"},
+			"AlreadyExists":         {field: "account_id"},
 		})
 		if !ok {
 			return err
@@ -101,7 +102,7 @@ func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.C
 func (f linkForm) Title() string { return "Link " + linkKinds[f.Kind].Title }
 
 // regions are the JumpCloud regions a form names.
-var regions = map[string]credbrokerv1.Region{"us": credbrokerv1.Region_REGION_US, "eu": credbrokerv1.Region_REGION_EU}
+var regions = map[string]credbrokerv1.Region{"us": credbrokerv1.Region_REGION_US, "eu": credbrokerv1.Region_REGION_EU, "in": credbrokerv1.Region_REGION_IN}
 
 // credentials sets req's credentials of the form's kind, with sec, the
 // secret sent (never kept in the form).

@@ -52,6 +52,7 @@ func IsJumpCloud(kind Kind) bool {
 const (
 	RegionUS = "us"
 	RegionEU = "eu"
+	RegionIN = "in"
 )
 
 // Auth styles for OAuth2 accounts, as stored.
@@ -73,18 +74,25 @@ const (
 type Endpoints struct {
 	JumpCloudTokenURLUS string
 	JumpCloudTokenURLEU string
+	// JumpCloudTokenURLIN has no default: India's token endpoint is
+	// unverified (third-party tools name
+	// https://admin-oauth.id.in.jumpcloud.com/oauth2/token), so it must be
+	// configured until JumpCloud documents it.
+	JumpCloudTokenURLIN string
 	JumpCloudAPIURLUS   string
 	JumpCloudAPIURLEU   string
+	JumpCloudAPIURLIN   string
 }
 
-// DefaultEndpoints are JumpCloud's documented US and EU endpoints. The India
-// region's token endpoint is unverified, so it is not offered.
+// DefaultEndpoints are JumpCloud's documented endpoints: the US and EU
+// token endpoints, and the three regions' APIs.
 func DefaultEndpoints() Endpoints {
 	return Endpoints{
 		JumpCloudTokenURLUS: "https://admin-oauth.id.jumpcloud.com/oauth2/token",
 		JumpCloudTokenURLEU: "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token",
 		JumpCloudAPIURLUS:   "https://console.jumpcloud.com/api",
 		JumpCloudAPIURLEU:   "https://console.eu.jumpcloud.com/api",
+		JumpCloudAPIURLIN:   "https://console.in.jumpcloud.com/api",
 	}
 }
 
@@ -96,6 +104,7 @@ func (e Endpoints) WithDefaults() Endpoints {
 	e.JumpCloudTokenURLEU = cmp.Or(e.JumpCloudTokenURLEU, d.JumpCloudTokenURLEU)
 	e.JumpCloudAPIURLUS = cmp.Or(e.JumpCloudAPIURLUS, d.JumpCloudAPIURLUS)
 	e.JumpCloudAPIURLEU = cmp.Or(e.JumpCloudAPIURLEU, d.JumpCloudAPIURLEU)
+	e.JumpCloudAPIURLIN = cmp.Or(e.JumpCloudAPIURLIN, d.JumpCloudAPIURLIN)
 	return e
 }
 
@@ -237,11 +246,19 @@ func (c *Client) APIBaseURL(cr Credentials) string {
 }
 
 func (c *Client) jumpCloudURLs(region string) (tokenURL, apiURL string) {
-	if region == RegionEU {
+	switch region {
+	case RegionEU:
 		return c.endpoints.JumpCloudTokenURLEU, c.endpoints.JumpCloudAPIURLEU
+	case RegionIN:
+		return c.endpoints.JumpCloudTokenURLIN, c.endpoints.JumpCloudAPIURLIN
 	}
 	return c.endpoints.JumpCloudTokenURLUS, c.endpoints.JumpCloudAPIURLUS
 }
+
+// ErrRegionNotConfigured: the account's region has no token endpoint on
+// this broker (India's, until configured).
+var ErrRegionNotConfigured = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_REGION_NOT_CONFIGURED,
+	"JumpCloud's India token endpoint is not configured on this broker (it is unverified, so there is no default): start the broker with --jumpcloud-token-url-in, or link an API key")
 
 // Headers are the extra headers every API request with the account's token
 // must carry: x-org-id for JumpCloud multi-tenant admins.
@@ -267,6 +284,9 @@ func (c *Client) fetch(ctx context.Context, cr Credentials) (Token, error) {
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
 
 	cfg, margin := c.config(cr)
+	if cfg.TokenURL == "" && cr.Kind == KindJumpCloudServiceAccount {
+		return Token{}, ErrRegionNotConfigured
+	}
 	if err := usable("token URL", cfg.TokenURL); err != nil {
 		return Token{}, err
 	}

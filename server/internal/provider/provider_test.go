@@ -22,6 +22,8 @@ func TestDefaultEndpointsAreJumpCloudsDocumentedOnes(t *testing.T) {
 		JumpCloudTokenURLEU: "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token",
 		JumpCloudAPIURLUS:   "https://console.jumpcloud.com/api",
 		JumpCloudAPIURLEU:   "https://console.eu.jumpcloud.com/api",
+		JumpCloudAPIURLIN:   "https://console.in.jumpcloud.com/api",
+		// India's token endpoint is unverified: no default.
 	}
 	if got := DefaultEndpoints(); got != want {
 		t.Fatalf("DefaultEndpoints() = %+v, want %+v", got, want)
