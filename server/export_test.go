@@ -50,3 +50,7 @@ func ShortenAuditIntervals(cfg *Config, refusals, prune time.Duration) {
 // StoreOf is a running broker's store, for tests that commit changes past
 // its services, as another process on the same storage would.
 func StoreOf(s *Server) *store.Store { return s.store }
+
+// SweepConnectLinks runs the connect links' expiry check now, as the
+// broker does every minute.
+func SweepConnectLinks(s *Server) error { return s.links.Sweep() }

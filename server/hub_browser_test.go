@@ -64,7 +64,7 @@ func TestHubInABrowser(t *testing.T) {
 	var pages []string
 	capture := func() { pages = append(pages, text(chromedp.Location())+"\n"+text(chromedp.OuterHTML("html"))) }
 	// screenshot saves the page as name.png in $CREDBROKER_HUB_SCREENSHOTS, if set, for looking at it.
-	screenshot := func(name string) {
+	screenshot := func(ctx context.Context, name string) {
 		t.Helper()
 		dir := os.Getenv("CREDBROKER_HUB_SCREENSHOTS")
 		if dir == "" {
@@ -91,7 +91,7 @@ func TestHubInABrowser(t *testing.T) {
 		t.Errorf("the Accounts page shows: %q", accounts)
 	}
 	capture()
-	screenshot("accounts")
+	screenshot(ctx, "accounts")
 	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{})
 	if err != nil {
 		t.Fatal(err)
@@ -101,12 +101,12 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	// Link a second account: a wrong secret first, then the right one.
 	do(chromedp.Navigate(b.hubURL+"/accounts/new"), chromedp.WaitVisible("#client_secret"))
-	screenshot("link")
+	screenshot(ctx, "link")
 	do(
 		chromedp.SendKeys("#account_id", "globex"), chromedp.SendKeys("#client_id", clientID),
 		chromedp.SendKeys("#client_secret", wrongKey), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#client_secret_error"))
 	capture()
-	screenshot("link-error")
+	screenshot(ctx, "link-error")
 	if secret := text(chromedp.Value("#client_secret")); secret != "" {
 		t.Error("the form came back with the secret filled in")
 	}
@@ -115,7 +115,7 @@ func TestHubInABrowser(t *testing.T) {
 		t.Errorf("the confirmation says: %q", confirmed)
 	}
 	capture()
-	screenshot("account")
+	screenshot(ctx, "account")
 	// Rotate its secret, grant it to the service, from its page.
 	const newSecret = "canary-NEW-SECRET-browser-40ce"
 	b.fake.AddClientSecret(clientID, newSecret)
@@ -146,13 +146,64 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	do(chromedp.Navigate(b.hubURL+"/callers"), chromedp.WaitVisible("#keys"))
 	capture()
-	screenshot("callers")
+	screenshot(ctx, "callers")
 	do(chromedp.Navigate(b.hubURL+"/audit?account=globex"), chromedp.WaitVisible(".events"))
 	if ev := text(chromedp.Text(".events")); !strings.Contains(ev, "hub: add a grant") {
 		t.Errorf("the audit page: %q", ev)
 	}
 	capture()
-	screenshot("audit")
+	screenshot(ctx, "audit")
+	// A connect link, made here and used in a second browser context (no
+	// session, no cookies): it shows only its account's form, links it,
+	// and is used up.
+	do(chromedp.Navigate(b.hubURL+"/connect-links"), chromedp.WaitVisible("#account_id"),
+		chromedp.SendKeys("#account_id", "initech"), chromedp.Submit("#account_id"), chromedp.WaitVisible("#new_link"))
+	connectLink := text(chromedp.Value("#new_link"))
+	vctx, cancelVisitor := chromedp.NewContext(ctx, chromedp.WithNewBrowserContext())
+	defer cancelVisitor()
+	visit := func(steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(vctx, steps...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	visitorText := func(a chromedp.Action[string]) string {
+		t.Helper()
+		v, err := chromedp.Run(vctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	visitorPage := func() {
+		pages = append(pages, visitorText(chromedp.Location())+"\n"+visitorText(chromedp.OuterHTML("html")))
+	}
+	visit(chromedp.Navigate(connectLink), chromedp.WaitVisible("#client_secret"))
+	if page := visitorText(chromedp.OuterHTML("html")); strings.Contains(page, "signout") || strings.Contains(page, "acme") || !strings.Contains(page, "initech") {
+		t.Errorf("the connect link's page shows more than its form:\n%s", page)
+	}
+	visitorPage()
+	screenshot(vctx, "connect")
+	visit(chromedp.SendKeys("#client_id", clientID), chromedp.SendKeys("#client_secret", clientSecret), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#notice"))
+	if linked := visitorText(chromedp.Text("#notice")); !strings.Contains(linked, "initech") {
+		t.Errorf("the connect link's confirmation: %q", linked)
+	}
+	visitorPage()
+	visit(chromedp.Navigate(connectLink), chromedp.WaitVisible(".error"))
+	if used := visitorText(chromedp.Text(".error")); !strings.Contains(used, "was used") {
+		t.Errorf("the used link says: %q", used)
+	}
+	visitorPage()
+	if c, err := chromedp.Call(vctx, network.GetCookies, network.GetCookiesParams{}); err != nil || len(c.Cookies) != 0 {
+		t.Errorf("the connect link's visitor has cookies: %v %v", c, err)
+	}
+	visitorHistory, err := chromedp.Run(vctx, chromedp.NavigationEntries())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range visitorHistory.Entries {
+		pages = append(pages, e.URL+" "+e.Title)
+	}
 	do(chromedp.Click(".signout button"), chromedp.WaitVisible("#caller_key"))
 	capture()
 	do(chromedp.Navigate(b.hubURL+"/accounts"), chromedp.WaitVisible("#caller_key"))
@@ -166,7 +217,7 @@ func TestHubInABrowser(t *testing.T) {
 		history = append(history, e.URL+" "+e.Title)
 	}
 	all := strings.Join(append(pages, history...), "\n")
-	if len(pages) != 11 || len(history) < 3 || !strings.Contains(all, "acme") {
+	if len(pages) < 14 || len(history) < 3 || !strings.Contains(all, "acme") {
 		t.Fatalf("too little to scan: %d pages, %d history entries", len(pages), len(history))
 	}
 	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token,

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +28,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/api"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/hub"
@@ -69,6 +72,10 @@ type Config struct {
 	// when the gRPC server does, with the same certificate, and otherwise
 	// must be a loopback address. "off" disables it.
 	HubListenAddr string
+	// PublicURL is the Hub's address as browsers reach it (through a load
+	// balancer, say): connect links are built on it. Default: the Hub's
+	// own address.
+	PublicURL string
 	// Tracing is TracingOff (the default) or TracingOTLP: OpenTelemetry
 	// spans of gRPC calls and provider requests, sent with the OTLP
 	// exporter configured by the standard OTEL_EXPORTER_OTLP_* variables.
@@ -168,6 +175,8 @@ type Server struct {
 	bootstrapKey secret.String
 	// hub is the Hub's listener; nil when it is off.
 	hub *listeners.HTTP
+	// links are the connect links, opened in the Hub.
+	links *connect.Service
 	// proxy is the egress proxy and ops the metrics and health
 	// endpoints; each is nil when it is off.
 	proxy, ops *listeners.HTTP
@@ -245,7 +254,11 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 	for flag, u := range map[string]string{
 		"--jumpcloud-token-url-us": ep.JumpCloudTokenURLUS, "--jumpcloud-token-url-eu": ep.JumpCloudTokenURLEU,
 		"--jumpcloud-api-url-us": ep.JumpCloudAPIURLUS, "--jumpcloud-api-url-eu": ep.JumpCloudAPIURLEU,
+		"--jumpcloud-token-url-in": ep.JumpCloudTokenURLIN, "--jumpcloud-api-url-in": ep.JumpCloudAPIURLIN,
 	} {
+		if u == "" && flag == "--jumpcloud-token-url-in" {
+			continue // unverified, so unset unless configured
+		}
 		if err := provider.CheckEndpointURL(u); err != nil {
 			return listeners.TLS{}, nil, fmt.Errorf("%s %q: %w", flag, u, err)
 		}
@@ -256,6 +269,9 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 		listeners.Addr{Flag: "--ops-listen", Addr: cfg.OpsListenAddr, Optional: true},
 		listeners.Addr{Flag: "--hub-listen", Addr: cfg.HubListenAddr, Optional: true})
 	if err != nil {
+		return listeners.TLS{}, nil, err
+	}
+	if err := checkPublicURL(cfg.PublicURL); err != nil {
 		return listeners.TLS{}, nil, err
 	}
 	if err := hub.CheckConfig(cfg.Hub); err != nil {
@@ -357,9 +373,16 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()}, gt.UnaryInterceptors()...)...),
 		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{met.GRPC.StreamServerInterceptor()}, gt.StreamInterceptors()...)...),
 	)...)
+	now := cfg.Hub.Now // the Hub's clock, where links are opened
+	if now == nil {
+		now = time.Now
+	}
+	links := connect.New(st, mac, now, cfg.Logger)
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links}
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
 		Store: st, DataDir: cfg.DataDir, MasterKey: masters.All()[0], Logger: cfg.Logger,
+		Links: links, HubURL: s.hubURL,
 	}
 	services := api.NewServices(core)
 	services.Register(g)
@@ -367,7 +390,6 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey}
 	if s.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
 		return nil, err
 	}
@@ -393,7 +415,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	if cfg.HubListenAddr != listeners.Off {
 		hc := cfg.Hub
 		hc.Logger, hc.ExpiryWarning = cfg.Logger, cfg.Tokens.ExpiryWarning
-		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, services, st, mac, cfg.TLSCertFile != ""),
+		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, services, links, st, mac, cfg.TLSCertFile != ""),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}, cfg.Logger)
 		if err != nil {
 			return nil, err
@@ -456,6 +478,32 @@ func (s *Server) OpsAddr() net.Addr { return s.ops.Addr() }
 // HubAddr is the Hub's address; nil when it is off.
 func (s *Server) HubAddr() net.Addr { return s.hub.Addr() }
 
+// checkPublicURL refuses a --public-url that is not an http(s) address.
+func checkPublicURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("--public-url %q: want the Hub's address as browsers reach it, such as https://credbroker.example.com", raw)
+	}
+	return nil
+}
+
+// hubURL is where browsers reach the Hub: --public-url, or the Hub's own
+// address; "" when it is off.
+func (s *Server) hubURL() string {
+	switch {
+	case s.hub == nil:
+		return ""
+	case s.cfg.PublicURL != "":
+		return strings.TrimSuffix(s.cfg.PublicURL, "/")
+	case s.cfg.TLSCertFile != "":
+		return "https://" + s.hub.Addr().String()
+	}
+	return "http://" + s.hub.Addr().String()
+}
+
 // Serve answers calls and refreshes tokens until ctx ends, then shuts down
 // gracefully: in-flight calls get ShutdownTimeout to finish, the refresher
 // stops, and the database is closed (as Close does). A server is served
@@ -480,7 +528,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopMirror, stopRefresh, stopAudit := start(s.mirror.Run), start(s.tokens.Run), start(s.audit.Run)
 	stopCompact := start(func(ctx context.Context) { datadir.CompactPeriodically(ctx, s.store, s.cfg.CompactInterval, s.log) })
-	stopRefusals := start(s.gate.Run)
+	stopRefusals, stopLinks := start(s.gate.Run), start(s.links.Run)
 	stopProbe := func() {}
 	if s.probe != nil {
 		stopProbe = start(s.probe.run)
@@ -527,6 +575,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	// Calls have finished: the last refusals are tallied, and written
 	// while the audit writer still runs; then no one waits for it any more.
 	stopRefusals()
+	stopLinks()
 	stopProbe()
 	stopAnnounce()
 	stopAudit()

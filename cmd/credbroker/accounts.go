@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -377,4 +378,40 @@ func parseTime(flagName, v string) (*timestamppb.Timestamp, error) {
 		}
 	}
 	return nil, fmt.Errorf("--%s: %q is neither a date (2027-03-01) nor an RFC 3339 time (2027-03-01T12:00:00Z)", flagName, v)
+}
+
+func accountsConnectLink(s *session, args []string) error {
+	var id, kind, display string
+	var ttl time.Duration
+	fs := s.flags("ID [flags]", `Makes a connect link: a link to the Hub that lets whoever holds the
+credentials of account ID (a JumpCloud administrator, say) link it without
+being a broker admin. They see only that account's form; the broker proves
+the credentials before it keeps them. The link works once, until it
+expires, and is printed only now: hand it to its recipient only.`)
+	fs.StringVar(&kind, "kind", "jumpcloud", "jumpcloud (a service account) or jumpcloud-api-key")
+	fs.StringVar(&display, "display-name", "", "the account's display name")
+	fs.DurationVar(&ttl, "ttl", 30*time.Minute, "how long the link works (1m to 168h)")
+	if err := s.parse(fs, args, &id); err != nil {
+		return err
+	}
+	req := &credbrokerv1.CreateConnectSessionRequest{AccountId: id, DisplayName: display, Ttl: durationpb.New(ttl)}
+	switch kind {
+	case "jumpcloud":
+		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT
+	case "jumpcloud-api-key":
+		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
+	default:
+		return fmt.Errorf("--kind must be jumpcloud or jumpcloud-api-key, not %q", kind)
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewConnectServiceClient(conn).CreateConnectSession(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(s.stderr, "The link is shown only now and works once: hand it to whoever holds the account's credentials, and to no one else.")
+		return s.print(resp, func(w io.Writer) {
+			cs := resp.GetConnectSession()
+			fmt.Fprintf(w, "NAME\t%s\nACCOUNT\taccounts/%s\nEXPIRES\t%s\nLINK\t%s\n", cs.GetName(), cs.GetAccountId(), when(cs.GetExpireTime(), time.Now()), resp.GetUrl())
+		})
+	})
 }

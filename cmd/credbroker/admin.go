@@ -30,7 +30,8 @@ import (
 // command, then subcommand, then its handler.
 var adminCommands = map[string]map[string]func(*session, []string) error{
 	"accounts": {"link": accountsLink, "list": accountsList, "get": accountsGet, "update": accountsUpdate, "delete": accountsDelete,
-		"grant": accountsGrant, "ungrant": accountsUngrant, "add-secret": accountsAddSecret, "remove-secret": accountsRemoveSecret},
+		"grant": accountsGrant, "ungrant": accountsUngrant, "add-secret": accountsAddSecret, "remove-secret": accountsRemoveSecret,
+		"connect-link": accountsConnectLink},
 	"callers": {"create": callersCreate, "list": callersList, "revoke": callersRevoke},
 	"token":   {"get": tokenGet},
 	"audit":   {"list": auditList},

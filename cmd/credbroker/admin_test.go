@@ -115,6 +115,12 @@ func TestAdminCLI(t *testing.T) {
 		t.Log("no script(1) to make a terminal with; the prompt is not tested")
 	}
 
+	out = c.ok(admin, "", "accounts", "connect-link", "globex", "--kind", "jumpcloud-api-key", "--ttl", "2h")
+	if !regexp.MustCompile(`ACCOUNT\s+accounts/globex\n`).MatchString(out) || !regexp.MustCompile(`LINK\s+http://127\.0\.0\.1:\d+/connect/[A-Za-z0-9_-]{43}\n`).MatchString(out) {
+		t.Errorf("accounts connect-link printed:\n%s", out)
+	}
+	c.fails(admin, "", []string{"accounts", "connect-link", "acme"}, "an account with this id exists already")
+	c.fails(admin, "", []string{"accounts", "connect-link", "globex", "--kind", "oauth2"}, "--kind must be jumpcloud or jumpcloud-api-key")
 	out = c.ok(admin, "", "callers", "create", "billing", "--description", "billing service")
 	billing := regexp.MustCompile(`KEY\s+(cbk_\S+)`).FindStringSubmatch(out)
 	if billing == nil {

@@ -92,7 +92,7 @@ Usage:
   credbroker restore --in FILE        put a backup in place (broker stopped)
 
 Administration of a running broker (each with --help):
-  credbroker accounts link|list|get|update|delete|grant|ungrant|add-secret|remove-secret
+  credbroker accounts link|list|get|update|delete|grant|ungrant|add-secret|remove-secret|connect-link
   credbroker callers create|list|revoke
   credbroker token get ACCOUNT
   credbroker audit list
@@ -127,6 +127,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.DurationVar(&cfg.Proxy.Timeout, "proxy-timeout", d.Proxy.Timeout, "how long the egress proxy waits for an API's response headers")
 	fs.StringVar(&cfg.OpsListenAddr, "ops-listen", d.OpsListenAddr, `address of /metrics (Prometheus), /healthz and /readyz (they hold no secret); it serves HTTPS with --tls-cert, without asking for client certificates, and without TLS it must be a loopback address. "off" disables it`)
 	fs.StringVar(&cfg.HubListenAddr, "hub-listen", d.HubListenAddr, `address of the Hub, the admins' web pages; it serves HTTPS with --tls-cert, and without TLS it must be a loopback address. "off" disables it`)
+	fs.StringVar(&cfg.PublicURL, "public-url", d.PublicURL, "the Hub's address as browsers reach it (e.g. https://credbroker.example.com behind a load balancer), on which connect links are built; default: the Hub's own address")
 	fs.DurationVar(&cfg.Hub.SessionTTL, "hub-session-ttl", d.Hub.SessionTTL, "how long a sign-in to the Hub lasts")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate (chain) of the broker; with --tls-key enables TLS, required off loopback")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")

@@ -110,6 +110,9 @@ const (
 	// India's is unverified, so there is none unless the broker is started
 	// with --jumpcloud-token-url-in. Status FAILED_PRECONDITION.
 	ErrorReason_REGION_NOT_CONFIGURED ErrorReason = 18
+	// The broker serves no Hub (--hub-listen off), so a connect link could
+	// not be opened. Status FAILED_PRECONDITION.
+	ErrorReason_HUB_OFF ErrorReason = 19
 )
 
 // Enum value maps for ErrorReason.
@@ -134,6 +137,7 @@ var (
 		16: "MASTER_KEY_ROTATION_BLOCKED",
 		17: "MASTER_KEY_MISSING",
 		18: "REGION_NOT_CONFIGURED",
+		19: "HUB_OFF",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":    0,
@@ -155,6 +159,7 @@ var (
 		"MASTER_KEY_ROTATION_BLOCKED": 16,
 		"MASTER_KEY_MISSING":          17,
 		"REGION_NOT_CONFIGURED":       18,
+		"HUB_OFF":                     19,
 	}
 )
 
@@ -189,7 +194,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xbf\x03\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xcc\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -212,7 +217,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x13STORAGE_UNAVAILABLE\x10\x0f\x12\x1f\n" +
 	"\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10\x12\x16\n" +
 	"\x12MASTER_KEY_MISSING\x10\x11\x12\x19\n" +
-	"\x15REGION_NOT_CONFIGURED\x10\x12BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x15REGION_NOT_CONFIGURED\x10\x12\x12\v\n" +
+	"\aHUB_OFF\x10\x13BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -1,6 +1,6 @@
 // Package api is the broker's API behind the gate: the gRPC services
 // (AccountService, CallerService, TokenService, AuditService,
-// BackupService and MasterKeyService) and the egress proxy's HTTP handler. Its handlers are
+// BackupService, MasterKeyService and ConnectService) and the egress proxy's HTTP handler. Its handlers are
 // thin: they validate requests (validate.go, paging.go), call the core,
 // and map every error to a status in one place (errors.go). Who may call
 // them, and the audit event of each call, is the gate's business.
@@ -17,6 +17,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
@@ -41,6 +42,9 @@ type Core struct {
 	// MasterKey is the configured master key, which RotateMasterKey moves
 	// the database to.
 	MasterKey *keyring.MasterKey
+	// Links makes connect links, opened at HubURL() ("" without a Hub).
+	Links  *connect.Service
+	HubURL func() string
 	// Logger logs the unexpected errors that callers see only as INTERNAL.
 	Logger *slog.Logger
 }
@@ -55,6 +59,7 @@ type Services struct {
 	Audit     credbrokerv1.AuditServiceServer
 	Backup    credbrokerv1.BackupServiceServer
 	MasterKey credbrokerv1.MasterKeyServiceServer
+	Connect   credbrokerv1.ConnectServiceServer
 }
 
 // NewServices builds the services' handlers on c.
@@ -67,6 +72,7 @@ func NewServices(c Core) Services {
 		Audit:     &auditService{audit: c.Audit, errs: errs},
 		Backup:    &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs},
 		MasterKey: &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs},
+		Connect:   &connectService{links: c.Links, hubURL: c.HubURL, errs: errs},
 	}
 }
 
@@ -79,6 +85,7 @@ func (s Services) Register(g *grpc.Server) {
 	credbrokerv1.RegisterAuditServiceServer(g, s.Audit)
 	credbrokerv1.RegisterBackupServiceServer(g, s.Backup)
 	credbrokerv1.RegisterMasterKeyServiceServer(g, s.MasterKey)
+	credbrokerv1.RegisterConnectServiceServer(g, s.Connect)
 }
 
 // ProxyHandler is the egress proxy: gt admits each call, the caller's

@@ -138,6 +138,7 @@ var methodAccess = func() map[string]Access {
 	add(credbrokerv1.AuditService_ServiceDesc, Admin)
 	add(credbrokerv1.BackupService_ServiceDesc, Admin)
 	add(credbrokerv1.MasterKeyService_ServiceDesc, Admin)
+	add(credbrokerv1.ConnectService_ServiceDesc, Admin)
 	add(healthpb.Health_ServiceDesc, Open)
 	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = Proven
 	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = Proven

@@ -47,6 +47,19 @@ func (g *Gate) AuthorizeSession(r *http.Request, method string, a Access, princi
 	})
 }
 
+// AuthorizeLink admits a request made with a connect link as a call to
+// method, which open proves: it returns the link's principal, or why the
+// link cannot be used. A link that fails is charged to the peer address's
+// budget of failed credentials, as a wrong key is, so that links cannot
+// be guessed.
+func (g *Gate) AuthorizeLink(r *http.Request, method string, open func() (string, error)) (*Call, error) {
+	c := g.begin(method, r.RemoteAddr, Caller)
+	return c, g.admitAs(c, func() (callers.Identity, error) {
+		principal, err := open()
+		return callers.Identity{Principal: principal}, err
+	})
+}
+
 // Unavailable is why calls are refused at once now (see
 // Config.Unavailable), or nil: pages check it before they read anything.
 func (g *Gate) Unavailable() error { return g.unavailable() }

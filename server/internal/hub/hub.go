@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/server/internal/api"
+	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -95,7 +96,9 @@ type Hub struct {
 	cfg  Config
 	gate *gate.Gate
 	// api is what pages call, in-process, with the gate's call.
-	api   api.Services
+	api api.Services
+	// links are the connect links people open.
+	links *connect.Service
 	store Store
 	mac   *keyring.MACKey
 	// secure: served over TLS, so the cookie is Secure (and __Host-).
@@ -105,7 +108,7 @@ type Hub struct {
 }
 
 // New returns the Hub's handler; secure says it is served over TLS.
-func New(cfg Config, g *gate.Gate, svc api.Services, st Store, mac *keyring.MACKey, secure bool) *Hub {
+func New(cfg Config, g *gate.Gate, svc api.Services, links *connect.Service, st Store, mac *keyring.MACKey, secure bool) *Hub {
 	d := DefaultConfig()
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = d.SessionTTL
@@ -119,7 +122,7 @@ func New(cfg Config, g *gate.Gate, svc api.Services, st Store, mac *keyring.MACK
 	if cfg.ExpiryWarning <= 0 {
 		cfg.ExpiryWarning = d.ExpiryWarning
 	}
-	h := &Hub{cfg: cfg, gate: g, api: svc, store: st, mac: mac, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
+	h := &Hub{cfg: cfg, gate: g, api: svc, links: links, store: st, mac: mac, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
 	if secure {
 		h.cookie = "__Host-credbroker_hub" // bound to this origin, Secure, Path=/
 	}
@@ -144,6 +147,10 @@ func New(cfg Config, g *gate.Gate, svc api.Services, st Store, mac *keyring.MACK
 	h.mux.HandleFunc("POST /callers", h.signedIn("hub: create a caller key", h.createCallerKey))
 	h.mux.HandleFunc("POST /callers/{id}/revoke", h.signedIn("hub: revoke a caller key", h.revokeCallerKey))
 	h.mux.HandleFunc("GET /audit", h.signedIn("hub: audit", h.auditPage))
+	h.mux.HandleFunc("GET /connect-links", h.signedIn("hub: connect links", h.connectLinksPage))
+	h.mux.HandleFunc("POST /connect-links", h.signedIn("hub: create a connect link", h.createConnectLink))
+	h.mux.HandleFunc("GET /connect/{secret}", h.connectPage)
+	h.mux.HandleFunc("POST /connect/{secret}", h.connectWithLink)
 	return h
 }
 

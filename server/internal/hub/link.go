@@ -16,6 +16,9 @@ type linkForm struct {
 	AccountID, DisplayName, ClientID, Region, OrgID string
 	TokenURL, Scopes, AuthStyle, Params, APIBaseURL string
 	SecretExpires                                   string
+	// Link is set on a connect link's form: where it is sent. Its account
+	// id and display name are the link's.
+	Link string
 	formErrors
 }
 
@@ -50,16 +53,34 @@ func (h *Hub) linkPage(w http.ResponseWriter, r *http.Request, s *session, _ *ga
 	return nil
 }
 
-// link is "Connect": CreateAccount, which proves the credentials before it
-// stores anything, from the form of one kind; then the account's page, or
-// the form again with what to fix next to its field, and nothing kept.
+// link is "Connect" on the admin's form: the account's page once linked.
 func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	a, err := h.connectAccount(w, r, c, readLinkForm(r), func(f linkForm, code int) {
+		h.render(w, code, "link", signedInPage(s, f.Title(), f))
+	})
+	if err != nil {
+		return err
+	}
+	done(w, r, "/accounts/"+accountID(a), "linked")
+	return nil
+}
+
+// readLinkForm is a link form as sent, but for its secret.
+func readLinkForm(r *http.Request) linkForm {
 	v := func(name string) string { return strings.TrimSpace(r.PostFormValue(name)) }
-	f := linkForm{
+	return linkForm{
 		Kind: v("kind"), AccountID: v("account_id"), DisplayName: v("display_name"), ClientID: v("client_id"),
 		Region: v("region"), OrgID: v("org_id"), TokenURL: v("token_url"), Scopes: v("scopes"), AuthStyle: v("auth_style"),
 		Params: v("endpoint_params"), APIBaseURL: v("api_base_url"), SecretExpires: v("secret_expires"),
 	}
+}
+
+// connectAccount is "Connect": CreateAccount, which proves the credentials
+// before it stores anything, from form f and the secret sent with it. A
+// refusal that the form can help with is shown on it (show), with what to
+// fix next to its field and nothing kept: the error it returns then is
+// rendered.
+func (h *Hub) connectAccount(w http.ResponseWriter, r *http.Request, c *gate.Call, f linkForm, show func(linkForm, int)) (*credbrokerv1.Account, error) {
 	kind, known := linkKinds[f.Kind]
 	req := &credbrokerv1.CreateAccountRequest{AccountId: f.AccountID, Account: &credbrokerv1.Account{DisplayName: f.DisplayName}}
 	var err error
@@ -80,22 +101,21 @@ func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.C
 	if err == nil {
 		resp, err = h.api.Accounts.CreateAccount(gate.WithCall(r.Context(), c), req)
 	}
-	if err != nil {
-		fe, ok := placeError(err, map[string]place{
-			"secret_expire_time":    {field: "secret_expires"},
-			"CREDENTIALS_REJECTED":  {field: kind.SecretField, say: kind.Rejected},
-			"REGION_NOT_CONFIGURED": {field: "region"},
-			"AlreadyExists":         {field: "account_id"},
-		})
-		if !ok {
-			return err
-		}
-		f.formErrors = fe.only(kind.Fields...)
-		h.render(w, httpCode(err), "link", signedInPage(s, f.Title(), f))
-		return rendered{err}
+	if err == nil {
+		return resp.GetAccount(), nil
 	}
-	done(w, r, "/accounts/"+accountID(resp.GetAccount()), "linked")
-	return nil
+	fe, ok := placeError(err, map[string]place{
+		"secret_expire_time":    {field: "secret_expires"},
+		"CREDENTIALS_REJECTED":  {field: kind.SecretField, say: kind.Rejected},
+		"REGION_NOT_CONFIGURED": {field: "region"},
+		"AlreadyExists":         {field: "account_id"},
+	})
+	if !ok {
+		return nil, err
+	}
+	f.formErrors = fe.only(kind.Fields...)
+	show(f, httpCode(err))
+	return nil, rendered{err}
 }
 
 // Title is the form's.

@@ -18,6 +18,9 @@ var (
 	// hubSessionsBucket maps a keyed hash of a Hub session's secret to
 	// HubSession.
 	hubSessionsBucket = []byte("hub_sessions")
+	// connectSessionsBucket maps a keyed hash of a connect link's secret
+	// to ConnectSession.
+	connectSessionsBucket = []byte("connect_sessions")
 	// auditBucket maps an AuditPos (16 bytes: big-endian UnixNano time, then
 	// sequence number) to AuditEvent, so keys sort by time.
 	auditBucket = []byte("audit")
@@ -27,7 +30,7 @@ var (
 	// themselves (the key check, the wrapped MAC key, both sealed by the
 	// master key), the database id the record key is derived from, and
 	// flags.
-	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, auditBucket}
+	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, auditBucket}
 
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")

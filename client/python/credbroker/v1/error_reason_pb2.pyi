@@ -7,6 +7,7 @@ CREDENTIALS_REJECTED: ErrorReason
 DESCRIPTOR: _descriptor.FileDescriptor
 ERROR_REASON_UNSPECIFIED: ErrorReason
 GRANT_LIMITED: ErrorReason
+HUB_OFF: ErrorReason
 INTEGRITY_CHECK_FAILED: ErrorReason
 LAST_ADMIN: ErrorReason
 LAST_SECRET: ErrorReason

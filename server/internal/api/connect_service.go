@@ -1,0 +1,71 @@
+package api
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/connect"
+	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
+	"github.com/credbroker/credbroker/server/internal/provider"
+)
+
+type connectService struct {
+	credbrokerv1.UnimplementedConnectServiceServer
+	links *connect.Service
+	// hubURL is where links are opened: --public-url, or the Hub's own
+	// address; "" when the broker serves no Hub.
+	hubURL func() string
+	errs   errorMapper
+}
+
+// connectKinds are the kinds of account a connect link can link.
+var connectKinds = map[credbrokerv1.Provider]provider.Kind{
+	credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT: provider.KindJumpCloudServiceAccount,
+	credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY:         provider.KindJumpCloudAPIKey,
+}
+
+// ErrHubOff: there is no Hub to open a connect link in.
+var ErrHubOff = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_HUB_OFF,
+	"this broker serves no Hub (--hub-listen off), so nobody could open a connect link")
+
+func (s *connectService) CreateConnectSession(ctx context.Context, req *credbrokerv1.CreateConnectSessionRequest) (*credbrokerv1.CreateConnectSessionResponse, error) {
+	if err := checkAccountID("account_id", req.GetAccountId()); err != nil {
+		return nil, err
+	}
+	kind, ok := connectKinds[req.GetProvider()]
+	if !ok {
+		return nil, invalidArgument("provider", "must be PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT or PROVIDER_JUMPCLOUD_API_KEY")
+	}
+	if err := checkDisplayName("display_name", req.GetDisplayName()); err != nil {
+		return nil, err
+	}
+	ttl := connect.DefaultTTL
+	if d := req.GetTtl(); d != nil {
+		if ttl = d.AsDuration(); d.CheckValid() != nil || ttl < connect.MinTTL || ttl > connect.MaxTTL {
+			return nil, invalidArgument("ttl", fmt.Sprintf("must be between %s and %s", connect.MinTTL, connect.MaxTTL))
+		}
+	}
+	hubURL := s.hubURL()
+	if hubURL == "" {
+		return nil, ErrHubOff
+	}
+	c := gate.CallFrom(ctx)
+	l, secret, err := s.links.Create(connect.NewLink{
+		AccountID: req.GetAccountId(), Provider: string(kind), DisplayName: req.GetDisplayName(), Creator: c.Principal, TTL: ttl,
+	}, c.ChangeEvent(accountPrefix+req.GetAccountId(), ""))
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	return &credbrokerv1.CreateConnectSessionResponse{
+		ConnectSession: &credbrokerv1.ConnectSession{
+			Name: l.Name(), AccountId: l.AccountID, Provider: req.GetProvider(), DisplayName: l.DisplayName,
+			CreateTime: timestamppb.New(l.CreateTime), ExpireTime: timestamppb.New(l.ExpireTime), Creator: l.Creator,
+		},
+		Url: hubURL + "/connect/" + secret,
+	}, nil
+}

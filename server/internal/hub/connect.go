@@ -1,0 +1,146 @@
+package hub
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/connect"
+	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/provider"
+)
+
+// linkKindOf is the link form of a connect link's kind of account.
+var linkKindOf = map[string]string{
+	string(provider.KindJumpCloudServiceAccount): "jumpcloud",
+	string(provider.KindJumpCloudAPIKey):         "jumpcloud-api-key",
+}
+
+// openLink admits a request made with the connect link in its URL as a
+// call to method, and returns the link; or renders the page that says why
+// the link cannot be used and returns nil.
+func (h *Hub) openLink(w http.ResponseWriter, r *http.Request, method string) (*gate.Call, *connect.Link) {
+	var l connect.Link
+	c, err := h.gate.AuthorizeLink(r, method, func() (string, error) {
+		var err error
+		l, err = h.links.Open(r.PathValue("secret"))
+		return l.Name(), err
+	})
+	if err != nil {
+		err = h.finish(r, c, err)
+		code, msg := httpStatus(w, err)
+		h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
+		return nil, nil
+	}
+	return c, &l
+}
+
+// connectForm is a connect link's form.
+func connectForm(l *connect.Link, secret string) linkForm {
+	return linkForm{Kind: linkKindOf[l.Provider], AccountID: l.AccountID, DisplayName: l.DisplayName, Region: "us", Link: "/connect/" + secret}
+}
+
+// connectPage is what whoever opens a connect link sees: the form of its
+// kind of account, for its account, and nothing else.
+func (h *Hub) connectPage(w http.ResponseWriter, r *http.Request) {
+	c, l := h.openLink(w, r, "connect: link form")
+	if l == nil {
+		return
+	}
+	f := connectForm(l, r.PathValue("secret"))
+	h.render(w, http.StatusOK, "link", page{Title: f.Title(), Data: f})
+	_ = h.finish(r, c, nil)
+}
+
+// connectWithLink links the link's account from its form: a refusal is
+// shown next to its field, a success on a page that says so and nothing
+// more; the link is then used up.
+func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
+	if !h.parseForm(w, r, nil) {
+		return
+	}
+	c, l := h.openLink(w, r, "connect: link an account")
+	if l == nil {
+		return
+	}
+	f := readLinkForm(r)
+	link := connectForm(l, r.PathValue("secret"))
+	f.Kind, f.AccountID, f.DisplayName, f.Link = link.Kind, link.AccountID, link.DisplayName, link.Link
+	a, err := h.connectAccount(w, r, c, f, func(f linkForm, code int) {
+		if code == http.StatusConflict { // its account exists: the link was used
+			h.render(w, code, "error", page{Title: "This link cannot be used", Message: "This link's account is linked already: each link links one account, once."})
+			return
+		}
+		h.render(w, code, "link", page{Title: f.Title(), Data: f})
+	})
+	if err == nil {
+		if uerr := h.links.Used(*l, c.Event(0)); uerr != nil {
+			h.cfg.Logger.Warn("could not mark a connect link used; its account exists, so it cannot link another", "link", l.Name(), "error", uerr)
+		}
+		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: accountID(a)})
+	}
+	if ferr := h.finish(r, c, unrendered(err)); ferr != nil && err == nil {
+		h.cfg.Logger.Warn("the audit event of a connect link's use could not be written", "link", l.Name(), "error", ferr)
+	}
+}
+
+// unrendered is err for the gate: the error a rendered page shows.
+func unrendered(err error) error {
+	if r, ok := err.(rendered); ok {
+		return r.error
+	}
+	return err
+}
+
+// linksForm is the admin's "Create a connect link" form, and the link
+// just created (shown once).
+type linksForm struct {
+	AccountID, Kind, DisplayName, TTL string
+	formErrors
+	Created *createdLink
+}
+
+type createdLink struct{ URL, AccountID, Expires string }
+
+// linkTTLs are the lifetimes the form offers.
+var linkTTLs = map[string]time.Duration{"30m": 30 * time.Minute, "2h": 2 * time.Hour, "24h": 24 * time.Hour, "168h": 7 * 24 * time.Hour}
+
+func (h *Hub) connectLinksPage(w http.ResponseWriter, _ *http.Request, s *session, _ *gate.Call) error {
+	h.render(w, http.StatusOK, "connect-links", signedInPage(s, "Connect links", linksForm{Kind: "jumpcloud", TTL: "30m"}))
+	return nil
+}
+
+// createConnectLink makes a link and shows it, once.
+func (h *Hub) createConnectLink(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	f := linksForm{
+		AccountID: strings.TrimSpace(r.PostFormValue("account_id")), Kind: r.PostFormValue("kind"),
+		DisplayName: strings.TrimSpace(r.PostFormValue("display_name")), TTL: r.PostFormValue("ttl"),
+	}
+	req := &credbrokerv1.CreateConnectSessionRequest{AccountId: f.AccountID, DisplayName: f.DisplayName}
+	switch f.Kind {
+	case "jumpcloud":
+		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT
+	case "jumpcloud-api-key":
+		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
+	}
+	if ttl, ok := linkTTLs[f.TTL]; ok {
+		req.Ttl = durationpb.New(ttl)
+	}
+	resp, err := h.api.Connect.CreateConnectSession(gate.WithCall(r.Context(), c), req)
+	if err != nil {
+		fe, ok := placeError(err, map[string]place{"provider": {field: "kind"}, "AlreadyExists": {field: "account_id"}})
+		if !ok {
+			return err
+		}
+		f.formErrors = fe.only("account_id", "kind", "display_name", "ttl")
+		h.render(w, httpCode(err), "connect-links", signedInPage(s, "Connect links", f))
+		return rendered{err}
+	}
+	cs := resp.GetConnectSession()
+	created := &createdLink{URL: resp.GetUrl(), AccountID: cs.GetAccountId(), Expires: when(cs.GetExpireTime())}
+	h.render(w, http.StatusOK, "connect-links", signedInPage(s, "Connect links", linksForm{Kind: "jumpcloud", TTL: "30m", Created: created}))
+	return nil
+}
