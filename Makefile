@@ -3,7 +3,7 @@
 # `make deps` installs what the Python and TypeScript clients need.
 GO ?= go
 
-.PHONY: test deps vet lint generate check-generated bench build
+.PHONY: test deps vet lint generate check-generated bench build hub-screenshots
 
 test: deps vet lint check-generated
 	CREDBROKER_REQUIRE_CLIENTS=1 $(GO) test -race -count=1 ./...
@@ -64,3 +64,7 @@ bench:
 
 build:
 	$(GO) build -o bin/credbroker ./cmd/credbroker
+
+# Takes the README's screenshots of the Hub again, from its browser test.
+hub-screenshots: deps
+	CREDBROKER_HUB_SCREENSHOTS=$(CURDIR)/server/internal/hub/screenshots CREDBROKER_REQUIRE_CLIENTS=1 $(GO) test -count=1 -run '^TestHubInABrowser$$' ./server/

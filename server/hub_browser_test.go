@@ -33,6 +33,53 @@ func browser(t *testing.T) context.Context {
 	return ctx
 }
 
+// tab is a browser tab of a test: a step that fails fails the test.
+type tab struct {
+	t   *testing.T
+	ctx context.Context
+	// pages are what the test's tabs showed, for the canary scan.
+	pages *[]string
+}
+
+func (b tab) do(steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b tab) text(a chromedp.Action[string]) string {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, a)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return v
+}
+
+// capture keeps the page and its URL for the canary scan.
+func (b tab) capture() {
+	b.t.Helper()
+	*b.pages = append(*b.pages, b.text(chromedp.Location())+"\n"+b.text(chromedp.OuterHTML("html")))
+}
+
+// screenshot saves the page as name.png in $CREDBROKER_HUB_SCREENSHOTS, if
+// set (make hub-screenshots).
+func (b tab) screenshot(name string) {
+	b.t.Helper()
+	dir := os.Getenv("CREDBROKER_HUB_SCREENSHOTS")
+	if dir == "" {
+		return
+	}
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644)
+	}
+	if err != nil {
+		b.t.Fatal(err)
+	}
+}
+
 // An admin signs in to the Hub in a real browser: a wrong key is shown
 // next to the field, the admin key opens the Accounts page with the linked
 // account, the session cookie is HttpOnly and SameSite=Strict; linking an
@@ -47,37 +94,9 @@ func TestHubInABrowser(t *testing.T) {
 	token := b.token(t, "acme").GetAccessToken()
 	const wrongKey = "cbk_wrong-key-canary-0123456789abcdef0123456789"
 
-	do := func(steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	text := func(a chromedp.Action[string]) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
 	var pages []string
-	capture := func() { pages = append(pages, text(chromedp.Location())+"\n"+text(chromedp.OuterHTML("html"))) }
-	// screenshot saves the page as name.png in $CREDBROKER_HUB_SCREENSHOTS, if set, for looking at it.
-	screenshot := func(ctx context.Context, name string) {
-		t.Helper()
-		dir := os.Getenv("CREDBROKER_HUB_SCREENSHOTS")
-		if dir == "" {
-			return
-		}
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err == nil {
-			err = os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	admin := tab{t: t, ctx: ctx, pages: &pages}
+	do, text, capture := admin.do, admin.text, admin.capture
 
 	do(chromedp.Navigate(b.hubURL+"/"), chromedp.WaitVisible("#caller_key"))
 	capture()
@@ -91,7 +110,7 @@ func TestHubInABrowser(t *testing.T) {
 		t.Errorf("the Accounts page shows: %q", accounts)
 	}
 	capture()
-	screenshot(ctx, "accounts")
+	admin.screenshot("accounts")
 	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{})
 	if err != nil {
 		t.Fatal(err)
@@ -101,12 +120,11 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	// Link a second account: a wrong secret first, then the right one.
 	do(chromedp.Navigate(b.hubURL+"/accounts/new"), chromedp.WaitVisible("#client_secret"))
-	screenshot(ctx, "link")
 	do(
 		chromedp.SendKeys("#account_id", "globex"), chromedp.SendKeys("#client_id", clientID),
 		chromedp.SendKeys("#client_secret", wrongKey), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#client_secret_error"))
 	capture()
-	screenshot(ctx, "link-error")
+	admin.screenshot("link-error")
 	if secret := text(chromedp.Value("#client_secret")); secret != "" {
 		t.Error("the form came back with the secret filled in")
 	}
@@ -115,7 +133,7 @@ func TestHubInABrowser(t *testing.T) {
 		t.Errorf("the confirmation says: %q", confirmed)
 	}
 	capture()
-	screenshot(ctx, "account")
+	admin.screenshot("account")
 	// Rotate its secret, grant it to the service, from its page.
 	const newSecret = "canary-NEW-SECRET-browser-40ce"
 	b.fake.AddClientSecret(clientID, newSecret)
@@ -146,13 +164,13 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	do(chromedp.Navigate(b.hubURL+"/callers"), chromedp.WaitVisible("#keys"))
 	capture()
-	screenshot(ctx, "callers")
+	admin.screenshot("callers")
 	do(chromedp.Navigate(b.hubURL+"/audit?account=globex"), chromedp.WaitVisible(".events"))
 	if ev := text(chromedp.Text(".events")); !strings.Contains(ev, "hub: add a grant") {
 		t.Errorf("the audit page: %q", ev)
 	}
 	capture()
-	screenshot(ctx, "audit")
+	admin.screenshot("audit")
 	// A connect link, made here and used in a second browser context (no
 	// session, no cookies): it shows only its account's form, links it,
 	// and is used up.
@@ -161,29 +179,14 @@ func TestHubInABrowser(t *testing.T) {
 	connectLink := text(chromedp.Value("#new_link"))
 	vctx, cancelVisitor := chromedp.NewContext(ctx, chromedp.WithNewBrowserContext())
 	defer cancelVisitor()
-	visit := func(steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(vctx, steps...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	visitorText := func(a chromedp.Action[string]) string {
-		t.Helper()
-		v, err := chromedp.Run(vctx, a)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	visitorPage := func() {
-		pages = append(pages, visitorText(chromedp.Location())+"\n"+visitorText(chromedp.OuterHTML("html")))
-	}
+	visitor := tab{t: t, ctx: vctx, pages: &pages}
+	visit, visitorText, visitorPage := visitor.do, visitor.text, visitor.capture
 	visit(chromedp.Navigate(connectLink), chromedp.WaitVisible("#client_secret"))
 	if page := visitorText(chromedp.OuterHTML("html")); strings.Contains(page, "signout") || strings.Contains(page, "acme") || !strings.Contains(page, "initech") {
 		t.Errorf("the connect link's page shows more than its form:\n%s", page)
 	}
 	visitorPage()
-	screenshot(vctx, "connect")
+	visitor.screenshot("connect")
 	visit(chromedp.SendKeys("#client_id", clientID), chromedp.SendKeys("#client_secret", clientSecret), chromedp.Submit("#client_secret"), chromedp.WaitVisible("#notice"))
 	if linked := visitorText(chromedp.Text("#notice")); !strings.Contains(linked, "initech") {
 		t.Errorf("the connect link's confirmation: %q", linked)

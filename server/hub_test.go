@@ -76,6 +76,22 @@ func (h *hubClient) signIn(key string) (*http.Response, string) {
 	return resp, body
 }
 
+// noCanaries fails the test if a page the client got or the broker's log
+// holds a canary; or if that is too little to prove it: fewer than
+// minPages pages, or none that holds mustHold.
+func (h *hubClient) noCanaries(logs string, minPages int, mustHold string, canaries map[string]string) {
+	h.t.Helper()
+	all := strings.Join(h.pages, "\n") + logs
+	if len(h.pages) < minPages || !strings.Contains(all, mustHold) {
+		h.t.Fatalf("the canary scan has too little to scan: %d pages", len(h.pages))
+	}
+	for name, canary := range canaries {
+		if strings.Contains(all, canary) {
+			h.t.Errorf("a Hub page or the log holds the %s", name)
+		}
+	}
+}
+
 var csrfField = regexp.MustCompile(`name="csrf" value="([0-9a-f]+)"`)
 
 // The Hub's sign-in: a wrong or non-admin key is refused next to the
@@ -204,18 +220,10 @@ func TestHubSignInAndAccounts(t *testing.T) {
 		}
 	}
 
-	all := strings.Join(h.pages, "\n") + b.logs.String()
-	if len(h.pages) < 10 || !strings.Contains(all, "acme") {
-		t.Fatal("the canary scan has too little to scan")
-	}
-	for name, canary := range map[string]string{
+	h.noCanaries(b.logs.String(), 10, "acme", map[string]string{
 		"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "new admin key": created.GetKey(),
 		"wrong key": wrongKey, "access token": token,
-	} {
-		if strings.Contains(all, canary) {
-			t.Errorf("a Hub page or the log holds the %s", name)
-		}
-	}
+	})
 }
 
 // A Hub session ends at its expiry.
@@ -398,15 +406,7 @@ func TestHubLinksAnAccount(t *testing.T) {
 	if !linked {
 		t.Fatalf("the link is not audited: %v", events.GetEvents())
 	}
-	all := strings.Join(h.pages, "\n") + b.logs.String()
-	if len(h.pages) < 8 || !strings.Contains(all, "globex") {
-		t.Fatal("the canary scan has too little to scan")
-	}
-	for name, canary := range map[string]string{"client secret": clientSecret, "wrong secret": wrongSecret} {
-		if strings.Contains(all, canary) {
-			t.Errorf("a Hub page or the log holds the %s", name)
-		}
-	}
+	h.noCanaries(b.logs.String(), 8, "globex", map[string]string{"client secret": clientSecret, "wrong secret": wrongSecret})
 }
 
 // The Hub's account pages take only account ids, so that nothing else
