@@ -40,6 +40,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/secret"
+	"github.com/credbroker/credbroker/server/internal/signin"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
@@ -415,7 +416,9 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	if cfg.HubListenAddr != listeners.Off {
 		hc := cfg.Hub
 		hc.Logger, hc.ExpiryWarning = cfg.Logger, cfg.Tokens.ExpiryWarning
-		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, gt, services, links, st, mac, cfg.TLSCertFile != ""),
+		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, hub.Parts{
+			Gate: gt, API: services, Links: links, SignIn: signin.New(st, keys, mac, prov, acc, now), Store: st, MAC: mac, URL: s.hubURL,
+		}, cfg.TLSCertFile != ""),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}, cfg.Logger)
 		if err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ package credbrokerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -37,6 +38,13 @@ const (
 	// so the broker never hands it out: callers reach the API through the
 	// egress proxy, and GetToken fails with reason PROXY_ONLY.
 	Provider_PROVIDER_JUMPCLOUD_API_KEY Provider = 3
+	// Any OAuth 2.0 provider that signs its users in by redirect
+	// (authorization code with PKCE) and issues refresh tokens. Linked in
+	// the Hub (the admin, or whoever holds a connect link, signs in at the
+	// provider), not with CreateAccount. The broker keeps the refresh token
+	// sealed and refreshes with it; a refresh token the provider rotates is
+	// stored before the new access token is served.
+	Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE Provider = 4
 )
 
 // Enum value maps for Provider.
@@ -46,12 +54,14 @@ var (
 		1: "PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT",
 		2: "PROVIDER_OAUTH2_CLIENT_CREDENTIALS",
 		3: "PROVIDER_JUMPCLOUD_API_KEY",
+		4: "PROVIDER_OAUTH2_AUTHORIZATION_CODE",
 	}
 	Provider_value = map[string]int32{
 		"PROVIDER_UNSPECIFIED":               0,
 		"PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT": 1,
 		"PROVIDER_OAUTH2_CLIENT_CREDENTIALS": 2,
 		"PROVIDER_JUMPCLOUD_API_KEY":         3,
+		"PROVIDER_OAUTH2_AUTHORIZATION_CODE": 4,
 	}
 )
 
@@ -287,6 +297,11 @@ const (
 	// NEEDS_ATTENTION: the provider answered with a redirect, which the
 	// broker never follows: check the token URL or the broker's endpoints.
 	AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED AccountStateReason = 7
+	// NEEDS_ATTENTION: the provider refused the account's refresh token
+	// (invalid_grant: revoked, expired, or reused after a rotation), and the
+	// stored one is the one refused. Reconnect the account in the Hub: it
+	// keeps its name and grants.
+	AccountStateReason_ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED AccountStateReason = 8
 )
 
 // Enum value maps for AccountStateReason.
@@ -300,6 +315,7 @@ var (
 		5: "ACCOUNT_STATE_REASON_SECRET_EXPIRING",
 		6: "ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED",
 		7: "ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED",
+		8: "ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED",
 	}
 	AccountStateReason_value = map[string]int32{
 		"ACCOUNT_STATE_REASON_UNSPECIFIED":            0,
@@ -310,6 +326,7 @@ var (
 		"ACCOUNT_STATE_REASON_SECRET_EXPIRING":        5,
 		"ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED": 6,
 		"ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED":    7,
+		"ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED":  8,
 	}
 )
 
@@ -395,8 +412,13 @@ type Account struct {
 	// latest expire_time of its secrets that the provider has not rejected.
 	// Unset if one of them never expires. Output only.
 	CredentialsExpireTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=credentials_expire_time,json=credentialsExpireTime,proto3" json:"credentials_expire_time,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Authorization code only: where its users sign in. Output only.
+	AuthorizationUrl string `protobuf:"bytes,22,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
+	// Authorization code only: extra parameters of the sign-in redirect.
+	// Output only.
+	AuthorizationParams map[string]string `protobuf:"bytes,23,rep,name=authorization_params,json=authorizationParams,proto3" json:"authorization_params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Account) Reset() {
@@ -572,6 +594,20 @@ func (x *Account) GetSecrets() []*AccountSecret {
 func (x *Account) GetCredentialsExpireTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CredentialsExpireTime
+	}
+	return nil
+}
+
+func (x *Account) GetAuthorizationUrl() string {
+	if x != nil {
+		return x.AuthorizationUrl
+	}
+	return ""
+}
+
+func (x *Account) GetAuthorizationParams() map[string]string {
+	if x != nil {
+		return x.AuthorizationParams
 	}
 	return nil
 }
@@ -1065,6 +1101,133 @@ func (x *OAuth2ClientCredentials) GetApiBaseUrl() string {
 	return ""
 }
 
+// OAuth2AuthorizationCode describes a provider that signs its users in by
+// redirect (authorization code with PKCE S256) and issues refresh tokens,
+// and the app the broker is registered as there. Such accounts are linked
+// in the Hub, where the admin (or whoever holds a connect link) signs in
+// at the provider; the redirect URI to register with the provider is the
+// Hub's address (--public-url) followed by /oauth2/callback.
+type OAuth2AuthorizationCode struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required: the provider's authorization (sign-in) endpoint. https, or
+	// http on a loopback host.
+	AuthorizationUrl string `protobuf:"bytes,1,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
+	// Required: its token endpoint. https, or http on a loopback host.
+	TokenUrl string `protobuf:"bytes,2,opt,name=token_url,json=tokenUrl,proto3" json:"token_url,omitempty"`
+	// Required.
+	ClientId string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// Required. Input only: never returned, logged or stored unencrypted.
+	ClientSecret string   `protobuf:"bytes,4,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	Scopes       []string `protobuf:"bytes,5,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Extra parameters of the sign-in redirect (e.g. "access_type":
+	// "offline", "prompt": "consent"). Must not include the ones the broker
+	// sets: response_type, client_id, redirect_uri, scope, state,
+	// code_challenge, code_challenge_method.
+	AuthorizationParams map[string]string `protobuf:"bytes,6,rep,name=authorization_params,json=authorizationParams,proto3" json:"authorization_params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	AuthStyle           AuthStyle         `protobuf:"varint,7,opt,name=auth_style,json=authStyle,proto3,enum=credbroker.v1.AuthStyle" json:"auth_style,omitempty"`
+	// Optional. Returned to callers with their tokens, and where the egress
+	// proxy forwards the account's calls. https, or http on a loopback host.
+	ApiBaseUrl string `protobuf:"bytes,8,opt,name=api_base_url,json=apiBaseUrl,proto3" json:"api_base_url,omitempty"`
+	// Optional: the lifetime of access tokens whose answer has no
+	// expires_in. Unset, such answers are refused.
+	DefaultTokenLifetime *durationpb.Duration `protobuf:"bytes,9,opt,name=default_token_lifetime,json=defaultTokenLifetime,proto3" json:"default_token_lifetime,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *OAuth2AuthorizationCode) Reset() {
+	*x = OAuth2AuthorizationCode{}
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OAuth2AuthorizationCode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OAuth2AuthorizationCode) ProtoMessage() {}
+
+func (x *OAuth2AuthorizationCode) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OAuth2AuthorizationCode.ProtoReflect.Descriptor instead.
+func (*OAuth2AuthorizationCode) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *OAuth2AuthorizationCode) GetAuthorizationUrl() string {
+	if x != nil {
+		return x.AuthorizationUrl
+	}
+	return ""
+}
+
+func (x *OAuth2AuthorizationCode) GetTokenUrl() string {
+	if x != nil {
+		return x.TokenUrl
+	}
+	return ""
+}
+
+func (x *OAuth2AuthorizationCode) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *OAuth2AuthorizationCode) GetClientSecret() string {
+	if x != nil {
+		return x.ClientSecret
+	}
+	return ""
+}
+
+func (x *OAuth2AuthorizationCode) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *OAuth2AuthorizationCode) GetAuthorizationParams() map[string]string {
+	if x != nil {
+		return x.AuthorizationParams
+	}
+	return nil
+}
+
+func (x *OAuth2AuthorizationCode) GetAuthStyle() AuthStyle {
+	if x != nil {
+		return x.AuthStyle
+	}
+	return AuthStyle_AUTH_STYLE_UNSPECIFIED
+}
+
+func (x *OAuth2AuthorizationCode) GetApiBaseUrl() string {
+	if x != nil {
+		return x.ApiBaseUrl
+	}
+	return ""
+}
+
+func (x *OAuth2AuthorizationCode) GetDefaultTokenLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.DefaultTokenLifetime
+	}
+	return nil
+}
+
 type CreateAccountRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional: 1-63 lowercase letters, digits and hyphens, starting and
@@ -1091,7 +1254,7 @@ type CreateAccountRequest struct {
 
 func (x *CreateAccountRequest) Reset() {
 	*x = CreateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1266,7 @@ func (x *CreateAccountRequest) String() string {
 func (*CreateAccountRequest) ProtoMessage() {}
 
 func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[7]
+	mi := &file_credbroker_v1_account_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1279,7 @@ func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountRequest.ProtoReflect.Descriptor instead.
 func (*CreateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateAccountRequest) GetAccountId() string {
@@ -1212,7 +1375,7 @@ type CreateAccountResponse struct {
 
 func (x *CreateAccountResponse) Reset() {
 	*x = CreateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1387,7 @@ func (x *CreateAccountResponse) String() string {
 func (*CreateAccountResponse) ProtoMessage() {}
 
 func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[8]
+	mi := &file_credbroker_v1_account_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1400,7 @@ func (x *CreateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccountResponse.ProtoReflect.Descriptor instead.
 func (*CreateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateAccountResponse) GetAccount() *Account {
@@ -1257,7 +1420,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1432,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[9]
+	mi := &file_credbroker_v1_account_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1445,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetAccountRequest) GetName() string {
@@ -1301,7 +1464,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1313,7 +1476,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[10]
+	mi := &file_credbroker_v1_account_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1326,7 +1489,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetAccountResponse) GetAccount() *Account {
@@ -1353,7 +1516,7 @@ type ListAccountsRequest struct {
 
 func (x *ListAccountsRequest) Reset() {
 	*x = ListAccountsRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1528,7 @@ func (x *ListAccountsRequest) String() string {
 func (*ListAccountsRequest) ProtoMessage() {}
 
 func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[11]
+	mi := &file_credbroker_v1_account_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1541,7 @@ func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListAccountsRequest) GetPageSize() int32 {
@@ -1420,7 +1583,7 @@ type ListAccountsResponse struct {
 
 func (x *ListAccountsResponse) Reset() {
 	*x = ListAccountsResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1595,7 @@ func (x *ListAccountsResponse) String() string {
 func (*ListAccountsResponse) ProtoMessage() {}
 
 func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[12]
+	mi := &file_credbroker_v1_account_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1608,7 @@ func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListAccountsResponse) GetAccounts() []*Account {
@@ -1475,7 +1638,7 @@ type UpdateAccountRequest struct {
 
 func (x *UpdateAccountRequest) Reset() {
 	*x = UpdateAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1650,7 @@ func (x *UpdateAccountRequest) String() string {
 func (*UpdateAccountRequest) ProtoMessage() {}
 
 func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[13]
+	mi := &file_credbroker_v1_account_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1663,7 @@ func (x *UpdateAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountRequest.ProtoReflect.Descriptor instead.
 func (*UpdateAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateAccountRequest) GetAccount() *Account {
@@ -1526,7 +1689,7 @@ type UpdateAccountResponse struct {
 
 func (x *UpdateAccountResponse) Reset() {
 	*x = UpdateAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[14]
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1701,7 @@ func (x *UpdateAccountResponse) String() string {
 func (*UpdateAccountResponse) ProtoMessage() {}
 
 func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[14]
+	mi := &file_credbroker_v1_account_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1714,7 @@ func (x *UpdateAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateAccountResponse.ProtoReflect.Descriptor instead.
 func (*UpdateAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateAccountResponse) GetAccount() *Account {
@@ -1571,7 +1734,7 @@ type DeleteAccountRequest struct {
 
 func (x *DeleteAccountRequest) Reset() {
 	*x = DeleteAccountRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1746,7 @@ func (x *DeleteAccountRequest) String() string {
 func (*DeleteAccountRequest) ProtoMessage() {}
 
 func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[15]
+	mi := &file_credbroker_v1_account_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1759,7 @@ func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteAccountRequest) GetName() string {
@@ -1614,7 +1777,7 @@ type DeleteAccountResponse struct {
 
 func (x *DeleteAccountResponse) Reset() {
 	*x = DeleteAccountResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1789,7 @@ func (x *DeleteAccountResponse) String() string {
 func (*DeleteAccountResponse) ProtoMessage() {}
 
 func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[16]
+	mi := &file_credbroker_v1_account_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1802,7 @@ func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
 }
 
 type AddAccountGrantRequest struct {
@@ -1665,7 +1828,7 @@ type AddAccountGrantRequest struct {
 
 func (x *AddAccountGrantRequest) Reset() {
 	*x = AddAccountGrantRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1840,7 @@ func (x *AddAccountGrantRequest) String() string {
 func (*AddAccountGrantRequest) ProtoMessage() {}
 
 func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[17]
+	mi := &file_credbroker_v1_account_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1853,7 @@ func (x *AddAccountGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountGrantRequest.ProtoReflect.Descriptor instead.
 func (*AddAccountGrantRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddAccountGrantRequest) GetName() string {
@@ -1730,7 +1893,7 @@ type AddAccountGrantResponse struct {
 
 func (x *AddAccountGrantResponse) Reset() {
 	*x = AddAccountGrantResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	mi := &file_credbroker_v1_account_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1905,7 @@ func (x *AddAccountGrantResponse) String() string {
 func (*AddAccountGrantResponse) ProtoMessage() {}
 
 func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[18]
+	mi := &file_credbroker_v1_account_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1918,7 @@ func (x *AddAccountGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountGrantResponse.ProtoReflect.Descriptor instead.
 func (*AddAccountGrantResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AddAccountGrantResponse) GetAccount() *Account {
@@ -1780,7 +1943,7 @@ type AddAccountSecretRequest struct {
 
 func (x *AddAccountSecretRequest) Reset() {
 	*x = AddAccountSecretRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[19]
+	mi := &file_credbroker_v1_account_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +1955,7 @@ func (x *AddAccountSecretRequest) String() string {
 func (*AddAccountSecretRequest) ProtoMessage() {}
 
 func (x *AddAccountSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[19]
+	mi := &file_credbroker_v1_account_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +1968,7 @@ func (x *AddAccountSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountSecretRequest.ProtoReflect.Descriptor instead.
 func (*AddAccountSecretRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{19}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AddAccountSecretRequest) GetName() string {
@@ -1840,7 +2003,7 @@ type AddAccountSecretResponse struct {
 
 func (x *AddAccountSecretResponse) Reset() {
 	*x = AddAccountSecretResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[20]
+	mi := &file_credbroker_v1_account_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2015,7 @@ func (x *AddAccountSecretResponse) String() string {
 func (*AddAccountSecretResponse) ProtoMessage() {}
 
 func (x *AddAccountSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[20]
+	mi := &file_credbroker_v1_account_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2028,7 @@ func (x *AddAccountSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAccountSecretResponse.ProtoReflect.Descriptor instead.
 func (*AddAccountSecretResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{20}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AddAccountSecretResponse) GetAccount() *Account {
@@ -1894,7 +2057,7 @@ type RemoveAccountSecretRequest struct {
 
 func (x *RemoveAccountSecretRequest) Reset() {
 	*x = RemoveAccountSecretRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[21]
+	mi := &file_credbroker_v1_account_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2069,7 @@ func (x *RemoveAccountSecretRequest) String() string {
 func (*RemoveAccountSecretRequest) ProtoMessage() {}
 
 func (x *RemoveAccountSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[21]
+	mi := &file_credbroker_v1_account_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2082,7 @@ func (x *RemoveAccountSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountSecretRequest.ProtoReflect.Descriptor instead.
 func (*RemoveAccountSecretRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{21}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RemoveAccountSecretRequest) GetName() string {
@@ -1945,7 +2108,7 @@ type RemoveAccountSecretResponse struct {
 
 func (x *RemoveAccountSecretResponse) Reset() {
 	*x = RemoveAccountSecretResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[22]
+	mi := &file_credbroker_v1_account_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2120,7 @@ func (x *RemoveAccountSecretResponse) String() string {
 func (*RemoveAccountSecretResponse) ProtoMessage() {}
 
 func (x *RemoveAccountSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[22]
+	mi := &file_credbroker_v1_account_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2133,7 @@ func (x *RemoveAccountSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountSecretResponse.ProtoReflect.Descriptor instead.
 func (*RemoveAccountSecretResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{22}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveAccountSecretResponse) GetAccount() *Account {
@@ -1991,7 +2154,7 @@ type RemoveAccountGrantRequest struct {
 
 func (x *RemoveAccountGrantRequest) Reset() {
 	*x = RemoveAccountGrantRequest{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[23]
+	mi := &file_credbroker_v1_account_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2166,7 @@ func (x *RemoveAccountGrantRequest) String() string {
 func (*RemoveAccountGrantRequest) ProtoMessage() {}
 
 func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[23]
+	mi := &file_credbroker_v1_account_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2179,7 @@ func (x *RemoveAccountGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountGrantRequest.ProtoReflect.Descriptor instead.
 func (*RemoveAccountGrantRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{23}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveAccountGrantRequest) GetName() string {
@@ -2042,7 +2205,7 @@ type RemoveAccountGrantResponse struct {
 
 func (x *RemoveAccountGrantResponse) Reset() {
 	*x = RemoveAccountGrantResponse{}
-	mi := &file_credbroker_v1_account_proto_msgTypes[24]
+	mi := &file_credbroker_v1_account_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2217,7 @@ func (x *RemoveAccountGrantResponse) String() string {
 func (*RemoveAccountGrantResponse) ProtoMessage() {}
 
 func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_account_proto_msgTypes[24]
+	mi := &file_credbroker_v1_account_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2230,7 @@ func (x *RemoveAccountGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAccountGrantResponse.ProtoReflect.Descriptor instead.
 func (*RemoveAccountGrantResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{24}
+	return file_credbroker_v1_account_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveAccountGrantResponse) GetAccount() *Account {
@@ -2081,7 +2244,8 @@ var File_credbroker_v1_account_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xa4\t\n" +
+	"\x1bcredbroker/v1/account.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a credbroker/v1/error_reason.proto\"\xfd\n" +
+	"\n" +
 	"\aAccount\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12:\n" +
@@ -2109,11 +2273,16 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x06grants\x18\x12 \x03(\v2\x14.credbroker.v1.GrantR\x06grants\x12D\n" +
 	"\fstate_reason\x18\x13 \x01(\x0e2!.credbroker.v1.AccountStateReasonR\vstateReason\x126\n" +
 	"\asecrets\x18\x14 \x03(\v2\x1c.credbroker.v1.AccountSecretR\asecrets\x12R\n" +
-	"\x17credentials_expire_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x15credentialsExpireTime\x1a9\n" +
+	"\x17credentials_expire_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x15credentialsExpireTime\x12+\n" +
+	"\x11authorization_url\x18\x16 \x01(\tR\x10authorizationUrl\x12b\n" +
+	"\x14authorization_params\x18\x17 \x03(\v2/.credbroker.v1.Account.AuthorizationParamsEntryR\x13authorizationParams\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
 	"\x13EndpointParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aF\n" +
+	"\x18AuthorizationParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x02\n" +
 	"\rAccountSecret\x12\x1b\n" +
@@ -2157,6 +2326,21 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\fapi_base_url\x18\a \x01(\tR\n" +
 	"apiBaseUrl\x1aA\n" +
 	"\x13EndpointParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x04\n" +
+	"\x17OAuth2AuthorizationCode\x12+\n" +
+	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12\x1b\n" +
+	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12(\n" +
+	"\rclient_secret\x18\x04 \x01(\tB\x03\x80\x01\x01R\fclientSecret\x12\x16\n" +
+	"\x06scopes\x18\x05 \x03(\tR\x06scopes\x12r\n" +
+	"\x14authorization_params\x18\x06 \x03(\v2?.credbroker.v1.OAuth2AuthorizationCode.AuthorizationParamsEntryR\x13authorizationParams\x127\n" +
+	"\n" +
+	"auth_style\x18\a \x01(\x0e2\x18.credbroker.v1.AuthStyleR\tauthStyle\x12 \n" +
+	"\fapi_base_url\x18\b \x01(\tR\n" +
+	"apiBaseUrl\x12O\n" +
+	"\x16default_token_lifetime\x18\t \x01(\v2\x19.google.protobuf.DurationR\x14defaultTokenLifetime\x1aF\n" +
+	"\x18AuthorizationParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x04\n" +
 	"\x14CreateAccountRequest\x12\x1d\n" +
@@ -2217,12 +2401,13 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"N\n" +
 	"\x1aRemoveAccountGrantResponse\x120\n" +
-	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount*\x94\x01\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.credbroker.v1.AccountR\aaccount*\xbc\x01\n" +
 	"\bProvider\x12\x18\n" +
 	"\x14PROVIDER_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT\x10\x01\x12&\n" +
 	"\"PROVIDER_OAUTH2_CLIENT_CREDENTIALS\x10\x02\x12\x1e\n" +
-	"\x1aPROVIDER_JUMPCLOUD_API_KEY\x10\x03*M\n" +
+	"\x1aPROVIDER_JUMPCLOUD_API_KEY\x10\x03\x12&\n" +
+	"\"PROVIDER_OAUTH2_AUTHORIZATION_CODE\x10\x04*M\n" +
 	"\x06Region\x12\x16\n" +
 	"\x12REGION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tREGION_US\x10\x01\x12\r\n" +
@@ -2236,7 +2421,7 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"\x19ACCOUNT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACCOUNT_STATE_ACTIVE\x10\x01\x12\x1a\n" +
 	"\x16ACCOUNT_STATE_DEGRADED\x10\x02\x12!\n" +
-	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xf1\x02\n" +
+	"\x1dACCOUNT_STATE_NEEDS_ATTENTION\x10\x03*\xa1\x03\n" +
 	"\x12AccountStateReason\x12$\n" +
 	" ACCOUNT_STATE_REASON_UNSPECIFIED\x10\x00\x12-\n" +
 	")ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED\x10\x01\x12-\n" +
@@ -2245,7 +2430,8 @@ const file_credbroker_v1_account_proto_rawDesc = "" +
 	"#ACCOUNT_STATE_REASON_SECRET_EXPIRED\x10\x04\x12(\n" +
 	"$ACCOUNT_STATE_REASON_SECRET_EXPIRING\x10\x05\x12/\n" +
 	"+ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED\x10\x06\x12,\n" +
-	"(ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED\x10\a2\xf0\x06\n" +
+	"(ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED\x10\a\x12.\n" +
+	"*ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED\x10\b2\xf0\x06\n" +
 	"\x0eAccountService\x12Z\n" +
 	"\rCreateAccount\x12#.credbroker.v1.CreateAccountRequest\x1a$.credbroker.v1.CreateAccountResponse\x12Q\n" +
 	"\n" +
@@ -2271,7 +2457,7 @@ func file_credbroker_v1_account_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_account_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_credbroker_v1_account_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_credbroker_v1_account_proto_goTypes = []any{
 	(Provider)(0),           // 0: credbroker.v1.Provider
 	(Region)(0),             // 1: credbroker.v1.Region
@@ -2285,98 +2471,106 @@ var file_credbroker_v1_account_proto_goTypes = []any{
 	(*JumpCloudServiceAccountCredentials)(nil), // 9: credbroker.v1.JumpCloudServiceAccountCredentials
 	(*JumpCloudAPIKeyCredentials)(nil),         // 10: credbroker.v1.JumpCloudAPIKeyCredentials
 	(*OAuth2ClientCredentials)(nil),            // 11: credbroker.v1.OAuth2ClientCredentials
-	(*CreateAccountRequest)(nil),               // 12: credbroker.v1.CreateAccountRequest
-	(*CreateAccountResponse)(nil),              // 13: credbroker.v1.CreateAccountResponse
-	(*GetAccountRequest)(nil),                  // 14: credbroker.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),                 // 15: credbroker.v1.GetAccountResponse
-	(*ListAccountsRequest)(nil),                // 16: credbroker.v1.ListAccountsRequest
-	(*ListAccountsResponse)(nil),               // 17: credbroker.v1.ListAccountsResponse
-	(*UpdateAccountRequest)(nil),               // 18: credbroker.v1.UpdateAccountRequest
-	(*UpdateAccountResponse)(nil),              // 19: credbroker.v1.UpdateAccountResponse
-	(*DeleteAccountRequest)(nil),               // 20: credbroker.v1.DeleteAccountRequest
-	(*DeleteAccountResponse)(nil),              // 21: credbroker.v1.DeleteAccountResponse
-	(*AddAccountGrantRequest)(nil),             // 22: credbroker.v1.AddAccountGrantRequest
-	(*AddAccountGrantResponse)(nil),            // 23: credbroker.v1.AddAccountGrantResponse
-	(*AddAccountSecretRequest)(nil),            // 24: credbroker.v1.AddAccountSecretRequest
-	(*AddAccountSecretResponse)(nil),           // 25: credbroker.v1.AddAccountSecretResponse
-	(*RemoveAccountSecretRequest)(nil),         // 26: credbroker.v1.RemoveAccountSecretRequest
-	(*RemoveAccountSecretResponse)(nil),        // 27: credbroker.v1.RemoveAccountSecretResponse
-	(*RemoveAccountGrantRequest)(nil),          // 28: credbroker.v1.RemoveAccountGrantRequest
-	(*RemoveAccountGrantResponse)(nil),         // 29: credbroker.v1.RemoveAccountGrantResponse
-	nil,                                        // 30: credbroker.v1.Account.LabelsEntry
-	nil,                                        // 31: credbroker.v1.Account.EndpointParamsEntry
-	nil,                                        // 32: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	(*timestamppb.Timestamp)(nil),              // 33: google.protobuf.Timestamp
-	(ErrorReason)(0),                           // 34: credbroker.v1.ErrorReason
-	(*fieldmaskpb.FieldMask)(nil),              // 35: google.protobuf.FieldMask
+	(*OAuth2AuthorizationCode)(nil),            // 12: credbroker.v1.OAuth2AuthorizationCode
+	(*CreateAccountRequest)(nil),               // 13: credbroker.v1.CreateAccountRequest
+	(*CreateAccountResponse)(nil),              // 14: credbroker.v1.CreateAccountResponse
+	(*GetAccountRequest)(nil),                  // 15: credbroker.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),                 // 16: credbroker.v1.GetAccountResponse
+	(*ListAccountsRequest)(nil),                // 17: credbroker.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),               // 18: credbroker.v1.ListAccountsResponse
+	(*UpdateAccountRequest)(nil),               // 19: credbroker.v1.UpdateAccountRequest
+	(*UpdateAccountResponse)(nil),              // 20: credbroker.v1.UpdateAccountResponse
+	(*DeleteAccountRequest)(nil),               // 21: credbroker.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),              // 22: credbroker.v1.DeleteAccountResponse
+	(*AddAccountGrantRequest)(nil),             // 23: credbroker.v1.AddAccountGrantRequest
+	(*AddAccountGrantResponse)(nil),            // 24: credbroker.v1.AddAccountGrantResponse
+	(*AddAccountSecretRequest)(nil),            // 25: credbroker.v1.AddAccountSecretRequest
+	(*AddAccountSecretResponse)(nil),           // 26: credbroker.v1.AddAccountSecretResponse
+	(*RemoveAccountSecretRequest)(nil),         // 27: credbroker.v1.RemoveAccountSecretRequest
+	(*RemoveAccountSecretResponse)(nil),        // 28: credbroker.v1.RemoveAccountSecretResponse
+	(*RemoveAccountGrantRequest)(nil),          // 29: credbroker.v1.RemoveAccountGrantRequest
+	(*RemoveAccountGrantResponse)(nil),         // 30: credbroker.v1.RemoveAccountGrantResponse
+	nil,                                        // 31: credbroker.v1.Account.LabelsEntry
+	nil,                                        // 32: credbroker.v1.Account.EndpointParamsEntry
+	nil,                                        // 33: credbroker.v1.Account.AuthorizationParamsEntry
+	nil,                                        // 34: credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	nil,                                        // 35: credbroker.v1.OAuth2AuthorizationCode.AuthorizationParamsEntry
+	(*timestamppb.Timestamp)(nil),              // 36: google.protobuf.Timestamp
+	(ErrorReason)(0),                           // 37: credbroker.v1.ErrorReason
+	(*durationpb.Duration)(nil),                // 38: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),              // 39: google.protobuf.FieldMask
 }
 var file_credbroker_v1_account_proto_depIdxs = []int32{
-	30, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
+	31, // 0: credbroker.v1.Account.labels:type_name -> credbroker.v1.Account.LabelsEntry
 	0,  // 1: credbroker.v1.Account.provider:type_name -> credbroker.v1.Provider
 	1,  // 2: credbroker.v1.Account.region:type_name -> credbroker.v1.Region
 	2,  // 3: credbroker.v1.Account.auth_style:type_name -> credbroker.v1.AuthStyle
-	31, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
+	32, // 4: credbroker.v1.Account.endpoint_params:type_name -> credbroker.v1.Account.EndpointParamsEntry
 	3,  // 5: credbroker.v1.Account.state:type_name -> credbroker.v1.AccountState
-	33, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	33, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
-	33, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
+	36, // 6: credbroker.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	36, // 7: credbroker.v1.Account.update_time:type_name -> google.protobuf.Timestamp
+	36, // 8: credbroker.v1.Account.last_token_time:type_name -> google.protobuf.Timestamp
 	8,  // 9: credbroker.v1.Account.last_error:type_name -> credbroker.v1.AccountError
 	7,  // 10: credbroker.v1.Account.grants:type_name -> credbroker.v1.Grant
 	4,  // 11: credbroker.v1.Account.state_reason:type_name -> credbroker.v1.AccountStateReason
 	6,  // 12: credbroker.v1.Account.secrets:type_name -> credbroker.v1.AccountSecret
-	33, // 13: credbroker.v1.Account.credentials_expire_time:type_name -> google.protobuf.Timestamp
-	33, // 14: credbroker.v1.AccountSecret.create_time:type_name -> google.protobuf.Timestamp
-	33, // 15: credbroker.v1.AccountSecret.expire_time:type_name -> google.protobuf.Timestamp
-	33, // 16: credbroker.v1.AccountSecret.last_use_time:type_name -> google.protobuf.Timestamp
-	8,  // 17: credbroker.v1.AccountSecret.rejected:type_name -> credbroker.v1.AccountError
-	33, // 18: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	34, // 19: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
-	33, // 20: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
-	1,  // 21: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
-	1,  // 22: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
-	2,  // 23: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
-	32, // 24: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
-	5,  // 25: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
-	9,  // 26: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
-	11, // 27: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
-	10, // 28: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
-	33, // 29: credbroker.v1.CreateAccountRequest.secret_expire_time:type_name -> google.protobuf.Timestamp
-	5,  // 30: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
-	5,  // 31: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
-	3,  // 32: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
-	4,  // 33: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
-	5,  // 34: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
-	5,  // 35: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
-	35, // 36: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 37: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
-	5,  // 38: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	33, // 39: credbroker.v1.AddAccountSecretRequest.expire_time:type_name -> google.protobuf.Timestamp
-	5,  // 40: credbroker.v1.AddAccountSecretResponse.account:type_name -> credbroker.v1.Account
-	5,  // 41: credbroker.v1.RemoveAccountSecretResponse.account:type_name -> credbroker.v1.Account
-	5,  // 42: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
-	12, // 43: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
-	14, // 44: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
-	16, // 45: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
-	18, // 46: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
-	20, // 47: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
-	22, // 48: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
-	24, // 49: credbroker.v1.AccountService.AddAccountSecret:input_type -> credbroker.v1.AddAccountSecretRequest
-	26, // 50: credbroker.v1.AccountService.RemoveAccountSecret:input_type -> credbroker.v1.RemoveAccountSecretRequest
-	28, // 51: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
-	13, // 52: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
-	15, // 53: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
-	17, // 54: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
-	19, // 55: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
-	21, // 56: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
-	23, // 57: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
-	25, // 58: credbroker.v1.AccountService.AddAccountSecret:output_type -> credbroker.v1.AddAccountSecretResponse
-	27, // 59: credbroker.v1.AccountService.RemoveAccountSecret:output_type -> credbroker.v1.RemoveAccountSecretResponse
-	29, // 60: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
-	52, // [52:61] is the sub-list for method output_type
-	43, // [43:52] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	36, // 13: credbroker.v1.Account.credentials_expire_time:type_name -> google.protobuf.Timestamp
+	33, // 14: credbroker.v1.Account.authorization_params:type_name -> credbroker.v1.Account.AuthorizationParamsEntry
+	36, // 15: credbroker.v1.AccountSecret.create_time:type_name -> google.protobuf.Timestamp
+	36, // 16: credbroker.v1.AccountSecret.expire_time:type_name -> google.protobuf.Timestamp
+	36, // 17: credbroker.v1.AccountSecret.last_use_time:type_name -> google.protobuf.Timestamp
+	8,  // 18: credbroker.v1.AccountSecret.rejected:type_name -> credbroker.v1.AccountError
+	36, // 19: credbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	37, // 20: credbroker.v1.AccountError.reason:type_name -> credbroker.v1.ErrorReason
+	36, // 21: credbroker.v1.AccountError.time:type_name -> google.protobuf.Timestamp
+	1,  // 22: credbroker.v1.JumpCloudServiceAccountCredentials.region:type_name -> credbroker.v1.Region
+	1,  // 23: credbroker.v1.JumpCloudAPIKeyCredentials.region:type_name -> credbroker.v1.Region
+	2,  // 24: credbroker.v1.OAuth2ClientCredentials.auth_style:type_name -> credbroker.v1.AuthStyle
+	34, // 25: credbroker.v1.OAuth2ClientCredentials.endpoint_params:type_name -> credbroker.v1.OAuth2ClientCredentials.EndpointParamsEntry
+	35, // 26: credbroker.v1.OAuth2AuthorizationCode.authorization_params:type_name -> credbroker.v1.OAuth2AuthorizationCode.AuthorizationParamsEntry
+	2,  // 27: credbroker.v1.OAuth2AuthorizationCode.auth_style:type_name -> credbroker.v1.AuthStyle
+	38, // 28: credbroker.v1.OAuth2AuthorizationCode.default_token_lifetime:type_name -> google.protobuf.Duration
+	5,  // 29: credbroker.v1.CreateAccountRequest.account:type_name -> credbroker.v1.Account
+	9,  // 30: credbroker.v1.CreateAccountRequest.jumpcloud_service_account:type_name -> credbroker.v1.JumpCloudServiceAccountCredentials
+	11, // 31: credbroker.v1.CreateAccountRequest.oauth2_client_credentials:type_name -> credbroker.v1.OAuth2ClientCredentials
+	10, // 32: credbroker.v1.CreateAccountRequest.jumpcloud_api_key:type_name -> credbroker.v1.JumpCloudAPIKeyCredentials
+	36, // 33: credbroker.v1.CreateAccountRequest.secret_expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 34: credbroker.v1.CreateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 35: credbroker.v1.GetAccountResponse.account:type_name -> credbroker.v1.Account
+	3,  // 36: credbroker.v1.ListAccountsRequest.state:type_name -> credbroker.v1.AccountState
+	4,  // 37: credbroker.v1.ListAccountsRequest.state_reason:type_name -> credbroker.v1.AccountStateReason
+	5,  // 38: credbroker.v1.ListAccountsResponse.accounts:type_name -> credbroker.v1.Account
+	5,  // 39: credbroker.v1.UpdateAccountRequest.account:type_name -> credbroker.v1.Account
+	39, // 40: credbroker.v1.UpdateAccountRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 41: credbroker.v1.UpdateAccountResponse.account:type_name -> credbroker.v1.Account
+	5,  // 42: credbroker.v1.AddAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	36, // 43: credbroker.v1.AddAccountSecretRequest.expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 44: credbroker.v1.AddAccountSecretResponse.account:type_name -> credbroker.v1.Account
+	5,  // 45: credbroker.v1.RemoveAccountSecretResponse.account:type_name -> credbroker.v1.Account
+	5,  // 46: credbroker.v1.RemoveAccountGrantResponse.account:type_name -> credbroker.v1.Account
+	13, // 47: credbroker.v1.AccountService.CreateAccount:input_type -> credbroker.v1.CreateAccountRequest
+	15, // 48: credbroker.v1.AccountService.GetAccount:input_type -> credbroker.v1.GetAccountRequest
+	17, // 49: credbroker.v1.AccountService.ListAccounts:input_type -> credbroker.v1.ListAccountsRequest
+	19, // 50: credbroker.v1.AccountService.UpdateAccount:input_type -> credbroker.v1.UpdateAccountRequest
+	21, // 51: credbroker.v1.AccountService.DeleteAccount:input_type -> credbroker.v1.DeleteAccountRequest
+	23, // 52: credbroker.v1.AccountService.AddAccountGrant:input_type -> credbroker.v1.AddAccountGrantRequest
+	25, // 53: credbroker.v1.AccountService.AddAccountSecret:input_type -> credbroker.v1.AddAccountSecretRequest
+	27, // 54: credbroker.v1.AccountService.RemoveAccountSecret:input_type -> credbroker.v1.RemoveAccountSecretRequest
+	29, // 55: credbroker.v1.AccountService.RemoveAccountGrant:input_type -> credbroker.v1.RemoveAccountGrantRequest
+	14, // 56: credbroker.v1.AccountService.CreateAccount:output_type -> credbroker.v1.CreateAccountResponse
+	16, // 57: credbroker.v1.AccountService.GetAccount:output_type -> credbroker.v1.GetAccountResponse
+	18, // 58: credbroker.v1.AccountService.ListAccounts:output_type -> credbroker.v1.ListAccountsResponse
+	20, // 59: credbroker.v1.AccountService.UpdateAccount:output_type -> credbroker.v1.UpdateAccountResponse
+	22, // 60: credbroker.v1.AccountService.DeleteAccount:output_type -> credbroker.v1.DeleteAccountResponse
+	24, // 61: credbroker.v1.AccountService.AddAccountGrant:output_type -> credbroker.v1.AddAccountGrantResponse
+	26, // 62: credbroker.v1.AccountService.AddAccountSecret:output_type -> credbroker.v1.AddAccountSecretResponse
+	28, // 63: credbroker.v1.AccountService.RemoveAccountSecret:output_type -> credbroker.v1.RemoveAccountSecretResponse
+	30, // 64: credbroker.v1.AccountService.RemoveAccountGrant:output_type -> credbroker.v1.RemoveAccountGrantResponse
+	56, // [56:65] is the sub-list for method output_type
+	47, // [47:56] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_account_proto_init() }
@@ -2385,7 +2579,7 @@ func file_credbroker_v1_account_proto_init() {
 		return
 	}
 	file_credbroker_v1_error_reason_proto_init()
-	file_credbroker_v1_account_proto_msgTypes[7].OneofWrappers = []any{
+	file_credbroker_v1_account_proto_msgTypes[8].OneofWrappers = []any{
 		(*CreateAccountRequest_JumpcloudServiceAccount)(nil),
 		(*CreateAccountRequest_Oauth2ClientCredentials)(nil),
 		(*CreateAccountRequest_JumpcloudApiKey)(nil),
@@ -2396,7 +2590,7 @@ func file_credbroker_v1_account_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_account_proto_rawDesc), len(file_credbroker_v1_account_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   28,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -113,6 +113,10 @@ const (
 	// The broker serves no Hub (--hub-listen off), so a connect link could
 	// not be opened. Status FAILED_PRECONDITION.
 	ErrorReason_HUB_OFF ErrorReason = 19
+	// The provider refused the account's refresh token (invalid_grant), and
+	// the broker holds no newer one: reconnect the account in the Hub.
+	// Status FAILED_PRECONDITION.
+	ErrorReason_REFRESH_TOKEN_REVOKED ErrorReason = 20
 )
 
 // Enum value maps for ErrorReason.
@@ -138,6 +142,7 @@ var (
 		17: "MASTER_KEY_MISSING",
 		18: "REGION_NOT_CONFIGURED",
 		19: "HUB_OFF",
+		20: "REFRESH_TOKEN_REVOKED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":    0,
@@ -160,6 +165,7 @@ var (
 		"MASTER_KEY_MISSING":          17,
 		"REGION_NOT_CONFIGURED":       18,
 		"HUB_OFF":                     19,
+		"REFRESH_TOKEN_REVOKED":       20,
 	}
 )
 
@@ -194,7 +200,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xcc\x03\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xe7\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -218,7 +224,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10\x12\x16\n" +
 	"\x12MASTER_KEY_MISSING\x10\x11\x12\x19\n" +
 	"\x15REGION_NOT_CONFIGURED\x10\x12\x12\v\n" +
-	"\aHUB_OFF\x10\x13BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\aHUB_OFF\x10\x13\x12\x19\n" +
+	"\x15REFRESH_TOKEN_REVOKED\x10\x14BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -54,6 +54,7 @@ type Store interface {
 	CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error
 	UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error)
 	DeleteAccount(id string, ev store.AuditEvent) error
+	UpdateTokenState(id string, change func(t *store.TokenState, wrappedKey []byte) error, ev *store.AuditEvent) error
 }
 
 // named is a Store whose errors name what accounts means by them.
@@ -85,6 +86,10 @@ func (n named) UpdateAccount(id string, change func(*store.Account) error, ev st
 
 func (n named) DeleteAccount(id string, ev store.AuditEvent) error {
 	return rename(n.Store.DeleteAccount(id, ev))
+}
+
+func (n named) UpdateTokenState(id string, change func(t *store.TokenState, wrappedKey []byte) error, ev *store.AuditEvent) error {
+	return rename(n.Store.UpdateTokenState(id, change, ev))
 }
 
 // Service manages accounts. The token cache and the grants index learn of
@@ -210,13 +215,65 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 	if err := ctx.Err(); err != nil {
 		return View{}, err // the caller gave up: do not store behind its back
 	}
+	return s.keep(ctx, in, tok, validateOnly, ev)
+}
 
+// CreateAuthorized stores an authorization-code account whose user signed
+// in at the provider: tok is the provider's answer to the code, with the
+// refresh token that is stored sealed with it.
+func (s *Service) CreateAuthorized(ctx context.Context, in NewAccount, tok provider.Token, ev store.AuditEvent) (View, error) {
+	if _, err := s.store.Account(in.ID); err == nil {
+		return View{}, ErrAlreadyExists
+	} else if !errors.Is(err, ErrNotFound) {
+		return View{}, err
+	}
+	return s.keep(ctx, in, tok, false, ev)
+}
+
+// ErrNotAuthorizationCode: only an authorization-code account reconnects.
+var ErrNotAuthorizationCode = grpcerr.New(codes.FailedPrecondition, "only an account whose users sign in by redirect (OAuth 2.0 authorization code) reconnects")
+
+// Reconnect gives an authorization-code account whose user signed in at
+// the provider again the provider's new tokens, its refresh token first
+// of all, keeping its name, secrets and grants: it is active again.
+func (s *Service) Reconnect(ctx context.Context, id string, tok provider.Token, ev store.AuditEvent) (View, error) {
+	a, err := s.store.Account(id)
+	if err != nil {
+		return View{}, err
+	}
+	if provider.Kind(a.Provider) != provider.KindOAuth2AuthorizationCode {
+		return View{}, ErrNotAuthorizationCode
+	}
+	err = s.store.UpdateTokenState(id, func(ts *store.TokenState, wrapped []byte) error {
+		sealed, err := s.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+		if err != nil {
+			return err
+		}
+		refresh, err := s.keys.Seal(id, wrapped, keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal()))
+		if err != nil {
+			return err
+		}
+		ts.SealedToken, ts.SealedRefreshToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, refresh, tok.TokenType, tok.Expiry, tok.Obtained
+		ts.State, ts.LastError = string(tokens.StateActive), nil
+		return nil
+	}, &ev)
+	if err != nil {
+		return View{}, err
+	}
+	s.synced(ctx)
+	return s.Get(id)
+}
+
+// keep stores a new account with its proven token.
+func (s *Service) keep(ctx context.Context, in NewAccount, tok provider.Token, validateOnly bool, ev store.AuditEvent) (View, error) {
+	cr := in.Credentials
 	now := s.now()
 	a := store.Account{
 		ID: in.ID, DisplayName: in.DisplayName, Labels: in.Labels,
 		Provider: string(cr.Kind), ClientID: cr.ClientID, Region: cr.Region, OrgID: cr.OrgID,
 		TokenURL: cr.TokenURL, Scopes: cr.Scopes, AuthStyle: cr.AuthStyle,
 		EndpointParams: cr.EndpointParams, APIBaseURL: cr.APIBaseURL,
+		AuthURL: cr.AuthURL, AuthParams: cr.AuthParams, DefaultLifetime: cr.DefaultLifetime,
 		CreateTime: now, UpdateTime: now,
 	}
 	status := tokens.Status{State: tokens.StateActive, LastTokenTime: tok.Obtained}
@@ -244,6 +301,11 @@ func (s *Service) Create(ctx context.Context, in NewAccount, validateOnly bool, 
 			return View{}, err
 		}
 		ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealedToken, tok.TokenType, tok.Expiry, tok.Obtained
+	}
+	if !tok.RefreshToken.IsZero() {
+		if ts.SealedRefreshToken, err = key.Seal(keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal())); err != nil {
+			return View{}, err
+		}
 	}
 	if err := s.store.CreateAccount(a, ts, ev); err != nil {
 		return View{}, err

@@ -284,8 +284,12 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 	case provider.KindJumpCloudAPIKey:
 		a.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
 		a.Region = regionProto[cr.Region]
-	case provider.KindOAuth2ClientCredentials:
+	case provider.KindOAuth2ClientCredentials, provider.KindOAuth2AuthorizationCode:
 		a.Provider = credbrokerv1.Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS
+		if cr.Kind == provider.KindOAuth2AuthorizationCode {
+			a.Provider = credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE
+			a.AuthorizationUrl, a.AuthorizationParams = cr.AuthURL, cr.AuthParams
+		}
 		a.Scopes, a.EndpointParams = cr.Scopes, cr.EndpointParams
 		a.AuthStyle = credbrokerv1.AuthStyle_AUTH_STYLE_HEADER
 		if cr.AuthStyle == provider.AuthStyleBody {
@@ -334,6 +338,7 @@ var (
 		tokens.ReasonSecretExpired:       credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRED,
 		tokens.ReasonIntegrity:           credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED,
 		tokens.ReasonProviderRedirected:  credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED,
+		tokens.ReasonRefreshTokenRevoked: credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED,
 	}
 	reasonProto = map[tokens.Reason]credbrokerv1.ErrorReason{
 		tokens.ReasonCredentialsRejected: credbrokerv1.ErrorReason_CREDENTIALS_REJECTED,
@@ -341,6 +346,7 @@ var (
 		tokens.ReasonSecretExpired:       credbrokerv1.ErrorReason_SECRET_EXPIRED,
 		tokens.ReasonIntegrity:           credbrokerv1.ErrorReason_INTEGRITY_CHECK_FAILED,
 		tokens.ReasonProviderRedirected:  credbrokerv1.ErrorReason_PROVIDER_REDIRECTED,
+		tokens.ReasonRefreshTokenRevoked: credbrokerv1.ErrorReason_REFRESH_TOKEN_REVOKED,
 	}
 )
 

@@ -14,6 +14,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 // errorMapper turns every error a handler meets into a status, in one place.
@@ -58,7 +59,8 @@ func (m errorMapper) toStatus(ctx context.Context, err error) error {
 // its description may hold anything; admins see it in GetAccount.
 func (m errorMapper) toCallerStatus(ctx context.Context, err error) error {
 	var rejected *provider.RejectedError
-	if errors.As(err, &rejected) {
+	var revoked *tokens.RefreshTokenRevokedError
+	if errors.As(err, &rejected) && !errors.As(err, &revoked) { // revoked's message holds no description
 		err = rejected.WithoutDescription()
 	}
 	return m.toStatus(ctx, err)

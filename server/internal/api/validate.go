@@ -284,27 +284,101 @@ func oauth2Credentials(in *credbrokerv1.OAuth2ClientCredentials) (provider.Crede
 		return cr, err
 	}
 	cr.ClientSecret = secret.New(in.GetClientSecret())
-	if len(cr.Scopes) > maxScopes {
-		return cr, invalidArgument(f+"scopes", fmt.Sprintf("at most %d scopes", maxScopes))
+	if err := checkScopes(f+"scopes", cr.Scopes); err != nil {
+		return cr, err
 	}
-	for _, s := range cr.Scopes {
-		if s == "" || strings.ContainsAny(s, " \"\\") || checkText(f+"scopes", s, true, 256) != nil {
-			return cr, invalidArgument(f+"scopes", "each scope must be non-empty printable text without spaces, quotes or backslashes")
-		}
-	}
-	if len(cr.EndpointParams) > maxParams {
-		return cr, invalidArgument(f+"endpoint_params", fmt.Sprintf("at most %d parameters", maxParams))
-	}
-	for k, v := range cr.EndpointParams {
-		switch k {
-		case "grant_type", "scope", "client_id", "client_secret":
-			return cr, invalidArgument(f+"endpoint_params", fmt.Sprintf("%q is set by the broker", k))
-		}
-		if checkText(f+"endpoint_params", k, true, 256) != nil || checkText(f+"endpoint_params", v, false, 1024) != nil {
-			return cr, invalidArgument(f+"endpoint_params", fmt.Sprintf("parameter %q must be short printable text", k))
-		}
+	if err := checkParams(f+"endpoint_params", cr.EndpointParams, "grant_type", "scope", "client_id", "client_secret"); err != nil {
+		return cr, err
 	}
 	return cr, checkEndpointURL(f+"api_base_url", cr.APIBaseURL, false)
+}
+
+func checkScopes(field string, scopes []string) error {
+	if len(scopes) > maxScopes {
+		return invalidArgument(field, fmt.Sprintf("at most %d scopes", maxScopes))
+	}
+	for _, s := range scopes {
+		if s == "" || strings.ContainsAny(s, " \"\\") || checkText(field, s, true, 256) != nil {
+			return invalidArgument(field, "each scope must be non-empty printable text without spaces, quotes or backslashes")
+		}
+	}
+	return nil
+}
+
+// checkParams checks extra request parameters: none of those the broker
+// sets itself (reserved), each short printable text.
+func checkParams(field string, params map[string]string, reserved ...string) error {
+	if len(params) > maxParams {
+		return invalidArgument(field, fmt.Sprintf("at most %d parameters", maxParams))
+	}
+	for k, v := range params {
+		if slices.Contains(reserved, k) {
+			return invalidArgument(field, fmt.Sprintf("%q is set by the broker", k))
+		}
+		if checkText(field, k, true, 256) != nil || checkText(field, v, false, 1024) != nil {
+			return invalidArgument(field, fmt.Sprintf("parameter %q must be short printable text", k))
+		}
+	}
+	return nil
+}
+
+// maxDefaultLifetime bounds an authorization-code account's assumed token
+// lifetime.
+const maxDefaultLifetime = 24 * time.Hour
+
+// NewAuthorizedAccount validates the Hub's request to link an
+// authorization-code account: its id (required, since the sign-in comes
+// back to it), display name, secret expiry and provider settings.
+func NewAuthorizedAccount(id, displayName string, in *credbrokerv1.OAuth2AuthorizationCode, secretExpire *timestamppb.Timestamp) (accounts.NewAccount, error) {
+	const f = "oauth2_authorization_code."
+	out := accounts.NewAccount{ID: id, DisplayName: displayName}
+	if err := checkAccountID("account_id", id); err != nil {
+		return out, err
+	}
+	if err := checkDisplayName("account.display_name", displayName); err != nil {
+		return out, err
+	}
+	var err error
+	if out.SecretExpireTime, err = futureTime("secret_expire_time", secretExpire, time.Now()); err != nil {
+		return out, err
+	}
+	cr := provider.Credentials{
+		Kind: provider.KindOAuth2AuthorizationCode, AuthURL: in.GetAuthorizationUrl(), TokenURL: in.GetTokenUrl(), ClientID: in.GetClientId(),
+		Scopes: in.GetScopes(), AuthParams: in.GetAuthorizationParams(), APIBaseURL: in.GetApiBaseUrl(), AuthStyle: provider.AuthStyleHeader,
+	}
+	if in.GetAuthStyle() == credbrokerv1.AuthStyle_AUTH_STYLE_BODY {
+		cr.AuthStyle = provider.AuthStyleBody
+	}
+	out.Credentials = cr
+	for _, check := range []func() error{
+		func() error { return checkEndpointURL(f+"authorization_url", cr.AuthURL, true) },
+		func() error { return checkEndpointURL(f+"token_url", cr.TokenURL, true) },
+		func() error { return checkText(f+"client_id", cr.ClientID, true, maxClientID) },
+		func() error { return checkSecret(f+"client_secret", in.GetClientSecret()) },
+		func() error { return checkScopes(f+"scopes", cr.Scopes) },
+		func() error {
+			return checkParams(f+"authorization_params", cr.AuthParams,
+				"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method")
+		},
+		func() error { return checkEndpointURL(f+"api_base_url", cr.APIBaseURL, false) },
+		func() error {
+			d := in.GetDefaultTokenLifetime()
+			if d == nil {
+				return nil
+			}
+			if d.CheckValid() != nil || d.AsDuration() < time.Minute || d.AsDuration() > maxDefaultLifetime {
+				return invalidArgument(f+"default_token_lifetime", fmt.Sprintf("must be between a minute and %s", maxDefaultLifetime))
+			}
+			out.Credentials.DefaultLifetime = d.AsDuration()
+			return nil
+		},
+	} {
+		if err := check(); err != nil {
+			return out, err
+		}
+	}
+	out.Credentials.ClientSecret = secret.New(in.GetClientSecret())
+	return out, nil
 }
 
 // newCallerKey checks a CreateCallerKeyRequest.

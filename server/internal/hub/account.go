@@ -29,6 +29,8 @@ type accountDetail struct {
 	// MaxSecrets: the account holds two secrets, so one must go before
 	// another is added.
 	MaxSecrets bool
+	// Reconnects: its users sign in by redirect, which Reconnect does again.
+	Reconnects bool
 	SecretForm secretForm
 	GrantForm  grantForm
 }
@@ -88,6 +90,7 @@ func (h *Hub) showAccount(w http.ResponseWriter, r *http.Request, s *session, c 
 		d.Secrets = append(d.Secrets, row)
 	}
 	d.MaxSecrets = len(d.Secrets) >= 2
+	d.Reconnects = a.GetProvider() == credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE
 	for _, g := range a.GetGrants() {
 		row := grantRow{Principal: g.GetPrincipal(), Created: when(g.GetCreateTime()), Creator: g.GetCreator(), Limits: "tokens and any call through the proxy"}
 		if len(g.GetHttpMethods())+len(g.GetPathPrefixes()) > 0 {

@@ -33,6 +33,7 @@ var (
 		credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT: "JumpCloud service account",
 		credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY:         "JumpCloud API key",
 		credbrokerv1.Provider_PROVIDER_OAUTH2_CLIENT_CREDENTIALS: "OAuth 2.0 client credentials",
+		credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE: "OAuth 2.0 sign-in by redirect",
 	}
 	regionWords = map[credbrokerv1.Region]string{
 		credbrokerv1.Region_REGION_US: "US",

@@ -40,6 +40,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/signin"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
 
@@ -91,16 +92,31 @@ type Store interface {
 	DeleteExpiredHubSessions(now time.Time) (int, error)
 }
 
+// Parts are what the Hub's pages use.
+type Parts struct {
+	Gate *gate.Gate
+	// API is what pages call, in-process, with the gate's call.
+	API api.Services
+	// Links are the connect links people open; SignIn, the sign-ins at
+	// providers that link accounts by redirect.
+	Links  *connect.Service
+	SignIn *signin.Service
+	Store  Store
+	MAC    *keyring.MACKey
+	// URL is where browsers reach the Hub (--public-url, or its address).
+	URL func() string
+}
+
 // Hub serves the pages.
 type Hub struct {
-	cfg  Config
-	gate *gate.Gate
-	// api is what pages call, in-process, with the gate's call.
-	api api.Services
-	// links are the connect links people open.
-	links *connect.Service
-	store Store
-	mac   *keyring.MACKey
+	cfg    Config
+	gate   *gate.Gate
+	api    api.Services
+	links  *connect.Service
+	signin *signin.Service
+	url    func() string
+	store  Store
+	mac    *keyring.MACKey
 	// secure: served over TLS, so the cookie is Secure (and __Host-).
 	secure bool
 	cookie string
@@ -108,7 +124,7 @@ type Hub struct {
 }
 
 // New returns the Hub's handler; secure says it is served over TLS.
-func New(cfg Config, g *gate.Gate, svc api.Services, links *connect.Service, st Store, mac *keyring.MACKey, secure bool) *Hub {
+func New(cfg Config, p Parts, secure bool) *Hub {
 	d := DefaultConfig()
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = d.SessionTTL
@@ -122,7 +138,7 @@ func New(cfg Config, g *gate.Gate, svc api.Services, links *connect.Service, st 
 	if cfg.ExpiryWarning <= 0 {
 		cfg.ExpiryWarning = d.ExpiryWarning
 	}
-	h := &Hub{cfg: cfg, gate: g, api: svc, links: links, store: st, mac: mac, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
+	h := &Hub{cfg: cfg, gate: p.Gate, api: p.API, links: p.Links, signin: p.SignIn, url: p.URL, store: p.Store, mac: p.MAC, secure: secure, cookie: "credbroker_hub", mux: http.NewServeMux()}
 	if secure {
 		h.cookie = "__Host-credbroker_hub" // bound to this origin, Secure, Path=/
 	}
@@ -149,6 +165,8 @@ func New(cfg Config, g *gate.Gate, svc api.Services, links *connect.Service, st 
 	h.mux.HandleFunc("GET /audit", h.signedIn("hub: audit", h.auditPage))
 	h.mux.HandleFunc("GET /connect-links", h.signedIn("hub: connect links", h.connectLinksPage))
 	h.mux.HandleFunc("POST /connect-links", h.signedIn("hub: create a connect link", h.createConnectLink))
+	h.mux.HandleFunc("POST /accounts/{id}/reconnect", h.signedIn("hub: reconnect", h.reconnect))
+	h.mux.HandleFunc("GET "+signin.CallbackPath, h.callback)
 	h.mux.HandleFunc("GET /connect/{secret}", h.connectPage)
 	h.mux.HandleFunc("POST /connect/{secret}", h.connectWithLink)
 	return h

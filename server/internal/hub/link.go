@@ -6,6 +6,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/signin"
 )
 
 // linkForm is the "Link an account" form of one kind as sent: never its
@@ -15,7 +16,11 @@ type linkForm struct {
 	Kind                                            string
 	AccountID, DisplayName, ClientID, Region, OrgID string
 	TokenURL, Scopes, AuthStyle, Params, APIBaseURL string
-	SecretExpires                                   string
+	// An authorization-code account's.
+	AuthURL, AuthParams, DefaultLifetime string
+	// RedirectURI is the one to register with such a provider.
+	RedirectURI   string
+	SecretExpires string
 	// Link is set on a connect link's form: where it is sent. Its account
 	// id and display name are the link's.
 	Link string
@@ -40,12 +45,15 @@ var linkKinds = map[string]linkKind{
 		Rejected: "The token endpoint rejected this Client ID and Client Secret; check both, and the scopes.",
 		Fields: []string{"account_id", "display_name", "token_url", "client_id", "client_secret", "scopes", "endpoint_params",
 			"api_base_url", "secret_expires"}},
+	"oauth2-code": {Title: "an account whose users sign in by redirect (OAuth 2.0)", SecretField: "client_secret",
+		Fields: []string{"account_id", "display_name", "authorization_url", "token_url", "client_id", "client_secret", "scopes",
+			"authorization_params", "api_base_url", "default_token_lifetime", "secret_expires"}},
 }
 
 // linkPage is the form of the kind ?kind= names (a JumpCloud service
 // account by default), with links to the others.
 func (h *Hub) linkPage(w http.ResponseWriter, r *http.Request, s *session, _ *gate.Call) error {
-	f := linkForm{Kind: r.URL.Query().Get("kind"), Region: "us", AuthStyle: "header"}
+	f := linkForm{Kind: r.URL.Query().Get("kind"), Region: "us", AuthStyle: "header", RedirectURI: h.url() + signin.CallbackPath}
 	if _, ok := linkKinds[f.Kind]; !ok {
 		f.Kind = "jumpcloud"
 	}
@@ -55,9 +63,11 @@ func (h *Hub) linkPage(w http.ResponseWriter, r *http.Request, s *session, _ *ga
 
 // link is "Connect" on the admin's form: the account's page once linked.
 func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
-	a, err := h.connectAccount(w, r, c, readLinkForm(r), func(f linkForm, code int) {
-		h.render(w, code, "link", signedInPage(s, f.Title(), f))
-	})
+	show := func(f linkForm, code int) { h.render(w, code, "link", signedInPage(s, f.Title(), f)) }
+	if f := readLinkForm(r); f.Kind == "oauth2-code" {
+		return h.beginSignIn(w, r, c, f, show)
+	}
+	a, err := h.connectAccount(w, r, c, readLinkForm(r), show)
 	if err != nil {
 		return err
 	}
@@ -72,6 +82,7 @@ func readLinkForm(r *http.Request) linkForm {
 		Kind: v("kind"), AccountID: v("account_id"), DisplayName: v("display_name"), ClientID: v("client_id"),
 		Region: v("region"), OrgID: v("org_id"), TokenURL: v("token_url"), Scopes: v("scopes"), AuthStyle: v("auth_style"),
 		Params: v("endpoint_params"), APIBaseURL: v("api_base_url"), SecretExpires: v("secret_expires"),
+		AuthURL: v("authorization_url"), AuthParams: v("authorization_params"), DefaultLifetime: v("default_token_lifetime"),
 	}
 }
 
@@ -118,6 +129,9 @@ func (h *Hub) connectAccount(w http.ResponseWriter, r *http.Request, c *gate.Cal
 	return nil, rendered{err}
 }
 
+// OAuth: the form is of a generic OAuth 2.0 provider.
+func (f linkForm) OAuth() bool { return f.Kind == "oauth2" || f.Kind == "oauth2-code" }
+
 // Title is the form's.
 func (f linkForm) Title() string { return "Link " + linkKinds[f.Kind].Title }
 
@@ -137,24 +151,13 @@ func (f *linkForm) credentials(req *credbrokerv1.CreateAccountRequest, sec strin
 			ApiKey: sec, Region: regions[f.Region], OrgId: f.OrgID,
 		}}
 	default:
-		params := map[string]string{}
-		for _, line := range strings.Split(f.Params, "\n") {
-			if line = strings.TrimSpace(line); line == "" {
-				continue
-			}
-			k, v, ok := strings.Cut(line, "=")
-			if !ok {
-				return invalidField("endpoint_params", "Write one name=value a line.")
-			}
-			params[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-		style := credbrokerv1.AuthStyle_AUTH_STYLE_HEADER
-		if f.AuthStyle == "body" {
-			style = credbrokerv1.AuthStyle_AUTH_STYLE_BODY
+		params, err := formParams("endpoint_params", f.Params)
+		if err != nil {
+			return err
 		}
 		req.Credentials = &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{Oauth2ClientCredentials: &credbrokerv1.OAuth2ClientCredentials{
 			TokenUrl: f.TokenURL, ClientId: f.ClientID, ClientSecret: sec, Scopes: words(f.Scopes),
-			AuthStyle: style, EndpointParams: params, ApiBaseUrl: f.APIBaseURL,
+			AuthStyle: authStyle(f.AuthStyle), EndpointParams: params, ApiBaseUrl: f.APIBaseURL,
 		}}
 	}
 	return nil

@@ -264,6 +264,7 @@ type Field string
 const (
 	FieldClientSecret Field = "client_secret" // also an API key
 	FieldAccessToken  Field = "access_token"
+	FieldRefreshToken Field = "refresh_token"
 )
 
 // Seal encrypts one field of the key's account.

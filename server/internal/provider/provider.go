@@ -41,6 +41,7 @@ const (
 	KindJumpCloudServiceAccount Kind = "jumpcloud_service_account"
 	KindOAuth2ClientCredentials Kind = "oauth2_client_credentials"
 	KindJumpCloudAPIKey         Kind = "jumpcloud_api_key"
+	KindOAuth2AuthorizationCode Kind = "oauth2_authorization_code"
 )
 
 // IsJumpCloud reports whether the kind is one of JumpCloud's.
@@ -123,6 +124,14 @@ type Credentials struct {
 	AuthStyle      string
 	EndpointParams map[string]string
 	APIBaseURL     string
+	// OAuth2 authorization code: where users sign in, the sign-in
+	// redirect's extra parameters, the lifetime of tokens whose answer has
+	// no expires_in (zero: such answers are refused), and the refresh
+	// token to refresh with.
+	AuthURL         string
+	AuthParams      map[string]string
+	DefaultLifetime time.Duration
+	RefreshToken    secret.String
 }
 
 // Token is an access token as the broker hands it out.
@@ -134,6 +143,10 @@ type Token struct {
 	Expiry time.Time
 	// Obtained is when the token endpoint answered.
 	Obtained time.Time
+	// RefreshToken is the refresh token the answer carried (authorization
+	// code only): a new one if the provider rotated it, else the one the
+	// request was made with; zero if it has none.
+	RefreshToken secret.String
 }
 
 // DefaultTimeout bounds a token request when Config.Timeout is zero.
@@ -255,6 +268,11 @@ func (c *Client) jumpCloudURLs(region string) (tokenURL, apiURL string) {
 	return c.endpoints.JumpCloudTokenURLUS, c.endpoints.JumpCloudAPIURLUS
 }
 
+// ErrNoRefreshToken: a provider's first answer to an authorization-code
+// account held no refresh token.
+var ErrNoRefreshToken = grpcerr.New(codes.FailedPrecondition,
+	"the provider issued no refresh token, so the broker could not keep the account's tokens fresh: ask it for offline access (often the scope offline_access, or the parameter access_type=offline)")
+
 // ErrRegionNotConfigured: the account's region has no token endpoint on
 // this broker (India's, until configured).
 var ErrRegionNotConfigured = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_REGION_NOT_CONFIGURED,
@@ -283,6 +301,9 @@ func (c *Client) fetch(ctx context.Context, cr Credentials) (Token, error) {
 	defer cancel()
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
 
+	if cr.Kind == KindOAuth2AuthorizationCode {
+		return c.refresh(ctx, cr)
+	}
 	cfg, margin := c.config(cr)
 	if cfg.TokenURL == "" && cr.Kind == KindJumpCloudServiceAccount {
 		return Token{}, ErrRegionNotConfigured
@@ -294,21 +315,33 @@ func (c *Client) fetch(ctx context.Context, cr Credentials) (Token, error) {
 	if err != nil {
 		return Token{}, classify(err, cr)
 	}
-	if tok.Expiry.IsZero() {
+	return c.token(tok, margin, 0)
+}
+
+// token is the broker's token of an answer: its lifetime (expires_in, or
+// else defaultLifetime if not zero) on this client's clock, less margin.
+func (c *Client) token(tok *oauth2.Token, margin, defaultLifetime time.Duration) (Token, error) {
+	now := c.now()
+	var lifetime time.Duration
+	switch {
+	case !tok.Expiry.IsZero():
+		// x/oauth2 turned expires_in into an Expiry on the wall clock; take
+		// the lifetime back out so that expiry follows this client's clock.
+		lifetime = time.Until(tok.Expiry).Round(time.Second)
+	case defaultLifetime > 0:
+		lifetime = defaultLifetime
+	default:
 		return Token{}, &UnavailableError{Message: "the token endpoint's answer has no expires_in"}
 	}
-	// x/oauth2 turned expires_in into an Expiry on the wall clock; take the
-	// lifetime back out so that expiry follows this client's clock.
-	lifetime := time.Until(tok.Expiry).Round(time.Second)
-	now := c.now()
 	if lifetime <= margin {
 		return Token{}, &UnavailableError{Message: fmt.Sprintf("the token endpoint issued a token that expires within the %s safety margin", margin)}
 	}
 	return Token{
-		AccessToken: secret.New(tok.AccessToken),
-		TokenType:   tok.Type(),
-		Expiry:      now.Add(lifetime - margin),
-		Obtained:    now,
+		AccessToken:  secret.New(tok.AccessToken),
+		TokenType:    tok.Type(),
+		Expiry:       now.Add(lifetime - margin),
+		Obtained:     now,
+		RefreshToken: secret.New(tok.RefreshToken),
 	}, nil
 }
 
@@ -440,12 +473,17 @@ const maxRetryAfter = time.Hour
 
 // classify turns a failed request with cr into the package's errors.
 func classify(err error, cr Credentials) error {
+	return classifyEchoing(err, secret.NewDetector(cr.ClientSecret, cr.ClientID).And(secret.NewDetector(cr.RefreshToken, "")))
+}
+
+// classifyEchoing is classify of a request whose secrets echo finds: the
+// provider's error fields are withheld if they hold any.
+func classifyEchoing(err error, echo secret.Detector) error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) && re.Response != nil {
 		code := re.Response.StatusCode
 		switch {
 		case code == http.StatusBadRequest || code == http.StatusUnauthorized:
-			echo := secret.NewDetector(cr.ClientSecret, cr.ClientID)
 			return &RejectedError{
 				StatusCode:  code,
 				Code:        providerCode(re.ErrorCode, echo),

@@ -170,3 +170,8 @@ func printable(s string) string {
 		return -1
 	}, s)
 }
+
+// And is a Detector of both d's secret and o's.
+func (d Detector) And(o Detector) Detector {
+	return Detector{forms: append(slices.Clip(d.forms), o.forms...), folded: append(slices.Clip(d.folded), o.folded...)}
+}

@@ -389,6 +389,9 @@ func sealedValues(a *Account, t *TokenState) []keyring.Sealed {
 	if len(t.SealedToken) > 0 {
 		values = append(values, keyring.Sealed{Field: keyring.FieldAccessToken, Value: &t.SealedToken})
 	}
+	if len(t.SealedRefreshToken) > 0 {
+		values = append(values, keyring.Sealed{Field: keyring.FieldRefreshToken, Value: &t.SealedRefreshToken})
+	}
 	return values
 }
 

@@ -21,6 +21,9 @@ var (
 	// connectSessionsBucket maps a keyed hash of a connect link's secret
 	// to ConnectSession.
 	connectSessionsBucket = []byte("connect_sessions")
+	// authorizationsBucket maps a keyed hash of a sign-in's state to
+	// Authorization.
+	authorizationsBucket = []byte("authorizations")
 	// auditBucket maps an AuditPos (16 bytes: big-endian UnixNano time, then
 	// sequence number) to AuditEvent, so keys sort by time.
 	auditBucket = []byte("audit")
@@ -30,7 +33,7 @@ var (
 	// themselves (the key check, the wrapped MAC key, both sealed by the
 	// master key), the database id the record key is derived from, and
 	// flags.
-	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, auditBucket}
+	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, authorizationsBucket, auditBucket}
 
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")
@@ -57,7 +60,7 @@ type Account struct {
 	DisplayName string            `json:"display_name,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	// Provider is "jumpcloud_service_account", "jumpcloud_api_key" or
-	// "oauth2_client_credentials".
+	// "oauth2_client_credentials" or "oauth2_authorization_code".
 	Provider string `json:"provider"`
 	ClientID string `json:"client_id"`
 	// JumpCloud: "us" or "eu", and an optional organization id.
@@ -69,6 +72,12 @@ type Account struct {
 	AuthStyle      string            `json:"auth_style,omitempty"`
 	EndpointParams map[string]string `json:"endpoint_params,omitempty"`
 	APIBaseURL     string            `json:"api_base_url,omitempty"`
+	// OAuth2 authorization code: where its users sign in, the sign-in
+	// redirect's extra parameters, and the lifetime of tokens whose
+	// answer has no expires_in (zero: such answers are refused).
+	AuthURL         string            `json:"auth_url,omitempty"`
+	AuthParams      map[string]string `json:"auth_params,omitempty"`
+	DefaultLifetime time.Duration     `json:"default_lifetime,omitempty"`
 	// WrappedKey is the account's data key, wrapped by the master key.
 	WrappedKey []byte `json:"wrapped_key"`
 	// Secrets are the client secrets, or the API keys of an API-key
@@ -120,10 +129,15 @@ type TokenState struct {
 	Version int `json:"v"`
 	// SealedToken is the access token sealed under the account's data key
 	// (FieldAccessToken); empty when there is none.
-	SealedToken []byte    `json:"sealed_token,omitempty"`
-	TokenType   string    `json:"token_type,omitempty"`
-	Expiry      time.Time `json:"expiry,omitzero"`
-	Obtained    time.Time `json:"obtained,omitzero"`
+	SealedToken []byte `json:"sealed_token,omitempty"`
+	// SealedRefreshToken is an authorization-code account's refresh token,
+	// sealed under the account's data key (FieldRefreshToken). A rotated
+	// one is stored here before the access token that came with it is
+	// served.
+	SealedRefreshToken []byte    `json:"sealed_refresh_token,omitempty"`
+	TokenType          string    `json:"token_type,omitempty"`
+	Expiry             time.Time `json:"expiry,omitzero"`
+	Obtained           time.Time `json:"obtained,omitzero"`
 	// State is "active", "degraded" or "needs_attention".
 	State string `json:"state"`
 	// LastError is set while the account is not active.

@@ -60,14 +60,24 @@ func (s *Store) DeleteHubSession(id string, ev AuditEvent) error {
 // DeleteExpiredHubSessions removes the sessions that expired before now,
 // and those whose record fails its check, and returns how many it removed.
 func (s *Store) DeleteExpiredHubSessions(now time.Time) (int, error) {
-	p, err := s.db.List(ctx, storage.Range{Prefix: key(hubSessionsBucket, "")})
+	return s.deleteExpired(hubSessionsBucket, now, func(hash string, value []byte) (time.Time, error) {
+		var h HubSession
+		err := s.open(hubSessionsBucket, []byte(hash), value, &h)
+		return h.ExpireTime, err
+	})
+}
+
+// deleteExpired removes the records of a bucket that expired before now
+// (expires opens one and says when it expires), and those that fail their
+// check, and returns how many it removed.
+func (s *Store) deleteExpired(bucket []byte, now time.Time, expires func(hash string, value []byte) (time.Time, error)) (int, error) {
+	p, err := s.db.List(ctx, storage.Range{Prefix: key(bucket, "")})
 	if err != nil {
 		return 0, err
 	}
 	var doomed []storage.Op
 	for _, rec := range p.Records {
-		var h HubSession
-		if err := s.open(hubSessionsBucket, []byte(rec.Key[len(hubSessionsBucket)+1:]), rec.Value, &h); err == nil && h.ExpireTime.After(now) {
+		if t, err := expires(rec.Key[len(bucket)+1:], rec.Value); err == nil && t.After(now) {
 			continue
 		}
 		doomed = append(doomed, storage.Delete(rec.Key))

@@ -193,32 +193,55 @@ func (m *Manager) run(e *entry, c *call) {
 		had = cached.Expiry
 	}
 	m.cfg.Logger.Info("asking the provider for a token", "account", e.id, "cached_token_expires", had.Format(time.RFC3339))
-	tok, use, err := m.fetch(e.id, use)
+	tok, use, err := m.fetch(e, use)
 
 	e.mu.Lock()
 	before := e.status
-	if err == nil {
-		c.issued = m.issue(e, tok)
-		if !e.removed {
-			e.publish(c.issued, m.cfg)
-		}
-		e.status = Status{State: StateActive, LastTokenTime: tok.Obtained}
-		e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
-	} else {
+	status := Status{State: StateActive, LastTokenTime: tok.Obtained, SecretUse: use}
+	if err != nil {
 		c.err = m.recordFailure(e, err)
+		e.status.SecretUse = use
+		status = e.status
+	} else if !e.refreshes {
+		m.serve(e, c, tok, status) // callers see it now; it is stored below
 	}
-	e.status.SecretUse = use
-	status := e.status
 	e.mu.Unlock()
 
-	// Callers already see the new token through e.current.
 	perr := m.persist(lock.UpdateTokenState, e.id, status, tok, err == nil, m.transition(e.id, before, status))
+	if err == nil && e.refreshes {
+		// Served only once stored: a refresh token the provider rotated must
+		// be kept before anything is done with what came with it.
+		e.mu.Lock()
+		if perr == nil {
+			e.pending = nil
+			m.serve(e, c, tok, status)
+		} else if !tok.RefreshToken.IsZero() {
+			e.pending = &tok
+		}
+		e.mu.Unlock()
+		if perr != nil && c.issued == nil {
+			if c.issued, _ = m.renewedSince(e, cached); c.issued == nil {
+				c.err = m.storageFailed(perr)
+			}
+		}
+	}
 	switch {
 	case errors.Is(perr, store.ErrLockLost):
 		m.cfg.Logger.Warn("lost the account's refresh lock before storing its new token; another replica's stands", "account", e.id)
 	case perr != nil && !errors.Is(perr, store.ErrNotFound):
 		m.cfg.Logger.Error("could not save token state", "account", e.id, "error", perr)
 	}
+}
+
+// serve makes tok the token callers of e get, as the outcome of call c,
+// and status e's health; e.mu must be held.
+func (m *Manager) serve(e *entry, c *call, tok provider.Token, status Status) {
+	c.issued = m.issue(e, tok)
+	if !e.removed {
+		e.publish(c.issued, m.cfg)
+	}
+	e.status = status
+	e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
 }
 
 // storageFailed is what callers get when the refresh lock could not be
@@ -273,6 +296,7 @@ func (m *Manager) adopt(e *entry, ts store.TokenState) *Issued {
 	e.publish(is, m.cfg)
 	e.status = statusOf(ts)
 	e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
+	e.pending = nil // the stored refresh token came with the newer token
 	return is
 }
 
@@ -307,13 +331,30 @@ func (e *entry) publish(is *Issued, cfg Config) {
 var ErrSecretsExpired = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_SECRET_EXPIRED,
 	"every secret of the account has expired; add a new one (AddAccountSecret)")
 
+// RefreshTokenRevokedError: the provider refused the account's refresh
+// token (invalid_grant), and the storage holds no other.
+type RefreshTokenRevokedError struct{ Rejected *provider.RejectedError }
+
+func (e *RefreshTokenRevokedError) Error() string {
+	return "the provider refused the account's refresh token (invalid_grant): reconnect the account in the Hub"
+}
+
+func (e *RefreshTokenRevokedError) Unwrap() error { return e.Rejected }
+
+// GRPCStatus: only a reconnect helps.
+func (e *RefreshTokenRevokedError) GRPCStatus() *status.Status {
+	return grpcerr.Status(codes.FailedPrecondition, e.Error(), grpcerr.Info(credbrokerv1.ErrorReason_REFRESH_TOKEN_REVOKED, nil))
+}
+
 // fetch asks the provider for a token with the account's unexpired secrets,
 // newest first except that those rejected last time go last: a rejection
 // moves on to the next secret, any other failure ends the attempt. It
-// returns the secrets' new use records with the outcome, and the
-// account's wrapped data key, to seal the token with.
-func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, map[string]SecretUse, error) {
-	a, err := m.store.Account(id)
+// returns the secrets' new use records with the outcome. An
+// authorization-code account refreshes with its refresh token (see
+// refreshWith); the token's RefreshToken is then the one to store, if
+// any.
+func (m *Manager) fetch(e *entry, use map[string]SecretUse) (provider.Token, map[string]SecretUse, error) {
+	a, err := m.store.Account(e.id)
 	if err != nil {
 		return provider.Token{}, use, err
 	}
@@ -331,22 +372,98 @@ func (m *Manager) fetch(id string, use map[string]SecretUse) (provider.Token, ma
 		cr := Describe(a)
 		cr.ClientSecret = secret.New(string(raw))
 		var tok provider.Token
-		tok, err = m.provider.Fetch(context.Background(), cr)
+		if e.refreshes {
+			tok, err = m.refreshWith(e, a, cr)
+		} else {
+			tok, err = m.provider.Fetch(context.Background(), cr)
+		}
 		var rejected *provider.RejectedError
+		var revoked *RefreshTokenRevokedError
 		switch {
 		case err == nil:
 			use[sec.ID] = SecretUse{LastUsed: tok.Obtained}
 			return tok, use, nil
+		case errors.As(err, &revoked):
+			return provider.Token{}, use, err // the secret is not at fault
 		case errors.As(err, &rejected):
 			u := use[sec.ID]
 			u.Rejected = &Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
 			use[sec.ID] = u
-			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", id, "secret", sec.ID)
+			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", e.id, "secret", sec.ID)
 		default:
 			return provider.Token{}, use, err
 		}
 	}
 	return provider.Token{}, use, err
+}
+
+// refreshWith refreshes an authorization-code account's token with cr
+// (its client secret) and its refresh token: the one a failed store left
+// pending, else the stored one. If the provider refuses it
+// (invalid_grant), the stored one is read again: if another replica (or a
+// reconnect) stored a newer one meanwhile, the request is made once more
+// with it; if not, the refresh token is revoked. The token's RefreshToken
+// is the one to store: the provider's new one, or the pending one; zero if
+// the stored one stands.
+func (m *Manager) refreshWith(e *entry, a store.Account, cr provider.Credentials) (provider.Token, error) {
+	e.mu.Lock()
+	pending := e.pending
+	e.mu.Unlock()
+	var err error
+	if pending != nil {
+		cr.RefreshToken = pending.RefreshToken
+	} else if cr.RefreshToken, err = m.storedRefreshToken(a); err != nil {
+		return provider.Token{}, err
+	}
+	tok, err := m.provider.Fetch(context.Background(), cr)
+	if invalidGrant(err) {
+		stored, serr := m.storedRefreshToken(a)
+		switch {
+		case serr != nil:
+			return provider.Token{}, serr
+		case stored.Reveal() != cr.RefreshToken.Reveal():
+			m.cfg.Logger.Warn("the provider refused the refresh token; retrying with the newer one stored meanwhile", "account", a.ID)
+			cr.RefreshToken, pending = stored, nil
+			tok, err = m.provider.Fetch(context.Background(), cr)
+		}
+	}
+	if invalidGrant(err) {
+		var rejected *provider.RejectedError
+		errors.As(err, &rejected)
+		return provider.Token{}, &RefreshTokenRevokedError{Rejected: rejected}
+	}
+	if err != nil {
+		return provider.Token{}, err
+	}
+	if tok.RefreshToken.IsZero() || tok.RefreshToken.Reveal() == cr.RefreshToken.Reveal() {
+		tok.RefreshToken = secret.String{} // not rotated: the stored one stands
+		if pending != nil {
+			tok.RefreshToken = pending.RefreshToken
+		}
+	}
+	return tok, nil
+}
+
+// storedRefreshToken opens an account's stored refresh token.
+func (m *Manager) storedRefreshToken(a store.Account) (secret.String, error) {
+	ts, err := m.store.TokenState(a.ID)
+	if err != nil {
+		return secret.String{}, err
+	}
+	if len(ts.SealedRefreshToken) == 0 {
+		return secret.String{}, fmt.Errorf("account %s has no stored refresh token", a.ID)
+	}
+	raw, err := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldRefreshToken, ts.SealedRefreshToken)
+	if err != nil {
+		return secret.String{}, fmt.Errorf("open the refresh token: %w", err)
+	}
+	return secret.New(string(raw)), nil
+}
+
+// invalidGrant reports whether the provider refused a refresh token.
+func invalidGrant(err error) bool {
+	var rejected *provider.RejectedError
+	return errors.As(err, &rejected) && rejected.Code == "invalid_grant"
 }
 
 // UsableSecrets are the account's unexpired secrets in the order they are

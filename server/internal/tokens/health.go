@@ -32,6 +32,7 @@ const (
 	ReasonSecretExpired       Reason = "secret_expired"
 	ReasonIntegrity           Reason = "integrity_check_failed"
 	ReasonProviderRedirected  Reason = "provider_redirected"
+	ReasonRefreshTokenRevoked Reason = "refresh_token_revoked"
 )
 
 // Status is an account's token health.
@@ -132,6 +133,7 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	var rejected *provider.RejectedError
 	var redirected *provider.RedirectedError
 	var unavailable *provider.UnavailableError
+	var revoked *RefreshTokenRevokedError
 	switch {
 	case errors.Is(err, store.ErrIntegrity):
 		// Never again: nothing of a record that failed its check is used.
@@ -143,6 +145,13 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 		e.status.State = StateNeedsAttention
 		f.Reason, f.Message = ReasonSecretExpired, err.Error()
 		delay = m.cfg.RejectedRecheck
+	case errors.As(err, &revoked):
+		// Asking again with the same refresh token cannot work: only a
+		// reconnect (which stores a new one) can.
+		e.status.State = StateNeedsAttention
+		f.Reason, f.Message = ReasonRefreshTokenRevoked, revoked.Error()
+		f.ProviderError, f.ProviderErrorDescription = revoked.Rejected.Code, revoked.Rejected.Description
+		delay = neverExpires.Sub(now)
 	case errors.As(err, &rejected):
 		e.status.State = StateNeedsAttention
 		f.Reason, f.Message = ReasonCredentialsRejected, rejected.Error()
@@ -196,21 +205,29 @@ func (m *Manager) transition(id string, from, to Status) *store.AuditEvent {
 	return &ev
 }
 
-// persist stores an account's health and, if newToken, tok, sealed with
-// the account's data key, with update (the store's, or a refresh lock's
-// fenced one).
+// persist stores an account's health and, if newToken, tok (and its
+// refresh token, if it has one), sealed with the account's data key, with
+// update (the store's, or a refresh lock's fenced one).
 func (m *Manager) persist(update func(func(*store.TokenState, []byte) error, *store.AuditEvent) error, id string, status Status, tok provider.Token, newToken bool, ev *store.AuditEvent) error {
 	return update(func(ts *store.TokenState, wrapped []byte) error {
-		var sealed []byte
+		var sealed, sealedRefresh []byte
 		if newToken {
 			var err error
 			if sealed, err = m.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal())); err != nil {
 				return err
 			}
+			if !tok.RefreshToken.IsZero() {
+				if sealedRefresh, err = m.keys.Seal(id, wrapped, keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal())); err != nil {
+					return err
+				}
+			}
 		}
 		status.record(ts)
 		if newToken {
 			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, tok.Obtained
+		}
+		if sealedRefresh != nil {
+			ts.SealedRefreshToken = sealedRefresh
 		}
 		return nil
 	}, ev)

@@ -130,6 +130,9 @@ type entry struct {
 	wrappedKey []byte
 	// apiKey: the entry holds an API key (in current) and never fetches.
 	apiKey bool
+	// refreshes: an authorization-code account, whose tokens come with a
+	// refresh token that must be stored before they are served.
+	refreshes bool
 
 	current atomic.Pointer[Issued]
 
@@ -157,6 +160,10 @@ type entry struct {
 	// at least this is refused without asking the provider.
 	lifetime time.Duration
 	forced   time.Time // when a min_ttl last forced a refresh
+	// pending is a token whose refresh token (rotated by the provider)
+	// could not be stored: the next request stores it first, and refreshes
+	// with it.
+	pending *provider.Token
 	// checking: a check of the API key is running; checked is when the
 	// last one started (see APIKeyAnswered).
 	checking bool
@@ -174,7 +181,8 @@ func New(cfg Config, st Store, keys *keyring.Keyring, prov *provider.Client) *Ma
 // Add starts tracking an account; ts is its stored token state.
 func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	desc := Describe(a)
-	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned, wrappedKey: a.WrappedKey}
+	e := &entry{id: a.ID, apiBaseURL: m.provider.APIBaseURL(desc), headers: provider.Headers(desc), expiryWarned: ts.ExpiryWarned, wrappedKey: a.WrappedKey,
+		refreshes: desc.Kind == provider.KindOAuth2AuthorizationCode}
 	e.status = statusOf(ts)
 	e.secrets = secretsMeta(a)
 	if ts.Expiry.After(ts.Obtained) && !ts.Obtained.IsZero() {
@@ -361,5 +369,6 @@ func Describe(a store.Account) provider.Credentials {
 		Kind: provider.Kind(a.Provider), ClientID: a.ClientID, Region: a.Region, OrgID: a.OrgID,
 		TokenURL: a.TokenURL, Scopes: a.Scopes, AuthStyle: a.AuthStyle,
 		EndpointParams: a.EndpointParams, APIBaseURL: a.APIBaseURL,
+		AuthURL: a.AuthURL, AuthParams: a.AuthParams, DefaultLifetime: a.DefaultLifetime,
 	}
 }

@@ -1,3 +1,4 @@
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from credbroker.v1 import error_reason_pb2 as _error_reason_pb2
@@ -15,6 +16,7 @@ ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED: AccountStateReason
 ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED: AccountStateReason
 ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED: AccountStateReason
 ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE: AccountStateReason
+ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED: AccountStateReason
 ACCOUNT_STATE_REASON_SECRET_EXPIRED: AccountStateReason
 ACCOUNT_STATE_REASON_SECRET_EXPIRING: AccountStateReason
 ACCOUNT_STATE_REASON_UNSPECIFIED: AccountStateReason
@@ -25,6 +27,7 @@ AUTH_STYLE_UNSPECIFIED: AuthStyle
 DESCRIPTOR: _descriptor.FileDescriptor
 PROVIDER_JUMPCLOUD_API_KEY: Provider
 PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT: Provider
+PROVIDER_OAUTH2_AUTHORIZATION_CODE: Provider
 PROVIDER_OAUTH2_CLIENT_CREDENTIALS: Provider
 PROVIDER_UNSPECIFIED: Provider
 REGION_EU: Region
@@ -33,7 +36,14 @@ REGION_UNSPECIFIED: Region
 REGION_US: Region
 
 class Account(_message.Message):
-    __slots__ = ["api_base_url", "auth_style", "client_id", "create_time", "credentials_expire_time", "display_name", "endpoint_params", "grants", "labels", "last_error", "last_token_time", "name", "org_id", "provider", "region", "scopes", "secrets", "state", "state_reason", "token_url", "update_time"]
+    __slots__ = ["api_base_url", "auth_style", "authorization_params", "authorization_url", "client_id", "create_time", "credentials_expire_time", "display_name", "endpoint_params", "grants", "labels", "last_error", "last_token_time", "name", "org_id", "provider", "region", "scopes", "secrets", "state", "state_reason", "token_url", "update_time"]
+    class AuthorizationParamsEntry(_message.Message):
+        __slots__ = ["key", "value"]
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class EndpointParamsEntry(_message.Message):
         __slots__ = ["key", "value"]
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +59,8 @@ class Account(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     API_BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_URL_FIELD_NUMBER: _ClassVar[int]
     AUTH_STYLE_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +83,8 @@ class Account(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     api_base_url: str
     auth_style: AuthStyle
+    authorization_params: _containers.ScalarMap[str, str]
+    authorization_url: str
     client_id: str
     create_time: _timestamp_pb2.Timestamp
     credentials_expire_time: _timestamp_pb2.Timestamp
@@ -90,7 +104,7 @@ class Account(_message.Message):
     state_reason: AccountStateReason
     token_url: str
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., provider: _Optional[_Union[Provider, str]] = ..., client_id: _Optional[str] = ..., region: _Optional[_Union[Region, str]] = ..., org_id: _Optional[str] = ..., api_base_url: _Optional[str] = ..., token_url: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., auth_style: _Optional[_Union[AuthStyle, str]] = ..., endpoint_params: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[AccountState, str]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_token_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[AccountError, _Mapping]] = ..., grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., state_reason: _Optional[_Union[AccountStateReason, str]] = ..., secrets: _Optional[_Iterable[_Union[AccountSecret, _Mapping]]] = ..., credentials_expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., provider: _Optional[_Union[Provider, str]] = ..., client_id: _Optional[str] = ..., region: _Optional[_Union[Region, str]] = ..., org_id: _Optional[str] = ..., api_base_url: _Optional[str] = ..., token_url: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., auth_style: _Optional[_Union[AuthStyle, str]] = ..., endpoint_params: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[AccountState, str]] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_token_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[AccountError, _Mapping]] = ..., grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ..., state_reason: _Optional[_Union[AccountStateReason, str]] = ..., secrets: _Optional[_Iterable[_Union[AccountSecret, _Mapping]]] = ..., credentials_expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., authorization_url: _Optional[str] = ..., authorization_params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AccountError(_message.Message):
     __slots__ = ["message", "provider_error", "provider_error_description", "reason", "time"]
@@ -257,6 +271,35 @@ class ListAccountsResponse(_message.Message):
     accounts: _containers.RepeatedCompositeFieldContainer[Account]
     next_page_token: str
     def __init__(self, accounts: _Optional[_Iterable[_Union[Account, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class OAuth2AuthorizationCode(_message.Message):
+    __slots__ = ["api_base_url", "auth_style", "authorization_params", "authorization_url", "client_id", "client_secret", "default_token_lifetime", "scopes", "token_url"]
+    class AuthorizationParamsEntry(_message.Message):
+        __slots__ = ["key", "value"]
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    API_BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_URL_FIELD_NUMBER: _ClassVar[int]
+    AUTH_STYLE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TOKEN_LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_URL_FIELD_NUMBER: _ClassVar[int]
+    api_base_url: str
+    auth_style: AuthStyle
+    authorization_params: _containers.ScalarMap[str, str]
+    authorization_url: str
+    client_id: str
+    client_secret: str
+    default_token_lifetime: _duration_pb2.Duration
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    token_url: str
+    def __init__(self, authorization_url: _Optional[str] = ..., token_url: _Optional[str] = ..., client_id: _Optional[str] = ..., client_secret: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., authorization_params: _Optional[_Mapping[str, str]] = ..., auth_style: _Optional[_Union[AuthStyle, str]] = ..., api_base_url: _Optional[str] = ..., default_token_lifetime: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class OAuth2ClientCredentials(_message.Message):
     __slots__ = ["api_base_url", "auth_style", "client_id", "client_secret", "endpoint_params", "scopes", "token_url"]

@@ -4,8 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ErrorReason } from "./error_reason_pb.js";
 import { file_credbroker_v1_error_reason } from "./error_reason_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file credbroker/v1/account.proto.
  */
 export const file_credbroker_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("ChtjcmVkYnJva2VyL3YxL2FjY291bnQucHJvdG8SDWNyZWRicm9rZXIudjEipwcKB0FjY291bnQSDAoEbmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSMgoGbGFiZWxzGAMgAygLMiIuY3JlZGJyb2tlci52MS5BY2NvdW50LkxhYmVsc0VudHJ5EikKCHByb3ZpZGVyGAQgASgOMhcuY3JlZGJyb2tlci52MS5Qcm92aWRlchIRCgljbGllbnRfaWQYBSABKAkSJQoGcmVnaW9uGAYgASgOMhUuY3JlZGJyb2tlci52MS5SZWdpb24SDgoGb3JnX2lkGAcgASgJEhQKDGFwaV9iYXNlX3VybBgIIAEoCRIRCgl0b2tlbl91cmwYCSABKAkSDgoGc2NvcGVzGAogAygJEiwKCmF1dGhfc3R5bGUYCyABKA4yGC5jcmVkYnJva2VyLnYxLkF1dGhTdHlsZRJDCg9lbmRwb2ludF9wYXJhbXMYDCADKAsyKi5jcmVkYnJva2VyLnYxLkFjY291bnQuRW5kcG9pbnRQYXJhbXNFbnRyeRIqCgVzdGF0ZRgNIAEoDjIbLmNyZWRicm9rZXIudjEuQWNjb3VudFN0YXRlEi8KC2NyZWF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbGFzdF90b2tlbl90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgpsYXN0X2Vycm9yGBEgASgLMhsuY3JlZGJyb2tlci52MS5BY2NvdW50RXJyb3ISJAoGZ3JhbnRzGBIgAygLMhQuY3JlZGJyb2tlci52MS5HcmFudBI3CgxzdGF0ZV9yZWFzb24YEyABKA4yIS5jcmVkYnJva2VyLnYxLkFjY291bnRTdGF0ZVJlYXNvbhItCgdzZWNyZXRzGBQgAygLMhwuY3JlZGJyb2tlci52MS5BY2NvdW50U2VjcmV0EjsKF2NyZWRlbnRpYWxzX2V4cGlyZV90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjUKE0VuZHBvaW50UGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLmAQoNQWNjb3VudFNlY3JldBIRCglzZWNyZXRfaWQYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1sYXN0X3VzZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCghyZWplY3RlZBgFIAEoCzIbLmNyZWRicm9rZXIudjEuQWNjb3VudEVycm9yIokBCgVHcmFudBIRCglwcmluY2lwYWwYASABKAkSLwoLY3JlYXRlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2NyZWF0b3IYAyABKAkSFAoMaHR0cF9tZXRob2RzGAQgAygJEhUKDXBhdGhfcHJlZml4ZXMYBSADKAkisQEKDEFjY291bnRFcnJvchIqCgZyZWFzb24YASABKA4yGi5jcmVkYnJva2VyLnYxLkVycm9yUmVhc29uEg8KB21lc3NhZ2UYAiABKAkSFgoOcHJvdmlkZXJfZXJyb3IYAyABKAkSIgoacHJvdmlkZXJfZXJyb3JfZGVzY3JpcHRpb24YBCABKAkSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiigEKIkp1bXBDbG91ZFNlcnZpY2VBY2NvdW50Q3JlZGVudGlhbHMSEQoJY2xpZW50X2lkGAEgASgJEhoKDWNsaWVudF9zZWNyZXQYAiABKAlCA4ABARIlCgZyZWdpb24YAyABKA4yFS5jcmVkYnJva2VyLnYxLlJlZ2lvbhIOCgZvcmdfaWQYBCABKAkiaQoaSnVtcENsb3VkQVBJS2V5Q3JlZGVudGlhbHMSFAoHYXBpX2tleRgBIAEoCUIDgAEBEiUKBnJlZ2lvbhgCIAEoDjIVLmNyZWRicm9rZXIudjEuUmVnaW9uEg4KBm9yZ19pZBgDIAEoCSK7AgoXT0F1dGgyQ2xpZW50Q3JlZGVudGlhbHMSEQoJdG9rZW5fdXJsGAEgASgJEhEKCWNsaWVudF9pZBgCIAEoCRIaCg1jbGllbnRfc2VjcmV0GAMgASgJQgOAAQESDgoGc2NvcGVzGAQgAygJEiwKCmF1dGhfc3R5bGUYBSABKA4yGC5jcmVkYnJva2VyLnYxLkF1dGhTdHlsZRJTCg9lbmRwb2ludF9wYXJhbXMYBiADKAsyOi5jcmVkYnJva2VyLnYxLk9BdXRoMkNsaWVudENyZWRlbnRpYWxzLkVuZHBvaW50UGFyYW1zRW50cnkSFAoMYXBpX2Jhc2VfdXJsGAcgASgJGjUKE0VuZHBvaW50UGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAwoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRInCgdhY2NvdW50GAIgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50ElYKGWp1bXBjbG91ZF9zZXJ2aWNlX2FjY291bnQYAyABKAsyMS5jcmVkYnJva2VyLnYxLkp1bXBDbG91ZFNlcnZpY2VBY2NvdW50Q3JlZGVudGlhbHNIABJLChlvYXV0aDJfY2xpZW50X2NyZWRlbnRpYWxzGAQgASgLMiYuY3JlZGJyb2tlci52MS5PQXV0aDJDbGllbnRDcmVkZW50aWFsc0gAEkYKEWp1bXBjbG91ZF9hcGlfa2V5GAYgASgLMikuY3JlZGJyb2tlci52MS5KdW1wQ2xvdWRBUElLZXlDcmVkZW50aWFsc0gAEhUKDXZhbGlkYXRlX29ubHkYBSABKAgSNgoSc2VjcmV0X2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINCgtjcmVkZW50aWFscyJAChVDcmVhdGVBY2NvdW50UmVzcG9uc2USJwoHYWNjb3VudBgBIAEoCzIWLmNyZWRicm9rZXIudjEuQWNjb3VudCIhChFHZXRBY2NvdW50UmVxdWVzdBIMCgRuYW1lGAEgASgJIj0KEkdldEFjY291bnRSZXNwb25zZRInCgdhY2NvdW50GAEgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50IqEBChNMaXN0QWNjb3VudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEioKBXN0YXRlGAMgASgOMhsuY3JlZGJyb2tlci52MS5BY2NvdW50U3RhdGUSNwoMc3RhdGVfcmVhc29uGAQgASgOMiEuY3JlZGJyb2tlci52MS5BY2NvdW50U3RhdGVSZWFzb24iWQoUTGlzdEFjY291bnRzUmVzcG9uc2USKAoIYWNjb3VudHMYASADKAsyFi5jcmVkYnJva2VyLnYxLkFjY291bnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInAKFFVwZGF0ZUFjY291bnRSZXF1ZXN0EicKB2FjY291bnQYASABKAsyFi5jcmVkYnJva2VyLnYxLkFjY291bnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkAKFVVwZGF0ZUFjY291bnRSZXNwb25zZRInCgdhY2NvdW50GAEgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50IiQKFERlbGV0ZUFjY291bnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiFwoVRGVsZXRlQWNjb3VudFJlc3BvbnNlImYKFkFkZEFjY291bnRHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglwcmluY2lwYWwYAiABKAkSFAoMaHR0cF9tZXRob2RzGAMgAygJEhUKDXBhdGhfcHJlZml4ZXMYBCADKAkiQgoXQWRkQWNjb3VudEdyYW50UmVzcG9uc2USJwoHYWNjb3VudBgBIAEoCzIWLmNyZWRicm9rZXIudjEuQWNjb3VudCJtChdBZGRBY2NvdW50U2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKBnNlY3JldBgCIAEoCUIDgAEBEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJWChhBZGRBY2NvdW50U2VjcmV0UmVzcG9uc2USJwoHYWNjb3VudBgBIAEoCzIWLmNyZWRicm9rZXIudjEuQWNjb3VudBIRCglzZWNyZXRfaWQYAiABKAkiPQoaUmVtb3ZlQWNjb3VudFNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglzZWNyZXRfaWQYAiABKAkiRgobUmVtb3ZlQWNjb3VudFNlY3JldFJlc3BvbnNlEicKB2FjY291bnQYASABKAsyFi5jcmVkYnJva2VyLnYxLkFjY291bnQiPAoZUmVtb3ZlQWNjb3VudEdyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXByaW5jaXBhbBgCIAEoCSJFChpSZW1vdmVBY2NvdW50R3JhbnRSZXNwb25zZRInCgdhY2NvdW50GAEgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50KpQBCghQcm92aWRlchIYChRQUk9WSURFUl9VTlNQRUNJRklFRBAAEiYKIlBST1ZJREVSX0pVTVBDTE9VRF9TRVJWSUNFX0FDQ09VTlQQARImCiJQUk9WSURFUl9PQVVUSDJfQ0xJRU5UX0NSRURFTlRJQUxTEAISHgoaUFJPVklERVJfSlVNUENMT1VEX0FQSV9LRVkQAypNCgZSZWdpb24SFgoSUkVHSU9OX1VOU1BFQ0lGSUVEEAASDQoJUkVHSU9OX1VTEAESDQoJUkVHSU9OX0VVEAISDQoJUkVHSU9OX0lOEAMqUwoJQXV0aFN0eWxlEhoKFkFVVEhfU1RZTEVfVU5TUEVDSUZJRUQQABIVChFBVVRIX1NUWUxFX0hFQURFUhABEhMKD0FVVEhfU1RZTEVfQk9EWRACKoYBCgxBY2NvdW50U3RhdGUSHQoZQUNDT1VOVF9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEFDQ09VTlRfU1RBVEVfQUNUSVZFEAESGgoWQUNDT1VOVF9TVEFURV9ERUdSQURFRBACEiEKHUFDQ09VTlRfU1RBVEVfTkVFRFNfQVRURU5USU9OEAMq8QIKEkFjY291bnRTdGF0ZVJlYXNvbhIkCiBBQ0NPVU5UX1NUQVRFX1JFQVNPTl9VTlNQRUNJRklFRBAAEi0KKUFDQ09VTlRfU1RBVEVfUkVBU09OX0NSRURFTlRJQUxTX1JFSkVDVEVEEAESLQopQUNDT1VOVF9TVEFURV9SRUFTT05fUFJPVklERVJfVU5BVkFJTEFCTEUQAhIlCiFBQ0NPVU5UX1NUQVRFX1JFQVNPTl9CUk9LRVJfRkFVTFQQAxInCiNBQ0NPVU5UX1NUQVRFX1JFQVNPTl9TRUNSRVRfRVhQSVJFRBAEEigKJEFDQ09VTlRfU1RBVEVfUkVBU09OX1NFQ1JFVF9FWFBJUklORxAFEi8KK0FDQ09VTlRfU1RBVEVfUkVBU09OX0lOVEVHUklUWV9DSEVDS19GQUlMRUQQBhIsCihBQ0NPVU5UX1NUQVRFX1JFQVNPTl9QUk9WSURFUl9SRURJUkVDVEVEEAcy8AYKDkFjY291bnRTZXJ2aWNlEloKDUNyZWF0ZUFjY291bnQSIy5jcmVkYnJva2VyLnYxLkNyZWF0ZUFjY291bnRSZXF1ZXN0GiQuY3JlZGJyb2tlci52MS5DcmVhdGVBY2NvdW50UmVzcG9uc2USUQoKR2V0QWNjb3VudBIgLmNyZWRicm9rZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaIS5jcmVkYnJva2VyLnYxLkdldEFjY291bnRSZXNwb25zZRJXCgxMaXN0QWNjb3VudHMSIi5jcmVkYnJva2VyLnYxLkxpc3RBY2NvdW50c1JlcXVlc3QaIy5jcmVkYnJva2VyLnYxLkxpc3RBY2NvdW50c1Jlc3BvbnNlEloKDVVwZGF0ZUFjY291bnQSIy5jcmVkYnJva2VyLnYxLlVwZGF0ZUFjY291bnRSZXF1ZXN0GiQuY3JlZGJyb2tlci52MS5VcGRhdGVBY2NvdW50UmVzcG9uc2USWgoNRGVsZXRlQWNjb3VudBIjLmNyZWRicm9rZXIudjEuRGVsZXRlQWNjb3VudFJlcXVlc3QaJC5jcmVkYnJva2VyLnYxLkRlbGV0ZUFjY291bnRSZXNwb25zZRJgCg9BZGRBY2NvdW50R3JhbnQSJS5jcmVkYnJva2VyLnYxLkFkZEFjY291bnRHcmFudFJlcXVlc3QaJi5jcmVkYnJva2VyLnYxLkFkZEFjY291bnRHcmFudFJlc3BvbnNlEmMKEEFkZEFjY291bnRTZWNyZXQSJi5jcmVkYnJva2VyLnYxLkFkZEFjY291bnRTZWNyZXRSZXF1ZXN0GicuY3JlZGJyb2tlci52MS5BZGRBY2NvdW50U2VjcmV0UmVzcG9uc2USbAoTUmVtb3ZlQWNjb3VudFNlY3JldBIpLmNyZWRicm9rZXIudjEuUmVtb3ZlQWNjb3VudFNlY3JldFJlcXVlc3QaKi5jcmVkYnJva2VyLnYxLlJlbW92ZUFjY291bnRTZWNyZXRSZXNwb25zZRJpChJSZW1vdmVBY2NvdW50R3JhbnQSKC5jcmVkYnJva2VyLnYxLlJlbW92ZUFjY291bnRHcmFudFJlcXVlc3QaKS5jcmVkYnJva2VyLnYxLlJlbW92ZUFjY291bnRHcmFudFJlc3BvbnNlQkNaQWdpdGh1Yi5jb20vY3JlZGJyb2tlci9jcmVkYnJva2VyL3Byb3RvL2NyZWRicm9rZXIvdjE7Y3JlZGJyb2tlcnYxYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_credbroker_v1_error_reason]);
+  fileDesc("ChtjcmVkYnJva2VyL3YxL2FjY291bnQucHJvdG8SDWNyZWRicm9rZXIudjEizQgKB0FjY291bnQSDAoEbmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSMgoGbGFiZWxzGAMgAygLMiIuY3JlZGJyb2tlci52MS5BY2NvdW50LkxhYmVsc0VudHJ5EikKCHByb3ZpZGVyGAQgASgOMhcuY3JlZGJyb2tlci52MS5Qcm92aWRlchIRCgljbGllbnRfaWQYBSABKAkSJQoGcmVnaW9uGAYgASgOMhUuY3JlZGJyb2tlci52MS5SZWdpb24SDgoGb3JnX2lkGAcgASgJEhQKDGFwaV9iYXNlX3VybBgIIAEoCRIRCgl0b2tlbl91cmwYCSABKAkSDgoGc2NvcGVzGAogAygJEiwKCmF1dGhfc3R5bGUYCyABKA4yGC5jcmVkYnJva2VyLnYxLkF1dGhTdHlsZRJDCg9lbmRwb2ludF9wYXJhbXMYDCADKAsyKi5jcmVkYnJva2VyLnYxLkFjY291bnQuRW5kcG9pbnRQYXJhbXNFbnRyeRIqCgVzdGF0ZRgNIAEoDjIbLmNyZWRicm9rZXIudjEuQWNjb3VudFN0YXRlEi8KC2NyZWF0ZV90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbGFzdF90b2tlbl90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgpsYXN0X2Vycm9yGBEgASgLMhsuY3JlZGJyb2tlci52MS5BY2NvdW50RXJyb3ISJAoGZ3JhbnRzGBIgAygLMhQuY3JlZGJyb2tlci52MS5HcmFudBI3CgxzdGF0ZV9yZWFzb24YEyABKA4yIS5jcmVkYnJva2VyLnYxLkFjY291bnRTdGF0ZVJlYXNvbhItCgdzZWNyZXRzGBQgAygLMhwuY3JlZGJyb2tlci52MS5BY2NvdW50U2VjcmV0EjsKF2NyZWRlbnRpYWxzX2V4cGlyZV90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFhdXRob3JpemF0aW9uX3VybBgWIAEoCRJNChRhdXRob3JpemF0aW9uX3BhcmFtcxgXIAMoCzIvLmNyZWRicm9rZXIudjEuQWNjb3VudC5BdXRob3JpemF0aW9uUGFyYW1zRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARo1ChNFbmRwb2ludFBhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaOgoYQXV0aG9yaXphdGlvblBhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi5gEKDUFjY291bnRTZWNyZXQSEQoJc2VjcmV0X2lkGAEgASgJEi8KC2NyZWF0ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNbGFzdF91c2VfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoIcmVqZWN0ZWQYBSABKAsyGy5jcmVkYnJva2VyLnYxLkFjY291bnRFcnJvciKJAQoFR3JhbnQSEQoJcHJpbmNpcGFsGAEgASgJEi8KC2NyZWF0ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdjcmVhdG9yGAMgASgJEhQKDGh0dHBfbWV0aG9kcxgEIAMoCRIVCg1wYXRoX3ByZWZpeGVzGAUgAygJIrEBCgxBY2NvdW50RXJyb3ISKgoGcmVhc29uGAEgASgOMhouY3JlZGJyb2tlci52MS5FcnJvclJlYXNvbhIPCgdtZXNzYWdlGAIgASgJEhYKDnByb3ZpZGVyX2Vycm9yGAMgASgJEiIKGnByb3ZpZGVyX2Vycm9yX2Rlc2NyaXB0aW9uGAQgASgJEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIooBCiJKdW1wQ2xvdWRTZXJ2aWNlQWNjb3VudENyZWRlbnRpYWxzEhEKCWNsaWVudF9pZBgBIAEoCRIaCg1jbGllbnRfc2VjcmV0GAIgASgJQgOAAQESJQoGcmVnaW9uGAMgASgOMhUuY3JlZGJyb2tlci52MS5SZWdpb24SDgoGb3JnX2lkGAQgASgJImkKGkp1bXBDbG91ZEFQSUtleUNyZWRlbnRpYWxzEhQKB2FwaV9rZXkYASABKAlCA4ABARIlCgZyZWdpb24YAiABKA4yFS5jcmVkYnJva2VyLnYxLlJlZ2lvbhIOCgZvcmdfaWQYAyABKAkiuwIKF09BdXRoMkNsaWVudENyZWRlbnRpYWxzEhEKCXRva2VuX3VybBgBIAEoCRIRCgljbGllbnRfaWQYAiABKAkSGgoNY2xpZW50X3NlY3JldBgDIAEoCUIDgAEBEg4KBnNjb3BlcxgEIAMoCRIsCgphdXRoX3N0eWxlGAUgASgOMhguY3JlZGJyb2tlci52MS5BdXRoU3R5bGUSUwoPZW5kcG9pbnRfcGFyYW1zGAYgAygLMjouY3JlZGJyb2tlci52MS5PQXV0aDJDbGllbnRDcmVkZW50aWFscy5FbmRwb2ludFBhcmFtc0VudHJ5EhQKDGFwaV9iYXNlX3VybBgHIAEoCRo1ChNFbmRwb2ludFBhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEioAMKF09BdXRoMkF1dGhvcml6YXRpb25Db2RlEhkKEWF1dGhvcml6YXRpb25fdXJsGAEgASgJEhEKCXRva2VuX3VybBgCIAEoCRIRCgljbGllbnRfaWQYAyABKAkSGgoNY2xpZW50X3NlY3JldBgEIAEoCUIDgAEBEg4KBnNjb3BlcxgFIAMoCRJdChRhdXRob3JpemF0aW9uX3BhcmFtcxgGIAMoCzI/LmNyZWRicm9rZXIudjEuT0F1dGgyQXV0aG9yaXphdGlvbkNvZGUuQXV0aG9yaXphdGlvblBhcmFtc0VudHJ5EiwKCmF1dGhfc3R5bGUYByABKA4yGC5jcmVkYnJva2VyLnYxLkF1dGhTdHlsZRIUCgxhcGlfYmFzZV91cmwYCCABKAkSOQoWZGVmYXVsdF90b2tlbl9saWZldGltZRgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbho6ChhBdXRob3JpemF0aW9uUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKeAwoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRInCgdhY2NvdW50GAIgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50ElYKGWp1bXBjbG91ZF9zZXJ2aWNlX2FjY291bnQYAyABKAsyMS5jcmVkYnJva2VyLnYxLkp1bXBDbG91ZFNlcnZpY2VBY2NvdW50Q3JlZGVudGlhbHNIABJLChlvYXV0aDJfY2xpZW50X2NyZWRlbnRpYWxzGAQgASgLMiYuY3JlZGJyb2tlci52MS5PQXV0aDJDbGllbnRDcmVkZW50aWFsc0gAEkYKEWp1bXBjbG91ZF9hcGlfa2V5GAYgASgLMikuY3JlZGJyb2tlci52MS5KdW1wQ2xvdWRBUElLZXlDcmVkZW50aWFsc0gAEhUKDXZhbGlkYXRlX29ubHkYBSABKAgSNgoSc2VjcmV0X2V4cGlyZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEINCgtjcmVkZW50aWFscyJAChVDcmVhdGVBY2NvdW50UmVzcG9uc2USJwoHYWNjb3VudBgBIAEoCzIWLmNyZWRicm9rZXIudjEuQWNjb3VudCIhChFHZXRBY2NvdW50UmVxdWVzdBIMCgRuYW1lGAEgASgJIj0KEkdldEFjY291bnRSZXNwb25zZRInCgdhY2NvdW50GAEgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50IqEBChNMaXN0QWNjb3VudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEioKBXN0YXRlGAMgASgOMhsuY3JlZGJyb2tlci52MS5BY2NvdW50U3RhdGUSNwoMc3RhdGVfcmVhc29uGAQgASgOMiEuY3JlZGJyb2tlci52MS5BY2NvdW50U3RhdGVSZWFzb24iWQoUTGlzdEFjY291bnRzUmVzcG9uc2USKAoIYWNjb3VudHMYASADKAsyFi5jcmVkYnJva2VyLnYxLkFjY291bnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInAKFFVwZGF0ZUFjY291bnRSZXF1ZXN0EicKB2FjY291bnQYASABKAsyFi5jcmVkYnJva2VyLnYxLkFjY291bnQSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkAKFVVwZGF0ZUFjY291bnRSZXNwb25zZRInCgdhY2NvdW50GAEgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50IiQKFERlbGV0ZUFjY291bnRSZXF1ZXN0EgwKBG5hbWUYASABKAkiFwoVRGVsZXRlQWNjb3VudFJlc3BvbnNlImYKFkFkZEFjY291bnRHcmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglwcmluY2lwYWwYAiABKAkSFAoMaHR0cF9tZXRob2RzGAMgAygJEhUKDXBhdGhfcHJlZml4ZXMYBCADKAkiQgoXQWRkQWNjb3VudEdyYW50UmVzcG9uc2USJwoHYWNjb3VudBgBIAEoCzIWLmNyZWRicm9rZXIudjEuQWNjb3VudCJtChdBZGRBY2NvdW50U2VjcmV0UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKBnNlY3JldBgCIAEoCUIDgAEBEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJWChhBZGRBY2NvdW50U2VjcmV0UmVzcG9uc2USJwoHYWNjb3VudBgBIAEoCzIWLmNyZWRicm9rZXIudjEuQWNjb3VudBIRCglzZWNyZXRfaWQYAiABKAkiPQoaUmVtb3ZlQWNjb3VudFNlY3JldFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIRCglzZWNyZXRfaWQYAiABKAkiRgobUmVtb3ZlQWNjb3VudFNlY3JldFJlc3BvbnNlEicKB2FjY291bnQYASABKAsyFi5jcmVkYnJva2VyLnYxLkFjY291bnQiPAoZUmVtb3ZlQWNjb3VudEdyYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEhEKCXByaW5jaXBhbBgCIAEoCSJFChpSZW1vdmVBY2NvdW50R3JhbnRSZXNwb25zZRInCgdhY2NvdW50GAEgASgLMhYuY3JlZGJyb2tlci52MS5BY2NvdW50KrwBCghQcm92aWRlchIYChRQUk9WSURFUl9VTlNQRUNJRklFRBAAEiYKIlBST1ZJREVSX0pVTVBDTE9VRF9TRVJWSUNFX0FDQ09VTlQQARImCiJQUk9WSURFUl9PQVVUSDJfQ0xJRU5UX0NSRURFTlRJQUxTEAISHgoaUFJPVklERVJfSlVNUENMT1VEX0FQSV9LRVkQAxImCiJQUk9WSURFUl9PQVVUSDJfQVVUSE9SSVpBVElPTl9DT0RFEAQqTQoGUmVnaW9uEhYKElJFR0lPTl9VTlNQRUNJRklFRBAAEg0KCVJFR0lPTl9VUxABEg0KCVJFR0lPTl9FVRACEg0KCVJFR0lPTl9JThADKlMKCUF1dGhTdHlsZRIaChZBVVRIX1NUWUxFX1VOU1BFQ0lGSUVEEAASFQoRQVVUSF9TVFlMRV9IRUFERVIQARITCg9BVVRIX1NUWUxFX0JPRFkQAiqGAQoMQWNjb3VudFN0YXRlEh0KGUFDQ09VTlRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRBQ0NPVU5UX1NUQVRFX0FDVElWRRABEhoKFkFDQ09VTlRfU1RBVEVfREVHUkFERUQQAhIhCh1BQ0NPVU5UX1NUQVRFX05FRURTX0FUVEVOVElPThADKqEDChJBY2NvdW50U3RhdGVSZWFzb24SJAogQUNDT1VOVF9TVEFURV9SRUFTT05fVU5TUEVDSUZJRUQQABItCilBQ0NPVU5UX1NUQVRFX1JFQVNPTl9DUkVERU5USUFMU19SRUpFQ1RFRBABEi0KKUFDQ09VTlRfU1RBVEVfUkVBU09OX1BST1ZJREVSX1VOQVZBSUxBQkxFEAISJQohQUNDT1VOVF9TVEFURV9SRUFTT05fQlJPS0VSX0ZBVUxUEAMSJwojQUNDT1VOVF9TVEFURV9SRUFTT05fU0VDUkVUX0VYUElSRUQQBBIoCiRBQ0NPVU5UX1NUQVRFX1JFQVNPTl9TRUNSRVRfRVhQSVJJTkcQBRIvCitBQ0NPVU5UX1NUQVRFX1JFQVNPTl9JTlRFR1JJVFlfQ0hFQ0tfRkFJTEVEEAYSLAooQUNDT1VOVF9TVEFURV9SRUFTT05fUFJPVklERVJfUkVESVJFQ1RFRBAHEi4KKkFDQ09VTlRfU1RBVEVfUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVWT0tFRBAIMvAGCg5BY2NvdW50U2VydmljZRJaCg1DcmVhdGVBY2NvdW50EiMuY3JlZGJyb2tlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdBokLmNyZWRicm9rZXIudjEuQ3JlYXRlQWNjb3VudFJlc3BvbnNlElEKCkdldEFjY291bnQSIC5jcmVkYnJva2VyLnYxLkdldEFjY291bnRSZXF1ZXN0GiEuY3JlZGJyb2tlci52MS5HZXRBY2NvdW50UmVzcG9uc2USVwoMTGlzdEFjY291bnRzEiIuY3JlZGJyb2tlci52MS5MaXN0QWNjb3VudHNSZXF1ZXN0GiMuY3JlZGJyb2tlci52MS5MaXN0QWNjb3VudHNSZXNwb25zZRJaCg1VcGRhdGVBY2NvdW50EiMuY3JlZGJyb2tlci52MS5VcGRhdGVBY2NvdW50UmVxdWVzdBokLmNyZWRicm9rZXIudjEuVXBkYXRlQWNjb3VudFJlc3BvbnNlEloKDURlbGV0ZUFjY291bnQSIy5jcmVkYnJva2VyLnYxLkRlbGV0ZUFjY291bnRSZXF1ZXN0GiQuY3JlZGJyb2tlci52MS5EZWxldGVBY2NvdW50UmVzcG9uc2USYAoPQWRkQWNjb3VudEdyYW50EiUuY3JlZGJyb2tlci52MS5BZGRBY2NvdW50R3JhbnRSZXF1ZXN0GiYuY3JlZGJyb2tlci52MS5BZGRBY2NvdW50R3JhbnRSZXNwb25zZRJjChBBZGRBY2NvdW50U2VjcmV0EiYuY3JlZGJyb2tlci52MS5BZGRBY2NvdW50U2VjcmV0UmVxdWVzdBonLmNyZWRicm9rZXIudjEuQWRkQWNjb3VudFNlY3JldFJlc3BvbnNlEmwKE1JlbW92ZUFjY291bnRTZWNyZXQSKS5jcmVkYnJva2VyLnYxLlJlbW92ZUFjY291bnRTZWNyZXRSZXF1ZXN0GiouY3JlZGJyb2tlci52MS5SZW1vdmVBY2NvdW50U2VjcmV0UmVzcG9uc2USaQoSUmVtb3ZlQWNjb3VudEdyYW50EiguY3JlZGJyb2tlci52MS5SZW1vdmVBY2NvdW50R3JhbnRSZXF1ZXN0GikuY3JlZGJyb2tlci52MS5SZW1vdmVBY2NvdW50R3JhbnRSZXNwb25zZUJDWkFnaXRodWIuY29tL2NyZWRicm9rZXIvY3JlZGJyb2tlci9wcm90by9jcmVkYnJva2VyL3YxO2NyZWRicm9rZXJ2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_credbroker_v1_error_reason]);
 
 /**
  * Account is a linked third-party account. It never contains a secret.
@@ -178,6 +178,21 @@ export type Account = Message<"credbroker.v1.Account"> & {
    * @generated from field: google.protobuf.Timestamp credentials_expire_time = 21;
    */
   credentialsExpireTime?: Timestamp | undefined;
+
+  /**
+   * Authorization code only: where its users sign in. Output only.
+   *
+   * @generated from field: string authorization_url = 22;
+   */
+  authorizationUrl: string;
+
+  /**
+   * Authorization code only: extra parameters of the sign-in redirect.
+   * Output only.
+   *
+   * @generated from field: map<string, string> authorization_params = 23;
+   */
+  authorizationParams: { [key: string]: string };
 };
 
 /**
@@ -476,6 +491,90 @@ export const OAuth2ClientCredentialsSchema: GenMessage<OAuth2ClientCredentials> 
   messageDesc(file_credbroker_v1_account, 6);
 
 /**
+ * OAuth2AuthorizationCode describes a provider that signs its users in by
+ * redirect (authorization code with PKCE S256) and issues refresh tokens,
+ * and the app the broker is registered as there. Such accounts are linked
+ * in the Hub, where the admin (or whoever holds a connect link) signs in
+ * at the provider; the redirect URI to register with the provider is the
+ * Hub's address (--public-url) followed by /oauth2/callback.
+ *
+ * @generated from message credbroker.v1.OAuth2AuthorizationCode
+ */
+export type OAuth2AuthorizationCode = Message<"credbroker.v1.OAuth2AuthorizationCode"> & {
+  /**
+   * Required: the provider's authorization (sign-in) endpoint. https, or
+   * http on a loopback host.
+   *
+   * @generated from field: string authorization_url = 1;
+   */
+  authorizationUrl: string;
+
+  /**
+   * Required: its token endpoint. https, or http on a loopback host.
+   *
+   * @generated from field: string token_url = 2;
+   */
+  tokenUrl: string;
+
+  /**
+   * Required.
+   *
+   * @generated from field: string client_id = 3;
+   */
+  clientId: string;
+
+  /**
+   * Required. Input only: never returned, logged or stored unencrypted.
+   *
+   * @generated from field: string client_secret = 4;
+   */
+  clientSecret: string;
+
+  /**
+   * @generated from field: repeated string scopes = 5;
+   */
+  scopes: string[];
+
+  /**
+   * Extra parameters of the sign-in redirect (e.g. "access_type":
+   * "offline", "prompt": "consent"). Must not include the ones the broker
+   * sets: response_type, client_id, redirect_uri, scope, state,
+   * code_challenge, code_challenge_method.
+   *
+   * @generated from field: map<string, string> authorization_params = 6;
+   */
+  authorizationParams: { [key: string]: string };
+
+  /**
+   * @generated from field: credbroker.v1.AuthStyle auth_style = 7;
+   */
+  authStyle: AuthStyle;
+
+  /**
+   * Optional. Returned to callers with their tokens, and where the egress
+   * proxy forwards the account's calls. https, or http on a loopback host.
+   *
+   * @generated from field: string api_base_url = 8;
+   */
+  apiBaseUrl: string;
+
+  /**
+   * Optional: the lifetime of access tokens whose answer has no
+   * expires_in. Unset, such answers are refused.
+   *
+   * @generated from field: google.protobuf.Duration default_token_lifetime = 9;
+   */
+  defaultTokenLifetime?: Duration | undefined;
+};
+
+/**
+ * Describes the message credbroker.v1.OAuth2AuthorizationCode.
+ * Use `create(OAuth2AuthorizationCodeSchema)` to create a new message.
+ */
+export const OAuth2AuthorizationCodeSchema: GenMessage<OAuth2AuthorizationCode> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_account, 7);
+
+/**
  * @generated from message credbroker.v1.CreateAccountRequest
  */
 export type CreateAccountRequest = Message<"credbroker.v1.CreateAccountRequest"> & {
@@ -540,7 +639,7 @@ export type CreateAccountRequest = Message<"credbroker.v1.CreateAccountRequest">
  * Use `create(CreateAccountRequestSchema)` to create a new message.
  */
 export const CreateAccountRequestSchema: GenMessage<CreateAccountRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 7);
+  messageDesc(file_credbroker_v1_account, 8);
 
 /**
  * @generated from message credbroker.v1.CreateAccountResponse
@@ -557,7 +656,7 @@ export type CreateAccountResponse = Message<"credbroker.v1.CreateAccountResponse
  * Use `create(CreateAccountResponseSchema)` to create a new message.
  */
 export const CreateAccountResponseSchema: GenMessage<CreateAccountResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 8);
+  messageDesc(file_credbroker_v1_account, 9);
 
 /**
  * @generated from message credbroker.v1.GetAccountRequest
@@ -576,7 +675,7 @@ export type GetAccountRequest = Message<"credbroker.v1.GetAccountRequest"> & {
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 9);
+  messageDesc(file_credbroker_v1_account, 10);
 
 /**
  * @generated from message credbroker.v1.GetAccountResponse
@@ -593,7 +692,7 @@ export type GetAccountResponse = Message<"credbroker.v1.GetAccountResponse"> & {
  * Use `create(GetAccountResponseSchema)` to create a new message.
  */
 export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 10);
+  messageDesc(file_credbroker_v1_account, 11);
 
 /**
  * @generated from message credbroker.v1.ListAccountsRequest
@@ -634,7 +733,7 @@ export type ListAccountsRequest = Message<"credbroker.v1.ListAccountsRequest"> &
  * Use `create(ListAccountsRequestSchema)` to create a new message.
  */
 export const ListAccountsRequestSchema: GenMessage<ListAccountsRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 11);
+  messageDesc(file_credbroker_v1_account, 12);
 
 /**
  * @generated from message credbroker.v1.ListAccountsResponse
@@ -658,7 +757,7 @@ export type ListAccountsResponse = Message<"credbroker.v1.ListAccountsResponse">
  * Use `create(ListAccountsResponseSchema)` to create a new message.
  */
 export const ListAccountsResponseSchema: GenMessage<ListAccountsResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 12);
+  messageDesc(file_credbroker_v1_account, 13);
 
 /**
  * @generated from message credbroker.v1.UpdateAccountRequest
@@ -685,7 +784,7 @@ export type UpdateAccountRequest = Message<"credbroker.v1.UpdateAccountRequest">
  * Use `create(UpdateAccountRequestSchema)` to create a new message.
  */
 export const UpdateAccountRequestSchema: GenMessage<UpdateAccountRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 13);
+  messageDesc(file_credbroker_v1_account, 14);
 
 /**
  * @generated from message credbroker.v1.UpdateAccountResponse
@@ -702,7 +801,7 @@ export type UpdateAccountResponse = Message<"credbroker.v1.UpdateAccountResponse
  * Use `create(UpdateAccountResponseSchema)` to create a new message.
  */
 export const UpdateAccountResponseSchema: GenMessage<UpdateAccountResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 14);
+  messageDesc(file_credbroker_v1_account, 15);
 
 /**
  * @generated from message credbroker.v1.DeleteAccountRequest
@@ -721,7 +820,7 @@ export type DeleteAccountRequest = Message<"credbroker.v1.DeleteAccountRequest">
  * Use `create(DeleteAccountRequestSchema)` to create a new message.
  */
 export const DeleteAccountRequestSchema: GenMessage<DeleteAccountRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 15);
+  messageDesc(file_credbroker_v1_account, 16);
 
 /**
  * @generated from message credbroker.v1.DeleteAccountResponse
@@ -734,7 +833,7 @@ export type DeleteAccountResponse = Message<"credbroker.v1.DeleteAccountResponse
  * Use `create(DeleteAccountResponseSchema)` to create a new message.
  */
 export const DeleteAccountResponseSchema: GenMessage<DeleteAccountResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 16);
+  messageDesc(file_credbroker_v1_account, 17);
 
 /**
  * @generated from message credbroker.v1.AddAccountGrantRequest
@@ -781,7 +880,7 @@ export type AddAccountGrantRequest = Message<"credbroker.v1.AddAccountGrantReque
  * Use `create(AddAccountGrantRequestSchema)` to create a new message.
  */
 export const AddAccountGrantRequestSchema: GenMessage<AddAccountGrantRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 17);
+  messageDesc(file_credbroker_v1_account, 18);
 
 /**
  * @generated from message credbroker.v1.AddAccountGrantResponse
@@ -798,7 +897,7 @@ export type AddAccountGrantResponse = Message<"credbroker.v1.AddAccountGrantResp
  * Use `create(AddAccountGrantResponseSchema)` to create a new message.
  */
 export const AddAccountGrantResponseSchema: GenMessage<AddAccountGrantResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 18);
+  messageDesc(file_credbroker_v1_account, 19);
 
 /**
  * @generated from message credbroker.v1.AddAccountSecretRequest
@@ -832,7 +931,7 @@ export type AddAccountSecretRequest = Message<"credbroker.v1.AddAccountSecretReq
  * Use `create(AddAccountSecretRequestSchema)` to create a new message.
  */
 export const AddAccountSecretRequestSchema: GenMessage<AddAccountSecretRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 19);
+  messageDesc(file_credbroker_v1_account, 20);
 
 /**
  * @generated from message credbroker.v1.AddAccountSecretResponse
@@ -856,7 +955,7 @@ export type AddAccountSecretResponse = Message<"credbroker.v1.AddAccountSecretRe
  * Use `create(AddAccountSecretResponseSchema)` to create a new message.
  */
 export const AddAccountSecretResponseSchema: GenMessage<AddAccountSecretResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 20);
+  messageDesc(file_credbroker_v1_account, 21);
 
 /**
  * @generated from message credbroker.v1.RemoveAccountSecretRequest
@@ -882,7 +981,7 @@ export type RemoveAccountSecretRequest = Message<"credbroker.v1.RemoveAccountSec
  * Use `create(RemoveAccountSecretRequestSchema)` to create a new message.
  */
 export const RemoveAccountSecretRequestSchema: GenMessage<RemoveAccountSecretRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 21);
+  messageDesc(file_credbroker_v1_account, 22);
 
 /**
  * @generated from message credbroker.v1.RemoveAccountSecretResponse
@@ -899,7 +998,7 @@ export type RemoveAccountSecretResponse = Message<"credbroker.v1.RemoveAccountSe
  * Use `create(RemoveAccountSecretResponseSchema)` to create a new message.
  */
 export const RemoveAccountSecretResponseSchema: GenMessage<RemoveAccountSecretResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 22);
+  messageDesc(file_credbroker_v1_account, 23);
 
 /**
  * @generated from message credbroker.v1.RemoveAccountGrantRequest
@@ -923,7 +1022,7 @@ export type RemoveAccountGrantRequest = Message<"credbroker.v1.RemoveAccountGran
  * Use `create(RemoveAccountGrantRequestSchema)` to create a new message.
  */
 export const RemoveAccountGrantRequestSchema: GenMessage<RemoveAccountGrantRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 23);
+  messageDesc(file_credbroker_v1_account, 24);
 
 /**
  * @generated from message credbroker.v1.RemoveAccountGrantResponse
@@ -940,7 +1039,7 @@ export type RemoveAccountGrantResponse = Message<"credbroker.v1.RemoveAccountGra
  * Use `create(RemoveAccountGrantResponseSchema)` to create a new message.
  */
 export const RemoveAccountGrantResponseSchema: GenMessage<RemoveAccountGrantResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_account, 24);
+  messageDesc(file_credbroker_v1_account, 25);
 
 /**
  * Provider is the kind of credential an account holds.
@@ -976,6 +1075,18 @@ export enum Provider {
    * @generated from enum value: PROVIDER_JUMPCLOUD_API_KEY = 3;
    */
   JUMPCLOUD_API_KEY = 3,
+
+  /**
+   * Any OAuth 2.0 provider that signs its users in by redirect
+   * (authorization code with PKCE) and issues refresh tokens. Linked in
+   * the Hub (the admin, or whoever holds a connect link, signs in at the
+   * provider), not with CreateAccount. The broker keeps the refresh token
+   * sealed and refreshes with it; a refresh token the provider rotates is
+   * stored before the new access token is served.
+   *
+   * @generated from enum value: PROVIDER_OAUTH2_AUTHORIZATION_CODE = 4;
+   */
+  OAUTH2_AUTHORIZATION_CODE = 4,
 }
 
 /**
@@ -1175,6 +1286,16 @@ export enum AccountStateReason {
    * @generated from enum value: ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED = 7;
    */
   PROVIDER_REDIRECTED = 7,
+
+  /**
+   * NEEDS_ATTENTION: the provider refused the account's refresh token
+   * (invalid_grant: revoked, expired, or reused after a rotation), and the
+   * stored one is the one refused. Reconnect the account in the Hub: it
+   * keeps its name and grants.
+   *
+   * @generated from enum value: ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED = 8;
+   */
+  REFRESH_TOKEN_REVOKED = 8,
 }
 
 /**

@@ -1,0 +1,277 @@
+package server_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/oauthfake"
+)
+
+const (
+	appID       = "example-app"
+	appSecret   = "canary-APP-SECRET-9e41d2"
+	appUser     = "ada"
+	appPassword = "canary-USER-PASSWORD-51c0"
+)
+
+// provider is a fake OAuth 2.0 provider that signs users in by redirect.
+type oauthProvider struct {
+	*oauthfake.Fake
+	url string
+}
+
+func startOAuthProvider(t *testing.T) oauthProvider {
+	t.Helper()
+	f := oauthfake.New(appID, appSecret, appUser, appPassword)
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	return oauthProvider{Fake: f, url: srv.URL}
+}
+
+// signInForm is the Hub's form for an authorization-code account at p.
+func (p oauthProvider) signInForm(id string) url.Values {
+	return url.Values{
+		"kind": {"oauth2-code"}, "account_id": {id}, "authorization_url": {p.url + oauthfake.AuthorizePath}, "token_url": {p.url + oauthfake.TokenPath},
+		"client_id": {appID}, "client_secret": {appSecret}, "scopes": {"read offline_access"}, "authorization_params": {"prompt=consent"},
+		"api_base_url": {p.url + oauthfake.APIPath},
+	}
+}
+
+// signIn plays the user at the provider's sign-in page that location (the
+// Hub's redirect) leads to, and returns where the provider sends the
+// browser back.
+func (p oauthProvider) signIn(t *testing.T, location, decision string) string {
+	t.Helper()
+	u, err := url.Parse(location)
+	if err != nil || !strings.HasPrefix(location, p.url+oauthfake.AuthorizePath) {
+		t.Fatalf("the Hub sent the browser to %q", location)
+	}
+	form := u.Query()
+	form.Set("username", appUser)
+	form.Set("password", appPassword)
+	form.Set("decision", decision)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.PostForm(p.url+oauthfake.AuthorizePath, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("the provider's sign-in: %d", resp.StatusCode)
+	}
+	return resp.Header.Get("Location")
+}
+
+// startSignIn sends the Hub's form for account id and returns where the
+// browser is sent, and the cookie that binds the sign-in to it.
+func (h *hubClient) startSignIn(p oauthProvider, form url.Values) (string, *http.Cookie) {
+	h.t.Helper()
+	resp, body := h.do("POST", "/accounts/new", h.form("/accounts/new?kind=oauth2-code", form), nil)
+	if resp.StatusCode != http.StatusSeeOther {
+		h.t.Fatalf("starting a sign-in: %d\n%s", resp.StatusCode, body)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == "credbroker_signin" {
+			return resp.Header.Get("Location"), c
+		}
+	}
+	h.t.Fatal("no sign-in cookie")
+	return "", nil
+}
+
+// callback brings the browser back to the Hub from the provider, with the
+// sign-in cookie if given.
+func (h *hubClient) callback(location string, cookie *http.Cookie) (*http.Response, string) {
+	h.t.Helper()
+	path := strings.TrimPrefix(location, h.base)
+	if path == location {
+		h.t.Fatalf("the provider sent the browser to %q, not to the Hub", location)
+	}
+	header := map[string]string{}
+	if cookie != nil {
+		header["Cookie"] = cookie.Name + "=" + cookie.Value
+	}
+	return h.do("GET", path, nil, header)
+}
+
+// linkByRedirect links account id at p through the Hub, as an admin.
+func linkByRedirect(t *testing.T, b *broker, h *hubClient, p oauthProvider, id string) {
+	t.Helper()
+	location, cookie := h.startSignIn(p, p.signInForm(id))
+	if resp, body := h.callback(p.signIn(t, location, "allow"), cookie); resp.StatusCode != http.StatusOK || !strings.Contains(body, "is linked") {
+		t.Fatalf("the callback: %d\n%s", resp.StatusCode, body)
+	}
+}
+
+// Linking an account whose users sign in by redirect: the Hub checks the
+// settings first (a problem next to its field), sends the browser to the
+// provider with a state and an S256 PKCE challenge, and on the way back
+// links the account only for the browser that started, once; a denial,
+// an unknown state and a replayed callback end on a page that says so and
+// store nothing. The account's token is then served like any other.
+func TestSignInByRedirect(t *testing.T) {
+	ctx := context.Background()
+	p := startOAuthProvider(t)
+	b := startBroker(t)
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+
+	if _, body := h.do("GET", "/accounts/new?kind=oauth2-code", nil, nil); !strings.Contains(body, b.hubURL+"/oauth2/callback") {
+		t.Fatalf("the form does not give the redirect URI:\n%s", body)
+	}
+	bad := p.signInForm("example")
+	bad.Set("authorization_url", "ftp://example.com/authorize")
+	bad.Set("authorization_params", "state=mine")
+	body := h.post("/accounts/new?kind=oauth2-code", "/accounts/new", bad, http.StatusBadRequest, "")
+	if fieldError(body, "authorization_url") == "" || strings.Contains(body, appSecret) {
+		t.Fatalf("a malformed authorization URL:\n%s", body)
+	}
+	bad.Set("authorization_url", p.url+oauthfake.AuthorizePath)
+	if body = h.post("/accounts/new?kind=oauth2-code", "/accounts/new", bad, http.StatusBadRequest, ""); !strings.Contains(fieldError(body, "authorization_params"), "set by the broker") {
+		t.Fatalf("a reserved sign-in parameter:\n%s", body)
+	}
+
+	location, cookie := h.startSignIn(p, p.signInForm("example"))
+	q, _ := url.Parse(location)
+	if q.Query().Get("code_challenge_method") != "S256" || q.Query().Get("code_challenge") == "" || q.Query().Get("state") == "" ||
+		q.Query().Get("redirect_uri") != b.hubURL+"/oauth2/callback" || q.Query().Get("prompt") != "consent" {
+		t.Fatalf("the sign-in redirect: %s", location)
+	}
+	if cookie.SameSite != http.SameSiteLaxMode || !cookie.HttpOnly {
+		t.Fatalf("the sign-in cookie: %+v", cookie)
+	}
+	back := p.signIn(t, location, "allow")
+	if resp, body := h.callback(back, nil); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "another browser") {
+		t.Fatalf("the callback without the browser's cookie: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, body := h.callback(back, cookie); resp.StatusCode != http.StatusOK || !strings.Contains(body, "is linked") {
+		t.Fatalf("the callback: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, body := h.callback(back, cookie); resp.StatusCode != http.StatusNotFound || !strings.Contains(body, "finished already") {
+		t.Fatalf("a replayed callback: %d\n%s", resp.StatusCode, body)
+	}
+	got, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/example"})
+	if err != nil || got.GetAccount().GetProvider() != credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE || got.GetAccount().GetAuthorizationUrl() != p.url+oauthfake.AuthorizePath {
+		t.Fatalf("the account linked by sign-in: %v %v", got, err)
+	}
+	b.grant(t, "example", svcPrincipal)
+	if tok := b.token(t, "example"); !strings.HasPrefix(tok.GetAccessToken(), "fake-access-") || tok.GetApiBaseUrl() != p.url+oauthfake.APIPath {
+		t.Fatalf("the token of the account linked by sign-in: %v", tok)
+	}
+
+	location, cookie = h.startSignIn(p, p.signInForm("denied"))
+	if resp, body := h.callback(p.signIn(t, location, "deny"), cookie); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "access_denied") {
+		t.Fatalf("a denied sign-in: %d\n%s", resp.StatusCode, body)
+	}
+	if resp, body := h.do("GET", "/oauth2/callback?state=bogus&code=x", nil, nil); resp.StatusCode != http.StatusNotFound || !strings.Contains(body, "unknown") {
+		t.Fatalf("an unknown state: %d\n%s", resp.StatusCode, body)
+	}
+	if _, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/denied"}); err == nil {
+		t.Fatal("a denied sign-in linked its account")
+	}
+	canaries := map[string]string{"client secret": appSecret, "user's password": appPassword, "admin key": b.keys.admin}
+	for i, rt := range p.RefreshTokens() {
+		canaries["refresh token "+string(rune('a'+i))] = rt
+	}
+	h.noCanaries(b.logs.String(), 10, "example", canaries)
+}
+
+// Refreshing an account whose users sign in by redirect: 200 callers of an
+// expired token make one refresh; the rotated refresh token is the one
+// used next (the provider revokes a reused one, so every later refresh
+// proves it); an answer without a refresh token keeps the stored one; a
+// revoked refresh token makes the account NEEDS_ATTENTION with reason
+// REFRESH_TOKEN_REVOKED after one request, not a retry loop; Reconnect
+// gives it new tokens and keeps its grants.
+func TestRefreshTokens(t *testing.T) {
+	ctx := context.Background()
+	p := startOAuthProvider(t)
+	p.SetTokenTTL(12*time.Second, false) // served for 2 s: 10 s is the margin
+	p.SetRotation(true, 0)               // a rotated token used again revokes the family
+	cfg, fake, logs := newConfig(t)
+	cfg.Tokens.ScanInterval = time.Hour // callers, not the refresher, find the tokens expired
+	b := startWith(t, cfg, fake, logs)
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+	linkByRedirect(t, b, h, p, "example")
+	b.grant(t, "example", svcPrincipal)
+
+	expireAndGet := func(callers int) {
+		t.Helper()
+		time.Sleep(2100 * time.Millisecond)
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
+		for range callers {
+			wg.Go(func() {
+				_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("GetToken: %v", err)
+			}
+		}
+	}
+	before := p.Refreshes()
+	expireAndGet(200)
+	if n := p.Refreshes() - before; n != 1 {
+		t.Fatalf("%d refreshes for 200 callers of an expired token; want 1", n)
+	}
+	expireAndGet(1) // with the rotated refresh token, or the provider would revoke them all
+	p.OmitRefreshToken(true)
+	expireAndGet(1)
+	p.OmitRefreshToken(false)
+	expireAndGet(1) // the stored one still stands
+	if n := p.Refreshes() - before; n != 4 {
+		t.Fatalf("%d refreshes; want 4", n)
+	}
+
+	p.RevokeAll()
+	time.Sleep(2100 * time.Millisecond)
+	before = p.Refreshes()
+	for range 3 {
+		_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
+		wantCode(t, err, codes.FailedPrecondition, credbrokerv1.ErrorReason_REFRESH_TOKEN_REVOKED.String())
+	}
+	if n := p.Refreshes() - before; n != 1 {
+		t.Fatalf("%d refreshes with a revoked refresh token; want 1", n)
+	}
+	got, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/example"})
+	if err != nil || got.GetAccount().GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_NEEDS_ATTENTION ||
+		got.GetAccount().GetStateReason() != credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED {
+		t.Fatalf("the account after its refresh token was revoked: %v %v", got, err)
+	}
+
+	resp, _ := h.do("POST", "/accounts/example/reconnect", h.form("/accounts/example", url.Values{}), nil)
+	var cookie *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == "credbroker_signin" {
+			cookie = c
+		}
+	}
+	if resp.StatusCode != http.StatusSeeOther || cookie == nil {
+		t.Fatalf("reconnect: %d", resp.StatusCode)
+	}
+	if resp, body := h.callback(p.signIn(t, resp.Header.Get("Location"), "allow"), cookie); resp.StatusCode != http.StatusOK || !strings.Contains(body, "reconnected") {
+		t.Fatalf("the reconnect's callback: %d\n%s", resp.StatusCode, body)
+	}
+	if tok := b.token(t, "example"); tok.GetAccessToken() == "" {
+		t.Fatal("no token after reconnecting")
+	}
+	got, err = b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/example"})
+	if err != nil || got.GetAccount().GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || len(got.GetAccount().GetGrants()) != 1 {
+		t.Fatalf("the account after reconnecting: %v %v", got, err)
+	}
+}
