@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -91,6 +92,41 @@ func TestConnectLinks(t *testing.T) {
 		t.Fatalf("a tampered link: %d\n%s", r.StatusCode, body)
 	}
 
+	admin := &hubClient{t: t, base: b.hubURL}
+	admin.signIn(b.keys.admin)
+	// One live link an account; an admin can list and revoke them.
+	resp, err = create("initrode", credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = create("initrode", credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY, 0)
+	wantCode(t, err, codes.AlreadyExists, "")
+	live, err := connects.ListConnectSessions(ctx, &credbrokerv1.ListConnectSessionsRequest{})
+	if err != nil || len(live.GetConnectSessions()) != 1 || live.GetConnectSessions()[0].GetName() != resp.GetConnectSession().GetName() {
+		t.Fatalf("the live links: %v %v", live, err)
+	}
+	if _, err := connects.RevokeConnectSession(ctx, &credbrokerv1.RevokeConnectSessionRequest{Name: resp.GetConnectSession().GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	revoked := strings.TrimPrefix(resp.GetUrl(), b.hubURL)
+	// A link is not a way to try credentials: the provider refusing
+	// MaxFailures of its uses revokes it.
+	resp, err = create("initrode", credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT, 0)
+	if err != nil {
+		t.Fatalf("a new link once the old one was revoked: %v", err)
+	}
+	capped := strings.TrimPrefix(resp.GetUrl(), b.hubURL)
+	for i := range 10 {
+		if r, body = admin.do("POST", capped, form(fmt.Sprintf("%s-%d", wrongSecret, i)), nil); r.StatusCode != http.StatusBadRequest {
+			t.Fatalf("wrong secret %d through a link: %d\n%s", i, r.StatusCode, body)
+		}
+	}
+	for _, link := range []string{capped, revoked} {
+		if r, body = admin.do("GET", link, nil, nil); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "revoked") {
+			t.Fatalf("a revoked link: %d\n%s", r.StatusCode, body)
+		}
+	}
+
 	// A link left unused expires.
 	resp, err = create("initech", credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY, time.Minute)
 	if err != nil {
@@ -109,6 +145,22 @@ func TestConnectLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
+	// Guessing links from an address slows that down, and does not lock
+	// out the admins behind the same address.
+	for range 30 {
+		visitor.do("GET", tampered, nil, nil)
+	}
+	if r, _ = visitor.do("GET", tampered, nil, nil); r.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("guessing links: %d", r.StatusCode)
+	}
+	if r, _ = admin.do("GET", "/accounts", nil, nil); r.StatusCode != http.StatusOK {
+		t.Fatalf("an admin's page from the address that guessed links: %d", r.StatusCode)
+	}
+	if _, err := b.accounts.ListAccounts(ctx, &credbrokerv1.ListAccountsRequest{}); err != nil {
+		t.Fatalf("an admin's call from the address that guessed links: %v", err)
+	}
+	guessed := logs.String()
 
 	count := func(account, method, principal string) int {
 		t.Helper()
@@ -131,13 +183,21 @@ func TestConnectLinks(t *testing.T) {
 		{"accounts/globex", credbrokerv1.ConnectService_CreateConnectSession_FullMethodName, "callerKeys/bootstrap-admin", 1},
 		{"accounts/globex", "connect: link an account", "connectSessions/cs-", 2}, // the account linked, the link used up
 		{"accounts/initech", "connect_session_expired", "credbroker", 1},
+		{"accounts/initrode", "connect_session_revoked", "credbroker", 1},
+		{"accounts/initrode", credbrokerv1.ConnectService_RevokeConnectSession_FullMethodName, "callerKeys/bootstrap-admin", 1},
 	} {
 		if n := count(want.account, want.method, want.principal); n != want.n {
 			t.Errorf("%d audit events %q by %s on %s; want %d", n, want.method, want.principal, want.account, want.n)
 		}
 	}
 	visitor.noCanaries(logs.String(), 10, "globex", map[string]string{"client secret": clientSecret, "wrong secret": wrongSecret})
-	for _, link := range []string{path, late} {
+	if r, _ = visitor.do("POST", late, form(clientSecret), map[string]string{"Sec-Fetch-Site": "cross-site"}); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("a link's form sent from another site: %d", r.StatusCode)
+	}
+	if !strings.Contains(logs.String(), "refused a Hub form sent from another site") || len(guessed) == 0 {
+		t.Fatal("no log of the refused form to scan")
+	}
+	for _, link := range []string{path, late, capped, revoked} {
 		if strings.Contains(logs.String(), strings.TrimPrefix(link, "/connect/")) {
 			t.Error("the log holds a connect link")
 		}

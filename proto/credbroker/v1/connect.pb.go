@@ -197,6 +197,167 @@ func (x *CreateConnectSessionRequest) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+type ListConnectSessionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConnectSessionsRequest) Reset() {
+	*x = ListConnectSessionsRequest{}
+	mi := &file_credbroker_v1_connect_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectSessionsRequest) ProtoMessage() {}
+
+func (x *ListConnectSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_connect_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListConnectSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_connect_proto_rawDescGZIP(), []int{2}
+}
+
+type ListConnectSessionsResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ConnectSessions []*ConnectSession      `protobuf:"bytes,1,rep,name=connect_sessions,json=connectSessions,proto3" json:"connect_sessions,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ListConnectSessionsResponse) Reset() {
+	*x = ListConnectSessionsResponse{}
+	mi := &file_credbroker_v1_connect_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConnectSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConnectSessionsResponse) ProtoMessage() {}
+
+func (x *ListConnectSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_connect_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConnectSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListConnectSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_connect_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListConnectSessionsResponse) GetConnectSessions() []*ConnectSession {
+	if x != nil {
+		return x.ConnectSessions
+	}
+	return nil
+}
+
+type RevokeConnectSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "connectSessions/{id}".
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeConnectSessionRequest) Reset() {
+	*x = RevokeConnectSessionRequest{}
+	mi := &file_credbroker_v1_connect_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConnectSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConnectSessionRequest) ProtoMessage() {}
+
+func (x *RevokeConnectSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_connect_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConnectSessionRequest.ProtoReflect.Descriptor instead.
+func (*RevokeConnectSessionRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_connect_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RevokeConnectSessionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeConnectSessionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeConnectSessionResponse) Reset() {
+	*x = RevokeConnectSessionResponse{}
+	mi := &file_credbroker_v1_connect_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConnectSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConnectSessionResponse) ProtoMessage() {}
+
+func (x *RevokeConnectSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_connect_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConnectSessionResponse.ProtoReflect.Descriptor instead.
+func (*RevokeConnectSessionResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_connect_proto_rawDescGZIP(), []int{5}
+}
+
 type CreateConnectSessionResponse struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	ConnectSession *ConnectSession        `protobuf:"bytes,1,opt,name=connect_session,json=connectSession,proto3" json:"connect_session,omitempty"`
@@ -209,7 +370,7 @@ type CreateConnectSessionResponse struct {
 
 func (x *CreateConnectSessionResponse) Reset() {
 	*x = CreateConnectSessionResponse{}
-	mi := &file_credbroker_v1_connect_proto_msgTypes[2]
+	mi := &file_credbroker_v1_connect_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +382,7 @@ func (x *CreateConnectSessionResponse) String() string {
 func (*CreateConnectSessionResponse) ProtoMessage() {}
 
 func (x *CreateConnectSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_connect_proto_msgTypes[2]
+	mi := &file_credbroker_v1_connect_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +395,7 @@ func (x *CreateConnectSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConnectSessionResponse.ProtoReflect.Descriptor instead.
 func (*CreateConnectSessionResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_connect_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_connect_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateConnectSessionResponse) GetConnectSession() *ConnectSession {
@@ -272,12 +433,20 @@ const file_credbroker_v1_connect_proto_rawDesc = "" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x123\n" +
 	"\bprovider\x18\x02 \x01(\x0e2\x17.credbroker.v1.ProviderR\bprovider\x12!\n" +
 	"\fdisplay_name\x18\x03 \x01(\tR\vdisplayName\x12+\n" +
-	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"}\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x1c\n" +
+	"\x1aListConnectSessionsRequest\"g\n" +
+	"\x1bListConnectSessionsResponse\x12H\n" +
+	"\x10connect_sessions\x18\x01 \x03(\v2\x1d.credbroker.v1.ConnectSessionR\x0fconnectSessions\"1\n" +
+	"\x1bRevokeConnectSessionRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x1e\n" +
+	"\x1cRevokeConnectSessionResponse\"}\n" +
 	"\x1cCreateConnectSessionResponse\x12F\n" +
 	"\x0fconnect_session\x18\x01 \x01(\v2\x1d.credbroker.v1.ConnectSessionR\x0econnectSession\x12\x15\n" +
-	"\x03url\x18\x02 \x01(\tB\x03\x80\x01\x01R\x03url2\x81\x01\n" +
+	"\x03url\x18\x02 \x01(\tB\x03\x80\x01\x01R\x03url2\xe0\x02\n" +
 	"\x0eConnectService\x12o\n" +
-	"\x14CreateConnectSession\x12*.credbroker.v1.CreateConnectSessionRequest\x1a+.credbroker.v1.CreateConnectSessionResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x14CreateConnectSession\x12*.credbroker.v1.CreateConnectSessionRequest\x1a+.credbroker.v1.CreateConnectSessionResponse\x12l\n" +
+	"\x13ListConnectSessions\x12).credbroker.v1.ListConnectSessionsRequest\x1a*.credbroker.v1.ListConnectSessionsResponse\x12o\n" +
+	"\x14RevokeConnectSession\x12*.credbroker.v1.RevokeConnectSessionRequest\x1a+.credbroker.v1.RevokeConnectSessionResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_connect_proto_rawDescOnce sync.Once
@@ -291,29 +460,38 @@ func file_credbroker_v1_connect_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_connect_proto_rawDescData
 }
 
-var file_credbroker_v1_connect_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_credbroker_v1_connect_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_credbroker_v1_connect_proto_goTypes = []any{
 	(*ConnectSession)(nil),               // 0: credbroker.v1.ConnectSession
 	(*CreateConnectSessionRequest)(nil),  // 1: credbroker.v1.CreateConnectSessionRequest
-	(*CreateConnectSessionResponse)(nil), // 2: credbroker.v1.CreateConnectSessionResponse
-	(Provider)(0),                        // 3: credbroker.v1.Provider
-	(*timestamppb.Timestamp)(nil),        // 4: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 5: google.protobuf.Duration
+	(*ListConnectSessionsRequest)(nil),   // 2: credbroker.v1.ListConnectSessionsRequest
+	(*ListConnectSessionsResponse)(nil),  // 3: credbroker.v1.ListConnectSessionsResponse
+	(*RevokeConnectSessionRequest)(nil),  // 4: credbroker.v1.RevokeConnectSessionRequest
+	(*RevokeConnectSessionResponse)(nil), // 5: credbroker.v1.RevokeConnectSessionResponse
+	(*CreateConnectSessionResponse)(nil), // 6: credbroker.v1.CreateConnectSessionResponse
+	(Provider)(0),                        // 7: credbroker.v1.Provider
+	(*timestamppb.Timestamp)(nil),        // 8: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 9: google.protobuf.Duration
 }
 var file_credbroker_v1_connect_proto_depIdxs = []int32{
-	3, // 0: credbroker.v1.ConnectSession.provider:type_name -> credbroker.v1.Provider
-	4, // 1: credbroker.v1.ConnectSession.create_time:type_name -> google.protobuf.Timestamp
-	4, // 2: credbroker.v1.ConnectSession.expire_time:type_name -> google.protobuf.Timestamp
-	3, // 3: credbroker.v1.CreateConnectSessionRequest.provider:type_name -> credbroker.v1.Provider
-	5, // 4: credbroker.v1.CreateConnectSessionRequest.ttl:type_name -> google.protobuf.Duration
-	0, // 5: credbroker.v1.CreateConnectSessionResponse.connect_session:type_name -> credbroker.v1.ConnectSession
-	1, // 6: credbroker.v1.ConnectService.CreateConnectSession:input_type -> credbroker.v1.CreateConnectSessionRequest
-	2, // 7: credbroker.v1.ConnectService.CreateConnectSession:output_type -> credbroker.v1.CreateConnectSessionResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7,  // 0: credbroker.v1.ConnectSession.provider:type_name -> credbroker.v1.Provider
+	8,  // 1: credbroker.v1.ConnectSession.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 2: credbroker.v1.ConnectSession.expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 3: credbroker.v1.CreateConnectSessionRequest.provider:type_name -> credbroker.v1.Provider
+	9,  // 4: credbroker.v1.CreateConnectSessionRequest.ttl:type_name -> google.protobuf.Duration
+	0,  // 5: credbroker.v1.ListConnectSessionsResponse.connect_sessions:type_name -> credbroker.v1.ConnectSession
+	0,  // 6: credbroker.v1.CreateConnectSessionResponse.connect_session:type_name -> credbroker.v1.ConnectSession
+	1,  // 7: credbroker.v1.ConnectService.CreateConnectSession:input_type -> credbroker.v1.CreateConnectSessionRequest
+	2,  // 8: credbroker.v1.ConnectService.ListConnectSessions:input_type -> credbroker.v1.ListConnectSessionsRequest
+	4,  // 9: credbroker.v1.ConnectService.RevokeConnectSession:input_type -> credbroker.v1.RevokeConnectSessionRequest
+	6,  // 10: credbroker.v1.ConnectService.CreateConnectSession:output_type -> credbroker.v1.CreateConnectSessionResponse
+	3,  // 11: credbroker.v1.ConnectService.ListConnectSessions:output_type -> credbroker.v1.ListConnectSessionsResponse
+	5,  // 12: credbroker.v1.ConnectService.RevokeConnectSession:output_type -> credbroker.v1.RevokeConnectSessionResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_connect_proto_init() }
@@ -328,7 +506,7 @@ func file_credbroker_v1_connect_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_connect_proto_rawDesc), len(file_credbroker_v1_connect_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

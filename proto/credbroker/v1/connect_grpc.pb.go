@@ -20,6 +20,8 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ConnectService_CreateConnectSession_FullMethodName = "/credbroker.v1.ConnectService/CreateConnectSession"
+	ConnectService_ListConnectSessions_FullMethodName  = "/credbroker.v1.ConnectService/ListConnectSessions"
+	ConnectService_RevokeConnectSession_FullMethodName = "/credbroker.v1.ConnectService/RevokeConnectSession"
 )
 
 // ConnectServiceClient is the client API for ConnectService service.
@@ -51,10 +53,20 @@ type ConnectServiceClient interface {
 	//	INVALID_ARGUMENT: a malformed account_id, an unsupported provider, a
 	//	  ttl out of bounds or a display_name too long (a BadRequest names
 	//	  the field).
-	//	ALREADY_EXISTS: an account with this id exists already.
+	//	ALREADY_EXISTS: an account with this id exists already, or a live
+	//	  link for it (revoke that one first).
 	//	FAILED_PRECONDITION: reason HUB_OFF, the broker serves no Hub, so
 	//	  nobody could open the link.
 	CreateConnectSession(ctx context.Context, in *CreateConnectSessionRequest, opts ...grpc.CallOption) (*CreateConnectSessionResponse, error)
+	// ListConnectSessions lists the links that can still be used (not used,
+	// revoked or expired), soonest to expire first.
+	ListConnectSessions(ctx context.Context, in *ListConnectSessionsRequest, opts ...grpc.CallOption) (*ListConnectSessionsResponse, error)
+	// RevokeConnectSession ends a link at once: opened, it says it was
+	// revoked.
+	//
+	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (no such live
+	// link).
+	RevokeConnectSession(ctx context.Context, in *RevokeConnectSessionRequest, opts ...grpc.CallOption) (*RevokeConnectSessionResponse, error)
 }
 
 type connectServiceClient struct {
@@ -69,6 +81,26 @@ func (c *connectServiceClient) CreateConnectSession(ctx context.Context, in *Cre
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateConnectSessionResponse)
 	err := c.cc.Invoke(ctx, ConnectService_CreateConnectSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *connectServiceClient) ListConnectSessions(ctx context.Context, in *ListConnectSessionsRequest, opts ...grpc.CallOption) (*ListConnectSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConnectSessionsResponse)
+	err := c.cc.Invoke(ctx, ConnectService_ListConnectSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *connectServiceClient) RevokeConnectSession(ctx context.Context, in *RevokeConnectSessionRequest, opts ...grpc.CallOption) (*RevokeConnectSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeConnectSessionResponse)
+	err := c.cc.Invoke(ctx, ConnectService_RevokeConnectSession_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -104,10 +136,20 @@ type ConnectServiceServer interface {
 	//	INVALID_ARGUMENT: a malformed account_id, an unsupported provider, a
 	//	  ttl out of bounds or a display_name too long (a BadRequest names
 	//	  the field).
-	//	ALREADY_EXISTS: an account with this id exists already.
+	//	ALREADY_EXISTS: an account with this id exists already, or a live
+	//	  link for it (revoke that one first).
 	//	FAILED_PRECONDITION: reason HUB_OFF, the broker serves no Hub, so
 	//	  nobody could open the link.
 	CreateConnectSession(context.Context, *CreateConnectSessionRequest) (*CreateConnectSessionResponse, error)
+	// ListConnectSessions lists the links that can still be used (not used,
+	// revoked or expired), soonest to expire first.
+	ListConnectSessions(context.Context, *ListConnectSessionsRequest) (*ListConnectSessionsResponse, error)
+	// RevokeConnectSession ends a link at once: opened, it says it was
+	// revoked.
+	//
+	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (no such live
+	// link).
+	RevokeConnectSession(context.Context, *RevokeConnectSessionRequest) (*RevokeConnectSessionResponse, error)
 	mustEmbedUnimplementedConnectServiceServer()
 }
 
@@ -120,6 +162,12 @@ type UnimplementedConnectServiceServer struct{}
 
 func (UnimplementedConnectServiceServer) CreateConnectSession(context.Context, *CreateConnectSessionRequest) (*CreateConnectSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateConnectSession not implemented")
+}
+func (UnimplementedConnectServiceServer) ListConnectSessions(context.Context, *ListConnectSessionsRequest) (*ListConnectSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConnectSessions not implemented")
+}
+func (UnimplementedConnectServiceServer) RevokeConnectSession(context.Context, *RevokeConnectSessionRequest) (*RevokeConnectSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeConnectSession not implemented")
 }
 func (UnimplementedConnectServiceServer) mustEmbedUnimplementedConnectServiceServer() {}
 func (UnimplementedConnectServiceServer) testEmbeddedByValue()                        {}
@@ -160,6 +208,42 @@ func _ConnectService_CreateConnectSession_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConnectService_ListConnectSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConnectSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConnectServiceServer).ListConnectSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConnectService_ListConnectSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConnectServiceServer).ListConnectSessions(ctx, req.(*ListConnectSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ConnectService_RevokeConnectSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeConnectSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConnectServiceServer).RevokeConnectSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConnectService_RevokeConnectSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConnectServiceServer).RevokeConnectSession(ctx, req.(*RevokeConnectSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConnectService_ServiceDesc is the grpc.ServiceDesc for ConnectService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -170,6 +254,14 @@ var ConnectService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateConnectSession",
 			Handler:    _ConnectService_CreateConnectSession_Handler,
+		},
+		{
+			MethodName: "ListConnectSessions",
+			Handler:    _ConnectService_ListConnectSessions_Handler,
+		},
+		{
+			MethodName: "RevokeConnectSession",
+			Handler:    _ConnectService_RevokeConnectSession_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

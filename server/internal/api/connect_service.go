@@ -33,6 +33,43 @@ var connectKinds = map[credbrokerv1.Provider]provider.Kind{
 var ErrHubOff = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_HUB_OFF,
 	"this broker serves no Hub (--hub-listen off), so nobody could open a connect link")
 
+func (s *connectService) ListConnectSessions(ctx context.Context, _ *credbrokerv1.ListConnectSessionsRequest) (*credbrokerv1.ListConnectSessionsResponse, error) {
+	live, err := s.links.List()
+	if err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	resp := &credbrokerv1.ListConnectSessionsResponse{}
+	for _, l := range live {
+		resp.ConnectSessions = append(resp.ConnectSessions, connectSessionProto(l))
+	}
+	return resp, nil
+}
+
+func (s *connectService) RevokeConnectSession(ctx context.Context, req *credbrokerv1.RevokeConnectSessionRequest) (*credbrokerv1.RevokeConnectSessionResponse, error) {
+	id, err := idFromName("name", req.GetName(), connect.PrincipalPrefix, "{id}")
+	if err != nil {
+		return nil, err
+	}
+	if err := s.links.Revoke(id, gate.CallFrom(ctx).ChangeEvent("", "")); err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	return &credbrokerv1.RevokeConnectSessionResponse{}, nil
+}
+
+// connectSessionProto shows a link, never its secret.
+func connectSessionProto(l connect.Link) *credbrokerv1.ConnectSession {
+	p := credbrokerv1.Provider_PROVIDER_UNSPECIFIED
+	for proto, kind := range connectKinds {
+		if string(kind) == l.Provider {
+			p = proto
+		}
+	}
+	return &credbrokerv1.ConnectSession{
+		Name: l.Name(), AccountId: l.AccountID, Provider: p, DisplayName: l.DisplayName,
+		CreateTime: timestamppb.New(l.CreateTime), ExpireTime: timestamppb.New(l.ExpireTime), Creator: l.Creator,
+	}
+}
+
 func (s *connectService) CreateConnectSession(ctx context.Context, req *credbrokerv1.CreateConnectSessionRequest) (*credbrokerv1.CreateConnectSessionResponse, error) {
 	if err := checkAccountID("account_id", req.GetAccountId()); err != nil {
 		return nil, err
@@ -61,11 +98,5 @@ func (s *connectService) CreateConnectSession(ctx context.Context, req *credbrok
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	return &credbrokerv1.CreateConnectSessionResponse{
-		ConnectSession: &credbrokerv1.ConnectSession{
-			Name: l.Name(), AccountId: l.AccountID, Provider: req.GetProvider(), DisplayName: l.DisplayName,
-			CreateTime: timestamppb.New(l.CreateTime), ExpireTime: timestamppb.New(l.ExpireTime), Creator: l.Creator,
-		},
-		Url: hubURL + "/connect/" + secret,
-	}, nil
+	return &credbrokerv1.CreateConnectSessionResponse{ConnectSession: connectSessionProto(l), Url: hubURL + "/connect/" + secret}, nil
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -73,7 +74,7 @@ type Store interface {
 	Account(id string) (store.Account, error)
 	CreateConnectSession(hash string, c store.ConnectSession, ev store.AuditEvent) error
 	ConnectSession(hash string) (store.ConnectSession, storage.Version, error)
-	UpdateConnectSession(hash string, v storage.Version, c store.ConnectSession, ev store.AuditEvent) error
+	UpdateConnectSession(hash string, v storage.Version, c store.ConnectSession, ev *store.AuditEvent) error
 	ConnectSessions() ([]store.StoredConnectSession, error)
 	DeleteConnectSession(hash string, v storage.Version) error
 }
@@ -124,6 +125,16 @@ func (s *Service) Create(in NewLink, ev store.AuditEvent) (Link, string, error) 
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return Link{}, "", err
 	}
+	live, err := s.List()
+	if err != nil {
+		return Link{}, "", err
+	}
+	for _, l := range live {
+		if l.AccountID == in.AccountID {
+			return Link{}, "", grpcerr.New(codes.AlreadyExists, fmt.Sprintf("a connect link for this account (%s) works until %s: revoke it first",
+				l.Name(), l.ExpireTime.UTC().Format("2006-01-02 15:04 UTC")))
+		}
+	}
 	now := s.now()
 	id := make([]byte, 6)
 	_, _ = rand.Read(id)
@@ -142,14 +153,15 @@ func (s *Service) Create(in NewLink, ev store.AuditEvent) (Link, string, error) 
 	return Link{ConnectSession: c, hash: hash}, secret, nil
 }
 
-// Open returns the link of a secret if it can still be used, or
-// ErrUnknown, a *UsedError or an *ExpiredError.
+// Open returns the link of a secret if it can be used now, or ErrUnknown,
+// a *UsedError, an *ExpiredError, ErrRevoked or ErrInUse.
 func (s *Service) Open(secret string) (Link, error) {
 	if len(secret) != base64.RawURLEncoding.EncodedLen(secretSize) {
 		return Link{}, ErrUnknown
 	}
 	hash := s.hash(secret)
 	c, v, err := s.store.ConnectSession(hash)
+	now := s.now()
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrIntegrity):
 		return Link{}, ErrUnknown
@@ -157,19 +169,115 @@ func (s *Service) Open(secret string) (Link, error) {
 		return Link{}, err
 	case !c.UseTime.IsZero():
 		return Link{}, &UsedError{At: c.UseTime}
-	case !s.now().Before(c.ExpireTime):
+	case !c.RevokeTime.IsZero():
+		return Link{}, ErrRevoked
+	case !now.Before(c.ExpireTime):
 		return Link{}, &ExpiredError{At: c.ExpireTime}
+	case claimed(c, now):
+		return Link{}, ErrInUse
 	}
 	return Link{ConnectSession: c, hash: hash, version: v}, nil
 }
 
-// Used records that link l linked its account. Its account exists now,
-// so a second use of the link fails to create it whether or not this
-// is recorded.
+// claimTTL is how long a use may take (proving the credentials with the
+// provider) before the link counts as free again.
+const claimTTL = 5 * time.Minute
+
+// MaxFailures is how many uses the provider may refuse before the link is
+// revoked: a link is not a way to try credentials.
+const MaxFailures = 10
+
+var (
+	// ErrInUse: another use of the link is under way.
+	ErrInUse = grpcerr.New(codes.FailedPrecondition, "this connect link is being used right now: wait for that to finish")
+	// ErrRevoked: an admin revoked the link, or the provider refused too
+	// many uses of it.
+	ErrRevoked = grpcerr.New(codes.FailedPrecondition, "this connect link was revoked: ask your admin for a new one")
+)
+
+func claimed(c store.ConnectSession, now time.Time) bool {
+	return !c.ClaimTime.IsZero() && now.Sub(c.ClaimTime) < claimTTL
+}
+
+// Claim starts a use of link l: until it is Used or Released, no other
+// use starts and its expiry is not audited as unused.
+func (s *Service) Claim(l Link) (Link, error) {
+	l.ClaimTime = s.now()
+	return l, s.change(&l, nil)
+}
+
+// Release ends a use of claimed link l that linked nothing; rejected: the
+// provider refused the credentials, which counts towards MaxFailures.
+func (s *Service) Release(l Link, rejected bool) error {
+	l.ClaimTime = time.Time{}
+	var ev *store.AuditEvent
+	if rejected {
+		if l.Failures++; l.Failures >= MaxFailures {
+			l.RevokeTime = s.now()
+			e := audit.Own(l.RevokeTime, "connect_session_revoked", "accounts/"+l.AccountID,
+				fmt.Sprintf("connect link %s revoked: the provider refused %d uses of it", l.Name(), l.Failures))
+			ev = &e
+		}
+	}
+	return s.change(&l, ev)
+}
+
+// Used records that claimed link l linked its account.
 func (s *Service) Used(l Link, ev store.AuditEvent) error {
-	l.UseTime = s.now()
+	l.UseTime, l.ClaimTime = s.now(), time.Time{}
 	ev.Resource, ev.Detail = "accounts/"+l.AccountID, "connect link "+l.Name()+" used"
-	return s.store.UpdateConnectSession(l.hash, l.version, l.ConnectSession, ev)
+	return s.change(&l, &ev)
+}
+
+// change stores link l over the version it was read at, with ev if set;
+// ErrInUse if another replica changed it meanwhile.
+func (s *Service) change(l *Link, ev *store.AuditEvent) error {
+	err := s.store.UpdateConnectSession(l.hash, l.version, l.ConnectSession, ev)
+	if errors.Is(err, storage.ErrConflict) {
+		return ErrInUse
+	}
+	if err == nil {
+		if _, v, rerr := s.store.ConnectSession(l.hash); rerr == nil {
+			l.version = v
+		}
+	}
+	return err
+}
+
+// List returns the links that can still be used, soonest to expire first.
+func (s *Service) List() ([]Link, error) {
+	all, err := s.store.ConnectSessions()
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	var live []Link
+	for _, c := range all {
+		if !c.Tampered && c.UseTime.IsZero() && c.RevokeTime.IsZero() && now.Before(c.ExpireTime) {
+			live = append(live, Link{ConnectSession: c.ConnectSession, hash: c.Hash, version: c.Version})
+		}
+	}
+	slices.SortFunc(live, func(a, b Link) int { return a.ExpireTime.Compare(b.ExpireTime) })
+	return live, nil
+}
+
+// ErrNotFound: no live link of that name.
+var ErrNotFound = grpcerr.New(codes.NotFound, "no connect link of this name can be used: it was used, revoked or expired, or never was")
+
+// Revoke ends live link id at once, with ev.
+func (s *Service) Revoke(id string, ev store.AuditEvent) error {
+	live, err := s.List()
+	if err != nil {
+		return err
+	}
+	for _, l := range live {
+		if l.ID == id {
+			l.RevokeTime, l.ClaimTime = s.now(), time.Time{}
+			ev.Resource, ev.Detail = "accounts/"+l.AccountID, "connect link "+l.Name()+" revoked"
+			return s.change(&l, &ev)
+		}
+	}
+	return ErrNotFound
 }
 
 // hash is what a link is stored under.
@@ -210,10 +318,10 @@ func (s *Service) Sweep() error {
 		switch {
 		case c.Tampered, now.After(c.ExpireTime.Add(keep)):
 			err = s.store.DeleteConnectSession(c.Hash, c.Version)
-		case c.UseTime.IsZero() && !c.ExpiryAudited && !now.Before(c.ExpireTime):
+		case c.UseTime.IsZero() && c.RevokeTime.IsZero() && !c.ExpiryAudited && !now.Before(c.ExpireTime) && !claimed(c.ConnectSession, now):
 			c.ExpiryAudited = true
 			ev := audit.Own(now, "connect_session_expired", "accounts/"+c.AccountID, "connect link "+PrincipalPrefix+c.ID+" expired unused")
-			if err = s.store.UpdateConnectSession(c.Hash, c.Version, c.ConnectSession, ev); errors.Is(err, storage.ErrConflict) {
+			if err = s.store.UpdateConnectSession(c.Hash, c.Version, c.ConnectSession, &ev); errors.Is(err, storage.ErrConflict) {
 				err = nil // another replica did it, or the link was used meanwhile
 			}
 		}

@@ -203,6 +203,11 @@ type Call struct {
 	Refused bool
 	// unaudited: refused while the storage was out of reach.
 	unaudited bool
+	// budget names the peer's budget of failed credentials the call draws
+	// on, if not the peer's own ("" ): connect links have one apart, so
+	// that anyone guessing links from an address (a load balancer's, say)
+	// does not lock out the admins behind it.
+	budget string
 	// access is who may make the call.
 	access Access
 }

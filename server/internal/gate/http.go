@@ -54,6 +54,7 @@ func (g *Gate) AuthorizeSession(r *http.Request, method string, a Access, princi
 // be guessed.
 func (g *Gate) AuthorizeLink(r *http.Request, method string, open func() (string, error)) (*Call, error) {
 	c := g.begin(method, r.RemoteAddr, Caller)
+	c.budget = "links:"
 	return c, g.admitAs(c, func() (callers.Identity, error) {
 		principal, err := open()
 		return callers.Identity{Principal: principal}, err

@@ -112,12 +112,12 @@ func peerKey(addr string) string {
 // wait is how long the peer of call c must wait before the broker looks at
 // its credentials again, having refused too many of its calls; 0 if it need not.
 func (r *refusals) wait(c *Call) time.Duration {
-	return r.limiter.Wait(peerKey(c.Peer), c.Time)
+	return r.limiter.Wait(c.budget+peerKey(c.Peer), c.Time)
 }
 
 // charge counts a call that failed authentication against its peer's budget.
 func (r *refusals) charge(c *Call) {
-	r.limiter.Charge(peerKey(c.Peer), c.Time)
+	r.limiter.Charge(c.budget+peerKey(c.Peer), c.Time)
 }
 
 // aloneAllowed reports whether the refused call c of a proven caller may

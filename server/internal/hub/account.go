@@ -60,6 +60,7 @@ var notices = map[string]string{
 	"grant-removed":   "The grant is removed.",
 	"account-deleted": "The account is deleted.",
 	"key-revoked":     "The caller key is revoked.",
+	"link-revoked":    "The connect link is revoked: opened, it says so.",
 }
 
 func (h *Hub) accountPage(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {

@@ -77,7 +77,9 @@ func (h *Hub) accountsPage(w http.ResponseWriter, r *http.Request, s *session, c
 		}
 		list.Next = "/accounts?" + next.Encode()
 	}
-	h.render(w, http.StatusOK, "accounts", signedInPage(s, "Accounts", list))
+	p := signedInPage(s, "Accounts", list)
+	p.Notice = notices[q.Get("done")]
+	h.render(w, http.StatusOK, "accounts", p)
 	return nil
 }
 

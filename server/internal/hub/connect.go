@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -35,12 +36,14 @@ func (h *Hub) openLink(w http.ResponseWriter, r *http.Request, method string) (*
 		h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
 		return nil, nil
 	}
+	c.Resource = "accounts/" + l.AccountID
 	return c, &l
 }
 
 // connectForm is a connect link's form.
 func connectForm(l *connect.Link, secret string) linkForm {
-	return linkForm{Kind: linkKindOf[l.Provider], AccountID: l.AccountID, DisplayName: l.DisplayName, Region: "us", Link: "/connect/" + secret}
+	return linkForm{Kind: linkKindOf[l.Provider], AccountID: l.AccountID, DisplayName: l.DisplayName, Region: "us", Link: "/connect/" + secret,
+		LinkExpires: l.ExpireTime.UTC().Format("2006-01-02 15:04 UTC")}
 }
 
 // connectPage is what whoever opens a connect link sees: the form of its
@@ -66,12 +69,20 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 	if l == nil {
 		return
 	}
+	claimed, err := h.links.Claim(*l)
+	if err != nil {
+		err = h.finish(r, c, err)
+		code, msg := httpStatus(w, err)
+		h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
+		return
+	}
+	l = &claimed
 	f := readLinkForm(r)
 	link := connectForm(l, r.PathValue("secret"))
 	f.Kind, f.AccountID, f.DisplayName, f.Link = link.Kind, link.AccountID, link.DisplayName, link.Link
 	a, err := h.connectAccount(w, r, c, f, func(f linkForm, code int) {
-		if code == http.StatusConflict { // its account exists: the link was used
-			h.render(w, code, "error", page{Title: "This link cannot be used", Message: "This link's account is linked already: each link links one account, once."})
+		if code == http.StatusConflict { // its account exists: linked by an admin meanwhile
+			h.render(w, code, "error", page{Title: "This link cannot be used", Message: "This link's account is linked already: ask your admin."})
 			return
 		}
 		h.render(w, code, "link", page{Title: f.Title(), Data: f})
@@ -81,6 +92,8 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 			h.cfg.Logger.Warn("could not mark a connect link used; its account exists, so it cannot link another", "link", l.Name(), "error", uerr)
 		}
 		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: accountID(a)})
+	} else if rerr := h.links.Release(*l, reasonOf(status.Convert(unrendered(err))) == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String()); rerr != nil {
+		h.cfg.Logger.Warn("could not free a connect link after a failed use; it is free again in a few minutes", "link", l.Name(), "error", rerr)
 	}
 	if ferr := h.finish(r, c, unrendered(err)); ferr != nil && err == nil {
 		h.cfg.Logger.Warn("the audit event of a connect link's use could not be written", "link", l.Name(), "error", ferr)
@@ -95,21 +108,42 @@ func unrendered(err error) error {
 	return err
 }
 
-// linksForm is the admin's "Create a connect link" form, and the link
-// just created (shown once).
+// linksForm is the admin's Connect links page: the live links, the
+// "Create a connect link" form as sent, and the link just created (shown
+// once).
 type linksForm struct {
+	Live                              []liveLink
 	AccountID, Kind, DisplayName, TTL string
 	formErrors
 	Created *createdLink
 }
+
+type liveLink struct{ ID, AccountID, Kind, Creator, Expires string }
 
 type createdLink struct{ URL, AccountID, Expires string }
 
 // linkTTLs are the lifetimes the form offers.
 var linkTTLs = map[string]time.Duration{"30m": 30 * time.Minute, "2h": 2 * time.Hour, "24h": 24 * time.Hour, "168h": 7 * 24 * time.Hour}
 
-func (h *Hub) connectLinksPage(w http.ResponseWriter, _ *http.Request, s *session, _ *gate.Call) error {
-	h.render(w, http.StatusOK, "connect-links", signedInPage(s, "Connect links", linksForm{Kind: "jumpcloud", TTL: "30m"}))
+func (h *Hub) connectLinksPage(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	return h.showLinks(w, r, s, c, http.StatusOK, linksForm{Kind: "jumpcloud", TTL: "30m"})
+}
+
+// showLinks renders the Connect links page with the live links and f.
+func (h *Hub) showLinks(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call, code int, f linksForm) error {
+	resp, err := h.api.Connect.ListConnectSessions(gate.WithCall(r.Context(), c), &credbrokerv1.ListConnectSessionsRequest{})
+	if err != nil {
+		return err
+	}
+	for _, cs := range resp.GetConnectSessions() {
+		f.Live = append(f.Live, liveLink{
+			ID: strings.TrimPrefix(cs.GetName(), connect.PrincipalPrefix), AccountID: cs.GetAccountId(), Kind: kindWords[cs.GetProvider()],
+			Creator: cs.GetCreator(), Expires: when(cs.GetExpireTime()),
+		})
+	}
+	p := signedInPage(s, "Connect links", f)
+	p.Notice = notices[r.URL.Query().Get("done")]
+	h.render(w, code, "connect-links", p)
 	return nil
 }
 
@@ -136,11 +170,21 @@ func (h *Hub) createConnectLink(w http.ResponseWriter, r *http.Request, s *sessi
 			return err
 		}
 		f.formErrors = fe.only("account_id", "kind", "display_name", "ttl")
-		h.render(w, httpCode(err), "connect-links", signedInPage(s, "Connect links", f))
+		if serr := h.showLinks(w, r, s, c, httpCode(err), f); serr != nil {
+			return serr
+		}
 		return rendered{err}
 	}
 	cs := resp.GetConnectSession()
 	created := &createdLink{URL: resp.GetUrl(), AccountID: cs.GetAccountId(), Expires: when(cs.GetExpireTime())}
-	h.render(w, http.StatusOK, "connect-links", signedInPage(s, "Connect links", linksForm{Kind: "jumpcloud", TTL: "30m", Created: created}))
+	return h.showLinks(w, r, s, c, http.StatusOK, linksForm{Kind: "jumpcloud", TTL: "30m", Created: created})
+}
+
+// revokeConnectLink ends a live link.
+func (h *Hub) revokeConnectLink(w http.ResponseWriter, r *http.Request, _ *session, c *gate.Call) error {
+	if _, err := h.api.Connect.RevokeConnectSession(gate.WithCall(r.Context(), c), &credbrokerv1.RevokeConnectSessionRequest{Name: connect.PrincipalPrefix + r.PathValue("id")}); err != nil {
+		return err
+	}
+	done(w, r, "/connect-links", "link-revoked")
 	return nil
 }

@@ -84,6 +84,13 @@ func placeError(err error, fields map[string]place) (fe formErrors, ok bool) {
 			at = p
 		}
 	}
+	if info := infoOf(st); info.GetReason() == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String() {
+		// What the provider said, not the API's advice to callers.
+		msg = "the provider answered HTTP 400/401"
+		if code := info.GetMetadata()["provider_error"]; code != "" {
+			msg = "the provider said: " + strings.TrimSuffix(code+": "+info.GetMetadata()["provider_error_description"], ": ")
+		}
+	}
 	if at.say != "" {
 		msg = at.say + " (" + msg + ")"
 	}
@@ -97,13 +104,16 @@ func placeError(err error, fields map[string]place) (fe formErrors, ok bool) {
 }
 
 // reasonOf is the ErrorInfo reason of st, or "".
-func reasonOf(st *status.Status) string {
+func reasonOf(st *status.Status) string { return infoOf(st).GetReason() }
+
+// infoOf is the ErrorInfo of st, or nil.
+func infoOf(st *status.Status) *errdetails.ErrorInfo {
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.GetReason()
+			return info
 		}
 	}
-	return ""
+	return nil
 }
 
 // invalidField is a form field's error as the API would answer it.

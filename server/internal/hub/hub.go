@@ -47,7 +47,23 @@ import (
 //go:embed templates/*.html static/*
 var files embed.FS
 
-var pages = template.Must(template.New("").Funcs(template.FuncMap{"field": field}).ParseFS(files, "templates/*.html"))
+var pages = template.Must(template.New("").Funcs(template.FuncMap{"field": field, "span": span}).ParseFS(files, "templates/*.html"))
+
+// span says a duration in words: "1 hour", "30 minutes", "7 days".
+func span(d time.Duration) string {
+	for _, u := range []struct {
+		d    time.Duration
+		name string
+	}{{24 * time.Hour, "day"}, {time.Hour, "hour"}, {time.Minute, "minute"}} {
+		if d >= u.d && d%u.d == 0 {
+			if n := int(d / u.d); n != 1 {
+				return fmt.Sprintf("%d %ss", n, u.name)
+			}
+			return "1 " + u.name
+		}
+	}
+	return d.String()
+}
 
 // fieldMsg is a form field's error, as the "ferr" template shows it.
 type fieldMsg struct{ Name, Msg string }
@@ -165,6 +181,7 @@ func New(cfg Config, p Parts, secure bool) *Hub {
 	h.mux.HandleFunc("GET /audit", h.signedIn("hub: audit", h.auditPage))
 	h.mux.HandleFunc("GET /connect-links", h.signedIn("hub: connect links", h.connectLinksPage))
 	h.mux.HandleFunc("POST /connect-links", h.signedIn("hub: create a connect link", h.createConnectLink))
+	h.mux.HandleFunc("POST /connect-links/{id}/revoke", h.signedIn("hub: revoke a connect link", h.revokeConnectLink))
 	h.mux.HandleFunc("POST /accounts/{id}/reconnect", h.signedIn("hub: reconnect", h.reconnect))
 	h.mux.HandleFunc("GET "+signin.CallbackPath, h.callback)
 	h.mux.HandleFunc("GET /connect/{secret}", h.connectPage)
@@ -193,11 +210,20 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodPost && !sameOrigin(r) {
-		h.cfg.Logger.Warn("refused a Hub form sent from another site", "path", r.URL.Path, "peer", r.RemoteAddr)
+		h.cfg.Logger.Warn("refused a Hub form sent from another site", "path", loggedPath(r.URL.Path), "peer", r.RemoteAddr)
 		h.render(w, http.StatusForbidden, "error", page{Title: "Refused", Message: "This form was sent from another site, so it was refused."})
 		return
 	}
 	h.mux.ServeHTTP(w, r)
+}
+
+// loggedPath is a request's path as logs show it: a connect link's secret
+// is left out.
+func loggedPath(p string) string {
+	if strings.HasPrefix(p, "/connect/") {
+		return "/connect/..."
+	}
+	return p
 }
 
 // loopbackHost reports whether a request's Host names a loopback address.
@@ -320,13 +346,13 @@ func (h *Hub) signedIn(method string, fn func(http.ResponseWriter, *http.Request
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := h.gate.Unavailable(); err != nil { // at once, and signed in still
 			code, msg := httpStatus(w, err)
-			h.render(w, code, "error", page{Title: http.StatusText(code), Message: msg})
+			h.render(w, code, "error", page{Title: errorTitle(code), Message: msg})
 			return
 		}
 		s, err := h.session(r)
 		if err != nil {
 			code, msg := httpStatus(w, api.StatusOf(r.Context(), h.cfg.Logger, err))
-			h.render(w, code, "error", page{Title: http.StatusText(code), Message: msg})
+			h.render(w, code, "error", page{Title: errorTitle(code), Message: msg})
 			return
 		}
 		if s == nil {
@@ -365,7 +391,7 @@ func (h *Hub) signedIn(method string, fn func(http.ResponseWriter, *http.Request
 			p = page{}
 		}
 		code, msg := httpStatus(w, err)
-		p.Title, p.Message = http.StatusText(code), msg
+		p.Title, p.Message = errorTitle(code), msg
 		h.render(w, code, "error", p)
 	}
 }
@@ -497,4 +523,21 @@ func httpCode(err error) int {
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
+}
+
+// errorTitle heads the error page of an HTTP status.
+func errorTitle(code int) string {
+	switch code {
+	case http.StatusNotFound:
+		return "Not found"
+	case http.StatusUnauthorized:
+		return "Signed out"
+	case http.StatusTooManyRequests:
+		return "Too many requests"
+	case http.StatusServiceUnavailable:
+		return "Unavailable"
+	case http.StatusInternalServerError:
+		return "Broker error"
+	}
+	return "Not done"
 }

@@ -21,9 +21,9 @@ type linkForm struct {
 	// RedirectURI is the one to register with such a provider.
 	RedirectURI   string
 	SecretExpires string
-	// Link is set on a connect link's form: where it is sent. Its account
-	// id and display name are the link's.
-	Link string
+	// Link is set on a connect link's form: where it is sent, and until
+	// when it works. Its account id and display name are the link's.
+	Link, LinkExpires string
 	formErrors
 }
 
@@ -115,12 +115,17 @@ func (h *Hub) connectAccount(w http.ResponseWriter, r *http.Request, c *gate.Cal
 	if err == nil {
 		return resp.GetAccount(), nil
 	}
-	fe, ok := placeError(err, map[string]place{
+	fields := map[string]place{
 		"secret_expire_time":    {field: "secret_expires"},
 		"CREDENTIALS_REJECTED":  {field: kind.SecretField, say: kind.Rejected},
 		"REGION_NOT_CONFIGURED": {field: "region"},
 		"AlreadyExists":         {field: "account_id"},
-	})
+	}
+	if f.Kind == "oauth2" { // the token endpoint is the admin's to get right
+		fields["PROVIDER_UNAVAILABLE"] = place{field: "token_url", say: "This did not answer as a token endpoint does: check the Token URL."}
+		fields["PROVIDER_REDIRECTED"] = place{field: "token_url", say: "This answered with a redirect: give the token endpoint's own URL."}
+	}
+	fe, ok := placeError(err, fields)
 	if !ok {
 		return nil, err
 	}

@@ -27,6 +27,13 @@ type ConnectSession struct {
 	UseTime time.Time `json:"use_time,omitzero"`
 	// ExpiryAudited: its expiry, unused, is in the audit trail.
 	ExpiryAudited bool `json:"expiry_audited,omitempty"`
+	// ClaimTime is when a use of it began (proving credentials takes a
+	// while); zero when none is under way.
+	ClaimTime time.Time `json:"claim_time,omitzero"`
+	// Failures counts the uses the provider refused; RevokeTime is when an
+	// admin revoked it, or too many refusals did.
+	Failures   int       `json:"failures,omitempty"`
+	RevokeTime time.Time `json:"revoke_time,omitzero"`
 }
 
 func (c *ConnectSession) version() int { return c.Version }
@@ -57,9 +64,9 @@ func (s *Store) ConnectSession(hash string) (ConnectSession, storage.Version, er
 }
 
 // UpdateConnectSession replaces the connect link stored under the hash
-// key if it is still at version v, with audit event ev, or returns
+// key if it is still at version v, with audit event ev if set, or returns
 // storage.ErrConflict (another replica changed it first).
-func (s *Store) UpdateConnectSession(hash string, v storage.Version, c ConnectSession, ev AuditEvent) error {
+func (s *Store) UpdateConnectSession(hash string, v storage.Version, c ConnectSession, ev *AuditEvent) error {
 	c.Version = recordVersion
 	return s.commit(func() (txn, error) {
 		r, err := s.db.Get(ctx, key(connectSessionsBucket, hash))
@@ -71,7 +78,11 @@ func (s *Store) UpdateConnectSession(hash string, v storage.Version, c ConnectSe
 		case r.Version != v:
 			return txn{}, storage.ErrConflict
 		}
-		return ops(conds(storage.VersionIs(key(connectSessionsBucket, hash), v)), s.put(connectSessionsBucket, hash, c), s.appendAudit(ev))
+		bs := []built{s.put(connectSessionsBucket, hash, c)}
+		if ev != nil {
+			bs = append(bs, s.appendAudit(*ev))
+		}
+		return ops(conds(storage.VersionIs(key(connectSessionsBucket, hash), v)), bs...)
 	})
 }
 

@@ -1,9 +1,10 @@
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from credbroker.v1 import account_pb2 as _account_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -44,3 +45,23 @@ class CreateConnectSessionResponse(_message.Message):
     connect_session: ConnectSession
     url: str
     def __init__(self, connect_session: _Optional[_Union[ConnectSession, _Mapping]] = ..., url: _Optional[str] = ...) -> None: ...
+
+class ListConnectSessionsRequest(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
+class ListConnectSessionsResponse(_message.Message):
+    __slots__ = ["connect_sessions"]
+    CONNECT_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    connect_sessions: _containers.RepeatedCompositeFieldContainer[ConnectSession]
+    def __init__(self, connect_sessions: _Optional[_Iterable[_Union[ConnectSession, _Mapping]]] = ...) -> None: ...
+
+class RevokeConnectSessionRequest(_message.Message):
+    __slots__ = ["name"]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeConnectSessionResponse(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...

@@ -34,6 +34,16 @@ class ConnectServiceStub(object):
                 request_serializer=credbroker_dot_v1_dot_connect__pb2.CreateConnectSessionRequest.SerializeToString,
                 response_deserializer=credbroker_dot_v1_dot_connect__pb2.CreateConnectSessionResponse.FromString,
                 )
+        self.ListConnectSessions = channel.unary_unary(
+                '/credbroker.v1.ConnectService/ListConnectSessions',
+                request_serializer=credbroker_dot_v1_dot_connect__pb2.ListConnectSessionsRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_connect__pb2.ListConnectSessionsResponse.FromString,
+                )
+        self.RevokeConnectSession = channel.unary_unary(
+                '/credbroker.v1.ConnectService/RevokeConnectSession',
+                request_serializer=credbroker_dot_v1_dot_connect__pb2.RevokeConnectSessionRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_connect__pb2.RevokeConnectSessionResponse.FromString,
+                )
 
 
 class ConnectServiceServicer(object):
@@ -63,9 +73,29 @@ class ConnectServiceServicer(object):
         INVALID_ARGUMENT: a malformed account_id, an unsupported provider, a
         ttl out of bounds or a display_name too long (a BadRequest names
         the field).
-        ALREADY_EXISTS: an account with this id exists already.
+        ALREADY_EXISTS: an account with this id exists already, or a live
+        link for it (revoke that one first).
         FAILED_PRECONDITION: reason HUB_OFF, the broker serves no Hub, so
         nobody could open the link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnectSessions(self, request, context):
+        """ListConnectSessions lists the links that can still be used (not used,
+        revoked or expired), soonest to expire first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConnectSession(self, request, context):
+        """RevokeConnectSession ends a link at once: opened, it says it was
+        revoked.
+
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (no such live
+        link).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +108,16 @@ def add_ConnectServiceServicer_to_server(servicer, server):
                     servicer.CreateConnectSession,
                     request_deserializer=credbroker_dot_v1_dot_connect__pb2.CreateConnectSessionRequest.FromString,
                     response_serializer=credbroker_dot_v1_dot_connect__pb2.CreateConnectSessionResponse.SerializeToString,
+            ),
+            'ListConnectSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnectSessions,
+                    request_deserializer=credbroker_dot_v1_dot_connect__pb2.ListConnectSessionsRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_connect__pb2.ListConnectSessionsResponse.SerializeToString,
+            ),
+            'RevokeConnectSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConnectSession,
+                    request_deserializer=credbroker_dot_v1_dot_connect__pb2.RevokeConnectSessionRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_connect__pb2.RevokeConnectSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -118,5 +158,39 @@ class ConnectService(object):
         return grpc.experimental.unary_unary(request, target, '/credbroker.v1.ConnectService/CreateConnectSession',
             credbroker_dot_v1_dot_connect__pb2.CreateConnectSessionRequest.SerializeToString,
             credbroker_dot_v1_dot_connect__pb2.CreateConnectSessionResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListConnectSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/credbroker.v1.ConnectService/ListConnectSessions',
+            credbroker_dot_v1_dot_connect__pb2.ListConnectSessionsRequest.SerializeToString,
+            credbroker_dot_v1_dot_connect__pb2.ListConnectSessionsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RevokeConnectSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/credbroker.v1.ConnectService/RevokeConnectSession',
+            credbroker_dot_v1_dot_connect__pb2.RevokeConnectSessionRequest.SerializeToString,
+            credbroker_dot_v1_dot_connect__pb2.RevokeConnectSessionResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file credbroker/v1/connect.proto.
  */
 export const file_credbroker_v1_connect: GenFile = /*@__PURE__*/
-  fileDesc("ChtjcmVkYnJva2VyL3YxL2Nvbm5lY3QucHJvdG8SDWNyZWRicm9rZXIudjEi5gEKDkNvbm5lY3RTZXNzaW9uEgwKBG5hbWUYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIpCghwcm92aWRlchgDIAEoDjIXLmNyZWRicm9rZXIudjEuUHJvdmlkZXISFAoMZGlzcGxheV9uYW1lGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3JlYXRvchgHIAEoCSKaAQobQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSKQoIcHJvdmlkZXIYAiABKA4yFy5jcmVkYnJva2VyLnYxLlByb3ZpZGVyEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iaAocQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXNwb25zZRI2Cg9jb25uZWN0X3Nlc3Npb24YASABKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uEhAKA3VybBgCIAEoCUIDgAEBMoEBCg5Db25uZWN0U2VydmljZRJvChRDcmVhdGVDb25uZWN0U2Vzc2lvbhIqLmNyZWRicm9rZXIudjEuQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0GisuY3JlZGJyb2tlci52MS5DcmVhdGVDb25uZWN0U2Vzc2lvblJlc3BvbnNlQkNaQWdpdGh1Yi5jb20vY3JlZGJyb2tlci9jcmVkYnJva2VyL3Byb3RvL2NyZWRicm9rZXIvdjE7Y3JlZGJyb2tlcnYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_credbroker_v1_account]);
+  fileDesc("ChtjcmVkYnJva2VyL3YxL2Nvbm5lY3QucHJvdG8SDWNyZWRicm9rZXIudjEi5gEKDkNvbm5lY3RTZXNzaW9uEgwKBG5hbWUYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIpCghwcm92aWRlchgDIAEoDjIXLmNyZWRicm9rZXIudjEuUHJvdmlkZXISFAoMZGlzcGxheV9uYW1lGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3JlYXRvchgHIAEoCSKaAQobQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSKQoIcHJvdmlkZXIYAiABKA4yFy5jcmVkYnJva2VyLnYxLlByb3ZpZGVyEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iHAoaTGlzdENvbm5lY3RTZXNzaW9uc1JlcXVlc3QiVgobTGlzdENvbm5lY3RTZXNzaW9uc1Jlc3BvbnNlEjcKEGNvbm5lY3Rfc2Vzc2lvbnMYASADKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uIisKG1Jldm9rZUNvbm5lY3RTZXNzaW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIh4KHFJldm9rZUNvbm5lY3RTZXNzaW9uUmVzcG9uc2UiaAocQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXNwb25zZRI2Cg9jb25uZWN0X3Nlc3Npb24YASABKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uEhAKA3VybBgCIAEoCUIDgAEBMuACCg5Db25uZWN0U2VydmljZRJvChRDcmVhdGVDb25uZWN0U2Vzc2lvbhIqLmNyZWRicm9rZXIudjEuQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0GisuY3JlZGJyb2tlci52MS5DcmVhdGVDb25uZWN0U2Vzc2lvblJlc3BvbnNlEmwKE0xpc3RDb25uZWN0U2Vzc2lvbnMSKS5jcmVkYnJva2VyLnYxLkxpc3RDb25uZWN0U2Vzc2lvbnNSZXF1ZXN0GiouY3JlZGJyb2tlci52MS5MaXN0Q29ubmVjdFNlc3Npb25zUmVzcG9uc2USbwoUUmV2b2tlQ29ubmVjdFNlc3Npb24SKi5jcmVkYnJva2VyLnYxLlJldm9rZUNvbm5lY3RTZXNzaW9uUmVxdWVzdBorLmNyZWRicm9rZXIudjEuUmV2b2tlQ29ubmVjdFNlc3Npb25SZXNwb25zZUJDWkFnaXRodWIuY29tL2NyZWRicm9rZXIvY3JlZGJyb2tlci9wcm90by9jcmVkYnJva2VyL3YxO2NyZWRicm9rZXJ2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_credbroker_v1_account]);
 
 /**
  * ConnectSession is a connect link, never its secret.
@@ -120,6 +120,68 @@ export const CreateConnectSessionRequestSchema: GenMessage<CreateConnectSessionR
   messageDesc(file_credbroker_v1_connect, 1);
 
 /**
+ * @generated from message credbroker.v1.ListConnectSessionsRequest
+ */
+export type ListConnectSessionsRequest = Message<"credbroker.v1.ListConnectSessionsRequest"> & {
+};
+
+/**
+ * Describes the message credbroker.v1.ListConnectSessionsRequest.
+ * Use `create(ListConnectSessionsRequestSchema)` to create a new message.
+ */
+export const ListConnectSessionsRequestSchema: GenMessage<ListConnectSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_connect, 2);
+
+/**
+ * @generated from message credbroker.v1.ListConnectSessionsResponse
+ */
+export type ListConnectSessionsResponse = Message<"credbroker.v1.ListConnectSessionsResponse"> & {
+  /**
+   * @generated from field: repeated credbroker.v1.ConnectSession connect_sessions = 1;
+   */
+  connectSessions: ConnectSession[];
+};
+
+/**
+ * Describes the message credbroker.v1.ListConnectSessionsResponse.
+ * Use `create(ListConnectSessionsResponseSchema)` to create a new message.
+ */
+export const ListConnectSessionsResponseSchema: GenMessage<ListConnectSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_connect, 3);
+
+/**
+ * @generated from message credbroker.v1.RevokeConnectSessionRequest
+ */
+export type RevokeConnectSessionRequest = Message<"credbroker.v1.RevokeConnectSessionRequest"> & {
+  /**
+   * "connectSessions/{id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message credbroker.v1.RevokeConnectSessionRequest.
+ * Use `create(RevokeConnectSessionRequestSchema)` to create a new message.
+ */
+export const RevokeConnectSessionRequestSchema: GenMessage<RevokeConnectSessionRequest> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_connect, 4);
+
+/**
+ * @generated from message credbroker.v1.RevokeConnectSessionResponse
+ */
+export type RevokeConnectSessionResponse = Message<"credbroker.v1.RevokeConnectSessionResponse"> & {
+};
+
+/**
+ * Describes the message credbroker.v1.RevokeConnectSessionResponse.
+ * Use `create(RevokeConnectSessionResponseSchema)` to create a new message.
+ */
+export const RevokeConnectSessionResponseSchema: GenMessage<RevokeConnectSessionResponse> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_connect, 5);
+
+/**
  * @generated from message credbroker.v1.CreateConnectSessionResponse
  */
 export type CreateConnectSessionResponse = Message<"credbroker.v1.CreateConnectSessionResponse"> & {
@@ -142,7 +204,7 @@ export type CreateConnectSessionResponse = Message<"credbroker.v1.CreateConnectS
  * Use `create(CreateConnectSessionResponseSchema)` to create a new message.
  */
 export const CreateConnectSessionResponseSchema: GenMessage<CreateConnectSessionResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_connect, 2);
+  messageDesc(file_credbroker_v1_connect, 6);
 
 /**
  * ConnectService makes connect links: a link an admin hands to whoever
@@ -173,7 +235,8 @@ export const ConnectService: GenService<{
    *   INVALID_ARGUMENT: a malformed account_id, an unsupported provider, a
    *     ttl out of bounds or a display_name too long (a BadRequest names
    *     the field).
-   *   ALREADY_EXISTS: an account with this id exists already.
+   *   ALREADY_EXISTS: an account with this id exists already, or a live
+   *     link for it (revoke that one first).
    *   FAILED_PRECONDITION: reason HUB_OFF, the broker serves no Hub, so
    *     nobody could open the link.
    *
@@ -183,6 +246,31 @@ export const ConnectService: GenService<{
     methodKind: "unary";
     input: typeof CreateConnectSessionRequestSchema;
     output: typeof CreateConnectSessionResponseSchema;
+  },
+  /**
+   * ListConnectSessions lists the links that can still be used (not used,
+   * revoked or expired), soonest to expire first.
+   *
+   * @generated from rpc credbroker.v1.ConnectService.ListConnectSessions
+   */
+  listConnectSessions: {
+    methodKind: "unary";
+    input: typeof ListConnectSessionsRequestSchema;
+    output: typeof ListConnectSessionsResponseSchema;
+  },
+  /**
+   * RevokeConnectSession ends a link at once: opened, it says it was
+   * revoked.
+   *
+   * Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (no such live
+   * link).
+   *
+   * @generated from rpc credbroker.v1.ConnectService.RevokeConnectSession
+   */
+  revokeConnectSession: {
+    methodKind: "unary";
+    input: typeof RevokeConnectSessionRequestSchema;
+    output: typeof RevokeConnectSessionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_credbroker_v1_connect, 0);
