@@ -160,6 +160,9 @@ func startWith(t testing.TB, cfg server.Config, fake *jumpcloudfake.Fake, logs *
 	if cfg.TLSCertFile != "" { // the tests' dev CA signs the server's certificate too
 		b.proxyURL = "https://" + srv.ProxyAddr().String()
 		b.opsURL = "https://" + srv.OpsAddr().String()
+		if a := srv.HubAddr(); a != nil {
+			b.hubURL = "https://" + a.String()
+		}
 		pem, err := os.ReadFile(cfg.ClientCAFile)
 		if err != nil {
 			t.Fatal(err)

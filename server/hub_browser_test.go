@@ -171,6 +171,29 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	capture()
 	admin.screenshot("audit")
+	// An account whose users sign in by redirect: the browser goes to the
+	// provider's sign-in page and back; the confirmation's link opens the
+	// account's page with the (SameSite=Strict) session.
+	p := startOAuthProvider(t)
+	do(chromedp.Navigate(b.hubURL+"/accounts/new?kind=oauth2-code"), chromedp.WaitVisible("#authorization_url"))
+	for field, value := range p.signInForm("example") {
+		if field != "kind" && field != "authorization_params" {
+			do(chromedp.SendKeys("#"+field, value[0]))
+		}
+	}
+	admin.screenshot("link-oauth2-code")
+	do(chromedp.Submit("#client_secret"), chromedp.WaitVisible("#continue"), chromedp.Click("#continue"), chromedp.WaitVisible("#username"),
+		chromedp.SendKeys("#username", appUser), chromedp.SendKeys("#password", appPassword), chromedp.Click("#allow"),
+		chromedp.WaitVisible("#notice"))
+	if linked := text(chromedp.Text("#notice")); !strings.Contains(linked, "example") || !strings.Contains(linked, "linked") {
+		t.Errorf("the sign-in's confirmation: %q", linked)
+	}
+	capture()
+	do(chromedp.Click(`a[href="/accounts/example"]`), chromedp.WaitVisible("#reconnect"))
+	if kind := text(chromedp.Text(".facts")); !strings.Contains(kind, "sign-in by redirect") {
+		t.Errorf("the account linked by sign-in: %q", kind)
+	}
+	capture()
 	// A connect link, made here and used in a second browser context (no
 	// session, no cookies): it shows only its account's form, links it,
 	// and is used up.
@@ -224,7 +247,8 @@ func TestHubInABrowser(t *testing.T) {
 		t.Fatalf("too little to scan: %d pages, %d history entries", len(pages), len(history))
 	}
 	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token,
-		"new secret": newSecret, "new caller key": newKey} {
+		"new secret": newSecret, "new caller key": newKey,
+		"app secret": appSecret, "user's password": appPassword} {
 		if strings.Contains(all, canary) {
 			t.Errorf("a page, URL or history entry holds the %s", name)
 		}

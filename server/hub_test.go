@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server"
+	"github.com/credbroker/credbroker/server/devpki"
 )
 
 // hubClient is a browser-like client of a broker's Hub that follows no
@@ -23,6 +25,8 @@ type hubClient struct {
 	cookie *http.Cookie
 	// pages are the bodies of every answer, for the canary scan.
 	pages []string
+	// tls, if set, is how it connects to a Hub that serves TLS.
+	tls *tls.Config
 }
 
 func (h *hubClient) do(method, path string, form url.Values, header map[string]string) (*http.Response, string) {
@@ -48,6 +52,9 @@ func (h *hubClient) do(method, path string, form url.Values, header map[string]s
 		req.AddCookie(h.cookie)
 	}
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if h.tls != nil {
+		client.Transport = &http.Transport{TLSClientConfig: h.tls}
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		h.t.Fatal(err)
@@ -67,9 +74,15 @@ func (h *hubClient) do(method, path string, form url.Values, header map[string]s
 // signIn signs in with key and keeps the session cookie.
 func (h *hubClient) signIn(key string) (*http.Response, string) {
 	h.t.Helper()
-	resp, body := h.do("POST", "/signin", url.Values{"caller_key": {key}}, nil)
+	return h.signInWith(url.Values{"caller_key": {key}})
+}
+
+// signInWith sends the sign-in form and keeps the session cookie.
+func (h *hubClient) signInWith(form url.Values) (*http.Response, string) {
+	h.t.Helper()
+	resp, body := h.do("POST", "/signin", form, nil)
 	for _, c := range resp.Cookies() {
-		if c.Name == "credbroker_hub" && c.Value != "" {
+		if strings.HasSuffix(c.Name, "credbroker_hub") && c.Value != "" {
 			h.cookie = c
 		}
 	}
@@ -439,5 +452,55 @@ func TestHubLinkFormChecksItsInput(t *testing.T) {
 		if strings.ContainsAny(ev.GetResource(), "\x1b\n") {
 			t.Fatalf("a control character reached the audit trail: %q", ev.GetResource())
 		}
+	}
+}
+
+// An admin whose client certificate's principal is an admin signs in to
+// the Hub with it (served over TLS, the cookie __Host- and Secure); a
+// certificate of a principal that is not admin is refused; the session
+// ends when the principal stops being admin.
+func TestHubSignInWithCertificate(t *testing.T) {
+	ctx := context.Background()
+	cfg, fake, logs := newConfig(t)
+	ca := withTLS(t, &cfg)
+	b := startWith(t, cfg, fake, logs)
+	if _, err := b.callers.AddAdminPrincipal(ctx, &credbrokerv1.AddAdminPrincipalRequest{Principal: "spiffe://test/ops"}); err != nil {
+		t.Fatal(err)
+	}
+	client := func(principal string) *hubClient {
+		cert := clientCert(t, ca, devpki.Identity{URIs: []string{principal}})
+		return &hubClient{t: t, base: b.hubURL, tls: &tls.Config{RootCAs: b.roots, Certificates: []tls.Certificate{*cert}}}
+	}
+	ops := client("spiffe://test/ops")
+	if _, body := ops.do("GET", "/signin", nil, nil); !strings.Contains(body, `id="certificate"`) {
+		t.Fatalf("the sign-in page offers no certificate sign-in:\n%s", body)
+	}
+	resp, body := ops.signInWith(url.Values{"with": {"certificate"}})
+	if resp.StatusCode != http.StatusSeeOther || ops.cookie == nil || ops.cookie.Name != "__Host-credbroker_hub" || !ops.cookie.Secure {
+		t.Fatalf("signing in with an admin's certificate: %d %+v\n%s", resp.StatusCode, ops.cookie, body)
+	}
+	if resp, body := ops.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "spiffe://test/ops") {
+		t.Fatalf("the Accounts page signed in with a certificate: %d\n%s", resp.StatusCode, body)
+	}
+	billing := client("spiffe://test/billing")
+	if resp, body := billing.signInWith(url.Values{"with": {"certificate"}}); resp.StatusCode != http.StatusForbidden || billing.cookie != nil {
+		t.Fatalf("signing in with a caller's certificate: %d\n%s", resp.StatusCode, body)
+	}
+	if _, err := b.callers.RemoveAdminPrincipal(ctx, &credbrokerv1.RemoveAdminPrincipalRequest{Principal: "spiffe://test/ops"}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := ops.do("GET", "/accounts", nil, nil); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a session whose principal is no longer admin: %d", resp.StatusCode)
+	}
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{Principal: "spiffe://test/ops", PageSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signedIn := false
+	for _, ev := range events.GetEvents() {
+		signedIn = signedIn || (ev.GetMethod() == "hub: sign in" && ev.GetCode() == "OK")
+	}
+	if !signedIn {
+		t.Fatalf("no audit event of the certificate sign-in: %v", events.GetEvents())
 	}
 }

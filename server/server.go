@@ -419,7 +419,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, hub.Parts{
 			Gate: gt, API: services, Links: links, SignIn: signin.New(st, keys, mac, prov, acc, now), Store: st, MAC: mac, URL: s.hubURL,
 		}, cfg.TLSCertFile != ""),
-			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}, cfg.Logger)
+			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
 		if err != nil {
 			return nil, err
 		}

@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"context"
+	"html"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -76,12 +78,20 @@ func (p oauthProvider) signIn(t *testing.T, location, decision string) string {
 func (h *hubClient) startSignIn(p oauthProvider, form url.Values) (string, *http.Cookie) {
 	h.t.Helper()
 	resp, body := h.do("POST", "/accounts/new", h.form("/accounts/new?kind=oauth2-code", form), nil)
-	if resp.StatusCode != http.StatusSeeOther {
+	return h.continueSignIn(resp, body)
+}
+
+// continueSignIn is where the page that starts a sign-in sends the
+// browser, and the cookie that binds the sign-in to it.
+func (h *hubClient) continueSignIn(resp *http.Response, body string) (string, *http.Cookie) {
+	h.t.Helper()
+	m := regexp.MustCompile(`id="continue" href="([^"]+)"`).FindStringSubmatch(body)
+	if resp.StatusCode != http.StatusOK || m == nil {
 		h.t.Fatalf("starting a sign-in: %d\n%s", resp.StatusCode, body)
 	}
 	for _, c := range resp.Cookies() {
 		if c.Name == "credbroker_signin" {
-			return resp.Header.Get("Location"), c
+			return html.UnescapeString(m[1]), c
 		}
 	}
 	h.t.Fatal("no sign-in cookie")
@@ -254,17 +264,8 @@ func TestRefreshTokens(t *testing.T) {
 		t.Fatalf("the account after its refresh token was revoked: %v %v", got, err)
 	}
 
-	resp, _ := h.do("POST", "/accounts/example/reconnect", h.form("/accounts/example", url.Values{}), nil)
-	var cookie *http.Cookie
-	for _, c := range resp.Cookies() {
-		if c.Name == "credbroker_signin" {
-			cookie = c
-		}
-	}
-	if resp.StatusCode != http.StatusSeeOther || cookie == nil {
-		t.Fatalf("reconnect: %d", resp.StatusCode)
-	}
-	if resp, body := h.callback(p.signIn(t, resp.Header.Get("Location"), "allow"), cookie); resp.StatusCode != http.StatusOK || !strings.Contains(body, "reconnected") {
+	location, cookie := h.continueSignIn(h.do("POST", "/accounts/example/reconnect", h.form("/accounts/example", url.Values{}), nil))
+	if resp, body := h.callback(p.signIn(t, location, "allow"), cookie); resp.StatusCode != http.StatusOK || !strings.Contains(body, "reconnected") {
 		t.Fatalf("the reconnect's callback: %d\n%s", resp.StatusCode, body)
 	}
 	if tok := b.token(t, "example"); tok.GetAccessToken() == "" {

@@ -280,7 +280,7 @@ func (h *Hub) home(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Hub) signInPage(w http.ResponseWriter, r *http.Request) {
-	h.render(w, http.StatusOK, "signin", page{Title: "Sign in", Data: signInForm{SessionTTL: h.cfg.SessionTTL}})
+	h.render(w, http.StatusOK, "signin", page{Title: "Sign in", Data: h.signInForm(r, "")})
 }
 
 // signInForm is the sign-in page's: how long a session lasts, and what
@@ -288,6 +288,8 @@ func (h *Hub) signInPage(w http.ResponseWriter, r *http.Request) {
 type signInForm struct {
 	SessionTTL time.Duration
 	Error      string
+	// Certificate: the browser presented a client certificate.
+	Certificate bool
 }
 
 // maxForm bounds a form's body.
@@ -298,14 +300,29 @@ func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
 	if !h.parseForm(w, r, nil) {
 		return
 	}
-	key := strings.TrimSpace(r.PostFormValue("caller_key"))
-	if !strings.HasPrefix(key, callerKeyPrefix) {
-		h.render(w, http.StatusBadRequest, "signin", page{Title: "Sign in", Data: signInForm{SessionTTL: h.cfg.SessionTTL,
-			Error: "Enter an admin caller key: it starts with " + callerKeyPrefix + "."}})
+	if r.PostFormValue("with") == "certificate" {
+		// The connection's client certificate, as the API takes it.
+		c, err := h.gate.Authorize(r, "hub: sign in", gate.Admin, noKeyHeader, "")
+		h.startSession(w, r, c, err)
 		return
 	}
-	previous, _ := h.session(r)
+	key := strings.TrimSpace(r.PostFormValue("caller_key"))
+	if !strings.HasPrefix(key, callerKeyPrefix) {
+		h.render(w, http.StatusBadRequest, "signin", page{Title: "Sign in", Data: h.signInForm(r, "Enter an admin caller key: it starts with "+callerKeyPrefix+".")})
+		return
+	}
 	c, err := h.gate.AuthorizeKey(r, "hub: sign in", gate.Admin, key, "")
+	h.startSession(w, r, c, err)
+}
+
+// noKeyHeader is a header no request sends: a call that names it proves
+// itself with its client certificate only.
+const noKeyHeader = "X-Credbroker-No-Key"
+
+// startSession signs in the principal of call c, which the gate admitted
+// (or refused with err): a new session, the browser's earlier one ended.
+func (h *Hub) startSession(w http.ResponseWriter, r *http.Request, c *gate.Call, err error) {
+	previous, _ := h.session(r)
 	if err == nil {
 		var secret string
 		if secret, err = newSecret(); err == nil {
@@ -326,10 +343,16 @@ func (h *Hub) signIn(w http.ResponseWriter, r *http.Request) {
 	}
 	if err = h.finish(r, c, err); err != nil {
 		code, msg := httpStatus(w, err)
-		h.render(w, code, "signin", page{Title: "Sign in", Data: signInForm{SessionTTL: h.cfg.SessionTTL, Error: msg}})
+		h.render(w, code, "signin", page{Title: "Sign in", Data: h.signInForm(r, msg)})
 		return
 	}
 	http.Redirect(w, r, "/accounts", http.StatusSeeOther)
+}
+
+// signInForm is the sign-in page's, with the error of the last try: a
+// browser that presented a client certificate may sign in with it.
+func (h *Hub) signInForm(r *http.Request, problem string) signInForm {
+	return signInForm{SessionTTL: h.cfg.SessionTTL, Error: problem, Certificate: r.TLS != nil && len(r.TLS.PeerCertificates) > 0}
 }
 
 // session is the signed-in session of a request.

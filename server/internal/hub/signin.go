@@ -1,7 +1,9 @@
 package hub
 
 import (
+	"html/template"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -62,9 +64,27 @@ func (h *Hub) beginSignIn(w http.ResponseWriter, r *http.Request, c *gate.Call, 
 		show(f, httpCode(err))
 		return rendered{err}
 	}
-	http.SetCookie(w, h.signInCookie(cookie, int(signin.TTL.Seconds())))
-	http.Redirect(w, r, to, http.StatusSeeOther)
+	h.goSignIn(w, f.AccountID, to, cookie)
 	return nil
+}
+
+// goSignIn sends the browser on to the provider's sign-in page, to, with
+// the cookie that binds the sign-in to it: by a link on a page that names
+// the provider, since the Hub's pages may send forms only to the Hub
+// (form-action 'self' covers the redirects that follow a form).
+func (h *Hub) goSignIn(w http.ResponseWriter, accountID, to, cookie string) {
+	http.SetCookie(w, h.signInCookie(cookie, int(signin.TTL.Seconds())))
+	host := to
+	if u, err := url.Parse(to); err == nil {
+		host = u.Host
+	}
+	h.render(w, http.StatusOK, "signin-go", page{Title: "Sign in at " + host, Data: signInAt{AccountID: accountID, Host: host, URL: template.URL(to)}})
+}
+
+// signInAt is the page that sends the browser to the provider.
+type signInAt struct {
+	AccountID, Host string
+	URL             template.URL
 }
 
 // reconnect signs the account's user in at the provider again, for new
@@ -76,8 +96,7 @@ func (h *Hub) reconnect(w http.ResponseWriter, r *http.Request, s *session, c *g
 	if err != nil {
 		return err
 	}
-	http.SetCookie(w, h.signInCookie(cookie, int(signin.TTL.Seconds())))
-	http.Redirect(w, r, to, http.StatusSeeOther)
+	h.goSignIn(w, id, to, cookie)
 	return nil
 }
 
