@@ -49,28 +49,18 @@ func (p oauthProvider) signInForm(id string) url.Values {
 }
 
 // signIn plays the user at the provider's sign-in page that location (the
-// Hub's redirect) leads to, and returns where the provider sends the
-// browser back.
+// Hub's link) leads to, and returns where the provider sends the browser
+// back.
 func (p oauthProvider) signIn(t *testing.T, location, decision string) string {
 	t.Helper()
-	u, err := url.Parse(location)
-	if err != nil || !strings.HasPrefix(location, p.url+oauthfake.AuthorizePath) {
+	if !strings.HasPrefix(location, p.url+oauthfake.AuthorizePath) {
 		t.Fatalf("the Hub sent the browser to %q", location)
 	}
-	form := u.Query()
-	form.Set("username", appUser)
-	form.Set("password", appPassword)
-	form.Set("decision", decision)
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.PostForm(p.url+oauthfake.AuthorizePath, form)
+	back, err := p.SignIn(location, decision == "deny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusFound {
-		t.Fatalf("the provider's sign-in: %d", resp.StatusCode)
-	}
-	return resp.Header.Get("Location")
+	return back
 }
 
 // startSignIn sends the Hub's form for account id and returns where the

@@ -336,8 +336,8 @@ func createCheckerKey(t *testing.T, adminConn *grpc.ClientConn) string {
 }
 
 type runningBinary struct {
-	cmd             *exec.Cmd
-	addr, proxyAddr string
+	cmd                      *exec.Cmd
+	addr, proxyAddr, hubAddr string
 	// bootstrapKey is the admin key printed on the first start, if any.
 	bootstrapKey string
 	done         chan struct{}
@@ -386,6 +386,9 @@ func startBinaryWithKey(t *testing.T, bin, masterKey string, logs io.Writer, arg
 			var entry struct{ Msg, Addr string }
 			if json.Unmarshal(line, &entry) == nil && entry.Msg == "egress proxy listening" {
 				r.proxyAddr = entry.Addr // logged before the line below
+			}
+			if json.Unmarshal(line, &entry) == nil && entry.Msg == "hub listening" {
+				r.hubAddr = entry.Addr
 			}
 			if json.Unmarshal(line, &entry) == nil && entry.Msg == "credbroker listening" {
 				once.Do(func() { addr <- entry.Addr })

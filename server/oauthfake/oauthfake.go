@@ -14,8 +14,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"html/template"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -51,7 +53,51 @@ type Fake struct {
 	grace         time.Duration
 	omitRefresh   bool // refresh answers carry no refresh_token
 	failRefresh   int  // HTTP status of every refresh answer; 0: normal
+	onRefresh     func(Stage)
 	now           func() time.Time
+}
+
+// Stage is a point of a refresh at which a test may act (kill the broker).
+type Stage int
+
+const (
+	// Received: the request came in; nothing changed yet.
+	Received Stage = iota
+	// Rotated: the refresh token was rotated, and the answer is about to
+	// be written.
+	Rotated
+	// Answered: the answer was written.
+	Answered
+)
+
+// OnRefresh calls fn at each stage of every refresh from now on (with
+// the fake locked: fn must not call it). nil stops.
+func (f *Fake) OnRefresh(fn func(Stage)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.onRefresh = fn
+}
+
+// SignIn plays the user at the sign-in page that location (where the
+// broker sent the browser) shows: it signs in and allows access, or with
+// deny denies it, and returns where the fake sends the browser back.
+func (f *Fake) SignIn(location string, deny bool) (string, error) {
+	u, err := url.Parse(location)
+	if err != nil {
+		return "", err
+	}
+	form := u.Query()
+	form.Set("username", f.user)
+	form.Set("password", f.password)
+	form.Set("decision", map[bool]string{true: "deny", false: "allow"}[deny])
+	r := httptest.NewRequest(http.MethodPost, AuthorizePath, strings.NewReader(form.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	w := httptest.NewRecorder()
+	f.ServeHTTP(w, r)
+	if w.Code != http.StatusFound {
+		return "", fmt.Errorf("the sign-in page answered %d: %s", w.Code, w.Body.String())
+	}
+	return w.Header().Get("Location"), nil
 }
 
 type grant struct {
@@ -248,7 +294,12 @@ func (f *Fake) token(w http.ResponseWriter, r *http.Request) {
 		}
 	case "refresh_token":
 		f.refreshes.Add(1)
+		f.stage(Received)
 		f.refresh(w, r.PostFormValue("refresh_token"))
+		if fl, ok := w.(http.Flusher); ok {
+			fl.Flush()
+		}
+		f.stage(Answered)
 	default:
 		oauthError(w, http.StatusBadRequest, "unsupported_grant_type", "")
 	}
@@ -280,7 +331,15 @@ func (f *Fake) refresh(w http.ResponseWriter, token string) {
 	}
 	next := random()
 	f.refreshTokens[next] = &refreshToken{family: rt.family, scope: rt.scope}
+	f.stage(Rotated)
 	f.answerRefreshing(w, rt.family, rt.scope, next)
+}
+
+// stage tells the test's hook, if any, of a refresh's stage; f.mu is held.
+func (f *Fake) stage(s Stage) {
+	if f.onRefresh != nil {
+		f.onRefresh(s)
+	}
 }
 
 // answer issues a new family's first tokens; f.mu is held.
