@@ -2,15 +2,22 @@ package server_test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // browser starts a headless Chromium (Debian's, which make deps installs)
@@ -252,5 +259,55 @@ func TestHubInABrowser(t *testing.T) {
 		if strings.Contains(all, canary) {
 			t.Errorf("a page, URL or history entry holds the %s", name)
 		}
+	}
+}
+
+// What the Hub refuses, in a real browser: a form another site sends to
+// it (the session cookie is SameSite=Strict, and the Hub refuses forms
+// from other sites anyway); an expired connect link; an expired session,
+// which leads back to sign-in.
+func TestHubRefusesInABrowser(t *testing.T) {
+	ctx := browser(t)
+	cfg, fake, logs := newConfig(t)
+	var offset atomic.Int64
+	cfg.Hub.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	b := startWith(t, cfg, fake, logs)
+	var pages []string
+	admin := tab{t: t, ctx: ctx, pages: &pages}
+	admin.do(chromedp.Navigate(b.hubURL+"/signin"), chromedp.WaitVisible("#caller_key"),
+		chromedp.SendKeys("#caller_key", b.keys.admin), chromedp.Submit("#caller_key"), chromedp.WaitVisible("h1"))
+
+	// Another site's page with a form that would link an account.
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `<!doctype html><form id="f" method="post" action="%s/accounts/new"><input name="kind" value="jumpcloud"><input name="account_id" value="planted"><input name="client_id" value="x"><input name="client_secret" value="y"><button id="go">Go</button></form>`, b.hubURL)
+	}))
+	t.Cleanup(evil.Close)
+	admin.do(chromedp.Navigate(evil.URL), chromedp.WaitVisible("#go"), chromedp.Click("#go"), chromedp.WaitVisible(".error"))
+	if refused := admin.text(chromedp.Text(".error")); !strings.Contains(refused, "another site") {
+		t.Errorf("a form from another site: %q", refused)
+	}
+	if _, err := b.accounts.GetAccount(context.Background(), &credbrokerv1.GetAccountRequest{Name: "accounts/planted"}); err == nil {
+		t.Error("a form from another site linked an account")
+	}
+
+	resp, err := credbrokerv1.NewConnectServiceClient(b.conn).CreateConnectSession(context.Background(), &credbrokerv1.CreateConnectSessionRequest{
+		AccountId: "late", Provider: credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT, Ttl: durationpb.New(time.Minute),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	offset.Store(int64(2 * time.Hour)) // past the link's expiry, and the session's
+	admin.do(chromedp.Navigate(resp.GetUrl()), chromedp.WaitVisible(".error"))
+	if expired := admin.text(chromedp.Text(".error")); !strings.Contains(expired, "expired") {
+		t.Errorf("an expired link: %q", expired)
+	}
+	admin.capture()
+	admin.do(chromedp.Navigate(b.hubURL+"/accounts"), chromedp.WaitVisible("#caller_key"))
+	if loc := admin.text(chromedp.Location()); !strings.HasSuffix(loc, "/signin") {
+		t.Errorf("an expired session went to %s, not to sign-in", loc)
+	}
+	admin.capture()
+	if all := strings.Join(pages, "\n"); len(pages) != 2 || strings.Contains(all, b.keys.admin) {
+		t.Errorf("%d pages, or a page holds the admin key", len(pages))
 	}
 }
