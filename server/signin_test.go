@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/oauthfake"
 )
 
@@ -264,5 +265,72 @@ func TestRefreshTokens(t *testing.T) {
 	got, err = b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/example"})
 	if err != nil || got.GetAccount().GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE || len(got.GetAccount().GetGrants()) != 1 {
 		t.Fatalf("the account after reconnecting: %v %v", got, err)
+	}
+}
+
+// On a cluster, refreshes of an account whose users sign in by redirect
+// are single-flight across replicas (200 callers on 3 replicas: one
+// refresh), and each replica refreshes with the refresh token another
+// stored (the provider revokes a reused one at once here). A refresh
+// token the provider rotated while the storage was out of reach is kept
+// and stored first once it is back: the next refresh uses it, not the
+// stored one the provider rotated away.
+func TestRefreshTokensClusterWide(t *testing.T) {
+	ctx := context.Background()
+	p := startOAuthProvider(t)
+	p.SetTokenTTL(12*time.Second, false) // served for 2 s: 10 s is the margin
+	p.SetRotation(true, 0)
+	rs, cluster := startReplicas(t, 3, 1, func(_ int, cfg *server.Config) {
+		cfg.Tokens.ScanInterval = time.Hour // callers, not the refresher, find the tokens expired
+		cfg.Provider.Timeout = 10 * time.Second
+	})
+	h := &hubClient{t: t, base: rs[0].hubURL}
+	h.signIn(rs[0].keys.admin)
+	linkByRedirect(t, rs[0], h, p, "example")
+	rs[0].grant(t, "example", svcPrincipal)
+	get := func(r *broker) error {
+		_, err := r.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
+		return err
+	}
+	for _, r := range rs {
+		waitFor(t, 5*time.Second, func() error { return get(r) })
+	}
+	before := p.Refreshes()
+	for round := range 2 {
+		time.Sleep(2100 * time.Millisecond)
+		var wg sync.WaitGroup
+		errs := make(chan error, 200)
+		for i := range 200 {
+			wg.Go(func() { errs <- get(rs[i%3]) })
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: GetToken: %v", round, err)
+			}
+		}
+		if n := p.Refreshes() - before; n != round+1 {
+			t.Fatalf("round %d: %d refreshes for 200 callers on 3 replicas; want %d", round, n, round+1)
+		}
+	}
+
+	// The storage goes while the provider answers a rotation.
+	var once sync.Once
+	p.OnRefresh(func(s oauthfake.Stage) {
+		if s == oauthfake.Rotated {
+			once.Do(func() { cluster.Stop(0) })
+		}
+	})
+	time.Sleep(2100 * time.Millisecond)
+	if err := get(rs[1]); err == nil {
+		t.Fatal("a token with the storage out of reach")
+	}
+	p.OnRefresh(nil)
+	cluster.Restart(0)
+	waitFor(t, 20*time.Second, func() error { return get(rs[1]) })
+	time.Sleep(2100 * time.Millisecond)
+	if err := get(rs[2]); err != nil {
+		t.Fatalf("GetToken on another replica after the kept refresh token was stored: %v", err)
 	}
 }
