@@ -225,6 +225,16 @@ func TestHubMakesConnectLinks(t *testing.T) {
 	if r, body := visitor.do("GET", strings.TrimPrefix(m[1], b.hubURL), nil, nil); r.StatusCode != http.StatusOK || !strings.Contains(body, `name="api_key"`) {
 		t.Fatalf("the link's page: %d\n%s", r.StatusCode, body)
 	}
+	body = h.post("/connect-links", "/connect-links", url.Values{"account_id": {"example"}, "kind": {"oauth2-code"}, "ttl": {"30m"},
+		"authorization_url": {"ftp://example.com/authorize"}, "token_url": {"https://example.com/token"}, "client_id": {"app"}, "client_secret": {"canary-APP-SECRET-links"}}, http.StatusBadRequest, "")
+	if fieldError(body, "authorization_url") == "" || strings.Contains(body, "canary-APP-SECRET-links") {
+		t.Fatalf("a link with a malformed authorization URL:\n%s", body)
+	}
+	body = h.post("/connect-links", "/connect-links", url.Values{"account_id": {"example"}, "kind": {"oauth2-code"}, "ttl": {"30m"},
+		"authorization_url": {"https://example.com/authorize"}, "token_url": {"https://example.com/token"}, "client_id": {"app"}, "client_secret": {"canary-APP-SECRET-links"}}, http.StatusOK, "")
+	if !strings.Contains(body, `id="new_link"`) || strings.Contains(body, "canary-APP-SECRET-links") {
+		t.Fatalf("a link for an account that signs in by redirect:\n%s", body)
+	}
 
 	cfg, fake, logs := newConfig(t)
 	cfg.HubListenAddr = "off"

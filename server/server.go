@@ -378,7 +378,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	if now == nil {
 		now = time.Now
 	}
-	links := connect.New(st, mac, now, cfg.Logger)
+	links := connect.New(st, keys, mac, now, cfg.Logger)
 	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links}
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"html"
 	"net/http"
 	"net/http/httptest"
@@ -333,4 +334,51 @@ func TestRefreshTokensClusterWide(t *testing.T) {
 	if err := get(rs[2]); err != nil {
 		t.Fatalf("GetToken on another replica after the kept refresh token was stored: %v", err)
 	}
+}
+
+// A connect link for an account whose users sign in by redirect: the
+// admin chooses the provider and app (the client secret stays sealed with
+// the link); whoever opens it only signs in at the provider, and the
+// account is linked; the link is then used up. Without the provider's
+// settings, no link is made.
+func TestConnectLinkSignsInByRedirect(t *testing.T) {
+	ctx := context.Background()
+	p := startOAuthProvider(t)
+	b := startBroker(t)
+	connects := credbrokerv1.NewConnectServiceClient(b.conn)
+	req := &credbrokerv1.CreateConnectSessionRequest{AccountId: "example", Provider: credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE}
+	_, err := connects.CreateConnectSession(ctx, req)
+	wantCode(t, err, codes.InvalidArgument, "oauth2_authorization_code")
+	req.Oauth2AuthorizationCode = &credbrokerv1.OAuth2AuthorizationCode{
+		AuthorizationUrl: p.url + oauthfake.AuthorizePath, TokenUrl: p.url + oauthfake.TokenPath, ClientId: appID, ClientSecret: appSecret,
+		Scopes: []string{"read"}, ApiBaseUrl: p.url + oauthfake.APIPath,
+	}
+	resp, err := connects.CreateConnectSession(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := strings.TrimPrefix(resp.GetUrl(), b.hubURL)
+
+	visitor := &hubClient{t: t, base: b.hubURL}
+	r, body := visitor.do("GET", link, nil, nil)
+	if host := strings.TrimPrefix(p.url, "http://"); r.StatusCode != http.StatusOK || !strings.Contains(body, host) || strings.Contains(body, `name="client_secret"`) || strings.Contains(body, appID) {
+		t.Fatalf("the link's page: %d\n%s", r.StatusCode, body)
+	}
+	location, cookie := visitor.continueSignIn(visitor.do("POST", link, url.Values{}, nil))
+	r, body = visitor.callback(p.signIn(t, location, "allow"), cookie)
+	if r.StatusCode != http.StatusOK || !strings.Contains(body, "is linked") || strings.Contains(body, "/accounts/") {
+		t.Fatalf("the way back through the link: %d\n%s", r.StatusCode, body)
+	}
+	got, err := b.accounts.GetAccount(ctx, &credbrokerv1.GetAccountRequest{Name: "accounts/example"})
+	if err != nil || got.GetAccount().GetProvider() != credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE {
+		t.Fatalf("the account linked through the link: %v %v", got, err)
+	}
+	if r, body = visitor.do("GET", link, nil, nil); r.StatusCode != http.StatusBadRequest || !strings.Contains(body, "was used") {
+		t.Fatalf("the link once used: %d\n%s", r.StatusCode, body)
+	}
+	canaries := map[string]string{"client secret": appSecret, "user's password": appPassword}
+	for i, rt := range p.RefreshTokens() {
+		canaries[fmt.Sprint("refresh token ", i)] = rt
+	}
+	visitor.noCanaries(b.logs.String(), 4, "example", canaries)
 }

@@ -381,16 +381,26 @@ func parseTime(flagName, v string) (*timestamppb.Timestamp, error) {
 }
 
 func accountsConnectLink(s *session, args []string) error {
-	var id, kind, display string
+	var id, kind, display, authURL, tokenURL, clientID, scopes, apiBase string
 	var ttl time.Duration
 	fs := s.flags("ID [flags]", `Makes a connect link: a link to the Hub that lets whoever holds the
 credentials of account ID (a JumpCloud administrator, say) link it without
 being a broker admin. They see only that account's form; the broker proves
-the credentials before it keeps them. The link works once, until it
-expires, and is printed only now: hand it to its recipient only.`)
-	fs.StringVar(&kind, "kind", "jumpcloud", "jumpcloud (a service account) or jumpcloud-api-key")
+the credentials before it keeps them. For an account whose users sign in
+by redirect (--kind oauth2-code) you choose the provider and the app, and
+they only sign in there; the app's client secret is read as below and
+kept sealed with the link. The link works once, until it expires, and is
+printed only now: hand it to its recipient only.
+
+`+secretFromStdin)
+	fs.StringVar(&kind, "kind", "jumpcloud", "jumpcloud (a service account), jumpcloud-api-key or oauth2-code (OAuth 2.0 sign-in by redirect)")
 	fs.StringVar(&display, "display-name", "", "the account's display name")
 	fs.DurationVar(&ttl, "ttl", 30*time.Minute, "how long the link works (1m to 168h)")
+	fs.StringVar(&authURL, "authorization-url", "", "oauth2-code: the provider's sign-in (authorization) endpoint")
+	fs.StringVar(&tokenURL, "token-url", "", "oauth2-code: the provider's token endpoint")
+	fs.StringVar(&clientID, "client-id", "", "oauth2-code: the app's client ID")
+	fs.StringVar(&scopes, "scopes", "", "oauth2-code: comma-separated scopes to request")
+	fs.StringVar(&apiBase, "api-base-url", "", "oauth2-code: the API base URL returned with tokens and served by the egress proxy")
 	if err := s.parse(fs, args, &id); err != nil {
 		return err
 	}
@@ -400,8 +410,20 @@ expires, and is printed only now: hand it to its recipient only.`)
 		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT
 	case "jumpcloud-api-key":
 		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
+	case "oauth2-code":
+		secret, err := readSecret(s.stderr, "client secret")
+		if err != nil {
+			return err
+		}
+		req.Provider = credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE
+		req.Oauth2AuthorizationCode = &credbrokerv1.OAuth2AuthorizationCode{
+			AuthorizationUrl: authURL, TokenUrl: tokenURL, ClientId: clientID, ClientSecret: secret, ApiBaseUrl: apiBase,
+		}
+		if scopes != "" {
+			req.Oauth2AuthorizationCode.Scopes = strings.Split(scopes, ",")
+		}
 	default:
-		return fmt.Errorf("--kind must be jumpcloud or jumpcloud-api-key, not %q", kind)
+		return fmt.Errorf("--kind must be jumpcloud, jumpcloud-api-key or oauth2-code, not %q", kind)
 	}
 	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
 		resp, err := credbrokerv1.NewConnectServiceClient(conn).CreateConnectSession(ctx, req)

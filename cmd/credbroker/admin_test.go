@@ -119,8 +119,13 @@ func TestAdminCLI(t *testing.T) {
 	if !regexp.MustCompile(`ACCOUNT\s+accounts/globex\n`).MatchString(out) || !regexp.MustCompile(`LINK\s+http://127\.0\.0\.1:\d+/connect/[A-Za-z0-9_-]{43}\n`).MatchString(out) {
 		t.Errorf("accounts connect-link printed:\n%s", out)
 	}
+	out = c.ok(admin, "canary-APP-SECRET-cli\n", "accounts", "connect-link", "oauthed", "--kind", "oauth2-code", "--authorization-url", "https://example.com/authorize",
+		"--token-url", "https://example.com/token", "--client-id", "app", "--scopes", "read,write")
+	if !strings.Contains(out, "/connect/") || strings.Contains(out, "canary-APP-SECRET-cli") {
+		t.Errorf("accounts connect-link --kind oauth2-code printed:\n%s", out)
+	}
 	c.fails(admin, "", []string{"accounts", "connect-link", "acme"}, "an account with this id exists already")
-	c.fails(admin, "", []string{"accounts", "connect-link", "globex", "--kind", "oauth2"}, "--kind must be jumpcloud or jumpcloud-api-key")
+	c.fails(admin, "", []string{"accounts", "connect-link", "globex", "--kind", "oauth2"}, "--kind must be jumpcloud, jumpcloud-api-key or oauth2-code")
 	out = c.ok(admin, "", "callers", "create", "billing", "--description", "billing service")
 	billing := regexp.MustCompile(`KEY\s+(cbk_\S+)`).FindStringSubmatch(out)
 	if billing == nil {

@@ -127,16 +127,21 @@ type CreateConnectSessionRequest struct {
 	// Required: 1-63 lowercase letters, digits and hyphens, starting and
 	// ending with a letter or digit; no account may have it yet.
 	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
-	// Required: PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT or
-	// PROVIDER_JUMPCLOUD_API_KEY.
+	// Required: PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT,
+	// PROVIDER_JUMPCLOUD_API_KEY or PROVIDER_OAUTH2_AUTHORIZATION_CODE.
 	Provider Provider `protobuf:"varint,2,opt,name=provider,proto3,enum=credbroker.v1.Provider" json:"provider,omitempty"`
 	// Optional, at most 200 characters.
 	DisplayName string `protobuf:"bytes,3,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// How long the link works: 0 means 30 minutes; at least a minute, at
 	// most 7 days.
-	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ttl *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Required with PROVIDER_OAUTH2_AUTHORIZATION_CODE: the provider and the
+	// app the broker signs in as. Whoever opens the link only signs in at
+	// the provider; the client secret is kept sealed with the link, and
+	// forgotten with it.
+	Oauth2AuthorizationCode *OAuth2AuthorizationCode `protobuf:"bytes,5,opt,name=oauth2_authorization_code,json=oauth2AuthorizationCode,proto3" json:"oauth2_authorization_code,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *CreateConnectSessionRequest) Reset() {
@@ -193,6 +198,13 @@ func (x *CreateConnectSessionRequest) GetDisplayName() string {
 func (x *CreateConnectSessionRequest) GetTtl() *durationpb.Duration {
 	if x != nil {
 		return x.Ttl
+	}
+	return nil
+}
+
+func (x *CreateConnectSessionRequest) GetOauth2AuthorizationCode() *OAuth2AuthorizationCode {
+	if x != nil {
+		return x.Oauth2AuthorizationCode
 	}
 	return nil
 }
@@ -427,13 +439,14 @@ const file_credbroker_v1_connect_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12\x18\n" +
-	"\acreator\x18\a \x01(\tR\acreator\"\xc1\x01\n" +
+	"\acreator\x18\a \x01(\tR\acreator\"\xa5\x02\n" +
 	"\x1bCreateConnectSessionRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x123\n" +
 	"\bprovider\x18\x02 \x01(\x0e2\x17.credbroker.v1.ProviderR\bprovider\x12!\n" +
 	"\fdisplay_name\x18\x03 \x01(\tR\vdisplayName\x12+\n" +
-	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x1c\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12b\n" +
+	"\x19oauth2_authorization_code\x18\x05 \x01(\v2&.credbroker.v1.OAuth2AuthorizationCodeR\x17oauth2AuthorizationCode\"\x1c\n" +
 	"\x1aListConnectSessionsRequest\"g\n" +
 	"\x1bListConnectSessionsResponse\x12H\n" +
 	"\x10connect_sessions\x18\x01 \x03(\v2\x1d.credbroker.v1.ConnectSessionR\x0fconnectSessions\"1\n" +
@@ -472,6 +485,7 @@ var file_credbroker_v1_connect_proto_goTypes = []any{
 	(Provider)(0),                        // 7: credbroker.v1.Provider
 	(*timestamppb.Timestamp)(nil),        // 8: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),          // 9: google.protobuf.Duration
+	(*OAuth2AuthorizationCode)(nil),      // 10: credbroker.v1.OAuth2AuthorizationCode
 }
 var file_credbroker_v1_connect_proto_depIdxs = []int32{
 	7,  // 0: credbroker.v1.ConnectSession.provider:type_name -> credbroker.v1.Provider
@@ -479,19 +493,20 @@ var file_credbroker_v1_connect_proto_depIdxs = []int32{
 	8,  // 2: credbroker.v1.ConnectSession.expire_time:type_name -> google.protobuf.Timestamp
 	7,  // 3: credbroker.v1.CreateConnectSessionRequest.provider:type_name -> credbroker.v1.Provider
 	9,  // 4: credbroker.v1.CreateConnectSessionRequest.ttl:type_name -> google.protobuf.Duration
-	0,  // 5: credbroker.v1.ListConnectSessionsResponse.connect_sessions:type_name -> credbroker.v1.ConnectSession
-	0,  // 6: credbroker.v1.CreateConnectSessionResponse.connect_session:type_name -> credbroker.v1.ConnectSession
-	1,  // 7: credbroker.v1.ConnectService.CreateConnectSession:input_type -> credbroker.v1.CreateConnectSessionRequest
-	2,  // 8: credbroker.v1.ConnectService.ListConnectSessions:input_type -> credbroker.v1.ListConnectSessionsRequest
-	4,  // 9: credbroker.v1.ConnectService.RevokeConnectSession:input_type -> credbroker.v1.RevokeConnectSessionRequest
-	6,  // 10: credbroker.v1.ConnectService.CreateConnectSession:output_type -> credbroker.v1.CreateConnectSessionResponse
-	3,  // 11: credbroker.v1.ConnectService.ListConnectSessions:output_type -> credbroker.v1.ListConnectSessionsResponse
-	5,  // 12: credbroker.v1.ConnectService.RevokeConnectSession:output_type -> credbroker.v1.RevokeConnectSessionResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	10, // 5: credbroker.v1.CreateConnectSessionRequest.oauth2_authorization_code:type_name -> credbroker.v1.OAuth2AuthorizationCode
+	0,  // 6: credbroker.v1.ListConnectSessionsResponse.connect_sessions:type_name -> credbroker.v1.ConnectSession
+	0,  // 7: credbroker.v1.CreateConnectSessionResponse.connect_session:type_name -> credbroker.v1.ConnectSession
+	1,  // 8: credbroker.v1.ConnectService.CreateConnectSession:input_type -> credbroker.v1.CreateConnectSessionRequest
+	2,  // 9: credbroker.v1.ConnectService.ListConnectSessions:input_type -> credbroker.v1.ListConnectSessionsRequest
+	4,  // 10: credbroker.v1.ConnectService.RevokeConnectSession:input_type -> credbroker.v1.RevokeConnectSessionRequest
+	6,  // 11: credbroker.v1.ConnectService.CreateConnectSession:output_type -> credbroker.v1.CreateConnectSessionResponse
+	3,  // 12: credbroker.v1.ConnectService.ListConnectSessions:output_type -> credbroker.v1.ListConnectSessionsResponse
+	5,  // 13: credbroker.v1.ConnectService.RevokeConnectSession:output_type -> credbroker.v1.RevokeConnectSessionResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_connect_proto_init() }

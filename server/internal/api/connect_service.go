@@ -27,6 +27,7 @@ type connectService struct {
 var connectKinds = map[credbrokerv1.Provider]provider.Kind{
 	credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT: provider.KindJumpCloudServiceAccount,
 	credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY:         provider.KindJumpCloudAPIKey,
+	credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE: provider.KindOAuth2AuthorizationCode,
 }
 
 // ErrHubOff: there is no Hub to open a connect link in.
@@ -76,7 +77,18 @@ func (s *connectService) CreateConnectSession(ctx context.Context, req *credbrok
 	}
 	kind, ok := connectKinds[req.GetProvider()]
 	if !ok {
-		return nil, invalidArgument("provider", "must be PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT or PROVIDER_JUMPCLOUD_API_KEY")
+		return nil, invalidArgument("provider", "must be PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT, PROVIDER_JUMPCLOUD_API_KEY or PROVIDER_OAUTH2_AUTHORIZATION_CODE")
+	}
+	var app *provider.Credentials
+	if kind == provider.KindOAuth2AuthorizationCode {
+		if req.GetOauth2AuthorizationCode() == nil {
+			return nil, invalidArgument("oauth2_authorization_code", "is required with PROVIDER_OAUTH2_AUTHORIZATION_CODE")
+		}
+		in, err := NewAuthorizedAccount(req.GetAccountId(), req.GetDisplayName(), req.GetOauth2AuthorizationCode(), nil)
+		if err != nil {
+			return nil, err
+		}
+		app = &in.Credentials
 	}
 	if err := checkDisplayName("display_name", req.GetDisplayName()); err != nil {
 		return nil, err
@@ -93,7 +105,7 @@ func (s *connectService) CreateConnectSession(ctx context.Context, req *credbrok
 	}
 	c := gate.CallFrom(ctx)
 	l, secret, err := s.links.Create(connect.NewLink{
-		AccountID: req.GetAccountId(), Provider: string(kind), DisplayName: req.GetDisplayName(), Creator: c.Principal, TTL: ttl,
+		AccountID: req.GetAccountId(), Provider: string(kind), DisplayName: req.GetDisplayName(), Creator: c.Principal, TTL: ttl, App: app,
 	}, c.ChangeEvent(accountPrefix+req.GetAccountId(), ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)

@@ -22,6 +22,8 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
+	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/signin"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
 )
@@ -82,13 +84,14 @@ type Store interface {
 // Service creates, opens and uses links.
 type Service struct {
 	store Store
+	keys  *keyring.Keyring
 	mac   *keyring.MACKey
 	now   func() time.Time
 	log   *slog.Logger
 }
 
-func New(st Store, mac *keyring.MACKey, now func() time.Time, log *slog.Logger) *Service {
-	return &Service{store: st, mac: mac, now: now, log: log}
+func New(st Store, keys *keyring.Keyring, mac *keyring.MACKey, now func() time.Time, log *slog.Logger) *Service {
+	return &Service{store: st, keys: keys, mac: mac, now: now, log: log}
 }
 
 // Link is a connect link, without its secret.
@@ -102,10 +105,15 @@ type Link struct {
 // Name is its resource name.
 func (l Link) Name() string { return PrincipalPrefix + l.ID }
 
-// NewLink is what an admin asks for.
+// Hash names it in the storage (a sign-in it started names it so).
+func (l Link) Hash() string { return l.hash }
+
+// NewLink is what an admin asks for; App, the provider and app (with its
+// client secret) of an account whose users sign in by redirect.
 type NewLink struct {
 	AccountID, Provider, DisplayName, Creator string
 	TTL                                       time.Duration
+	App                                       *provider.Credentials
 }
 
 // secretSize is the size of a link's secret.
@@ -142,6 +150,13 @@ func (s *Service) Create(in NewLink, ev store.AuditEvent) (Link, string, error) 
 		ID: "cs-" + hex.EncodeToString(id), AccountID: in.AccountID, Provider: in.Provider, DisplayName: in.DisplayName,
 		Creator: in.Creator, CreateTime: now, ExpireTime: now.Add(in.TTL),
 	}
+	if in.App != nil {
+		app, err := signin.SealApp(s.keys, "connect-link:"+c.ID, *in.App)
+		if err != nil {
+			return Link{}, "", err
+		}
+		c.App = &app
+	}
 	ev.Detail = fmt.Sprintf("connect link %s%s (%s) created, valid until %s", PrincipalPrefix, c.ID, c.Provider, c.ExpireTime.UTC().Format(time.RFC3339))
 	hash := s.hash(secret)
 	if err := s.store.CreateConnectSession(hash, c, ev); err != nil {
@@ -159,7 +174,11 @@ func (s *Service) Open(secret string) (Link, error) {
 	if len(secret) != base64.RawURLEncoding.EncodedLen(secretSize) {
 		return Link{}, ErrUnknown
 	}
-	hash := s.hash(secret)
+	return s.OpenHash(s.hash(secret))
+}
+
+// OpenHash is Open of the link stored under hash.
+func (s *Service) OpenHash(hash string) (Link, error) {
 	c, v, err := s.store.ConnectSession(hash)
 	now := s.now()
 	switch {

@@ -9,15 +9,18 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/provider"
+	"github.com/credbroker/credbroker/server/internal/signin"
 )
 
 // linkKindOf is the link form of a connect link's kind of account.
 var linkKindOf = map[string]string{
 	string(provider.KindJumpCloudServiceAccount): "jumpcloud",
 	string(provider.KindJumpCloudAPIKey):         "jumpcloud-api-key",
+	string(provider.KindOAuth2AuthorizationCode): "oauth2-code",
 }
 
 // openLink admits a request made with the connect link in its URL as a
@@ -54,6 +57,9 @@ func (h *Hub) connectPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := connectForm(l, r.PathValue("secret"))
+	if l.App != nil {
+		f.AuthURL = l.App.AuthURL // only its host is shown
+	}
 	h.render(w, http.StatusOK, "link", page{Title: f.Title(), Data: f})
 	_ = h.finish(r, c, nil)
 }
@@ -67,6 +73,20 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 	}
 	c, l := h.openLink(w, r, "connect: link an account")
 	if l == nil {
+		return
+	}
+	if l.App != nil { // the user signs in at the provider; the way back uses the link
+		to, cookie, err := h.signin.Begin(signin.Start{
+			Account: accounts.NewAccount{ID: l.AccountID, DisplayName: l.DisplayName}, App: l.App,
+			Principal: l.Name(), ConnectHash: l.Hash(), HubURL: h.url(),
+		}, c.ChangeEvent(c.Resource, ""))
+		if err == nil {
+			h.goSignIn(w, l.AccountID, to, cookie)
+		}
+		if err = h.finish(r, c, err); err != nil && to == "" {
+			code, msg := httpStatus(w, err)
+			h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
+		}
 		return
 	}
 	claimed, err := h.links.Claim(*l)
@@ -87,16 +107,27 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 		}
 		h.render(w, code, "link", page{Title: f.Title(), Data: f})
 	})
+	h.linkUsed(*l, c, err)
 	if err == nil {
-		if uerr := h.links.Used(*l, c.Event(0)); uerr != nil {
-			h.cfg.Logger.Warn("could not mark a connect link used; its account exists, so it cannot link another", "link", l.Name(), "error", uerr)
-		}
 		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: accountID(a)})
-	} else if rerr := h.links.Release(*l, reasonOf(status.Convert(unrendered(err))) == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String()); rerr != nil {
-		h.cfg.Logger.Warn("could not free a connect link after a failed use; it is free again in a few minutes", "link", l.Name(), "error", rerr)
 	}
 	if ferr := h.finish(r, c, unrendered(err)); ferr != nil && err == nil {
 		h.cfg.Logger.Warn("the audit event of a connect link's use could not be written", "link", l.Name(), "error", ferr)
+	}
+}
+
+// linkUsed ends the use of claimed link l that linked its account (err
+// nil) or failed with err: a refusal of the credentials counts towards
+// the link's revocation.
+func (h *Hub) linkUsed(l connect.Link, c *gate.Call, err error) {
+	if err == nil {
+		if uerr := h.links.Used(l, c.Event(0)); uerr != nil {
+			h.cfg.Logger.Warn("could not mark a connect link used; its account exists, so it cannot link another", "link", l.Name(), "error", uerr)
+		}
+		return
+	}
+	if rerr := h.links.Release(l, reasonOf(status.Convert(unrendered(err))) == credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String()); rerr != nil {
+		h.cfg.Logger.Warn("could not free a connect link after a failed use; it is free again in a few minutes", "link", l.Name(), "error", rerr)
 	}
 }
 
@@ -114,6 +145,8 @@ func unrendered(err error) error {
 type linksForm struct {
 	Live                              []liveLink
 	AccountID, Kind, DisplayName, TTL string
+	// The provider and app of an account whose users sign in by redirect.
+	AuthURL, TokenURL, ClientID, Scopes, AuthParams, APIBaseURL string
 	formErrors
 	Created *createdLink
 }
@@ -149,27 +182,41 @@ func (h *Hub) showLinks(w http.ResponseWriter, r *http.Request, s *session, c *g
 
 // createConnectLink makes a link and shows it, once.
 func (h *Hub) createConnectLink(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	v := func(name string) string { return strings.TrimSpace(r.PostFormValue(name)) }
 	f := linksForm{
-		AccountID: strings.TrimSpace(r.PostFormValue("account_id")), Kind: r.PostFormValue("kind"),
-		DisplayName: strings.TrimSpace(r.PostFormValue("display_name")), TTL: r.PostFormValue("ttl"),
+		AccountID: v("account_id"), Kind: v("kind"), DisplayName: v("display_name"), TTL: v("ttl"),
+		AuthURL: v("authorization_url"), TokenURL: v("token_url"), ClientID: v("client_id"), Scopes: v("scopes"),
+		AuthParams: v("authorization_params"), APIBaseURL: v("api_base_url"),
 	}
 	req := &credbrokerv1.CreateConnectSessionRequest{AccountId: f.AccountID, DisplayName: f.DisplayName}
+	var err error
 	switch f.Kind {
 	case "jumpcloud":
 		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT
 	case "jumpcloud-api-key":
 		req.Provider = credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY
+	case "oauth2-code":
+		req.Provider = credbrokerv1.Provider_PROVIDER_OAUTH2_AUTHORIZATION_CODE
+		req.Oauth2AuthorizationCode = &credbrokerv1.OAuth2AuthorizationCode{
+			AuthorizationUrl: f.AuthURL, TokenUrl: f.TokenURL, ClientId: f.ClientID, ClientSecret: r.PostFormValue("client_secret"),
+			Scopes: words(f.Scopes), ApiBaseUrl: f.APIBaseURL,
+		}
+		req.Oauth2AuthorizationCode.AuthorizationParams, err = formParams("authorization_params", f.AuthParams)
 	}
 	if ttl, ok := linkTTLs[f.TTL]; ok {
 		req.Ttl = durationpb.New(ttl)
 	}
-	resp, err := h.api.Connect.CreateConnectSession(gate.WithCall(r.Context(), c), req)
+	var resp *credbrokerv1.CreateConnectSessionResponse
+	if err == nil {
+		resp, err = h.api.Connect.CreateConnectSession(gate.WithCall(r.Context(), c), req)
+	}
 	if err != nil {
 		fe, ok := placeError(err, map[string]place{"provider": {field: "kind"}, "AlreadyExists": {field: "account_id"}})
 		if !ok {
 			return err
 		}
-		f.formErrors = fe.only("account_id", "kind", "display_name", "ttl")
+		f.formErrors = fe.only("account_id", "kind", "display_name", "ttl", "authorization_url", "token_url", "client_id", "client_secret",
+			"scopes", "authorization_params", "api_base_url")
 		if serr := h.showLinks(w, r, s, c, httpCode(err), f); serr != nil {
 			return serr
 		}

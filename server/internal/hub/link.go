@@ -2,6 +2,7 @@ package hub
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -132,6 +133,18 @@ func (h *Hub) connectAccount(w http.ResponseWriter, r *http.Request, c *gate.Cal
 	f.formErrors = fe.only(kind.Fields...)
 	show(f, httpCode(err))
 	return nil, rendered{err}
+}
+
+// SignInOnly: a connect link's form of an account whose users sign in by
+// redirect, whose provider the admin chose: its user only signs in.
+func (f linkForm) SignInOnly() bool { return f.Link != "" && f.Kind == "oauth2-code" }
+
+// Host is the host of the form's authorization URL.
+func (f linkForm) Host() string {
+	if u, err := url.Parse(f.AuthURL); err == nil {
+		return u.Host
+	}
+	return ""
 }
 
 // OAuth: the form is of a generic OAuth 2.0 provider.

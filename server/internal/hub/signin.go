@@ -11,6 +11,7 @@ import (
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/api"
+	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/signin"
@@ -120,9 +121,20 @@ func (h *Hub) callback(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, h.signInCookie("", -1))
 	p, err := h.signin.Take(q.Get("state"), cookie)
 	var c *gate.Call
-	if err != nil {
+	var link *connect.Link
+	switch {
+	case err != nil:
 		c, err = h.gate.AuthorizeLink(r, method, func() (string, error) { return "", err })
-	} else {
+	case p.ConnectHash != "": // started with a connect link, which must still work
+		c, err = h.gate.AuthorizeLink(r, method, func() (string, error) {
+			l, err := h.links.OpenHash(p.ConnectHash)
+			if err == nil {
+				l, err = h.links.Claim(l)
+			}
+			link = &l
+			return p.Principal, err
+		})
+	default:
 		c, err = h.gate.AuthorizeSession(r, method, gate.Admin, p.Principal, "accounts/"+p.AccountID)
 	}
 	if err == nil {
@@ -132,10 +144,17 @@ func (h *Hub) callback(w http.ResponseWriter, r *http.Request) {
 		} else {
 			_, err = h.signin.Finish(r.Context(), p, q.Get("code"), c.ChangeEvent("accounts/"+p.AccountID, ""))
 		}
+		if link != nil {
+			h.linkUsed(*link, c, err)
+		}
 	}
 	if err = h.finish(r, c, err); err != nil {
 		code, msg := httpStatus(w, err)
 		h.render(w, code, "error", page{Title: "Nothing was linked", Message: msg})
+		return
+	}
+	if link != nil {
+		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: p.AccountID})
 		return
 	}
 	h.render(w, http.StatusOK, "signed-in", page{Title: "Linked", Data: signedInAt{AccountID: p.AccountID, Reconnect: p.Reconnect}})

@@ -30,6 +30,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/secret"
 	"github.com/credbroker/credbroker/server/internal/store"
+	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
 // TTL is how long a sign-in may take.
@@ -84,10 +85,12 @@ func New(st Store, keys *keyring.Keyring, mac *keyring.MACKey, prov *provider.Cl
 	return &Service{store: st, keys: keys, mac: mac, provider: prov, accounts: acc, now: now}
 }
 
-// Start is a sign-in to start: a new account (validated), or a reconnect
-// of account Reconnect.
+// Start is a sign-in to start: a new account (validated, its client
+// secret in its credentials, or sealed in App, a connect link's), or a
+// reconnect of account Reconnect.
 type Start struct {
 	Account   accounts.NewAccount
+	App       *store.SignInApp
 	Reconnect string
 	// Principal starts it: a Hub admin, or a connect link (whose hash is
 	// ConnectHash).
@@ -106,8 +109,8 @@ func (s *Service) Begin(in Start, ev store.AuditEvent) (to, cookie string, err e
 		BrowserHash: s.hash("signin-browser", cookie), RedirectURI: in.HubURL + CallbackPath,
 		SecretExpireTime: in.Account.SecretExpireTime, ExpireTime: now.Add(TTL),
 	}
-	cr := in.Account.Credentials
-	if in.Reconnect != "" {
+	switch {
+	case in.Reconnect != "":
 		stored, err := s.store.Account(in.Reconnect)
 		if err != nil {
 			return "", "", err
@@ -116,32 +119,56 @@ func (s *Service) Begin(in Start, ev store.AuditEvent) (to, cookie string, err e
 			return "", "", accounts.ErrNotAuthorizationCode
 		}
 		a.AccountID, a.Reconnect, a.DisplayName = stored.ID, true, stored.DisplayName
-		cr = provider.Credentials{
-			Kind: provider.KindOAuth2AuthorizationCode, AuthURL: stored.AuthURL, TokenURL: stored.TokenURL, ClientID: stored.ClientID,
-			Scopes: stored.Scopes, AuthParams: stored.AuthParams, AuthStyle: stored.AuthStyle, APIBaseURL: stored.APIBaseURL, DefaultLifetime: stored.DefaultLifetime,
+		a.App = AppOf(tokens.Describe(stored)) // its client secret stays in the account
+	case in.App != nil:
+		a.App = *in.App
+	default:
+		if a.App, err = SealApp(s.keys, pendingKeyID(a.AccountID), in.Account.Credentials); err != nil {
+			return "", "", err
 		}
-	} else {
+	}
+	if !a.Reconnect {
 		if _, err := s.store.Account(a.AccountID); err == nil {
 			return "", "", accounts.ErrAlreadyExists
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return "", "", err
 		}
-		key, wrapped, err := s.keys.NewAccountKey(pendingKeyID(a.AccountID))
-		if err != nil {
-			return "", "", err
-		}
-		if a.SealedClientSecret, err = key.Seal(keyring.FieldClientSecret, []byte(cr.ClientSecret.Reveal())); err != nil {
-			return "", "", err
-		}
-		a.WrappedKey = wrapped
 	}
-	a.Provider, a.AuthURL, a.TokenURL, a.ClientID = string(cr.Kind), cr.AuthURL, cr.TokenURL, cr.ClientID
-	a.Scopes, a.AuthParams, a.AuthStyle, a.APIBaseURL, a.DefaultLifetime = cr.Scopes, cr.AuthParams, cr.AuthStyle, cr.APIBaseURL, cr.DefaultLifetime
+	cr := Credentials(a.App)
 	ev.Detail = "sign-in at " + host(cr.AuthURL) + " started"
 	if err := s.store.CreateAuthorization(s.hash("signin-state", state), a, now, ev); err != nil {
 		return "", "", err
 	}
 	return provider.AuthorizationURL(cr, a.RedirectURI, state, s.verifier(state)), cookie, nil
+}
+
+// AppOf is the app of an account's settings, without its client secret.
+func AppOf(cr provider.Credentials) store.SignInApp {
+	return store.SignInApp{
+		AuthURL: cr.AuthURL, TokenURL: cr.TokenURL, ClientID: cr.ClientID, Scopes: cr.Scopes, AuthParams: cr.AuthParams,
+		AuthStyle: cr.AuthStyle, APIBaseURL: cr.APIBaseURL, DefaultLifetime: cr.DefaultLifetime,
+	}
+}
+
+// SealApp is the app of cr with its client secret sealed under a new data
+// key bound to keyID.
+func SealApp(keys *keyring.Keyring, keyID string, cr provider.Credentials) (store.SignInApp, error) {
+	app := AppOf(cr)
+	key, wrapped, err := keys.NewAccountKey(keyID)
+	if err != nil {
+		return app, err
+	}
+	app.KeyID, app.WrappedKey = keyID, wrapped
+	app.SealedClientSecret, err = key.Seal(keyring.FieldClientSecret, []byte(cr.ClientSecret.Reveal()))
+	return app, err
+}
+
+// Credentials are the settings of app, without its client secret.
+func Credentials(app store.SignInApp) provider.Credentials {
+	return provider.Credentials{
+		Kind: provider.KindOAuth2AuthorizationCode, AuthURL: app.AuthURL, TokenURL: app.TokenURL, ClientID: app.ClientID, Scopes: app.Scopes,
+		AuthParams: app.AuthParams, AuthStyle: app.AuthStyle, APIBaseURL: app.APIBaseURL, DefaultLifetime: app.DefaultLifetime,
+	}
 }
 
 // Pending is a sign-in the browser came back from.
@@ -175,10 +202,7 @@ func (s *Service) Take(state, cookie string) (Pending, error) {
 // Finish exchanges the provider's code and links the account (with ev),
 // or gives the account its new tokens on a reconnect.
 func (s *Service) Finish(ctx context.Context, p Pending, code string, ev store.AuditEvent) (accounts.View, error) {
-	cr := provider.Credentials{
-		Kind: provider.Kind(p.Provider), AuthURL: p.AuthURL, TokenURL: p.TokenURL, ClientID: p.ClientID, Scopes: p.Scopes,
-		AuthParams: p.AuthParams, AuthStyle: p.AuthStyle, APIBaseURL: p.APIBaseURL, DefaultLifetime: p.DefaultLifetime,
-	}
+	cr := Credentials(p.App)
 	var err error
 	if cr.ClientSecret, err = s.clientSecret(p); err != nil {
 		return accounts.View{}, err
@@ -198,10 +222,11 @@ func (s *Service) Finish(ctx context.Context, p Pending, code string, ev store.A
 }
 
 // clientSecret is the client secret a sign-in exchanges its code with:
-// the one it was started with, or the reconnected account's newest.
+// the one it was started with (sealed in its app), or the reconnected
+// account's newest.
 func (s *Service) clientSecret(p Pending) (secret.String, error) {
 	if !p.Reconnect {
-		raw, err := s.keys.Open(pendingKeyID(p.AccountID), p.WrappedKey, keyring.FieldClientSecret, p.SealedClientSecret)
+		raw, err := s.keys.Open(p.App.KeyID, p.App.WrappedKey, keyring.FieldClientSecret, p.App.SealedClientSecret)
 		if err != nil {
 			return secret.String{}, fmt.Errorf("open the sign-in's client secret: %w", err)
 		}

@@ -29,9 +29,18 @@ type Authorization struct {
 	BrowserHash string `json:"browser_hash"`
 	// RedirectURI is where the provider sends the browser back.
 	RedirectURI string `json:"redirect_uri"`
-	// The provider's settings (as an Account holds them), and the client
-	// secret, sealed under WrappedKey, a data key of its own (FieldClientSecret).
-	Provider           string            `json:"provider"`
+	// App is the provider and the app the broker signs in as.
+	App              SignInApp `json:"app"`
+	SecretExpireTime time.Time `json:"secret_expire_time,omitzero"`
+	ExpireTime       time.Time `json:"expire_time"`
+}
+
+func (a *Authorization) version() int { return a.Version }
+
+// SignInApp is a provider whose users sign in by redirect, and the app the
+// broker is registered as there (settings as an Account holds them), with
+// its client secret sealed under a data key of its own (bound to KeyID).
+type SignInApp struct {
 	AuthURL            string            `json:"auth_url"`
 	TokenURL           string            `json:"token_url"`
 	ClientID           string            `json:"client_id"`
@@ -40,13 +49,23 @@ type Authorization struct {
 	AuthStyle          string            `json:"auth_style,omitempty"`
 	APIBaseURL         string            `json:"api_base_url,omitempty"`
 	DefaultLifetime    time.Duration     `json:"default_lifetime,omitempty"`
+	KeyID              string            `json:"key_id,omitempty"`
 	WrappedKey         []byte            `json:"wrapped_key,omitempty"`
 	SealedClientSecret []byte            `json:"sealed_client_secret,omitempty"`
-	SecretExpireTime   time.Time         `json:"secret_expire_time,omitzero"`
-	ExpireTime         time.Time         `json:"expire_time"`
 }
 
-func (a *Authorization) version() int { return a.Version }
+// rewrapApp moves app's data key to the current master key if another
+// wraps it (sealed just before a rotation switched keys).
+func (s *Store) rewrapApp(app *SignInApp) error {
+	if len(app.WrappedKey) == 0 || s.masters.UnderCurrent(app.WrappedKey) {
+		return nil
+	}
+	wrapped, err := s.masters.RewrapDataKey(app.KeyID, app.WrappedKey)
+	if err == nil {
+		app.WrappedKey = wrapped
+	}
+	return err
+}
 
 func (a *Authorization) markTampered(string) { *a = Authorization{} }
 
@@ -58,6 +77,9 @@ func (s *Store) CreateAuthorization(hash string, a Authorization, now time.Time,
 		return err
 	}
 	return s.commit(func() (txn, error) {
+		if err := s.rewrapApp(&a.App); err != nil {
+			return txn{}, err
+		}
 		return ops(conds(storage.VersionIs(key(authorizationsBucket, hash), storage.Absent)), s.put(authorizationsBucket, hash, a), s.appendAudit(ev))
 	})
 }

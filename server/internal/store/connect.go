@@ -34,6 +34,9 @@ type ConnectSession struct {
 	// admin revoked it, or too many refusals did.
 	Failures   int       `json:"failures,omitempty"`
 	RevokeTime time.Time `json:"revoke_time,omitzero"`
+	// App is set for an account whose users sign in by redirect: the
+	// provider and app the admin chose, its client secret sealed.
+	App *SignInApp `json:"app,omitempty"`
 }
 
 func (c *ConnectSession) version() int { return c.Version }
@@ -46,6 +49,11 @@ func (c *ConnectSession) markTampered(string) { *c = ConnectSession{} }
 func (s *Store) CreateConnectSession(hash string, c ConnectSession, ev AuditEvent) error {
 	c.Version = recordVersion
 	err := s.commit(func() (txn, error) {
+		if c.App != nil {
+			if err := s.rewrapApp(c.App); err != nil {
+				return txn{}, err
+			}
+		}
 		return ops(conds(storage.VersionIs(key(connectSessionsBucket, hash), storage.Absent), storage.VersionIs(key(accountsBucket, c.AccountID), storage.Absent)),
 			s.put(connectSessionsBucket, hash, c), s.appendAudit(ev))
 	})

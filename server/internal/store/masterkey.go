@@ -446,6 +446,9 @@ func (s *Store) retagRecords(kind []byte, records []storage.Record) (int, error)
 			if err != nil || current {
 				continue // tampered records stay as they are
 			}
+			if data, err = s.rewrapApps(kind, data); err != nil {
+				return txn{}, err
+			}
 			cs = append(cs, storage.VersionIs(rec.Key, rec.Version))
 			bs = append(bs, opOf(storage.Put(rec.Key, s.masters.SealRecord(kind, []byte(rec.Key[len(kind)+1:]), data))))
 		}
@@ -453,6 +456,38 @@ func (s *Store) retagRecords(kind []byte, records []storage.Record) (int, error)
 		return ops(cs, bs...)
 	})
 	return n, err
+}
+
+// rewrapApps moves the data key of the app a connect link or a sign-in
+// holds (see SignInApp) to the current master key, in a record's data.
+func (s *Store) rewrapApps(kind, data []byte) ([]byte, error) {
+	var app *SignInApp
+	var v any
+	switch {
+	case bytes.Equal(kind, connectSessionsBucket):
+		c := &ConnectSession{}
+		v = c
+		if err := decode(data, c); err != nil {
+			return nil, err
+		}
+		app = c.App
+	case bytes.Equal(kind, authorizationsBucket):
+		a := &Authorization{}
+		v = a
+		if err := decode(data, a); err != nil {
+			return nil, err
+		}
+		app = &a.App
+	default:
+		return data, nil
+	}
+	if app == nil || len(app.WrappedKey) == 0 || s.masters.UnderCurrent(app.WrappedKey) {
+		return data, nil
+	}
+	if err := s.rewrapApp(app); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
 }
 
 // reread reads records again; those deleted meanwhile are left out.

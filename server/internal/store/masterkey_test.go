@@ -115,6 +115,23 @@ func TestRotationResumes(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// A connect link and a sign-in under way hold an app's client secret
+	// under a data key of their own: it moves too.
+	appKey, appWrapped, err := masters.NewDataKey("connect-link:cs-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appSealed, err := appKey.Seal(keyring.FieldClientSecret, []byte("app-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := SignInApp{KeyID: "connect-link:cs-1", WrappedKey: appWrapped, SealedClientSecret: appSealed}
+	if err := s.CreateConnectSession("link-hash", ConnectSession{ID: "cs-1", AccountID: "later", App: &app, ExpireTime: time.Now().Add(time.Hour)}, AuditEvent{Time: time.Now(), Method: "create"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateAuthorization("state-hash", Authorization{AccountID: "later", App: app, ExpireTime: time.Now().Add(time.Hour)}, time.Now(), AuditEvent{Time: time.Now(), Method: "start"}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.switchKey(testMaster, nextMaster, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -141,6 +158,19 @@ func TestRotationResumes(t *testing.T) {
 		t.Fatalf("a rotation to the key the database is under: %+v, %v", r, err)
 	}
 	checkUnder(t, s, nextMaster, secrets)
+	link, _, err := s.ConnectSession("link-hash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := s.TakeAuthorization("state-hash", func(Authorization) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, app := range map[string]*SignInApp{"connect link": link.App, "sign-in": &pending.App} {
+		if got, err := keyring.New(s.masters, nil).Open(app.KeyID, app.WrappedKey, keyring.FieldClientSecret, app.SealedClientSecret); err != nil || string(got) != "app-secret" {
+			t.Fatalf("the %s's client secret under the new key alone: %q, %v", name, got, err)
+		}
+	}
 }
 
 // Two replicas share a store on etcd. Once one has switched the database

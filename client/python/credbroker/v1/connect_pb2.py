@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from credbroker.v1 import account_pb2 as credbroker_dot_v1_dot_account__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63redbroker/v1/connect.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1b\x63redbroker/v1/account.proto\"\xaf\x02\n\x0e\x43onnectSession\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\naccount_id\x18\x02 \x01(\tR\taccountId\x12\x33\n\x08provider\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.ProviderR\x08provider\x12!\n\x0c\x64isplay_name\x18\x04 \x01(\tR\x0b\x64isplayName\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x18\n\x07\x63reator\x18\x07 \x01(\tR\x07\x63reator\"\xc1\x01\n\x1b\x43reateConnectSessionRequest\x12\x1d\n\naccount_id\x18\x01 \x01(\tR\taccountId\x12\x33\n\x08provider\x18\x02 \x01(\x0e\x32\x17.credbroker.v1.ProviderR\x08provider\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12+\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03ttl\"\x1c\n\x1aListConnectSessionsRequest\"g\n\x1bListConnectSessionsResponse\x12H\n\x10\x63onnect_sessions\x18\x01 \x03(\x0b\x32\x1d.credbroker.v1.ConnectSessionR\x0f\x63onnectSessions\"1\n\x1bRevokeConnectSessionRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"\x1e\n\x1cRevokeConnectSessionResponse\"}\n\x1c\x43reateConnectSessionResponse\x12\x46\n\x0f\x63onnect_session\x18\x01 \x01(\x0b\x32\x1d.credbroker.v1.ConnectSessionR\x0e\x63onnectSession\x12\x15\n\x03url\x18\x02 \x01(\tB\x03\x80\x01\x01R\x03url2\xe0\x02\n\x0e\x43onnectService\x12o\n\x14\x43reateConnectSession\x12*.credbroker.v1.CreateConnectSessionRequest\x1a+.credbroker.v1.CreateConnectSessionResponse\x12l\n\x13ListConnectSessions\x12).credbroker.v1.ListConnectSessionsRequest\x1a*.credbroker.v1.ListConnectSessionsResponse\x12o\n\x14RevokeConnectSession\x12*.credbroker.v1.RevokeConnectSessionRequest\x1a+.credbroker.v1.RevokeConnectSessionResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63redbroker/v1/connect.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1b\x63redbroker/v1/account.proto\"\xaf\x02\n\x0e\x43onnectSession\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n\naccount_id\x18\x02 \x01(\tR\taccountId\x12\x33\n\x08provider\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.ProviderR\x08provider\x12!\n\x0c\x64isplay_name\x18\x04 \x01(\tR\x0b\x64isplayName\x12;\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x18\n\x07\x63reator\x18\x07 \x01(\tR\x07\x63reator\"\xa5\x02\n\x1b\x43reateConnectSessionRequest\x12\x1d\n\naccount_id\x18\x01 \x01(\tR\taccountId\x12\x33\n\x08provider\x18\x02 \x01(\x0e\x32\x17.credbroker.v1.ProviderR\x08provider\x12!\n\x0c\x64isplay_name\x18\x03 \x01(\tR\x0b\x64isplayName\x12+\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationR\x03ttl\x12\x62\n\x19oauth2_authorization_code\x18\x05 \x01(\x0b\x32&.credbroker.v1.OAuth2AuthorizationCodeR\x17oauth2AuthorizationCode\"\x1c\n\x1aListConnectSessionsRequest\"g\n\x1bListConnectSessionsResponse\x12H\n\x10\x63onnect_sessions\x18\x01 \x03(\x0b\x32\x1d.credbroker.v1.ConnectSessionR\x0f\x63onnectSessions\"1\n\x1bRevokeConnectSessionRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"\x1e\n\x1cRevokeConnectSessionResponse\"}\n\x1c\x43reateConnectSessionResponse\x12\x46\n\x0f\x63onnect_session\x18\x01 \x01(\x0b\x32\x1d.credbroker.v1.ConnectSessionR\x0e\x63onnectSession\x12\x15\n\x03url\x18\x02 \x01(\tB\x03\x80\x01\x01R\x03url2\xe0\x02\n\x0e\x43onnectService\x12o\n\x14\x43reateConnectSession\x12*.credbroker.v1.CreateConnectSessionRequest\x1a+.credbroker.v1.CreateConnectSessionResponse\x12l\n\x13ListConnectSessions\x12).credbroker.v1.ListConnectSessionsRequest\x1a*.credbroker.v1.ListConnectSessionsResponse\x12o\n\x14RevokeConnectSession\x12*.credbroker.v1.RevokeConnectSessionRequest\x1a+.credbroker.v1.RevokeConnectSessionResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credbroker.v1.connect_pb2', globals())
@@ -29,17 +29,17 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _CONNECTSESSION._serialized_start=141
   _CONNECTSESSION._serialized_end=444
   _CREATECONNECTSESSIONREQUEST._serialized_start=447
-  _CREATECONNECTSESSIONREQUEST._serialized_end=640
-  _LISTCONNECTSESSIONSREQUEST._serialized_start=642
-  _LISTCONNECTSESSIONSREQUEST._serialized_end=670
-  _LISTCONNECTSESSIONSRESPONSE._serialized_start=672
-  _LISTCONNECTSESSIONSRESPONSE._serialized_end=775
-  _REVOKECONNECTSESSIONREQUEST._serialized_start=777
-  _REVOKECONNECTSESSIONREQUEST._serialized_end=826
-  _REVOKECONNECTSESSIONRESPONSE._serialized_start=828
-  _REVOKECONNECTSESSIONRESPONSE._serialized_end=858
-  _CREATECONNECTSESSIONRESPONSE._serialized_start=860
-  _CREATECONNECTSESSIONRESPONSE._serialized_end=985
-  _CONNECTSERVICE._serialized_start=988
-  _CONNECTSERVICE._serialized_end=1340
+  _CREATECONNECTSESSIONREQUEST._serialized_end=740
+  _LISTCONNECTSESSIONSREQUEST._serialized_start=742
+  _LISTCONNECTSESSIONSREQUEST._serialized_end=770
+  _LISTCONNECTSESSIONSRESPONSE._serialized_start=772
+  _LISTCONNECTSESSIONSRESPONSE._serialized_end=875
+  _REVOKECONNECTSESSIONREQUEST._serialized_start=877
+  _REVOKECONNECTSESSIONREQUEST._serialized_end=926
+  _REVOKECONNECTSESSIONRESPONSE._serialized_start=928
+  _REVOKECONNECTSESSIONRESPONSE._serialized_end=958
+  _CREATECONNECTSESSIONRESPONSE._serialized_start=960
+  _CREATECONNECTSESSIONRESPONSE._serialized_end=1085
+  _CONNECTSERVICE._serialized_start=1088
+  _CONNECTSERVICE._serialized_end=1440
 # @@protoc_insertion_point(module_scope)

@@ -27,16 +27,18 @@ class ConnectSession(_message.Message):
     def __init__(self, name: _Optional[str] = ..., account_id: _Optional[str] = ..., provider: _Optional[_Union[_account_pb2.Provider, str]] = ..., display_name: _Optional[str] = ..., create_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., creator: _Optional[str] = ...) -> None: ...
 
 class CreateConnectSessionRequest(_message.Message):
-    __slots__ = ["account_id", "display_name", "provider", "ttl"]
+    __slots__ = ["account_id", "display_name", "oauth2_authorization_code", "provider", "ttl"]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    OAUTH2_AUTHORIZATION_CODE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     display_name: str
+    oauth2_authorization_code: _account_pb2.OAuth2AuthorizationCode
     provider: _account_pb2.Provider
     ttl: _duration_pb2.Duration
-    def __init__(self, account_id: _Optional[str] = ..., provider: _Optional[_Union[_account_pb2.Provider, str]] = ..., display_name: _Optional[str] = ..., ttl: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, account_id: _Optional[str] = ..., provider: _Optional[_Union[_account_pb2.Provider, str]] = ..., display_name: _Optional[str] = ..., ttl: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ..., oauth2_authorization_code: _Optional[_Union[_account_pb2.OAuth2AuthorizationCode, _Mapping]] = ...) -> None: ...
 
 class CreateConnectSessionResponse(_message.Message):
     __slots__ = ["connect_session", "url"]

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Provider } from "./account_pb.js";
+import type { OAuth2AuthorizationCode, Provider } from "./account_pb.js";
 import { file_credbroker_v1_account } from "./account_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file credbroker/v1/connect.proto.
  */
 export const file_credbroker_v1_connect: GenFile = /*@__PURE__*/
-  fileDesc("ChtjcmVkYnJva2VyL3YxL2Nvbm5lY3QucHJvdG8SDWNyZWRicm9rZXIudjEi5gEKDkNvbm5lY3RTZXNzaW9uEgwKBG5hbWUYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIpCghwcm92aWRlchgDIAEoDjIXLmNyZWRicm9rZXIudjEuUHJvdmlkZXISFAoMZGlzcGxheV9uYW1lGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3JlYXRvchgHIAEoCSKaAQobQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSKQoIcHJvdmlkZXIYAiABKA4yFy5jcmVkYnJva2VyLnYxLlByb3ZpZGVyEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iHAoaTGlzdENvbm5lY3RTZXNzaW9uc1JlcXVlc3QiVgobTGlzdENvbm5lY3RTZXNzaW9uc1Jlc3BvbnNlEjcKEGNvbm5lY3Rfc2Vzc2lvbnMYASADKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uIisKG1Jldm9rZUNvbm5lY3RTZXNzaW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIh4KHFJldm9rZUNvbm5lY3RTZXNzaW9uUmVzcG9uc2UiaAocQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXNwb25zZRI2Cg9jb25uZWN0X3Nlc3Npb24YASABKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uEhAKA3VybBgCIAEoCUIDgAEBMuACCg5Db25uZWN0U2VydmljZRJvChRDcmVhdGVDb25uZWN0U2Vzc2lvbhIqLmNyZWRicm9rZXIudjEuQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0GisuY3JlZGJyb2tlci52MS5DcmVhdGVDb25uZWN0U2Vzc2lvblJlc3BvbnNlEmwKE0xpc3RDb25uZWN0U2Vzc2lvbnMSKS5jcmVkYnJva2VyLnYxLkxpc3RDb25uZWN0U2Vzc2lvbnNSZXF1ZXN0GiouY3JlZGJyb2tlci52MS5MaXN0Q29ubmVjdFNlc3Npb25zUmVzcG9uc2USbwoUUmV2b2tlQ29ubmVjdFNlc3Npb24SKi5jcmVkYnJva2VyLnYxLlJldm9rZUNvbm5lY3RTZXNzaW9uUmVxdWVzdBorLmNyZWRicm9rZXIudjEuUmV2b2tlQ29ubmVjdFNlc3Npb25SZXNwb25zZUJDWkFnaXRodWIuY29tL2NyZWRicm9rZXIvY3JlZGJyb2tlci9wcm90by9jcmVkYnJva2VyL3YxO2NyZWRicm9rZXJ2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_credbroker_v1_account]);
+  fileDesc("ChtjcmVkYnJva2VyL3YxL2Nvbm5lY3QucHJvdG8SDWNyZWRicm9rZXIudjEi5gEKDkNvbm5lY3RTZXNzaW9uEgwKBG5hbWUYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIpCghwcm92aWRlchgDIAEoDjIXLmNyZWRicm9rZXIudjEuUHJvdmlkZXISFAoMZGlzcGxheV9uYW1lGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3JlYXRvchgHIAEoCSLlAQobQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSKQoIcHJvdmlkZXIYAiABKA4yFy5jcmVkYnJva2VyLnYxLlByb3ZpZGVyEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SSQoZb2F1dGgyX2F1dGhvcml6YXRpb25fY29kZRgFIAEoCzImLmNyZWRicm9rZXIudjEuT0F1dGgyQXV0aG9yaXphdGlvbkNvZGUiHAoaTGlzdENvbm5lY3RTZXNzaW9uc1JlcXVlc3QiVgobTGlzdENvbm5lY3RTZXNzaW9uc1Jlc3BvbnNlEjcKEGNvbm5lY3Rfc2Vzc2lvbnMYASADKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uIisKG1Jldm9rZUNvbm5lY3RTZXNzaW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIh4KHFJldm9rZUNvbm5lY3RTZXNzaW9uUmVzcG9uc2UiaAocQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXNwb25zZRI2Cg9jb25uZWN0X3Nlc3Npb24YASABKAsyHS5jcmVkYnJva2VyLnYxLkNvbm5lY3RTZXNzaW9uEhAKA3VybBgCIAEoCUIDgAEBMuACCg5Db25uZWN0U2VydmljZRJvChRDcmVhdGVDb25uZWN0U2Vzc2lvbhIqLmNyZWRicm9rZXIudjEuQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0GisuY3JlZGJyb2tlci52MS5DcmVhdGVDb25uZWN0U2Vzc2lvblJlc3BvbnNlEmwKE0xpc3RDb25uZWN0U2Vzc2lvbnMSKS5jcmVkYnJva2VyLnYxLkxpc3RDb25uZWN0U2Vzc2lvbnNSZXF1ZXN0GiouY3JlZGJyb2tlci52MS5MaXN0Q29ubmVjdFNlc3Npb25zUmVzcG9uc2USbwoUUmV2b2tlQ29ubmVjdFNlc3Npb24SKi5jcmVkYnJva2VyLnYxLlJldm9rZUNvbm5lY3RTZXNzaW9uUmVxdWVzdBorLmNyZWRicm9rZXIudjEuUmV2b2tlQ29ubmVjdFNlc3Npb25SZXNwb25zZUJDWkFnaXRodWIuY29tL2NyZWRicm9rZXIvY3JlZGJyb2tlci9wcm90by9jcmVkYnJva2VyL3YxO2NyZWRicm9rZXJ2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_credbroker_v1_account]);
 
 /**
  * ConnectSession is a connect link, never its secret.
@@ -89,8 +89,8 @@ export type CreateConnectSessionRequest = Message<"credbroker.v1.CreateConnectSe
   accountId: string;
 
   /**
-   * Required: PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT or
-   * PROVIDER_JUMPCLOUD_API_KEY.
+   * Required: PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT,
+   * PROVIDER_JUMPCLOUD_API_KEY or PROVIDER_OAUTH2_AUTHORIZATION_CODE.
    *
    * @generated from field: credbroker.v1.Provider provider = 2;
    */
@@ -110,6 +110,16 @@ export type CreateConnectSessionRequest = Message<"credbroker.v1.CreateConnectSe
    * @generated from field: google.protobuf.Duration ttl = 4;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Required with PROVIDER_OAUTH2_AUTHORIZATION_CODE: the provider and the
+   * app the broker signs in as. Whoever opens the link only signs in at
+   * the provider; the client secret is kept sealed with the link, and
+   * forgotten with it.
+   *
+   * @generated from field: credbroker.v1.OAuth2AuthorizationCode oauth2_authorization_code = 5;
+   */
+  oauth2AuthorizationCode?: OAuth2AuthorizationCode | undefined;
 };
 
 /**
