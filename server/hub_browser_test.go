@@ -141,6 +141,24 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	capture()
 	admin.screenshot("account")
+	// The other kinds: a JumpCloud API key, generic client credentials.
+	b.fake.SetAPIKey(apiKey, "")
+	do(chromedp.Navigate(b.hubURL+"/accounts/new?kind=jumpcloud-api-key"), chromedp.WaitVisible("#api_key"),
+		chromedp.SendKeys("#account_id", "legacy"), chromedp.SendKeys("#api_key", apiKey), chromedp.Submit("#api_key"),
+		chromedp.WaitVisible("#add-grant"))
+	if h := text(chromedp.Text("h1")); !strings.Contains(h, "legacy") {
+		t.Errorf("the API key's page: %q", h)
+	}
+	capture()
+	do(chromedp.Navigate(b.hubURL+"/accounts/new?kind=oauth2"), chromedp.WaitVisible("#token_url"),
+		chromedp.SendKeys("#account_id", "generic"), chromedp.SendKeys("#token_url", b.cfg.Provider.JumpCloudTokenURLUS),
+		chromedp.SendKeys("#client_id", clientID), chromedp.SendKeys("#client_secret", clientSecret), chromedp.SendKeys("#scopes", "api"), chromedp.Submit("#client_secret"),
+		chromedp.WaitVisible("#add-grant"))
+	if h := text(chromedp.Text("h1")); !strings.Contains(h, "generic") {
+		t.Errorf("the client credentials' page: %q", h)
+	}
+	capture()
+	do(chromedp.Navigate(b.hubURL+"/accounts/globex"), chromedp.WaitVisible("#secret"))
 	// Rotate its secret, grant it to the service, from its page.
 	const newSecret = "canary-NEW-SECRET-browser-40ce"
 	b.fake.AddClientSecret(clientID, newSecret)
@@ -255,7 +273,7 @@ func TestHubInABrowser(t *testing.T) {
 	}
 	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token,
 		"new secret": newSecret, "new caller key": newKey,
-		"app secret": appSecret, "user's password": appPassword} {
+		"app secret": appSecret, "user's password": appPassword, "API key": apiKey} {
 		if strings.Contains(all, canary) {
 			t.Errorf("a page, URL or history entry holds the %s", name)
 		}

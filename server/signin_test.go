@@ -169,6 +169,9 @@ func TestSignInByRedirect(t *testing.T) {
 	if tok := b.token(t, "example"); !strings.HasPrefix(tok.GetAccessToken(), "fake-access-") || tok.GetApiBaseUrl() != p.url+oauthfake.APIPath {
 		t.Fatalf("the token of the account linked by sign-in: %v", tok)
 	}
+	if resp, body := b.proxyCall(t, "GET", "/v1/accounts/example/proxy/me", b.keys.svc, nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, `"ok":true`) {
+		t.Fatalf("a call through the egress proxy: %d %s", resp.StatusCode, body)
+	}
 
 	location, cookie = h.startSignIn(p, p.signInForm("denied"))
 	if resp, body := h.callback(p.signIn(t, location, "deny"), cookie); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "access_denied") {
@@ -239,6 +242,16 @@ func TestRefreshTokens(t *testing.T) {
 	if n := p.Refreshes() - before; n != 4 {
 		t.Fatalf("%d refreshes; want 4", n)
 	}
+
+	p.FailRefreshes(http.StatusServiceUnavailable) // the provider down: DEGRADED, and back by itself
+	time.Sleep(2100 * time.Millisecond)
+	_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
+	wantCode(t, err, codes.Unavailable, credbrokerv1.ErrorReason_PROVIDER_UNAVAILABLE.String())
+	p.FailRefreshes(0)
+	waitFor(t, 10*time.Second, func() error {
+		_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
+		return err
+	})
 
 	p.RevokeAll()
 	time.Sleep(2100 * time.Millisecond)
