@@ -82,7 +82,7 @@ func (h *hubClient) continueSignIn(resp *http.Response, body string) (string, *h
 		h.t.Fatalf("starting a sign-in: %d\n%s", resp.StatusCode, body)
 	}
 	for _, c := range resp.Cookies() {
-		if c.Name == "credbroker_signin" {
+		if strings.HasPrefix(c.Name, "credbroker_signin_") {
 			return html.UnescapeString(m[1]), c
 		}
 	}
@@ -102,7 +102,14 @@ func (h *hubClient) callback(location string, cookie *http.Cookie) (*http.Respon
 	if cookie != nil {
 		header["Cookie"] = cookie.Name + "=" + cookie.Value
 	}
-	return h.do("GET", path, nil, header)
+	resp, body := h.do("GET", path, nil, header)
+	if next := resp.Header.Get("Location"); resp.StatusCode == http.StatusSeeOther && strings.HasPrefix(next, "/signed-in?") {
+		if strings.Contains(next, "code=") || strings.Contains(next, "state=") {
+			h.t.Fatalf("the callback sends the browser on to %s", next)
+		}
+		return h.do("GET", next, nil, nil)
+	}
+	return resp, body
 }
 
 // linkByRedirect links account id at p through the Hub, as an admin.
@@ -394,4 +401,75 @@ func TestConnectLinkSignsInByRedirect(t *testing.T) {
 		canaries[fmt.Sprint("refresh token ", i)] = rt
 	}
 	visitor.noCanaries(b.logs.String(), 4, "example", canaries)
+}
+
+// What a sign-in by redirect must not let through: two sign-ins in one
+// browser both finish; signing out ends one under way; an error
+// description that echoes the client secret is withheld; a reconnect
+// whose account was linked anew meanwhile sends nothing to the provider;
+// an authorization URL may not set what the broker sets.
+func TestSignInHoldsItsGround(t *testing.T) {
+	ctx := context.Background()
+	p := startOAuthProvider(t)
+	b := startBroker(t)
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+
+	first, firstCookie := h.startSignIn(p, p.signInForm("first"))
+	second, secondCookie := h.startSignIn(p, p.signInForm("second"))
+	if firstCookie.Name == secondCookie.Name {
+		t.Fatal("two sign-ins share a cookie")
+	}
+	for location, cookie := range map[string]*http.Cookie{second: secondCookie, first: firstCookie} {
+		if resp, body := h.callback(p.signIn(t, location, "allow"), cookie); resp.StatusCode != http.StatusOK {
+			t.Fatalf("one of two sign-ins in a browser: %d\n%s", resp.StatusCode, body)
+		}
+	}
+
+	location, cookie := h.startSignIn(p, p.signInForm("afterout"))
+	back := p.signIn(t, location, "allow")
+	resp, _ := h.do("POST", "/signout", h.form("/accounts", url.Values{}), map[string]string{"Cookie": cookie.Name + "=" + cookie.Value})
+	cleared := false
+	for _, c := range resp.Cookies() {
+		cleared = cleared || (c.Name == cookie.Name && c.MaxAge < 0)
+	}
+	if !cleared {
+		t.Fatal("signing out left the sign-in's cookie")
+	}
+	if resp, body := h.callback(back, nil); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a sign-in finished after signing out: %d\n%s", resp.StatusCode, body)
+	}
+	h.signIn(b.keys.admin)
+
+	location, cookie = h.startSignIn(p, p.signInForm("echo"))
+	q, _ := url.Parse(location)
+	echo := b.hubURL + "/oauth2/callback?" + url.Values{"state": {q.Query().Get("state")}, "error": {"access_denied"}, "error_description": {"your secret is " + appSecret}}.Encode()
+	if resp, body := h.callback(echo, cookie); resp.StatusCode != http.StatusBadRequest || strings.Contains(body, appSecret) || !strings.Contains(body, "withheld") {
+		t.Fatalf("an error description echoing the client secret: %d\n%s", resp.StatusCode, body)
+	}
+
+	linkByRedirect(t, b, h, p, "moved")
+	location, cookie = h.continueSignIn(h.do("POST", "/accounts/moved/reconnect", h.form("/accounts/moved", url.Values{}), nil))
+	back = p.signIn(t, location, "allow")
+	if _, err := b.accounts.DeleteAccount(ctx, &credbrokerv1.DeleteAccountRequest{Name: "accounts/moved"}); err != nil {
+		t.Fatal(err)
+	}
+	linkByRedirect(t, b, h, p, "moved")
+	requests := p.TokenRequests()
+	if resp, body := h.callback(back, cookie); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "changed while you signed in") {
+		t.Fatalf("a reconnect of an account linked anew meanwhile: %d\n%s", resp.StatusCode, body)
+	}
+	if p.TokenRequests() != requests {
+		t.Fatal("the provider was asked for a reconnect of another account")
+	}
+
+	bad := p.signInForm("bad")
+	bad.Set("authorization_url", p.url+oauthfake.AuthorizePath+"?redirect_uri=https://evil.example/cb")
+	if body := h.post("/accounts/new?kind=oauth2-code", "/accounts/new", bad, http.StatusBadRequest, ""); !strings.Contains(fieldError(body, "authorization_url"), "redirect_uri") {
+		t.Fatalf("an authorization URL that sets the redirect URI:\n%s", body)
+	}
+	bad.Set("authorization_url", p.url+oauthfake.AuthorizePath+"#")
+	if body := h.post("/accounts/new?kind=oauth2-code", "/accounts/new", bad, http.StatusBadRequest, ""); fieldError(body, "authorization_url") == "" {
+		t.Fatalf("an authorization URL with a fragment:\n%s", body)
+	}
 }

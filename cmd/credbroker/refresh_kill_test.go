@@ -160,7 +160,11 @@ func linkByRedirect(t *testing.T, r *runningBinary, p *oauthfake.Fake, providerU
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp, page := do("GET", strings.TrimPrefix(back, hub), nil); resp.StatusCode != http.StatusOK || !strings.Contains(page, "is linked") {
+	resp, page := do("GET", strings.TrimPrefix(back, hub), nil)
+	if resp.StatusCode == http.StatusSeeOther {
+		resp, page = do("GET", resp.Header.Get("Location"), nil)
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, "is linked") {
 		t.Fatalf("the way back: %d\n%s", resp.StatusCode, page)
 	}
 }

@@ -38,7 +38,7 @@ type Fake struct {
 	// User and Password sign in on the form.
 	user, password string
 
-	refreshes atomic.Int64
+	refreshes, tokenRequests atomic.Int64
 
 	mu    sync.Mutex
 	codes map[string]grant // code -> what it was issued for
@@ -174,6 +174,9 @@ func (f *Fake) RefreshTokens() []string {
 	return all
 }
 
+// TokenRequests counts every request to the token endpoint.
+func (f *Fake) TokenRequests() int { return int(f.tokenRequests.Load()) }
+
 // Refreshes counts refresh-token requests.
 func (f *Fake) Refreshes() int { return int(f.refreshes.Load()) }
 
@@ -263,6 +266,7 @@ func (f *Fake) signIn(w http.ResponseWriter, r *http.Request) {
 
 // token answers authorization_code and refresh_token grants.
 func (f *Fake) token(w http.ResponseWriter, r *http.Request) {
+	f.tokenRequests.Add(1)
 	if err := r.ParseForm(); err != nil {
 		oauthError(w, http.StatusBadRequest, "invalid_request", "unreadable form")
 		return

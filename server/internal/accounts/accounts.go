@@ -54,7 +54,7 @@ type Store interface {
 	CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error
 	UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error)
 	DeleteAccount(id string, ev store.AuditEvent) error
-	UpdateTokenState(id string, change func(t *store.TokenState, wrappedKey []byte) error, ev *store.AuditEvent) error
+	LockTokenRefresh(ctx context.Context, id string) (*store.RefreshLock, error)
 }
 
 // named is a Store whose errors name what accounts means by them.
@@ -86,10 +86,6 @@ func (n named) UpdateAccount(id string, change func(*store.Account) error, ev st
 
 func (n named) DeleteAccount(id string, ev store.AuditEvent) error {
 	return rename(n.Store.DeleteAccount(id, ev))
-}
-
-func (n named) UpdateTokenState(id string, change func(t *store.TokenState, wrappedKey []byte) error, ev *store.AuditEvent) error {
-	return rename(n.Store.UpdateTokenState(id, change, ev))
 }
 
 // Service manages accounts. The token cache and the grants index learn of
@@ -244,7 +240,14 @@ func (s *Service) Reconnect(ctx context.Context, id string, tok provider.Token, 
 	if provider.Kind(a.Provider) != provider.KindOAuth2AuthorizationCode {
 		return View{}, ErrNotAuthorizationCode
 	}
-	err = s.store.UpdateTokenState(id, func(ts *store.TokenState, wrapped []byte) error {
+	// Under the account's refresh lock: a refresh under way (with the old
+	// refresh token) stores its outcome first, never over the new one.
+	lock, err := s.store.LockTokenRefresh(ctx, id)
+	if err != nil {
+		return View{}, err
+	}
+	defer lock.Unlock()
+	err = lock.UpdateTokenState(func(ts *store.TokenState, wrapped []byte) error {
 		sealed, err := s.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
 		if err != nil {
 			return err
@@ -258,7 +261,7 @@ func (s *Service) Reconnect(ctx context.Context, id string, tok provider.Token, 
 		return nil
 	}, &ev)
 	if err != nil {
-		return View{}, err
+		return View{}, rename(err)
 	}
 	s.synced(ctx)
 	return s.Get(id)

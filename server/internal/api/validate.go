@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -322,6 +323,27 @@ func checkParams(field string, params map[string]string, reserved ...string) err
 	return nil
 }
 
+// signInParams are the sign-in redirect's parameters that the broker sets.
+var signInParams = []string{"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"}
+
+// checkAuthorizationURL refuses an authorization URL whose own query sets
+// what the broker sets, or that has a fragment (which would swallow them).
+func checkAuthorizationURL(field, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return invalidArgument(field, "is not a URL")
+	}
+	if strings.Contains(raw, "#") {
+		return invalidArgument(field, "must not have a fragment (#)")
+	}
+	for k := range u.Query() {
+		if slices.Contains(signInParams, k) {
+			return invalidArgument(field, fmt.Sprintf("must not set %q: the broker sets it", k))
+		}
+	}
+	return nil
+}
+
 // maxDefaultLifetime bounds an authorization-code account's assumed token
 // lifetime.
 const maxDefaultLifetime = 24 * time.Hour
@@ -352,13 +374,13 @@ func NewAuthorizedAccount(id, displayName string, in *credbrokerv1.OAuth2Authori
 	out.Credentials = cr
 	for _, check := range []func() error{
 		func() error { return checkEndpointURL(f+"authorization_url", cr.AuthURL, true) },
+		func() error { return checkAuthorizationURL(f+"authorization_url", cr.AuthURL) },
 		func() error { return checkEndpointURL(f+"token_url", cr.TokenURL, true) },
 		func() error { return checkText(f+"client_id", cr.ClientID, true, maxClientID) },
 		func() error { return checkSecret(f+"client_secret", in.GetClientSecret()) },
 		func() error { return checkScopes(f+"scopes", cr.Scopes) },
 		func() error {
-			return checkParams(f+"authorization_params", cr.AuthParams,
-				"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method")
+			return checkParams(f+"authorization_params", cr.AuthParams, signInParams...)
 		},
 		func() error { return checkEndpointURL(f+"api_base_url", cr.APIBaseURL, false) },
 		func() error {

@@ -3,6 +3,8 @@ package hub
 import (
 	"cmp"
 	"context"
+	"maps"
+	"slices"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -22,6 +24,8 @@ import (
 type accountDetail struct {
 	accountRow
 	ClientID, OrgID, TokenURL, APIBaseURL, Scopes, Created string
+	// An account whose users sign in by redirect: where, and with what.
+	AuthURL, AuthParams string
 	ProviderError                                          string
 	Secrets                                                []secretRow
 	Grants                                                 []grantRow
@@ -80,6 +84,10 @@ func (h *Hub) showAccount(w http.ResponseWriter, r *http.Request, s *session, c 
 	d.accountRow = h.row(a)
 	d.ClientID, d.OrgID, d.TokenURL, d.APIBaseURL = a.GetClientId(), a.GetOrgId(), a.GetTokenUrl(), a.GetApiBaseUrl()
 	d.Scopes, d.Created = strings.Join(a.GetScopes(), " "), when(a.GetCreateTime())
+	d.AuthURL = a.GetAuthorizationUrl()
+	for _, k := range slices.Sorted(maps.Keys(a.GetAuthorizationParams())) {
+		d.AuthParams = strings.TrimSpace(d.AuthParams + " " + k + "=" + a.GetAuthorizationParams()[k])
+	}
 	if e := a.GetLastError(); e != nil && e.GetProviderError() != "" {
 		d.ProviderError = strings.TrimSpace(e.GetProviderError() + ": " + e.GetProviderErrorDescription())
 	}

@@ -184,6 +184,7 @@ func New(cfg Config, p Parts, secure bool) *Hub {
 	h.mux.HandleFunc("POST /connect-links/{id}/revoke", h.signedIn("hub: revoke a connect link", h.revokeConnectLink))
 	h.mux.HandleFunc("POST /accounts/{id}/reconnect", h.signedIn("hub: reconnect", h.reconnect))
 	h.mux.HandleFunc("GET "+signin.CallbackPath, h.callback)
+	h.mux.HandleFunc("GET /signed-in", h.signedInResult)
 	h.mux.HandleFunc("GET /connect/{secret}", h.connectPage)
 	h.mux.HandleFunc("POST /connect/{secret}", h.connectWithLink)
 	return h
@@ -482,6 +483,7 @@ func (h *Hub) signOut(w http.ResponseWriter, r *http.Request, s *session, c *gat
 		return err
 	}
 	h.clearCookie(w)
+	h.endSignIns(w, r)
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 	return nil
 }

@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -13,19 +15,43 @@ import (
 	"github.com/credbroker/credbroker/server/internal/api"
 	"github.com/credbroker/credbroker/server/internal/connect"
 	"github.com/credbroker/credbroker/server/internal/gate"
-	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/signin"
 )
 
 // signInCookie binds a sign-in at a provider to the browser that started
-// it. It is SameSite=Lax, unlike the session's: the provider sends the
-// browser back from its own site, and a Strict cookie would stay behind.
-func (h *Hub) signInCookie(value string, maxAge int) *http.Cookie {
-	name := "credbroker_signin"
-	if h.secure {
-		name = "__Host-credbroker_signin"
-	}
+// it: one a sign-in (its name ends in a random id), so that sign-ins in
+// two tabs do not undo each other. It is SameSite=Lax, unlike the
+// session's: the provider sends the browser back from its own site, and a
+// Strict cookie would stay behind.
+func (h *Hub) signInCookie(name, value string, maxAge int) *http.Cookie {
 	return &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true, Secure: h.secure, SameSite: http.SameSiteLaxMode}
+}
+
+// signInCookiePrefix starts the name of every sign-in cookie.
+func (h *Hub) signInCookiePrefix() string {
+	if h.secure {
+		return "__Host-credbroker_signin_"
+	}
+	return "credbroker_signin_"
+}
+
+// signInCookies are the request's sign-in cookies.
+func (h *Hub) signInCookies(r *http.Request) []*http.Cookie {
+	var all []*http.Cookie
+	for _, c := range r.Cookies() {
+		if strings.HasPrefix(c.Name, h.signInCookiePrefix()) {
+			all = append(all, c)
+		}
+	}
+	return all
+}
+
+// endSignIns clears the browser's sign-in cookies (on sign-out): a sign-in
+// it started cannot be finished any more.
+func (h *Hub) endSignIns(w http.ResponseWriter, r *http.Request) {
+	for _, c := range h.signInCookies(r) {
+		http.SetCookie(w, h.signInCookie(c.Name, "", -1))
+	}
 }
 
 // beginSignIn starts linking an authorization-code account from form f:
@@ -74,7 +100,9 @@ func (h *Hub) beginSignIn(w http.ResponseWriter, r *http.Request, c *gate.Call, 
 // the provider, since the Hub's pages may send forms only to the Hub
 // (form-action 'self' covers the redirects that follow a form).
 func (h *Hub) goSignIn(w http.ResponseWriter, accountID, to, cookie string) {
-	http.SetCookie(w, h.signInCookie(cookie, int(signin.TTL.Seconds())))
+	id := make([]byte, 6)
+	_, _ = rand.Read(id)
+	http.SetCookie(w, h.signInCookie(h.signInCookiePrefix()+hex.EncodeToString(id), cookie, int(signin.TTL.Seconds())))
 	host := to
 	if u, err := url.Parse(to); err == nil {
 		host = u.Host
@@ -114,12 +142,15 @@ type signedInAt struct {
 func (h *Hub) callback(w http.ResponseWriter, r *http.Request) {
 	const method = "hub: sign-in callback"
 	q := r.URL.Query()
-	var cookie string
-	if ck, err := r.Cookie(h.signInCookie("", 0).Name); err == nil {
-		cookie = ck.Value
+	cookies := h.signInCookies(r)
+	values := make([]string, len(cookies))
+	for i, c := range cookies {
+		values[i] = c.Value
 	}
-	http.SetCookie(w, h.signInCookie("", -1))
-	p, err := h.signin.Take(q.Get("state"), cookie)
+	p, match, err := h.signin.Take(q.Get("state"), values)
+	if match >= 0 { // this sign-in's cookie has done its job
+		http.SetCookie(w, h.signInCookie(cookies[match].Name, "", -1))
+	}
 	var c *gate.Call
 	var link *connect.Link
 	switch {
@@ -139,8 +170,8 @@ func (h *Hub) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil {
 		if code := q.Get("error"); code != "" {
-			pcode, pdesc := provider.CallbackError(code, q.Get("error_description"))
-			err = &signin.ProviderError{Code: pcode, Description: pdesc}
+			err = h.signin.ProviderError(p, code, q.Get("error_description"))
+			c.Detail = "the provider said " + err.(*signin.ProviderError).Code
 		} else {
 			_, err = h.signin.Finish(r.Context(), p, q.Get("code"), c.ChangeEvent("accounts/"+p.AccountID, ""))
 		}
@@ -153,11 +184,32 @@ func (h *Hub) callback(w http.ResponseWriter, r *http.Request) {
 		h.render(w, code, "error", page{Title: "Nothing was linked", Message: msg})
 		return
 	}
-	if link != nil {
-		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: p.AccountID})
+	how := "linked"
+	switch {
+	case link != nil:
+		how = "connected"
+	case p.Reconnect:
+		how = "reconnected"
+	}
+	// Away from the code and state: a reload or Back shows the outcome
+	// again instead of replaying them, and no history entry holds them.
+	http.Redirect(w, r, "/signed-in?"+url.Values{"account": {p.AccountID}, "how": {how}}.Encode(), http.StatusSeeOther)
+}
+
+// signedInResult says what a sign-in linked, in fixed words: its URL names
+// only an account id and how.
+func (h *Hub) signedInResult(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	id, how := q.Get("account"), q.Get("how")
+	if !api.ValidAccountID(id) || (how != "linked" && how != "reconnected" && how != "connected") {
+		h.render(w, http.StatusNotFound, "error", page{Title: "Not found", Message: "There is nothing to show here."})
 		return
 	}
-	h.render(w, http.StatusOK, "signed-in", page{Title: "Linked", Data: signedInAt{AccountID: p.AccountID, Reconnect: p.Reconnect}})
+	if how == "connected" {
+		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: id})
+		return
+	}
+	h.render(w, http.StatusOK, "signed-in", page{Title: "Linked", Data: signedInAt{AccountID: id, Reconnect: how == "reconnected"}})
 }
 
 // authStyle is a form's client authentication.

@@ -87,7 +87,8 @@ func (c *Client) request(ctx context.Context, cr Credentials, do func(context.Co
 
 // CallbackError is the error a provider sent the browser back with
 // (error, error_description), fit to show: an error code only if shaped
-// like one, a description of printable characters, bounded.
-func CallbackError(code, description string) (string, string) {
-	return providerCode(code, secret.Detector{}), providerText(description, maxDescriptionLen, secret.Detector{})
+// like one, a description of printable characters, bounded; each
+// withheld whole if echo finds a secret in it.
+func CallbackError(code, description string, echo secret.Detector) (string, string) {
+	return providerCode(code, echo), providerText(description, maxDescriptionLen, echo)
 }

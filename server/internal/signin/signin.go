@@ -41,11 +41,19 @@ const TTL = 10 * time.Minute
 const CallbackPath = "/oauth2/callback"
 
 var (
+	// ErrAccountChanged: the reconnected account was deleted or linked
+	// anew while its user signed in.
+	ErrAccountChanged = grpcerr.New(codes.FailedPrecondition, "the account changed while you signed in (it was deleted, or linked anew): nothing was sent to the provider; open its page and reconnect again")
+	// ErrCodeRefused: the provider refused the code it sent back.
+	ErrCodeRefused = grpcerr.New(codes.FailedPrecondition, "the provider refused the code it sent back (invalid_grant): the sign-in may have been answered twice, or tampered with; start it again")
+	// ErrNoCode: the provider sent the browser back with neither a code
+	// nor an error.
+	ErrNoCode = grpcerr.New(codes.InvalidArgument, "the provider sent you back without a code: start the sign-in again")
 	// ErrUnknown: no such sign-in under way.
 	ErrUnknown = grpcerr.New(codes.NotFound, "this sign-in is unknown, took longer than 10 minutes, or was finished already (the provider's answer came twice): start it again")
 	// ErrOtherBrowser: the answer came to another browser than the one
 	// that started the sign-in.
-	ErrOtherBrowser = grpcerr.New(codes.PermissionDenied, "this sign-in was started in another browser: start it again in this one")
+	ErrOtherBrowser = grpcerr.New(codes.PermissionDenied, "this sign-in was started in another browser, or its admin signed out meanwhile: start it again in this browser")
 )
 
 // ProviderError is the provider's answer that it did not let the user in
@@ -118,7 +126,7 @@ func (s *Service) Begin(in Start, ev store.AuditEvent) (to, cookie string, err e
 		if provider.Kind(stored.Provider) != provider.KindOAuth2AuthorizationCode {
 			return "", "", accounts.ErrNotAuthorizationCode
 		}
-		a.AccountID, a.Reconnect, a.DisplayName = stored.ID, true, stored.DisplayName
+		a.AccountID, a.Reconnect, a.ReconnectOf, a.DisplayName = stored.ID, true, stored.CreateTime, stored.DisplayName
 		a.App = AppOf(tokens.Describe(stored)) // its client secret stays in the account
 	case in.App != nil:
 		a.App = *in.App
@@ -178,36 +186,47 @@ type Pending struct {
 }
 
 // Take removes the sign-in that state names, so that it is finished once,
-// if cookie (of the browser that came back) is the one it was started
-// with.
-func (s *Service) Take(state, cookie string) (Pending, error) {
+// if one of cookies (the sign-in cookies of the browser that came back)
+// is the one it was started with; it returns which.
+func (s *Service) Take(state string, cookies []string) (Pending, int, error) {
 	if state == "" {
-		return Pending{}, ErrUnknown
+		return Pending{}, -1, ErrUnknown
 	}
+	match := -1
 	a, err := s.store.TakeAuthorization(s.hash("signin-state", state), func(a store.Authorization) error {
-		switch {
-		case !s.now().Before(a.ExpireTime):
+		if !s.now().Before(a.ExpireTime) {
 			return ErrUnknown
-		case cookie == "" || s.hash("signin-browser", cookie) != a.BrowserHash:
-			return ErrOtherBrowser // kept, for the browser that started it
 		}
-		return nil
+		for i, c := range cookies {
+			if s.hash("signin-browser", c) == a.BrowserHash {
+				match = i
+				return nil
+			}
+		}
+		return ErrOtherBrowser // kept, for the browser that started it
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		return Pending{}, ErrUnknown
+		return Pending{}, -1, ErrUnknown
 	}
-	return Pending{Authorization: a, state: state}, err
+	return Pending{Authorization: a, state: state}, match, err
 }
 
 // Finish exchanges the provider's code and links the account (with ev),
 // or gives the account its new tokens on a reconnect.
 func (s *Service) Finish(ctx context.Context, p Pending, code string, ev store.AuditEvent) (accounts.View, error) {
 	cr := Credentials(p.App)
+	if code == "" {
+		return accounts.View{}, ErrNoCode
+	}
 	var err error
 	if cr.ClientSecret, err = s.clientSecret(p); err != nil {
 		return accounts.View{}, err
 	}
 	tok, err := s.provider.Exchange(ctx, cr, p.RedirectURI, code, s.verifier(p.state))
+	var rejected *provider.RejectedError
+	if errors.As(err, &rejected) && rejected.Code == "invalid_grant" {
+		return accounts.View{}, ErrCodeRefused // the client's credentials passed; the code did not
+	}
 	if err != nil {
 		return accounts.View{}, err
 	}
@@ -219,6 +238,14 @@ func (s *Service) Finish(ctx context.Context, p Pending, code string, ev store.A
 	return s.accounts.CreateAuthorized(ctx, accounts.NewAccount{
 		ID: p.AccountID, DisplayName: p.DisplayName, Credentials: cr, SecretExpireTime: p.SecretExpireTime,
 	}, tok, ev)
+}
+
+// ProviderError is the error the provider sent the browser back with, fit
+// to show: withheld if it echoes the sign-in's client secret.
+func (s *Service) ProviderError(p Pending, code, description string) error {
+	sec, _ := s.clientSecret(p)
+	code, description = provider.CallbackError(code, description, secret.NewDetector(sec, p.App.ClientID))
+	return &ProviderError{Code: code, Description: description}
 }
 
 // clientSecret is the client secret a sign-in exchanges its code with:
@@ -235,6 +262,10 @@ func (s *Service) clientSecret(p Pending) (secret.String, error) {
 	a, err := s.store.Account(p.AccountID)
 	if err != nil {
 		return secret.String{}, err
+	}
+	if !a.CreateTime.Equal(p.ReconnectOf) || provider.Kind(a.Provider) != provider.KindOAuth2AuthorizationCode ||
+		a.TokenURL != p.App.TokenURL || a.ClientID != p.App.ClientID {
+		return secret.String{}, ErrAccountChanged
 	}
 	if len(a.Secrets) == 0 {
 		return secret.String{}, fmt.Errorf("account %s has no client secret", a.ID)

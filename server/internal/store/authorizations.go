@@ -17,9 +17,13 @@ type Authorization struct {
 	Version int `json:"v"`
 	// AccountID is the account the sign-in links; Reconnect: it exists,
 	// and gets new tokens.
-	AccountID   string `json:"account_id"`
-	Reconnect   bool   `json:"reconnect,omitempty"`
-	DisplayName string `json:"display_name,omitempty"`
+	AccountID string `json:"account_id"`
+	Reconnect bool   `json:"reconnect,omitempty"`
+	// ReconnectOf is when the reconnected account was created: a sign-in
+	// finishes only for the account it started for, not one re-linked
+	// under the same id meanwhile.
+	ReconnectOf time.Time `json:"reconnect_of,omitzero"`
+	DisplayName string    `json:"display_name,omitempty"`
 	// Principal started it: a Hub admin, or a connect link
 	// ("connectSessions/{id}", whose hash is ConnectHash).
 	Principal   string `json:"principal"`

@@ -173,12 +173,21 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
 	}
 	if f.Reason != ReasonIntegrity && (e.status.LastError == nil || e.status.LastError.Message != f.Message) { // that one was logged above
-		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", delay.Round(time.Millisecond))
+		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", retryIn(delay))
 	}
 	e.status.LastError = f
 	e.nextAttempt = now.Add(delay)
 	e.lastErr = &FetchError{Err: err, RetryAt: e.nextAttempt}
 	return e.lastErr
+}
+
+// retryIn says when the broker asks again, for the log: never (until an
+// admin acts) for the failures it does not retry.
+func retryIn(delay time.Duration) any {
+	if delay > 24*365*time.Hour {
+		return "not until an admin acts"
+	}
+	return delay.Round(time.Millisecond)
 }
 
 // backoff is exponential from lo, capped at hi, with the upper half jittered.
