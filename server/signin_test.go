@@ -473,3 +473,55 @@ func TestSignInHoldsItsGround(t *testing.T) {
 		t.Fatalf("an authorization URL with a fragment:\n%s", body)
 	}
 }
+
+// A reconnect while a refresh is under way: the refresh (with the old
+// refresh token) stores its outcome first, never over the reconnect's new
+// tokens, so the account goes on with the grant of the new sign-in.
+func TestReconnectWaitsForARefresh(t *testing.T) {
+	ctx := context.Background()
+	p := startOAuthProvider(t)
+	p.SetTokenTTL(12*time.Second, false) // served for 2 s: 10 s is the margin
+	cfg, fake, logs := newConfig(t)
+	cfg.Tokens.ScanInterval = time.Hour
+	b := startWith(t, cfg, fake, logs)
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+	linkByRedirect(t, b, h, p, "example")
+	b.grant(t, "example", svcPrincipal)
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	p.OnRefresh(func(s oauthfake.Stage) {
+		if s == oauthfake.Received {
+			once.Do(func() { close(held); <-release })
+		}
+	})
+	time.Sleep(2100 * time.Millisecond)
+	refreshed := make(chan error, 1)
+	go func() {
+		_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
+		refreshed <- err
+	}()
+	<-held
+	location, cookie := h.continueSignIn(h.do("POST", "/accounts/example/reconnect", h.form("/accounts/example", url.Values{}), nil))
+	back := p.signIn(t, location, "allow")
+	reconnected := make(chan string, 1)
+	go func() {
+		_, body := h.callback(back, cookie)
+		reconnected <- body
+	}()
+	time.Sleep(500 * time.Millisecond) // the reconnect waits for the refresh
+	close(release)
+	if err := <-refreshed; err != nil {
+		t.Fatalf("the refresh under way: %v", err)
+	}
+	if body := <-reconnected; !strings.Contains(body, "reconnected") {
+		t.Fatalf("the reconnect:\n%s", body)
+	}
+	p.OnRefresh(nil)
+	p.RevokeOlderFamilies() // only the new sign-in's grant works now
+	time.Sleep(2100 * time.Millisecond)
+	if _, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/example"}); err != nil {
+		t.Fatalf("a refresh after the reconnect: %v", err)
+	}
+}

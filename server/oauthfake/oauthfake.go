@@ -46,6 +46,7 @@ type Fake struct {
 	// is replaced, and still accepted until its grace ends.
 	refreshTokens map[string]*refreshToken
 	revoked       map[string]bool // families revoked by reuse, or by Revoke
+	families      []string        // oldest first
 	issued        map[string]time.Time
 	tokenTTL      time.Duration
 	noExpiresIn   bool
@@ -71,7 +72,7 @@ const (
 )
 
 // OnRefresh calls fn at each stage of every refresh from now on (with
-// the fake locked: fn must not call it). nil stops.
+// the fake locked, but at Received: fn must not call it then). nil stops.
 func (f *Fake) OnRefresh(fn func(Stage)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -151,6 +152,16 @@ func (f *Fake) FailRefreshes(code int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failRefresh = code
+}
+
+// RevokeOlderFamilies revokes the refresh tokens of every sign-in but the
+// latest, as a provider does when a user's consent is renewed.
+func (f *Fake) RevokeOlderFamilies() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, family := range f.families[:max(0, len(f.families)-1)] {
+		f.revoked[family] = true
+	}
 }
 
 // RevokeAll revokes every refresh token issued so far, as a user who
@@ -267,6 +278,14 @@ func (f *Fake) signIn(w http.ResponseWriter, r *http.Request) {
 // token answers authorization_code and refresh_token grants.
 func (f *Fake) token(w http.ResponseWriter, r *http.Request) {
 	f.tokenRequests.Add(1)
+	if r.PostFormValue("grant_type") == "refresh_token" {
+		f.mu.Lock()
+		hook := f.onRefresh
+		f.mu.Unlock()
+		if hook != nil {
+			hook(Received) // unlocked: it may hold the request while others go on
+		}
+	}
 	if err := r.ParseForm(); err != nil {
 		oauthError(w, http.StatusBadRequest, "invalid_request", "unreadable form")
 		return
@@ -298,7 +317,6 @@ func (f *Fake) token(w http.ResponseWriter, r *http.Request) {
 		}
 	case "refresh_token":
 		f.refreshes.Add(1)
-		f.stage(Received)
 		f.refresh(w, r.PostFormValue("refresh_token"))
 		if fl, ok := w.(http.Flusher); ok {
 			fl.Flush()
@@ -348,6 +366,7 @@ func (f *Fake) stage(s Stage) {
 
 // answer issues a new family's first tokens; f.mu is held.
 func (f *Fake) answer(w http.ResponseWriter, family, scope string) {
+	f.families = append(f.families, family)
 	rt := random()
 	f.refreshTokens[rt] = &refreshToken{family: family, scope: scope}
 	f.answerRefreshing(w, family, scope, rt)

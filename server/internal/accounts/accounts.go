@@ -54,7 +54,6 @@ type Store interface {
 	CreateAccount(a store.Account, t store.TokenState, ev store.AuditEvent) error
 	UpdateAccount(id string, change func(*store.Account) error, ev store.AuditEvent) (store.Account, error)
 	DeleteAccount(id string, ev store.AuditEvent) error
-	LockTokenRefresh(ctx context.Context, id string) (*store.RefreshLock, error)
 }
 
 // named is a Store whose errors name what accounts means by them.
@@ -240,26 +239,25 @@ func (s *Service) Reconnect(ctx context.Context, id string, tok provider.Token, 
 	if provider.Kind(a.Provider) != provider.KindOAuth2AuthorizationCode {
 		return View{}, ErrNotAuthorizationCode
 	}
-	// Under the account's refresh lock: a refresh under way (with the old
-	// refresh token) stores its outcome first, never over the new one.
-	lock, err := s.store.LockTokenRefresh(ctx, id)
-	if err != nil {
-		return View{}, err
-	}
-	defer lock.Unlock()
-	err = lock.UpdateTokenState(func(ts *store.TokenState, wrapped []byte) error {
-		sealed, err := s.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
-		if err != nil {
-			return err
-		}
-		refresh, err := s.keys.Seal(id, wrapped, keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal()))
-		if err != nil {
-			return err
-		}
-		ts.SealedToken, ts.SealedRefreshToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, refresh, tok.TokenType, tok.Expiry, tok.Obtained
-		ts.State, ts.LastError = string(tokens.StateActive), nil
-		return nil
-	}, &ev)
+	// After a refresh under way (with the old refresh token) has stored
+	// its outcome, never before it.
+	err = s.tokens.NewGrant(ctx, id, func(lock *store.RefreshLock) error {
+		return lock.UpdateTokenState(func(ts *store.TokenState, wrapped []byte) error {
+			sealed, err := s.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+			if err != nil {
+				return err
+			}
+			refresh, err := s.keys.Seal(id, wrapped, keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal()))
+			if err != nil {
+				return err
+			}
+			// Obtained now, not at the exchange: a refresh that landed meanwhile
+			// came with the old grant, and must not be taken for the newer.
+			ts.SealedToken, ts.SealedRefreshToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, refresh, tok.TokenType, tok.Expiry, s.now()
+			ts.State, ts.LastError = string(tokens.StateActive), nil
+			return nil
+		}, &ev)
+	})
 	if err != nil {
 		return View{}, rename(err)
 	}

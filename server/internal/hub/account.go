@@ -4,9 +4,9 @@ import (
 	"cmp"
 	"context"
 	"maps"
-	"slices"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,10 +26,10 @@ type accountDetail struct {
 	ClientID, OrgID, TokenURL, APIBaseURL, Scopes, Created string
 	// An account whose users sign in by redirect: where, and with what.
 	AuthURL, AuthParams string
-	ProviderError                                          string
-	Secrets                                                []secretRow
-	Grants                                                 []grantRow
-	Events                                                 []eventRow
+	ProviderError       string
+	Secrets             []secretRow
+	Grants              []grantRow
+	Events              []eventRow
 	// MaxSecrets: the account holds two secrets, so one must go before
 	// another is added.
 	MaxSecrets bool

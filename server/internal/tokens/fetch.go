@@ -244,6 +244,50 @@ func (m *Manager) serve(e *entry, c *call, tok provider.Token, status Status) {
 	e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
 }
 
+// errReplacing is what callers get while an account's tokens are being
+// replaced (a reconnect): its new token is there a moment later.
+var errReplacing = grpcerr.New(codes.Unavailable, "the account is being reconnected: retry in a moment")
+
+// NewGrant stores an account's new grant (a reconnect's tokens) with
+// write, once any request under way has stored its outcome, and before
+// another starts: on this replica (its single flight) and cluster-wide
+// (the refresh lock write is given). A refresh with the old refresh token
+// never lands over the new one.
+func (m *Manager) NewGrant(ctx context.Context, id string, write func(*store.RefreshLock) error) error {
+	e := m.lookup(id)
+	if e == nil {
+		return ErrNotFound
+	}
+	mine := &call{done: make(chan struct{}), err: errReplacing}
+	for {
+		e.mu.Lock()
+		c := e.inflight
+		if c == nil {
+			e.inflight = mine
+			e.mu.Unlock()
+			break
+		}
+		e.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer func() {
+		e.mu.Lock()
+		e.inflight = nil
+		close(mine.done)
+		e.mu.Unlock()
+	}()
+	lock, err := m.store.LockTokenRefresh(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	return write(lock)
+}
+
 // storageFailed is what callers get when the refresh lock could not be
 // taken, or was lost before the provider was asked (this replica lost
 // touch with the storage for longer than its lease), or the stored token
