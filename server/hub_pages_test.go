@@ -7,8 +7,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
 // form is the session's form token, read from a page of the Hub.
@@ -277,5 +281,26 @@ func TestHubCallersAndAudit(t *testing.T) {
 	}
 	if strings.Count(b.logs.String(), key) != 0 || strings.Contains(all, b.keys.svc) || strings.Contains(all, b.keys.admin) {
 		t.Error("a Hub page or the log holds a caller key")
+	}
+}
+
+// The Accounts page says an account's state and its reason in words, and
+// its state filter finds it.
+func TestHubSaysWhyInWords(t *testing.T) {
+	ctx := context.Background()
+	b := startBroker(t)
+	b.fake.SetTokenTTL(32 * time.Second) // served for 2 s: 30 s is JumpCloud's margin
+	b.link(t, "acme")
+	b.fake.SetBehaviour(jumpcloudfake.RejectAll)
+	time.Sleep(2100 * time.Millisecond)
+	_, err := b.tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+	wantCode(t, err, codes.FailedPrecondition, credbrokerv1.ErrorReason_CREDENTIALS_REJECTED.String())
+	h := &hubClient{t: t, base: b.hubURL}
+	h.signIn(b.keys.admin)
+	if _, body := h.do("GET", "/accounts?state=needs_attention", nil, nil); !strings.Contains(body, "Needs attention: JumpCloud rejected the client secret") {
+		t.Fatalf("a rejected account on the Accounts page:\n%s", body)
+	}
+	if _, body := h.do("GET", "/accounts?state=active", nil, nil); strings.Contains(body, "acme") {
+		t.Fatalf("the active accounts list a rejected one:\n%s", body)
 	}
 }

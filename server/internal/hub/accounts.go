@@ -99,11 +99,8 @@ func (h *Hub) row(a *credbrokerv1.Account) accountRow {
 	if r.StateWords == "" {
 		r.StateWords = "No token yet"
 	}
-	switch e := a.GetLastError(); {
-	case a.GetStateReason() == credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING:
-		r.StateWords += ": its secrets expire soon; add a new one"
-	case e != nil && a.GetState() != credbrokerv1.AccountState_ACCOUNT_STATE_ACTIVE:
-		r.StateWords += ": " + e.GetMessage()
+	if why := reasonWords(a); why != "" {
+		r.StateWords += ": " + why
 	}
 	now := h.cfg.Now()
 	switch t := a.GetCredentialsExpireTime(); {
@@ -118,6 +115,36 @@ func (h *Hub) row(a *credbrokerv1.Account) accountRow {
 	}
 	r.LastToken = when(a.GetLastTokenTime())
 	return r
+}
+
+// reasonWords says why an account is in its state, as an admin would.
+func reasonWords(a *credbrokerv1.Account) string {
+	who, what := "The provider", "the client credentials"
+	switch a.GetProvider() {
+	case credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT:
+		who, what = "JumpCloud", "the client secret"
+	case credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY:
+		who, what = "JumpCloud", "the API key"
+	}
+	switch a.GetStateReason() {
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_CREDENTIALS_REJECTED:
+		return who + " rejected " + what
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_UNAVAILABLE:
+		return who + " could not be reached, or failed; the broker retries"
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRED:
+		return "every secret has expired; add a new one"
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_SECRET_EXPIRING:
+		return "its secrets expire soon; add a new one"
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_INTEGRITY_CHECK_FAILED:
+		return "a stored record of it was changed outside the broker; delete and link it again"
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_PROVIDER_REDIRECTED:
+		return who + " answered with a redirect; check its URLs"
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_REFRESH_TOKEN_REVOKED:
+		return who + " no longer accepts its sign-in; reconnect it"
+	case credbrokerv1.AccountStateReason_ACCOUNT_STATE_REASON_BROKER_FAULT:
+		return "a fault inside the broker; see its log"
+	}
+	return ""
 }
 
 // accountID is an account's id, from its resource name.
