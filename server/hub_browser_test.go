@@ -293,7 +293,7 @@ func TestHubRefusesInABrowser(t *testing.T) {
 	var pages []string
 	admin := tab{t: t, ctx: ctx, pages: &pages}
 	admin.do(chromedp.Navigate(b.hubURL+"/signin"), chromedp.WaitVisible("#caller_key"),
-		chromedp.SendKeys("#caller_key", b.keys.admin), chromedp.Submit("#caller_key"), chromedp.WaitVisible("h1"))
+		chromedp.SendKeys("#caller_key", b.keys.admin), chromedp.Submit("#caller_key"), chromedp.WaitVisible(".signout button"))
 
 	// Another site's page with a form that would link an account.
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
