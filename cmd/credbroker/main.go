@@ -27,6 +27,7 @@ import (
 	"github.com/credbroker/credbroker/server/devetcd"
 	"github.com/credbroker/credbroker/server/devpki"
 	"github.com/credbroker/credbroker/server/jumpcloudfake"
+	"github.com/credbroker/credbroker/server/oauthfake"
 )
 
 const envPrefix = "CREDBROKER_"
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args[1:], stdout, stderr)
 	case "fake-jumpcloud":
 		err = fakeJumpCloud(args[1:], stdout, stderr)
+	case "fake-oauth":
+		err = fakeOAuth(args[1:], stdout, stderr)
 	case "dev-certs":
 		err = devCerts(args[1:], stdout, stderr)
 	case "dev-etcd":
@@ -84,6 +87,7 @@ func usage(w io.Writer) {
 Usage:
   credbroker serve [flags]            run the broker (credbroker serve --help)
   credbroker fake-jumpcloud [flags]   run a local stand-in for JumpCloud's token endpoint
+  credbroker fake-oauth [flags]       run a local stand-in for a provider whose users sign in by redirect
   credbroker dev-certs [flags]        write a throwaway CA and certificates for trying mTLS locally
   credbroker dev-etcd [flags]         run an etcd member on loopback for trying a cluster of brokers locally
   credbroker rotate-master-key        move a running broker's (or cluster's) database to a new master key
@@ -393,9 +397,43 @@ Never use it for anything real.`)
 	fake.SetTokenTTL(ttl)
 	fake.SetAPIDelay(apiDelay)
 	fake.SetAPIKey(apiKey, orgID)
-	srv := &http.Server{Addr: listen, Handler: fake, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(stdout, "fake JumpCloud token endpoint: http://%s%s (client id %q)\nfake JumpCloud API: http://%s%s\n", listen, jumpcloudfake.TokenPath, clientID, listen, jumpcloudfake.APIPath)
+	return serveFake(listen, fake)
+}
 
+// fakeOAuth serves a stand-in for a provider whose users sign in by redirect.
+func fakeOAuth(args []string, stdout, stderr io.Writer) error {
+	var (
+		listen, clientID, clientSecret, user, password string
+		ttl, grace                                     time.Duration
+	)
+	fs := newFlagSet("fake-oauth", stderr, `Serves a stand-in for an OAuth 2.0 provider whose users sign in by redirect
+(authorization code with PKCE), for trying the broker's sign-in by redirect:
+a sign-in page at /authorize, a token endpoint at /token that rotates
+refresh tokens (a rotated one used again after the grace interval revokes
+its whole grant), and an API at /api that accepts the tokens it issued.
+Never use it for anything real.`)
+	fs.StringVar(&listen, "listen", "127.0.0.1:8086", "listen address")
+	fs.StringVar(&clientID, "client-id", "demo-app", "the app's client id it accepts")
+	fs.StringVar(&clientSecret, "client-secret", "demo-app-secret", "the app's client secret it accepts")
+	fs.StringVar(&user, "user", "demo-user", "the user who signs in")
+	fs.StringVar(&password, "password", "demo-password", "the user's password")
+	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the access tokens it issues")
+	fs.DurationVar(&grace, "reuse-grace", 2*time.Second, "how long a rotated refresh token is still accepted")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	fake := oauthfake.New(clientID, clientSecret, user, password)
+	fake.SetTokenTTL(ttl, false)
+	fake.SetRotation(true, grace)
+	fmt.Fprintf(stdout, "fake OAuth sign-in page: http://%s%s (user %q)\nfake OAuth token endpoint: http://%s%s (client id %q)\nfake OAuth API: http://%s%s\n",
+		listen, oauthfake.AuthorizePath, user, listen, oauthfake.TokenPath, clientID, listen, oauthfake.APIPath)
+	return serveFake(listen, fake)
+}
+
+// serveFake serves a fake provider at listen until SIGINT or SIGTERM.
+func serveFake(listen string, fake http.Handler) error {
+	srv := &http.Server{Addr: listen, Handler: fake, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go func() {
