@@ -68,7 +68,7 @@ func TestConnectLinks(t *testing.T) {
 		return url.Values{"client_id": {clientID}, "client_secret": {secret}, "region": {"us"}, "account_id": {"hijack"}, "kind": {"jumpcloud-api-key"}}
 	}
 	const wrongSecret = "wrong-secret-canary-c0ffee"
-	if r, body = visitor.do("POST", path, form(wrongSecret), nil); r.StatusCode != http.StatusBadRequest || !strings.Contains(fieldError(body, "client_secret"), "rejected") {
+	if r, body = visitor.do("POST", path, form(wrongSecret), nil); r.StatusCode != http.StatusBadRequest || !strings.Contains(fieldError(body, "client_secret"), "rejected") || !strings.Contains(body, "once, until 20") {
 		t.Fatalf("a wrong secret through the link: %d\n%s", r.StatusCode, body)
 	}
 	if r, body = visitor.do("POST", path, form(clientSecret), nil); r.StatusCode != http.StatusOK || !strings.Contains(body, "is linked") || strings.Contains(body, "/accounts") {
@@ -100,7 +100,7 @@ func TestConnectLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = create("initrode", credbrokerv1.Provider_PROVIDER_JUMPCLOUD_API_KEY, 0)
-	wantCode(t, err, codes.AlreadyExists, "")
+	wantCode(t, err, codes.FailedPrecondition, "")
 	live, err := connects.ListConnectSessions(ctx, &credbrokerv1.ListConnectSessionsRequest{})
 	if err != nil || len(live.GetConnectSessions()) != 1 || live.GetConnectSessions()[0].GetName() != resp.GetConnectSession().GetName() {
 		t.Fatalf("the live links: %v %v", live, err)

@@ -303,4 +303,12 @@ func TestHubSaysWhyInWords(t *testing.T) {
 	if _, body := h.do("GET", "/accounts?state=active", nil, nil); strings.Contains(body, "acme") {
 		t.Fatalf("the active accounts list a rejected one:\n%s", body)
 	}
+	// A new secret the provider accepts makes it active at once.
+	const fixed = "canary-FIXED-SECRET-0d9e"
+	b.fake.SetClient(clientID, fixed)
+	b.fake.SetBehaviour(jumpcloudfake.Normal)
+	h.post("/accounts/acme", "/accounts/acme/secrets", url.Values{"secret": {fixed}}, http.StatusSeeOther, "/accounts/acme?done=secret-added")
+	if _, body := h.do("GET", "/accounts/acme", nil, nil); !strings.Contains(body, `<td id="state">Active</td>`) {
+		t.Fatalf("the account once a new secret was added:\n%s", body)
+	}
 }

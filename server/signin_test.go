@@ -179,6 +179,8 @@ func TestSignInByRedirect(t *testing.T) {
 	if resp, body := b.proxyCall(t, "GET", "/v1/accounts/example/proxy/me", b.keys.svc, nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, `"ok":true`) {
 		t.Fatalf("a call through the egress proxy: %d %s", resp.StatusCode, body)
 	}
+	_, err = b.accounts.AddAccountSecret(ctx, &credbrokerv1.AddAccountSecretRequest{Name: "accounts/example", Secret: "another-app-secret"})
+	wantCode(t, err, codes.FailedPrecondition, "")
 
 	location, cookie = h.startSignIn(p, p.signInForm("denied"))
 	if resp, body := h.callback(p.signIn(t, location, "deny"), cookie); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "access_denied") {

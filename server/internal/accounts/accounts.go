@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -239,31 +240,51 @@ func (s *Service) Reconnect(ctx context.Context, id string, tok provider.Token, 
 	if provider.Kind(a.Provider) != provider.KindOAuth2AuthorizationCode {
 		return View{}, ErrNotAuthorizationCode
 	}
-	// After a refresh under way (with the old refresh token) has stored
-	// its outcome, never before it.
-	err = s.tokens.NewGrant(ctx, id, func(lock *store.RefreshLock) error {
-		return lock.UpdateTokenState(func(ts *store.TokenState, wrapped []byte) error {
-			sealed, err := s.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
-			if err != nil {
-				return err
-			}
-			refresh, err := s.keys.Seal(id, wrapped, keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal()))
-			if err != nil {
-				return err
-			}
-			// Obtained now, not at the exchange: a refresh that landed meanwhile
-			// came with the old grant, and must not be taken for the newer.
-			ts.SealedToken, ts.SealedRefreshToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, refresh, tok.TokenType, tok.Expiry, s.now()
-			ts.State, ts.LastError = string(tokens.StateActive), nil
-			return nil
-		}, &ev)
-	})
+	err = s.useToken(ctx, id, tok, "", &ev)
 	if err != nil {
 		return View{}, rename(err)
 	}
 	s.synced(ctx)
 	return s.Get(id)
 }
+
+// useToken makes tok, got outside a refresh (a reconnect's, a new secret's
+// proof), the account's token, and the account active again; with the
+// refresh token that came with it, if any, and as the last use of secret
+// secretID, if set. It waits until a refresh under way has stored its
+// outcome (with the old credentials), and stores tok as obtained now, so
+// that such a refresh's token is never taken for the newer.
+func (s *Service) useToken(ctx context.Context, id string, tok provider.Token, secretID string, ev *store.AuditEvent) error {
+	return s.tokens.NewGrant(ctx, id, func(lock *store.RefreshLock) error {
+		return lock.UpdateTokenState(func(ts *store.TokenState, wrapped []byte) error {
+			sealed, err := s.keys.Seal(id, wrapped, keyring.FieldAccessToken, []byte(tok.AccessToken.Reveal()))
+			if err != nil {
+				return err
+			}
+			if !tok.RefreshToken.IsZero() {
+				if ts.SealedRefreshToken, err = s.keys.Seal(id, wrapped, keyring.FieldRefreshToken, []byte(tok.RefreshToken.Reveal())); err != nil {
+					return err
+				}
+			}
+			now := s.now()
+			ts.SealedToken, ts.TokenType, ts.Expiry, ts.Obtained = sealed, tok.TokenType, tok.Expiry, now
+			ts.State, ts.LastError = string(tokens.StateActive), nil
+			if secretID != "" {
+				ts.SecretUse = maps.Clone(ts.SecretUse)
+				if ts.SecretUse == nil {
+					ts.SecretUse = map[string]store.SecretUse{}
+				}
+				ts.SecretUse[secretID] = store.SecretUse{LastUsed: tok.Obtained}
+			}
+			return nil
+		}, ev)
+	})
+}
+
+// ErrSecretBySignIn: an account whose users sign in by redirect gets a new
+// client secret by being linked again.
+var ErrSecretBySignIn = grpcerr.New(codes.FailedPrecondition,
+	"an account whose users sign in by redirect cannot prove a second client secret on its own: delete it and link it again with the new one")
 
 // keep stores a new account with its proven token.
 func (s *Service) keep(ctx context.Context, in NewAccount, tok provider.Token, validateOnly bool, ev store.AuditEvent) (View, error) {
@@ -328,8 +349,12 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 		return View{}, "", err
 	}
 	cr := tokens.Describe(a)
+	if cr.Kind == provider.KindOAuth2AuthorizationCode {
+		return View{}, "", ErrSecretBySignIn
+	}
 	cr.ClientSecret = sec
-	if _, err := s.prove(ctx, cr); err != nil {
+	tok, err := s.prove(ctx, cr)
+	if err != nil {
 		return View{}, "", err
 	}
 	if err := ctx.Err(); err != nil {
@@ -354,7 +379,17 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 	if err != nil {
 		return View{}, "", err
 	}
+	if !tok.AccessToken.IsZero() {
+		// The proof's token: the account works again now, not at its next
+		// refresh. The secret is stored already; if this fails, that
+		// refresh does it.
+		_ = s.useToken(ctx, id, tok, secretID, nil)
+	}
 	s.synced(ctx)
+	a, err = s.store.Account(id)
+	if err != nil {
+		return View{}, "", err
+	}
 	return s.currentView(a), secretID, nil
 }
 

@@ -354,6 +354,9 @@ const maxDefaultLifetime = 24 * time.Hour
 func NewAuthorizedAccount(id, displayName string, in *credbrokerv1.OAuth2AuthorizationCode, secretExpire *timestamppb.Timestamp) (accounts.NewAccount, error) {
 	const f = "oauth2_authorization_code."
 	out := accounts.NewAccount{ID: id, DisplayName: displayName}
+	if id == "" {
+		return out, invalidArgument("account_id", "is required: the sign-in comes back to it")
+	}
 	if err := checkAccountID("account_id", id); err != nil {
 		return out, err
 	}

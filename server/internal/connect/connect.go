@@ -139,7 +139,7 @@ func (s *Service) Create(in NewLink, ev store.AuditEvent) (Link, string, error) 
 	}
 	for _, l := range live {
 		if l.AccountID == in.AccountID {
-			return Link{}, "", grpcerr.New(codes.AlreadyExists, fmt.Sprintf("a connect link for this account (%s) works until %s: revoke it first",
+			return Link{}, "", grpcerr.New(codes.FailedPrecondition, fmt.Sprintf("a connect link for this account (%s) works until %s: revoke it first",
 				l.Name(), l.ExpireTime.UTC().Format("2006-01-02 15:04 UTC")))
 		}
 	}

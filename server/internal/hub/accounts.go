@@ -119,7 +119,7 @@ func (h *Hub) row(a *credbrokerv1.Account) accountRow {
 
 // reasonWords says why an account is in its state, as an admin would.
 func reasonWords(a *credbrokerv1.Account) string {
-	who, what := "The provider", "the client credentials"
+	who, what := "the provider", "the client credentials"
 	switch a.GetProvider() {
 	case credbrokerv1.Provider_PROVIDER_JUMPCLOUD_SERVICE_ACCOUNT:
 		who, what = "JumpCloud", "the client secret"

@@ -99,7 +99,7 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 	l = &claimed
 	f := readLinkForm(r)
 	link := connectForm(l, r.PathValue("secret"))
-	f.Kind, f.AccountID, f.DisplayName, f.Link = link.Kind, link.AccountID, link.DisplayName, link.Link
+	f.Kind, f.AccountID, f.DisplayName, f.Link, f.LinkExpires = link.Kind, link.AccountID, link.DisplayName, link.Link, link.LinkExpires
 	a, err := h.connectAccount(w, r, c, f, func(f linkForm, code int) {
 		if code == http.StatusConflict { // its account exists: linked by an admin meanwhile
 			h.render(w, code, "error", page{Title: "This link cannot be used", Message: "This link's account is linked already: ask your admin."})
@@ -211,7 +211,7 @@ func (h *Hub) createConnectLink(w http.ResponseWriter, r *http.Request, s *sessi
 		resp, err = h.api.Connect.CreateConnectSession(gate.WithCall(r.Context(), c), req)
 	}
 	if err != nil {
-		fe, ok := placeError(err, map[string]place{"provider": {field: "kind"}, "AlreadyExists": {field: "account_id"}})
+		fe, ok := placeError(err, map[string]place{"provider": {field: "kind"}, "AlreadyExists": {field: "account_id"}, "FailedPrecondition": {field: "account_id"}})
 		if !ok {
 			return err
 		}

@@ -224,8 +224,12 @@ func (s *Service) Finish(ctx context.Context, p Pending, code string, ev store.A
 	}
 	tok, err := s.provider.Exchange(ctx, cr, p.RedirectURI, code, s.verifier(p.state))
 	var rejected *provider.RejectedError
-	if errors.As(err, &rejected) && rejected.Code == "invalid_grant" {
+	switch {
+	case errors.As(err, &rejected) && rejected.Code == "invalid_grant":
 		return accounts.View{}, ErrCodeRefused // the client's credentials passed; the code did not
+	case errors.As(err, &rejected):
+		return accounts.View{}, grpcerr.New(codes.FailedPrecondition, fmt.Sprintf(
+			"the provider refused the app's Client ID or Client Secret (%s): nothing was linked; check them and link the account again", rejected.Code))
 	}
 	if err != nil {
 		return accounts.View{}, err

@@ -73,10 +73,11 @@ class ConnectServiceServicer(object):
         INVALID_ARGUMENT: a malformed account_id, an unsupported provider, a
         ttl out of bounds or a display_name too long (a BadRequest names
         the field).
-        ALREADY_EXISTS: an account with this id exists already, or a live
-        link for it (revoke that one first).
-        FAILED_PRECONDITION: reason HUB_OFF, the broker serves no Hub, so
-        nobody could open the link.
+        ALREADY_EXISTS: an account with this id exists already.
+        FAILED_PRECONDITION: a live link for this account id exists (revoke
+        it first); or reason HUB_OFF, below.
+        Reason HUB_OFF: the broker serves no Hub, so nobody could open
+        the link.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
