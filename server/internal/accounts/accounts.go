@@ -386,10 +386,6 @@ func (s *Service) AddSecret(ctx context.Context, id string, sec secret.String, e
 		_ = s.useToken(ctx, id, tok, secretID, nil)
 	}
 	s.synced(ctx)
-	a, err = s.store.Account(id)
-	if err != nil {
-		return View{}, "", err
-	}
 	return s.currentView(a), secretID, nil
 }
 
