@@ -108,11 +108,16 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 		h.render(w, code, "link", page{Title: f.Title(), Data: f})
 	})
 	h.linkUsed(*l, c, err)
-	if err == nil {
+	ferr := h.finish(r, c, unrendered(err))
+	switch _, shown := err.(rendered); {
+	case err == nil:
 		h.render(w, http.StatusOK, "connected", page{Title: "Linked", Data: accountID(a)})
-	}
-	if ferr := h.finish(r, c, unrendered(err)); ferr != nil && err == nil {
-		h.cfg.Logger.Warn("the audit event of a connect link's use could not be written", "link", l.Name(), "error", ferr)
+		if ferr != nil { // the account and its event are stored: only the call's own event failed
+			h.cfg.Logger.Warn("the audit event of a connect link's use could not be written", "link", l.Name(), "error", ferr)
+		}
+	case !shown: // a fault no form can help with: the broker's, the storage's
+		code, msg := httpStatus(w, ferr)
+		h.render(w, code, "error", page{Title: "Nothing was linked", Message: msg})
 	}
 }
 
