@@ -3,7 +3,6 @@ package hub
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"html/template"
 	"net/http"
 	"net/url"
 	"strings"
@@ -107,13 +106,12 @@ func (h *Hub) goSignIn(w http.ResponseWriter, accountID, to, cookie string) {
 	if u, err := url.Parse(to); err == nil {
 		host = u.Host
 	}
-	h.render(w, http.StatusOK, "signin-go", page{Title: "Sign in at " + host, Data: signInAt{AccountID: accountID, Host: host, URL: template.URL(to)}})
+	h.render(w, http.StatusOK, "signin-go", page{Title: "Sign in at " + host, Data: signInAt{AccountID: accountID, Host: host, URL: to}})
 }
 
 // signInAt is the page that sends the browser to the provider.
 type signInAt struct {
-	AccountID, Host string
-	URL             template.URL
+	AccountID, Host, URL string // URL as html/template filters links
 }
 
 // reconnect signs the account's user in at the provider again, for new
