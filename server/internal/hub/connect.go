@@ -34,13 +34,18 @@ func (h *Hub) openLink(w http.ResponseWriter, r *http.Request, method string) (*
 		return l.Name(), err
 	})
 	if err != nil {
-		err = h.finish(r, c, err)
-		code, msg := httpStatus(w, err)
-		h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
+		h.linkRefused(w, r, c, err)
 		return nil, nil
 	}
 	c.Resource = "accounts/" + l.AccountID
 	return c, &l
+}
+
+// linkRefused ends call c, refused with err, on the page that says why
+// the link cannot be used.
+func (h *Hub) linkRefused(w http.ResponseWriter, r *http.Request, c *gate.Call, err error) {
+	code, msg := httpStatus(w, h.finish(r, c, err))
+	h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
 }
 
 // connectForm is a connect link's form.
@@ -83,17 +88,16 @@ func (h *Hub) connectWithLink(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			h.goSignIn(w, l.AccountID, to, cookie)
 		}
-		if err = h.finish(r, c, err); err != nil && to == "" {
-			code, msg := httpStatus(w, err)
-			h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
+		if err != nil {
+			h.linkRefused(w, r, c, err)
+		} else if ferr := h.finish(r, c, nil); ferr != nil {
+			h.cfg.Logger.Warn("the audit event of a connect link's sign-in could not be written", "link", l.Name(), "error", ferr)
 		}
 		return
 	}
 	claimed, err := h.links.Claim(*l)
 	if err != nil {
-		err = h.finish(r, c, err)
-		code, msg := httpStatus(w, err)
-		h.render(w, code, "error", page{Title: "This link cannot be used", Message: msg})
+		h.linkRefused(w, r, c, err)
 		return
 	}
 	l = &claimed

@@ -65,10 +65,11 @@ func (h *Hub) linkPage(w http.ResponseWriter, r *http.Request, s *session, _ *ga
 // link is "Connect" on the admin's form: the account's page once linked.
 func (h *Hub) link(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
 	show := func(f linkForm, code int) { h.render(w, code, "link", signedInPage(s, f.Title(), f)) }
-	if f := readLinkForm(r); f.Kind == "oauth2-code" {
+	f := readLinkForm(r)
+	if f.Kind == "oauth2-code" {
 		return h.beginSignIn(w, r, c, f, show)
 	}
-	a, err := h.connectAccount(w, r, c, readLinkForm(r), show)
+	a, err := h.connectAccount(w, r, c, f, show)
 	if err != nil {
 		return err
 	}
