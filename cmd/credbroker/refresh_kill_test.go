@@ -33,7 +33,7 @@ func TestRefreshKilledMidway(t *testing.T) {
 	e := newE2ESetup(t)
 	const grace = 3 * time.Second
 	p := oauthfake.New("app", "canary-APP-SECRET-kill", "ada", "canary-PASSWORD-kill")
-	p.SetTokenTTL(12*time.Second, false) // served for 2 s: 10 s is the margin
+	p.SetTokenTTL(14*time.Second, false) // served for 4 s: 10 s is the margin
 	p.SetRotation(true, grace)
 	provider := httptest.NewServer(p)
 	t.Cleanup(provider.Close)
@@ -60,8 +60,8 @@ func TestRefreshKilledMidway(t *testing.T) {
 		{"after the provider answered", oauthfake.Answered, 0, true},
 		{"after the provider rotated it, restarted after its grace", oauthfake.Rotated, grace + time.Second, false},
 	} {
-		// The refresher refreshes the 2-second token within about a
-		// second; the fake kills the broker at the chosen point of it.
+		// The refresher refreshes the 4-second token within about two
+		// seconds; the fake kills the broker at the chosen point of it.
 		dying := r
 		var once sync.Once
 		p.OnRefresh(func(s oauthfake.Stage) {
@@ -84,7 +84,7 @@ func TestRefreshKilledMidway(t *testing.T) {
 		before := p.Refreshes()
 		r = startBinary(t, e.bin, &e.logs, e.args...)
 		tokens := credbrokerv1.NewTokenServiceClient(r.connect(t, keyCreds(checker)...))
-		time.Sleep(2100 * time.Millisecond) // the token cached before is due by now
+		time.Sleep(4100 * time.Millisecond) // the token cached before has expired by now
 		for range 3 {
 			_, err := tokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/example"})
 			switch {

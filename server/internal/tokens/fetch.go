@@ -87,52 +87,67 @@ type call struct {
 	replaces *Issued
 }
 
+// errTokenAged: the provider's tokens expire before they reach callers
+// (the provider, or this broker, answers too slowly for their lifetime).
+var errTokenAged = grpcerr.New(codes.Unavailable, "the provider's new token expired before it could be served (the provider answered too slowly for its tokens' lifetime); retry")
+
+// getSlow waits for a new token for e, starting the upstream request
+// unless one is under way. A token that aged past min_ttl while its
+// caller waited (one that could have served it, had it come sooner) is
+// asked for once more.
 func (m *Manager) getSlow(ctx context.Context, e *entry, minTTL time.Duration) (*Issued, error) {
+	for attempt := 0; ; attempt++ {
+		is, c, err := m.join(e, minTTL)
+		if is != nil || err != nil {
+			return is, err
+		}
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		switch {
+		case c.err != nil:
+			return nil, c.err
+		case c.issued.Expiry.Sub(m.cfg.Now()) > minTTL:
+			return c.issued, nil
+		case c.issued.lifetime() <= minTTL:
+			return nil, &MinTTLTooLongError{Max: c.issued.lifetime()}
+		case attempt > 0:
+			return nil, errTokenAged
+		}
+	}
+}
+
+// join returns e's token if it lasts minTTL, or else the upstream request
+// to wait for, started unless one is under way.
+func (m *Manager) join(e *entry, minTTL time.Duration) (*Issued, *call, error) {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	now := m.cfg.Now()
 	if is := e.current.Load(); is != nil && is.Expiry.Sub(now) > minTTL {
-		e.mu.Unlock()
-		return is, nil
+		return is, nil, nil
 	}
 	if e.removed {
-		e.mu.Unlock()
-		return nil, ErrNotFound
+		return nil, nil, ErrNotFound
 	}
 	if e.lifetime > 0 && minTTL >= e.lifetime {
-		e.mu.Unlock()
-		return nil, &MinTTLTooLongError{Max: e.lifetime}
+		return nil, nil, &MinTTLTooLongError{Max: e.lifetime}
 	}
-	c := e.inflight
-	if c == nil {
-		if now.Before(e.nextAttempt) {
-			err := e.lastErr
-			e.mu.Unlock()
-			return nil, err
+	if e.inflight != nil {
+		return nil, e.inflight, nil
+	}
+	if now.Before(e.nextAttempt) {
+		return nil, nil, e.lastErr
+	}
+	// The cached token is still valid, so only min_ttl asks for a new one.
+	if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
+		if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
+			return nil, nil, &RefreshLimitedError{RetryAt: next}
 		}
-		// The cached token is still valid, so only min_ttl asks for a new one.
-		if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
-			if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
-				e.mu.Unlock()
-				return nil, &RefreshLimitedError{RetryAt: next}
-			}
-			e.forced = now
-		}
-		c = m.startLocked(e)
+		e.forced = now
 	}
-	e.mu.Unlock()
-
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if c.err != nil {
-		return nil, c.err
-	}
-	if ttl := c.issued.Expiry.Sub(m.cfg.Now()); ttl <= minTTL {
-		return nil, &MinTTLTooLongError{Max: ttl}
-	}
-	return c.issued, nil
+	return nil, m.startLocked(e), nil
 }
 
 // startLocked starts an upstream request for e; e.mu must be held.

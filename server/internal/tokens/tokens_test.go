@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -41,6 +44,9 @@ type harness struct {
 	clock  *clock
 	cfg    Config
 	path   string
+	// answerLag is how long the provider's answers take to reach the
+	// manager (their tokens are that old when they arrive).
+	answerLag atomic.Int64
 }
 
 func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness {
@@ -55,7 +61,7 @@ func newHarness(t testing.TB, handler func(http.Handler) http.Handler) *harness 
 	h.prov = provider.New(provider.Config{
 		Endpoints: provider.Endpoints{JumpCloudTokenURLUS: srv.URL + jumpcloudfake.TokenPath, JumpCloudAPIURLUS: "https://api.test/api"},
 		Timeout:   2 * time.Second,
-		Now:       h.clock.Now,
+		Now:       func() time.Time { return h.clock.Now().Add(-time.Duration(h.answerLag.Load())) },
 	})
 	keyText, _ := keyring.GenerateMasterKey()
 	h.master, _ = keyring.ParseMasterKey(keyText)
@@ -178,6 +184,37 @@ func TestMinTTL(t *testing.T) {
 	}
 	if h.fake.Requests() != 2 {
 		t.Fatalf("min_ttl too long reached the provider")
+	}
+}
+
+// A token that expired on its way to its caller (the provider answered
+// slower than its tokens live) is asked for once more; if the next one
+// is too, the caller hears UNAVAILABLE, never about a min_ttl it did not
+// ask for.
+func TestTokenThatExpiredOnItsWayIsAskedForAgain(t *testing.T) {
+	var slowAnswers atomic.Int32 // the next ones answer an hour late
+	var h *harness
+	h = newHarness(t, func(fake http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			lag := time.Duration(0)
+			if slowAnswers.Add(-1) >= 0 {
+				lag = time.Hour
+			}
+			h.answerLag.Store(int64(lag))
+			fake.ServeHTTP(w, r)
+		})
+	})
+	h.addAccount(t, "acme")
+	m := h.manager(t)
+
+	slowAnswers.Store(2)
+	if _, err := m.Get(context.Background(), "acme", 0); status.Code(err) != codes.Unavailable || h.fake.Requests() != 2 {
+		t.Fatalf("two tokens that expired on their way: %v after %d requests, want UNAVAILABLE after 2", err, h.fake.Requests())
+	}
+	slowAnswers.Store(1)
+	is, err := m.Get(context.Background(), "acme", 0)
+	if err != nil || is.Expiry.Sub(h.clock.Now()) <= 0 || h.fake.Requests() != 4 {
+		t.Fatalf("one token that expired on its way, then one in time: %v, %v after %d requests, want a token after 4", is, err, h.fake.Requests())
 	}
 }
 
