@@ -62,8 +62,14 @@ bench:
 	bash bench/proxy.sh
 	bash bench/cluster.sh
 
+# A static binary stamped with its version (the git tag, vX.Y.Z, or
+# "dev"), commit and build date; `credbroker version` prints them.
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null)
+COMMIT ?= $(shell git describe --always --dirty --abbrev=40 --match 'no-tags-wanted' 2>/dev/null || echo unknown)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS = -s -w $(foreach v,version=$(VERSION) commit=$(COMMIT) date=$(BUILD_DATE),-X github.com/credbroker/credbroker/internal/version.$(v))
 build:
-	$(GO) build -o bin/credbroker ./cmd/credbroker
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/credbroker ./cmd/credbroker
 
 # Takes the README's screenshots of the Hub again, from its browser test.
 hub-screenshots: deps

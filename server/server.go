@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/internal/version"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/api"
@@ -550,7 +551,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Info(h.Name()+" listening", "addr", h.Addr().String())
 		}
 	}
-	s.log.Info("credbroker listening", "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", listeners.AuthSummary(s.cfg.TLSCertFile, s.cfg.ClientCAFile))
+	s.log.Info("credbroker listening", "version", version.Get().Version, "commit", version.Get().Commit, "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", listeners.AuthSummary(s.cfg.TLSCertFile, s.cfg.ClientCAFile))
 	if s.cfg.TLSCertFile == "" {
 		s.log.Warn("serving PLAINTEXT on a loopback address: caller keys cross the connection unencrypted. Anything beyond one host needs --tls-cert and --tls-key")
 	}

@@ -186,7 +186,8 @@ var build struct {
 	err  error
 }
 
-// buildBinary builds credbroker once per test run.
+// buildBinary builds credbroker once per test run, with the commit it is
+// built from (whatever GOFLAGS says), as `go build` does by default.
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	build.once.Do(func() {
@@ -196,7 +197,7 @@ func buildBinary(t *testing.T) string {
 			return
 		}
 		build.path = filepath.Join(dir, "credbroker")
-		if out, err := exec.Command("go", "build", "-o", build.path, ".").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-buildvcs=auto", "-o", build.path, ".").CombinedOutput(); err != nil {
 			build.err = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})
@@ -336,8 +337,8 @@ func createCheckerKey(t *testing.T, adminConn *grpc.ClientConn) string {
 }
 
 type runningBinary struct {
-	cmd                      *exec.Cmd
-	addr, proxyAddr, hubAddr string
+	cmd                               *exec.Cmd
+	addr, proxyAddr, hubAddr, opsAddr string
 	// bootstrapKey is the admin key printed on the first start, if any.
 	bootstrapKey string
 	done         chan struct{}
@@ -389,6 +390,9 @@ func startBinaryWithKey(t *testing.T, bin, masterKey string, logs io.Writer, arg
 			}
 			if json.Unmarshal(line, &entry) == nil && entry.Msg == "hub listening" {
 				r.hubAddr = entry.Addr
+			}
+			if json.Unmarshal(line, &entry) == nil && entry.Msg == "ops listener listening" {
+				r.opsAddr = entry.Addr
 			}
 			if json.Unmarshal(line, &entry) == nil && entry.Msg == "credbroker listening" {
 				once.Do(func() { addr <- entry.Addr })

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/credbroker/credbroker/internal/version"
 	"github.com/credbroker/credbroker/server"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/devetcd"
@@ -63,6 +64,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = restore(args[1:], stdout, stderr)
 	case "accounts", "callers", "token", "audit":
 		err = runAdmin(args[0], args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprint(stdout, version.Get())
+		return 0
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -94,6 +98,7 @@ Usage:
   credbroker rekey [flags]            move the database to a new master key (broker stopped)
   credbroker backup --out FILE        snapshot a running broker's database
   credbroker restore --in FILE        put a backup in place (broker stopped)
+  credbroker version                  print the version, commit, build date and Go version (also --version)
 
 Administration of a running broker (each with --help):
   credbroker accounts link|list|get|update|delete|grant|ungrant|add-secret|remove-secret|connect-link

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/credbroker/credbroker/internal/version"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 )
 
@@ -48,7 +49,14 @@ func New(accounts func() []Account) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 12), // 10 ms to 20 s
 		}, []string{"provider", "result"}),
 	}
-	m.Registry.MustRegister(m.GRPC, m.tokensIssued, cache, m.upstreamDuration, accountsCollector(accounts),
+	v := version.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "credbroker_build_info",
+		Help:        "Always 1; its labels say which build of credbroker this is.",
+		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "build_date": v.Date, "goversion": v.GoVersion},
+	})
+	build.Set(1)
+	m.Registry.MustRegister(build, m.GRPC, m.tokensIssued, cache, m.upstreamDuration, accountsCollector(accounts),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
