@@ -1,26 +1,37 @@
 # The test command is `make test`. Go, git and a C compiler (for -race) must
 # be there; every Go tool is pinned in go.mod and run with `go tool`, and
-# `make deps` installs what the Python and TypeScript clients need.
+# `make deps` installs the rest from Debian's packages and npm. Without
+# them (no root, no apt-get), `go test ./...` runs the Go tests alone,
+# skipping the parts that need them and saying which.
 GO ?= go
 
-.PHONY: test deps vet lint generate check-generated bench build hub-screenshots
+.PHONY: test deps vet lint generate check-generated bench build image hub-screenshots
 
 test: deps vet lint check-generated
-	CREDBROKER_REQUIRE_CLIENTS=1 $(GO) test -race -count=1 ./...
+	CREDBROKER_REQUIRE_ALL=1 $(GO) test -race -count=1 ./...
 
-# The Python client needs Debian's protoc, grpc_python_plugin (to generate
-# it) and python3-grpcio/python3-protobuf (to run it); the TypeScript one,
-# Node.js and the npm packages locked in client/typescript/package-lock.json.
-# The Hub's browser tests drive Debian's chromium.
+# Debian's packages the tests need, each as package:command-it-installs.
+# The Python client: protoc and grpc_python_plugin (to generate it),
+# python3-grpcio and python3-protobuf (to run it, checked apart); the
+# TypeScript one: Node.js and the npm packages locked in
+# client/typescript/package-lock.json; the Hub's browser tests: chromium;
+# the image: CA certificates to put in it, podman and runc to run it; the
+# systemd unit: systemd-analyze.
+DEBIAN_NEEDS = protobuf-compiler:protoc protobuf-compiler-grpc:grpc_python_plugin nodejs:node npm:npm chromium:chromium \
+	podman:podman runc:runc systemd:systemd-analyze
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES = protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
 deps:
-	@if ! command -v protoc >/dev/null || ! command -v grpc_python_plugin >/dev/null || \
-		! /usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null; then \
-		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	@need=; for p in $(DEBIAN_NEEDS); do command -v $${p#*:} >/dev/null || need="$$need $${p%%:*}"; done; \
+	/usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null || need="$$need python3-grpcio python3-protobuf"; \
+	[ -f /etc/ssl/certs/ca-certificates.crt ] || need="$$need ca-certificates"; \
+	if [ -n "$$need" ]; then \
+		if ! command -v apt-get >/dev/null || { [ -n "$(SUDO)" ] && ! sudo -n true 2>/dev/null; }; then \
+			echo "make deps: missing Debian packages:$$need" >&2; \
+			echo "Install them (apt-get install$$need) and run make test again, or run the Go tests alone with 'go test ./...'," >&2; \
+			echo "which skips the parts that need them and says which." >&2; exit 1; \
+		fi; \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$need; \
 	fi
-	@command -v npm >/dev/null || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; }
 	cd client/typescript && npm ci --no-audit --no-fund --loglevel=error
 
 # gofmt, go vet, then staticcheck (pinned in go.mod) with its default
@@ -68,9 +79,16 @@ VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null)
 COMMIT ?= $(shell git describe --always --dirty --abbrev=40 --match 'no-tags-wanted' 2>/dev/null || echo unknown)
 BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS = -s -w $(foreach v,version=$(VERSION) commit=$(COMMIT) date=$(BUILD_DATE),-X github.com/credbroker/credbroker/internal/version.$(v))
+BIN ?= bin
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/credbroker ./cmd/credbroker
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/credbroker ./cmd/credbroker
+
+# The OCI image, from scratch, as an archive for `podman load` or `docker
+# load` (deploy/image says what is in it).
+image: build
+	$(GO) run ./deploy/image --binary $(BIN)/credbroker --out $(BIN)/credbroker-image.tar --arch $$($(GO) env GOARCH) \
+		--version '$(VERSION)' --revision '$(COMMIT)' --created '$(BUILD_DATE)'
 
 # Takes the README's screenshots of the Hub again, from its browser test.
 hub-screenshots: deps
-	CREDBROKER_HUB_SCREENSHOTS=$(CURDIR)/server/internal/hub/screenshots CREDBROKER_REQUIRE_CLIENTS=1 $(GO) test -count=1 -run '^TestHubInABrowser$$' ./server/
+	CREDBROKER_HUB_SCREENSHOTS=$(CURDIR)/server/internal/hub/screenshots CREDBROKER_REQUIRE_ALL=1 $(GO) test -count=1 -run '^TestHubInABrowser$$' ./server/

@@ -22,12 +22,12 @@ import (
 
 // browser starts a headless Chromium (Debian's, which make deps installs)
 // for the test, or skips it where there is none, unless the test command
-// requires every part (CREDBROKER_REQUIRE_CLIENTS).
+// requires every part (CREDBROKER_REQUIRE_ALL).
 func browser(t *testing.T) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
-		if os.Getenv("CREDBROKER_REQUIRE_CLIENTS") != "" {
+		if os.Getenv("CREDBROKER_REQUIRE_ALL") != "" {
 			t.Fatal("no chromium: make deps installs it")
 		}
 		t.Skip("no chromium (make deps installs it)")

@@ -87,6 +87,10 @@ type Config struct {
 	// "dns:<name>" or "cn:<text>") the admin, instead of creating an admin
 	// caller key (see Server.BootstrapAdminKey).
 	BootstrapAdminPrincipal string
+	// BootstrapAdminKey: on the first start of a new database, make this
+	// key (one the operator made, shaped as the broker's) the admin caller
+	// key, instead of a new one that Server.BootstrapAdminKey shows once.
+	BootstrapAdminKey string
 	// CompactInterval is how often the broker looks for deleted sealed
 	// material (a deleted account's data key and secrets, a removed
 	// secret) left in freed pages of the database file, and compacts the
@@ -251,6 +255,14 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 		if _, err := api.CheckAdminPrincipal(p); err != nil {
 			return listeners.TLS{}, nil, fmt.Errorf("--bootstrap-admin-principal %q: %s", p, status.Convert(err).Message())
 		}
+		if cfg.BootstrapAdminKey != "" {
+			return listeners.TLS{}, nil, errors.New("--bootstrap-admin-principal and --bootstrap-admin-key-file both name the first admin: set one")
+		}
+	}
+	if k := cfg.BootstrapAdminKey; k != "" {
+		if err := callers.CheckKeyFormat(k); err != nil {
+			return listeners.TLS{}, nil, fmt.Errorf("--bootstrap-admin-key-file: %w", err)
+		}
 	}
 	ep := cfg.Provider.Endpoints
 	for flag, u := range map[string]string{
@@ -330,9 +342,9 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	cs := callers.New(st, mac, time.Now, c.synced)
 	c.callers = cs
-	bootstrapKey, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, audit.Own(time.Now(), "bootstrap", "", ""))
+	bootstrapKey, err := bootstrap(cfg, st, cs)
 	if err != nil {
-		return nil, fmt.Errorf("bootstrap the first admin: %w", err)
+		return nil, err
 	}
 	tampered, err := c.fill(all)
 	if err != nil {
@@ -464,6 +476,29 @@ func (s *Server) notReady() string {
 		return "the audit trail cannot be written, so calls are refused; see the server log"
 	}
 	return ""
+}
+
+// bootstrap makes the first admin of a new database, and says who it is;
+// it returns the admin caller key that only the operator's terminal may
+// see, if it made one.
+func bootstrap(cfg Config, st *store.Store, cs *callers.Service) (secret.String, error) {
+	already, err := st.Bootstrapped()
+	if err != nil {
+		return secret.String{}, fmt.Errorf("bootstrap the first admin: %w", err)
+	}
+	key, err := cs.Bootstrap(cfg.BootstrapAdminPrincipal, secret.New(cfg.BootstrapAdminKey), audit.Own(time.Now(), "bootstrap", "", ""))
+	switch {
+	case err != nil:
+		return secret.String{}, fmt.Errorf("bootstrap the first admin: %w", err)
+	case already || (key.IsZero() && cfg.BootstrapAdminPrincipal == ""):
+		cfg.Logger.Info("the database has its admins already, so no admin key is shown: the first one was shown (or read from --bootstrap-admin-key-file) when it was made; admins make more with: credbroker callers create ID --role admin")
+	case cfg.BootstrapAdminPrincipal != "":
+		cfg.Logger.Info("made the first admin: the client-certificate principal given", "principal", cfg.BootstrapAdminPrincipal)
+	case cfg.BootstrapAdminKey != "":
+		cfg.Logger.Info("made the first admin caller key, " + callers.KeyPrincipalPrefix + callers.BootstrapKeyID + ": the one in --bootstrap-admin-key-file")
+		return secret.String{}, nil
+	}
+	return key, nil
 }
 
 // BootstrapAdminKey is the admin caller key created on the first start of a

@@ -69,7 +69,7 @@ func TestClientExamples(t *testing.T) {
 					f = filepath.Join(dir, f)
 				}
 				if _, err := os.Stat(f); err != nil {
-					if os.Getenv("CREDBROKER_REQUIRE_CLIENTS") != "" {
+					if os.Getenv("CREDBROKER_REQUIRE_ALL") != "" {
 						t.Fatalf("%s is missing: run make deps", f)
 					}
 					t.Skipf("%s is missing (make deps installs it)", f)

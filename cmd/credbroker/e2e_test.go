@@ -353,8 +353,19 @@ func startBinary(t *testing.T, bin string, logs io.Writer, args ...string) *runn
 
 func startBinaryWithKey(t *testing.T, bin, masterKey string, logs io.Writer, args ...string) *runningBinary {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0", "--log-format", "json"}, args...)...)
+	cmd := exec.Command(bin, append(serveOnFreePorts, args...)...)
 	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+masterKey)
+	return startServe(t, cmd, logs)
+}
+
+// serveOnFreePorts starts `credbroker serve` on free loopback ports, logging
+// in JSON (from which startServe learns the ports).
+var serveOnFreePorts = []string{"serve", "--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0", "--log-format", "json"}
+
+// startServe starts cmd, a `credbroker serve...` of serveOnFreePorts, and
+// waits until it says where it listens.
+func startServe(t *testing.T, cmd *exec.Cmd, logs io.Writer) *runningBinary {
+	t.Helper()
 	// A file, not a pipe: the child writes the bootstrap key into it before
 	// it logs that it listens, so the key is there once that line is read.
 	stdout, err := os.Create(filepath.Join(t.TempDir(), "stdout"))

@@ -115,6 +115,8 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		logFormat   string
 		logLevel    slog.Level
 		printConfig bool
+		// bootstrapKeyFile holds the operator's first admin key.
+		bootstrapKeyFile string
 	)
 	fs := newFlagSet("serve", stderr, `Runs the broker. Every flag can also be set by the environment variable shown
 beside it, or in a config file (--config): a YAML map of flag names to values,
@@ -127,8 +129,11 @@ local use only. The whole configuration is checked before the data
 directory, a database or a master key is created.
 
 On the first start of a new database the broker creates an admin caller key
-and prints it once on standard output, unless --bootstrap-admin-principal
-names a client-certificate principal to be the first admin instead.`)
+and prints it once on standard output, unless --bootstrap-admin-key-file
+holds one you made, or --bootstrap-admin-principal names a
+client-certificate principal to be the first admin instead. Later starts
+print none: admins make more with "credbroker callers create ID --role
+admin".`)
 	fs.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address; without TLS it must be a loopback address")
 	fs.StringVar(&cfg.ProxyListenAddr, "proxy-listen", d.ProxyListenAddr, `egress proxy (HTTP) listen address; it serves TLS and client certificates like --listen, and without TLS it must be a loopback address. "off" disables it`)
 	fs.Int64Var(&cfg.Proxy.MaxRequestBytes, "proxy-max-request-bytes", d.Proxy.MaxRequestBytes, "largest request body the egress proxy forwards")
@@ -141,6 +146,7 @@ names a client-certificate principal to be the first admin instead.`)
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate (chain) of the broker; with --tls-key enables TLS, required off loopback")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.ClientCAFile, "client-ca", "", "PEM bundle of CAs whose client certificates prove callers' principals (mTLS); needs --tls-cert")
+	fs.StringVar(&bootstrapKeyFile, "bootstrap-admin-key-file", "", `on first start, make the caller key in this file (one you made: echo "cbk_$(head -c 32 /dev/urandom | basenc --base64url | tr -d =)") the admin key, instead of printing a new one on standard output, where a service manager would log it`)
 	fs.StringVar(&cfg.BootstrapAdminPrincipal, "bootstrap-admin-principal", "", "on first start, make this client-certificate principal (a URI SAN as it is, e.g. spiffe://example.org/ops; dns:NAME for a DNS SAN; cn:TEXT for a subject CN) the admin instead of creating an admin caller key")
 	fs.Float64Var(&cfg.Gate.RateLimit, "rate-limit", d.Gate.RateLimit, "calls per second each caller may make on average; negative turns limiting off")
 	fs.IntVar(&cfg.Gate.RateBurst, "rate-burst", d.Gate.RateBurst, "calls each caller may make at once above --rate-limit")
@@ -194,6 +200,14 @@ names a client-certificate principal to be the first admin instead.`)
 			keySource += "; previous master key from CREDBROKER_PREVIOUS_MASTER_KEY (redacted)"
 		}
 		return printConfigTo(stdout, fs, sources, keySource)
+	}
+
+	if bootstrapKeyFile != "" {
+		key, err := os.ReadFile(bootstrapKeyFile)
+		if err != nil {
+			return fmt.Errorf("--bootstrap-admin-key-file: %w", err)
+		}
+		cfg.BootstrapAdminKey = strings.TrimSpace(string(key))
 	}
 
 	var handler slog.Handler

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"math"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -419,10 +420,10 @@ func (s *Service) Admins() ([]string, error) {
 const BootstrapKeyID = "bootstrap-admin"
 
 // Bootstrap creates the first admin on a store's first start: the
-// principal adminPrincipal if given, else an admin caller key, which it
-// returns. On any later start it does nothing and returns no key, as when
+// principal adminPrincipal if given, else an admin caller key (chosenKey
+// if given, one the operator made, else a new one), which it returns. On any later start it does nothing and returns no key, as when
 // another replica bootstraps the store first. It runs before Load.
-func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.String, error) {
+func (s *Service) Bootstrap(adminPrincipal string, chosenKey secret.String, ev store.AuditEvent) (secret.String, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
 	done, err := s.store.Bootstrapped()
@@ -435,8 +436,12 @@ func (s *Service) Bootstrap(adminPrincipal string, ev store.AuditEvent) (secret.
 		ev.Resource, ev.Detail = "", "admin principal "+adminPrincipal
 		return secret.String{}, ignoreBootstrapped(s.store.Bootstrap(nil, &a, ev))
 	}
-	key, err := newKey()
-	if err != nil {
+	key := chosenKey.Reveal()
+	if key == "" {
+		if key, err = newKey(); err != nil {
+			return secret.String{}, err
+		}
+	} else if err := CheckKeyFormat(key); err != nil {
 		return secret.String{}, err
 	}
 	k := store.CallerKey{
@@ -457,6 +462,19 @@ func ignoreBootstrapped(err error) error {
 		return nil
 	}
 	return err
+}
+
+// keyFormat is what newKey makes.
+var keyFormat = regexp.MustCompile(`^cbk_[A-Za-z0-9_-]{43}$`)
+
+// CheckKeyFormat tells whether key is shaped like the keys the broker
+// makes: "cbk_" and 32 random bytes in unpadded base64url. Keys an
+// operator makes must be as strong.
+func CheckKeyFormat(key string) error {
+	if !keyFormat.MatchString(key) {
+		return errors.New(`a caller key is "cbk_" and 32 random bytes in unpadded base64url (43 characters), e.g. echo "cbk_$(head -c 32 /dev/urandom | basenc --base64url | tr -d =)"`)
+	}
+	return nil
 }
 
 func newKey() (string, error) {

@@ -146,12 +146,14 @@ func TestBootstrap(t *testing.T) {
 	cases := []struct {
 		name      string
 		principal string
+		key       string                     // the operator's
 		before    func(*testing.T, *harness) // makes the store's first start pass
 		wantKey   bool
 		wantKeys  []string
 		wantAdmin []string
 	}{
 		{name: "admin key", wantKey: true, wantKeys: []string{callers.BootstrapKeyID}},
+		{name: "admin key the operator made", key: "cbk_" + strings.Repeat("k", 43), wantKey: true, wantKeys: []string{callers.BootstrapKeyID}},
 		{name: "admin principal", principal: "spiffe://ops/admin", wantKeys: []string{}, wantAdmin: []string{"spiffe://ops/admin"}},
 		{
 			name: "store with records", wantKeys: []string{"web"},
@@ -168,9 +170,12 @@ func TestBootstrap(t *testing.T) {
 			events := h.audit(t)
 			ev := event("Bootstrap")
 			ev.Principal = "credbroker"
-			key, err := h.svc.Bootstrap(tc.principal, ev)
+			key, err := h.svc.Bootstrap(tc.principal, secret.New(tc.key), ev)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.key != "" && key.Reveal() != tc.key {
+				t.Fatalf("Bootstrap made another key than the operator's")
 			}
 			if _, err := h.svc.Load(); err != nil {
 				t.Fatal(err)
@@ -216,7 +221,7 @@ func TestBootstrap(t *testing.T) {
 			// service on the same store: nothing.
 			for _, svc := range []*callers.Service{h.svc, callers.New(h.store, h.mac, h.clock.Now, func(context.Context) {})} {
 				for _, p := range []string{"", "spiffe://ops/other"} {
-					again, err := svc.Bootstrap(p, ev)
+					again, err := svc.Bootstrap(p, secret.String{}, ev)
 					if err != nil || !again.IsZero() {
 						t.Errorf("Bootstrap(%q) again: a key %v, %v; want none", p, !again.IsZero(), err)
 					}
@@ -401,7 +406,7 @@ func TestRevoke(t *testing.T) {
 func TestLastAdmin(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	if _, err := h.svc.Bootstrap("", event("Bootstrap")); err != nil {
+	if _, err := h.svc.Bootstrap("", secret.String{}, event("Bootstrap")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.svc.Load(); err != nil {
@@ -672,7 +677,7 @@ func TestList(t *testing.T) {
 func TestKeyIsNeverStored(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	boot, err := h.svc.Bootstrap("", event("Bootstrap"))
+	boot, err := h.svc.Bootstrap("", secret.String{}, event("Bootstrap"))
 	if err != nil || boot.IsZero() {
 		t.Fatalf("Bootstrap: a key %v, %v", !boot.IsZero(), err)
 	}
