@@ -413,7 +413,7 @@ func startServe(t *testing.T, cmd *exec.Cmd, logs io.Writer) *runningBinary {
 	}()
 	a, ok := <-addr
 	if !ok {
-		t.Fatalf("credbroker exited before listening: %v", cmd.Wait())
+		t.Fatalf("credbroker exited before listening: %v\n%s", cmd.Wait(), logs)
 	}
 	r.addr = a
 	printed, err := os.ReadFile(stdout.Name())
