@@ -60,7 +60,7 @@ token, or for an API key a call to its API) before it stores anything.
 	}
 	need := func(flagName, value string) error {
 		if value == "" {
-			return fmt.Errorf("--%s is required with --kind %s", flagName, kind)
+			return &usageError{fmt.Sprintf("--%s is required with --kind %s", flagName, kind)}
 		}
 		return nil
 	}
@@ -101,7 +101,7 @@ token, or for an API key a call to its API) before it stores anything.
 		req.Credentials = &credbrokerv1.CreateAccountRequest_Oauth2ClientCredentials{Oauth2ClientCredentials: creds}
 		s.rejected = "the client ID, the client secret and --token-url"
 	default:
-		return fmt.Errorf("--kind must be jumpcloud, jumpcloud-api-key or oauth2, not %q", kind)
+		return &usageError{fmt.Sprintf("--kind must be jumpcloud, jumpcloud-api-key or oauth2, not %q", kind)}
 	}
 	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
 		resp, err := credbrokerv1.NewAccountServiceClient(conn).CreateAccount(ctx, req)
@@ -377,7 +377,7 @@ func parseTime(flagName, v string) (*timestamppb.Timestamp, error) {
 			return timestamppb.New(t), nil
 		}
 	}
-	return nil, fmt.Errorf("--%s: %q is neither a date (2027-03-01) nor an RFC 3339 time (2027-03-01T12:00:00Z)", flagName, v)
+	return nil, &usageError{fmt.Sprintf("--%s: %q is neither a date (2027-03-01) nor an RFC 3339 time (2027-03-01T12:00:00Z)", flagName, v)}
 }
 
 func accountsConnectLink(s *session, args []string) error {
@@ -423,7 +423,7 @@ printed only now: hand it to its recipient only.
 			req.Oauth2AuthorizationCode.Scopes = strings.Split(scopes, ",")
 		}
 	default:
-		return fmt.Errorf("--kind must be jumpcloud, jumpcloud-api-key or oauth2-code, not %q", kind)
+		return &usageError{fmt.Sprintf("--kind must be jumpcloud, jumpcloud-api-key or oauth2-code, not %q", kind)}
 	}
 	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
 		resp, err := credbrokerv1.NewConnectServiceClient(conn).CreateConnectSession(ctx, req)

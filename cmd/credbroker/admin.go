@@ -46,11 +46,14 @@ func runAdmin(command string, args []string, stdout, stderr io.Writer) error {
 			names = append(names, name)
 		}
 		sort.Strings(names)
-		if len(args) > 0 && args[0] != "help" && args[0] != "--help" && args[0] != "-h" {
-			return fmt.Errorf("%s: unknown subcommand %q; choose one of: %s", command, args[0], strings.Join(names, ", "))
+		if len(args) > 0 && (args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+			fmt.Fprintf(stdout, "Usage: credbroker %s {%s} --help\n", command, strings.Join(names, "|"))
+			return flag.ErrHelp
 		}
-		fmt.Fprintf(stderr, "Usage: credbroker %s {%s} --help\n", command, strings.Join(names, "|"))
-		return flag.ErrHelp
+		if len(args) == 0 {
+			return &usageError{fmt.Sprintf("%s needs a subcommand: one of %s (each has --help)", command, strings.Join(names, ", "))}
+		}
+		return &usageError{fmt.Sprintf("%s: unknown subcommand %q; choose one of: %s", command, args[0], strings.Join(names, ", "))}
 	}
 	return subs[args[0]](&session{name: command + " " + args[0], stdout: stdout, stderr: stderr}, args[1:])
 }
@@ -97,11 +100,11 @@ func (s *session) parse(fs *flag.FlagSet, args []string, positional ...*string) 
 		return err
 	}
 	if s.output != "table" && s.output != "json" {
-		return fmt.Errorf("--output must be table or json, not %q", s.output)
+		return usagef(s.name, "--output must be table or json, not %q", s.output)
 	}
 	for _, p := range positional {
 		if *p == "" {
-			return fmt.Errorf("missing arguments; usage: %s", s.usage)
+			return &usageError{"missing arguments; usage: " + s.usage}
 		}
 	}
 	var err error
@@ -256,7 +259,7 @@ func enumValue(flagName, prefix, value string, values map[string]int32) (int32, 
 		}
 	}
 	sort.Strings(names)
-	return 0, fmt.Errorf("--%s must be one of %s, not %q", flagName, strings.Join(names, ", "), value)
+	return 0, &usageError{fmt.Sprintf("--%s must be one of %s, not %q", flagName, strings.Join(names, ", "), value)}
 }
 
 // enumText is an enum value as a person reads it: "needs-attention".

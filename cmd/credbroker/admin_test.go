@@ -59,9 +59,21 @@ func (c *cli) ok(key, stdin string, args ...string) string {
 // fails runs a command that must fail with an error containing each of want.
 func (c *cli) fails(key, stdin string, args []string, want ...string) {
 	c.t.Helper()
+	c.exits(1, key, stdin, args, want...)
+}
+
+// misused runs a command line that is wrong as typed: it exits with 2 and
+// says each of want.
+func (c *cli) misused(key, stdin string, args []string, want ...string) {
+	c.t.Helper()
+	c.exits(2, key, stdin, args, want...)
+}
+
+func (c *cli) exits(wantCode int, key, stdin string, args []string, want ...string) {
+	c.t.Helper()
 	out, errOut, code := c.run(key, stdin, args...)
-	if code != 1 {
-		c.t.Errorf("credbroker %s: exit %d, want 1\n%s%s", strings.Join(args, " "), code, out, errOut)
+	if code != wantCode {
+		c.t.Errorf("credbroker %s: exit %d, want %d\n%s%s", strings.Join(args, " "), code, wantCode, out, errOut)
 	}
 	for _, w := range want {
 		if !strings.Contains(errOut, w) {
@@ -102,8 +114,10 @@ func TestAdminCLI(t *testing.T) {
 	c.ok(admin, cliAPIKey, "accounts", "link", "acme-key", "--kind", "jumpcloud-api-key", "--label", "team=it")
 	c.fails(admin, e2eClientSecret, []string{"accounts", "link", "acme", "--client-id", "e2e-client"}, "already exists", "choose another name")
 	c.fails(admin, "", []string{"accounts", "link", "other", "--client-id", "e2e-client"}, "no client secret given", "pipe it on standard input")
-	c.fails(admin, "", []string{"accounts", "link", "other", "--client-id", "e2e-client", "--client-secret", e2eClientSecret}, "flag provided but not defined: -client-secret")
-	c.fails(admin, "", []string{"accounts", "link", "other", "--kind", "oauth2", "--client-id", "x"}, "--token-url is required with --kind oauth2")
+	c.misused(admin, "", []string{"accounts", "link", "other", "--client-id", "e2e-client", "--client-secret", e2eClientSecret}, "unknown flag: --client-secret (see: credbroker accounts link --help)")
+	c.misused(admin, "", []string{"accounts", "link", "other", "--kind", "oauth2", "--client-id", "x"}, "--token-url is required with --kind oauth2")
+	c.misused(admin, "", []string{"accounts"}, "accounts needs a subcommand: one of add-secret,")
+	c.misused(admin, "", []string{"accounts", "lnk"}, `unknown subcommand "lnk"`)
 
 	// A secret typed at a terminal is not echoed.
 	if _, err := exec.LookPath("script"); err == nil {
@@ -125,7 +139,7 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("accounts connect-link --kind oauth2-code printed:\n%s", out)
 	}
 	c.fails(admin, "", []string{"accounts", "connect-link", "acme"}, "an account with this id exists already")
-	c.fails(admin, "", []string{"accounts", "connect-link", "globex", "--kind", "oauth2"}, "--kind must be jumpcloud, jumpcloud-api-key or oauth2-code")
+	c.misused(admin, "", []string{"accounts", "connect-link", "globex", "--kind", "oauth2"}, "--kind must be jumpcloud, jumpcloud-api-key or oauth2-code")
 	out = c.ok(admin, "", "callers", "create", "billing", "--description", "billing service")
 	billing := regexp.MustCompile(`KEY\s+(cbk_\S+)`).FindStringSubmatch(out)
 	if billing == nil {
@@ -148,7 +162,7 @@ func TestAdminCLI(t *testing.T) {
 	if out := c.ok(admin, "", "accounts", "list", "--state", "needs-attention"); strings.Count(out, "\n") != 1 {
 		t.Errorf("accounts list --state needs-attention:\n%s", out)
 	}
-	c.fails(admin, "", []string{"accounts", "list", "--state", "sleepy"}, "--state must be one of active, degraded, needs-attention")
+	c.misused(admin, "", []string{"accounts", "list", "--state", "sleepy"}, "--state must be one of active, degraded, needs-attention")
 
 	var got credbrokerv1.GetAccountResponse
 	c.okJSON(admin, "", &got, "accounts", "update", "accounts/acme", "--label", "team=billing", "--label", "env=prod")
@@ -209,7 +223,7 @@ func TestAdminCLI(t *testing.T) {
 	c.ok(admin, "", "accounts", "delete", "acme-key")
 	c.fails(admin, "", []string{"accounts", "get", "acme-key"}, "account not found")
 	c.fails("", "", []string{"accounts", "list"}, "no identity")
-	c.fails(admin, "", []string{"accounts", "get"}, "missing arguments; usage: credbroker accounts get ID")
+	c.misused(admin, "", []string{"accounts", "get"}, "missing arguments; usage: credbroker accounts get ID")
 	out, errOut, _ := c.run(admin, "", "accounts", "list", "--broker", "127.0.0.1:1")
 	if !strings.Contains(out+errOut, "cannot reach the broker at 127.0.0.1:1") {
 		t.Errorf("with no broker there: %s%s", out, errOut)

@@ -38,7 +38,7 @@ restored. Needs an admin identity.`)
 		return err
 	}
 	if out == "" {
-		return errors.New("--out is required")
+		return &usageError{"--out is required"}
 	}
 	for _, p := range []string{out, out + datadir.ChecksumSuffix} {
 		if _, err := os.Stat(p); err == nil {
@@ -141,7 +141,7 @@ a broker moves between them.`)
 		return err
 	}
 	if in == "" {
-		return errors.New("--in is required")
+		return &usageError{"--in is required"}
 	}
 	masterKeysFromEnv(&cfg)
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))

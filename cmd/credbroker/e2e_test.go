@@ -481,7 +481,7 @@ func TestEnvironmentSetsFlagsAndFlagsWin(t *testing.T) {
 	}
 	out.Reset()
 	t.Setenv("CREDBROKER_UPSTREAM_TIMEOUT", "soon")
-	if code := run([]string{"serve"}, &out, &out); code != 1 || !strings.Contains(out.String(), "CREDBROKER_UPSTREAM_TIMEOUT") {
+	if code := run([]string{"serve"}, &out, &out); code != 2 || !strings.Contains(out.String(), "CREDBROKER_UPSTREAM_TIMEOUT") {
 		t.Fatalf("bad env value not reported: exit %d, %s", code, out.String())
 	}
 }

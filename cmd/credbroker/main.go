@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -71,18 +72,55 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "credbroker: unknown command %q\n\n", args[0])
-		usage(stderr)
+		fmt.Fprintf(stderr, "credbroker: unknown command %q (see: credbroker help)\n", args[0])
 		return 2
 	}
-	if errors.Is(err, flag.ErrHelp) {
+	var usage *usageError
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		return 0
-	}
-	if err != nil {
+	case errors.As(err, &usage):
+		fmt.Fprintln(stderr, "credbroker:", err)
+		return 2
+	case err != nil:
 		fmt.Fprintln(stderr, "credbroker:", err)
 		return 1
 	}
 	return 0
+}
+
+// usageError is a command line the command cannot run: an unknown command
+// or flag, a bad flag value, missing or extra arguments. It exits with 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+// usagef is a usageError, with a pointer to help for the command named.
+func usagef(command, format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...) + fmt.Sprintf(" (see: credbroker %s --help)", command)}
+}
+
+// flagName finds a flag the flag package names in an error ("-bogus").
+var flagName = regexp.MustCompile(`(^|: |flag )-(-?)([A-Za-z0-9][^ :]*)`)
+
+// parseFlags is fs.Parse that prints nothing but the help asked for, and
+// returns a usageError naming flags as they are written (--name).
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage()
+		return err
+	case err != nil:
+		msg := strings.Replace(err.Error(), "flag provided but not defined", "unknown flag", 1)
+		return usagef(fs.Name(), "%s", flagName.ReplaceAllString(msg, "$1--$3"))
+	}
+	return nil
 }
 
 func usage(w io.Writer) {
@@ -217,7 +255,7 @@ admin".`)
 	case "json":
 		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel})
 	default:
-		return fmt.Errorf("--log-format must be text or json, not %q", logFormat)
+		return &usageError{fmt.Sprintf("--log-format must be text or json, not %q", logFormat)}
 	}
 	cfg.Logger = slog.New(handler)
 
@@ -274,7 +312,7 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 	newKey := os.Getenv(envPrefix + "NEW_MASTER_KEY")
 	switch {
 	case newKeyFile != "" && newKey != "":
-		return errors.New("set either --new-master-key-file or CREDBROKER_NEW_MASTER_KEY, not both")
+		return &usageError{"set either --new-master-key-file or CREDBROKER_NEW_MASTER_KEY, not both"}
 	case newKeyFile != "":
 		data, err := os.ReadFile(newKeyFile)
 		if err != nil {
@@ -282,7 +320,7 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 		}
 		newKey = string(data)
 	case newKey == "":
-		return errors.New("no new master key: set --new-master-key-file or CREDBROKER_NEW_MASTER_KEY (make one with: head -c 32 /dev/urandom | base64)")
+		return &usageError{"no new master key: set --new-master-key-file or CREDBROKER_NEW_MASTER_KEY (make one with: head -c 32 /dev/urandom | base64)"}
 	}
 	res, err := datadir.Rekey(cfg, newKey)
 	if err != nil {
@@ -336,7 +374,7 @@ them for anything real.`)
 	for _, c := range strings.Split(clients, ",") {
 		name, principal, ok := strings.Cut(strings.TrimSpace(c), "=")
 		if !ok || name == "" || principal == "" || strings.ContainsAny(name, "/\\") {
-			return fmt.Errorf("--clients: %q is not NAME=PRINCIPAL", c)
+			return &usageError{fmt.Sprintf("--clients: %q is not NAME=PRINCIPAL", c)}
 		}
 		id, err := devpki.ForPrincipal(principal)
 		if err != nil {
@@ -508,7 +546,7 @@ func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (c
 	fs.VisitAll(func(f *flag.Flag) {
 		if v, ok := os.LookupEnv(envName(f.Name)); ok && err == nil {
 			if serr := f.Value.Set(v); serr != nil {
-				err = fmt.Errorf("%s: %w", envName(f.Name), serr)
+				err = usagef(fs.Name(), "%s: %v", envName(f.Name), serr)
 			}
 			sources[f.Name] = "environment " + envName(f.Name)
 		}
@@ -516,7 +554,7 @@ func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (c
 	if err != nil {
 		return nil, err
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return nil, err
 	}
 	fs.Visit(func(f *flag.Flag) { sources[f.Name] = "command line" })
@@ -527,7 +565,7 @@ func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (c
 		}
 	}
 	if len(rest) > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+		return nil, usagef(fs.Name(), "unexpected arguments: %s", strings.Join(rest, " "))
 	}
 	return sources, nil
 }

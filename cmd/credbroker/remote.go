@@ -33,7 +33,7 @@ func (r *remote) dial() (*client.Client, error) {
 	key := os.Getenv(envPrefix + "CALLER_KEY")
 	if r.keyFile != "" {
 		if key != "" {
-			return nil, errors.New("set either --caller-key-file or CREDBROKER_CALLER_KEY, not both")
+			return nil, &usageError{"set either --caller-key-file or CREDBROKER_CALLER_KEY, not both"}
 		}
 		data, err := os.ReadFile(r.keyFile)
 		if err != nil {
@@ -65,7 +65,7 @@ func (r *remote) dial() (*client.Client, error) {
 		}
 		opts = append(opts, client.WithTLS(cfg))
 	case r.certFile != "" || r.certKeyFile != "":
-		return nil, errors.New("--tls-cert needs --tls-ca, to verify the broker")
+		return nil, &usageError{"--tls-cert needs --tls-ca, to verify the broker"}
 	case key == "":
 		return nil, errors.New("no identity: set CREDBROKER_CALLER_KEY (or --caller-key-file), or use a client certificate (--tls-ca, --tls-cert, --tls-key)")
 	}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// A command line that is wrong as typed exits with 2 and one line that
+// names the fault as the user wrote it (--flag, not -flag) and where help
+// is; help asked for exits with 0; nothing else does but success.
+func TestUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"serve", "-bogus"}, 2, "credbroker: unknown flag: --bogus (see: credbroker serve --help)\n"},
+		{[]string{"serve", "--rate-limit", "often"}, 2, `credbroker: invalid value "often" for flag --rate-limit: parse error (see: credbroker serve --help)` + "\n"},
+		{[]string{"serve", "--listen"}, 2, "credbroker: flag needs an argument: --listen (see: credbroker serve --help)\n"},
+		{[]string{"serve", "now"}, 2, "credbroker: unexpected arguments: now (see: credbroker serve --help)\n"},
+		{[]string{"serve", "--log-format", "xml"}, 2, `credbroker: --log-format must be text or json, not "xml"` + "\n"},
+		{[]string{"dev-certs", "--clients", "admin"}, 2, `credbroker: --clients: "admin" is not NAME=PRINCIPAL` + "\n"},
+		{[]string{"backup"}, 2, "credbroker: --out is required\n"},
+		{[]string{"accounts"}, 2, "credbroker: accounts needs a subcommand: one of "},
+		{[]string{"callers", "rm"}, 2, `credbroker: callers: unknown subcommand "rm"; choose one of: `},
+		{[]string{"frobnicate"}, 2, `credbroker: unknown command "frobnicate" (see: credbroker help)` + "\n"},
+		{[]string{}, 2, "credbroker keeps third-party API credentials"},
+		{[]string{"help"}, 0, "credbroker keeps third-party API credentials"},
+		{[]string{"serve", "--help"}, 0, "Usage: credbroker serve [flags]"},
+		{[]string{"callers", "help"}, 0, "Usage: credbroker callers {"},
+	} {
+		var out bytes.Buffer
+		code := run(c.args, &out, &out)
+		if code != c.code || !strings.HasPrefix(out.String(), c.says) {
+			t.Errorf("credbroker %s: exit %d, printed:\n%s\nwant exit %d and %q", strings.Join(c.args, " "), code, out.String(), c.code, c.says)
+		}
+		if c.code == 2 && len(c.args) > 0 && strings.Count(out.String(), "\n") > 1 {
+			t.Errorf("credbroker %s printed more than the fault:\n%s", strings.Join(c.args, " "), out.String())
+		}
+	}
+}
