@@ -3,8 +3,11 @@ package server_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -113,15 +116,17 @@ func TestCloseWithoutServe(t *testing.T) {
 	}
 }
 
-// Whichever step of New fails, even the last (a port in use), New
-// releases what it acquired before: no listener stays open and the data
-// directory is unlocked, so that a second New on it succeeds.
+// Whichever listener's address is in use, New fails before it creates
+// anything, naming the flag, and releases what it acquired before: no
+// listener stays open and the data directory is unlocked, so that a
+// second New on it succeeds.
 func TestNewFailingLateReleasesEverything(t *testing.T) {
 	t.Parallel()
 	for _, busy := range []string{"--listen", "--proxy-listen", "--ops-listen", "--hub-listen"} {
 		t.Run(busy, func(t *testing.T) {
 			t.Parallel()
 			cfg, _, _ := newConfig(t)
+			cfg.DataDir = filepath.Join(cfg.DataDir, "data")
 			listen := map[string]*string{"--listen": &cfg.ListenAddr, "--proxy-listen": &cfg.ProxyListenAddr, "--ops-listen": &cfg.OpsListenAddr, "--hub-listen": &cfg.HubListenAddr}
 			var free []string
 			for flag, addr := range listen {
@@ -137,8 +142,11 @@ func TestNewFailingLateReleasesEverything(t *testing.T) {
 				srv.Close()
 				t.Fatalf("New listened on %s, which is in use", *listen[busy])
 			}
-			if !strings.Contains(err.Error(), "address already in use") {
+			if !strings.HasPrefix(err.Error(), busy+" "+*listen[busy]+": the address is in use") {
 				t.Fatalf("New: %v", err)
+			}
+			if _, err := os.Stat(cfg.DataDir); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("New made the data directory before finding %s in use: %v", busy, err)
 			}
 			assertReleased(t, cfg, free, "New failed")
 		})

@@ -234,13 +234,47 @@ func New(cfg Config) (_ *Server, err error) {
 			_ = release.run() // err says why New failed
 		}
 	}()
+	// The addresses first: one in use fails the start before anything is
+	// created or an admin key shown.
+	socks, err := bind(cfg, &release)
+	if err != nil {
+		return nil, err
+	}
 	st, masters, err := datadir.Open(cfg.Config, masters)
 	if err != nil {
 		return nil, err
 	}
 	release.push(st.Close)
 	api.RemoveStagedBackups(cfg.DataDir, cfg.Logger)
-	return build(cfg, st, masters, tlsm, &release)
+	return build(cfg, st, masters, tlsm, socks, &release)
+}
+
+// sockets are the broker's listening sockets; nil for a listener that is off.
+type sockets struct{ grpc, proxy, ops, hub net.Listener }
+
+// bind opens every listener's socket, each closed by release.
+func bind(cfg Config, release *cleanup) (sockets, error) {
+	var s sockets
+	for _, l := range []struct {
+		flag, addr string
+		lis        *net.Listener
+	}{
+		{"listen", cfg.ListenAddr, &s.grpc},
+		{"proxy-listen", cfg.ProxyListenAddr, &s.proxy},
+		{"ops-listen", cfg.OpsListenAddr, &s.ops},
+		{"hub-listen", cfg.HubListenAddr, &s.hub},
+	} {
+		if l.addr == listeners.Off {
+			continue
+		}
+		lis, err := listeners.Bind(l.flag, l.addr)
+		if err != nil {
+			return s, err
+		}
+		*l.lis = lis
+		release.push(func() error { return listeners.Close(lis) })
+	}
+	return s, nil
 }
 
 // checkConfig checks everything in cfg that can be checked without
@@ -300,7 +334,7 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 
 // build builds the parts on the open store st and connects them; it pushes
 // what it acquires onto release.
-func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners.TLS, release *cleanup) (*Server, error) {
+func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners.TLS, socks sockets, release *cleanup) (*Server, error) {
 	mac, err := datadir.MACKey(st, masters)
 	if err != nil {
 		return nil, err
@@ -404,39 +438,24 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	reflection.Register(g)
 	met.GRPC.InitializeMetrics(g)
 
-	if s.listener, err = net.Listen("tcp", cfg.ListenAddr); err != nil {
-		return nil, err
-	}
-	release.push(func() error { return listeners.Close(s.listener) })
-	if cfg.ProxyListenAddr != listeners.Off {
+	s.listener = socks.grpc
+	if socks.proxy != nil {
 		xc := cfg.Proxy
 		xc.Logger = cfg.Logger
-		s.proxy, err = tlsm.ListenHTTP("egress proxy", cfg.ProxyListenAddr, api.ProxyHandler(core, gt, proxy.New(xc, tm)),
+		s.proxy = tlsm.NewHTTP("egress proxy", socks.proxy, api.ProxyHandler(core, gt, proxy.New(xc, tm)),
 			listeners.HTTPOptions{ReadTimeout: 5 * time.Minute, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
-		if err != nil {
-			return nil, err
-		}
-		release.push(s.proxy.Close)
 	}
-	if cfg.OpsListenAddr != listeners.Off {
-		s.ops, err = tlsm.ListenHTTP("ops listener", cfg.OpsListenAddr, ops.Handler(met, s.notReady),
+	if socks.ops != nil {
+		s.ops = tlsm.NewHTTP("ops listener", socks.ops, ops.Handler(met, s.notReady),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second}, cfg.Logger)
-		if err != nil {
-			return nil, err
-		}
-		release.push(s.ops.Close)
 	}
-	if cfg.HubListenAddr != listeners.Off {
+	if socks.hub != nil {
 		hc := cfg.Hub
 		hc.Logger, hc.ExpiryWarning = cfg.Logger, cfg.Tokens.ExpiryWarning
-		s.hub, err = tlsm.ListenHTTP("hub", cfg.HubListenAddr, hub.New(hc, hub.Parts{
+		s.hub = tlsm.NewHTTP("hub", socks.hub, hub.New(hc, hub.Parts{
 			Gate: gt, API: services, Links: links, SignIn: signin.New(st, keys, mac, prov, acc, now), Store: st, MAC: mac, URL: s.hubURL,
 		}, cfg.TLSCertFile != ""),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
-		if err != nil {
-			return nil, err
-		}
-		release.push(s.hub.Close)
 	}
 	s.release = *release
 	return s, nil

@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -38,5 +41,38 @@ func TestUsageErrors(t *testing.T) {
 		if c.code == 2 && len(c.args) > 0 && strings.Count(out.String(), "\n") > 1 {
 			t.Errorf("credbroker %s printed more than the fault:\n%s", strings.Join(c.args, " "), out.String())
 		}
+	}
+}
+
+// What stops a start names the flag to change: a data directory that
+// cannot be made, a master key file that is not there, an address in use
+// (found before anything is created).
+func TestStartErrorsNameTheFlag(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	free := []string{"--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0"}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--data-dir", filepath.Join(file, "data")}, "credbroker: --data-dir: cannot create the data directory: mkdir " + file + ": not a directory\n"},
+		{[]string{"--data-dir", filepath.Join(dir, "a"), "--master-key-file", filepath.Join(dir, "no.key")}, "credbroker: --master-key-file " + filepath.Join(dir, "no.key") + ": no such file\n"},
+		{[]string{"--data-dir", filepath.Join(dir, "b"), "--hub-listen", busy.Addr().String()}, "credbroker: --hub-listen " + busy.Addr().String() + ": the address is in use, by another program or another credbroker; stop it, or choose another address with --hub-listen\n"},
+	} {
+		var out bytes.Buffer
+		if code := run(append(append([]string{"serve"}, free...), c.args...), &out, &out); code != 1 || out.String() != c.says {
+			t.Errorf("credbroker serve %s: exit %d, printed:\n%s\nwant exit 1 and:\n%s", strings.Join(c.args, " "), code, out.String(), c.says)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "b")); err == nil {
+		t.Error("a start that found its address in use made the data directory")
 	}
 }

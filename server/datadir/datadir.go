@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/storage/etcd"
@@ -112,10 +114,13 @@ func Open(cfg Config, masters *keyring.Masters) (*store.Store, *keyring.Masters,
 	cfg = WithDefaults(cfg)
 	// On etcd too: backups are staged there.
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("create data directory: %w", err)
+		return nil, nil, fmt.Errorf("--data-dir: cannot create the data directory: %w", err)
 	}
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("restrict data directory: %w", err)
+		return nil, nil, fmt.Errorf("--data-dir: cannot make the data directory private (mode 0700): %w", err)
+	}
+	if err := unix.Access(cfg.DataDir, unix.W_OK|unix.X_OK); err != nil {
+		return nil, nil, fmt.Errorf("--data-dir %s: the data directory is not writable by this user: %w", cfg.DataDir, err)
 	}
 	if cfg.Storage == StorageEtcd {
 		st, err := openStore(cfg, masters) // CheckStorage made sure they are configured
@@ -248,7 +253,11 @@ func checkRotation(cfg Config, st *store.Store, masters *keyring.Masters) error 
 // openEngine opens the configured storage engine.
 func openEngine(cfg Config) (*store.Store, error) {
 	if cfg.Storage != StorageEtcd {
-		return store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
+		st, err := store.Open(filepath.Join(cfg.DataDir, dbFileName), cfg.LockTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("--data-dir %s: %w", cfg.DataDir, err)
+		}
+		return st, nil
 	}
 	db, err := etcd.Open(cfg.Etcd, store.Logs...)
 	if err != nil {

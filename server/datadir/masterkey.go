@@ -34,7 +34,7 @@ func ConfiguredMasterKey(cfg Config) (*keyring.MasterKey, error) {
 		}
 		return k, nil
 	case cfg.MasterKeyFile != "":
-		return readMasterKeyFile(cfg.MasterKeyFile, cfg.Logger)
+		return readMasterKeyFile("--master-key-file", cfg.MasterKeyFile, cfg.Logger)
 	}
 	return nil, nil
 }
@@ -56,8 +56,8 @@ func ConfiguredMasters(cfg Config) (*keyring.Masters, error) {
 			return nil, fmt.Errorf("CREDBROKER_PREVIOUS_MASTER_KEY: %w", err)
 		}
 	case cfg.PreviousMasterKeyFile != "":
-		if previous, err = readMasterKeyFile(cfg.PreviousMasterKeyFile, cfg.Logger); err != nil {
-			return nil, fmt.Errorf("previous %w", err)
+		if previous, err = readMasterKeyFile("--previous-master-key-file", cfg.PreviousMasterKeyFile, cfg.Logger); err != nil {
+			return nil, err
 		}
 	}
 	switch {
@@ -80,7 +80,7 @@ func localMasterKey(cfg Config) (*keyring.MasterKey, error) {
 	_, statErr := os.Stat(path)
 	if statErr == nil {
 		cfg.Logger.Warn("USING A LOCAL MASTER KEY stored beside the data: for local use only. In production, keep the key elsewhere and pass --master-key-file or CREDBROKER_MASTER_KEY", "key_file", path)
-		return readMasterKeyFile(path, cfg.Logger)
+		return readMasterKeyFile("the generated master key file", path, cfg.Logger)
 	}
 	if !errors.Is(statErr, fs.ErrNotExist) {
 		return nil, statErr
@@ -112,17 +112,21 @@ func syncDir(dir string) error {
 	return errors.Join(d.Sync(), d.Close())
 }
 
-func readMasterKeyFile(path string, log *slog.Logger) (*keyring.MasterKey, error) {
+// readMasterKeyFile reads the master key in path, which what (a flag)
+// names in errors.
+func readMasterKeyFile(what, path string, log *slog.Logger) (*keyring.MasterKey, error) {
 	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read master key: %w", err)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s %s: no such file", what, path)
+	} else if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("master key file is readable by other users; chmod 600 it", "key_file", path, "mode", fi.Mode().Perm().String())
 	}
 	k, err := keyring.ParseMasterKey(strings.TrimSpace(string(data)))
 	if err != nil {
-		return nil, fmt.Errorf("master key file %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return k, nil
 }

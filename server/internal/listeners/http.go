@@ -32,11 +32,11 @@ type HTTP struct {
 	lis  net.Listener
 }
 
-// ListenHTTP opens the listener named name (in errors and logs) at addr,
-// for an HTTP server of h that serves TLS when t has a certificate: 10 s
-// for a request's headers, 2 minutes for an idle connection, and its
-// errors logged to log as warnings.
-func (t TLS) ListenHTTP(name, addr string, h http.Handler, o HTTPOptions, log *slog.Logger) (*HTTP, error) {
+// NewHTTP is the listener named name (in logs) on lis, an HTTP server of
+// h that serves TLS when t has a certificate: 10 s for a request's
+// headers, 2 minutes for an idle connection, and its errors logged to log
+// as warnings.
+func (t TLS) NewHTTP(name string, lis net.Listener, h http.Handler, o HTTPOptions, log *slog.Logger) *HTTP {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -51,11 +51,7 @@ func (t TLS) ListenHTTP(name, addr string, h http.Handler, o HTTPOptions, log *s
 	if t.Cert != nil {
 		srv.TLSConfig = mtls.ServerTLSConfig(*t.Cert, o.Certs != nil && t.ClientCAs != nil)
 	}
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return &HTTP{name: name, srv: srv, lis: lis}, nil
+	return &HTTP{name: name, srv: srv, lis: lis}
 }
 
 // Name is what logs call the listener.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -96,6 +97,21 @@ func (t TLS) GRPCCredentials() credentials.TransportCredentials {
 		return insecure.NewCredentials()
 	}
 	return mtls.ServerCredentials(*t.Cert, t.ClientCAs)
+}
+
+// Bind opens the TCP listener at addr that the flag named flag sets, or
+// says what stands in the way, naming the flag.
+func Bind(flag, addr string) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("--%s %s: the address is in use, by another program or another credbroker; stop it, or choose another address with --%s", flag, addr, flag)
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("--%s %s: not allowed to listen there (ports below 1024 need privileges); choose another address with --%s", flag, addr, flag)
+	case err != nil:
+		return nil, fmt.Errorf("--%s %s: %w", flag, addr, err)
+	}
+	return lis, nil
 }
 
 // Close closes lis unless it is closed already (a server closes its
