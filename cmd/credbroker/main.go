@@ -336,15 +336,37 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 
 func devCerts(args []string, stdout, stderr io.Writer) error {
 	var dir, hosts, clients string
+	var force bool
 	fs := newFlagSet("dev-certs", stderr, `Writes a throwaway CA (ca.pem), a server certificate (server.pem,
 server-key.pem) and client certificates (NAME.pem, NAME-key.pem) into a
 directory, for trying mTLS on one machine. Keys are unencrypted: never use
-them for anything real.`)
+them for anything real. A directory that holds a CA already is left alone
+unless --force is given: a broker may be trusting it.`)
 	fs.StringVar(&dir, "dir", "./credbroker-certs", "directory to write into (created with mode 0700)")
 	fs.StringVar(&hosts, "hosts", "127.0.0.1,localhost", "comma-separated IP addresses and DNS names of the server certificate")
 	fs.StringVar(&clients, "clients", "admin=spiffe://credbroker.test/admin,billing=spiffe://credbroker.test/billing", "comma-separated NAME=PRINCIPAL client certificates; PRINCIPAL is a URI such as a SPIFFE ID (a URI SAN), dns:NAME (a DNS SAN) or cn:TEXT (the subject CN)")
+	fs.BoolVar(&force, "force", false, "replace the CA and certificates in --dir (brokers and clients using them must then be restarted with the new ones)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	type client struct {
+		name, principal string
+		id              devpki.Identity
+	}
+	var wanted []client
+	for _, c := range strings.Split(clients, ",") {
+		name, principal, ok := strings.Cut(strings.TrimSpace(c), "=")
+		if !ok || name == "" || principal == "" || strings.ContainsAny(name, "/\\") {
+			return &usageError{fmt.Sprintf("--clients: %q is not NAME=PRINCIPAL", c)}
+		}
+		id, err := devpki.ForPrincipal(principal)
+		if err != nil {
+			return &usageError{fmt.Sprintf("--clients: %s: %v", name, err)}
+		}
+		wanted = append(wanted, client{name, principal, id})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ca.pem")); err == nil && !force {
+		return fmt.Errorf("%s holds a CA already (ca.pem), which a running broker may trust: pass --force to replace it, or choose another --dir", dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -371,23 +393,15 @@ them for anything real.`)
 	if err != nil {
 		return err
 	}
-	for _, c := range strings.Split(clients, ",") {
-		name, principal, ok := strings.Cut(strings.TrimSpace(c), "=")
-		if !ok || name == "" || principal == "" || strings.ContainsAny(name, "/\\") {
-			return &usageError{fmt.Sprintf("--clients: %q is not NAME=PRINCIPAL", c)}
-		}
-		id, err := devpki.ForPrincipal(principal)
-		if err != nil {
-			return fmt.Errorf("--clients: %s: %w", name, err)
-		}
-		leaf, err := ca.Client(id)
+	for _, c := range wanted {
+		leaf, err := ca.Client(c.id)
 		if err == nil {
-			err = leaf.WriteFiles(dir, name)
+			err = leaf.WriteFiles(dir, c.name)
 		}
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s/%s.pem: client certificate for %s\n", dir, name, principal)
+		fmt.Fprintf(stdout, "%s/%s.pem: client certificate for %s\n", dir, c.name, c.principal)
 	}
 	fmt.Fprintf(stdout, "%s/ca.pem: CA; %s/server.pem: server certificate for %s\n", dir, dir, hosts)
 	return nil

@@ -76,3 +76,20 @@ func TestStartErrorsNameTheFlag(t *testing.T) {
 		t.Error("a start that found its address in use made the data directory")
 	}
 }
+
+// dev-certs leaves a CA that a broker may trust alone, unless --force.
+func TestDevCertsKeepsItsCA(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	if code := run([]string{"dev-certs", "--dir", dir}, &out, &out); code != 0 {
+		t.Fatalf("dev-certs: exit %d\n%s", code, out.String())
+	}
+	ca := readFile(t, filepath.Join(dir, "ca.pem"))
+	out.Reset()
+	if code := run([]string{"dev-certs", "--dir", dir}, &out, &out); code != 1 || !strings.Contains(out.String(), "holds a CA already (ca.pem), which a running broker may trust: pass --force") || readFile(t, filepath.Join(dir, "ca.pem")) != ca {
+		t.Fatalf("dev-certs again: exit %d, the CA replaced: %v\n%s", code, readFile(t, filepath.Join(dir, "ca.pem")) != ca, out.String())
+	}
+	if code := run([]string{"dev-certs", "--dir", dir, "--force"}, &out, &out); code != 0 || readFile(t, filepath.Join(dir, "ca.pem")) == ca {
+		t.Fatalf("dev-certs --force: exit %d, the CA kept", code)
+	}
+}
