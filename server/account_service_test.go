@@ -83,6 +83,10 @@ func TestCreateAccountFailuresStoreNothing(t *testing.T) {
 				if info.GetMetadata()["provider_error"] != "invalid_client" {
 					t.Errorf("metadata = %v, want provider_error invalid_client", info.GetMetadata())
 				}
+				// What to check is what the admin typed.
+				if !strings.HasSuffix(st.Message(), "; check the client ID and client secret as JumpCloud showed them, and the region of the organization (an EU or India service account is unknown in the US region): nothing was stored") {
+					t.Errorf("the message does not say what to check: %s", st.Message())
+				}
 			}
 			if tc.name == "provider 429" && !hasRetryDelay(st.Details(), 30*time.Second) {
 				t.Errorf("429 answer lacks RetryInfo of 30s: %v", st.Details())

@@ -425,9 +425,10 @@ func (s *Service) RemoveSecret(ctx context.Context, id, secretID string, ev stor
 // API key (which has none; the zero Token) calls the API.
 func (s *Service) prove(ctx context.Context, cr provider.Credentials) (provider.Token, error) {
 	if cr.Kind == provider.KindJumpCloudAPIKey {
-		return provider.Token{}, s.provider.CheckAPIKey(ctx, cr)
+		return provider.Token{}, provider.Entered(s.provider.CheckAPIKey(ctx, cr), cr.Kind)
 	}
-	return s.provider.Fetch(ctx, cr)
+	tok, err := s.provider.Fetch(ctx, cr)
+	return tok, provider.Entered(err, cr.Kind)
 }
 
 // Get returns one account. An account whose stored records fail their

@@ -416,8 +416,8 @@ func (e *RejectedError) Error() string {
 	return msg
 }
 
-// GRPCStatus: an admin must fix the credentials at the provider; the
-// provider's error and description (if any) are in the ErrorInfo.
+// GRPCStatus: an admin must fix the stored credentials at the provider;
+// the provider's error and description (if any) are in the ErrorInfo.
 func (e *RejectedError) GRPCStatus() *status.Status {
 	meta := map[string]string{}
 	if e.Code != "" {
@@ -428,6 +428,40 @@ func (e *RejectedError) GRPCStatus() *status.Status {
 	}
 	return grpcerr.Status(codes.FailedPrecondition, e.Error()+"; an admin must fix the credentials at the provider",
 		grpcerr.Info(credbrokerv1.ErrorReason_CREDENTIALS_REJECTED, meta))
+}
+
+// EnteredRejectedError is a rejection of credentials an admin has just
+// entered (to link an account, or add a secret): what to check is what
+// they typed, and nothing was stored.
+type EnteredRejectedError struct {
+	*RejectedError
+	Kind Kind
+}
+
+func (e *EnteredRejectedError) Unwrap() error { return e.RejectedError }
+
+// GRPCStatus is the RejectedError's status, saying what to check.
+func (e *EnteredRejectedError) GRPCStatus() *status.Status {
+	check := map[Kind]string{
+		KindJumpCloudServiceAccount: "the client ID and client secret as JumpCloud showed them, and the region of the organization (an EU or India service account is unknown in the US region)",
+		KindJumpCloudAPIKey:         "the API key as JumpCloud showed it, the region of its organization and, for a multi-tenant admin, the organization ID",
+		KindOAuth2ClientCredentials: "the client ID, the client secret and the token URL",
+		KindOAuth2AuthorizationCode: "the client ID, the client secret and the token URL",
+	}[e.Kind]
+	st := e.RejectedError.GRPCStatus().Proto()
+	st.Message = fmt.Sprintf("%s; check %s: nothing was stored", e.Error(), check)
+	return status.FromProto(st)
+}
+
+// Entered marks a rejection of credentials of kind an admin has just
+// entered (see EnteredRejectedError); other errors are returned as they
+// are.
+func Entered(err error, kind Kind) error {
+	var rejected *RejectedError
+	if errors.As(err, &rejected) {
+		return &EnteredRejectedError{RejectedError: rejected, Kind: kind}
+	}
+	return err
 }
 
 // UnavailableError means the token endpoint could not be used right now:
