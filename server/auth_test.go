@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -330,5 +331,72 @@ func TestRateLimitPerCaller(t *testing.T) {
 	// The admin key still has a call left.
 	if _, err := b.accounts.GetAccount(context.Background(), &credbrokerv1.GetAccountRequest{Name: "accounts/acme"}); err != nil {
 		t.Fatalf("another caller was limited: %v", err)
+	}
+}
+
+// Revoking a revoked key says so. Deleting a key refuses it from its next
+// call and frees its name, but only once no account grants its principal
+// (a new key of the name would get the grant); deleting the last admin key
+// is refused; the audit trail keeps the deletion. A key of a freed name
+// is a new key: the old one stays refused.
+func TestDeleteCallerKey(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	ctx := context.Background()
+	b.link(t, "acme")
+	old := b.createKey(t, "worker", credbrokerv1.Role_ROLE_CALLER, time.Time{})
+	b.grant(t, "acme", "callerKeys/worker")
+	tokens := credbrokerv1.NewTokenServiceClient(b.dial(t, old, nil))
+	if _, err := tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"}); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{false, true} {
+		resp, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/worker"})
+		if err != nil || resp.GetAlreadyRevoked() != want {
+			t.Fatalf("revocation %d: already_revoked %v, %v; want %v", i+1, resp.GetAlreadyRevoked(), err, want)
+		}
+	}
+
+	_, err := b.callers.DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: "callerKeys/worker"})
+	if st := wantCode(t, err, codes.FailedPrecondition, "KEY_STILL_GRANTED"); !strings.Contains(st.Message(), "(accounts acme)") {
+		t.Fatalf("a granted key's deletion: %s", st.Message())
+	}
+	if _, err := b.accounts.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: "accounts/acme", Principal: "callerKeys/worker"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.callers.DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: "callerKeys/worker"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.callers.DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: "callerKeys/worker"})
+	wantCode(t, err, codes.NotFound, "")
+	list, err := b.callers.ListCallerKeys(ctx, &credbrokerv1.ListCallerKeysRequest{})
+	if err != nil || slices.ContainsFunc(list.GetCallerKeys(), func(k *credbrokerv1.CallerKey) bool { return k.GetName() == "callerKeys/worker" }) {
+		t.Fatalf("the keys after the deletion: %v, %v", list, err)
+	}
+	_, err = b.accounts.AddAccountGrant(ctx, &credbrokerv1.AddAccountGrantRequest{Name: "accounts/acme", Principal: "callerKeys/worker"})
+	wantCode(t, err, codes.NotFound, "")
+
+	renewed := b.createKey(t, "worker", credbrokerv1.Role_ROLE_CALLER, time.Time{})
+	b.grant(t, "acme", "callerKeys/worker")
+	if _, err := credbrokerv1.NewTokenServiceClient(b.dial(t, renewed, nil)).GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"}); err != nil {
+		t.Fatalf("the new key of the freed name: %v", err)
+	}
+	_, err = tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+	wantCode(t, err, codes.Unauthenticated, "")
+
+	_, err = b.callers.DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: "callerKeys/bootstrap-admin"})
+	wantCode(t, err, codes.FailedPrecondition, "LAST_ADMIN")
+	events, err := b.audit.ListAuditEvents(ctx, &credbrokerv1.ListAuditEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deletions := 0
+	for _, e := range events.GetEvents() {
+		if strings.HasSuffix(e.GetMethod(), "/DeleteCallerKey") && e.GetCode() == "OK" && e.GetResource() == "callerKeys/worker" {
+			deletions++
+		}
+	}
+	if deletions != 1 {
+		t.Fatalf("%d audited deletions of callerKeys/worker, want 1", deletions)
 	}
 }

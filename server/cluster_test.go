@@ -86,6 +86,29 @@ func TestReplicasShareChanges(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+
+	// A key deleted on one replica frees its name on every other: a new
+	// key of the name, made on another, is known to the third.
+	if _, err := a.accounts.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: "accounts/acme", Principal: "callerKeys/svc"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.callers.DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: "callerKeys/svc"}); err != nil {
+		t.Fatal(err)
+	}
+	var renewed string
+	waitFor(t, 5*time.Second, func() error {
+		created, err := b.callers.CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: "svc", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER}})
+		renewed = created.GetKey()
+		return err
+	})
+	tokens := credbrokerv1.NewTokenServiceClient(c.dial(t, renewed, nil))
+	waitFor(t, 5*time.Second, func() error {
+		_, err := tokens.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+		if status.Code(err) == codes.PermissionDenied { // known, and granted nothing
+			return nil
+		}
+		return fmt.Errorf("the new key on the third replica: %v", err)
+	})
 }
 
 // A cold account asked for by 200 callers spread over 3 replicas costs

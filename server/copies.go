@@ -100,7 +100,9 @@ func (c *copies) apply(ch storage.Change) {
 			if ts, ok := c.store.DecodeTokenState(ev); ok {
 				c.tokens.TokenStored(id, ts)
 			}
-		case kind == store.KindCallerKeys && !ev.Deleted:
+		case kind == store.KindCallerKeys && ev.Deleted:
+			c.callers.KeyDeleted(id)
+		case kind == store.KindCallerKeys:
 			c.callers.KeyStored(c.store.DecodeCallerKey(ev))
 		case kind == store.KindAdminPrincipals && ev.Deleted:
 			c.callers.AdminDeleted(id)

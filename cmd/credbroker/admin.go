@@ -32,7 +32,8 @@ var adminCommands = map[string]map[string]func(*session, []string) error{
 	"accounts": {"link": accountsLink, "list": accountsList, "get": accountsGet, "update": accountsUpdate, "delete": accountsDelete,
 		"grant": accountsGrant, "ungrant": accountsUngrant, "add-secret": accountsAddSecret, "remove-secret": accountsRemoveSecret,
 		"connect-link": accountsConnectLink},
-	"callers": {"create": callersCreate, "list": callersList, "revoke": callersRevoke},
+	"callers": {"create": callersCreate, "list": callersList, "revoke": callersRevoke, "delete": callersDelete},
+	"admins":  {"list": adminsList, "add": adminsAdd, "remove": adminsRemove},
 	"token":   {"get": tokenGet},
 	"audit":   {"list": auditList},
 }

@@ -220,6 +220,25 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("callers list:\n%s", out)
 	}
 	c.fails(billing[1], "", []string{"token", "get", "acme"}, "did not accept your identity", "CREDBROKER_CALLER_KEY")
+	if out := c.ok(admin, "", "callers", "revoke", "billing"); !strings.Contains(out, "callerKeys/billing was revoked already") || !strings.Contains(out, "nothing changed") {
+		t.Errorf("callers revoke of a revoked key:\n%s", out)
+	}
+	c.fails(admin, "", []string{"callers", "delete", "billing"}, "accounts still grant callerKeys/billing", "remove those grants first (accounts acme, acme-key)")
+	c.ok(admin, "", "accounts", "ungrant", "acme", "callerKeys/billing")
+	c.ok(admin, "", "accounts", "ungrant", "acme-key", "callerKeys/billing")
+	if out := c.ok(admin, "", "callers", "delete", "billing"); out != "deleted callerKeys/billing\n" {
+		t.Errorf("callers delete:\n%s", out)
+	}
+	if out := c.ok(admin, "", "callers", "list"); strings.Contains(out, "callerKeys/billing") {
+		t.Errorf("callers list after the deletion:\n%s", out)
+	}
+	c.ok(admin, "", "callers", "create", "billing")
+	c.ok(admin, "", "admins", "add", "spiffe://credbroker.test/ops")
+	if out := c.ok(admin, "", "admins", "list"); out != "PRINCIPAL\nspiffe://credbroker.test/ops\n" {
+		t.Errorf("admins list:\n%s", out)
+	}
+	c.ok(admin, "", "admins", "remove", "spiffe://credbroker.test/ops")
+	c.fails(admin, "", []string{"admins", "remove", "spiffe://credbroker.test/ops"}, "not an admin principal")
 	c.ok(admin, "", "accounts", "delete", "acme-key")
 	c.fails(admin, "", []string{"accounts", "get", "acme-key"}, "account not found")
 	c.fails("", "", []string{"accounts", "list"}, "no identity")

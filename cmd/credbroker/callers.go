@@ -80,6 +80,82 @@ func callersRevoke(s *session, args []string) error {
 		if err != nil {
 			return err
 		}
-		return s.print(resp, func(w io.Writer) { fmt.Fprintf(w, "revoked %s\n", resp.GetCallerKey().GetName()) })
+		return s.print(resp, func(w io.Writer) {
+			if resp.GetAlreadyRevoked() {
+				fmt.Fprintf(w, "%s was revoked already, %s; nothing changed\n", resp.GetCallerKey().GetName(), when(resp.GetCallerKey().GetRevokeTime(), time.Now()))
+				return
+			}
+			fmt.Fprintf(w, "revoked %s\n", resp.GetCallerKey().GetName())
+		})
+	})
+}
+
+func callersDelete(s *session, args []string) error {
+	var id string
+	fs := s.flags("ID [flags]", `Deletes a caller key for good (revoking it if need be): its very next call is
+refused, it is no longer listed, and ID may be given to a new key. Remove
+the key's grants first (credbroker accounts ungrant): a new key of the same
+name would get them. The audit trail keeps what the key did.`)
+	if err := s.parse(fs, args, &id); err != nil {
+		return err
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewCallerServiceClient(conn).DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: resourceName("callerKeys", id)})
+		if err != nil {
+			return err
+		}
+		return s.print(resp, func(w io.Writer) { fmt.Fprintf(w, "deleted %s\n", resourceName("callerKeys", id)) })
+	})
+}
+
+func adminsList(s *session, args []string) error {
+	fs := s.flags("[flags]", `Lists the client-certificate principals that hold the admin role (admin
+caller keys are in credbroker callers list).`)
+	if err := s.parse(fs, args); err != nil {
+		return err
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewCallerServiceClient(conn).ListAdminPrincipals(ctx, &credbrokerv1.ListAdminPrincipalsRequest{})
+		if err != nil {
+			return err
+		}
+		return s.print(resp, func(w io.Writer) {
+			fmt.Fprintln(w, "PRINCIPAL")
+			for _, p := range resp.GetPrincipals() {
+				fmt.Fprintln(w, p)
+			}
+		})
+	})
+}
+
+func adminsAdd(s *session, args []string) error {
+	var principal string
+	fs := s.flags("PRINCIPAL [flags]", `Gives a client-certificate principal the admin role: a URI SAN as it is
+(spiffe://example.org/ops), dns:NAME for a DNS SAN, or cn:TEXT for a
+subject CN. Adding an admin again changes nothing.`)
+	if err := s.parse(fs, args, &principal); err != nil {
+		return err
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewCallerServiceClient(conn).AddAdminPrincipal(ctx, &credbrokerv1.AddAdminPrincipalRequest{Principal: principal})
+		if err != nil {
+			return err
+		}
+		return s.print(resp, func(w io.Writer) { fmt.Fprintf(w, "%s is an admin\n", principal) })
+	})
+}
+
+func adminsRemove(s *session, args []string) error {
+	var principal string
+	fs := s.flags("PRINCIPAL [flags]", "Takes the admin role from a client-certificate principal; the last admin identity cannot be removed.")
+	if err := s.parse(fs, args, &principal); err != nil {
+		return err
+	}
+	return s.call(func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := credbrokerv1.NewCallerServiceClient(conn).RemoveAdminPrincipal(ctx, &credbrokerv1.RemoveAdminPrincipalRequest{Principal: principal})
+		if err != nil {
+			return err
+		}
+		return s.print(resp, func(w io.Writer) { fmt.Fprintf(w, "%s is no longer an admin\n", principal) })
 	})
 }

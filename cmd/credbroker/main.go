@@ -63,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = backup(args[1:], stdout, stderr)
 	case "restore":
 		err = restore(args[1:], stdout, stderr)
-	case "accounts", "callers", "token", "audit":
+	case "accounts", "callers", "admins", "token", "audit":
 		err = runAdmin(args[0], args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprint(stdout, version.Get())
@@ -140,7 +140,8 @@ Usage:
 
 Administration of a running broker (each with --help):
   credbroker accounts link|list|get|update|delete|grant|ungrant|add-secret|remove-secret|connect-link
-  credbroker callers create|list|revoke
+  credbroker callers create|list|revoke|delete
+  credbroker admins list|add|remove   client-certificate principals with the admin role
   credbroker token get ACCOUNT
   credbroker audit list
 `)

@@ -506,10 +506,13 @@ func (x *RevokeCallerKeyRequest) GetName() string {
 }
 
 type RevokeCallerKeyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CallerKey     *CallerKey             `protobuf:"bytes,1,opt,name=caller_key,json=callerKey,proto3" json:"caller_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	CallerKey *CallerKey             `protobuf:"bytes,1,opt,name=caller_key,json=callerKey,proto3" json:"caller_key,omitempty"`
+	// The key was revoked before this call, at caller_key.revoke_time:
+	// nothing changed.
+	AlreadyRevoked bool `protobuf:"varint,2,opt,name=already_revoked,json=alreadyRevoked,proto3" json:"already_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RevokeCallerKeyResponse) Reset() {
@@ -549,6 +552,94 @@ func (x *RevokeCallerKeyResponse) GetCallerKey() *CallerKey {
 	return nil
 }
 
+func (x *RevokeCallerKeyResponse) GetAlreadyRevoked() bool {
+	if x != nil {
+		return x.AlreadyRevoked
+	}
+	return false
+}
+
+type DeleteCallerKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "callerKeys/{key_id}".
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCallerKeyRequest) Reset() {
+	*x = DeleteCallerKeyRequest{}
+	mi := &file_credbroker_v1_caller_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCallerKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCallerKeyRequest) ProtoMessage() {}
+
+func (x *DeleteCallerKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_caller_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCallerKeyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCallerKeyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeleteCallerKeyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteCallerKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCallerKeyResponse) Reset() {
+	*x = DeleteCallerKeyResponse{}
+	mi := &file_credbroker_v1_caller_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCallerKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCallerKeyResponse) ProtoMessage() {}
+
+func (x *DeleteCallerKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_caller_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCallerKeyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteCallerKeyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{8}
+}
+
 type ListAdminPrincipalsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -557,7 +648,7 @@ type ListAdminPrincipalsRequest struct {
 
 func (x *ListAdminPrincipalsRequest) Reset() {
 	*x = ListAdminPrincipalsRequest{}
-	mi := &file_credbroker_v1_caller_proto_msgTypes[7]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +660,7 @@ func (x *ListAdminPrincipalsRequest) String() string {
 func (*ListAdminPrincipalsRequest) ProtoMessage() {}
 
 func (x *ListAdminPrincipalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_caller_proto_msgTypes[7]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +673,7 @@ func (x *ListAdminPrincipalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminPrincipalsRequest.ProtoReflect.Descriptor instead.
 func (*ListAdminPrincipalsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{9}
 }
 
 type ListAdminPrincipalsResponse struct {
@@ -594,7 +685,7 @@ type ListAdminPrincipalsResponse struct {
 
 func (x *ListAdminPrincipalsResponse) Reset() {
 	*x = ListAdminPrincipalsResponse{}
-	mi := &file_credbroker_v1_caller_proto_msgTypes[8]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +697,7 @@ func (x *ListAdminPrincipalsResponse) String() string {
 func (*ListAdminPrincipalsResponse) ProtoMessage() {}
 
 func (x *ListAdminPrincipalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_caller_proto_msgTypes[8]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +710,7 @@ func (x *ListAdminPrincipalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdminPrincipalsResponse.ProtoReflect.Descriptor instead.
 func (*ListAdminPrincipalsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAdminPrincipalsResponse) GetPrincipals() []string {
@@ -641,7 +732,7 @@ type AddAdminPrincipalRequest struct {
 
 func (x *AddAdminPrincipalRequest) Reset() {
 	*x = AddAdminPrincipalRequest{}
-	mi := &file_credbroker_v1_caller_proto_msgTypes[9]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +744,7 @@ func (x *AddAdminPrincipalRequest) String() string {
 func (*AddAdminPrincipalRequest) ProtoMessage() {}
 
 func (x *AddAdminPrincipalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_caller_proto_msgTypes[9]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +757,7 @@ func (x *AddAdminPrincipalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAdminPrincipalRequest.ProtoReflect.Descriptor instead.
 func (*AddAdminPrincipalRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AddAdminPrincipalRequest) GetPrincipal() string {
@@ -684,7 +775,7 @@ type AddAdminPrincipalResponse struct {
 
 func (x *AddAdminPrincipalResponse) Reset() {
 	*x = AddAdminPrincipalResponse{}
-	mi := &file_credbroker_v1_caller_proto_msgTypes[10]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +787,7 @@ func (x *AddAdminPrincipalResponse) String() string {
 func (*AddAdminPrincipalResponse) ProtoMessage() {}
 
 func (x *AddAdminPrincipalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_caller_proto_msgTypes[10]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +800,7 @@ func (x *AddAdminPrincipalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddAdminPrincipalResponse.ProtoReflect.Descriptor instead.
 func (*AddAdminPrincipalResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{12}
 }
 
 type RemoveAdminPrincipalRequest struct {
@@ -721,7 +812,7 @@ type RemoveAdminPrincipalRequest struct {
 
 func (x *RemoveAdminPrincipalRequest) Reset() {
 	*x = RemoveAdminPrincipalRequest{}
-	mi := &file_credbroker_v1_caller_proto_msgTypes[11]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +824,7 @@ func (x *RemoveAdminPrincipalRequest) String() string {
 func (*RemoveAdminPrincipalRequest) ProtoMessage() {}
 
 func (x *RemoveAdminPrincipalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_caller_proto_msgTypes[11]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +837,7 @@ func (x *RemoveAdminPrincipalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAdminPrincipalRequest.ProtoReflect.Descriptor instead.
 func (*RemoveAdminPrincipalRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemoveAdminPrincipalRequest) GetPrincipal() string {
@@ -764,7 +855,7 @@ type RemoveAdminPrincipalResponse struct {
 
 func (x *RemoveAdminPrincipalResponse) Reset() {
 	*x = RemoveAdminPrincipalResponse{}
-	mi := &file_credbroker_v1_caller_proto_msgTypes[12]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +867,7 @@ func (x *RemoveAdminPrincipalResponse) String() string {
 func (*RemoveAdminPrincipalResponse) ProtoMessage() {}
 
 func (x *RemoveAdminPrincipalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_caller_proto_msgTypes[12]
+	mi := &file_credbroker_v1_caller_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +880,7 @@ func (x *RemoveAdminPrincipalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveAdminPrincipalResponse.ProtoReflect.Descriptor instead.
 func (*RemoveAdminPrincipalResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_caller_proto_rawDescGZIP(), []int{14}
 }
 
 var File_credbroker_v1_caller_proto protoreflect.FileDescriptor
@@ -826,10 +917,14 @@ const file_credbroker_v1_caller_proto_rawDesc = "" +
 	"callerKeys\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
 	"\x16RevokeCallerKeyRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"R\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"{\n" +
 	"\x17RevokeCallerKeyResponse\x127\n" +
 	"\n" +
-	"caller_key\x18\x01 \x01(\v2\x18.credbroker.v1.CallerKeyR\tcallerKey\"\x1c\n" +
+	"caller_key\x18\x01 \x01(\v2\x18.credbroker.v1.CallerKeyR\tcallerKey\x12'\n" +
+	"\x0falready_revoked\x18\x02 \x01(\bR\x0ealreadyRevoked\",\n" +
+	"\x16DeleteCallerKeyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x19\n" +
+	"\x17DeleteCallerKeyResponse\"\x1c\n" +
 	"\x1aListAdminPrincipalsRequest\"=\n" +
 	"\x1bListAdminPrincipalsResponse\x12\x1e\n" +
 	"\n" +
@@ -851,11 +946,12 @@ const file_credbroker_v1_caller_proto_rawDesc = "" +
 	"\x17CALLER_KEY_STATE_ACTIVE\x10\x01\x12\x1c\n" +
 	"\x18CALLER_KEY_STATE_EXPIRED\x10\x02\x12\x1c\n" +
 	"\x18CALLER_KEY_STATE_REVOKED\x10\x03\x12+\n" +
-	"'CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED\x10\x042\xf9\x04\n" +
+	"'CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED\x10\x042\xdb\x05\n" +
 	"\rCallerService\x12`\n" +
 	"\x0fCreateCallerKey\x12%.credbroker.v1.CreateCallerKeyRequest\x1a&.credbroker.v1.CreateCallerKeyResponse\x12]\n" +
 	"\x0eListCallerKeys\x12$.credbroker.v1.ListCallerKeysRequest\x1a%.credbroker.v1.ListCallerKeysResponse\x12`\n" +
-	"\x0fRevokeCallerKey\x12%.credbroker.v1.RevokeCallerKeyRequest\x1a&.credbroker.v1.RevokeCallerKeyResponse\x12l\n" +
+	"\x0fRevokeCallerKey\x12%.credbroker.v1.RevokeCallerKeyRequest\x1a&.credbroker.v1.RevokeCallerKeyResponse\x12`\n" +
+	"\x0fDeleteCallerKey\x12%.credbroker.v1.DeleteCallerKeyRequest\x1a&.credbroker.v1.DeleteCallerKeyResponse\x12l\n" +
 	"\x13ListAdminPrincipals\x12).credbroker.v1.ListAdminPrincipalsRequest\x1a*.credbroker.v1.ListAdminPrincipalsResponse\x12f\n" +
 	"\x11AddAdminPrincipal\x12'.credbroker.v1.AddAdminPrincipalRequest\x1a(.credbroker.v1.AddAdminPrincipalResponse\x12o\n" +
 	"\x14RemoveAdminPrincipal\x12*.credbroker.v1.RemoveAdminPrincipalRequest\x1a+.credbroker.v1.RemoveAdminPrincipalResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
@@ -873,7 +969,7 @@ func file_credbroker_v1_caller_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_caller_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credbroker_v1_caller_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_credbroker_v1_caller_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_credbroker_v1_caller_proto_goTypes = []any{
 	(Role)(0),                            // 0: credbroker.v1.Role
 	(CallerKeyState)(0),                  // 1: credbroker.v1.CallerKeyState
@@ -884,20 +980,22 @@ var file_credbroker_v1_caller_proto_goTypes = []any{
 	(*ListCallerKeysResponse)(nil),       // 6: credbroker.v1.ListCallerKeysResponse
 	(*RevokeCallerKeyRequest)(nil),       // 7: credbroker.v1.RevokeCallerKeyRequest
 	(*RevokeCallerKeyResponse)(nil),      // 8: credbroker.v1.RevokeCallerKeyResponse
-	(*ListAdminPrincipalsRequest)(nil),   // 9: credbroker.v1.ListAdminPrincipalsRequest
-	(*ListAdminPrincipalsResponse)(nil),  // 10: credbroker.v1.ListAdminPrincipalsResponse
-	(*AddAdminPrincipalRequest)(nil),     // 11: credbroker.v1.AddAdminPrincipalRequest
-	(*AddAdminPrincipalResponse)(nil),    // 12: credbroker.v1.AddAdminPrincipalResponse
-	(*RemoveAdminPrincipalRequest)(nil),  // 13: credbroker.v1.RemoveAdminPrincipalRequest
-	(*RemoveAdminPrincipalResponse)(nil), // 14: credbroker.v1.RemoveAdminPrincipalResponse
-	(*timestamppb.Timestamp)(nil),        // 15: google.protobuf.Timestamp
+	(*DeleteCallerKeyRequest)(nil),       // 9: credbroker.v1.DeleteCallerKeyRequest
+	(*DeleteCallerKeyResponse)(nil),      // 10: credbroker.v1.DeleteCallerKeyResponse
+	(*ListAdminPrincipalsRequest)(nil),   // 11: credbroker.v1.ListAdminPrincipalsRequest
+	(*ListAdminPrincipalsResponse)(nil),  // 12: credbroker.v1.ListAdminPrincipalsResponse
+	(*AddAdminPrincipalRequest)(nil),     // 13: credbroker.v1.AddAdminPrincipalRequest
+	(*AddAdminPrincipalResponse)(nil),    // 14: credbroker.v1.AddAdminPrincipalResponse
+	(*RemoveAdminPrincipalRequest)(nil),  // 15: credbroker.v1.RemoveAdminPrincipalRequest
+	(*RemoveAdminPrincipalResponse)(nil), // 16: credbroker.v1.RemoveAdminPrincipalResponse
+	(*timestamppb.Timestamp)(nil),        // 17: google.protobuf.Timestamp
 }
 var file_credbroker_v1_caller_proto_depIdxs = []int32{
 	0,  // 0: credbroker.v1.CallerKey.role:type_name -> credbroker.v1.Role
-	15, // 1: credbroker.v1.CallerKey.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 1: credbroker.v1.CallerKey.expire_time:type_name -> google.protobuf.Timestamp
 	1,  // 2: credbroker.v1.CallerKey.state:type_name -> credbroker.v1.CallerKeyState
-	15, // 3: credbroker.v1.CallerKey.create_time:type_name -> google.protobuf.Timestamp
-	15, // 4: credbroker.v1.CallerKey.revoke_time:type_name -> google.protobuf.Timestamp
+	17, // 3: credbroker.v1.CallerKey.create_time:type_name -> google.protobuf.Timestamp
+	17, // 4: credbroker.v1.CallerKey.revoke_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: credbroker.v1.CreateCallerKeyRequest.caller_key:type_name -> credbroker.v1.CallerKey
 	2,  // 6: credbroker.v1.CreateCallerKeyResponse.caller_key:type_name -> credbroker.v1.CallerKey
 	2,  // 7: credbroker.v1.ListCallerKeysResponse.caller_keys:type_name -> credbroker.v1.CallerKey
@@ -905,17 +1003,19 @@ var file_credbroker_v1_caller_proto_depIdxs = []int32{
 	3,  // 9: credbroker.v1.CallerService.CreateCallerKey:input_type -> credbroker.v1.CreateCallerKeyRequest
 	5,  // 10: credbroker.v1.CallerService.ListCallerKeys:input_type -> credbroker.v1.ListCallerKeysRequest
 	7,  // 11: credbroker.v1.CallerService.RevokeCallerKey:input_type -> credbroker.v1.RevokeCallerKeyRequest
-	9,  // 12: credbroker.v1.CallerService.ListAdminPrincipals:input_type -> credbroker.v1.ListAdminPrincipalsRequest
-	11, // 13: credbroker.v1.CallerService.AddAdminPrincipal:input_type -> credbroker.v1.AddAdminPrincipalRequest
-	13, // 14: credbroker.v1.CallerService.RemoveAdminPrincipal:input_type -> credbroker.v1.RemoveAdminPrincipalRequest
-	4,  // 15: credbroker.v1.CallerService.CreateCallerKey:output_type -> credbroker.v1.CreateCallerKeyResponse
-	6,  // 16: credbroker.v1.CallerService.ListCallerKeys:output_type -> credbroker.v1.ListCallerKeysResponse
-	8,  // 17: credbroker.v1.CallerService.RevokeCallerKey:output_type -> credbroker.v1.RevokeCallerKeyResponse
-	10, // 18: credbroker.v1.CallerService.ListAdminPrincipals:output_type -> credbroker.v1.ListAdminPrincipalsResponse
-	12, // 19: credbroker.v1.CallerService.AddAdminPrincipal:output_type -> credbroker.v1.AddAdminPrincipalResponse
-	14, // 20: credbroker.v1.CallerService.RemoveAdminPrincipal:output_type -> credbroker.v1.RemoveAdminPrincipalResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
+	9,  // 12: credbroker.v1.CallerService.DeleteCallerKey:input_type -> credbroker.v1.DeleteCallerKeyRequest
+	11, // 13: credbroker.v1.CallerService.ListAdminPrincipals:input_type -> credbroker.v1.ListAdminPrincipalsRequest
+	13, // 14: credbroker.v1.CallerService.AddAdminPrincipal:input_type -> credbroker.v1.AddAdminPrincipalRequest
+	15, // 15: credbroker.v1.CallerService.RemoveAdminPrincipal:input_type -> credbroker.v1.RemoveAdminPrincipalRequest
+	4,  // 16: credbroker.v1.CallerService.CreateCallerKey:output_type -> credbroker.v1.CreateCallerKeyResponse
+	6,  // 17: credbroker.v1.CallerService.ListCallerKeys:output_type -> credbroker.v1.ListCallerKeysResponse
+	8,  // 18: credbroker.v1.CallerService.RevokeCallerKey:output_type -> credbroker.v1.RevokeCallerKeyResponse
+	10, // 19: credbroker.v1.CallerService.DeleteCallerKey:output_type -> credbroker.v1.DeleteCallerKeyResponse
+	12, // 20: credbroker.v1.CallerService.ListAdminPrincipals:output_type -> credbroker.v1.ListAdminPrincipalsResponse
+	14, // 21: credbroker.v1.CallerService.AddAdminPrincipal:output_type -> credbroker.v1.AddAdminPrincipalResponse
+	16, // 22: credbroker.v1.CallerService.RemoveAdminPrincipal:output_type -> credbroker.v1.RemoveAdminPrincipalResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -932,7 +1032,7 @@ func file_credbroker_v1_caller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_caller_proto_rawDesc), len(file_credbroker_v1_caller_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

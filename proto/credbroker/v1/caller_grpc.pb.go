@@ -22,6 +22,7 @@ const (
 	CallerService_CreateCallerKey_FullMethodName      = "/credbroker.v1.CallerService/CreateCallerKey"
 	CallerService_ListCallerKeys_FullMethodName       = "/credbroker.v1.CallerService/ListCallerKeys"
 	CallerService_RevokeCallerKey_FullMethodName      = "/credbroker.v1.CallerService/RevokeCallerKey"
+	CallerService_DeleteCallerKey_FullMethodName      = "/credbroker.v1.CallerService/DeleteCallerKey"
 	CallerService_ListAdminPrincipals_FullMethodName  = "/credbroker.v1.CallerService/ListAdminPrincipals"
 	CallerService_AddAdminPrincipal_FullMethodName    = "/credbroker.v1.CallerService/AddAdminPrincipal"
 	CallerService_RemoveAdminPrincipal_FullMethodName = "/credbroker.v1.CallerService/RemoveAdminPrincipal"
@@ -65,7 +66,9 @@ type CallerServiceClient interface {
 	// again; revoke it and create another.
 	//
 	// Errors: INVALID_ARGUMENT (malformed key_id, missing role, expire_time
-	// in the past), ALREADY_EXISTS (a key with this key_id exists or existed).
+	// in the past), ALREADY_EXISTS (a key with this key_id exists, revoked
+	// or not; DeleteCallerKey frees the name), FAILED_PRECONDITION (reason
+	// KEY_STILL_GRANTED: accounts still grant a deleted key of this name).
 	CreateCallerKey(ctx context.Context, in *CreateCallerKeyRequest, opts ...grpc.CallOption) (*CreateCallerKeyResponse, error)
 	// ListCallerKeys returns caller keys ordered by key_id, revoked and
 	// expired ones included, one page at a time. Keys themselves are never
@@ -74,11 +77,22 @@ type CallerServiceClient interface {
 	// Errors: INVALID_ARGUMENT (negative page_size, or a foreign page_token).
 	ListCallerKeys(ctx context.Context, in *ListCallerKeysRequest, opts ...grpc.CallOption) (*ListCallerKeysResponse, error)
 	// RevokeCallerKey revokes a key: the next call that presents it gets
-	// UNAUTHENTICATED. Revoking a revoked key changes nothing.
+	// UNAUTHENTICATED. Revoking a revoked key changes nothing, and says so
+	// (already_revoked).
 	//
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
 	// FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity).
 	RevokeCallerKey(ctx context.Context, in *RevokeCallerKeyRequest, opts ...grpc.CallOption) (*RevokeCallerKeyResponse, error)
+	// DeleteCallerKey removes a key for good, revoking it if need be: it is
+	// refused from its very next call, no longer listed, and its key_id may
+	// be given to a new key. The audit trail keeps what the key did, and
+	// its deletion.
+	//
+	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
+	// FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity;
+	// reason KEY_STILL_GRANTED: accounts still grant its principal, which a
+	// new key of the same name would get: remove those grants first).
+	DeleteCallerKey(ctx context.Context, in *DeleteCallerKeyRequest, opts ...grpc.CallOption) (*DeleteCallerKeyResponse, error)
 	// ListAdminPrincipals returns the client-certificate principals that hold
 	// the admin role, sorted.
 	ListAdminPrincipals(ctx context.Context, in *ListAdminPrincipalsRequest, opts ...grpc.CallOption) (*ListAdminPrincipalsResponse, error)
@@ -127,6 +141,16 @@ func (c *callerServiceClient) RevokeCallerKey(ctx context.Context, in *RevokeCal
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RevokeCallerKeyResponse)
 	err := c.cc.Invoke(ctx, CallerService_RevokeCallerKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *callerServiceClient) DeleteCallerKey(ctx context.Context, in *DeleteCallerKeyRequest, opts ...grpc.CallOption) (*DeleteCallerKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteCallerKeyResponse)
+	err := c.cc.Invoke(ctx, CallerService_DeleteCallerKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +225,9 @@ type CallerServiceServer interface {
 	// again; revoke it and create another.
 	//
 	// Errors: INVALID_ARGUMENT (malformed key_id, missing role, expire_time
-	// in the past), ALREADY_EXISTS (a key with this key_id exists or existed).
+	// in the past), ALREADY_EXISTS (a key with this key_id exists, revoked
+	// or not; DeleteCallerKey frees the name), FAILED_PRECONDITION (reason
+	// KEY_STILL_GRANTED: accounts still grant a deleted key of this name).
 	CreateCallerKey(context.Context, *CreateCallerKeyRequest) (*CreateCallerKeyResponse, error)
 	// ListCallerKeys returns caller keys ordered by key_id, revoked and
 	// expired ones included, one page at a time. Keys themselves are never
@@ -210,11 +236,22 @@ type CallerServiceServer interface {
 	// Errors: INVALID_ARGUMENT (negative page_size, or a foreign page_token).
 	ListCallerKeys(context.Context, *ListCallerKeysRequest) (*ListCallerKeysResponse, error)
 	// RevokeCallerKey revokes a key: the next call that presents it gets
-	// UNAUTHENTICATED. Revoking a revoked key changes nothing.
+	// UNAUTHENTICATED. Revoking a revoked key changes nothing, and says so
+	// (already_revoked).
 	//
 	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
 	// FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity).
 	RevokeCallerKey(context.Context, *RevokeCallerKeyRequest) (*RevokeCallerKeyResponse, error)
+	// DeleteCallerKey removes a key for good, revoking it if need be: it is
+	// refused from its very next call, no longer listed, and its key_id may
+	// be given to a new key. The audit trail keeps what the key did, and
+	// its deletion.
+	//
+	// Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
+	// FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity;
+	// reason KEY_STILL_GRANTED: accounts still grant its principal, which a
+	// new key of the same name would get: remove those grants first).
+	DeleteCallerKey(context.Context, *DeleteCallerKeyRequest) (*DeleteCallerKeyResponse, error)
 	// ListAdminPrincipals returns the client-certificate principals that hold
 	// the admin role, sorted.
 	ListAdminPrincipals(context.Context, *ListAdminPrincipalsRequest) (*ListAdminPrincipalsResponse, error)
@@ -247,6 +284,9 @@ func (UnimplementedCallerServiceServer) ListCallerKeys(context.Context, *ListCal
 }
 func (UnimplementedCallerServiceServer) RevokeCallerKey(context.Context, *RevokeCallerKeyRequest) (*RevokeCallerKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeCallerKey not implemented")
+}
+func (UnimplementedCallerServiceServer) DeleteCallerKey(context.Context, *DeleteCallerKeyRequest) (*DeleteCallerKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCallerKey not implemented")
 }
 func (UnimplementedCallerServiceServer) ListAdminPrincipals(context.Context, *ListAdminPrincipalsRequest) (*ListAdminPrincipalsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAdminPrincipals not implemented")
@@ -332,6 +372,24 @@ func _CallerService_RevokeCallerKey_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CallerService_DeleteCallerKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCallerKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CallerServiceServer).DeleteCallerKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CallerService_DeleteCallerKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CallerServiceServer).DeleteCallerKey(ctx, req.(*DeleteCallerKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CallerService_ListAdminPrincipals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListAdminPrincipalsRequest)
 	if err := dec(in); err != nil {
@@ -404,6 +462,10 @@ var CallerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeCallerKey",
 			Handler:    _CallerService_RevokeCallerKey_Handler,
+		},
+		{
+			MethodName: "DeleteCallerKey",
+			Handler:    _CallerService_DeleteCallerKey_Handler,
 		},
 		{
 			MethodName: "ListAdminPrincipals",

@@ -117,6 +117,11 @@ const (
 	// the broker holds no newer one: reconnect the account in the Hub.
 	// Status FAILED_PRECONDITION.
 	ErrorReason_REFRESH_TOKEN_REVOKED ErrorReason = 20
+	// Accounts still grant the principal of this caller key: a deleted
+	// key's name could then be taken by a new key, which would get those
+	// grants. Remove them first (RemoveAccountGrant); the message lists the
+	// accounts. Status FAILED_PRECONDITION.
+	ErrorReason_KEY_STILL_GRANTED ErrorReason = 21
 )
 
 // Enum value maps for ErrorReason.
@@ -143,6 +148,7 @@ var (
 		18: "REGION_NOT_CONFIGURED",
 		19: "HUB_OFF",
 		20: "REFRESH_TOKEN_REVOKED",
+		21: "KEY_STILL_GRANTED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":    0,
@@ -166,6 +172,7 @@ var (
 		"REGION_NOT_CONFIGURED":       18,
 		"HUB_OFF":                     19,
 		"REFRESH_TOKEN_REVOKED":       20,
+		"KEY_STILL_GRANTED":           21,
 	}
 )
 
@@ -200,7 +207,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xe7\x03\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xfe\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -225,7 +232,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x12MASTER_KEY_MISSING\x10\x11\x12\x19\n" +
 	"\x15REGION_NOT_CONFIGURED\x10\x12\x12\v\n" +
 	"\aHUB_OFF\x10\x13\x12\x19\n" +
-	"\x15REFRESH_TOKEN_REVOKED\x10\x14BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x15REFRESH_TOKEN_REVOKED\x10\x14\x12\x15\n" +
+	"\x11KEY_STILL_GRANTED\x10\x15BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -68,7 +68,7 @@ func NewServices(c Core) Services {
 	return Services{
 		Accounts:  &accountService{accounts: c.Accounts, callers: c.Callers, errs: errs},
 		Tokens:    &tokenService{tokens: c.Tokens, grants: c.Grants, errs: errs, metrics: c.Metrics},
-		Callers:   &callerService{callers: c.Callers, errs: errs},
+		Callers:   &callerService{callers: c.Callers, grants: c.Grants, errs: errs},
 		Audit:     &auditService{audit: c.Audit, errs: errs},
 		Backup:    &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs},
 		MasterKey: &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs},

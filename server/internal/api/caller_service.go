@@ -2,16 +2,23 @@ package api
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc/codes"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/gate"
+	"github.com/credbroker/credbroker/server/internal/grants"
+	"github.com/credbroker/credbroker/server/internal/grpcerr"
 )
 
 type callerService struct {
 	credbrokerv1.UnimplementedCallerServiceServer
 	callers *callers.Service
+	grants  *grants.Index
 	errs    errorMapper
 }
 
@@ -22,6 +29,11 @@ func (s *callerService) CreateCallerKey(ctx context.Context, req *credbrokerv1.C
 		return nil, err
 	}
 	in.Creator = c.Principal
+	if !s.callers.Exists(in.ID) {
+		if err := s.notGranted(callers.KeyPrincipalPrefix+in.ID, "left from a deleted key of this name"); err != nil {
+			return nil, err
+		}
+	}
 	k, key, err := s.callers.Create(ctx, in, c.ChangeEvent(callers.KeyPrincipalPrefix+in.ID, "role "+string(in.Role)))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
@@ -55,11 +67,41 @@ func (s *callerService) RevokeCallerKey(ctx context.Context, req *credbrokerv1.R
 		return nil, err
 	}
 	c := gate.CallFrom(ctx)
-	k, _, err := s.callers.Revoke(ctx, id, c.ChangeEvent(req.GetName(), ""))
+	k, changed, err := s.callers.Revoke(ctx, id, c.ChangeEvent(req.GetName(), ""))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time)}, nil
+	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time), AlreadyRevoked: !changed}, nil
+}
+
+func (s *callerService) DeleteCallerKey(ctx context.Context, req *credbrokerv1.DeleteCallerKeyRequest) (*credbrokerv1.DeleteCallerKeyResponse, error) {
+	id, err := parseKeyName("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if !s.callers.Exists(id) {
+		return nil, callers.ErrNotFound
+	}
+	if err := s.notGranted(req.GetName(), "which a new key of this name would get"); err != nil {
+		return nil, err
+	}
+	c := gate.CallFrom(ctx)
+	if err := s.callers.Delete(ctx, id, c.ChangeEvent(req.GetName(), "")); err != nil {
+		return nil, s.errs.toStatus(ctx, err)
+	}
+	return &credbrokerv1.DeleteCallerKeyResponse{}, nil
+}
+
+// notGranted refuses to free or take the name of a key whose principal
+// accounts still grant (why says what is wrong with those grants): a new
+// key of that name would get them.
+func (s *callerService) notGranted(principal, why string) error {
+	accounts := s.grants.Granting(principal)
+	if len(accounts) == 0 {
+		return nil
+	}
+	return grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_KEY_STILL_GRANTED,
+		fmt.Sprintf("accounts still grant %s, %s: remove those grants first (accounts %s)", principal, why, strings.Join(accounts, ", ")))
 }
 
 func (s *callerService) ListAdminPrincipals(ctx context.Context, _ *credbrokerv1.ListAdminPrincipalsRequest) (*credbrokerv1.ListAdminPrincipalsResponse, error) {

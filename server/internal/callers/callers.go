@@ -50,7 +50,7 @@ const (
 
 var (
 	ErrNotFound  = grpcerr.New(codes.NotFound, "caller key not found")
-	ErrExists    = grpcerr.New(codes.AlreadyExists, "a caller key with this key_id exists or existed")
+	ErrExists    = grpcerr.New(codes.AlreadyExists, "a caller key with this key_id exists (revoked or not): choose another key_id, or delete the old key first (DeleteCallerKey)")
 	ErrNotAdmin  = grpcerr.New(codes.NotFound, "not an admin principal")
 	ErrLastAdmin = grpcerr.WithReason(codes.FailedPrecondition, credbrokerv1.ErrorReason_LAST_ADMIN,
 		"this is the last admin identity: create another admin caller key or add an admin principal first")
@@ -99,6 +99,7 @@ type Store interface {
 	CreateCallerKey(k store.CallerKey, ev store.AuditEvent) error
 	UpdateCallerKey(id string, change func(*store.CallerKey), guard store.AdminGuard, ev store.AuditEvent) (store.CallerKey, error)
 	CallerKeys(after string, limit int) ([]store.CallerKey, error)
+	DeleteCallerKey(id string, guard store.AdminGuard, ev store.AuditEvent) error
 	PutAdmin(a store.AdminPrincipal, ev store.AuditEvent) error
 	DeleteAdmin(principal string, guard store.AdminGuard, ev store.AuditEvent) error
 	Admins(after string, limit int) ([]store.AdminPrincipal, error)
@@ -106,7 +107,7 @@ type Store interface {
 
 // Service manages callers. Its copies of the keys and admin principals
 // learn of changes from the stream of committed changes (see
-// storage.Mirror: Load, KeyStored, AdminStored, AdminDeleted); each
+// storage.Mirror: Load, KeyStored, KeyDeleted, AdminStored, AdminDeleted); each
 // change returns once they hold it.
 type Service struct {
 	store Store
@@ -170,6 +171,16 @@ func (s *Service) KeyStored(k store.CallerKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.putLocked(k)
+}
+
+// KeyDeleted takes note of a caller key a committed change deleted.
+func (s *Service) KeyDeleted(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.byID[id]; ok {
+		delete(s.byHash, string(old.Hash))
+		delete(s.byID, id)
+	}
 }
 
 // AdminStored takes note of an admin principal a committed change stored.
@@ -317,6 +328,31 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 	}
 	s.synced(ctx)
 	return keyOf(k), true, nil
+}
+
+// Delete removes a caller key for good, recording ev with it; its id may
+// be used again. Deleting the last usable admin key is refused.
+func (s *Service) Delete(ctx context.Context, id string, ev store.AuditEvent) error {
+	s.change.Lock()
+	defer s.change.Unlock()
+	s.mu.RLock()
+	k, ok := s.byID[id]
+	s.mu.RUnlock()
+	if !ok {
+		return ErrNotFound
+	}
+	var guard store.AdminGuard
+	if Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, s.now()) {
+		guard = s.keepAnAdmin(id, "")
+	}
+	if err := s.store.DeleteCallerKey(id, guard, ev); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return ErrNotFound
+		}
+		return err
+	}
+	s.synced(ctx)
+	return nil
 }
 
 // keepAnAdmin refuses the removal of an admin identity (the key keyID or

@@ -128,6 +128,20 @@ func (x *Index) Lookup(accountID, principal string) (Limits, bool) {
 	return l, ok
 }
 
+// Granting returns the accounts that grant principal anything, sorted.
+func (x *Index) Granting(principal string) []string {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var ids []string
+	for id, grants := range x.m {
+		if _, ok := grants[principal]; ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // NoGrant refuses a principal without a grant for an account, with the
 // same answer whether or not the account exists.
 func NoGrant(principal, account string) error {

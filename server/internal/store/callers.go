@@ -88,6 +88,13 @@ func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), guard AdminG
 	return k, err
 }
 
+// DeleteCallerKey removes a caller key and records its audit event, or
+// returns ErrNotFound. Removing a usable admin key passes guard (see
+// AdminGuard).
+func (s *Store) DeleteCallerKey(id string, guard AdminGuard, ev AuditEvent) error {
+	return s.deleteGuarded(key(callerKeysBucket, id), guard, ev)
+}
+
 // AdminGuard judges the removal of an admin identity (an admin key
 // revoked, an admin principal deleted) on fresh reads of every caller key
 // and admin principal, and returns an error to refuse it: the broker must
@@ -144,7 +151,12 @@ func (s *Store) PutAdmin(a AdminPrincipal, ev AuditEvent) error {
 // returns ErrNotFound. Removing one that holds the role passes guard (see
 // AdminGuard).
 func (s *Store) DeleteAdmin(principal string, guard AdminGuard, ev AuditEvent) error {
-	k := key(adminsBucket, principal)
+	return s.deleteGuarded(key(adminsBucket, principal), guard, ev)
+}
+
+// deleteGuarded deletes the record at k, if it is there, passing guard,
+// with its audit event.
+func (s *Store) deleteGuarded(k string, guard AdminGuard, ev AuditEvent) error {
 	return s.commit(func() (txn, error) {
 		r, err := s.db.Get(ctx, k)
 		if err != nil {

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63redbroker/v1/caller.proto\x12\rcredbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x02\n\tCallerKey\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x13.credbroker.v1.RoleR\x04role\x12;\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32\x1d.credbroker.v1.CallerKeyStateR\x05state\x12;\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\x12\x18\n\x07\x63reator\x18\x08 \x01(\tR\x07\x63reator\"h\n\x16\x43reateCallerKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x37\n\ncaller_key\x18\x02 \x01(\x0b\x32\x18.credbroker.v1.CallerKeyR\tcallerKey\"i\n\x17\x43reateCallerKeyResponse\x12\x37\n\ncaller_key\x18\x01 \x01(\x0b\x32\x18.credbroker.v1.CallerKeyR\tcallerKey\x12\x15\n\x03key\x18\x02 \x01(\tB\x03\x80\x01\x01R\x03key\"S\n\x15ListCallerKeysRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"{\n\x16ListCallerKeysResponse\x12\x39\n\x0b\x63\x61ller_keys\x18\x01 \x03(\x0b\x32\x18.credbroker.v1.CallerKeyR\ncallerKeys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n\x16RevokeCallerKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"R\n\x17RevokeCallerKeyResponse\x12\x37\n\ncaller_key\x18\x01 \x01(\x0b\x32\x18.credbroker.v1.CallerKeyR\tcallerKey\"\x1c\n\x1aListAdminPrincipalsRequest\"=\n\x1bListAdminPrincipalsResponse\x12\x1e\n\nprincipals\x18\x01 \x03(\tR\nprincipals\"8\n\x18\x41\x64\x64\x41\x64minPrincipalRequest\x12\x1c\n\tprincipal\x18\x01 \x01(\tR\tprincipal\"\x1b\n\x19\x41\x64\x64\x41\x64minPrincipalResponse\";\n\x1bRemoveAdminPrincipalRequest\x12\x1c\n\tprincipal\x18\x01 \x01(\tR\tprincipal\"\x1e\n\x1cRemoveAdminPrincipalResponse*=\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x0f\n\x0bROLE_CALLER\x10\x02*\xb8\x01\n\x0e\x43\x61llerKeyState\x12 \n\x1c\x43\x41LLER_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LLER_KEY_STATE_ACTIVE\x10\x01\x12\x1c\n\x18\x43\x41LLER_KEY_STATE_EXPIRED\x10\x02\x12\x1c\n\x18\x43\x41LLER_KEY_STATE_REVOKED\x10\x03\x12+\n\'CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED\x10\x04\x32\xf9\x04\n\rCallerService\x12`\n\x0f\x43reateCallerKey\x12%.credbroker.v1.CreateCallerKeyRequest\x1a&.credbroker.v1.CreateCallerKeyResponse\x12]\n\x0eListCallerKeys\x12$.credbroker.v1.ListCallerKeysRequest\x1a%.credbroker.v1.ListCallerKeysResponse\x12`\n\x0fRevokeCallerKey\x12%.credbroker.v1.RevokeCallerKeyRequest\x1a&.credbroker.v1.RevokeCallerKeyResponse\x12l\n\x13ListAdminPrincipals\x12).credbroker.v1.ListAdminPrincipalsRequest\x1a*.credbroker.v1.ListAdminPrincipalsResponse\x12\x66\n\x11\x41\x64\x64\x41\x64minPrincipal\x12\'.credbroker.v1.AddAdminPrincipalRequest\x1a(.credbroker.v1.AddAdminPrincipalResponse\x12o\n\x14RemoveAdminPrincipal\x12*.credbroker.v1.RemoveAdminPrincipalRequest\x1a+.credbroker.v1.RemoveAdminPrincipalResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63redbroker/v1/caller.proto\x12\rcredbroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x02\n\tCallerKey\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x13.credbroker.v1.RoleR\x04role\x12;\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nexpireTime\x12\x33\n\x05state\x18\x05 \x01(\x0e\x32\x1d.credbroker.v1.CallerKeyStateR\x05state\x12;\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nrevokeTime\x12\x18\n\x07\x63reator\x18\x08 \x01(\tR\x07\x63reator\"h\n\x16\x43reateCallerKeyRequest\x12\x15\n\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x37\n\ncaller_key\x18\x02 \x01(\x0b\x32\x18.credbroker.v1.CallerKeyR\tcallerKey\"i\n\x17\x43reateCallerKeyResponse\x12\x37\n\ncaller_key\x18\x01 \x01(\x0b\x32\x18.credbroker.v1.CallerKeyR\tcallerKey\x12\x15\n\x03key\x18\x02 \x01(\tB\x03\x80\x01\x01R\x03key\"S\n\x15ListCallerKeysRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"{\n\x16ListCallerKeysResponse\x12\x39\n\x0b\x63\x61ller_keys\x18\x01 \x03(\x0b\x32\x18.credbroker.v1.CallerKeyR\ncallerKeys\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n\x16RevokeCallerKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"{\n\x17RevokeCallerKeyResponse\x12\x37\n\ncaller_key\x18\x01 \x01(\x0b\x32\x18.credbroker.v1.CallerKeyR\tcallerKey\x12\'\n\x0f\x61lready_revoked\x18\x02 \x01(\x08R\x0e\x61lreadyRevoked\",\n\x16\x44\x65leteCallerKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\"\x19\n\x17\x44\x65leteCallerKeyResponse\"\x1c\n\x1aListAdminPrincipalsRequest\"=\n\x1bListAdminPrincipalsResponse\x12\x1e\n\nprincipals\x18\x01 \x03(\tR\nprincipals\"8\n\x18\x41\x64\x64\x41\x64minPrincipalRequest\x12\x1c\n\tprincipal\x18\x01 \x01(\tR\tprincipal\"\x1b\n\x19\x41\x64\x64\x41\x64minPrincipalResponse\";\n\x1bRemoveAdminPrincipalRequest\x12\x1c\n\tprincipal\x18\x01 \x01(\tR\tprincipal\"\x1e\n\x1cRemoveAdminPrincipalResponse*=\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x0f\n\x0bROLE_CALLER\x10\x02*\xb8\x01\n\x0e\x43\x61llerKeyState\x12 \n\x1c\x43\x41LLER_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LLER_KEY_STATE_ACTIVE\x10\x01\x12\x1c\n\x18\x43\x41LLER_KEY_STATE_EXPIRED\x10\x02\x12\x1c\n\x18\x43\x41LLER_KEY_STATE_REVOKED\x10\x03\x12+\n\'CALLER_KEY_STATE_INTEGRITY_CHECK_FAILED\x10\x04\x32\xdb\x05\n\rCallerService\x12`\n\x0f\x43reateCallerKey\x12%.credbroker.v1.CreateCallerKeyRequest\x1a&.credbroker.v1.CreateCallerKeyResponse\x12]\n\x0eListCallerKeys\x12$.credbroker.v1.ListCallerKeysRequest\x1a%.credbroker.v1.ListCallerKeysResponse\x12`\n\x0fRevokeCallerKey\x12%.credbroker.v1.RevokeCallerKeyRequest\x1a&.credbroker.v1.RevokeCallerKeyResponse\x12`\n\x0f\x44\x65leteCallerKey\x12%.credbroker.v1.DeleteCallerKeyRequest\x1a&.credbroker.v1.DeleteCallerKeyResponse\x12l\n\x13ListAdminPrincipals\x12).credbroker.v1.ListAdminPrincipalsRequest\x1a*.credbroker.v1.ListAdminPrincipalsResponse\x12\x66\n\x11\x41\x64\x64\x41\x64minPrincipal\x12\'.credbroker.v1.AddAdminPrincipalRequest\x1a(.credbroker.v1.AddAdminPrincipalResponse\x12o\n\x14RemoveAdminPrincipal\x12*.credbroker.v1.RemoveAdminPrincipalRequest\x1a+.credbroker.v1.RemoveAdminPrincipalResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credbroker.v1.caller_pb2', globals())
@@ -24,10 +24,10 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._serialized_options = b'ZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1'
   _CREATECALLERKEYRESPONSE.fields_by_name['key']._options = None
   _CREATECALLERKEYRESPONSE.fields_by_name['key']._serialized_options = b'\200\001\001'
-  _ROLE._serialized_start=1275
-  _ROLE._serialized_end=1336
-  _CALLERKEYSTATE._serialized_start=1339
-  _CALLERKEYSTATE._serialized_end=1523
+  _ROLE._serialized_start=1389
+  _ROLE._serialized_end=1450
+  _CALLERKEYSTATE._serialized_start=1453
+  _CALLERKEYSTATE._serialized_end=1637
   _CALLERKEY._serialized_start=79
   _CALLERKEY._serialized_end=447
   _CREATECALLERKEYREQUEST._serialized_start=449
@@ -41,19 +41,23 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _REVOKECALLERKEYREQUEST._serialized_start=872
   _REVOKECALLERKEYREQUEST._serialized_end=916
   _REVOKECALLERKEYRESPONSE._serialized_start=918
-  _REVOKECALLERKEYRESPONSE._serialized_end=1000
-  _LISTADMINPRINCIPALSREQUEST._serialized_start=1002
-  _LISTADMINPRINCIPALSREQUEST._serialized_end=1030
-  _LISTADMINPRINCIPALSRESPONSE._serialized_start=1032
-  _LISTADMINPRINCIPALSRESPONSE._serialized_end=1093
-  _ADDADMINPRINCIPALREQUEST._serialized_start=1095
-  _ADDADMINPRINCIPALREQUEST._serialized_end=1151
-  _ADDADMINPRINCIPALRESPONSE._serialized_start=1153
-  _ADDADMINPRINCIPALRESPONSE._serialized_end=1180
-  _REMOVEADMINPRINCIPALREQUEST._serialized_start=1182
-  _REMOVEADMINPRINCIPALREQUEST._serialized_end=1241
-  _REMOVEADMINPRINCIPALRESPONSE._serialized_start=1243
-  _REMOVEADMINPRINCIPALRESPONSE._serialized_end=1273
-  _CALLERSERVICE._serialized_start=1526
-  _CALLERSERVICE._serialized_end=2159
+  _REVOKECALLERKEYRESPONSE._serialized_end=1041
+  _DELETECALLERKEYREQUEST._serialized_start=1043
+  _DELETECALLERKEYREQUEST._serialized_end=1087
+  _DELETECALLERKEYRESPONSE._serialized_start=1089
+  _DELETECALLERKEYRESPONSE._serialized_end=1114
+  _LISTADMINPRINCIPALSREQUEST._serialized_start=1116
+  _LISTADMINPRINCIPALSREQUEST._serialized_end=1144
+  _LISTADMINPRINCIPALSRESPONSE._serialized_start=1146
+  _LISTADMINPRINCIPALSRESPONSE._serialized_end=1207
+  _ADDADMINPRINCIPALREQUEST._serialized_start=1209
+  _ADDADMINPRINCIPALREQUEST._serialized_end=1265
+  _ADDADMINPRINCIPALRESPONSE._serialized_start=1267
+  _ADDADMINPRINCIPALRESPONSE._serialized_end=1294
+  _REMOVEADMINPRINCIPALREQUEST._serialized_start=1296
+  _REMOVEADMINPRINCIPALREQUEST._serialized_end=1355
+  _REMOVEADMINPRINCIPALRESPONSE._serialized_start=1357
+  _REMOVEADMINPRINCIPALRESPONSE._serialized_end=1387
+  _CALLERSERVICE._serialized_start=1640
+  _CALLERSERVICE._serialized_end=2371
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,16 @@ class CreateCallerKeyResponse(_message.Message):
     key: str
     def __init__(self, caller_key: _Optional[_Union[CallerKey, _Mapping]] = ..., key: _Optional[str] = ...) -> None: ...
 
+class DeleteCallerKeyRequest(_message.Message):
+    __slots__ = ["name"]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteCallerKeyResponse(_message.Message):
+    __slots__ = []
+    def __init__(self) -> None: ...
+
 class ListAdminPrincipalsRequest(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
@@ -104,10 +114,12 @@ class RevokeCallerKeyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RevokeCallerKeyResponse(_message.Message):
-    __slots__ = ["caller_key"]
+    __slots__ = ["already_revoked", "caller_key"]
+    ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
     CALLER_KEY_FIELD_NUMBER: _ClassVar[int]
+    already_revoked: bool
     caller_key: CallerKey
-    def __init__(self, caller_key: _Optional[_Union[CallerKey, _Mapping]] = ...) -> None: ...
+    def __init__(self, caller_key: _Optional[_Union[CallerKey, _Mapping]] = ..., already_revoked: bool = ...) -> None: ...
 
 class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = []

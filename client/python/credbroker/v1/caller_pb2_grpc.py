@@ -56,6 +56,11 @@ class CallerServiceStub(object):
                 request_serializer=credbroker_dot_v1_dot_caller__pb2.RevokeCallerKeyRequest.SerializeToString,
                 response_deserializer=credbroker_dot_v1_dot_caller__pb2.RevokeCallerKeyResponse.FromString,
                 )
+        self.DeleteCallerKey = channel.unary_unary(
+                '/credbroker.v1.CallerService/DeleteCallerKey',
+                request_serializer=credbroker_dot_v1_dot_caller__pb2.DeleteCallerKeyRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_caller__pb2.DeleteCallerKeyResponse.FromString,
+                )
         self.ListAdminPrincipals = channel.unary_unary(
                 '/credbroker.v1.CallerService/ListAdminPrincipals',
                 request_serializer=credbroker_dot_v1_dot_caller__pb2.ListAdminPrincipalsRequest.SerializeToString,
@@ -109,7 +114,9 @@ class CallerServiceServicer(object):
         again; revoke it and create another.
 
         Errors: INVALID_ARGUMENT (malformed key_id, missing role, expire_time
-        in the past), ALREADY_EXISTS (a key with this key_id exists or existed).
+        in the past), ALREADY_EXISTS (a key with this key_id exists, revoked
+        or not; DeleteCallerKey frees the name), FAILED_PRECONDITION (reason
+        KEY_STILL_GRANTED: accounts still grant a deleted key of this name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,10 +135,26 @@ class CallerServiceServicer(object):
 
     def RevokeCallerKey(self, request, context):
         """RevokeCallerKey revokes a key: the next call that presents it gets
-        UNAUTHENTICATED. Revoking a revoked key changes nothing.
+        UNAUTHENTICATED. Revoking a revoked key changes nothing, and says so
+        (already_revoked).
 
         Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
         FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCallerKey(self, request, context):
+        """DeleteCallerKey removes a key for good, revoking it if need be: it is
+        refused from its very next call, no longer listed, and its key_id may
+        be given to a new key. The audit trail keeps what the key did, and
+        its deletion.
+
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
+        FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity;
+        reason KEY_STILL_GRANTED: accounts still grant its principal, which a
+        new key of the same name would get: remove those grants first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +206,11 @@ def add_CallerServiceServicer_to_server(servicer, server):
                     servicer.RevokeCallerKey,
                     request_deserializer=credbroker_dot_v1_dot_caller__pb2.RevokeCallerKeyRequest.FromString,
                     response_serializer=credbroker_dot_v1_dot_caller__pb2.RevokeCallerKeyResponse.SerializeToString,
+            ),
+            'DeleteCallerKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCallerKey,
+                    request_deserializer=credbroker_dot_v1_dot_caller__pb2.DeleteCallerKeyRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_caller__pb2.DeleteCallerKeyResponse.SerializeToString,
             ),
             'ListAdminPrincipals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAdminPrincipals,
@@ -284,6 +312,23 @@ class CallerService(object):
         return grpc.experimental.unary_unary(request, target, '/credbroker.v1.CallerService/RevokeCallerKey',
             credbroker_dot_v1_dot_caller__pb2.RevokeCallerKeyRequest.SerializeToString,
             credbroker_dot_v1_dot_caller__pb2.RevokeCallerKeyResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DeleteCallerKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/credbroker.v1.CallerService/DeleteCallerKey',
+            credbroker_dot_v1_dot_caller__pb2.DeleteCallerKeyRequest.SerializeToString,
+            credbroker_dot_v1_dot_caller__pb2.DeleteCallerKeyResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file credbroker/v1/caller.proto.
  */
 export const file_credbroker_v1_caller: GenFile = /*@__PURE__*/
-  fileDesc("ChpjcmVkYnJva2VyL3YxL2NhbGxlci5wcm90bxINY3JlZGJyb2tlci52MSKjAgoJQ2FsbGVyS2V5EgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSIQoEcm9sZRgDIAEoDjITLmNyZWRicm9rZXIudjEuUm9sZRIvCgtleHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFc3RhdGUYBSABKA4yHS5jcmVkYnJva2VyLnYxLkNhbGxlcktleVN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3JlYXRvchgIIAEoCSJWChZDcmVhdGVDYWxsZXJLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIsCgpjYWxsZXJfa2V5GAIgASgLMhguY3JlZGJyb2tlci52MS5DYWxsZXJLZXkiWQoXQ3JlYXRlQ2FsbGVyS2V5UmVzcG9uc2USLAoKY2FsbGVyX2tleRgBIAEoCzIYLmNyZWRicm9rZXIudjEuQ2FsbGVyS2V5EhAKA2tleRgCIAEoCUIDgAEBIj4KFUxpc3RDYWxsZXJLZXlzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJgChZMaXN0Q2FsbGVyS2V5c1Jlc3BvbnNlEi0KC2NhbGxlcl9rZXlzGAEgAygLMhguY3JlZGJyb2tlci52MS5DYWxsZXJLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKFlJldm9rZUNhbGxlcktleVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJHChdSZXZva2VDYWxsZXJLZXlSZXNwb25zZRIsCgpjYWxsZXJfa2V5GAEgASgLMhguY3JlZGJyb2tlci52MS5DYWxsZXJLZXkiHAoaTGlzdEFkbWluUHJpbmNpcGFsc1JlcXVlc3QiMQobTGlzdEFkbWluUHJpbmNpcGFsc1Jlc3BvbnNlEhIKCnByaW5jaXBhbHMYASADKAkiLQoYQWRkQWRtaW5QcmluY2lwYWxSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCSIbChlBZGRBZG1pblByaW5jaXBhbFJlc3BvbnNlIjAKG1JlbW92ZUFkbWluUHJpbmNpcGFsUmVxdWVzdBIRCglwcmluY2lwYWwYASABKAkiHgocUmVtb3ZlQWRtaW5QcmluY2lwYWxSZXNwb25zZSo9CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIOCgpST0xFX0FETUlOEAESDwoLUk9MRV9DQUxMRVIQAiq4AQoOQ2FsbGVyS2V5U3RhdGUSIAocQ0FMTEVSX0tFWV9TVEFURV9VTlNQRUNJRklFRBAAEhsKF0NBTExFUl9LRVlfU1RBVEVfQUNUSVZFEAESHAoYQ0FMTEVSX0tFWV9TVEFURV9FWFBJUkVEEAISHAoYQ0FMTEVSX0tFWV9TVEFURV9SRVZPS0VEEAMSKwonQ0FMTEVSX0tFWV9TVEFURV9JTlRFR1JJVFlfQ0hFQ0tfRkFJTEVEEAQy+QQKDUNhbGxlclNlcnZpY2USYAoPQ3JlYXRlQ2FsbGVyS2V5EiUuY3JlZGJyb2tlci52MS5DcmVhdGVDYWxsZXJLZXlSZXF1ZXN0GiYuY3JlZGJyb2tlci52MS5DcmVhdGVDYWxsZXJLZXlSZXNwb25zZRJdCg5MaXN0Q2FsbGVyS2V5cxIkLmNyZWRicm9rZXIudjEuTGlzdENhbGxlcktleXNSZXF1ZXN0GiUuY3JlZGJyb2tlci52MS5MaXN0Q2FsbGVyS2V5c1Jlc3BvbnNlEmAKD1Jldm9rZUNhbGxlcktleRIlLmNyZWRicm9rZXIudjEuUmV2b2tlQ2FsbGVyS2V5UmVxdWVzdBomLmNyZWRicm9rZXIudjEuUmV2b2tlQ2FsbGVyS2V5UmVzcG9uc2USbAoTTGlzdEFkbWluUHJpbmNpcGFscxIpLmNyZWRicm9rZXIudjEuTGlzdEFkbWluUHJpbmNpcGFsc1JlcXVlc3QaKi5jcmVkYnJva2VyLnYxLkxpc3RBZG1pblByaW5jaXBhbHNSZXNwb25zZRJmChFBZGRBZG1pblByaW5jaXBhbBInLmNyZWRicm9rZXIudjEuQWRkQWRtaW5QcmluY2lwYWxSZXF1ZXN0GiguY3JlZGJyb2tlci52MS5BZGRBZG1pblByaW5jaXBhbFJlc3BvbnNlEm8KFFJlbW92ZUFkbWluUHJpbmNpcGFsEiouY3JlZGJyb2tlci52MS5SZW1vdmVBZG1pblByaW5jaXBhbFJlcXVlc3QaKy5jcmVkYnJva2VyLnYxLlJlbW92ZUFkbWluUHJpbmNpcGFsUmVzcG9uc2VCQ1pBZ2l0aHViLmNvbS9jcmVkYnJva2VyL2NyZWRicm9rZXIvcHJvdG8vY3JlZGJyb2tlci92MTtjcmVkYnJva2VydjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChpjcmVkYnJva2VyL3YxL2NhbGxlci5wcm90bxINY3JlZGJyb2tlci52MSKjAgoJQ2FsbGVyS2V5EgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSIQoEcm9sZRgDIAEoDjITLmNyZWRicm9rZXIudjEuUm9sZRIvCgtleHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFc3RhdGUYBSABKA4yHS5jcmVkYnJva2VyLnYxLkNhbGxlcktleVN0YXRlEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY3JlYXRvchgIIAEoCSJWChZDcmVhdGVDYWxsZXJLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIsCgpjYWxsZXJfa2V5GAIgASgLMhguY3JlZGJyb2tlci52MS5DYWxsZXJLZXkiWQoXQ3JlYXRlQ2FsbGVyS2V5UmVzcG9uc2USLAoKY2FsbGVyX2tleRgBIAEoCzIYLmNyZWRicm9rZXIudjEuQ2FsbGVyS2V5EhAKA2tleRgCIAEoCUIDgAEBIj4KFUxpc3RDYWxsZXJLZXlzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJgChZMaXN0Q2FsbGVyS2V5c1Jlc3BvbnNlEi0KC2NhbGxlcl9rZXlzGAEgAygLMhguY3JlZGJyb2tlci52MS5DYWxsZXJLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiYKFlJldm9rZUNhbGxlcktleVJlcXVlc3QSDAoEbmFtZRgBIAEoCSJgChdSZXZva2VDYWxsZXJLZXlSZXNwb25zZRIsCgpjYWxsZXJfa2V5GAEgASgLMhguY3JlZGJyb2tlci52MS5DYWxsZXJLZXkSFwoPYWxyZWFkeV9yZXZva2VkGAIgASgIIiYKFkRlbGV0ZUNhbGxlcktleVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIZChdEZWxldGVDYWxsZXJLZXlSZXNwb25zZSIcChpMaXN0QWRtaW5QcmluY2lwYWxzUmVxdWVzdCIxChtMaXN0QWRtaW5QcmluY2lwYWxzUmVzcG9uc2USEgoKcHJpbmNpcGFscxgBIAMoCSItChhBZGRBZG1pblByaW5jaXBhbFJlcXVlc3QSEQoJcHJpbmNpcGFsGAEgASgJIhsKGUFkZEFkbWluUHJpbmNpcGFsUmVzcG9uc2UiMAobUmVtb3ZlQWRtaW5QcmluY2lwYWxSZXF1ZXN0EhEKCXByaW5jaXBhbBgBIAEoCSIeChxSZW1vdmVBZG1pblByaW5jaXBhbFJlc3BvbnNlKj0KBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg4KClJPTEVfQURNSU4QARIPCgtST0xFX0NBTExFUhACKrgBCg5DYWxsZXJLZXlTdGF0ZRIgChxDQUxMRVJfS0VZX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXQ0FMTEVSX0tFWV9TVEFURV9BQ1RJVkUQARIcChhDQUxMRVJfS0VZX1NUQVRFX0VYUElSRUQQAhIcChhDQUxMRVJfS0VZX1NUQVRFX1JFVk9LRUQQAxIrCidDQUxMRVJfS0VZX1NUQVRFX0lOVEVHUklUWV9DSEVDS19GQUlMRUQQBDLbBQoNQ2FsbGVyU2VydmljZRJgCg9DcmVhdGVDYWxsZXJLZXkSJS5jcmVkYnJva2VyLnYxLkNyZWF0ZUNhbGxlcktleVJlcXVlc3QaJi5jcmVkYnJva2VyLnYxLkNyZWF0ZUNhbGxlcktleVJlc3BvbnNlEl0KDkxpc3RDYWxsZXJLZXlzEiQuY3JlZGJyb2tlci52MS5MaXN0Q2FsbGVyS2V5c1JlcXVlc3QaJS5jcmVkYnJva2VyLnYxLkxpc3RDYWxsZXJLZXlzUmVzcG9uc2USYAoPUmV2b2tlQ2FsbGVyS2V5EiUuY3JlZGJyb2tlci52MS5SZXZva2VDYWxsZXJLZXlSZXF1ZXN0GiYuY3JlZGJyb2tlci52MS5SZXZva2VDYWxsZXJLZXlSZXNwb25zZRJgCg9EZWxldGVDYWxsZXJLZXkSJS5jcmVkYnJva2VyLnYxLkRlbGV0ZUNhbGxlcktleVJlcXVlc3QaJi5jcmVkYnJva2VyLnYxLkRlbGV0ZUNhbGxlcktleVJlc3BvbnNlEmwKE0xpc3RBZG1pblByaW5jaXBhbHMSKS5jcmVkYnJva2VyLnYxLkxpc3RBZG1pblByaW5jaXBhbHNSZXF1ZXN0GiouY3JlZGJyb2tlci52MS5MaXN0QWRtaW5QcmluY2lwYWxzUmVzcG9uc2USZgoRQWRkQWRtaW5QcmluY2lwYWwSJy5jcmVkYnJva2VyLnYxLkFkZEFkbWluUHJpbmNpcGFsUmVxdWVzdBooLmNyZWRicm9rZXIudjEuQWRkQWRtaW5QcmluY2lwYWxSZXNwb25zZRJvChRSZW1vdmVBZG1pblByaW5jaXBhbBIqLmNyZWRicm9rZXIudjEuUmVtb3ZlQWRtaW5QcmluY2lwYWxSZXF1ZXN0GisuY3JlZGJyb2tlci52MS5SZW1vdmVBZG1pblByaW5jaXBhbFJlc3BvbnNlQkNaQWdpdGh1Yi5jb20vY3JlZGJyb2tlci9jcmVkYnJva2VyL3Byb3RvL2NyZWRicm9rZXIvdjE7Y3JlZGJyb2tlcnYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * CallerKey describes a caller key. It never contains the key.
@@ -215,6 +215,14 @@ export type RevokeCallerKeyResponse = Message<"credbroker.v1.RevokeCallerKeyResp
    * @generated from field: credbroker.v1.CallerKey caller_key = 1;
    */
   callerKey?: CallerKey | undefined;
+
+  /**
+   * The key was revoked before this call, at caller_key.revoke_time:
+   * nothing changed.
+   *
+   * @generated from field: bool already_revoked = 2;
+   */
+  alreadyRevoked: boolean;
 };
 
 /**
@@ -223,6 +231,38 @@ export type RevokeCallerKeyResponse = Message<"credbroker.v1.RevokeCallerKeyResp
  */
 export const RevokeCallerKeyResponseSchema: GenMessage<RevokeCallerKeyResponse> = /*@__PURE__*/
   messageDesc(file_credbroker_v1_caller, 6);
+
+/**
+ * @generated from message credbroker.v1.DeleteCallerKeyRequest
+ */
+export type DeleteCallerKeyRequest = Message<"credbroker.v1.DeleteCallerKeyRequest"> & {
+  /**
+   * "callerKeys/{key_id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message credbroker.v1.DeleteCallerKeyRequest.
+ * Use `create(DeleteCallerKeyRequestSchema)` to create a new message.
+ */
+export const DeleteCallerKeyRequestSchema: GenMessage<DeleteCallerKeyRequest> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_caller, 7);
+
+/**
+ * @generated from message credbroker.v1.DeleteCallerKeyResponse
+ */
+export type DeleteCallerKeyResponse = Message<"credbroker.v1.DeleteCallerKeyResponse"> & {
+};
+
+/**
+ * Describes the message credbroker.v1.DeleteCallerKeyResponse.
+ * Use `create(DeleteCallerKeyResponseSchema)` to create a new message.
+ */
+export const DeleteCallerKeyResponseSchema: GenMessage<DeleteCallerKeyResponse> = /*@__PURE__*/
+  messageDesc(file_credbroker_v1_caller, 8);
 
 /**
  * @generated from message credbroker.v1.ListAdminPrincipalsRequest
@@ -235,7 +275,7 @@ export type ListAdminPrincipalsRequest = Message<"credbroker.v1.ListAdminPrincip
  * Use `create(ListAdminPrincipalsRequestSchema)` to create a new message.
  */
 export const ListAdminPrincipalsRequestSchema: GenMessage<ListAdminPrincipalsRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_caller, 7);
+  messageDesc(file_credbroker_v1_caller, 9);
 
 /**
  * @generated from message credbroker.v1.ListAdminPrincipalsResponse
@@ -252,7 +292,7 @@ export type ListAdminPrincipalsResponse = Message<"credbroker.v1.ListAdminPrinci
  * Use `create(ListAdminPrincipalsResponseSchema)` to create a new message.
  */
 export const ListAdminPrincipalsResponseSchema: GenMessage<ListAdminPrincipalsResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_caller, 8);
+  messageDesc(file_credbroker_v1_caller, 10);
 
 /**
  * @generated from message credbroker.v1.AddAdminPrincipalRequest
@@ -273,7 +313,7 @@ export type AddAdminPrincipalRequest = Message<"credbroker.v1.AddAdminPrincipalR
  * Use `create(AddAdminPrincipalRequestSchema)` to create a new message.
  */
 export const AddAdminPrincipalRequestSchema: GenMessage<AddAdminPrincipalRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_caller, 9);
+  messageDesc(file_credbroker_v1_caller, 11);
 
 /**
  * @generated from message credbroker.v1.AddAdminPrincipalResponse
@@ -286,7 +326,7 @@ export type AddAdminPrincipalResponse = Message<"credbroker.v1.AddAdminPrincipal
  * Use `create(AddAdminPrincipalResponseSchema)` to create a new message.
  */
 export const AddAdminPrincipalResponseSchema: GenMessage<AddAdminPrincipalResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_caller, 10);
+  messageDesc(file_credbroker_v1_caller, 12);
 
 /**
  * @generated from message credbroker.v1.RemoveAdminPrincipalRequest
@@ -303,7 +343,7 @@ export type RemoveAdminPrincipalRequest = Message<"credbroker.v1.RemoveAdminPrin
  * Use `create(RemoveAdminPrincipalRequestSchema)` to create a new message.
  */
 export const RemoveAdminPrincipalRequestSchema: GenMessage<RemoveAdminPrincipalRequest> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_caller, 11);
+  messageDesc(file_credbroker_v1_caller, 13);
 
 /**
  * @generated from message credbroker.v1.RemoveAdminPrincipalResponse
@@ -316,7 +356,7 @@ export type RemoveAdminPrincipalResponse = Message<"credbroker.v1.RemoveAdminPri
  * Use `create(RemoveAdminPrincipalResponseSchema)` to create a new message.
  */
 export const RemoveAdminPrincipalResponseSchema: GenMessage<RemoveAdminPrincipalResponse> = /*@__PURE__*/
-  messageDesc(file_credbroker_v1_caller, 12);
+  messageDesc(file_credbroker_v1_caller, 14);
 
 /**
  * Role is what a caller key may do.
@@ -430,7 +470,9 @@ export const CallerService: GenService<{
    * again; revoke it and create another.
    *
    * Errors: INVALID_ARGUMENT (malformed key_id, missing role, expire_time
-   * in the past), ALREADY_EXISTS (a key with this key_id exists or existed).
+   * in the past), ALREADY_EXISTS (a key with this key_id exists, revoked
+   * or not; DeleteCallerKey frees the name), FAILED_PRECONDITION (reason
+   * KEY_STILL_GRANTED: accounts still grant a deleted key of this name).
    *
    * @generated from rpc credbroker.v1.CallerService.CreateCallerKey
    */
@@ -455,7 +497,8 @@ export const CallerService: GenService<{
   },
   /**
    * RevokeCallerKey revokes a key: the next call that presents it gets
-   * UNAUTHENTICATED. Revoking a revoked key changes nothing.
+   * UNAUTHENTICATED. Revoking a revoked key changes nothing, and says so
+   * (already_revoked).
    *
    * Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
    * FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity).
@@ -466,6 +509,24 @@ export const CallerService: GenService<{
     methodKind: "unary";
     input: typeof RevokeCallerKeyRequestSchema;
     output: typeof RevokeCallerKeyResponseSchema;
+  },
+  /**
+   * DeleteCallerKey removes a key for good, revoking it if need be: it is
+   * refused from its very next call, no longer listed, and its key_id may
+   * be given to a new key. The audit trail keeps what the key did, and
+   * its deletion.
+   *
+   * Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
+   * FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity;
+   * reason KEY_STILL_GRANTED: accounts still grant its principal, which a
+   * new key of the same name would get: remove those grants first).
+   *
+   * @generated from rpc credbroker.v1.CallerService.DeleteCallerKey
+   */
+  deleteCallerKey: {
+    methodKind: "unary";
+    input: typeof DeleteCallerKeyRequestSchema;
+    output: typeof DeleteCallerKeyResponseSchema;
   },
   /**
    * ListAdminPrincipals returns the client-certificate principals that hold
