@@ -247,14 +247,18 @@ func TestAccountHealthStates(t *testing.T) {
 	}
 }
 
+// The health check and server reflection need no identity (grpcurl
+// lists and calls the health check as is); any other call without one is
+// refused by the gate, saying what to send.
 func TestHealthAndReflection(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t)
-	resp, err := b.health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	anonymous := b.dial(t, "", nil)
+	resp, err := healthpb.NewHealthClient(anonymous).Check(context.Background(), &healthpb.HealthCheckRequest{})
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health = %v, %v", resp, err)
 	}
-	stream, err := reflectionpb.NewServerReflectionClient(b.conn).ServerReflectionInfo(context.Background())
+	stream, err := reflectionpb.NewServerReflectionClient(anonymous).ServerReflectionInfo(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,6 +277,10 @@ func TestHealthAndReflection(t *testing.T) {
 		if !services[want] {
 			t.Errorf("reflection does not list %s: %v", want, services)
 		}
+	}
+	_, err = credbrokerv1.NewTokenServiceClient(anonymous).GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/acme"})
+	if st := wantCode(t, err, codes.Unauthenticated, ""); !strings.Contains(st.Message(), "authorization: Bearer") {
+		t.Fatalf("a call without an identity: %s", st.Message())
 	}
 }
 

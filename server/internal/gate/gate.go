@@ -110,10 +110,11 @@ type Access int
 const (
 	// Denied: any method not listed in methodAccess (default deny).
 	Denied Access = iota
-	// Open: no identity needed (health checks for load balancers).
+	// Open: no identity needed: health checks (for load balancers), and
+	// server reflection (the API's schema, public in the repository; with
+	// it, grpcurl reaches the health check, and a call without an identity
+	// gets its own refusal, not a reflection error).
 	Open
-	// Proven: any proven identity; not audited (server reflection).
-	Proven
 	// Caller: any proven identity, audited; the handler checks the
 	// account's grants itself.
 	Caller
@@ -140,8 +141,8 @@ var methodAccess = func() map[string]Access {
 	add(credbrokerv1.MasterKeyService_ServiceDesc, Admin)
 	add(credbrokerv1.ConnectService_ServiceDesc, Admin)
 	add(healthpb.Health_ServiceDesc, Open)
-	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = Proven
-	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = Proven
+	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = Open
+	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = Open
 	return m
 }()
 
@@ -281,13 +282,12 @@ func (g *Gate) FinishAnswered(c *Call, err error) error {
 }
 
 // record writes the audit event of call c, which ended with err, unless
-// its access needs only a proven identity, or the handler wrote it already
-// and succeeded; or tallies it if it was refused before its caller proved
+// the handler wrote it already and succeeded; or tallies it if it was refused before its caller proved
 // an identity (see refusals). It returns ErrStorageUnavailable if the
 // storage is out of reach, or else ErrAuditUnavailable, if the event
 // could not be written.
 func (g *Gate) record(c *Call, err error) error {
-	if c.access == Proven || c.unaudited || (c.committed.Load() && err == nil) {
+	if c.unaudited || (c.committed.Load() && err == nil) {
 		return nil
 	}
 	if c.unproven || (c.Refused && !g.refusals.aloneAllowed(c)) {

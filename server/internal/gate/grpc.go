@@ -39,8 +39,7 @@ func (g *Gate) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 }
 
 // StreamInterceptor admits streaming calls: server reflection and health
-// watches, which are not audited, and Backup, which is audited like a
-// unary call.
+// watches, which are open, and Backup, which is audited like a unary call.
 func (g *Gate) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	a := methodAccess[info.FullMethod]
 	if a == Open {

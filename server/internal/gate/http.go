@@ -12,7 +12,7 @@ import (
 )
 
 // Authorize admits an HTTP request as a call to method, which needs access
-// a (Proven, Caller or Admin): the caller proves its identity with a
+// a (Caller or Admin): the caller proves its identity with a
 // caller key sent as "Bearer <key>" in the header keyHeader, or else with
 // its connection's client certificate. resource names what the call is
 // about, in its audit event whether or not it is admitted. The handler
