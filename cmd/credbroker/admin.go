@@ -72,17 +72,48 @@ type session struct {
 	rejected, denied string
 }
 
+// cliEnv names the environment variables of the admin commands' flags:
+// only how to reach the broker, which identity to use and how to print,
+// each with a name of the CLI's own (none is a serve variable; the
+// address, caller key and CA are the clients' and examples' names too).
+// A command's own flags have none.
+func cliEnv(flag string) string {
+	return map[string]string{
+		"broker":          "CREDBROKER_ADDR",
+		"caller-key-file": "CREDBROKER_CALLER_KEY_FILE",
+		"tls-ca":          "CREDBROKER_TLS_CA",
+		"tls-cert":        "CREDBROKER_CLIENT_CERT",
+		"tls-key":         "CREDBROKER_CLIENT_KEY",
+		"tls-server-name": "CREDBROKER_TLS_SERVER_NAME",
+		"output":          "CREDBROKER_CLI_OUTPUT",
+	}[flag]
+}
+
 // flags is the command's flag set with the options every admin command has.
 func (s *session) flags(usage, about string) *flag.FlagSet {
 	s.usage = "credbroker " + s.name + " " + usage
-	fs := newFlagSet(s.name, s.stderr, about)
-	fs.Usage = func() {
-		fmt.Fprintf(s.stderr, "Usage: %s\n\n%s\n\nFlags:\n", s.usage, about)
-		printFlags(s.stderr, fs)
-	}
-	s.remote.register(fs)
+	fs := remoteFlagSet(s.name, s.usage, s.stderr, about, &s.remote)
 	fs.StringVar(&s.output, "output", "table", "table (for people) or json (for scripts)")
 	return fs
+}
+
+// remoteFlagSet is the flag set of a command that reaches a running
+// broker as r: r's flags, whose environment variables are the CLI's own
+// (cliEnv). Parse it with parseRemote.
+func remoteFlagSet(name, usage string, out io.Writer, about string, r *remote) *flag.FlagSet {
+	fs := newFlagSet(name, out, about)
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags:\n", usage, about)
+		printFlags(out, fs, cliEnv)
+	}
+	r.register(fs)
+	return fs
+}
+
+// parseRemote is parse for a remoteFlagSet.
+func parseRemote(fs *flag.FlagSet, args []string, positional ...*string) error {
+	_, err := parseWithSources(fs, args, cliEnv, positional...)
+	return err
 }
 
 // parse parses flags and the positional arguments, which may come before
@@ -97,7 +128,7 @@ func (s *session) parse(fs *flag.FlagSet, args []string, positional ...*string) 
 			missing = append(missing, p)
 		}
 	}
-	if err := parse(fs, args, missing...); err != nil {
+	if err := parseRemote(fs, args, missing...); err != nil {
 		return err
 	}
 	if s.output != "table" && s.output != "json" {

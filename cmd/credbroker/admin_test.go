@@ -33,7 +33,7 @@ type cli struct {
 func (c *cli) run(key, stdin string, args ...string) (stdout, stderr string, code int) {
 	c.t.Helper()
 	cmd := exec.Command(c.bin, args...)
-	cmd.Env = append(os.Environ(), "CREDBROKER_CALLER_KEY="+key, "CREDBROKER_BROKER="+c.addr)
+	cmd.Env = append(os.Environ(), "CREDBROKER_CALLER_KEY="+key, "CREDBROKER_ADDR="+c.addr)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -263,7 +263,7 @@ func TestAdminCLI(t *testing.T) {
 func (c *cli) typeSecret(key, secret string, args ...string) string {
 	c.t.Helper()
 	cmd := exec.Command("script", "-qec", strings.Join(append([]string{c.bin}, args...), " "), "/dev/null")
-	cmd.Env = append(os.Environ(), "CREDBROKER_CALLER_KEY="+key, "CREDBROKER_BROKER="+c.addr)
+	cmd.Env = append(os.Environ(), "CREDBROKER_CALLER_KEY="+key, "CREDBROKER_ADDR="+c.addr)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		c.t.Fatal(err)

@@ -22,7 +22,7 @@ func backup(args []string, stdout, stderr io.Writer) error {
 		s   = &session{name: "backup", stdout: stdout, stderr: stderr}
 		out string
 	)
-	fs := newFlagSet("backup", stderr, `Takes a consistent snapshot of a running broker's database over its admin API
+	fs := remoteFlagSet("backup", "credbroker backup --out FILE [flags]", stderr, `Takes a consistent snapshot of a running broker's database over its admin API
 (BackupService/Backup) and writes it to --out, which must not exist yet. The
 broker goes on serving meanwhile. The file is checked (its SHA-256 against
 the broker's, and every database page) before it gets its name; its SHA-256
@@ -31,10 +31,9 @@ checks.
 
 The backup holds secrets sealed under the master key, which it does not
 contain: keep the master key safe separately, or the backup cannot be
-restored. Needs an admin identity.`)
-	s.remote.register(fs)
+restored. Needs an admin identity.`, &s.remote)
 	fs.StringVar(&out, "out", "", "file to write the backup to (required)")
-	if err := parse(fs, args); err != nil {
+	if err := parseRemote(fs, args); err != nil {
 		return err
 	}
 	if out == "" {

@@ -138,7 +138,12 @@ Usage:
   credbroker restore --in FILE        put a backup in place (broker stopped)
   credbroker version                  print the version, commit, build date and Go version (also --version)
 
-Administration of a running broker (each with --help):
+Administration of a running broker (each with --help). They reach it at
+--broker or CREDBROKER_ADDR (default 127.0.0.1:50051) with a caller key
+from CREDBROKER_CALLER_KEY (or --caller-key-file, CREDBROKER_CALLER_KEY_FILE)
+and/or a client certificate (--tls-cert and --tls-key, CREDBROKER_CLIENT_CERT
+and CREDBROKER_CLIENT_KEY), over TLS with --tls-ca (CREDBROKER_TLS_CA);
+--output table or json (CREDBROKER_CLI_OUTPUT). No serve variable is read.
   credbroker accounts link|list|get|update|delete|grant|ungrant|add-secret|remove-secret|connect-link
   credbroker callers create|list|revoke|delete
   credbroker admins list|add|remove   client-certificate principals with the admin role
@@ -220,7 +225,7 @@ admin".`)
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.String(configFlag, "", "YAML config file of flag names and values; the environment and the command line override it")
 	fs.BoolVar(&printConfig, "print-config", false, "print the effective configuration (secrets redacted) and exit")
-	sources, err := parseWithSources(fs, args)
+	sources, err := parseWithSources(fs, args, envName)
 	if err != nil {
 		return err
 	}
@@ -527,14 +532,20 @@ func newFlagSet(name string, out io.Writer, about string) *flag.FlagSet {
 	fs.SetOutput(out)
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: credbroker %s [flags]\n\n%s\n\nFlags:\n", name, about)
-		printFlags(out, fs)
+		printFlags(out, fs, envName)
 	}
 	return fs
 }
 
-func printFlags(out io.Writer, fs *flag.FlagSet) {
+// printFlags lists fs's flags, with the environment variable env names
+// for each (if any).
+func printFlags(out io.Writer, fs *flag.FlagSet, env func(flag string) string) {
 	fs.VisitAll(func(f *flag.Flag) {
-		fmt.Fprintf(out, "  --%s (env %s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
+		fmt.Fprintf(out, "  --%s", f.Name)
+		if v := env(f.Name); v != "" {
+			fmt.Fprintf(out, " (env %s)", v)
+		}
+		fmt.Fprintf(out, "\n    \t%s", f.Usage)
 		if f.DefValue != "" {
 			fmt.Fprintf(out, " (default %s)", f.DefValue)
 		}
@@ -546,12 +557,14 @@ func printFlags(out io.Writer, fs *flag.FlagSet) {
 // its environment variable, then from args, so a flag given on the command
 // line wins. Arguments left after the flags fill positional in order.
 func parse(fs *flag.FlagSet, args []string, positional ...*string) error {
-	_, err := parseWithSources(fs, args, positional...)
+	_, err := parseWithSources(fs, args, envName, positional...)
 	return err
 }
 
-// parseWithSources is parse, also saying where each set flag's value came from.
-func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (configSources, error) {
+// parseWithSources is parse, with env naming each flag's environment
+// variable ("" for none), also saying where each set flag's value came
+// from.
+func parseWithSources(fs *flag.FlagSet, args []string, env func(flag string) string, positional ...*string) (configSources, error) {
 	sources := configSources{}
 	if path := configPath(args); fs.Lookup(configFlag) != nil && path != "" {
 		if err := applyConfigFile(fs, path, sources); err != nil {
@@ -560,11 +573,12 @@ func parseWithSources(fs *flag.FlagSet, args []string, positional ...*string) (c
 	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if v, ok := os.LookupEnv(envName(f.Name)); ok && err == nil {
+		name := env(f.Name)
+		if v, ok := os.LookupEnv(name); ok && name != "" && err == nil {
 			if serr := f.Value.Set(v); serr != nil {
-				err = usagef(fs.Name(), "%s: %v", envName(f.Name), serr)
+				err = usagef(fs.Name(), "%s: %v", name, serr)
 			}
-			sources[f.Name] = "environment " + envName(f.Name)
+			sources[f.Name] = "environment " + name
 		}
 	})
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 
 func rotateMasterKey(args []string, stdout, stderr io.Writer) error {
 	s := &session{name: "rotate-master-key", stdout: stdout, stderr: stderr}
-	fs := newFlagSet("rotate-master-key", stderr, `Moves a running broker's database (a cluster's, on etcd) from the master key
+	fs := remoteFlagSet("rotate-master-key", "credbroker rotate-master-key [flags]", stderr, `Moves a running broker's database (a cluster's, on etcd) from the master key
 it is under to a new one, while every replica goes on serving
 (MasterKeyService/RotateMasterKey). Needs an admin identity.
 
@@ -30,9 +30,8 @@ it is under to a new one, while every replica goes on serving
  4. Restart the replicas without --previous-master-key-file. Until the
     rotation has finished, a replica started without it refuses to start.
 
-Backups taken before still open with the old key only.`)
-	s.remote.register(fs)
-	if err := parse(fs, args); err != nil {
+Backups taken before still open with the old key only.`, &s.remote)
+	if err := parseRemote(fs, args); err != nil {
 		return err
 	}
 	c, err := s.remote.dial()

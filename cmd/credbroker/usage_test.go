@@ -93,3 +93,23 @@ func TestDevCertsKeepsItsCA(t *testing.T) {
 		t.Fatalf("dev-certs --force: exit %d, the CA kept", code)
 	}
 }
+
+// The admin commands read variables of their own, never serve's
+// (CREDBROKER_TLS_CERT is the broker's certificate) nor one for a
+// command's own flag.
+func TestCLIReadsItsOwnVariables(t *testing.T) {
+	t.Setenv("CREDBROKER_TLS_CERT", "/nonexistent/server.pem")
+	t.Setenv("CREDBROKER_STATE", "sleepy")
+	t.Setenv("CREDBROKER_OUTPUT", "yaml")
+	t.Setenv("CREDBROKER_CALLER_KEY", "cbk_"+strings.Repeat("x", 43))
+	t.Setenv("CREDBROKER_ADDR", "127.0.0.1:1")
+	var out bytes.Buffer
+	if code := run([]string{"accounts", "list"}, &out, &out); code != 1 || !strings.Contains(out.String(), "cannot reach the broker at 127.0.0.1:1") {
+		t.Fatalf("accounts list: exit %d\n%s", code, out.String())
+	}
+	t.Setenv("CREDBROKER_CLI_OUTPUT", "yaml")
+	out.Reset()
+	if code := run([]string{"accounts", "list"}, &out, &out); code != 2 || !strings.Contains(out.String(), `--output must be table or json, not "yaml"`) {
+		t.Fatalf("accounts list with CREDBROKER_CLI_OUTPUT=yaml: exit %d\n%s", code, out.String())
+	}
+}
