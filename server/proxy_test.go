@@ -542,3 +542,37 @@ func TestProxyRefusesWhileTheAuditTrailFails(t *testing.T) {
 		t.Fatalf("after the audit trail recovered: HTTP %d %s", resp.StatusCode, body)
 	}
 }
+
+// Every proxied call's audit event shows the API's path (after .../proxy),
+// whether it was forwarded, refused for its grant, or refused at the gate
+// before its grant was looked at (here: over its rate limit).
+func TestProxyEventsShowTheAPIPath(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	cfg.Gate.RateLimit, cfg.Gate.RateBurst = 0.001, 20
+	b := startWith(t, cfg, fake, logs)
+	b.linkAPIKey(t, "keyed")
+	b.grant(t, "keyed", svcPrincipal)
+	codes := map[int]int{}
+	for range cfg.Gate.RateBurst + 1 {
+		resp, _ := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/users", b.keys.svc, nil, nil)
+		codes[resp.StatusCode]++
+	}
+	if codes[http.StatusOK] != cfg.Gate.RateBurst || codes[http.StatusTooManyRequests] != 1 {
+		t.Fatalf("answers: %v, want %d OK and one 429", codes, cfg.Gate.RateBurst)
+	}
+	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: svcPrincipal, PageSize: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, ev := range events.GetEvents() {
+		seen[ev.GetCode()]++
+		if ev.GetProxyCall().GetPath() != "/v2/users" {
+			t.Errorf("a %s call's path: %q", ev.GetCode(), ev.GetProxyCall().GetPath())
+		}
+	}
+	if seen["OK"] != cfg.Gate.RateBurst || seen["RESOURCE_EXHAUSTED"] != 1 {
+		t.Fatalf("audited: %v", seen)
+	}
+}

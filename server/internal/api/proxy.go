@@ -52,6 +52,13 @@ func (h *proxyHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if perr == nil && validAccountID(id) {
 		resource = accountPrefix + id
 	}
+	// The audit trail shows the API's path (after .../proxy) of every
+	// call, allowed or refused, and the whole path only of one that has no
+	// such form.
+	auditPath := r.URL.EscapedPath()
+	if perr == nil {
+		auditPath = path
+	}
 	c, err := h.gate.Authorize(r, ProxyMethod, gate.Caller, proxyKeyHeader, resource)
 	if err == nil {
 		err = h.route(c, pc, r, id, path, perr)
@@ -73,11 +80,8 @@ func (h *proxyHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			c.Detail = fmt.Sprintf("the answer was cut off after %d bytes: %s", pc.ResponseBytes, status.Convert(err).Message())
 		}
 	}
-	if pc.Path == "" {
-		pc.Path = r.URL.EscapedPath()
-	}
 	c.Proxy = &store.ProxyCall{
-		HTTPMethod: gate.Truncate(r.Method, 16), Path: gate.Truncate(pc.Path, gate.MaxAuditResource),
+		HTTPMethod: gate.Truncate(r.Method, 16), Path: gate.Truncate(auditPath, gate.MaxAuditResource),
 		Status: pc.Status, RequestBytes: pc.RequestBytes, ResponseBytes: pc.ResponseBytes,
 	}
 	if err != nil && pc.Aborted == nil {
