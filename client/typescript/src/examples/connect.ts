@@ -54,3 +54,12 @@ function replicas(transports: Transport[]): Transport {
     },
   };
 }
+
+// refusal is how the examples print a failed call, as the Python ones do:
+// the gRPC code's canonical name (FAILED_PRECONDITION, as the gRPC spec,
+// Python and the audit trail spell it) and the broker's message.
+export function refusal(err: unknown): string {
+  const e = ConnectError.from(err);
+  const code = Code[e.code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+  return `credbroker refused: ${code}: ${e.rawMessage}`;
+}

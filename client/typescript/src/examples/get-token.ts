@@ -1,10 +1,10 @@
 // Gets an account's access token from credbroker and prints when it expires.
 //
 //   CREDBROKER_CALLER_KEY=cbk_... node dist/examples/get-token.js accounts/acme
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { TokenService } from "../gen/credbroker/v1/token_pb.js";
-import { transport } from "./connect.js";
+import { refusal, transport } from "./connect.js";
 
 const account = process.argv[2] ?? "accounts/acme";
 const tokens = createClient(TokenService, transport());
@@ -15,7 +15,6 @@ try {
   // Use resp.accessToken (with resp.headers) in API calls; never print or log it.
   console.log(`${account}: ${resp.tokenType} token for ${resp.apiBaseUrl} expires ${expires.toISOString()} (in ${left} s)`);
 } catch (err) {
-  const e = ConnectError.from(err);
-  console.error(`credbroker refused: ${Code[e.code]}: ${e.rawMessage}`);
+  console.error(refusal(err));
   process.exitCode = 1;
 }

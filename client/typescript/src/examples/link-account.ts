@@ -5,9 +5,9 @@
 //
 // The client secret is read from standard input, never from the command
 // line. The broker proves the credentials with JumpCloud before it stores them.
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { AccountService, AccountState, Region } from "../gen/credbroker/v1/account_pb.js";
-import { transport } from "./connect.js";
+import { createClient } from "@connectrpc/connect";
+import { AccountService, AccountStateSchema, Region } from "../gen/credbroker/v1/account_pb.js";
+import { refusal, transport } from "./connect.js";
 
 const [accountId, clientId] = process.argv.slice(2);
 let secret = "";
@@ -26,9 +26,14 @@ try {
     },
     { timeoutMs: 30_000 },
   );
-  console.log(`linked ${resp.account?.name} (client ${resp.account?.clientId}): ${AccountState[resp.account?.state ?? 0]}`);
+  console.log(`linked ${resp.account?.name} (client ${resp.account?.clientId}): ${stateName(resp.account?.state ?? 0)}`);
 } catch (err) {
-  const e = ConnectError.from(err);
-  console.error(`credbroker refused: ${Code[e.code]}: ${e.rawMessage}`);
+  console.error(refusal(err));
   process.exitCode = 1;
+}
+
+// stateName is the state's name in the proto (ACCOUNT_STATE_ACTIVE), as
+// Python, grpcurl and the JSON of the API spell it.
+function stateName(state: number): string {
+  return AccountStateSchema.values.find((v) => v.number === state)?.name ?? String(state);
 }
