@@ -101,11 +101,7 @@ func (s *session) flags(usage, about string) *flag.FlagSet {
 // broker as r: r's flags, whose environment variables are the CLI's own
 // (cliEnv). Parse it with parseRemote.
 func remoteFlagSet(name, usage string, out io.Writer, about string, r *remote) *flag.FlagSet {
-	fs := newFlagSet(name, out, about)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags:\n", usage, about)
-		printFlags(out, fs, cliEnv)
-	}
+	fs := flagSet(name, usage, out, about, cliEnv)
 	r.register(fs)
 	return fs
 }

@@ -343,7 +343,7 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 func devCerts(args []string, stdout, stderr io.Writer) error {
 	var dir, hosts, clients string
 	var force bool
-	fs := newFlagSet("dev-certs", stderr, `Writes a throwaway CA (ca.pem), a server certificate (server.pem,
+	fs := toolFlagSet("dev-certs", stderr, `Writes a throwaway CA (ca.pem), a server certificate (server.pem,
 server-key.pem) and client certificates (NAME.pem, NAME-key.pem) into a
 directory, for trying mTLS on one machine. Keys are unencrypted: never use
 them for anything real. A directory that holds a CA already is left alone
@@ -352,7 +352,7 @@ unless --force is given: a broker may be trusting it.`)
 	fs.StringVar(&hosts, "hosts", "127.0.0.1,localhost", "comma-separated IP addresses and DNS names of the server certificate")
 	fs.StringVar(&clients, "clients", "admin=spiffe://credbroker.test/admin,billing=spiffe://credbroker.test/billing", "comma-separated NAME=PRINCIPAL client certificates; PRINCIPAL is a URI such as a SPIFFE ID (a URI SAN), dns:NAME (a DNS SAN) or cn:TEXT (the subject CN)")
 	fs.BoolVar(&force, "force", false, "replace the CA and certificates in --dir (brokers and clients using them must then be restarted with the new ones)")
-	if err := parse(fs, args); err != nil {
+	if _, err := parseWithSources(fs, args, noEnv); err != nil {
 		return err
 	}
 	type client struct {
@@ -415,7 +415,7 @@ unless --force is given: a broker may be trusting it.`)
 
 func devEtcd(args []string, stdout, stderr io.Writer) error {
 	m := devetcd.Member{LogLevel: "warn"}
-	fs := newFlagSet("dev-etcd", stderr, `Runs one etcd member on loopback, in plaintext and without authentication,
+	fs := toolFlagSet("dev-etcd", stderr, `Runs one etcd member on loopback, in plaintext and without authentication,
 for trying a cluster of brokers on one machine (serve --storage etcd
 --etcd-endpoints http://CLIENT). Alone, it is a cluster of one; for three,
 start three with different names, addresses and directories and the same
@@ -427,7 +427,7 @@ Never for production: run etcd itself there, with TLS.`)
 	fs.StringVar(&m.PeerAddr, "peer", "127.0.0.1:2380", "loopback address for the other members")
 	fs.StringVar(&m.Cluster, "cluster", "", "every member's NAME=PEER, comma-separated, e.g. m0=127.0.0.1:2380,m1=127.0.0.1:2382,m2=127.0.0.1:2384; empty for this member alone")
 	fs.BoolVar(&m.Fast, "fast", false, "heartbeats of 50 ms and elections of 500 ms instead of etcd's 100 ms and 1 s, so that failover takes less time")
-	if err := parse(fs, args); err != nil {
+	if _, err := parseWithSources(fs, args, noEnv); err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -451,7 +451,7 @@ func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {
 		listen, clientID, clientSecret, nextSecret, apiKey, orgID string
 		ttl, apiDelay                                             time.Duration
 	)
-	fs := newFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token and
+	fs := toolFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token and
 its API at /api, for trying the broker without a JumpCloud account. It
 accepts one client (with two secrets) and one API key, and checks requests
 as JumpCloud does.
@@ -464,7 +464,7 @@ Never use it for anything real.`)
 	fs.StringVar(&orgID, "org-id", "", "the organization ID the API key belongs to; calls with the key must send it as x-org-id")
 	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the tokens it issues")
 	fs.DurationVar(&apiDelay, "api-delay", 0, "how long each API answer takes, like a real API's latency")
-	if err := parse(fs, args); err != nil {
+	if _, err := parseWithSources(fs, args, noEnv); err != nil {
 		return err
 	}
 	fake := jumpcloudfake.New(clientID, clientSecret)
@@ -484,7 +484,7 @@ func fakeOAuth(args []string, stdout, stderr io.Writer) error {
 		listen, clientID, clientSecret, user, password string
 		ttl, grace                                     time.Duration
 	)
-	fs := newFlagSet("fake-oauth", stderr, `Serves a stand-in for an OAuth 2.0 provider whose users sign in by redirect
+	fs := toolFlagSet("fake-oauth", stderr, `Serves a stand-in for an OAuth 2.0 provider whose users sign in by redirect
 (authorization code with PKCE), for trying the broker's sign-in by redirect:
 a sign-in page at /authorize, a token endpoint at /token that rotates
 refresh tokens (a rotated one used again after the grace interval revokes
@@ -497,7 +497,7 @@ Never use it for anything real.`)
 	fs.StringVar(&password, "password", "demo-password", "the user's password")
 	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the access tokens it issues")
 	fs.DurationVar(&grace, "reuse-grace", 2*time.Second, "how long a rotated refresh token is still accepted")
-	if err := parse(fs, args); err != nil {
+	if _, err := parseWithSources(fs, args, noEnv); err != nil {
 		return err
 	}
 	fake := oauthfake.New(clientID, clientSecret, user, password)
@@ -528,14 +528,31 @@ func serveFake(listen string, fake http.Handler, logs io.Writer) error {
 
 // newFlagSet makes a flag set whose help lists each flag's environment variable.
 func newFlagSet(name string, out io.Writer, about string) *flag.FlagSet {
+	return flagSet(name, "credbroker "+name+" [flags]", out, about, envName)
+}
+
+// toolFlagSet is newFlagSet for the tools that try the broker out
+// (stand-ins, dev-certs, dev-etcd): their flags read no environment
+// variable, so that a shell set up for serve (CREDBROKER_LISTEN, say)
+// does not move them. Parse it with noEnv.
+func toolFlagSet(name string, out io.Writer, about string) *flag.FlagSet {
+	return flagSet(name, "credbroker "+name+" [flags]", out, about, noEnv)
+}
+
+// flagSet is a flag set whose help shows usage, about, and each flag with
+// the environment variable env names for it.
+func flagSet(name, usage string, out io.Writer, about string, env func(string) string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintf(out, "Usage: credbroker %s [flags]\n\n%s\n\nFlags:\n", name, about)
-		printFlags(out, fs, envName)
+		fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags:\n", usage, about)
+		printFlags(out, fs, env)
 	}
 	return fs
 }
+
+// noEnv names no environment variable for any flag.
+func noEnv(string) string { return "" }
 
 // printFlags lists fs's flags, with the environment variable env names
 // for each (if any).
