@@ -482,3 +482,38 @@ func TestReplicasShareARenewalAfterRejection(t *testing.T) {
 		t.Fatalf("%d token requests after the rejection, want 1 for the whole cluster", n)
 	}
 }
+
+// Replicas started at once on a new database all start: one identifies
+// it and makes the first admin key, the others check their master key
+// against what it wrote (they once failed, taking the race for a wrong
+// key or a conflict).
+func TestReplicasStartTogether(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	for round := range 8 {
+		cfg, _, _ := newConfig(t)
+		cfg.Storage = datadir.StorageEtcd
+		cfg.Etcd.Endpoints = cluster.Endpoints()
+		cfg.Etcd.Prefix = fmt.Sprintf("/round%d/", round)
+		srvs, errs := make([]*server.Server, 3), make([]error, 3)
+		var wg sync.WaitGroup
+		for i := range srvs {
+			rc := cfg
+			rc.DataDir = t.TempDir()
+			wg.Go(func() { srvs[i], errs[i] = server.New(rc) })
+		}
+		wg.Wait()
+		keys := 0
+		for i, srv := range srvs {
+			if errs[i] != nil {
+				t.Fatalf("round %d: replica %d: %v", round, i, errs[i])
+			}
+			if srv.BootstrapAdminKey() != "" {
+				keys++
+			}
+			srv.Close()
+		}
+		if keys != 1 {
+			t.Fatalf("round %d: %d replicas made an admin key, want 1", round, keys)
+		}
+	}
+}

@@ -181,6 +181,8 @@ func openStore(cfg Config, masters *keyring.Masters) (*store.Store, error) {
 	// Before the check: a rotation to a key this replica lacks is refused
 	// from now on (on etcd).
 	err = st.Announce(context.Background(), masters)
+	// Replicas that start together on a new database race to identify it:
+	// the one that loses checks its key against the winner's.
 	for attempt := 0; err == nil; attempt++ {
 		var legacy bool
 		if legacy, err = checkMasterKey(st, masters); err != nil {
@@ -192,11 +194,11 @@ func openStore(cfg Config, masters *keyring.Masters) (*store.Store, error) {
 		if tagged > 0 {
 			cfg.Logger.Warn("upgraded a database written by an earlier version: its records are now tagged for integrity checks, as they were found. Anyone holding a copy of it from before (an old backup) could present that copy again, edited: rekey to a new master key to rule that out", "records", tagged)
 		}
-		if !errors.Is(err, storage.ErrConflict) || attempt == 2 {
-			break
+		if errors.Is(err, storage.ErrConflict) && attempt < 2 {
+			err = nil // another replica identified the database first
+			continue
 		}
-		// Another replica gave the new database its id first: check the
-		// key against that.
+		break
 	}
 	if err == nil {
 		err = checkRotation(cfg, st, masters)
@@ -289,11 +291,17 @@ func where(cfg Config) string {
 // new database has neither. It returns keyring.ErrWrongMasterKey
 // otherwise.
 func checkMasterKey(st *store.Store, masters *keyring.Masters) (legacy bool, err error) {
-	check, err := st.KeyCheck()
+	// The id first, then the check value, then the id again if there was
+	// none: a replica that identifies the database meanwhile writes both
+	// at once, and this one must judge them together.
+	id, err := st.DatabaseID()
 	if err != nil {
 		return false, err
 	}
-	id, err := st.DatabaseID()
+	check, err := st.KeyCheck()
+	if err == nil && id == nil && check != nil {
+		id, err = st.DatabaseID()
+	}
 	switch {
 	case err != nil:
 		return false, err
