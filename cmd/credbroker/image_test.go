@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -186,12 +187,24 @@ func runImage(t *testing.T, archive, ref string) {
 		t.Fatalf("podman load: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { _ = podman("rm", "--all", "--force").Run() })
+	limits := []string{"--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"}
+	// Whether this machine can run a container at all: the image's own
+	// `credbroker version` must print its version; a container runtime
+	// that cannot start one here (no cgroups or namespaces allowed, say) is
+	// the machine's limit, not the image's.
+	out, err := podman(append(append([]string{"run", "--rm"}, limits...), ref, "version")...).CombinedOutput()
+	if err != nil && regexp.MustCompile(`OCI runtime|OCI permission denied|crun:|runc:|cgroup|namespace`).Match(out) {
+		t.Skipf("the image was checked, but this machine cannot run containers: %s", bytes.TrimSpace(out))
+	}
+	if err != nil || !strings.HasPrefix(string(out), "credbroker v9.8.7-test\n") || !strings.Contains(string(out), "commit: 0123abcd") {
+		t.Fatalf("credbroker version in the container: %v\n%s", err, out)
+	}
 
 	fake := jumpcloudfake.New("e2e-client", e2eClientSecret)
 	jc := httptest.NewServer(fake)
 	t.Cleanup(jc.Close)
-	cmd := podman(append([]string{"run", "--rm", "--network", "host", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096",
-		"--env", "CREDBROKER_MASTER_KEY", ref}, append(serveOnFreePorts, "--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath)...)...)
+	run := append(append([]string{"run", "--rm", "--network", "host"}, limits...), "--env", "CREDBROKER_MASTER_KEY", ref)
+	cmd := podman(append(run, append(serveOnFreePorts, "--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath)...)...)
 	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
 	var logs bytes.Buffer
 	r := startServe(t, cmd, &logs)

@@ -2,259 +2,398 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
-
-	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
-// readmeCommands returns the commands in the code blocks of the README's
-// section headed heading, up to the next heading: the lines that start with
-// one of prefixes, joined with the lines that continue them (a trailing
-// backslash, or a quote still open).
-func readmeCommands(t *testing.T, heading string, prefixes ...string) []string {
+// readmeStep is one thing the README's walkthrough has its reader do: run
+// the commands of a ```sh block, start the long-running command of a
+// ```sh terminal block in a terminal of its own, or stop every terminal
+// (where it says "press Ctrl-C in every terminal").
+type readmeStep struct {
+	section string
+	kind    string // "sh", "terminal" or "stop"
+	text    string // the block, unindented
+	// afterProse: the reader read something since the block before, so
+	// the terminals started before are ready by now.
+	afterProse bool
+}
+
+// readmeSteps reads the README's walkthrough steps in order. Indented code
+// blocks and fenced blocks of other kinds (go, text) are not steps.
+func readmeSteps(t *testing.T, readme string) []readmeStep {
 	t.Helper()
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n"+heading+"\n")
-	if !ok {
-		t.Fatalf("README has no section %q", heading)
-	}
-	var cmds []string
-	var cur string
-	for _, line := range strings.Split(section, "\n") {
-		if strings.HasPrefix(line, "#") {
-			break
+	var (
+		steps            []readmeStep
+		section, prose   string
+		afterProse       bool
+		fence, info      string
+		block            []string
+		fenceIndentation int
+	)
+	endProse := func() {
+		if strings.Contains(strings.Join(strings.Fields(prose), " "), "press Ctrl-C in every terminal") {
+			steps = append(steps, readmeStep{section: section, kind: "stop"})
 		}
-		code := strings.TrimSpace(line)
-		if cur == "" {
-			for _, p := range prefixes {
-				if strings.HasPrefix(code, p) {
-					cur = code
-				}
+		prose = ""
+	}
+	for _, line := range strings.Split(readme, "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case fence != "" && trimmed == fence:
+			if info == "sh" || info == "sh terminal" {
+				kind := map[string]string{"sh": "sh", "sh terminal": "terminal"}[info]
+				steps = append(steps, readmeStep{section: section, kind: kind, text: strings.Join(block, "\n"), afterProse: afterProse})
+				afterProse = false
 			}
-			if cur == "" {
+			fence, block = "", nil
+		case fence != "":
+			block = append(block, line[min(fenceIndentation, len(line)-len(strings.TrimLeft(line, " "))):])
+		case strings.HasPrefix(trimmed, "```"):
+			endProse()
+			fence, info = "```", strings.TrimPrefix(trimmed, "```")
+			fenceIndentation = len(line) - len(strings.TrimLeft(line, " "))
+		case strings.HasPrefix(line, "#"):
+			endProse()
+			section = strings.TrimSpace(strings.TrimLeft(line, "#"))
+		case trimmed == "":
+			endProse()
+		case strings.HasPrefix(line, "    ") && prose == "":
+			// an indented code block: for reference, not a step
+		default:
+			prose += " " + trimmed
+			afterProse = true
+		}
+	}
+	if fence != "" {
+		t.Fatalf("README: a code block in %q is not closed", section)
+	}
+	return steps
+}
+
+// shellCommands splits a block into its commands: a line, with the lines
+// that continue it (a trailing backslash, a quote still open, a here
+// document up to its end marker). Comment lines are dropped.
+func shellCommands(block string) []string {
+	var cmds []string
+	var cur, heredocEnd string
+	for _, line := range strings.Split(block, "\n") {
+		if cur == "" && (strings.TrimSpace(line) == "" || strings.HasPrefix(strings.TrimSpace(line), "#")) {
+			continue
+		}
+		if cur != "" {
+			cur += "\n"
+		}
+		cur += line
+		switch {
+		case heredocEnd != "":
+			if strings.TrimSpace(line) == heredocEnd {
+				heredocEnd = ""
+			} else {
 				continue
 			}
-		} else {
-			cur += "\n" + code
+		case regexp.MustCompile(`<<'?(\w+)'?\s*$`).MatchString(line):
+			heredocEnd = regexp.MustCompile(`<<'?(\w+)'?\s*$`).FindStringSubmatch(line)[1]
+			continue
 		}
-		if !strings.HasSuffix(cur, `\`) && strings.Count(cur, "'")%2 == 0 {
-			cmds = append(cmds, cur)
-			cur = ""
+		if strings.HasSuffix(cur, `\`) || strings.Count(cur, "'")%2 == 1 {
+			continue
 		}
+		cmds = append(cmds, cur)
+		cur = ""
 	}
 	return cmds
 }
 
-// readmeShell runs README commands in the repository root, as a reader
-// would, with the broker's real addresses in place of the documented ones.
-type readmeShell struct {
-	t    *testing.T
-	env  []string
-	repl *strings.Replacer
+var (
+	printedKey  = regexp.MustCompile(`cbk_[A-Za-z0-9_-]{43}`)
+	placeholder = regexp.MustCompile(`cbk_\.\.\.[^.]*\.\.\.`)
+	loopback    = regexp.MustCompile(`127\.0\.0\.1:\d+`)
+)
+
+// readmeReader follows the walkthrough as its reader would, in a clean
+// environment: an empty working directory (in place of the repository's
+// root, so that nothing is written into the checkout), a new HOME, no
+// CREDBROKER_* variables. What differs from the README as written: the
+// binary and grpcurl are built once beforehand (go run, go build and go
+// tool compile nothing), paths into client/ lead to the checkout's, every
+// documented loopback address is a free port of the test's (other tests
+// listen at once), and where the README says to copy a printed key
+// (cbk_...the key it printed...), the key printed last is pasted.
+type readmeReader struct {
+	t         *testing.T
+	bin, root string
+	work      string // the working directory
+	state     string // the shell's exported variables and directory between commands
+	env       []string
+	repl      *strings.Replacer
+	ports     map[string]string
+	keys      []string // the keys printed so far, in order
+	terminals []*readmeTerminal
+	ran       map[string]int // commands run, by section
 }
 
-// run runs cmd and returns its output; an export line sets the variable for
-// the commands after it.
-func (sh *readmeShell) run(cmd string) string {
-	sh.t.Helper()
-	cmd = sh.repl.Replace(cmd)
-	if name, value, ok := strings.Cut(strings.TrimPrefix(cmd, "export "), "="); ok && strings.HasPrefix(cmd, "export ") {
-		sh.env = append(sh.env, name+"="+strings.Trim(value, `"`))
-		return ""
+type readmeTerminal struct {
+	cmd   *exec.Cmd
+	out   *lockedWriter
+	done  chan struct{}
+	ready bool
+}
+
+// readyMarkers are what the long-running commands print once they serve.
+var readyMarkers = []string{"credbroker listening", "fake JumpCloud token endpoint", "fake OAuth sign-in page", "serving clients at"}
+
+// TestREADMEWalkthrough follows the README from "Run it" to the local
+// cluster, section by section, as a reader meets them: every ```sh block's
+// commands must succeed, every ```sh terminal block's command must start
+// serving, and every "press Ctrl-C in every terminal" must stop them all
+// cleanly. Then it checks that the walkthrough did what it says.
+func TestREADMEWalkthrough(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and follows the README")
 	}
-	c := exec.Command("bash", "-c", cmd)
-	c.Dir = filepath.Join("..", "..")
-	c.Env = append(os.Environ(), sh.env...)
+	for _, f := range []string{"/usr/bin/python3", "../../client/typescript/node_modules"} {
+		if _, err := os.Stat(f); err != nil {
+			if os.Getenv("CREDBROKER_REQUIRE_ALL") != "" {
+				t.Fatalf("%s is missing: run make deps", f)
+			}
+			t.Skipf("%s is missing (make deps installs what the README's client examples need)", f)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := filepath.Abs("../..")
+	r := &readmeReader{t: t, bin: buildBinary(t), root: root, work: t.TempDir(), state: t.TempDir(), ports: map[string]string{}, ran: map[string]int{}}
+	grpcurl := filepath.Join(filepath.Dir(r.bin), "grpcurl")
+	build := exec.Command("go", "build", "-o", grpcurl, "github.com/fullstorydev/grpcurl/cmd/grpcurl")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building grpcurl: %v\n%s", err, out)
+	}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CREDBROKER_") && !strings.HasPrefix(kv, "HOME=") {
+			r.env = append(r.env, kv)
+		}
+	}
+	// The CLI and the client examples default to 127.0.0.1:50051.
+	r.env = append(r.env, "HOME="+t.TempDir(), "CREDBROKER_ADDR="+r.port("127.0.0.1:50051"))
+	r.repl = strings.NewReplacer(
+		"go build -o credbroker ./cmd/credbroker", "cp "+r.bin+" credbroker",
+		"go run ./cmd/credbroker", r.bin,
+		"go tool grpcurl", grpcurl,
+		"client/python", filepath.Join(root, "client", "python"),
+		"client/typescript", filepath.Join(root, "client", "typescript"),
+	)
+	t.Cleanup(r.killTerminals)
+
+	outputs := map[string]string{} // what each command printed, by command as written
+	for _, step := range readmeSteps(t, string(readme)) {
+		switch step.kind {
+		case "stop":
+			r.stopTerminals(step.section)
+		case "terminal":
+			if step.afterProse {
+				r.waitForTerminals(step.section)
+			}
+			r.startTerminal(step.section, step.text)
+		case "sh":
+			r.waitForTerminals(step.section)
+			for _, cmd := range shellCommands(step.text) {
+				outputs[cmd] = r.run(step.section, cmd)
+			}
+		}
+	}
+	t.Logf("commands run, by section: %v", r.ran)
+	if len(r.terminals) > 0 {
+		t.Fatalf("the README leaves %d commands running at its end", len(r.terminals))
+	}
+
+	for section, least := range map[string]int{
+		"Run it": 1, "Try it end to end, without a JumpCloud account": 20, "The same with the admin CLI": 20,
+		"The same with mutual TLS": 6, "The same in the Hub": 2, "Accounts whose users sign in by redirect": 1, "Connect links": 1,
+		"Use it from Python and TypeScript": 12, "Run it as a cluster": 14,
+	} {
+		if r.ran[section] < least {
+			t.Errorf("the README's section %q: %d commands ran, want at least %d", section, r.ran[section], least)
+		}
+	}
+	// Every admin task has its command, and what each printed is what the
+	// README says it does.
+	var all strings.Builder
+	for cmd := range outputs {
+		all.WriteString(cmd + "\n")
+	}
+	for _, task := range []string{"jumpcloud_service_account", "jumpcloud_api_key", "CreateCallerKey", "AddAccountGrant", "GetToken",
+		"ListAuditEvents", "AddAccountSecret", "RemoveAccountSecret", "GetAccount", "ListAccounts", "UpdateAccount", "RevokeCallerKey", "DeleteAccount",
+		"accounts link", "accounts grant", "accounts ungrant", "add-secret", "remove-secret", "callers create", "callers revoke", "callers delete", "admins list", "audit list"} {
+		if !strings.Contains(all.String(), task) {
+			t.Errorf("the README's walkthrough has no command for %s", task)
+		}
+	}
+	for _, c := range []struct{ command, printed string }{
+		{"grpc.health.v1.Health/Check", `"status": "SERVING"`},
+		{"credbroker.v1.TokenService/GetToken", `"accessToken"`},
+		{"/proxy/v2/systemgroups", "systemgroups"},
+		{"/proxy/organizations", "results"},
+		{"credbroker token get", "Bearer"},
+		{"get_token.py", ": Bearer token for http://127.0.0.1:"},
+		{"get-token.js", ": Bearer token for http://127.0.0.1:"},
+		{"link_account.py", ": ACCOUNT_STATE_ACTIVE"},
+		{"link-account.js", ": ACCOUNT_STATE_ACTIVE"},
+		{"accounts connect-link", "/connect/"},
+		{"callers delete", "deleted callerKeys/reports"},
+		{"/proxy/v2/systems", "systems"},
+	} {
+		seen := false
+		for cmd, out := range outputs {
+			if strings.Contains(cmd, c.command) {
+				seen = true
+				if !strings.Contains(out, c.printed) {
+					t.Errorf("README command %s printed:\n%s\nwant %q in it", cmd, out, c.printed)
+				}
+			}
+		}
+		if !seen {
+			t.Errorf("the README has no command with %q", c.command)
+		}
+	}
+}
+
+// port is the test's free address for a documented loopback address.
+func (r *readmeReader) port(documented string) string {
+	if _, ok := r.ports[documented]; !ok {
+		r.ports[documented] = freePort(r.t)
+	}
+	return r.ports[documented]
+}
+
+// prepare is cmd as the test runs it (see readmeReader).
+func (r *readmeReader) prepare(cmd string) string {
+	cmd = loopback.ReplaceAllStringFunc(r.repl.Replace(cmd), r.port)
+	return placeholder.ReplaceAllStringFunc(cmd, func(string) string {
+		if len(r.keys) == 0 {
+			r.t.Fatalf("the README has its reader copy a key before one was printed: %s", cmd)
+		}
+		return r.keys[len(r.keys)-1]
+	})
+}
+
+// shell runs script in bash, in the reader's shell: its working directory
+// and exported variables as the previous command left them.
+func (r *readmeReader) shell(script string) *exec.Cmd {
+	cwd, env := filepath.Join(r.state, "cwd"), filepath.Join(r.state, "env")
+	if _, err := os.Stat(cwd); err != nil {
+		_ = os.WriteFile(cwd, []byte(r.work), 0o600)
+		_ = os.WriteFile(env, nil, 0o600)
+	}
+	c := exec.Command("bash", "-c", `set -eo pipefail; cd "$(cat `+cwd+`)"; source `+env+"\n"+script)
+	c.Env = r.env
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return c
+}
+
+// run runs one command and returns what it printed; it must succeed.
+func (r *readmeReader) run(section, cmd string) string {
+	r.t.Helper()
+	c := r.shell(r.prepare(cmd) + "\nexport -p > " + filepath.Join(r.state, "env") + "; pwd > " + filepath.Join(r.state, "cwd"))
 	out, err := c.CombinedOutput()
 	if err != nil {
-		sh.t.Fatalf("README command failed: %v\n%s\n%s", err, cmd, out)
+		r.t.Fatalf("README, %s: %s\nfailed: %v\n%s", section, cmd, err, out)
 	}
-	if strings.Contains(string(out), `"error"`) {
-		sh.t.Fatalf("README command was refused:\n%s\n%s", cmd, out)
-	}
+	r.ran[section]++
+	r.notePrintedKeys(string(out))
 	return string(out)
 }
 
-// TestREADMEGrpcurlCommands runs every grpcurl (and proxy curl) command of
-// the README's walkthrough, word for word, against the real broker and the
-// JumpCloud fake with the stand-in's documented client, secrets and API key;
-// then those of its mutual TLS section. The README cannot go stale.
-func TestREADMEGrpcurlCommands(t *testing.T) {
-	e := newE2ESetup(t)
-	e.fake.SetClient("demo-client", "demo-secret")
-	e.fake.AddClientSecret("demo-client", "demo-secret-2")
-	e.fake.SetAPIKey("demo-api-key", "")
-	r := startBinary(t, e.bin, &e.logs, e.args...)
-
-	cmds := readmeCommands(t, "## Try it end to end, without a JumpCloud account", "go tool grpcurl", "curl ")
-	all := strings.Join(cmds, "\n")
-	for _, task := range []string{"jumpcloud_service_account", "jumpcloud_api_key", "CreateCallerKey", "AddAccountGrant", "GetToken",
-		"ListAuditEvents", "AddAccountSecret", "RemoveAccountSecret", "GetAccount", "ListAccounts", "UpdateAccount", "RevokeCallerKey", "DeleteAccount", "/proxy/"} {
-		if !strings.Contains(all, task) {
-			t.Errorf("the README walkthrough has no command for %s", task)
+func (r *readmeReader) notePrintedKeys(out string) {
+	for _, k := range printedKey.FindAllString(out, -1) {
+		if !slices.Contains(r.keys, k) {
+			r.keys = append(r.keys, k)
 		}
-	}
-	sh := &readmeShell{t: t, env: []string{"ADMIN=authorization: Bearer " + r.bootstrapKey},
-		repl: strings.NewReplacer("127.0.0.1:50051", r.addr, "127.0.0.1:50052", r.proxyAddr)}
-	for _, cmd := range cmds {
-		out := sh.run(cmd)
-		if strings.Contains(cmd, "CreateCallerKey") {
-			var created struct{ Key string }
-			if err := json.Unmarshal([]byte(out), &created); err != nil || created.Key == "" {
-				t.Fatalf("CreateCallerKey printed no key: %v\n%s", err, out)
-			}
-			sh.env = append(sh.env, "BILLING=authorization: Bearer "+created.Key)
-		}
-		if strings.Contains(cmd, "GetToken") && !strings.Contains(out, `"accessToken"`) {
-			t.Errorf("GetToken printed no token:\n%s", out)
-		}
-	}
-	if e.fake.APIRequests() != 3 { // the API key proven once, then the two proxied calls
-		t.Errorf("the JumpCloud API got %d requests, want 3", e.fake.APIRequests())
-	}
-	t.Logf("ran %d README commands", len(cmds))
-
-	certs := t.TempDir()
-	if out, err := exec.Command(e.bin, "dev-certs", "--dir", certs).CombinedOutput(); err != nil {
-		t.Fatalf("dev-certs: %v\n%s", err, out)
-	}
-	var tlsLogs bytes.Buffer // the first broker still writes into e.logs
-	tlsBroker := startBinary(t, e.bin, &tlsLogs, "--data-dir", filepath.Join(t.TempDir(), "data"),
-		"--jumpcloud-token-url-us", e.fakeURL+jumpcloudfake.TokenPath, "--tls-cert", certs+"/server.pem", "--tls-key", certs+"/server-key.pem",
-		"--client-ca", certs+"/ca.pem", "--bootstrap-admin-principal", "spiffe://credbroker.test/admin")
-	tlsCmds := readmeCommands(t, "### The same with mutual TLS", "go tool grpcurl", "export ")
-	sh = &readmeShell{t: t, repl: strings.NewReplacer("127.0.0.1:50051", tlsBroker.addr, "credbroker-certs/", certs+"/")}
-	for _, cmd := range tlsCmds {
-		out := sh.run(cmd)
-		if strings.Contains(cmd, "GetToken") && !strings.Contains(out, `"accessToken"`) {
-			t.Errorf("GetToken over mTLS printed no token:\n%s", out)
-		}
-	}
-	if len(tlsCmds) < 5 {
-		t.Errorf("the README's mutual TLS section has %d commands", len(tlsCmds))
 	}
 }
 
-// TestREADMECluster runs the README's local cluster, command for command:
-// the JumpCloud stand-in, three dev-etcd members and three replicas (on
-// free ports in place of the documented ones), then links an account on
-// the first replica and gets its token from the second and through the
-// third's egress proxy.
-func TestREADMECluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
+// startTerminal starts a long-running command, where the README starts
+// one in a terminal of its own. A broker or stand-in started without an
+// address listens on the test's ports for its documented defaults.
+func (r *readmeReader) startTerminal(section, cmd string) {
+	r.t.Helper()
+	fields := strings.Fields(cmd)
+	switch {
+	case !strings.Contains(cmd, "--listen") && slices.Contains(fields, "serve"):
+		cmd += " --listen 127.0.0.1:50051 --proxy-listen 127.0.0.1:50052 --ops-listen 127.0.0.1:50053 --hub-listen 127.0.0.1:50054"
+	case !strings.Contains(cmd, "--listen") && slices.Contains(fields, "fake-jumpcloud"):
+		cmd += " --listen 127.0.0.1:8085"
+	case !strings.Contains(cmd, "--listen") && slices.Contains(fields, "fake-oauth"):
+		cmd += " --listen 127.0.0.1:8086"
 	}
-	bin := buildBinary(t)
-	cmds := readmeCommands(t, "## Run it as a cluster", "go build", "./credbroker", "export ", "printf ", "curl ")
-	// The documented addresses, each moved to a free port.
-	var pairs []string
-	for _, addr := range regexp.MustCompile(`127\.0\.0\.1:\d+`).FindAllString(strings.Join(cmds, "\n"), -1) {
-		if !slices.Contains(pairs, addr) {
-			pairs = append(pairs, addr, freePort(t))
-		}
+	term := &readmeTerminal{out: &lockedWriter{w: &bytes.Buffer{}}, done: make(chan struct{})}
+	term.cmd = r.shell("exec " + r.prepare(cmd))
+	term.cmd.Stdout, term.cmd.Stderr = term.out, term.out
+	if err := term.cmd.Start(); err != nil {
+		r.t.Fatal(err)
 	}
-	workDir := t.TempDir()
-	sh := &readmeShell{t: t, repl: strings.NewReplacer(append(pairs, "./credbroker ", bin+" ", "--data-dir etcd-", "--data-dir "+workDir+"/etcd-")...)}
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex // guards servers and key, for members started at once
-		servers []*exec.Cmd
-		key     string
-		ran     = map[string]int{}
-	)
-	defer func() {
-		for _, c := range servers {
-			_ = c.Process.Kill()
-		}
-		wg.Wait()
-	}()
-	// start runs a long-running command and waits until it prints ready.
-	start := func(cmd, ready string) {
-		t.Helper()
-		args := strings.Fields(sh.repl.Replace(cmd))
-		c := exec.Command(args[0], args[1:]...)
-		c.Env = append(os.Environ(), sh.env...)
-		c.Dir = workDir // where the replicas' default data directories go
-		out := &lockedWriter{w: &bytes.Buffer{}}
-		c.Stdout, c.Stderr = out, out
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		mu.Lock()
-		servers = append(servers, c)
-		wg.Go(func() { _ = c.Wait() })
-		mu.Unlock()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(out.String(), ready) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not print %q within 30s:\n%s", cmd, ready, out)
+	go func() { _ = term.cmd.Wait(); close(term.done) }()
+	r.terminals = append(r.terminals, term)
+	r.ran[section]++
+}
+
+// waitForTerminals waits until every running terminal serves.
+func (r *readmeReader) waitForTerminals(section string) {
+	r.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, term := range r.terminals {
+		for !term.ready {
+			out := term.out.String()
+			term.ready = slices.ContainsFunc(readyMarkers, func(m string) bool { return strings.Contains(out, m) })
+			select {
+			case <-term.done:
+				r.t.Fatalf("README, %s: %s exited:\n%s", section, strings.Join(term.cmd.Args, " "), out)
+			default:
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if m := regexp.MustCompile(`cbk_\S+`).FindString(out.String()); m != "" && key == "" {
-			key = m
-		}
-	}
-	var members []string
-	for _, cmd := range cmds {
-		switch {
-		case strings.HasPrefix(cmd, "go build"):
-		case strings.HasPrefix(cmd, "./credbroker fake-jumpcloud"):
-			start(cmd+" --listen 127.0.0.1:8085", "fake JumpCloud API")
-			ran["fake-jumpcloud"]++
-		case strings.HasPrefix(cmd, "./credbroker dev-etcd"):
-			members = append(members, cmd) // a member serves once a quorum has started
-			if len(members) == 3 {
-				var mwg sync.WaitGroup
-				for _, m := range members {
-					mwg.Go(func() { start(m, "serving clients") })
-				}
-				mwg.Wait()
-				ran["dev-etcd"] += 3
+			if !term.ready && time.Now().After(deadline) {
+				r.t.Fatalf("README, %s: %s did not start serving within a minute:\n%s", section, strings.Join(term.cmd.Args, " "), out)
 			}
-		case strings.HasPrefix(cmd, "./credbroker serve"):
-			start(cmd, "credbroker listening")
-			ran["serve"]++
-		case strings.HasPrefix(cmd, "export CREDBROKER_CALLER_KEY="):
-			mu.Lock()
-			printed := key
-			mu.Unlock()
-			if printed == "" {
-				t.Fatal("the first replica printed no admin caller key")
-			}
-			sh.env = append(sh.env, "CREDBROKER_CALLER_KEY="+printed)
-		default:
-			out := sh.run(cmd)
-			switch {
-			case strings.Contains(cmd, "token get"):
-				if !strings.Contains(out, "Bearer") {
-					t.Errorf("token get on another replica printed no token:\n%s", out)
-				}
-				ran["token get"]++
-			case strings.HasPrefix(cmd, "curl"):
-				if !strings.Contains(out, "/v2/systems") {
-					t.Errorf("the proxied call on a third replica did not reach the API:\n%s", out)
-				}
-				ran["curl"]++
+			if !term.ready {
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
+		r.notePrintedKeys(term.out.String())
 	}
-	if want := map[string]int{"fake-jumpcloud": 1, "dev-etcd": 3, "serve": 3, "token get": 1, "curl": 1}; !maps.Equal(ran, want) {
-		t.Errorf("ran %v of the README's cluster commands, want %v", ran, want)
+}
+
+// stopTerminals presses Ctrl-C in every terminal; each must stop cleanly.
+func (r *readmeReader) stopTerminals(section string) {
+	r.t.Helper()
+	r.waitForTerminals(section)
+	for _, term := range r.terminals {
+		_ = term.cmd.Process.Signal(syscall.SIGINT)
+	}
+	for _, term := range r.terminals {
+		select {
+		case <-term.done:
+		case <-time.After(30 * time.Second):
+			r.t.Fatalf("README, %s: %s did not stop within 30s of Ctrl-C:\n%s", section, strings.Join(term.cmd.Args, " "), term.out)
+		}
+		if !term.cmd.ProcessState.Success() {
+			r.t.Fatalf("README, %s: %s did not stop cleanly on Ctrl-C: %v\n%s", section, strings.Join(term.cmd.Args, " "), term.cmd.ProcessState, term.out)
+		}
+	}
+	r.terminals = nil
+}
+
+func (r *readmeReader) killTerminals() {
+	for _, term := range r.terminals {
+		_ = syscall.Kill(-term.cmd.Process.Pid, syscall.SIGKILL)
+		<-term.done
 	}
 }
