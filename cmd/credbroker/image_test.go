@@ -206,8 +206,8 @@ func runImage(t *testing.T, archive, ref string) {
 	run := append(append([]string{"run", "--rm", "--network", "host"}, limits...), "--env", "CREDBROKER_MASTER_KEY", ref)
 	cmd := podman(append(run, append(serveOnFreePorts, "--jumpcloud-token-url-us", jc.URL+jumpcloudfake.TokenPath)...)...)
 	cmd.Env = append(os.Environ(), "CREDBROKER_MASTER_KEY="+e2eMasterKey)
-	var logs bytes.Buffer
-	r := startServe(t, cmd, &logs)
+	logs := &lockedWriter{w: &bytes.Buffer{}}
+	r := startServe(t, cmd, logs)
 	if r.bootstrapKey == "" || !strings.Contains(logs.String(), `"data_dir":"/data"`) {
 		t.Fatalf("the container printed no admin key, or does not keep its data in /data:\n%s", logs.String())
 	}

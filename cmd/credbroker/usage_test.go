@@ -64,7 +64,7 @@ func TestStartErrorsNameTheFlag(t *testing.T) {
 		says string
 	}{
 		{[]string{"--data-dir", filepath.Join(file, "data")}, "credbroker: --data-dir: cannot create the data directory: mkdir " + file + ": not a directory\n"},
-		{[]string{"--data-dir", filepath.Join(dir, "a"), "--master-key-file", filepath.Join(dir, "no.key")}, "credbroker: --master-key-file " + filepath.Join(dir, "no.key") + ": no such file\n"},
+		{[]string{"--data-dir", filepath.Join(dir, "a"), "--master-key-file", filepath.Join(dir, "no.key")}, "credbroker: --master-key-file " + filepath.Join(dir, "no.key") + ": no such master key file\n"},
 		{[]string{"--data-dir", filepath.Join(dir, "b"), "--hub-listen", busy.Addr().String()}, "credbroker: --hub-listen " + busy.Addr().String() + ": the address is in use, by another program or another credbroker; stop it, or choose another address with --hub-listen\n"},
 	} {
 		var out bytes.Buffer

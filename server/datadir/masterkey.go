@@ -117,7 +117,7 @@ func syncDir(dir string) error {
 func readMasterKeyFile(what, path string, log *slog.Logger) (*keyring.MasterKey, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s %s: no such file", what, path)
+		return nil, fmt.Errorf("%s %s: no such master key file", what, path)
 	} else if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
