@@ -2,9 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -15,8 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -25,8 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
-	"github.com/credbroker/credbroker/client"
-	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // manifests are the objects of one file under deploy/kubernetes, decoded
@@ -294,14 +287,5 @@ func runManifestPod(t *testing.T, e *e2eSetup, p corev1.PodSpec) {
 		cmd.Env = append(cmd.Env, env.Name+"="+value)
 	}
 	r := startServe(t, cmd, &e.logs)
-	if r.bootstrapKey != "" {
-		t.Fatal("the pod printed an admin key, which its log would keep")
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM([]byte(readFile(t, filepath.Join(certs, "ca.pem"))))
-	conn := r.connect(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots})), grpc.WithPerRPCCredentials(client.CallerKey(adminKey)))
-	if _, err := credbrokerv1.NewCallerServiceClient(conn).ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{}); err != nil {
-		t.Fatalf("the operator's admin key over TLS: %v", err)
-	}
-	r.stop(t)
+	stopAfterOperatorsKey(t, r, filepath.Join(certs, "ca.pem"), adminKey)
 }

@@ -99,16 +99,7 @@ func TestSystemdUnit(t *testing.T) {
 	// On free ports, for the test; the config file's others are overridden.
 	cmd := exec.Command(e.bin, append(args[1:], append(serveOnFreePorts[1:], "--public-url", "https://credbroker.example.com")...)...)
 	r := startServe(t, cmd, &e.logs)
-	if r.bootstrapKey != "" {
-		t.Fatal("the service printed an admin key, which the journal would keep")
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM([]byte(readFile(t, filepath.Join(certs, "ca.pem"))))
-	conn := r.connect(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots})), grpc.WithPerRPCCredentials(client.CallerKey(adminKey)))
-	if _, err := credbrokerv1.NewCallerServiceClient(conn).ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{}); err != nil {
-		t.Fatalf("the operator's admin key over TLS: %v", err)
-	}
-	r.stop(t)
+	stopAfterOperatorsKey(t, r, filepath.Join(certs, "ca.pem"), adminKey)
 	if !strings.Contains(e.logs.String(), `"data_dir":"`+env["STATE_DIRECTORY"]+`"`) {
 		t.Fatalf("the broker does not keep its data in the state directory:\n%s", e.logs.String())
 	}
@@ -121,4 +112,21 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// stopAfterOperatorsKey checks that a broker started with the operator's
+// admin key (--bootstrap-admin-key-file) printed none, and takes it as an
+// admin's over TLS (trusting the CA in caFile); then it stops the broker.
+func stopAfterOperatorsKey(t *testing.T, r *runningBinary, caFile, adminKey string) {
+	t.Helper()
+	if r.bootstrapKey != "" {
+		t.Fatal("the broker printed an admin key, which its log would keep")
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(readFile(t, caFile)))
+	conn := r.connect(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots})), grpc.WithPerRPCCredentials(client.CallerKey(adminKey)))
+	if _, err := credbrokerv1.NewCallerServiceClient(conn).ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{}); err != nil {
+		t.Fatalf("the operator's admin key over TLS: %v", err)
+	}
+	r.stop(t)
 }

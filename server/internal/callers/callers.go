@@ -302,21 +302,15 @@ func (s *Service) Create(ctx context.Context, in NewKey, ev store.AuditEvent) (K
 func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (Key, bool, error) {
 	s.change.Lock()
 	defer s.change.Unlock()
-	s.mu.RLock()
-	k, ok := s.byID[id]
-	s.mu.RUnlock()
-	if !ok {
-		return Key{}, false, ErrNotFound
+	k, guard, err := s.removing(id)
+	if err != nil {
+		return Key{}, false, err
 	}
 	if !k.RevokeTime.IsZero() {
 		return keyOf(k), false, nil
 	}
-	var guard store.AdminGuard
-	if Role(k.Role) == RoleAdmin && !expired(k, s.now()) {
-		guard = s.keepAnAdmin(id, "")
-	}
 	now := s.now()
-	k, err := s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
+	k, err = s.store.UpdateCallerKey(id, func(k *store.CallerKey) {
 		if k.Tampered { // replaced by a clean record that authenticates no one
 			*k = store.CallerKey{ID: id, Role: string(RoleCaller), CreateTime: now, Creator: ev.Principal,
 				Description: "revoked after its stored record failed its integrity check"}
@@ -335,15 +329,9 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 func (s *Service) Delete(ctx context.Context, id string, ev store.AuditEvent) error {
 	s.change.Lock()
 	defer s.change.Unlock()
-	s.mu.RLock()
-	k, ok := s.byID[id]
-	s.mu.RUnlock()
-	if !ok {
-		return ErrNotFound
-	}
-	var guard store.AdminGuard
-	if Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, s.now()) {
-		guard = s.keepAnAdmin(id, "")
+	_, guard, err := s.removing(id)
+	if err != nil {
+		return err
 	}
 	if err := s.store.DeleteCallerKey(id, guard, ev); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -353,6 +341,22 @@ func (s *Service) Delete(ctx context.Context, id string, ev store.AuditEvent) er
 	}
 	s.synced(ctx)
 	return nil
+}
+
+// removing returns the key id that a change is about to revoke or delete,
+// with the guard that change must pass: keepAnAdmin, if the key is a
+// usable admin key. s.change must be held.
+func (s *Service) removing(id string) (store.CallerKey, store.AdminGuard, error) {
+	s.mu.RLock()
+	k, ok := s.byID[id]
+	s.mu.RUnlock()
+	if !ok {
+		return store.CallerKey{}, nil, ErrNotFound
+	}
+	if Role(k.Role) == RoleAdmin && k.RevokeTime.IsZero() && !expired(k, s.now()) {
+		return k, s.keepAnAdmin(id, ""), nil
+	}
+	return k, nil, nil
 }
 
 // keepAnAdmin refuses the removal of an admin identity (the key keyID or
