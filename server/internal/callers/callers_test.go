@@ -284,7 +284,7 @@ func TestCreateAndAuthenticate(t *testing.T) {
 	if h.svc.Exists("nope") {
 		t.Error("Exists(nope) = true")
 	}
-	// An id is never reused.
+	// An id in use (by a key, revoked or not) is not given to another.
 	events := h.audit(t)
 	for _, role := range []callers.Role{callers.RoleCaller, callers.RoleAdmin} {
 		_, key, err := h.svc.Create(context.Background(), callers.NewKey{ID: "web", Role: role}, event("CreateCallerKey"))

@@ -53,7 +53,8 @@ func (s *Store) Bootstrapped() (bool, error) {
 }
 
 // CreateCallerKey stores a new caller key with its audit event, or returns
-// ErrExists (revoked keys stay stored, so an id is never reused).
+// ErrExists (a revoked key stays stored, and keeps its id, until it is
+// deleted).
 func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 	k.Version = recordVersion
 	err := s.commit(func() (txn, error) {
