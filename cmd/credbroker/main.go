@@ -508,8 +508,8 @@ Never use it for anything real.`)
 	return serveFake(listen, fake, stderr)
 }
 
-// serveFake serves a fake provider at listen until SIGINT or SIGTERM.
-// serveFake serves a stand-in at listen, logging each answer to logs.
+// serveFake serves a stand-in at listen until SIGINT or SIGTERM, logging
+// each answer to logs.
 func serveFake(listen string, fake http.Handler, logs io.Writer) error {
 	srv := &http.Server{Addr: listen, Handler: logRequests(fake, slog.New(slog.NewTextHandler(logs, nil))), ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

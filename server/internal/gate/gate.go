@@ -282,8 +282,8 @@ func (g *Gate) FinishAnswered(c *Call, err error) error {
 }
 
 // record writes the audit event of call c, which ended with err, unless
-// the handler wrote it already and succeeded; or tallies it if it was refused before its caller proved
-// an identity (see refusals). It returns ErrStorageUnavailable if the
+// the handler wrote it already and succeeded; or tallies it if it was
+// refused before its caller proved an identity (see refusals). It returns ErrStorageUnavailable if the
 // storage is out of reach, or else ErrAuditUnavailable, if the event
 // could not be written.
 func (g *Gate) record(c *Call, err error) error {
