@@ -249,8 +249,20 @@ func TestHubCallersAndAudit(t *testing.T) {
 	if _, err := billing.GetToken(ctx, &credbrokerv1.GetTokenRequest{Name: "accounts/acme"}); err == nil {
 		t.Fatal("the revoked key still gets tokens")
 	}
-	if _, body = h.do("GET", "/callers", nil, nil); !strings.Contains(body, "revoked") || !strings.Contains(body, "billing sync") {
+	if _, body = h.do("GET", "/callers", nil, nil); !strings.Contains(body, "revoked") || !strings.Contains(body, "billing sync") || !strings.Contains(body, `action="/callers/billing/delete"`) {
 		t.Fatalf("the keys after revoking:\n%s", body)
+	}
+	// Deleted only once no account grants it; then its name is free.
+	resp, body := h.do("POST", "/callers/billing/delete", h.form("/callers", url.Values{}), nil)
+	if resp.StatusCode == http.StatusSeeOther || !strings.Contains(body, "accounts still grant callerKeys/billing") {
+		t.Fatalf("deleting a granted key: %d\n%s", resp.StatusCode, body)
+	}
+	if _, err := b.accounts.RemoveAccountGrant(ctx, &credbrokerv1.RemoveAccountGrantRequest{Name: "accounts/acme", Principal: "callerKeys/billing"}); err != nil {
+		t.Fatal(err)
+	}
+	h.post("/callers", "/callers/billing/delete", url.Values{}, http.StatusSeeOther, "/callers?done=key-deleted")
+	if _, body = h.do("GET", "/callers?done=key-deleted", nil, nil); strings.Contains(body, "billing sync") || !strings.Contains(body, "its name may be given to a new key") {
+		t.Fatalf("the keys after deleting:\n%s", body)
 	}
 
 	if _, body = h.do("GET", "/audit?account=acme", nil, nil); !strings.Contains(body, "CreateAccount") || strings.Contains(body, "hub: create a caller key") {
@@ -262,7 +274,7 @@ func TestHubCallersAndAudit(t *testing.T) {
 	if _, body = h.do("GET", "/audit?end=2000-01-01T00:00", nil, nil); !strings.Contains(body, "No events") {
 		t.Fatalf("the audit page before any event:\n%s", body)
 	}
-	resp, body := h.do("GET", "/audit?start=yesterday", nil, nil)
+	resp, body = h.do("GET", "/audit?start=yesterday", nil, nil)
 	if resp.StatusCode != http.StatusBadRequest || fieldError(body, "start") == "" {
 		t.Fatalf("a malformed time: %d\n%s", resp.StatusCode, body)
 	}

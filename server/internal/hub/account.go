@@ -64,6 +64,7 @@ var notices = map[string]string{
 	"grant-removed":   "The grant is removed.",
 	"account-deleted": "The account is deleted.",
 	"key-revoked":     "The caller key is revoked.",
+	"key-deleted":     "The caller key is deleted: its name may be given to a new key.",
 	"link-revoked":    "The connect link is revoked: opened, it says so.",
 }
 

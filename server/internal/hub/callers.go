@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -91,13 +92,29 @@ func (h *Hub) createCallerKey(w http.ResponseWriter, r *http.Request, s *session
 }
 
 func (h *Hub) revokeCallerKey(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	return h.changeCallerKey(w, r, c, "key-revoked", func(ctx context.Context, name string) error {
+		_, err := h.api.Callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: name})
+		return err
+	})
+}
+
+func (h *Hub) deleteCallerKey(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
+	return h.changeCallerKey(w, r, c, "key-deleted", func(ctx context.Context, name string) error {
+		_, err := h.api.Callers.DeleteCallerKey(ctx, &credbrokerv1.DeleteCallerKeyRequest{Name: name})
+		return err
+	})
+}
+
+// changeCallerKey makes the change of the key the path names, then shows
+// the keys with notice.
+func (h *Hub) changeCallerKey(w http.ResponseWriter, r *http.Request, c *gate.Call, notice string, change func(ctx context.Context, name string) error) error {
 	name := "callerKeys/" + r.PathValue("id")
 	if api.ValidAccountID(r.PathValue("id")) { // key ids are spelled as account ids
 		c.Resource = name
 	}
-	if _, err := h.api.Callers.RevokeCallerKey(gate.WithCall(r.Context(), c), &credbrokerv1.RevokeCallerKeyRequest{Name: name}); err != nil {
+	if err := change(gate.WithCall(r.Context(), c), name); err != nil {
 		return err
 	}
-	done(w, r, "/callers", "key-revoked")
+	done(w, r, "/callers", notice)
 	return nil
 }

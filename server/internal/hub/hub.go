@@ -178,6 +178,7 @@ func New(cfg Config, p Parts, secure bool) *Hub {
 	h.mux.HandleFunc("GET /callers", h.signedIn("hub: caller keys", h.callersPage))
 	h.mux.HandleFunc("POST /callers", h.signedIn("hub: create a caller key", h.createCallerKey))
 	h.mux.HandleFunc("POST /callers/{id}/revoke", h.signedIn("hub: revoke a caller key", h.revokeCallerKey))
+	h.mux.HandleFunc("POST /callers/{id}/delete", h.signedIn("hub: delete a caller key", h.deleteCallerKey))
 	h.mux.HandleFunc("GET /audit", h.signedIn("hub: audit", h.auditPage))
 	h.mux.HandleFunc("GET /connect-links", h.signedIn("hub: connect links", h.connectLinksPage))
 	h.mux.HandleFunc("POST /connect-links", h.signedIn("hub: create a connect link", h.createConnectLink))
