@@ -128,6 +128,14 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 
 	runManifestPod(t, e, single.statefulSets[0].Spec.Template.Spec)
+
+	// The cluster's broker: its variables make a configuration serve takes.
+	c := cluster.deployments[0].Spec.Template.Spec.Containers[0]
+	cmd := exec.Command(e.bin, append(c.Args, "--print-config")...)
+	cmd.Env = podEnv(c, nil)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `storage: "etcd"`) || !strings.Contains(string(out), `etcd-endpoints: "https://etcd-0.etcd:2379,`) {
+		t.Fatalf("serve --print-config as the cluster's pod is configured: %v\n%s", err, out)
+	}
 }
 
 // workload is a StatefulSet's or a Deployment's pods.
@@ -271,20 +279,27 @@ func runManifestPod(t *testing.T, e *e2eSetup, p corev1.PodSpec) {
 			}
 		}
 	}
-	mounted := regexp.MustCompile(`^/[^ ]*`)
 	cmd := exec.Command(e.bin, append(c.Args, serveOnFreePorts[1:]...)...)
-	cmd.Env = os.Environ()
-	for _, env := range c.Env {
-		value := mounted.ReplaceAllStringFunc(env.Value, func(path string) string {
-			for mount, local := range paths {
+	cmd.Env = podEnv(c, paths)
+	r := startServe(t, cmd, &e.logs)
+	stopAfterOperatorsKey(t, r, filepath.Join(certs, "ca.pem"), adminKey)
+}
+
+// podEnv is the environment of container c, with paths under its mounts
+// moved to local directories (by mount path).
+func podEnv(c corev1.Container, local map[string]string) []string {
+	mounted := regexp.MustCompile(`^/[^ ]*`)
+	env := os.Environ()
+	for _, v := range c.Env {
+		value := mounted.ReplaceAllStringFunc(v.Value, func(path string) string {
+			for mount, dir := range local {
 				if rest, ok := strings.CutPrefix(path, mount); ok && (rest == "" || rest[0] == '/') {
-					return local + rest
+					return dir + rest
 				}
 			}
 			return path
 		})
-		cmd.Env = append(cmd.Env, env.Name+"="+value)
+		env = append(env, v.Name+"="+value)
 	}
-	r := startServe(t, cmd, &e.logs)
-	stopAfterOperatorsKey(t, r, filepath.Join(certs, "ca.pem"), adminKey)
+	return env
 }

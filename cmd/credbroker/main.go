@@ -621,10 +621,7 @@ func parseWithSources(fs *flag.FlagSet, args []string, env func(flag string) str
 // etcd, for serve and restore.
 func storageFlags(fs *flag.FlagSet, cfg *datadir.Config, d datadir.Config) {
 	fs.StringVar(&cfg.Storage, "storage", d.Storage, `where the broker keeps its state: "bbolt" (a database file in --data-dir, for one broker) or "etcd" (an etcd cluster that any number of replicas share; needs --etcd-endpoints and the same configured master key on every replica)`)
-	fs.Func("etcd-endpoints", "comma-separated client URLs of the etcd cluster's members, e.g. https://etcd-0:2379,https://etcd-1:2379,https://etcd-2:2379", func(v string) error {
-		cfg.Etcd.Endpoints = splitList(v)
-		return nil
-	})
+	fs.Var((*commaList)(&cfg.Etcd.Endpoints), "etcd-endpoints", "comma-separated client URLs of the etcd cluster's members, e.g. https://etcd-0:2379,https://etcd-1:2379,https://etcd-2:2379")
 	fs.StringVar(&cfg.Etcd.Prefix, "etcd-prefix", d.Etcd.Prefix, "key prefix of everything the broker stores in etcd; brokers that share a cluster but not their accounts use different prefixes")
 	fs.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM bundle of the CAs that verify the etcd members' certificates")
 	fs.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate the broker presents to etcd; with --etcd-key")
@@ -642,6 +639,22 @@ func previousKeyFlag(fs *flag.FlagSet, cfg *datadir.Config) {
 func masterKeysFromEnv(cfg *datadir.Config) {
 	cfg.MasterKey = os.Getenv(envPrefix + "MASTER_KEY")
 	cfg.PreviousMasterKey = os.Getenv(envPrefix + "PREVIOUS_MASTER_KEY")
+}
+
+// commaList is a flag of comma-separated values, which --print-config
+// shows as given.
+type commaList []string
+
+func (l *commaList) String() string {
+	if l == nil {
+		return ""
+	}
+	return strings.Join(*l, ",")
+}
+
+func (l *commaList) Set(v string) error {
+	*l = splitList(v)
+	return nil
 }
 
 // splitList splits a comma-separated list, dropping blanks.
