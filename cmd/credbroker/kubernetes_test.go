@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -241,11 +243,22 @@ func envValue(env []corev1.EnvVar, name string) string {
 }
 
 // runManifestPod starts the broker as the pod spec p configures it: its
-// variables, with each mounted Secret as files in a directory of the
-// test's (TLS from dev-certs), on free loopback ports.
+// variables, each volume a directory of the test's (a Secret's files as
+// kubectl create secret makes them; TLS from dev-certs), on free loopback
+// ports. Run as root, the test does what the kubelet does: the volumes
+// belong to root and the pod's fsGroup (group-writable, setgid; a
+// Secret's files readable by the group too), and the broker runs as the
+// pod's user and group.
 func runManifestPod(t *testing.T, e *e2eSetup, p corev1.PodSpec) {
 	t.Helper()
-	dir := t.TempDir()
+	dir, err := os.MkdirTemp("", "credbroker-pod")
+	if err == nil {
+		err = os.Chmod(dir, 0o755) // the pod's user walks into it
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	certs := filepath.Join(dir, "certs")
 	if out, err := exec.Command(e.bin, "dev-certs", "--dir", certs).CombinedOutput(); err != nil {
 		t.Fatalf("dev-certs: %v\n%s", err, out)
@@ -256,14 +269,32 @@ func runManifestPod(t *testing.T, e *e2eSetup, p corev1.PodSpec) {
 		"credbroker-bootstrap-admin": {"bootstrap-admin.key": adminKey},
 		"credbroker-tls":             {"tls.crt": readFile(t, filepath.Join(certs, "server.pem")), "tls.key": readFile(t, filepath.Join(certs, "server-key.pem"))},
 	}
+	sc := p.SecurityContext
+	asPod := os.Geteuid() == 0 && sc.RunAsUser != nil && sc.FSGroup != nil
+	own := func(path string, mode os.FileMode) {
+		if !asPod {
+			return
+		}
+		if err := errors.Join(os.Chown(path, 0, int(*sc.FSGroup)), os.Chmod(path, mode)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := e.bin
+	if asPod {
+		bin = filepath.Join(dir, "credbroker")
+		if out, err := exec.Command("cp", e.bin, bin).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
 	c := p.Containers[0]
 	paths := map[string]string{}
 	for _, m := range c.VolumeMounts {
 		local := filepath.Join(dir, "mounts", m.Name)
 		paths[m.MountPath] = local
-		if err := os.MkdirAll(local, 0o700); err != nil {
+		if err := os.MkdirAll(local, 0o755); err != nil {
 			t.Fatal(err)
 		}
+		own(local, os.ModeSetgid|0o775)
 		for _, v := range p.Volumes {
 			if v.Name != m.Name || v.Secret == nil {
 				continue
@@ -276,13 +307,24 @@ func runManifestPod(t *testing.T, e *e2eSetup, p corev1.PodSpec) {
 				if err := os.WriteFile(filepath.Join(local, name), []byte(body), 0o400); err != nil {
 					t.Fatal(err)
 				}
+				own(filepath.Join(local, name), 0o440)
 			}
 		}
 	}
-	cmd := exec.Command(e.bin, append(c.Args, serveOnFreePorts[1:]...)...)
+	cmd := exec.Command(bin, append(c.Args, serveOnFreePorts[1:]...)...)
 	cmd.Env = podEnv(c, paths)
-	r := startServe(t, cmd, &e.logs)
+	if asPod {
+		gid := uint32(*sc.FSGroup)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(*sc.RunAsUser), Gid: uint32(*sc.RunAsGroup), Groups: []uint32{gid}}}
+	}
+	var logs bytes.Buffer
+	r := startServe(t, cmd, &logs)
 	stopAfterOperatorsKey(t, r, filepath.Join(certs, "ca.pem"), adminKey)
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+			t.Errorf("the pod's broker warned of its setup: %s", line)
+		}
+	}
 }
 
 // podEnv is the environment of container c, with paths under its mounts

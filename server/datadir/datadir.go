@@ -117,7 +117,7 @@ func Open(cfg Config, masters *keyring.Masters) (*store.Store, *keyring.Masters,
 		return nil, nil, fmt.Errorf("--data-dir: cannot create the data directory: %w", err)
 	}
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("--data-dir: cannot make the data directory private (mode 0700): %w", err)
+		return nil, nil, fmt.Errorf("--data-dir: cannot make the data directory private (mode 0700): %w (a volume's root this user does not own? use a directory inside it, such as /data/credbroker)", err)
 	}
 	if err := unix.Access(cfg.DataDir, unix.W_OK|unix.X_OK); err != nil {
 		return nil, nil, fmt.Errorf("--data-dir %s: the data directory is not writable by this user: %w", cfg.DataDir, err)

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/credbroker/credbroker/server/internal/keyring"
 )
@@ -112,6 +114,22 @@ func syncDir(dir string) error {
 	return errors.Join(d.Sync(), d.Close())
 }
 
+// readableByOthers says whether users other than this process's own user
+// and groups may read fi: a file its group may read is fine if the group
+// is this process's (a Kubernetes Secret under the pod's fsGroup).
+func readableByOthers(fi os.FileInfo) bool {
+	perm := fi.Mode().Perm()
+	if perm&0o007 != 0 {
+		return true
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if perm&0o070 == 0 || !ok {
+		return perm&0o070 != 0
+	}
+	groups, _ := os.Getgroups()
+	return int(st.Gid) != os.Getgid() && !slices.Contains(groups, int(st.Gid))
+}
+
 // readMasterKeyFile reads the master key in path, which what (a flag)
 // names in errors.
 func readMasterKeyFile(what, path string, log *slog.Logger) (*keyring.MasterKey, error) {
@@ -121,7 +139,7 @@ func readMasterKeyFile(what, path string, log *slog.Logger) (*keyring.MasterKey,
 	} else if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	if fi, err := os.Stat(path); err == nil && readableByOthers(fi) {
 		log.Warn("master key file is readable by other users; chmod 600 it", "key_file", path, "mode", fi.Mode().Perm().String())
 	}
 	k, err := keyring.ParseMasterKey(strings.TrimSpace(string(data)))
