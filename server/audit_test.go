@@ -175,7 +175,8 @@ func TestAuditRetention(t *testing.T) {
 }
 
 // The first start creates one admin key; later starts do not. Removing the
-// last admin identity is refused.
+// last admin identity is refused, and an admin principal is one only where
+// client certificates are taken.
 func TestBootstrapAndLastAdmin(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t)
@@ -188,6 +189,13 @@ func TestBootstrapAndLastAdmin(t *testing.T) {
 	_, err = b.callers.AddAdminPrincipal(ctx, &credbrokerv1.AddAdminPrincipalRequest{Principal: "callerKeys/svc"})
 	wantCode(t, err, codes.InvalidArgument, "principal")
 	if _, err := b.callers.AddAdminPrincipal(ctx, &credbrokerv1.AddAdminPrincipalRequest{Principal: "spiffe://test/ops"}); err != nil {
+		t.Fatal(err)
+	}
+	// This broker takes no client certificates: the principal is no admin
+	// anyone can act as.
+	_, err = b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/bootstrap-admin"})
+	wantCode(t, err, codes.FailedPrecondition, "LAST_ADMIN")
+	if _, err := b.callers.CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: "ops", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_ADMIN}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.callers.RevokeCallerKey(ctx, &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/bootstrap-admin"}); err != nil {

@@ -376,6 +376,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	cs := callers.New(st, mac, time.Now, c.synced)
 	c.callers = cs
+	cs.AdminPrincipalsProve(cfg.ClientCAFile != "")
 	bootstrapKey, err := bootstrap(cfg, st, cs)
 	if err != nil {
 		return nil, err
@@ -510,7 +511,7 @@ func bootstrap(cfg Config, st *store.Store, cs *callers.Service) (secret.String,
 	case err != nil:
 		return secret.String{}, fmt.Errorf("bootstrap the first admin: %w", err)
 	case already || (key.IsZero() && cfg.BootstrapAdminPrincipal == ""):
-		cfg.Logger.Info("the database has its admins already, so no admin key is shown: the first one was shown (or read from --bootstrap-admin-key-file) when it was made; admins make more with: credbroker callers create ID --role admin")
+		return secret.String{}, recoverAdmin(cfg, cs)
 	case cfg.BootstrapAdminPrincipal != "":
 		cfg.Logger.Info("made the first admin: the client-certificate principal given", "principal", cfg.BootstrapAdminPrincipal)
 	case cfg.BootstrapAdminKey != "":
@@ -518,6 +519,24 @@ func bootstrap(cfg Config, st *store.Store, cs *callers.Service) (secret.String,
 		return secret.String{}, nil
 	}
 	return key, nil
+}
+
+// recoverAdmin, on a database that has its admins already, says so, or,
+// if no usable admin identity is left, makes the key in
+// --bootstrap-admin-key-file an admin's, or says how to.
+func recoverAdmin(cfg Config, cs *callers.Service) error {
+	id, left, err := cs.Recover(secret.New(cfg.BootstrapAdminKey), audit.Own(time.Now(), "recover_admin", "", ""))
+	switch {
+	case err != nil:
+		return fmt.Errorf("make an admin key, none being left: %w", err)
+	case id != "":
+		cfg.Logger.Warn("no usable admin identity was left: made the key in --bootstrap-admin-key-file the admin key "+callers.KeyPrincipalPrefix+id+"; make your own admin key with it, then revoke it", "admin", callers.KeyPrincipalPrefix+id)
+	case !left:
+		cfg.Logger.Error("no usable admin identity is left (every admin key is revoked or expired, and no admin principal can sign in with a certificate): restart the broker with --bootstrap-admin-key-file naming a new key you made, and it becomes an admin key")
+	default:
+		cfg.Logger.Info("the database has its admins already, so no admin key is shown: the first one was shown (or read from --bootstrap-admin-key-file) when it was made; admins make more with: credbroker callers create ID --role admin")
+	}
+	return nil
 }
 
 // BootstrapAdminKey is the admin caller key created on the first start of a

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -8,6 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -43,6 +47,40 @@ func TestBootstrapAdminKeyFile(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), key) {
 		t.Fatal("the log holds the key")
+	}
+
+	// Every admin key gone (the last one expired): a start says how to get
+	// back in, and one with a new key in the file makes it an admin's.
+	r = startBinary(t, e.bin, &e.logs, e.args...)
+	callersAPI := credbrokerv1.NewCallerServiceClient(r.connect(t, keyCreds(key)...))
+	if _, err := callersAPI.CreateCallerKey(context.Background(), &credbrokerv1.CreateCallerKeyRequest{
+		KeyId: "short", CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_ADMIN, ExpireTime: timestamppb.New(time.Now().Add(2 * time.Second))},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := callersAPI.RevokeCallerKey(context.Background(), &credbrokerv1.RevokeCallerKeyRequest{Name: "callerKeys/bootstrap-admin"}); err != nil {
+		t.Fatal(err)
+	}
+	r.stop(t)
+	time.Sleep(2 * time.Second)
+	var logs bytes.Buffer
+	r = startBinary(t, e.bin, &logs, e.args...)
+	r.stop(t)
+	if !strings.Contains(logs.String(), "no usable admin identity is left") || !strings.Contains(logs.String(), "restart the broker with --bootstrap-admin-key-file") {
+		t.Fatalf("a start with no admin left does not say how to get back in:\n%s", logs.String())
+	}
+	const newKey = "cbk_9876543210abcdefghijklmnopqrstuvwxyzABCDEFG"
+	if err := os.WriteFile(file, []byte(newKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	r = startBinary(t, e.bin, &logs, args...)
+	if _, err := credbrokerv1.NewCallerServiceClient(r.connect(t, keyCreds(newKey)...)).ListCallerKeys(context.Background(), &credbrokerv1.ListCallerKeysRequest{}); err != nil {
+		t.Fatalf("the recovery key is not an admin's: %v\n%s", err, logs.String())
+	}
+	r.stop(t)
+	if !strings.Contains(logs.String(), "no usable admin identity was left: made the key in --bootstrap-admin-key-file the admin key callerKeys/recovered-admin-") {
+		t.Fatalf("the recovery is not logged:\n%s", logs.String())
 	}
 
 	if err := os.WriteFile(file, []byte("hunter2"), 0o600); err != nil {

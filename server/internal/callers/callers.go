@@ -119,6 +119,9 @@ type Service struct {
 	// change serializes changes, so that the last-admin check and the
 	// write that depends on it happen as one step.
 	change sync.Mutex
+	// principalsProve: this broker takes client certificates, so an admin
+	// principal is an admin someone can act as (see keepAnAdmin).
+	principalsProve bool
 
 	mu     sync.RWMutex
 	byHash map[string]store.CallerKey // keyed hash (as a string) -> key record
@@ -132,6 +135,11 @@ type Service struct {
 func New(st Store, mac *keyring.MACKey, now func() time.Time, synced func(context.Context)) *Service {
 	return &Service{store: st, mac: mac, now: now, synced: synced, byHash: map[string]store.CallerKey{}, byID: map[string]store.CallerKey{}, admins: map[string]bool{}}
 }
+
+// AdminPrincipalsProve says whether this broker takes client certificates
+// (it has client CAs): without, no admin principal is an admin anyone can
+// act as, and none keeps the last admin key from being removed.
+func (s *Service) AdminPrincipalsProve(yes bool) { s.principalsProve = yes }
 
 // Load reads every caller key and admin principal, in place of those held.
 // It returns the names of those whose stored records failed their
@@ -361,13 +369,13 @@ func (s *Service) removing(id string) (store.CallerKey, store.AdminGuard, error)
 
 // keepAnAdmin refuses the removal of an admin identity (the key keyID or
 // the principal principal) that would leave no usable admin key or admin
-// principal. The store judges it on fresh reads, one removal after
+// principal (one only if client certificates can prove it). The store judges it on fresh reads, one removal after
 // another across replicas.
 func (s *Service) keepAnAdmin(keyID, principal string) store.AdminGuard {
 	return func(keys []store.CallerKey, admins []store.AdminPrincipal) error {
 		now := s.now()
 		for _, a := range admins {
-			if !a.Tampered && a.Principal != principal {
+			if !a.Tampered && a.Principal != principal && s.principalsProve {
 				return nil
 			}
 		}
@@ -493,6 +501,56 @@ func (s *Service) Bootstrap(adminPrincipal string, chosenKey secret.String, ev s
 		return secret.String{}, ignoreBootstrapped(err)
 	}
 	return secret.New(key), nil
+}
+
+// ErrKeyUsedBefore refuses a recovery key that was a caller key already.
+var ErrKeyUsedBefore = errors.New("the key in --bootstrap-admin-key-file was a caller key before (revoked or expired now): make a new one")
+
+// Recover makes chosenKey, a key the operator made, an admin caller key
+// when no usable admin identity is left (every admin key revoked or
+// expired, and no admin principal a certificate can prove), recording ev:
+// whoever holds the master key and starts the broker is never locked out
+// for good. It returns the new key's id, or "" and whether an admin is
+// left when it made none (there is one, or no key was given).
+func (s *Service) Recover(chosenKey secret.String, ev store.AuditEvent) (id string, adminLeft bool, err error) {
+	s.change.Lock()
+	defer s.change.Unlock()
+	keys, err := s.store.CallerKeys("", math.MaxInt)
+	if err != nil {
+		return "", false, err
+	}
+	admins, err := s.store.Admins("", math.MaxInt)
+	if err != nil {
+		return "", false, err
+	}
+	if s.keepAnAdmin("", "")(keys, admins) == nil {
+		return "", true, nil
+	}
+	key := chosenKey.Reveal()
+	if key == "" {
+		return "", false, nil
+	}
+	if err := CheckKeyFormat(key); err != nil {
+		return "", false, err
+	}
+	hash := s.mac.Sum(hashPurpose, key)
+	for _, k := range keys {
+		if string(k.Hash) == string(hash) {
+			return "", false, ErrKeyUsedBefore
+		}
+	}
+	now := s.now()
+	k := store.CallerKey{
+		ID: "recovered-admin-" + now.UTC().Format("20060102-150405"), Role: string(RoleAdmin), Hash: hash, CreateTime: now, Creator: ev.Principal,
+		Description: "made at start from --bootstrap-admin-key-file, when no usable admin was left",
+	}
+	ev.Resource, ev.Detail = KeyPrincipalPrefix+k.ID, "admin caller key: no usable admin identity was left"
+	if err := s.store.CreateCallerKey(k, ev); errors.Is(err, store.ErrExists) {
+		return "", false, nil // another replica made it this very second
+	} else if err != nil {
+		return "", false, err
+	}
+	return k.ID, false, nil
 }
 
 // ignoreBootstrapped is err, unless another replica bootstrapped the store

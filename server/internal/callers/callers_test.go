@@ -83,6 +83,7 @@ func (h *harness) service(t *testing.T) *callers.Service {
 			t.Errorf("synced: %v", err)
 		}
 	})
+	svc.AdminPrincipalsProve(true) // a broker with client CAs
 	if _, err := svc.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -913,5 +914,54 @@ func TestNewID(t *testing.T) {
 			t.Fatalf("NewID() = %q (seen before: %v)", id, seen[id])
 		}
 		seen[id] = true
+	}
+}
+
+// Without client CAs, an admin principal is no admin anyone can act as:
+// it does not let the last admin key go. When no usable admin is left
+// (here: the last admin key expired), Recover makes the operator's key an
+// admin key, once, and refuses a key that was a caller key before.
+func TestRecoverAnAdmin(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.svc.AdminPrincipalsProve(false)
+	boot, err := h.svc.Bootstrap("", secret.String{}, event("Bootstrap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.AddAdmin(context.Background(), "spiffe://ops/admin", admin, event("AddAdmin")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.svc.Revoke(context.Background(), callers.BootstrapKeyID, event("Revoke")); !errors.Is(err, callers.ErrLastAdmin) {
+		t.Fatalf("revoking the last admin key beside a principal no certificate can prove: %v", err)
+	}
+	operators := "cbk_" + strings.Repeat("r", 43)
+	if id, left, err := h.svc.Recover(secret.New(operators), event("recover_admin")); id != "" || !left || err != nil {
+		t.Fatalf("Recover with an admin left: %q, %v, %v", id, left, err)
+	}
+
+	h.create(t, "short", callers.RoleAdmin, h.clock.Now().Add(time.Hour))
+	if _, _, err := h.svc.Revoke(context.Background(), callers.BootstrapKeyID, event("Revoke")); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(2 * time.Hour) // the last admin key expires
+	if id, left, err := h.svc.Recover(secret.String{}, event("recover_admin")); id != "" || left || err != nil {
+		t.Fatalf("Recover with no key given: %q, %v, %v", id, left, err)
+	}
+	if _, _, err := h.svc.Recover(secret.New(boot.Reveal()), event("recover_admin")); !errors.Is(err, callers.ErrKeyUsedBefore) {
+		t.Fatalf("Recover with the revoked bootstrap key: %v", err)
+	}
+	id, _, err := h.svc.Recover(secret.New(operators), event("recover_admin"))
+	if err != nil || !strings.HasPrefix(id, "recovered-admin-") {
+		t.Fatalf("Recover: %q, %v", id, err)
+	}
+	if _, err := h.svc.Load(); err != nil {
+		t.Fatal(err)
+	}
+	if who, err := h.svc.AuthenticateKey(operators); err != nil || !who.Admin || who.Principal != callers.KeyPrincipalPrefix+id {
+		t.Fatalf("the recovered key: %+v, %v", who, err)
+	}
+	if again, left, err := h.svc.Recover(secret.New("cbk_"+strings.Repeat("s", 43)), event("recover_admin")); again != "" || !left || err != nil {
+		t.Fatalf("Recover once recovered: %q, %v, %v", again, left, err)
 	}
 }
