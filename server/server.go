@@ -226,7 +226,7 @@ func New(cfg Config) (_ *Server, err error) {
 	cfg.setDefaults()
 	tlsm, masters, err := checkConfig(cfg)
 	if err != nil {
-		return nil, err
+		return nil, &ConfigError{err}
 	}
 	var release cleanup
 	defer func() {
@@ -276,6 +276,13 @@ func bind(cfg Config, release *cleanup) (sockets, error) {
 	}
 	return s, nil
 }
+
+// ConfigError is a configuration New refused before it made or opened
+// anything: a flag's value to change.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 // checkConfig checks everything in cfg that can be checked without
 // writing, so that a bad configuration fails before New creates the data

@@ -56,19 +56,19 @@ func applyConfigFile(fs *flag.FlagSet, path string, sources configSources) error
 	}
 	m := doc.Content[0]
 	if m.Kind != yaml.MappingNode {
-		return fmt.Errorf("config file %s: want a map of flag names to values, like \"listen: 127.0.0.1:50051\"", path)
+		return &usageError{fmt.Sprintf("config file %s: want a map of flag names to values, like \"listen: 127.0.0.1:50051\"", path)}
 	}
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := m.Content[i], m.Content[i+1]
 		f := fs.Lookup(k.Value)
 		switch {
 		case f == nil || k.Value == configFlag:
-			return fmt.Errorf("config file %s, line %d: %q is not a flag of this command (see --help)", path, k.Line, k.Value)
+			return &usageError{fmt.Sprintf("config file %s, line %d: %q is not a flag of this command (see --help)", path, k.Line, k.Value)}
 		case v.Kind != yaml.ScalarNode:
-			return fmt.Errorf("config file %s, line %d: %s must be a single value", path, k.Line, k.Value)
+			return &usageError{fmt.Sprintf("config file %s, line %d: %s must be a single value", path, k.Line, k.Value)}
 		}
 		if err := f.Value.Set(v.Value); err != nil {
-			return fmt.Errorf("config file %s, line %d: %s: %w", path, k.Line, k.Value, err)
+			return &usageError{fmt.Sprintf("config file %s, line %d: %s: %v", path, k.Line, k.Value, err)}
 		}
 		sources[k.Value] = "config file"
 	}

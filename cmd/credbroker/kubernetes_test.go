@@ -106,6 +106,9 @@ func TestKubernetesManifests(t *testing.T) {
 			var pods []workload
 			for _, s := range m.statefulSets {
 				pods = append(pods, workload{s.Name, s.Spec.Selector, s.Spec.Template, *s.Spec.Replicas, claims(s.Spec.VolumeClaimTemplates)})
+				if !slices.ContainsFunc(m.services, func(svc *corev1.Service) bool { return svc.Name == s.Spec.ServiceName && svc.Spec.ClusterIP == "None" }) {
+					t.Errorf("%s: its serviceName %q is no headless Service", s.Name, s.Spec.ServiceName)
+				}
 			}
 			for _, d := range m.deployments {
 				pods = append(pods, workload{d.Name, d.Spec.Selector, d.Spec.Template, *d.Spec.Replicas, nil})
@@ -119,6 +122,11 @@ func TestKubernetesManifests(t *testing.T) {
 					return labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(w.template.Labels))
 				}) {
 					t.Errorf("%s: no Service selects its pods", w.name)
+				}
+				if w.replicas > 1 && !slices.ContainsFunc(m.services, func(s *corev1.Service) bool {
+					return s.Spec.ClusterIP == "None" && labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(w.template.Labels))
+				}) {
+					t.Errorf("%s: no headless Service gives clients every replica's address", w.name)
 				}
 				if w.replicas > 1 && !slices.ContainsFunc(m.budgets, func(b *policyv1.PodDisruptionBudget) bool {
 					return selects(t, b.Spec.Selector, w) && b.Spec.MinAvailable != nil && b.Spec.MinAvailable.IntValue() == int(w.replicas)/2+1

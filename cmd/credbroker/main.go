@@ -65,21 +65,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = restore(args[1:], stdout, stderr)
 	case "accounts", "callers", "admins", "token", "audit":
 		err = runAdmin(args[0], args[1:], stdout, stderr)
-	case "version", "--version", "-version":
-		fmt.Fprint(stdout, version.Get())
-		return 0
-	case "help", "-h", "--help":
-		usage(stdout)
+	case "version", "--version", "-version", "help", "-h", "--help":
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "credbroker: %s takes no arguments\n", args[0])
+			return 2
+		}
+		if strings.Contains(args[0], "version") {
+			fmt.Fprint(stdout, version.Get())
+		} else {
+			usage(stdout)
+		}
 		return 0
 	default:
-		fmt.Fprintf(stderr, "credbroker: unknown command %q (see: credbroker help)\n", args[0])
+		if strings.HasPrefix(args[0], "-") {
+			fmt.Fprintf(stderr, "credbroker: unknown flag %s: flags go after a command (see: credbroker help)\n", args[0])
+		} else {
+			fmt.Fprintf(stderr, "credbroker: unknown command %q (see: credbroker help)\n", args[0])
+		}
 		return 2
 	}
 	var usage *usageError
+	var config *server.ConfigError
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.As(err, &usage):
+	case errors.As(err, &usage), errors.As(err, &config):
 		fmt.Fprintln(stderr, "credbroker:", err)
 		return 2
 	case err != nil:

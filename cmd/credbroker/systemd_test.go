@@ -63,7 +63,6 @@ func TestSystemdUnit(t *testing.T) {
 		"/etc/credbroker/bootstrap-admin.key": adminKey + "\n",
 		"/etc/credbroker/tls.crt":             readFile(t, filepath.Join(certs, "server.pem")),
 		"/etc/credbroker/tls.key":             readFile(t, filepath.Join(certs, "server-key.pem")),
-		"/etc/credbroker/client-ca.pem":       readFile(t, filepath.Join(certs, "ca.pem")),
 	}
 	env := map[string]string{"CONFIGURATION_DIRECTORY": filepath.Join(dir, "etc"), "STATE_DIRECTORY": filepath.Join(dir, "state"), "CREDENTIALS_DIRECTORY": filepath.Join(dir, "credentials")}
 	for _, d := range env {

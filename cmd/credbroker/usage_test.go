@@ -27,6 +27,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"backup"}, 2, "credbroker: --out is required\n"},
 		{[]string{"accounts"}, 2, "credbroker: accounts needs a subcommand: one of "},
 		{[]string{"callers", "rm"}, 2, `credbroker: callers: unknown subcommand "rm"; choose one of: `},
+		{[]string{"serve", "--storage", "foo"}, 2, `credbroker: --storage must be bbolt or etcd, not "foo"` + "\n"},
+		{[]string{"version", "--bogus"}, 2, "credbroker: version takes no arguments\n"},
+		{[]string{"--bogus"}, 2, "credbroker: unknown flag --bogus: flags go after a command (see: credbroker help)\n"},
 		{[]string{"frobnicate"}, 2, `credbroker: unknown command "frobnicate" (see: credbroker help)` + "\n"},
 		{[]string{}, 2, "credbroker keeps third-party API credentials"},
 		{[]string{"help"}, 0, "credbroker keeps third-party API credentials"},
@@ -61,15 +64,16 @@ func TestStartErrorsNameTheFlag(t *testing.T) {
 	free := []string{"--listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--hub-listen", "127.0.0.1:0"}
 	for _, c := range []struct {
 		args []string
+		code int // 2: the configuration, refused before anything was made
 		says string
 	}{
-		{[]string{"--data-dir", filepath.Join(file, "data")}, "credbroker: --data-dir: cannot create the data directory: mkdir " + file + ": not a directory\n"},
-		{[]string{"--data-dir", filepath.Join(dir, "a"), "--master-key-file", filepath.Join(dir, "no.key")}, "credbroker: --master-key-file " + filepath.Join(dir, "no.key") + ": no such master key file\n"},
-		{[]string{"--data-dir", filepath.Join(dir, "b"), "--hub-listen", busy.Addr().String()}, "credbroker: --hub-listen " + busy.Addr().String() + ": the address is in use, by another program or another credbroker; stop it, or choose another address with --hub-listen\n"},
+		{[]string{"--data-dir", filepath.Join(file, "data")}, 1, "credbroker: --data-dir: cannot create the data directory: mkdir " + file + ": not a directory\n"},
+		{[]string{"--data-dir", filepath.Join(dir, "a"), "--master-key-file", filepath.Join(dir, "no.key")}, 2, "credbroker: --master-key-file " + filepath.Join(dir, "no.key") + ": no such master key file\n"},
+		{[]string{"--data-dir", filepath.Join(dir, "b"), "--hub-listen", busy.Addr().String()}, 1, "credbroker: --hub-listen " + busy.Addr().String() + ": the address is in use, by another program or another credbroker; stop it, or choose another address with --hub-listen\n"},
 	} {
 		var out bytes.Buffer
-		if code := run(append(append([]string{"serve"}, free...), c.args...), &out, &out); code != 1 || out.String() != c.says {
-			t.Errorf("credbroker serve %s: exit %d, printed:\n%s\nwant exit 1 and:\n%s", strings.Join(c.args, " "), code, out.String(), c.says)
+		if code := run(append(append([]string{"serve"}, free...), c.args...), &out, &out); code != c.code || out.String() != c.says {
+			t.Errorf("credbroker serve %s: exit %d, printed:\n%s\nwant exit %d and:\n%s", strings.Join(c.args, " "), code, out.String(), c.code, c.says)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "b")); err == nil {

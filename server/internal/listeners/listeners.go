@@ -60,14 +60,14 @@ func LoadTLS(certFile, keyFile, clientCAFile string, addrs ...Addr) (TLS, error)
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return TLS{}, fmt.Errorf("TLS certificate and key: %w", err)
+		return TLS{}, fmt.Errorf("--tls-cert, --tls-key: the TLS certificate and key: %w", err)
 	}
 	if clientCAFile == "" {
 		return TLS{Cert: &cert}, nil
 	}
 	pem, err := os.ReadFile(clientCAFile)
 	if err != nil {
-		return TLS{}, fmt.Errorf("client CA: %w", err)
+		return TLS{}, fmt.Errorf("--client-ca: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
