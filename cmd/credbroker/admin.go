@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -232,6 +233,9 @@ func (s *session) explain(err error) error {
 	case codes.InvalidArgument:
 		return fmt.Errorf("invalid %s", msg)
 	case codes.AlreadyExists:
+		if strings.Contains(msg, "delete") {
+			return errors.New(msg) // the broker says what to do
+		}
 		return fmt.Errorf("%s: choose another name, or delete the existing one first", msg)
 	case codes.NotFound:
 		return fmt.Errorf("%s (the list commands show what there is)", msg)

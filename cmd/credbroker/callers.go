@@ -119,6 +119,9 @@ caller keys are in credbroker callers list).`)
 		if err != nil {
 			return err
 		}
+		if len(resp.GetPrincipals()) == 0 && s.output == "table" {
+			fmt.Fprintln(s.stderr, "No client-certificate principal is an admin; admin caller keys are in: credbroker callers list")
+		}
 		return s.print(resp, func(w io.Writer) {
 			fmt.Fprintln(w, "PRINCIPAL")
 			for _, p := range resp.GetPrincipals() {

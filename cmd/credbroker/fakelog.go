@@ -6,20 +6,29 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 )
 
 // logRequests logs each request a stand-in answers: method, path (no
 // query), the client id it came with, status and outcome (an OAuth error
 // code, or what was served), so that a user can watch the broker call it
 // or not. Never a secret: no header, form value or body but the client id
-// and the error code.
-func logRequests(h http.Handler, log *slog.Logger) http.Handler {
+// and the error code, and the stand-in's own secrets (one typed into the
+// wrong field, say) are blanked out of those.
+func logRequests(h http.Handler, log *slog.Logger, secrets ...string) http.Handler {
+	var pairs []string
+	for _, s := range secrets {
+		if s != "" {
+			pairs = append(pairs, s, "[a secret]")
+		}
+	}
+	blank := strings.NewReplacer(pairs...)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(rec, r)
-		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", rec.status, "outcome", rec.outcome()}
+		attrs := []any{"method", r.Method, "path", blank.Replace(r.URL.Path), "status", rec.status, "outcome", rec.outcome()}
 		if id := clientID(r); id != "" {
-			attrs = append(attrs, "client_id", id)
+			attrs = append(attrs, "client_id", blank.Replace(id))
 		}
 		log.Info("answered", attrs...)
 	})

@@ -485,7 +485,7 @@ Never use it for anything real.`)
 	fake.SetAPIDelay(apiDelay)
 	fake.SetAPIKey(apiKey, orgID)
 	fmt.Fprintf(stdout, "fake JumpCloud token endpoint: http://%s%s (client id %q)\nfake JumpCloud API: http://%s%s\n", listen, jumpcloudfake.TokenPath, clientID, listen, jumpcloudfake.APIPath)
-	return serveFake(listen, fake, stderr)
+	return serveFake(listen, logRequests(fake, fakeLog(stderr), clientSecret, nextSecret, apiKey))
 }
 
 // fakeOAuth serves a stand-in for a provider whose users sign in by redirect.
@@ -515,13 +515,15 @@ Never use it for anything real.`)
 	fake.SetRotation(true, grace)
 	fmt.Fprintf(stdout, "fake OAuth sign-in page: http://%s%s (user %q)\nfake OAuth token endpoint: http://%s%s (client id %q)\nfake OAuth API: http://%s%s\n",
 		listen, oauthfake.AuthorizePath, user, listen, oauthfake.TokenPath, clientID, listen, oauthfake.APIPath)
-	return serveFake(listen, fake, stderr)
+	return serveFake(listen, logRequests(fake, fakeLog(stderr), clientSecret, password))
 }
 
-// serveFake serves a stand-in at listen until SIGINT or SIGTERM, logging
-// each answer to logs.
-func serveFake(listen string, fake http.Handler, logs io.Writer) error {
-	srv := &http.Server{Addr: listen, Handler: logRequests(fake, slog.New(slog.NewTextHandler(logs, nil))), ReadHeaderTimeout: 10 * time.Second}
+// fakeLog is the log of a stand-in, on w.
+func fakeLog(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// serveFake serves a stand-in at listen until SIGINT or SIGTERM.
+func serveFake(listen string, fake http.Handler) error {
+	srv := &http.Server{Addr: listen, Handler: fake, ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go func() {

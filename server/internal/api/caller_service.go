@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -69,7 +70,7 @@ func (s *callerService) RevokeCallerKey(ctx context.Context, req *credbrokerv1.R
 	c := gate.CallFrom(ctx)
 	k, changed, err := s.callers.Revoke(ctx, id, c.ChangeEvent(req.GetName(), ""))
 	if err != nil {
-		return nil, s.errs.toStatus(ctx, err)
+		return nil, s.errs.toStatus(ctx, keyNotFound(req.GetName(), err))
 	}
 	return &credbrokerv1.RevokeCallerKeyResponse{CallerKey: callerKeyProto(k, c.Time), AlreadyRevoked: !changed}, nil
 }
@@ -80,16 +81,24 @@ func (s *callerService) DeleteCallerKey(ctx context.Context, req *credbrokerv1.D
 		return nil, err
 	}
 	if !s.callers.Exists(id) {
-		return nil, callers.ErrNotFound
+		return nil, keyNotFound(req.GetName(), callers.ErrNotFound)
 	}
 	if err := s.notGranted(req.GetName(), "which a new key of this name would get"); err != nil {
 		return nil, err
 	}
 	c := gate.CallFrom(ctx)
 	if err := s.callers.Delete(ctx, id, c.ChangeEvent(req.GetName(), "")); err != nil {
-		return nil, s.errs.toStatus(ctx, err)
+		return nil, s.errs.toStatus(ctx, keyNotFound(req.GetName(), err))
 	}
 	return &credbrokerv1.DeleteCallerKeyResponse{}, nil
+}
+
+// keyNotFound names the key name in err, if err says there is no such key.
+func keyNotFound(name string, err error) error {
+	if errors.Is(err, callers.ErrNotFound) {
+		return grpcerr.New(codes.NotFound, name+": no such caller key")
+	}
+	return err
 }
 
 // notGranted refuses to free or take the name of a key whose principal

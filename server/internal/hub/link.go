@@ -37,10 +37,10 @@ type linkKind struct {
 
 var linkKinds = map[string]linkKind{
 	"jumpcloud": {Title: "a JumpCloud service account", SecretField: "client_secret",
-		Rejected: "JumpCloud rejected this Client ID and Client Secret; check both.",
+		Rejected: "JumpCloud rejected this Client ID and Client Secret; check both, and the API Region (an EU or India service account is unknown in the US region).",
 		Fields:   []string{"account_id", "display_name", "client_id", "client_secret", "region", "org_id", "secret_expires"}},
 	"jumpcloud-api-key": {Title: "a JumpCloud API key", SecretField: "api_key",
-		Rejected: "JumpCloud rejected this API key (or the Organization ID): check both, and that the key was not regenerated.",
+		Rejected: "JumpCloud rejected this API key (or the Organization ID): check both, the API Region, and that the key was not regenerated.",
 		Fields:   []string{"account_id", "display_name", "api_key", "region", "org_id"}},
 	"oauth2": {Title: "OAuth 2.0 client credentials", SecretField: "client_secret",
 		Rejected: "The token endpoint rejected this Client ID and Client Secret; check both, and the scopes.",
