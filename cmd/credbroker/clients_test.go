@@ -88,6 +88,17 @@ func TestClientExamples(t *testing.T) {
 					t.Fatalf("%s: %v\n%s", strings.Join(ex.build, " "), err, out)
 				}
 			}
+			// Misused, they say how to use them, and exit with 2.
+			for _, c := range []struct {
+				key  string
+				args []string
+				says string
+			}{{r.bootstrapKey, ex.link, "usage: "}, {r.bootstrapKey, ex.get, "usage: "}, {"", append(ex.get, "accounts/acme"), "set CREDBROKER_CALLER_KEY"}} {
+				out, err := run(c.key, "", c.args...)
+				if exitCode(err) != 2 || !strings.HasPrefix(out, c.says) {
+					t.Errorf("%s: exit %d\n%s\nwant exit 2 and %q", strings.Join(c.args, " "), exitCode(err), out, c.says)
+				}
+			}
 			id := "acme-" + ex.lang
 			out, err := run(r.bootstrapKey, "wrong-secret\n", append(ex.link, id, "e2e-client")...)
 			// Both languages print codes and states alike: as gRPC and the proto name them.
@@ -112,7 +123,7 @@ func TestClientExamples(t *testing.T) {
 			}
 			printed, err := time.Parse(time.RFC3339, m[1])
 			left, _ := strconv.Atoi(m[2])
-			if want := tok.GetExpireTime().AsTime(); err != nil || printed.Sub(want).Abs() > time.Millisecond || (time.Until(want)-time.Duration(left)*time.Second).Abs() > time.Minute {
+			if want := tok.GetExpireTime().AsTime(); err != nil || printed.Sub(want).Abs() >= time.Second || (time.Until(want)-time.Duration(left)*time.Second).Abs() > time.Minute {
 				t.Errorf("the example printed expiry %s (in %s s); the broker's token expires %s", m[1], m[2], want)
 			}
 			out, err = run(serviceKey, "", append(ex.get, "accounts/ghost")...)

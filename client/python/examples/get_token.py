@@ -62,10 +62,21 @@ def channel() -> grpc.Channel:
     return grpc.insecure_channel(target(), options)
 
 
+def caller_key_metadata() -> list:
+    """The caller key, for the authorization header of every call."""
+    key = os.environ.get("CREDBROKER_CALLER_KEY")
+    if not key:
+        print("set CREDBROKER_CALLER_KEY to a caller key", file=sys.stderr)
+        sys.exit(2)
+    return [("authorization", "Bearer " + key)]
+
+
 def main() -> int:
-    account = sys.argv[1] if len(sys.argv) > 1 else "accounts/acme"
-    # The caller key goes in the authorization header of every call.
-    auth = [("authorization", "Bearer " + os.environ["CREDBROKER_CALLER_KEY"])]
+    if len(sys.argv) != 2:
+        print("usage: get_token.py accounts/ACCOUNT_ID", file=sys.stderr)
+        return 2
+    account = sys.argv[1]
+    auth = caller_key_metadata()
     with channel() as ch:
         tokens = token_pb2_grpc.TokenServiceStub(ch)
         try:
@@ -76,7 +87,7 @@ def main() -> int:
     expires = resp.expire_time.ToDatetime(tzinfo=timezone.utc)
     left = int((expires - datetime.now(timezone.utc)).total_seconds())
     # Use resp.access_token (with resp.headers) in API calls; never print or log it.
-    print(f"{account}: {resp.token_type} token for {resp.api_base_url} expires {expires.isoformat()} (in {left} s)")
+    print(f"{account}: {resp.token_type} token for {resp.api_base_url} expires {expires.strftime('%Y-%m-%dT%H:%M:%SZ')} (in {left} s)")
     return 0
 
 

@@ -7,19 +7,21 @@ The client secret is read from standard input, never from the command line.
 The broker proves the credentials with JumpCloud before it stores them.
 """
 
-import os
 import sys
 
 import grpc
 
 from credbroker.v1 import account_pb2, account_pb2_grpc
-from get_token import channel
+from get_token import caller_key_metadata, channel
 
 
 def main() -> int:
+    if len(sys.argv) != 3:
+        print("usage: link_account.py ACCOUNT_ID CLIENT_ID (the client secret on standard input)", file=sys.stderr)
+        return 2
     account_id, client_id = sys.argv[1], sys.argv[2]
+    auth = caller_key_metadata()
     secret = sys.stdin.readline().rstrip("\r\n")
-    auth = [("authorization", "Bearer " + os.environ["CREDBROKER_CALLER_KEY"])]
     req = account_pb2.CreateAccountRequest(
         account_id=account_id,
         jumpcloud_service_account=account_pb2.JumpCloudServiceAccountCredentials(

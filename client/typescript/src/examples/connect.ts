@@ -12,7 +12,8 @@ import type { Interceptor, Transport } from "@connectrpc/connect";
 export function transport(): Transport {
   const key = process.env.CREDBROKER_CALLER_KEY;
   if (!key) {
-    throw new Error("set CREDBROKER_CALLER_KEY to a caller key");
+    console.error("set CREDBROKER_CALLER_KEY to a caller key");
+    process.exit(2);
   }
   const callerKey: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${key}`);

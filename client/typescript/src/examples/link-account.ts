@@ -9,7 +9,12 @@ import { createClient } from "@connectrpc/connect";
 import { AccountService, AccountStateSchema, Region } from "../gen/credbroker/v1/account_pb.js";
 import { refusal, transport } from "./connect.js";
 
-const [accountId, clientId] = process.argv.slice(2);
+const args = process.argv.slice(2);
+if (args.length !== 2) {
+  console.error("usage: link-account.js ACCOUNT_ID CLIENT_ID (the client secret on standard input)");
+  process.exit(2);
+}
+const [accountId, clientId] = args;
 let secret = "";
 for await (const chunk of process.stdin) {
   secret += chunk;
