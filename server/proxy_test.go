@@ -543,9 +543,10 @@ func TestProxyRefusesWhileTheAuditTrailFails(t *testing.T) {
 	}
 }
 
-// Every proxied call's audit event shows the API's path (after .../proxy),
-// whether it was forwarded, refused for its grant, or refused at the gate
-// before its grant was looked at (here: over its rate limit).
+// Every proxied call's audit event shows the API's path (after .../proxy)
+// and its account, whether it was forwarded, refused for its path, or
+// refused at the gate before its grant was looked at (here: over its rate
+// limit).
 func TestProxyEventsShowTheAPIPath(t *testing.T) {
 	t.Parallel()
 	cfg, fake, logs := newConfig(t)
@@ -554,12 +555,16 @@ func TestProxyEventsShowTheAPIPath(t *testing.T) {
 	b.linkAPIKey(t, "keyed")
 	b.grant(t, "keyed", svcPrincipal)
 	codes := map[int]int{}
-	for range cfg.Gate.RateBurst + 1 {
-		resp, _ := b.proxyCall(t, http.MethodGet, "/v1/accounts/keyed/proxy/v2/users", b.keys.svc, nil, nil)
+	for i := range cfg.Gate.RateBurst + 1 {
+		path := "/v1/accounts/keyed/proxy/v2/users"
+		if i == 0 {
+			path = "/v1/accounts/keyed/proxy/v2//users" // refused for its empty segment
+		}
+		resp, _ := b.proxyCall(t, http.MethodGet, path, b.keys.svc, nil, nil)
 		codes[resp.StatusCode]++
 	}
-	if codes[http.StatusOK] != cfg.Gate.RateBurst || codes[http.StatusTooManyRequests] != 1 {
-		t.Fatalf("answers: %v, want %d OK and one 429", codes, cfg.Gate.RateBurst)
+	if codes[http.StatusOK] != cfg.Gate.RateBurst-1 || codes[http.StatusBadRequest] != 1 || codes[http.StatusTooManyRequests] != 1 {
+		t.Fatalf("answers: %v, want %d OK, one 400 and one 429", codes, cfg.Gate.RateBurst-1)
 	}
 	events, err := b.audit.ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{Principal: svcPrincipal, PageSize: 100})
 	if err != nil {
@@ -568,11 +573,15 @@ func TestProxyEventsShowTheAPIPath(t *testing.T) {
 	seen := map[string]int{}
 	for _, ev := range events.GetEvents() {
 		seen[ev.GetCode()]++
-		if ev.GetProxyCall().GetPath() != "/v2/users" {
-			t.Errorf("a %s call's path: %q", ev.GetCode(), ev.GetProxyCall().GetPath())
+		want := "/v2/users"
+		if ev.GetCode() == "INVALID_ARGUMENT" {
+			want = "/v2//users"
+		}
+		if ev.GetProxyCall().GetPath() != want || ev.GetResource() != "accounts/keyed" {
+			t.Errorf("a %s call's event: path %q, resource %q", ev.GetCode(), ev.GetProxyCall().GetPath(), ev.GetResource())
 		}
 	}
-	if seen["OK"] != cfg.Gate.RateBurst || seen["RESOURCE_EXHAUSTED"] != 1 {
+	if seen["OK"] != cfg.Gate.RateBurst-1 || seen["INVALID_ARGUMENT"] != 1 || seen["RESOURCE_EXHAUSTED"] != 1 {
 		t.Fatalf("audited: %v", seen)
 	}
 }

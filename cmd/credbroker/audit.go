@@ -49,7 +49,9 @@ proxied call and every admin change. Tokens appear only as fingerprints.`)
 			fmt.Fprintln(w, "TIME\tPRINCIPAL\tMETHOD\tRESOURCE\tCODE\tDETAIL")
 			for _, e := range all.GetEvents() {
 				detail := e.GetDetail()
-				if p := e.GetProxyCall(); p != nil {
+				if p := e.GetProxyCall(); p != nil && p.GetStatus() == 0 {
+					detail = fmt.Sprintf("%s %s (not forwarded)", p.GetHttpMethod(), p.GetPath())
+				} else if p != nil {
 					detail = fmt.Sprintf("%s %s -> %d", p.GetHttpMethod(), p.GetPath(), p.GetStatus())
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", e.GetTime().AsTime().UTC().Format(time.DateTime), e.GetPrincipal(),

@@ -49,14 +49,14 @@ func (h *proxyHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	pc := &proxy.Call{}
 	id, path, perr := proxy.ParsePath(r.URL.EscapedPath())
 	resource := "" // named in the audit event of a refused call too
-	if perr == nil && validAccountID(id) {
+	if validAccountID(id) {
 		resource = accountPrefix + id
 	}
 	// The audit trail shows the API's path (after .../proxy) of every
 	// call, allowed or refused, and the whole path only of one that has no
 	// such form.
 	auditPath := r.URL.EscapedPath()
-	if perr == nil {
+	if path != "" {
 		auditPath = path
 	}
 	c, err := h.gate.Authorize(r, ProxyMethod, gate.Caller, proxyKeyHeader, resource)

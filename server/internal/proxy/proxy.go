@@ -95,7 +95,8 @@ const pathPrefix = "/v1/accounts/"
 // escaped upstream path below the account's API base URL (starting with
 // "/"). It refuses anything that could climb out of that base: "." and ".."
 // segments (also percent-encoded), empty segments, and encoded "/" or "\".
-// The account id is not validated here.
+// The account id is not validated here. A path refused for its segments
+// still comes back with its parts, for the refusal's audit event.
 func ParsePath(escaped string) (accountID, upstreamPath string, err error) {
 	rest, ok := strings.CutPrefix(escaped, pathPrefix)
 	if !ok {
@@ -108,7 +109,7 @@ func ParsePath(escaped string) (accountID, upstreamPath string, err error) {
 	for _, seg := range strings.Split(rest, "/") {
 		dec, err := url.PathUnescape(seg)
 		if err != nil || dec == "" || dec == "." || dec == ".." || strings.ContainsAny(dec, `/\`) {
-			return "", "", ErrBadPath
+			return accountID, "/" + rest, ErrBadPath // named in the refusal's audit event
 		}
 	}
 	return accountID, "/" + rest, nil
