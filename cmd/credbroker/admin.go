@@ -188,6 +188,15 @@ func allPages[T any](limit int, list func(pageToken string) ([]T, string, error)
 	}
 }
 
+// fieldFlags names the command-line flag (or argument) of each request
+// field an admin command fills from one, for the broker's refusals.
+var fieldFlags = map[string]string{
+	"account_id": "ID", "key_id": "ID", "name": "ID", "principal": "PRINCIPAL",
+	"http_methods": "--method", "path_prefixes": "--path-prefix", "expire_time": "--expires", "display_name": "--display-name",
+	"labels": "--label", "client_id": "--client-id", "org_id": "--org-id", "region": "--region", "token_url": "--token-url",
+	"scopes": "--scopes", "description": "--description", "secret_id": "SECRET_ID",
+}
+
 // explain turns a broker's error into one that says what to do about it.
 func (s *session) explain(err error) error {
 	st, ok := status.FromError(err)
@@ -195,7 +204,11 @@ func (s *session) explain(err error) error {
 		return err
 	}
 	var info *errdetails.ErrorInfo
+	var field string // the first field a BadRequest names
 	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 && field == "" {
+			field = br.GetFieldViolations()[0].GetField()
+		}
 		if i, ok := d.(*errdetails.ErrorInfo); ok {
 			info = i
 		}
@@ -231,6 +244,9 @@ func (s *session) explain(err error) error {
 		}
 		return fmt.Errorf("%s: %s", msg, s.denied)
 	case codes.InvalidArgument:
+		if flag := fieldFlags[field[strings.LastIndex(field, ".")+1:]]; flag != "" {
+			return fmt.Errorf("%s: invalid %s", flag, msg)
+		}
 		return fmt.Errorf("invalid %s", msg)
 	case codes.AlreadyExists:
 		if strings.Contains(msg, "delete") {

@@ -514,7 +514,8 @@ export const CallerService: GenService<{
    * DeleteCallerKey removes a key for good, revoking it if need be: it is
    * refused from its very next call, no longer listed, and its key_id may
    * be given to a new key. The audit trail keeps what the key did, and
-   * its deletion.
+   * its deletion: a new key of the same name acts under the same
+   * principal, so its events follow the deletion's in the trail.
    *
    * Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND,
    * FAILED_PRECONDITION (reason LAST_ADMIN: it is the last admin identity;
