@@ -87,7 +87,7 @@ func TestBootstrapAdminKeyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(e.bin, "serve", "--data-dir", filepath.Join(t.TempDir(), "new"), "--bootstrap-admin-key-file", file).CombinedOutput()
-	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "--bootstrap-admin-key-file: a caller key is \"cbk_\"") || strings.Contains(string(out), "hunter2") {
+	if code := exitCode(err); code != 2 || !strings.Contains(string(out), "--bootstrap-admin-key-file: a caller key is \"cbk_\"") || strings.Contains(string(out), "hunter2") {
 		t.Fatalf("a weak key: exit %d:\n%s", code, out)
 	}
 }

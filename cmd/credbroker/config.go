@@ -45,11 +45,11 @@ func configPath(args []string) string {
 func applyConfigFile(fs *flag.FlagSet, path string, sources configSources) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		return &usageError{fmt.Sprintf("--config: %v", err)}
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return &usageError{fmt.Sprintf("config file %s: %v", path, err)}
 	}
 	if len(doc.Content) == 0 {
 		return nil // empty file

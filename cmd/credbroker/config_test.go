@@ -73,13 +73,13 @@ func TestConfigFile(t *testing.T) {
 	} {
 		write(c.file)
 		errOut.Reset()
-		if code := run([]string{"serve", "--config", file}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), file) || !strings.Contains(errOut.String(), c.want) {
+		if code := run([]string{"serve", "--config", file}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), file) || !strings.Contains(errOut.String(), c.want) {
 			t.Errorf("config %q: exit %d, %s; want %q", c.file, code, errOut.String(), c.want)
 		}
 	}
 	t.Setenv("CREDBROKER_CONFIG", filepath.Join(dir, "missing.yaml"))
 	errOut.Reset()
-	if code := run([]string{"serve"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "missing.yaml") {
+	if code := run([]string{"serve"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "missing.yaml") {
 		t.Errorf("CREDBROKER_CONFIG naming a missing file: exit %d, %s", code, errOut.String())
 	}
 }

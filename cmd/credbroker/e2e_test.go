@@ -470,7 +470,7 @@ func TestServeHelpDocumentsEveryFlagsEnvironmentVariable(t *testing.T) {
 func TestEnvironmentSetsFlagsAndFlagsWin(t *testing.T) {
 	t.Setenv("CREDBROKER_LISTEN", "0.0.0.0:1")
 	var out bytes.Buffer
-	if code := run([]string{"serve"}, &out, &out); code != 1 || !strings.Contains(out.String(), `"0.0.0.0:1" is not a loopback address`) {
+	if code := run([]string{"serve"}, &out, &out); code != 2 || !strings.Contains(out.String(), `"0.0.0.0:1" is not a loopback address`) {
 		t.Fatalf("env not applied: exit %d, %s", code, out.String())
 	}
 	// A flag beats its variable: the listen address passes, and start-up
