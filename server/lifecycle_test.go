@@ -88,13 +88,12 @@ func assertReleased(t *testing.T, cfg server.Config, addrs []string, after strin
 // again, and Serve refuses a closed server.
 func TestCloseWithoutServe(t *testing.T) {
 	t.Parallel()
-	cfg, _, _ := newConfig(t)
-	cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr, cfg.HubListenAddr = freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	addrs := []string{cfg.ListenAddr, cfg.ProxyListenAddr, cfg.OpsListenAddr, cfg.HubListenAddr}
+	cfg, _, _ := newConfig(t) // every listener on a port of the system's choosing
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addrs := []string{srv.Addr().String(), srv.ProxyAddr().String(), srv.OpsAddr().String(), srv.HubAddr().String()}
 	for _, a := range addrs { // what Close must release is held
 		if !held(t, a) {
 			t.Fatalf("New does not listen on %s", a)
@@ -167,11 +166,12 @@ func TestCloseAfterAndDuringServe(t *testing.T) {
 	}
 
 	cfg := b.cfg
-	cfg.ListenAddr = freeAddr(t)
+	cfg.ListenAddr = "127.0.0.1:0"
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := srv.Addr().String()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background()) }()
 	// Serving has begun once the ops listener answers.
@@ -191,5 +191,5 @@ func TestCloseAfterAndDuringServe(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after Close")
 	}
-	assertReleased(t, cfg, []string{cfg.ListenAddr}, "Close while serving")
+	assertReleased(t, cfg, []string{addr}, "Close while serving")
 }
