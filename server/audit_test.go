@@ -217,6 +217,10 @@ func TestBootstrapAndLastAdmin(t *testing.T) {
 	// --bootstrap-admin-principal: no key; the principal is the admin.
 	cfg, _, _ := newConfig(t)
 	cfg.BootstrapAdminPrincipal = "spiffe://test/root"
+	if _, err := server.New(cfg); err == nil || !strings.Contains(err.Error(), "--bootstrap-admin-principal needs --client-ca") {
+		t.Fatalf("a first admin principal with no client certificates to prove it: %v", err)
+	}
+	withTLS(t, &cfg)
 	srv2, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)

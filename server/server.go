@@ -299,6 +299,9 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 		if cfg.BootstrapAdminKey != "" {
 			return listeners.TLS{}, nil, errors.New("--bootstrap-admin-principal and --bootstrap-admin-key-file both name the first admin: set one")
 		}
+		if cfg.ClientCAFile == "" {
+			return listeners.TLS{}, nil, errors.New("--bootstrap-admin-principal needs --client-ca: without client certificates, no one can act as that principal")
+		}
 	}
 	if k := cfg.BootstrapAdminKey; k != "" {
 		if err := callers.CheckKeyFormat(k); err != nil {
@@ -534,6 +537,10 @@ func bootstrap(cfg Config, st *store.Store, cs *callers.Service) (secret.String,
 func recoverAdmin(cfg Config, cs *callers.Service) error {
 	id, left, err := cs.Recover(secret.New(cfg.BootstrapAdminKey), audit.Own(time.Now(), "recover_admin", "", ""))
 	switch {
+	case errors.Is(err, callers.ErrKeyUsedBefore):
+		// The file's key is a stale one, kept mounted: the broker serves,
+		// and says what to do, as with no file.
+		cfg.Logger.Error("no usable admin identity is left, and " + err.Error() + ", then restart the broker")
 	case err != nil:
 		return fmt.Errorf("make an admin key, none being left: %w", err)
 	case id != "":

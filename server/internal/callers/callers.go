@@ -99,7 +99,8 @@ type Store interface {
 	CreateCallerKey(k store.CallerKey, ev store.AuditEvent) error
 	UpdateCallerKey(id string, change func(*store.CallerKey), guard store.AdminGuard, ev store.AuditEvent) (store.CallerKey, error)
 	CallerKeys(after string, limit int) ([]store.CallerKey, error)
-	DeleteCallerKey(id string, guard store.AdminGuard, ev store.AuditEvent) error
+	DeleteCallerKey(id string, hash []byte, guard store.AdminGuard, ev store.AuditEvent) error
+	KeyHashRetired(hash []byte) (bool, error)
 	PutAdmin(a store.AdminPrincipal, ev store.AuditEvent) error
 	DeleteAdmin(principal string, guard store.AdminGuard, ev store.AuditEvent) error
 	Admins(after string, limit int) ([]store.AdminPrincipal, error)
@@ -337,11 +338,11 @@ func (s *Service) Revoke(ctx context.Context, id string, ev store.AuditEvent) (K
 func (s *Service) Delete(ctx context.Context, id string, ev store.AuditEvent) error {
 	s.change.Lock()
 	defer s.change.Unlock()
-	_, guard, err := s.removing(id)
+	k, guard, err := s.removing(id)
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeleteCallerKey(id, guard, ev); err != nil {
+	if err := s.store.DeleteCallerKey(id, k.Hash, guard, ev); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return ErrNotFound
 		}
@@ -504,7 +505,7 @@ func (s *Service) Bootstrap(adminPrincipal string, chosenKey secret.String, ev s
 }
 
 // ErrKeyUsedBefore refuses a recovery key that was a caller key already.
-var ErrKeyUsedBefore = errors.New("the key in --bootstrap-admin-key-file was a caller key before (revoked or expired now): make a new one")
+var ErrKeyUsedBefore = errors.New("the key in --bootstrap-admin-key-file was a caller key before (revoked, expired or deleted now): put a new key in it")
 
 // Recover makes chosenKey, a key the operator made, an admin caller key
 // when no usable admin identity is left (every admin key revoked or
@@ -534,19 +535,26 @@ func (s *Service) Recover(chosenKey secret.String, ev store.AuditEvent) (id stri
 		return "", false, err
 	}
 	hash := s.mac.Sum(hashPurpose, key)
-	for _, k := range keys {
-		if string(k.Hash) == string(hash) {
-			return "", false, ErrKeyUsedBefore
-		}
+	retired, err := s.store.KeyHashRetired(hash)
+	if err != nil {
+		return "", false, err
 	}
+	for _, k := range keys {
+		retired = retired || string(k.Hash) == string(hash)
+	}
+	if retired {
+		return "", false, ErrKeyUsedBefore
+	}
+	// Named by the key, so that replicas recovering at once with the same
+	// file make one key.
 	now := s.now()
 	k := store.CallerKey{
-		ID: "recovered-admin-" + now.UTC().Format("20060102-150405"), Role: string(RoleAdmin), Hash: hash, CreateTime: now, Creator: ev.Principal,
+		ID: "recovered-admin-" + hex.EncodeToString(hash[:6]), Role: string(RoleAdmin), Hash: hash, CreateTime: now, Creator: ev.Principal,
 		Description: "made at start from --bootstrap-admin-key-file, when no usable admin was left",
 	}
 	ev.Resource, ev.Detail = KeyPrincipalPrefix+k.ID, "admin caller key: no usable admin identity was left"
 	if err := s.store.CreateCallerKey(k, ev); errors.Is(err, store.ErrExists) {
-		return "", false, nil // another replica made it this very second
+		return "", true, nil // another replica made it meanwhile
 	} else if err != nil {
 		return "", false, err
 	}

@@ -964,4 +964,27 @@ func TestRecoverAnAdmin(t *testing.T) {
 	if again, left, err := h.svc.Recover(secret.New("cbk_"+strings.Repeat("s", 43)), event("recover_admin")); again != "" || !left || err != nil {
 		t.Fatalf("Recover once recovered: %q, %v, %v", again, left, err)
 	}
+
+	// A key deleted is never taken again, nor made twice.
+	if _, _, err := h.svc.Revoke(context.Background(), id, event("Revoke")); !errors.Is(err, callers.ErrLastAdmin) {
+		t.Fatalf("revoking the recovered last admin: %v", err)
+	}
+	h.create(t, "later", callers.RoleAdmin, h.clock.Now().Add(time.Hour))
+	if err := h.svc.Delete(context.Background(), id, event("Delete")); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(2 * time.Hour)
+	if _, _, err := h.svc.Recover(secret.New(operators), event("recover_admin")); !errors.Is(err, callers.ErrKeyUsedBefore) {
+		t.Fatalf("Recover with a deleted key: %v", err)
+	}
+	fresh := secret.New("cbk_" + strings.Repeat("f", 43))
+	first, _, err := h.svc.Recover(fresh, event("recover_admin"))
+	if err != nil || first == "" {
+		t.Fatalf("Recover with a new key: %q, %v", first, err)
+	}
+	other := callers.New(h.store, h.mac, h.clock.Now, func(context.Context) {}) // another replica, a moment later
+	h.clock.Advance(time.Second)
+	if second, left, err := other.Recover(fresh, event("recover_admin")); second != "" || !left || err != nil {
+		t.Fatalf("a second replica's Recover with the same key: %q, %v, %v", second, left, err)
+	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"math"
 	"time"
@@ -90,10 +91,26 @@ func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), guard AdminG
 }
 
 // DeleteCallerKey removes a caller key and records its audit event, or
-// returns ErrNotFound. Removing a usable admin key passes guard (see
+// returns ErrNotFound; the keyed hash of its key stays behind (see
+// KeyHashRetired). Removing a usable admin key passes guard (see
 // AdminGuard).
-func (s *Store) DeleteCallerKey(id string, guard AdminGuard, ev AuditEvent) error {
-	return s.deleteGuarded(key(callerKeysBucket, id), guard, ev)
+func (s *Store) DeleteCallerKey(id string, hash []byte, guard AdminGuard, ev AuditEvent) error {
+	return s.deleteGuarded(key(callerKeysBucket, id), guard, ev, opOf(storage.Put(retiredKeyHash(hash), []byte(id))))
+}
+
+// KeyHashRetired says whether a deleted caller key had this keyed hash: a
+// key once deleted is never taken again.
+func (s *Store) KeyHashRetired(hash []byte) (bool, error) {
+	_, err := s.db.Get(ctx, retiredKeyHash(hash))
+	if errors.Is(err, storage.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// retiredKeyHash is where a deleted key's hash is kept.
+func retiredKeyHash(hash []byte) string {
+	return key(metaBucket, "retired-caller-key/"+hex.EncodeToString(hash))
 }
 
 // AdminGuard judges the removal of an admin identity (an admin key
@@ -157,13 +174,13 @@ func (s *Store) DeleteAdmin(principal string, guard AdminGuard, ev AuditEvent) e
 
 // deleteGuarded deletes the record at k, if it is there, passing guard,
 // with its audit event.
-func (s *Store) deleteGuarded(k string, guard AdminGuard, ev AuditEvent) error {
+func (s *Store) deleteGuarded(k string, guard AdminGuard, ev AuditEvent, more ...built) error {
 	return s.commit(func() (txn, error) {
 		r, err := s.db.Get(ctx, k)
 		if err != nil {
 			return txn{}, err
 		}
-		return s.guarded(guard, conds(storage.VersionIs(k, r.Version)), opOf(storage.Delete(k)), s.appendAudit(ev))
+		return s.guarded(guard, conds(storage.VersionIs(k, r.Version)), append([]built{opOf(storage.Delete(k)), s.appendAudit(ev)}, more...)...)
 	})
 }
 
