@@ -99,6 +99,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// noNegatives refuses a negative value of a flag that counts or times
+// something (0 means its default; only --rate-limit and
+// --etcd-history-retention give a negative value a meaning).
+func noNegatives(fs *flag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if _, counts := f.Value.(flag.Getter); counts && err == nil && f.Name != "rate-limit" && f.Name != "unauthenticated-rate-limit" && f.Name != "etcd-history-retention" &&
+			strings.HasPrefix(f.Value.String(), "-") && f.DefValue != "" && !strings.HasPrefix(f.DefValue, "-") && isNumber(f.DefValue) {
+			err = usagef(fs.Name(), "--%s must not be negative, not %s (0 means its default)", f.Name, f.Value)
+		}
+	})
+	return err
+}
+
+// isNumber says whether a flag's default is a count or a duration.
+func isNumber(v string) bool { return v != "" && (v[0] >= '0' && v[0] <= '9') }
+
 // usageError is a command line the command cannot run: an unknown command
 // or flag, a bad flag value, missing or extra arguments. It exits with 2.
 type usageError struct{ msg string }
@@ -240,6 +257,12 @@ admin".`)
 		return err
 	}
 	masterKeysFromEnv(&cfg.Config)
+	if err := noNegatives(fs); err != nil {
+		return err
+	}
+	if len(cfg.Etcd.Endpoints) > 0 && cfg.Storage != datadir.StorageEtcd {
+		return usagef("serve", "--etcd-endpoints is set, but --storage is %q: add --storage etcd, or drop the endpoints", cfg.Storage)
+	}
 	if printConfig {
 		keySource := "generated into the data directory (local use only)"
 		switch {
@@ -259,7 +282,7 @@ admin".`)
 	if bootstrapKeyFile != "" {
 		key, err := os.ReadFile(bootstrapKeyFile)
 		if err != nil {
-			return fmt.Errorf("--bootstrap-admin-key-file: %w", err)
+			return &usageError{fmt.Sprintf("--bootstrap-admin-key-file: %v", err)}
 		}
 		cfg.BootstrapAdminKey = strings.TrimSpace(string(key))
 	}
