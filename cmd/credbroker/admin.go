@@ -243,11 +243,11 @@ func (s *session) explain(err error) error {
 			return fmt.Errorf("%s: this command needs an admin caller key or admin principal", msg)
 		}
 		return fmt.Errorf("%s: %s", msg, s.denied)
-	case codes.InvalidArgument:
+	case codes.InvalidArgument: // the command line, as typed
 		if flag := fieldFlags[field[strings.LastIndex(field, ".")+1:]]; flag != "" {
-			return fmt.Errorf("%s: invalid %s", flag, msg)
+			return &usageError{fmt.Sprintf("%s: invalid %s", flag, msg)}
 		}
-		return fmt.Errorf("invalid %s", msg)
+		return &usageError{"invalid " + msg}
 	case codes.AlreadyExists:
 		if strings.Contains(msg, "delete") {
 			return errors.New(msg) // the broker says what to do

@@ -209,8 +209,8 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("accounts get --output json shows the grants as %v", g)
 	}
 	c.fails(reports[1], "", []string{"token", "get", "acme"}, "egress proxy", "GRANT_LIMITED")
-	c.fails(admin, "", []string{"accounts", "grant", "acme", "callerKeys/reports", "--method", "TRACE"}, "--method: invalid http_methods", `"TRACE" is not one of GET`)
-	c.fails(admin, "", []string{"accounts", "grant", "acme", "callerKeys/reports", "--path-prefix", "/v2/"}, "invalid path_prefixes", "empty")
+	c.misused(admin, "", []string{"accounts", "grant", "acme", "callerKeys/reports", "--method", "TRACE"}, "--method: invalid http_methods", `"TRACE" is not one of GET`)
+	c.misused(admin, "", []string{"accounts", "grant", "acme", "callerKeys/reports", "--path-prefix", "/v2/"}, "invalid path_prefixes", "empty")
 	if out := c.ok(admin, "", "accounts", "grant", "acme", "callerKeys/reports"); !regexp.MustCompile(`(?m)^GRANT\s+callerKeys/reports \(by callerKeys/bootstrap-admin\)$`).MatchString(out) {
 		t.Errorf("accounts grant without limits lifts them:\n%s", out)
 	}

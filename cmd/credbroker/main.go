@@ -355,7 +355,7 @@ CREDBROKER_NEW_MASTER_KEY (never as a flag value, which ps would show).`)
 	case newKeyFile != "":
 		data, err := os.ReadFile(newKeyFile)
 		if err != nil {
-			return fmt.Errorf("read new master key: %w", err)
+			return &usageError{fmt.Sprintf("--new-master-key-file: %v", err)}
 		}
 		newKey = string(data)
 	case newKey == "":

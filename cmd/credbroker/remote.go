@@ -37,7 +37,7 @@ func (r *remote) dial() (*client.Client, error) {
 		}
 		data, err := os.ReadFile(r.keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("read caller key: %w", err)
+			return nil, &usageError{fmt.Sprintf("--caller-key-file: %v", err)}
 		}
 		key = strings.TrimSpace(string(data))
 	}
@@ -49,17 +49,17 @@ func (r *remote) dial() (*client.Client, error) {
 	case r.caFile != "":
 		pem, err := os.ReadFile(r.caFile)
 		if err != nil {
-			return nil, fmt.Errorf("read --tls-ca: %w", err)
+			return nil, &usageError{fmt.Sprintf("--tls-ca: %v", err)}
 		}
 		roots := x509.NewCertPool()
 		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--tls-ca %s holds no PEM certificate", r.caFile)
+			return nil, &usageError{fmt.Sprintf("--tls-ca %s holds no PEM certificate", r.caFile)}
 		}
 		cfg := &tls.Config{RootCAs: roots, ServerName: r.serverName, MinVersion: tls.VersionTLS12}
 		if r.certFile != "" || r.certKeyFile != "" {
 			cert, err := tls.LoadX509KeyPair(r.certFile, r.certKeyFile)
 			if err != nil {
-				return nil, fmt.Errorf("client certificate: %w", err)
+				return nil, &usageError{fmt.Sprintf("--tls-cert, --tls-key: %v", err)}
 			}
 			cfg.Certificates = []tls.Certificate{cert}
 		}
