@@ -638,7 +638,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.log.Info(h.Name()+" listening", "addr", h.Addr().String())
 		}
 	}
-	s.log.Info("credbroker listening", "version", version.Get().Version, "commit", version.Get().Commit, "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", listeners.AuthSummary(s.cfg.TLSCertFile, s.cfg.ClientCAFile))
+	build := version.Get()
+	s.log.Info("credbroker listening", "version", build.Version, "commit", build.Commit, "addr", s.Addr().String(), "data_dir", s.cfg.DataDir, "auth", listeners.AuthSummary(s.cfg.TLSCertFile, s.cfg.ClientCAFile))
 	if s.cfg.TLSCertFile == "" {
 		s.log.Warn("serving PLAINTEXT on a loopback address: caller keys cross the connection unencrypted. Anything beyond one host needs --tls-cert and --tls-key")
 	}

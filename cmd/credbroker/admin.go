@@ -78,16 +78,16 @@ type session struct {
 // each with a name of the CLI's own (none is a serve variable; the
 // address, caller key and CA are the clients' and examples' names too).
 // A command's own flags have none.
-func cliEnv(flag string) string {
-	return map[string]string{
-		"broker":          "CREDBROKER_ADDR",
-		"caller-key-file": "CREDBROKER_CALLER_KEY_FILE",
-		"tls-ca":          "CREDBROKER_TLS_CA",
-		"tls-cert":        "CREDBROKER_CLIENT_CERT",
-		"tls-key":         "CREDBROKER_CLIENT_KEY",
-		"tls-server-name": "CREDBROKER_TLS_SERVER_NAME",
-		"output":          "CREDBROKER_CLI_OUTPUT",
-	}[flag]
+func cliEnv(flag string) string { return cliEnvNames[flag] }
+
+var cliEnvNames = map[string]string{
+	"broker":          "CREDBROKER_ADDR",
+	"caller-key-file": "CREDBROKER_CALLER_KEY_FILE",
+	"tls-ca":          "CREDBROKER_TLS_CA",
+	"tls-cert":        "CREDBROKER_CLIENT_CERT",
+	"tls-key":         "CREDBROKER_CLIENT_KEY",
+	"tls-server-name": "CREDBROKER_TLS_SERVER_NAME",
+	"output":          "CREDBROKER_CLI_OUTPUT",
 }
 
 // flags is the command's flag set with the options every admin command has.

@@ -99,22 +99,35 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// mayBeNegative are the flags a negative value means something for.
+var mayBeNegative = map[string]bool{"rate-limit": true, "unauthenticated-rate-limit": true, "etcd-history-retention": true}
+
 // noNegatives refuses a negative value of a flag that counts or times
-// something (0 means its default; only --rate-limit and
-// --etcd-history-retention give a negative value a meaning).
+// something (0 means its default).
 func noNegatives(fs *flag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if _, counts := f.Value.(flag.Getter); counts && err == nil && f.Name != "rate-limit" && f.Name != "unauthenticated-rate-limit" && f.Name != "etcd-history-retention" &&
-			strings.HasPrefix(f.Value.String(), "-") && f.DefValue != "" && !strings.HasPrefix(f.DefValue, "-") && isNumber(f.DefValue) {
+		g, ok := f.Value.(flag.Getter)
+		if err != nil || !ok || mayBeNegative[f.Name] {
+			return
+		}
+		var negative bool
+		switch v := g.Get().(type) {
+		case time.Duration:
+			negative = v < 0
+		case int:
+			negative = v < 0
+		case int64:
+			negative = v < 0
+		case float64:
+			negative = v < 0
+		}
+		if negative {
 			err = usagef(fs.Name(), "--%s must not be negative, not %s (0 means its default)", f.Name, f.Value)
 		}
 	})
 	return err
 }
-
-// isNumber says whether a flag's default is a count or a duration.
-func isNumber(v string) bool { return v != "" && (v[0] >= '0' && v[0] <= '9') }
 
 // usageError is a command line the command cannot run: an unknown command
 // or flag, a bad flag value, missing or extra arguments. It exits with 2.

@@ -99,8 +99,8 @@ func shellCommands(block string) []string {
 			} else {
 				continue
 			}
-		case regexp.MustCompile(`<<'?(\w+)'?\s*$`).MatchString(line):
-			heredocEnd = regexp.MustCompile(`<<'?(\w+)'?\s*$`).FindStringSubmatch(line)[1]
+		case hereDoc.MatchString(line):
+			heredocEnd = hereDoc.FindStringSubmatch(line)[1]
 			continue
 		}
 		if strings.HasSuffix(cur, `\`) || strings.Count(cur, "'")%2 == 1 {
@@ -113,6 +113,7 @@ func shellCommands(block string) []string {
 }
 
 var (
+	hereDoc     = regexp.MustCompile(`<<'?(\w+)'?\s*$`)
 	printedKey  = regexp.MustCompile(`cbk_[A-Za-z0-9_-]{43}`)
 	placeholder = regexp.MustCompile(`cbk_\.\.\.[^.]*\.\.\.`)
 	loopback    = regexp.MustCompile(`127\.0\.0\.1:\d+`)

@@ -92,7 +92,7 @@ func tag(version string) string {
 	if version == "" {
 		return "dev"
 	}
-	return strings.NewReplacer("+", "_").Replace(version) // a tag allows [A-Za-z0-9_.-]
+	return strings.ReplaceAll(version, "+", "_") // a tag allows [A-Za-z0-9_.-]
 }
 
 // Build returns the image.
