@@ -24,6 +24,7 @@ func TestBadConfigWritesNothing(t *testing.T) {
 		"plaintext proxy off loopback": {func(c *server.Config) { c.ProxyListenAddr = "0.0.0.0:0" }, "--proxy-listen"},
 		"plaintext ops off loopback":   {func(c *server.Config) { c.OpsListenAddr = "0.0.0.0:0" }, "--ops-listen"},
 		"listen address without port":  {func(c *server.Config) { withTLS(t, c); c.OpsListenAddr = "127.0.0.1" }, "--ops-listen"},
+		"profiles off loopback":        {func(c *server.Config) { withTLS(t, c); c.OpsListenAddr, c.Profiling = "0.0.0.0:0", true }, "--pprof"},
 		"missing TLS file":             {func(c *server.Config) { withTLS(t, c); c.TLSKeyFile += ".missing" }, "TLS certificate and key"},
 		"client CA without TLS":        {func(c *server.Config) { c.ClientCAFile = "ca.pem" }, "needs TLS"},
 		"both master key settings":     {func(c *server.Config) { c.MasterKeyFile = filepath.Join(t.TempDir(), "master.key") }, "not both"},

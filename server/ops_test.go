@@ -168,6 +168,26 @@ func TestOpsListenerTLS(t *testing.T) {
 	}
 }
 
+// Profiles are served with --pprof only, and never the command line.
+func TestProfiles(t *testing.T) {
+	t.Parallel()
+	if code, _ := startBroker(t).opsGet(t, "/debug/pprof/"); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ without --pprof: %d", code)
+	}
+	cfg, fake, logs := newConfig(t)
+	cfg.Profiling = true
+	b := startWith(t, cfg, fake, logs)
+	if code, body := b.opsGet(t, "/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Fatalf("/debug/pprof/ with --pprof: %d %.200q", code, body)
+	}
+	if code, body := b.opsGet(t, "/debug/pprof/heap?debug=1"); code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Fatalf("heap profile: %d %.200q", code, body)
+	}
+	if code, _ := b.opsGet(t, "/debug/pprof/cmdline"); code != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/cmdline: %d", code)
+	}
+}
+
 // The secret label in /metrics is keyed: whoever can scrape it cannot check
 // a guessed secret against it, as they could against the admin API's
 // secret_id (a plain SHA-256 of the secret). It stays the same across a

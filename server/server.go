@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/internal/loopback"
 	"github.com/credbroker/credbroker/internal/version"
 	"github.com/credbroker/credbroker/server/datadir"
 	"github.com/credbroker/credbroker/server/internal/accounts"
@@ -70,6 +71,12 @@ type Config struct {
 	// without asking for client certificates, and otherwise must be a
 	// loopback address. "off" disables it.
 	OpsListenAddr string
+	// Profiling serves Go's profiles (net/http/pprof: CPU, heap,
+	// goroutines, mutex and block contention, execution traces) under
+	// /debug/pprof/ on the ops listener, which must then be a loopback
+	// address: profiles ask for no credentials and show the code's hot
+	// paths, never memory's contents.
+	Profiling bool
 	// HubListenAddr serves the Hub, the admins' web pages. It serves TLS
 	// when the gRPC server does, with the same certificate, and otherwise
 	// must be a loopback address. "off" disables it.
@@ -332,6 +339,9 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 	if err := checkPublicURL(cfg.PublicURL); err != nil {
 		return listeners.TLS{}, nil, err
 	}
+	if cfg.Profiling && !loopback.Addr(cfg.OpsListenAddr) {
+		return listeners.TLS{}, nil, fmt.Errorf("--pprof needs --ops-listen on a loopback address (it is %q): profiles ask for no credentials; reach them through an SSH tunnel or kubectl port-forward", cfg.OpsListenAddr)
+	}
 	if err := hub.CheckConfig(cfg.Hub); err != nil {
 		return listeners.TLS{}, nil, err
 	}
@@ -457,7 +467,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 			listeners.HTTPOptions{ReadTimeout: 5 * time.Minute, MaxHeaderBytes: 64 << 10, Certs: certs}, cfg.Logger)
 	}
 	if socks.ops != nil {
-		s.ops = tlsm.NewHTTP("ops listener", socks.ops, ops.Handler(met, s.notReady),
+		s.ops = tlsm.NewHTTP("ops listener", socks.ops, ops.Handler(met, s.notReady, cfg.Profiling),
 			listeners.HTTPOptions{ReadTimeout: 30 * time.Second}, cfg.Logger)
 	}
 	if socks.hub != nil {

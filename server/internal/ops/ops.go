@@ -9,6 +9,7 @@ package ops
 import (
 	"encoding/hex"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,9 +20,17 @@ import (
 )
 
 // Handler serves /metrics from met, /healthz, and /readyz, which says not
-// ready, and why, while notReady returns a reason.
-func Handler(met *metrics.Metrics, notReady func() string) http.Handler {
+// ready, and why, while notReady returns a reason; with profiling, Go's
+// profiles too, under /debug/pprof/ (but for the command line, which may
+// hold what an operator typed).
+func Handler(met *metrics.Metrics, notReady func() string, profiling bool) http.Handler {
 	mux := http.NewServeMux()
+	if profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
