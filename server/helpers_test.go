@@ -109,6 +109,7 @@ func newConfig(t testing.TB) (server.Config, *jumpcloudfake.Fake, *syncBuffer) {
 	cfg.Provider.JumpCloudAPIURLUS = us.URL + jumpcloudfake.APIPath
 	cfg.Provider.JumpCloudAPIURLEU = eu.URL + jumpcloudfake.APIPath
 	cfg.Provider.Timeout = 2 * time.Second
+	cfg.Audit.JournalSegmentSize = 256 << 10 // tests write little, and start many brokers
 	return cfg, fake, logs
 }
 

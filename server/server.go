@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -181,6 +182,7 @@ type Server struct {
 	tokens       *tokens.Manager
 	mirror       *storage.Mirror
 	audit        *audit.Log
+	journal      *audit.JournalSink // nil on etcd
 	gate         *gate.Gate
 	grpc         *grpc.Server
 	health       *health.Server
@@ -421,11 +423,22 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	c.mirror = storage.NewMirror(mc, loaded)
 	var sink audit.Sink = st
+	var journal *audit.JournalSink // on bbolt: see audit.JournalSink
+	if cfg.Storage != datadir.StorageEtcd {
+		journal, err = audit.OpenJournal(filepath.Join(cfg.DataDir, datadir.AuditJournalDir), mac, st, cfg.Audit.JournalSegmentSize, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		sink = journal
+	}
 	if cfg.wrapAuditSink != nil {
 		sink = cfg.wrapAuditSink(sink)
 	}
 	ac := cfg.Audit
 	ac.Expendable, ac.Logger = api.CallEvent, cfg.Logger
+	if journal != nil {
+		ac.Flush = journal.Flush
+	}
 	al := audit.New(ac, sink, st)
 
 	hs := health.NewServer()
@@ -447,7 +460,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		now = time.Now
 	}
 	links := connect.New(st, keys, mac, now, cfg.Logger)
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, journal: journal, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links}
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
 		Store: st, DataDir: cfg.DataDir, MasterKey: masters.All()[0], Logger: cfg.Logger,
@@ -628,6 +641,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		return func() { cancel(); <-done }
 	}
 	stopMirror, stopRefresh, stopAudit := start(s.mirror.Run), start(s.tokens.Run), start(s.audit.Run)
+	stopJournal := func() {}
+	if s.journal != nil {
+		stopJournal = start(s.journal.Run)
+	}
 	stopCompact := start(func(ctx context.Context) { datadir.CompactPeriodically(ctx, s.store, s.cfg.CompactInterval, s.log) })
 	stopRefusals, stopLinks := start(s.gate.Run), start(s.links.Run)
 	stopProbe := func() {}
@@ -681,6 +698,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopProbe()
 	stopAnnounce()
 	stopAudit()
+	stopJournal() // after the audit writer's last events
 	stopRefresh()
 	stopCompact()
 	stopMirror()

@@ -216,22 +216,51 @@ func TestMain(m *testing.M) {
 }
 
 // TestKillLosesNothingAcknowledged kills the broker with SIGKILL while
-// accounts are being linked: every account whose CreateAccount returned OK
-// is there after a restart, with its token, and the store opens cleanly.
+// accounts are being linked and tokens served: every account whose
+// CreateAccount returned OK is there after a restart, with its token, the
+// store opens cleanly, and every token served has its audit event (from
+// the audit journal, on bbolt).
 func TestKillLosesNothingAcknowledged(t *testing.T) {
 	e := newE2ESetup(t)
 	bin, fake, args, logs := e.bin, e.fake, e.args, &e.logs
 	first := startBinary(t, bin, logs, args...)
 	admin := keyCreds(first.bootstrapKey)
-	firstAccounts := credbrokerv1.NewAccountServiceClient(first.connect(t, admin...))
+	firstConn := first.connect(t, admin...)
+	firstAccounts := credbrokerv1.NewAccountServiceClient(firstConn)
+	checker := createCheckerKey(t, firstConn)
+	if _, err := firstAccounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{
+		AccountId: "served",
+		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+			ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US,
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := firstAccounts.AddAccountGrant(context.Background(), &credbrokerv1.AddAccountGrantRequest{Name: "accounts/served", Principal: "callerKeys/checker"}); err != nil {
+		t.Fatal(err)
+	}
+	firstTokens := credbrokerv1.NewTokenServiceClient(first.connect(t, keyCreds(checker)...))
 
 	var (
-		mu    sync.Mutex
-		acked []string
-		wg    sync.WaitGroup
+		mu     sync.Mutex
+		acked  []string
+		served int
+		wg     sync.WaitGroup
 	)
 	killed := make(chan struct{})
 	var killOnce sync.Once
+	for range 8 {
+		wg.Go(func() {
+			for {
+				if _, err := firstTokens.GetToken(context.Background(), &credbrokerv1.GetTokenRequest{Name: "accounts/served"}); err != nil {
+					return // the broker is gone
+				}
+				mu.Lock()
+				served++
+				mu.Unlock()
+			}
+		})
+	}
 	for w := range 8 {
 		wg.Add(1)
 		go func() {
@@ -268,17 +297,28 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 	second := startBinary(t, bin, logs, args...)
 	adminConn := second.connect(t, admin...)
 	accounts := credbrokerv1.NewAccountServiceClient(adminConn)
-	tokens := credbrokerv1.NewTokenServiceClient(second.connect(t, keyCreds(createCheckerKey(t, adminConn))...))
-	// Each acknowledged account had its audit event on disk before the answer.
-	events, err := credbrokerv1.NewAuditServiceClient(adminConn).ListAuditEvents(context.Background(), &credbrokerv1.ListAuditEventsRequest{PageSize: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	audited := map[string]bool{}
-	for _, e := range events.GetEvents() {
-		if e.GetMethod() == "/credbroker.v1.AccountService/CreateAccount" && e.GetCode() == "OK" {
-			audited[e.GetResource()] = true
+	tokens := credbrokerv1.NewTokenServiceClient(second.connect(t, keyCreds(checker)...))
+	// Each acknowledged call had its audit event on disk before the answer.
+	audited, tokenEvents := map[string]bool{}, 0
+	for req := (&credbrokerv1.ListAuditEventsRequest{PageSize: 1000}); ; {
+		events, err := credbrokerv1.NewAuditServiceClient(adminConn).ListAuditEvents(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
 		}
+		for _, e := range events.GetEvents() {
+			switch {
+			case e.GetMethod() == "/credbroker.v1.AccountService/CreateAccount" && e.GetCode() == "OK":
+				audited[e.GetResource()] = true
+			case e.GetMethod() == "/credbroker.v1.TokenService/GetToken" && e.GetCode() == "OK":
+				tokenEvents++
+			}
+		}
+		if req.PageToken = events.GetNextPageToken(); req.PageToken == "" {
+			break
+		}
+	}
+	if served == 0 || tokenEvents < served {
+		t.Errorf("%d tokens served before SIGKILL, %d audit events of them after it", served, tokenEvents)
 	}
 	requests := fake.Requests()
 	for _, id := range acked {
@@ -295,7 +335,7 @@ func TestKillLosesNothingAcknowledged(t *testing.T) {
 	if fake.Requests() != requests {
 		t.Fatalf("tokens of acknowledged accounts were lost: %d new upstream requests", fake.Requests()-requests)
 	}
-	t.Logf("%d accounts acknowledged before SIGKILL, all present after restart", len(acked))
+	t.Logf("%d accounts acknowledged and %d tokens served before SIGKILL, all present and audited after restart (%d token events)", len(acked), served, tokenEvents)
 	second.stop(t)
 }
 

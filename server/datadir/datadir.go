@@ -32,6 +32,9 @@ import (
 const (
 	dbFileName        = "credbroker.db"
 	masterKeyFileName = "master.key"
+	// AuditJournalDir holds the audit events of the last moments, on
+	// bbolt, until they are indexed into the database (audit.JournalSink).
+	AuditJournalDir = "audit-journal"
 )
 
 // Config says where the data directory is and how to open it. Zero fields

@@ -182,6 +182,11 @@ func replaceDatabase(cfg Config, staged, path string) (previous string, err erro
 		if previous, err = linkAside(path, path+".before-restore-"+time.Now().UTC().Format("20060102T150405Z")); err != nil {
 			return "", fmt.Errorf("keep the current database: %w", err)
 		}
+		// The audit events its broker journaled last go with it: they
+		// belong to that database, and are indexed if it is put back.
+		if err := os.Rename(filepath.Join(cfg.DataDir, AuditJournalDir), previous+"."+AuditJournalDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("keep the current database's audit journal: %w", err)
+		}
 	}
 	if err := os.Rename(staged, path); err != nil {
 		return "", err

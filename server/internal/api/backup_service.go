@@ -41,9 +41,14 @@ func (s *backupService) Backup(_ *credbrokerv1.BackupRequest, stream grpc.Server
 		f.Close()
 		os.Remove(f.Name())
 	}()
-	// A compacted copy: live records only, never the freed pages of the
-	// database file, which may hold deleted secrets.
-	size, err := s.store.CompactTo(f.Name())
+	// Every event recorded so far, indexed; then a compacted copy: live
+	// records only, never the freed pages of the database file, which may
+	// hold deleted secrets.
+	err = s.audit.Flush()
+	var size int64
+	if err == nil {
+		size, err = s.store.CompactTo(f.Name())
+	}
 	sum := sha256.New()
 	if err == nil {
 		_, err = io.Copy(sum, f)

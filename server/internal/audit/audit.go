@@ -1,8 +1,11 @@
 // Package audit keeps the audit trail. Record makes an event durable before
 // it returns; concurrent calls share one fsync (group commit), so waiting
-// for the disk costs each caller one commit, not a queue of them. Events of
-// admin changes are written by the store in the same transaction as the
-// change. Old events are pruned by age and count.
+// for the disk costs each caller one commit, not a queue of them; while
+// calls keep coming, a batch is given CommitDelay to grow. On bbolt the
+// commit is a write to the audit journal (JournalSink), indexed into the
+// database in the background. Events of admin changes are written by the
+// store in the same transaction as the change. Old events are pruned by
+// age and count.
 package audit
 
 import (
@@ -50,8 +53,18 @@ type Config struct {
 	Expendable func(store.AuditEvent) bool
 	// PruneInterval is how often old events are deleted. Default 1m.
 	PruneInterval time.Duration
-	Now           func() time.Time
-	Logger        *slog.Logger
+	// CommitDelay is how long the writer lets a batch grow while calls
+	// keep coming (events arrived while the last batch was written), so
+	// that one write serves many. Default 1ms.
+	CommitDelay time.Duration
+	// Flush, if set, makes every event recorded so far listable: the
+	// journal's, indexed (JournalSink.Flush). List calls it first.
+	Flush func() error
+	// JournalSegmentSize is the size of the audit journal's segments, on
+	// bbolt (see JournalSink). Default: journal.DefaultSegmentSize.
+	JournalSegmentSize int64
+	Now                func() time.Time
+	Logger             *slog.Logger
 }
 
 // DefaultConfig is the configuration New uses for zero fields.
@@ -60,6 +73,7 @@ func DefaultConfig() Config {
 		MaxAge:        365 * 24 * time.Hour,
 		MaxEvents:     1_000_000,
 		PruneInterval: time.Minute,
+		CommitDelay:   time.Millisecond,
 		Now:           time.Now,
 		Logger:        slog.Default(),
 	}
@@ -75,6 +89,7 @@ type Log struct {
 	open   *batch // collecting events while the writer commits the one before
 	closed bool
 	wake   chan struct{} // tells the writer a batch is waiting
+	full   chan struct{} // tells the writer a batch need not wait for more
 	done   chan struct{} // closed when Run has returned
 
 	failing atomic.Bool // the last commit failed
@@ -89,6 +104,7 @@ func (l *Log) Failing() bool { return l.failing.Load() }
 // for all of them.
 type batch struct {
 	events []store.AuditEvent
+	full   bool // the writer was told it need not wait for more
 	done   chan struct{}
 	err    error
 }
@@ -108,10 +124,13 @@ func New(cfg Config, sink Sink, st Store) *Log {
 	if cfg.Now == nil {
 		cfg.Now = d.Now
 	}
+	if cfg.CommitDelay <= 0 {
+		cfg.CommitDelay = d.CommitDelay
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = d.Logger
 	}
-	return &Log{cfg: cfg, sink: sink, store: st, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return &Log{cfg: cfg, sink: sink, store: st, wake: make(chan struct{}, 1), full: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // Record appends evs and returns once they are on disk, or with the error
@@ -132,6 +151,13 @@ func (l *Log) Record(evs ...store.AuditEvent) error {
 		}
 	}
 	b.events = append(b.events, evs...)
+	if len(b.events) >= maxBatch && !b.full {
+		b.full = true
+		select {
+		case l.full <- struct{}{}:
+		default:
+		}
+	}
 	l.mu.Unlock()
 	<-b.done
 	return b.err
@@ -144,6 +170,9 @@ func (l *Log) Run(ctx context.Context) {
 	l.prune()
 	tick := time.NewTicker(l.cfg.PruneInterval)
 	defer tick.Stop()
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	busy := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -155,8 +184,28 @@ func (l *Log) Run(ctx context.Context) {
 		case <-tick.C:
 			l.prune()
 		case <-l.wake:
+			if busy {
+				l.gather(ctx, linger)
+			}
 			l.commit(l.take())
+			l.mu.Lock()
+			busy = l.open != nil // events came while this batch was written: more are on their way
+			l.mu.Unlock()
 		}
+	}
+}
+
+// gather gives a batch time to grow: while callers keep coming, one write
+// for many of them costs each less than a write of its own.
+func (l *Log) gather(ctx context.Context, t *time.Timer) {
+	t.Reset(l.cfg.CommitDelay)
+	select {
+	case <-t.C:
+	case <-l.full:
+		if !t.Stop() {
+			<-t.C
+		}
+	case <-ctx.Done():
 	}
 }
 
@@ -181,6 +230,9 @@ func (l *Log) commit(b *batch) {
 	close(b.done)
 }
 
+// maxBatch is the most events the writer waits for before writing.
+const maxBatch = 256
+
 // pruneStep bounds one pruning transaction.
 const pruneStep = 10_000
 
@@ -198,6 +250,14 @@ func (l *Log) prune() {
 	}
 }
 
+// Flush makes every event recorded so far listable, and part of a backup.
+func (l *Log) Flush() error {
+	if l.cfg.Flush == nil {
+		return nil
+	}
+	return l.cfg.Flush()
+}
+
 // Query selects events. Zero fields match everything.
 type Query struct {
 	Resource  string
@@ -212,6 +272,9 @@ type Query struct {
 // List returns up to q.Limit matching events, newest first, and the
 // position to continue from if more may follow (zero otherwise).
 func (l *Log) List(q Query) ([]store.AuditEvent, store.AuditPos, error) {
+	if err := l.Flush(); err != nil {
+		return nil, store.AuditPos{}, err
+	}
 	from := q.Before
 	if !q.End.IsZero() && (from.Time.IsZero() || q.End.Before(from.Time)) {
 		from = store.AuditPos{Time: q.End}

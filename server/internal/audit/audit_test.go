@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -146,4 +147,71 @@ func openStore(t *testing.T) *store.Store {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// A JournalSink's events are durable when AppendAudit returns and
+// listable after Flush; those of a process that died before indexing them
+// are indexed by the next, once, at the places they were given.
+func TestJournalSink(t *testing.T) {
+	st := openStore(t)
+	defer st.Close()
+	text, _ := keyring.GenerateMasterKey()
+	master, _ := keyring.ParseMasterKey(text)
+	mac, _, err := master.NewMACKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, quiet := filepath.Join(t.TempDir(), "journal"), slog.New(slog.NewTextHandler(io.Discard, nil))
+	js, err := OpenJournal(dir, mac, st, 64<<10, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(Config{Logger: quiet, Flush: js.Flush}, js, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := range 5 {
+		if err := l.Record(store.AuditEvent{Time: time.Now(), Resource: fmt.Sprintf("indexed-%d", i), Code: "OK"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := stored(t, st); len(got) != 0 {
+		t.Fatalf("indexed before a flush: %v", got)
+	}
+	if evs, _, err := l.List(Query{Limit: 10}); err != nil || len(evs) != 5 {
+		t.Fatalf("List: %d events, %v", len(evs), err)
+	}
+	for i := range 3 {
+		if err := l.Record(store.AuditEvent{Time: time.Now(), Resource: fmt.Sprintf("journaled-%d", i), Code: "OK"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The process dies here: the sink is never flushed or closed. The next
+	// one indexes what the journal holds, and leaves it empty; had it died
+	// before removing it, the one after would store the same events again
+	// at the same places.
+	copied := filepath.Join(t.TempDir(), "left")
+	if err := os.CopyFS(copied, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenJournal(dir, mac, st, 64<<10, quiet); err != nil {
+		t.Fatal(err)
+	}
+	if got := stored(t, st); len(got) != 8 || !got["journaled-2"] {
+		t.Fatalf("after recovery: %v", got)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 2 { // the new sink's current and spare segments
+		t.Fatalf("the journal after recovery: %v", entries)
+	}
+	if err := os.CopyFS(dir, os.DirFS(copied)); err != nil {
+		t.Fatal(err)
+	}
+	if err := RecoverJournal(dir, mac, st, quiet); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := st.ScanAudit(store.AuditPos{}, func(store.AuditPos, store.AuditEvent) bool { n++; return true }); err != nil || n != 8 {
+		t.Fatalf("%d events stored after recovering twice (%v), want 8", n, err)
+	}
 }

@@ -84,7 +84,10 @@ func (s *Store) AppendAudit(events []AuditEvent) error {
 // random start keeps the keys of replicas apart (see Store.auditSeq).
 func (s *Store) appendAudit(ev AuditEvent) built {
 	ev.Version = recordVersion
-	b := s.put(auditBucket, string(AuditPos{Time: ev.Time, Seq: s.auditSeq.Add(1)}.Bytes()), ev)
+	if ev.Seq == 0 {
+		ev.Seq = s.NextAuditSeq()
+	}
+	b := s.put(auditBucket, string(AuditPos{Time: ev.Time, Seq: ev.Seq}.Bytes()), ev)
 	b.onCommit = ev.OnCommit
 	return b
 }
@@ -120,6 +123,9 @@ func (s *Store) countAudit() error {
 	}
 	return err
 }
+
+// NextAuditSeq numbers an audit event of this process.
+func (s *Store) NextAuditSeq() uint64 { return s.auditSeq.Add(1) }
 
 // startAuditSeq starts this process's sequence numbers of audit events.
 func (s *Store) startAuditSeq() error {

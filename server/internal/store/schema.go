@@ -228,6 +228,11 @@ type AuditEvent struct {
 	// change it records (so the gate knows not to record the call again).
 	// Never stored.
 	OnCommit func() `json:"-"`
+	// Seq, if set, is the event's sequence number in its position (see
+	// AuditPos), given by NextAuditSeq before the event was journaled, so
+	// that storing it again after a crash stores it at the same place.
+	// AppendAudit numbers the events that have none.
+	Seq uint64 `json:"-"`
 }
 
 // ProxyCall is what the audit trail keeps of an egress-proxy call: never a
