@@ -354,6 +354,10 @@ func checkConfig(cfg Config) (listeners.TLS, *keyring.Masters, error) {
 	return tlsm, masters, err
 }
 
+// streamWorkers is how many calls run at once on kept goroutines; calls
+// beyond them start goroutines of their own, as without workers.
+const streamWorkers = 256
+
 // build builds the parts on the open store st and connects them; it pushes
 // what it acquires onto release.
 func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners.TLS, socks sockets, release *cleanup) (*Server, error) {
@@ -454,6 +458,10 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		grpc.Creds(tlsm.GRPCCredentials()),
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{met.GRPC.UnaryServerInterceptor()}, gt.UnaryInterceptors()...)...),
 		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{met.GRPC.StreamServerInterceptor()}, gt.StreamInterceptors()...)...),
+		// Calls run on goroutines kept from call to call, whose stacks
+		// have grown already: on a new goroutine a call's log line alone
+		// grew the stack, copied, every time (a tenth of a GetToken's CPU).
+		grpc.NumStreamWorkers(streamWorkers),
 	)...)
 	now := cfg.Hub.Now // the Hub's clock, where links are opened
 	if now == nil {

@@ -301,16 +301,18 @@ admin".`)
 		cfg.BootstrapAdminKey = strings.TrimSpace(string(key))
 	}
 
+	logs := newBatchedWriter(stderr)
+	defer logs.Close()
 	var handler slog.Handler
 	switch logFormat {
 	case "text":
-		handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel})
+		handler = slog.NewTextHandler(logs, &slog.HandlerOptions{Level: logLevel})
 	case "json":
-		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: logLevel})
+		handler = slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: logLevel})
 	default:
 		return &usageError{fmt.Sprintf("--log-format must be text or json, not %q", logFormat)}
 	}
-	cfg.Logger = slog.New(handler)
+	cfg.Logger = slog.New(flushOnWarn{handler, logs})
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

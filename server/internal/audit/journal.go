@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +16,7 @@ import (
 
 // Indexer is the storage a JournalSink indexes events into.
 type Indexer interface {
-	Sink
+	AppendAuditEncoded([]store.EncodedAuditEvent) error
 	NextAuditSeq() uint64
 }
 
@@ -32,8 +31,8 @@ type JournalSink struct {
 	log      *slog.Logger
 	interval time.Duration
 
-	mu      sync.Mutex         // serializes writes to the journal
-	pending []store.AuditEvent // journaled, not yet indexed
+	mu      sync.Mutex                // serializes writes to the journal
+	pending []store.EncodedAuditEvent // journaled, not yet indexed
 
 	indexMu sync.Mutex        // one indexing at a time
 	indexed []journal.Segment // cut, and held until their events are indexed
@@ -72,7 +71,7 @@ func RecoverJournal(dir string, mac *keyring.MACKey, st Indexer, log *slog.Logge
 	for _, u := range r.Unreadable {
 		log.Warn("the audit journal ends with a record that is not whole or not authentic: the last write before a crash (its callers never got an answer), or an edit on disk; the records before it are kept", "segment", u)
 	}
-	evs := make([]store.AuditEvent, 0, len(r.Records))
+	evs := make([]store.EncodedAuditEvent, 0, len(r.Records))
 	for _, rec := range r.Records {
 		ev, err := decodeJournaled(rec)
 		if err != nil {
@@ -81,7 +80,7 @@ func RecoverJournal(dir string, mac *keyring.MACKey, st Indexer, log *slog.Logge
 		evs = append(evs, ev)
 	}
 	if len(evs) > 0 {
-		if err := st.AppendAudit(evs); err != nil {
+		if err := st.AppendAuditEncoded(evs); err != nil {
 			return fmt.Errorf("index the audit journal: %w", err)
 		}
 		log.Info("indexed the audit events the last run journaled", "events", len(evs))
@@ -91,23 +90,26 @@ func RecoverJournal(dir string, mac *keyring.MACKey, st Indexer, log *slog.Logge
 
 // AppendAudit journals evs: they are durable when it returns.
 func (s *JournalSink) AppendAudit(evs []store.AuditEvent) error {
+	encoded := make([]store.EncodedAuditEvent, len(evs))
 	recs := make([][]byte, len(evs))
-	for i := range evs {
-		if evs[i].Seq == 0 {
-			evs[i].Seq = s.st.NextAuditSeq()
+	for i, ev := range evs {
+		seq := ev.Seq
+		if seq == 0 {
+			seq = s.st.NextAuditSeq()
 		}
-		rec, err := encodeJournaled(evs[i])
+		data, err := store.EncodeAuditEvent(ev)
 		if err != nil {
 			return err
 		}
-		recs[i] = rec
+		encoded[i] = store.EncodedAuditEvent{Pos: store.AuditPos{Time: ev.Time, Seq: seq}, JSON: data}
+		recs[i] = append(encoded[i].Pos.Bytes(), data...)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.journal.Append(recs); err != nil {
 		return err
 	}
-	s.pending = append(s.pending, evs...)
+	s.pending = append(s.pending, encoded...)
 	return nil
 }
 
@@ -122,7 +124,7 @@ func (s *JournalSink) Flush() error {
 	s.mu.Unlock()
 	s.indexed = append(s.indexed, cut...)
 	if err == nil && len(evs) > 0 {
-		err = s.st.AppendAudit(evs)
+		err = s.st.AppendAuditEncoded(evs)
 	}
 	if err != nil {
 		s.mu.Lock()
@@ -165,24 +167,12 @@ func (s *JournalSink) Run(ctx context.Context) {
 	}
 }
 
-// A journaled event is its sequence number (8 bytes, big-endian) and its
-// JSON.
-func encodeJournaled(ev store.AuditEvent) ([]byte, error) {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return nil, err
+// A journaled event is its position (store.AuditPos.Bytes) and its JSON
+// (store.EncodeAuditEvent).
+func decodeJournaled(rec []byte) (store.EncodedAuditEvent, error) {
+	pos, ok := store.ParseAuditPos(rec[:min(len(rec), 16)])
+	if !ok || !json.Valid(rec[16:]) {
+		return store.EncodedAuditEvent{}, errors.New("a record that is not an event")
 	}
-	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(data)), ev.Seq), data...), nil
-}
-
-func decodeJournaled(rec []byte) (store.AuditEvent, error) {
-	var ev store.AuditEvent
-	if len(rec) < 8 {
-		return ev, errors.New("a record too short to be an event")
-	}
-	if err := json.Unmarshal(rec[8:], &ev); err != nil {
-		return ev, err
-	}
-	ev.Seq = binary.BigEndian.Uint64(rec)
-	return ev, nil
+	return store.EncodedAuditEvent{Pos: pos, JSON: rec[16:]}, nil
 }

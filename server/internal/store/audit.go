@@ -3,6 +3,7 @@ package store
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -46,25 +47,53 @@ func auditPos(k []byte) AuditPos {
 // AppendAudit stores events: in one transaction, one fsync for the batch,
 // unless there are more than the engine takes in one.
 func (s *Store) AppendAudit(events []AuditEvent) error {
-	// Sealed once, under the key of the check value's version read first;
-	// sealed again only if that changed (a rotation) before the commit.
+	return s.appendAll(len(events), func(i int) built { return s.appendAudit(events[i]) })
+}
+
+// EncodedAuditEvent is an event as AppendAuditEncoded stores it: encoded
+// once by EncodeAuditEvent (for the audit journal, say), at its position.
+type EncodedAuditEvent struct {
+	Pos  AuditPos
+	JSON []byte
+}
+
+// EncodeAuditEvent encodes ev as AppendAuditEncoded stores it.
+func EncodeAuditEvent(ev AuditEvent) ([]byte, error) {
+	ev.Version = recordVersion
+	return json.Marshal(ev)
+}
+
+// AppendAuditEncoded stores encoded events as AppendAudit stores events.
+func (s *Store) AppendAuditEncoded(events []EncodedAuditEvent) error {
+	return s.appendAll(len(events), func(i int) built {
+		k := events[i].Pos.Bytes()
+		return built{op: storage.Put(key(auditBucket, string(k)), s.masters.SealRecord(auditBucket, k, events[i].JSON))}
+	})
+}
+
+// appendAll stores the n events that build makes, sealed once under the
+// key of the check value's version read first; sealed again only if that
+// changed (a rotation) before the commit.
+func (s *Store) appendAll(n int, build func(i int) built) error {
 	sealedAt := s.keyCheck.Load()
-	bs := make([]built, len(events))
-	all := make([]storage.Op, len(events))
-	for i, ev := range events {
-		if bs[i] = s.appendAudit(ev); bs[i].err != nil {
+	bs := make([]built, n)
+	all := make([]storage.Op, n)
+	for i := range n {
+		if bs[i] = build(i); bs[i].err != nil {
 			return bs[i].err
 		}
 		all[i] = bs[i].op
 	}
+	first := 0
 	for _, chunk := range s.db.Limits().Chunks(all) {
-		batch, sealed := events[:len(chunk)], bs[:len(chunk)]
-		events, bs = events[len(chunk):], bs[len(chunk):]
+		from, to := first, first+len(chunk)
+		first = to
+		sealed := bs[from:to]
 		err := s.commit(func() (txn, error) {
 			if sealed == nil || s.keyCheck.Load() != sealedAt {
-				sealed = make([]built, len(batch))
-				for i, ev := range batch {
-					sealed[i] = s.appendAudit(ev)
+				sealed = make([]built, to-from)
+				for i := range sealed {
+					sealed[i] = build(from + i)
 				}
 			}
 			t, err := ops(nil, sealed...)
