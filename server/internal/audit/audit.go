@@ -85,12 +85,14 @@ type Log struct {
 	sink  Sink
 	store Store
 
-	mu     sync.Mutex
-	open   *batch // collecting events while the writer commits the one before
-	closed bool
-	wake   chan struct{} // tells the writer a batch is waiting
-	full   chan struct{} // tells the writer a batch need not wait for more
-	done   chan struct{} // closed when Run has returned
+	mu      sync.Mutex
+	open    *batch         // collecting events while a commit is under way
+	writing bool           // a commit is under way, by the writer or a caller (Record)
+	leaders sync.WaitGroup // callers committing their own batch
+	closed  bool
+	wake    chan struct{} // tells the writer a batch is waiting
+	full    chan struct{} // tells the writer a batch need not wait for more
+	done    chan struct{} // closed when Run has returned
 
 	failing atomic.Bool // the last commit failed
 }
@@ -135,6 +137,9 @@ func New(cfg Config, sink Sink, st Store) *Log {
 
 // Record appends evs and returns once they are on disk, or with the error
 // that kept them off. The caller must not answer its own caller before then.
+// When no commit is under way the caller commits its batch itself, which
+// spares it the writer's wake-up; otherwise its events join the next
+// batch, which the writer commits when the one under way is done.
 func (l *Log) Record(evs ...store.AuditEvent) error {
 	l.mu.Lock()
 	if l.closed {
@@ -145,12 +150,17 @@ func (l *Log) Record(evs ...store.AuditEvent) error {
 	if b == nil {
 		b = &batch{done: make(chan struct{})}
 		l.open = b
-		select {
-		case l.wake <- struct{}{}:
-		default: // the writer has been told already
-		}
 	}
 	b.events = append(b.events, evs...)
+	if !l.writing {
+		l.writing, l.open = true, nil
+		l.leaders.Add(1)
+		l.mu.Unlock()
+		l.commit(b)
+		l.doneWriting()
+		l.leaders.Done()
+		return b.err
+	}
 	if len(b.events) >= maxBatch && !b.full {
 		b.full = true
 		select {
@@ -163,8 +173,23 @@ func (l *Log) Record(evs ...store.AuditEvent) error {
 	return b.err
 }
 
-// Run commits batches, one transaction each, and prunes old events, until
-// ctx ends. Events recorded by then are still written; later ones fail.
+// doneWriting ends a commit; if events came meanwhile, the writer commits
+// them next.
+func (l *Log) doneWriting() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.writing = false
+	if l.open != nil {
+		select {
+		case l.wake <- struct{}{}:
+		default: // the writer has been told already
+		}
+	}
+}
+
+// Run commits the batches that form while a commit is under way, giving
+// each CommitDelay to grow, and prunes old events, until ctx ends. Events
+// recorded by then are still written; later ones fail.
 func (l *Log) Run(ctx context.Context) {
 	defer close(l.done)
 	l.prune()
@@ -172,25 +197,27 @@ func (l *Log) Run(ctx context.Context) {
 	defer tick.Stop()
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
-	busy := false
 	for {
 		select {
 		case <-ctx.Done():
 			l.mu.Lock()
 			l.closed = true
 			l.mu.Unlock()
+			l.leaders.Wait()
 			l.commit(l.take())
 			return
 		case <-tick.C:
 			l.prune()
 		case <-l.wake:
-			if busy {
-				l.gather(ctx, linger)
-			}
-			l.commit(l.take())
 			l.mu.Lock()
-			busy = l.open != nil // events came while this batch was written: more are on their way
+			start := !l.writing && l.open != nil
+			l.writing = l.writing || start
 			l.mu.Unlock()
+			if start {
+				l.gather(ctx, linger) // callers are coming: one write for many costs each less
+				l.commit(l.take())
+				l.doneWriting()
+			}
 		}
 	}
 }

@@ -310,19 +310,20 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 	if c.throttled || !g.log.Enabled(context.Background(), slog.LevelInfo) {
 		return // spare the busiest paths building a line nobody reads
 	}
-	attrs := []any{"principal", c.Principal, "method", c.Method, "account", c.Resource, "code", grpcerr.CodeName(code),
-		"latency_ms", float64(time.Since(c.started).Microseconds()) / 1000, "peer", c.Peer}
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs, slog.String("principal", c.Principal), slog.String("method", c.Method), slog.String("account", c.Resource),
+		slog.String("code", grpcerr.CodeName(code)), slog.Float64("latency_ms", float64(time.Since(c.started).Microseconds())/1000), slog.String("peer", c.Peer))
 	if c.Fingerprint != "" {
-		attrs = append(attrs, "token_fingerprint", c.Fingerprint)
+		attrs = append(attrs, slog.String("token_fingerprint", c.Fingerprint))
 	}
 	if c.Detail != "" {
-		attrs = append(attrs, "detail", c.Detail)
+		attrs = append(attrs, slog.String("detail", c.Detail))
 	}
 	if p := c.Proxy; p != nil {
 		attrs = append(attrs, slog.Group("proxy", "http_method", p.HTTPMethod, "path", p.Path, "status", p.Status,
 			"request_bytes", p.RequestBytes, "response_bytes", p.ResponseBytes))
 	}
-	g.log.Info("request", attrs...)
+	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }
 
 // ErrStorageUnavailable refuses every call while the storage is out of

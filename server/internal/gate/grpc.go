@@ -72,8 +72,7 @@ func peerAddress(ctx context.Context) string {
 
 // authorizationHeader is a gRPC call's "authorization" metadata, or "".
 func authorizationHeader(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("authorization"); len(v) > 0 {
+	if v := metadata.ValueFromIncomingContext(ctx, "authorization"); len(v) > 0 {
 		return v[0]
 	}
 	return ""
