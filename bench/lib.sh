@@ -1,6 +1,7 @@
 # Shared by the bench scripts: a work directory (on disk, not tmpfs, so
 # audit fsyncs cost what they cost in production) holding the built
-# binaries, and a cleanup that stops every process started into $pids.
+# binaries, a cleanup that stops every process started into $pids, the
+# CPU a process has used, and the figures each script measures.
 work=$(mktemp -d "${BENCH_DIR:-$PWD}/.bench-XXXXXX")
 pids=()
 cleanup() {
@@ -12,3 +13,33 @@ trap cleanup EXIT
 
 go build -o "$work/credbroker" ./cmd/credbroker
 go build -o "$work/grpcurl" github.com/fullstorydev/grpcurl/cmd/grpcurl
+
+# cpu_us PID...: the CPU time (user and system) the processes have used, in µs.
+ticks=$(getconf CLK_TCK)
+cpu_us() {
+	local total=0 p
+	for p in "$@"; do
+		total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+	done
+	echo $((total * 1000000 / ticks))
+}
+
+# figure ID DESCRIPTION VALUE TARGET MET: prints a measured figure beside its
+# target and, if BENCH_RESULTS names a file, adds it there as a line of
+# tab-separated fields (bench/table turns the file into the README's table).
+figure() {
+	printf '%-58s %14s   target %-16s %s\n' "$2" "$3" "$4" "$5"
+	if [ -n "${BENCH_RESULTS:-}" ]; then
+		printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$BENCH_RESULTS"
+	fi
+}
+
+# meets VALUE OP LIMIT: "met" or "NOT met" (OP is <= or >=).
+meets() {
+	awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN { ok = (op == "<=") ? v <= l : v >= l; print ok ? "met" : "NOT met" }'
+}
+
+# median X...: the median of numbers.
+median() {
+	printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
