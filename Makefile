@@ -62,16 +62,22 @@ check-generated:
 
 # Go benchmarks (client TokenSource, the broker's cache hit, one durable
 # audit commit, GetToken against the health check over mTLS in-process,
-# proxied GETs against direct ones in-process), then GetToken against the
-# health check from another process with ghz, over mTLS and with a caller
-# key (bench/ghz.sh), and proxied GETs against direct ones with hey
-# (bench/proxy.sh), and 3 replicas on a 3-member etcd cluster against one
-# broker on bbolt (bench/cluster.sh).
+# proxied GETs against direct ones in-process), then the figures the
+# README's performance table shows, each beside its target: GetToken
+# against the health check (bench/gettoken.sh), the egress proxy against a
+# bare reverse-proxy hop (bench/proxy.sh), and 3 replicas on a 3-member
+# etcd cluster against one broker on bbolt (bench/cluster.sh). They are
+# written to bench/results.tsv, with the machine they were measured on,
+# and the README's table is written from that file (bench/table).
+BENCH_RESULTS := $(CURDIR)/bench/results.tsv
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./client/ ./server/internal/tokens/ ./server/internal/store/ ./server/
-	bash bench/ghz.sh
-	bash bench/proxy.sh
-	bash bench/cluster.sh
+	printf '# machine\t%s, %s cores, %s\n' "$$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" "$$(nproc)" "$$($(GO) env GOVERSION)" >$(BENCH_RESULTS).new
+	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/gettoken.sh
+	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/proxy.sh
+	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/cluster.sh
+	mv $(BENCH_RESULTS).new $(BENCH_RESULTS)
+	$(GO) run ./bench/table
 
 # A static binary stamped with its version (the git tag, vX.Y.Z, or
 # "dev"), commit and build date; `credbroker version` prints them.

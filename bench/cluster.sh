@@ -127,6 +127,7 @@ measure() {
 		local used=0
 		for p in ${g#*=}; do used=$((used + $(cpu "$p") - before[$p])); done
 		line+=$(awk -v u="$used" -v t="$ticks" -v n="$requests" -v g="${g%%=*}" 'BEGIN { printf "  %s %.3f ms", g, u / t * 1000 / n }')
+		awk -v u="$used" -v t="$ticks" -v n="$requests" -v l="$label" -v g="${g%%=*}" 'BEGIN { printf "%s|%s|%.0f\n", l, g, u / t * 1e6 / n }' >>"$work/cpu"
 	done
 	echo "$line"
 	echo "$label $(awk -v n="$requests" -v s="$start" -v e="$end" 'BEGIN { print n / (e - s) }')" >>"$work/rates"
@@ -184,3 +185,9 @@ upstream() {
 	echo "$n"
 }
 echo "token requests sent upstream for the account: bbolt $(upstream "$base"), 3 replicas on etcd $(upstream $((base + 10)) $((base + 20)) $((base + 30))) (linking fetches the first)"
+
+# The last round's CPU per call, as figures.
+cpu_of() { awk -F'|' -v l="$1" -v g="$2" '$1 == l && $2 == g { v = $3 } END { print v }' "$work/cpu"; }
+echo
+figure cluster_gettoken_cpu "GetToken CPU per call: 3 replicas on etcd, each / bbolt" "$(cpu_of "GetToken, 3 on etcd" replicas) / $(cpu_of "GetToken, bbolt" broker) µs" "" "(etcd: $(cpu_of "GetToken, 3 on etcd" etcd) µs)"
+figure cluster_proxy_cpu "Proxied GET CPU per call: 3 replicas on etcd, each / bbolt" "$(cpu_of "proxied GET, 3 on etcd" replicas) / $(cpu_of "proxied GET, bbolt" broker) µs" "" "(etcd: $(cpu_of "proxied GET, 3 on etcd" etcd) µs)"
