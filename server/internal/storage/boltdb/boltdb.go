@@ -24,6 +24,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -66,6 +67,11 @@ type DB struct {
 	// is the latest committed revision.
 	writeMu sync.Mutex
 	rev     storage.Revision
+	// queue holds the transactions waiting for the commit under way
+	// (committing) to end, to be committed together (see group).
+	queueMu    sync.Mutex
+	queue      []*pending
+	committing bool
 	// logs are the kinds whose pages are filled whole (see Open).
 	logs    map[string]bool
 	history history
@@ -329,7 +335,7 @@ func (d *DB) Txn(ctx context.Context, conds []storage.Cond, ops []storage.Op) (s
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	return d.commit(func(tx *bolt.Tx, w *writes) error {
+	return d.group(func(tx *bolt.Tx, w *writes) error {
 		for _, c := range conds {
 			v, err := get(tx, c.Key)
 			if err != nil {
@@ -397,39 +403,129 @@ func (w *writes) apply(tx *bolt.Tx, op storage.Op) error {
 // its buckets: no extra page is written), and adds the change to the
 // history once committed.
 func (d *DB) commit(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) {
+	return d.commitBatch([]*pending{{fn: fn}})[0].result()
+}
+
+// pending is a transaction waiting to be committed with others (see
+// group): its function, and once done, its revision or error.
+type pending struct {
+	fn   func(*bolt.Tx, *writes) error
+	rev  storage.Revision
+	err  error
+	done chan struct{}
+	lead bool // woken to commit the queue, not because it is done
+}
+
+func (p *pending) result() (storage.Revision, error) { return p.rev, p.err }
+
+// group commits fn together with the transactions of other callers that
+// wait meanwhile: one bbolt transaction, and so one pair of fsyncs, for
+// all of them, each with a revision of its own, in the order they came.
+// The first caller commits; callers that come while a commit is under way
+// queue, and the first of them commits the queue next.
+func (d *DB) group(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) {
+	p := &pending{fn: fn, done: make(chan struct{}, 1)}
+	d.queueMu.Lock()
+	d.queue = append(d.queue, p)
+	lead := !d.committing
+	d.committing = true
+	d.queueMu.Unlock()
+	if !lead {
+		<-p.done
+		if !p.lead {
+			return p.result()
+		}
+	}
+	d.queueMu.Lock()
+	batch := d.queue
+	d.queue = nil
+	d.queueMu.Unlock()
+	d.commitBatch(batch)
+	d.queueMu.Lock()
+	if len(d.queue) > 0 {
+		next := d.queue[0]
+		next.lead = true
+		next.done <- struct{}{}
+	} else {
+		d.committing = false
+	}
+	d.queueMu.Unlock()
+	for _, q := range batch {
+		if q != p {
+			q.done <- struct{}{}
+		}
+	}
+	return p.result()
+}
+
+// commitBatch commits the transactions of batch in one bbolt transaction,
+// each with the next revision, and enters their changes into the history.
+// A transaction whose conditions do not hold changes nothing and gets its
+// error; if any other error stops one, the batch is undone and each is
+// committed alone, so that the error fails only its own transaction.
+func (d *DB) commitBatch(batch []*pending) []*pending {
+	if err := d.commitOnce(batch); errors.Is(err, errStopped) && len(batch) > 1 {
+		for _, p := range batch {
+			d.commitOnce([]*pending{p})
+		}
+	}
+	return batch
+}
+
+// errStopped: a transaction of a batch failed, and the batch was undone.
+var errStopped = errors.New("a transaction of the batch failed")
+
+func (d *DB) commitOnce(batch []*pending) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
-	change := storage.Change{Revision: d.rev + 1}
-	wrote := false
+	var changes []storage.Change
 	err := d.update(func(tx *bolt.Tx) error {
-		w := writes{logs: d.logs}
-		if err := fn(tx, &w); err != nil {
-			return err
-		}
-		if !w.wrote {
-			return nil
-		}
-		if w.shred {
-			meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
-			if err != nil {
+		rev := d.rev
+		changes = changes[:0]
+		for _, p := range batch {
+			w := writes{logs: d.logs}
+			p.rev, p.err = rev, p.fn(tx, &w)
+			if p.err != nil {
+				if w.wrote || !errors.Is(p.err, storage.ErrConflict) || len(batch) == 1 {
+					return errStopped
+				}
+				continue // it changed nothing
+			}
+			if !w.wrote {
+				continue
+			}
+			if w.shred {
+				meta, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
+				if err != nil {
+					return err
+				}
+				if err := meta.Put([]byte(compactPendingKey), []byte("1")); err != nil {
+					return err
+				}
+			}
+			rev++
+			p.rev = rev
+			changes = append(changes, storage.Change{Revision: rev, Events: w.events})
+			if err := tx.Bucket(w.last).SetSequence(uint64(rev)); err != nil {
 				return err
 			}
-			if err := meta.Put([]byte(compactPendingKey), []byte("1")); err != nil {
-				return err
-			}
 		}
-		change.Events, wrote = w.events, true
-		return tx.Bucket(w.last).SetSequence(uint64(change.Revision))
+		return nil
 	})
 	if err != nil {
-		return 0, err
+		for _, p := range batch {
+			p.rev = 0
+			if !errors.Is(err, errStopped) { // else its own error stands (or it is committed alone next)
+				p.err = err
+			}
+		}
+		return err
 	}
-	if !wrote {
-		return d.rev, nil
+	for _, c := range changes {
+		d.rev = c.Revision
+		d.history.add(c)
 	}
-	d.rev = change.Revision
-	d.history.add(change)
-	return change.Revision, nil
+	return nil
 }
 
 // put writes one record. A log's bucket fills its pages whole: its
@@ -468,4 +564,23 @@ func syncDir(dir string) error {
 		return err
 	}
 	return errors.Join(d.Sync(), d.Close())
+}
+
+// ReleasePages tells the kernel this process no longer needs the pages of
+// the database file it has read (madvise MADV_DONTNEED on the read-only
+// mapping): they stay in the page cache, and a later read maps them again.
+// A start reads every account once; without this the whole file would
+// stay in the broker's resident memory.
+func (d *DB) ReleasePages() error {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	fi, err := os.Stat(d.path)
+	if err != nil {
+		return err
+	}
+	info := d.db.Info()
+	if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, info.Data, uintptr(fi.Size()), syscall.MADV_DONTNEED); errno != 0 {
+		return fmt.Errorf("release the database's pages: %w", errno)
+	}
+	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,4 +114,70 @@ func containsFile(t *testing.T, path string, b []byte) bool {
 		t.Fatalf("read %s: %d bytes, %v", path, len(data), err)
 	}
 	return bytes.Contains(data, b)
+}
+
+// Transactions made at once are committed together, each as if alone: in
+// one order, each with a revision of its own, a watch seeing each change
+// once in that order; of those whose conditions exclude each other, one
+// commits and the others get ErrConflict, and change nothing.
+func TestConcurrentTransactionsCommitAsIfAlone(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := openTest(t, filepath.Join(t.TempDir(), "credbroker.db"))
+	defer d.Close()
+	watch := d.Watch(ctx, "kind/", 0)
+	const callers, each = 32, 20
+	revs := make(chan storage.Revision, callers*each)
+	won := make(chan int, callers)
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Go(func() {
+			for i := range each {
+				rev, err := d.Txn(ctx, []storage.Cond{storage.VersionIs(fmt.Sprintf("kind/%d-%d", c, i), storage.Absent)},
+					[]storage.Op{storage.Put(fmt.Sprintf("kind/%d-%d", c, i), []byte("v"))})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				revs <- rev
+			}
+			_, err := d.Txn(ctx, []storage.Cond{storage.VersionIs("kind/shared", storage.Absent)}, []storage.Op{storage.Put("kind/shared", fmt.Appendf(nil, "%d", c))})
+			switch {
+			case err == nil:
+				won <- c
+			case !errors.Is(err, storage.ErrConflict):
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	close(revs)
+	close(won)
+	seen := map[storage.Revision]bool{}
+	for r := range revs {
+		if seen[r] {
+			t.Fatalf("revision %d given twice", r)
+		}
+		seen[r] = true
+	}
+	winner, ok := <-won
+	if _, again := <-won; !ok || again {
+		t.Fatal("the shared key was created by none, or more than one")
+	}
+	if r, err := d.Get(ctx, "kind/shared"); err != nil || string(r.Value) != fmt.Sprint(winner) {
+		t.Fatalf("the shared key: %q, %v; want the winner's %d", r.Value, err, winner)
+	}
+	want := storage.Revision(callers*each + 1)
+	var last storage.Revision
+	for last < want {
+		select {
+		case ch := <-watch:
+			if ch.Revision != last+1 || len(ch.Events) != 1 {
+				t.Fatalf("change %+v after revision %d", ch, last)
+			}
+			last = ch.Revision
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the watch stopped at revision %d of %d", last, want)
+		}
+	}
 }
