@@ -132,3 +132,13 @@ func (s *Store) TrimHistory() error {
 	}
 	return nil
 }
+
+// ReleasePages lets the engine give back the memory of what it has read
+// (see boltdb.DB.ReleasePages); engines that hold no such memory do
+// nothing.
+func (s *Store) ReleasePages() error {
+	if r, ok := s.db.(interface{ ReleasePages() error }); ok {
+		return r.ReleasePages()
+	}
+	return nil
+}

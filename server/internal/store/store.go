@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/credbroker/credbroker/internal/parallel"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/storage/boltdb"
@@ -423,19 +424,18 @@ func page[T any, P listed[T]](s *Store, bucket []byte, after string, limit int) 
 	if err != nil {
 		return nil, err
 	}
-	out := make([]T, 0, len(p.Records))
-	for _, rec := range p.Records {
-		k := rec.Key[len(bucket)+1:]
-		var v T
-		err := s.open(bucket, []byte(k), rec.Value, P(&v))
+	out := make([]T, len(p.Records))
+	err = parallel.Each(len(p.Records), func(i int) error {
+		k := p.Records[i].Key[len(bucket)+1:]
+		err := s.open(bucket, []byte(k), p.Records[i].Value, P(&out[i]))
 		if errors.Is(err, ErrIntegrity) {
-			P(&v).markTampered(k)
+			P(&out[i]).markTampered(k)
 		} else if err != nil {
-			return nil, fmt.Errorf("%s %q: %w", bucket, k, err)
+			return fmt.Errorf("%s %q: %w", bucket, k, err)
 		}
-		out = append(out, v)
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // Stored is an account together with its token state.
@@ -456,17 +456,25 @@ func (s *Store) All() ([]Stored, error) {
 	if err != nil {
 		return nil, err
 	}
+	opened := make([]TokenState, len(p.Records))
+	bad := make([]bool, len(p.Records))
+	err = parallel.Each(len(p.Records), func(i int) error {
+		id := p.Records[i].Key[len(tokensBucket)+1:]
+		if err := s.open(tokensBucket, []byte(id), p.Records[i].Value, &opened[i]); errors.Is(err, ErrIntegrity) {
+			bad[i] = true
+		} else if err != nil {
+			return fmt.Errorf("account %q: %w", id, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	states := make(map[string]TokenState, len(p.Records))
 	tampered := map[string]bool{}
-	for _, rec := range p.Records {
+	for i, rec := range p.Records {
 		id := rec.Key[len(tokensBucket)+1:]
-		var t TokenState
-		if err := s.open(tokensBucket, []byte(id), rec.Value, &t); errors.Is(err, ErrIntegrity) {
-			tampered[id] = true
-		} else if err != nil {
-			return nil, fmt.Errorf("account %q: %w", id, err)
-		}
-		states[id] = t
+		states[id], tampered[id] = opened[i], bad[i]
 	}
 	out := make([]Stored, len(accounts))
 	for i, a := range accounts {

@@ -26,6 +26,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/credbroker/credbroker/internal/parallel"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
 	"github.com/credbroker/credbroker/server/internal/keyring"
@@ -241,8 +242,11 @@ func (m *Manager) Replace(all []store.Stored) {
 	keep := make(map[string]bool, len(all))
 	for _, st := range all {
 		keep[st.Account.ID] = true
-		m.Upsert(st.Account, func() (store.TokenState, error) { return st.TokenState, nil })
 	}
+	_ = parallel.Each(len(all), func(i int) error { // accounts apart: no two touch one entry
+		m.Upsert(all[i].Account, func() (store.TokenState, error) { return all[i].TokenState, nil })
+		return nil
+	})
 	for _, e := range m.all() {
 		if !keep[e.id] {
 			m.Remove(e.id)

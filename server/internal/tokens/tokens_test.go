@@ -3,6 +3,7 @@ package tokens
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -496,4 +497,37 @@ func BenchmarkGetCacheHit(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A manager loads many accounts at once (in parallel, see Replace): each
+// serves the token stored for it, and no account's token is another's.
+func TestManyAccountsLoadTheirOwnTokens(t *testing.T) {
+	h := newHarness(t, nil)
+	const n = 600
+	for i := range n {
+		h.addAccount(t, fmt.Sprintf("acct-%d", i))
+	}
+	first := h.manager(t)
+	tokens := map[string]string{}
+	for i := range n {
+		id := fmt.Sprintf("acct-%d", i)
+		is, err := first.Get(context.Background(), id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[id] = is.Token.AccessToken.Reveal()
+	}
+	requests := h.fake.Requests()
+	second := h.manager(t)
+	seen := map[string]bool{}
+	for id, want := range tokens {
+		is, err := second.Get(context.Background(), id, 0)
+		if err != nil || is.Token.AccessToken.Reveal() != want || seen[want] {
+			t.Fatalf("%s after a reload: %v, its own token %v, seen before %v", id, err, err == nil && is.Token.AccessToken.Reveal() == want, seen[want])
+		}
+		seen[want] = true
+	}
+	if h.fake.Requests() != requests {
+		t.Fatalf("%d token requests after the reload, want none", h.fake.Requests()-requests)
+	}
 }
