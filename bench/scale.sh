@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One broker on bbolt with many accounts, as an MSP with one account per
+# customer organisation has: BENCH_ACCOUNTS (default 100,000) JumpCloud
+# service accounts linked through the API (each proved against the
+# JumpCloud stand-in, which answers at once) by bench/scale, 64 at a time;
+# then a page of 100 accounts listed over and over from a warm client, with
+# and without a state filter; the broker's resident memory and database
+# size; and a restart: the time from start to /readyz answering ready, and
+# the memory after it. Everything runs on loopback and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+accounts=${BENCH_ACCOUNTS:-100000}
+pages=${BENCH_PAGES:-300}
+broker=127.0.0.1:${BENCH_BROKER_PORT:-15091}
+ops=127.0.0.1:${BENCH_OPS_PORT:-15093}
+fake=127.0.0.1:${BENCH_FAKE_PORT:-18105}
+
+source bench/lib.sh
+go build -o "$work/scale" ./bench/scale
+
+"$work/credbroker" fake-jumpcloud --listen "$fake" >"$work/fake.log" 2>&1 &
+pids+=($!)
+
+# serve: starts the broker on $work/data; sets broker_pid and ready_s, the
+# seconds from its start to /readyz answering ready.
+serve() {
+	local start
+	start=$(date +%s.%N)
+	"$work/credbroker" serve --listen "$broker" --ops-listen "$ops" --hub-listen off --proxy-listen off --data-dir "$work/data" \
+		--rate-limit -1 --jumpcloud-token-url-us "http://$fake/oauth2/token" >>"$work/broker.out" 2>>"$work/broker.log" &
+	broker_pid=$!
+	pids+=($broker_pid)
+	for _ in $(seq 600); do
+		if curl -sf "http://$ops/readyz" >/dev/null; then
+			ready_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
+			return
+		fi
+		sleep 0.01
+	done
+	echo "bench: the broker did not become ready" >&2
+	cat "$work/broker.log" >&2
+	exit 1
+}
+rss_mb() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$broker_pid/status"; }
+
+serve
+key=$(grep -o 'cbk_[A-Za-z0-9_-]*' "$work/broker.out")
+echo "linking $accounts accounts..."
+read -r _ _ link_rate < <("$work/scale" -addr "$broker" -admin-key "$key" -link "$accounts")
+echo "linked at $link_rate accounts/s; listing pages of 100..."
+"$work/scale" -addr "$broker" -admin-key "$key" -list "$pages" >"$work/list-1"
+rss_linked=$(rss_mb)
+db_mb=$(du -m "$work/data/credbroker.db" | cut -f1)
+
+kill -TERM "$broker_pid"
+wait "$broker_pid" 2>/dev/null || true
+serve
+rss_ready=$(rss_mb)
+"$work/scale" -addr "$broker" -admin-key "$key" -list "$pages" >"$work/list-2"
+rss_listed=$(rss_mb)
+cat "$work/list-1" "$work/list-2"
+
+# list_ms STATE: "p99 (p50)" of the listing after the restart.
+list_ms() { awk -v s="$1" '$2 == s { printf "%s ms (p50 %s ms)", $4, $3 }' "$work/list-2"; }
+p99() { awk -v s="$1" '$2 == s { print $4 }' "$work/list-2"; }
+
+echo
+figure scale_link "Linking accounts through the API, instant provider" "$link_rate/s" ">= 1,000/s" "$(meets "$link_rate" ">=" 1000)"
+figure scale_restart "Restart to ready, $accounts accounts" "$ready_s s" "< 2 s" "$(meets "$ready_s" "<=" 1.99)"
+figure scale_rss "Resident memory, $accounts accounts (after restart, listing)" "$rss_listed MB ($rss_ready at ready; $rss_linked linking)" "< 300 MB" "$(meets "$rss_listed" "<=" 299)"
+figure scale_db "Database size, $accounts accounts" "$db_mb MB" "" ""
+figure scale_list "ListAccounts page of 100, p99, warm client" "$(list_ms ACCOUNT_STATE_UNSPECIFIED)" "< 5 ms" "$(meets "$(p99 ACCOUNT_STATE_UNSPECIFIED)" "<=" 4.99)"
+figure scale_list_state "ListAccounts page of 100 in a state, p99, warm client" "$(list_ms ACCOUNT_STATE_ACTIVE)" "< 5 ms" "$(meets "$(p99 ACCOUNT_STATE_ACTIVE)" "<=" 4.99)"
