@@ -65,8 +65,9 @@ check-generated:
 # proxied GETs against direct ones in-process), then the figures the
 # README's performance table shows, each beside its target: GetToken
 # against the health check (bench/gettoken.sh), the egress proxy against a
-# bare reverse-proxy hop (bench/proxy.sh), and 3 replicas on a 3-member
-# etcd cluster against one broker on bbolt (bench/cluster.sh). They are
+# bare reverse-proxy hop (bench/proxy.sh), 3 replicas on a 3-member etcd
+# cluster against one broker on bbolt (bench/cluster.sh), and one broker
+# with 100,000 accounts (bench/scale.sh). They are
 # written to bench/results.tsv, with the machine they were measured on,
 # and the README's table is written from that file (bench/table).
 BENCH_RESULTS := $(CURDIR)/bench/results.tsv
@@ -76,6 +77,7 @@ bench:
 	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/gettoken.sh
 	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/proxy.sh
 	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/cluster.sh
+	BENCH_RESULTS=$(BENCH_RESULTS).new bash bench/scale.sh
 	mv $(BENCH_RESULTS).new $(BENCH_RESULTS)
 	$(GO) run ./bench/table
 

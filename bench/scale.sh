@@ -56,6 +56,7 @@ db_mb=$(du -m "$work/data/credbroker.db" | cut -f1)
 kill -TERM "$broker_pid"
 wait "$broker_pid" 2>/dev/null || true
 serve
+sleep 2 # the broker gives back what the start read and left (see Serve)
 rss_ready=$(rss_mb)
 "$work/scale" -addr "$broker" -admin-key "$key" -list "$pages" >"$work/list-2"
 rss_listed=$(rss_mb)
@@ -68,7 +69,7 @@ p99() { awk -v s="$1" '$2 == s { print $4 }' "$work/list-2"; }
 echo
 figure scale_link "Linking accounts through the API, instant provider" "$link_rate/s" ">= 1,000/s" "$(meets "$link_rate" ">=" 1000)"
 figure scale_restart "Restart to ready, $accounts accounts" "$ready_s s" "< 2 s" "$(meets "$ready_s" "<=" 1.99)"
-figure scale_rss "Resident memory, $accounts accounts (after restart, listing)" "$rss_listed MB ($rss_ready at ready; $rss_linked linking)" "< 300 MB" "$(meets "$rss_listed" "<=" 299)"
+figure scale_rss "Resident memory, $accounts accounts (after restart, listing)" "$rss_listed MB ($rss_ready once ready; $rss_linked linking)" "< 300 MB" "$(meets "$rss_listed" "<=" 299)"
 figure scale_db "Database size, $accounts accounts" "$db_mb MB" "" ""
 figure scale_list "ListAccounts page of 100, p99, warm client" "$(list_ms ACCOUNT_STATE_UNSPECIFIED)" "< 5 ms" "$(meets "$(p99 ACCOUNT_STATE_UNSPECIFIED)" "<=" 4.99)"
 figure scale_list_state "ListAccounts page of 100 in a state, p99, warm client" "$(list_ms ACCOUNT_STATE_ACTIVE)" "< 5 ms" "$(meets "$(p99 ACCOUNT_STATE_ACTIVE)" "<=" 4.99)"
