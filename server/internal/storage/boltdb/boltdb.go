@@ -440,7 +440,17 @@ func (d *DB) group(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) {
 	batch := d.queue
 	d.queue = nil
 	d.queueMu.Unlock()
+	defer d.handOver(batch, p)
 	d.commitBatch(batch)
+	return p.result()
+}
+
+// handOver ends leader p's commit of batch: the first transaction queued
+// meanwhile, if any, commits the queue next, and the batch's callers get
+// their results. If the commit panicked (bbolt rolled it back), the
+// others' transactions fail, and the panic goes on in p's caller.
+func (d *DB) handOver(batch []*pending, p *pending) {
+	panicked := recover()
 	d.queueMu.Lock()
 	if len(d.queue) > 0 {
 		next := d.queue[0]
@@ -451,11 +461,17 @@ func (d *DB) group(fn func(*bolt.Tx, *writes) error) (storage.Revision, error) {
 	}
 	d.queueMu.Unlock()
 	for _, q := range batch {
-		if q != p {
-			q.done <- struct{}{}
+		if q == p {
+			continue
 		}
+		if panicked != nil {
+			q.rev, q.err = 0, errors.New("storage: a transaction committed with this one panicked; nothing was written")
+		}
+		q.done <- struct{}{}
 	}
-	return p.result()
+	if panicked != nil {
+		panic(panicked)
+	}
 }
 
 // commitBatch commits the transactions of batch in one bbolt transaction,
