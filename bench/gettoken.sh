@@ -29,16 +29,7 @@ pids+=($!)
 	--jumpcloud-token-url-us "http://$fake/oauth2/token" >"$work/broker.out" 2>"$work/broker.log" &
 broker_pid=$!
 pids+=($broker_pid)
-for _ in $(seq 50); do
-	grep -q 'cbk_' "$work/broker.out" 2>/dev/null && break
-	sleep 0.2
-done
-if ! grep -q 'cbk_' "$work/broker.out"; then
-	echo "bench: the broker did not start" >&2
-	cat "$work/broker.log" >&2
-	exit 1
-fi
-admin="authorization: Bearer $(grep -o 'cbk_[A-Za-z0-9_-]*' "$work/broker.out")"
+admin="authorization: Bearer $(bootstrap_key)"
 "$work/grpcurl" -plaintext -H "$admin" -d '{"account_id":"bench","jumpcloud_service_account":{"client_id":"demo-client","client_secret":"demo-secret","region":"REGION_US"}}' \
 	"$broker" credbroker.v1.AccountService/CreateAccount >/dev/null
 key=$("$work/grpcurl" -plaintext -H "$admin" -d '{"key_id":"bench","caller_key":{"role":"ROLE_CALLER"}}' \

@@ -43,3 +43,18 @@ meets() {
 median() {
 	printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
+
+# bootstrap_key: the first admin key of the broker started with its output
+# in $work/broker.out and its log in $work/broker.log, once it prints it.
+bootstrap_key() {
+	for _ in $(seq 50); do
+		grep -q 'cbk_' "$work/broker.out" 2>/dev/null && break
+		sleep 0.2
+	done
+	if ! grep -q 'cbk_' "$work/broker.out"; then
+		echo "bench: the broker did not start" >&2
+		cat "$work/broker.log" >&2
+		exit 1
+	fi
+	grep -o 'cbk_[A-Za-z0-9_-]*' "$work/broker.out"
+}

@@ -45,17 +45,7 @@ pids+=($bare_pid)
 	>"$work/broker.out" 2>"$work/broker.log" &
 broker_pid=$!
 pids+=($broker_pid)
-
-for _ in $(seq 50); do
-	grep -q 'cbk_' "$work/broker.out" 2>/dev/null && break
-	sleep 0.2
-done
-if ! grep -q 'cbk_' "$work/broker.out"; then
-	echo "bench: the broker did not start" >&2
-	cat "$work/broker.log" >&2
-	exit 1
-fi
-admin="authorization: Bearer $(grep -o 'cbk_[A-Za-z0-9_-]*' "$work/broker.out")"
+admin="authorization: Bearer $(bootstrap_key)"
 key=$("$work/grpcurl" -plaintext -H "$admin" -d '{"key_id":"bench","caller_key":{"role":"ROLE_CALLER"}}' \
 	"$broker" credbroker.v1.CallerService/CreateCallerKey | grep -o 'cbk_[A-Za-z0-9_-]*')
 for account in instant:REGION_US api-like:REGION_EU; do
