@@ -669,12 +669,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	// A start reads every account: what it read of the database file and
 	// the garbage of decoding it go back to the system now, not over
 	// minutes, so that the broker's resident memory is what it uses.
-	go func() {
-		if err := s.store.ReleasePages(); err != nil {
-			s.log.Warn("could not release the database's pages read at start", "error", err)
-		}
-		debug.FreeOSMemory()
-	}()
+	if err := s.store.ReleasePages(); err != nil {
+		s.log.Warn("could not release the database's pages read at start", "error", err)
+	}
+	go debug.FreeOSMemory()
 
 	serveErr := make(chan error, 4)
 	go func() { serveErr <- s.grpc.Serve(s.listener) }()

@@ -61,8 +61,9 @@ type DB struct {
 	path string
 	// mu is held for reading around every transaction, and for writing
 	// while Compact puts a new file in place of the old one.
-	mu sync.RWMutex
-	db *bolt.DB
+	mu     sync.RWMutex
+	db     *bolt.DB
+	closed bool // by Close
 	// writeMu orders commits and their entry into the history alike; rev
 	// is the latest committed revision.
 	writeMu sync.Mutex
@@ -142,6 +143,7 @@ func (d *DB) Close() error {
 	d.history.close()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closed = true
 	return d.db.Close()
 }
 
@@ -588,8 +590,13 @@ func syncDir(dir string) error {
 // A start reads every account once; without this the whole file would
 // stay in the broker's resident memory.
 func (d *DB) ReleasePages() error {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
+	// Held for writing: no transaction runs, so no commit grows (and
+	// maps anew) the file meanwhile.
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
 	fi, err := os.Stat(d.path)
 	if err != nil {
 		return err

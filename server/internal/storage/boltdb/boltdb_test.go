@@ -181,3 +181,30 @@ func TestConcurrentTransactionsCommitAsIfAlone(t *testing.T) {
 		}
 	}
 }
+
+// Pages given back are read again when needed; after Close there is
+// nothing to give back.
+func TestReleasePages(t *testing.T) {
+	ctx := context.Background()
+	d := openTest(t, filepath.Join(t.TempDir(), "credbroker.db"))
+	value := bytes.Repeat([]byte("v"), 3000)
+	for i := range 500 {
+		if _, err := d.Txn(ctx, nil, []storage.Op{storage.Put(fmt.Sprintf("kind/%03d", i), value)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ReleasePages(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		if r, err := d.Get(ctx, fmt.Sprintf("kind/%03d", i)); err != nil || !bytes.Equal(r.Value, value) {
+			t.Fatalf("record %d after ReleasePages: %v", i, err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleasePages(); err != nil {
+		t.Fatalf("ReleasePages after Close: %v", err)
+	}
+}
