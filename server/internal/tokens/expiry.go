@@ -42,11 +42,24 @@ func (m *Manager) Expiry(secrets []store.Secret, use map[string]SecretUse) Expir
 	return Expiry{Time: last, Soon: !last.IsZero() && last.Sub(m.cfg.Now()) <= m.cfg.ExpiryWarning}
 }
 
+// expiryChecks is how many accounts one expiry check looks at, at least:
+// with more than this many, a check looks at a sixtieth of them, the next
+// check at the next sixtieth, so that each is looked at about once a
+// minute (at the default ScanInterval) and a broker with 100,000 accounts
+// does not spend a tenth of a CPU on it.
+const expiryChecks = 1000
+
 // checkExpiry warns, at most once a day per account, about every account
 // whose credentials expire within the warning window, with a log line and
 // an audit event; and it moves API-key accounts off keys that have expired.
+// It is called by Run alone.
 func (m *Manager) checkExpiry() {
-	for _, e := range m.all() {
+	all := m.all()
+	n := min(len(all), max(expiryChecks, len(all)/60))
+	from := m.expiryNext % max(len(all), 1)
+	m.expiryNext = from + n
+	for i := range n {
+		e := all[(from+i)%len(all)]
 		e.mu.Lock()
 		if e.apiKey {
 			m.replaceExpiredKey(e)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -229,4 +231,38 @@ func mustAccount(t *testing.T, st *store.Store, id string) store.Account {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// With more accounts than one check looks at, consecutive checks look at
+// the next ones: every account is warned about once, none twice.
+func TestExpiryChecksTakeTurns(t *testing.T) {
+	h := newHarness(t, nil)
+	h.cfg.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	soon := h.clock.Now().Add(5 * 24 * time.Hour)
+	const n = expiryChecks + 300
+	for i := range n {
+		h.addAccountWith(t, fmt.Sprintf("acct-%d", i), provider.KindJumpCloudServiceAccount, testSecret{value: clientSecret, expireTime: soon})
+	}
+	m := h.manager(t)
+	warned := func() int {
+		c := 0
+		if err := h.store.ScanAudit(store.AuditPos{}, func(_ store.AuditPos, ev store.AuditEvent) bool {
+			if ev.Method == "secret_expiring" {
+				c++
+			}
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	m.checkExpiry()
+	if c := warned(); c != expiryChecks {
+		t.Fatalf("%d accounts warned about after one check, want %d", c, expiryChecks)
+	}
+	m.checkExpiry()
+	m.checkExpiry()
+	if c := warned(); c != n {
+		t.Fatalf("%d warnings after three checks, want one for each of the %d accounts", c, n)
+	}
 }

@@ -28,9 +28,9 @@ func (m *Manager) Run(ctx context.Context) {
 // refreshDue starts requests for accounts whose token is missing or due for
 // renewal and whose gate is open, while refresher slots are free.
 func (m *Manager) refreshDue(slots chan struct{}) {
+	now := m.cfg.Now()
 	for _, e := range m.all() {
 		e.mu.Lock()
-		now := m.cfg.Now()
 		start := !e.removed && !e.apiKey && e.inflight == nil && !now.Before(e.nextAttempt) &&
 			(e.current.Load() == nil || !now.Before(e.refreshAt))
 		if !start {

@@ -114,6 +114,12 @@ type Manager struct {
 
 	mu      sync.RWMutex
 	entries map[string]*entry
+	// list is entries as a slice, for the background scans, made again
+	// only after an account was added or removed (nil until then): with
+	// many accounts, collecting them every second cost more than the scans.
+	list []*entry
+	// expiryNext is where the next expiry check starts (see checkExpiry).
+	expiryNext int
 
 	runs sync.WaitGroup // every upstream request in flight
 	// stopping ends when Run does: token requests waiting for their
@@ -204,6 +210,7 @@ func (m *Manager) Add(a store.Account, ts store.TokenState) {
 	}
 	m.mu.Lock()
 	m.entries[a.ID] = e
+	m.list = nil
 	m.mu.Unlock()
 }
 
@@ -289,6 +296,7 @@ func (m *Manager) Remove(id string) {
 	m.mu.Lock()
 	e := m.entries[id]
 	delete(m.entries, id)
+	m.list = nil
 	m.mu.Unlock()
 	if e != nil {
 		e.mu.Lock()
@@ -298,11 +306,21 @@ func (m *Manager) Remove(id string) {
 	}
 }
 
-// all is every tracked account, for the background scans.
+// all is every tracked account, for the background scans; callers must
+// not change the slice.
 func (m *Manager) all() []*entry {
 	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return slices.Collect(maps.Values(m.entries))
+	list := m.list
+	m.mu.RUnlock()
+	if list != nil {
+		return list
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.list == nil {
+		m.list = slices.Collect(maps.Values(m.entries))
+	}
+	return m.list
 }
 
 func (m *Manager) lookup(id string) *entry {
