@@ -236,9 +236,7 @@ func (l *Log) gather(ctx context.Context, t *time.Timer) {
 		select {
 		case <-t.C:
 		case <-l.full:
-			if !t.Stop() {
-				<-t.C
-			}
+			t.Stop() // no stale tick after Stop (Go 1.23 timers)
 			return
 		case <-ctx.Done():
 			return
