@@ -31,7 +31,7 @@ func (m *Manager) useAPIKey(e *entry, a store.Account) {
 		expire = neverExpires
 	}
 	e.keyErr = nil
-	e.current.Store(newIssued(Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers}))
+	e.current.Store(&Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers})
 }
 
 // neverExpires is the expiry of an API key.

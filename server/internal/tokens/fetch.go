@@ -374,7 +374,7 @@ func (m *Manager) TokenStored(id string, ts store.TokenState) {
 	e.mu.Unlock()
 }
 func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
-	return newIssued(Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())})
+	return &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())}
 }
 
 // publish makes is the token callers get and schedules its renewal; e.mu

@@ -61,19 +61,20 @@ type Issued struct {
 	// Fingerprint names the token in the audit trail (Config.Fingerprint).
 	Fingerprint string
 
-	echo func() secret.Detector
-}
-
-// newIssued makes the Issued of a credential, with its Echo.
-func newIssued(is Issued) *Issued {
-	is.echo = sync.OnceValue(func() secret.Detector { return secret.NewDetector(is.AccessToken, "") })
-	return &is
+	// echo is built by Echo, once (fields, not a sync.OnceValue: one
+	// allocation less for each cached token, of which there may be
+	// 100,000).
+	echoOnce sync.Once
+	echo     secret.Detector
 }
 
 // Echo finds the credential echoed back in any form (see secret.Detector).
 // It is built once per credential, when first asked for: building it costs
 // about as much as a proxied call.
-func (is *Issued) Echo() secret.Detector { return is.echo() }
+func (is *Issued) Echo() secret.Detector {
+	is.echoOnce.Do(func() { is.echo = secret.NewDetector(is.AccessToken, "") })
+	return is.echo
+}
 
 // Authorize sets the headers that make an API request use the credential:
 // Authorization (or x-api-key) and the account's extra headers.
