@@ -161,9 +161,21 @@ func TestRestoreStagesOneCheckedCopy(t *testing.T) {
 	if err := os.Chmod(cfg.DataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// What a crash left in the audit journal belongs to the database it
+	// ran on: it goes aside with it.
+	left := filepath.Join(cfg.DataDir, datadir.AuditJournalDir, "0000000000000007.journal")
+	if os.MkdirAll(filepath.Dir(left), 0o700) != nil || os.WriteFile(left, []byte("a crash's events"), 0o600) != nil {
+		t.Fatal("could not leave a journal")
+	}
 	res, err := datadir.Restore(cfg.Config, backup, false)
 	if err != nil || !res.Checksummed || res.Previous == "" {
 		t.Fatalf("Restore: %+v, %v", res, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(res.Previous+"."+datadir.AuditJournalDir, filepath.Base(left))); err != nil || string(got) != "a crash's events" {
+		t.Fatalf("the replaced database's journal: %q, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Dir(left)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the replaced database's journal is still in place: %v", err)
 	}
 	if got, _ := os.ReadFile(outside); string(got) != "not the broker's" {
 		t.Fatalf("restore wrote %d bytes through the symlink at the staging path", len(got))
@@ -211,6 +223,10 @@ func dirSnapshot(t *testing.T, dir string) map[string]string {
 	}
 	out := map[string]string{}
 	for _, e := range entries {
+		if e.IsDir() {
+			out[e.Name()] = "directory"
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
