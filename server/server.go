@@ -434,6 +434,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		if err != nil {
 			return nil, err
 		}
+		release.push(journal.Close)
 		sink = journal
 	}
 	if cfg.wrapAuditSink != nil {

@@ -167,6 +167,15 @@ func (s *JournalSink) Run(ctx context.Context) {
 	}
 }
 
+// Close closes the journal, leaving what is in it for the next start (Run
+// closes it too, after indexing everything): for a broker made and closed
+// without serving.
+func (s *JournalSink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.journal.Close()
+}
+
 // A journaled event is its position (store.AuditPos.Bytes) and its JSON
 // (store.EncodeAuditEvent).
 func decodeJournaled(rec []byte) (store.EncodedAuditEvent, error) {
