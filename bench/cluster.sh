@@ -97,8 +97,6 @@ setup() {
 bolt_key=$(setup bolt "$base")
 cluster_key=$(setup replica-0 $((base + 10)))
 
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # clock ticks of user and system time
-ticks=$(getconf CLK_TCK)
 
 # measure LABEL PIDS -- COMMAND...: runs COMMAND (a load that forks its
 # generators in the background and waits for them) and prints its
@@ -115,7 +113,7 @@ measure() {
 	shift
 	declare -A before
 	for g in "${groups[@]}"; do
-		for p in ${g#*=}; do before[$p]=$(cpu "$p"); done
+		for p in ${g#*=}; do before[$p]=$(cpu_us "$p"); done
 	done
 	local start end
 	start=$(date +%s.%N)
@@ -125,9 +123,9 @@ measure() {
 	line=$(awk -v n="$requests" -v s="$start" -v e="$end" -v l="$label" 'BEGIN { printf "%-24s %8.0f calls/s", l, n / (e - s) }')
 	for g in "${groups[@]}"; do
 		local used=0
-		for p in ${g#*=}; do used=$((used + $(cpu "$p") - before[$p])); done
-		line+=$(awk -v u="$used" -v t="$ticks" -v n="$requests" -v g="${g%%=*}" 'BEGIN { printf "  %s %.3f ms", g, u / t * 1000 / n }')
-		awk -v u="$used" -v t="$ticks" -v n="$requests" -v l="$label" -v g="${g%%=*}" 'BEGIN { printf "%s|%s|%.0f\n", l, g, u / t * 1e6 / n }' >>"$work/cpu"
+		for p in ${g#*=}; do used=$((used + $(cpu_us "$p") - before[$p])); done
+		line+=$(awk -v u="$used" -v n="$requests" -v g="${g%%=*}" 'BEGIN { printf "  %s %.3f ms", g, u / 1000 / n }')
+		awk -v u="$used" -v n="$requests" -v l="$label" -v g="${g%%=*}" 'BEGIN { printf "%s|%s|%.0f\n", l, g, u / n }' >>"$work/cpu"
 	done
 	echo "$line"
 	echo "$label $(awk -v n="$requests" -v s="$start" -v e="$end" 'BEGIN { print n / (e - s) }')" >>"$work/rates"
