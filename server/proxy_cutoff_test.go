@@ -126,15 +126,19 @@ type requestLine struct {
 // proxyLogLine is the last request log line of a proxied call to path.
 func proxyLogLine(t *testing.T, b *broker, path string) requestLine {
 	t.Helper()
-	var found *requestLine
-	for _, raw := range strings.Split(b.logs.String(), "\n") {
-		var line requestLine
-		if json.Unmarshal([]byte(raw), &line) == nil && line.Msg == "request" && line.Proxy.Path == path {
-			found = &line
+	for range 200 { // the line follows the call's audit event, which may be listed first
+		var found *requestLine
+		for _, raw := range strings.Split(b.logs.String(), "\n") {
+			var line requestLine
+			if json.Unmarshal([]byte(raw), &line) == nil && line.Msg == "request" && line.Proxy.Path == path {
+				found = &line
+			}
 		}
+		if found != nil {
+			return *found
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if found == nil {
-		t.Fatalf("no request log line for a proxied call to %s", path)
-	}
-	return *found
+	t.Fatalf("no request log line for a proxied call to %s", path)
+	return requestLine{}
 }
