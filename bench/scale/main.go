@@ -1,14 +1,18 @@
 // Command scale links many accounts to a running broker through its API
 // and times what an MSP with one account per customer does most: linking
 // them (-link), and listing them a page at a time from a warm client
-// (-list). bench/scale.sh runs it around restarts of the broker.
+// (-list); and it reports what the JumpCloud stand-in saw of the broker's
+// background renewals (-renewals). bench/scale.sh runs it around restarts
+// of the broker.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/server/jumpcloudfake"
 )
 
 func main() {
@@ -28,7 +33,12 @@ func main() {
 	from := flag.Int("from", 0, "the first account number to link")
 	concurrency := flag.Int("concurrency", 64, "calls at once while linking")
 	list := flag.Int("list", 0, "pages of 100 to list, each way (all accounts, and those ACCOUNT_STATE_ACTIVE)")
+	renewals := flag.String("renewals", "", "the stand-in's address: print what it saw of token renewals and stop")
 	flag.Parse()
+	if *renewals != "" {
+		printRenewals(*renewals)
+		return
+	}
 	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		log.Fatal(err)
@@ -45,7 +55,23 @@ func main() {
 	}
 }
 
-// linkAccounts links n accounts from number from on, and prints
+// printRenewals prints the stand-in's jumpcloudfake.Renewals (served at
+// addr) as "renewals" and its fields in order.
+func printRenewals(addr string) {
+	resp, err := http.Get("http://" + addr + jumpcloudfake.RenewalsPath)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r jumpcloudfake.Renewals
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("renewals", r.Issued, r.Clients, r.Renewed, r.Lapsed, r.Expired, r.Early, r.PeakInFlight, r.PeakPerSecond)
+}
+
+// linkAccounts links n accounts from number from on (acct-N, each its own
+// service account client-N), and prints
 // "linked N accounts/s".
 func linkAccounts(ctx context.Context, accounts credbrokerv1.AccountServiceClient, from, n, concurrency int) {
 	var next atomic.Int64
@@ -62,7 +88,7 @@ func linkAccounts(ctx context.Context, accounts credbrokerv1.AccountServiceClien
 				_, err := accounts.CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
 					AccountId: fmt.Sprintf("acct-%d", i),
 					Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
-						ClientId: "demo-client", ClientSecret: "demo-secret", Region: credbrokerv1.Region_REGION_US,
+						ClientId: fmt.Sprintf("client-%d", i), ClientSecret: "demo-secret", Region: credbrokerv1.Region_REGION_US,
 					}},
 				})
 				if err != nil {

@@ -252,7 +252,7 @@ admin".`)
 	fs.StringVar(&cfg.Provider.JumpCloudAPIURLEU, "jumpcloud-api-url-eu", d.Provider.JumpCloudAPIURLEU, "JumpCloud EU API base URL, returned with tokens and the egress proxy's target")
 	fs.StringVar(&cfg.Provider.JumpCloudAPIURLIN, "jumpcloud-api-url-in", d.Provider.JumpCloudAPIURLIN, "JumpCloud India API base URL, returned with tokens and the egress proxy's target")
 	fs.DurationVar(&cfg.Provider.Timeout, "upstream-timeout", d.Provider.Timeout, "time limit of each request to a provider, whatever the caller's deadline")
-	fs.DurationVar(&cfg.Tokens.RefreshMargin, "refresh-margin", d.Tokens.RefreshMargin, "renew tokens this long before they expire (at most half their lifetime; jittered)")
+	fs.DurationVar(&cfg.Tokens.RefreshMargin, "refresh-margin", d.Tokens.RefreshMargin, "renew tokens this long before they expire (at most half their lifetime), less up to a quarter of their lifetime at random")
 	fs.IntVar(&cfg.Tokens.RefreshConcurrency, "refresh-concurrency", d.Tokens.RefreshConcurrency, "most background token requests at once")
 	fs.DurationVar(&cfg.Tokens.BackoffMin, "retry-backoff-min", d.Tokens.BackoffMin, "first retry delay after a provider failure")
 	fs.DurationVar(&cfg.Tokens.BackoffMax, "retry-backoff-max", d.Tokens.BackoffMax, "longest retry delay after provider failures")
@@ -499,6 +499,7 @@ func fakeJumpCloud(args []string, stdout, stderr io.Writer) error {
 	var (
 		listen, clientID, clientSecret, nextSecret, apiKey, orgID string
 		ttl, apiDelay                                             time.Duration
+		anyClient                                                 bool
 	)
 	fs := toolFlagSet("fake-jumpcloud", stderr, `Serves a stand-in for JumpCloud's OAuth token endpoint at /oauth2/token and
 its API at /api, for trying the broker without a JumpCloud account. It
@@ -513,10 +514,14 @@ Never use it for anything real.`)
 	fs.StringVar(&orgID, "org-id", "", "the organization ID the API key belongs to; calls with the key must send it as x-org-id")
 	fs.DurationVar(&ttl, "token-ttl", time.Hour, "expires_in of the tokens it issues")
 	fs.DurationVar(&apiDelay, "api-delay", 0, "how long each API answer takes, like a real API's latency")
+	fs.BoolVar(&anyClient, "any-client", false, "accept any client id with --client-secret, as if each were a service account of its own (for linking many accounts)")
 	if _, err := parseWithSources(fs, args, noEnv); err != nil {
 		return err
 	}
 	fake := jumpcloudfake.New(clientID, clientSecret)
+	if anyClient {
+		fake.AcceptAnyClient(clientSecret)
+	}
 	if nextSecret != "" {
 		fake.AddClientSecret(clientID, nextSecret)
 	}

@@ -64,6 +64,8 @@ type Fake struct {
 	delay      time.Duration
 	tokenTTL   time.Duration
 	last       string
+	anySecret  string // accept any client id with this secret, if set
+	renewals   renewals
 }
 
 // New returns a fake that knows one client and issues tokens that live an hour.
@@ -121,6 +123,14 @@ func (f *Fake) RevokeClientSecret(clientID, clientSecret string) {
 	f.clients[clientID] = slices.DeleteFunc(f.clients[clientID], func(s string) bool { return s == clientSecret })
 }
 
+// AcceptAnyClient makes the fake accept any client id with secret, as if
+// every one were a service account of its own (bench/scale.sh links many).
+func (f *Fake) AcceptAnyClient(secret string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.anySecret = secret
+}
+
 // Requests is the number of token requests received so far, good or bad.
 func (f *Fake) Requests() int { return int(f.requests.Load()) }
 
@@ -136,7 +146,12 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.serveAPI(w, r)
 		return
 	}
+	if r.URL.Path == RenewalsPath {
+		f.serveRenewals(w, r)
+		return
+	}
 	f.requests.Add(1)
+	defer f.renewals.begin()()
 	if r.URL.Path != TokenPath {
 		http.NotFound(w, r)
 		return
@@ -195,11 +210,13 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	if !f.authenticate(r) {
+	clientID, ok := f.authenticate(r)
+	if !ok {
 		oauthError(w, http.StatusUnauthorized, "invalid_client", "Client authentication failed.")
 		return
 	}
 	token := "jc-fake-" + randomHex(16)
+	f.renewals.issued(clientID, time.Now(), ttl)
 	f.mu.Lock()
 	f.last = token
 	f.issued[token] = true
@@ -216,19 +233,20 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // authenticate checks client_secret_basic. Following RFC 6749 §2.3.1 the id
 // and secret are form-encoded before Basic encoding, so decode them first.
-func (f *Fake) authenticate(r *http.Request) bool {
+// It returns the client id.
+func (f *Fake) authenticate(r *http.Request) (string, bool) {
 	rawID, rawSecret, ok := r.BasicAuth()
 	if !ok {
-		return false
+		return "", false
 	}
 	id, err1 := url.QueryUnescape(rawID)
 	sec, err2 := url.QueryUnescape(rawSecret)
 	if err1 != nil || err2 != nil {
-		return false
+		return "", false
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Contains(f.clients[id], sec)
+	return id, slices.Contains(f.clients[id], sec) || (f.anySecret != "" && sec == f.anySecret)
 }
 
 func oauthError(w http.ResponseWriter, code int, errCode, desc string) {

@@ -7,7 +7,8 @@ import (
 
 // Run renews tokens in the background until ctx ends, then waits for every
 // upstream request in flight (those still waiting for their refresh lock
-// give up), so the store can be closed after it returns.
+// give up), so the store can be closed after it returns. It looks for due
+// work at once, then every ScanInterval.
 func (m *Manager) Run(ctx context.Context) {
 	defer m.runs.Wait()
 	defer m.stop()
@@ -15,36 +16,47 @@ func (m *Manager) Run(ctx context.Context) {
 	defer tick.Stop()
 	slots := make(chan struct{}, m.cfg.RefreshConcurrency)
 	for {
+		m.refreshDue(ctx, slots)
+		m.checkExpiry()
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		m.refreshDue(slots)
-		m.checkExpiry()
 	}
 }
 
 // refreshDue starts requests for accounts whose token is missing or due for
-// renewal and whose gate is open, while refresher slots are free.
-func (m *Manager) refreshDue(slots chan struct{}) {
+// renewal and whose gate is open, at most RefreshConcurrency at a time: when
+// every slot is busy it waits for one, so that a backlog (100,000 tokens
+// fetched in the same minute fall due together) is worked through at the
+// pace the provider answers rather than a few a scan.
+func (m *Manager) refreshDue(ctx context.Context, slots chan struct{}) {
 	now := m.cfg.Now()
+	held := false // a slot taken for the next start
+	defer func() {
+		if held {
+			<-slots
+		}
+	}()
 	for _, e := range m.all() {
+		if !held {
+			select {
+			case slots <- struct{}{}:
+				held = true
+			case <-ctx.Done():
+				return
+			}
+		}
 		e.mu.Lock()
-		start := !e.removed && !e.apiKey && e.inflight == nil && !now.Before(e.nextAttempt) &&
-			(e.current.Load() == nil || !now.Before(e.refreshAt))
-		if !start {
+		if e.removed || e.apiKey || e.inflight != nil || now.Before(e.nextAttempt) ||
+			(e.current.Load() != nil && now.Before(e.refreshAt)) {
 			e.mu.Unlock()
 			continue
 		}
-		select {
-		case slots <- struct{}{}:
-		default:
-			e.mu.Unlock()
-			return // all slots busy; the next scan carries on
-		}
 		c := m.startLocked(e)
 		e.mu.Unlock()
+		held = false
 		go func() {
 			<-c.done
 			<-slots

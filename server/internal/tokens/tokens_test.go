@@ -435,6 +435,69 @@ func TestRefresherRenewsBeforeExpiryWithBoundedConcurrency(t *testing.T) {
 	}
 }
 
+// A backlog larger than the refresher's slots is worked through as fast
+// as the provider answers, not a slotful per scan: with one scan an hour,
+// the scan at start fills every cold account, two at a time.
+func TestRefresherWorksThroughABacklog(t *testing.T) {
+	var inflight, peak atomic.Int32
+	h := newHarness(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n := inflight.Add(1)
+			defer inflight.Add(-1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	h.cfg.RefreshConcurrency = 2
+	h.cfg.ScanInterval = time.Hour
+	const accounts = 40
+	for i := range accounts {
+		h.addAccount(t, fmt.Sprintf("acct-%d", i))
+	}
+	m := h.manager(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	waitFor(t, func() bool { return h.fake.Requests() == accounts })
+	cancel()
+	<-done
+	if p := peak.Load(); p > 2 {
+		t.Fatalf("peak concurrent refreshes = %d, want at most 2", p)
+	}
+	if n := h.fake.Requests(); n != accounts {
+		t.Fatalf("%d requests, want one per account (%d)", n, accounts)
+	}
+}
+
+// Tokens fetched at the same moment are renewed over a quarter of their
+// lifetime, each between three quarters of its life less the margin and
+// the margin before it expires.
+func TestRefreshTimesSpread(t *testing.T) {
+	expiry := time.Date(2026, 1, 1, 1, 0, 0, 0, time.UTC)
+	lo, hi := expiry.Add(-20*time.Minute), expiry.Add(-5*time.Minute)
+	first, last := hi, lo
+	for range 2000 {
+		at := refreshTime(expiry, time.Hour, 5*time.Minute)
+		if at.Before(lo) || at.After(hi) {
+			t.Fatalf("refresh at %v, want between %v and %v", at, lo, hi)
+		}
+		if at.Before(first) {
+			first = at
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	if last.Sub(first) < 14*time.Minute {
+		t.Fatalf("2,000 renewals fall within %v of each other, want spread over 15 minutes", last.Sub(first))
+	}
+	// A short-lived token keeps half its life as the margin.
+	if at := refreshTime(expiry, 2*time.Minute, 5*time.Minute); at.Before(expiry.Add(-90*time.Second)) || at.After(expiry.Add(-time.Minute)) {
+		t.Fatalf("a 2-minute token renewed at %v before expiry, want 60-90s", expiry.Sub(at))
+	}
+}
+
 func TestRestartReusesStoredToken(t *testing.T) {
 	h := newHarness(t, nil)
 	h.addAccount(t, "acme")
