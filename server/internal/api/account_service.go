@@ -298,7 +298,7 @@ func accountProto(v accounts.View) *credbrokerv1.Account {
 	}
 	a.LastError = accountError(v.Status.LastError)
 	for _, sec := range slices.Backward(v.Secrets) { // stored oldest first
-		use := v.Status.SecretUse[sec.ID]
+		use := v.Status.SecretUse.Of(sec.ID)
 		a.Secrets = append(a.Secrets, &credbrokerv1.AccountSecret{
 			SecretId: sec.ID, CreateTime: timestamp(sec.CreateTime), ExpireTime: timestamp(sec.ExpireTime),
 			LastUseTime: timestamp(use.LastUsed), Rejected: accountError(use.Rejected),

@@ -56,7 +56,7 @@ func (s *tokenService) GetToken(ctx context.Context, req *credbrokerv1.GetTokenR
 	if err != nil {
 		return nil, s.errs.toCallerStatus(ctx, err)
 	}
-	c.Fingerprint = is.Fingerprint
+	c.Fingerprint = is.Fingerprint()
 	return &credbrokerv1.GetTokenResponse{
 		AccessToken: is.AccessToken.Reveal(),
 		TokenType:   is.TokenType,

@@ -35,7 +35,8 @@ type Config struct {
 	// prompted by an API's answer (APIKeyAnswered), per interval. Default 10s.
 	ForcedInterval time.Duration
 	// Fingerprint names a token in the audit trail without revealing it;
-	// it is computed once per token. Default: no fingerprint.
+	// it is computed once per token, when first needed. Default: no
+	// fingerprint.
 	Fingerprint func(token string) string
 	// OnCacheLookup is told whether each lookup found a cached token that
 	// would do (for metrics). Default: nothing.

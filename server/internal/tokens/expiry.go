@@ -26,10 +26,10 @@ type Expiry struct {
 
 // Expiry is when the account with these secrets, and the use the broker
 // made of them (Status.SecretUse), runs out of credentials.
-func (m *Manager) Expiry(secrets []store.Secret, use map[string]SecretUse) Expiry {
+func (m *Manager) Expiry(secrets []store.Secret, use SecretUses) Expiry {
 	var last time.Time
 	for _, s := range secrets {
-		if use[s.ID].Rejected != nil {
+		if use.Of(s.ID).Rejected != nil {
 			continue
 		}
 		if s.ExpireTime.IsZero() {

@@ -119,7 +119,7 @@ func TestExpiryIgnoresRejectedSecrets(t *testing.T) {
 		t.Fatalf("with a secret that never expires: %+v", exp)
 	}
 	// The provider rejected the newer secret: the account lives on the old one.
-	use := map[string]SecretUse{"new": {Rejected: &Failure{Reason: ReasonCredentialsRejected}}}
+	use := SecretUses{{ID: "new", Rejected: &Failure{Reason: ReasonCredentialsRejected}}}
 	if exp := m.Expiry(secrets, use); !exp.Soon || !exp.Time.Equal(expire) {
 		t.Fatalf("with the newer secret rejected: %+v", exp)
 	}
@@ -138,7 +138,7 @@ func TestExpiredSecretIsNotUsed(t *testing.T) {
 	if _, err := m.Get(ctx, "acme", 0); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := m.Status("acme"); st.SecretUse["short"].LastUsed.IsZero() {
+	if st, _ := m.Status("acme"); st.SecretUse.Of("short").LastUsed.IsZero() {
 		t.Fatalf("the newest secret was not used: %+v", st.SecretUse)
 	}
 
@@ -151,7 +151,7 @@ func TestExpiredSecretIsNotUsed(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _ := m.Status("acme")
-	if h.fake.Requests() != before+1 || st.SecretUse["long"].LastUsed.IsZero() || st.SecretUse["short"].LastUsed.After(now) {
+	if h.fake.Requests() != before+1 || st.SecretUse.Of("long").LastUsed.IsZero() || st.SecretUse.Of("short").LastUsed.After(now) {
 		t.Fatalf("after expiry: %d requests, use %+v", h.fake.Requests()-before, st.SecretUse)
 	}
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -374,7 +373,7 @@ func (m *Manager) TokenStored(id string, ts store.TokenState) {
 	e.mu.Unlock()
 }
 func (m *Manager) issue(e *entry, tok provider.Token) *Issued {
-	return &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, Fingerprint: m.cfg.Fingerprint(tok.AccessToken.Reveal())}
+	return &Issued{Token: tok, APIBaseURL: e.apiBaseURL, Headers: e.headers, fingerprintOf: m.cfg.Fingerprint}
 }
 
 // publish makes is the token callers get and schedules its renewal; e.mu
@@ -422,16 +421,12 @@ func (e *RefreshTokenRevokedError) GRPCStatus() *status.Status {
 // authorization-code account refreshes with its refresh token (see
 // refreshWith); the token's RefreshToken is then the one to store, if
 // any.
-func (m *Manager) fetch(e *entry, use map[string]SecretUse) (provider.Token, map[string]SecretUse, error) {
+func (m *Manager) fetch(e *entry, use SecretUses) (provider.Token, SecretUses, error) {
 	a, err := m.store.Account(e.id)
 	if err != nil {
 		return provider.Token{}, use, err
 	}
 	now := m.cfg.Now()
-	use = maps.Clone(use)
-	if use == nil {
-		use = map[string]SecretUse{}
-	}
 	err = ErrSecretsExpired
 	for _, sec := range UsableSecrets(a, use, now) {
 		raw, oerr := m.keys.Open(a.ID, a.WrappedKey, keyring.FieldClientSecret, sec.Sealed)
@@ -450,14 +445,13 @@ func (m *Manager) fetch(e *entry, use map[string]SecretUse) (provider.Token, map
 		var revoked *RefreshTokenRevokedError
 		switch {
 		case err == nil:
-			use[sec.ID] = SecretUse{LastUsed: tok.Obtained}
-			return tok, use, nil
+			return tok, use.With(SecretUse{ID: sec.ID, LastUsed: tok.Obtained}), nil
 		case errors.As(err, &revoked):
 			return provider.Token{}, use, err // the secret is not at fault
 		case errors.As(err, &rejected):
-			u := use[sec.ID]
+			u := use.Of(sec.ID)
 			u.Rejected = &Failure{Reason: ReasonCredentialsRejected, Message: rejected.Error(), ProviderError: rejected.Code, ProviderErrorDescription: rejected.Description, Time: now}
-			use[sec.ID] = u
+			use = use.With(u)
 			m.cfg.Logger.Warn("the provider rejected a secret; trying the next one if there is one", "account", e.id, "secret", sec.ID)
 		default:
 			return provider.Token{}, use, err
@@ -537,7 +531,7 @@ func invalidGrant(err error) bool {
 
 // UsableSecrets are the account's unexpired secrets in the order they are
 // tried: newest first, except that those the provider rejected last go last.
-func UsableSecrets(a store.Account, use map[string]SecretUse, now time.Time) []store.Secret {
+func UsableSecrets(a store.Account, use SecretUses, now time.Time) []store.Secret {
 	var out []store.Secret
 	for _, s := range a.Secrets {
 		if s.ExpireTime.IsZero() || now.Before(s.ExpireTime) {
@@ -545,7 +539,7 @@ func UsableSecrets(a store.Account, use map[string]SecretUse, now time.Time) []s
 		}
 	}
 	slices.SortStableFunc(out, func(x, y store.Secret) int {
-		if rx, ry := use[x.ID].Rejected != nil, use[y.ID].Rejected != nil; rx != ry {
+		if rx, ry := use.Of(x.ID).Rejected != nil, use.Of(y.ID).Rejected != nil; rx != ry {
 			if rx {
 				return 1
 			}

@@ -41,9 +41,9 @@ type Status struct {
 	LastTokenTime time.Time
 	// LastError is set while the account is not active.
 	LastError *Failure
-	// SecretUse is what the broker saw of each secret, by secret ID. It is
-	// replaced, never modified.
-	SecretUse map[string]SecretUse
+	// SecretUse is what the broker saw of each secret. It is replaced,
+	// never modified.
+	SecretUse SecretUses
 }
 
 // Failure is a sanitized token-request failure: never a response body.
@@ -57,18 +57,46 @@ type Failure struct {
 
 // SecretUse is what the broker saw of one secret.
 type SecretUse struct {
+	ID       string // the secret's
 	LastUsed time.Time
 	// Rejected is set if the provider rejected the secret after LastUsed.
 	Rejected *Failure
+}
+
+// SecretUses is what the broker saw of each of an account's secrets (two,
+// most often one): a slice, not a map by ID, because the status of every
+// account is kept in memory and a map of one costs about 400 bytes, this
+// 50. It is replaced, never modified.
+type SecretUses []SecretUse
+
+// Of is the use of secret id (zero if none was seen).
+func (u SecretUses) Of(id string) SecretUse {
+	for _, x := range u {
+		if x.ID == id {
+			return x
+		}
+	}
+	return SecretUse{ID: id}
+}
+
+// With is a copy of u with x as its secret's use.
+func (u SecretUses) With(x SecretUse) SecretUses {
+	out := make(SecretUses, 0, len(u)+1)
+	for _, y := range u {
+		if y.ID != x.ID {
+			out = append(out, y)
+		}
+	}
+	return append(out, x)
 }
 
 // statusOf is the health a stored token state records.
 func statusOf(ts store.TokenState) Status {
 	s := Status{State: State(ts.State), LastTokenTime: ts.Obtained, LastError: failureOf(ts.LastError)}
 	if ts.SecretUse != nil {
-		s.SecretUse = make(map[string]SecretUse, len(ts.SecretUse))
+		s.SecretUse = make(SecretUses, 0, len(ts.SecretUse))
 		for id, u := range ts.SecretUse {
-			s.SecretUse[id] = SecretUse{LastUsed: u.LastUsed, Rejected: failureOf(u.Rejected)}
+			s.SecretUse = append(s.SecretUse, SecretUse{ID: id, LastUsed: u.LastUsed, Rejected: failureOf(u.Rejected)})
 		}
 	}
 	return s
@@ -79,8 +107,8 @@ func (s Status) record(ts *store.TokenState) {
 	ts.State, ts.LastError, ts.SecretUse = string(s.State), s.LastError.record(), nil
 	if s.SecretUse != nil {
 		ts.SecretUse = make(map[string]store.SecretUse, len(s.SecretUse))
-		for id, u := range s.SecretUse {
-			ts.SecretUse[id] = store.SecretUse{LastUsed: u.LastUsed, Rejected: u.Rejected.record()}
+		for _, u := range s.SecretUse {
+			ts.SecretUse[u.ID] = store.SecretUse{LastUsed: u.LastUsed, Rejected: u.Rejected.record()}
 		}
 	}
 }

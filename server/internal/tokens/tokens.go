@@ -58,14 +58,26 @@ type Issued struct {
 	APIBaseURL string
 	// Headers must not be modified.
 	Headers map[string]string
-	// Fingerprint names the token in the audit trail (Config.Fingerprint).
-	Fingerprint string
 
-	// echo is built by Echo, once (fields, not a sync.OnceValue: one
-	// allocation less for each cached token, of which there may be
-	// 100,000).
-	echoOnce sync.Once
-	echo     secret.Detector
+	// echo and fingerprint are made by Echo and Fingerprint, once, when
+	// first asked for (fields, not sync.OnceValues: one allocation less
+	// for each cached token, of which there may be 100,000, most never
+	// asked for between two renewals).
+	echoOnce        sync.Once
+	echo            secret.Detector
+	fingerprintOnce sync.Once
+	fingerprint     string
+	fingerprintOf   func(token string) string // Config.Fingerprint
+}
+
+// Fingerprint names the token in the audit trail (Config.Fingerprint).
+func (is *Issued) Fingerprint() string {
+	is.fingerprintOnce.Do(func() {
+		if is.fingerprintOf != nil {
+			is.fingerprint = is.fingerprintOf(is.AccessToken.Reveal())
+		}
+	})
+	return is.fingerprint
 }
 
 // Echo finds the credential echoed back in any form (see secret.Detector).
