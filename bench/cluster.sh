@@ -10,7 +10,12 @@
 #
 # Besides throughput it prints the CPU each call cost every process (the
 # brokers, the etcd members, the load generators), from /proc, and how many
-# token requests each deployment sent upstream for its one account.
+# token requests each deployment sent upstream for its one account; beside
+# them, the yardsticks of bench/gettoken.sh and bench/proxy.sh taken on the
+# cluster: the replicas' health check, and a bare reverse-proxy hop
+# (bench/barehop) to the same API. Then it links BENCH_ACCOUNTS (100,000)
+# accounts through one replica (bench/scale) and restarts another: the time
+# from its start to /readyz answering ready.
 # Absolute numbers depend on the machine; everything here shares its CPUs.
 # Everything runs on loopback and stops by itself.
 set -euo pipefail
@@ -26,9 +31,16 @@ fake=127.0.0.1:$((base + 99))
 source bench/lib.sh
 go build -o "$work/ghz" github.com/bojand/ghz/cmd/ghz
 go build -o "$work/hey" github.com/rakyll/hey
+go build -o "$work/barehop" ./bench/barehop
+go build -o "$work/scale" ./bench/scale
 
-"$work/credbroker" fake-jumpcloud --listen "$fake" >"$work/fake.log" 2>&1 &
+"$work/credbroker" fake-jumpcloud --listen "$fake" --any-client >"$work/fake.log" 2>&1 &
 pids+=($!)
+bare=127.0.0.1:$((base + 98))
+"$work/barehop" --listen "$bare" --upstream "http://$fake" >"$work/barehop.log" 2>&1 &
+pids+=($!)
+declare -A pid_of
+pid_of[barehop]=$!
 
 # Ports: the bbolt broker at base+0..2; replica i at base+10*(i+1)+0..2
 # (gRPC, proxy, ops); etcd member i at base+50+2i (clients) and +1 (peers).
@@ -37,7 +49,6 @@ common=(--rate-limit 1000000 --rate-burst 1000000 --log-level warn
 
 # serve NAME PORT ARGS...: starts a broker whose gRPC, proxy and ops
 # listeners are PORT, PORT+1 and PORT+2.
-declare -A pid_of
 serve() {
 	local name=$1 port=$2
 	shift 2
@@ -46,9 +57,9 @@ serve() {
 		>"$work/$name.out" 2>"$work/$name.log" &
 	pids+=($!)
 	pid_of[$name]=$!
-	for _ in $(seq 100); do
+	for _ in $(seq 3000); do
 		curl -sf "http://127.0.0.1:$((port + 2))/readyz" >/dev/null && return
-		sleep 0.1
+		sleep 0.01
 	done
 	echo "bench: $name did not start" >&2
 	cat "$work/$name.log" >&2
@@ -75,12 +86,11 @@ for i in 0 1 2; do
 		sleep 0.1
 	done
 done
-CREDBROKER_MASTER_KEY=$(head -c 32 /dev/urandom | base64)
-export CREDBROKER_MASTER_KEY
-for i in 0 1 2; do
-	serve "replica-$i" $((base + 10 * (i + 1))) --storage etcd --etcd-endpoints "$endpoints"
-done
-unset CREDBROKER_MASTER_KEY
+master_key=$(head -c 32 /dev/urandom | base64)
+replica() { # I: starts replica I
+	CREDBROKER_MASTER_KEY=$master_key serve "replica-$1" $((base + 10 * ($1 + 1))) --storage etcd --etcd-endpoints "$endpoints"
+}
+for i in 0 1 2; do replica "$i"; done
 
 # setup NAME PORT: links the account "bench" on the broker at PORT with the
 # admin key NAME printed, and makes a caller key granted it; prints the key.
@@ -134,11 +144,18 @@ measure() {
 # Load generators: ghz and hey, once against one broker, or three at once
 # (a third each) against the three replicas; each fails the run on any
 # answer but OK / 200.
-ghz_at() { # PORT KEY N C
-	local out="$work/ghz-$1.json"
-	"$work/ghz" --insecure --call credbroker.v1.TokenService/GetToken -d '{"name":"accounts/bench"}' \
-		--metadata "{\"authorization\":\"Bearer $2\"}" --reflect-metadata "{\"authorization\":\"Bearer $2\"}" -n "$3" -c "$4" -O json "127.0.0.1:$1" >"$out"
-	grep -q "\"OK\":$3[,}]" "$out" || { echo "bench: GetToken on port $1 did not answer OK to all $3 calls" >&2; exit 1; }
+ghz_call() { # METHOD DATA PORT KEY N C
+	local out="$work/ghz-$3.json"
+	"$work/ghz" --insecure --call "$1" -d "$2" \
+		--metadata "{\"authorization\":\"Bearer $4\"}" --reflect-metadata "{\"authorization\":\"Bearer $4\"}" -n "$5" -c "$6" -O json "127.0.0.1:$3" >"$out"
+	grep -q "\"OK\":$5[,}]" "$out" || { echo "bench: $1 on port $3 did not answer OK to all $5 calls" >&2; exit 1; }
+}
+ghz_at() { ghz_call credbroker.v1.TokenService/GetToken '{"name":"accounts/bench"}' "$@"; }
+health_at() { ghz_call grpc.health.v1.Health/Check '{}' "$@"; }
+bare_at() { # (PORT KEY) N C: the bare hop, with the stand-in's API key
+	local out="$work/hey-bare.txt"
+	"$work/hey" -n "$3" -c "$4" -H "x-api-key: demo-api-key" "http://$bare/api/v2/systems" >"$out"
+	grep -q "\[200\]	$3 responses" "$out" || { echo "bench: the bare hop did not answer 200 to all $3 calls" >&2; cat "$out" >&2; exit 1; }
 }
 hey_at() { # PORT KEY N C
 	local out="$work/hey-$1.txt"
@@ -165,11 +182,13 @@ three ghz_at >/dev/null
 echo "== $requests calls each, $concurrency callers in all; CPU per call of each process group"
 for round in 1 2; do
 	measure "GetToken, bbolt" "broker=${pid_of[bolt]}" -- one ghz_at
+	measure "health check, 3 on etcd" "$replicas" -- three health_at
 	measure "GetToken, 3 on etcd" "$replicas" "$members" -- three ghz_at
 	measure "proxied GET, bbolt" "broker=${pid_of[bolt]}" -- one hey_at
+	measure "bare hop" "bare=${pid_of[barehop]}" -- one bare_at
 	measure "proxied GET, 3 on etcd" "$replicas" "$members" -- three hey_at
 done
-awk '{ rate[$0 ~ /bbolt/ ? "bolt " $1 : "etcd " $1] += $NF } END {
+awk '/^(GetToken|proxied)/ { rate[$0 ~ /bbolt/ ? "bolt " $1 : "etcd " $1] += $NF } END {
 	printf "GetToken: 3 replicas on etcd / 1 on bbolt: %.2f\n", rate["etcd GetToken,"] / rate["bolt GetToken,"]
 	printf "proxied GET: 3 replicas on etcd / 1 on bbolt: %.2f\n", rate["etcd proxied"] / rate["bolt proxied"]
 }' "$work/rates"
@@ -184,8 +203,27 @@ upstream() {
 }
 echo "token requests sent upstream for the account: bbolt $(upstream "$base"), 3 replicas on etcd $(upstream $((base + 10)) $((base + 20)) $((base + 30))) (linking fetches the first)"
 
+# 100,000 accounts across the cluster, linked through replica-0; then
+# replica-2 restarts and loads them from etcd.
+accounts=${BENCH_ACCOUNTS:-100000}
+echo "== linking $accounts accounts through replica-0..."
+read -r _ _ link_rate < <("$work/scale" -addr "127.0.0.1:$((base + 10))" -admin-key "$(grep -o 'cbk_[A-Za-z0-9_-]*' "$work/replica-0.out")" -from 1 -link "$accounts")
+kill -TERM "${pid_of[replica-2]}"
+wait "${pid_of[replica-2]}" 2>/dev/null || true
+start=$(date +%s.%N)
+replica 2
+ready_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
+rss_mb=$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/${pid_of[replica-2]}/status")
+echo "linked at $link_rate accounts/s; replica-2 ready ${ready_s}s after its start, holding $rss_mb MB"
+
 # The last round's CPU per call, as figures.
 cpu_of() { awk -F'|' -v l="$1" -v g="$2" '$1 == l && $2 == g { v = $3 } END { print v }' "$work/cpu"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+token_cpu=$(cpu_of "GetToken, 3 on etcd" replicas)
+health_cpu=$(cpu_of "health check, 3 on etcd" replicas)
+proxy_cpu=$(cpu_of "proxied GET, 3 on etcd" replicas)
+bare_cpu=$(cpu_of "bare hop" bare)
 echo
-figure cluster_gettoken_cpu "GetToken CPU per call: 3 replicas on etcd, each / bbolt" "$(cpu_of "GetToken, 3 on etcd" replicas) / $(cpu_of "GetToken, bbolt" broker) µs" "" "(etcd: $(cpu_of "GetToken, 3 on etcd" etcd) µs)"
-figure cluster_proxy_cpu "Proxied GET CPU per call: 3 replicas on etcd, each / bbolt" "$(cpu_of "proxied GET, 3 on etcd" replicas) / $(cpu_of "proxied GET, bbolt" broker) µs" "" "(etcd: $(cpu_of "proxied GET, 3 on etcd" etcd) µs)"
+figure cluster_gettoken_cpu "GetToken CPU per call on a replica (3 on etcd) / its health check's" "$(ratio "$token_cpu" "$health_cpu")x ($token_cpu / $health_cpu µs; bbolt $(cpu_of "GetToken, bbolt" broker) µs)" "<= 1.30x" "$(meets "$(ratio "$token_cpu" "$health_cpu")" "<=" 1.30) (etcd: $(cpu_of "GetToken, 3 on etcd" etcd) µs)"
+figure cluster_proxy_cpu "Proxied GET CPU per call on a replica (3 on etcd) / bare hop's" "$(ratio "$proxy_cpu" "$bare_cpu")x ($proxy_cpu / $bare_cpu µs; bbolt $(cpu_of "proxied GET, bbolt" broker) µs)" "<= 1.15x" "$(meets "$(ratio "$proxy_cpu" "$bare_cpu")" "<=" 1.15) (etcd: $(cpu_of "proxied GET, 3 on etcd" etcd) µs)"
+figure cluster_restart "Replica restart to ready, $accounts accounts on 3 replicas" "$ready_s s ($rss_mb MB)" "< 5 s" "$(meets "$ready_s" "<=" 4.99)"

@@ -51,7 +51,9 @@ serve() {
 	cat "$work/broker.log" >&2
 	exit 1
 }
-rss_mb() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$broker_pid/status"; }
+# rss_mb [FIELD]: the broker's resident memory (VmRSS, or FIELD: RssFile
+# is the part that is the database's pages, mapped from the page cache).
+rss_mb() { awk -v f="${1:-VmRSS}:" '$1 == f { printf "%.0f", $2 / 1024 }' "/proc/$broker_pid/status"; }
 
 serve
 key=$(grep -o 'cbk_[A-Za-z0-9_-]*' "$work/broker.out")
@@ -71,6 +73,7 @@ sleep 2 # the broker gives back what the start read and left (see Serve)
 rss_ready=$(rss_mb)
 "$work/scale" -addr "$broker" -admin-key "$key" -list "$pages" >"$work/list-2"
 rss_listed=$(rss_mb)
+rss_listed_file=$(rss_mb RssFile)
 cat "$work/list-1" "$work/list-2"
 
 # Every token fetched while linking has expired $((ttl_s + 15)) s after the last was.
@@ -87,7 +90,7 @@ p99() { awk -v s="$1" '$2 == s { print $4 }' "$work/list-2"; }
 echo
 figure scale_link "Linking accounts through the API, instant provider" "$link_rate/s" ">= 1,000/s" "$(meets "$link_rate" ">=" 1000)"
 figure scale_restart "Restart to ready, $accounts accounts" "$ready_s s" "< 2 s" "$(meets "$ready_s" "<=" 1.99)"
-figure scale_rss "Resident memory, $accounts accounts (after restart, listing)" "$rss_listed MB ($rss_ready once ready; $rss_linked linking)" "< 300 MB" "$(meets "$rss_listed" "<=" 299)"
+figure scale_rss "Resident memory, $accounts accounts (after restart, listing)" "$rss_listed MB, $rss_listed_file of it the database's pages ($rss_ready once ready; $rss_linked linking)" "< 300 MB" "$(meets "$rss_listed" "<=" 299)"
 figure scale_db "Database size, $accounts accounts" "$db_mb MB" "" ""
 figure scale_list "ListAccounts page of 100, p99, warm client" "$(list_ms ACCOUNT_STATE_UNSPECIFIED)" "< 5 ms" "$(meets "$(p99 ACCOUNT_STATE_UNSPECIFIED)" "<=" 4.99)"
 figure scale_list_state "ListAccounts page of 100 in a state, p99, warm client" "$(list_ms ACCOUNT_STATE_ACTIVE)" "< 5 ms" "$(meets "$(p99 ACCOUNT_STATE_ACTIVE)" "<=" 4.99)"
