@@ -466,15 +466,55 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 	if r.Reverse {
 		return d.listReverse(ctx, start, end, r.Limit)
 	}
-	opts := []clientv3.OpOption{clientv3.WithRange(end)}
-	if r.Limit > 0 {
-		opts = append(opts, clientv3.WithLimit(int64(r.Limit)))
+	if r.Limit == 0 {
+		p := storage.Page{}
+		rev, err := d.rangeAt(ctx, start, end, 0, func(kv *mvccpb.KeyValue) error {
+			p.Records = append(p.Records, d.record(kv))
+			return nil
+		})
+		p.Revision = storage.Revision(rev)
+		return p, err
 	}
-	resp, err := d.cli.Get(ctx, start, opts...)
+	resp, err := d.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(int64(r.Limit)))
 	if err != nil {
 		return storage.Page{}, d.wrap(err)
 	}
 	return d.page(resp.Kvs, resp.More, resp.Header.Revision), nil
+}
+
+// rangePage is how many records rangeAt reads at a time: a single range of
+// 100,000 accounts makes etcd build, and the client decode, a response of
+// a few hundred megabytes at once.
+const rangePage = 1000
+
+// rangeAt calls fn with every record of [start, end), read a page at a
+// time at revision rev (0: the revision of the first page), and returns
+// that revision.
+func (d *DB) rangeAt(ctx context.Context, start, end string, rev int64, fn func(*mvccpb.KeyValue) error) (int64, error) {
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(rangePage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		pctx, cancel := d.bounded(ctx)
+		resp, err := d.cli.Get(pctx, start, opts...)
+		cancel()
+		if err != nil {
+			return 0, d.wrap(err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision // with WithRev, the header has the latest revision instead
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(kv); err != nil {
+				return 0, err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // listReverse reads the last limit records of [start, end), newest key
@@ -724,36 +764,17 @@ func (d *DB) changes(events []*clientv3.Event) []storage.Change {
 	return out
 }
 
-// snapshotPage is how many records Snapshot reads at a time.
-const snapshotPage = 1000
-
 // Snapshot calls fn with every record and log record, read at the
 // revision of the first read, which it returns.
 func (d *DB) Snapshot(ctx context.Context, fn func(storage.Record) error) (storage.Revision, error) {
 	var rev int64
 	for _, dir := range []string{dataDir, logDir} {
-		start, end := d.prefix+dir, d.prefix+storage.PrefixEnd(dir)
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(snapshotPage)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			rctx, cancel := d.bounded(ctx)
-			resp, err := d.cli.Get(rctx, start, opts...)
-			cancel()
-			if err != nil {
-				return 0, d.wrap(err)
-			}
-			rev = resp.Header.Revision
-			for _, kv := range resp.Kvs {
-				if err := fn(d.record(kv)); err != nil {
-					return 0, err
-				}
-			}
-			if !resp.More || len(resp.Kvs) == 0 {
-				break
-			}
-			start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		var err error
+		rev, err = d.rangeAt(ctx, d.prefix+dir, d.prefix+storage.PrefixEnd(dir), rev, func(kv *mvccpb.KeyValue) error {
+			return fn(d.record(kv))
+		})
+		if err != nil {
+			return 0, err
 		}
 	}
 	return storage.Revision(rev), nil
@@ -796,7 +817,7 @@ func (d *DB) Load(ctx context.Context, each func(put func(storage.Record) error)
 	}
 	err = each(func(r storage.Record) error {
 		batch = append(batch, storage.Put(r.Key, r.Value))
-		if len(batch) < snapshotPage {
+		if len(batch) < rangePage { // as many as a page read
 			return nil
 		}
 		return flush()

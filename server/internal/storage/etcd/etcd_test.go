@@ -221,3 +221,45 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("a record of the interrupted load survived: %v", err)
 	}
 }
+
+// A whole range is read a page at a time, every page at the revision of
+// the first: a record written meanwhile, after the first page, is not in
+// it, for List and for Snapshot.
+func TestWholeRangesAreReadAtOneRevision(t *testing.T) {
+	ctx := context.Background()
+	cluster := etcdtest.Start(t, 1)
+	d, err := Open(Config{Endpoints: cluster.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var ops []storage.Op
+	for i := range rangePage + 10 {
+		ops = append(ops, storage.Put(fmt.Sprintf("accounts/a%05d", i), []byte("x")))
+	}
+	for _, chunk := range storage.EtcdLimits.Chunks(ops) {
+		if _, err := d.Txn(ctx, nil, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := d.List(ctx, storage.Range{Prefix: "accounts/"})
+	if err != nil || len(p.Records) != rangePage+10 {
+		t.Fatalf("List of %d records: %d, %v", rangePage+10, len(p.Records), err)
+	}
+	n, late := 0, false
+	rev, err := d.Snapshot(ctx, func(r storage.Record) error {
+		if n++; n == 1 {
+			if _, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/zz", []byte("late"))}); err != nil {
+				return err
+			}
+		}
+		late = late || r.Key == "accounts/zz"
+		return nil
+	})
+	if err != nil || late || n < rangePage+10 {
+		t.Fatalf("Snapshot: %d records, the late one among them: %v, %v", n, late, err)
+	}
+	if rev != p.Revision {
+		t.Fatalf("Snapshot's revision %d, want the one before the late write (%d)", rev, p.Revision)
+	}
+}
