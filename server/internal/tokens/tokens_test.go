@@ -382,18 +382,25 @@ func TestRejectedNeedsAttentionUntilProviderAcceptsAgain(t *testing.T) {
 	}
 }
 
-func TestRefresherRenewsBeforeExpiryWithBoundedConcurrency(t *testing.T) {
-	var inflight, peak atomic.Int32
-	h := newHarness(t, func(next http.Handler) http.Handler {
+// countingPeak wraps the provider: peak is the most requests it answered
+// at once, each taking delay.
+func countingPeak(peak *atomic.Int32, delay time.Duration) func(http.Handler) http.Handler {
+	var inflight atomic.Int32
+	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			n := inflight.Add(1)
 			defer inflight.Add(-1)
 			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(delay)
 			next.ServeHTTP(w, r)
 		})
-	})
+	}
+}
+
+func TestRefresherRenewsBeforeExpiryWithBoundedConcurrency(t *testing.T) {
+	var peak atomic.Int32
+	h := newHarness(t, countingPeak(&peak, 20*time.Millisecond))
 	h.cfg.RefreshConcurrency = 2
 	ids := []string{"a", "b", "c", "d", "e", "f"}
 	for _, id := range ids {
@@ -439,16 +446,8 @@ func TestRefresherRenewsBeforeExpiryWithBoundedConcurrency(t *testing.T) {
 // as the provider answers, not a slotful per scan: with one scan an hour,
 // the scan at start fills every cold account, two at a time.
 func TestRefresherWorksThroughABacklog(t *testing.T) {
-	var inflight, peak atomic.Int32
-	h := newHarness(t, func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			n := inflight.Add(1)
-			defer inflight.Add(-1)
-			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
+	var peak atomic.Int32
+	h := newHarness(t, countingPeak(&peak, 0))
 	h.cfg.RefreshConcurrency = 2
 	h.cfg.ScanInterval = time.Hour
 	const accounts = 40

@@ -28,16 +28,21 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// openOnOne opens a DB on a one-member etcd of its own.
+func openOnOne(t *testing.T) *DB {
+	d, err := Open(Config{Endpoints: etcdtest.Start(t, 1).Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
 // A commit that shreds sealed material leaves a marker; Compact removes
 // the history that holds the material, and the marker.
 func TestShreddingCompactsHistory(t *testing.T) {
 	ctx := context.Background()
-	cluster := etcdtest.Start(t, 1)
-	d, err := Open(Config{Endpoints: cluster.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openOnOne(t)
 	first, err := d.Txn(ctx, nil, []storage.Op{storage.Put("accounts/a", []byte("sealed"))})
 	if err != nil {
 		t.Fatal(err)
@@ -227,12 +232,7 @@ func TestLoad(t *testing.T) {
 // it, for List and for Snapshot.
 func TestWholeRangesAreReadAtOneRevision(t *testing.T) {
 	ctx := context.Background()
-	cluster := etcdtest.Start(t, 1)
-	d, err := Open(Config{Endpoints: cluster.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openOnOne(t)
 	var ops []storage.Op
 	for i := range rangePage + 10 {
 		ops = append(ops, storage.Put(fmt.Sprintf("accounts/a%05d", i), []byte("x")))
