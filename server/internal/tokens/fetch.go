@@ -391,6 +391,7 @@ func (e *entry) publish(is *Issued, cfg Config) {
 // instead of in one burst, and drift further apart with each renewal; none
 // is renewed before three quarters of its life less the margin.
 func refreshTime(expiry time.Time, lifetime, margin time.Duration) time.Time {
+	lifetime = max(lifetime, 0) // the provider client refuses such tokens; rand.N would panic
 	margin = min(margin, lifetime/2)
 	return expiry.Add(-margin - rand.N(lifetime/4+1))
 }

@@ -491,6 +491,10 @@ func TestRefreshTimesSpread(t *testing.T) {
 	if last.Sub(first) < 14*time.Minute {
 		t.Fatalf("2,000 renewals fall within %v of each other, want spread over 15 minutes", last.Sub(first))
 	}
+	// A token that expired before it was obtained (as a clock may make one) is due now.
+	if at := refreshTime(expiry, -time.Minute, 5*time.Minute); !at.Equal(expiry) {
+		t.Fatalf("a token with a negative lifetime renewed at %v, want at its expiry %v", at, expiry)
+	}
 	// A short-lived token keeps half its life as the margin.
 	if at := refreshTime(expiry, 2*time.Minute, 5*time.Minute); at.Before(expiry.Add(-90*time.Second)) || at.After(expiry.Add(-time.Minute)) {
 		t.Fatalf("a 2-minute token renewed at %v before expiry, want 60-90s", expiry.Sub(at))
