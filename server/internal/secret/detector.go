@@ -32,6 +32,8 @@ type Detector struct {
 	// forms are the secret's encodings with non-printable characters
 	// removed, and folded.
 	forms, folded []string
+	// formRuns and foldedRuns index their runs of MinFragment bytes.
+	formRuns, foldedRuns runHashes
 }
 
 var (
@@ -81,7 +83,13 @@ func NewDetector(s String, clientID string) Detector {
 			}
 		}
 	}
+	d.index()
 	return d
+}
+
+// index makes formRuns and foldedRuns from forms and folded.
+func (d *Detector) index() {
+	d.formRuns, d.foldedRuns = newRunHashes(d.forms), newRunHashes(d.folded)
 }
 
 func (d *Detector) add(form string) {
@@ -114,20 +122,77 @@ func (d Detector) FoundIn(text string) bool {
 	if text == "" {
 		return false
 	}
-	return holds(printable(text), d.forms) || holds(fold(text), d.folded)
+	return holds(printable(text), d.forms, d.formRuns) || holds(fold(text), d.folded, d.foldedRuns)
 }
 
-func holds(text string, forms []string) bool {
-	for _, f := range forms {
-		if len(f) < MinFragment {
-			if strings.Contains(text, f) {
+// holds reports whether text holds a form shorter than MinFragment, or a
+// run of MinFragment bytes of a longer one; runs index the longer forms'
+// runs, so that text and forms are compared only when one of text's runs
+// may be one of theirs (every API answer's headers are checked, and
+// searching each form for each run of each header cost a fifth of a
+// proxied call).
+func holds(text string, forms []string, runs runHashes) bool {
+	if runs.anyIn(text) {
+		for _, f := range forms {
+			if len(f) >= MinFragment && shareRun(text, f, MinFragment) {
 				return true
 			}
-		} else if shareRun(text, f, MinFragment) {
+		}
+	}
+	for _, f := range forms {
+		if len(f) < MinFragment && strings.Contains(text, f) {
 			return true
 		}
 	}
 	return false
+}
+
+// runHashes are the hashes (see eachRun) of every run of MinFragment bytes
+// of some texts, sorted. Equal runs hash equally, so a text none of whose
+// runs' hashes is among them shares no run with those texts; a hash found
+// may be a collision, which a comparison settles. About 4 bytes for each
+// byte of the texts.
+type runHashes []uint32
+
+func newRunHashes(texts []string) runHashes {
+	var hs runHashes
+	for _, t := range texts {
+		eachRun(t, func(h uint32) bool { hs = append(hs, h); return true })
+	}
+	slices.Sort(hs)
+	return slices.Compact(hs)
+}
+
+// anyIn reports whether the hash of a run of text is among hs.
+func (hs runHashes) anyIn(text string) bool {
+	found := false
+	eachRun(text, func(h uint32) bool {
+		_, found = slices.BinarySearch(hs, h)
+		return !found
+	})
+	return found
+}
+
+// runPrime is the base of eachRun's polynomial hash (FNV-1's prime).
+const runPrime = 16777619
+
+// eachRun calls fn with the hash of each run of MinFragment bytes of s, in
+// order, until fn returns false: a polynomial in runPrime over the run's
+// bytes (mod 2^32), rolled from one run to the next.
+func eachRun(s string, fn func(uint32) bool) {
+	if len(s) < MinFragment {
+		return
+	}
+	var h, top uint32 = 0, 1 // top: runPrime^(MinFragment-1), the weight of a run's first byte
+	for i := range MinFragment {
+		h = h*runPrime + uint32(s[i])
+		if i > 0 {
+			top *= runPrime
+		}
+	}
+	for i := 0; fn(h) && i+MinFragment < len(s); i++ {
+		h = (h-uint32(s[i])*top)*runPrime + uint32(s[i+MinFragment])
+	}
 }
 
 // shareRun reports whether a and b have n bytes in a row in common.
@@ -173,5 +238,7 @@ func printable(s string) string {
 
 // And is a Detector of both d's secret and o's.
 func (d Detector) And(o Detector) Detector {
-	return Detector{forms: append(slices.Clip(d.forms), o.forms...), folded: append(slices.Clip(d.folded), o.folded...)}
+	both := Detector{forms: append(slices.Clip(d.forms), o.forms...), folded: append(slices.Clip(d.folded), o.folded...)}
+	both.index()
+	return both
 }

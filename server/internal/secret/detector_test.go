@@ -4,7 +4,9 @@ import (
 	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
+	"math/rand/v2"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -99,5 +101,59 @@ func TestDetectorOfShortSecret(t *testing.T) {
 		if got := d.FoundIn(text); got != want {
 			t.Errorf("FoundIn(%q) = %v, want %v", text, got, want)
 		}
+	}
+}
+
+// The index of runs only spares comparisons: on texts made of pieces of a
+// secret's forms and of other text, FoundIn answers as comparing the text
+// with every form does.
+func TestDetectorIndexMissesNothing(t *testing.T) {
+	d := NewDetector(New("jc-9f8e7d6c5b4a39281706f5e4d3c2b1a0"), "client-1")
+	exhaustive := func(text string) bool {
+		for _, set := range []struct {
+			text  string
+			forms []string
+		}{{printable(text), d.forms}, {fold(text), d.folded}} {
+			for _, f := range set.forms {
+				if (len(f) < MinFragment && strings.Contains(set.text, f)) || (len(f) >= MinFragment && shareRun(set.text, f, MinFragment)) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	found := 0
+	for range 20000 {
+		var b strings.Builder
+		for range 1 + rng.IntN(3) {
+			if rng.IntN(2) == 0 {
+				f := d.forms[rng.IntN(len(d.forms))]
+				i := rng.IntN(len(f))
+				b.WriteString(f[i : i+rng.IntN(min(len(f)-i, 16)+1)])
+			} else {
+				b.WriteString(strconv.FormatUint(rng.Uint64(), 36))
+			}
+		}
+		text := b.String()
+		want := exhaustive(text)
+		if got := d.FoundIn(text); got != want {
+			t.Fatalf("FoundIn(%q) = %v, comparing with every form says %v", text, got, want)
+		}
+		if want {
+			found++
+		}
+	}
+	if found < 1000 || found > 19000 {
+		t.Fatalf("%d of 20,000 texts hold the secret: the test needs both kinds", found)
+	}
+}
+
+// A response header checked for an echo of the access token.
+func BenchmarkDetectorFoundIn(b *testing.B) {
+	d := NewDetector(New("jc-fake-9f8e7d6c5b4a39281706f5e4d3c2b1a0"), "")
+	for b.Loop() {
+		d.FoundIn("application/json; charset=utf-8")
+		d.FoundIn("Wed, 02 Dec 2026 06:19:25 GMT")
 	}
 }
