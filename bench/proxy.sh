@@ -26,14 +26,18 @@ fake=127.0.0.1:${BENCH_FAKE_PORT:-18095}
 slow=127.0.0.1:${BENCH_SLOW_FAKE_PORT:-18096}
 bare=127.0.0.1:${BENCH_BARE_PORT:-18097}
 delay=${BENCH_API_DELAY:-20ms}
+# An API key as long as JumpCloud's (jca_ and 40 characters): the proxy
+# checks every answer's headers for it in any form, which costs more the
+# longer the key.
+api_key=jca_$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 source bench/lib.sh
 go build -o "$work/hey" github.com/rakyll/hey
 go build -o "$work/barehop" ./bench/barehop
 
-"$work/credbroker" fake-jumpcloud --listen "$fake" --api-key bench-api-key >"$work/fake.log" 2>&1 &
+"$work/credbroker" fake-jumpcloud --listen "$fake" --api-key "$api_key" >"$work/fake.log" 2>&1 &
 pids+=($!)
-"$work/credbroker" fake-jumpcloud --listen "$slow" --api-key bench-api-key --api-delay "$delay" >"$work/slow.log" 2>&1 &
+"$work/credbroker" fake-jumpcloud --listen "$slow" --api-key "$api_key" --api-delay "$delay" >"$work/slow.log" 2>&1 &
 pids+=($!)
 "$work/barehop" --listen "$bare" --upstream "http://$fake" >"$work/barehop.log" 2>&1 &
 bare_pid=$!
@@ -49,7 +53,7 @@ admin="authorization: Bearer $(bootstrap_key)"
 key=$("$work/grpcurl" -plaintext -H "$admin" -d '{"key_id":"bench","caller_key":{"role":"ROLE_CALLER"}}' \
 	"$broker" credbroker.v1.CallerService/CreateCallerKey | grep -o 'cbk_[A-Za-z0-9_-]*')
 for account in instant:REGION_US api-like:REGION_EU; do
-	"$work/grpcurl" -plaintext -H "$admin" -d "{\"account_id\":\"${account%%:*}\",\"jumpcloud_api_key\":{\"api_key\":\"bench-api-key\",\"region\":\"${account##*:}\"}}" \
+	"$work/grpcurl" -plaintext -H "$admin" -d "{\"account_id\":\"${account%%:*}\",\"jumpcloud_api_key\":{\"api_key\":\"$api_key\",\"region\":\"${account##*:}\"}}" \
 		"$broker" credbroker.v1.AccountService/CreateAccount >/dev/null
 	"$work/grpcurl" -plaintext -H "$admin" -d "{\"name\":\"accounts/${account%%:*}\",\"principal\":\"callerKeys/bench\"}" \
 		"$broker" credbroker.v1.AccountService/AddAccountGrant >/dev/null
@@ -73,7 +77,7 @@ run() {
 }
 
 api="/v2/systems?limit=10"
-direct_key="x-api-key: bench-api-key"
+direct_key="x-api-key: $api_key"
 caller_key="Proxy-Authorization: Bearer $key"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
