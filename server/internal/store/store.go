@@ -25,6 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/credbroker/credbroker/internal/parallel"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/storage"
@@ -424,10 +426,16 @@ func page[T any, P listed[T]](s *Store, bucket []byte, after string, limit int) 
 	if err != nil {
 		return nil, err
 	}
-	out := make([]T, len(p.Records))
-	err = parallel.Each(len(p.Records), func(i int) error {
-		k := p.Records[i].Key[len(bucket)+1:]
-		err := s.open(bucket, []byte(k), p.Records[i].Value, P(&out[i]))
+	return openPage[T, P](s, bucket, p.Records)
+}
+
+// openPage opens records of a bucket on every processor; one that fails
+// its integrity check is marked tampered.
+func openPage[T any, P listed[T]](s *Store, bucket []byte, records []storage.Record) ([]T, error) {
+	out := make([]T, len(records))
+	err := parallel.Each(len(records), func(i int) error {
+		k := records[i].Key[len(bucket)+1:]
+		err := s.open(bucket, []byte(k), records[i].Value, P(&out[i]))
 		if errors.Is(err, ErrIntegrity) {
 			P(&out[i]).markTampered(k)
 		} else if err != nil {
@@ -436,6 +444,31 @@ func page[T any, P listed[T]](s *Store, bucket []byte, after string, limit int) 
 		return nil
 	})
 	return out, err
+}
+
+// wholePage is how many records readAhead reads at a time (a variable for
+// tests).
+var wholePage = 10000
+
+// readAhead calls open with every record of a bucket, a page at a time,
+// each page while the next is read (eachPage waits for fn instead): on
+// etcd each read is a round trip to a quorum, and a replica's start reads
+// 100,000 accounts. Pages are read at revisions of their own (see
+// storage.MirrorConfig.Load).
+func (s *Store) readAhead(bucket []byte, open func([]storage.Record) error) error {
+	var opening errgroup.Group // one page at a time
+	r := storage.Range{Prefix: key(bucket, ""), Limit: wholePage}
+	for {
+		p, err := s.db.List(ctx, r)
+		if werr := opening.Wait(); err != nil || werr != nil {
+			return errors.Join(err, werr)
+		}
+		opening.Go(func() error { return open(p.Records) })
+		if !p.More || len(p.Records) == 0 {
+			return opening.Wait()
+		}
+		r.After = p.Records[len(p.Records)-1].Key
+	}
 }
 
 // Stored is an account together with its token state.
@@ -448,33 +481,37 @@ type Stored struct {
 // at start-up. An account either of whose records fails its check comes
 // with only its ID, marked Tampered.
 func (s *Store) All() ([]Stored, error) {
-	accounts, err := page[Account](s, accountsBucket, "", 0)
-	if err != nil {
-		return nil, err
-	}
-	p, err := s.db.List(ctx, storage.Range{Prefix: key(tokensBucket, "")})
-	if err != nil {
-		return nil, err
-	}
-	opened := make([]TokenState, len(p.Records))
-	bad := make([]bool, len(p.Records))
-	err = parallel.Each(len(p.Records), func(i int) error {
-		id := p.Records[i].Key[len(tokensBucket)+1:]
-		if err := s.open(tokensBucket, []byte(id), p.Records[i].Value, &opened[i]); errors.Is(err, ErrIntegrity) {
-			bad[i] = true
-		} else if err != nil {
-			return fmt.Errorf("account %q: %w", id, err)
-		}
-		return nil
+	var accounts []Account
+	err := s.readAhead(accountsBucket, func(records []storage.Record) error {
+		page, err := openPage[Account](s, accountsBucket, records)
+		accounts = append(accounts, page...)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	states := make(map[string]TokenState, len(p.Records))
+	states := make(map[string]TokenState, len(accounts))
 	tampered := map[string]bool{}
-	for i, rec := range p.Records {
-		id := rec.Key[len(tokensBucket)+1:]
-		states[id], tampered[id] = opened[i], bad[i]
+	err = s.readAhead(tokensBucket, func(records []storage.Record) error {
+		opened := make([]TokenState, len(records))
+		bad := make([]bool, len(records))
+		err := parallel.Each(len(records), func(i int) error {
+			id := records[i].Key[len(tokensBucket)+1:]
+			if err := s.open(tokensBucket, []byte(id), records[i].Value, &opened[i]); errors.Is(err, ErrIntegrity) {
+				bad[i] = true
+			} else if err != nil {
+				return fmt.Errorf("account %q: %w", id, err)
+			}
+			return nil
+		})
+		for i, rec := range records {
+			id := rec.Key[len(tokensBucket)+1:]
+			states[id], tampered[id] = opened[i], bad[i]
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	out := make([]Stored, len(accounts))
 	for i, a := range accounts {

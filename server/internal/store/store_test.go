@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -93,6 +94,28 @@ func TestAccountLifecycle(t *testing.T) {
 	}
 	if err := s.DeleteAccount("a", AuditEvent{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: err = %v, want ErrNotFound", err)
+	}
+}
+
+// All reads a page at a time, and every account gets its own token state.
+func TestAllReadsPageByPage(t *testing.T) {
+	s, _ := openTemp(t)
+	defer func(n int) { wholePage = n }(wholePage)
+	wholePage = 3
+	for i := range 10 {
+		id := fmt.Sprintf("acct-%02d", i)
+		if err := s.CreateAccount(Account{ID: id}, TokenState{State: "active", TokenType: "type of " + id}, AuditEvent{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := s.All()
+	if err != nil || len(all) != 10 {
+		t.Fatalf("All() = %d accounts, %v; want 10", len(all), err)
+	}
+	for i, st := range all {
+		if id := fmt.Sprintf("acct-%02d", i); st.Account.ID != id || st.TokenState.TokenType != "type of "+id {
+			t.Fatalf("All()[%d] = %s with token type %q, want %s with its own", i, st.Account.ID, st.TokenState.TokenType, id)
+		}
 	}
 }
 
