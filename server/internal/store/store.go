@@ -483,8 +483,8 @@ type Stored struct {
 func (s *Store) All() ([]Stored, error) {
 	var accounts []Account
 	err := s.readAhead(accountsBucket, func(records []storage.Record) error {
-		page, err := openPage[Account](s, accountsBucket, records)
-		accounts = append(accounts, page...)
+		opened, err := openPage[Account](s, accountsBucket, records)
+		accounts = append(accounts, opened...)
 		return err
 	})
 	if err != nil {
