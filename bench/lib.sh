@@ -24,6 +24,14 @@ cpu_us() {
 	echo $((total * 1000000 / ticks))
 }
 
+# rss_mb PID [FIELD]: a process's resident memory in MB (VmRSS, or FIELD
+# of /proc/PID/status: RssFile is the part mapped from files, such as the
+# database's pages in the page cache).
+rss_mb() { awk -v f="${2:-VmRSS}:" '$1 == f { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+
+# seconds_since START: the seconds from START (date +%s.%N) to now, to 0.01.
+seconds_since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }'; }
+
 # figure ID DESCRIPTION VALUE TARGET MET: prints a measured figure beside its
 # target and, if BENCH_RESULTS names a file, adds it there as a line of
 # tab-separated fields (bench/table turns the file into the README's table).

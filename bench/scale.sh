@@ -42,7 +42,7 @@ serve() {
 	pids+=($broker_pid)
 	for _ in $(seq 600); do
 		if curl -sf "http://$ops/readyz" >/dev/null; then
-			ready_s=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
+			ready_s=$(seconds_since "$start")
 			return
 		fi
 		sleep 0.01
@@ -51,9 +51,6 @@ serve() {
 	cat "$work/broker.log" >&2
 	exit 1
 }
-# rss_mb [FIELD]: the broker's resident memory (VmRSS, or FIELD: RssFile
-# is the part that is the database's pages, mapped from the page cache).
-rss_mb() { awk -v f="${1:-VmRSS}:" '$1 == f { printf "%.0f", $2 / 1024 }' "/proc/$broker_pid/status"; }
 
 serve
 key=$(grep -o 'cbk_[A-Za-z0-9_-]*' "$work/broker.out")
@@ -63,17 +60,17 @@ linked_at=$(date +%s)
 curl -sf -X POST "http://$fake/fake/renewals" >/dev/null # peaks from here on: renewals, not linking
 echo "linked at $link_rate accounts/s; listing pages of 100..."
 "$work/scale" -addr "$broker" -admin-key "$key" -list "$pages" >"$work/list-1"
-rss_linked=$(rss_mb)
+rss_linked=$(rss_mb "$broker_pid")
 db_mb=$(du -m "$work/data/credbroker.db" | cut -f1)
 
 kill -TERM "$broker_pid"
 wait "$broker_pid" 2>/dev/null || true
 serve
 sleep 2 # the broker gives back what the start read and left (see Serve)
-rss_ready=$(rss_mb)
+rss_ready=$(rss_mb "$broker_pid")
 "$work/scale" -addr "$broker" -admin-key "$key" -list "$pages" >"$work/list-2"
-rss_listed=$(rss_mb)
-rss_listed_file=$(rss_mb RssFile)
+rss_listed=$(rss_mb "$broker_pid")
+rss_listed_file=$(rss_mb "$broker_pid" RssFile)
 cat "$work/list-1" "$work/list-2"
 
 # Every token fetched while linking has expired $((ttl_s + 15)) s after the last was.
