@@ -38,12 +38,15 @@ key=$("$work/grpcurl" -plaintext -H "$admin" -d '{"key_id":"bench","caller_key":
 	"$broker" credbroker.v1.AccountService/AddAccountGrant >/dev/null
 auth="{\"authorization\":\"Bearer $key\"}"
 
-# run CALL DATA CALLERS N: prints "rps p50_ms cpu_us_per_call", failing on
-# any answer but OK.
+# run CALL DATA CALLERS N: prints "rps p50_ms cpu_us_per_call
+# client_cpu_us_per_call" (the broker's CPU, and ghz's), failing on any
+# answer but OK.
 run() {
-	local out="$work/out.json" before after ok
+	local out="$work/out.json" before after client_before client_after ok
 	before=$(cpu_us "$broker_pid")
+	children_cpu client_before
 	"$work/ghz" --insecure --metadata "$auth" --call "$1" -d "$2" -c "$3" -n "$4" -O json "$broker" >"$out"
+	children_cpu client_after
 	after=$(cpu_us "$broker_pid")
 	ok=$(grep -o '"OK":[0-9]*' "$out" | head -1 | cut -d: -f2)
 	if [ "${ok:-0}" != "$4" ]; then
@@ -52,29 +55,30 @@ run() {
 	fi
 	awk -v rps="$(grep -o '"rps":[0-9.]*' "$out" | cut -d: -f2)" \
 		-v p50="$(grep -o '"percentage":50,"latency":[0-9]*' "$out" | cut -d: -f3)" \
-		-v cpu=$((after - before)) -v n="$4" 'BEGIN { printf "%.0f %.3f %.1f\n", rps, p50 / 1e6, cpu / n }'
+		-v cpu=$((after - before)) -v client=$((client_after - client_before)) -v n="$4" \
+		'BEGIN { printf "%.0f %.3f %.1f %.1f\n", rps, p50 / 1e6, cpu / n, client / n }'
 }
 
 health=(grpc.health.v1.Health/Check '{}')
 token=(credbroker.v1.TokenService/GetToken '{"name":"accounts/bench"}')
 
 # compare CALLERS N: rounds of Health/Check then GetToken; sets the
-# medians h_rps h_p50 h_cpu t_rps t_p50 t_cpu.
+# medians h_rps h_p50 h_cpu h_client t_rps t_p50 t_cpu t_client.
 compare() {
-	local callers=$1 n=$2 hr=() hp=() hc=() tr=() tp=() tc=() a b c
+	local callers=$1 n=$2 hr=() hp=() hc=() hg=() tr=() tp=() tc=() tg=() a b c d
 	run "${health[@]}" "$callers" "$n" >/dev/null # warm up both
 	run "${token[@]}" "$callers" "$n" >/dev/null
-	printf '\n%d callers, %d calls a round:\n%-6s %-13s %9s %9s %12s\n' "$callers" "$n" round call rps p50_ms cpu_us/call
+	printf '\n%d callers, %d calls a round:\n%-6s %-13s %9s %9s %12s %12s\n' "$callers" "$n" round call rps p50_ms cpu_us/call ghz_us/call
 	for round in $(seq "$rounds"); do
-		read -r a b c < <(run "${health[@]}" "$callers" "$n")
-		hr+=("$a") hp+=("$b") hc+=("$c")
-		printf '%-6s %-13s %9s %9s %12s\n' "$round" Health/Check "$a" "$b" "$c"
-		read -r a b c < <(run "${token[@]}" "$callers" "$n")
-		tr+=("$a") tp+=("$b") tc+=("$c")
-		printf '%-6s %-13s %9s %9s %12s\n' "$round" GetToken "$a" "$b" "$c"
+		read -r a b c d < <(run "${health[@]}" "$callers" "$n")
+		hr+=("$a") hp+=("$b") hc+=("$c") hg+=("$d")
+		printf '%-6s %-13s %9s %9s %12s %12s\n' "$round" Health/Check "$a" "$b" "$c" "$d"
+		read -r a b c d < <(run "${token[@]}" "$callers" "$n")
+		tr+=("$a") tp+=("$b") tc+=("$c") tg+=("$d")
+		printf '%-6s %-13s %9s %9s %12s %12s\n' "$round" GetToken "$a" "$b" "$c" "$d"
 	done
-	h_rps=$(median "${hr[@]}") h_p50=$(median "${hp[@]}") h_cpu=$(median "${hc[@]}")
-	t_rps=$(median "${tr[@]}") t_p50=$(median "${tp[@]}") t_cpu=$(median "${tc[@]}")
+	h_rps=$(median "${hr[@]}") h_p50=$(median "${hp[@]}") h_cpu=$(median "${hc[@]}") h_client=$(median "${hg[@]}")
+	t_rps=$(median "${tr[@]}") t_p50=$(median "${tp[@]}") t_cpu=$(median "${tc[@]}") t_client=$(median "${tg[@]}")
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -87,10 +91,13 @@ compare 50 "$requests"
 cpu50=$(ratio "$t_cpu" "$h_cpu")
 compare 500 "$requests"
 cpu500=$(ratio "$t_cpu" "$h_cpu") rps500=$(ratio "$t_rps" "$h_rps")
+# ghz shares the machine's cores with the broker: with both saturating
+# them, throughput is at most the cores over the CPU a call costs the two.
+bound500=$(awk -v hc="$h_cpu" -v hg="$h_client" -v tc="$t_cpu" -v tg="$t_client" 'BEGIN { printf "%.2f", (hc + hg) / (tc + tg) }')
 
 echo
 figure gettoken_cpu_500 "GetToken CPU per call / health check's, 500 callers" "${cpu500}x" "<= 1.30x" "$(meets "$cpu500" "<=" 1.30)"
 figure gettoken_cpu_50 "GetToken CPU per call / health check's, 50 callers" "${cpu50}x" "<= 1.30x" "$(meets "$cpu50" "<=" 1.30)"
-figure gettoken_cpu_us "GetToken / health check CPU per call, 500 callers" "$t_cpu / $h_cpu µs" "" ""
-figure gettoken_rps_500 "GetToken throughput / health check's, 500 callers" "${rps500}x" ">= 0.85x" "$(meets "$rps500" ">=" 0.85)"
+figure gettoken_cpu_us "GetToken / health check CPU per call, 500 callers" "$t_cpu / $h_cpu µs (ghz: $t_client / $h_client µs)" "" ""
+figure gettoken_rps_500 "GetToken throughput / health check's, 500 callers" "${rps500}x (the CPU of broker and ghz allows ${bound500}x)" ">= 0.85x" "$(meets "$rps500" ">=" 0.85)"
 figure gettoken_latency_1 "GetToken median latency over health check's, 1 caller" "$one_latency" "<= one fsync ($fsync_wall µs)" "$(meets "$added" "<=" "$fsync_wall")"

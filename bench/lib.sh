@@ -24,6 +24,14 @@ cpu_us() {
 	echo $((total * 1000000 / ticks))
 }
 
+# children_cpu VAR: sets VAR to the CPU time (user and system) the shell's
+# finished children have used, in µs (for a client run in the foreground).
+# Not through $(...) or a pipe: a subshell has no children of its own.
+children_cpu() {
+	times >"$work/times"
+	read -r _ _ "$1" < <(awk 'NR == 2 { split($1 "m" $2, t, "[ms]"); printf "x x %.0f\n", (t[1] * 60 + t[2] + t[4] * 60 + t[5]) * 1e6 }' "$work/times")
+}
+
 # rss_mb PID [FIELD]: a process's resident memory in MB (VmRSS, or FIELD
 # of /proc/PID/status: RssFile is the part mapped from files, such as the
 # database's pages in the page cache).
