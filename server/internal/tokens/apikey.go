@@ -20,9 +20,10 @@ func (m *Manager) useAPIKey(e *entry, a store.Account) {
 	key, expire, err := m.openAPIKey(a)
 	if err != nil {
 		e.current.Store(nil)
-		e.keyErr = err
+		sb := e.writeSetbacks()
+		sb.keyErr = err
 		if !errors.Is(err, ErrSecretsExpired) {
-			e.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
+			sb.keyErr = fmt.Errorf("API key of account %s unreadable: %w", a.ID, err)
 			m.cfg.Logger.Error("API key unreadable; the account cannot be used", "account", a.ID, "error", err)
 		}
 		return
@@ -30,7 +31,9 @@ func (m *Manager) useAPIKey(e *entry, a store.Account) {
 	if expire.IsZero() {
 		expire = neverExpires
 	}
-	e.keyErr = nil
+	if e.setbacks != nil {
+		e.setbacks.keyErr = nil
+	}
 	e.current.Store(&Issued{Token: provider.Token{AccessToken: key, Obtained: m.cfg.Now(), Expiry: expire}, APIKey: true, APIBaseURL: e.apiBaseURL, Headers: e.headers})
 }
 
@@ -59,7 +62,7 @@ func (m *Manager) Credential(ctx context.Context, id string) (*Issued, error) {
 	case is != nil:
 		return is, nil
 	default:
-		return nil, e.keyErr
+		return nil, e.readSetbacks().keyErr
 	}
 }
 
@@ -81,7 +84,7 @@ func (m *Manager) replaceExpiredKey(e *entry) {
 		}
 		m.useAPIKey(e, a)
 	}
-	if errors.Is(e.keyErr, ErrSecretsExpired) && e.status.State != StateNeedsAttention {
+	if errors.Is(e.readSetbacks().keyErr, ErrSecretsExpired) && e.status.State != StateNeedsAttention {
 		m.changeStatus(e, Status{State: StateNeedsAttention, LastError: &Failure{
 			Reason: ReasonSecretExpired, Message: ErrSecretsExpired.Error(), Time: m.cfg.Now(),
 		}})
@@ -105,10 +108,11 @@ func (m *Manager) APIKeyAnswered(id string, httpStatus int) {
 	defer e.mu.Unlock()
 	is := e.current.Load()
 	now := m.cfg.Now()
-	if is == nil || e.removed || accepted != keyRejected(e.status) || e.checking || now.Sub(e.checked) < m.cfg.ForcedInterval {
+	if sb := e.readSetbacks(); is == nil || e.removed || accepted != keyRejected(e.status) || sb.checking || now.Sub(sb.checked) < m.cfg.ForcedInterval {
 		return
 	}
-	e.checking, e.checked = true, now
+	sb := e.writeSetbacks()
+	sb.checking, sb.checked = true, now
 	m.runs.Add(1)
 	go m.checkAPIKey(e, is)
 }
@@ -132,7 +136,7 @@ func (m *Manager) checkAPIKey(e *entry, is *Issued) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.checking = false
+	e.writeSetbacks().checking = false
 	var rejected *provider.RejectedError
 	switch {
 	case e.removed || e.current.Load() != is:

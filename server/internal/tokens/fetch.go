@@ -136,15 +136,15 @@ func (m *Manager) join(e *entry, minTTL time.Duration) (*Issued, *call, error) {
 	if e.inflight != nil {
 		return nil, e.inflight, nil
 	}
-	if now.Before(e.nextAttempt) {
-		return nil, nil, e.lastErr
+	if sb := e.readSetbacks(); now.Before(sb.nextAttempt) {
+		return nil, nil, sb.lastErr
 	}
 	// The cached token is still valid, so only min_ttl asks for a new one.
 	if is := e.current.Load(); is != nil && now.Before(is.Expiry) {
-		if next := e.forced.Add(m.cfg.ForcedInterval); now.Before(next) {
+		if next := e.readSetbacks().forced.Add(m.cfg.ForcedInterval); now.Before(next) {
 			return nil, nil, &RefreshLimitedError{RetryAt: next}
 		}
-		e.forced = now
+		e.writeSetbacks().forced = now
 	}
 	return nil, m.startLocked(e), nil
 }
@@ -227,10 +227,10 @@ func (m *Manager) run(e *entry, c *call) {
 		// be kept before anything is done with what came with it.
 		e.mu.Lock()
 		if perr == nil {
-			e.pending = nil
+			e.dropPending()
 			m.serve(e, c, tok, status)
 		} else if !tok.RefreshToken.IsZero() {
-			e.pending = &tok
+			e.writeSetbacks().pending = &tok
 		}
 		e.mu.Unlock()
 		if perr != nil && c.issued == nil {
@@ -255,7 +255,7 @@ func (m *Manager) serve(e *entry, c *call, tok provider.Token, status Status) {
 		e.publish(c.issued, m.cfg)
 	}
 	e.status = status
-	e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
+	e.recovered()
 }
 
 // errReplacing is what callers get while an account's tokens are being
@@ -338,7 +338,7 @@ func (m *Manager) adopt(e *entry, ts store.TokenState) *Issued {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cur := e.current.Load()
-	if e.removed || len(ts.SealedToken) == 0 || (cur != nil && !ts.Obtained.After(cur.Obtained)) || !ts.Obtained.After(e.dropped) {
+	if e.removed || len(ts.SealedToken) == 0 || (cur != nil && !ts.Obtained.After(cur.Obtained)) || !ts.Obtained.After(e.readSetbacks().dropped) {
 		return nil
 	}
 	margin := min(m.cfg.RefreshMargin, ts.Expiry.Sub(ts.Obtained)/2)
@@ -353,8 +353,8 @@ func (m *Manager) adopt(e *entry, ts store.TokenState) *Issued {
 	is := m.issue(e, tok)
 	e.publish(is, m.cfg)
 	e.status = statusOf(ts)
-	e.failures, e.nextAttempt, e.lastErr = 0, time.Time{}, nil
-	e.pending = nil // the stored refresh token came with the newer token
+	e.recovered()
+	e.dropPending() // the stored refresh token came with the newer token
 	return is
 }
 
@@ -471,7 +471,7 @@ func (m *Manager) fetch(e *entry, use SecretUses) (provider.Token, SecretUses, e
 // the stored one stands.
 func (m *Manager) refreshWith(e *entry, a store.Account, cr provider.Credentials) (provider.Token, error) {
 	e.mu.Lock()
-	pending := e.pending
+	pending := e.readSetbacks().pending
 	e.mu.Unlock()
 	var err error
 	if pending != nil {

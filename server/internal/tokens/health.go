@@ -155,7 +155,8 @@ func (m *Manager) changeStatus(e *entry, to Status) {
 // callers get; e.mu must be held.
 func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	now := m.cfg.Now()
-	e.failures++
+	sb := e.writeSetbacks()
+	sb.failures++
 	f := &Failure{Time: now}
 	var delay time.Duration
 	var rejected *provider.RejectedError
@@ -193,20 +194,20 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	case errors.As(err, &unavailable):
 		e.status.State = StateDegraded
 		f.Reason, f.Message = ReasonProviderUnavailable, unavailable.Error()
-		delay = max(unavailable.RetryAfter, backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
+		delay = max(unavailable.RetryAfter, backoff(sb.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
 	default:
 		e.status.State = StateDegraded
 		f.Reason, f.Message = ReasonInternal, "broker fault; see the server log"
-		delay = backoff(e.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
+		delay = backoff(sb.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
 		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
 	}
 	if f.Reason != ReasonIntegrity && (e.status.LastError == nil || e.status.LastError.Message != f.Message) { // that one was logged above
 		m.cfg.Logger.Warn("token request failed", "account", e.id, "state", e.status.State, "reason", f.Reason, "error", f.Message, "retry_in", retryIn(delay))
 	}
 	e.status.LastError = f
-	e.nextAttempt = now.Add(delay)
-	e.lastErr = &FetchError{Err: err, RetryAt: e.nextAttempt}
-	return e.lastErr
+	sb.nextAttempt = now.Add(delay)
+	sb.lastErr = &FetchError{Err: err, RetryAt: sb.nextAttempt}
+	return sb.lastErr
 }
 
 // retryIn says when the broker asks again, for the log: never (until an

@@ -49,7 +49,7 @@ func (m *Manager) refreshDue(ctx context.Context, slots chan struct{}) {
 			}
 		}
 		e.mu.Lock()
-		if e.removed || e.apiKey || e.inflight != nil || now.Before(e.nextAttempt) ||
+		if e.removed || e.apiKey || e.inflight != nil || now.Before(e.readSetbacks().nextAttempt) ||
 			(e.current.Load() != nil && now.Before(e.refreshAt)) {
 			e.mu.Unlock()
 			continue
