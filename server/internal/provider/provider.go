@@ -183,6 +183,10 @@ type Client struct {
 	onRequest func(kind, result string, took time.Duration)
 }
 
+// maxIdlePerHost is how many idle connections a Client keeps to a host:
+// more than the refresher's and the linking's requests at once.
+const maxIdlePerHost = 64
+
 // New returns a Client.
 func New(cfg Config) *Client {
 	if cfg.Timeout <= 0 {
@@ -196,6 +200,10 @@ func New(cfg Config) *Client {
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.ResponseHeaderTimeout = cfg.Timeout
+	// The refresher asks one host (the region's token endpoint) for many
+	// tokens at once: connections it keeps idle spare each next request a
+	// TLS handshake (Go keeps 2 a host by default).
+	transport.MaxIdleConnsPerHost = maxIdlePerHost
 	var rt http.RoundTripper = transport
 	if cfg.WrapTransport != nil {
 		rt = cfg.WrapTransport(rt)
