@@ -21,6 +21,9 @@ fake=127.0.0.1:${BENCH_FAKE_PORT:-18085}
 source bench/lib.sh
 go build -o "$work/ghz" github.com/bojand/ghz/cmd/ghz
 read -r fsync_wall fsync_cpu < <(go run ./bench/fsync -dir "$work")
+# A lone caller's GetToken writes its event about every half millisecond,
+# not right after the write before it; such a write takes longer.
+read -r lone_wall _ < <(go run ./bench/fsync -dir "$work" -gap 500us)
 
 "$work/credbroker" fake-jumpcloud --listen "$fake" >"$work/fake.log" 2>&1 &
 pids+=($!)
@@ -83,7 +86,7 @@ compare() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-echo "one durable write (4 KiB, O_DSYNC) on this disk: ${fsync_wall} µs median, ${fsync_cpu} µs of CPU"
+echo "one durable write (4 KiB, O_DSYNC) on this disk: ${fsync_wall} µs median, ${fsync_cpu} µs of CPU; ${lone_wall} µs median 500 µs after the one before"
 compare 1 $((requests / 10))
 added=$(awk -v t="$t_p50" -v h="$h_p50" 'BEGIN { printf "%.0f", (t - h) * 1000 }')
 one_latency="$added µs ($t_p50 / $h_p50 ms)"
@@ -100,4 +103,4 @@ figure gettoken_cpu_500 "GetToken CPU per call / health check's, 500 callers" "$
 figure gettoken_cpu_50 "GetToken CPU per call / health check's, 50 callers" "${cpu50}x" "<= 1.30x" "$(meets "$cpu50" "<=" 1.30)"
 figure gettoken_cpu_us "GetToken / health check CPU per call, 500 callers" "$t_cpu / $h_cpu µs (ghz: $t_client / $h_client µs)" "" ""
 figure gettoken_rps_500 "GetToken throughput / health check's, 500 callers" "${rps500}x (the CPU of broker and ghz allows ${bound500}x)" ">= 0.85x" "$(meets "$rps500" ">=" 0.85)"
-figure gettoken_latency_1 "GetToken median latency over health check's, 1 caller" "$one_latency" "<= one fsync ($fsync_wall µs)" "$(meets "$added" "<=" "$fsync_wall")"
+figure gettoken_latency_1 "GetToken median latency over health check's, 1 caller" "$one_latency" "<= one fsync ($lone_wall µs as a lone caller's; $fsync_wall µs back to back)" "$(meets "$added" "<=" "$lone_wall")"
