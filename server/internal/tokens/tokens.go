@@ -168,7 +168,9 @@ type entry struct {
 	// refreshes: an authorization-code account, whose tokens come with a
 	// refresh token that must be stored before they are served.
 	refreshes bool
-	removed   bool
+	// removed: the account was removed; guarded by mu (it sits here, by
+	// the other bools, to keep the entry within 256 bytes).
+	removed bool
 
 	current atomic.Pointer[Issued]
 
