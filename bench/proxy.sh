@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 requests=${BENCH_REQUESTS:-40000}
 slow_requests=${BENCH_SLOW_REQUESTS:-10000} # at about 2,000 a second
 concurrency=${BENCH_CONCURRENCY:-50}
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5} # medians of 5: a VM neighbour can disturb one round
 broker=127.0.0.1:${BENCH_BROKER_PORT:-15061}
 proxy=127.0.0.1:${BENCH_PROXY_PORT:-15062}
 fake=127.0.0.1:${BENCH_FAKE_PORT:-18095}
