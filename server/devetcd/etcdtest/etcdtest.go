@@ -78,11 +78,17 @@ func start(t testing.TB, bin string, n int) *Cluster {
 // test starts later. Its port is below the kernel's range of ephemeral
 // ports (32768 and up by default), which other tests' listeners on port 0
 // and outgoing connections take theirs from, so that none of them takes it
-// meanwhile.
+// meanwhile; and it is never handed out twice in one test binary, so that
+// a member stopped and restarted on its ports does not find another
+// test's process on them.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	for range 100 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		port := 20000 + rand.IntN(12000)
+		if _, taken := handedOut.LoadOrStore(port, true); taken {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		if l, err := net.Listen("tcp", addr); err == nil {
 			l.Close()
 			return addr
@@ -91,6 +97,9 @@ func FreeAddr(t testing.TB) string {
 	t.Fatal("no free loopback port below the ephemeral range")
 	return ""
 }
+
+// handedOut holds the ports FreeAddr has returned (and tried).
+var handedOut sync.Map
 
 // start starts member i and waits until it serves.
 func (c *Cluster) start(i int) error {
