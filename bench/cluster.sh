@@ -218,7 +218,6 @@ echo "linked at $link_rate accounts/s; replica-2 ready ${ready_s}s after its sta
 
 # The last round's CPU per call, as figures.
 cpu_of() { awk -F'|' -v l="$1" -v g="$2" '$1 == l && $2 == g { v = $3 } END { print v }' "$work/cpu"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 token_cpu=$(cpu_of "GetToken, 3 on etcd" replicas)
 health_cpu=$(cpu_of "health check, 3 on etcd" replicas)
 proxy_cpu=$(cpu_of "proxied GET, 3 on etcd" replicas)

@@ -84,7 +84,6 @@ compare() {
 	t_rps=$(median "${tr[@]}") t_p50=$(median "${tp[@]}") t_cpu=$(median "${tc[@]}") t_client=$(median "${tg[@]}")
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo "one durable write (4 KiB, O_DSYNC) on this disk: ${fsync_wall} µs median, ${fsync_cpu} µs of CPU; ${lone_wall} µs median 500 µs after the one before"
 compare 1 $((requests / 10))

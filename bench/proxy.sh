@@ -83,7 +83,6 @@ run() {
 api="/v2/systems?limit=10"
 direct_key="x-api-key: $api_key"
 caller_key="Proxy-Authorization: Bearer $key"
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # Against the instant upstream: the bare hop, then the broker's proxy.
 run "http://$bare/api$api" "$direct_key" "$requests" 0 >/dev/null # warm up both
