@@ -61,16 +61,17 @@ func (s *accountService) ListAccounts(ctx context.Context, req *credbrokerv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	views, more, err := s.accounts.List(after, size, keep)
+	resp := &credbrokerv1.ListAccountsResponse{Accounts: make([]*credbrokerv1.Account, 0, size)}
+	var last string
+	more, err := s.accounts.List(after, size, keep, func(v accounts.View) {
+		resp.Accounts = append(resp.Accounts, accountProto(v))
+		last = v.ID
+	})
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	resp := &credbrokerv1.ListAccountsResponse{Accounts: make([]*credbrokerv1.Account, len(views))}
-	for i, v := range views {
-		resp.Accounts[i] = accountProto(v)
-	}
 	if more {
-		resp.NextPageToken = idPageToken(views[len(views)-1].ID)
+		resp.NextPageToken = idPageToken(last)
 	}
 	return resp, nil
 }

@@ -143,6 +143,15 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context, fn func(Record) error) (Revision, error)
 }
 
+// InPlaceLister is implemented by engines whose records can be read
+// where they lie (bbolt's memory map): ListInPlace calls fn with the page
+// List would return, its values valid only until fn returns and its
+// records' versions not computed. A listing of 100,000 accounts copied
+// (and hashed, for the version) each record only to decode it.
+type InPlaceLister interface {
+	ListInPlace(ctx context.Context, r Range, fn func(Page) error) error
+}
+
 // Range selects records by key prefix.
 type Range struct {
 	// Prefix holds at least a kind and its slash: keys are "kind/name",

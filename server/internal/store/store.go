@@ -424,6 +424,14 @@ func page[T any, P listed[T]](s *Store, bucket []byte, after string, limit int) 
 	if after != "" {
 		r.After = key(bucket, after)
 	}
+	if l, ok := s.db.(storage.InPlaceLister); ok {
+		var out []T
+		err := l.ListInPlace(ctx, r, func(p storage.Page) (err error) {
+			out, err = openPage[T, P](s, bucket, p.Records)
+			return err
+		})
+		return out, err
+	}
 	p, err := s.db.List(ctx, r)
 	if err != nil {
 		return nil, err
@@ -707,6 +715,9 @@ var nanoDurations = jsonv1.FormatDurationAsNano(true)
 
 func decode(data []byte, v any) error {
 	if err := jsonv2.Unmarshal(data, v, nanoDurations); err != nil {
+		if serr := (*jsonv2.SemanticError)(nil); errors.As(err, &serr) {
+			serr.JSONValue = nil // says where, not what: never a stored value in an error
+		}
 		return fmt.Errorf("corrupt record: %w", err)
 	}
 	if ver := v.(versioned).version(); ver != recordVersion {

@@ -225,24 +225,46 @@ func (d *DB) Get(ctx context.Context, key string) (storage.Record, error) {
 // List reads a page of the records under r.Prefix, which must hold at least
 // a kind and its slash.
 func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
+	var p storage.Page
+	err := d.list(ctx, r, func(lent storage.Page) error {
+		p = lent
+		for i, rec := range p.Records {
+			p.Records[i].Value, p.Records[i].Version = clone(rec.Value), versionOf(rec.Value)
+		}
+		return nil
+	})
+	return p, err
+}
+
+// ListInPlace is List without copying: see storage.InPlaceLister.
+func (d *DB) ListInPlace(ctx context.Context, r storage.Range, fn func(storage.Page) error) error {
+	return d.list(ctx, r, fn)
+}
+
+// list calls fn, inside a read transaction, with the page of r whose
+// values lie in the memory map and whose versions are not set.
+func (d *DB) list(ctx context.Context, r storage.Range, fn func(storage.Page) error) error {
 	if err := ctx.Err(); err != nil {
-		return storage.Page{}, err
+		return err
 	}
 	bucket, prefix, err := split(r.Prefix)
 	if err != nil {
-		return storage.Page{}, err
+		return err
 	}
 	kind := string(bucket) + "/"
 	after := []byte(strings.TrimPrefix(r.After, kind))
 	if r.After != "" && !strings.HasPrefix(r.After, kind) {
-		return storage.Page{}, fmt.Errorf("storage: listing %q after %q, a key of another kind", r.Prefix, r.After)
+		return fmt.Errorf("storage: listing %q after %q, a key of another kind", r.Prefix, r.After)
 	}
 	var p storage.Page
-	err = d.view(func(tx *bolt.Tx) error {
+	if r.Limit > 0 {
+		p.Records = make([]storage.Record, 0, min(r.Limit, 1024)) // not grown record by record
+	}
+	return d.view(func(tx *bolt.Tx) error {
 		p.Revision = revision(tx)
 		b := tx.Bucket(bucket)
 		if b == nil {
-			return nil
+			return fn(p)
 		}
 		c := b.Cursor()
 		k, v := first(c, prefix, after, r.After != "", r.Reverse)
@@ -260,11 +282,10 @@ func (d *DB) List(ctx context.Context, r storage.Range) (storage.Page, error) {
 				p.More = true
 				break
 			}
-			p.Records = append(p.Records, storage.Record{Key: kind + string(k), Value: clone(v), Version: versionOf(v)})
+			p.Records = append(p.Records, storage.Record{Key: kind + string(k), Value: v})
 		}
-		return nil
+		return fn(p)
 	})
-	return p, err
 }
 
 // Count is how many records are under prefix (a kind and its slash, and

@@ -208,3 +208,56 @@ func TestReleasePages(t *testing.T) {
 		t.Fatalf("ReleasePages after Close: %v", err)
 	}
 }
+
+// ListInPlace lends the page List copies: the same records, values and
+// More for every kind of range, without versions.
+func TestListInPlaceLendsWhatListCopies(t *testing.T) {
+	ctx := context.Background()
+	d := openTest(t, filepath.Join(t.TempDir(), "credbroker.db"))
+	defer d.Close()
+	var ops []storage.Op
+	for i := range 30 {
+		ops = append(ops, storage.Put(fmt.Sprintf("audit/%02d", i), []byte(fmt.Sprint("event ", i))))
+	}
+	ops = append(ops, storage.Put("auditx/a", []byte("neighbour")))
+	if _, err := d.Txn(ctx, nil, ops); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []storage.Range{
+		{Prefix: "audit/"}, {Prefix: "audit/", Limit: 7}, {Prefix: "audit/", After: "audit/12", Limit: 5},
+		{Prefix: "audit/", Reverse: true, Limit: 4}, {Prefix: "audit/", Reverse: true, After: "audit/20", From: "audit/15"},
+		{Prefix: "audit/2"}, {Prefix: "nothing/"},
+	} {
+		want, err := d.List(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got storage.Page
+		err = d.ListInPlace(ctx, r, func(p storage.Page) error {
+			got = p
+			got.Records = nil
+			for _, rec := range p.Records {
+				if rec.Version != 0 {
+					t.Errorf("%+v: %s lent with version %d", r, rec.Key, rec.Version)
+				}
+				rec.Value, rec.Version = bytes.Clone(rec.Value), versionOf(rec.Value)
+				got.Records = append(got.Records, rec)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(want.Records) == 0 && r.Prefix != "nothing/" {
+			t.Fatalf("%+v listed nothing", r)
+		}
+		if got.More != want.More || got.Revision != want.Revision || len(got.Records) != len(want.Records) {
+			t.Fatalf("%+v: lent %d records, more %v, revision %d; List: %d, %v, %d", r, len(got.Records), got.More, got.Revision, len(want.Records), want.More, want.Revision)
+		}
+		for i := range want.Records {
+			if g, w := got.Records[i], want.Records[i]; g.Key != w.Key || !bytes.Equal(g.Value, w.Value) || g.Version != w.Version {
+				t.Errorf("%+v: record %d lent %+v, listed %+v", r, i, g, w)
+			}
+		}
+	}
+}
