@@ -102,7 +102,8 @@ func (s *JournalSink) AppendAudit(evs []store.AuditEvent) error {
 			return err
 		}
 		encoded[i] = store.EncodedAuditEvent{Pos: store.AuditPos{Time: ev.Time, Seq: seq}, JSON: data}
-		recs[i] = append(encoded[i].Pos.Bytes(), data...)
+		pos := encoded[i].Pos.Bytes()
+		recs[i] = append(append(make([]byte, 0, len(pos)+len(data)), pos...), data...)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

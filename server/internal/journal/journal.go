@@ -174,7 +174,7 @@ func (j *Journal) read(n uint64, data []byte) (recs [][]byte, end int) {
 			break
 		}
 		body := data[end : end+headSize+size]
-		if !hmac.Equal(data[end+headSize+size:end+frame], j.sum(body)) {
+		if !hmac.Equal(data[end+headSize+size:end+frame], j.appendSum(nil, body)) {
 			break
 		}
 		recs = append(recs, bytes.Clone(body[headSize:]))
@@ -183,7 +183,8 @@ func (j *Journal) read(n uint64, data []byte) (recs [][]byte, end int) {
 	return recs, end
 }
 
-func (j *Journal) sum(body []byte) []byte { return j.mac.Sum(macPurpose, string(body)) }
+// appendSum appends the tag of a frame's body to dst.
+func (j *Journal) appendSum(dst, body []byte) []byte { return j.mac.AppendSum(dst, macPurpose, body) }
 
 // maxWrite bounds one write: larger batches are written in parts.
 const maxWrite = 1 << 20
@@ -196,7 +197,11 @@ func (j *Journal) Append(recs [][]byte) error {
 			return err
 		}
 	}
-	var buf []byte
+	size := 0
+	for _, rec := range recs {
+		size += headSize + len(rec) + macSize
+	}
+	buf := make([]byte, 0, min(size, maxWrite)) // not grown frame by frame
 	for _, rec := range recs {
 		frame := int64(headSize + len(rec) + macSize)
 		if len(rec) == 0 || frame > min(maxWrite, j.size) {
@@ -217,7 +222,7 @@ func (j *Journal) Append(recs [][]byte) error {
 		buf = binary.BigEndian.AppendUint64(buf, j.cur.n)
 		buf = binary.BigEndian.AppendUint32(buf, uint32(len(rec)))
 		buf = append(buf, rec...)
-		buf = append(buf, j.sum(buf[start:])...)
+		buf = j.appendSum(buf, buf[start:])
 	}
 	return j.write(buf)
 }

@@ -2,6 +2,8 @@ package keyring
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -135,6 +137,20 @@ func TestMACKeySurvivesWrappingAndSeparatesPurposes(t *testing.T) {
 	}
 	if bytes.Equal(k.Sum("caller-key", "x"), k.Sum("token", "x")) {
 		t.Fatal("hashes for different purposes are equal")
+	}
+	// HMAC-SHA256 under the key, of the purpose, a zero byte and the data;
+	// AppendSum the same, after what it is given. A pooled state is reused
+	// with its buffer: a long string first, then a short one.
+	for _, data := range []string{strings.Repeat("long data ", 50), "x"} {
+		mac := hmac.New(sha256.New, k.key)
+		mac.Write([]byte("token\x00" + data))
+		want := mac.Sum(nil)
+		if got := k.Sum("token", data); !bytes.Equal(got, want) {
+			t.Fatalf("Sum(token, %.10q) = %x, want %x", data, got, want)
+		}
+		if got := k.AppendSum([]byte("head"), "token", []byte(data)); string(got[:4]) != "head" || !bytes.Equal(got[4:], want) {
+			t.Fatalf("AppendSum(head, token, %.10q) = %x, want head and %x", data, got, want)
+		}
 	}
 	if _, err := mustMaster(t).UnwrapMACKey(wrapped); !errors.Is(err, ErrDecrypt) {
 		t.Fatalf("another master key unwrapped the MAC key: %v", err)
