@@ -81,6 +81,7 @@ type Log struct {
 
 	mu      sync.Mutex
 	open    *batch         // collecting events while a commit is under way
+	last    int            // how many events the last batch closed held
 	writing bool           // a commit is under way, by the writer or a caller (Record)
 	leaders sync.WaitGroup // callers committing their own batch
 	closed  bool
@@ -137,12 +138,14 @@ func (l *Log) Record(evs ...store.AuditEvent) error {
 	}
 	b := l.open
 	if b == nil {
-		b = &batch{done: make(chan struct{})}
+		// Room for as many as the batch before: at 500 callers a batch
+		// holds about 30 events, and growing it copied them six times.
+		b = &batch{events: make([]store.AuditEvent, 0, max(l.last, len(evs))), done: make(chan struct{})}
 		l.open = b
 	}
 	b.events = append(b.events, evs...)
 	if !l.writing {
-		l.writing, l.open = true, nil
+		l.writing, l.open, l.last = true, nil, len(b.events)
 		l.leaders.Add(1)
 		l.mu.Unlock()
 		l.commit(b)
@@ -210,6 +213,9 @@ func (l *Log) take() *batch {
 	defer l.mu.Unlock()
 	b := l.open
 	l.open = nil
+	if b != nil {
+		l.last = len(b.events)
+	}
 	return b
 }
 
