@@ -310,20 +310,23 @@ func (g *Gate) logRequest(c *Call, code codes.Code) {
 	if c.throttled || !g.log.Enabled(context.Background(), slog.LevelInfo) {
 		return // spare the busiest paths building a line nobody reads
 	}
-	attrs := make([]slog.Attr, 0, 10)
-	attrs = append(attrs, slog.String("principal", c.Principal), slog.String("method", c.Method), slog.String("account", c.Resource),
+	// The record is made here rather than by Logger.LogAttrs, which looks
+	// up its caller's program counter for every line (nothing here logs
+	// it): 2% of a GetToken's CPU.
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "request", 0)
+	r.AddAttrs(slog.String("principal", c.Principal), slog.String("method", c.Method), slog.String("account", c.Resource),
 		slog.String("code", grpcerr.CodeName(code)), slog.Float64("latency_ms", float64(time.Since(c.started).Microseconds())/1000), slog.String("peer", c.Peer))
 	if c.Fingerprint != "" {
-		attrs = append(attrs, slog.String("token_fingerprint", c.Fingerprint))
+		r.AddAttrs(slog.String("token_fingerprint", c.Fingerprint))
 	}
 	if c.Detail != "" {
-		attrs = append(attrs, slog.String("detail", c.Detail))
+		r.AddAttrs(slog.String("detail", c.Detail))
 	}
 	if p := c.Proxy; p != nil {
-		attrs = append(attrs, slog.Group("proxy", "http_method", p.HTTPMethod, "path", p.Path, "status", p.Status,
+		r.AddAttrs(slog.Group("proxy", "http_method", p.HTTPMethod, "path", p.Path, "status", p.Status,
 			"request_bytes", p.RequestBytes, "response_bytes", p.ResponseBytes))
 	}
-	g.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+	_ = g.log.Handler().Handle(context.Background(), r) // as Logger does, a line that cannot be written is not the call's failure
 }
 
 // ErrStorageUnavailable refuses every call while the storage is out of
