@@ -194,23 +194,23 @@ func (m *MasterKey) UnwrapMACKey(wrapped []byte) (*MACKey, error) {
 
 // Sum is HMAC-SHA256 of data, bound to purpose so that a hash made for one
 // use can never stand in for another.
-func (k *MACKey) Sum(purpose, data string) []byte {
-	h := borrowHMAC(&k.macs, k.key)
-	defer returnHMAC(&k.macs, h)
-	h.writeString(purpose)
-	h.Write(zero)
-	h.writeString(data)
-	return h.Sum(nil)
-}
+func (k *MACKey) Sum(purpose, data string) []byte { return k.appendSum(nil, purpose, nil, data) }
 
 // AppendSum appends Sum(purpose, data) to dst: the audit journal tags
 // every frame it writes, and a copy of each as a string was garbage.
 func (k *MACKey) AppendSum(dst []byte, purpose string, data []byte) []byte {
+	return k.appendSum(dst, purpose, data, "")
+}
+
+// appendSum appends the sum of purpose and data, the bytes then the text
+// (one of them empty).
+func (k *MACKey) appendSum(dst []byte, purpose string, data []byte, text string) []byte {
 	h := borrowHMAC(&k.macs, k.key)
 	defer returnHMAC(&k.macs, h)
 	h.writeString(purpose)
 	h.Write(zero)
 	h.Write(data)
+	h.writeString(text)
 	return h.Sum(dst)
 }
 
