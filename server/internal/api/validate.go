@@ -148,6 +148,11 @@ func checkText(field, v string, required bool, maxLen int) error {
 	if len(v) > maxLen {
 		return invalidArgument(field, fmt.Sprintf("at most %d bytes", maxLen))
 	}
+	if !utf8.ValidString(v) {
+		// The Hub's forms can send any bytes; stored as JSON, each invalid
+		// byte would become U+FFFD, and two keys could become one.
+		return invalidArgument(field, "must be UTF-8 text")
+	}
 	for _, r := range v {
 		if r < 0x20 || r == 0x7f {
 			return invalidArgument(field, "must not contain control characters")

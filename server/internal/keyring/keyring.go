@@ -244,9 +244,11 @@ func borrowHMAC(pool *sync.Pool, key []byte) *hmacState {
 	return &hmacState{Hash: hmac.New(sha256.New, key)}
 }
 
-// returnHMAC resets h and puts it back in pool.
+// returnHMAC resets h, wipes what it wrote through its buffer (caller
+// keys among it), and puts it back in pool.
 func returnHMAC(pool *sync.Pool, h *hmacState) {
 	h.Reset()
+	clear(h.scratch[:cap(h.scratch)])
 	pool.Put(h)
 }
 

@@ -73,3 +73,24 @@ func fill(v reflect.Value) int {
 	}
 	return 1
 }
+
+// A map with keys that were invalid UTF-8 is written by encoding/json with
+// each invalid byte as U+FFFD, so two keys can be written as one name
+// twice: read back as encoding/json reads it (the last value), not refused.
+func TestDecodeReadsKeysEncodingJSONMerged(t *testing.T) {
+	a := Account{Version: recordVersion, ID: "acme", EndpointParams: map[string]string{"a\xff": "1", "a\xfe": "2"}, AuthParams: map[string]string{"b\xff": "3"}}
+	data, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, got Account
+	if err := json.Unmarshal(data, &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(want.EndpointParams) != 1 {
+		t.Fatalf("encoding/json read %q from %s; this test expects one key", want.EndpointParams, data)
+	}
+	if err := decode(data, &got); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("decode(%s) = %+v, %v; want %+v", data, got, err, want)
+	}
+}
