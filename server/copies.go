@@ -8,6 +8,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/accounts"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
+	"github.com/credbroker/credbroker/server/internal/events"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/storage"
 	"github.com/credbroker/credbroker/server/internal/store"
@@ -23,6 +24,7 @@ type copies struct {
 	tokens  *tokens.Manager
 	grants  *grants.Index
 	callers *callers.Service
+	events  *events.Service
 	mirror  *storage.Mirror
 	log     *slog.Logger
 }
@@ -108,6 +110,8 @@ func (c *copies) apply(ch storage.Change) {
 			c.callers.AdminDeleted(id)
 		case kind == store.KindAdminPrincipals:
 			c.callers.AdminStored(c.store.DecodeAdmin(ev))
+		case kind == store.KindEventOutbox || kind == store.KindEvents:
+			c.events.Noticed(kind)
 		}
 	}
 }

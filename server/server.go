@@ -33,6 +33,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/connect"
+	"github.com/credbroker/credbroker/server/internal/events"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/hub"
@@ -121,6 +122,7 @@ type Config struct {
 	Proxy    proxy.Config    // the egress proxy's bounds
 	Provider provider.Config // JumpCloud's endpoints and the token requests' timeout
 	Hub      hub.Config      // the Hub's sessions
+	Events   events.Config   // how long credential events are kept
 
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
@@ -152,6 +154,7 @@ func DefaultConfig() Config {
 		Proxy:           proxy.DefaultConfig(),
 		Provider:        provider.DefaultConfig(),
 		Hub:             hub.DefaultConfig(),
+		Events:          events.Config{Retention: events.DefaultRetention},
 	}
 }
 
@@ -193,6 +196,8 @@ type Server struct {
 	hub *listeners.HTTP
 	// links are the connect links, opened in the Hub.
 	links *connect.Service
+	// events relays the credential events.
+	events *events.Service
 	// proxy is the egress proxy and ops the metrics and health
 	// endpoints; each is nil when it is off.
 	proxy, ops *listeners.HTTP
@@ -396,7 +401,10 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	if err != nil {
 		return nil, fmt.Errorf("load accounts: %w", err)
 	}
-	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), log: cfg.Logger}
+	ec := cfg.Events
+	ec.Logger = cfg.Logger
+	evs := events.New(ec, st)
+	c := &copies{store: st, tokens: tm, grants: grants.NewIndex(), events: evs, log: cfg.Logger}
 	acc := accounts.New(st, keys, prov, tm, c.synced)
 	if all, err = acc.MigrateSecrets(all, audit.Own(time.Now(), "migrate_secrets", "", "")); err != nil {
 		return nil, fmt.Errorf("move stored secrets into the list of secrets: %w", err)
@@ -470,11 +478,15 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		now = time.Now
 	}
 	links := connect.New(st, keys, mac, now, cfg.Logger)
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, journal: journal, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, journal: journal, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links, events: evs}
+	dbID, err := st.DatabaseID()
+	if err != nil {
+		return nil, err
+	}
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
 		Store: st, DataDir: cfg.DataDir, MasterKey: masters.All()[0], Logger: cfg.Logger,
-		Links: links, HubURL: s.hubURL,
+		Links: links, HubURL: s.hubURL, Events: evs, EventLogID: api.EventLogID(dbID),
 	}
 	services := api.NewServices(core)
 	services.Register(g)
@@ -656,7 +668,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		stopJournal = start(s.journal.Run)
 	}
 	stopCompact := start(func(ctx context.Context) { datadir.CompactPeriodically(ctx, s.store, s.cfg.CompactInterval, s.log) })
-	stopRefusals, stopLinks := start(s.gate.Run), start(s.links.Run)
+	stopRefusals, stopLinks, stopEvents := start(s.gate.Run), start(s.links.Run), start(s.events.Run)
 	stopProbe := func() {}
 	if s.probe != nil {
 		stopProbe = start(s.probe.run)
@@ -718,6 +730,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopAudit()
 	stopJournal() // after the audit writer's last events
 	stopRefresh()
+	stopEvents() // after the changes that make events
 	stopCompact()
 	stopMirror()
 	if cerr := datadir.CompactIfPending(s.store); cerr != nil { // nothing writes any more

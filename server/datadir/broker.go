@@ -38,7 +38,7 @@ func MACKey(st *store.Store, masters *keyring.Masters) (*keyring.MACKey, error) 
 
 // ReportTampered logs and audits, at each start, every stored record
 // (named by its resource name) that failed its integrity check and so is
-// not used.
+// not used; and makes its credential event, once (see store.NoteTampered).
 func ReportTampered(log *slog.Logger, st *store.Store, names []string) error {
 	var events []store.AuditEvent
 	for _, name := range names {
@@ -50,6 +50,11 @@ func ReportTampered(log *slog.Logger, st *store.Store, names []string) error {
 	}
 	if len(events) == 0 {
 		return nil
+	}
+	for _, name := range names {
+		if err := st.NoteTampered(name); err != nil {
+			return err
+		}
 	}
 	return st.AppendAudit(events)
 }

@@ -122,6 +122,11 @@ const (
 	// grants. Remove them first (RemoveAccountGrant); the message lists the
 	// accounts. Status FAILED_PRECONDITION.
 	ErrorReason_KEY_STILL_GRANTED ErrorReason = 21
+	// WatchEvents was asked to resume after an event older than the
+	// broker keeps (--event-retention): events after it are gone. Watch
+	// again without a resume_token, and resynchronize from the API
+	// (ListAccounts, ListCallerKeys). Status FAILED_PRECONDITION.
+	ErrorReason_EVENTS_EXPIRED ErrorReason = 22
 )
 
 // Enum value maps for ErrorReason.
@@ -149,6 +154,7 @@ var (
 		19: "HUB_OFF",
 		20: "REFRESH_TOKEN_REVOKED",
 		21: "KEY_STILL_GRANTED",
+		22: "EVENTS_EXPIRED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":    0,
@@ -173,6 +179,7 @@ var (
 		"HUB_OFF":                     19,
 		"REFRESH_TOKEN_REVOKED":       20,
 		"KEY_STILL_GRANTED":           21,
+		"EVENTS_EXPIRED":              22,
 	}
 )
 
@@ -207,7 +214,7 @@ var File_credbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xfe\x03\n" +
+	" credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\x92\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIALS_REJECTED\x10\x01\x12\x18\n" +
@@ -233,7 +240,8 @@ const file_credbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x15REGION_NOT_CONFIGURED\x10\x12\x12\v\n" +
 	"\aHUB_OFF\x10\x13\x12\x19\n" +
 	"\x15REFRESH_TOKEN_REVOKED\x10\x14\x12\x15\n" +
-	"\x11KEY_STILL_GRANTED\x10\x15BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x11KEY_STILL_GRANTED\x10\x15\x12\x12\n" +
+	"\x0eEVENTS_EXPIRED\x10\x16BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_error_reason_proto_rawDescOnce sync.Once

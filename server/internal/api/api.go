@@ -1,6 +1,6 @@
 // Package api is the broker's API behind the gate: the gRPC services
 // (AccountService, CallerService, TokenService, AuditService,
-// BackupService, MasterKeyService and ConnectService) and the egress proxy's HTTP handler. Its handlers are
+// BackupService, MasterKeyService, ConnectService and EventService) and the egress proxy's HTTP handler. Its handlers are
 // thin: they validate requests (validate.go, paging.go), call the core,
 // and map every error to a status in one place (errors.go). Who may call
 // them, and the audit event of each call, is the gate's business.
@@ -18,6 +18,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/callers"
 	"github.com/credbroker/credbroker/server/internal/connect"
+	"github.com/credbroker/credbroker/server/internal/events"
 	"github.com/credbroker/credbroker/server/internal/gate"
 	"github.com/credbroker/credbroker/server/internal/grants"
 	"github.com/credbroker/credbroker/server/internal/grpcerr"
@@ -42,6 +43,10 @@ type Core struct {
 	// MasterKey is the configured master key, which RotateMasterKey moves
 	// the database to.
 	MasterKey *keyring.MasterKey
+	// Events are the credential events; EventLogID (of the database's id)
+	// marks their resume tokens.
+	Events     *events.Service
+	EventLogID []byte
 	// Links makes connect links, opened at HubURL() ("" without a Hub).
 	Links  *connect.Service
 	HubURL func() string
@@ -60,6 +65,7 @@ type Services struct {
 	Backup    credbrokerv1.BackupServiceServer
 	MasterKey credbrokerv1.MasterKeyServiceServer
 	Connect   credbrokerv1.ConnectServiceServer
+	Events    credbrokerv1.EventServiceServer
 }
 
 // NewServices builds the services' handlers on c.
@@ -73,6 +79,7 @@ func NewServices(c Core) Services {
 		Backup:    &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs},
 		MasterKey: &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs},
 		Connect:   &connectService{links: c.Links, hubURL: c.HubURL, errs: errs},
+		Events:    &eventService{events: c.Events, logID: c.EventLogID, errs: errs},
 	}
 }
 
@@ -86,6 +93,7 @@ func (s Services) Register(g *grpc.Server) {
 	credbrokerv1.RegisterBackupServiceServer(g, s.Backup)
 	credbrokerv1.RegisterMasterKeyServiceServer(g, s.MasterKey)
 	credbrokerv1.RegisterConnectServiceServer(g, s.Connect)
+	credbrokerv1.RegisterEventServiceServer(g, s.Events)
 }
 
 // ProxyHandler is the egress proxy: gt admits each call, the caller's

@@ -140,6 +140,7 @@ var methodAccess = func() map[string]Access {
 	add(credbrokerv1.BackupService_ServiceDesc, Admin)
 	add(credbrokerv1.MasterKeyService_ServiceDesc, Admin)
 	add(credbrokerv1.ConnectService_ServiceDesc, Admin)
+	add(credbrokerv1.EventService_ServiceDesc, Caller)
 	add(healthpb.Health_ServiceDesc, Open)
 	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = Open
 	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = Open
@@ -185,7 +186,9 @@ func (g *Gate) Run(ctx context.Context) { g.refusals.run(ctx) }
 // and, for issued tokens, the fingerprint.
 type Call struct {
 	Method, Principal, Peer string
-	Time                    time.Time
+	// Admin: the caller proved an identity with the admin role.
+	Admin bool
+	Time  time.Time
 	// started times the call for the request log (Time may be a test's clock).
 	started                       time.Time
 	Resource, Fingerprint, Detail string
@@ -371,6 +374,7 @@ func (g *Gate) admitAs(c *Call, authenticate func() (callers.Identity, error)) e
 		g.refusals.charge(c)
 		return err
 	}
+	c.Admin = id.Admin
 	if ok, wait := g.limiter.Allow(id.Principal, c.Time); !ok {
 		c.Refused = true
 		return grpcerr.Status(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,

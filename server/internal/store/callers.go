@@ -32,6 +32,7 @@ func (s *Store) Bootstrap(k *CallerKey, admin *AdminPrincipal, ev AuditEvent) er
 		if k != nil {
 			k.Version = recordVersion
 			bs = append(bs, s.put(callerKeysBucket, k.ID, k))
+			bs = append(bs, s.outbox(callerKeyEvents(nil, k, ev))...)
 		}
 		if admin != nil {
 			admin.Version = recordVersion
@@ -60,7 +61,7 @@ func (s *Store) CreateCallerKey(k CallerKey, ev AuditEvent) error {
 	k.Version = recordVersion
 	err := s.commit(func() (txn, error) {
 		return ops(conds(storage.VersionIs(key(callerKeysBucket, k.ID), storage.Absent)),
-			s.put(callerKeysBucket, k.ID, k), s.appendAudit(ev))
+			append([]built{s.put(callerKeysBucket, k.ID, k), s.appendAudit(ev)}, s.outbox(callerKeyEvents(nil, &k, ev))...)...)
 	})
 	if errors.Is(err, storage.ErrConflict) {
 		return ErrExists
@@ -83,9 +84,11 @@ func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), guard AdminG
 		} else if err != nil {
 			return txn{}, err
 		}
+		before := k
 		change(&k)
 		k.Version, k.Tampered = recordVersion, false
-		return s.guarded(guard, conds(storage.VersionIs(key(callerKeysBucket, id), version)), s.put(callerKeysBucket, id, k), s.appendAudit(ev))
+		return s.guarded(guard, conds(storage.VersionIs(key(callerKeysBucket, id), version)),
+			append([]built{s.put(callerKeysBucket, id, k), s.appendAudit(ev)}, s.outbox(callerKeyEvents(&before, &k, ev))...)...)
 	})
 	return k, err
 }
@@ -95,7 +98,17 @@ func (s *Store) UpdateCallerKey(id string, change func(*CallerKey), guard AdminG
 // KeyHashRetired). Removing a usable admin key passes guard (see
 // AdminGuard).
 func (s *Store) DeleteCallerKey(id string, hash []byte, guard AdminGuard, ev AuditEvent) error {
-	return s.deleteGuarded(key(callerKeysBucket, id), guard, ev, opOf(storage.Put(retiredKeyHash(hash), []byte(id))))
+	return s.commit(func() (txn, error) {
+		var k CallerKey
+		version, err := s.read(callerKeysBucket, id, &k)
+		if errors.Is(err, ErrIntegrity) {
+			k.markTampered(id)
+		} else if err != nil {
+			return txn{}, err
+		}
+		bs := []built{opOf(storage.Delete(key(callerKeysBucket, id))), s.appendAudit(ev), opOf(storage.Put(retiredKeyHash(hash), []byte(id)))}
+		return s.guarded(guard, conds(storage.VersionIs(key(callerKeysBucket, id), version)), append(bs, s.outbox(callerKeyEvents(&k, nil, ev))...)...)
+	})
 }
 
 // KeyHashRetired says whether a deleted caller key had this keyed hash: a
@@ -174,13 +187,13 @@ func (s *Store) DeleteAdmin(principal string, guard AdminGuard, ev AuditEvent) e
 
 // deleteGuarded deletes the record at k, if it is there, passing guard,
 // with its audit event.
-func (s *Store) deleteGuarded(k string, guard AdminGuard, ev AuditEvent, more ...built) error {
+func (s *Store) deleteGuarded(k string, guard AdminGuard, ev AuditEvent) error {
 	return s.commit(func() (txn, error) {
 		r, err := s.db.Get(ctx, k)
 		if err != nil {
 			return txn{}, err
 		}
-		return s.guarded(guard, conds(storage.VersionIs(k, r.Version)), append([]built{opOf(storage.Delete(k)), s.appendAudit(ev)}, more...)...)
+		return s.guarded(guard, conds(storage.VersionIs(k, r.Version)), opOf(storage.Delete(k)), s.appendAudit(ev))
 	})
 }
 

@@ -12,6 +12,9 @@ const (
 	KindTokens          = "tokens"
 	KindCallerKeys      = "caller_keys"
 	KindAdminPrincipals = "admin_principals"
+	// The outbox of credential events, and their log (see Event).
+	KindEventOutbox = "event_outbox"
+	KindEvents      = "events"
 )
 
 // Split returns the kind and id of a record's storage key.

@@ -27,13 +27,19 @@ var (
 	// auditBucket maps an AuditPos (16 bytes: big-endian UnixNano time, then
 	// sequence number) to AuditEvent, so keys sort by time.
 	auditBucket = []byte("audit")
+	// outboxBucket maps an event's time (16 hex digits of UnixNano), "-"
+	// and id to an Event not yet relayed into the event log.
+	outboxBucket = []byte("event_outbox")
+	// eventsBucket is the event log: it maps a sequence number (16 hex
+	// digits) to Event.
+	eventsBucket = []byte("events")
 
 	// dataBuckets hold records, each stored with its tag (see
 	// Authenticate). The meta bucket holds values that authenticate
 	// themselves (the key check, the wrapped MAC key, both sealed by the
 	// master key), the database id the record key is derived from, and
 	// flags.
-	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, authorizationsBucket, auditBucket}
+	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, authorizationsBucket, auditBucket, outboxBucket, eventsBucket}
 
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")
@@ -148,6 +154,9 @@ type TokenState struct {
 	// ExpiryWarned is when the broker last warned that the account's
 	// secrets expire soon.
 	ExpiryWarned time.Time `json:"expiry_warned,omitzero"`
+	// ExpiredNoted are the secrets whose expire time the broker saw pass
+	// (and made a secret_expired event of).
+	ExpiredNoted map[string]bool `json:"expired_noted,omitempty"`
 }
 
 func (t *TokenState) version() int { return t.Version }

@@ -387,7 +387,8 @@ func (s *Store) CreateAccount(a Account, t TokenState, ev AuditEvent) error {
 			a.WrappedKey = wrapped
 		}
 		return ops(conds(storage.VersionIs(key(accountsBucket, a.ID), storage.Absent)),
-			s.put(accountsBucket, a.ID, a), s.put(tokensBucket, a.ID, t), s.appendAudit(ev))
+			append([]built{s.put(accountsBucket, a.ID, a), s.put(tokensBucket, a.ID, t), s.appendAudit(ev)},
+				s.outbox(accountEvents(nil, &a, ev))...)...)
 	})
 	if errors.Is(err, storage.ErrConflict) {
 		return ErrExists
@@ -558,7 +559,8 @@ func (s *Store) UpdateAccount(id string, change func(*Account) error, ev AuditEv
 		if dropsSealed(before, a) {
 			put = shredding(put)
 		}
-		return ops(conds(storage.VersionIs(key(accountsBucket, id), version)), put, s.appendAudit(ev))
+		return ops(conds(storage.VersionIs(key(accountsBucket, id), version)),
+			append([]built{put, s.appendAudit(ev)}, s.outbox(accountEvents(&before, &a, ev))...)...)
 	})
 	return a, err
 }
@@ -588,16 +590,19 @@ func dropsSealed(before, after Account) bool {
 // state, and records the audit event of the change. The deleted records
 // are shredded: removed from the file itself too.
 func (s *Store) DeleteAccount(id string, ev AuditEvent) error {
-	err := s.commit(func() (txn, error) {
-		return ops(conds(storage.Exists(key(accountsBucket, id))),
-			opOf(storage.Delete(key(accountsBucket, id)).Shredding()),
-			opOf(storage.Delete(key(tokensBucket, id)).Shredding()),
-			s.appendAudit(ev))
+	return s.commit(func() (txn, error) {
+		var a Account
+		version, err := s.read(accountsBucket, id, &a)
+		if errors.Is(err, ErrIntegrity) {
+			a = Account{ID: id} // its grants cannot be told
+		} else if err != nil {
+			return txn{}, err
+		}
+		return ops(conds(storage.VersionIs(key(accountsBucket, id), version)),
+			append([]built{opOf(storage.Delete(key(accountsBucket, id)).Shredding()),
+				opOf(storage.Delete(key(tokensBucket, id)).Shredding()),
+				s.appendAudit(ev)}, s.outbox(accountEvents(&a, nil, ev))...)...)
 	})
-	if errors.Is(err, storage.ErrConflict) {
-		return ErrNotFound
-	}
-	return err
 }
 
 // TokenState returns an account's token state; the zero TokenState if none is stored.
@@ -642,6 +647,7 @@ func (s *Store) updateTokenState(id string, held []storage.Cond, check func() er
 		if err != nil {
 			return txn{}, err
 		}
+		before := cloneTokenState(t)
 		if err := change(&t, a.WrappedKey); err != nil {
 			return txn{}, err
 		}
@@ -650,6 +656,7 @@ func (s *Store) updateTokenState(id string, held []storage.Cond, check func() er
 		if ev != nil {
 			built = append(built, s.appendAudit(*ev))
 		}
+		built = append(built, s.outbox(tokenStateEvents(a, before, t, ev))...)
 		return ops(append(conds(storage.VersionIs(key(accountsBucket, id), aVersion), storage.VersionIs(key(tokensBucket, id), version)), held...), built...)
 	})
 }

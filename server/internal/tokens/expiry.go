@@ -70,9 +70,23 @@ func (m *Manager) checkExpiry() {
 		if warn {
 			e.expiryWarned = now
 		}
+		var expired []store.Secret
+		for _, sec := range e.secrets {
+			if !e.removed && !sec.ExpireTime.IsZero() && !sec.ExpireTime.After(now) && !e.readSetbacks().expiredNoted[sec.ID] {
+				sb := e.writeSetbacks()
+				if sb.expiredNoted == nil {
+					sb.expiredNoted = map[string]bool{}
+				}
+				sb.expiredNoted[sec.ID] = true
+				expired = append(expired, sec)
+			}
+		}
 		e.mu.Unlock()
 		if warn {
 			m.warnExpiry(e.id, exp.Time, now)
+		}
+		if len(expired) > 0 {
+			m.noteExpired(e, expired, now)
 		}
 	}
 }
@@ -90,5 +104,36 @@ func (m *Manager) warnExpiry(id string, expire, now time.Time) {
 	err := m.store.UpdateTokenState(id, func(ts *store.TokenState, _ []byte) error { ts.ExpiryWarned = now; return nil }, &ev)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Logger.Error("could not record the expiry warning", "account", id, "error", err)
+	}
+}
+
+// errNoted: the secrets' expiry was noted already (by this process before
+// a restart, or by another replica): nothing to store.
+var errNoted = errors.New("noted already")
+
+// noteExpired stores that secrets of e's account have passed their
+// expire time, with an audit event, once: the store makes a secret_expired
+// event of each secret it had not noted. One it could not store is noted
+// at the next check.
+func (m *Manager) noteExpired(e *entry, secrets []store.Secret, now time.Time) {
+	id := e.id
+	for _, sec := range secrets {
+		ev := audit.Own(now, "secret_expired", audit.AccountName(id), fmt.Sprintf("secret %s expired %s", sec.ID, sec.ExpireTime.UTC().Format(time.RFC3339)))
+		err := m.store.UpdateTokenState(id, func(ts *store.TokenState, _ []byte) error {
+			if ts.ExpiredNoted[sec.ID] {
+				return errNoted
+			}
+			if ts.ExpiredNoted == nil {
+				ts.ExpiredNoted = map[string]bool{}
+			}
+			ts.ExpiredNoted[sec.ID] = true
+			return nil
+		}, &ev)
+		if err != nil && !errors.Is(err, errNoted) && !errors.Is(err, store.ErrNotFound) {
+			m.cfg.Logger.Error("could not record that a secret expired", "account", id, "secret", sec.ID, "error", err)
+			e.mu.Lock()
+			delete(e.writeSetbacks().expiredNoted, sec.ID)
+			e.mu.Unlock()
+		}
 	}
 }

@@ -92,11 +92,11 @@ func (u SecretUses) With(x SecretUse) SecretUses {
 
 // statusOf is the health a stored token state records.
 func statusOf(ts store.TokenState) Status {
-	s := Status{State: State(ts.State), LastTokenTime: ts.Obtained, LastError: failureOf(ts.LastError)}
+	s := Status{State: State(ts.State), LastTokenTime: ts.Obtained, LastError: FailureOf(ts.LastError)}
 	if ts.SecretUse != nil {
 		s.SecretUse = make(SecretUses, 0, len(ts.SecretUse))
 		for id, u := range ts.SecretUse {
-			s.SecretUse = append(s.SecretUse, SecretUse{ID: id, LastUsed: u.LastUsed, Rejected: failureOf(u.Rejected)})
+			s.SecretUse = append(s.SecretUse, SecretUse{ID: id, LastUsed: u.LastUsed, Rejected: FailureOf(u.Rejected)})
 		}
 	}
 	return s
@@ -113,7 +113,8 @@ func (s Status) record(ts *store.TokenState) {
 	}
 }
 
-func failureOf(f *store.Failure) *Failure {
+// FailureOf is a stored failure as the broker reports it.
+func FailureOf(f *store.Failure) *Failure {
 	if f == nil {
 		return nil
 	}

@@ -214,6 +214,9 @@ type setbacks struct {
 	// last one started (see APIKeyAnswered).
 	checking bool
 	checked  time.Time
+	// expiredNoted are the secrets whose passed expire time is stored as
+	// noted (see noteExpired).
+	expiredNoted map[string]bool
 }
 
 // noSetbacks is what readSetbacks returns for an entry that has none.

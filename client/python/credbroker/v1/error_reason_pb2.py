@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\xfe\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43REDENTIALS_REJECTED\x10\x01\x12\x18\n\x14PROVIDER_UNAVAILABLE\x10\x02\x12\x14\n\x10MIN_TTL_TOO_LONG\x10\x03\x12\x15\n\x11\x41UDIT_UNAVAILABLE\x10\x04\x12\x10\n\x0cRATE_LIMITED\x10\x05\x12\x0e\n\nLAST_ADMIN\x10\x06\x12\x0e\n\nPROXY_ONLY\x10\x07\x12\x10\n\x0cSECRET_LIMIT\x10\x08\x12\x0f\n\x0bLAST_SECRET\x10\t\x12\x12\n\x0eSECRET_EXPIRED\x10\n\x12\x13\n\x0fNO_API_BASE_URL\x10\x0b\x12\x1a\n\x16INTEGRITY_CHECK_FAILED\x10\x0c\x12\x17\n\x13PROVIDER_REDIRECTED\x10\r\x12\x11\n\rGRANT_LIMITED\x10\x0e\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x0f\x12\x1f\n\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10\x12\x16\n\x12MASTER_KEY_MISSING\x10\x11\x12\x19\n\x15REGION_NOT_CONFIGURED\x10\x12\x12\x0b\n\x07HUB_OFF\x10\x13\x12\x19\n\x15REFRESH_TOKEN_REVOKED\x10\x14\x12\x15\n\x11KEY_STILL_GRANTED\x10\x15\x42\x43ZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n credbroker/v1/error_reason.proto\x12\rcredbroker.v1*\x92\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43REDENTIALS_REJECTED\x10\x01\x12\x18\n\x14PROVIDER_UNAVAILABLE\x10\x02\x12\x14\n\x10MIN_TTL_TOO_LONG\x10\x03\x12\x15\n\x11\x41UDIT_UNAVAILABLE\x10\x04\x12\x10\n\x0cRATE_LIMITED\x10\x05\x12\x0e\n\nLAST_ADMIN\x10\x06\x12\x0e\n\nPROXY_ONLY\x10\x07\x12\x10\n\x0cSECRET_LIMIT\x10\x08\x12\x0f\n\x0bLAST_SECRET\x10\t\x12\x12\n\x0eSECRET_EXPIRED\x10\n\x12\x13\n\x0fNO_API_BASE_URL\x10\x0b\x12\x1a\n\x16INTEGRITY_CHECK_FAILED\x10\x0c\x12\x17\n\x13PROVIDER_REDIRECTED\x10\r\x12\x11\n\rGRANT_LIMITED\x10\x0e\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x0f\x12\x1f\n\x1bMASTER_KEY_ROTATION_BLOCKED\x10\x10\x12\x16\n\x12MASTER_KEY_MISSING\x10\x11\x12\x19\n\x15REGION_NOT_CONFIGURED\x10\x12\x12\x0b\n\x07HUB_OFF\x10\x13\x12\x19\n\x15REFRESH_TOKEN_REVOKED\x10\x14\x12\x15\n\x11KEY_STILL_GRANTED\x10\x15\x12\x12\n\x0e\x45VENTS_EXPIRED\x10\x16\x42\x43ZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credbroker.v1.error_reason_pb2', globals())
@@ -22,5 +22,5 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'ZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1'
   _ERRORREASON._serialized_start=52
-  _ERRORREASON._serialized_end=562
+  _ERRORREASON._serialized_end=582
 # @@protoc_insertion_point(module_scope)

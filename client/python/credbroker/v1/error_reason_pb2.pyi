@@ -6,6 +6,7 @@ AUDIT_UNAVAILABLE: ErrorReason
 CREDENTIALS_REJECTED: ErrorReason
 DESCRIPTOR: _descriptor.FileDescriptor
 ERROR_REASON_UNSPECIFIED: ErrorReason
+EVENTS_EXPIRED: ErrorReason
 GRANT_LIMITED: ErrorReason
 HUB_OFF: ErrorReason
 INTEGRITY_CHECK_FAILED: ErrorReason
