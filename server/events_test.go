@@ -315,4 +315,71 @@ func TestWatchEventsForCallers(t *testing.T) {
 	if e := w.next(t, 10*time.Second); e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_DELETED || e.GetAccount() != "accounts/mine" {
 		t.Fatalf("the caller's first event: %v", e)
 	}
+
+	// Revoking the caller's key ends its watch.
+	if _, err := b.callers.RevokeCallerKey(context.Background(), &credbrokerv1.RevokeCallerKeyRequest{Name: svcPrincipal}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.stream.Recv()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		wantCode(t, err, codes.Unauthenticated, "")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch of a revoked key goes on")
+	}
+}
+
+// On a cluster, every replica streams the same events, each change's
+// once, whichever replica made it; a watcher whose replica is killed
+// resumes on another with no gap; and events keep coming when the replica
+// that relays them is killed.
+func TestEventsAcrossReplicas(t *testing.T) {
+	rs, _ := startReplicas(t, 3, 1, nil)
+	w := watchEvents(t, rs[1].conn, &credbrokerv1.WatchEventsRequest{Kinds: []credbrokerv1.EventKind{credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED}})
+	rs[0].link(t, "a0")
+	rs[2].link(t, "a2")
+	seen := map[string]string{} // event id: account
+	take := func(w *watcher, want string) {
+		t.Helper()
+		e := w.next(t, 20*time.Second)
+		if e.GetAccount() != want {
+			t.Fatalf("got %v, want an event about %s", e, want)
+		}
+		if prev, ok := seen[e.GetId()]; ok {
+			t.Fatalf("event %s (%s) came twice", e.GetId(), prev)
+		}
+		seen[e.GetId()] = e.GetAccount()
+	}
+	take(w, "accounts/a0")
+	take(w, "accounts/a2")
+
+	// The watcher's replica dies; a change is made meanwhile.
+	rs[1].stop()
+	rs[0].link(t, "a3")
+	w = watchEvents(t, rs[2].conn, &credbrokerv1.WatchEventsRequest{ResumeToken: w.last, Kinds: []credbrokerv1.EventKind{credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED}})
+	take(w, "accounts/a3")
+
+	// Every replica that relays dies but one: events still come.
+	rs[0].stop()
+	rs[2].link(t, "a4")
+	take(w, "accounts/a4")
+}
+
+// A broker that shuts down ends its watches at once, with UNAVAILABLE,
+// rather than waiting for them as for other calls.
+func TestShutdownEndsWatches(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	w := watchEvents(t, b.dial(t, b.keys.admin, nil), &credbrokerv1.WatchEventsRequest{})
+	stopped := make(chan struct{})
+	go func() { b.stop(); close(stopped) }()
+	_, err := w.stream.Recv()
+	if st := wantCode(t, err, codes.Unavailable, ""); !strings.Contains(st.Message(), "shutting down") {
+		t.Fatalf("the watch ended with %v", err)
+	}
+	<-stopped
 }

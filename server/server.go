@@ -709,6 +709,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("shutting down")
 	s.draining.Store(true)
 	s.health.Shutdown()
+	s.events.Drain()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	proxyStopped, hubStopped := s.proxy.Shutdown(s.cfg.ShutdownTimeout), s.hub.Shutdown(s.cfg.ShutdownTimeout)

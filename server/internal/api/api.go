@@ -79,7 +79,7 @@ func NewServices(c Core) Services {
 		Backup:    &backupService{store: c.Store, dir: c.DataDir, audit: c.Audit, errs: errs},
 		MasterKey: &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs},
 		Connect:   &connectService{links: c.Links, hubURL: c.HubURL, errs: errs},
-		Events:    &eventService{events: c.Events, logID: c.EventLogID, errs: errs},
+		Events:    &eventService{events: c.Events, callers: c.Callers, logID: c.EventLogID, errs: errs},
 	}
 }
 

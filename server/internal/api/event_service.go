@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/callers"
@@ -24,7 +25,8 @@ import (
 
 type eventService struct {
 	credbrokerv1.UnimplementedEventServiceServer
-	events *events.Service
+	events  *events.Service
+	callers *callers.Service
 	// logID tells this broker's resume tokens from another's (the
 	// database's id, shortened).
 	logID []byte
@@ -41,7 +43,7 @@ const maxWatchedAccounts = 100
 func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream grpc.ServerStreamingServer[credbrokerv1.WatchEventsResponse]) error {
 	ctx := stream.Context()
 	c := gate.CallFrom(ctx)
-	match, err := eventFilter(req, c)
+	match, err := eventFilter(req)
 	if err != nil {
 		return err
 	}
@@ -55,13 +57,19 @@ func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream 
 		return err
 	}
 	err = s.events.Watch(ctx, after, ProgressEvery, func(evs []store.Event) (bool, error) {
+		// A key revoked (or expired) since the watch began ends it; an
+		// admin who lost the role sees what a caller sees.
+		id, err := s.callers.PrincipalIdentity(c.Principal)
+		if err != nil {
+			return false, status.Error(codes.Unauthenticated, err.Error())
+		}
 		if evs == nil {
 			return true, stream.Send(&credbrokerv1.WatchEventsResponse{ResumeToken: s.resumeToken(after)})
 		}
 		sent := false
 		for _, e := range evs {
 			after = e.Seq
-			if !match(e) {
+			if !match(e, id) {
 				continue
 			}
 			if err := stream.Send(&credbrokerv1.WatchEventsResponse{Event: eventProto(e), ResumeToken: s.resumeToken(e.Seq)}); err != nil {
@@ -75,6 +83,8 @@ func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream 
 	case errors.Is(err, events.ErrExpired):
 		return grpcerr.Status(codes.FailedPrecondition, "resume_token: the events after it are older than the broker keeps (--event-retention); watch again without one, and read the current state from the API",
 			grpcerr.Info(credbrokerv1.ErrorReason_EVENTS_EXPIRED, nil)).Err()
+	case errors.Is(err, events.ErrDraining):
+		return status.Error(codes.Unavailable, "the broker is shutting down; watch again from the last resume_token (on another replica)")
 	case errors.Is(err, events.ErrAhead):
 		return invalidArgument("resume_token", "is not from this broker's events")
 	case err != nil:
@@ -83,10 +93,10 @@ func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream 
 	return nil
 }
 
-// eventFilter checks a request's filters and returns what the caller of c
-// may see of what it asked for: admins every event, others those of the
-// accounts that granted them when the change was made.
-func eventFilter(req *credbrokerv1.WatchEventsRequest, c *gate.Call) (func(store.Event) bool, error) {
+// eventFilter checks a request's filters and returns what a caller may see
+// of what it asked for: admins every event, others those of the accounts
+// that granted them when the change was made.
+func eventFilter(req *credbrokerv1.WatchEventsRequest) (func(store.Event, callers.Identity) bool, error) {
 	if len(req.GetAccounts()) > maxWatchedAccounts {
 		return nil, invalidArgument("accounts", fmt.Sprintf("at most %d", maxWatchedAccounts))
 	}
@@ -106,16 +116,16 @@ func eventFilter(req *credbrokerv1.WatchEventsRequest, c *gate.Call) (func(store
 		}
 		kinds = append(kinds, kind)
 	}
-	return func(e store.Event) bool {
+	return func(e store.Event, id callers.Identity) bool {
 		switch {
 		case len(kinds) > 0 && !slices.Contains(kinds, e.Kind):
 			return false
 		case len(accounts) > 0 && !slices.Contains(accounts, e.Account):
 			return false
-		case c.Admin:
+		case id.Admin:
 			return true
 		}
-		return e.Account != "" && slices.Contains(e.Grantees, c.Principal)
+		return e.Account != "" && slices.Contains(e.Grantees, id.Principal)
 	}, nil
 }
 

@@ -38,6 +38,9 @@ type Service struct {
 	grown chan struct{}
 	// outboxed wakes the relay.
 	outboxed chan struct{}
+	// draining ends the watches (see Drain).
+	draining     chan struct{}
+	drainingOnce sync.Once
 }
 
 // New returns the events of st.
@@ -48,7 +51,7 @@ func New(cfg Config, st *store.Store) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Service{cfg: cfg, store: st, grown: make(chan struct{}), outboxed: make(chan struct{}, 1)}
+	return &Service{cfg: cfg, store: st, grown: make(chan struct{}), outboxed: make(chan struct{}, 1), draining: make(chan struct{})}
 }
 
 // Noticed is told of every committed change to the outbox or the log, by
@@ -162,6 +165,14 @@ func (s *Service) prune() error {
 	}
 }
 
+// ErrDraining ends the watches of a broker that is shutting down.
+var ErrDraining = errors.New("the broker is shutting down")
+
+// Drain ends every watch, now and to come, with ErrDraining: a broker that
+// shuts down waits for its calls to end, and watches do not end by
+// themselves.
+func (s *Service) Drain() { s.drainingOnce.Do(func() { close(s.draining) }) }
+
 // ErrExpired: a watcher asked to resume after an event older than the log
 // keeps.
 var ErrExpired = errors.New("the events after this position are no longer kept")
@@ -217,6 +228,8 @@ func (s *Service) Watch(ctx context.Context, after uint64, idle time.Duration, s
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-s.draining:
+			return ErrDraining
 		case <-grown:
 		case <-poll.C:
 		case <-quiet.C:

@@ -186,9 +186,7 @@ func (g *Gate) Run(ctx context.Context) { g.refusals.run(ctx) }
 // and, for issued tokens, the fingerprint.
 type Call struct {
 	Method, Principal, Peer string
-	// Admin: the caller proved an identity with the admin role.
-	Admin bool
-	Time  time.Time
+	Time                    time.Time
 	// started times the call for the request log (Time may be a test's clock).
 	started                       time.Time
 	Resource, Fingerprint, Detail string
@@ -374,7 +372,6 @@ func (g *Gate) admitAs(c *Call, authenticate func() (callers.Identity, error)) e
 		g.refusals.charge(c)
 		return err
 	}
-	c.Admin = id.Admin
 	if ok, wait := g.limiter.Allow(id.Principal, c.Time); !ok {
 		c.Refused = true
 		return grpcerr.Status(codes.ResourceExhausted, "rate limit exceeded for "+id.Principal,
