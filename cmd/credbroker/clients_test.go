@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"net"
 	"os"
@@ -29,6 +30,7 @@ type clientExample struct {
 	build []string // command run once before the examples, if any
 	link  []string // ... ACCOUNT_ID CLIENT_ID, the secret on stdin
 	get   []string // ... ACCOUNT
+	watch []string // ... [COUNT]
 }
 
 var clientExamples = []clientExample{
@@ -37,6 +39,7 @@ var clientExamples = []clientExample{
 		needs: []string{"/usr/bin/python3", "/usr/lib/python3/dist-packages/grpc/__init__.py", "/usr/lib/python3/dist-packages/google/protobuf/__init__.py"},
 		link:  []string{"/usr/bin/python3", "examples/link_account.py"},
 		get:   []string{"/usr/bin/python3", "examples/get_token.py"},
+		watch: []string{"/usr/bin/python3", "examples/watch_events.py"},
 	},
 	{
 		lang: "typescript", dir: "typescript",
@@ -44,6 +47,7 @@ var clientExamples = []clientExample{
 		build: []string{"node_modules/.bin/tsc"},
 		link:  []string{"node", "dist/examples/link-account.js"},
 		get:   []string{"node", "dist/examples/get-token.js"},
+		watch: []string{"node", "dist/examples/watch-events.js"},
 	},
 }
 
@@ -131,6 +135,28 @@ func TestClientExamples(t *testing.T) {
 				t.Errorf("a token of an account without a grant: %v\n%s", err, out)
 			}
 
+			// The watcher prints an account linked and deleted; started
+			// again after the first event, it prints the second.
+			watched := "watch-" + ex.lang
+			lines := watchExample(t, dir, r.addr, r.bootstrapKey, "", append(ex.watch, "2"), func() {
+				if _, err := accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{AccountId: watched, Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{
+					JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US},
+				}}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := accounts.DeleteAccount(context.Background(), &credbrokerv1.DeleteAccountRequest{Name: "accounts/" + watched}); err != nil {
+					t.Fatal(err)
+				}
+			})
+			linked := regexp.MustCompile(`^EVENT_KIND_ACCOUNT_LINKED accounts/` + watched + ` by callerKeys/bootstrap-admin \(resume token (\S+)\)$`).FindStringSubmatch(lines[0])
+			deleted := `^EVENT_KIND_ACCOUNT_DELETED accounts/` + watched + ` by callerKeys/bootstrap-admin \(resume token \S+\)$`
+			if linked == nil || !regexp.MustCompile(deleted).MatchString(lines[1]) {
+				t.Fatalf("the watcher printed:\n%s", strings.Join(lines, "\n"))
+			}
+			if again := watchExample(t, dir, r.addr, r.bootstrapKey, linked[1], append(ex.watch, "1"), nil); !regexp.MustCompile(deleted).MatchString(again[0]) {
+				t.Fatalf("the watcher resumed after the link printed:\n%s", strings.Join(again, "\n"))
+			}
+
 			// Given two replicas, one of which answers UNAVAILABLE, the
 			// example gets its token from the other.
 			down := startUnavailableReplica(t)
@@ -145,6 +171,44 @@ func TestClientExamples(t *testing.T) {
 			}
 		})
 	}
+}
+
+// watchExample runs a watcher example (its last argument the number of
+// events to print) with the caller key and resume token given, calls
+// change once it says it is watching, and returns the lines it printed
+// after that, once it has exited.
+func watchExample(t *testing.T, dir, addr, key, resume string, args []string, change func()) []string {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CREDBROKER_ADDR="+addr, "CREDBROKER_CALLER_KEY="+key, "CREDBROKER_RESUME_TOKEN="+resume, "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	scanner := bufio.NewScanner(out)
+	if !scanner.Scan() || scanner.Text() != "watching" {
+		cmd.Wait()
+		t.Fatalf("%s did not say it was watching: %q\n%s", strings.Join(args, " "), scanner.Text(), stderr.String())
+	}
+	if change != nil {
+		change()
+	}
+	var lines []string
+	for scanner.Scan() {
+		lines = append(lines, scanner.Text())
+	}
+	if err := cmd.Wait(); err != nil || len(lines) == 0 {
+		t.Fatalf("%s: %v\n%s\n%s", strings.Join(args, " "), err, strings.Join(lines, "\n"), stderr.String())
+	}
+	return lines
 }
 
 // unavailableReplica answers every GetToken with UNAVAILABLE, as a replica

@@ -294,7 +294,11 @@ export const EventService: GenService<{
   /**
    * WatchEvents sends the events that match the request, oldest first:
    * those after resume_token (without one, only those from now on), then
-   * each new one as it happens; it does not end by itself. Each response
+   * each new one as it happens; it does not end by itself, but ends with
+   * UNAVAILABLE when the broker shuts down (watch again, from the last
+   * resume_token) and with UNAUTHENTICATED when the caller's key is
+   * revoked. The response headers come once the watch is in place: every
+   * change after them is seen. Each response
    * carries the resume_token to continue after it: a watcher that keeps
    * the last one it received and sends it when it reconnects gets every
    * event after it, on any replica, with no gap and none twice (an event
