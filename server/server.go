@@ -50,6 +50,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
 	"github.com/credbroker/credbroker/server/internal/tracing"
+	"github.com/credbroker/credbroker/server/internal/webhooks"
 )
 
 // Config is the server's configuration. Zero fields take the values of
@@ -123,6 +124,7 @@ type Config struct {
 	Provider provider.Config // JumpCloud's endpoints and the token requests' timeout
 	Hub      hub.Config      // the Hub's sessions
 	Events   events.Config   // how long credential events are kept
+	Webhooks webhooks.Config // webhook deliveries' timeout, retries and address rules
 
 	// wrapAuditSink lets tests make audit writes fail.
 	wrapAuditSink func(audit.Sink) audit.Sink
@@ -155,6 +157,7 @@ func DefaultConfig() Config {
 		Provider:        provider.DefaultConfig(),
 		Hub:             hub.DefaultConfig(),
 		Events:          events.Config{Retention: events.DefaultRetention},
+		Webhooks:        webhooks.DefaultConfig(),
 	}
 }
 
@@ -196,8 +199,9 @@ type Server struct {
 	hub *listeners.HTTP
 	// links are the connect links, opened in the Hub.
 	links *connect.Service
-	// events relays the credential events.
-	events *events.Service
+	// events relays the credential events; webhooks delivers them.
+	events   *events.Service
+	webhooks *webhooks.Service
 	// proxy is the egress proxy and ops the metrics and health
 	// endpoints; each is nil when it is off.
 	proxy, ops *listeners.HTTP
@@ -478,7 +482,10 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 		now = time.Now
 	}
 	links := connect.New(st, keys, mac, now, cfg.Logger)
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, journal: journal, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links, events: evs}
+	wc := cfg.Webhooks
+	wc.Encode, wc.Logger = api.EventJSON, cfg.Logger
+	hooks := webhooks.New(wc, st, mac, evs)
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, journal: journal, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links, events: evs, webhooks: hooks}
 	dbID, err := st.DatabaseID()
 	if err != nil {
 		return nil, err
@@ -486,7 +493,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	core := api.Core{
 		Accounts: acc, Callers: cs, Tokens: tm, Grants: c.grants, Audit: al, Metrics: met,
 		Store: st, DataDir: cfg.DataDir, MasterKey: masters.All()[0], Logger: cfg.Logger,
-		Links: links, HubURL: s.hubURL, Events: evs, EventLogID: api.EventLogID(dbID),
+		Links: links, HubURL: s.hubURL, Events: evs, EventLogID: api.EventLogID(dbID), Webhooks: hooks,
 	}
 	services := api.NewServices(core)
 	services.Register(g)
@@ -668,7 +675,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		stopJournal = start(s.journal.Run)
 	}
 	stopCompact := start(func(ctx context.Context) { datadir.CompactPeriodically(ctx, s.store, s.cfg.CompactInterval, s.log) })
-	stopRefusals, stopLinks, stopEvents := start(s.gate.Run), start(s.links.Run), start(s.events.Run)
+	stopRefusals, stopLinks, stopEvents, stopWebhooks := start(s.gate.Run), start(s.links.Run), start(s.events.Run), start(s.webhooks.Run)
 	stopProbe := func() {}
 	if s.probe != nil {
 		stopProbe = start(s.probe.run)
@@ -732,6 +739,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopJournal() // after the audit writer's last events
 	stopRefresh()
 	stopEvents() // after the changes that make events
+	stopWebhooks()
 	stopCompact()
 	stopMirror()
 	if cerr := datadir.CompactIfPending(s.store); cerr != nil { // nothing writes any more

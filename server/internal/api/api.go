@@ -1,6 +1,7 @@
 // Package api is the broker's API behind the gate: the gRPC services
 // (AccountService, CallerService, TokenService, AuditService,
-// BackupService, MasterKeyService, ConnectService and EventService) and the egress proxy's HTTP handler. Its handlers are
+// BackupService, MasterKeyService, ConnectService, EventService and
+// WebhookService) and the egress proxy's HTTP handler. Its handlers are
 // thin: they validate requests (validate.go, paging.go), call the core,
 // and map every error to a status in one place (errors.go). Who may call
 // them, and the audit event of each call, is the gate's business.
@@ -27,6 +28,7 @@ import (
 	"github.com/credbroker/credbroker/server/internal/proxy"
 	"github.com/credbroker/credbroker/server/internal/store"
 	"github.com/credbroker/credbroker/server/internal/tokens"
+	"github.com/credbroker/credbroker/server/internal/webhooks"
 )
 
 // Core is what the handlers call.
@@ -47,6 +49,7 @@ type Core struct {
 	// marks their resume tokens.
 	Events     *events.Service
 	EventLogID []byte
+	Webhooks   *webhooks.Service
 	// Links makes connect links, opened at HubURL() ("" without a Hub).
 	Links  *connect.Service
 	HubURL func() string
@@ -66,6 +69,7 @@ type Services struct {
 	MasterKey credbrokerv1.MasterKeyServiceServer
 	Connect   credbrokerv1.ConnectServiceServer
 	Events    credbrokerv1.EventServiceServer
+	Webhooks  credbrokerv1.WebhookServiceServer
 }
 
 // NewServices builds the services' handlers on c.
@@ -80,6 +84,7 @@ func NewServices(c Core) Services {
 		MasterKey: &masterKeyService{store: c.Store, to: c.MasterKey, log: c.Logger, errs: errs},
 		Connect:   &connectService{links: c.Links, hubURL: c.HubURL, errs: errs},
 		Events:    &eventService{events: c.Events, callers: c.Callers, logID: c.EventLogID, errs: errs},
+		Webhooks:  &webhookService{webhooks: c.Webhooks, events: c.Events, errs: errs},
 	}
 }
 
@@ -94,6 +99,7 @@ func (s Services) Register(g *grpc.Server) {
 	credbrokerv1.RegisterMasterKeyServiceServer(g, s.MasterKey)
 	credbrokerv1.RegisterConnectServiceServer(g, s.Connect)
 	credbrokerv1.RegisterEventServiceServer(g, s.Events)
+	credbrokerv1.RegisterWebhookServiceServer(g, s.Webhooks)
 }
 
 // ProxyHandler is the egress proxy: gt admits each call, the caller's

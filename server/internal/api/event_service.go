@@ -97,36 +97,36 @@ func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream 
 // of what it asked for: admins every event, others those of the accounts
 // that granted them when the change was made.
 func eventFilter(req *credbrokerv1.WatchEventsRequest) (func(store.Event, callers.Identity) bool, error) {
-	if len(req.GetAccounts()) > maxWatchedAccounts {
-		return nil, invalidArgument("accounts", fmt.Sprintf("at most %d", maxWatchedAccounts))
+	kinds, accounts, err := parseEventFilters(req.GetKinds(), req.GetAccounts())
+	if err != nil {
+		return nil, err
 	}
-	var accounts []string
-	for _, name := range req.GetAccounts() {
+	return func(e store.Event, id callers.Identity) bool {
+		return store.EventMatches(e, kinds, accounts) && (id.Admin || e.Account != "" && slices.Contains(e.Grantees, id.Principal))
+	}, nil
+}
+
+// parseEventFilters checks filters of event kinds and account names and
+// returns them as stored events name them.
+func parseEventFilters(kinds []credbrokerv1.EventKind, accountNames []string) (kindNames, accounts []string, err error) {
+	if len(accountNames) > maxWatchedAccounts {
+		return nil, nil, invalidArgument("accounts", fmt.Sprintf("at most %d", maxWatchedAccounts))
+	}
+	for _, name := range accountNames {
 		id, err := parseName("accounts", name)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		accounts = append(accounts, id)
 	}
-	var kinds []string
-	for _, k := range req.GetKinds() {
+	for _, k := range kinds {
 		kind, ok := eventKindName[k]
 		if !ok {
-			return nil, invalidArgument("kinds", fmt.Sprintf("%d is not an event kind", k))
+			return nil, nil, invalidArgument("kinds", fmt.Sprintf("%d is not an event kind", k))
 		}
-		kinds = append(kinds, kind)
+		kindNames = append(kindNames, kind)
 	}
-	return func(e store.Event, id callers.Identity) bool {
-		switch {
-		case len(kinds) > 0 && !slices.Contains(kinds, e.Kind):
-			return false
-		case len(accounts) > 0 && !slices.Contains(accounts, e.Account):
-			return false
-		case id.Admin:
-			return true
-		}
-		return e.Account != "" && slices.Contains(e.Grantees, id.Principal)
-	}, nil
+	return kindNames, accounts, nil
 }
 
 // A resume token is the log's id and an event's sequence number.

@@ -71,7 +71,8 @@ func (s *Service) Noticed(kind string) {
 	}
 }
 
-func (s *Service) growth() <-chan struct{} {
+// Grown is closed when the log may have grown since the call.
+func (s *Service) Grown() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.grown
@@ -87,33 +88,32 @@ const pruneEvery = time.Hour
 // Run relays events until ctx ends, while this process holds the relay's
 // lock (on an engine replicas share, one process at a time does).
 func (s *Service) Run(ctx context.Context) {
+	WhileHolding(ctx, s.store, "event-relay", s.cfg.Logger, s.relay)
+}
+
+// WhileHolding runs run while this process holds the named lock (see
+// store.Lock), its writes conditioned on the lock, until ctx ends: run
+// returns when ctx ends, or with an error when it lost the lock or failed;
+// the lock is then taken again, a second later.
+func WhileHolding(ctx context.Context, st *store.Store, name string, log *slog.Logger, run func(context.Context, []storage.Cond) error) {
 	for ctx.Err() == nil {
-		lock, err := s.store.LockEvents(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.cfg.Logger.Warn("could not take the event relay's lock; retrying", "error", err)
-				sleep(ctx, relayPoll)
+		lock, err := st.Lock(ctx, name)
+		if err == nil {
+			err = run(ctx, store.Holds(lock))
+			if lock.Unlock != nil {
+				lock.Unlock()
 			}
-			continue
-		}
-		err = s.relay(ctx, lock.Held)
-		if lock.Unlock != nil {
-			lock.Unlock()
 		}
 		if err != nil && ctx.Err() == nil {
-			s.cfg.Logger.Warn("the event relay stopped; it starts again", "error", err)
-			sleep(ctx, time.Second)
+			log.Warn("a job that one process runs at a time stopped; it starts again", "job", name, "error", err)
+			Sleep(ctx, time.Second)
 		}
 	}
 }
 
 // relay moves what the outbox holds into the log, whenever woken, until
 // ctx ends or the lock is lost.
-func (s *Service) relay(ctx context.Context, held storage.Cond) error {
-	var holds []storage.Cond
-	if held.Key != "" {
-		holds = append(holds, held)
-	}
+func (s *Service) relay(ctx context.Context, holds []storage.Cond) error {
 	poll := time.NewTicker(relayPoll)
 	defer poll.Stop()
 	var pruned time.Time
@@ -207,7 +207,7 @@ func (s *Service) Watch(ctx context.Context, after uint64, idle time.Duration, s
 	quiet := time.NewTimer(idle)
 	defer quiet.Stop()
 	for {
-		grown := s.growth() // before the read: growth after it wakes us
+		grown := s.Grown() // before the read: growth after it wakes us
 		evs, more, err := s.store.Events(after, 100)
 		if err != nil {
 			return err
@@ -241,7 +241,8 @@ func (s *Service) Watch(ctx context.Context, after uint64, idle time.Duration, s
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) {
+// Sleep waits for d, or until ctx ends.
+func Sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

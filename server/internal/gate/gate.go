@@ -141,6 +141,7 @@ var methodAccess = func() map[string]Access {
 	add(credbrokerv1.MasterKeyService_ServiceDesc, Admin)
 	add(credbrokerv1.ConnectService_ServiceDesc, Admin)
 	add(credbrokerv1.EventService_ServiceDesc, Caller)
+	add(credbrokerv1.WebhookService_ServiceDesc, Admin)
 	add(healthpb.Health_ServiceDesc, Open)
 	m["/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"] = Open
 	m["/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"] = Open

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -371,15 +372,29 @@ func (s *Store) PruneEvents(cutoff time.Time, limit int) (int, error) {
 	return deleted, nil
 }
 
-// LockEvents waits until this process holds the lock of the event relay
-// (and webhook deliveries), on an engine that replicas share, or ctx
+// Lock waits until this process holds the named lock (of the event
+// relay, of webhook deliveries), on an engine that replicas share, or ctx
 // ends; on an engine of one process it holds nothing and returns at once.
-func (s *Store) LockEvents(ctx context.Context) (storage.Lock, error) {
+func (s *Store) Lock(ctx context.Context, name string) (storage.Lock, error) {
 	locker, ok := s.db.(storage.Locker)
 	if !ok {
 		return storage.Lock{}, nil
 	}
-	return locker.Lock(ctx, key(metaBucket, "event-relay"))
+	return locker.Lock(ctx, key(metaBucket, "lock-"+name))
+}
+
+// Holds is the condition a lock's holder writes under, if any.
+func Holds(l storage.Lock) []storage.Cond {
+	if l.Held.Key == "" {
+		return nil
+	}
+	return []storage.Cond{l.Held}
+}
+
+// EventMatches says whether an event passes filters of kinds and account
+// ids (empty: any).
+func EventMatches(e Event, kinds, accounts []string) bool {
+	return (len(kinds) == 0 || slices.Contains(kinds, e.Kind)) && (len(accounts) == 0 || slices.Contains(accounts, e.Account))
 }
 
 // NoteTampered makes an integrity_check_failed event about a record that

@@ -33,13 +33,19 @@ var (
 	// eventsBucket is the event log: it maps a sequence number (16 hex
 	// digits) to Event.
 	eventsBucket = []byte("events")
+	// webhooksBucket maps a webhook id to Webhook.
+	webhooksBucket = []byte("webhooks")
+	// webhookDeliveriesBucket maps a webhook id to WebhookDelivery: kept
+	// apart from Webhook, which admins change, since the replica that
+	// delivers writes it after every attempt.
+	webhookDeliveriesBucket = []byte("webhook_deliveries")
 
 	// dataBuckets hold records, each stored with its tag (see
 	// Authenticate). The meta bucket holds values that authenticate
 	// themselves (the key check, the wrapped MAC key, both sealed by the
 	// master key), the database id the record key is derived from, and
 	// flags.
-	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, authorizationsBucket, auditBucket, outboxBucket, eventsBucket}
+	dataBuckets = [][]byte{accountsBucket, tokensBucket, callerKeysBucket, adminsBucket, hubSessionsBucket, connectSessionsBucket, authorizationsBucket, auditBucket, outboxBucket, eventsBucket, webhooksBucket, webhookDeliveriesBucket}
 
 	keyCheckKey     = []byte("master-key-check")
 	macKeyKey       = []byte("mac-key")

@@ -2,7 +2,7 @@ package tokens
 
 import (
 	"errors"
-	"math/rand/v2"
+	"github.com/credbroker/credbroker/internal/backoff"
 	"time"
 
 	"github.com/credbroker/credbroker/server/internal/audit"
@@ -195,11 +195,11 @@ func (m *Manager) recordFailure(e *entry, err error) *FetchError {
 	case errors.As(err, &unavailable):
 		e.status.State = StateDegraded
 		f.Reason, f.Message = ReasonProviderUnavailable, unavailable.Error()
-		delay = max(unavailable.RetryAfter, backoff(sb.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
+		delay = max(unavailable.RetryAfter, backoff.Jittered(sb.failures, m.cfg.BackoffMin, m.cfg.BackoffMax))
 	default:
 		e.status.State = StateDegraded
 		f.Reason, f.Message = ReasonInternal, "broker fault; see the server log"
-		delay = backoff(sb.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
+		delay = backoff.Jittered(sb.failures, m.cfg.BackoffMin, m.cfg.BackoffMax)
 		m.cfg.Logger.Error("token request failed inside the broker", "account", e.id, "error", err)
 	}
 	if f.Reason != ReasonIntegrity && (e.status.LastError == nil || e.status.LastError.Message != f.Message) { // that one was logged above
@@ -218,15 +218,6 @@ func retryIn(delay time.Duration) any {
 		return "not until an admin acts"
 	}
 	return delay.Round(time.Millisecond)
-}
-
-// backoff is exponential from lo, capped at hi, with the upper half jittered.
-func backoff(failures int, lo, hi time.Duration) time.Duration {
-	d := hi
-	if shift := failures - 1; shift < 30 && lo<<shift < hi {
-		d = lo << shift
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 // transition is the audit event of an account's change of state, or nil if

@@ -527,16 +527,6 @@ func TestRemove(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 4: 8 * time.Second, 10: time.Minute, 100: time.Minute} {
-		for range 20 {
-			if got := backoff(n, time.Second, time.Minute); got < want/2 || got > want {
-				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", n, got, want/2, want)
-			}
-		}
-	}
-}
-
 // waitFor polls cond; the test's own timeout bounds it.
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
