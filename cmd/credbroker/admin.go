@@ -33,10 +33,11 @@ var adminCommands = map[string]map[string]func(*session, []string) error{
 	"accounts": {"link": accountsLink, "list": accountsList, "get": accountsGet, "update": accountsUpdate, "delete": accountsDelete,
 		"grant": accountsGrant, "ungrant": accountsUngrant, "add-secret": accountsAddSecret, "remove-secret": accountsRemoveSecret,
 		"connect-link": accountsConnectLink},
-	"callers": {"create": callersCreate, "list": callersList, "revoke": callersRevoke, "delete": callersDelete},
-	"admins":  {"list": adminsList, "add": adminsAdd, "remove": adminsRemove},
-	"token":   {"get": tokenGet},
-	"audit":   {"list": auditList},
+	"callers":  {"create": callersCreate, "list": callersList, "revoke": callersRevoke, "delete": callersDelete},
+	"admins":   {"list": adminsList, "add": adminsAdd, "remove": adminsRemove},
+	"token":    {"get": tokenGet},
+	"audit":    {"list": auditList},
+	"webhooks": {"create": webhooksCreate, "list": webhooksList, "get": webhooksGet, "delete": webhooksDelete},
 }
 
 // runAdmin runs "credbroker COMMAND SUBCOMMAND [ARGS] [flags]".

@@ -239,8 +239,30 @@ func TestAdminCLI(t *testing.T) {
 	}
 	c.ok(admin, "", "admins", "remove", "spiffe://credbroker.test/ops")
 	c.fails(admin, "", []string{"admins", "remove", "spiffe://credbroker.test/ops"}, "not an admin principal")
+	// A webhook endpoint: created with its secret shown once, listed and
+	// shown with its deliveries (none answers there), deleted.
+	out = c.ok(admin, "", "webhooks", "create", "ops", "--url", "http://127.0.0.1:1/hook", "--kind", "account-state-changed,account-deleted", "--account", "acme-key")
+	if !regexp.MustCompile(`NAME\s+webhooks/ops\n`).MatchString(out) || !regexp.MustCompile(`SIGNING SECRET\s+whsec_[A-Za-z0-9_-]{43}\n`).MatchString(out) {
+		t.Errorf("webhooks create printed:\n%s", out)
+	}
+	c.misused(admin, "", []string{"webhooks", "create", "bad", "--url", "https://x.example/", "--kind", "linked"}, "--kind must be one of account-deleted, account-linked")
+	c.misused(admin, "", []string{"webhooks", "create", "bad", "--url", "http://x.example/"}, "must be https (http only to a loopback address)")
+	if out := c.ok(admin, "", "webhooks", "list"); !regexp.MustCompile(`webhooks/ops\s+http://127\.0\.0\.1:1/hook\s+account-state-changed,account-deleted\s+0`).MatchString(out) {
+		t.Errorf("webhooks list:\n%s", out)
+	}
 	c.ok(admin, "", "accounts", "delete", "acme-key")
 	c.fails(admin, "", []string{"accounts", "get", "acme-key"}, "account not found")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out := c.ok(admin, "", "webhooks", "get", "ops")
+		if strings.Contains(out, "ATTEMPT") && strings.Contains(out, "account-deleted") && strings.Contains(out, "connection refused") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhooks get, once the account was deleted:\n%s", out)
+		}
+	}
+	c.ok(admin, "", "webhooks", "delete", "ops")
+	c.fails(admin, "", []string{"webhooks", "get", "ops"}, "webhook not found")
 	c.fails("", "", []string{"accounts", "list"}, "no identity")
 	c.misused(admin, "", []string{"accounts", "get"}, "missing arguments; usage: credbroker accounts get ID")
 	out, errOut, _ := c.run(admin, "", "accounts", "list", "--broker", "127.0.0.1:1")

@@ -63,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = backup(args[1:], stdout, stderr)
 	case "restore":
 		err = restore(args[1:], stdout, stderr)
-	case "accounts", "callers", "admins", "token", "audit":
+	case "accounts", "callers", "admins", "token", "audit", "webhooks":
 		err = runAdmin(args[0], args[1:], stdout, stderr)
 	case "version", "--version", "-version", "help", "-h", "--help":
 		if len(args) > 1 {
@@ -189,6 +189,7 @@ and CREDBROKER_CLIENT_KEY), over TLS with --tls-ca (CREDBROKER_TLS_CA);
   credbroker admins list|add|remove   client-certificate principals with the admin role
   credbroker token get ACCOUNT
   credbroker audit list
+  credbroker webhooks create|list|get|delete   endpoints credential events are POSTed to
 `)
 }
 
