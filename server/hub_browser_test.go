@@ -190,6 +190,29 @@ func TestHubInABrowser(t *testing.T) {
 	do(chromedp.Navigate(b.hubURL+"/callers"), chromedp.WaitVisible("#keys"))
 	capture()
 	admin.screenshot("callers")
+	// A webhook: a URL it may not use is shown next to its field, with the
+	// form as sent; then its signing secret, once.
+	do(chromedp.Navigate(b.hubURL+"/webhooks"), chromedp.WaitVisible("#webhook_id"),
+		chromedp.SendKeys("#webhook_id", "alerts"), chromedp.SendKeys("#url", "http://alerts.example.com/hook"),
+		chromedp.Click(`input[value="account-state-changed"]`), chromedp.Submit("#webhook_id"), chromedp.WaitVisible("#url_error"))
+	if e := text(chromedp.Text("#url_error")); !strings.Contains(e, "must be https (http only to a loopback address)") {
+		t.Errorf("the URL's error next to the field: %q", e)
+	}
+	if ticked, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('input[value="account-state-changed"]').checked`)); err != nil || !ticked {
+		t.Error("the form came back without the kind ticked")
+	}
+	capture()
+	do(chromedp.SetValue("#url", "http://127.0.0.1:1/hook"), chromedp.Submit("#webhook_id"), chromedp.WaitVisible("#new_secret"))
+	signing := text(chromedp.Value("#new_secret"))
+	if !strings.HasPrefix(signing, "whsec_") {
+		t.Errorf("the signing secret shown: %q", signing)
+	}
+	do(chromedp.Navigate(b.hubURL+"/webhooks"), chromedp.WaitVisible("#webhooks"))
+	if row := text(chromedp.Text("#webhooks")); !strings.Contains(row, "alerts") || !strings.Contains(row, "http://127.0.0.1:1/hook") || !strings.Contains(row, "account state changed") {
+		t.Errorf("the webhooks: %q", row)
+	}
+	capture()
+	admin.screenshot("webhooks")
 	do(chromedp.Navigate(b.hubURL+"/audit?account=globex"), chromedp.WaitVisible(".events"))
 	if ev := text(chromedp.Text(".events")); !strings.Contains(ev, "hub: add a grant") {
 		t.Errorf("the audit page: %q", ev)
@@ -272,7 +295,7 @@ func TestHubInABrowser(t *testing.T) {
 		t.Fatalf("too little to scan: %d pages, %d history entries", len(pages), len(history))
 	}
 	for name, canary := range map[string]string{"client secret": clientSecret, "admin key": b.keys.admin, "caller key": b.keys.svc, "wrong key": wrongKey, "access token": token,
-		"new secret": newSecret, "new caller key": newKey,
+		"new secret": newSecret, "new caller key": newKey, "signing secret": signing,
 		"app secret": appSecret, "user's password": appPassword, "API key": apiKey} {
 		if strings.Contains(all, canary) {
 			t.Errorf("a page, URL or history entry holds the %s", name)

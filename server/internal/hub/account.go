@@ -66,6 +66,7 @@ var notices = map[string]string{
 	"key-revoked":     "The caller key is revoked.",
 	"key-deleted":     "The caller key is deleted: its name may be given to a new key.",
 	"link-revoked":    "The connect link is revoked: opened, it says so.",
+	"webhook-deleted": "The webhook is deleted: nothing more is delivered to it.",
 }
 
 func (h *Hub) accountPage(w http.ResponseWriter, r *http.Request, s *session, c *gate.Call) error {
