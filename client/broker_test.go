@@ -22,6 +22,7 @@ import (
 type demo struct {
 	target   string
 	key      string // the service's caller key, granted acme
+	admin    string // the admin's caller key
 	fake     *jumpcloudfake.Fake
 	apiURL   string
 	apiCalls int
@@ -68,6 +69,7 @@ func startDemo() (*demo, error) {
 	go func() { _ = srv.Serve(ctx); close(done) }()
 	d.target = srv.Addr().String()
 	admin := srv.BootstrapAdminKey()
+	d.admin = admin
 	d.stop = func() {
 		cancel()
 		<-done

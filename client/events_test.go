@@ -3,13 +3,19 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/credbroker/credbroker/client"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -107,5 +113,57 @@ func TestWatchEventsGivesUpOnExpiredToken(t *testing.T) {
 	err = c.WatchEvents(context.Background(), &credbrokerv1.WatchEventsRequest{ResumeToken: "old"}, func(*credbrokerv1.Event, string) error { return nil })
 	if status.Code(err) != codes.FailedPrecondition || len(r.tokens) != 1 {
 		t.Fatalf("WatchEvents = %v after %d watches, want FAILED_PRECONDITION after 1", err, len(r.tokens))
+	}
+}
+
+// A receiver checks a real delivery with VerifyWebhook: it passes as
+// received, and fails with one byte changed or replayed ten minutes later.
+func TestVerifyWebhookOnARealDelivery(t *testing.T) {
+	d := newDemo(t)
+	var secret atomic.Value
+	got := make(chan error, 10)
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		s := secret.Load().(string)
+		err := client.VerifyWebhook(s, r.Header, body, time.Now())
+		var e credbrokerv1.Event
+		switch {
+		case err != nil:
+		case client.VerifyWebhook(s, r.Header, append(body, ' '), time.Now()) == nil:
+			err = errors.New("a changed body verified")
+		case client.VerifyWebhook(s, r.Header, body, time.Now().Add(10*time.Minute)) == nil:
+			err = errors.New("a delivery replayed 10 minutes later verified")
+		case protojson.Unmarshal(body, &e) != nil || e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED || e.GetAccount() != "accounts/beta":
+			err = fmt.Errorf("the delivery: %s", body)
+		}
+		got <- err
+	}))
+	t.Cleanup(recv.Close)
+	conn, err := grpcConn(d.target, d.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	resp, err := credbrokerv1.NewWebhookServiceClient(conn).CreateWebhook(ctx, &credbrokerv1.CreateWebhookRequest{WebhookId: "receiver", Webhook: &credbrokerv1.Webhook{Url: recv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret.Store(resp.GetSigningSecret())
+	if _, err := credbrokerv1.NewAccountServiceClient(conn).CreateAccount(ctx, &credbrokerv1.CreateAccountRequest{
+		AccountId: "beta",
+		Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{
+			ClientId: "demo-client", ClientSecret: "demo-secret", Region: credbrokerv1.Region_REGION_US,
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no delivery")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,23 +32,27 @@ type clientExample struct {
 	link  []string // ... ACCOUNT_ID CLIENT_ID, the secret on stdin
 	get   []string // ... ACCOUNT
 	watch []string // ... [COUNT]
+	// receive runs the webhook receiver: ... PORT [COUNT]
+	receive []string
 }
 
 var clientExamples = []clientExample{
 	{
 		lang: "python", dir: "python",
-		needs: []string{"/usr/bin/python3", "/usr/lib/python3/dist-packages/grpc/__init__.py", "/usr/lib/python3/dist-packages/google/protobuf/__init__.py"},
-		link:  []string{"/usr/bin/python3", "examples/link_account.py"},
-		get:   []string{"/usr/bin/python3", "examples/get_token.py"},
-		watch: []string{"/usr/bin/python3", "examples/watch_events.py"},
+		needs:   []string{"/usr/bin/python3", "/usr/lib/python3/dist-packages/grpc/__init__.py", "/usr/lib/python3/dist-packages/google/protobuf/__init__.py"},
+		link:    []string{"/usr/bin/python3", "examples/link_account.py"},
+		get:     []string{"/usr/bin/python3", "examples/get_token.py"},
+		watch:   []string{"/usr/bin/python3", "examples/watch_events.py"},
+		receive: []string{"/usr/bin/python3", "examples/webhook_receiver.py"},
 	},
 	{
 		lang: "typescript", dir: "typescript",
-		needs: []string{"node_modules/.bin/tsc", "node_modules/@connectrpc/connect-node/package.json"},
-		build: []string{"node_modules/.bin/tsc"},
-		link:  []string{"node", "dist/examples/link-account.js"},
-		get:   []string{"node", "dist/examples/get-token.js"},
-		watch: []string{"node", "dist/examples/watch-events.js"},
+		needs:   []string{"node_modules/.bin/tsc", "node_modules/@connectrpc/connect-node/package.json"},
+		build:   []string{"node_modules/.bin/tsc"},
+		link:    []string{"node", "dist/examples/link-account.js"},
+		get:     []string{"node", "dist/examples/get-token.js"},
+		watch:   []string{"node", "dist/examples/watch-events.js"},
+		receive: []string{"node", "dist/examples/webhook-receiver.js"},
 	},
 }
 
@@ -157,6 +162,33 @@ func TestClientExamples(t *testing.T) {
 				t.Fatalf("the watcher resumed after the link printed:\n%s", strings.Join(again, "\n"))
 			}
 
+			// The webhook receiver checks a real delivery's signature and
+			// prints its event; it refuses a forged one.
+			hookAddr := freePort(t)
+			hooked := "hooked-" + ex.lang
+			hook, err := credbrokerv1.NewWebhookServiceClient(adminConn).CreateWebhook(context.Background(), &credbrokerv1.CreateWebhookRequest{
+				WebhookId: "receiver-" + ex.lang, Webhook: &credbrokerv1.Webhook{
+					Url: "http://" + hookAddr + "/hook", Kinds: []credbrokerv1.EventKind{credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED}, Accounts: []string{"accounts/" + hooked},
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines = runExample(t, dir, []string{"CREDBROKER_WEBHOOK_SECRET=" + hook.GetSigningSecret()}, append(ex.receive, hookAddr[strings.LastIndex(hookAddr, ":")+1:], "1"), "listening", func() {
+				forged, err := http.Post("http://"+hookAddr+"/hook", "application/json", strings.NewReader(`{"id":"forged","kind":"EVENT_KIND_ACCOUNT_DELETED"}`))
+				if err != nil || forged.StatusCode != http.StatusUnauthorized {
+					t.Errorf("a forged delivery: %v %v", forged, err)
+				}
+				if _, err := accounts.CreateAccount(context.Background(), &credbrokerv1.CreateAccountRequest{AccountId: hooked, Credentials: &credbrokerv1.CreateAccountRequest_JumpcloudServiceAccount{
+					JumpcloudServiceAccount: &credbrokerv1.JumpCloudServiceAccountCredentials{ClientId: "e2e-client", ClientSecret: e2eClientSecret, Region: credbrokerv1.Region_REGION_US},
+				}}); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if !regexp.MustCompile(`^EVENT_KIND_ACCOUNT_LINKED accounts/` + hooked + ` \(event [0-9a-f]{32}\)$`).MatchString(lines[0]) {
+				t.Fatalf("the webhook receiver printed:\n%s", strings.Join(lines, "\n"))
+			}
+
 			// Given two replicas, one of which answers UNAVAILABLE, the
 			// example gets its token from the other.
 			down := startUnavailableReplica(t)
@@ -179,9 +211,17 @@ func TestClientExamples(t *testing.T) {
 // after that, once it has exited.
 func watchExample(t *testing.T, dir, addr, key, resume string, args []string, change func()) []string {
 	t.Helper()
+	return runExample(t, dir, []string{"CREDBROKER_ADDR=" + addr, "CREDBROKER_CALLER_KEY=" + key, "CREDBROKER_RESUME_TOKEN=" + resume}, args, "watching", change)
+}
+
+// runExample runs an example that ends by itself with env added to this
+// process's, calls change once it prints ready, and returns the lines it
+// printed after that, once it has exited.
+func runExample(t *testing.T, dir string, env, args []string, ready string, change func()) []string {
+	t.Helper()
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CREDBROKER_ADDR="+addr, "CREDBROKER_CALLER_KEY="+key, "CREDBROKER_RESUME_TOKEN="+resume, "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = append(append(os.Environ(), "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1"), env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -194,9 +234,9 @@ func watchExample(t *testing.T, dir, addr, key, resume string, args []string, ch
 	timer := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
 	defer timer.Stop()
 	scanner := bufio.NewScanner(out)
-	if !scanner.Scan() || scanner.Text() != "watching" {
+	if !scanner.Scan() || scanner.Text() != ready {
 		cmd.Wait()
-		t.Fatalf("%s did not say it was watching: %q\n%s", strings.Join(args, " "), scanner.Text(), stderr.String())
+		t.Fatalf("%s did not say %q: %q\n%s", strings.Join(args, " "), ready, scanner.Text(), stderr.String())
 	}
 	if change != nil {
 		change()
