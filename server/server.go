@@ -717,6 +717,18 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.draining.Store(true)
 	s.health.Shutdown()
 	s.events.Drain()
+	// The relay and the deliveries stop at once, beside the rest: what
+	// they leave (events in the outbox, deliveries not yet made) is kept,
+	// for the next start or another replica; and each may be waiting for
+	// its storage (etcd going down too), which would add to the rest.
+	relaysStopped := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		wg.Go(stopEvents)
+		wg.Go(stopWebhooks)
+		wg.Wait()
+		close(relaysStopped)
+	}()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	proxyStopped, hubStopped := s.proxy.Shutdown(s.cfg.ShutdownTimeout), s.hub.Shutdown(s.cfg.ShutdownTimeout)
@@ -738,8 +750,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopAudit()
 	stopJournal() // after the audit writer's last events
 	stopRefresh()
-	stopEvents() // after the changes that make events
-	stopWebhooks()
+	<-relaysStopped
 	stopCompact()
 	stopMirror()
 	if cerr := datadir.CompactIfPending(s.store); cerr != nil { // nothing writes any more

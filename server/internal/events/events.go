@@ -100,7 +100,14 @@ func WhileHolding(ctx context.Context, st *store.Store, name string, log *slog.L
 		lock, err := st.Lock(ctx, name)
 		if err == nil {
 			err = run(ctx, store.Holds(lock))
-			if lock.Unlock != nil {
+			switch {
+			case lock.Unlock == nil:
+			case ctx.Err() != nil:
+				// Stopping: the lock also goes with the process's lease,
+				// which its storage ends when it closes; unlocking must
+				// not hold up a stop whose storage is out of reach.
+				go lock.Unlock()
+			default:
 				lock.Unlock()
 			}
 		}

@@ -255,7 +255,7 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 		return storage.Lock{}, err
 	}
 	m := concurrency.NewMutex(s, d.prefix+locksDir+name)
-	err = m.Lock(ctx)
+	err = d.lockMutex(ctx, m)
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		// The lease ended before the session noticed: start a new one.
 		d.dropLease(s)
@@ -263,7 +263,7 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 			return storage.Lock{}, err
 		}
 		m = concurrency.NewMutex(s, d.prefix+locksDir+name)
-		err = m.Lock(ctx)
+		err = d.lockMutex(ctx, m)
 	}
 	if err != nil {
 		return storage.Lock{}, d.wrap(err)
@@ -281,6 +281,29 @@ func (d *DB) Lock(ctx context.Context, name string) (storage.Lock, error) {
 	// The key is never written again after it is created, so its
 	// modification revision is its creation revision while it exists.
 	return storage.Lock{Held: storage.VersionIs(d.logical([]byte(m.Key())), storage.Version(owner.CreateRevision)), Unlock: unlock}, nil
+}
+
+// lockMutex waits for m until ctx ends. A Mutex whose wait is cut short
+// removes its key with the client's own context, unbounded, so that with
+// etcd out of reach it would wait until the client is closed, which
+// happens only after the wait: lockMutex returns at once and leaves that
+// to the background (unlocking the mutex if it was taken meanwhile).
+func (d *DB) lockMutex(ctx context.Context, m *concurrency.Mutex) error {
+	done := make(chan error, 1)
+	go func() { done <- m.Lock(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		go func() {
+			if <-done == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+				defer cancel()
+				_ = m.Unlock(ctx)
+			}
+		}()
+		return ctx.Err()
+	}
 }
 
 // Announce puts value under replicasDir on this process's lease (the one

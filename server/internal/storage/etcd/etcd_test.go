@@ -134,6 +134,44 @@ func TestLockFencesWrites(t *testing.T) {
 	la2.Unlock()
 }
 
+// A wait for a lock ends when its context does, with etcd out of reach
+// too: etcd's Mutex then removes its key with the client's own context,
+// which would have held up a broker's stop (it waits for the waiters)
+// until the client closed, which comes after.
+func TestLockWaitEndsWithItsContextWithoutEtcd(t *testing.T) {
+	cluster := etcdtest.Start(t, 1)
+	open := func() *DB {
+		d, err := Open(Config{Endpoints: cluster.Endpoints(), LockTTL: 2 * time.Second, RequestTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	a, b := open(), open()
+	if _, err := a.Lock(context.Background(), "meta/relay"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	waited := make(chan error, 1)
+	go func() {
+		_, err := b.Lock(ctx, "meta/relay")
+		waited <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // b waits for a's key to go
+	cluster.Stop(0)
+	time.Sleep(time.Second) // the client sees it gone
+	cancel()
+	select {
+	case err := <-waited:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the wait ended with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the wait for the lock did not end with its context")
+	}
+}
+
 // TrimHistory compacts etcd's history up to the revision it noted a
 // retention ago, and no further.
 func TestTrimHistory(t *testing.T) {
