@@ -295,14 +295,19 @@ func TestWebhookAddressRules(t *testing.T) {
 	}
 	_, err = b.webhooks().CreateWebhook(ctx, &credbrokerv1.CreateWebhookRequest{WebhookId: "metadata", Webhook: &credbrokerv1.Webhook{Url: "https://169.254.169.254/"}})
 	wantCode(t, err, codes.AlreadyExists, "")
+	if _, err := b.webhooks().CreateWebhook(ctx, &credbrokerv1.CreateWebhookRequest{WebhookId: "aws-ipv6", Webhook: &credbrokerv1.Webhook{Url: "https://[fd00:ec2::254]/latest/"}}); err != nil {
+		t.Fatal(err)
+	}
 	b.link(t, "a1")
-	waitFor(t, 10*time.Second, func() error {
-		a := b.webhook(t, "metadata").GetDelivery().GetLastAttempts()
-		if len(a) == 0 || !strings.Contains(a[0].GetError(), "169.254.169.254 is link-local") {
-			return fmt.Errorf("attempts: %v", a)
-		}
-		return nil
-	})
+	for hook, addr := range map[string]string{"metadata": "169.254.169.254", "aws-ipv6": "fd00:ec2::254"} {
+		waitFor(t, 10*time.Second, func() error {
+			a := b.webhook(t, hook).GetDelivery().GetLastAttempts()
+			if len(a) == 0 || !strings.Contains(a[0].GetError(), addr+" is link-local or a cloud metadata service") {
+				return fmt.Errorf("attempts: %v", a)
+			}
+			return nil
+		})
+	}
 
 	// A caller that is not an admin manages no webhooks.
 	_, err = credbrokerv1.NewWebhookServiceClient(b.dial(t, b.keys.svc, nil)).ListWebhooks(ctx, &credbrokerv1.ListWebhooksRequest{})
@@ -335,5 +340,46 @@ func TestWebhookDeliveredOnceAcrossReplicas(t *testing.T) {
 	}
 	if len(got) != 6 || attempts != 6 {
 		t.Fatalf("%d deliveries in %d attempts, want 6 in 6", len(got), attempts)
+	}
+}
+
+// Events deleted (--event-retention) before a receiver that was down took
+// them are noted once, as given up, and the next kept one is delivered.
+func TestWebhookNotesEventsDeletedBeforeDelivery(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	webhookConfig(&cfg)
+	b := startWith(t, cfg, fake, logs)
+	r := newReceiver(t)
+	b.createWebhook(t, "ops", r, credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED)
+	r.set(func(w http.ResponseWriter) { w.WriteHeader(http.StatusServiceUnavailable) })
+	for _, id := range []string{"a1", "a2", "a3"} {
+		b.link(t, id)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if d := b.webhook(t, "ops").GetDelivery(); d.GetFailedAttempts() == 0 {
+			return fmt.Errorf("delivery: %v", d)
+		}
+		return nil
+	})
+	b.stop()
+	b.cfg.Events.Retention = time.Nanosecond // the relay deletes all but the newest when it starts
+	r.set(nil)
+	b = startWith(t, b.cfg, b.fake, b.logs)
+	waitFor(t, 10*time.Second, func() error {
+		if got, _ := r.got(); len(got) != 1 || got[0].account != "accounts/a3" {
+			return fmt.Errorf("delivered %v", got)
+		}
+		return nil
+	})
+	time.Sleep(300 * time.Millisecond) // time to note the deletion twice, were it noted at every turn
+	noted := 0
+	for _, a := range b.webhook(t, "ops").GetDelivery().GetLastAttempts() {
+		if strings.Contains(a.GetError(), "events were deleted (--event-retention) before they could be delivered") {
+			noted++
+		}
+	}
+	if noted != 1 {
+		t.Fatalf("the deletion noted %d times: %v", noted, b.webhook(t, "ops").GetDelivery())
 	}
 }

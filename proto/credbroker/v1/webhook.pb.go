@@ -30,8 +30,9 @@ type Webhook struct {
 	// "webhooks/{webhook_id}". Output only.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Where events are POSTed: https, or http to a loopback address. The
-	// broker refuses to connect to link-local addresses (cloud metadata
-	// services among them) unless --webhook-allow-link-local is set.
+	// broker refuses to connect to link-local addresses and the other
+	// addresses of cloud metadata services (fd00:ec2::254, 100.100.100.200)
+	// unless --webhook-allow-link-local is set.
 	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	// Only events of these kinds; empty means every kind.
 	Kinds []EventKind `protobuf:"varint,3,rep,packed,name=kinds,proto3,enum=credbroker.v1.EventKind" json:"kinds,omitempty"`

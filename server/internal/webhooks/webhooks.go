@@ -2,7 +2,7 @@
 // process of a cluster at a time, each endpoint's events in log order, at
 // least once, signed with the endpoint's secret, retried with capped
 // exponential backoff for a bounded time. Its HTTP client follows no
-// redirect, connects to no link-local address (cloud metadata services)
+// redirect, connects to no link-local or cloud-metadata address
 // unless allowed, and bounds each answer's size and time.
 package webhooks
 
@@ -51,7 +51,8 @@ type Config struct {
 	// event (doubling, jittered). Defaults 1 s and 10 minutes.
 	MinBackoff, MaxBackoff time.Duration
 	// AllowLinkLocal lets deliveries go to link-local addresses
-	// (169.254.0.0/16, fe80::/10), where cloud metadata services answer.
+	// (169.254.0.0/16, fe80::/10), where cloud metadata services answer,
+	// and to those services' other addresses (see metadataAddrs).
 	AllowLinkLocal bool
 	// Encode is an event as its deliveries' body (set by the server: the
 	// API's JSON of it).
@@ -89,17 +90,17 @@ func New(cfg Config, st *store.Store, mac *keyring.MACKey, evs *events.Service) 
 }
 
 // newClient is the HTTP client of deliveries: no proxy from the
-// environment, no redirect followed, no link-local address unless allowed
-// (checked on the address connected to, so that a name that resolves
-// there, now or later, gets no further).
+// environment, no redirect followed, no link-local or metadata address
+// unless allowed (checked on the address connected to, so that a name
+// that resolves there, now or later, gets no further).
 func newClient(cfg Config) *http.Client {
 	dialer := &net.Dialer{Timeout: cfg.Timeout, Control: func(_, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
 			return err
 		}
-		if ip := ap.Addr().Unmap(); !cfg.AllowLinkLocal && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast()) {
-			return fmt.Errorf("%w: %s is link-local, where cloud metadata services answer (--webhook-allow-link-local allows it)", errRefusedAddress, ip)
+		if ip := ap.Addr().Unmap(); !cfg.AllowLinkLocal && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || metadataAddrs[ip]) {
+			return fmt.Errorf("%w: %s is link-local or a cloud metadata service's (--webhook-allow-link-local allows it)", errRefusedAddress, ip)
 		}
 		return nil
 	}}
@@ -117,6 +118,11 @@ func newClient(cfg Config) *http.Client {
 }
 
 var errRefusedAddress = errors.New("address refused")
+
+// metadataAddrs are the cloud metadata services' addresses that are not
+// link-local (AWS's over IPv6, Alibaba Cloud's); the others (169.254.169.254
+// and the like) are.
+var metadataAddrs = map[netip.Addr]bool{netip.MustParseAddr("fd00:ec2::254"): true, netip.MustParseAddr("100.100.100.200"): true}
 
 var (
 	// ErrNotFound: no webhook has the id.
@@ -291,22 +297,26 @@ func (s *Service) deliverTo(ctx context.Context, id string, holds []storage.Cond
 			return err
 		}
 		var next *store.Event
+		moved := false
 		for i, e := range evs {
-			if e.Seq > d.Cursor+1 && d.Cursor > 0 {
+			if e.Seq > d.Cursor+1 {
+				// Deleted before they were delivered (or looked at): the
+				// receiver waited longer than the broker keeps events.
 				record(&d, store.WebhookAttempt{Time: time.Now(), Error: fmt.Sprintf("%d events were deleted (--event-retention) before they could be delivered", e.Seq-d.Cursor-1), GaveUp: true})
+				d.Cursor, moved = e.Seq-1, true
 			}
 			if store.EventMatches(e, w.Kinds, w.Accounts) && e.ID != "" {
 				next = &evs[i]
 				break
 			}
-			d.Cursor = e.Seq // not for this webhook
+			d.Cursor, moved = e.Seq, true // not for this webhook
+		}
+		if moved {
+			if err := s.save(id, d, holds); err != nil {
+				return err
+			}
 		}
 		if next == nil {
-			if len(evs) > 0 {
-				if err := s.save(id, d, holds); err != nil {
-					return err
-				}
-			}
 			select {
 			case <-ctx.Done():
 			case <-grown:
@@ -315,9 +325,6 @@ func (s *Service) deliverTo(ctx context.Context, id string, holds []storage.Cond
 			continue
 		}
 		if wait := time.Until(d.NextAttempt); wait > 0 {
-			if err := s.save(id, d, holds); err != nil { // the cursor moved past events not for it
-				return err
-			}
 			events.Sleep(ctx, wait)
 			continue
 		}

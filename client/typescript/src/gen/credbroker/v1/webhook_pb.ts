@@ -32,8 +32,9 @@ export type Webhook = Message<"credbroker.v1.Webhook"> & {
 
   /**
    * Where events are POSTed: https, or http to a loopback address. The
-   * broker refuses to connect to link-local addresses (cloud metadata
-   * services among them) unless --webhook-allow-link-local is set.
+   * broker refuses to connect to link-local addresses and the other
+   * addresses of cloud metadata services (fd00:ec2::254, 100.100.100.200)
+   * unless --webhook-allow-link-local is set.
    *
    * @generated from field: string url = 2;
    */
