@@ -130,6 +130,54 @@ func TestClusterFailover(t *testing.T) {
 			return err
 		})
 	}
+	// An admin watches the keys being created on replica 2, which is
+	// killed: the Go client resumes the watch once it is back.
+	watcher, err := client.New(replicas[2].addr, client.WithCallerKey(adminKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	var watchMu sync.Mutex
+	created, watched := map[string]int{}, map[string]bool{} // events by key id; event ids
+	var twice []string
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	watchEnded := make(chan error, 1)
+	go func() {
+		watchEnded <- watcher.WatchEvents(watchCtx, &credbrokerv1.WatchEventsRequest{Kinds: []credbrokerv1.EventKind{credbrokerv1.EventKind_EVENT_KIND_CALLER_KEY_CREATED}},
+			func(e *credbrokerv1.Event, _ string) error {
+				if e == nil {
+					return nil
+				}
+				watchMu.Lock()
+				defer watchMu.Unlock()
+				if watched[e.GetId()] {
+					twice = append(twice, e.GetId())
+				}
+				watched[e.GetId()] = true
+				created[strings.TrimPrefix(e.GetCallerKey(), "callerKeys/")]++
+				return nil
+			})
+	}()
+	seen := func(id string) error {
+		watchMu.Lock()
+		defer watchMu.Unlock()
+		if created[id] == 0 {
+			return fmt.Errorf("no event of caller key %s's creation", id)
+		}
+		return nil
+	}
+	// The watch is in place once it sees a key made after it started.
+	waitUntil(t, 20*time.Second, func() error {
+		if _, err := admins[0].CreateCallerKey(ctx, &credbrokerv1.CreateCallerKeyRequest{KeyId: fmt.Sprintf("marker-%d", time.Now().UnixNano()), CallerKey: &credbrokerv1.CallerKey{Role: credbrokerv1.Role_ROLE_CALLER}}); err != nil {
+			return err
+		}
+		watchMu.Lock()
+		defer watchMu.Unlock()
+		if len(created) == 0 {
+			return errors.New("the watch saw no key created")
+		}
+		return nil
+	})
 	start := time.Now()
 
 	stop := make(chan struct{})
@@ -232,6 +280,26 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}
 
+	// The watch saw each acknowledged key's creation once, across its
+	// replica's death and the stopped member.
+	for _, id := range acked {
+		waitUntil(t, 30*time.Second, func() error { return seen(id) })
+	}
+	stopWatching()
+	if err := <-watchEnded; !errors.Is(err, context.Canceled) {
+		t.Errorf("the watch ended with %v", err)
+	}
+	watchMu.Lock()
+	for id, n := range created {
+		if n > 1 {
+			t.Errorf("caller key %s's creation came %d times", id, n)
+		}
+	}
+	if len(twice) > 0 {
+		t.Errorf("events that came twice: %v", twice)
+	}
+	watchMu.Unlock()
+
 	// Every acknowledged GetToken has its audit event, whichever replica
 	// wrote it.
 	events, proxyEvents := 0, 0
@@ -269,7 +337,7 @@ func TestClusterFailover(t *testing.T) {
 			t.Errorf("token requests %d and %d came %s apart: two replicas renewed one token", i-1, i, gap)
 		}
 	}
-	t.Logf("%d GetToken and %d proxied calls, all answered; %d acknowledged writes, all kept; %d and %d audit events of them; %d token requests in %s",
+	t.Logf("%d GetToken and %d proxied calls, all answered; %d acknowledged writes, all kept and watched; %d and %d audit events of them; %d token requests in %s",
 		getToken.ok.Load(), proxied.ok.Load(), len(acked), events, proxyEvents, len(times), time.Since(start).Round(time.Second))
 }
 
