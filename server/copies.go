@@ -88,6 +88,9 @@ func (c *copies) apply(ch storage.Change) {
 			c.tokens.Remove(id)
 		case kind == store.KindAccounts:
 			a := c.store.DecodeAccount(ev)
+			if a.Tampered {
+				c.noteTampered(audit.AccountName(id))
+			}
 			c.grants.Set(id, accounts.Indexed(a.Grants))
 			c.tokens.Upsert(a, func() (store.TokenState, error) {
 				if t, ok := written[id]; ok {
@@ -105,7 +108,11 @@ func (c *copies) apply(ch storage.Change) {
 		case kind == store.KindCallerKeys && ev.Deleted:
 			c.callers.KeyDeleted(id)
 		case kind == store.KindCallerKeys:
-			c.callers.KeyStored(c.store.DecodeCallerKey(ev))
+			k := c.store.DecodeCallerKey(ev)
+			if k.Tampered {
+				c.noteTampered(callers.KeyPrincipalPrefix + id)
+			}
+			c.callers.KeyStored(k)
 		case kind == store.KindAdminPrincipals && ev.Deleted:
 			c.callers.AdminDeleted(id)
 		case kind == store.KindAdminPrincipals:
@@ -114,6 +121,18 @@ func (c *copies) apply(ch storage.Change) {
 			c.events.Noticed(kind)
 		}
 	}
+}
+
+// noteTampered makes the credential event of a record that failed its
+// check as it came (someone wrote to the storage without the broker), off
+// the stream of changes, which must not wait for a write.
+func (c *copies) noteTampered(name string) {
+	c.log.Error("a stored record failed its integrity check (it was changed outside the broker); it is not used", "resource", name)
+	go func() {
+		if err := c.store.NoteTampered(name); err != nil {
+			c.log.Error("could not store the credential event of a record that failed its integrity check", "resource", name, "error", err)
+		}
+	}()
 }
 
 // syncTimeout bounds how long a change waits for the copies to hold it

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -382,4 +384,33 @@ func TestShutdownEndsWatches(t *testing.T) {
 		t.Fatalf("the watch ended with %v", err)
 	}
 	<-stopped
+}
+
+// A record changed in etcd behind the brokers' backs makes one
+// integrity_check_failed event, however many replicas read it.
+func TestIntegrityEventOfARecordChangedInEtcd(t *testing.T) {
+	rs, cluster := startReplicas(t, 2, 1, nil)
+	rs[0].link(t, "acme")
+	w := watchEvents(t, rs[1].conn, &credbrokerv1.WatchEventsRequest{Kinds: []credbrokerv1.EventKind{credbrokerv1.EventKind_EVENT_KIND_INTEGRITY_CHECK_FAILED, credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED}})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cluster.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	k := "/credbroker/data/accounts/acme"
+	got, err := cli.Get(ctx, k)
+	if err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("the account's record in etcd: %v %v", got, err)
+	}
+	if _, err := cli.Put(ctx, k, strings.Replace(string(got.Kvs[0].Value), `"display_name":"Acme acme"`, `"display_name":"Evil"`, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if e := w.until(t, credbrokerv1.EventKind_EVENT_KIND_INTEGRITY_CHECK_FAILED, "accounts/acme"); e.GetPrincipal() != "credbroker" {
+		t.Fatalf("integrity: %v", e)
+	}
+	rs[1].link(t, "after")
+	for e := w.next(t, 10*time.Second); e.GetAccount() != "accounts/after"; e = w.next(t, 10*time.Second) {
+		t.Fatalf("a second integrity event for one change: %v", e)
+	}
 }
