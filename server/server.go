@@ -483,7 +483,7 @@ func build(cfg Config, st *store.Store, masters *keyring.Masters, tlsm listeners
 	}
 	links := connect.New(st, keys, mac, now, cfg.Logger)
 	wc := cfg.Webhooks
-	wc.Encode, wc.Logger = api.EventJSON, cfg.Logger
+	wc.Encode, wc.OnAttempt, wc.Logger = api.EventJSON, met.WebhookAttempt, cfg.Logger
 	hooks := webhooks.New(wc, st, mac, evs)
 	s := &Server{cfg: cfg, log: cfg.Logger, store: st, tokens: tm, mirror: c.mirror, audit: al, journal: journal, gate: gt, grpc: g, health: hs, probe: probe, bootstrapKey: bootstrapKey, links: links, events: evs, webhooks: hooks}
 	dbID, err := st.DatabaseID()

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,6 +209,15 @@ func TestWebhookDeliveries(t *testing.T) {
 		t.Fatalf("after the deliveries: %v", d)
 	}
 
+	_, scrape := b.opsGet(t, "/metrics")
+	for series, want := range map[string]*regexp.Regexp{
+		"delivered": regexp.MustCompile(`(?m)^credbroker_webhook_attempts_total\{result="delivered",webhook="ops"\} 3$`),
+		"failed":    regexp.MustCompile(`(?m)^credbroker_webhook_attempts_total\{result="failed",webhook="ops"\} ([5-9]|\d\d+)$`),
+	} {
+		if !want.MatchString(scrape) {
+			t.Errorf("/metrics has no %s series like %s", series, want)
+		}
+	}
 	if _, err := b.webhooks().DeleteWebhook(context.Background(), &credbrokerv1.DeleteWebhookRequest{Name: "webhooks/ops"}); err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ type Metrics struct {
 	cacheHit         prometheus.Counter
 	cacheMiss        prometheus.Counter
 	upstreamDuration *prometheus.HistogramVec
+	webhookAttempts  *prometheus.CounterVec
 }
 
 // New registers the broker's metrics, and the Go runtime's and the
@@ -48,6 +49,10 @@ func New(accounts func() []Account) *Metrics {
 			Help:    "Requests to providers (token requests, API-key checks) by provider and result: ok, rejected, unavailable or error.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 12), // 10 ms to 20 s
 		}, []string{"provider", "result"}),
+		webhookAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_webhook_attempts_total",
+			Help: "Deliveries of credential events to webhook endpoints by webhook and result: delivered, failed (tried again) or gave_up.",
+		}, []string{"webhook", "result"}),
 	}
 	v := version.Get()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -56,7 +61,7 @@ func New(accounts func() []Account) *Metrics {
 		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "build_date": v.Date, "goversion": v.GoVersion},
 	})
 	build.Set(1)
-	m.Registry.MustRegister(build, m.GRPC, m.tokensIssued, cache, m.upstreamDuration, accountsCollector(accounts),
+	m.Registry.MustRegister(build, m.GRPC, m.tokensIssued, cache, m.upstreamDuration, m.webhookAttempts, accountsCollector(accounts),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -79,6 +84,11 @@ func (m *Metrics) CacheLookup(hit bool) {
 // UpstreamRequest records a request to a provider.
 func (m *Metrics) UpstreamRequest(provider, result string, took time.Duration) {
 	m.upstreamDuration.WithLabelValues(provider, result).Observe(took.Seconds())
+}
+
+// WebhookAttempt counts an attempt to deliver an event to a webhook.
+func (m *Metrics) WebhookAttempt(webhook, result string) {
+	m.webhookAttempts.WithLabelValues(webhook, result).Inc()
 }
 
 // Account is what a scrape shows of one account.

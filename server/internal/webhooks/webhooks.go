@@ -57,6 +57,9 @@ type Config struct {
 	// Encode is an event as its deliveries' body (set by the server: the
 	// API's JSON of it).
 	Encode func(store.Event) ([]byte, error)
+	// OnAttempt, if set, is told of each attempt: the webhook's id and
+	// "delivered", "failed" or "gave_up" (for metrics).
+	OnAttempt func(webhook, result string)
 	// Logger: default slog.Default().
 	Logger *slog.Logger
 }
@@ -348,11 +351,25 @@ func (s *Service) deliverTo(ctx context.Context, id string, holds []storage.Cond
 			}
 		}
 		record(&d, a)
+		if s.cfg.OnAttempt != nil {
+			s.cfg.OnAttempt(id, outcome(a))
+		}
 		if err := s.save(id, d, holds); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// outcome is an attempt's result, as metrics count it.
+func outcome(a store.WebhookAttempt) string {
+	switch {
+	case a.GaveUp:
+		return "gave_up"
+	case a.Error != "":
+		return "failed"
+	}
+	return "delivered"
 }
 
 // record adds an attempt to d's last ones.
