@@ -414,3 +414,49 @@ func TestIntegrityEventOfARecordChangedInEtcd(t *testing.T) {
 		t.Fatalf("a second integrity event for one change: %v", e)
 	}
 }
+
+// A watch whose filters pass nothing is told its position all the same
+// (--event-retention would otherwise age its token out): resuming from
+// that position sends only what came after it.
+func TestWatchEventsProgress(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	cfg.Events.Progress = 100 * time.Millisecond
+	b := startWith(t, cfg, fake, logs)
+	w := watchEvents(t, b.conn, &credbrokerv1.WatchEventsRequest{Kinds: []credbrokerv1.EventKind{credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_DELETED}})
+	first := w.progress(t)
+	b.link(t, "a1") // not a deletion: moves the position on, shows nothing
+	var moved string
+	waitFor(t, 10*time.Second, func() error {
+		if moved = w.progress(t); moved == first {
+			return errors.New("the position did not move")
+		}
+		return nil
+	})
+	w.cancel()
+	// From the moved position, the link is behind: only the deletion comes.
+	if _, err := b.accounts.DeleteAccount(context.Background(), &credbrokerv1.DeleteAccountRequest{Name: "accounts/a1"}); err != nil {
+		t.Fatal(err)
+	}
+	w = watchEvents(t, b.conn, &credbrokerv1.WatchEventsRequest{ResumeToken: moved})
+	if e := w.next(t, 10*time.Second); e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_DELETED {
+		t.Fatalf("the first event after the moved position: %v", e)
+	}
+}
+
+// progress reads responses until one without an event, and returns its
+// resume token.
+func (w *watcher) progress(t *testing.T) string {
+	t.Helper()
+	for range 100 {
+		resp, err := w.stream.Recv()
+		if err != nil {
+			t.Fatalf("WatchEvents: %v", err)
+		}
+		if resp.GetEvent() == nil {
+			return resp.GetResumeToken()
+		}
+	}
+	t.Fatal("no progress response")
+	return ""
+}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,10 +32,6 @@ type eventService struct {
 	errs  errorMapper
 }
 
-// ProgressEvery is how often WatchEvents sends its position while no
-// event matches (see the proto).
-var ProgressEvery = 30 * time.Second
-
 // maxWatchedAccounts bounds WatchEventsRequest.accounts.
 const maxWatchedAccounts = 100
 
@@ -56,7 +51,7 @@ func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream 
 	if err := stream.SendHeader(nil); err != nil {
 		return err
 	}
-	err = s.events.Watch(ctx, after, ProgressEvery, func(evs []store.Event) (bool, error) {
+	err = s.events.Watch(ctx, after, func(evs []store.Event) (bool, error) {
 		// A key revoked (or expired) since the watch began ends it; an
 		// admin who lost the role sees what a caller sees.
 		id, err := s.callers.PrincipalIdentity(c.Principal)

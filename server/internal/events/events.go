@@ -21,6 +21,9 @@ type Config struct {
 	// Retention is how long the log keeps an event: a watcher can resume
 	// after an event for as long. Default DefaultRetention.
 	Retention time.Duration
+	// Progress is how often a watch whose filters pass no event is told
+	// its position all the same. Default 30 s.
+	Progress time.Duration
 	// Logger: default slog.Default().
 	Logger *slog.Logger
 }
@@ -47,6 +50,9 @@ type Service struct {
 func New(cfg Config, st *store.Store) *Service {
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
+	}
+	if cfg.Progress <= 0 {
+		cfg.Progress = 30 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -197,9 +203,11 @@ func (s *Service) Newest() (uint64, error) {
 // Watch calls send with the events after sequence number after, in order,
 // a page at a time, and then with each new page the log gets, until ctx
 // ends or send fails. send says whether it passed any of them on (a
-// watcher may filter them); after idle without that, Watch calls it with
-// no event (nil), so that the watcher can send its position on.
-func (s *Service) Watch(ctx context.Context, after uint64, idle time.Duration, send func([]store.Event) (bool, error)) error {
+// watcher may filter them); after Config.Progress without that, Watch
+// calls it with no event (nil), so that the watcher can send its position
+// on.
+func (s *Service) Watch(ctx context.Context, after uint64, send func([]store.Event) (bool, error)) error {
+	idle := s.cfg.Progress
 	oldest, newest, err := s.store.EventLog()
 	switch {
 	case err != nil:
