@@ -299,7 +299,11 @@ func recvOnce(conn *grpc.ClientConn, req *credbrokerv1.WatchEventsRequest) (*cre
 // else: not other accounts', not caller keys'.
 func TestWatchEventsForCallers(t *testing.T) {
 	t.Parallel()
-	b := startBroker(t)
+	cfg, fake, logs := newConfig(t)
+	cfg.Tokens.RefreshMargin = time.Second
+	cfg.Tokens.ScanInterval = 50 * time.Millisecond
+	b := startWith(t, cfg, fake, logs)
+	b.fake.SetTokenTTL(32 * time.Second) // renewed about every second
 	svc := b.dial(t, b.keys.svc, nil)
 	w := watchEvents(t, svc, &credbrokerv1.WatchEventsRequest{})
 	if _, err := b.accounts.CreateAccount(context.Background(), jumpCloudRequest("other")); err != nil {
@@ -309,13 +313,24 @@ func TestWatchEventsForCallers(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.link(t, "mine") // granted to svc after it is linked
+	// The provider rejects the secret at the next renewal: svc sees that,
+	// as GetToken would show it: the error code, not the description.
+	b.fake.RevokeClientSecret(clientID, clientSecret)
+	// The link itself came before the grant: the first event svc may see
+	// is the rejection.
+	e := w.next(t, 10*time.Second)
+	if e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_SECRET_REJECTED || e.GetAccount() != "accounts/mine" || e.GetLastError().GetProviderError() != "invalid_client" ||
+		e.GetLastError().GetMessage() != "" || e.GetLastError().GetProviderErrorDescription() != "" || e.GetSecret().GetSecretId() != "" || e.GetPrincipal() != "credbroker" {
+		t.Fatalf("the caller's first event: %v", e)
+	}
+	if e = w.next(t, 10*time.Second); e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_STATE_CHANGED || e.GetLastError().GetMessage() != "" {
+		t.Fatalf("the caller's second event: %v", e)
+	}
 	if _, err := b.accounts.DeleteAccount(context.Background(), &credbrokerv1.DeleteAccountRequest{Name: "accounts/mine"}); err != nil {
 		t.Fatal(err)
 	}
-	// The link itself came before the grant: the first event svc may see
-	// is the deletion.
-	if e := w.next(t, 10*time.Second); e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_DELETED || e.GetAccount() != "accounts/mine" {
-		t.Fatalf("the caller's first event: %v", e)
+	if e = w.next(t, 10*time.Second); e.GetKind() != credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_DELETED || e.GetAccount() != "accounts/mine" || e.GetPrincipal() != "" {
+		t.Fatalf("the caller's third event: %v", e)
 	}
 
 	// Revoking the caller's key ends its watch.

@@ -67,7 +67,11 @@ func (s *eventService) WatchEvents(req *credbrokerv1.WatchEventsRequest, stream 
 			if !match(e, id) {
 				continue
 			}
-			if err := stream.Send(&credbrokerv1.WatchEventsResponse{Event: eventProto(e), ResumeToken: s.resumeToken(e.Seq)}); err != nil {
+			ev := eventProto(e)
+			if !id.Admin {
+				callerView(ev)
+			}
+			if err := stream.Send(&credbrokerv1.WatchEventsResponse{Event: ev, ResumeToken: s.resumeToken(e.Seq)}); err != nil {
 				return sent, err
 			}
 			sent = true
@@ -122,6 +126,23 @@ func parseEventFilters(kinds []credbrokerv1.EventKind, accountNames []string) (k
 		kindNames = append(kindNames, kind)
 	}
 	return kindNames, accounts, nil
+}
+
+// callerView is what a caller that is not an admin sees of an event, as
+// of an account through GetToken: the provider's error code, not its
+// description or the broker's message (which may quote it); not the
+// secret's id (a fingerprint, which confirms a guessed secret); not which
+// admin made the change.
+func callerView(e *credbrokerv1.Event) {
+	if f := e.GetLastError(); f != nil {
+		f.Message, f.ProviderErrorDescription = "", ""
+	}
+	if sec := e.GetSecret(); sec != nil {
+		sec.SecretId = ""
+	}
+	if e.Principal != store.BrokerPrincipal {
+		e.Principal = ""
+	}
 }
 
 // A resume token is the log's id and an event's sequence number.

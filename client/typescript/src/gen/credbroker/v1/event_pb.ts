@@ -283,7 +283,12 @@ export const EventKindSchema: GenEnum<EventKind> = /*@__PURE__*/
  * sees in GetAccount.
  *
  * Admins see every event. Any other caller sees the events of the
- * accounts it has a grant for, and no caller-key events. Every method may
+ * accounts that granted it when the change was made (not integrity
+ * failures: a record that failed its check says nothing trustworthy of its
+ * grants), and no caller-key events; and of them what GetToken shows it:
+ * in last_error the reason and the provider's error code only (no message,
+ * no provider_error_description), no secret_id, and a principal only when
+ * it is the broker's own ("credbroker"). Every method may
  * also return UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED
  * (reason RATE_LIMITED), UNAVAILABLE (reason STORAGE_UNAVAILABLE: retry,
  * on another replica), CANCELED and INTERNAL.
