@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -401,5 +402,47 @@ func TestWebhookNotesEventsDeletedBeforeDelivery(t *testing.T) {
 	}
 	if noted != 1 {
 		t.Fatalf("the deletion noted %d times: %v", noted, b.webhook(t, "ops").GetDelivery())
+	}
+}
+
+// A webhook deleted and made again under its id while a delivery to the
+// first was under way is another webhook: it starts clean, with the events
+// from its own creation on, and its deliveries do not wait for the first
+// one's retries.
+func TestWebhookMadeAgainUnderItsID(t *testing.T) {
+	t.Parallel()
+	cfg, fake, logs := newConfig(t)
+	webhookConfig(&cfg)
+	cfg.Webhooks.Timeout = 3 * time.Second
+	cfg.Webhooks.MinBackoff, cfg.Webhooks.MaxBackoff = time.Hour, time.Hour // the first one's retry would never come
+	b := startWith(t, cfg, fake, logs)
+	old, fresh := newReceiver(t), newReceiver(t)
+	b.createWebhook(t, "ops", old, credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED)
+	answering := make(chan struct{})
+	old.set(func(w http.ResponseWriter) { <-answering; w.WriteHeader(http.StatusInternalServerError) })
+	b.link(t, "a1")
+	waitFor(t, 10*time.Second, func() error {
+		if _, n := old.got(); n == 0 {
+			return errors.New("no delivery under way")
+		}
+		return nil
+	})
+	if _, err := b.webhooks().DeleteWebhook(context.Background(), &credbrokerv1.DeleteWebhookRequest{Name: "webhooks/ops"}); err != nil {
+		t.Fatal(err)
+	}
+	b.createWebhook(t, "ops", fresh, credbrokerv1.EventKind_EVENT_KIND_ACCOUNT_LINKED)
+	close(answering) // the first one's attempt fails now, after the new one was made
+	b.link(t, "a2")
+	waitFor(t, 10*time.Second, func() error {
+		if got, _ := fresh.got(); len(got) != 1 || got[0].account != "accounts/a2" {
+			return fmt.Errorf("the new webhook got %v", got)
+		}
+		return nil
+	})
+	if d := b.webhook(t, "ops").GetDelivery(); d.GetFailedAttempts() != 0 || len(d.GetLastAttempts()) != 1 {
+		t.Fatalf("the new webhook's deliveries: %v", d)
+	}
+	if _, n := old.got(); n != 1 {
+		t.Fatalf("the deleted webhook's URL got %d requests", n)
 	}
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"time"
 
@@ -103,17 +104,22 @@ func (s *Store) WebhookDelivery(id string) (WebhookDelivery, error) {
 	return d, err
 }
 
-// SaveWebhookDelivery stores how a webhook's deliveries are going, while
-// held holds (the deliverer's lock) and the webhook exists: else it
-// returns ErrNotFound (deleted) or storage.ErrConflict (the lock lost).
-func (s *Store) SaveWebhookDelivery(id string, d WebhookDelivery, held []storage.Cond) error {
+// SaveWebhookDelivery stores how webhook w's deliveries are going, while
+// held holds (the deliverer's lock) and w exists: else it returns
+// ErrNotFound (w was deleted, even if another webhook has its id now) or
+// storage.ErrConflict (the lock lost).
+func (s *Store) SaveWebhookDelivery(w Webhook, d WebhookDelivery, held []storage.Cond) error {
 	d.Version = recordVersion
 	return s.commit(func() (txn, error) {
-		r, err := s.db.Get(ctx, key(webhooksBucket, id))
+		var now Webhook
+		version, err := s.read(webhooksBucket, w.ID, &now)
 		if err != nil {
 			return txn{}, err
 		}
-		return ops(append(conds(storage.VersionIs(r.Key, r.Version)), held...), s.put(webhookDeliveriesBucket, id, d))
+		if !bytes.Equal(now.Nonce, w.Nonce) {
+			return txn{}, ErrNotFound
+		}
+		return ops(append(conds(storage.VersionIs(key(webhooksBucket, w.ID), version)), held...), s.put(webhookDeliveriesBucket, w.ID, d))
 	})
 }
 

@@ -230,8 +230,10 @@ func (s *Service) deliver(ctx context.Context, holds []storage.Cond) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
-		mu      sync.Mutex
-		running = map[string]bool{}
+		mu sync.Mutex
+		// running are the loops, each of one webhook (its id and nonce: a
+		// webhook deleted and made again under its id is another one).
+		running = map[string]context.CancelFunc{}
 		wg      sync.WaitGroup
 	)
 	defer wg.Wait()
@@ -242,27 +244,47 @@ func (s *Service) deliver(ctx context.Context, holds []storage.Cond) error {
 		if err != nil {
 			s.cfg.Logger.Error("could not read the webhooks", "error", err)
 		}
+		live := map[string]bool{}
 		for _, w := range ws {
-			mu.Lock()
-			start := !running[w.ID] && !w.Tampered
-			running[w.ID] = running[w.ID] || start
-			mu.Unlock()
-			if !start {
+			if w.Tampered {
 				continue
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := s.deliverTo(ctx, w.ID, holds)
+			key := w.ID + "\x00" + string(w.Nonce)
+			live[key] = true
+			mu.Lock()
+			_, started := running[key]
+			wctx, stop := context.WithCancel(ctx)
+			if !started {
+				running[key] = stop
+			}
+			mu.Unlock()
+			if started {
+				stop()
+				continue
+			}
+			wg.Go(func() {
+				err := s.deliverTo(wctx, w, holds)
 				if errors.Is(err, storage.ErrConflict) {
 					cancel(errors.New("the webhook deliveries' lock was lost"))
-				} else if err != nil && ctx.Err() == nil {
+				} else if err != nil && wctx.Err() == nil {
 					s.cfg.Logger.Error("webhook deliveries failed; retrying", "webhook", w.ID, "error", err)
 				}
 				mu.Lock()
-				delete(running, w.ID)
+				delete(running, key)
 				mu.Unlock()
-			}()
+				stop()
+			})
+		}
+		if err == nil {
+			// A loop whose webhook is gone stops now, even in its wait
+			// between attempts.
+			mu.Lock()
+			for key, stop := range running {
+				if !live[key] {
+					stop()
+				}
+			}
+			mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -278,16 +300,15 @@ const poll = 5 * time.Second
 // maxAttempts is how many attempts a webhook's record keeps.
 const maxAttempts = 10
 
-// deliverTo delivers the events after a webhook's cursor, one at a time,
-// until ctx ends, the webhook is deleted (nil), or storing its progress
-// fails.
-func (s *Service) deliverTo(ctx context.Context, id string, holds []storage.Cond) error {
+// deliverTo delivers the events after webhook w's cursor, one at a time,
+// until ctx ends, w is deleted (nil), or storing its progress fails.
+func (s *Service) deliverTo(ctx context.Context, w store.Webhook, holds []storage.Cond) error {
+	id := w.ID
 	for ctx.Err() == nil {
-		w, err := s.store.Webhook(id)
-		if errors.Is(err, store.ErrNotFound) {
+		// Gone, or deleted and made again under its id: another webhook.
+		if now, err := s.store.Webhook(id); errors.Is(err, store.ErrNotFound) || err == nil && !bytes.Equal(now.Nonce, w.Nonce) {
 			return nil
-		}
-		if err != nil {
+		} else if err != nil {
 			return err
 		}
 		d, err := s.store.WebhookDelivery(id)
@@ -315,7 +336,7 @@ func (s *Service) deliverTo(ctx context.Context, id string, holds []storage.Cond
 			d.Cursor, moved = e.Seq, true // not for this webhook
 		}
 		if moved {
-			if err := s.save(id, d, holds); err != nil {
+			if err := s.save(w, d, holds); err != nil {
 				return err
 			}
 		}
@@ -354,7 +375,7 @@ func (s *Service) deliverTo(ctx context.Context, id string, holds []storage.Cond
 		if s.cfg.OnAttempt != nil {
 			s.cfg.OnAttempt(id, outcome(a))
 		}
-		if err := s.save(id, d, holds); err != nil {
+		if err := s.save(w, d, holds); err != nil {
 			return err
 		}
 	}
@@ -377,9 +398,10 @@ func record(d *store.WebhookDelivery, a store.WebhookAttempt) {
 	d.Attempts = append([]store.WebhookAttempt{a}, d.Attempts[:min(len(d.Attempts), maxAttempts-1)]...)
 }
 
-// save stores d; a webhook deleted meanwhile is not an error.
-func (s *Service) save(id string, d store.WebhookDelivery, holds []storage.Cond) error {
-	err := s.store.SaveWebhookDelivery(id, d, holds)
+// save stores d, the state of w's deliveries; w deleted meanwhile is not
+// an error (the next turn of its loop ends it).
+func (s *Service) save(w store.Webhook, d store.WebhookDelivery, holds []storage.Cond) error {
+	err := s.store.SaveWebhookDelivery(w, d, holds)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
