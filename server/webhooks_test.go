@@ -2,11 +2,11 @@ package server_test
 
 import (
 	"context"
-	"errors"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -439,9 +439,12 @@ func TestWebhookMadeAgainUnderItsID(t *testing.T) {
 		}
 		return nil
 	})
-	if d := b.webhook(t, "ops").GetDelivery(); d.GetFailedAttempts() != 0 || len(d.GetLastAttempts()) != 1 {
-		t.Fatalf("the new webhook's deliveries: %v", d)
-	}
+	waitFor(t, 10*time.Second, func() error { // stored once the receiver has answered
+		if d := b.webhook(t, "ops").GetDelivery(); d.GetFailedAttempts() != 0 || len(d.GetLastAttempts()) != 1 || d.GetLastAttempts()[0].GetStatusCode() != 204 {
+			return fmt.Errorf("the new webhook's deliveries: %v", d)
+		}
+		return nil
+	})
 	if _, n := old.got(); n != 1 {
 		t.Fatalf("the deleted webhook's URL got %d requests", n)
 	}
