@@ -66,8 +66,10 @@ type WebhookServiceClient interface {
 	//
 	// Errors: INVALID_ARGUMENT (a malformed webhook_id; a url that is not
 	// https, or http to a loopback address, or that carries a user name or
-	// password; an unspecified or unknown kind; a malformed account),
-	// ALREADY_EXISTS.
+	// password, or whose host is a link-local or cloud metadata address, in
+	// any spelling, unless --webhook-allow-link-local is set; an unspecified
+	// or unknown kind; a malformed account; a description with control
+	// characters), ALREADY_EXISTS.
 	CreateWebhook(ctx context.Context, in *CreateWebhookRequest, opts ...grpc.CallOption) (*CreateWebhookResponse, error)
 	// GetWebhook returns an endpoint and how its deliveries are going.
 	//
@@ -173,8 +175,10 @@ type WebhookServiceServer interface {
 	//
 	// Errors: INVALID_ARGUMENT (a malformed webhook_id; a url that is not
 	// https, or http to a loopback address, or that carries a user name or
-	// password; an unspecified or unknown kind; a malformed account),
-	// ALREADY_EXISTS.
+	// password, or whose host is a link-local or cloud metadata address, in
+	// any spelling, unless --webhook-allow-link-local is set; an unspecified
+	// or unknown kind; a malformed account; a description with control
+	// characters), ALREADY_EXISTS.
 	CreateWebhook(context.Context, *CreateWebhookRequest) (*CreateWebhookResponse, error)
 	// GetWebhook returns an endpoint and how its deliveries are going.
 	//

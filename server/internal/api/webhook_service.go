@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/url"
+	"strconv"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -34,6 +35,9 @@ func (s *webhookService) CreateWebhook(ctx context.Context, req *credbrokerv1.Cr
 	if err != nil {
 		return nil, err
 	}
+	if u, _ := url.Parse(in.URL); s.webhooks.RefusesHost(u.Hostname()) {
+		return nil, invalidArgument("webhook.url", "is a link-local address, or a cloud metadata service's, where the broker does not deliver (--webhook-allow-link-local allows it)")
+	}
 	in.Creator = c.Principal
 	newest, err := s.events.Newest()
 	if err != nil {
@@ -56,7 +60,7 @@ func newWebhook(req *credbrokerv1.CreateWebhookRequest) (webhooks.NewWebhook, er
 	if err := checkWebhookURL("webhook.url", in.URL); err != nil {
 		return in, err
 	}
-	if err := checkDisplayName("webhook.description", in.Description); err != nil {
+	if err := checkText("webhook.description", in.Description, false, maxDisplayName); err != nil {
 		return in, err
 	}
 	var err error
@@ -80,12 +84,19 @@ func checkWebhookURL(field, raw string) error {
 		return invalidArgument(field, "must not carry a user name or password")
 	case u.Fragment != "":
 		return invalidArgument(field, "must not have a fragment (#...)")
+	case u.Port() != "" && !validPort(u.Port()):
+		return invalidArgument(field, "has a port that is not 1-65535")
 	case u.Scheme == "http" && loopback.Host(u.Hostname()):
 		return nil
 	case u.Scheme != "https":
 		return invalidArgument(field, "must be https (http only to a loopback address)")
 	}
 	return nil
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }
 
 func (s *webhookService) GetWebhook(ctx context.Context, req *credbrokerv1.GetWebhookRequest) (*credbrokerv1.GetWebhookResponse, error) {

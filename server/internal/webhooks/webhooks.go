@@ -102,7 +102,7 @@ func newClient(cfg Config) *http.Client {
 		if err != nil {
 			return err
 		}
-		if ip := ap.Addr().Unmap(); !cfg.AllowLinkLocal && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || metadataAddrs[ip]) {
+		if ip := ap.Addr(); !cfg.AllowLinkLocal && refused(ip) {
 			return fmt.Errorf("%w: %s is link-local or a cloud metadata service's (--webhook-allow-link-local allows it)", errRefusedAddress, ip)
 		}
 		return nil
@@ -126,6 +126,38 @@ var errRefusedAddress = errors.New("address refused")
 // link-local (AWS's over IPv6, Alibaba Cloud's); the others (169.254.169.254
 // and the like) are.
 var metadataAddrs = map[netip.Addr]bool{netip.MustParseAddr("fd00:ec2::254"): true, netip.MustParseAddr("100.100.100.200"): true}
+
+// IPv6 prefixes whose addresses carry an IPv4 address that a network may
+// route them to: NAT64 (well-known and local-use) and 6to4.
+var (
+	nat64      = []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96"), netip.MustParsePrefix("64:ff9b:1::/48")}
+	sixToFour  = netip.MustParsePrefix("2002::/16")
+	ipv4Compat = netip.MustParsePrefix("::/96")
+)
+
+// refused says whether deliveries may not go to ip: a link-local address
+// or a metadata service's, also as the IPv4 address an IPv6 one carries
+// (mapped, compatible, NAT64, 6to4).
+func refused(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if ip.Is6() {
+		b := ip.As16()
+		switch {
+		case nat64[0].Contains(ip) || nat64[1].Contains(ip), ipv4Compat.Contains(ip) && !ip.IsUnspecified() && !ip.IsLoopback():
+			ip = netip.AddrFrom4([4]byte(b[12:16]))
+		case sixToFour.Contains(ip):
+			ip = netip.AddrFrom4([4]byte(b[2:6]))
+		}
+	}
+	return ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || metadataAddrs[ip]
+}
+
+// RefusesHost says whether a URL's host is an address deliveries may not
+// go to (a name is checked when it is connected to).
+func (s *Service) RefusesHost(host string) bool {
+	ip, err := netip.ParseAddr(host)
+	return err == nil && !s.cfg.AllowLinkLocal && refused(ip)
+}
 
 var (
 	// ErrNotFound: no webhook has the id.

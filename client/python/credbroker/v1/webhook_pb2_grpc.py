@@ -106,8 +106,10 @@ class WebhookServiceServicer(object):
 
         Errors: INVALID_ARGUMENT (a malformed webhook_id; a url that is not
         https, or http to a loopback address, or that carries a user name or
-        password; an unspecified or unknown kind; a malformed account),
-        ALREADY_EXISTS.
+        password, or whose host is a link-local or cloud metadata address, in
+        any spelling, unless --webhook-allow-link-local is set; an unspecified
+        or unknown kind; a malformed account; a description with control
+        characters), ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -401,8 +401,10 @@ export const WebhookService: GenService<{
    *
    * Errors: INVALID_ARGUMENT (a malformed webhook_id; a url that is not
    * https, or http to a loopback address, or that carries a user name or
-   * password; an unspecified or unknown kind; a malformed account),
-   * ALREADY_EXISTS.
+   * password, or whose host is a link-local or cloud metadata address, in
+   * any spelling, unless --webhook-allow-link-local is set; an unspecified
+   * or unknown kind; a malformed account; a description with control
+   * characters), ALREADY_EXISTS.
    *
    * @generated from rpc credbroker.v1.WebhookService.CreateWebhook
    */
