@@ -88,8 +88,11 @@ func (s *Service) Grown() <-chan struct{} {
 // missed while the mirror reloaded), and how often a watcher reads the log.
 const relayPoll = 5 * time.Second
 
-// pruneEvery is how often the relay deletes events older than Retention.
-const pruneEvery = time.Hour
+// pruneEvery is how often the relay deletes events older than Retention:
+// a quarter of it, within a minute and an hour.
+func (s *Service) pruneEvery() time.Duration {
+	return min(time.Hour, max(time.Minute, s.cfg.Retention/4))
+}
 
 // Run relays events until ctx ends, while this process holds the relay's
 // lock (on an engine replicas share, one process at a time does).
@@ -136,7 +139,7 @@ func (s *Service) relay(ctx context.Context, holds []storage.Cond) error {
 		} else if err != nil {
 			s.cfg.Logger.Error("could not relay credential events; retrying", "error", err)
 		}
-		if time.Since(pruned) >= pruneEvery {
+		if time.Since(pruned) >= s.pruneEvery() {
 			if err := s.prune(); err != nil {
 				s.cfg.Logger.Error("could not delete old credential events", "error", err)
 			}
@@ -226,6 +229,9 @@ func (s *Service) Watch(ctx context.Context, after uint64, send func([]store.Eve
 		evs, more, err := s.store.Events(after, 100)
 		if err != nil {
 			return err
+		}
+		if len(evs) > 0 && evs[0].Seq > after+1 {
+			return ErrExpired // deleted (Retention) while the watcher read the ones before
 		}
 		if len(evs) > 0 {
 			sent, err := send(evs)
