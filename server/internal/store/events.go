@@ -79,7 +79,11 @@ type Event struct {
 
 func (e *Event) version() int { return e.Version }
 
-func (e *Event) markTampered(string) { *e = Event{Kind: EventIntegrityCheckFailed} }
+// markTampered makes an event whose record failed its check an
+// integrity_check_failed event, with an id of its place in the log.
+func (e *Event) markTampered(key string) {
+	*e = Event{ID: "tampered-event-" + key, Kind: EventIntegrityCheckFailed, Principal: BrokerPrincipal}
+}
 
 // EventSecret is what an event says of a secret: never its value.
 type EventSecret struct {
@@ -326,8 +330,8 @@ func (s *Store) EventLog() (oldest, newest uint64, err error) {
 
 // Events returns up to limit events of the log after sequence number
 // after, in order, and whether more follow. An event whose record fails
-// its integrity check comes as an integrity_check_failed event with only
-// its sequence number.
+// its integrity check comes as an integrity_check_failed event about
+// nothing (see markTampered).
 func (s *Store) Events(after uint64, limit int) ([]Event, bool, error) {
 	p, err := s.db.List(ctx, storage.Range{Prefix: key(eventsBucket, ""), After: key(eventsBucket, eventKey(after)), Limit: limit})
 	if err != nil {

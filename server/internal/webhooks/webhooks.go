@@ -361,7 +361,7 @@ func (s *Service) deliverTo(ctx context.Context, w store.Webhook, holds []storag
 				record(&d, store.WebhookAttempt{Time: time.Now(), Error: fmt.Sprintf("%d events were deleted (--event-retention) before they could be delivered", e.Seq-d.Cursor-1), GaveUp: true})
 				d.Cursor, moved = e.Seq-1, true
 			}
-			if store.EventMatches(e, w.Kinds, w.Accounts) && e.ID != "" {
+			if store.EventMatches(e, w.Kinds, w.Accounts) {
 				next = &evs[i]
 				break
 			}
