@@ -137,6 +137,14 @@ func checkLabels(field string, labels map[string]string) error {
 	return nil
 }
 
+// controlling says whether r changes how the text around it is shown
+// rather than being shown: C0 and C1 controls, line and paragraph
+// separators, and bidirectional overrides and isolates (which can make a
+// terminal or page show text other than what is stored).
+func controlling(r rune) bool {
+	return r < 0x20 || r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
+}
+
 // checkText accepts a required (or optional) short printable value.
 func checkText(field, v string, required bool, maxLen int) error {
 	if v == "" {
@@ -154,7 +162,7 @@ func checkText(field, v string, required bool, maxLen int) error {
 		return invalidArgument(field, "must be UTF-8 text")
 	}
 	for _, r := range v {
-		if r < 0x20 || r == 0x7f {
+		if controlling(r) {
 			return invalidArgument(field, "must not contain control characters")
 		}
 	}

@@ -23,8 +23,13 @@ func TestTextMustBeUTF8(t *testing.T) {
 	if err := checkText("client_id", "client-\xff", true, 100); err == nil || !strings.Contains(err.Error(), "UTF-8") {
 		t.Errorf("checkText of invalid UTF-8: %v, want an error naming UTF-8", err)
 	}
-	if err := checkText("client_id", "clienté", true, 100); err != nil {
+	if err := checkText("client_id", "clienté 👩‍💻", true, 100); err != nil {
 		t.Errorf("checkText of UTF-8 text: %v", err)
+	}
+	for _, v := range []string{"a\x1bb", "a\u0085b", "a\u2028b", "safe\u202eexe.txt", "a\u2066b"} {
+		if err := checkText("description", v, false, 100); err == nil {
+			t.Errorf("checkText(%q) accepted a control character", v)
+		}
 	}
 	for _, params := range []map[string]string{{"a\xff": "1", "a\xfe": "2"}, {"audience": "x\xff"}} {
 		if err := checkParams("endpoint_params", params); err == nil {
