@@ -285,13 +285,14 @@ func (s *Service) deliver(ctx context.Context, holds []storage.Cond) error {
 			live[key] = true
 			mu.Lock()
 			_, started := running[key]
-			wctx, stop := context.WithCancel(ctx)
+			var wctx context.Context
+			var stop context.CancelFunc
 			if !started {
+				wctx, stop = context.WithCancel(ctx)
 				running[key] = stop
 			}
 			mu.Unlock()
 			if started {
-				stop()
 				continue
 			}
 			wg.Go(func() {
