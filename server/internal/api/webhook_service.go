@@ -35,7 +35,8 @@ func (s *webhookService) CreateWebhook(ctx context.Context, req *credbrokerv1.Cr
 	if err != nil {
 		return nil, err
 	}
-	if u, _ := url.Parse(in.URL); s.webhooks.RefusesHost(u.Hostname()) {
+	u, _ := url.Parse(in.URL) // checked by newWebhook
+	if s.webhooks.RefusesHost(u.Hostname()) {
 		return nil, invalidArgument("webhook.url", "is a link-local address, or a cloud metadata service's, where the broker does not deliver (--webhook-allow-link-local allows it)")
 	}
 	in.Creator = c.Principal
@@ -43,7 +44,6 @@ func (s *webhookService) CreateWebhook(ctx context.Context, req *credbrokerv1.Cr
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)
 	}
-	u, _ := url.Parse(in.URL)
 	w, signing, err := s.webhooks.Create(in, newest, c.ChangeEvent(webhookPrefix+in.ID, "to "+u.Scheme+"://"+u.Host))
 	if err != nil {
 		return nil, s.errs.toStatus(ctx, err)

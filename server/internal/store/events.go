@@ -264,42 +264,45 @@ const relayBatch = 40
 // RelayEvents moves the oldest events of the outbox into the event log,
 // numbering them after the last one there, in one transaction that holds
 // only while held does (the relay's lock, on an engine replicas share),
-// and returns how many it moved. An event whose outbox record fails its
-// integrity check is dropped, and reported as an error once the others
-// are moved.
+// and returns how many it moved. Like every write it is fenced (see
+// commit), so that no event is sealed under a master key the database
+// has left. An event whose outbox record fails its integrity check is
+// dropped, and reported as an error once the others are moved.
 func (s *Store) RelayEvents(held []storage.Cond) (int, error) {
-	p, err := s.db.List(ctx, storage.Range{Prefix: key(outboxBucket, ""), Limit: relayBatch})
-	if err != nil || len(p.Records) == 0 {
-		return 0, err
-	}
-	last, err := s.lastEventSeq()
-	if err != nil {
-		return 0, err
-	}
-	cs := append([]storage.Cond(nil), held...)
-	var bs []built
+	var moved int
 	var bad error
-	for _, r := range p.Records {
-		_, id := Split(r.Key)
-		bs = append(bs, opOf(storage.Delete(r.Key)))
-		var e Event
-		if err := s.open(outboxBucket, []byte(id), r.Value, &e); err != nil {
-			bad = errors.Join(bad, fmt.Errorf("outbox record %s: %w", id, err))
-			continue
+	err := s.commit(func() (txn, error) {
+		moved, bad = 0, nil
+		p, err := s.db.List(ctx, storage.Range{Prefix: key(outboxBucket, ""), Limit: relayBatch})
+		if err != nil || len(p.Records) == 0 {
+			return txn{}, err
 		}
-		last++
-		e.Seq = last
-		cs = append(cs, storage.VersionIs(key(eventsBucket, eventKey(last)), storage.Absent))
-		bs = append(bs, s.put(eventsBucket, eventKey(last), e))
-	}
-	t, err := ops(cs, bs...)
-	if err == nil {
-		_, err = s.db.Txn(ctx, t.conds, t.ops)
-	}
+		last, err := s.lastEventSeq()
+		if err != nil {
+			return txn{}, err
+		}
+		cs := append([]storage.Cond(nil), held...)
+		var bs []built
+		for _, r := range p.Records {
+			_, id := Split(r.Key)
+			bs = append(bs, opOf(storage.Delete(r.Key)))
+			var e Event
+			if err := s.open(outboxBucket, []byte(id), r.Value, &e); err != nil {
+				bad = errors.Join(bad, fmt.Errorf("outbox record %s: %w", id, err))
+				continue
+			}
+			last++
+			e.Seq = last
+			cs = append(cs, storage.VersionIs(key(eventsBucket, eventKey(last)), storage.Absent))
+			bs = append(bs, s.put(eventsBucket, eventKey(last), e))
+		}
+		moved = len(p.Records)
+		return ops(cs, bs...)
+	})
 	if err != nil {
 		return 0, err
 	}
-	return len(p.Records), bad
+	return moved, bad
 }
 
 // lastEventSeq is the sequence number of the newest event in the log, 0
