@@ -285,6 +285,9 @@ func (s *Store) RelayEvents(held []storage.Cond) (int, error) {
 		var bs []built
 		for _, r := range p.Records {
 			_, id := Split(r.Key)
+			// Moved only if still there: a relay that read the outbox
+			// before another moved it must not log its events twice.
+			cs = append(cs, storage.VersionIs(r.Key, r.Version))
 			bs = append(bs, opOf(storage.Delete(r.Key)))
 			var e Event
 			if err := s.open(outboxBucket, []byte(id), r.Value, &e); err != nil {
