@@ -115,15 +115,16 @@ func WithCallTimeout(d time.Duration) Option {
 // ServiceConfig is the gRPC service config of the client's connection:
 // calls go round robin over the addresses the target resolves to, and
 // GetToken, which changes nothing, is tried again on UNAVAILABLE, on the
-// next address. Connections made without this package can use it with
-// grpc.WithDefaultServiceConfig.
+// next address, up to 5 attempts over about a second (gRPC's most), so
+// that a call outlasts an etcd leader election. Connections made without
+// this package can use it with grpc.WithDefaultServiceConfig.
 const ServiceConfig = `{
   "loadBalancingConfig": [{"round_robin": {}}],
   "methodConfig": [{
     "name": [{"service": "credbroker.v1.TokenService", "method": "GetToken"}],
     "retryPolicy": {
-      "maxAttempts": 4,
-      "initialBackoff": "0.05s",
+      "maxAttempts": 5,
+      "initialBackoff": "0.1s",
       "maxBackoff": "1s",
       "backoffMultiplier": 2,
       "retryableStatusCodes": ["UNAVAILABLE"]

@@ -29,8 +29,8 @@ SERVICE_CONFIG = json.dumps({
     "methodConfig": [{
         "name": [{"service": "credbroker.v1.TokenService", "method": "GetToken"}],
         "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.05s",
+            "maxAttempts": 5,
+            "initialBackoff": "0.1s",
             "maxBackoff": "1s",
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
