@@ -88,11 +88,23 @@ func TestClusterFailover(t *testing.T) {
 		r.run = startBinary(t, bin, r.logs, r.args...)
 		replicas[i] = r
 	}
+	// A failure shows the end of each replica's log, then the failures
+	// again, so that they are in the last lines of a long test run.
+	var problems []string
+	errorf := func(format string, args ...any) {
+		t.Helper()
+		problems = append(problems, fmt.Sprintf(format, args...))
+		t.Error(problems[len(problems)-1])
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i, r := range replicas {
-				t.Logf("replica %d's log:\n%s", i, r.logs.String())
+				t.Logf("replica %d's log, its last lines other than answered requests:\n%s", i, unansweredTail(r.logs.String(), 15))
 			}
+			if len(problems) == 0 {
+				problems = []string{"see the first failure above"}
+			}
+			t.Logf("TestClusterFailover failed: %s", strings.Join(problems[:min(len(problems), 5)], "; "))
 		}
 	})
 	adminKey := replicas[0].run.bootstrapKey
@@ -252,9 +264,9 @@ func TestClusterFailover(t *testing.T) {
 	step("stop the load", func() { close(stop) })
 	wg.Wait()
 
-	firstErrs.Range(func(k, v any) bool { t.Errorf("first failed %s: %v", k, v); return true })
+	firstErrs.Range(func(k, v any) bool { errorf("first failed %s: %v", k, v); return true })
 	if n := getToken.failed.Load() + proxied.failed.Load(); n > 0 {
-		t.Errorf("%d GetToken and %d proxied calls failed", getToken.failed.Load(), proxied.failed.Load())
+		errorf("%d GetToken and %d proxied calls failed", getToken.failed.Load(), proxied.failed.Load())
 	}
 	if getToken.ok.Load() == 0 || proxied.ok.Load() == 0 {
 		t.Fatalf("no load: %d GetToken, %d proxied", getToken.ok.Load(), proxied.ok.Load())
@@ -276,7 +288,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 	for _, id := range acked {
 		if !stored[id] {
-			t.Errorf("acknowledged caller key %s is lost", id)
+			errorf("acknowledged caller key %s is lost", id)
 		}
 	}
 
@@ -287,16 +299,16 @@ func TestClusterFailover(t *testing.T) {
 	}
 	stopWatching()
 	if err := <-watchEnded; !errors.Is(err, context.Canceled) {
-		t.Errorf("the watch ended with %v", err)
+		errorf("the watch ended with %v", err)
 	}
 	watchMu.Lock()
 	for id, n := range created {
 		if n > 1 {
-			t.Errorf("caller key %s's creation came %d times", id, n)
+			errorf("caller key %s's creation came %d times", id, n)
 		}
 	}
 	if len(twice) > 0 {
-		t.Errorf("events that came twice: %v", twice)
+		errorf("events that came twice: %v", twice)
 	}
 	watchMu.Unlock()
 
@@ -323,10 +335,10 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}
 	if events < int(getToken.ok.Load()) {
-		t.Errorf("%d GetToken calls acknowledged, %d audit events of them", getToken.ok.Load(), events)
+		errorf("%d GetToken calls acknowledged, %d audit events of them", getToken.ok.Load(), events)
 	}
 	if proxyEvents < int(proxied.ok.Load()) {
-		t.Errorf("%d proxied calls acknowledged, %d audit events of them", proxied.ok.Load(), proxyEvents)
+		errorf("%d proxied calls acknowledged, %d audit events of them", proxied.ok.Load(), proxyEvents)
 	}
 
 	// One token request per token lifetime: a second request for the same
@@ -334,7 +346,7 @@ func TestClusterFailover(t *testing.T) {
 	times := requests.all()
 	for i := 1; i < len(times); i++ {
 		if gap := times[i].Sub(times[i-1]); gap < time.Second {
-			t.Errorf("token requests %d and %d came %s apart: two replicas renewed one token", i-1, i, gap)
+			errorf("token requests %d and %d came %s apart: two replicas renewed one token", i-1, i, gap)
 		}
 	}
 	t.Logf("%d GetToken and %d proxied calls, all answered; %d acknowledged writes, all kept and watched; %d and %d audit events of them; %d token requests in %s",
@@ -398,6 +410,19 @@ func waitUntil(t *testing.T, limit time.Duration, fn func() error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// unansweredTail is the last n lines of a log other than requests that
+// answered OK, so that a failed run shows what went wrong, not thousands
+// of calls.
+func unansweredTail(log string, n int) string {
+	var kept []string
+	for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+		if !strings.Contains(line, `"msg":"request"`) || !strings.Contains(line, `"code":"OK"`) {
+			kept = append(kept, line)
+		}
+	}
+	return strings.Join(kept[max(len(kept)-n, 0):], "\n")
 }
 
 // lockedWriter serializes writes to w.
