@@ -320,14 +320,25 @@ func (m *Manager) storageFailed(err error) error {
 // is nil if there is none; an error if the stored token could not be
 // read, when asking the provider might ask twice.
 func (m *Manager) renewedSince(e *entry, cached *Issued) (*Issued, error) {
-	if now := e.current.Load(); now != cached && now != nil {
+	watched := func() *Issued {
+		if now := e.current.Load(); now != cached && now != nil {
+			return now
+		}
+		return nil
+	}
+	if now := watched(); now != nil {
 		return now, nil
 	}
 	ts, err := m.store.TokenState(e.id)
 	if err != nil {
 		return nil, err
 	}
-	return m.adopt(e, ts), nil
+	if is := m.adopt(e, ts); is != nil {
+		return is, nil
+	}
+	// The watch may have brought the stored token while it was read, and
+	// then adopt finds it is not newer than the current one.
+	return watched(), nil
 }
 
 // adopt publishes the token of ts, and takes the health it records, if

@@ -587,3 +587,56 @@ func TestManyAccountsLoadTheirOwnTokens(t *testing.T) {
 		t.Fatalf("%d token requests after the reload, want none", h.fake.Requests()-requests)
 	}
 }
+
+// watchFirst is a store whose TokenState read, once armed, is preceded by
+// the watch bringing the manager that same state, as when another
+// replica's token arrives while this one reads it.
+type watchFirst struct {
+	*store.Store
+	m     *Manager
+	armed atomic.Bool
+}
+
+func (w *watchFirst) TokenState(id string) (store.TokenState, error) {
+	ts, err := w.Store.TokenState(id)
+	if err == nil && w.armed.CompareAndSwap(true, false) {
+		w.m.TokenStored(id, ts)
+	}
+	return ts, err
+}
+
+// A replica that takes the refresh lock as the watch brings the token the
+// lock's last holder stored uses that token: it does not ask again.
+func TestTokenWatchedWhileReadIsNotAskedForAgain(t *testing.T) {
+	h := newHarness(t, nil)
+	h.addAccount(t, "acme")
+	w := &watchFirst{Store: h.store}
+	m := New(h.cfg, w, h.keys, h.prov)
+	w.m = m
+	all, err := h.store.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Replace(all)
+	ctx := context.Background()
+	if _, err := m.Get(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	// Both replicas' tokens expire; the other one renews first.
+	h.clock.Advance(2 * time.Hour)
+	other, err := h.manager(t).Get(ctx, "acme", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.armed.Store(true)
+	got, err := m.Get(ctx, "acme", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.armed.Load() {
+		t.Fatal("the token state was not read: the test proves nothing")
+	}
+	if n := h.fake.Requests(); n != 2 || got.AccessToken.Reveal() != other.AccessToken.Reveal() {
+		t.Fatalf("%d token requests (want 2), same token as the other replica's: %v", n, got.AccessToken.Reveal() == other.AccessToken.Reveal())
+	}
+}
