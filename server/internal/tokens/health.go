@@ -2,9 +2,9 @@ package tokens
 
 import (
 	"errors"
-	"github.com/credbroker/credbroker/internal/backoff"
 	"time"
 
+	"github.com/credbroker/credbroker/internal/backoff"
 	"github.com/credbroker/credbroker/server/internal/audit"
 	"github.com/credbroker/credbroker/server/internal/keyring"
 	"github.com/credbroker/credbroker/server/internal/provider"
