@@ -195,7 +195,7 @@ func TestHubInABrowser(t *testing.T) {
 	do(chromedp.Navigate(b.hubURL+"/webhooks"), chromedp.WaitVisible("#webhook_id"),
 		chromedp.SendKeys("#webhook_id", "alerts"), chromedp.SendKeys("#url", "http://alerts.example.com/hook"),
 		chromedp.Click(`input[value="account-state-changed"]`), chromedp.Submit("#webhook_id"), chromedp.WaitVisible("#url_error"))
-	if e := text(chromedp.Text("#url_error")); !strings.Contains(e, "must be https (http only to a loopback address)") {
+	if e := text(chromedp.Text("#url_error")); !strings.Contains(e, "must use https (http is allowed only for loopback hosts)") {
 		t.Errorf("the URL's error next to the field: %q", e)
 	}
 	if ticked, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('input[value="account-state-changed"]').checked`)); err != nil || !ticked {

@@ -246,7 +246,7 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("webhooks create printed:\n%s", out)
 	}
 	c.misused(admin, "", []string{"webhooks", "create", "bad", "--url", "https://x.example/", "--kind", "linked"}, "--kind must be one of account-deleted, account-linked")
-	c.misused(admin, "", []string{"webhooks", "create", "bad", "--url", "http://x.example/"}, "must be https (http only to a loopback address)")
+	c.misused(admin, "", []string{"webhooks", "create", "bad", "--url", "http://x.example/"}, "must use https (http is allowed only for loopback hosts)")
 	if out := c.ok(admin, "", "webhooks", "list"); !regexp.MustCompile(`webhooks/ops\s+http://127\.0\.0\.1:1/hook\s+account-state-changed,account-deleted\s+0`).MatchString(out) {
 		t.Errorf("webhooks list:\n%s", out)
 	}

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/credbroker/credbroker/internal/loopback"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/server/internal/events"
 	"github.com/credbroker/credbroker/server/internal/gate"
@@ -25,9 +24,6 @@ type webhookService struct {
 
 // webhookPrefix starts a webhook's resource name.
 const webhookPrefix = "webhooks/"
-
-// maxURL bounds a webhook's URL.
-const maxURL = 2048
 
 func (s *webhookService) CreateWebhook(ctx context.Context, req *credbrokerv1.CreateWebhookRequest) (*credbrokerv1.CreateWebhookResponse, error) {
 	c := gate.CallFrom(ctx)
@@ -68,28 +64,16 @@ func newWebhook(req *credbrokerv1.CreateWebhookRequest) (webhooks.NewWebhook, er
 	return in, err
 }
 
-// checkWebhookURL accepts where events may be POSTed: an https URL, or
-// http to a loopback address, without a user name or password (a
-// receiver that wants a credential in the URL puts it in the path).
+// checkWebhookURL accepts where events may be POSTed: what a provider
+// endpoint may be (https, or http to a loopback address, without a user
+// name or password: a receiver that wants a credential in the URL puts it
+// in the path), with a valid port.
 func checkWebhookURL(field, raw string) error {
-	u, err := url.Parse(raw)
-	switch {
-	case raw == "":
-		return invalidArgument(field, "is required")
-	case len(raw) > maxURL:
-		return invalidArgument(field, "at most 2048 bytes")
-	case err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "":
-		return invalidArgument(field, "must be an absolute URL, https://HOST/PATH")
-	case u.User != nil:
-		return invalidArgument(field, "must not carry a user name or password")
-	case u.Fragment != "":
-		return invalidArgument(field, "must not have a fragment (#...)")
-	case u.Port() != "" && !validPort(u.Port()):
+	if err := checkEndpointURL(field, raw, true); err != nil {
+		return err
+	}
+	if u, _ := url.Parse(raw); u.Port() != "" && !validPort(u.Port()) {
 		return invalidArgument(field, "has a port that is not 1-65535")
-	case u.Scheme == "http" && loopback.Host(u.Hostname()):
-		return nil
-	case u.Scheme != "https":
-		return invalidArgument(field, "must be https (http only to a loopback address)")
 	}
 	return nil
 }
